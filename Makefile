@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= echoimage-data
+PHOTOS ?= ../shared/datasets/bsds500
+
+.PHONY: demo test venv lint bench bench-quick browser clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/echoimage --data-dir $(DATA) index build
+	$(BIN)/python scripts/demo_query.py $(DATA)/demo-query.jpg $(DATA)/sample/coffee.jpg
+	$(BIN)/echoimage --data-dir $(DATA) query -k 5 $(DATA)/demo-query.jpg
+
+# Debian's Chromium for the browser test (never a browser download of Playwright's own)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "warning: chromium could not be installed"; }
+
+test: $(STAMP) browser
+	$(BIN)/ruff check echoimage tests scripts migrations
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check echoimage tests scripts migrations
+
+bench: $(STAMP)
+	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out
+
+bench-quick: $(STAMP)
+	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out --limit 100 --no-scale
+
+clean:
+	rm -rf $(DATA) bench-out test-artifacts

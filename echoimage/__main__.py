@@ -1,0 +1,3 @@
+from echoimage.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Settings: the only home of defaults. Every field can be set as ECHOIMAGE_<NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Run-time settings of EchoImage (environment variables ``ECHOIMAGE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ECHOIMAGE_", extra="ignore")
+
+    data_dir: Path = Path("echoimage-data")
+    database_url: str | None = None
+
+    # decoding
+    max_pixels: int = 64_000_000
+    max_bytes: int = 64 * 1024 * 1024
+
+    # features
+    thumb_size: int = 256
+    work_size: int = 512
+    orb_features: int = 500
+
+    # shortlist and re-rank
+    shortlist_k: int = 32
+    rerank_n: int = 8
+    max_hash_distance: int = 26
+    ratio_test: float = 0.8
+    ransac_px: float = 6.0
+    # calibrated by `echoimage bench` (see README, "Scores")
+    duplicate_threshold: float = 0.5
+
+    # indexing
+    workers: int = 0
+    batch_size: int = 64
+    http_timeout: float = 30.0
+
+    @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL of the store (SQLite in the data directory by default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'echoimage.sqlite3').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        """Directory of the derived FAISS indexes and their manifests."""
+        return self.data_dir / "index"
+
+    def ensure_dirs(self) -> None:
+        """Create the data directory and the index directory."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,29 @@
+"""Domain exceptions. The CLI and the web layer map them at the edge."""
+
+
+class EchoImageError(Exception):
+    """Base class of every error EchoImage reports to a user."""
+
+
+class DecodeError(EchoImageError):
+    """The bytes are not an image EchoImage can decode (the message says why)."""
+
+
+class CatalogueError(EchoImageError):
+    """A catalogue source cannot be read or parsed."""
+
+
+class FetchError(EchoImageError):
+    """A URL could not be fetched."""
+
+
+class StoreError(EchoImageError):
+    """The store is unreachable or its schema is not current."""
+
+
+class IndexStaleError(EchoImageError):
+    """The shortlist index disagrees with the store and could not be rebuilt."""
+
+
+class EmptyCatalogueError(EchoImageError):
+    """The store holds no indexed image to search."""

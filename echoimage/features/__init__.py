@@ -1,0 +1,1 @@
+"""Pure feature code: numpy arrays in, frozen dataclasses out. No I/O, no globals."""

@@ -1,0 +1,139 @@
+"""Safe decoder shared by the indexer and the query: bytes → grayscale working image.
+
+Pillow reads the header first, so the pixel cap is checked before any pixel is decoded
+(decompression bombs), and it handles what OpenCV does not: animated GIF/WebP/PNG (first
+frame), CMYK, palette with transparency, 16-bit PNG/TIFF and EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from echoimage.errors import DecodeError
+from echoimage.types import DecodedImage
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# our own cap below is the one that applies; Pillow's must not fire first with a warning
+Image.MAX_IMAGE_PIXELS = None
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes, or None if they are not a known image."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:12] in (b"ftypavif", b"ftypavis", b"ftypheic", b"ftypmif1"):
+        return "AVIF"
+    return None
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode → uint8 grayscale, transparency flattened onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        top = 65535.0 if hi > 255 else 255.0
+        return np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        span = hi - lo if hi > lo else 1.0
+        return np.nan_to_num((arr - lo) * (255.0 / span)).astype(np.uint8)
+    if img.mode == "P" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512) -> DecodedImage:
+    """Decode image bytes to a grayscale working image whose longest side is <= work_size.
+
+    Raises DecodeError with a one-line reason for empty, non-image, truncated, corrupt or
+    over-large input.
+    """
+    if work_size < 16:
+        raise ValueError("work_size must be at least 16")
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or (sniff_format(data) or "unknown")
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise DecodeError(f"{fmt} image has no pixels ({w}x{h})")
+            if w * h > max_pixels:
+                raise DecodeError(
+                    f"image too large: {w}x{h} = {w * h:,} pixels exceeds the cap of "
+                    f"{max_pixels:,} (possible decompression bomb)"
+                )
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                img.seek(0)
+            if fmt == "JPEG":
+                # DCT-domain downscale: decodes at 1/2, 1/4 or 1/8 scale when that still
+                # leaves the working size, which is most of the decode cost for big photos.
+                img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else img.mode,
+                          (work_size, work_size))
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            if oriented is not None:
+                img = oriented
+            gray = _to_gray(img)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        what = sniff_format(data)
+        reason = "not an image" if what is None else f"unsupported or corrupt {what} data"
+        head = data[:16].lstrip()
+        if head[:1] == b"<":
+            reason = "not an image (looks like HTML/XML)"
+        raise DecodeError(reason) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+    except MemoryError:
+        raise DecodeError("image too large to decode in memory") from None
+
+    # original size after EXIF orientation (draft() may have reduced the decoded size)
+    ow, oh = (h, w) if _swaps_axes(img, w, h, gray) else (w, h)
+    longest = max(gray.shape)
+    if longest > work_size:
+        f = work_size / longest
+        size = (max(1, round(gray.shape[1] * f)), max(1, round(gray.shape[0] * f)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    if min(gray.shape) < 8:
+        raise DecodeError(f"image too small to compare ({ow}x{oh} pixels)")
+    return DecodedImage(gray=np.ascontiguousarray(gray), width=ow, height=oh, format=fmt,
+                        frames=frames)
+
+
+def _swaps_axes(img: Image.Image, w: int, h: int, gray: np.ndarray) -> bool:
+    """True when EXIF orientation turned the image by 90°, so width and height swap."""
+    if w == h:
+        return False
+    gh, gw = gray.shape
+    return (gw > gh) != (w > h)

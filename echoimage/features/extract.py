@@ -1,0 +1,24 @@
+"""Compose the feature functions: the one call indexing and querying both make."""
+
+from __future__ import annotations
+
+from echoimage.features.hashes import dhash, hash_input, phash
+from echoimage.features.orb import orb_features
+from echoimage.features.thumbnail import thumbnail
+from echoimage.types import DecodedImage, ImageFeatures
+
+
+def extract_features(img: DecodedImage, thumb_size: int = 256,
+                     nfeatures: int = 500) -> ImageFeatures:
+    """Thumbnail, ORB and hashes of a decoded image."""
+    small = hash_input(img.gray)
+    return ImageFeatures(
+        thumbnail=thumbnail(img.gray, thumb_size),
+        orb=orb_features(img.gray, nfeatures),
+        phash=phash(small),
+        dhash=dhash(small),
+        width=img.width,
+        height=img.height,
+        format=img.format,
+        work_scale=img.scale,
+    )

@@ -1,0 +1,1 @@
+"""Network stage: a hardened async HTTP downloader (see ``echoimage.fetch.client``)."""

@@ -1,0 +1,1 @@
+"""Derived FAISS indexes: rebuildable from the store, written atomically with a manifest."""

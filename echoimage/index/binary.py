@@ -1,0 +1,99 @@
+"""The hash shortlist: a FAISS IndexBinaryIDMap2 over 64-bit pHashes keyed by image id."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from echoimage.index.manifest import (
+    Manifest,
+    atomic_write_bytes,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from echoimage.store.repo import StoreState
+
+HASH_BITS = 64
+INDEX_NAME = "phash.faissbin"
+
+
+def build_binary_index(ids: np.ndarray, codes: np.ndarray, bits: int = HASH_BITS
+                       ) -> faiss.IndexBinaryIDMap2:
+    """An exact Hamming index of codes (uint8 N×bits/8) that answers with ids (int64)."""
+    if codes.ndim != 2 or codes.shape[1] * 8 != bits:
+        raise ValueError(f"codes must be N×{bits // 8} uint8")
+    if ids.shape[0] != codes.shape[0]:
+        raise ValueError("ids and codes differ in length")
+    index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(codes, dtype=np.uint8),
+                           np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Shortlist answer for each query row: ids and Hamming distances, -1 padding removed."""
+
+    ids: list[np.ndarray]
+    distances: list[np.ndarray]
+
+
+def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> Hits:
+    """k nearest codes for each query row; an empty index gives empty answers."""
+    nq = queries.shape[0]
+    if index.ntotal == 0 or k <= 0:
+        empty = np.zeros(0, np.int64)
+        return Hits([empty] * nq, [empty] * nq)
+    k = min(k, index.ntotal)
+    dist, ids = index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    out_i, out_d = [], []
+    for row_d, row_i in zip(dist, ids, strict=True):
+        keep = row_i >= 0
+        out_i.append(row_i[keep])
+        out_d.append(row_d[keep].astype(np.int64))
+    return Hits(out_i, out_d)
+
+
+def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: StoreState,
+               schema_revision: str, params: dict | None = None) -> Manifest:
+    """Write index and manifest atomically (the index first, then its manifest)."""
+    path = directory / name
+    data = faiss.serialize_index_binary(index).tobytes()
+    atomic_write_bytes(path, data)
+    manifest = Manifest(
+        kind=name, ntotal=int(index.ntotal), max_id=state.max_id,
+        last_indexed_at=state.last_indexed_at, schema_revision=schema_revision,
+        sha256=file_sha256(path), built_at=datetime.now(UTC).isoformat(),
+        params=params or {},
+    )
+    write_manifest(directory / f"{name}.json", manifest)
+    return manifest
+
+
+def load_index(directory: Path, name: str) -> tuple[faiss.IndexBinary, Manifest] | None:
+    """The index and its manifest, or None when either is missing or they disagree."""
+    path = directory / name
+    manifest = read_manifest(directory / f"{name}.json")
+    if manifest is None or not path.exists():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        return None
+    index = faiss.deserialize_index_binary(np.frombuffer(data, dtype=np.uint8))
+    if index.ntotal != manifest.ntotal:
+        return None
+    return index, manifest
+
+
+def is_fresh(manifest: Manifest, state: StoreState, schema_revision: str) -> bool:
+    """True when the manifest describes exactly the store's indexed set."""
+    return (manifest.ntotal == state.count and manifest.max_id == state.max_id
+            and manifest.last_indexed_at == state.last_indexed_at
+            and manifest.schema_revision == schema_revision)

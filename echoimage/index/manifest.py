@@ -1,0 +1,63 @@
+"""Sidecar JSON next to every index file: what it holds and what store state it reflects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Parameters, entry count, schema revision and checksum of one index file."""
+
+    kind: str
+    ntotal: int
+    max_id: int
+    last_indexed_at: str
+    schema_revision: str
+    sha256: str
+    built_at: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    """Checksum of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path through a temp file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Atomically write the manifest JSON."""
+    atomic_write_bytes(path, json.dumps(asdict(manifest), indent=2).encode())
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest at path, or None if missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        return Manifest(**data)
+    except (OSError, ValueError, TypeError):
+        return None

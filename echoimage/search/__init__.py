@@ -1,0 +1,1 @@
+"""Query side: shortlist by Hamming distance, re-rank with SSIM and ORB."""

@@ -1,0 +1,236 @@
+"""SearchEngine: loads the shortlist index and the store once; answers many queries."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from echoimage.config import Settings
+from echoimage.errors import EmptyCatalogueError, IndexStaleError
+from echoimage.features.decode import decode_image
+from echoimage.features.dihedral import NAMES, is_mirror, orient
+from echoimage.features.hashes import hamming, hash_input, phash
+from echoimage.features.orb import orb_features
+from echoimage.features.thumbnail import thumbnail
+from echoimage.index.binary import (
+    INDEX_NAME,
+    build_binary_index,
+    is_fresh,
+    load_index,
+    save_index,
+)
+from echoimage.index.manifest import Manifest
+from echoimage.search.rerank import fuse, match_orb, region, ssim
+from echoimage.search.shortlist import Shortlisted, shortlist
+from echoimage.store import repo
+from echoimage.store.db import head_revision, open_store, session_factory
+from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
+
+
+def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
+    """Rebuild the hash index from the store and write it atomically with its manifest."""
+    with session_factory(engine)() as session:
+        state = repo.store_state(session)
+        ids, codes = repo.indexed_hashes(session)
+    index = build_binary_index(ids, codes)
+    return save_index(index, settings.index_dir, INDEX_NAME, state, head_revision(),
+                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"})
+
+
+@dataclass
+class QueryResult:
+    """Ranked matches of one query, plus timings in milliseconds."""
+
+    matches: list[Match]
+    timings: dict[str, float] = field(default_factory=dict)
+    width: int = 0
+    height: int = 0
+
+
+class SearchEngine:
+    """Answers queries from the store and the derived hash index.
+
+    The index is checked against the store when loaded, rebuilt if stale or missing, and
+    re-loaded when its manifest changes on disk (after `index build` / `index update`).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine | None = None,
+                 rebuild: bool = True) -> None:
+        self.settings = settings
+        self.engine = engine or open_store(settings)
+        self.sessions = session_factory(self.engine)
+        self._rebuild = rebuild
+        self._lock = threading.Lock()
+        self._manifest_mtime: float | None = None
+        self.index: Any = None
+        self.manifest: Manifest | None = None
+        self.load()
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the hash index manifest lives."""
+        return self.settings.index_dir / f"{INDEX_NAME}.json"
+
+    def load(self) -> None:
+        """Load the index, rebuilding it from the store when it is stale or missing."""
+        with self.sessions() as session:
+            state = repo.store_state(session)
+        loaded = load_index(self.settings.index_dir, INDEX_NAME)
+        if loaded is None or not is_fresh(loaded[1], state, head_revision()):
+            if not self._rebuild:
+                raise IndexStaleError(
+                    "the shortlist index is missing or does not match the store: "
+                    "run `echoimage index build`")
+            rebuild_index(self.settings, self.engine)
+            loaded = load_index(self.settings.index_dir, INDEX_NAME)
+            if loaded is None:
+                raise IndexStaleError("the shortlist index could not be rebuilt")
+        with self._lock:
+            self.index, self.manifest = loaded
+            self._manifest_mtime = self._mtime()
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.manifest_path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def refresh(self) -> bool:
+        """Pick up a newer index written by another process. True if one was loaded."""
+        if self._mtime() == self._manifest_mtime:
+            return False
+        self.load()
+        return True
+
+    @property
+    def size(self) -> int:
+        """Number of indexed catalogue images."""
+        return int(self.index.ntotal) if self.index is not None else 0
+
+    def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
+        """Decode the query bytes with the indexer's decoder and search."""
+        import time
+
+        t0 = time.perf_counter()
+        img = decode_image(data, self.settings.max_pixels, self.settings.work_size)
+        t1 = time.perf_counter()
+        res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
+        res.timings["decode_ms"] = (t1 - t0) * 1000
+        return res
+
+    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None
+                    ) -> QueryResult:
+        """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash."""
+        import time
+
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.refresh()
+        index = self.index
+        if index is None or index.ntotal == 0:
+            raise EmptyCatalogueError(
+                "the catalogue has no indexed images: run `echoimage index build` first")
+        s = self.settings
+        t0 = time.perf_counter()
+        small = hash_input(img.gray)
+        thumb = thumbnail(img.gray, s.thumb_size)
+        orbs: dict[bool, OrbFeatures] = {False: orb_features(img.gray, s.orb_features)}
+        t1 = time.perf_counter()
+
+        listed = shortlist(index, small, s.shortlist_k)
+        exact_ids: set[int] = set()
+        with self.sessions() as session:
+            if sha256:
+                exact_ids = set(repo.ids_by_sha256(session, sha256))
+            n = max(s.rerank_n, k)
+            chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
+            if len(chosen) < k:
+                chosen = listed[:k]
+            have = {c.id for c in chosen}
+            for i in sorted(exact_ids - have):
+                chosen.append(Shortlisted(i, -1, 0))
+            cands = repo.candidates(session, [c.id for c in chosen])
+        t2 = time.perf_counter()
+
+        q_phash = phash(small)
+        matches: list[Match] = []
+        for c in chosen:
+            cand = cands.get(c.id)
+            if cand is None:  # removed from the store since the index was built
+                continue
+            if c.hash_distance < 0:
+                c = Shortlisted(c.id, _hash_distance(q_phash, cand), 0)
+            mirror = is_mirror(c.orientation)
+            if mirror not in orbs:
+                orbs[mirror] = orb_features(np.ascontiguousarray(img.gray[:, ::-1]),
+                                            s.orb_features)
+            matches.append(self._score(c, cand, thumb, orbs[mirror], img,
+                                       exact=c.id in exact_ids))
+        t3 = time.perf_counter()
+        matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
+        out = _dedupe(matches)[:k]
+        return QueryResult(out, {"features_ms": (t1 - t0) * 1000,
+                                 "shortlist_ms": (t2 - t1) * 1000,
+                                 "rerank_ms": (t3 - t2) * 1000},
+                           width=img.width, height=img.height)
+
+    def _score(self, c: Shortlisted, cand: Candidate, thumb: np.ndarray, qorb: OrbFeatures,
+               img: DecodedImage, exact: bool) -> Match:
+        s = self.settings
+        sim = ssim(orient(thumb, c.orientation), cand.thumbnail)
+        om = match_orb(qorb, cand.orb, s.ratio_test, s.ransac_px)
+        score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
+        reg = trans = None
+        if om.homography is not None:
+            reg = region(om.homography, img.gray.shape, cand.work_scale,
+                         (cand.width, cand.height))
+            trans = _describe(om.homography, is_mirror(c.orientation), reg, cand)
+        return Match(
+            id=cand.id, url=cand.url, score=score,
+            duplicate=exact or score >= s.duplicate_threshold, exact=exact,
+            ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
+            hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
+            sha256=cand.sha256, region=reg, transform=trans,
+        )
+
+
+def _hash_distance(q_phash: bytes, cand: Candidate) -> int:
+    """pHash distance to a candidate, recomputed from its thumbnail (exact matches only)."""
+    return hamming(q_phash, phash(hash_input(cand.thumbnail)))
+
+
+def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candidate
+              ) -> dict[str, Any]:
+    """Scale, rotation, mirror and covered fraction of the candidate, from a homography."""
+    a = h[:2, :2]
+    det = float(np.linalg.det(a))
+    scale = math.sqrt(abs(det))
+    rotation = math.degrees(math.atan2(a[1, 0], a[0, 0]))
+    pts = np.array(reg, dtype=np.float64)
+    x, y = pts[:, 0], pts[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    total = float(cand.width * cand.height) or 1.0
+    return {"scale": round(scale * cand.work_scale, 3), "rotation_deg": round(rotation, 1),
+            "mirror": mirror, "covered_fraction": round(min(area / total, 1.0), 3)}
+
+
+def _dedupe(matches: list[Match]) -> list[Match]:
+    """Keep the first (best) match per URL and per content hash."""
+    seen_urls: set[str] = set()
+    seen_sha: set[str] = set()
+    out = []
+    for m in matches:
+        if m.url in seen_urls or (m.sha256 and m.sha256 in seen_sha):
+            continue
+        seen_urls.add(m.url)
+        if m.sha256:
+            seen_sha.add(m.sha256)
+        out.append(m)
+    return out

@@ -1,0 +1,110 @@
+"""Pure re-ranking: SSIM on thumbnails, ORB ratio-test matching, RANSAC homography.
+
+The fused score is the strongest of three pieces of evidence, each mapped to [0, 1]:
+    orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)        geometric agreement of keypoints
+    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN)         structural similarity of thumbnails
+    hash  = clip((HASH_CEIL - distance) / HASH_SPAN)      pHash Hamming distance
+Unrelated photos stay near 0 on all three; `echoimage bench` reports the distributions and
+picks the `duplicate` threshold (README, "Scores").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from echoimage.types import OrbFeatures
+
+ORB_FLOOR, ORB_SPAN = 8.0, 32.0
+SSIM_FLOOR, SSIM_SPAN = 0.35, 0.5
+HASH_CEIL, HASH_SPAN = 14.0, 10.0
+MIN_MATCHES = 8
+
+_C1 = (0.01 * 255) ** 2
+_C2 = (0.03 * 255) ** 2
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two same-size grayscale images (Gaussian 11x11, sigma 1.5, float32).
+
+    Equals skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=255) to ~1e-5.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs same-size images, got {a.shape} and {b.shape}")
+    x = a.astype(np.float32)
+    y = b.astype(np.float32)
+
+    def blur(z: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    mxx, myy, mxy = mx * mx, my * my, mx * my
+    vx = blur(x * x) - mxx
+    vy = blur(y * y) - myy
+    cxy = blur(x * y) - mxy
+    num = (2 * mxy + _C1) * (2 * cxy + _C2)
+    den = (mxx + myy + _C1) * (vx + vy + _C2)
+    m = (num / den)[5:-5, 5:-5]  # skimage crops the filter's half-width
+    return float(m.mean())
+
+
+@dataclass(frozen=True)
+class OrbMatch:
+    """Result of matching query keypoints to a candidate's."""
+
+    matches: int
+    inliers: int
+    homography: np.ndarray | None  # query working pixels → candidate working pixels
+
+
+def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
+              ransac_px: float = 6.0) -> OrbMatch:
+    """k-NN (k=2) Hamming matching with Lowe's ratio test, then RANSAC homography inliers."""
+    if len(query) < 2 or len(cand) < 2:
+        return OrbMatch(0, 0, None)
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = bf.knnMatch(query.descriptors, cand.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if len(good) < MIN_MATCHES:
+        return OrbMatch(len(good), 0, None)
+    src = query.keypoints[[m.queryIdx for m in good], :2].reshape(-1, 1, 2)
+    dst = cand.keypoints[[m.trainIdx for m in good], :2].reshape(-1, 1, 2)
+    h, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px, maxIters=500,
+                                 confidence=0.995)
+    if h is None or mask is None:
+        return OrbMatch(len(good), 0, None)
+    inliers = int(mask.sum())
+    if not _plausible(h):
+        return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
+    return OrbMatch(len(good), inliers, h)
+
+
+def _plausible(h: np.ndarray) -> bool:
+    """Reject degenerate homographies (collapsed, exploded or strongly projective)."""
+    det = float(np.linalg.det(h[:2, :2]))
+    if not np.isfinite(det) or abs(det) < 1e-3 or abs(det) > 1e3:
+        return False
+    return bool(abs(h[2, 0]) < 0.01 and abs(h[2, 1]) < 0.01)
+
+
+def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
+    """Fused score in [0, 1]: the strongest of the three mapped components."""
+    orb_part = np.clip((inliers - ORB_FLOOR) / ORB_SPAN, 0.0, 1.0)
+    ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
+    hash_part = np.clip((HASH_CEIL - hash_distance) / HASH_SPAN, 0.0, 1.0)
+    return float(max(orb_part, ssim_part, hash_part))
+
+
+def region(h: np.ndarray, query_shape: tuple[int, int], cand_scale: float,
+           cand_size: tuple[int, int]) -> list[list[float]]:
+    """The query's outline mapped into the candidate's original pixel coordinates."""
+    qh, qw = query_shape
+    corners = np.float32([[0, 0], [qw, 0], [qw, qh], [0, qh]]).reshape(-1, 1, 2)
+    pts = cv2.perspectiveTransform(corners, h).reshape(-1, 2) * cand_scale
+    w, hgt = cand_size
+    pts[:, 0] = np.clip(pts[:, 0], 0, w)
+    pts[:, 1] = np.clip(pts[:, 1], 0, hgt)
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in pts]

@@ -1,0 +1,1 @@
+"""The SQL store: the source of truth of every catalogue image and its features."""

@@ -1,0 +1,118 @@
+"""SQLAlchemy 2.0 tables. The schema itself is created only by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name every constraint."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Status:
+    """Values of images.status."""
+
+    PENDING = "pending"
+    INDEXED = "indexed"
+    DECODE_ERROR = "decode-error"
+    NOT_AN_IMAGE = "not-an-image"
+    TOO_LARGE = "too-large"
+    MISSING = "missing"
+    HTTP_ERROR = "http-error"
+    GONE = "gone"
+    TIMEOUT = "timeout"
+
+    #: statuses a later run tries again
+    RETRYABLE = frozenset({PENDING, HTTP_ERROR, TIMEOUT, MISSING})
+
+
+class Source(Base):
+    """A catalogue source that was read (provenance of images)."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(String(2048), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImageRow(Base):
+    """One catalogue image: where it is, what became of it, and its identity."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    nbytes: Mapped[int | None] = mapped_column(Integer)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    meta: Mapped[dict | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FeatureRow(Base):
+    """Per-image features the query needs, so catalogue images are never fetched again."""
+
+    __tablename__ = "features"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    phash: Mapped[bytes] = mapped_column(LargeBinary(8))
+    dhash: Mapped[bytes] = mapped_column(LargeBinary(8))
+    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of thumb_size² uint8
+    thumb_size: Mapped[int] = mapped_column(Integer)
+    n_keypoints: Mapped[int] = mapped_column(Integer)
+    keypoints: Mapped[bytes] = mapped_column(LargeBinary)  # float32 N×5
+    descriptors: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 N×32
+    work_scale: Mapped[float] = mapped_column(Float)
+
+
+class Run(Base):
+    """One `index build` or `index update` run and its counts per state."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    counts: Mapped[dict | None] = mapped_column(JSON)
+    sources: Mapped[list | None] = mapped_column(JSON)

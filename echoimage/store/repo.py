@@ -1,0 +1,262 @@
+"""Typed queries on the store. They return types.py objects or plain values, never ORM rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from echoimage.store.codec import decode_orb, decode_thumbnail, encode_orb, encode_thumbnail
+from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status
+from echoimage.types import Candidate, CatalogueItem, ImageFeatures
+
+
+def now() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """What the store knows of a catalogue URL before a run touches it."""
+
+    id: int
+    url: str
+    status: str
+    sha256: str | None
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Fingerprint of the indexed set; the index manifest must agree with it."""
+
+    count: int
+    max_id: int
+    last_indexed_at: str
+
+
+def source_id(session: Session, uri: str, kind: str) -> int:
+    """Id of a catalogue source, recorded on first use."""
+    found = session.scalar(select(Source.id).where(Source.uri == uri))
+    ts = now()
+    if found is not None:
+        session.execute(update(Source).where(Source.id == found).values(last_read_at=ts))
+        return found
+    src = Source(uri=uri, kind=kind, added_at=ts, last_read_at=ts)
+    session.add(src)
+    session.flush()
+    return src.id
+
+
+def list_sources(session: Session) -> list[tuple[str, str]]:
+    """(uri, kind) of every recorded source, oldest first."""
+    return [(r.uri, r.kind) for r in session.execute(select(Source).order_by(Source.id)).scalars()]
+
+
+def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[str, KnownImage]:
+    """Known images by URL (all of them, or those among urls)."""
+    stmt = select(ImageRow.id, ImageRow.url, ImageRow.status, ImageRow.sha256, ImageRow.etag,
+                  ImageRow.last_modified)
+    out: dict[str, KnownImage] = {}
+    if urls is None:
+        for row in session.execute(stmt):
+            out[row.url] = KnownImage(*row)
+        return out
+    urls = list(urls)
+    for i in range(0, len(urls), 500):
+        for row in session.execute(stmt.where(ImageRow.url.in_(urls[i : i + 500]))):
+            out[row.url] = KnownImage(*row)
+    return out
+
+
+def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | None) -> int:
+    """Insert catalogue items the store does not know yet, as pending. Returns how many."""
+    items = list(items)
+    known = known_images(session, [it.url for it in items])
+    ts = now()
+    seen: set[str] = set()
+    rows = []
+    for it in items:
+        if it.url in known or it.url in seen:
+            continue
+        seen.add(it.url)
+        rows.append(ImageRow(url=it.url, source_id=source, status=Status.PENDING,
+                             meta=it.metadata or None, attempts=0, created_at=ts,
+                             updated_at=ts))
+    session.add_all(rows)
+    session.flush()
+    return len(rows)
+
+
+def save_features(session: Session, image_id: int, sha256: str, nbytes: int,
+                  feats: ImageFeatures, etag: str | None = None,
+                  last_modified: str | None = None) -> None:
+    """Record an indexed image and (re)place its features."""
+    ts = now()
+    kp, desc = encode_orb(feats.orb)
+    session.merge(FeatureRow(
+        image_id=image_id, phash=feats.phash, dhash=feats.dhash,
+        thumbnail=encode_thumbnail(feats.thumbnail), thumb_size=int(feats.thumbnail.shape[0]),
+        n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
+        work_scale=float(feats.work_scale),
+    ))
+    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+        status=Status.INDEXED, reason=None, sha256=sha256, width=feats.width,
+        height=feats.height, format=feats.format[:16], nbytes=nbytes, etag=etag,
+        last_modified=last_modified, updated_at=ts, indexed_at=ts, gone_at=None,
+        attempts=ImageRow.attempts + 1,
+    ))
+
+
+def mark_unchanged(session: Session, image_id: int) -> None:
+    """Note that an indexed image was checked and found unchanged."""
+    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(updated_at=now()))
+
+
+def save_failure(session: Session, image_id: int, status: str, reason: str,
+                 sha256: str | None = None, nbytes: int | None = None) -> None:
+    """Record why an image could not be indexed; its old features (if any) are dropped."""
+    if status == Status.INDEXED:
+        raise ValueError("a failure cannot have status 'indexed'")
+    ts = now()
+    session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id == image_id))
+    values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
+                                  indexed_at=None, attempts=ImageRow.attempts + 1)
+    if sha256 is not None:
+        values.update(sha256=sha256, nbytes=nbytes)
+    if status == Status.GONE:
+        values["gone_at"] = ts
+    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
+
+
+def store_state(session: Session) -> StoreState:
+    """Count, max id and last indexing time of the indexed images."""
+    row = session.execute(
+        select(func.count(ImageRow.id), func.max(ImageRow.id), func.max(ImageRow.indexed_at))
+        .where(ImageRow.status == Status.INDEXED)
+    ).one()
+    last = row[2].isoformat() if row[2] is not None else ""
+    return StoreState(int(row[0] or 0), int(row[1] or 0), last)
+
+
+def indexed_hashes(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (int64) and pHashes (uint8 N×8) of every indexed image, by id."""
+    rows = session.execute(
+        select(FeatureRow.image_id, FeatureRow.phash)
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(ImageRow.status == Status.INDEXED)
+        .order_by(FeatureRow.image_id)
+    ).all()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(-1, 8)
+    return ids, codes
+
+
+def candidates(session: Session, ids: Sequence[int]) -> dict[int, Candidate]:
+    """Stored features of the given indexed images, by id."""
+    if not len(ids):
+        return {}
+    rows = session.execute(
+        select(ImageRow.id, ImageRow.url, ImageRow.sha256, ImageRow.width, ImageRow.height,
+               FeatureRow.thumbnail, FeatureRow.keypoints, FeatureRow.descriptors,
+               FeatureRow.work_scale)
+        .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
+        .where(ImageRow.id.in_([int(i) for i in ids]), ImageRow.status == Status.INDEXED)
+    ).all()
+    return {
+        r.id: Candidate(id=r.id, url=r.url, sha256=r.sha256 or "",
+                        thumbnail=decode_thumbnail(r.thumbnail),
+                        orb=decode_orb(r.keypoints, r.descriptors), width=r.width or 0,
+                        height=r.height or 0, work_scale=r.work_scale)
+        for r in rows
+    }
+
+
+def ids_by_sha256(session: Session, sha256: str) -> list[int]:
+    """Indexed images whose source bytes have this sha256."""
+    return list(session.scalars(
+        select(ImageRow.id).where(ImageRow.sha256 == sha256, ImageRow.status == Status.INDEXED)
+        .order_by(ImageRow.id)
+    ))
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Number of images in each status."""
+    rows = session.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status))
+    return {status: int(n) for status, n in rows}
+
+
+def failure_reasons(session: Session, limit: int = 20) -> list[tuple[str, str, str]]:
+    """(url, status, reason) of the most recent failures."""
+    rows = session.execute(
+        select(ImageRow.url, ImageRow.status, ImageRow.reason)
+        .where(ImageRow.status.not_in([Status.INDEXED, Status.PENDING]))
+        .order_by(ImageRow.updated_at.desc()).limit(limit)
+    )
+    return [(r[0], r[1], r[2] or "") for r in rows]
+
+
+def image_info(session: Session, image_id: int) -> dict[str, Any] | None:
+    """Metadata, provenance and status of one image."""
+    row = session.get(ImageRow, image_id)
+    if row is None:
+        return None
+    src = session.get(Source, row.source_id) if row.source_id else None
+    return {
+        "id": row.id, "url": row.url, "status": row.status, "reason": row.reason,
+        "sha256": row.sha256, "width": row.width, "height": row.height, "format": row.format,
+        "bytes": row.nbytes, "metadata": row.meta or {},
+        "source": src.uri if src else None,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "indexed_at": row.indexed_at.isoformat() if row.indexed_at else None,
+        "gone_at": row.gone_at.isoformat() if row.gone_at else None,
+    }
+
+
+def thumbnail_png(session: Session, image_id: int) -> bytes | None:
+    """The stored thumbnail of an image as PNG bytes."""
+    return session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
+
+
+def start_run(session: Session, kind: str, sources: list[str]) -> int:
+    """Record the start of an indexing run."""
+    run = Run(kind=kind, started_at=now(), status="running", sources=sources)
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish_run(session: Session, run_id: int, status: str, counts: dict[str, int]) -> None:
+    """Record the end of an indexing run with its counts per state."""
+    session.execute(update(Run).where(Run.id == run_id).values(
+        finished_at=now(), status=status, counts=counts))
+
+
+def recent_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest runs, newest first."""
+    out = []
+    for r in session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)):
+        dur = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
+        out.append({"id": r.id, "kind": r.kind, "status": r.status,
+                    "started_at": r.started_at.isoformat(), "duration_s": dur,
+                    "counts": r.counts or {}, "sources": r.sources or []})
+    return out
+
+
+def storage_bytes(session: Session) -> dict[str, int]:
+    """Bytes of feature data in the store, by column."""
+    row = session.execute(select(
+        func.coalesce(func.sum(func.length(FeatureRow.thumbnail)), 0),
+        func.coalesce(func.sum(func.length(FeatureRow.keypoints)), 0),
+        func.coalesce(func.sum(func.length(FeatureRow.descriptors)), 0),
+        func.count(FeatureRow.image_id),
+    )).one()
+    return {"thumbnails": int(row[0]), "keypoints": int(row[1]), "descriptors": int(row[2]),
+            "hashes": 16 * int(row[3]), "images": int(row[3])}

@@ -1,0 +1,109 @@
+"""Frozen dataclasses that cross stages: catalogue → fetch → features → store → search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    """One image named by a catalogue: a URL or an absolute local path."""
+
+    url: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, EXIF-oriented, alpha-flattened grayscale image at working resolution."""
+
+    gray: np.ndarray  # uint8 HxW, longest side <= work_size
+    width: int  # original width in pixels, after EXIF orientation
+    height: int
+    format: str
+    frames: int = 1
+
+    @property
+    def scale(self) -> float:
+        """Original pixels per working-image pixel."""
+        return max(self.width, self.height) / max(self.gray.shape)
+
+
+@dataclass(frozen=True)
+class OrbFeatures:
+    """ORB keypoints (x, y, size, angle, response; working-image pixels) and descriptors."""
+
+    keypoints: np.ndarray  # float32 Nx5
+    descriptors: np.ndarray  # uint8 Nx32
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Everything the index and the re-ranker need about one image."""
+
+    thumbnail: np.ndarray  # uint8 256x256
+    orb: OrbFeatures
+    phash: bytes  # 8 bytes
+    dhash: bytes  # 8 bytes
+    width: int
+    height: int
+    format: str
+    work_scale: float  # original pixels per ORB keypoint pixel
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A catalogue image's stored features, as the re-ranker reads them."""
+
+    id: int
+    url: str
+    sha256: str
+    thumbnail: np.ndarray
+    orb: OrbFeatures
+    width: int
+    height: int
+    work_scale: float
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked result of a query, with the evidence behind its score."""
+
+    id: int
+    url: str
+    score: float
+    duplicate: bool
+    exact: bool
+    ssim: float
+    orb_matches: int
+    orb_inliers: int
+    hash_distance: int
+    orientation: str
+    sha256: str
+    region: list[list[float]] | None = None
+    transform: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in the contract's field order."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "score": round(self.score, 4),
+            "duplicate": self.duplicate,
+            "exact": self.exact,
+            "ssim": round(self.ssim, 4),
+            "orb_matches": self.orb_matches,
+            "orb_inliers": self.orb_inliers,
+            "hash_distance": self.hash_distance,
+            "orientation": self.orientation,
+            "sha256": self.sha256,
+            "region": self.region,
+            "transform": self.transform,
+        }

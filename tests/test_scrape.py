@@ -1,0 +1,210 @@
+"""Page scraper against a real aiohttp server on 127.0.0.1, and the images.json writer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from echoimage.errors import CatalogueError
+from echoimage.fetch.client import FetchConfig
+from echoimage.scrape import (
+    ScrapeFilters,
+    decode_html,
+    largest_candidate,
+    parse_page,
+    parse_srcset,
+    scrape,
+    write_catalogue,
+)
+
+GIF_DATA_URI = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
+
+INDEX = f"""<!DOCTYPE html>
+<html><head>
+<title>Gallery</title>
+<link rel="icon" href="/favicon.ico">
+<base href="/assets/">
+</head><body>
+<img src="/img/site-logo.png" alt="Logo">
+<img src="/favicon.png">
+<img src="photo1.jpg" alt="First   photo">
+<img src="/img/small.jpg" alt="Responsive"
+     srcset="/img/p-320.jpg 320w, /img/p-1280.jpg 1280w, /img/p-640.jpg 640w">
+<img src="{GIF_DATA_URI}" data-src="lazy.png" alt="Lazy">
+<img src="{GIF_DATA_URI}">
+<img data-lazy-src="/img/lazier.webp">
+<picture>
+  <source type="image/avif" srcset="pic-1x.avif 1x, pic-2x.avif 2x">
+  <source data-srcset="pic-a.webp 400w, pic-b.webp 800w">
+  <img src="pic.jpg" alt="Pictured">
+</picture>
+<img src="doc.svg"><img src="/img/no-extension">
+<img src="category-menu/arrow.png"><img src="ui-sprite.png">
+<img src="photo1.jpg#again" alt="duplicate">
+<img src="/img/p-1280.jpg" alt="duplicate too">
+<p>Unclosed <b>markup <i>everywhere
+<a href="/site/page2.html">next page</a>
+<a href="/site/missing.html">broken link</a>
+<a href="http://other.invalid/page.html">another host</a>
+<a href="/img/big.jpg">an image link, not a page</a>
+<a href="mailto:someone@example.invalid">mail</a>
+</body></html>
+"""
+
+PAGE2 = """<html><body>
+<img src="/img/second.png" alt="Second">
+<img src="/assets/photo1.jpg" alt="seen on the first page">
+<a href="/site/index.html">home</a>
+<a href="/site/page3.html">deeper</a>
+</body></html>
+"""
+
+PAGE3 = '<html><body><img src="/img/third.gif"></body></html>'
+
+
+@dataclass
+class Site:
+    """The running test server and the paths it was asked for."""
+
+    server: TestServer
+    hits: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+
+@pytest.fixture
+async def site(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Site:
+    hits: list[str] = []
+    pages = {"/site/index.html": INDEX, "/site/page2.html": PAGE2, "/site/page3.html": PAGE3}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path)
+        if request.path in pages:
+            return web.Response(text=pages[request.path], content_type="text/html")
+        if request.path == "/site/image.png":
+            return web.Response(body=b"\x89PNG\r\n\x1a\n", content_type="image/png")
+        return web.Response(status=404, text="not found")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    return Site(server, hits)
+
+
+CFG = FetchConfig(connect_timeout=1.0, read_timeout=2.0, total_timeout=5.0, retries=1,
+                  backoff_base=0.01, backoff_max=0.05)
+
+
+async def test_scrape_one_page_extracts_and_filters(site: Site) -> None:
+    report = await scrape([site.url("/site/index.html")], fetcher_config=CFG)
+    page = site.url("/site/index.html")
+    assert report.images == [
+        {"url": site.url("/assets/photo1.jpg"), "page": page, "alt": "First photo"},
+        {"url": site.url("/img/p-1280.jpg"), "page": page, "alt": "Responsive"},
+        {"url": site.url("/assets/lazy.png"), "page": page, "alt": "Lazy"},
+        {"url": site.url("/img/lazier.webp"), "page": page, "alt": ""},
+        {"url": site.url("/assets/pic-2x.avif"), "page": page, "alt": "Pictured"},
+        {"url": site.url("/assets/pic-b.webp"), "page": page, "alt": "Pictured"},
+        {"url": site.url("/assets/pic.jpg"), "page": page, "alt": "Pictured"},
+    ]
+    assert report.pages == [page]
+    assert report.notes == []
+    assert site.hits == ["/site/index.html"]  # follow_pages=0: no link followed
+
+
+async def test_follow_pages_breadth_first_with_broken_start_page(site: Site) -> None:
+    report = await scrape([site.url("/site/index.html"), site.url("/site/missing.html")],
+                          follow_pages=1, fetcher_config=CFG)
+    urls = [e["url"] for e in report.images]
+    assert urls[-1] == site.url("/img/second.png")  # from the followed page, after page one
+    assert urls.count(site.url("/assets/photo1.jpg")) == 1
+    assert report.images[0]["alt"] == "First photo"  # first-seen entry wins
+    assert report.notes == [f"{site.url('/site/missing.html')}: skipped, HTTP 404"]
+    assert report.pages == [site.url("/site/index.html"), site.url("/site/page2.html")]
+    assert sorted(site.hits) == ["/site/index.html", "/site/missing.html", "/site/page2.html"]
+
+
+async def test_follow_links_notes_404_and_never_revisits(site: Site) -> None:
+    report = await scrape([site.url("/site/index.html")], follow_pages=5, fetcher_config=CFG)
+    assert f"{site.url('/site/missing.html')}: skipped, HTTP 404" in report.notes
+    assert site.url("/img/third.gif") in [e["url"] for e in report.images]
+    assert site.hits.count("/site/index.html") == 1
+    assert "/img/big.jpg" not in site.hits  # image links are not crawled as pages
+    assert report.pages == [site.url(p) for p in
+                            ("/site/index.html", "/site/page2.html", "/site/page3.html")]
+
+
+async def test_non_html_page_is_noted(site: Site) -> None:
+    report = await scrape([site.url("/site/image.png"), "ftp://127.0.0.1/x"],
+                          fetcher_config=CFG)
+    assert report.images == []
+    assert report.notes[0].startswith(f"{site.url('/site/image.png')}: skipped, not an HTML")
+    assert report.notes[1].startswith("ftp://127.0.0.1/x: skipped, bad-url")
+
+
+def test_parse_page_base_and_keep_no_extension() -> None:
+    html = '<base href="https://cdn.example.invalid/i/"><img src="a"><img src="b.JPG">'
+    parsed = parse_page(html, "https://example.invalid/p", ScrapeFilters(keep_no_extension=True))
+    assert [e["url"] for e in parsed.images] == ["https://cdn.example.invalid/i/a",
+                                                 "https://cdn.example.invalid/i/b.JPG"]
+    strict = parse_page(html, "https://example.invalid/p")
+    assert [e["url"] for e in strict.images] == ["https://cdn.example.invalid/i/b.JPG"]
+
+
+def test_srcset_parsing() -> None:
+    value = "https://img.invalid/w_100,h_80/c.jpg 100w, https://img.invalid/w_900,h_700/c.jpg 900w"
+    assert [u for u, _ in parse_srcset(value)] == [
+        "https://img.invalid/w_100,h_80/c.jpg", "https://img.invalid/w_900,h_700/c.jpg"]
+    assert largest_candidate(value) == "https://img.invalid/w_900,h_700/c.jpg"
+    assert largest_candidate("a.jpg, b.jpg 3x, c.jpg 2x") == "b.jpg"
+    assert largest_candidate("a.jpg, b.jpg") == "b.jpg"
+    assert largest_candidate("a.jpg 2x, b.jpg") == "a.jpg"
+    assert largest_candidate("  ") is None
+
+
+def test_filters() -> None:
+    f = ScrapeFilters()
+    assert f.accepts("https://x.invalid/photos/cat.jpeg?size=large")
+    assert not f.accepts("https://x.invalid/brand/LOGO-dark.png")
+    assert not f.accepts("https://x.invalid/icons/x.png")
+    assert not f.accepts("https://x.invalid/photo.svg")
+    assert not f.accepts("https://x.invalid/photo")
+
+
+def test_decode_html_charsets() -> None:
+    text = "<p>café</p>"
+    assert decode_html(text.encode("latin-1"), "text/html; charset=ISO-8859-1") == text
+    meta = '<meta charset="windows-1252"><p>café</p>'
+    assert decode_html(meta.encode("cp1252"), "text/html") == meta
+    assert decode_html(text.encode("utf-8"), None) == text
+    assert decode_html(text.encode("utf-8"), "text/html; charset=bogus-charset") == text
+
+
+def test_write_catalogue_merges_without_duplicates(tmp_path: Path) -> None:
+    a = {"url": "https://x.invalid/a.jpg", "page": "https://x.invalid/", "alt": "A"}
+    b = {"url": "https://x.invalid/b.jpg", "page": "https://x.invalid/", "alt": ""}
+    c = {"url": "https://x.invalid/c.jpg", "page": "https://x.invalid/2", "alt": "C"}
+    target = tmp_path / "images.json"
+    assert write_catalogue([a, b, a], target, add=False) == 2
+    assert json.loads(target.read_text()) == [a, b]
+    b_again = dict(b, alt="changed")
+    assert write_catalogue([b_again, c], tmp_path, add=True) == 1  # a folder means images.json
+    assert json.loads(target.read_text()) == [a, b, c]
+    assert write_catalogue([c], target, add=False) == 1
+    assert json.loads(target.read_text()) == [c]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.json"]
+
+
+def test_write_catalogue_refuses_to_merge_into_a_non_list(tmp_path: Path) -> None:
+    target = tmp_path / "images.json"
+    target.write_text('{"not": "a list"}')
+    with pytest.raises(CatalogueError):
+        write_catalogue([{"url": "https://x.invalid/a.jpg"}], target, add=True)
+    assert json.loads(target.read_text()) == {"not": "a list"}
