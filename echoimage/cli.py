@@ -231,6 +231,100 @@ def db_upgrade(ctx: click.Context) -> None:
     click.echo(f"store at revision {current_revision(engine)}")
 
 
+@cli.group()
+def catalogue() -> None:
+    """Make catalogues: scrape image URLs from web pages (ImageSpaceDB format).
+
+    Example:
+
+        echoimage catalogue scrape https://shop.example/products --output images.json
+    """
+
+
+@catalogue.command("scrape")
+@click.argument("pages", nargs=-1, required=True)
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Also follow up to N same-site links per start page.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("images.json"), show_default=True, help="Catalogue file to write.")
+@click.option("--add", is_flag=True, help="Merge into an existing --output instead of replacing.")
+@click.option("--skip-word", "skip_words", multiple=True,
+              help="Skip image URLs containing this word (repeatable; replaces the defaults: "
+                   "logo, icon, favicon, category-menu, sprite).")
+@click.option("--extension", "extensions", multiple=True,
+              help="Keep only these extensions (repeatable, e.g. --extension .jpg).")
+@click.option("--keep-no-extension", is_flag=True, help="Keep image URLs with no extension.")
+@handle_errors
+def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, add: bool,
+                     skip_words: tuple[str, ...], extensions: tuple[str, ...],
+                     keep_no_extension: bool) -> None:
+    """Collect <img> URLs (src, data-src, srcset) from PAGE_URLs into an images.json.
+
+    Example:
+
+        echoimage catalogue scrape https://example.org/gallery --follow-pages 5 --add
+    """
+    import asyncio
+
+    from echoimage.scrape import ScrapeFilters, scrape, write_catalogue
+
+    filters = ScrapeFilters()
+    if skip_words:
+        filters = ScrapeFilters(skip_words=tuple(w.lower() for w in skip_words),
+                                extensions=filters.extensions)
+    if extensions:
+        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
+    if keep_no_extension:
+        filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
+    report = asyncio.run(scrape(list(pages), follow_pages, filters))
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    added = write_catalogue(report.images, output, add)
+    click.echo(f"{len(report.images)} image URLs from {len(report.pages)} pages; "
+               f"{added} new in {output}")
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the web page and the JSON API (POST /api/search, docs at /docs).
+
+    Example:
+
+        echoimage serve --host 0.0.0.0 --port 8000
+    """
+    from echoimage.web.app import serve as run_server
+
+    run_server(_settings(ctx), host, port)
+
+
+@cli.command("bench")
+@click.argument("photo_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-out"), show_default=True, help="Output directory.")
+@click.option("--limit", type=int, default=None, help="Query only N catalogue photos.")
+@click.option("--no-scale", is_flag=True, help="Skip the 10k/100k padded-index timings.")
+@handle_errors
+def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool) -> None:
+    """Run the copy-detection benchmark on a folder of photos; writes bench.json/bench.md.
+
+    Example:
+
+        echoimage bench ../shared/datasets/bsds500 --out bench-out --limit 100 --no-scale
+    """
+    from echoimage.bench import run_benchmark
+
+    kwargs: dict[str, Any] = {"limit": limit}
+    if no_scale:
+        kwargs["scale"] = ()
+    report = run_benchmark(photo_dir, out, **kwargs)
+    click.echo(report.get("markdown", ""))
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="echoimage")

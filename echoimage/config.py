@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     workers: int = 0
     batch_size: int = 64
     http_timeout: float = 30.0
+    http_concurrency: int = 32
+    http_per_host: int = 8
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k")
     @classmethod

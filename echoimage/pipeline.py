@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 from sqlalchemy import Engine
@@ -32,12 +33,24 @@ from echoimage.search.engine import rebuild_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
-from echoimage.types import CatalogueItem, ImageFeatures
+from echoimage.types import CatalogueItem
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One catalogue image to (re)index, with what the store already knows of it."""
+
+    image_id: int
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    sha256: str | None = None  # known content hash: same bytes → "unchanged", no feature work
+    was_indexed: bool = False
 
 
 @dataclass(frozen=True)
 class WorkResult:
-    """What the feature worker made of one catalogue image."""
+    """What the fetch and feature stages made of one catalogue image."""
 
     image_id: int
     status: str
@@ -46,8 +59,11 @@ class WorkResult:
     nbytes: int | None = None
     etag: str | None = None
     last_modified: str | None = None
-    features: ImageFeatures | None = None
+    record: repo.FeatureRecord | None = None
     cpu_s: float = 0.0
+
+
+UNCHANGED = "unchanged"
 
 
 @dataclass
@@ -91,11 +107,15 @@ def _init_worker() -> None:
 
 
 def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
-                  etag: str | None = None, last_modified: str | None = None) -> WorkResult:
+                  etag: str | None = None, last_modified: str | None = None,
+                  known_sha256: str | None = None) -> WorkResult:
     """Decode bytes and extract features; a failure comes back as a status, never raised."""
     t0 = time.process_time()
     max_pixels, work_size, thumb_size, nfeatures = params
     sha = hashlib.sha256(data).hexdigest()
+    if known_sha256 is not None and sha == known_sha256:
+        return WorkResult(image_id, UNCHANGED, None, sha, len(data), etag, last_modified,
+                          cpu_s=time.process_time() - t0)
     try:
         img = decode_image(data, max_pixels, work_size)
         feats = extract_features(img, thumb_size, nfeatures)
@@ -109,26 +129,32 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
             status = Status.DECODE_ERROR
         return WorkResult(image_id, status, reason, sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
+    record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified)
     return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
-                      feats, cpu_s=time.process_time() - t0)
+                      record, cpu_s=time.process_time() - t0)
 
 
-def process_path(image_id: int, path: str, params: tuple[int, int, int, int],
-                 max_bytes: int) -> WorkResult:
+def process_path(item: WorkItem, params: tuple[int, int, int, int], max_bytes: int
+                 ) -> WorkResult:
     """Read a local file and process it; a missing or unreadable file is a status."""
-    etag = local_etag(path)
+    etag = local_etag(item.url)
+    if item.was_indexed and etag is not None and etag == item.etag:
+        return WorkResult(item.image_id, UNCHANGED, etag=etag)
     try:
-        size = os.path.getsize(path)
+        size = os.path.getsize(item.url)
         if size > max_bytes:
-            return WorkResult(image_id, Status.TOO_LARGE,
+            return WorkResult(item.image_id, Status.TOO_LARGE,
                               f"file is {size:,} bytes, over the cap of {max_bytes:,}")
-        with open(path, "rb") as fh:
+        with open(item.url, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return WorkResult(image_id, Status.MISSING, "file not found")
+        status = Status.GONE if item.was_indexed else Status.MISSING
+        return WorkResult(item.image_id, status, "file not found")
+    except IsADirectoryError:
+        return WorkResult(item.image_id, Status.NOT_AN_IMAGE, "is a directory")
     except OSError as exc:
-        return WorkResult(image_id, Status.MISSING, f"cannot read file: {exc.strerror}")
-    return process_bytes(image_id, data, params, etag)
+        return WorkResult(item.image_id, Status.MISSING, f"cannot read file: {exc.strerror}")
+    return process_bytes(item.image_id, data, params, etag, None, item.sha256)
 
 
 def feature_params(settings: Settings) -> tuple[int, int, int, int]:
@@ -162,7 +188,11 @@ def _remote_source(settings: Settings, url: str) -> tuple[str, str, Iterable[Cat
 
 
 class Indexer:
-    """Runs the work set of one build or update through fetch, features and the store."""
+    """Runs the work set of one build or update through fetch, features and the store.
+
+    Local files are read by the feature workers; URLs are fetched on the event loop while
+    the process pool extracts features, so downloads and CPU work overlap.
+    """
 
     def __init__(self, settings: Settings, engine: Engine, progress: bool = True) -> None:
         self.settings = settings
@@ -171,9 +201,18 @@ class Indexer:
         self.progress = progress
         self.params = feature_params(settings)
 
-    def run(self, work: list[tuple[int, str, str | None, str | None]],
-            summary: BuildSummary) -> None:
-        """Process (id, url, etag, last_modified) items; results are written in batches."""
+    def run(self, work: list[WorkItem], summary: BuildSummary) -> None:
+        """Process the work items; results are written in batched transactions."""
+        # a local file whose size and mtime are as recorded needs no worker at all
+        same = [w for w in work if w.was_indexed and not cat.is_url(w.url)
+                and w.etag is not None and local_etag(w.url) == w.etag]
+        if same:
+            items = {w.image_id: w for w in same}
+            for i in range(0, len(same), 1000):
+                self._write([WorkResult(w.image_id, UNCHANGED, etag=w.etag)
+                             for w in same[i:i + 1000]], items, summary)
+            done = set(items)
+            work = [w for w in work if w.image_id not in done]
         if not work:
             return
         workers = self.settings.workers or os.cpu_count() or 1
@@ -183,101 +222,114 @@ class Indexer:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             asyncio.run(self._run(pool, workers, work, summary))
 
-    async def _run(self, pool: ProcessPoolExecutor, workers: int,
-                   work: list[tuple[int, str, str | None, str | None]],
+    async def _run(self, pool: ProcessPoolExecutor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
         from tqdm import tqdm
 
+        from echoimage.fetch.client import FetchConfig, Fetcher
+
         loop = asyncio.get_running_loop()
         bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
-                   desc="indexing", dynamic_ncols=True)
-        urls = {w[0]: w[1] for w in work}
+                   desc=summary.kind, dynamic_ncols=True)
+        items = {w.image_id: w for w in work}
         pending: list[WorkResult] = []
         cpu_slots = asyncio.Semaphore(workers * 2)
-        fetcher = None
-        remote = [w for w in work if cat.is_url(w[1])]
-        local = [w for w in work if not cat.is_url(w[1])]
+        tasks: set[asyncio.Task[None]] = set()
 
-        async def on_result(res: WorkResult) -> None:
+        def on_result(res: WorkResult) -> None:
             pending.append(res)
             summary.cpu_seconds += res.cpu_s
             if len(pending) >= self.settings.batch_size:
-                self._write(pending, urls, summary)
+                self._write(pending, items, summary)
                 pending.clear()
             bar.update(1)
 
-        async def do_local(item: tuple[int, str, str | None, str | None]) -> None:
+        async def do_local(item: WorkItem) -> None:
             async with cpu_slots:
-                res = await loop.run_in_executor(pool, process_path, item[0], item[1],
-                                                 self.params, self.settings.max_bytes)
-            await on_result(res)
+                res = await loop.run_in_executor(pool, process_path, item, self.params,
+                                                 self.settings.max_bytes)
+            on_result(res)
 
-        async def do_remote(key: int, fres) -> None:  # type: ignore[no-untyped-def]
+        async def do_remote(item: WorkItem, fres: Any) -> None:
             if fres.status == "ok" and fres.data is not None:
                 async with cpu_slots:
-                    res = await loop.run_in_executor(pool, process_bytes, key, fres.data,
-                                                     self.params, fres.etag, fres.last_modified)
+                    res = await loop.run_in_executor(
+                        pool, process_bytes, item.image_id, fres.data, self.params,
+                        fres.etag, fres.last_modified, item.sha256 if item.was_indexed else None)
             elif fres.status == "not-modified":
-                res = WorkResult(key, "unchanged")
+                res = WorkResult(item.image_id, UNCHANGED, etag=fres.etag,
+                                 last_modified=fres.last_modified)
             else:
-                res = WorkResult(key, _fetch_status(fres.status), fres.reason or fres.status)
-            await on_result(res)
+                res = WorkResult(item.image_id, fetch_to_store_status(fres.status),
+                                 fres.reason or fres.status)
+            on_result(res)
 
-        tasks: set[asyncio.Task] = set()
+        async def submit(coro: Any) -> None:
+            nonlocal tasks
+            while len(tasks) >= workers * 4:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
+            tasks.add(asyncio.create_task(coro))
+
         try:
-            for item in local:
-                if len(tasks) >= workers * 4:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for t in done:
-                        t.result()
-                tasks.add(asyncio.create_task(do_local(item)))
+            for item in work:
+                if not cat.is_url(item.url):
+                    await submit(do_local(item))
+            remote = [(w.image_id, w.url, w.etag if w.was_indexed else None,
+                       w.last_modified if w.was_indexed else None)
+                      for w in work if cat.is_url(w.url)]
             if remote:
-                from echoimage.fetch.client import FetchConfig, Fetcher
-
-                t_net = time.perf_counter()
                 cfg = FetchConfig(max_bytes=self.settings.max_bytes,
-                                  total_timeout=self.settings.http_timeout)
+                                  total_timeout=self.settings.http_timeout,
+                                  concurrency=self.settings.http_concurrency,
+                                  per_host=self.settings.http_per_host)
                 async with Fetcher(cfg) as fetcher:
                     async for key, fres in fetcher.fetch_many(remote):
                         summary.net_wait_seconds += fres.wait_s
-                        while len(tasks) >= workers * 4:
-                            done, tasks = await asyncio.wait(
-                                tasks, return_when=asyncio.FIRST_COMPLETED)
-                            for t in done:
-                                t.result()
-                        tasks.add(asyncio.create_task(do_remote(key, fres)))
-                del t_net
+                        await submit(do_remote(items[key], fres))
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
+            for t in tasks:
+                t.cancel()
             if pending:
-                self._write(pending, urls, summary)
+                self._write(pending, items, summary)
                 pending.clear()
             bar.close()
 
-    def _write(self, results: list[WorkResult], urls: dict[int, str],
+    def _write(self, results: list[WorkResult], items: dict[int, WorkItem],
                summary: BuildSummary) -> None:
         """One transaction for a batch of results."""
         with self.sessions.begin() as session:
+            records = []
             for r in results:
-                if r.status == Status.INDEXED and r.features is not None:
-                    assert r.sha256 is not None and r.nbytes is not None
-                    repo.save_features(session, r.image_id, r.sha256, r.nbytes, r.features,
-                                       r.etag, r.last_modified)
-                elif r.status == "unchanged":
-                    repo.mark_unchanged(session, r.image_id)
+                item = items[r.image_id]
+                status = r.status
+                if status == Status.INDEXED and r.record is not None:
+                    records.append(r.record)
+                    if item.was_indexed:
+                        status = "changed"
+                elif status == UNCHANGED:
+                    repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
+                elif item.was_indexed and status in Status.TRANSIENT:
+                    repo.note_attempt(session, r.image_id, r.reason or status)
+                    status = f"kept ({status})"
+                    summary.failures.append((item.url, r.status, r.reason or ""))
                 else:
-                    repo.save_failure(session, r.image_id, r.status, r.reason or r.status,
+                    repo.save_failure(session, r.image_id, status, r.reason or status,
                                       r.sha256, r.nbytes)
-                    summary.failures.append((urls[r.image_id], r.status, r.reason or ""))
-                summary.counts[r.status] += 1
+                    summary.failures.append((item.url, status, r.reason or ""))
+                summary.counts[status] += 1
+            repo.save_feature_records(session, records)
 
 
-def _fetch_status(status: str) -> str:
+def fetch_to_store_status(status: str) -> str:
     """Map a fetch status onto a store status."""
     return {
         "gone": Status.GONE, "timeout": Status.TIMEOUT, "too-large": Status.TOO_LARGE,
-        "not-an-image": Status.NOT_AN_IMAGE,
+        "not-an-image": Status.NOT_AN_IMAGE, "bad-url": Status.BAD_URL,
+        "redirect-loop": Status.REDIRECT_ERROR, "too-many-redirects": Status.REDIRECT_ERROR,
     }.get(status, Status.HTTP_ERROR)
 
 
@@ -310,9 +362,9 @@ def build_index(settings: Settings, sources: list[str], progress: bool = True) -
                 else:
                     summary.counts["known-failure"] += 1
         with sessions() as session:
-            work = [(k.id, k.url, None, None) for k in repo.known_images(session).values()
+            work = [WorkItem(k.id, k.url) for k in repo.known_images(session).values()
                     if k.id in work_ids]
-        work.sort()
+        work.sort(key=lambda w: w.image_id)
         Indexer(settings, engine, progress).run(work, summary)
         manifest = rebuild_index(settings, engine)
         summary.index_entries = manifest.ntotal

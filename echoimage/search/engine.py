@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 from sqlalchemy import Engine
 
@@ -27,7 +28,7 @@ from echoimage.index.binary import (
     save_index,
 )
 from echoimage.index.manifest import Manifest
-from echoimage.search.rerank import fuse, match_orb, region, ssim
+from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
 from echoimage.store.db import head_revision, open_store, session_factory
@@ -63,6 +64,9 @@ class SearchEngine:
 
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  rebuild: bool = True) -> None:
+        # one query is too small to share across threads; spinning OpenMP threads cost
+        # more than the scan itself on a busy machine
+        faiss.omp_set_num_threads(1)
         self.settings = settings
         self.engine = engine or open_store(settings)
         self.sessions = session_factory(self.engine)
@@ -141,7 +145,7 @@ class SearchEngine:
         t0 = time.perf_counter()
         small = hash_input(img.gray)
         thumb = thumbnail(img.gray, s.thumb_size)
-        orbs: dict[bool, OrbFeatures] = {False: orb_features(img.gray, s.orb_features)}
+        orbs: dict[bool, OrbFeatures] = {}
         t1 = time.perf_counter()
 
         listed = shortlist(index, small, s.shortlist_k)
@@ -160,6 +164,7 @@ class SearchEngine:
         t2 = time.perf_counter()
 
         q_phash = phash(small)
+        refs: dict[int, SsimReference] = {}
         matches: list[Match] = []
         for c in chosen:
             cand = cands.get(c.id)
@@ -168,10 +173,12 @@ class SearchEngine:
             if c.hash_distance < 0:
                 c = Shortlisted(c.id, _hash_distance(q_phash, cand), 0)
             mirror = is_mirror(c.orientation)
-            if mirror not in orbs:
-                orbs[mirror] = orb_features(np.ascontiguousarray(img.gray[:, ::-1]),
-                                            s.orb_features)
-            matches.append(self._score(c, cand, thumb, orbs[mirror], img,
+            if mirror not in orbs:  # ORB is rotation- but not mirror-invariant
+                gray = np.ascontiguousarray(img.gray[:, ::-1]) if mirror else img.gray
+                orbs[mirror] = orb_features(gray, s.orb_features)
+            if c.orientation not in refs:
+                refs[c.orientation] = SsimReference(orient(thumb, c.orientation))
+            matches.append(self._score(c, cand, refs[c.orientation], orbs[mirror], img,
                                        exact=c.id in exact_ids))
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
@@ -181,10 +188,10 @@ class SearchEngine:
                                  "rerank_ms": (t3 - t2) * 1000},
                            width=img.width, height=img.height)
 
-    def _score(self, c: Shortlisted, cand: Candidate, thumb: np.ndarray, qorb: OrbFeatures,
+    def _score(self, c: Shortlisted, cand: Candidate, ref: SsimReference, qorb: OrbFeatures,
                img: DecodedImage, exact: bool) -> Match:
         s = self.settings
-        sim = ssim(orient(thumb, c.orientation), cand.thumbnail)
+        sim = ref.compare(cand.thumbnail)
         om = match_orb(qorb, cand.orb, s.ratio_test, s.ransac_px)
         score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
         reg = trans = None

@@ -26,29 +26,43 @@ _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two same-size grayscale images (Gaussian 11x11, sigma 1.5, float32).
+def _blur(z: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
 
-    Equals skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=255) to ~1e-5.
+
+class SsimReference:
+    """One side of SSIM, precomputed: compare a query thumbnail with many candidates.
+
+    Gaussian 11x11, sigma 1.5, float32; equals skimage.metrics.structural_similarity(
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255) to ~1e-5.
     """
-    if a.shape != b.shape:
-        raise ValueError(f"ssim needs same-size images, got {a.shape} and {b.shape}")
-    x = a.astype(np.float32)
-    y = b.astype(np.float32)
 
-    def blur(z: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+    def __init__(self, a: np.ndarray) -> None:
+        if a.ndim != 2:
+            raise ValueError("SSIM needs a 2-D grayscale image")
+        self.x = a.astype(np.float32)
+        self.mx = _blur(self.x)
+        self.mxx = self.mx * self.mx
+        self.vx = _blur(self.x * self.x) - self.mxx
 
-    mx, my = blur(x), blur(y)
-    mxx, myy, mxy = mx * mx, my * my, mx * my
-    vx = blur(x * x) - mxx
-    vy = blur(y * y) - myy
-    cxy = blur(x * y) - mxy
-    num = (2 * mxy + _C1) * (2 * cxy + _C2)
-    den = (mxx + myy + _C1) * (vx + vy + _C2)
-    m = (num / den)[5:-5, 5:-5]  # skimage crops the filter's half-width
-    return float(m.mean())
+    def compare(self, b: np.ndarray) -> float:
+        """Mean SSIM between the reference and b (same shape)."""
+        if b.shape != self.x.shape:
+            raise ValueError(f"ssim needs same-size images, got {self.x.shape} and {b.shape}")
+        y = b.astype(np.float32)
+        my = _blur(y)
+        myy = my * my
+        mxy = self.mx * my
+        vy = _blur(y * y) - myy
+        cxy = _blur(self.x * y) - mxy
+        num = (2 * mxy + _C1) * (2 * cxy + _C2)
+        den = (self.mxx + myy + _C1) * (self.vx + vy + _C2)
+        return float((num / den)[5:-5, 5:-5].mean())  # skimage crops the filter half-width
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two same-size grayscale images (see SsimReference)."""
+    return SsimReference(a).compare(b)
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class OrbMatch:
     matches: int
     inliers: int
     homography: np.ndarray | None  # query working pixels → candidate working pixels
+    pairs: np.ndarray | None = None  # float32 N×4: inlier (qx, qy, cx, cy), working pixels
 
 
 def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
@@ -72,14 +87,16 @@ def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
         return OrbMatch(len(good), 0, None)
     src = query.keypoints[[m.queryIdx for m in good], :2].reshape(-1, 1, 2)
     dst = cand.keypoints[[m.trainIdx for m in good], :2].reshape(-1, 1, 2)
-    h, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px, maxIters=500,
+    h, mask = cv2.findHomography(src, dst, cv2.USAC_DEFAULT, ransac_px, maxIters=1000,
                                  confidence=0.995)
     if h is None or mask is None:
         return OrbMatch(len(good), 0, None)
     inliers = int(mask.sum())
     if not _plausible(h):
         return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
-    return OrbMatch(len(good), inliers, h)
+    keep = mask.ravel().astype(bool)
+    pairs = np.hstack([src.reshape(-1, 2)[keep], dst.reshape(-1, 2)[keep]]).astype(np.float32)
+    return OrbMatch(len(good), inliers, h, pairs)
 
 
 def _plausible(h: np.ndarray) -> bool:

@@ -44,9 +44,13 @@ class Status:
     HTTP_ERROR = "http-error"
     GONE = "gone"
     TIMEOUT = "timeout"
+    BAD_URL = "bad-url"
+    REDIRECT_ERROR = "redirect-error"
 
     #: statuses a later run tries again
     RETRYABLE = frozenset({PENDING, HTTP_ERROR, TIMEOUT, MISSING})
+    #: transient failures: an image indexed before keeps its old entry
+    TRANSIENT = frozenset({HTTP_ERROR, TIMEOUT})
 
 
 class Source(Base):

@@ -8,10 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from echoimage.store.codec import decode_orb, decode_thumbnail, encode_orb, encode_thumbnail
+from echoimage.store.codec import (
+    decode_orb,
+    decode_thumbnail,
+    encode_orb,
+    encode_thumbnail,
+    thumbnail_to_png,
+)
 from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status
 from echoimage.types import Candidate, CatalogueItem, ImageFeatures
 
@@ -31,6 +37,7 @@ class KnownImage:
     sha256: str | None
     etag: str | None
     last_modified: str | None
+    source_id: int | None
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,18 @@ def list_sources(session: Session) -> list[tuple[str, str]]:
     return [(r.uri, r.kind) for r in session.execute(select(Source).order_by(Source.id)).scalars()]
 
 
+def images_of_source(session: Session, uri: str) -> dict[str, KnownImage]:
+    """Known images first recorded from the source uri, by URL."""
+    sid = session.scalar(select(Source.id).where(Source.uri == uri))
+    if sid is None:
+        return {}
+    return {k.url: k for k in known_images(session).values() if k.source_id == sid}
+
+
 def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[str, KnownImage]:
     """Known images by URL (all of them, or those among urls)."""
     stmt = select(ImageRow.id, ImageRow.url, ImageRow.status, ImageRow.sha256, ImageRow.etag,
-                  ImageRow.last_modified)
+                  ImageRow.last_modified, ImageRow.source_id)
     out: dict[str, KnownImage] = {}
     if urls is None:
         for row in session.execute(stmt):
@@ -95,29 +110,91 @@ def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | 
     return len(rows)
 
 
+@dataclass(frozen=True)
+class FeatureRecord:
+    """An indexed image's features, encoded for the store (made in the feature workers)."""
+
+    image_id: int
+    sha256: str
+    nbytes: int
+    width: int
+    height: int
+    format: str
+    phash: bytes
+    dhash: bytes
+    thumbnail: bytes
+    thumb_size: int
+    n_keypoints: int
+    keypoints: bytes
+    descriptors: bytes
+    work_scale: float
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
+                    etag: str | None = None, last_modified: str | None = None
+                    ) -> FeatureRecord:
+    """Encode features for the store (PNG thumbnail, raw keypoints and descriptors)."""
+    kp, desc = encode_orb(feats.orb)
+    return FeatureRecord(
+        image_id=image_id, sha256=sha256, nbytes=nbytes, width=feats.width,
+        height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
+        thumbnail=encode_thumbnail(feats.thumbnail), thumb_size=int(feats.thumbnail.shape[0]),
+        n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
+        work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified)
+
+
 def save_features(session: Session, image_id: int, sha256: str, nbytes: int,
                   feats: ImageFeatures, etag: str | None = None,
                   last_modified: str | None = None) -> None:
-    """Record an indexed image and (re)place its features."""
+    """Record one indexed image and (re)place its features."""
+    save_feature_records(session, [encode_features(image_id, sha256, nbytes, feats, etag,
+                                                   last_modified)])
+
+
+def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> None:
+    """Record many indexed images and (re)place their features, in bulk statements."""
+    if not records:
+        return
     ts = now()
-    kp, desc = encode_orb(feats.orb)
-    session.merge(FeatureRow(
-        image_id=image_id, phash=feats.phash, dhash=feats.dhash,
-        thumbnail=encode_thumbnail(feats.thumbnail), thumb_size=int(feats.thumbnail.shape[0]),
-        n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
-        work_scale=float(feats.work_scale),
-    ))
+    ids = [r.image_id for r in records]
+    session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
+    session.execute(FeatureRow.__table__.insert(), [
+        {"image_id": r.image_id, "phash": r.phash, "dhash": r.dhash, "thumbnail": r.thumbnail,
+         "thumb_size": r.thumb_size, "n_keypoints": r.n_keypoints, "keypoints": r.keypoints,
+         "descriptors": r.descriptors, "work_scale": r.work_scale}
+        for r in records
+    ])
+    table = ImageRow.__table__
+    stmt = table.update().where(table.c.id == bindparam("b_id")).values(
+        status=Status.INDEXED, reason=None, sha256=bindparam("b_sha"),
+        width=bindparam("b_w"), height=bindparam("b_h"), format=bindparam("b_fmt"),
+        nbytes=bindparam("b_n"), etag=bindparam("b_etag"), last_modified=bindparam("b_lm"),
+        updated_at=ts, indexed_at=ts, gone_at=None, attempts=table.c.attempts + 1)
+    session.execute(stmt, [
+        {"b_id": r.image_id, "b_sha": r.sha256, "b_w": r.width, "b_h": r.height,
+         "b_fmt": r.format, "b_n": r.nbytes, "b_etag": r.etag, "b_lm": r.last_modified}
+        for r in records
+    ])
+
+
+def mark_unchanged(session: Session, image_id: int, etag: str | None = None,
+                   last_modified: str | None = None) -> None:
+    """Note that an indexed image was checked and found unchanged (new validators kept)."""
+    values: dict[str, Any] = {"updated_at": now()}
+    if etag is not None:
+        values["etag"] = etag
+    if last_modified is not None:
+        values["last_modified"] = last_modified
+    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
+
+
+def note_attempt(session: Session, image_id: int, reason: str) -> None:
+    """A transient failure on an indexed image: keep its entry, remember the reason."""
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
-        status=Status.INDEXED, reason=None, sha256=sha256, width=feats.width,
-        height=feats.height, format=feats.format[:16], nbytes=nbytes, etag=etag,
-        last_modified=last_modified, updated_at=ts, indexed_at=ts, gone_at=None,
-        attempts=ImageRow.attempts + 1,
-    ))
-
-
-def mark_unchanged(session: Session, image_id: int) -> None:
-    """Note that an indexed image was checked and found unchanged."""
-    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(updated_at=now()))
+        reason=f"last check failed: {reason}"[:2000], updated_at=now(),
+        attempts=ImageRow.attempts + 1))
 
 
 def save_failure(session: Session, image_id: int, status: str, reason: str,
@@ -222,7 +299,8 @@ def image_info(session: Session, image_id: int) -> dict[str, Any] | None:
 
 def thumbnail_png(session: Session, image_id: int) -> bytes | None:
     """The stored thumbnail of an image as PNG bytes."""
-    return session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
+    data = session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
+    return thumbnail_to_png(data) if data is not None else None
 
 
 def start_run(session: Session, kind: str, sources: list[str]) -> int:

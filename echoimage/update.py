@@ -1,0 +1,80 @@
+"""`echoimage index update`: the scheduled re-index of the recorded catalogue sources.
+
+New URLs are added; known ones are re-checked cheaply (local files by size and mtime, URLs
+with If-None-Match / If-Modified-Since); changed bytes are re-indexed; 404/410 or a URL gone
+from its catalogue is marked gone (kept in the store with the date, dropped from the
+index); transient failures keep the old entry. A source that cannot be read marks nothing
+gone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from echoimage.config import Settings
+from echoimage.errors import CatalogueError
+from echoimage.pipeline import BuildSummary, Indexer, WorkItem, resolve_sources
+from echoimage.search.engine import rebuild_index
+from echoimage.store import repo
+from echoimage.store.db import open_store, session_factory
+from echoimage.store.models import Status
+
+
+def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
+    """Re-read every recorded source and bring the store and the index up to date."""
+    t0 = time.perf_counter()
+    engine = open_store(settings)
+    sessions = session_factory(engine)
+    summary = BuildSummary(kind="update")
+    with sessions() as session:
+        sources = repo.list_sources(session)
+    with sessions.begin() as session:
+        run_id = repo.start_run(session, "update", [u for u, _ in sources])
+    work: dict[int, WorkItem] = {}
+    try:
+        for uri, _kind in sources:
+            summary.sources.append(uri)
+            try:
+                resolved = list(resolve_sources(settings, [uri]))
+            except CatalogueError as exc:
+                summary.counts["source-unreadable"] += 1
+                summary.failures.append((uri, "source-unreadable", str(exc)))
+                if progress:
+                    print(f"warning: {exc}; its images are kept as they are", file=sys.stderr)
+                continue
+            for src_uri, kind, items in resolved:
+                items = list(items)
+                with sessions.begin() as session:
+                    sid = repo.source_id(session, src_uri, kind)
+                    repo.add_pending(session, items, sid)
+                    listed = {it.url for it in items}
+                    known = repo.known_images(session, list(listed))
+                    for url, k in repo.images_of_source(session, src_uri).items():
+                        if url not in listed and k.status != Status.GONE:
+                            repo.save_failure(session, k.id, Status.GONE,
+                                              "no longer in the catalogue")
+                            summary.counts["gone"] += 1
+                for k in known.values():
+                    if k.status == Status.GONE and k.url in listed:
+                        # back in the catalogue: fetch it again from scratch
+                        work[k.id] = WorkItem(k.id, k.url)
+                    elif k.status == Status.INDEXED:
+                        work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
+                                              was_indexed=True)
+                    elif k.status in Status.RETRYABLE:
+                        work[k.id] = WorkItem(k.id, k.url)
+                    else:
+                        summary.counts[f"skipped ({k.status})"] += 1
+        Indexer(settings, engine, progress).run(sorted(work.values(),
+                                                       key=lambda w: w.image_id), summary)
+        manifest = rebuild_index(settings, engine)
+        summary.index_entries = manifest.ntotal
+    except BaseException:
+        with sessions.begin() as session:
+            repo.finish_run(session, run_id, "failed", dict(summary.counts))
+        raise
+    summary.seconds = time.perf_counter() - t0
+    with sessions.begin() as session:
+        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+    return summary
