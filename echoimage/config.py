@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from echoimage.index.local import LocalParams
 
 
 class Settings(BaseSettings):
@@ -23,12 +27,24 @@ class Settings(BaseSettings):
     # features
     thumb_size: int = 256
     work_size: int = 512
+    # queries keep more pixels: a copy shown small inside a larger picture (a screenshot)
+    # still has enough resolution for ORB
+    query_work_size: int = 1024
     orb_features: int = 500
 
     # shortlist and re-rank
     shortlist_k: int = 32
     rerank_n: int = 8
     max_hash_distance: int = 26
+    orientation_max_distance: int = 16
+    # local-feature shortlist (crops, borders, screenshots)
+    local_per_image: int = 100
+    local_flat_max: int = 60_000
+    local_nprobe: int = 16
+    local_query_descriptors: int = 300
+    local_max_distance: int = 56
+    vote_n: int = 4
+    min_votes: int = 3
     ratio_test: float = 0.8
     ransac_px: float = 6.0
     # calibrated by `echoimage bench` (see README, "Scores")
@@ -47,6 +63,16 @@ class Settings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @property
+    def local_params(self) -> LocalParams:
+        """Parameters of the local-feature index."""
+        from echoimage.index.local import LocalParams
+
+        return LocalParams(per_image=self.local_per_image, flat_max=self.local_flat_max,
+                           nprobe=self.local_nprobe,
+                           query_descriptors=self.local_query_descriptors,
+                           max_distance=self.local_max_distance)
 
     @property
     def db_url(self) -> str:

@@ -65,6 +65,7 @@ class Candidate:
     id: int
     url: str
     sha256: str
+    phash: bytes
     thumbnail: np.ndarray
     orb: OrbFeatures
     width: int
@@ -89,6 +90,7 @@ class Match:
     sha256: str
     region: list[list[float]] | None = None
     transform: dict[str, Any] | None = None
+    votes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""
@@ -103,6 +105,7 @@ class Match:
             "orb_inliers": self.orb_inliers,
             "hash_distance": self.hash_distance,
             "orientation": self.orientation,
+            "votes": self.votes,
             "sha256": self.sha256,
             "region": self.region,
             "transform": self.transform,

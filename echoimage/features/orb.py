@@ -10,8 +10,35 @@ from echoimage.types import OrbFeatures
 EMPTY_ORB = OrbFeatures(np.zeros((0, 5), np.float32), np.zeros((0, 32), np.uint8))
 
 
+GRID = 4
+
+
+def spread_order(pts: np.ndarray, shape: tuple[int, int], grid: int = GRID) -> np.ndarray:
+    """Order keypoints so every prefix is spread over the image: the strongest of each
+    grid cell first, then the second strongest of each, and so on.
+
+    The local-feature index keeps a prefix of this order, so a crop anywhere in the
+    image still finds some of its keypoints there.
+    """
+    if len(pts) == 0:
+        return np.zeros(0, np.int64)
+    h, w = shape
+    cx = np.minimum((pts[:, 0] * grid / max(w, 1)).astype(np.int64), grid - 1)
+    cy = np.minimum((pts[:, 1] * grid / max(h, 1)).astype(np.int64), grid - 1)
+    cell = cy * grid + cx
+    by_strength = np.lexsort((np.arange(len(pts)), -pts[:, 4]))
+    rank_in_cell = np.empty(len(pts), np.int64)
+    seen: dict[int, int] = {}
+    for i in by_strength:
+        c = int(cell[i])
+        rank_in_cell[i] = seen.get(c, 0)
+        seen[c] = rank_in_cell[i] + 1
+    # primary key: rank within its cell; then strength; then index (stable)
+    return np.lexsort((np.arange(len(pts)), -pts[:, 4], rank_in_cell))
+
+
 def orb_features(gray: np.ndarray, nfeatures: int = 500) -> OrbFeatures:
-    """Up to nfeatures ORB keypoints, strongest first; an empty set for flat images."""
+    """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("orb_features expects a 2-D uint8 grayscale array")
     if nfeatures < 1:
@@ -21,7 +48,8 @@ def orb_features(gray: np.ndarray, nfeatures: int = 500) -> OrbFeatures:
     kps, desc = orb.detectAndCompute(gray, None)
     if desc is None or not kps:
         return EMPTY_ORB
-    order = np.argsort([-k.response for k in kps], kind="stable")
     pts = np.array([(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in kps],
-                   dtype=np.float32)[order]
+                   dtype=np.float32)
+    order = spread_order(pts, gray.shape[:2])
+    pts = pts[order]
     return OrbFeatures(np.ascontiguousarray(pts), np.ascontiguousarray(desc[order]))

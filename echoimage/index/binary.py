@@ -68,7 +68,7 @@ def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: Stor
     data = faiss.serialize_index_binary(index).tobytes()
     atomic_write_bytes(path, data)
     manifest = Manifest(
-        kind=name, ntotal=int(index.ntotal), max_id=state.max_id,
+        kind=name, ntotal=int(index.ntotal), images=state.count, max_id=state.max_id,
         last_indexed_at=state.last_indexed_at, schema_revision=schema_revision,
         sha256=file_sha256(path), built_at=datetime.now(UTC).isoformat(),
         params=params or {},
@@ -94,6 +94,6 @@ def load_index(directory: Path, name: str) -> tuple[faiss.IndexBinary, Manifest]
 
 def is_fresh(manifest: Manifest, state: StoreState, schema_revision: str) -> bool:
     """True when the manifest describes exactly the store's indexed set."""
-    return (manifest.ntotal == state.count and manifest.max_id == state.max_id
+    return (manifest.images == state.count and manifest.max_id == state.max_id
             and manifest.last_indexed_at == state.last_indexed_at
             and manifest.schema_revision == schema_revision)

@@ -15,7 +15,8 @@ class Manifest:
     """Parameters, entry count, schema revision and checksum of one index file."""
 
     kind: str
-    ntotal: int
+    ntotal: int  # entries in the index (images for the hash index, descriptors for local)
+    images: int  # indexed images of the store it was built from
     max_id: int
     last_indexed_at: str
     schema_revision: str

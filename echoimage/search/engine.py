@@ -17,7 +17,7 @@ from echoimage.config import Settings
 from echoimage.errors import EmptyCatalogueError, IndexStaleError
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
-from echoimage.features.hashes import hamming, hash_input, phash
+from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import orb_features
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.binary import (
@@ -27,6 +27,7 @@ from echoimage.index.binary import (
     load_index,
     save_index,
 )
+from echoimage.index.local import LOCAL_INDEX_NAME, build_local_index, set_nprobe, vote
 from echoimage.index.manifest import Manifest
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
@@ -36,12 +37,23 @@ from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 
 def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
-    """Rebuild the hash index from the store and write it atomically with its manifest."""
-    with session_factory(engine)() as session:
+    """Rebuild both shortlist indexes from one snapshot of the store and write each
+    atomically with its manifest (the local index first: readers watch the hash one)."""
+    lp = settings.local_params
+    bind = engine if engine.dialect.name == "sqlite" else engine.execution_options(
+        isolation_level="REPEATABLE READ")
+    with session_factory(bind)() as session:  # one transaction: one snapshot
         state = repo.store_state(session)
         ids, codes = repo.indexed_hashes(session)
+        lids, ldescs = repo.local_descriptors(session, lp.per_image)
+    revision = head_revision()
+    local = build_local_index(lids, ldescs, lp)
+    save_index(local, settings.index_dir, LOCAL_INDEX_NAME, state, revision,
+               params={"per_image": lp.per_image, "bits": 256,
+                       "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
+                       "descriptors": int(ldescs.shape[0])})
     index = build_binary_index(ids, codes)
-    return save_index(index, settings.index_dir, INDEX_NAME, state, head_revision(),
+    return save_index(index, settings.index_dir, INDEX_NAME, state, revision,
                       params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"})
 
 
@@ -74,6 +86,7 @@ class SearchEngine:
         self._lock = threading.Lock()
         self._manifest_mtime: float | None = None
         self.index: Any = None
+        self.local: Any = None
         self.manifest: Manifest | None = None
         self.load()
 
@@ -86,19 +99,34 @@ class SearchEngine:
         """Load the index, rebuilding it from the store when it is stale or missing."""
         with self.sessions() as session:
             state = repo.store_state(session)
-        loaded = load_index(self.settings.index_dir, INDEX_NAME)
-        if loaded is None or not is_fresh(loaded[1], state, head_revision()):
+        loaded = self._load_pair(state)
+        if loaded is None:
             if not self._rebuild:
                 raise IndexStaleError(
                     "the shortlist index is missing or does not match the store: "
                     "run `echoimage index build`")
             rebuild_index(self.settings, self.engine)
-            loaded = load_index(self.settings.index_dir, INDEX_NAME)
+            loaded = self._load_pair(state)
             if loaded is None:
                 raise IndexStaleError("the shortlist index could not be rebuilt")
+        (index, manifest), (local, _) = loaded
+        set_nprobe(local, self.settings.local_nprobe)
         with self._lock:
-            self.index, self.manifest = loaded
+            self.index, self.manifest, self.local = index, manifest, local
             self._manifest_mtime = self._mtime()
+
+    def _load_pair(self, state: repo.StoreState) -> tuple[Any, Any] | None:
+        """Both indexes, if both exist and describe exactly this store state."""
+        rev = head_revision()
+        hashes = load_index(self.settings.index_dir, INDEX_NAME)
+        local = load_index(self.settings.index_dir, LOCAL_INDEX_NAME)
+        if hashes is None or local is None:
+            return None
+        if not (is_fresh(hashes[1], state, rev) and is_fresh(local[1], state, rev)):
+            return None
+        if local[1].params.get("per_image") != self.settings.local_per_image:
+            return None
+        return hashes, local
 
     def _mtime(self) -> float | None:
         try:
@@ -123,7 +151,7 @@ class SearchEngine:
         import time
 
         t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.work_size)
+        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
         t1 = time.perf_counter()
         res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
         res.timings["decode_ms"] = (t1 - t0) * 1000
@@ -149,6 +177,10 @@ class SearchEngine:
         t1 = time.perf_counter()
 
         listed = shortlist(index, small, s.shortlist_k)
+        qorb = orbs[False] = orb_features(img.gray, s.orb_features)
+        voted = vote(self.local, qorb.descriptors, s.local_params, s.vote_n) \
+            if self.local is not None else []
+        votes = {v.id: v.votes for v in voted if v.votes >= s.min_votes}
         exact_ids: set[int] = set()
         with self.sessions() as session:
             if sha256:
@@ -157,29 +189,34 @@ class SearchEngine:
             chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
             if len(chosen) < k:
                 chosen = listed[:k]
-            have = {c.id for c in chosen}
-            for i in sorted(exact_ids - have):
-                chosen.append(Shortlisted(i, -1, 0))
-            cands = repo.candidates(session, [c.id for c in chosen])
+            want = [c.id for c in chosen]
+            extra = sorted((set(votes) | exact_ids) - set(want))
+            cands = repo.candidates(session, want + extra)
         t2 = time.perf_counter()
 
-        q_phash = phash(small)
+        oriented = oriented_phashes(small)
+        for i in extra:  # proposed by votes or by content hash, not by the hash shortlist
+            if i in cands:
+                d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(oriented))
+                chosen.append(Shortlisted(i, d, o))
         refs: dict[int, SsimReference] = {}
         matches: list[Match] = []
         for c in chosen:
             cand = cands.get(c.id)
             if cand is None:  # removed from the store since the index was built
                 continue
-            if c.hash_distance < 0:
-                c = Shortlisted(c.id, _hash_distance(q_phash, cand), 0)
+            if c.hash_distance > s.orientation_max_distance:
+                # a far hash says nothing about orientation: keep the query as it is (ORB
+                # is rotation-invariant; only a mirror needs the flipped query)
+                c = Shortlisted(c.id, c.hash_distance, 0)
             mirror = is_mirror(c.orientation)
             if mirror not in orbs:  # ORB is rotation- but not mirror-invariant
-                gray = np.ascontiguousarray(img.gray[:, ::-1]) if mirror else img.gray
-                orbs[mirror] = orb_features(gray, s.orb_features)
+                orbs[mirror] = orb_features(np.ascontiguousarray(img.gray[:, ::-1]),
+                                            s.orb_features)
             if c.orientation not in refs:
                 refs[c.orientation] = SsimReference(orient(thumb, c.orientation))
             matches.append(self._score(c, cand, refs[c.orientation], orbs[mirror], img,
-                                       exact=c.id in exact_ids))
+                                       exact=c.id in exact_ids, votes=votes.get(c.id, 0)))
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         out = _dedupe(matches)[:k]
@@ -189,7 +226,7 @@ class SearchEngine:
                            width=img.width, height=img.height)
 
     def _score(self, c: Shortlisted, cand: Candidate, ref: SsimReference, qorb: OrbFeatures,
-               img: DecodedImage, exact: bool) -> Match:
+               img: DecodedImage, exact: bool, votes: int) -> Match:
         s = self.settings
         sim = ref.compare(cand.thumbnail)
         om = match_orb(qorb, cand.orb, s.ratio_test, s.ransac_px)
@@ -198,24 +235,20 @@ class SearchEngine:
         if om.homography is not None:
             reg = region(om.homography, img.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
-            trans = _describe(om.homography, is_mirror(c.orientation), reg, cand)
+            trans = _describe(om.homography, is_mirror(c.orientation), reg, cand, img.scale)
         return Match(
             id=cand.id, url=cand.url, score=score,
             duplicate=exact or score >= s.duplicate_threshold, exact=exact,
             ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
-            sha256=cand.sha256, region=reg, transform=trans,
+            sha256=cand.sha256, region=reg, transform=trans, votes=votes,
         )
 
 
-def _hash_distance(q_phash: bytes, cand: Candidate) -> int:
-    """pHash distance to a candidate, recomputed from its thumbnail (exact matches only)."""
-    return hamming(q_phash, phash(hash_input(cand.thumbnail)))
-
-
-def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candidate
-              ) -> dict[str, Any]:
-    """Scale, rotation, mirror and covered fraction of the candidate, from a homography."""
+def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candidate,
+              query_scale: float) -> dict[str, Any]:
+    """From a homography: scale (catalogue pixels per query pixel), rotation, mirror and
+    the fraction of the catalogue image the query covers."""
     a = h[:2, :2]
     det = float(np.linalg.det(a))
     scale = math.sqrt(abs(det))
@@ -224,8 +257,9 @@ def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candida
     x, y = pts[:, 0], pts[:, 1]
     area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
     total = float(cand.width * cand.height) or 1.0
-    return {"scale": round(scale * cand.work_scale, 3), "rotation_deg": round(rotation, 1),
-            "mirror": mirror, "covered_fraction": round(min(area / total, 1.0), 3)}
+    return {"scale": round(scale * cand.work_scale / query_scale, 3),
+            "rotation_deg": round(rotation, 1), "mirror": mirror,
+            "covered_fraction": round(min(area / total, 1.0), 3)}
 
 
 def _dedupe(matches: list[Match]) -> list[Match]:

@@ -77,12 +77,19 @@ class OrbMatch:
 
 def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
               ransac_px: float = 6.0) -> OrbMatch:
-    """k-NN (k=2) Hamming matching with Lowe's ratio test, then RANSAC homography inliers."""
+    """k-NN (k=2) Hamming matching with Lowe's ratio test, one query keypoint per catalogue
+    keypoint, then RANSAC (USAC) homography inliers; degenerate geometry counts as none."""
     if len(query) < 2 or len(cand) < 2:
         return OrbMatch(0, 0, None)
     bf = cv2.BFMatcher(cv2.NORM_HAMMING)
     pairs = bf.knnMatch(query.descriptors, cand.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    best: dict[int, cv2.DMatch] = {}
+    for p in pairs:
+        if len(p) == 2 and p[0].distance < ratio * p[1].distance:
+            m = p[0]
+            if m.trainIdx not in best or m.distance < best[m.trainIdx].distance:
+                best[m.trainIdx] = m
+    good = list(best.values())
     if len(good) < MIN_MATCHES:
         return OrbMatch(len(good), 0, None)
     src = query.keypoints[[m.queryIdx for m in good], :2].reshape(-1, 1, 2)
@@ -91,20 +98,36 @@ def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
                                  confidence=0.995)
     if h is None or mask is None:
         return OrbMatch(len(good), 0, None)
-    inliers = int(mask.sum())
-    if not _plausible(h):
-        return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
     keep = mask.ravel().astype(bool)
-    pairs = np.hstack([src.reshape(-1, 2)[keep], dst.reshape(-1, 2)[keep]]).astype(np.float32)
-    return OrbMatch(len(good), inliers, h, pairs)
+    inliers = int(keep.sum())
+    src_in, dst_in = src.reshape(-1, 2)[keep], dst.reshape(-1, 2)[keep]
+    if not (_plausible(h) and _spread(src_in, query.keypoints) and
+            _spread(dst_in, cand.keypoints)):
+        return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
+    pairs_in = np.hstack([src_in, dst_in]).astype(np.float32)
+    return OrbMatch(len(good), inliers, h, pairs_in)
 
 
 def _plausible(h: np.ndarray) -> bool:
-    """Reject degenerate homographies (collapsed, exploded or strongly projective)."""
-    det = float(np.linalg.det(h[:2, :2]))
-    if not np.isfinite(det) or abs(det) < 1e-3 or abs(det) > 1e3:
+    """Reject degenerate homographies: collapsed or exploded scale, strong shear or
+    anisotropy (beyond a 1:4 stretch), or strong perspective."""
+    a = h[:2, :2]
+    if not np.all(np.isfinite(h)):
+        return False
+    sv = np.linalg.svd(a, compute_uv=False)
+    if sv[1] <= 1e-9 or sv[0] / sv[1] > 4.0 or not (1 / 16 <= float(np.sqrt(sv[0] * sv[1])) <= 16):
         return False
     return bool(abs(h[2, 0]) < 0.01 and abs(h[2, 1]) < 0.01)
+
+
+def _spread(pts: np.ndarray, all_pts: np.ndarray, frac: float = 0.08) -> bool:
+    """Inliers must span a real area, not a point: at least frac of the extent of all of
+    that image's keypoints in both directions."""
+    if len(pts) < MIN_MATCHES:
+        return False
+    span = np.ptp(pts, axis=0)
+    full = np.ptp(all_pts[:, :2], axis=0)
+    return bool(np.all(span >= frac * np.maximum(full, 1.0)))
 
 
 def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:

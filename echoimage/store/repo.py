@@ -236,19 +236,36 @@ def indexed_hashes(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, codes
 
 
+def local_descriptors(session: Session, per_image: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first per_image stored ORB descriptors of every indexed image, with their ids
+    repeated per descriptor: (int64 N, uint8 N×32)."""
+    rows = session.execute(
+        select(FeatureRow.image_id,
+               func.substr(FeatureRow.descriptors, 1, 32 * per_image))
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(ImageRow.status == Status.INDEXED)
+        .order_by(FeatureRow.image_id)
+    ).all()
+    blobs = [bytes(r[1] or b"") for r in rows]
+    counts = np.fromiter((len(b) // 32 for b in blobs), dtype=np.int64, count=len(rows))
+    ids = np.repeat(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), counts)
+    descs = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, 32)
+    return ids, descs
+
+
 def candidates(session: Session, ids: Sequence[int]) -> dict[int, Candidate]:
     """Stored features of the given indexed images, by id."""
     if not len(ids):
         return {}
     rows = session.execute(
         select(ImageRow.id, ImageRow.url, ImageRow.sha256, ImageRow.width, ImageRow.height,
-               FeatureRow.thumbnail, FeatureRow.keypoints, FeatureRow.descriptors,
+               FeatureRow.phash, FeatureRow.thumbnail, FeatureRow.keypoints, FeatureRow.descriptors,
                FeatureRow.work_scale)
         .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
         .where(ImageRow.id.in_([int(i) for i in ids]), ImageRow.status == Status.INDEXED)
     ).all()
     return {
-        r.id: Candidate(id=r.id, url=r.url, sha256=r.sha256 or "",
+        r.id: Candidate(id=r.id, url=r.url, sha256=r.sha256 or "", phash=r.phash,
                         thumbnail=decode_thumbnail(r.thumbnail),
                         orb=decode_orb(r.keypoints, r.descriptors), width=r.width or 0,
                         height=r.height or 0, work_scale=r.work_scale)

@@ -1,0 +1,89 @@
+"""The local-feature shortlist: a prefix of each image's ORB descriptors in a FAISS binary
+index; query descriptors vote for the images of their near neighbours.
+
+Flat (exact) search while the index is small; an IVF index trained on a sample of the
+store's descriptors once it holds more than ``flat_max`` descriptors (measured: a flat scan
+of 250 query descriptors costs ~14 ms at 50k descriptors and ~340 ms at 1M; IVF with 1024
+lists and nprobe 16 ~12 ms at 1M).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+LOCAL_INDEX_NAME = "orb-local.faissbin"
+DESC_BITS = 256
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    """How the local index is built and searched."""
+
+    per_image: int = 100  # descriptors kept per catalogue image (a spread_order prefix)
+    flat_max: int = 60_000  # above this many descriptors, use IVF
+    nprobe: int = 16
+    query_descriptors: int = 300
+    neighbours: int = 4
+    max_distance: int = 56  # Hamming bits (of 256) for a neighbour to count as a vote
+
+
+def build_local_index(ids: np.ndarray, descs: np.ndarray, params: LocalParams,
+                      seed: int = 0) -> faiss.IndexBinary:
+    """Index descriptors (uint8 N×32) with their image ids (int64, repeated per image)."""
+    if descs.ndim != 2 or descs.shape[1] != DESC_BITS // 8:
+        raise ValueError("descriptors must be N×32 uint8")
+    if ids.shape[0] != descs.shape[0]:
+        raise ValueError("ids and descriptors differ in length")
+    n = descs.shape[0]
+    if n <= params.flat_max:
+        base: faiss.IndexBinary = faiss.IndexBinaryFlat(DESC_BITS)
+    else:
+        nlist = int(min(max(256, 4 * np.sqrt(n)), 8192))
+        quantizer = faiss.IndexBinaryFlat(DESC_BITS)
+        ivf = faiss.IndexBinaryIVF(quantizer, DESC_BITS, nlist)
+        rng = np.random.default_rng(seed)
+        sample = descs[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        ivf.train(np.ascontiguousarray(sample))
+        ivf.nprobe = params.nprobe
+        base = ivf
+    index = faiss.IndexBinaryIDMap(base)
+    if n:
+        index.add_with_ids(np.ascontiguousarray(descs), np.ascontiguousarray(ids, np.int64))
+    return index
+
+
+def set_nprobe(index: faiss.IndexBinary, nprobe: int) -> None:
+    """Set nprobe on an IVF index behind an IDMap (no-op for flat indexes)."""
+    inner = faiss.downcast_IndexBinary(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexBinaryIVF):
+        inner.nprobe = nprobe
+
+
+@dataclass(frozen=True)
+class Voted:
+    """A catalogue image proposed by local-feature votes."""
+
+    id: int
+    votes: int
+
+
+def vote(index: faiss.IndexBinary, descriptors: np.ndarray, params: LocalParams,
+         top: int) -> list[Voted]:
+    """Images with the most query descriptors among their near neighbours (one vote per
+    query descriptor per image), most votes first, ties by id."""
+    if index.ntotal == 0 or len(descriptors) == 0 or top <= 0:
+        return []
+    q = np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
+    k = min(params.neighbours, index.ntotal)
+    dist, ids = index.search(q, k)
+    ok = (ids >= 0) & (dist <= params.max_distance)
+    rows = np.nonzero(ok)[0]
+    pairs = np.unique(np.stack([rows, ids[ok]], axis=1), axis=0) if rows.size else None
+    if pairs is None:
+        return []
+    img_ids, counts = np.unique(pairs[:, 1], return_counts=True)
+    order = np.lexsort((img_ids, -counts))[:top]
+    return [Voted(int(img_ids[i]), int(counts[i])) for i in order]

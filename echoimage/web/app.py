@@ -1,0 +1,68 @@
+"""The FastAPI application: `create_app(settings)` and `serve(settings, host, port)`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from echoimage.config import Settings
+from echoimage.errors import EchoImageError
+from echoimage.web import pages, routes
+from echoimage.web.config import WebSettings
+from echoimage.web.inputs import http_error
+from echoimage.web.service import WebService
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings, web_settings: WebSettings | None = None) -> FastAPI:
+    """The web page and the JSON API over the catalogue of `settings`.
+
+    The engine (index + store) is loaded once, when the app starts (its lifespan); it picks
+    up an index rebuilt by `echoimage index build/update` at the next query, without a
+    restart.
+    """
+    web = web_settings or WebSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = await WebService.start(settings, web)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(
+        title="EchoImage",
+        summary="Find copies and near-copies of an image in a catalogue.",
+        description="Upload an image or give its URL; the catalogue images it matches come "
+                    "back ranked, with the evidence behind each score. Results have the "
+                    "schema of `echoimage query --json`.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(EchoImageError)
+    async def _domain_error(request: Request, exc: EchoImageError) -> JSONResponse:
+        err = http_error(exc)
+        return JSONResponse({"detail": err.detail}, status_code=err.status_code)
+
+    app.include_router(routes.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
+          access_log: bool = True) -> None:
+    """Run the server with uvicorn until interrupted (one process; queries use threads)."""
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
+                log_level="info")

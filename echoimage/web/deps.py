@@ -1,0 +1,41 @@
+"""FastAPI dependencies as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from echoimage.web.cache import CachedQuery
+from echoimage.web.service import WebService
+
+
+def get_service(request: Request) -> WebService:
+    """The process's WebService, built once by the app's lifespan."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[WebService, Depends(get_service)]
+
+
+def get_session(service: ServiceDep) -> Generator[Session]:
+    """A store session for the duration of one request."""
+    with service.engine.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_cached_query(token: str, service: ServiceDep) -> CachedQuery:
+    """The recent query named by token; 404 once it has expired."""
+    entry = service.cache.get(token)
+    if entry is None:
+        raise HTTPException(404, f"unknown or expired query token (queries are kept for "
+                                 f"{service.cache.ttl:g} s)")
+    return entry
+
+
+CachedQueryDep = Annotated[CachedQuery, Depends(get_cached_query)]

@@ -1,0 +1,215 @@
+"""Reading a search request at the edge: the upload (size cap enforced while the body streams
+in, kept in memory), or the URL (fetched through the SSRF guard), and k; then the search.
+
+Everything here raises `HTTPException` with a one-line ``detail``: 400 bad request or refused
+URL, 413 too large, 415 not an image, 422 undecodable image or bad k, 502/504 upstream
+failure, 503 busy or no catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+
+from echoimage.errors import (
+    DecodeError,
+    EchoImageError,
+    EmptyCatalogueError,
+    FetchError,
+    IndexStaleError,
+    StoreError,
+)
+from echoimage.features.decode import sniff_format
+from echoimage.fetch.client import FetchStatus
+from echoimage.web.cache import CachedQuery
+from echoimage.web.schemas import SearchRequest
+from echoimage.web.service import WebService
+
+#: room for the multipart boundaries, part headers and the small fields around the file
+FORM_OVERHEAD = 64 * 1024
+JSON_LIMIT = 64 * 1024
+CHUNK = 64 * 1024
+SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF"
+
+_FETCH_STATUS_CODES = {
+    FetchStatus.BAD_URL: 400,
+    FetchStatus.TOO_LARGE: 413,
+    FetchStatus.NOT_AN_IMAGE: 415,
+    FetchStatus.TIMEOUT: 504,
+}
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    """A parsed search request: upload bytes or a URL, k, and a label for the results."""
+
+    data: bytes | None
+    url: str | None
+    k: int
+    label: str
+
+
+def http_error(exc: EchoImageError) -> HTTPException:
+    """The HTTP form of a domain error."""
+    if isinstance(exc, DecodeError):
+        return HTTPException(422, f"cannot decode the image: {exc}")
+    if isinstance(exc, FetchError):
+        return HTTPException(502, str(exc))
+    if isinstance(exc, EmptyCatalogueError | IndexStaleError | StoreError):
+        return HTTPException(503, str(exc))
+    return HTTPException(500, str(exc))
+
+
+def _too_large(cap: int) -> HTTPException:
+    return HTTPException(413, f"upload too large: the limit is {cap:,} bytes")
+
+
+async def _limited(request: Request, cap: int, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body, stopped with 413 as soon as more than limit bytes have arrived."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large(cap)
+        yield chunk
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        raise HTTPException(400, "malformed Content-Length header") from None
+
+
+def parse_k(value: object, default: int, most: int) -> int:
+    """k from a form field or JSON (None or "" means the default); 422 when out of range."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        raise HTTPException(422, f"k must be a whole number from 1 to {most}") from None
+    if not 1 <= k <= most:
+        raise HTTPException(422, f"k must be a whole number from 1 to {most}, not {k}")
+    return k
+
+
+async def read_upload(upload: UploadFile, cap: int) -> bytes:
+    """The uploaded file's bytes, read in chunks; 413 as soon as it passes cap."""
+    buf = bytearray()
+    while chunk := await upload.read(CHUNK):
+        buf += chunk
+        if len(buf) > cap:
+            raise _too_large(cap)
+    return bytes(buf)
+
+
+async def _read_form(request: Request, media: str, cap: int) -> FormData:
+    limit = cap + FORM_OVERHEAD
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(cap)
+    stream = _limited(request, cap, limit)
+    try:
+        if media == "multipart/form-data":
+            parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=8,
+                                     max_part_size=16 * 1024)
+            parser.spool_max_size = limit  # keep the upload in memory, never on disk
+            return await parser.parse()
+        return await FormParser(request.headers, stream, max_fields=8,
+                                max_part_size=16 * 1024).parse()
+    except MultiPartException as exc:
+        raise HTTPException(400, f"bad form data: {exc.message}") from None
+
+
+async def read_search_input(request: Request, service: WebService) -> SearchInput:
+    """Parse POST /api/search or the page's form: multipart/urlencoded fields or JSON."""
+    web = service.web
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        declared = _declared_length(request)
+        if declared is not None and declared > JSON_LIMIT:
+            raise HTTPException(413, f"JSON body too large: the limit is {JSON_LIMIT:,} bytes")
+        body = b"".join([c async for c in _limited(request, JSON_LIMIT, JSON_LIMIT)])
+        try:
+            req = SearchRequest.model_validate_json(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            raise HTTPException(422, f"bad JSON body: {where}: {err['msg']}") from None
+        url = req.url.strip()
+        if not url:
+            raise HTTPException(400, "give a URL")
+        return SearchInput(None, url, parse_k(req.k, web.default_k, web.max_k), url)
+    if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
+                                 "or a JSON body {\"url\": ..., \"k\": ...}")
+    form = await _read_form(request, media, web.max_upload_bytes)
+    k = parse_k(form.get("k"), web.default_k, web.max_k)
+    raw_url = form.get("url")
+    url = raw_url.strip() if isinstance(raw_url, str) else ""
+    upload = form.get("file")
+    data: bytes | None = None
+    label = ""
+    if isinstance(upload, UploadFile):
+        data = await read_upload(upload, web.max_upload_bytes)
+        label = upload.filename or "upload"
+        await upload.close()
+        if not data and not upload.filename:  # a form submitted with no file chosen
+            data = None
+    elif isinstance(upload, str) and upload:
+        raise HTTPException(400, "the 'file' field must be a file upload")
+    if data is not None and url:
+        raise HTTPException(400, "give either a file or a URL, not both")
+    if data is None and not url:
+        raise HTTPException(400, "give an image file (field 'file') or its URL (field 'url')")
+    if data is not None:
+        return SearchInput(data, None, k, label)
+    return SearchInput(None, url, k, url)
+
+
+def check_image_bytes(data: bytes) -> None:
+    """415 unless the first bytes are a known image signature (422 for an empty file)."""
+    if not data:
+        raise HTTPException(422, "cannot decode the image: the file is empty")
+    if sniff_format(data[:32]) is None:
+        head = data[:64].lstrip()
+        what = "HTML/XML" if head[:1] == b"<" else f"bytes {data[:8].hex(' ')}"
+        raise HTTPException(415, f"not an image: the file starts with {what}; "
+                                 f"send {SUPPORTED}")
+
+
+async def fetch_query(service: WebService, url: str) -> bytes:
+    """The bytes behind a query URL, or the HTTP error that explains why not."""
+    res = await service.fetch(url)
+    if res.status == FetchStatus.OK and res.data is not None:
+        return res.data
+    reason = res.reason or res.status
+    code = _FETCH_STATUS_CODES.get(res.status, 502)
+    if res.status == FetchStatus.CONNECTION_ERROR and "refused: " in reason:
+        code = 400  # the resolver's SSRF guard refused the address it was given
+    raise HTTPException(code, f"cannot fetch {url}: {reason}")
+
+
+async def answer(inp: SearchInput, service: WebService) -> CachedQuery:
+    """Fetch or take the bytes, check them, queue and search."""
+    if service.busy():
+        raise HTTPException(503, "server busy: too many queries waiting; retry shortly",
+                            headers={"Retry-After": "1"})
+    data = inp.data if inp.data is not None else await fetch_query(service, inp.url or "")
+    check_image_bytes(data)
+    try:
+        return await service.search(data, inp.label, inp.k)
+    except EchoImageError as exc:
+        raise http_error(exc) from None
+
+
+async def run_search(request: Request, service: WebService) -> CachedQuery:
+    """The whole search: read the request, then answer it."""
+    return await answer(await read_search_input(request, service), service)

@@ -1,0 +1,60 @@
+"""The HTML page: a plain form POST (JavaScript only adds drag and drop), then a redirect to
+the results of the query while they are cached (post/redirect/get)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from echoimage.web import render
+from echoimage.web.deps import ServiceDep
+from echoimage.web.inputs import SearchInput, answer, read_search_input
+from echoimage.web.service import WebService
+
+router = APIRouter(include_in_schema=False)
+
+
+def _form(service: WebService, error: HTTPException | None = None,
+          inp: SearchInput | None = None) -> HTMLResponse:
+    web = service.web
+    body = render.search_page(
+        indexed=service.engine.size, max_k=web.max_k, k=inp.k if inp else web.default_k,
+        max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
+        error=(error.status_code, str(error.detail)) if error else None)
+    if error is None:
+        return HTMLResponse(body)
+    return HTMLResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(service: ServiceDep) -> HTMLResponse:
+    """The search form."""
+    return _form(service)
+
+
+@router.post("/search")
+async def search(request: Request, service: ServiceDep) -> Response:
+    """The form's target: search, then redirect to the results (or show the form's error)."""
+    try:
+        inp = await read_search_input(request, service)
+    except HTTPException as exc:
+        return _form(service, exc)
+    try:
+        entry = await answer(inp, service)
+    except HTTPException as exc:
+        return _form(service, exc, inp)
+    return RedirectResponse(f"/results/{entry.token}", status_code=303)
+
+
+@router.get("/results/{token}", response_class=HTMLResponse)
+async def results(token: str, service: ServiceDep) -> HTMLResponse:
+    """The results page of a recent query."""
+    entry = service.cache.get(token)
+    if entry is None:
+        body = render.message_page(
+            "These results have expired",
+            f"Queries are kept for {service.cache.ttl:g} seconds only, and uploaded images "
+            "are not stored. Search again to see the matches.")
+        return HTMLResponse(body, status_code=404)
+    return HTMLResponse(render.results_page(entry, service.settings.duplicate_threshold,
+                                            service.cache.ttl))

@@ -1,0 +1,139 @@
+"""HTML of the page: `string.Template` files in templates/, every value HTML-escaped here."""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from echoimage.types import Match
+from echoimage.web.cache import CachedQuery
+
+TEMPLATES = Path(__file__).parent / "templates"
+FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
+
+
+@cache
+def template(name: str) -> Template:
+    """A template from the package's templates/ folder."""
+    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def esc(value: Any) -> str:
+    """HTML-escaped text of value (quotes included, so it is safe in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB" if n >= 1024 * 1024 else f"{n / 1024:g} KB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
+
+
+def page(title: str, body: str, footer: str = "") -> str:
+    """A whole page around body (body is HTML already)."""
+    return template("page.html").substitute(
+        title=esc(title), body=body,
+        footer=footer or "EchoImage &middot; uploaded images are not added to the catalogue "
+                         "and are forgotten after a few minutes.")
+
+
+def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url: str = "",
+                error: tuple[int, str] | None = None) -> str:
+    """The search form, optionally with an error message above it."""
+    err = ""
+    if error is not None:
+        code, detail = error
+        err = (f'<div class="error" role="alert"><strong>Search failed ({code}):</strong> '
+               f"{esc(detail)}</div>")
+    catalogue = f"The catalogue holds {indexed:,} indexed images." if indexed else (
+        "The catalogue is empty: run <code>echoimage index build</code> first.")
+    body = template("search.html").substitute(
+        catalogue=catalogue, error=err, formats=esc(FORMATS),
+        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k)
+    title = "EchoImage: find copies of an image"
+    return page(f"Error – {title}" if error else title, body)
+
+
+def message_page(heading: str, text: str) -> str:
+    """A page with one message (an expired result, for instance)."""
+    body = template("message.html").substitute(heading=esc(heading), text=esc(text))
+    return page(f"{heading} – EchoImage", body)
+
+
+def _verdict(m: Match) -> tuple[str, str]:
+    if m.exact:
+        return "exact", "Exact copy"
+    if m.duplicate:
+        return "duplicate", "Duplicate"
+    return "similar", "Similar"
+
+
+def _source(url: str) -> str:
+    if url.startswith(("http://", "https://")):
+        return (f'<a class="url" href="{esc(url)}" rel="noopener noreferrer nofollow">'
+                f"{esc(url)}</a>")
+    return f'<span class="url">{esc(url)}</span>'
+
+
+def _transform(m: Match) -> str:
+    t = m.transform
+    if not t:
+        return ""
+    parts = [f"scale {t.get('scale', 0):g}&times;", f"rotation {t.get('rotation_deg', 0):g}&deg;"]
+    if t.get("mirror"):
+        parts.append("mirrored")
+    parts.append(f"covers {100 * float(t.get('covered_fraction', 0)):.0f}%")
+    return f'<div class="wide"><dt>Geometry</dt><dd>{", ".join(parts)}</dd></div>'
+
+
+def card(rank: int, m: Match, token: str, threshold: float) -> str:
+    """One result card."""
+    key, verdict = _verdict(m)
+    if m.region is not None:
+        caption = (f"Lines join the {m.orb_inliers} matched keypoints (RANSAC inliers); the "
+                   "orange outline is where the query lies in the catalogue image.")
+    elif m.orb_matches:
+        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry; the score "
+                   "rests on SSIM and the hash.")
+    else:
+        caption = "No keypoint matches; the score rests on SSIM and the hash."
+    return template("card.html").substitute(
+        rank=rank, id=m.id, verdict_key=key, verdict=verdict, score=f"{m.score:.3f}",
+        threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/thumbnail.png",
+        source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,
+        orb_matches=m.orb_matches, hash_distance=m.hash_distance,
+        orientation=esc(m.orientation), transform=_transform(m),
+        match_src=f"/api/matches/{esc(token)}/{m.id}.png",
+        match_alt=esc(f"The query beside catalogue image {m.id}, matched keypoints joined"),
+        match_caption=esc(caption),
+    )
+
+
+def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
+    """The results page of a cached query."""
+    matches = entry.result.matches
+    dups = sum(m.duplicate for m in matches)
+    if not matches:
+        summary = "No catalogue image resembles it."
+    elif dups:
+        summary = f"{dups} duplicate{'s' if dups != 1 else ''} among {len(matches)} results."
+    else:
+        summary = f"No duplicate among the {len(matches)} closest images."
+    cards = "\n".join(card(i, m, entry.token, threshold) for i, m in enumerate(matches, 1))
+    listing = f'<ol class="grid">\n{cards}\n</ol>' if matches else "<p>No matches.</p>"
+    img = entry.image
+    total = sum(entry.result.timings.values())
+    body = template("results.html").substitute(
+        query_src=f"/api/queries/{esc(entry.token)}/image.png", label=esc(entry.label),
+        width=img.width, height=img.height, format=esc(img.format), summary=esc(summary),
+        total_ms=f"{total:.0f}", json_href=f"/api/queries/{esc(entry.token)}",
+        ttl=esc(_duration(ttl)),
+        matches_title=f"Closest {len(matches)} catalogue images" if matches else "Matches",
+        cards=listing,
+    )
+    return page(f"Results for {entry.label} – EchoImage", body)

@@ -1,0 +1,172 @@
+"""The JSON API. Routes raise only HTTPException; domain errors are mapped in `inputs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from echoimage.errors import EchoImageError
+from echoimage.store import repo
+from echoimage.web.cache import CachedQuery
+from echoimage.web.deps import CachedQueryDep, ServiceDep, SessionDep
+from echoimage.web.inputs import http_error, run_search
+from echoimage.web.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ImageInfo,
+    SearchResponse,
+    StatsResponse,
+)
+from echoimage.web.service import WebService
+from echoimage.web.visual import encode_png, restore_aspect
+
+router = APIRouter()
+
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+_SEARCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "the query image (or give url)"},
+                    "url": {"type": "string", "description": "http(s) URL of the query image"},
+                    "k": {"type": "integer", "minimum": 1, "description": "results wanted"},
+                },
+            }},
+            "application/json": {"schema": {
+                "type": "object", "required": ["url"],
+                "properties": {"url": {"type": "string"},
+                               "k": {"type": "integer", "minimum": 1}},
+            }},
+        },
+    }
+}
+
+
+def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
+    """The JSON answer of a search: `query --json`'s object, plus token, sizes and links."""
+    t = entry.token
+    img = entry.image
+    return {
+        "query": entry.label,
+        "results": [m.to_dict() for m in entry.result.matches],
+        "query_token": t,
+        "expires_in_s": round(service.cache.expires_in(entry), 1),
+        "width": img.width, "height": img.height, "format": img.format,
+        "timings_ms": entry.result.timings,
+        "links": {"query_image": f"/api/queries/{t}/image.png",
+                  "thumbnail": "/api/images/{id}/thumbnail.png",
+                  "match_image": f"/api/matches/{t}/{{id}}.png",
+                  "results": f"/results/{t}"},
+    }
+
+
+@router.post("/api/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY,
+             responses=_errors(400, 413, 415, 422, 502, 503, 504), tags=["search"])
+async def search(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Search the catalogue for copies of an image.
+
+    Send ``multipart/form-data`` with a ``file`` (the image) or a ``url`` field, and
+    optionally ``k``; or a JSON body ``{"url": ..., "k": ...}``. The ``results`` have the
+    schema of ``echoimage query --json``. The uploaded image is not added to the catalogue;
+    it is kept (decoded, in memory) only for ``expires_in_s`` seconds, for the match images.
+    """
+    entry = await run_search(request, service)
+    return search_response(entry, service)
+
+
+@router.get("/api/queries/{token}", response_model=SearchResponse, responses=_errors(404),
+            tags=["search"])
+async def recent_query(entry: CachedQueryDep, service: ServiceDep) -> dict[str, Any]:
+    """The results of a recent search, while it is cached."""
+    return search_response(entry, service)
+
+
+@router.get("/api/queries/{token}/image.png", response_class=Response,
+            responses={**PNG, **_errors(404)}, tags=["search"])
+async def query_image(entry: CachedQueryDep, service: ServiceDep) -> Response:
+    """The query image as the engine saw it (grayscale working image)."""
+    png = await run_in_threadpool(service.query_png, entry)
+    return Response(png, media_type="image/png", headers=_private(service))
+
+
+@router.get("/api/matches/{token}/{image_id}.png", response_class=Response,
+            responses={**PNG, **_errors(404)}, tags=["search"])
+async def match_image(image_id: int, entry: CachedQueryDep, service: ServiceDep) -> Response:
+    """The query and a matched catalogue image side by side: lines join the matched
+    keypoints (RANSAC inliers); the matched region is outlined on the catalogue image."""
+    match = entry.match(image_id)
+    if match is None:
+        raise HTTPException(404, f"image {image_id} is not among this query's results")
+    try:
+        png = await service.run(service.match_png, entry, match)
+    except EchoImageError as exc:
+        raise http_error(exc) from None
+    if png is None:
+        raise HTTPException(404, f"image {image_id} is no longer indexed")
+    return Response(png, media_type="image/png", headers=_private(service))
+
+
+def _private(service: WebService) -> dict[str, str]:
+    return {"Cache-Control": f"private, max-age={int(service.cache.ttl)}"}
+
+
+@router.get("/api/images/{image_id}", response_model=ImageInfo, responses=_errors(404),
+            tags=["catalogue"])
+def image(image_id: int, session: SessionDep) -> dict[str, Any]:
+    """Metadata, provenance and indexing status of a catalogue image."""
+    info = repo.image_info(session, image_id)
+    if info is None:
+        raise HTTPException(404, f"no catalogue image has id {image_id}")
+    info["thumbnail"] = (f"/api/images/{image_id}/thumbnail.png"
+                         if info["status"] == "indexed" else None)
+    return info
+
+
+@router.get("/api/images/{image_id}/thumbnail.png", response_class=Response,
+            responses={**PNG, **_errors(404)}, tags=["catalogue"])
+def thumbnail(image_id: int, session: SessionDep) -> Response:
+    """The stored grayscale thumbnail of an indexed image, at the image's aspect ratio
+    (longest side 256). Served from the store, so it shows even when the source is down."""
+    stored = repo.thumbnail_png(session, image_id)
+    info = repo.image_info(session, image_id) if stored is not None else None
+    if stored is None or info is None:
+        raise HTTPException(404, f"no thumbnail: image {image_id} is not indexed")
+    thumb = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if thumb is None:
+        raise HTTPException(500, f"the stored thumbnail of image {image_id} is corrupt")
+    if info["width"] and info["height"]:
+        thumb = restore_aspect(thumb, info["width"], info["height"], max(thumb.shape))
+    return Response(encode_png(thumb), media_type="image/png",
+                    headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/api/stats", response_model=StatsResponse, responses=_errors(503),
+            tags=["server"])
+async def stats(service: ServiceDep) -> dict[str, Any]:
+    """Catalogue images by status, the loaded index (re-read if a newer one was written),
+    and this server's query counters."""
+    try:
+        return await run_in_threadpool(service.stats)
+    except EchoImageError as exc:
+        raise http_error(exc) from None
+
+
+@router.get("/health", response_model=HealthResponse, tags=["server"])
+async def health(service: ServiceDep) -> dict[str, Any]:
+    """Liveness: the engine is loaded; the size of its index."""
+    return {"status": "ok", "index_entries": service.engine.size}

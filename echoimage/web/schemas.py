@@ -1,0 +1,135 @@
+"""Pydantic models of the JSON API. `MatchOut` is `echoimage.types.Match.to_dict()`, the
+schema `echoimage query --json` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransformOut(BaseModel):
+    """How the query maps onto the catalogue image (from the RANSAC homography)."""
+
+    scale: float = Field(description="catalogue pixels per query pixel")
+    rotation_deg: float
+    mirror: bool
+    covered_fraction: float = Field(description="share of the catalogue image the query covers")
+
+
+class MatchOut(BaseModel):
+    """One ranked result, in the field order of `echoimage query --json`.
+
+    Fields the engine adds later pass through unchanged (``extra="allow"``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    url: str
+    score: float = Field(description="fused score in [0, 1]")
+    duplicate: bool
+    exact: bool = Field(description="same bytes (sha256) as the query")
+    ssim: float
+    orb_matches: int
+    orb_inliers: int
+    hash_distance: int = Field(description="pHash Hamming distance in the matched orientation")
+    orientation: str
+    votes: int = Field(0, description="local-feature votes (crops, borders, screenshots)")
+    sha256: str
+    region: list[list[float]] | None = Field(
+        None, description="the query's outline in the catalogue image's original pixels")
+    transform: TransformOut | None = None
+
+
+class SearchRequest(BaseModel):
+    """JSON body of POST /api/search (a URL query)."""
+
+    url: str
+    k: int | None = Field(None, ge=1, description="number of results")
+
+
+class SearchLinks(BaseModel):
+    """Where to fetch the images of a search (``{id}``: a result's id)."""
+
+    query_image: str
+    thumbnail: str
+    match_image: str
+    results: str
+
+
+class SearchResponse(BaseModel):
+    """Results of one query: the `query --json` object plus the query token and timings."""
+
+    query: str
+    results: list[MatchOut]
+    query_token: str = Field(description="names this query in /api/matches/{token}/{id}.png")
+    expires_in_s: float
+    width: int
+    height: int
+    format: str
+    timings_ms: dict[str, float]
+    links: SearchLinks
+
+
+class ImageInfo(BaseModel):
+    """Metadata, provenance and status of a catalogue image."""
+
+    id: int
+    url: str
+    status: str
+    reason: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    bytes: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None
+    created_at: str | None = None
+    indexed_at: str | None = None
+    gone_at: str | None = None
+    thumbnail: str | None = Field(None, description="URL of the stored thumbnail, if indexed")
+
+
+class IndexStats(BaseModel):
+    """The shortlist index the server answers from."""
+
+    entries: int
+    built_at: str | None = None
+    max_id: int | None = None
+
+
+class ServerStats(BaseModel):
+    """This server process."""
+
+    uptime_s: float
+    queries: int
+    failed_queries: int
+    running: int
+    waiting: int
+    query_threads: int
+    cached_queries: int
+    cache_ttl_s: float
+
+
+class StatsResponse(BaseModel):
+    """Catalogue counts by status, the index and the server."""
+
+    images: dict[str, int]
+    total_images: int
+    index: IndexStats
+    server: ServerStats
+
+
+class HealthResponse(BaseModel):
+    """Liveness and the size of the loaded index."""
+
+    status: str
+    index_entries: int
+
+
+class ErrorResponse(BaseModel):
+    """Every error: what went wrong, in one line."""
+
+    detail: str
