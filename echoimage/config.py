@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     local_query_descriptors: int = 300
     local_max_distance: int = 56
     vote_n: int = 4
+    # content boxes (a picture inside a border, a screenshot or a captioned copy)
+    max_boxes: int = 3
+    box_k: int = 4
+    box_max_distance: int = 12
     min_votes: int = 3
     ratio_test: float = 0.8
     ransac_px: float = 6.0

@@ -82,7 +82,8 @@ class BuildSummary:
     @property
     def processed(self) -> int:
         """Images that went through decode and feature extraction in this run."""
-        return sum(n for s, n in self.counts.items() if s not in ("already-indexed",))
+        return sum(n for s, n in self.counts.items()
+                   if s not in ("already-indexed", "known-failure") and not s.startswith("skipped"))
 
     def as_dict(self) -> dict:
         """JSON-ready form."""

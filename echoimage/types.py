@@ -91,6 +91,7 @@ class Match:
     region: list[list[float]] | None = None
     transform: dict[str, Any] | None = None
     votes: int = 0
+    query_box: list[float] | None = None  # x, y, w, h of the part of the query that matched
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""
@@ -109,4 +110,5 @@ class Match:
             "sha256": self.sha256,
             "region": self.region,
             "transform": self.transform,
+            "query_box": self.query_box,
         }

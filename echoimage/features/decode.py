@@ -46,7 +46,10 @@ def sniff_format(data: bytes) -> str | None:
 
 def _to_gray(img: Image.Image) -> np.ndarray:
     """Any Pillow mode → uint8 grayscale, transparency flattened onto white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64)
+        return np.clip(arr / 257.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.mode == "I":  # 32-bit integer: 16-bit data in practice, 8-bit if it fits
         arr = np.asarray(img, dtype=np.float64)
         hi = float(arr.max()) if arr.size else 0.0
         top = 65535.0 if hi > 255 else 255.0
@@ -99,6 +102,8 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
                 img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else img.mode,
                           (work_size, work_size))
             img.load()
+            # EXIF orientations 5-8 turn the picture by a quarter: width and height swap
+            swapped = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
             oriented = ImageOps.exif_transpose(img)
             if oriented is not None:
                 img = oriented
@@ -119,7 +124,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
         raise DecodeError("image too large to decode in memory") from None
 
     # original size after EXIF orientation (draft() may have reduced the decoded size)
-    ow, oh = (h, w) if _swaps_axes(img, w, h, gray) else (w, h)
+    ow, oh = (h, w) if swapped else (w, h)
     longest = max(gray.shape)
     if longest > work_size:
         f = work_size / longest
@@ -129,11 +134,3 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
         raise DecodeError(f"image too small to compare ({ow}x{oh} pixels)")
     return DecodedImage(gray=np.ascontiguousarray(gray), width=ow, height=oh, format=fmt,
                         frames=frames)
-
-
-def _swaps_axes(img: Image.Image, w: int, h: int, gray: np.ndarray) -> bool:
-    """True when EXIF orientation turned the image by 90°, so width and height swap."""
-    if w == h:
-        return False
-    gh, gw = gray.shape
-    return (gw > gh) != (w > h)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import orb_features
+from echoimage.features.regions import content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.binary import (
     INDEX_NAME,
@@ -148,8 +150,6 @@ class SearchEngine:
 
     def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
-        import time
-
         t0 = time.perf_counter()
         img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
         t1 = time.perf_counter()
@@ -159,9 +159,13 @@ class SearchEngine:
 
     def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None
                     ) -> QueryResult:
-        """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash."""
-        import time
+        """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash.
 
+        The shortlist is the union of: the pHash neighbours of the whole query in all 8
+        orientations; the images its ORB descriptors vote for; the pHash neighbours of each
+        content box (a picture inside a border, a screenshot, a captioned copy); and any
+        image with the same sha256 (an exact copy).
+        """
         if k < 1:
             raise ValueError("k must be at least 1")
         self.refresh()
@@ -171,35 +175,36 @@ class SearchEngine:
                 "the catalogue has no indexed images: run `echoimage index build` first")
         s = self.settings
         t0 = time.perf_counter()
-        small = hash_input(img.gray)
-        thumb = thumbnail(img.gray, s.thumb_size)
-        orbs: dict[bool, OrbFeatures] = {}
+        views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s)]
+        views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s)
+                  for x, y, w, h in content_boxes(img.gray, s.max_boxes)]
         t1 = time.perf_counter()
 
-        listed = shortlist(index, small, s.shortlist_k)
-        qorb = orbs[False] = orb_features(img.gray, s.orb_features)
-        voted = vote(self.local, qorb.descriptors, s.local_params, s.vote_n) \
+        n = max(s.rerank_n, k)
+        listed = shortlist(index, views[0].small, s.shortlist_k)
+        chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
+        if len(chosen) < k:
+            chosen = listed[:k]
+        seen = {c.id for c in chosen}
+        for v, view in enumerate(views[1:], 1):
+            for c in shortlist(index, view.small, s.box_k):
+                if c.hash_distance <= s.box_max_distance and c.id not in seen:
+                    chosen.append(Shortlisted(c.id, c.hash_distance, c.orientation, v))
+                    seen.add(c.id)
+        voted = vote(self.local, views[0].orb(False).descriptors, s.local_params, s.vote_n) \
             if self.local is not None else []
         votes = {v.id: v.votes for v in voted if v.votes >= s.min_votes}
-        exact_ids: set[int] = set()
         with self.sessions() as session:
-            if sha256:
-                exact_ids = set(repo.ids_by_sha256(session, sha256))
-            n = max(s.rerank_n, k)
-            chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
-            if len(chosen) < k:
-                chosen = listed[:k]
-            want = [c.id for c in chosen]
-            extra = sorted((set(votes) | exact_ids) - set(want))
-            cands = repo.candidates(session, want + extra)
+            exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
+            extra = sorted((set(votes) | exact_ids) - seen)
+            cands = repo.candidates(session, [c.id for c in chosen] + extra)
         t2 = time.perf_counter()
 
-        oriented = oriented_phashes(small)
-        for i in extra:  # proposed by votes or by content hash, not by the hash shortlist
+        oriented = oriented_phashes(views[0].small)
+        for i in extra:  # proposed by votes or by content hash, not by a hash shortlist
             if i in cands:
                 d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(oriented))
                 chosen.append(Shortlisted(i, d, o))
-        refs: dict[int, SsimReference] = {}
         matches: list[Match] = []
         for c in chosen:
             cand = cands.get(c.id)
@@ -208,14 +213,8 @@ class SearchEngine:
             if c.hash_distance > s.orientation_max_distance:
                 # a far hash says nothing about orientation: keep the query as it is (ORB
                 # is rotation-invariant; only a mirror needs the flipped query)
-                c = Shortlisted(c.id, c.hash_distance, 0)
-            mirror = is_mirror(c.orientation)
-            if mirror not in orbs:  # ORB is rotation- but not mirror-invariant
-                orbs[mirror] = orb_features(np.ascontiguousarray(img.gray[:, ::-1]),
-                                            s.orb_features)
-            if c.orientation not in refs:
-                refs[c.orientation] = SsimReference(orient(thumb, c.orientation))
-            matches.append(self._score(c, cand, refs[c.orientation], orbs[mirror], img,
+                c = Shortlisted(c.id, c.hash_distance, 0, c.view)
+            matches.append(self._score(c, cand, views[c.view], img,
                                        exact=c.id in exact_ids, votes=votes.get(c.id, 0)))
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
@@ -225,24 +224,55 @@ class SearchEngine:
                                  "rerank_ms": (t3 - t2) * 1000},
                            width=img.width, height=img.height)
 
-    def _score(self, c: Shortlisted, cand: Candidate, ref: SsimReference, qorb: OrbFeatures,
-               img: DecodedImage, exact: bool, votes: int) -> Match:
+    def _score(self, c: Shortlisted, cand: Candidate, view: _View, img: DecodedImage,
+               exact: bool, votes: int) -> Match:
         s = self.settings
-        sim = ref.compare(cand.thumbnail)
-        om = match_orb(qorb, cand.orb, s.ratio_test, s.ransac_px)
+        mirror = is_mirror(c.orientation)
+        sim = view.ssim_ref(c.orientation).compare(cand.thumbnail)
+        om = match_orb(view.orb(mirror), cand.orb, s.ratio_test, s.ransac_px)
         score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
         reg = trans = None
         if om.homography is not None:
-            reg = region(om.homography, img.gray.shape, cand.work_scale,
+            reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
-            trans = _describe(om.homography, is_mirror(c.orientation), reg, cand, img.scale)
+            trans = _describe(om.homography, mirror, reg, cand, img.scale)
+        x, y, w, h = view.box
+        box = None if c.view == 0 else [round(v * img.scale, 1) for v in (x, y, w, h)]
         return Match(
             id=cand.id, url=cand.url, score=score,
             duplicate=exact or score >= s.duplicate_threshold, exact=exact,
             ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
-            sha256=cand.sha256, region=reg, transform=trans, votes=votes,
+            sha256=cand.sha256, region=reg, transform=trans, votes=votes, query_box=box,
         )
+
+
+class _View:
+    """The whole query or a content box of it, with features computed on first use."""
+
+    def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings) -> None:
+        self.gray = np.ascontiguousarray(gray)
+        self.box = box
+        self.small = hash_input(self.gray)
+        self._settings = s
+        self._thumb: np.ndarray | None = None
+        self._orbs: dict[bool, OrbFeatures] = {}
+        self._refs: dict[int, SsimReference] = {}
+
+    def orb(self, mirror: bool) -> OrbFeatures:
+        """ORB of the view, or of its mirror image (ORB is not mirror-invariant)."""
+        if mirror not in self._orbs:
+            gray = np.ascontiguousarray(self.gray[:, ::-1]) if mirror else self.gray
+            self._orbs[mirror] = orb_features(gray, self._settings.orb_features)
+        return self._orbs[mirror]
+
+    def ssim_ref(self, o: int) -> SsimReference:
+        """SSIM reference of the view's thumbnail turned by orientation o."""
+        if o not in self._refs:
+            if self._thumb is None:
+                self._thumb = thumbnail(self.gray, self._settings.thumb_size)
+            self._refs[o] = SsimReference(orient(self._thumb, o))
+        return self._refs[o]
 
 
 def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candidate,

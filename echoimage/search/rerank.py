@@ -1,9 +1,11 @@
-"""Pure re-ranking: SSIM on thumbnails, ORB ratio-test matching, RANSAC homography.
+"""Pure re-ranking: SSIM on thumbnails, ORB ratio-test matching, RANSAC geometry.
 
 The fused score is the strongest of three pieces of evidence, each mapped to [0, 1]:
-    orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)        geometric agreement of keypoints
-    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN)         structural similarity of thumbnails
-    hash  = clip((HASH_CEIL - distance) / HASH_SPAN)      pHash Hamming distance
+    orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)      geometric agreement of keypoints
+    hash  = clip((HASH_CEIL - distance) / HASH_SPAN)    pHash Hamming distance (of 64 bits)
+    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN) * clip((SUPPORT_CEIL - distance) / 8)
+SSIM counts only as far as the hash supports it: smooth, featureless photos (sky, fog,
+microscopy) reach SSIM 0.8 with unrelated images, but then their hashes disagree.
 Unrelated photos stay near 0 on all three; `echoimage bench` reports the distributions and
 picks the `duplicate` threshold (README, "Scores").
 """
@@ -20,6 +22,7 @@ from echoimage.types import OrbFeatures
 ORB_FLOOR, ORB_SPAN = 8.0, 32.0
 SSIM_FLOOR, SSIM_SPAN = 0.35, 0.5
 HASH_CEIL, HASH_SPAN = 14.0, 10.0
+SUPPORT_CEIL = 26.0
 MIN_MATCHES = 8
 
 _C1 = (0.01 * 255) ** 2
@@ -92,24 +95,31 @@ def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
     good = list(best.values())
     if len(good) < MIN_MATCHES:
         return OrbMatch(len(good), 0, None)
-    src = query.keypoints[[m.queryIdx for m in good], :2].reshape(-1, 1, 2)
-    dst = cand.keypoints[[m.trainIdx for m in good], :2].reshape(-1, 1, 2)
-    h, mask = cv2.findHomography(src, dst, cv2.USAC_DEFAULT, ransac_px, maxIters=1000,
-                                 confidence=0.995)
-    if h is None or mask is None:
+    src = query.keypoints[[m.queryIdx for m in good], :2]
+    dst = cand.keypoints[[m.trainIdx for m in good], :2]
+    # RANSAC on an affine model (3-point samples): stable even when the matches cluster on
+    # one object of a crop, where a 4-point homography overfits perspective
+    affine, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
+                                        ransacReprojThreshold=ransac_px, maxIters=1000,
+                                        confidence=0.995)
+    if affine is None or mask is None:
         return OrbMatch(len(good), 0, None)
     keep = mask.ravel().astype(bool)
     inliers = int(keep.sum())
-    src_in, dst_in = src.reshape(-1, 2)[keep], dst.reshape(-1, 2)[keep]
-    if not (_plausible(h) and _spread(src_in, query.keypoints) and
-            _spread(dst_in, cand.keypoints)):
+    src_in, dst_in = src[keep], dst[keep]
+    h = np.vstack([affine, [0.0, 0.0, 1.0]])
+    if inliers >= MIN_MATCHES:  # the homography of the inliers, where it is well posed
+        hom, _ = cv2.findHomography(src_in, dst_in, 0)
+        if hom is not None and _plausible(hom):
+            h = hom
+    if not (_plausible(h) and _spread(src_in, query.keypoints, dst_in, cand.keypoints)):
         return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
     pairs_in = np.hstack([src_in, dst_in]).astype(np.float32)
     return OrbMatch(len(good), inliers, h, pairs_in)
 
 
 def _plausible(h: np.ndarray) -> bool:
-    """Reject degenerate homographies: collapsed or exploded scale, strong shear or
+    """Reject degenerate transforms: collapsed or exploded scale, strong shear or
     anisotropy (beyond a 1:4 stretch), or strong perspective."""
     a = h[:2, :2]
     if not np.all(np.isfinite(h)):
@@ -117,23 +127,28 @@ def _plausible(h: np.ndarray) -> bool:
     sv = np.linalg.svd(a, compute_uv=False)
     if sv[1] <= 1e-9 or sv[0] / sv[1] > 4.0 or not (1 / 16 <= float(np.sqrt(sv[0] * sv[1])) <= 16):
         return False
-    return bool(abs(h[2, 0]) < 0.01 and abs(h[2, 1]) < 0.01)
+    return bool(abs(h[2, 0]) < 0.005 and abs(h[2, 1]) < 0.005)
 
 
-def _spread(pts: np.ndarray, all_pts: np.ndarray, frac: float = 0.08) -> bool:
-    """Inliers must span a real area, not a point: at least frac of the extent of all of
-    that image's keypoints in both directions."""
-    if len(pts) < MIN_MATCHES:
+def _spread(q_in: np.ndarray, q_all: np.ndarray, c_in: np.ndarray, c_all: np.ndarray) -> bool:
+    """Inliers must span a real area, not a point or a line: in the query at least 5% of
+    its keypoints' extent each way, in the catalogue image a box of at least 0.2% of its
+    keypoints' extent."""
+    if len(q_in) < MIN_MATCHES:
         return False
-    span = np.ptp(pts, axis=0)
-    full = np.ptp(all_pts[:, :2], axis=0)
-    return bool(np.all(span >= frac * np.maximum(full, 1.0)))
+    q_span = np.ptp(q_in, axis=0)
+    q_full = np.maximum(np.ptp(q_all[:, :2], axis=0), 1.0)
+    c_span = np.ptp(c_in, axis=0)
+    c_full = np.maximum(np.ptp(c_all[:, :2], axis=0), 1.0)
+    return bool(np.all(q_span >= 0.05 * q_full)
+                and c_span[0] * c_span[1] >= 0.002 * c_full[0] * c_full[1])
 
 
 def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
     """Fused score in [0, 1]: the strongest of the three mapped components."""
     orb_part = np.clip((inliers - ORB_FLOOR) / ORB_SPAN, 0.0, 1.0)
-    ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
+    support = np.clip((SUPPORT_CEIL - hash_distance) / 8.0, 0.0, 1.0)
+    ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0) * support
     hash_part = np.clip((HASH_CEIL - hash_distance) / HASH_SPAN, 0.0, 1.0)
     return float(max(orb_part, ssim_part, hash_part))
 

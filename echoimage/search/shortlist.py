@@ -18,6 +18,7 @@ class Shortlisted:
     id: int
     hash_distance: int
     orientation: int
+    view: int = 0  # 0: the whole query; n: its n-th content box
 
 
 def shortlist(index: faiss.IndexBinary, small: np.ndarray, k: int) -> list[Shortlisted]:

@@ -100,7 +100,7 @@ class FeatureRow(Base):
     )
     phash: Mapped[bytes] = mapped_column(LargeBinary(8))
     dhash: Mapped[bytes] = mapped_column(LargeBinary(8))
-    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of thumb_size² uint8
+    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)  # raw thumb_size² uint8
     thumb_size: Mapped[int] = mapped_column(Integer)
     n_keypoints: Mapped[int] = mapped_column(Integer)
     keypoints: Mapped[bytes] = mapped_column(LargeBinary)  # float32 N×5

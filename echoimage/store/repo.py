@@ -321,7 +321,9 @@ def thumbnail_png(session: Session, image_id: int) -> bytes | None:
 
 
 def start_run(session: Session, kind: str, sources: list[str]) -> int:
-    """Record the start of an indexing run."""
+    """Record the start of an indexing run; runs left 'running' by a killed process are
+    marked 'interrupted' (runs never overlap: `scripts/reindex-cron.sh` holds a lock)."""
+    session.execute(update(Run).where(Run.status == "running").values(status="interrupted"))
     run = Run(kind=kind, started_at=now(), status="running", sources=sources)
     session.add(run)
     session.flush()

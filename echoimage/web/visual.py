@@ -53,7 +53,7 @@ def _fit(img: np.ndarray, height: int, max_width: int) -> tuple[np.ndarray, floa
 
 
 def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | None = None,
-                region: np.ndarray | None = None, height: int = 300, max_lines: int = 80,
+                region: np.ndarray | None = None, height: int = 300, max_lines: int = 60,
                 gap: int = 16) -> np.ndarray:
     """The query (left) and a catalogue image (right) side by side, as a BGR uint8 array.
 
@@ -88,7 +88,7 @@ def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | No
         cv2.fillPoly(shade, [poly], REGION_BGR, lineType=cv2.LINE_AA)
         region_mask = np.zeros(canvas.shape[:2], np.uint8)
         region_mask[ry:ry + right.shape[0], rx:rx + right.shape[1]] = 1
-        blend = cv2.addWeighted(canvas, 0.8, shade, 0.2, 0)
+        blend = cv2.addWeighted(canvas, 0.88, shade, 0.12, 0)
         canvas[region_mask == 1] = blend[region_mask == 1]
         cv2.polylines(canvas, [poly], True, REGION_BGR, 2, lineType=cv2.LINE_AA)
 
