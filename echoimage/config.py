@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     local_flat_max: int = 60_000
     local_nprobe: int = 16
     local_query_descriptors: int = 300
-    local_max_distance: int = 56
+    local_max_distance: int = 48
+    local_neighbours: int = 2
     vote_n: int = 4
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
         return LocalParams(per_image=self.local_per_image, flat_max=self.local_flat_max,
                            nprobe=self.local_nprobe,
                            query_descriptors=self.local_query_descriptors,
+                           neighbours=self.local_neighbours,
                            max_distance=self.local_max_distance)
 
     @property

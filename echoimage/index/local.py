@@ -26,8 +26,8 @@ class LocalParams:
     flat_max: int = 60_000  # above this many descriptors, use IVF
     nprobe: int = 16
     query_descriptors: int = 300
-    neighbours: int = 4
-    max_distance: int = 56  # Hamming bits (of 256) for a neighbour to count as a vote
+    neighbours: int = 2
+    max_distance: int = 48  # Hamming bits (of 256) for a neighbour to count as a vote
 
 
 def build_local_index(ids: np.ndarray, descs: np.ndarray, params: LocalParams,
@@ -71,19 +71,30 @@ class Voted:
 
 
 def vote(index: faiss.IndexBinary, descriptors: np.ndarray, params: LocalParams,
-         top: int) -> list[Voted]:
+         top: int, delta: faiss.IndexBinary | None = None,
+         removed: frozenset[int] = frozenset()) -> list[Voted]:
     """Images with the most query descriptors among their near neighbours (one vote per
-    query descriptor per image), most votes first, ties by id."""
-    if index.ntotal == 0 or len(descriptors) == 0 or top <= 0:
+    query descriptor per image), most votes first, ties by id.
+
+    delta holds entries changed since index was built; removed the ids whose entries in
+    index are out of date."""
+    if len(descriptors) == 0 or top <= 0:
         return []
     q = np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
-    k = min(params.neighbours, index.ntotal)
-    dist, ids = index.search(q, k)
-    ok = (ids >= 0) & (dist <= params.max_distance)
-    rows = np.nonzero(ok)[0]
-    pairs = np.unique(np.stack([rows, ids[ok]], axis=1), axis=0) if rows.size else None
-    if pairs is None:
+    found = []
+    for idx, skip in ((index, removed), (delta, frozenset())):
+        if idx is None or idx.ntotal == 0:
+            continue
+        dist, ids = idx.search(q, min(params.neighbours, idx.ntotal))
+        ok = (ids >= 0) & (dist <= params.max_distance)
+        if skip:
+            ok &= ~np.isin(ids, np.fromiter(skip, np.int64, len(skip)))
+        rows = np.nonzero(ok)[0]
+        if rows.size:
+            found.append(np.stack([rows, ids[ok]], axis=1))
+    if not found:
         return []
+    pairs = np.unique(np.concatenate(found), axis=0)
     img_ids, counts = np.unique(pairs[:, 1], return_counts=True)
     order = np.lexsort((img_ids, -counts))[:top]
     return [Voted(int(img_ids[i]), int(counts[i])) for i in order]

@@ -6,7 +6,8 @@ import hashlib
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from echoimage.features.thumbnail import thumbnail
 from echoimage.index.binary import (
     INDEX_NAME,
     build_binary_index,
-    is_fresh,
     load_index,
     save_index,
 )
@@ -46,17 +46,19 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
         isolation_level="REPEATABLE READ")
     with session_factory(bind)() as session:  # one transaction: one snapshot
         state = repo.store_state(session)
+        mark = repo.change_mark(session)
         ids, codes = repo.indexed_hashes(session)
         lids, ldescs = repo.local_descriptors(session, lp.per_image)
     revision = head_revision()
     local = build_local_index(lids, ldescs, lp)
     save_index(local, settings.index_dir, LOCAL_INDEX_NAME, state, revision,
-               params={"per_image": lp.per_image, "bits": 256,
+               params={"per_image": lp.per_image, "bits": 256, "change_mark": mark,
                        "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
                        "descriptors": int(ldescs.shape[0])})
     index = build_binary_index(ids, codes)
     return save_index(index, settings.index_dir, INDEX_NAME, state, revision,
-                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"})
+                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)",
+                              "change_mark": mark})
 
 
 @dataclass
@@ -69,12 +71,48 @@ class QueryResult:
     height: int = 0
 
 
-class SearchEngine:
-    """Answers queries from the store and the derived hash index.
+@dataclass(frozen=True)
+class _Snapshot:
+    """The shortlist indexes a query searches, replaced whole (never mutated).
 
-    The index is checked against the store when loaded, rebuilt if stale or missing, and
-    re-loaded when its manifest changes on disk (after `index build` / `index update`).
+    index/local come from the files; delta/delta_local hold the images whose store rows
+    changed after the files were built, and removed the ids whose file entries are out of
+    date, so together they agree with the store as of `mark`.
     """
+
+    index: Any
+    local: Any
+    manifest: Manifest
+    mtime: float | None
+    base_mark: str
+    mark: str = ""
+    delta: Any = None
+    delta_local: Any = None
+    removed: frozenset[int] = frozenset()
+    size: int = 0  # indexed images, as of mark
+
+
+def _id_array(index: Any) -> np.ndarray:
+    """The sorted ids of an IDMap index."""
+    return np.sort(faiss.vector_to_array(index.id_map)) if index.ntotal else np.zeros(0, np.int64)
+
+
+class SearchEngine:
+    """Answers queries from the store and the derived shortlist indexes.
+
+    The index files are loaded once and rebuilt when missing, corrupt or built for other
+    parameters. Before every query the engine compares the store's latest change with the
+    one it has seen: rows changed since the files were built are searched from a small
+    in-memory delta (up to `delta_max` of them; beyond that the files are rebuilt), so a
+    query never answers from an index that disagrees with the store. A newer index written
+    by `index build` / `index update` is picked up by its manifest.
+    """
+
+    #: changed rows past which the files are rebuilt rather than patched in memory
+    delta_max = 5000
+    #: changes re-applied from slightly before the files' mark (commits may land late)
+    margin = timedelta(seconds=10)
+    margin_rows = 2000
 
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  rebuild: bool = True) -> None:
@@ -85,11 +123,9 @@ class SearchEngine:
         self.engine = engine or open_store(settings)
         self.sessions = session_factory(self.engine)
         self._rebuild = rebuild
-        self._lock = threading.Lock()
-        self._manifest_mtime: float | None = None
-        self.index: Any = None
-        self.local: Any = None
-        self.manifest: Manifest | None = None
+        self._lock = threading.RLock()
+        self.snap: _Snapshot | None = None
+        self._main_ids = np.zeros(0, np.int64)
         self.load()
 
     @property
@@ -97,38 +133,101 @@ class SearchEngine:
         """Where the hash index manifest lives."""
         return self.settings.index_dir / f"{INDEX_NAME}.json"
 
-    def load(self) -> None:
-        """Load the index, rebuilding it from the store when it is stale or missing."""
-        with self.sessions() as session:
-            state = repo.store_state(session)
-        loaded = self._load_pair(state)
-        if loaded is None:
-            if not self._rebuild:
-                raise IndexStaleError(
-                    "the shortlist index is missing or does not match the store: "
-                    "run `echoimage index build`")
-            rebuild_index(self.settings, self.engine)
-            loaded = self._load_pair(state)
-            if loaded is None:
-                raise IndexStaleError("the shortlist index could not be rebuilt")
-        (index, manifest), (local, _) = loaded
-        set_nprobe(local, self.settings.local_nprobe)
-        with self._lock:
-            self.index, self.manifest, self.local = index, manifest, local
-            self._manifest_mtime = self._mtime()
+    @property
+    def index(self) -> Any:
+        """The hash index loaded from its file."""
+        return self.snap.index if self.snap else None
 
-    def _load_pair(self, state: repo.StoreState) -> tuple[Any, Any] | None:
-        """Both indexes, if both exist and describe exactly this store state."""
+    @property
+    def local(self) -> Any:
+        """The local-feature index loaded from its file."""
+        return self.snap.local if self.snap else None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """Manifest of the loaded hash index."""
+        return self.snap.manifest if self.snap else None
+
+    def load(self, force_rebuild: bool = False) -> None:
+        """Load the index files (rebuilding them when unusable), then catch up."""
+        with self._lock:
+            loaded = None if force_rebuild else self._load_files()
+            if loaded is None:
+                if not self._rebuild:
+                    raise IndexStaleError(
+                        "the shortlist index is missing or does not match the store: "
+                        "run `echoimage index build`")
+                rebuild_index(self.settings, self.engine)
+                loaded = self._load_files()
+                if loaded is None:
+                    raise IndexStaleError("the shortlist index could not be rebuilt")
+            (index, manifest), (local, _) = loaded
+            set_nprobe(local, self.settings.local_nprobe)
+            self._main_ids = _id_array(index)
+            self.snap = _Snapshot(index, local, manifest, self._mtime(),
+                                  str(manifest.params.get("change_mark", "")))
+            if not self._catch_up(force=True):
+                if force_rebuild:
+                    raise IndexStaleError("the store changes faster than the index can be "
+                                          "rebuilt")
+                if not self._rebuild:
+                    raise IndexStaleError("the shortlist index is far behind the store: "
+                                          "run `echoimage index build`")
+                self.load(force_rebuild=True)
+
+    def _load_files(self) -> tuple[Any, Any] | None:
+        """Both index files, if both are intact, agree with each other and fit the code."""
         rev = head_revision()
         hashes = load_index(self.settings.index_dir, INDEX_NAME)
         local = load_index(self.settings.index_dir, LOCAL_INDEX_NAME)
         if hashes is None or local is None:
             return None
-        if not (is_fresh(hashes[1], state, rev) and is_fresh(local[1], state, rev)):
+        hm, lm = hashes[1], local[1]
+        if hm.schema_revision != rev or lm.schema_revision != rev:
             return None
-        if local[1].params.get("per_image") != self.settings.local_per_image:
+        if (hm.params.get("change_mark"), hm.images) != (lm.params.get("change_mark"),
+                                                         lm.images):
+            return None
+        if lm.params.get("per_image") != self.settings.local_per_image:
             return None
         return hashes, local
+
+    def _catch_up(self, force: bool = False) -> bool:
+        """Bring the snapshot up to the store's latest change. False if too far behind."""
+        snap = self.snap
+        assert snap is not None
+        with self.sessions() as session:
+            mark = repo.change_mark(session)
+            if mark == snap.mark and not force:
+                return True
+            since = ""
+            if snap.base_mark:
+                since = (datetime.fromisoformat(snap.base_mark) - self.margin).isoformat()
+            changed = repo.changed_since(session, since, self.settings.local_per_image,
+                                         self.delta_max + self.margin_rows)
+        if changed is None:
+            return False
+        if snap.base_mark:
+            base = datetime.fromisoformat(snap.base_mark)
+            if sum(c.updated_at > base for c in changed) > self.delta_max:
+                return False
+        removed = frozenset(c.id for c in changed)
+        live = [c for c in changed if c.indexed and c.phash is not None]
+        delta = delta_local = None
+        if live:
+            ids = np.array([c.id for c in live], np.int64)
+            codes = np.frombuffer(b"".join(c.phash for c in live), np.uint8).reshape(-1, 8)
+            delta = build_binary_index(ids, codes)
+            blobs = [c.descriptors or b"" for c in live]
+            lids = np.repeat(ids, [len(b) // 32 for b in blobs])
+            descs = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, 32)
+            delta_local = build_local_index(lids, descs, replace(self.settings.local_params,
+                                                                 flat_max=1 << 62))
+        stale = int(np.isin(np.fromiter(removed, np.int64, len(removed)), self._main_ids).sum())
+        size = len(self._main_ids) - stale + len(live)
+        self.snap = replace(snap, mark=mark, delta=delta, delta_local=delta_local,
+                            removed=removed, size=size)
+        return True
 
     def _mtime(self) -> float | None:
         try:
@@ -137,16 +236,21 @@ class SearchEngine:
             return None
 
     def refresh(self) -> bool:
-        """Pick up a newer index written by another process. True if one was loaded."""
-        if self._mtime() == self._manifest_mtime:
+        """Make the snapshot agree with the store: load newer index files written by
+        another process, patch in rows changed since. True if anything was reloaded."""
+        with self._lock:
+            if self.snap is None or self._mtime() != self.snap.mtime:
+                self.load()
+                return True
+            if not self._catch_up():
+                self.load(force_rebuild=True)
+                return True
             return False
-        self.load()
-        return True
 
     @property
     def size(self) -> int:
         """Number of indexed catalogue images."""
-        return int(self.index.ntotal) if self.index is not None else 0
+        return self.snap.size if self.snap is not None else 0
 
     def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
@@ -169,8 +273,9 @@ class SearchEngine:
         if k < 1:
             raise ValueError("k must be at least 1")
         self.refresh()
-        index = self.index
-        if index is None or index.ntotal == 0:
+        snap = self.snap
+        assert snap is not None
+        if snap.size == 0:
             raise EmptyCatalogueError(
                 "the catalogue has no indexed images: run `echoimage index build` first")
         s = self.settings
@@ -181,18 +286,19 @@ class SearchEngine:
         t1 = time.perf_counter()
 
         n = max(s.rerank_n, k)
-        listed = shortlist(index, views[0].small, s.shortlist_k)
+        listed = shortlist(snap.index, views[0].small, s.shortlist_k, snap.delta,
+                           snap.removed)
         chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
         if len(chosen) < k:
             chosen = listed[:k]
         seen = {c.id for c in chosen}
         for v, view in enumerate(views[1:], 1):
-            for c in shortlist(index, view.small, s.box_k):
+            for c in shortlist(snap.index, view.small, s.box_k, snap.delta, snap.removed):
                 if c.hash_distance <= s.box_max_distance and c.id not in seen:
                     chosen.append(Shortlisted(c.id, c.hash_distance, c.orientation, v))
                     seen.add(c.id)
-        voted = vote(self.local, views[0].orb(False).descriptors, s.local_params, s.vote_n) \
-            if self.local is not None else []
+        voted = vote(snap.local, views[0].orb(False).descriptors, s.local_params, s.vote_n,
+                     snap.delta_local, snap.removed)
         votes = {v.id: v.votes for v in voted if v.votes >= s.min_votes}
         with self.sessions() as session:
             exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()

@@ -223,6 +223,40 @@ def store_state(session: Session) -> StoreState:
     return StoreState(int(row[0] or 0), int(row[1] or 0), last)
 
 
+def change_mark(session: Session) -> str:
+    """The latest change to any image row (ISO time; "" for an empty store)."""
+    ts = session.scalar(select(func.max(ImageRow.updated_at)))
+    return ts.isoformat() if ts is not None else ""
+
+
+@dataclass(frozen=True)
+class ChangedImage:
+    """An image row changed since some mark: its current status and index entries."""
+
+    id: int
+    indexed: bool
+    phash: bytes | None
+    descriptors: bytes | None
+    updated_at: datetime
+
+
+def changed_since(session: Session, mark: str, per_image: int, limit: int
+                  ) -> list[ChangedImage] | None:
+    """Images whose row changed after mark, or None if more than limit did."""
+    since = datetime.fromisoformat(mark) if mark else datetime(1970, 1, 1)
+    rows = session.execute(
+        select(ImageRow.id, ImageRow.status, FeatureRow.phash,
+               func.substr(FeatureRow.descriptors, 1, 32 * per_image), ImageRow.updated_at)
+        .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
+        .where(ImageRow.updated_at > since)
+        .order_by(ImageRow.id).limit(limit + 1)
+    ).all()
+    if len(rows) > limit:
+        return None
+    return [ChangedImage(r[0], r[1] == Status.INDEXED and r[2] is not None, r[2],
+                         bytes(r[3]) if r[3] is not None else None, r[4]) for r in rows]
+
+
 def indexed_hashes(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """Ids (int64) and pHashes (uint8 N×8) of every indexed image, by id."""
     rows = session.execute(

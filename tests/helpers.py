@@ -1,0 +1,240 @@
+"""Test helpers: photos from scikit-image, transforms and encoders (arrays → image bytes).
+
+Everything is generated in memory from the photos scikit-image ships; no test reads a file it
+did not write itself and none reaches the network.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+from PIL import Image
+
+#: the photos the generated catalogue is made of (all ship with scikit-image, no download);
+#: chosen to be mutually unrelated (skimage's `cat` is `chelsea`, so only one of them)
+CATALOGUE_PHOTOS: tuple[str, ...] = (
+    "astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "moon",
+    "page", "clock", "grass", "hubble_deep_field",
+)
+
+
+def extra_photos(*exclude: str) -> list[str]:
+    """The catalogue photos except the named ones."""
+    return [n for n in CATALOGUE_PHOTOS if n not in exclude]
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image photo as uint8 (gray HxW or RGB HxWx3)."""
+    arr = getattr(skimage.data, name)()
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Gray → RGB (RGB unchanged)."""
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+
+
+def to_gray(arr: np.ndarray) -> np.ndarray:
+    """RGB → uint8 gray with Pillow's (ITU-R 601-2) weights; gray unchanged."""
+    if arr.ndim == 2:
+        return arr
+    return np.asarray(Image.fromarray(arr).convert("L"))
+
+
+# --- encoders ---------------------------------------------------------------------------
+
+def encode(arr: np.ndarray | Image.Image, fmt: str, **save_kwargs: object) -> bytes:
+    """Encode an array (or a Pillow image) with Pillow: fmt is JPEG, PNG, WEBP, GIF, BMP…"""
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def jpeg(arr: np.ndarray, quality: int = 92, **kw: object) -> bytes:
+    """JPEG bytes."""
+    return encode(arr, "JPEG", quality=quality, **kw)
+
+
+def png(arr: np.ndarray | Image.Image, **kw: object) -> bytes:
+    """PNG bytes (lossless)."""
+    return encode(arr, "PNG", **kw)
+
+
+def webp(arr: np.ndarray, quality: int = 90) -> bytes:
+    """WebP bytes."""
+    return encode(arr, "WEBP", quality=quality)
+
+
+def gif(arr: np.ndarray) -> bytes:
+    """Single-frame GIF bytes (palette-quantised)."""
+    return encode(Image.fromarray(arr).convert("P", palette=Image.Palette.ADAPTIVE), "GIF")
+
+
+def animated_gif(frames: list[np.ndarray], duration: int = 100) -> bytes:
+    """Animated GIF bytes; frame 0 first."""
+    imgs = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration,
+                 loop=0, disposal=2)
+    return buf.getvalue()
+
+
+def png16(arr16: np.ndarray) -> bytes:
+    """16-bit grayscale PNG bytes of a uint16 array."""
+    img = Image.fromarray(arr16.astype(np.uint16))
+    assert img.mode.startswith("I;16")
+    return png(img)
+
+
+def cmyk_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """A CMYK JPEG of an RGB array."""
+    return encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=quality)
+
+
+def exif_rotated_jpeg(stored: np.ndarray, orientation: int = 6, quality: int = 95) -> bytes:
+    """JPEG whose pixels are `stored` and whose EXIF says Orientation=orientation."""
+    img = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=quality, exif=exif.tobytes())
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk with its CRC."""
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+
+def deflate_repeated(chunk: bytes, times: int) -> bytes:
+    """A valid zlib stream of `chunk * times`, made without compressing all of it.
+
+    A full flush resets the compressor, so the deflate blocks of one chunk can be repeated;
+    the Adler-32 trailer is computed over the whole (virtual) input.
+    """
+    comp = zlib.compressobj(9)
+    head = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.flush(zlib.Z_FINISH)[:-4]
+    adler = 1
+    for _ in range(times):
+        adler = zlib.adler32(chunk, adler)
+    return head + block * (times - 1) + tail + struct.pack(">I", adler)
+
+
+def big_png(width: int, height: int, row: bytes | None = None) -> bytes:
+    """A valid 8-bit grayscale PNG of width x height whose rows all equal `row` (default 0).
+
+    Highly compressible: a 30000 x 30000 "decompression bomb" is under 1 MB on disk.
+    """
+    row = bytes(width) if row is None else row
+    assert len(row) == width
+    rows_per_chunk = max(1, (1 << 20) // (width + 1))
+    while height % rows_per_chunk:
+        rows_per_chunk -= 1
+    chunk = (b"\x00" + row) * rows_per_chunk
+    data = deflate_repeated(chunk, height // rows_per_chunk)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", data)
+            + png_chunk(b"IEND", b""))
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A decompression bomb: a valid PNG declaring width x height pixels, tiny on disk."""
+    return big_png(width, height)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height but whose pixel data is a few bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b""))
+
+
+# --- transforms -------------------------------------------------------------------------
+
+def mirror(arr: np.ndarray) -> np.ndarray:
+    """Left-right mirror."""
+    return np.ascontiguousarray(arr[:, ::-1])
+
+
+def rot90(arr: np.ndarray, k: int = 1) -> np.ndarray:
+    """k quarter turns anticlockwise."""
+    return np.ascontiguousarray(np.rot90(arr, k))
+
+
+def resize(arr: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by factor (Lanczos)."""
+    img = Image.fromarray(arr)
+    size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+    return np.asarray(img.resize(size, Image.Resampling.LANCZOS))
+
+
+def rotate(arr: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate by a small angle about the centre, same size, bicubic (corners filled black)."""
+    return np.asarray(Image.fromarray(arr).rotate(degrees, resample=Image.Resampling.BICUBIC))
+
+
+def crop(arr: np.ndarray, frac: float) -> np.ndarray:
+    """Central crop keeping frac of each side."""
+    h, w = arr.shape[:2]
+    dh, dw = int(h * (1 - frac) / 2), int(w * (1 - frac) / 2)
+    return np.ascontiguousarray(arr[dh:h - dh, dw:w - dw])
+
+
+def tint(arr: np.ndarray, rgb: tuple[float, float, float] = (1.1, 0.95, 0.85)) -> np.ndarray:
+    """Colour cast by per-channel gains (gray input becomes RGB)."""
+    out = to_rgb(arr).astype(np.float32) * np.array(rgb, np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def shrink(arr: np.ndarray, longest: int) -> np.ndarray:
+    """Resize so the longest side is `longest` pixels."""
+    h, w = arr.shape[:2]
+    return resize(arr, longest / max(h, w))
+
+
+def jpeg_roundtrip(arr: np.ndarray, quality: int = 50) -> np.ndarray:
+    """The pixels after a JPEG encode/decode at the given quality."""
+    return np.asarray(Image.open(io.BytesIO(jpeg(arr, quality))))
+
+
+def write(path: Path, data: bytes) -> Path:
+    """Write bytes, creating parent folders; returns path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def synthetic(seed: int, size: int = 300) -> np.ndarray:
+    """A random but photo-like RGB image: gradients, a dozen shapes and noise, no symmetry."""
+    rng = np.random.RandomState(seed)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    xx, yy = ramp[None, :], ramp[:, None]
+    a, b = rng.uniform(-60, 60, (2, 3)).astype(np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    for c in range(3):
+        img[..., c] = 128 + a[c] * xx + b[c] * yy
+    for _ in range(12):
+        cx, cy = rng.uniform(0, 1, 2)
+        r = rng.uniform(0.04, 0.25)
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        x0, x1 = np.searchsorted(ramp, [cx - r, cx + r])
+        y0, y1 = np.searchsorted(ramp, [cy - r * rng.uniform(0.3, 1), cy + r])
+        if rng.rand() < 0.5:
+            mask = ((xx[:, x0:x1] - cx) ** 2 + (yy[y0:y1] - cy) ** 2) < r * r
+            patch = img[y0:y1, x0:x1]
+            patch[mask] = 0.4 * patch[mask] + 0.6 * colour
+        else:
+            img[y0:y1, x0:x1] = 0.4 * img[y0:y1, x0:x1] + 0.6 * colour
+    img += rng.randint(-10, 11, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)

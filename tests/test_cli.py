@@ -1,0 +1,374 @@
+"""End to end through click's CliRunner: index build, query, index status, sources, help."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from helpers import (
+    jpeg,
+    mirror,
+    photo,
+    png,
+    rot90,
+    shrink,
+    synthetic,
+    tint,
+    write,
+)
+
+from echoimage.cli import cli
+from echoimage.pipeline import build_index
+from echoimage.sample import SAMPLE_NAMES
+from echoimage.store import repo
+from echoimage.store.db import open_store, session_factory
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+def run(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Invoke the CLI with a data directory; exceptions propagate as test errors."""
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], env=env,
+                                catch_exceptions=False)
+    return result
+
+
+def json_lines(result: Result) -> list[dict]:
+    lines = result.output.splitlines()
+    assert lines, result.output
+    return [json.loads(line) for line in lines]
+
+
+def image_rows(data_dir: Path) -> dict[str, dict]:
+    """image_info() of every image in a data directory's store, by URL."""
+    from echoimage.config import Settings
+
+    engine = open_store(Settings(data_dir=data_dir))
+    try:
+        with session_factory(engine)() as s:
+            return {url: repo.image_info(s, k.id) for url, k in repo.known_images(s).items()}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def cli_built(catalogue, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`index build DIR --json` on the generated catalogue, once for this module."""
+    data_dir = tmp_path_factory.mktemp("cli-data")
+    result = run(data_dir, "index", "build", str(catalogue.root), "--json", "--workers", "2",
+                 "-q")
+    assert result.exit_code == 0, result.output
+    return data_dir, json.loads(result.output)
+
+
+def test_index_build_json(catalogue, cli_built) -> None:
+    data_dir, summary = cli_built
+    assert summary["counts"] == {"indexed": len(catalogue.files)}
+    assert summary["index_entries"] == len(catalogue.files)
+    assert summary["sources"] == [str(catalogue.root.resolve())]
+    assert summary["failures"] == []
+    rows = image_rows(data_dir)
+    assert set(rows) == catalogue.urls
+    assert all(r["status"] == "indexed" for r in rows.values())
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "page"])
+@pytest.mark.parametrize("how,orientation", [("mirror+jpeg", "mirror"), ("rot90", "rot270")])
+def test_query_finds_transformed_copy(catalogue, cli_built, tmp_path, name: str, how: str,
+                                      orientation: str) -> None:
+    arr = photo(name)
+    data = jpeg(mirror(arr), 75) if how == "mirror+jpeg" else png(rot90(arr))
+    q = write(tmp_path / f"{name}-{how}.jpg", data)
+    out = json_lines(run(cli_built[0], "query", "--json", "-k", "3", str(q)))
+    assert len(out) == 1 and out[0]["query"] == str(q)
+    top = out[0]["results"][0]
+    assert top["url"] == catalogue.url(name)
+    assert Path(top["url"]).is_absolute() and Path(top["url"]).exists()
+    assert top["duplicate"] is True and top["exact"] is False
+    assert top["orientation"] == orientation
+    assert top["score"] >= 0.5
+    assert 0 < len(out[0]["results"]) <= 3
+    scores = [r["score"] for r in out[0]["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r["url"] for r in out[0]["results"]}) == len(scores)
+
+
+def test_query_result_fields(catalogue, cli_built, tmp_path) -> None:
+    q = write(tmp_path / "q.jpg", jpeg(shrink(tint(photo("rocket")), 400), 70))
+    top = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"][0]
+    assert top["url"] == catalogue.url("rocket")
+    assert {"id", "url", "score", "duplicate", "exact", "ssim", "orb_matches", "orb_inliers",
+            "hash_distance", "orientation", "sha256", "region", "transform"} <= set(top)
+    assert 0.0 <= top["score"] <= 1.0 and len(top["sha256"]) == 64
+
+
+def test_many_queries_keep_input_order(catalogue, cli_built, tmp_path) -> None:
+    names = ["moon", "camera", "clock", "chelsea", "camera", "grass"]
+    paths = [str(write(tmp_path / f"{i}-{n}.jpg", jpeg(shrink(photo(n), 300), 85)))
+             for i, n in enumerate(names)]
+    result = run(cli_built[0], "query", "--json", "-k", "2", *paths)
+    assert result.exit_code == 0, result.output
+    out = json_lines(result)
+    assert len(result.output.strip().split("\n")) == len(names)  # one object per line
+    assert [o["query"] for o in out] == paths
+    assert [o["results"][0]["url"] for o in out] == [catalogue.url(n) for n in names]
+
+
+def test_byte_identical_query_is_exact(catalogue, cli_built) -> None:
+    for name in ("coffee", "camera", "coins"):
+        path = catalogue.files[name]
+        top = json_lines(run(cli_built[0], "query", "--json", str(path)))[0]["results"][0]
+        assert top["url"] == catalogue.url(name)
+        assert top["exact"] is True and top["duplicate"] is True
+        assert top["score"] == 1.0 and top["hash_distance"] == 0
+
+
+def test_query_text_output(catalogue, cli_built) -> None:
+    result = run(cli_built[0], "query", "-k", "2", str(catalogue.files["brick"]))
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == str(catalogue.files["brick"])
+    assert "EXACT" in lines[1] and catalogue.url("brick") in lines[1]
+
+
+def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
+    missing = str(tmp_path / "missing.jpg")
+    good = str(catalogue.files["astronaut"])
+    result = CliRunner().invoke(cli, ["--data-dir", str(cli_built[0]), "query", "--json",
+                                      missing, good, str(tmp_path)])
+    assert result.exit_code == 1
+    out = json_lines(result)
+    assert [o["query"] for o in out] == [missing, good, str(tmp_path)]
+    assert set(out[0]) == {"query", "error"} and "no such file" in out[0]["error"]
+    assert out[1]["results"][0]["exact"] is True
+    assert "error" in out[2]
+
+
+def test_query_needs_an_index(tmp_path) -> None:
+    q = write(tmp_path / "q.png", png(photo("camera")))
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "empty"), "query",
+                                      "--json", str(q)])
+    assert result.exit_code == 1
+    err = json_lines(result)[0]["error"]
+    assert "index build" in err and "\n" not in err
+
+
+def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:
+    q = write(tmp_path / "unrelated.jpg", jpeg(photo("microaneurysms")))
+    results = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"]
+    assert not [r for r in results if r["duplicate"]], results
+
+
+def test_index_status_json(catalogue, cli_built) -> None:
+    result = run(cli_built[0], "index", "status", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    assert report["counts"] == {"indexed": len(catalogue.files)}
+    assert report["index"]["fresh"] is True
+    assert report["index"]["entries"] == len(catalogue.files)
+    assert report["runs"] and report["runs"][0]["status"] == "ok"
+
+
+def test_index_status_text(cli_built) -> None:
+    result = run(cli_built[0], "index", "status")
+    assert result.exit_code == 0 and "fresh" in result.output
+
+
+def test_rerun_indexes_nothing_new(catalogue, cli_built) -> None:
+    result = run(cli_built[0], "index", "build", str(catalogue.root), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["counts"] == {"already-indexed": len(catalogue.files)}
+    assert summary["index_entries"] == len(catalogue.files)
+    assert len(image_rows(cli_built[0])) == len(catalogue.files)
+
+
+def test_build_text_summary(catalogue, cli_built) -> None:
+    result = run(cli_built[0], "index", "build", str(catalogue.root), "-q")
+    assert result.exit_code == 0
+    assert "already-indexed: 12" in result.output and "index entries: 12" in result.output
+
+
+def test_rerun_with_known_failure_processes_nothing(make_settings, tmp_path) -> None:
+    root = tmp_path / "small"
+    write(root / "a.png", png(synthetic(1, 120)))
+    write(root / "b.jpg", b"\xff\xd8\xff\xe0" + bytes(300))
+    settings = make_settings()
+    first = build_index(settings, [str(root)], progress=False)
+    assert first.counts == {"indexed": 1, "decode-error": 1}
+    again = build_index(settings, [str(root)], progress=False)
+    assert again.counts == {"already-indexed": 1, "known-failure": 1}
+
+
+def test_processed_excludes_known_failures(make_settings, tmp_path) -> None:
+    root = tmp_path / "small"
+    write(root / "a.png", png(synthetic(1, 120)))
+    write(root / "b.jpg", b"\xff\xd8\xff\xe0" + bytes(300))
+    settings = make_settings()
+    build_index(settings, [str(root)], progress=False)
+    assert build_index(settings, [str(root)], progress=False).processed == 0
+
+
+def test_missing_source_is_a_one_line_error(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "build",
+                                      str(tmp_path / "nope"), "-q"])
+    assert result.exit_code == 1
+    assert "catalogue source not found" in result.output
+    assert result.output.strip().count("\n") == 0
+    assert isinstance(result.exception, SystemExit)  # a ClickException, not a traceback
+
+
+# --- catalogue sources ------------------------------------------------------------------
+
+SOURCE_PHOTOS = ("coffee", "rocket", "moon")
+
+
+def _source_tree(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """Images in tmp/images/, catalogue files in tmp/, entries relative to tmp/."""
+    files = {n: write(tmp_path / "images" / f"{n}.jpg", jpeg(shrink(photo(n), 256)))
+             for n in SOURCE_PHOTOS}
+    return tmp_path, files
+
+
+def _write_source(kind: str, root: Path) -> Path:
+    rel = [f"images/{n}.jpg" for n in SOURCE_PHOTOS]
+    if kind == "images.json":  # ImageSpaceDB: a list of objects with extra keys
+        doc = [{"url": r, "title": f"photo {i}", "tags": ["x", "y"], "page": None}
+               for i, r in enumerate(rel)]
+        return write(root / "images.json", json.dumps(doc).encode())
+    if kind == "wrapped.json":  # {"images": [...]} and bare strings are accepted too
+        doc = {"images": [rel[0], {"url": rel[1], "title": "photo 1"},
+                          {"url": rel[2], "title": "photo 2"}]}
+        return write(root / "wrapped.json", json.dumps(doc).encode())
+    if kind == "text":
+        return write(root / "list.txt", ("# my list\n\n" + "\n".join(rel) + "\n").encode())
+    if kind == "jsonl":
+        lines = [json.dumps({"url": r, "title": f"photo {i}"}) for i, r in enumerate(rel)]
+        return write(root / "list.jsonl", ("\n".join(lines) + "\n").encode())
+    path = root / "list.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["url", "title"])
+        w.writeheader()
+        for i, r in enumerate(rel):
+            w.writerow({"url": r, "title": f"photo {i}"})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["images.json", "wrapped.json", "text", "jsonl", "csv"])
+def test_catalogue_sources(tmp_path: Path, kind: str) -> None:
+    root, files = _source_tree(tmp_path / "src")
+    source = _write_source(kind, root)
+    data_dir = tmp_path / "data"
+    result = run(data_dir, "index", "build", str(source), "--json", "--workers", "1", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["counts"] == {"indexed": len(SOURCE_PHOTOS)}
+    assert summary["sources"] == [str(source.resolve())]
+    rows = image_rows(data_dir)
+    assert set(rows) == {str(p.resolve()) for p in files.values()}  # resolved from root
+    for url, row in rows.items():
+        assert row["status"] == "indexed" and row["source"] == str(source.resolve())
+        i = SOURCE_PHOTOS.index(Path(url).stem)
+        if kind == "images.json":
+            assert row["metadata"] == {"title": f"photo {i}", "tags": ["x", "y"]}
+        elif kind == "text" or (kind == "wrapped.json" and i == 0):
+            assert row["metadata"] == {}
+        else:
+            assert row["metadata"] == {"title": f"photo {i}"}
+    # a query finds an image indexed through the source
+    q = write(tmp_path / "q.jpg", jpeg(mirror(shrink(photo("rocket"), 300)), 80))
+    top = json_lines(run(data_dir, "query", "--json", str(q)))[0]["results"][0]
+    assert top["url"] == str(files["rocket"].resolve())
+
+
+def test_source_with_missing_file_and_duplicates(tmp_path: Path) -> None:
+    root, files = _source_tree(tmp_path / "src")
+    lines = ["images/coffee.jpg", "images/coffee.jpg", str(files["moon"]), "images/gone.jpg"]
+    source = write(root / "list.txt", "\n".join(lines).encode())
+    result = run(tmp_path / "data", "index", "build", str(source), "--json", "-q",
+                 "--workers", "1")
+    summary = json.loads(result.output)
+    assert summary["counts"] == {"indexed": 2, "missing": 1}
+    assert [f["url"] for f in summary["failures"]] == [str(root / "images/gone.jpg")]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("images.json", b'{"not": "a list"}', "expected a JSON list"),
+    ("broken.json", b'[{"url": "a.jpg"', "not valid JSON"),
+    ("nourl.json", b'[{"href": "a.jpg"}]', "has no"),
+    ("list.jsonl", b'{"url": "a.jpg"}\nnot json\n', "line 2"),
+    ("list.csv", b"href,title\na.jpg,A\n", "'url' column"),
+])
+def test_bad_catalogue_file(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    bad = write(tmp_path / name, content)
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "build",
+                                      str(bad), "-q"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error:") and message in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+def test_directory_source_walks_subfolders(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    keep = [write(root / "a.jpg", jpeg(synthetic(21, 120))),
+            write(root / "sub" / "deeper" / "B.JPG", jpeg(synthetic(22, 120))),
+            write(root / "sub" / "c.webp", png(synthetic(23, 120)))]  # content sniffed
+    write(root / ".hidden.jpg", jpeg(synthetic(24, 120)))
+    write(root / "notes.txt", b"not a catalogue image")
+    result = run(tmp_path / "data", "index", "build", str(root), "--json", "-q",
+                 "--workers", "1")
+    assert json.loads(result.output)["counts"] == {"indexed": 3}
+    assert set(image_rows(tmp_path / "data")) == {str(p.resolve()) for p in keep}
+
+
+def test_data_dir_from_environment(catalogue, cli_built) -> None:
+    result = CliRunner().invoke(cli, ["index", "status", "--json"],
+                                env={"ECHOIMAGE_DATA_DIR": str(cli_built[0])})
+    assert result.exit_code == 0
+    assert json.loads(result.output)["counts"] == {"indexed": len(catalogue.files)}
+
+
+def test_no_source_builds_the_sample_catalogue(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run(data_dir, "index", "build", "--json", "--workers", "2", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    sample = data_dir / "sample"
+    written = sorted(sample.glob("*.jpg"))
+    assert summary["sources"] == [str(sample.resolve())]
+    assert len(written) >= 15 and {p.stem for p in written} <= set(SAMPLE_NAMES)
+    assert summary["counts"] == {"indexed": len(written)}
+    # the demo works: a changed copy of a sample photo finds it
+    q = write(tmp_path / "q.jpg", jpeg(mirror(shrink(photo("coffee"), 350)), 70))
+    top = json_lines(run(data_dir, "query", "--json", str(q)))[0]["results"][0]
+    assert top["url"] == str((sample / "coffee.jpg").resolve()) and top["duplicate"]
+
+
+# --- help -------------------------------------------------------------------------------
+
+def _walk(cmd: click.Command, path: tuple[str, ...] = ()):
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            yield from _walk(sub, (*path, name))
+
+
+def test_every_command_has_help_with_example() -> None:
+    seen = []
+    for path, cmd in _walk(cli):
+        assert cmd.help and "Example" in cmd.help, f"`{' '.join(path) or 'echoimage'}`"
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output, path
+        seen.append(" ".join(path))
+    assert {"index build", "index status", "query", "db upgrade"} <= set(seen)
+
+
+def test_every_option_has_help() -> None:
+    for path, cmd in _walk(cli):
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name not in ("help", "version"):
+                assert param.help, f"{' '.join(path)} {param.opts}"

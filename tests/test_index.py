@@ -1,0 +1,389 @@
+"""The FAISS hash shortlist against a brute-force oracle; files, manifests and staleness."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import jpeg, photo, synthetic, to_gray, write
+
+from echoimage.errors import IndexStaleError
+from echoimage.features.decode import decode_image
+from echoimage.features.dihedral import NAMES, orient
+from echoimage.features.extract import extract_features
+from echoimage.features.hashes import hash_input, phash
+from echoimage.index.binary import (
+    INDEX_NAME,
+    build_binary_index,
+    is_fresh,
+    load_index,
+    save_index,
+    search,
+)
+from echoimage.index.manifest import read_manifest
+from echoimage.pipeline import build_index
+from echoimage.search.engine import SearchEngine
+from echoimage.search.shortlist import shortlist
+from echoimage.store import repo
+from echoimage.store.db import head_revision, open_store, session_factory
+from echoimage.store.repo import StoreState
+from echoimage.types import CatalogueItem
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+# --- oracle -----------------------------------------------------------------------------
+
+def make_binary_dataset(nb: int, nq: int, seed: int = 123, dups: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded 64-bit codes (uint8 N×8), non-contiguous int64 ids, and queries.
+
+    Half of the queries are database codes with a few flipped bits, so there are near
+    neighbours; `dups` database codes are repeated to force ties.
+    """
+    rs = np.random.RandomState(seed)
+    xb = rs.randint(0, 256, (nb, 8)).astype(np.uint8)
+    if dups:
+        xb[nb - dups:] = xb[:dups]
+    ids = np.cumsum(rs.randint(1, 5000, nb)).astype(np.int64)  # unique, with gaps
+    xq = rs.randint(0, 256, (nq, 8)).astype(np.uint8)
+    near = rs.choice(nb, nq // 2, replace=False)
+    xq[: nq // 2] = xb[near]
+    flips = rs.randint(0, 64, (nq // 2, 3))
+    for row, bits in enumerate(flips):
+        for b in bits:
+            xq[row, b // 8] ^= np.uint8(1 << (b % 8))
+    return xb, ids, xq
+
+
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def brute_force(xb: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """Hamming distance of every query to every database code (nq × nb)."""
+    return POPCOUNT[np.bitwise_xor(xq[:, None, :], xb[None, :, :])].sum(axis=2)
+
+
+def knn_intersection_measure(i1: list[np.ndarray], i2: list[np.ndarray]) -> float:
+    """faiss.contrib.evaluation's measure, for ragged result lists."""
+    total = sum(len(a) for a in i1)
+    inter = sum(np.intersect1d(a, b).size for a, b in zip(i1, i2, strict=True))
+    return inter / total if total else 1.0
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+@pytest.mark.parametrize("dups", [0, 40])
+def test_search_matches_brute_force(k: int, dups: int) -> None:
+    xb, ids, xq = make_binary_dataset(2000, 60, dups=dups)
+    hits = search(build_binary_index(ids, xb), xq, k)
+    dist = brute_force(xb, xq)
+    id_to_row = {int(i): r for r, i in enumerate(ids)}
+    ref_ids: list[np.ndarray] = []
+    got_ids: list[np.ndarray] = []
+    nearest: list[bool] = []
+    for q in range(len(xq)):
+        got_i, got_d = hits.ids[q], hits.distances[q]
+        assert len(got_i) == len(got_d) == k
+        assert (got_i >= 0).all()
+        assert np.all(np.diff(got_d) >= 0)  # ascending
+        # every reported distance is the true distance of the reported id
+        assert [dist[q, id_to_row[int(i)]] for i in got_i] == got_d.tolist()
+        # and the distances are the k smallest (ties allowed: compare distances, not ids)
+        order = np.argsort(dist[q], kind="stable")
+        ref_d = dist[q, order]
+        assert got_d.tolist() == ref_d[:k].tolist()
+        assert len(set(got_i.tolist())) == k
+        # ids strictly closer than the k-th distance must all be there; at the cut any of
+        # the tied ids may be chosen (faiss's check_ref_knn_with_draws)
+        cut = ref_d[k - 1]
+        below = set(ids[dist[q] < cut].tolist())
+        assert below <= set(got_i.tolist())
+        if k < len(ref_d) and cut < ref_d[k]:  # no tie across the cut: the very same set
+            assert set(got_i.tolist()) == set(ids[order[:k]].tolist())
+        ref_ids.append(ids[order[:k]])
+        got_ids.append(got_i)
+        nearest.append(q < len(xq) // 2 and got_d[0] <= 3)
+    # the planted near neighbours (3 flipped bits) are all found first
+    assert sum(nearest) == len(xq) // 2
+    recall = knn_intersection_measure(got_ids, ref_ids)  # ties make it < 1 legitimately
+    assert recall > (0.99 if k == 1 else 0.5)
+
+
+def test_exact_duplicates_are_found_at_distance_zero() -> None:
+    xb, ids, _ = make_binary_dataset(500, 2, dups=50)
+    hits = search(build_binary_index(ids, xb), xb[:50], 2)
+    for q in range(50):
+        assert hits.distances[q].tolist() == [0, 0]
+        assert set(hits.ids[q].tolist()) == {int(ids[q]), int(ids[450 + q])}
+
+
+def test_empty_index_returns_empty_answers() -> None:
+    index = build_binary_index(np.zeros(0, np.int64), np.zeros((0, 8), np.uint8))
+    assert index.ntotal == 0
+    xq = np.random.RandomState(123).randint(0, 256, (3, 8)).astype(np.uint8)
+    hits = search(index, xq, 5)
+    assert len(hits.ids) == len(hits.distances) == 3
+    for i, d in zip(hits.ids, hits.distances, strict=True):
+        assert i.size == 0 and d.size == 0
+
+
+def test_k_larger_than_ntotal_has_no_padding() -> None:
+    xb, ids, xq = make_binary_dataset(7, 4)
+    hits = search(build_binary_index(ids, xb), xq, 100)
+    for i, d in zip(hits.ids, hits.distances, strict=True):
+        assert sorted(i.tolist()) == sorted(ids.tolist())
+        assert (i >= 0).all() and len(d) == 7
+
+
+def test_k_zero_answers_nothing() -> None:
+    xb, ids, xq = make_binary_dataset(20, 2)
+    hits = search(build_binary_index(ids, xb), xq, 0)
+    assert all(i.size == 0 for i in hits.ids)
+
+
+def test_build_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        build_binary_index(np.arange(3, dtype=np.int64), np.zeros((3, 4), np.uint8))
+    with pytest.raises(ValueError):
+        build_binary_index(np.arange(2, dtype=np.int64), np.zeros((3, 8), np.uint8))
+    with pytest.raises(ValueError):
+        build_binary_index(np.arange(3, dtype=np.int64), np.zeros(24, np.uint8))
+
+
+# --- files and manifests ----------------------------------------------------------------
+
+STATE = StoreState(count=300, max_id=123_456, last_indexed_at="2026-01-01T00:00:00")
+
+
+@pytest.fixture
+def saved(tmp_path: Path):
+    xb, ids, xq = make_binary_dataset(300, 10)
+    index = build_binary_index(ids, xb)
+    manifest = save_index(index, tmp_path, INDEX_NAME, STATE, "rev1", params={"bits": 64})
+    return tmp_path, index, manifest, xq
+
+
+def test_save_load_round_trip(saved) -> None:
+    directory, index, manifest, xq = saved
+    assert (directory / INDEX_NAME).exists() and (directory / f"{INDEX_NAME}.json").exists()
+    assert manifest.ntotal == 300 and manifest.max_id == STATE.max_id
+    assert manifest.last_indexed_at == STATE.last_indexed_at
+    assert manifest.schema_revision == "rev1" and manifest.params == {"bits": 64}
+    assert manifest.sha256 == hashlib.sha256((directory / INDEX_NAME).read_bytes()).hexdigest()
+    on_disk = json.loads((directory / f"{INDEX_NAME}.json").read_text())
+    assert on_disk["ntotal"] == 300 and on_disk["sha256"] == manifest.sha256
+    loaded = load_index(directory, INDEX_NAME)
+    assert loaded is not None
+    index2, manifest2 = loaded
+    assert manifest2 == manifest == read_manifest(directory / f"{INDEX_NAME}.json")
+    a, b = search(index, xq, 10), search(index2, xq, 10)
+    for x, y in zip(a.ids + a.distances, b.ids + b.distances, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not list(directory.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_tampered_index_file_is_refused(saved) -> None:
+    directory = saved[0]
+    path = directory / INDEX_NAME
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert load_index(directory, INDEX_NAME) is None
+
+
+def test_missing_or_broken_files_are_refused(saved) -> None:
+    directory = saved[0]
+    manifest_path = directory / f"{INDEX_NAME}.json"
+    good = manifest_path.read_text()
+
+    manifest_path.write_text("{not json")
+    assert load_index(directory, INDEX_NAME) is None
+    manifest_path.write_text(json.dumps({"kind": "x"}))  # fields missing
+    assert load_index(directory, INDEX_NAME) is None
+    doc = json.loads(good)
+    doc["ntotal"] += 1  # checksum fine, entry count disagrees
+    manifest_path.write_text(json.dumps(doc))
+    assert load_index(directory, INDEX_NAME) is None
+
+    manifest_path.write_text(good)
+    assert load_index(directory, INDEX_NAME) is not None
+    (directory / INDEX_NAME).unlink()
+    assert load_index(directory, INDEX_NAME) is None
+    manifest_path.unlink()
+    assert load_index(directory, INDEX_NAME) is None
+    assert load_index(directory / "nowhere", INDEX_NAME) is None
+
+
+def test_is_fresh(saved) -> None:
+    manifest = saved[2]
+    assert is_fresh(manifest, STATE, "rev1")
+    assert not is_fresh(manifest, STATE, "rev2")
+    for change in ({"count": 301}, {"max_id": 1}, {"last_indexed_at": "2026-01-02T00:00:00"}):
+        assert not is_fresh(manifest, dataclasses.replace(STATE, **change), "rev1")
+
+
+# --- the engine never answers from a stale index ----------------------------------------
+
+def _index_new_image(settings, data: bytes, url: str) -> int:
+    """Put an indexed image into the store directly, behind the index's back."""
+    engine = open_store(settings)
+    try:
+        with session_factory(engine).begin() as s:
+            repo.add_pending(s, [CatalogueItem(url, "test")], None)
+            image_id = repo.known_images(s, [url])[url].id
+            repo.save_features(s, image_id, hashlib.sha256(data).hexdigest(), len(data),
+                               extract_features(decode_image(data)))
+    finally:
+        engine.dispose()
+    return image_id
+
+
+def _store_state(settings) -> StoreState:
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            return repo.store_state(s)
+    finally:
+        engine.dispose()
+
+
+def _assert_fresh_on_disk(settings) -> None:
+    loaded = load_index(settings.index_dir, INDEX_NAME)
+    assert loaded is not None
+    assert is_fresh(loaded[1], _store_state(settings), head_revision())
+
+
+def test_engine_rebuilds_deleted_index(built_copy) -> None:
+    s = built_copy.settings
+    (s.index_dir / INDEX_NAME).unlink()
+    with pytest.raises(IndexStaleError):
+        SearchEngine(s, rebuild=False)
+    engine = SearchEngine(s)
+    assert engine.size == len(built_copy.catalogue.files)
+    _assert_fresh_on_disk(s)
+    top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
+    assert top.url == built_copy.catalogue.url("rocket")
+
+
+def test_engine_catches_up_with_a_store_changed_behind_its_back(built_copy, tmp_path) -> None:
+    s = built_copy.settings
+    data = jpeg(synthetic(5))
+    url = str(write(tmp_path / "new.jpg", data))
+    new_id = _index_new_image(s, data, url)
+    # the files on disk are now behind the store; the engine patches the difference in
+    # memory (no rebuild needed, so it works even when rebuilding is not allowed)
+    loaded = load_index(s.index_dir, INDEX_NAME)
+    assert loaded is not None and not is_fresh(loaded[1], _store_state(s), head_revision())
+    engine = SearchEngine(s, rebuild=False)
+    assert engine.size == len(built_copy.catalogue.files) + 1
+    top = engine.query_bytes(data, 1).matches[0]
+    assert (top.id, top.exact) == (new_id, True)
+
+
+def test_engine_rebuilds_when_far_behind_the_store(built_copy, tmp_path, monkeypatch) -> None:
+    s = built_copy.settings
+    data = jpeg(synthetic(5))
+    url = str(write(tmp_path / "new.jpg", data))
+    new_id = _index_new_image(s, data, url)
+    monkeypatch.setattr(SearchEngine, "delta_max", 0)  # any change is too many to patch
+    with pytest.raises(IndexStaleError):
+        SearchEngine(s, rebuild=False)
+    engine = SearchEngine(s)
+    assert engine.size == len(built_copy.catalogue.files) + 1
+    _assert_fresh_on_disk(s)
+    top = engine.query_bytes(data, 1).matches[0]
+    assert (top.id, top.exact) == (new_id, True)
+
+
+def test_engine_refuses_an_old_index_put_back(built_copy, tmp_path) -> None:
+    s = built_copy.settings
+    old = tmp_path / "old-index"
+    shutil.copytree(s.index_dir, old)
+    data = jpeg(synthetic(6))
+    url = str(write(tmp_path / "new.jpg", data))
+    _index_new_image(s, data, url)
+    SearchEngine(s)  # rebuilds
+    shutil.rmtree(s.index_dir)
+    shutil.copytree(old, s.index_dir)  # a consistent index + manifest, but of the old store
+    assert load_index(s.index_dir, INDEX_NAME) is not None
+    engine = SearchEngine(s)
+    assert engine.size == len(built_copy.catalogue.files) + 1
+    assert engine.query_bytes(data, 1).matches[0].url == url
+
+
+def test_live_engine_picks_up_a_new_build(built_copy, tmp_path) -> None:
+    s = built_copy.settings
+    engine = SearchEngine(s)
+    extra = tmp_path / "extra"
+    data = jpeg(synthetic(7))
+    write(extra / "seven.jpg", data)
+    build_index(s, [str(extra)], progress=False)
+    top = engine.query_bytes(data, 1).matches[0]
+    assert top.url == str((extra / "seven.jpg").resolve()) and top.exact
+    assert engine.size == len(built_copy.catalogue.files) + 1
+
+
+def test_live_engine_never_answers_from_a_stale_index(built_copy, tmp_path) -> None:
+    s = built_copy.settings
+    engine = SearchEngine(s)
+    data = jpeg(synthetic(8))
+    url = str(write(tmp_path / "eight.jpg", data))
+    new_id = _index_new_image(s, data, url)
+    # the store now holds an image the loaded index does not: the engine must notice
+    res = engine.query_bytes(jpeg(np.ascontiguousarray(synthetic(8)[:, ::-1]), 80), 3)
+    assert res.matches and res.matches[0].id == new_id
+
+
+# --- the dihedral shortlist -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_index():
+    names = ["camera", "astronaut", "coffee", "rocket", "chelsea", "moon", "page", "brick"]
+    grays = {n: to_gray(photo(n)) for n in names}
+    ids = np.arange(101, 101 + len(names), dtype=np.int64)
+    codes = np.frombuffer(b"".join(phash(hash_input(grays[n])) for n in names),
+                          np.uint8).reshape(-1, 8)
+    return build_binary_index(ids, codes), dict(zip(names, ids.tolist(), strict=True)), grays
+
+
+@pytest.mark.parametrize("o", range(8), ids=NAMES)
+@pytest.mark.parametrize("name", ["camera", "astronaut", "coffee", "rocket"])
+def test_shortlist_finds_turned_and_mirrored_copies(photo_index, name: str, o: int) -> None:
+    index, ids, grays = photo_index
+    query = orient(grays[name], o)
+    listed = shortlist(index, hash_input(query), 4)
+    best = listed[0]
+    assert best.id == ids[name]
+    assert best.hash_distance <= 2
+    # the reported orientation turns the query back onto the catalogue image
+    np.testing.assert_array_equal(orient(query, best.orientation), grays[name])
+    assert [x.id for x in listed].count(ids[name]) == 1  # each id once, at its best
+
+
+def test_shortlist_orientation_names(photo_index) -> None:
+    index, ids, grays = photo_index
+    cam = grays["camera"]
+    expect = {"identity": cam, "rot270": np.rot90(cam), "rot180": np.rot90(cam, 2),
+              "rot90": np.rot90(cam, 3), "mirror": cam[:, ::-1],
+              "mirror+rot90": np.rot90(cam[:, ::-1])}
+    for name, query in expect.items():
+        best = shortlist(index, hash_input(np.ascontiguousarray(query)), 2)[0]
+        assert (best.id, NAMES[best.orientation]) == (ids["camera"], name)
+
+
+def test_shortlist_sorted_and_complete(photo_index) -> None:
+    index, ids, grays = photo_index
+    listed = shortlist(index, hash_input(grays["coffee"]), 32)
+    assert sorted(x.id for x in listed) == sorted(ids.values())  # k > ntotal: everything
+    keys = [(x.hash_distance, x.orientation, x.id) for x in listed]
+    assert keys == sorted(keys)
+
+
+def test_shortlist_on_empty_index() -> None:
+    index = build_binary_index(np.zeros(0, np.int64), np.zeros((0, 8), np.uint8))
+    assert shortlist(index, hash_input(to_gray(photo("camera"))), 5) == []

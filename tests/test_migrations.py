@@ -1,0 +1,127 @@
+"""Alembic migrations on a temporary SQLite file: up, down, up; CLI; models match schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import Engine, inspect
+
+from echoimage.cli import cli
+from echoimage.config import Settings
+from echoimage.store.db import (
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    open_store,
+    upgrade,
+)
+from echoimage.store.models import Base
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+TABLES = {"sources", "images", "features", "runs"}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    yield eng
+    eng.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def schema_diff(engine: Engine) -> list:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                     "compare_server_default": True})
+        return compare_metadata(ctx, Base.metadata)
+
+
+def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
+    assert current_revision(engine) is None and tables(engine) == set()
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    assert tables(engine) == TABLES
+    downgrade(engine, "base")
+    assert current_revision(engine) is None
+    assert tables(engine) == set()
+    upgrade(engine, "head")
+    assert current_revision(engine) == head_revision()
+    assert tables(engine) == TABLES
+    assert schema_diff(engine) == []
+
+
+def test_models_match_migrated_schema(engine: Engine) -> None:
+    upgrade(engine)
+    assert schema_diff(engine) == []
+
+
+def test_metadata_tables_are_the_migrated_ones() -> None:
+    assert set(Base.metadata.tables) == TABLES
+
+
+def test_migrated_indexes_and_constraints(engine: Engine) -> None:
+    upgrade(engine)
+    insp = inspect(engine)
+    index_names = {ix["name"] for ix in insp.get_indexes("images")}
+    assert {"ix_images_status", "ix_images_sha256", "ix_images_indexed_at",
+            "ix_images_source_id"} <= index_names
+    uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("images")}
+    assert ("url",) in uniques
+    fks = insp.get_foreign_keys("features")
+    assert fks and fks[0]["referred_table"] == "images"
+    assert fks[0]["options"].get("ondelete") == "CASCADE"
+
+
+def test_upgrade_is_idempotent(engine: Engine) -> None:
+    upgrade(engine)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "db", "upgrade"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert head_revision() in result.output
+    engine = make_engine(Settings(data_dir=data_dir).db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert tables(engine) == TABLES
+    finally:
+        engine.dispose()
+    again = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "db", "upgrade"])
+    assert again.exit_code == 0 and head_revision() in again.output
+
+
+def test_db_upgrade_via_database_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "db", "upgrade"],
+                                env={"ECHOIMAGE_DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "elsewhere.sqlite3").exists()
+    assert not (tmp_path / "data" / "echoimage.sqlite3").exists()
+
+
+def test_open_store_upgrades_an_old_store(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    downgrade(engine, "base")
+    engine.dispose()
+    engine = open_store(settings)
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,167 @@
+"""Resume after an interrupted build: SIGKILL a real `echoimage index build` halfway.
+
+The build runs as a subprocess in its own session (so its feature workers die with it, as on
+a power cut). The test watches the store read-only and kills the whole session once some but
+not all images are indexed, then builds again and checks that every image is indexed exactly
+once and the index agrees with the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import jpeg, mirror, synthetic, write
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from echoimage.config import Settings
+from echoimage.index.binary import INDEX_NAME
+from echoimage.index.manifest import read_manifest
+from echoimage.pipeline import build_index
+from echoimage.search.engine import SearchEngine
+from echoimage.store import repo
+from echoimage.store.db import open_store, session_factory
+from echoimage.store.models import Status
+
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def image_bytes(i: int) -> bytes:
+    """Catalogue image i: a distinct 300 px synthetic JPEG."""
+    return jpeg(synthetic(i), 85)
+
+
+def make_catalogue(root: Path, n: int, start: int = 0) -> list[Path]:
+    """Images start..start+n-1 written into root."""
+    return [write(root / f"img{i:04d}.jpg", image_bytes(i)) for i in range(start, start + n)]
+
+
+def indexed_count(db: Path) -> int | None:
+    """Indexed images in the store, read-only; None while the store does not exist yet."""
+    if not db.exists():
+        return None
+    engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
+                           connect_args={"timeout": 0.2})
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM images WHERE status = :s"),
+                                    {"s": Status.INDEXED}).scalar() or 0)
+    except OperationalError:  # schema not created yet, or busy
+        return None
+    finally:
+        engine.dispose()
+
+
+def interrupted_build(data_dir: Path, root: Path, total: int, timeout: float = 60.0
+                      ) -> tuple[int, bool]:
+    """Start a build, SIGKILL it once a few batches but not all images are indexed.
+
+    Returns (images indexed when it died, whether it was killed before finishing).
+    """
+    env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "8"}  # commit often: a mid-run state exists
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), "index", "build",
+           str(root), "-q", "--workers", "2"]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}-build.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    db = data_dir / "echoimage.sqlite3"
+    killed = False
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            n = indexed_count(db)
+            if n is not None and total // 6 <= n < total:
+                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, nothing else
+                killed = True
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert time.monotonic() < deadline, "the build neither progressed nor finished"
+    if not killed:
+        assert proc.returncode == 0, log.read_text()[-2000:]
+    return indexed_count(db) or 0, killed
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    for attempt, n in enumerate((150, 600)):
+        data_dir = tmp_path / f"data{attempt}"
+        root = tmp_path / f"catalogue{attempt}"
+        files = make_catalogue(root, n)
+        before, killed = interrupted_build(data_dir, root, len(files))
+        if killed:
+            break
+        # it finished before the kill: try again, from scratch, with a bigger catalogue
+    assert killed, "could not interrupt the build mid-run"
+    assert 0 < before < len(files)
+
+    settings = Settings(data_dir=data_dir, workers=2)
+    summary = build_index(settings, [str(root)], progress=False)
+    assert summary.counts["already-indexed"] >= before
+    assert summary.counts["already-indexed"] + summary.counts["indexed"] == len(files)
+    assert summary.failures == []
+
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            known = repo.known_images(s)
+            counts = repo.status_counts(s)
+            state = repo.store_state(s)
+            ids, _ = repo.indexed_hashes(s)
+            runs = repo.recent_runs(s, limit=10)
+    finally:
+        engine.dispose()
+    urls = sorted(known)
+    assert urls == sorted(str(p.resolve()) for p in files)  # each file once, no duplicates
+    assert counts == {Status.INDEXED: len(files)}
+    assert len(ids) == len(set(ids.tolist())) == len(files)  # one feature row per image
+    assert runs[0]["status"] == "ok"
+
+    manifest = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
+    assert manifest is not None
+    assert manifest.ntotal == state.count == len(files)
+
+    search = SearchEngine(settings)
+    assert search.size == len(files)
+    known_file = files[len(files) // 3]
+    top = search.query_bytes(jpeg(mirror(synthetic(len(files) // 3)), 75), 3).matches[0]
+    assert top.url == str(known_file.resolve()) and top.duplicate
+
+    # and a third run has nothing left to do
+    again = build_index(settings, [str(root)], progress=False)
+    assert dict(again.counts) == {"already-indexed": len(files)}
+
+
+def test_resume_records_interrupted_run(tmp_path: Path) -> None:
+    """A killed build leaves its run 'running' and its unfinished images pending."""
+    data_dir = tmp_path / "data"
+    root = tmp_path / "catalogue"
+    files = make_catalogue(root, 150)
+    before, killed = interrupted_build(data_dir, root, len(files))
+    if not killed:
+        pytest.skip("the build finished before it could be interrupted")
+    engine = open_store(Settings(data_dir=data_dir))
+    try:
+        with session_factory(engine)() as s:
+            counts = repo.status_counts(s)
+            runs = repo.recent_runs(s)
+    finally:
+        engine.dispose()
+    assert counts.get(Status.INDEXED, 0) == before
+    assert counts.get(Status.PENDING, 0) == len(files) - before
+    assert runs[0]["status"] == "running" and runs[0]["duration_s"] is None
+    assert runs[0]["counts"] == {}

@@ -1,0 +1,239 @@
+"""The store through its typed repository: round trips, statuses, failures, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from helpers import jpeg, photo, png
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from echoimage.errors import StoreError
+from echoimage.features.decode import decode_image
+from echoimage.features.extract import extract_features
+from echoimage.store import repo
+from echoimage.store.codec import decode_orb, decode_thumbnail, encode_orb, encode_thumbnail
+from echoimage.store.db import current_revision, head_revision, open_store, session_factory
+from echoimage.store.models import FeatureRow, Status
+from echoimage.types import CatalogueItem, ImageFeatures
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+def features(data: bytes) -> ImageFeatures:
+    return extract_features(decode_image(data))
+
+
+@pytest.fixture(scope="module")
+def feats() -> dict[str, tuple[bytes, ImageFeatures]]:
+    """Encoded bytes and features of a few photos."""
+    out = {}
+    for name, data in [("camera", png(photo("camera"))), ("coffee", jpeg(photo("coffee"))),
+                       ("rocket", jpeg(photo("rocket")))]:
+        out[name] = (data, features(data))
+    return out
+
+
+@pytest.fixture
+def engine(make_settings) -> Iterator[Engine]:
+    eng = open_store(make_settings())
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+def add(sessions: sessionmaker[Session], *urls: str, meta: dict | None = None) -> dict[str, int]:
+    """Add pending images; their ids by URL."""
+    with sessions.begin() as s:
+        sid = repo.source_id(s, "/catalogue", "dir")
+        repo.add_pending(s, [CatalogueItem(u, "/catalogue", meta or {}) for u in urls], sid)
+        return {u: k.id for u, k in repo.known_images(s, list(urls)).items()}
+
+
+def index(sessions: sessionmaker[Session], image_id: int, data: bytes,
+          f: ImageFeatures) -> None:
+    with sessions.begin() as s:
+        repo.save_features(s, image_id, hashlib.sha256(data).hexdigest(), len(data), f)
+
+
+def test_open_store_migrates_to_head(engine: Engine) -> None:
+    assert current_revision(engine) == head_revision()
+
+
+def test_open_store_without_migrate_refuses_empty_store(make_settings) -> None:
+    with pytest.raises(StoreError, match="db upgrade"):
+        open_store(make_settings(), migrate=False)
+
+
+def test_features_round_trip(sessions, feats) -> None:
+    ids = add(sessions, "/c/camera.png", "/c/coffee.jpg")
+    for url, name in [("/c/camera.png", "camera"), ("/c/coffee.jpg", "coffee")]:
+        index(sessions, ids[url], *feats[name])
+    with sessions() as s:
+        got = repo.candidates(s, list(ids.values()))
+    assert set(got) == set(ids.values())
+    for url, name in [("/c/camera.png", "camera"), ("/c/coffee.jpg", "coffee")]:
+        data, f = feats[name]
+        c = got[ids[url]]
+        assert c.url == url and c.sha256 == hashlib.sha256(data).hexdigest()
+        np.testing.assert_array_equal(c.thumbnail, f.thumbnail)
+        assert c.thumbnail.dtype == np.uint8
+        np.testing.assert_array_equal(c.orb.keypoints, f.orb.keypoints)
+        np.testing.assert_array_equal(c.orb.descriptors, f.orb.descriptors)
+        assert (c.width, c.height) == (f.width, f.height)
+        assert c.work_scale == pytest.approx(f.work_scale)
+    with sessions() as s:
+        ids_arr, codes = repo.indexed_hashes(s)
+    assert ids_arr.dtype == np.int64 and codes.shape == (2, 8) and codes.dtype == np.uint8
+    by_id = dict(zip(ids_arr.tolist(), (c.tobytes() for c in codes), strict=True))
+    assert by_id[ids["/c/camera.png"]] == feats["camera"][1].phash
+
+
+def test_candidates_of_nothing_and_unknown(sessions) -> None:
+    with sessions() as s:
+        assert repo.candidates(s, []) == {}
+        assert repo.candidates(s, [12345]) == {}
+
+
+def test_codec_round_trips(feats) -> None:
+    f = feats["rocket"][1]
+    np.testing.assert_array_equal(decode_thumbnail(encode_thumbnail(f.thumbnail)), f.thumbnail)
+    back = decode_orb(*encode_orb(f.orb))
+    np.testing.assert_array_equal(back.keypoints, f.orb.keypoints)
+    np.testing.assert_array_equal(back.descriptors, f.orb.descriptors)
+    empty = decode_orb(b"", b"")
+    assert len(empty) == 0 and empty.keypoints.shape == (0, 5)
+    with pytest.raises(ValueError):
+        decode_orb(f.orb.keypoints.tobytes(), f.orb.descriptors[:-1].tobytes())
+    with pytest.raises(ValueError):
+        decode_thumbnail(b"ten bytes!")  # not a square number of pixels
+
+
+def test_add_pending_is_idempotent_and_keeps_metadata(sessions) -> None:
+    ids = add(sessions, "/c/a.jpg", "/c/b.jpg", "/c/a.jpg", meta={"title": "A"})
+    assert len(ids) == 2
+    again = add(sessions, "/c/a.jpg", "/c/c.jpg")
+    assert again["/c/a.jpg"] == ids["/c/a.jpg"]
+    with sessions() as s:
+        assert repo.status_counts(s) == {Status.PENDING: 3}
+        assert repo.image_info(s, ids["/c/a.jpg"])["metadata"] == {"title": "A"}
+        assert repo.image_info(s, 999) is None
+
+
+def test_status_counts(sessions, feats) -> None:
+    ids = add(sessions, "/c/1.png", "/c/2.jpg", "/c/3.jpg", "/c/4.jpg")
+    index(sessions, ids["/c/1.png"], *feats["camera"])
+    index(sessions, ids["/c/2.jpg"], *feats["coffee"])
+    with sessions.begin() as s:
+        repo.save_failure(s, ids["/c/3.jpg"], Status.DECODE_ERROR, "corrupt or truncated image")
+    with sessions() as s:
+        assert repo.status_counts(s) == {Status.INDEXED: 2, Status.DECODE_ERROR: 1,
+                                         Status.PENDING: 1}
+        reasons = repo.failure_reasons(s)
+    assert reasons == [("/c/3.jpg", Status.DECODE_ERROR, "corrupt or truncated image")]
+
+
+def test_save_failure_drops_features(sessions, feats) -> None:
+    ids = add(sessions, "/c/camera.png")
+    image_id = ids["/c/camera.png"]
+    index(sessions, image_id, *feats["camera"])
+    with sessions.begin() as s:
+        repo.save_failure(s, image_id, Status.NOT_AN_IMAGE, "not an image")
+    with sessions() as s:
+        assert repo.candidates(s, [image_id]) == {}
+        n = s.scalar(select(func.count()).select_from(FeatureRow)
+                     .where(FeatureRow.image_id == image_id))
+        assert n == 0
+        info = repo.image_info(s, image_id)
+        assert info["status"] == Status.NOT_AN_IMAGE and info["reason"] == "not an image"
+        assert info["indexed_at"] is None
+        ids_arr, _ = repo.indexed_hashes(s)
+        assert image_id not in ids_arr.tolist()
+        assert repo.ids_by_sha256(s, hashlib.sha256(feats["camera"][0]).hexdigest()) == []
+
+
+def test_save_failure_refuses_indexed_status(sessions) -> None:
+    ids = add(sessions, "/c/x.jpg")
+    with sessions.begin() as s, pytest.raises(ValueError):
+        repo.save_failure(s, ids["/c/x.jpg"], Status.INDEXED, "no")
+
+
+def test_reason_is_capped(sessions) -> None:
+    ids = add(sessions, "/c/x.jpg")
+    with sessions.begin() as s:
+        repo.save_failure(s, ids["/c/x.jpg"], Status.DECODE_ERROR, "x" * 5000)
+    with sessions() as s:
+        assert len(repo.image_info(s, ids["/c/x.jpg"])["reason"]) <= 2000
+
+
+def test_ids_by_sha256(sessions, feats) -> None:
+    data, f = feats["coffee"]
+    ids = add(sessions, "/c/coffee.jpg", "/c/coffee-copy.jpg", "/c/camera.png")
+    index(sessions, ids["/c/coffee.jpg"], data, f)
+    index(sessions, ids["/c/coffee-copy.jpg"], data, f)
+    index(sessions, ids["/c/camera.png"], *feats["camera"])
+    sha = hashlib.sha256(data).hexdigest()
+    with sessions() as s:
+        assert repo.ids_by_sha256(s, sha) == sorted([ids["/c/coffee.jpg"],
+                                                      ids["/c/coffee-copy.jpg"]])
+        assert repo.ids_by_sha256(s, "0" * 64) == []
+
+
+def test_store_state_tracks_the_indexed_set(sessions, feats) -> None:
+    with sessions() as s:
+        empty = repo.store_state(s)
+    assert (empty.count, empty.max_id, empty.last_indexed_at) == (0, 0, "")
+    ids = add(sessions, "/c/a.png", "/c/b.jpg", "/c/c.jpg")
+    with sessions() as s:
+        assert repo.store_state(s) == empty  # pending images are not part of it
+
+    index(sessions, ids["/c/a.png"], *feats["camera"])
+    with sessions() as s:
+        one = repo.store_state(s)
+    assert one.count == 1 and one.max_id == ids["/c/a.png"] and one.last_indexed_at
+
+    index(sessions, ids["/c/c.jpg"], *feats["rocket"])
+    with sessions() as s:
+        two = repo.store_state(s)
+    assert two.count == 2 and two.max_id == ids["/c/c.jpg"]
+
+    time.sleep(0.002)
+    index(sessions, ids["/c/a.png"], *feats["coffee"])  # re-indexed: same count and max id
+    with sessions() as s:
+        again = repo.store_state(s)
+    assert (again.count, again.max_id) == (two.count, two.max_id)
+    assert again != two and again.last_indexed_at > two.last_indexed_at
+
+    with sessions.begin() as s:  # an indexed image fails on a later run
+        repo.save_failure(s, ids["/c/c.jpg"], Status.GONE, "HTTP 404")
+    with sessions() as s:
+        after = repo.store_state(s)
+    assert after.count == 1 and after != again
+
+
+def test_store_state_is_stable_without_changes(sessions, feats) -> None:
+    ids = add(sessions, "/c/a.png")
+    index(sessions, ids["/c/a.png"], *feats["camera"])
+    with sessions() as s:
+        first = repo.store_state(s)
+    with sessions() as s:
+        assert repo.store_state(s) == first
+
+
+def test_runs_are_recorded(sessions) -> None:
+    with sessions.begin() as s:
+        run = repo.start_run(s, "build", ["/c"])
+    with sessions.begin() as s:
+        repo.finish_run(s, run, "ok", {"indexed": 3})
+    with sessions() as s:
+        runs = repo.recent_runs(s)
+    assert runs[0]["id"] == run and runs[0]["status"] == "ok"
+    assert runs[0]["counts"] == {"indexed": 3} and runs[0]["duration_s"] >= 0
