@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     rerank_n: int = 8
     max_hash_distance: int = 26
     orientation_max_distance: int = 16
+    orientation_guess_distance: int = 22
     # local-feature shortlist (crops, borders, screenshots)
     local_per_image: int = 100
     local_flat_max: int = 60_000

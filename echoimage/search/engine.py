@@ -316,12 +316,17 @@ class SearchEngine:
             cand = cands.get(c.id)
             if cand is None:  # removed from the store since the index was built
                 continue
-            if c.hash_distance > s.orientation_max_distance:
-                # a far hash says nothing about orientation: keep the query as it is (ORB
-                # is rotation-invariant; only a mirror needs the flipped query)
-                c = Shortlisted(c.id, c.hash_distance, 0, c.view)
-            matches.append(self._score(c, cand, views[c.view], img,
-                                       exact=c.id in exact_ids, votes=votes.get(c.id, 0)))
+            # a near hash fixes the orientation; a far one hardly does: try the query as it
+            # is too (ORB is rotation-invariant; only a mirror needs the flipped query),
+            # and past orientation_guess_distance try only that
+            tries = [c]
+            if c.orientation != 0 and c.hash_distance > s.orientation_max_distance:
+                as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
+                far = c.hash_distance > s.orientation_guess_distance
+                tries = [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
+            scored = [self._score(t, cand, views[t.view], img, exact=t.id in exact_ids,
+                                  votes=votes.get(t.id, 0)) for t in tries]
+            matches.append(max(scored, key=lambda m: (m.score, m.orb_inliers)))
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         out = _dedupe(matches)[:k]
