@@ -16,16 +16,18 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage import catalogue as cat
 from echoimage.config import Settings
-from echoimage.errors import CatalogueError, DecodeError, EchoImageError
+from echoimage.errors import CatalogueError, DecodeError
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.sample import ensure_sample
@@ -334,19 +336,42 @@ def fetch_to_store_status(status: str) -> str:
     }.get(status, Status.HTTP_ERROR)
 
 
+@contextmanager
+def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
+                 sources: list[str]) -> Iterator[None]:
+    """Record a run in the store: 'running' while the block runs, then 'ok' or 'failed'
+    with the summary's counts and duration."""
+    t0 = time.perf_counter()
+    with sessions.begin() as session:
+        run_id = repo.start_run(session, summary.kind, sources)
+    try:
+        yield
+    except BaseException:
+        with sessions.begin() as session:
+            repo.finish_run(session, run_id, "failed", dict(summary.counts))
+        raise
+    summary.seconds = time.perf_counter() - t0
+    with sessions.begin() as session:
+        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+
+
+def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],
+               summary: BuildSummary, progress: bool) -> None:
+    """Process the work items, then rebuild the shortlist indexes from the store."""
+    Indexer(settings, engine, progress).run(sorted(work, key=lambda w: w.image_id), summary)
+    summary.index_entries = rebuild_index(settings, engine).ntotal
+
+
 def build_index(settings: Settings, sources: list[str], progress: bool = True) -> BuildSummary:
     """Index the catalogue sources (the sample catalogue if none): new and retryable items.
 
     Already-indexed URLs are not fetched again (`index update` re-checks them).
     """
-    t0 = time.perf_counter()
     engine = open_store(settings)
     sessions = session_factory(engine)
     summary = BuildSummary(kind="build")
-    work_ids: set[int] = set()
-    with sessions.begin() as session:
-        run_id = repo.start_run(session, "build", sources)
-    try:
+    with recorded_run(sessions, summary, sources):
+        work: dict[int, WorkItem] = {}
         for uri, kind, items in resolve_sources(settings, sources):
             summary.sources.append(uri)
             items = list(items)
@@ -357,25 +382,12 @@ def build_index(settings: Settings, sources: list[str], progress: bool = True) -
                 known = repo.known_images(session, [it.url for it in items])
             for k in known.values():
                 if k.status in Status.RETRYABLE:
-                    work_ids.add(k.id)
+                    work[k.id] = WorkItem(k.id, k.url)
                 elif k.status == Status.INDEXED:
                     summary.counts["already-indexed"] += 1
                 else:
                     summary.counts["known-failure"] += 1
-        with sessions() as session:
-            work = [WorkItem(k.id, k.url) for k in repo.known_images(session).values()
-                    if k.id in work_ids]
-        work.sort(key=lambda w: w.image_id)
-        Indexer(settings, engine, progress).run(work, summary)
-        manifest = rebuild_index(settings, engine)
-        summary.index_entries = manifest.ntotal
-    except (EchoImageError, KeyboardInterrupt):
-        with sessions.begin() as session:
-            repo.finish_run(session, run_id, "failed", dict(summary.counts))
-        raise
-    summary.seconds = time.perf_counter() - t0
-    with sessions.begin() as session:
-        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+        index_work(settings, engine, work.values(), summary, progress)
     return summary
 
 

@@ -10,12 +10,16 @@ gone.
 from __future__ import annotations
 
 import sys
-import time
 
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
-from echoimage.pipeline import BuildSummary, Indexer, WorkItem, resolve_sources
-from echoimage.search.engine import rebuild_index
+from echoimage.pipeline import (
+    BuildSummary,
+    WorkItem,
+    index_work,
+    recorded_run,
+    resolve_sources,
+)
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -23,16 +27,13 @@ from echoimage.store.models import Status
 
 def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
     """Re-read every recorded source and bring the store and the index up to date."""
-    t0 = time.perf_counter()
     engine = open_store(settings)
     sessions = session_factory(engine)
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)
-    with sessions.begin() as session:
-        run_id = repo.start_run(session, "update", [u for u, _ in sources])
     work: dict[int, WorkItem] = {}
-    try:
+    with recorded_run(sessions, summary, [u for u, _ in sources]):
         for uri, _kind in sources:
             summary.sources.append(uri)
             try:
@@ -66,15 +67,5 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
                         work[k.id] = WorkItem(k.id, k.url)
                     else:
                         summary.counts[f"skipped ({k.status})"] += 1
-        Indexer(settings, engine, progress).run(sorted(work.values(),
-                                                       key=lambda w: w.image_id), summary)
-        manifest = rebuild_index(settings, engine)
-        summary.index_entries = manifest.ntotal
-    except BaseException:
-        with sessions.begin() as session:
-            repo.finish_run(session, run_id, "failed", dict(summary.counts))
-        raise
-    summary.seconds = time.perf_counter() - t0
-    with sessions.begin() as session:
-        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+        index_work(settings, engine, work.values(), summary, progress)
     return summary
