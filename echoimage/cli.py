@@ -107,6 +107,9 @@ def index_update(ctx: click.Context, quiet: bool, as_json: bool) -> None:
 
     summary = update_index(_settings(ctx), progress=not quiet)
     _print_summary(summary, as_json)
+    if summary.counts.get("source-unreadable"):
+        raise click.ClickException("some catalogue sources could not be read (see above); "
+                                   "their images were kept as they were")
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:

@@ -31,7 +31,7 @@ from echoimage.errors import CatalogueError, DecodeError
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.sample import ensure_sample
-from echoimage.search.engine import rebuild_index
+from echoimage.search.engine import current_manifest, rebuild_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -80,16 +80,12 @@ class BuildSummary:
     net_wait_seconds: float = 0.0
     index_entries: int = 0
     sources: list[str] = field(default_factory=list)
-
-    @property
-    def processed(self) -> int:
-        """Images that went through decode and feature extraction in this run."""
-        return sum(n for s, n in self.counts.items()
-                   if s not in ("already-indexed", "known-failure") and not s.startswith("skipped"))
+    processed: int = 0  # images that went through decoding and feature extraction
 
     def as_dict(self) -> dict:
         """JSON-ready form."""
-        return {"kind": self.kind, "counts": dict(self.counts), "seconds": round(self.seconds, 3),
+        return {"kind": self.kind, "counts": dict(self.counts), "processed": self.processed,
+                "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "net_wait_seconds": round(self.net_wait_seconds, 3),
                 "index_entries": self.index_entries, "sources": self.sources,
@@ -107,6 +103,10 @@ def local_etag(path: str) -> str | None:
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)
+
+
+def _noop(_: int) -> None:
+    """A task that only makes the pool start a worker."""
 
 
 def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
@@ -223,6 +223,8 @@ class Indexer:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["echoimage.pipeline"])
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            # start every worker now: spawning one later would stall the fetch loop
+            list(pool.map(_noop, range(workers)))
             asyncio.run(self._run(pool, workers, work, summary))
 
     async def _run(self, pool: ProcessPoolExecutor, workers: int, work: list[WorkItem],
@@ -324,6 +326,8 @@ class Indexer:
                                       r.sha256, r.nbytes)
                     summary.failures.append((item.url, status, r.reason or ""))
                 summary.counts[status] += 1
+                if r.sha256 is not None and r.status != UNCHANGED:
+                    summary.processed += 1
             repo.save_feature_records(session, records)
 
 
@@ -359,7 +363,10 @@ def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],
                summary: BuildSummary, progress: bool) -> None:
     """Process the work items, then rebuild the shortlist indexes from the store."""
     Indexer(settings, engine, progress).run(sorted(work, key=lambda w: w.image_id), summary)
-    summary.index_entries = rebuild_index(settings, engine).ntotal
+    manifest = current_manifest(settings, engine)
+    if manifest is None:
+        manifest = rebuild_index(settings, engine)
+    summary.index_entries = manifest.images
 
 
 def build_index(settings: Settings, sources: list[str], progress: bool = True) -> BuildSummary:

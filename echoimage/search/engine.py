@@ -26,6 +26,7 @@ from echoimage.features.thumbnail import thumbnail
 from echoimage.index.binary import (
     INDEX_NAME,
     build_binary_index,
+    is_fresh,
     load_index,
     save_index,
 )
@@ -59,6 +60,27 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
     return save_index(index, settings.index_dir, INDEX_NAME, state, revision,
                       params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)",
                               "change_mark": mark})
+
+
+def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
+    """The hash index's manifest if both index files already describe the store exactly
+    (same indexed set, same last change, same parameters), else None."""
+    from echoimage.index.manifest import read_manifest
+
+    hm = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
+    lm = read_manifest(settings.index_dir / f"{LOCAL_INDEX_NAME}.json")
+    if hm is None or lm is None or lm.params.get("per_image") != settings.local_per_image:
+        return None
+    with session_factory(engine)() as session:
+        state = repo.store_state(session)
+        mark = repo.change_mark(session)
+    rev = head_revision()
+    for m in (hm, lm):
+        if not is_fresh(m, state, rev) or m.params.get("change_mark") != mark:
+            return None
+    if not all((settings.index_dir / m.kind).exists() for m in (hm, lm)):
+        return None
+    return hm
 
 
 @dataclass

@@ -8,8 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
@@ -78,11 +78,16 @@ def downgrade(engine: Engine, revision: str) -> None:
 def open_store(settings: Settings, migrate: bool = True) -> Engine:
     """Engine for the settings' store; upgrades the schema when migrate is true."""
     settings.ensure_dirs()
-    engine = make_engine(settings.db_url)
     try:
+        shown = make_url(settings.db_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {settings.db_url!r}") from None
+    try:
+        engine = make_engine(settings.db_url)
         rev = current_revision(engine)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"store unreachable ({settings.db_url}): {exc}") from exc
+    except (SQLAlchemyError, ImportError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"store unreachable ({shown}): {detail}") from None
     if rev != head_revision():
         if not migrate:
             raise StoreError(

@@ -85,6 +85,7 @@ class ImageRow(Base):
     meta: Mapped[dict | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # last change of status or features: the change feed serving engines follow
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -181,20 +181,23 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
 
 def mark_unchanged(session: Session, image_id: int, etag: str | None = None,
                    last_modified: str | None = None) -> None:
-    """Note that an indexed image was checked and found unchanged (new validators kept)."""
-    values: dict[str, Any] = {"updated_at": now()}
+    """Note that an indexed image was checked and found unchanged (new validators kept).
+
+    updated_at is left alone: it is the change feed serving engines follow."""
+    values: dict[str, Any] = {}
     if etag is not None:
         values["etag"] = etag
     if last_modified is not None:
         values["last_modified"] = last_modified
-    session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
+    if values:
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
 
 
 def note_attempt(session: Session, image_id: int, reason: str) -> None:
-    """A transient failure on an indexed image: keep its entry, remember the reason."""
+    """A transient failure on an indexed image: keep its entry, remember the reason
+    (updated_at is left alone: the entry the index holds did not change)."""
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
-        reason=f"last check failed: {reason}"[:2000], updated_at=now(),
-        attempts=ImageRow.attempts + 1))
+        reason=f"last check failed: {reason}"[:2000], attempts=ImageRow.attempts + 1))
 
 
 def save_failure(session: Session, image_id: int, status: str, reason: str,
