@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     box_k: int = 4
     box_max_distance: int = 12
     min_votes: int = 3
+    rerank_descriptors: int = 300  # query keypoints matched against each candidate
     ratio_test: float = 0.8
     ransac_px: float = 6.0
     # calibrated by `echoimage bench` (see README, "Scores")

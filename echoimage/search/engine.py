@@ -362,7 +362,7 @@ class SearchEngine:
         s = self.settings
         mirror = is_mirror(c.orientation)
         sim = view.ssim_ref(c.orientation).compare(cand.thumbnail)
-        om = match_orb(view.orb(mirror), cand.orb, s.ratio_test, s.ransac_px)
+        om = match_orb(view.orb_head(mirror), cand.orb, s.ratio_test, s.ransac_px)
         score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
         reg = trans = None
         if om.homography is not None:
@@ -398,6 +398,12 @@ class _View:
             gray = np.ascontiguousarray(self.gray[:, ::-1]) if mirror else self.gray
             self._orbs[mirror] = orb_features(gray, self._settings.orb_features)
         return self._orbs[mirror]
+
+    def orb_head(self, mirror: bool) -> OrbFeatures:
+        """The first rerank_descriptors keypoints (spread over the view) for matching."""
+        orb = self.orb(mirror)
+        n = self._settings.rerank_descriptors
+        return orb if len(orb) <= n else OrbFeatures(orb.keypoints[:n], orb.descriptors[:n])
 
     def ssim_ref(self, o: int) -> SsimReference:
         """SSIM reference of the view's thumbnail turned by orientation o."""

@@ -3,7 +3,7 @@
 The fused score is the strongest of three pieces of evidence, each mapped to [0, 1]:
     orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)      geometric agreement of keypoints
     hash  = clip((HASH_CEIL - distance) / HASH_SPAN)    pHash Hamming distance (of 64 bits)
-    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN) * clip((SUPPORT_CEIL - distance) / 8)
+    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN) * clip((SUPPORT_CEIL - distance) / SUPPORT_SPAN)
 SSIM counts only as far as the hash supports it: smooth, featureless photos (sky, fog,
 microscopy) reach SSIM 0.8 with unrelated images, but then their hashes disagree.
 Unrelated photos stay near 0 on all three; `echoimage bench` reports the distributions and
@@ -19,10 +19,10 @@ import numpy as np
 
 from echoimage.types import OrbFeatures
 
-ORB_FLOOR, ORB_SPAN = 8.0, 32.0
-SSIM_FLOOR, SSIM_SPAN = 0.35, 0.5
+ORB_FLOOR, ORB_SPAN = 7.0, 24.0
+SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
 HASH_CEIL, HASH_SPAN = 14.0, 10.0
-SUPPORT_CEIL = 26.0
+SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
 MIN_MATCHES = 8
 
 _C1 = (0.01 * 255) ** 2
@@ -147,7 +147,7 @@ def _spread(q_in: np.ndarray, q_all: np.ndarray, c_in: np.ndarray, c_all: np.nda
 def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
     """Fused score in [0, 1]: the strongest of the three mapped components."""
     orb_part = np.clip((inliers - ORB_FLOOR) / ORB_SPAN, 0.0, 1.0)
-    support = np.clip((SUPPORT_CEIL - hash_distance) / 8.0, 0.0, 1.0)
+    support = np.clip((SUPPORT_CEIL - hash_distance) / SUPPORT_SPAN, 0.0, 1.0)
     ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0) * support
     hash_part = np.clip((HASH_CEIL - hash_distance) / HASH_SPAN, 0.0, 1.0)
     return float(max(orb_part, ssim_part, hash_part))
