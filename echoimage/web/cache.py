@@ -105,6 +105,12 @@ class QueryCache:
                 self._entries.move_to_end(token)
             return entry
 
+    def purge(self) -> None:
+        """Drop expired entries now (the server calls this periodically, so an idle server
+        does not keep the last queries past their TTL)."""
+        with self._lock:
+            self._expire()
+
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:

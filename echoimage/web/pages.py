@@ -13,6 +13,21 @@ from echoimage.web.service import WebService
 
 router = APIRouter(include_in_schema=False)
 
+#: the page loads nothing from elsewhere and runs no inline script
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob:; script-src 'self'; style-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _html(body: str, status_code: int = 200, headers: dict[str, str] | None = None
+          ) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status_code,
+                        headers={**SECURITY_HEADERS, **(headers or {})})
+
 
 def _form(service: WebService, error: HTTPException | None = None,
           inp: SearchInput | None = None) -> HTMLResponse:
@@ -22,8 +37,8 @@ def _form(service: WebService, error: HTTPException | None = None,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
         error=(error.status_code, str(error.detail)) if error else None)
     if error is None:
-        return HTMLResponse(body)
-    return HTMLResponse(body, status_code=error.status_code, headers=error.headers)
+        return _html(body)
+    return _html(body, error.status_code, error.headers)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -55,6 +70,6 @@ async def results(token: str, service: ServiceDep) -> HTMLResponse:
             "These results have expired",
             f"Queries are kept for {service.cache.ttl:g} seconds only, and uploaded images "
             "are not stored. Search again to see the matches.")
-        return HTMLResponse(body, status_code=404)
-    return HTMLResponse(render.results_page(entry, service.settings.duplicate_threshold,
-                                            service.cache.ttl))
+        return _html(body, 404)
+    return _html(render.results_page(entry, service.settings.duplicate_threshold,
+                                     service.cache.ttl))

@@ -7,7 +7,7 @@ from typing import Any
 import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echoimage.errors import EchoImageError
@@ -58,7 +58,11 @@ _SEARCH_BODY: dict[str, Any] = {
 
 
 def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
-    """The JSON answer of a search: `query --json`'s object, plus token, sizes and links."""
+    """The JSON answer of a search: `query --json`'s object, plus token, sizes and links.
+
+    The results are `Match.to_dict()` as they are (returned without re-validation through
+    `SearchResponse`, which documents them), so they stay exactly what the CLI prints.
+    """
     t = entry.token
     img = entry.image
     return {
@@ -77,7 +81,7 @@ def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
 
 @router.post("/api/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY,
              responses=_errors(400, 413, 415, 422, 502, 503, 504), tags=["search"])
-async def search(request: Request, service: ServiceDep) -> dict[str, Any]:
+async def search(request: Request, service: ServiceDep) -> JSONResponse:
     """Search the catalogue for copies of an image.
 
     Send ``multipart/form-data`` with a ``file`` (the image) or a ``url`` field, and
@@ -86,14 +90,14 @@ async def search(request: Request, service: ServiceDep) -> dict[str, Any]:
     it is kept (decoded, in memory) only for ``expires_in_s`` seconds, for the match images.
     """
     entry = await run_search(request, service)
-    return search_response(entry, service)
+    return JSONResponse(search_response(entry, service))
 
 
 @router.get("/api/queries/{token}", response_model=SearchResponse, responses=_errors(404),
             tags=["search"])
-async def recent_query(entry: CachedQueryDep, service: ServiceDep) -> dict[str, Any]:
+async def recent_query(entry: CachedQueryDep, service: ServiceDep) -> JSONResponse:
     """The results of a recent search, while it is cached."""
-    return search_response(entry, service)
+    return JSONResponse(search_response(entry, service))
 
 
 @router.get("/api/queries/{token}/image.png", response_class=Response,

@@ -75,6 +75,8 @@ class SearchResponse(BaseModel):
 class ImageInfo(BaseModel):
     """Metadata, provenance and status of a catalogue image."""
 
+    model_config = ConfigDict(extra="allow")
+
     id: int
     url: str
     status: str

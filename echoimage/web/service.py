@@ -47,26 +47,17 @@ class Counters:
     waiting: int = 0
 
 
-def _native_threads(n: int) -> tuple[int, int]:
-    """Set OpenCV's and FAISS's own thread counts; returns the previous (cv2, faiss) counts.
+def _single_threaded_libraries() -> None:
+    """Thread-pool initializer: one OpenMP thread for FAISS in this thread.
 
-    Requests are parallel already, so nested library threads would only oversubscribe the
-    cores (measured on 2 cores: 2 query threads x 1 native thread answer ~70% more queries
-    per second than 2 x 2).
+    Requests are parallel already, so nested library threads only oversubscribe the cores;
+    and OpenMP's thread count is per calling thread, so each pool thread must set its own
+    (measured: a FAISS IVF vote search in a pool thread left at the default cost ~3x more
+    than with one OpenMP thread, and far more on a busy machine).
     """
     import faiss
 
-    old = (cv2.getNumThreads(), faiss.omp_get_max_threads())
-    cv2.setNumThreads(n)
-    faiss.omp_set_num_threads(n)
-    return old
-
-
-def _native_threads_restore(old: tuple[int, int]) -> None:
-    import faiss
-
-    cv2.setNumThreads(old[0])
-    faiss.omp_set_num_threads(old[1])
+    faiss.omp_set_num_threads(1)
 
 
 class WebService:
@@ -78,7 +69,8 @@ class WebService:
         self.engine = engine
         self.cache = QueryCache(web.cache_ttl, web.cache_entries)
         self.threads = web.threads
-        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="echoimage-query")
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="echoimage-query",
+                                           initializer=_single_threaded_libraries)
         self.slots = asyncio.Semaphore(self.threads)
         self.counters = Counters()
         self.started = time.monotonic()
@@ -90,25 +82,36 @@ class WebService:
             max_bytes=web.max_upload_bytes, user_agent=USER_AGENT, require_image=True,
         )
         self.fetcher = GuardedFetcher(self.fetch_config, self.policy)
-        self._old_threads: tuple[int, int] | None = None
+        self._old_cv2_threads: int | None = None
+        self._janitor: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, web: WebSettings) -> WebService:
         """Load the engine (index + store) once, off the event loop, and open the fetcher."""
         engine = await asyncio.to_thread(SearchEngine, settings)
         service = cls(settings, web, engine)
-        service._old_threads = _native_threads(1)
+        service._old_cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
         await service.fetcher.__aenter__()
+        service._janitor = asyncio.create_task(service._purge_forever())
         return service
+
+    async def _purge_forever(self) -> None:
+        interval = min(30.0, self.cache.ttl / 2)
+        while True:
+            await asyncio.sleep(interval)
+            self.cache.purge()
 
     async def close(self) -> None:
         """Stop the pool, close the fetcher and the store connections."""
+        if self._janitor is not None:
+            self._janitor.cancel()
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.cache.clear()
         self.engine.engine.dispose()
-        if self._old_threads is not None:
-            _native_threads_restore(self._old_threads)
+        if self._old_cv2_threads is not None:
+            cv2.setNumThreads(self._old_cv2_threads)
 
     # --- running work off the event loop -------------------------------------------------
 

@@ -1,0 +1,169 @@
+"""A real browser on the page: Playwright drives Debian's Chromium against a uvicorn server.
+
+`make test` installs `chromium` with apt-get when it is missing. Without it the tests skip,
+except under CI=true, where they fail. The results page's screenshot is kept as
+test-artifacts/results.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from conftest import Built
+from helpers import jpeg, photo, resize, rotate, to_rgb, write
+
+from echoimage.web.app import create_app
+from echoimage.web.config import WebSettings
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_network")]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def require_chromium() -> None:
+    """Skip (fail under CI=true) when Debian's Chromium is not installed."""
+    if Path(CHROMIUM).exists():
+        return
+    msg = f"{CHROMIUM} is missing: apt-get install chromium (`make test` does it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(built: Built) -> Iterator[str]:
+    """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread."""
+    port = free_port()
+    app = create_app(built.settings, WebSettings())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def query_file(tmp_path: Path, name: str = "coffee") -> Path:
+    """A transformed copy of a catalogue photo: 70%, turned 4 degrees, JPEG q80."""
+    return write(tmp_path / f"copy-of-{name}.jpg",
+                 jpeg(rotate(resize(to_rgb(photo(name)), 0.7), 4), 80))
+
+
+def wait_for_images(page: object, seconds: float = 20) -> None:
+    """Wait until every image on the page has loaded (polled from Python: the page's CSP
+    forbids the eval that page.wait_for_function would use)."""
+    deadline = time.monotonic() + seconds
+    script = "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    while not page.evaluate(script):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise AssertionError("images did not load")
+        time.sleep(0.05)
+
+
+def test_upload_shows_the_original_first(server: str, browser: object, built: Built,
+                                         tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    problems: list[str] = []  # console errors: CSP violations, failed loads, script errors
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(server + "/")
+    assert page.title().startswith("EchoImage")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "search.png"))
+    page.set_input_files("#file", str(query_file(tmp_path)))
+    assert "copy-of-coffee.jpg" in page.locator("[data-file-status]").inner_text()
+    page.click("button[type=submit]")
+    page.wait_for_url("**/results/*")
+
+    cards = page.locator("li.card")
+    assert cards.count() == 5
+    first = cards.first
+    assert first.get_attribute("data-rank") == "1"
+    assert first.locator(".source").inner_text().strip() == built.catalogue.url("coffee")
+    assert first.locator(".badge").inner_text().strip().lower() == "duplicate"
+    assert first.get_attribute("data-verdict") == "duplicate"
+    assert cards.nth(1).get_attribute("data-verdict") == "similar"
+    wait_for_images(page)
+    size = first.locator(".match-view img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert size[0] > size[1] > 100  # the side-by-side match view loaded
+    page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
+    assert problems == []
+    page.close()
+
+
+def test_drag_and_drop(server: str, browser: object, built: Built) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(server + "/")
+    data = jpeg(resize(to_rgb(photo("rocket")), 0.5), 85)
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bin = atob(b64);
+            const bytes = new Uint8Array(bin.length);
+            for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+            return dt;
+        }""", base64.b64encode(data).decode())
+    page.dispatch_event("[data-drop]", "drop", {"dataTransfer": transfer})
+    assert "dropped.jpg" in page.locator("[data-file-status]").inner_text()
+    page.click("button[type=submit]")
+    page.wait_for_url("**/results/*")
+    first = page.locator("li.card").first
+    assert first.locator(".source").inner_text().strip() == built.catalogue.url("rocket")
+    page.close()
+
+
+def test_works_without_javascript(server: str, browser: object, built: Built,
+                                  tmp_path: Path) -> None:
+    context = browser.new_context(java_script_enabled=False)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(server + "/")
+    page.set_input_files("#file", str(query_file(tmp_path, "camera")))
+    page.fill("#k", "2")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/results/*")
+    cards = page.locator("li.card")
+    assert cards.count() == 2
+    assert cards.first.locator(".source").inner_text().strip() == built.catalogue.url("camera")
+    # an error is shown on the page, with the form
+    page.goto(server + "/")
+    page.set_input_files("#file", str(write(tmp_path / "notes.jpg", b"plain text " * 30)))
+    page.click("button[type=submit]")
+    assert "not an image" in page.locator("[role=alert]").inner_text()
+    context.close()

@@ -1,0 +1,790 @@
+"""The HTTP API and the page through an ASGI client: every route and every error class.
+
+URL queries are tested against aiohttp servers on 127.0.0.1 (no internet): one allow-listed
+by its exact host:port (standing in for a public site), one not (standing in for an internal
+service), so a redirect from the first to the second is an SSRF attempt that must be refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from conftest import Built, write_catalogue
+from fastapi import FastAPI
+from helpers import header_only_png, jpeg, photo, png, resize, rotate, synthetic, to_rgb
+
+from echoimage.config import Settings
+from echoimage.pipeline import build_index
+from echoimage.types import Match
+from echoimage.web.app import create_app
+from echoimage.web.cache import QueryCache
+from echoimage.web.config import WebSettings
+from echoimage.web.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
+from echoimage.web.visual import match_image, restore_aspect
+
+pytestmark = pytest.mark.usefixtures("no_network")
+#: the async tests share the module's event loop with the app and the test servers
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+MAX_UPLOAD = 400_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RESULT_KEYS = list(Match(0, "", 0.0, False, False, 0.0, 0, 0, 0, "identity", "").to_dict())
+
+
+def copy_of(name: str, factor: float = 0.6, degrees: float = 4.0, quality: int = 80) -> bytes:
+    """A transformed copy of a catalogue photo: smaller, slightly rotated, re-compressed."""
+    return jpeg(rotate(resize(to_rgb(photo(name)), factor), degrees), quality)
+
+
+# --- servers the URL queries reach ---------------------------------------------------------
+
+def origin_app(internal_port: int) -> web.Application:
+    """The allow-listed "public" site: an image, redirects (to an internal port, to file://),
+    a page, a 404, a slow answer and a body over the cap."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/coffee.jpg")
+    async def coffee(request: web.Request) -> web.Response:
+        return web.Response(body=copy_of("coffee"), content_type="image/jpeg")
+
+    @routes.get("/to-internal.jpg")
+    async def to_internal(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{internal_port}/secret.jpg")
+
+    @routes.get("/to-localhost.jpg")
+    async def to_localhost(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://localhost:{internal_port}/secret.jpg")
+
+    @routes.get("/to-metadata.jpg")
+    async def to_metadata(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+
+    @routes.get("/to-file.jpg")
+    async def to_file(request: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    @routes.get("/to-coffee.jpg")
+    async def to_coffee(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/coffee.jpg")
+
+    @routes.get("/page.html")
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><p>hello</p>", content_type="text/html")
+
+    @routes.get("/missing.jpg")
+    async def missing(request: web.Request) -> web.Response:
+        raise web.HTTPNotFound()
+
+    @routes.get("/slow.jpg")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(body=copy_of("coffee"), content_type="image/jpeg")
+
+    @routes.get("/huge.jpg")
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await resp.prepare(request)
+        await resp.write(b"\xff\xd8\xff\xe0" + b"\0" * 60_000)
+        for _ in range(20):
+            await resp.write(b"\0" * 60_000)
+        return resp
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+@dataclass
+class Internal:
+    """The internal service: counts the requests that reached it (must stay 0)."""
+
+    hits: int = 0
+
+
+def internal_app(state: Internal) -> web.Application:
+    async def secret(request: web.Request) -> web.Response:
+        state.hits += 1
+        return web.Response(body=copy_of("coffee"), content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/secret.jpg", secret)
+    return app
+
+
+@dataclass
+class Env:
+    """The app under test, its client and the two servers."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    built: Built
+    origin: str
+    internal: str
+    internal_state: Internal
+
+    def url_of(self, name: str) -> str:
+        return self.built.catalogue.url(name)
+
+
+def web_settings(allow: list[str], **kw: object) -> WebSettings:
+    values: dict[str, object] = dict(max_upload_bytes=MAX_UPLOAD, url_allowlist=allow,
+                                     url_timeout=1.5, cache_ttl=60.0, cache_entries=16,
+                                     max_k=20)
+    values.update(kw)
+    return WebSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(built: Built) -> AsyncIterator[Env]:
+    state = Internal()
+    internal = TestServer(internal_app(state), host="127.0.0.1")
+    await internal.start_server()
+    origin = TestServer(origin_app(internal.port or 0), host="127.0.0.1")
+    await origin.start_server()
+    app = create_app(built.settings, web_settings([f"127.0.0.1:{origin.port}"]))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            yield Env(app, client, built, f"http://127.0.0.1:{origin.port}",
+                      f"http://127.0.0.1:{internal.port}", state)
+    await origin.close()
+    await internal.close()
+
+
+async def upload(env: Env, data: bytes, name: str = "query.jpg", **fields: str
+                 ) -> httpx.Response:
+    return await env.client.post("/api/search", files={"file": (name, data, "image/jpeg")},
+                                 data=fields)
+
+
+def detail(resp: httpx.Response) -> str:
+    body = resp.json()
+    assert set(body) == {"detail"}, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body["detail"]
+
+
+# --- searching ---------------------------------------------------------------------------
+
+@module_loop
+async def test_upload_finds_the_original_first(env: Env) -> None:
+    resp = await upload(env, copy_of("coffee"), k="3")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["query"] == "query.jpg"
+    assert len(body["results"]) == 3
+    top = body["results"][0]
+    assert top["url"] == env.url_of("coffee")
+    assert top["duplicate"] is True and top["exact"] is False
+    assert top["orb_inliers"] > 20 and top["region"] is not None
+    # the schema of `echoimage query --json`, field for field and in order
+    for result in body["results"]:
+        assert list(result) == RESULT_KEYS
+    assert body["results"][1]["duplicate"] is False
+    assert body["width"] > 0 and body["height"] > 0 and body["format"] == "JPEG"
+    assert set(body["timings_ms"]) >= {"decode_ms", "shortlist_ms", "rerank_ms"}
+
+
+@module_loop
+async def test_exact_bytes_are_an_exact_match(env: Env) -> None:
+    data = env.built.catalogue.files["chelsea"].read_bytes()
+    body = (await upload(env, data, "chelsea.jpg", k="1")).json()
+    assert body["results"][0]["url"] == env.url_of("chelsea")
+    assert body["results"][0]["exact"] is True
+
+
+@module_loop
+async def test_mirrored_png_upload(env: Env) -> None:
+    arr = np.ascontiguousarray(resize(to_rgb(photo("astronaut")), 0.5)[:, ::-1])
+    resp = await env.client.post("/api/search", files={"file": ("m.png", png(arr), "image/png")})
+    assert resp.status_code == 200, resp.text
+    top = resp.json()["results"][0]
+    assert top["url"] == env.url_of("astronaut") and top["orientation"].startswith("mirror")
+
+
+@module_loop
+async def test_default_k(env: Env) -> None:
+    body = (await upload(env, copy_of("rocket"))).json()
+    assert len(body["results"]) == WebSettings().default_k
+
+
+@pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5"])
+@module_loop
+async def test_bad_k_is_422(env: Env, k: str) -> None:
+    resp = await upload(env, copy_of("rocket"), k=k)
+    assert resp.status_code == 422
+    assert "k must be" in detail(resp)
+
+
+@module_loop
+async def test_json_body_url_query(env: Env) -> None:
+    resp = await env.client.post("/api/search",
+                                 json={"url": f"{env.origin}/coffee.jpg", "k": 2})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["query"] == f"{env.origin}/coffee.jpg"
+    assert len(body["results"]) == 2
+    assert body["results"][0]["url"] == env.url_of("coffee")
+
+
+@module_loop
+async def test_form_url_query_follows_a_safe_redirect(env: Env) -> None:
+    resp = await env.client.post("/api/search", data={"url": f"{env.origin}/to-coffee.jpg"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["url"] == env.url_of("coffee")
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"k": 3}', b'{"url": "http://x/a.jpg", "k": 0}',
+                                  b'{"url": 5}'])
+@module_loop
+async def test_bad_json_is_422(env: Env, body: bytes) -> None:
+    resp = await env.client.post("/api/search", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+    assert detail(resp).startswith("bad JSON body")
+
+
+@module_loop
+async def test_neither_or_both_inputs_is_400(env: Env) -> None:
+    resp = await env.client.post("/api/search", data={"k": "3"})
+    assert resp.status_code == 400 and "file" in detail(resp)
+    no_file = {"file": ("", b"", "application/octet-stream")}
+    resp = await env.client.post("/api/search", files=no_file, data={"url": ""})
+    assert resp.status_code == 400
+    resp = await upload(env, copy_of("coffee"), url=f"{env.origin}/coffee.jpg")
+    assert resp.status_code == 400 and "not both" in detail(resp)
+
+
+@module_loop
+async def test_unsupported_content_type_is_415(env: Env) -> None:
+    resp = await env.client.post("/api/search", content=copy_of("coffee"),
+                                 headers={"Content-Type": "image/jpeg"})
+    assert resp.status_code == 415 and "multipart/form-data" in detail(resp)
+
+
+# --- upload limits -------------------------------------------------------------------------
+
+@module_loop
+async def test_upload_over_the_cap_is_413(env: Env) -> None:
+    big = jpeg(synthetic(7, size=1400), quality=100)
+    assert len(big) > MAX_UPLOAD
+    resp = await upload(env, big)
+    assert resp.status_code == 413
+    assert f"{MAX_UPLOAD:,}" in detail(resp)
+
+
+@module_loop
+async def test_cap_is_enforced_while_streaming(env: Env) -> None:
+    """A chunked body without Content-Length is cut off once past the cap, not read whole."""
+    sent = 0
+    boundary = "b0undary"
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        yield head + b"\xff\xd8\xff\xe0"
+        for _ in range(200):  # would be 13 MB
+            sent += 65536
+            yield b"\0" * 65536
+
+    resp = await env.client.post(
+        "/api/search", content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert resp.status_code == 413, resp.text
+    assert sent < 3 * MAX_UPLOAD
+    detail(resp)
+
+
+@module_loop
+async def test_declared_length_over_the_cap_is_413_before_reading(env: Env) -> None:
+    resp = await env.client.post(
+        "/api/search", content=b"x" * 10,
+        headers={"Content-Type": "multipart/form-data; boundary=x",
+                 "Content-Length": str(50 * MAX_UPLOAD)})
+    assert resp.status_code == 413
+
+
+@pytest.mark.parametrize("data", [b"just some text, not a picture\n" * 20,
+                                  b"<!doctype html><html><body>hi</body></html>",
+                                  b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + b"0" * 100])
+@module_loop
+async def test_not_an_image_is_415(env: Env, data: bytes) -> None:
+    resp = await upload(env, data, "notes.jpg")
+    assert resp.status_code == 415
+    assert detail(resp).startswith("not an image")
+
+
+@module_loop
+async def test_corrupt_image_is_422(env: Env) -> None:
+    data = copy_of("coffee")
+    resp = await upload(env, data[:200] + b"\0" * 300, "broken.jpg")
+    assert resp.status_code == 422
+    assert detail(resp).startswith("cannot decode the image")
+
+
+@module_loop
+async def test_empty_file_is_422(env: Env) -> None:
+    resp = await upload(env, b"", "empty.jpg")
+    assert resp.status_code == 422 and "empty" in detail(resp)
+
+
+@module_loop
+async def test_pixel_cap_applies(env: Env) -> None:
+    resp = await env.client.post(
+        "/api/search", files={"file": ("bomb.png", header_only_png(20000, 20000), "image/png")})
+    assert resp.status_code == 422
+    assert "too large" in detail(resp) and "pixels" in detail(resp)
+
+
+# --- URL queries: SSRF and fetch failures -----------------------------------------------------
+
+async def url_query(env: Env, url: str) -> httpx.Response:
+    return await env.client.post("/api/search", json={"url": url})
+
+
+@pytest.mark.parametrize("path", ["/secret.jpg"])
+@module_loop
+async def test_loopback_url_is_refused(env: Env, path: str) -> None:
+    resp = await url_query(env, env.internal + path)
+    assert resp.status_code == 400
+    assert "loopback" in detail(resp)
+    assert env.internal_state.hits == 0
+
+
+@pytest.mark.parametrize("url", [
+    "http://localhost:{port}/secret.jpg",
+    "http://127.1:{port}/secret.jpg",
+    "http://2130706433:{port}/secret.jpg",
+    "http://[::ffff:127.0.0.1]:{port}/secret.jpg",
+    "http://[::1]:{port}/secret.jpg",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.1/a.jpg",
+    "http://0.0.0.0:{port}/secret.jpg",
+])
+@module_loop
+async def test_private_addresses_are_refused(env: Env, url: str) -> None:
+    port = env.internal.rsplit(":", 1)[1]
+    resp = await url_query(env, url.format(port=port))
+    assert resp.status_code == 400, resp.text
+    assert "address" in detail(resp)
+    assert env.internal_state.hits == 0
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/to-internal.jpg", ["refused", "loopback"]),
+    ("/to-localhost.jpg", ["refused", "localhost", "loopback"]),
+    ("/to-metadata.jpg", ["refused", "metadata"]),
+    ("/to-file.jpg", ["file", "only http and https"]),
+])
+@module_loop
+async def test_redirect_to_a_forbidden_target_is_refused(env: Env, path: str,
+                                                         words: list[str]) -> None:
+    """The first hop is allow-listed (exact host:port); the redirect target is not."""
+    resp = await url_query(env, env.origin + path)
+    assert resp.status_code == 400, resp.text
+    text = detail(resp)
+    for word in words:
+        assert word in text
+    assert env.internal_state.hits == 0
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/a.jpg", "file:///etc/passwd",
+                                 "gopher://example.org/", "javascript:alert(1)",
+                                 "http://user:pw@127.0.0.1/a.jpg"])
+@module_loop
+async def test_non_http_urls_are_refused(env: Env, url: str) -> None:
+    resp = await url_query(env, url)
+    assert resp.status_code == 400, resp.text
+
+
+@pytest.mark.parametrize("path, status, word", [
+    ("/page.html", 415, "not an image"),
+    ("/missing.jpg", 502, "404"),
+    ("/huge.jpg", 413, "cap"),
+    ("/slow.jpg", 504, "timed out"),
+])
+@module_loop
+async def test_upstream_failures(env: Env, path: str, status: int, word: str) -> None:
+    resp = await url_query(env, env.origin + path)
+    assert resp.status_code == status, resp.text
+    text = detail(resp)
+    assert word in text or (status == 504 and "within" in text)
+
+
+@module_loop
+async def test_dns_rebinding_is_stopped_at_connect_time() -> None:
+    """A name that passed the check but resolves to loopback when connecting is refused."""
+
+    class Rebinding:
+        async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict]:
+            return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": 2,
+                     "proto": 6, "flags": 4}]
+
+        async def close(self) -> None:
+            return None
+
+    resolver = GuardedResolver(UrlPolicy())
+    resolver._inner = Rebinding()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="loopback"):
+        await resolver.resolve("images.example.org", 80)
+    allowed = GuardedResolver(UrlPolicy(AllowList.parse(["images.example.org"])))
+    allowed._inner = Rebinding()  # type: ignore[assignment]
+    assert (await allowed.resolve("images.example.org", 80))[0]["host"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("addr, problem", [
+    ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
+    ("192.168.1.1", "private"), ("169.254.169.254", "metadata"), ("169.254.1.1", "link-local"),
+    ("100.64.0.1", "non-public"), ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"),
+    ("::1", "loopback"), ("fe80::1", "link-local"), ("fd00:ec2::254", "metadata"),
+    ("fc00::1", "private"), ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"),
+    ("64:ff9b::a9fe:a9fe", "metadata"), ("2002:7f00:1::", "loopback"), ("ff02::1", "multicast"),
+    ("8.8.8.8", None), ("93.184.216.34", None), ("2606:4700:4700::1111", None),
+])
+def test_address_policy(addr: str, problem: str | None) -> None:
+    found = address_problem(ipaddress.ip_address(addr))
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_allow_list_entries() -> None:
+    allow = AllowList.parse(["images.local", "127.0.0.1:8080", "[::1]:9000", "10.0.0.0/8",
+                             "192.168.1.5"])
+    assert allow.permits_host("IMAGES.local.", 443)
+    assert allow.permits_host("127.0.0.1", 8080) and not allow.permits_host("127.0.0.1", 8081)
+    assert allow.permits_host("[::1]", 9000) and not allow.permits_host("::1", 80)
+    assert allow.permits_address(ipaddress.ip_address("10.9.8.7"))
+    assert allow.permits_address(ipaddress.ip_address("192.168.1.5"))
+    assert not allow.permits_address(ipaddress.ip_address("192.168.1.6"))
+    with pytest.raises(ValueError):
+        AllowList.parse(["http://x/"])
+
+
+def test_web_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHOIMAGE_URL_ALLOWLIST", "images.local, 127.0.0.1:8080;10.0.0.0/8")
+    monkeypatch.setenv("ECHOIMAGE_MAX_UPLOAD_BYTES", "1234")
+    ws = WebSettings()
+    assert ws.url_allowlist == ["images.local", "127.0.0.1:8080", "10.0.0.0/8"]
+    assert ws.max_upload_bytes == 1234
+    monkeypatch.setenv("ECHOIMAGE_MAX_UPLOAD_BYTES", "0")
+    with pytest.raises(ValueError):
+        WebSettings()
+
+
+# --- catalogue, pictures, stats ------------------------------------------------------------
+
+@module_loop
+async def test_image_metadata(env: Env) -> None:
+    body = (await upload(env, copy_of("camera"), k="1")).json()
+    image_id = body["results"][0]["id"]
+    resp = await env.client.get(f"/api/images/{image_id}")
+    assert resp.status_code == 200
+    info = resp.json()
+    assert info["url"] == env.url_of("camera") and info["status"] == "indexed"
+    assert info["width"] == 512 and info["height"] == 512 and info["format"] == "PNG"
+    assert info["source"] and info["sha256"] and info["indexed_at"]
+    assert info["thumbnail"] == f"/api/images/{image_id}/thumbnail.png"
+    resp = await env.client.get("/api/images/999999")
+    assert resp.status_code == 404 and "999999" in detail(resp)
+
+
+@module_loop
+async def test_thumbnail_is_served_from_the_store(env: Env) -> None:
+    body = (await upload(env, copy_of("coffee"), k="1")).json()
+    image_id = body["results"][0]["id"]
+    resp = await env.client.get(f"/api/images/{image_id}/thumbnail.png")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    assert resp.content.startswith(PNG_MAGIC)
+    w, h = int.from_bytes(resp.content[16:20], "big"), int.from_bytes(resp.content[20:24], "big")
+    assert (w, h) == (256, 171)  # coffee is 600x400: the square thumbnail's aspect restored
+    resp = await env.client.get("/api/images/999999/thumbnail.png")
+    assert resp.status_code == 404
+    detail(resp)
+
+
+@module_loop
+async def test_match_and_query_images(env: Env) -> None:
+    body = (await upload(env, copy_of("coffee"), k="2")).json()
+    token = body["query_token"]
+    first, second = (r["id"] for r in body["results"])
+    for path in (f"/api/matches/{token}/{first}.png", f"/api/matches/{token}/{second}.png",
+                 f"/api/queries/{token}/image.png", body["links"]["query_image"],
+                 body["links"]["match_image"].format(id=first)):
+        resp = await env.client.get(path)
+        assert resp.status_code == 200, path
+        assert resp.headers["content-type"] == "image/png"
+        assert resp.content.startswith(PNG_MAGIC)
+    again = await env.client.get(f"/api/queries/{token}")
+    assert again.status_code == 200 and again.json()["results"] == body["results"]
+    resp = await env.client.get(f"/api/matches/{token}/999999.png")
+    assert resp.status_code == 404 and "not among" in detail(resp)
+    for path in ("/api/matches/nope/1.png", "/api/queries/nope", "/api/queries/nope/image.png"):
+        resp = await env.client.get(path)
+        assert resp.status_code == 404 and "expired" in detail(resp)
+
+
+@module_loop
+async def test_uploads_are_not_added_to_the_catalogue(env: Env) -> None:
+    before = (await env.client.get("/api/stats")).json()
+    await upload(env, jpeg(synthetic(99)))
+    after = (await env.client.get("/api/stats")).json()
+    assert after["total_images"] == before["total_images"] == len(env.built.catalogue.files)
+    assert after["index"]["entries"] == before["index"]["entries"]
+    assert after["server"]["queries"] == before["server"]["queries"] + 1
+
+
+@module_loop
+async def test_stats_and_health(env: Env) -> None:
+    resp = await env.client.get("/api/stats")
+    assert resp.status_code == 200
+    stats = resp.json()
+    n = len(env.built.catalogue.files)
+    assert stats["images"] == {"indexed": n} and stats["index"]["entries"] == n
+    assert stats["server"]["query_threads"] >= 1 and stats["server"]["cached_queries"] >= 0
+    resp = await env.client.get("/health")
+    assert resp.json() == {"status": "ok", "index_entries": n}
+
+
+@module_loop
+async def test_openapi_docs(env: Env) -> None:
+    resp = await env.client.get("/docs")
+    assert resp.status_code == 200 and "swagger" in resp.text.lower()
+    paths = (await env.client.get("/openapi.json")).json()["paths"]
+    for path in ("/api/search", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail.png",
+                 "/api/matches/{token}/{image_id}.png", "/api/stats", "/health"):
+        assert path in paths
+    body = paths["/api/search"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+
+
+# --- the page --------------------------------------------------------------------------------
+
+@module_loop
+async def test_home_page_is_a_plain_form(env: Env) -> None:
+    resp = await env.client.get("/")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    html = resp.text
+    for needle in ('enctype="multipart/form-data"', 'type="file"', 'name="url"', 'name="k"',
+                   '<label for="file"', '<label for="url"', '<label for="k"', 'lang="en"'):
+        assert needle in html
+    assert "http://" not in html and "https://cdn" not in html  # nothing from a CDN
+    assert "default-src 'self'" in resp.headers["content-security-policy"]
+    assert "<script>" not in html  # no inline script: the CSP forbids it
+    for asset in ("/static/style.css", "/static/app.js"):
+        resp = await env.client.get(asset)
+        assert resp.status_code == 200
+
+
+@module_loop
+async def test_form_post_redirects_to_results(env: Env) -> None:
+    resp = await env.client.post("/search", files={"file": ("cup.jpg", copy_of("coffee"),
+                                                            "image/jpeg")}, data={"k": "3"})
+    assert resp.status_code == 303
+    page = await env.client.get(resp.headers["location"])
+    assert page.status_code == 200
+    html = page.text
+    first = html.index('data-rank="1"')
+    assert html.index(env.url_of("coffee")) > first
+    assert 'data-verdict="duplicate"' in html[first:first + 300]
+    assert html.count('class="card"') == 3
+    assert "/api/matches/" in html and "/thumbnail.png" in html and "cup.jpg" in html
+
+
+@module_loop
+async def test_form_errors_are_shown_on_the_page(env: Env) -> None:
+    resp = await env.client.post("/search", files={"file": ("x.txt", b"hello " * 50,
+                                                            "text/plain")})
+    assert resp.status_code == 415
+    assert 'role="alert"' in resp.text and "not an image" in resp.text
+    resp = await env.client.post("/search", data={"url": env.internal + "/secret.jpg",
+                                                  "k": "4"})
+    assert resp.status_code == 400 and "loopback" in resp.text
+    assert f'value="{env.internal}/secret.jpg"' in resp.text  # the form keeps the URL
+
+
+@module_loop
+async def test_page_escapes_what_users_control(env: Env) -> None:
+    name = '<script>alert("x")</script>.jpg'
+    resp = await env.client.post("/search", files={"file": (name, copy_of("moon"),
+                                                            "image/jpeg")})
+    page = await env.client.get(resp.headers["location"])
+    assert "<script>alert" not in page.text and "&lt;script&gt;" in page.text
+
+
+@module_loop
+async def test_expired_results_page(env: Env) -> None:
+    resp = await env.client.get("/results/not-a-token")
+    assert resp.status_code == 404 and "expired" in resp.text
+
+
+# --- cache, drawing, concurrency, reload ------------------------------------------------------
+
+def test_query_cache_expires_and_bounds() -> None:
+    now = [0.0]
+    cache = QueryCache(ttl=10.0, max_entries=2, clock=lambda: now[0])
+    result = type("R", (), {"matches": []})()
+    img = type("I", (), {})()
+    a = cache.add("a", img, result, 1)  # type: ignore[arg-type]
+    b = cache.add("b", img, result, 1)  # type: ignore[arg-type]
+    assert cache.get(a.token) is a  # a is now the most recently used
+    c = cache.add("c", img, result, 1)  # type: ignore[arg-type]
+    assert cache.get(b.token) is None and len(cache) == 2
+    now[0] = 9.0
+    assert cache.get(c.token) is c
+    now[0] = 10.5
+    cache.purge()
+    assert cache._entries == {}  # gone without anyone asking for them
+    assert cache.get(a.token) is None and cache.get(c.token) is None and len(cache) == 0
+    assert a.token != c.token and len(a.token) >= 20
+
+
+def test_match_drawing() -> None:
+    q = np.full((100, 200), 100, np.uint8)
+    cat = np.full((300, 300), 200, np.uint8)
+    pairs = np.array([[10, 10, 30, 30], [190, 90, 290, 290]], np.float32)
+    region = np.array([[20, 20], [280, 20], [280, 280], [20, 280]], np.float64)
+    out = match_image(q, cat, pairs, region, height=150, gap=10)
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[0] == 150
+    assert out.shape[1] == 300 + 10 + 150
+    plain = match_image(q, cat, None, None, height=150, gap=10)
+    assert (out != plain).any(axis=2).sum() > 500  # lines, circles and the outline
+    thumb = np.zeros((256, 256), np.uint8)
+    assert restore_aspect(thumb, 600, 400, 256).shape == (171, 256)
+    with pytest.raises(ValueError):
+        match_image(q, cat, height=4)
+
+
+@module_loop
+async def test_overload_answers_503_instead_of_queueing_forever(built: Built) -> None:
+    app = create_app(built.settings, web_settings([], query_threads=1, max_waiting=0))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            data = [copy_of(n, factor=0.9) for n in ("coffee", "rocket", "camera", "moon")]
+            resps = await asyncio.gather(*(
+                client.post("/api/search", files={"file": ("q.jpg", d, "image/jpeg")})
+                for d in data))
+            codes = sorted(r.status_code for r in resps)
+            assert codes[0] == 200 and codes[-1] == 503, codes
+            busy = next(r for r in resps if r.status_code == 503)
+            assert busy.headers["retry-after"] == "1" and "busy" in detail(busy)
+            assert (await client.get("/health")).status_code == 200
+
+
+@module_loop
+async def test_idle_server_forgets_queries_after_the_ttl(built: Built) -> None:
+    app = create_app(built.settings, web_settings([], cache_ttl=0.3))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            resp = await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("coffee"), "image/jpeg")})
+            token = resp.json()["query_token"]
+            cache = app.state.service.cache
+            assert token in cache._entries
+            await asyncio.sleep(0.8)  # no request in between: the janitor purges
+            assert cache._entries == {}
+
+
+@module_loop
+async def test_queries_run_off_the_event_loop(env: Env) -> None:
+    """While searches run in the pool, cheap requests are still answered."""
+    counters = env.app.state.service.counters
+    searches = [asyncio.create_task(upload(env, copy_of(n, factor=0.9)))
+                for n in ("coffee", "rocket", "camera", "moon", "clock", "brick")]
+    while counters.running == 0:
+        await asyncio.sleep(0.001)
+    health = await env.client.get("/health")
+    assert health.status_code == 200
+    assert counters.running + counters.waiting > 0  # answered while queries were in flight
+    assert all(r.status_code == 200 for r in await asyncio.gather(*searches))
+
+
+@module_loop
+async def test_new_index_is_picked_up_without_restart(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", workers=1)
+    first = write_catalogue(tmp_path / "cat1", ("coffee", "rocket", "camera"))
+    await asyncio.to_thread(build_index, settings, [str(first.root)], False)
+    app = create_app(settings, web_settings([]))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            stats = (await client.get("/api/stats")).json()
+            assert stats["index"]["entries"] == 3
+            before = (await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("chelsea"), "image/jpeg")}, data={"k": "1"})).json()
+            assert before["results"][0]["duplicate"] is False
+
+            # `echoimage index build` in another process, as cron would run `index update`
+            second = write_catalogue(tmp_path / "cat2", ("chelsea", "moon"))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "echoimage", "--data-dir", str(settings.data_dir),
+                "index", "build", "-q", "--workers", "1", str(second.root),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0, out.decode()
+
+            after = (await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("chelsea"), "image/jpeg")}, data={"k": "1"})).json()
+            assert after["results"][0]["url"] == second.url("chelsea")
+            assert after["results"][0]["duplicate"] is True
+            stats = (await client.get("/api/stats")).json()
+            assert stats["index"]["entries"] == 5 and stats["total_images"] == 5
+            assert (await client.get("/health")).json()["index_entries"] == 5
+
+
+@module_loop
+async def test_empty_catalogue_is_503(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "empty", workers=1), web_settings([]))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            resp = await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("coffee"), "image/jpeg")})
+            assert resp.status_code == 503 and "index build" in detail(resp)
+            assert (await client.get("/health")).json()["index_entries"] == 0
+
+
+# --- serve() -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    seen: dict = {}
+
+    def run(app: FastAPI, **kw: object) -> None:
+        seen.update(kw, app=app)
+
+    monkeypatch.setattr("echoimage.web.app.uvicorn.run", run)
+    yield seen
+
+
+def test_serve_runs_uvicorn(built: Built, fake_uvicorn: dict) -> None:
+    from echoimage.web.app import serve
+
+    port = free_port()
+    serve(built.settings, "127.0.0.1", port)
+    assert fake_uvicorn["host"] == "127.0.0.1" and fake_uvicorn["port"] == port
+    assert isinstance(fake_uvicorn["app"], FastAPI)
+    assert json.dumps(fake_uvicorn["app"].openapi())  # the schema builds
