@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick browser clean
+.PHONY: demo test venv lint bench bench-quick bench-http browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out --limit 100 --no-scale
+
+bench-http: $(STAMP)
+	$(BIN)/python scripts/bench_http.py $(PHOTOS) --out bench-out
 
 clean:
 	rm -rf $(DATA) bench-out test-artifacts
