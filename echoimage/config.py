@@ -34,13 +34,13 @@ class Settings(BaseSettings):
 
     # shortlist and re-rank
     shortlist_k: int = 32
-    rerank_n: int = 8
+    rerank_n: int = 5
     max_hash_distance: int = 26
     orientation_max_distance: int = 16
     orientation_guess_distance: int = 22
     # local-feature shortlist (crops, borders, screenshots)
     local_per_image: int = 100
-    local_flat_max: int = 60_000
+    local_flat_max: int = 20_000
     local_nprobe: int = 16
     local_query_descriptors: int = 300
     local_max_distance: int = 48
