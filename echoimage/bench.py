@@ -20,8 +20,8 @@
 
 Everything it finds is returned as a JSON-ready dict and written to ``out_dir/bench.json``;
 `render_markdown` turns it into the table written to ``out_dir/bench.md``. Progress goes to
-stderr only. The helpers above `run_benchmark` (transforms, metrics, tables, synthetic
-images, the seed's score) are pure functions.
+stderr only. The transforms, metrics, table, synthetic-image and seed-score helpers are
+pure functions; padding (`build_padding`) and the run itself do the I/O.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np
 
 BENCH_VERSION = 1
 #: bump when `synthetic_image` or the padding rows change: invalidates cached padding
-PAD_VERSION = 1
+PAD_VERSION = 2
 PAD_SOURCE = "synthetic://pad"
 PAD_SIZE = (320, 240)
 QUERY_QUALITY = 90
@@ -853,6 +853,8 @@ def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
             "store_file_bytes_per_image": per(disk["store_file"]) if "store_file" in disk
             else None,
             "index_file_bytes": disk.get("index_files"),
+            "index_files": {p.name: p.stat().st_size for p in
+                            sorted(ctx.settings.index_dir.glob("*")) if p.is_file()},
             "index_file_bytes_per_image": per(disk.get("index_files", 0)),
         },
     }
@@ -1071,7 +1073,7 @@ def _time_queries(ctx: _Ctx, engine: Any, sample: list[tuple[int, str, bytes]], 
         hits.append(bool(res.matches) and res.matches[0].url == ctx.urls[i])
         tick(n)
     return {
-        "entries": int(engine.size), "queries": len(sample),
+        "entries": int(engine.size), "queries": len(sample), **_delta_info(engine),
         "recall_at_1": rate(hits),
         "query_image_ms": {"p50": percentile(img_ms, 50), "p95": percentile(img_ms, 95),
                            "mean": float(np.mean(img_ms))},
@@ -1080,6 +1082,17 @@ def _time_queries(ctx: _Ctx, engine: Any, sample: list[tuple[int, str, bytes]], 
         "decode_ms_p50": percentile(decode_ms, 50),
         "stage_ms_p50": {k: percentile(v, 50) for k, v in stages.items()},
     }
+
+
+def _delta_info(engine: Any) -> dict[str, Any]:
+    """Size of the engine's unindexed catch-up delta (flat-scanned on every query), if any."""
+    snap = getattr(engine, "snap", None)
+    if snap is None:
+        return {}
+    delta = getattr(snap, "delta", None)
+    local = getattr(snap, "delta_local", None)
+    return {"engine_delta_rows": int(delta.ntotal) if delta is not None else 0,
+            "engine_delta_descriptors": int(local.ntotal) if local is not None else 0}
 
 
 def _seed_baseline(ctx: _Ctx, transforms: list[Transform], subset: tuple[int, int]
@@ -1149,15 +1162,54 @@ class PaddingJob:
     progress: bool = True
 
 
-def padding_key(urls: Iterable[str], feature_params: Sequence[int], schema: str, seed: int
-                ) -> str:
-    """Fingerprint of a padded store: catalogue URLs, feature parameters, schema, seed."""
+def padding_key(catalogue_digest: str, probe_digest: str, feature_params: Sequence[int],
+                seed: int) -> str:
+    """Fingerprint of a padded store: what its rows were made from.
+
+    The catalogue digest covers the catalogue rows copied into it, the probe digest the
+    features the current code extracts from synthetic images; either changes when feature
+    code changes. The schema revision is not part of it: `open_store` migrates a cached
+    copy like any other store (and the engine rebuilds indexes it finds stale).
+    """
     h = hashlib.sha256()
     h.update(json.dumps({"pad_version": PAD_VERSION, "seed": seed, "size": PAD_SIZE,
-                         "features": list(feature_params), "schema": schema}).encode())
-    for url in sorted(urls):
-        h.update(url.encode() + b"\0")
+                         "features": list(feature_params), "catalogue": catalogue_digest,
+                         "probe": probe_digest}).encode())
     return h.hexdigest()
+
+
+def features_digest(feats: Iterable[Any]) -> str:
+    """Digest of feature sets (thumbnail, ORB keypoints and descriptors, pHash if any)."""
+    h = hashlib.sha256()
+    for f in feats:
+        for part in (f.thumbnail, f.orb.keypoints, f.orb.descriptors):
+            h.update(np.ascontiguousarray(part).tobytes())
+        h.update(getattr(f, "phash", b"") or b"")
+    return h.hexdigest()
+
+
+def _probe_digest(settings: Any, seed: int) -> str:
+    """Features the current code extracts from the first synthetic padding images."""
+    params = (settings.max_pixels, settings.work_size, settings.thumb_size,
+              settings.orb_features)
+    return features_digest(_pad_features((i, seed, params))[3] for i in range(2))
+
+
+def _catalogue_digest(settings: Any) -> str:
+    """URLs and stored features of every indexed catalogue image, by id."""
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as session:
+            ids, _ = repo.indexed_hashes(session)
+            cands = repo.candidates(session, [int(i) for i in ids])
+    finally:
+        engine.dispose()
+    ordered = [cands[int(i)] for i in ids if int(i) in cands]
+    urls = hashlib.sha256("\0".join(c.url for c in ordered).encode()).hexdigest()
+    return urls + features_digest(ordered)
 
 
 def read_padding_meta(scale_dir: Path) -> dict[str, Any] | None:
@@ -1191,7 +1243,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     from echoimage.pipeline import feature_params
     from echoimage.search.engine import rebuild_index
     from echoimage.store import repo
-    from echoimage.store.db import open_store, session_factory
+    from echoimage.store.db import head_revision, open_store, session_factory
     from echoimage.types import CatalogueItem
 
     log = _Log(job.progress, "bench pad")
@@ -1245,6 +1297,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
                             cpu += cpu_s
                     done += len(batch)
                     tick(done)
+            settle_s = _settle(sessions, job.settings)
             t_rows = time.perf_counter()
             with sessions() as session:
                 count = repo.store_state(session).count
@@ -1254,13 +1307,16 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
             generated = max(1, target - start)
             meta = {
                 "key": job.key, "complete": True, "scale": scale, "entries": count,
+                "schema_revision": head_revision(),
                 "catalogue_entries": job.catalogue_entries, "padding_entries": target,
                 "generated_this_build": target - start,
                 "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
-                "rows_seconds": round(t_rows - t0 - t_copy, 2),
+                "rows_seconds": round(t_rows - t0 - t_copy - settle_s, 2),
+                "settle_seconds": round(settle_s, 2),
                 "index_rebuild_seconds": round(t_end - t_rows, 2),
                 "index_entries": manifest.ntotal,
-                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
+                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy - settle_s)
+                                              / generated, 3),
                 "worker_cpu_ms_per_image": round(1000 * cpu / generated, 3),
                 "workers": job.workers,
                 "memory": {"inserter_peak_rss_mb": self_peak_rss_mb(), **peak.as_dict()},
@@ -1274,6 +1330,11 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
             log(f"{scale:,} done: {count:,} entries in {t_end - t0:.0f}s (rows "
                 f"{meta['rows_seconds']:.0f}s, index {meta['index_rebuild_seconds']:.0f}s)")
             prev = (db, target)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.close()
@@ -1281,8 +1342,42 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     return info
 
 
+def _settle(sessions: Any, settings: dict[str, Any]) -> float:
+    """Work around the engine's catch-up window before the index is rebuilt.
+
+    `SearchEngine` re-reads every row written within `SearchEngine.margin` (10 s) before
+    the index's change mark into an unindexed, flat-scanned delta, and refuses (or keeps
+    rebuilding) when that window holds more than delta_max + margin_rows rows. Right after
+    a bulk insert the window holds the last ~10 s of inserts (thousands of rows), which
+    would make every timed query pay a flat scan the engine would not pay in steady state.
+    So: wait out the margin, then touch one padding row, so the change mark moves past the
+    bulk insert. Returns the seconds spent.
+    """
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from echoimage.search.engine import SearchEngine
+    from echoimage.store import repo
+    from echoimage.store.models import ImageRow
+
+    t0 = time.perf_counter()
+    margin = getattr(SearchEngine, "margin", timedelta(seconds=10))
+    time.sleep(margin.total_seconds() + 1)
+    with sessions.begin() as session:
+        last = session.scalar(select(ImageRow.id).where(ImageRow.url.like(f"{PAD_SOURCE}/%"))
+                              .order_by(ImageRow.id.desc()).limit(1))
+        if last is not None:
+            repo.mark_unchanged(session, last)
+    return time.perf_counter() - t0
+
+
 def _padding_process(job: PaddingJob) -> None:
     """Entry point of the background padding process."""
+    import signal
+
+    # terminate() from the parent: unwind, so the pool's workers are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     cv2.setNumThreads(1)
     build_padding(job)
 
@@ -1312,12 +1407,13 @@ def _pad_batches(pool: Any, indices: range, seed: int, params: tuple[int, int, i
 def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int | None,
                  progress: bool) -> PaddingJob:
     from echoimage.pipeline import feature_params
-    from echoimage.store.db import head_revision
 
+    key = padding_key(_catalogue_digest(ctx.settings), _probe_digest(ctx.settings, ctx.seed),
+                      feature_params(ctx.settings), ctx.seed)
     return PaddingJob(
         base_db=ctx.settings.data_dir / "echoimage.sqlite3", pad_root=out_dir / "pad",
         scales=tuple(sorted(s for s in scales if s > len(ctx.url_ids))),
-        key=padding_key(ctx.url_ids, feature_params(ctx.settings), head_revision(), ctx.seed),
+        key=key,
         catalogue_entries=len(ctx.url_ids), seed=ctx.seed,
         settings=ctx.settings.model_dump(), workers=workers or os.cpu_count() or 1,
         progress=progress)
@@ -1343,12 +1439,22 @@ def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],
         settings = ctx.settings.model_copy(update={"data_dir": d})
         engine = open_store(settings)
         l0 = time.perf_counter()
-        search = SearchEngine(settings, engine)  # rebuilds the indexes if they are stale
-        load_s = time.perf_counter() - l0
-        ctx.log(f"scale {scale:,}: engine loaded ({search.size:,} entries, {load_s:.1f}s); "
-                f"timing {len(sample)} queries")
-        res = _time_queries(ctx, search, sample, f"{scale:,}")
-        engine.dispose()
+        try:
+            search = SearchEngine(settings, engine)  # rebuilds the indexes if they are stale
+            load_s = time.perf_counter() - l0
+            ctx.log(f"scale {scale:,}: engine loaded ({search.size:,} entries, {load_s:.1f}s"
+                    f"{'; its indexes were stale and rebuilt' if load_s > 5 else ''}); "
+                    f"timing {len(sample)} queries")
+            res = _time_queries(ctx, search, sample, f"{scale:,}")
+        except Exception as exc:  # one broken scale must not lose the whole run
+            ctx.log(f"scale {scale:,}: failed: {type(exc).__name__}: {exc}")
+            out[str(scale)] = {"skipped": f"engine failed at this scale: "
+                                          f"{type(exc).__name__}: {exc}",
+                               "seconds": round(time.perf_counter() - l0, 2),
+                               "padding": meta}
+            continue
+        finally:
+            engine.dispose()
         meta = {**meta, "cached": scale not in built.get("built_scales", []),
                 "built_concurrently_with": built.get("concurrent_with")}
         out[str(scale)] = {**res, "engine_load_seconds": round(load_s, 3),
@@ -1680,10 +1786,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- **Build**: {b['indexed']} images in {b['seconds']:.1f}s = "
         f"{b['images_per_s']} images/s; CPU {b['cpu_seconds']:.1f}s "
         f"({b['cpu_ms_per_image']} ms/image, {b['workers']} workers)",
-        f"- **Bytes per indexed image**: store file {st['store_file_bytes_per_image']}, "
-        f"feature columns {sum(v for v in st['store_columns_bytes_per_image'].values()):.0f} "
-        f"({', '.join(f'{k} {v:.0f}' for k, v in st['store_columns_bytes_per_image'].items())})"
-        f"; FAISS index file {st['index_file_bytes_per_image']}",
+        f"- **Bytes per indexed image**: store file {_fmt_b(st['store_file_bytes_per_image'])}"
+        f"; feature columns {_fmt_b(sum(st['store_columns_bytes_per_image'].values()))} ("
+        + ", ".join(f"{k} {_fmt_b(v)}" for k, v in st["store_columns_bytes_per_image"].items())
+        + f"); FAISS index files {_fmt_b(st['index_file_bytes_per_image'])}"
+        + (" (" + ", ".join(f"{k} {_fmt_b(v / b['indexed'])}"
+                            for k, v in st["index_files"].items() if not k.endswith(".json"))
+           + ")" if st.get("index_files") and b["indexed"] else ""),
     ]
     for label, r in lat.items():
         name = f"catalogue ({r['entries']:,})" if label == "catalogue" else \
@@ -1693,9 +1802,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{fmt_ms(r['query_image_ms']['p50'])} / p95 {fmt_ms(r['query_image_ms']['p95'])}; "
             f"query_bytes p50 {fmt_ms(r['query_bytes_ms']['p50'])} / p95 "
             f"{fmt_ms(r['query_bytes_ms']['p95'])}; r@1 on the sample "
-            f"{fmt_rate(r['recall_at_1'])}")
+            f"{fmt_rate(r['recall_at_1'])}; stage p50 "
+            + ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in
+                        r.get("stage_ms_p50", {}).items() if v is not None) + " ms"
+            + (f"; engine catch-up delta {r['engine_delta_rows']:,} rows"
+               if r.get("engine_delta_rows") else ""))
     for label, r in result["scale"].items():
-        if "padding" not in r:
+        if "skipped" in r or "padding" not in r:
             lines.append(f"- **Scale {label}**: {r.get('skipped')}")
             continue
         p = r["padding"]
@@ -1741,10 +1854,40 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"- Current `duplicate_threshold` {cal['current_duplicate_threshold']}: FMR "
               f"{fmt_rate(cal['false_match_rate_at_current'])}, main-transform detection "
               f"(top-1 correct and duplicate=True) {fmt_rate(cal['detected_at_current_main'])}",
+              "", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",
               ", ".join(f"{k} {v:.0f}s" for k, v in result["phases"].items()), ""]
     return "\n".join(lines)
+
+
+def _miss_lines(result: dict[str, Any]) -> list[str]:
+    """One line per transform with misses: where the original was lost, and an example."""
+    out = []
+    for name, r in result["transforms"].items():
+        f = r.get("failures") or {}
+        n_miss = f.get("shortlist_miss", 0) + f.get("rerank_miss", 0) + f.get("undiagnosed", 0)
+        if not n_miss:
+            continue
+        line = (f"- {name}: {n_miss} of {r['n']} top-1 misses; never re-ranked "
+                f"{f.get('shortlist_miss', 0)}, re-ranked but outscored {f.get('rerank_miss', 0)}")
+        ex = next((e for e in f.get("examples", []) if e.get("top1")), None)
+        if ex:
+            t1, tr = ex["top1"], ex.get("truth")
+            line += (f". E.g. {ex['photo']}: original at hash distance "
+                     f"{ex.get('truth_hash_distance')} (hash rank {ex.get('truth_hash_rank')}"
+                     f", {ex.get('truth_votes', '—')} votes); top-1 {t1['url']} score "
+                     f"{t1['score']:.2f} (ssim {t1['ssim']:.2f}, {t1['orb_inliers']} inliers, "
+                     f"hash {t1['hash_distance']})")
+            if tr:
+                line += (f"; original ranked {ex['rank']} with score {tr['score']:.2f} "
+                         f"(ssim {tr['ssim']:.2f}, {tr['orb_inliers']} inliers)")
+        out.append(line)
+    return out or ["- none"]
+
+
+def _fmt_b(n: float | None) -> str:
+    return "—" if n is None else f"{n:,.0f} B"
 
 
 def _fmt_thr(t: float | None) -> str:

@@ -1,0 +1,290 @@
+"""The benchmark's pure helpers, and one tiny end-to-end run on generated photos."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from echoimage import bench
+from echoimage.bench import TRANSFORMS, transform_rng
+
+
+def _photo(h: int = 90, w: int = 120) -> np.ndarray:
+    """A small BGR test image with colour, edges and texture."""
+    rgb = skimage.data.chelsea()
+    return np.ascontiguousarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)[..., ::-1])
+
+
+# (height, width) of each transform's output for a 90x120 input
+EXPECTED_SHAPES = {
+    "identity": (90, 120), "jpeg30": (90, 120), "downscale50": (45, 60),
+    "thumb128": (96, 128), "upscale2x": (180, 240), "blur2": (90, 120),
+    "brighter": (90, 120), "darker": (90, 120), "grayscale": (90, 120), "mirror": (90, 120),
+    "rot90": (120, 90), "rot5": (90, 120), "crop80": (72, 96), "border20": (126, 168),
+    "banner15": (90, 120), "stretch1.35": (90, 162), "combo": (81, 108),
+    "crop60_rand": (54, 72), "crop40_rand": (36, 48), "crop60_rot90": (72, 54),
+    "screenshot": (144, 192),
+}
+
+
+def test_every_transform_has_an_expected_shape():
+    assert set(EXPECTED_SHAPES) == set(TRANSFORMS)
+    extra = {n for n, t in TRANSFORMS.items() if t.extra}
+    assert extra == {"crop60_rand", "crop40_rand", "crop60_rot90", "screenshot"}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_transform_shape_dtype_and_purity(name):
+    img = _photo()
+    before = img.copy()
+    out = TRANSFORMS[name].fn(img, transform_rng(0, 7, name))
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    assert out.shape[:2] == EXPECTED_SHAPES[name]
+    assert np.array_equal(img, before), "a transform must not modify its input"
+    assert out.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_transform_is_deterministic_given_the_rng(name):
+    img = _photo()
+    a = TRANSFORMS[name].fn(img, transform_rng(3, 1, name))
+    b = TRANSFORMS[name].fn(img, transform_rng(3, 1, name))
+    assert np.array_equal(a, b)
+
+
+def test_random_transforms_depend_on_the_rng():
+    img = _photo()
+    for name in ("crop60_rand", "crop40_rand", "screenshot", "border20"):
+        outs = {TRANSFORMS[name].fn(img, transform_rng(0, p, name)).tobytes() for p in range(6)}
+        assert len(outs) > 1, name
+
+
+def test_transform_semantics():
+    img = _photo()
+    rng = np.random.default_rng(0)
+    mirror = TRANSFORMS["mirror"].fn
+    assert np.array_equal(mirror(mirror(img, rng), rng), img)
+    rot = TRANSFORMS["rot90"].fn(img, rng)
+    assert np.array_equal(np.rot90(rot, -1), img)
+    gray = TRANSFORMS["grayscale"].fn(img, rng)
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    brighter = TRANSFORMS["brighter"].fn(img, rng)
+    assert brighter.mean() > img.mean() and brighter.max() == 255
+    assert TRANSFORMS["darker"].fn(img, rng).mean() < img.mean() * 0.7
+    crop = TRANSFORMS["crop80"].fn(img, rng)
+    assert np.array_equal(crop, img[9:81, 12:108])
+    border = TRANSFORMS["border20"].fn(img, np.random.default_rng(1))
+    assert np.array_equal(border[18:108, 24:144], img)  # the photo is the middle
+    assert len(np.unique(border[:18].reshape(-1, 3), axis=0)) == 1  # a solid border
+    banner = TRANSFORMS["banner15"].fn(img, rng)
+    assert np.array_equal(banner[:76], img[:76]) and not np.array_equal(banner[76:], img[76:])
+    rot5 = TRANSFORMS["rot5"].fn(img, rng)
+    assert (rot5[0, 0] == 0).all()  # black corners, not reflected
+
+
+def test_transforms_reject_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError):
+        bench.t_mirror(np.zeros((20, 20), np.uint8), rng)
+    with pytest.raises(ValueError):
+        bench.t_mirror(np.zeros((20, 20, 3), np.float32), rng)
+    with pytest.raises(TypeError):
+        bench.t_mirror([[0]], rng)  # type: ignore[arg-type]
+
+
+def test_make_query_encodes_jpeg_at_the_transform_quality():
+    img = _photo(180, 240)
+    q90 = bench.make_query(img, TRANSFORMS["identity"], transform_rng(0, 0, "identity"))
+    q30 = bench.make_query(img, TRANSFORMS["jpeg30"], transform_rng(0, 0, "jpeg30"))
+    assert q90[:3] == b"\xff\xd8\xff" and q30[:3] == b"\xff\xd8\xff"
+    assert len(q30) < len(q90)
+    assert TRANSFORMS["jpeg30"].quality == 30 and TRANSFORMS["combo"].quality == 50
+    decoded = cv2.imdecode(np.frombuffer(q90, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == img.shape
+
+
+def test_transform_rng_is_keyed_by_seed_photo_and_transform():
+    def draw(*key):
+        return transform_rng(*key).integers(0, 1 << 30)
+
+    assert draw(0, 1, "crop60_rand") == draw(0, 1, "crop60_rand")
+    assert len({draw(0, 1, "crop60_rand"), draw(0, 2, "crop60_rand"),
+                draw(1, 1, "crop60_rand"), draw(0, 1, "crop40_rand")}) == 4
+
+
+def test_rank_recall_and_rate():
+    assert bench.rank_of("b", ["a", "b", "c"]) == 2
+    assert bench.rank_of("z", ["a"]) is None
+    ranks = [1, 2, None, 5, 6]
+    assert bench.recall_at_k(ranks, 1) == 0.2
+    assert bench.recall_at_k(ranks, 5) == 0.6
+    assert bench.recall_at_k([], 1) is None
+    with pytest.raises(ValueError):
+        bench.recall_at_k(ranks, 0)
+    assert bench.rate([True, False, True, True]) == 0.75
+    assert bench.rate([]) is None
+
+
+def test_percentile_and_quantiles():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert bench.percentile(values, 50) == 3.0
+    assert bench.percentile(values, 95) == pytest.approx(np.percentile(values, 95))
+    assert bench.percentile([], 50) is None
+    with pytest.raises(ValueError):
+        bench.percentile(values, 101)
+    q = bench.quantiles(values)
+    assert q == {"min": 1.0, "p5": 1.2, "p50": 3.0, "p95": 4.8, "max": 5.0}
+    assert bench.quantiles([]) is None
+
+
+def test_threshold_at_fmr():
+    neg = [0.0] * 97 + [0.3, 0.6, 0.9]
+    t = bench.threshold_at_fmr(neg, 0.01)  # one of 100 may pass
+    assert 0.6 < t < 0.6 + 1e-9
+    assert sum(s >= t for s in neg) == 1
+    t0 = bench.threshold_at_fmr(neg, 0.0)
+    assert t0 > 0.9 and sum(s >= t0 for s in neg) == 0
+    assert bench.threshold_at_fmr([], 0.01) is None
+    assert bench.threshold_at_fmr([0.5], 0.5) == math.nextafter(0.5, math.inf)
+    with pytest.raises(ValueError):
+        bench.threshold_at_fmr(neg, 1.0)
+
+
+def test_hamming_topk_matches_a_popcount_oracle():
+    rng = np.random.RandomState(123)
+    codes = rng.randint(0, 256, (200, 8)).astype(np.uint8)
+    codes[17] = codes[3]  # a tie: the lower row comes first
+    query = codes[3].tobytes()
+    rows, dist = bench.hamming_topk(query, codes, 5)
+    oracle = [sum(bin(a ^ b).count("1") for a, b in zip(query, c, strict=True)) for c in codes]
+    assert list(dist) == sorted(oracle)[:5]
+    assert [int(r) for r in rows[:2]] == [3, 17] and dist[0] == 0
+    assert all(oracle[r] == d for r, d in zip(rows, dist, strict=True))
+    with pytest.raises(ValueError):
+        bench.hamming_topk(b"\x00" * 4, codes, 5)
+
+
+def test_markdown_table():
+    text = bench.markdown_table(["name", "r@1"], [["a|b", "1.000"], ["c", "—"]])
+    lines = text.splitlines()
+    assert lines[0] == "| name | r@1 |"
+    assert lines[1] == "|:---|---:|"
+    assert lines[2] == "| a\\|b | 1.000 |"
+    assert len(lines) == 4
+    with pytest.raises(ValueError):
+        bench.markdown_table(["a", "b"], [["only one"]])
+    assert bench.fmt_rate(None) == "—" and bench.fmt_rate(0.5) == "0.500"
+
+
+def test_split_photos_is_seeded_and_disjoint():
+    files = [Path(f"/p/{i:03d}.jpg") for i in range(50)]
+    cat, neg = bench.split_photos(files, 0, 0.2)
+    assert len(neg) == 10 and len(cat) == 40
+    assert not set(cat) & set(neg) and sorted(cat + neg) == files
+    assert cat == sorted(cat) and neg == sorted(neg)
+    assert bench.split_photos(files, 0, 0.2) == (cat, neg)
+    assert bench.split_photos(files, 1, 0.2)[1] != neg
+
+
+def test_synthetic_image_is_deterministic_and_textured():
+    from echoimage.features.orb import orb_features
+
+    a = bench.synthetic_image(5, seed=0)
+    assert a.shape == (240, 320) and a.dtype == np.uint8
+    assert np.array_equal(a, bench.synthetic_image(5, seed=0))
+    assert not np.array_equal(a, bench.synthetic_image(6, seed=0))
+    assert not np.array_equal(a, bench.synthetic_image(5, seed=1))
+    assert len(orb_features(a, 500)) > 200
+    assert bench.pad_url(123) == "synthetic://pad/000123"
+
+
+def test_seed_score_prefers_the_same_image():
+    a = _photo(120, 160)
+    other = np.ascontiguousarray(
+        cv2.resize(skimage.data.coffee(), (160, 120))[..., ::-1])
+    same = bench.seed_score(a, bench.jpeg_roundtrip(a, 60))
+    diff = bench.seed_score(a, other)
+    assert 0.8 < same.score <= 1.0 and same.score > diff.score + 0.3
+    assert same.ssim > diff.ssim and same.hist > diff.hist
+
+
+def _photos(folder: Path) -> None:
+    """12 distinct photos from scikit-image's bundled data: whole, cropped or tinted."""
+    d = skimage.data
+    coffee, rocket = d.coffee(), d.rocket()
+
+    def gray(a: np.ndarray) -> np.ndarray:
+        return np.stack([a] * 3, axis=-1)
+
+    def tint(a: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
+        return np.clip(a.astype(np.float32) * np.array(rgb), 0, 255).astype(np.uint8)
+
+    images = {
+        "astronaut": d.astronaut(), "chelsea": d.chelsea(),
+        "coffee_left": coffee[:, :300], "coffee_right": tint(coffee[:, 300:], (0.8, 0.9, 1.2)),
+        "rocket_left": rocket[:, :320], "rocket_right": rocket[:, 320:],
+        "ihc": d.immunohistochemistry(), "hubble": d.hubble_deep_field()[:400, :600],
+        "camera": gray(d.camera()), "coins": gray(d.coins()),
+        "moon": tint(gray(d.moon()), (1.0, 0.85, 0.6)),
+        "retina": cv2.resize(d.retina(), (480, 480), interpolation=cv2.INTER_AREA),
+    }
+    folder.mkdir()
+    for name, rgb in images.items():
+        cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(rgb[..., ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def test_run_benchmark_end_to_end(tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _photos(photos)
+    result = bench.run_benchmark(photos, out, limit=6, scale=(), seed_subset=(3, 1),
+                                 latency_queries=8, progress=False, command=["test"])
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert {"version", "date", "command", "machine", "params", "dataset", "build",
+            "transforms", "summary", "negatives", "calibration", "latency", "scale",
+            "baselines", "memory", "phases", "notes"} <= set(result)
+    assert result["dataset"]["catalogue"] == 10 and result["dataset"]["negatives"] == 2
+    assert result["dataset"]["indexed"] == 10 and result["dataset"]["query_photos"] == 6
+    assert set(result["transforms"]) == set(TRANSFORMS)
+    jpeg30 = result["transforms"]["jpeg30"]
+    assert jpeg30["n"] == 6 and jpeg30["echoimage"]["recall_at_1"] == 1.0
+    assert result["transforms"]["screenshot"]["extra"] is True
+    assert {"recall_at_1", "recall_at_5"} <= set(jpeg30["phash"])
+    assert jpeg30["seed"]["n"] == 1
+    assert result["build"]["indexed"] == 10 and result["build"]["images_per_s"] > 0
+    assert result["negatives"]["n"] == 2 * len(bench.NEGATIVE_TRANSFORMS)
+    assert "threshold" in result["calibration"]
+    lat = result["latency"]["catalogue"]
+    assert lat["queries"] == 8 and lat["query_image_ms"]["p50"] > 0
+    assert result["scale"] == {}
+    assert result["baselines"]["seed"]["extrapolated_s_per_query_at_1m"] > 0
+    md = (out / "bench.md").read_text()
+    assert md == bench.render_markdown(result)
+    assert "| jpeg30 | 6 | 1.000 |" in md and "screenshot (extra)" in md
+    assert (out / "catalogue.txt").read_text().count("\n") == 10
+
+
+def test_padding_key_tracks_what_the_rows_are_made_from():
+    from echoimage.features.decode import decode_image
+    from echoimage.features.extract import extract_features
+
+    def feats(i: int):
+        ok, buf = cv2.imencode(".bmp", bench.synthetic_image(i))
+        return extract_features(decode_image(buf.tobytes()))
+
+    d01 = bench.features_digest([feats(0), feats(1)])
+    assert d01 == bench.features_digest([feats(0), feats(1)])
+    assert d01 != bench.features_digest([feats(1), feats(0)])
+    key = bench.padding_key("cat", d01, (1, 2, 3, 4), 0)
+    assert key == bench.padding_key("cat", d01, (1, 2, 3, 4), 0)
+    assert len({key, bench.padding_key("cat2", d01, (1, 2, 3, 4), 0),
+                bench.padding_key("cat", "x", (1, 2, 3, 4), 0),
+                bench.padding_key("cat", d01, (1, 2, 3, 5), 0),
+                bench.padding_key("cat", d01, (1, 2, 3, 4), 1)}) == 5
