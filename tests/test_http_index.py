@@ -627,7 +627,7 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
     assert dict(same.counts) == {"unchanged": 4}
     assert engine_rebuilds == []  # the serving engine did not rebuild its index
     with session_factory(search.engine)() as s:
-        assert repo.changed_since(s, mark, 1, 100) == []  # nothing changed
+        assert repo.changed_since(s, mark, 100) == []  # nothing changed
 
 
 # --- (f): resume over HTTP --------------------------------------------------------------------

@@ -135,7 +135,8 @@ class SearchEngine:
     delta_max = 1000
     #: changes re-applied from slightly before the files' mark (commits may land late)
     margin = timedelta(seconds=10)
-    margin_rows = 2000
+    #: changed rows (light: id, status, pHash) read at most to find the delta
+    scan_max = 200_000
 
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  rebuild: bool = True) -> None:
@@ -226,28 +227,27 @@ class SearchEngine:
             since = ""
             if snap.base_mark:
                 since = (datetime.fromisoformat(snap.base_mark) - self.margin).isoformat()
-            changed = repo.changed_since(session, since, self.settings.local_per_image,
-                                         self.delta_max + self.margin_rows)
-        if changed is None:
-            return False
-        if snap.base_mark:
-            base = datetime.fromisoformat(snap.base_mark)
-            if sum(c.updated_at > base for c in changed) > self.delta_max:
+            changed = repo.changed_since(session, since, self.scan_max)
+            if changed is None:
                 return False
-        # rows of the margin already in the files as they are now need no delta entry
-        changed = [c for c in changed if not self._in_files(snap.index, c)]
+            # rows of the margin already in the files as they are now need no delta entry
+            changed = [c for c in changed if not self._in_files(snap.index, c)]
+            if len(changed) > self.delta_max:
+                return False
+            live = [c for c in changed if c.indexed and c.phash is not None]
+            descs = repo.descriptors_of(session, [c.id for c in live],
+                                        self.settings.local_per_image)
         removed = frozenset(c.id for c in changed)
-        live = [c for c in changed if c.indexed and c.phash is not None]
         delta = delta_local = None
         if live:
             ids = np.array([c.id for c in live], np.int64)
             codes = np.frombuffer(b"".join(c.phash for c in live), np.uint8).reshape(-1, 8)
             delta = build_binary_index(ids, codes)
-            blobs = [c.descriptors or b"" for c in live]
+            blobs = [descs.get(c.id, b"") for c in live]
             lids = np.repeat(ids, [len(b) // 32 for b in blobs])
-            descs = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, 32)
-            delta_local = build_local_index(lids, descs, replace(self.settings.local_params,
-                                                                 flat_max=1 << 62))
+            arr = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, 32)
+            delta_local = build_local_index(lids, arr, replace(self.settings.local_params,
+                                                               flat_max=1 << 62))
         stale = int(np.isin(np.fromiter(removed, np.int64, len(removed)), self._main_ids).sum())
         size = len(self._main_ids) - stale + len(live)
         self.snap = replace(snap, mark=mark, delta=delta, delta_local=delta_local,

@@ -234,30 +234,41 @@ def change_mark(session: Session) -> str:
 
 @dataclass(frozen=True)
 class ChangedImage:
-    """An image row changed since some mark: its current status and index entries."""
+    """An image row changed since some mark: its current status and pHash."""
 
     id: int
     indexed: bool
     phash: bytes | None
-    descriptors: bytes | None
     updated_at: datetime
 
 
-def changed_since(session: Session, mark: str, per_image: int, limit: int
-                  ) -> list[ChangedImage] | None:
-    """Images whose row changed after mark, or None if more than limit did."""
+def changed_since(session: Session, mark: str, limit: int) -> list[ChangedImage] | None:
+    """Images whose row changed after mark (light: no descriptors), or None if more than
+    limit did."""
     since = datetime.fromisoformat(mark) if mark else datetime(1970, 1, 1)
     rows = session.execute(
-        select(ImageRow.id, ImageRow.status, FeatureRow.phash,
-               func.substr(FeatureRow.descriptors, 1, 32 * per_image), ImageRow.updated_at)
+        select(ImageRow.id, ImageRow.status, FeatureRow.phash, ImageRow.updated_at)
         .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
         .where(ImageRow.updated_at > since)
         .order_by(ImageRow.id).limit(limit + 1)
     ).all()
     if len(rows) > limit:
         return None
-    return [ChangedImage(r[0], r[1] == Status.INDEXED and r[2] is not None, r[2],
-                         bytes(r[3]) if r[3] is not None else None, r[4]) for r in rows]
+    return [ChangedImage(r[0], r[1] == Status.INDEXED and r[2] is not None, r[2], r[3])
+            for r in rows]
+
+
+def descriptors_of(session: Session, ids: Sequence[int], per_image: int) -> dict[int, bytes]:
+    """The first per_image stored ORB descriptors of the given images."""
+    out: dict[int, bytes] = {}
+    ids = [int(i) for i in ids]
+    for i in range(0, len(ids), 500):
+        for r in session.execute(
+            select(FeatureRow.image_id, func.substr(FeatureRow.descriptors, 1, 32 * per_image))
+            .where(FeatureRow.image_id.in_(ids[i:i + 500]))
+        ):
+            out[r[0]] = bytes(r[1] or b"")
+    return out
 
 
 def indexed_hashes(session: Session) -> tuple[np.ndarray, np.ndarray]:
