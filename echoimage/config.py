@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     # local-feature shortlist (crops, borders, screenshots)
     local_per_image: int = 100
     local_flat_max: int = 20_000
-    local_nprobe: int = 16
-    local_query_descriptors: int = 300
+    local_nprobe: int = 8
+    local_query_descriptors: int = 200
     local_max_distance: int = 48
     local_neighbours: int = 2
     vote_n: int = 4

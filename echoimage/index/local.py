@@ -25,8 +25,8 @@ class LocalParams:
 
     per_image: int = 100  # descriptors kept per catalogue image (a spread_order prefix)
     flat_max: int = 20_000  # above this many descriptors, use IVF
-    nprobe: int = 16
-    query_descriptors: int = 300
+    nprobe: int = 8
+    query_descriptors: int = 200
     neighbours: int = 2
     max_distance: int = 48  # Hamming bits (of 256) for a neighbour to count as a vote
 
