@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from echoimage.store.models import Status
 
 #: the photos the generated catalogue is made of (all ship with scikit-image, no download);
 #: chosen to be mutually unrelated (skimage's `cat` is `chelsea`, so only one of them)
@@ -238,3 +242,19 @@ def synthetic(seed: int, size: int = 300) -> np.ndarray:
             img[y0:y1, x0:x1] = 0.4 * img[y0:y1, x0:x1] + 0.6 * colour
     img += rng.randint(-10, 11, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def indexed_count(db: Path) -> int | None:
+    """Indexed images in the store, read-only; None while the store does not exist yet."""
+    if not db.exists():
+        return None
+    engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
+                           connect_args={"timeout": 0.2})
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM images WHERE status = :s"),
+                                    {"s": Status.INDEXED}).scalar() or 0)
+    except OperationalError:  # schema not created yet, or busy
+        return None
+    finally:
+        engine.dispose()

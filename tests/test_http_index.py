@@ -32,9 +32,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from helpers import jpeg, mirror, photo, synthetic
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import OperationalError
+from helpers import indexed_count, jpeg, mirror, photo, synthetic
+from sqlalchemy import select
 
 from echoimage.cli import cli
 from echoimage.config import Settings
@@ -635,20 +634,6 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
 RESUME_N = 200
 
 
-def indexed_count(db: Path) -> int | None:
-    """Indexed images in the store, read-only; None while it does not exist yet."""
-    if not db.exists():
-        return None
-    engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
-                           connect_args={"timeout": 0.2})
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM images WHERE status = :s"),
-                                    {"s": Status.INDEXED}).scalar() or 0)
-    except OperationalError:  # schema not there yet, or busy
-        return None
-    finally:
-        engine.dispose()
 
 
 def test_resume_over_http(served: Served, settings: Settings) -> None:

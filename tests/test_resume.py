@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import jpeg, mirror, synthetic, write
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from helpers import indexed_count, jpeg, mirror, synthetic, write
 
 from echoimage.config import Settings
 from echoimage.index.binary import INDEX_NAME
@@ -46,20 +44,6 @@ def make_catalogue(root: Path, n: int, start: int = 0) -> list[Path]:
     return [write(root / f"img{i:04d}.jpg", image_bytes(i)) for i in range(start, start + n)]
 
 
-def indexed_count(db: Path) -> int | None:
-    """Indexed images in the store, read-only; None while the store does not exist yet."""
-    if not db.exists():
-        return None
-    engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
-                           connect_args={"timeout": 0.2})
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM images WHERE status = :s"),
-                                    {"s": Status.INDEXED}).scalar() or 0)
-    except OperationalError:  # schema not created yet, or busy
-        return None
-    finally:
-        engine.dispose()
 
 
 def interrupted_build(data_dir: Path, root: Path, total: int, timeout: float = 60.0
