@@ -31,7 +31,7 @@ from echoimage.index.binary import (
     save_index,
 )
 from echoimage.index.local import LOCAL_INDEX_NAME, build_local_index, set_nprobe, vote
-from echoimage.index.manifest import Manifest
+from echoimage.index.manifest import Manifest, read_manifest
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
@@ -65,8 +65,6 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
 def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
     """The hash index's manifest if both index files already describe the store exactly
     (same indexed set, same last change, same parameters), else None."""
-    from echoimage.index.manifest import read_manifest
-
     hm = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
     lm = read_manifest(settings.index_dir / f"{LOCAL_INDEX_NAME}.json")
     if hm is None or lm is None or lm.params.get("per_image") != settings.local_per_image:
