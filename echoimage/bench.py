@@ -416,11 +416,18 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = (0, 5, 50, 95, 100)
     return out
 
 
+def just_above(score: float, digits: int = 4) -> float:
+    """The smallest multiple of 10**-digits strictly above score (a threshold that
+    excludes it and survives rounding in the report)."""
+    scale = 10 ** digits
+    return math.floor(score * scale + 1e-6) / scale + 1 / scale
+
+
 def threshold_at_fmr(negative_scores: Sequence[float], max_rate: float) -> float | None:
     """Lowest score threshold t (verdict: score >= t) with false-match rate <= max_rate.
 
-    At most floor(max_rate * n) negatives may score >= t; t is the next float above the
-    first negative score that must be excluded. None without negatives.
+    At most floor(max_rate * n) negatives may score >= t; t is `just_above` the first
+    negative score that must be excluded. None without negatives.
     """
     if not 0 <= max_rate < 1:
         raise ValueError("max_rate must be in [0, 1)")
@@ -429,8 +436,8 @@ def threshold_at_fmr(negative_scores: Sequence[float], max_rate: float) -> float
     desc = sorted((float(s) for s in negative_scores), reverse=True)
     allowed = math.floor(max_rate * len(desc) + 1e-9)
     if allowed >= len(desc):
-        return float("-inf")
-    return math.nextafter(desc[allowed], math.inf)
+        return 0.0
+    return just_above(desc[allowed])
 
 
 def hamming_topk(query: bytes, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1664,8 +1671,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         "recall_at_threshold_main": s_main["echoimage"]["recall_at_calibrated_threshold"],
         "recall_at_threshold_by_transform": {
             k: v["echoimage"]["recall_at_calibrated_threshold"] for k, v in per_t.items()},
-        "zero_false_match_threshold": math.nextafter(max(neg_scores), math.inf)
-        if neg_scores else None,
+        "zero_false_match_threshold": just_above(max(neg_scores)) if neg_scores else None,
         "current_duplicate_threshold": settings.duplicate_threshold,
         "false_match_rate_at_current": neg["false_match_rate"],
         "detected_at_current_main": s_main["echoimage"]["detected"],
@@ -1919,8 +1925,4 @@ def _sweep_table(sweep: list[dict[str, Any]]) -> list[str]:
 
 
 def _fmt_thr(t: float | None) -> str:
-    if t is None:
-        return "—"
-    if 0 < t < 1e-4:
-        return "> 0 (any positive score)"
-    return f"{t:.4f}"
+    return "—" if t is None else f"{t:.4f}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import cv2
@@ -146,12 +145,15 @@ def test_percentile_and_quantiles():
 def test_threshold_at_fmr():
     neg = [0.0] * 97 + [0.3, 0.6, 0.9]
     t = bench.threshold_at_fmr(neg, 0.01)  # one of 100 may pass
-    assert 0.6 < t < 0.6 + 1e-9
+    assert t == pytest.approx(0.6001)
     assert sum(s >= t for s in neg) == 1
     t0 = bench.threshold_at_fmr(neg, 0.0)
-    assert t0 > 0.9 and sum(s >= t0 for s in neg) == 0
+    assert t0 == pytest.approx(0.9001) and sum(s >= t0 for s in neg) == 0
+    assert bench.threshold_at_fmr([0.0] * 200, 0.01) == pytest.approx(0.0001)
     assert bench.threshold_at_fmr([], 0.01) is None
-    assert bench.threshold_at_fmr([0.5], 0.5) == math.nextafter(0.5, math.inf)
+    assert bench.threshold_at_fmr([0.5], 0.5) == pytest.approx(0.5001)
+    assert bench.just_above(0.42485) == pytest.approx(0.4249)
+    assert bench.just_above(0.2) == pytest.approx(0.2001)
     with pytest.raises(ValueError):
         bench.threshold_at_fmr(neg, 1.0)
 
