@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -256,5 +257,31 @@ def indexed_count(db: Path) -> int | None:
                                     {"s": Status.INDEXED}).scalar() or 0)
     except OperationalError:  # schema not created yet, or busy
         return None
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What a test checks after a build: known URLs, status counts, state, ids, runs."""
+
+    known: dict
+    counts: dict
+    state: object
+    ids: np.ndarray
+    runs: list
+
+
+def store_snapshot(settings, runs: int = 10) -> StoreSnapshot:
+    """Read the store of settings once, through the library, and close it."""
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            ids, _ = repo.indexed_hashes(s)
+            return StoreSnapshot(repo.known_images(s), repo.status_counts(s),
+                                 repo.store_state(s), ids, repo.recent_runs(s, limit=runs))
     finally:
         engine.dispose()

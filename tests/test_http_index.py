@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from helpers import indexed_count, jpeg, mirror, photo, synthetic
+from helpers import indexed_count, jpeg, mirror, photo, store_snapshot, synthetic
 from sqlalchemy import select
 
 from echoimage.cli import cli
@@ -681,16 +681,8 @@ def test_resume_over_http(served: Served, settings: Settings) -> None:
     assert all(first_hits[p] + second_hits[p] >= 1 for p in
                (f"/img/s{i:03d}.jpg" for i in range(RESUME_N)))
 
-    engine = open_store(settings)
-    try:
-        with session_factory(engine)() as s:
-            known = repo.known_images(s)
-            counts = repo.status_counts(s)
-            state = repo.store_state(s)
-            ids, _ = repo.indexed_hashes(s)
-            runs = repo.recent_runs(s, limit=5)
-    finally:
-        engine.dispose()
+    snap = store_snapshot(settings, runs=5)
+    known, counts, state, ids, runs = snap.known, snap.counts, snap.state, snap.ids, snap.runs
     assert sorted(known) == sorted(urls)  # every URL once
     assert counts == {Status.INDEXED: RESUME_N}
     assert len(ids) == len(set(ids.tolist())) == RESUME_N  # one feature row each

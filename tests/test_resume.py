@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import indexed_count, jpeg, mirror, synthetic, write
+from helpers import indexed_count, jpeg, mirror, store_snapshot, synthetic, write
 
 from echoimage.config import Settings
 from echoimage.index.binary import INDEX_NAME
@@ -99,16 +99,8 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert summary.counts["already-indexed"] + summary.counts["indexed"] == len(files)
     assert summary.failures == []
 
-    engine = open_store(settings)
-    try:
-        with session_factory(engine)() as s:
-            known = repo.known_images(s)
-            counts = repo.status_counts(s)
-            state = repo.store_state(s)
-            ids, _ = repo.indexed_hashes(s)
-            runs = repo.recent_runs(s, limit=10)
-    finally:
-        engine.dispose()
+    snap = store_snapshot(settings, runs=10)
+    known, counts, state, ids, runs = snap.known, snap.counts, snap.state, snap.ids, snap.runs
     urls = sorted(known)
     assert urls == sorted(str(p.resolve()) for p in files)  # each file once, no duplicates
     assert counts == {Status.INDEXED: len(files)}
