@@ -1,5 +1,16 @@
 """Content boxes: where a picture sits inside a larger query (a border, a screenshot, a
-caption or banner around it). Each box is searched as a query of its own."""
+caption or banner around it). Each box is searched as a query of its own.
+
+Candidates come from two maps of a reduced copy of the query: the connected areas of
+gradient left after closing (a picture on a flat border or a plain page), and the areas of
+dense texture (a photo among text, buttons and cards, whose strokes and outlines are thin).
+Each candidate is then fitted to the pixels: a pasted picture is a rectangle whose sides
+are straight steps in brightness, so every side moves to the strongest step near it, a
+side with no step grows along its neighbours' steps (a sky as pale as the page hides the
+top of a photo from the texture map, not from its left and right edges), and a candidate
+is kept only when at least three sides are such steps. Textured areas inside an ordinary
+photo rarely have even two, so a plain photo costs no extra searches.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,13 @@ import cv2
 import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the input's pixels
+
+#: brightness step (of 255) that counts as an edge between neighbouring pixels
+STEP = 10
+#: fraction of a side's pixels that must step for the side to count as an edge
+SIDE_MIN = 0.6
+#: sides that must be edges for a candidate to become a box
+SIDES_NEEDED = 3
 
 
 def _iou(a: Box, b: Box) -> float:
@@ -18,13 +36,193 @@ def _iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
-def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.04,
+class _Steps:
+    """Which neighbouring pixels of an image differ by more than STEP."""
+
+    def __init__(self, gray: np.ndarray) -> None:
+        g = gray.astype(np.int16)
+        self.h, self.w = g.shape
+        self.rows = np.abs(np.diff(g, axis=0)) > STEP  # rows[y]: between y and y+1
+        self.cols = np.abs(np.diff(g, axis=1)) > STEP  # cols[:, x]: between x and x+1
+
+    def hline(self, y: int, x0: int, x1: int) -> float:
+        """Fraction of x0..x1 with a step between rows y-1 and y (0 on the image edge)."""
+        if not 0 < y < self.h or x1 <= x0:
+            return 0.0
+        return float(self.rows[y - 1, x0:x1].mean())
+
+    def vline(self, x: int, y0: int, y1: int) -> float:
+        """Fraction of y0..y1 with a step between columns x-1 and x (0 on the image edge)."""
+        if not 0 < x < self.w or y1 <= y0:
+            return 0.0
+        return float(self.cols[y0:y1, x - 1].mean())
+
+    def vsteps(self, x: int) -> np.ndarray:
+        """Per row: a step between columns x-1 and x, give or take a pixel in x."""
+        lo, hi = max(0, x - 2), min(self.w - 1, x + 1)
+        if hi <= lo:
+            return np.zeros(self.h, bool)
+        return self.cols[:, lo:hi].any(axis=1)
+
+    def hsteps(self, y: int) -> np.ndarray:
+        """Per column: a step between rows y-1 and y, give or take a pixel in y."""
+        lo, hi = max(0, y - 2), min(self.h - 1, y + 1)
+        if hi <= lo:
+            return np.zeros(self.w, bool)
+        return self.rows[lo:hi].any(axis=0)
+
+
+def _sides(st: _Steps, x0: int, y0: int, x1: int, y1: int) -> list[float]:
+    """Edge strength of the top, bottom, left and right sides of a box."""
+    return [st.hline(y0, x0, x1), st.hline(y1, x0, x1),
+            st.vline(x0, y0, y1), st.vline(x1, y0, y1)]
+
+
+def _snap(prof: np.ndarray, pos: int, lo: int, hi: int) -> int:
+    """The position in lo..hi (clamped to prof) with the largest profile value, nearest
+    pos on ties."""
+    lo, hi = max(lo, 1), min(hi, len(prof) - 1)
+    if hi < lo:
+        return pos
+    seg = prof[lo:hi + 1]
+    best = np.flatnonzero(seg == seg.max()) + lo
+    return int(best[np.argmin(np.abs(best - pos))])
+
+
+def _snap_sides(st: _Steps, x0: int, y0: int, x1: int, y1: int, pad: int
+                ) -> tuple[int, int, int, int]:
+    """Every side of a box moved to the strongest straight step within pad of it."""
+    rowp = np.zeros(st.h + 1)
+    rowp[1:st.h] = st.rows[:, x0:x1].mean(axis=1)
+    colp = np.zeros(st.w + 1)
+    colp[1:st.w] = st.cols[y0:y1].mean(axis=0)
+    y0, y1 = _snap(rowp, y0, y0 - pad, y0 + pad), _snap(rowp, y1, y1 - pad, y1 + pad)
+    x0, x1 = _snap(colp, x0, x0 - pad, x0 + pad), _snap(colp, x1, x1 - pad, x1 + pad)
+    return x0, y0, x1, y1
+
+
+def _grow(present: np.ndarray, strength: np.ndarray, limit: int, guides: int) -> int:
+    """How far a weak side can move outward (present and strength are indexed by the
+    distance moved, from 1): along the run of its neighbours' edges (gaps of one allowed),
+    to the farthest position in that run that is itself an edge; with both neighbours as
+    guides, to the run's end if none is (a sky as pale as the page has no top edge)."""
+    run = 0
+    for i, ok in enumerate(present[:limit], 1):
+        if ok:
+            run = i
+        elif i - run > 1:
+            break
+    strong = np.flatnonzero(strength[:run] >= SIDE_MIN)
+    if strong.size:
+        return int(strong[-1]) + 1
+    return run if guides == 2 else 0
+
+
+def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int) -> Box | None:
+    """Fit a rough box to the straight steps around it; None unless SIDES_NEEDED sides
+    are edges."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(st.w, x1), min(st.h, y1)
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    x0, y0, x1, y1 = _snap_sides(st, x0, y0, x1, y1, pad)  # 1. to the steps near
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    # 2. sides grow along their neighbours' edges (a step found inside the picture, such
+    # as a horizon, is not its side while the edges beside it go on)
+    for _ in range(2):
+        top, bottom, left, right = (v >= SIDE_MIN for v in _sides(st, x0, y0, x1, y1))
+        reach = 3 * max(x1 - x0, y1 - y0)
+        if (left or right) and not (top and bottom):
+            guides = [x for x, ok in ((x0, left), (x1, right)) if ok]
+            on = np.logical_and.reduce([st.vsteps(x) for x in guides])
+            rows = st.rows[:, x0:x1].mean(axis=1)  # rows[y-1]: strength of a side at y
+            if not top:
+                y0 -= _grow(on[y0 - 1::-1] if y0 else on[:0],
+                            rows[y0 - 2::-1] if y0 > 1 else rows[:0], reach, len(guides))
+            if not bottom:
+                y1 += _grow(on[y1:], rows[y1:], reach, len(guides))
+        if (top or bottom) and not (left and right):
+            guides = [y for y, ok in ((y0, top), (y1, bottom)) if ok]
+            on = np.logical_and.reduce([st.hsteps(y) for y in guides])
+            cols = st.cols[y0:y1].mean(axis=0)
+            if not left:
+                x0 -= _grow(on[x0 - 1::-1] if x0 else on[:0],
+                            cols[x0 - 2::-1] if x0 > 1 else cols[:0], reach, len(guides))
+            if not right:
+                x1 += _grow(on[x1:], cols[x1:], reach, len(guides))
+    # 3. when only one side is still without a step, it moves in to the strongest one
+    # within a quarter of the box (a caption or a line of text right under a photo)
+    top, bottom, left, right = (v >= SIDE_MIN for v in _sides(st, x0, y0, x1, y1))
+    if top + bottom + left + right < 3:
+        return None
+    dy, dx = (y1 - y0) // 4, (x1 - x0) // 4
+    rows = np.zeros(st.h + 1)
+    rows[1:st.h] = st.rows[:, x0:x1].mean(axis=1)
+    cols = np.zeros(st.w + 1)
+    cols[1:st.w] = st.cols[y0:y1].mean(axis=0)
+    if not top and rows[y0:y0 + dy].max(initial=0) >= SIDE_MIN:
+        y0 += int(np.argmax(rows[y0:y0 + dy]))
+    if not bottom and rows[y1 - dy:y1 + 1].max(initial=0) >= SIDE_MIN:
+        y1 = y1 - dy + int(np.argmax(rows[y1 - dy:y1 + 1]))
+    if not left and cols[x0:x0 + dx].max(initial=0) >= SIDE_MIN:
+        x0 += int(np.argmax(cols[x0:x0 + dx]))
+    if not right and cols[x1 - dx:x1 + 1].max(initial=0) >= SIDE_MIN:
+        x1 = x1 - dx + int(np.argmax(cols[x1 - dx:x1 + 1]))
+    x0, y0, x1, y1 = _snap_sides(st, x0, y0, x1, y1, 2)
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    if sum(s >= SIDE_MIN for s in _sides(st, x0, y0, x1, y1)) < SIDES_NEEDED:
+        return None
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _margin_areas(small: np.ndarray) -> list[Box]:
+    """Areas of gradient separated by flat margins, and their union (in small's pixels)."""
+    sh, sw = small.shape
+    grad = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    mask = (grad > 10).astype(np.uint8)
+    ks = max(3, round(min(sh, sw) * 0.03)) | 1
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((ks, ks), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    found: list[Box] = []
+    ys, xs = np.nonzero(mask)
+    if len(xs):  # everything that is not margin
+        found.append((int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1))
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []:
+        found.append(tuple(int(v) for v in stats[i, :4]))  # type: ignore[arg-type]
+    return found
+
+
+def _dense_areas(small: np.ndarray) -> list[Box]:
+    """Areas of dense texture, trimmed of thin attachments (in small's pixels)."""
+    sh, sw = small.shape
+    grad = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    k = max(5, round(min(sh, sw) * 0.04)) | 1
+    dense = (cv2.blur((grad > 8).astype(np.float32), (k, k)) > 0.55).astype(np.uint8)
+    dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dense, connectivity=8)
+    found: list[Box] = []
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []:
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        comp = labels[y:y + bh, x:x + bw] == i
+        for _ in range(2):  # drop rows and columns the area only touches (text, lines)
+            keep = np.flatnonzero((cc := comp.mean(axis=0)) >= 0.5 * cc.max())
+            comp, x = comp[:, keep[0]:keep[-1] + 1], x + int(keep[0])
+            keep = np.flatnonzero((rr := comp.mean(axis=1)) >= 0.5 * rr.max())
+            comp, y = comp[keep[0]:keep[-1] + 1], y + int(keep[0])
+        found.append((x, y, comp.shape[1], comp.shape[0]))
+    return found
+
+
+def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
                   max_area: float = 0.85) -> list[Box]:
-    """Up to max_boxes axis-aligned boxes of textured content, largest first.
+    """Up to max_boxes axis-aligned boxes of pictures pasted into the query, largest
+    candidate area first.
 
     Boxes cover between min_area and max_area of the image (the whole image is the query
-    itself and is not repeated here). Flat margins, solid borders and plain page
-    backgrounds are what separates a box from its surroundings.
+    itself and is not repeated here) and have at least three straight edges.
     """
     if gray.ndim != 2:
         raise ValueError("content_boxes expects a 2-D grayscale array")
@@ -35,34 +233,18 @@ def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.04,
     small = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
                        interpolation=cv2.INTER_AREA) if f < 1 else gray
     sh, sw = small.shape
-    k3 = np.ones((3, 3), np.uint8)
-    grad = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, k3)
-    mask = (grad > 10).astype(np.uint8)
-    ks = max(3, round(min(sh, sw) * 0.03)) | 1
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((ks, ks), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    total = float(sh * sw)
-    found: list[Box] = []
-    ys, xs = np.nonzero(mask)
-    if len(xs):  # everything that is not margin
-        found.append((int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1))
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []
-    for i in order:
-        x, y, bw, bh = (int(v) for v in stats[i, :4])
-        found.append((x, y, bw, bh))
+    st = _Steps(gray)
+    pad = max(2, round(0.02 * max(sh, sw) / f))
+    total = float(h * w)
     boxes: list[Box] = []
-    for x, y, bw, bh in found:
-        frac = bw * bh / total
-        if not (min_area <= frac <= max_area) or bw < 0.1 * sw or bh < 0.1 * sh:
+    for x, y, bw, bh in _dense_areas(small) + _margin_areas(small):
+        if bw < 0.08 * sw or bh < 0.08 * sh or bw * bh < 0.5 * min_area * sh * sw:
             continue
-        if max(bw / bh, bh / bw) > 4:
+        box = _fit(st, (x / f, y / f, (x + bw) / f, (y + bh) / f), pad)
+        if box is None or not min_area <= box[2] * box[3] / total <= max_area:
             continue
-        m = 1.5 / f  # the gradient widens content by about a pixel of the small image
-        x0, y0 = max(0, round(x / f + m)), max(0, round(y / f + m))
-        x1, y1 = min(w, round((x + bw) / f - m)), min(h, round((y + bh) / f - m))
-        if x1 - x0 < 16 or y1 - y0 < 16:
+        if max(box[2] / box[3], box[3] / box[2]) > 4:
             continue
-        box = (x0, y0, x1 - x0, y1 - y0)
         if all(_iou(box, b) < 0.8 for b in boxes):
             boxes.append(box)
         if len(boxes) >= max_boxes:

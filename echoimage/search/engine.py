@@ -326,41 +326,42 @@ class SearchEngine:
         chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
         if len(chosen) < k:
             chosen = listed[:k]
-        seen = {c.id for c in chosen}
+        proposed: dict[int, list[Shortlisted]] = {}
+        for c in chosen:
+            proposed[c.id] = [c]
         for v, view in enumerate(views[1:], 1):
             for c in shortlist(snap.index, view.small, s.box_k, snap.delta, snap.removed):
-                if c.hash_distance <= s.box_max_distance and c.id not in seen:
-                    chosen.append(Shortlisted(c.id, c.hash_distance, c.orientation, v))
-                    seen.add(c.id)
-        voted = vote(snap.local, views[0].orb(False).descriptors, s.local_params, s.vote_n,
-                     snap.delta_local, snap.removed)
-        votes = {v.id: v.votes for v in voted if v.votes >= s.min_votes}
+                if c.hash_distance <= s.box_max_distance:
+                    proposed.setdefault(c.id, []).append(
+                        Shortlisted(c.id, c.hash_distance, c.orientation, v))
+        votes: dict[int, int] = {}
+        vote_view: dict[int, int] = {}
+        for v, view in enumerate(views):  # each view's own keypoints vote
+            for cv in vote(snap.local, view.orb(False).descriptors, s.local_params,
+                           s.vote_n, snap.delta_local, snap.removed):
+                if cv.votes >= s.min_votes and cv.votes > votes.get(cv.id, 0):
+                    votes[cv.id], vote_view[cv.id] = cv.votes, v
         with self.sessions() as session:
             exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
-            extra = sorted((set(votes) | exact_ids) - seen)
-            cands = repo.candidates(session, [c.id for c in chosen] + extra)
+            cands = repo.candidates(session, sorted(set(proposed) | set(votes) | exact_ids))
         t2 = time.perf_counter()
 
-        oriented = oriented_phashes(views[0].small)
-        for i in extra:  # proposed by votes or by content hash, not by a hash shortlist
-            if i in cands:
-                d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(oriented))
-                chosen.append(Shortlisted(i, d, o))
+        # votes (and an exact copy) propose an image as seen from the view that voted for
+        # it, unless a hash shortlist already proposed it from that view
+        for i in sorted(set(votes) | exact_ids):
+            v = vote_view.get(i, 0)
+            if i in cands and all(c.view != v for c in proposed.get(i, [])):
+                d, o = min((hamming(h, cands[i].phash), o)
+                           for o, h in enumerate(views[v].oriented()))
+                proposed.setdefault(i, []).append(Shortlisted(i, d, o, v))
         matches: list[Match] = []
-        for c in chosen:
-            cand = cands.get(c.id)
+        for i, props in proposed.items():
+            cand = cands.get(i)
             if cand is None:  # removed from the store since the index was built
                 continue
-            # a near hash fixes the orientation; a far one hardly does: try the query as it
-            # is too (ORB is rotation-invariant; only a mirror needs the flipped query),
-            # and past orientation_guess_distance try only that
-            tries = [c]
-            if c.orientation != 0 and c.hash_distance > s.orientation_max_distance:
-                as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
-                far = c.hash_distance > s.orientation_guess_distance
-                tries = [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
-            scored = [self._score(t, cand, views[t.view], img, exact=t.id in exact_ids,
-                                  votes=votes.get(t.id, 0)) for t in tries]
+            scored = [self._score(t, cand, views[t.view], img, exact=i in exact_ids,
+                                  votes=votes.get(i, 0))
+                      for c in props for t in self._orientations(c)]
             matches.append(max(scored, key=lambda m: (m.score, m.orb_inliers)))
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
@@ -369,6 +370,17 @@ class SearchEngine:
                                  "shortlist_ms": (t2 - t1) * 1000,
                                  "rerank_ms": (t3 - t2) * 1000},
                            width=img.width, height=img.height)
+
+    def _orientations(self, c: Shortlisted) -> list[Shortlisted]:
+        """The orientations to score a proposal in. A near hash fixes the orientation; a
+        far one hardly does: try the query as it is too (ORB is rotation-invariant; only a
+        mirror needs the flipped query), and past orientation_guess_distance only that."""
+        s = self.settings
+        if c.orientation == 0 or c.hash_distance <= s.orientation_max_distance:
+            return [c]
+        as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
+        far = c.hash_distance > s.orientation_guess_distance
+        return [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
 
     def _score(self, c: Shortlisted, cand: Candidate, view: _View, img: DecodedImage,
                exact: bool, votes: int) -> Match:
@@ -404,6 +416,13 @@ class _View:
         self._thumb: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
         self._refs: dict[int, SsimReference] = {}
+        self._oriented: list[bytes] | None = None
+
+    def oriented(self) -> list[bytes]:
+        """pHashes of the view in the 8 dihedral orientations."""
+        if self._oriented is None:
+            self._oriented = oriented_phashes(self.small)
+        return self._oriented
 
     def orb(self, mirror: bool) -> OrbFeatures:
         """ORB of the view, or of its mirror image (ORB is not mirror-invariant)."""
