@@ -925,7 +925,7 @@ def _diagnose(ctx: _Ctx, engine: Any, data: bytes, truth: str) -> dict[str, Any]
             from echoimage.features.orb import orb_features
             from echoimage.index.local import vote
 
-            voted = vote(local, orb_features(img.gray, s.orb_features).descriptors,
+            voted = vote(local, orb_features(img.gray, s.query_orb_features).descriptors,
                          s.local_params, getattr(s, "vote_n", 4))
             votes = {v.id: v.votes for v in voted}
             out["truth_votes"] = votes.get(ctx.url_ids[truth], 0)

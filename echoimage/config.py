@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     # queries keep more pixels: a copy shown small inside a larger picture (a screenshot)
     # still has enough resolution for ORB
     query_work_size: int = 1024
-    orb_features: int = 500
+    orb_features: int = 1500  # per catalogue image, stored
+    query_orb_features: int = 500  # per query view
 
     # shortlist and re-rank
     shortlist_k: int = 32
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     orientation_max_distance: int = 16
     orientation_guess_distance: int = 22
     # local-feature shortlist (crops, borders, screenshots)
-    local_per_image: int = 100
+    local_per_image: int = 150
     local_flat_max: int = 20_000
     local_nprobe: int = 8
     local_query_descriptors: int = 200
@@ -52,6 +53,11 @@ class Settings(BaseSettings):
     box_max_distance: int = 12
     min_votes: int = 3
     rerank_descriptors: int = 300  # query keypoints matched against each candidate
+    # catalogue keypoints (a spread prefix of the stored ones) a candidate is matched with;
+    # when no candidate reaches duplicate_threshold, the deep_rerank_n most promising are
+    # matched again with all of them
+    rerank_keypoints: int = 500
+    deep_rerank_n: int = 6
     ratio_test: float = 0.8
     ransac_px: float = 6.0
     # calibrated by `echoimage bench` (see README, "Scores")

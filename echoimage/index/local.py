@@ -23,7 +23,7 @@ DESC_BITS = 256
 class LocalParams:
     """How the local index is built and searched."""
 
-    per_image: int = 100  # descriptors kept per catalogue image (a spread_order prefix)
+    per_image: int = 150  # descriptors kept per catalogue image (a spread_order prefix)
     flat_max: int = 20_000  # above this many descriptors, use IVF
     nprobe: int = 8
     query_descriptors: int = 200

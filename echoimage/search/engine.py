@@ -354,15 +354,22 @@ class SearchEngine:
                 d, o = min((hamming(h, cands[i].phash), o)
                            for o, h in enumerate(views[v].oriented()))
                 proposed.setdefault(i, []).append(Shortlisted(i, d, o, v))
-        matches: list[Match] = []
+        best: dict[int, Match] = {}
         for i, props in proposed.items():
-            cand = cands.get(i)
-            if cand is None:  # removed from the store since the index was built
-                continue
-            scored = [self._score(t, cand, views[t.view], img, exact=i in exact_ids,
-                                  votes=votes.get(i, 0))
-                      for c in props for t in self._orientations(c)]
-            matches.append(max(scored, key=lambda m: (m.score, m.orb_inliers)))
+            if i in cands:  # else removed from the store since the index was built
+                best[i] = self._best(props, cands[i], views, img, i in exact_ids,
+                                     votes.get(i, 0), s.rerank_keypoints)
+        # no confident answer from the strongest catalogue keypoints: match the most
+        # promising candidates against all of them (a small crop may hold few of the first)
+        if best and max(m.score for m in best.values()) < s.duplicate_threshold:
+            order = sorted(best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
+                                                         m.hash_distance, m.id))
+            for m in order[:s.deep_rerank_n]:
+                if len(cands[m.id].orb) > s.rerank_keypoints:
+                    deep = self._best(proposed[m.id], cands[m.id], views, img,
+                                      m.id in exact_ids, m.votes, None)
+                    best[m.id] = max(m, deep, key=lambda x: (x.score, x.orb_inliers))
+        matches = list(best.values())
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         out = _dedupe(matches)[:k]
@@ -382,12 +389,24 @@ class SearchEngine:
         far = c.hash_distance > s.orientation_guess_distance
         return [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
 
+    def _best(self, props: list[Shortlisted], cand: Candidate, views: list[_View],
+              img: DecodedImage, exact: bool, votes: int, keypoints: int | None) -> Match:
+        """The best-scoring of a candidate's proposals, each in its orientations."""
+        scored = [self._score(t, cand, views[t.view], img, exact, votes, keypoints)
+                  for c in props for t in self._orientations(c)]
+        return max(scored, key=lambda m: (m.score, m.orb_inliers))
+
     def _score(self, c: Shortlisted, cand: Candidate, view: _View, img: DecodedImage,
-               exact: bool, votes: int) -> Match:
+               exact: bool, votes: int, keypoints: int | None = None) -> Match:
+        """Score one proposal: SSIM, ORB against the candidate's first `keypoints` stored
+        keypoints (all when None) and the hash distance, fused."""
         s = self.settings
         mirror = is_mirror(c.orientation)
         sim = view.ssim_ref(c.orientation).compare(cand.thumbnail)
-        om = match_orb(view.orb_head(mirror), cand.orb, s.ratio_test, s.ransac_px)
+        orb = cand.orb
+        if keypoints is not None and len(orb) > keypoints:
+            orb = OrbFeatures(orb.keypoints[:keypoints], orb.descriptors[:keypoints])
+        om = match_orb(view.orb_head(mirror), orb, s.ratio_test, s.ransac_px)
         score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
         reg = trans = None
         if om.homography is not None:
@@ -428,7 +447,7 @@ class _View:
         """ORB of the view, or of its mirror image (ORB is not mirror-invariant)."""
         if mirror not in self._orbs:
             gray = np.ascontiguousarray(self.gray[:, ::-1]) if mirror else self.gray
-            self._orbs[mirror] = orb_features(gray, self._settings.orb_features)
+            self._orbs[mirror] = orb_features(gray, self._settings.query_orb_features)
         return self._orbs[mirror]
 
     def orb_head(self, mirror: bool) -> OrbFeatures:

@@ -184,7 +184,7 @@ class WebService:
             s = self.settings
             mirror = is_mirror(NAMES.index(match.orientation))
             qgray = entry.image.gray
-            om = match_orb(entry.orb(mirror, s.orb_features), cand.orb, s.ratio_test,
+            om = match_orb(entry.orb(mirror, s.query_orb_features), cand.orb, s.ratio_test,
                            s.ransac_px)
             pairs = om.pairs
             if pairs is not None and mirror:  # matched on the mirrored query: flip x back
