@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import skimage.data
 from PIL import Image
@@ -211,6 +212,52 @@ def shrink(arr: np.ndarray, longest: int) -> np.ndarray:
 def jpeg_roundtrip(arr: np.ndarray, quality: int = 50) -> np.ndarray:
     """The pixels after a JPEG encode/decode at the given quality."""
     return np.asarray(Image.open(io.BytesIO(jpeg(arr, quality))))
+
+
+def web_page(arr: np.ndarray, seed: int, scale: float = 0.5, pale_top: float = 0.0
+             ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A screenshot-like RGB page with the photo, shrunk by `scale`, somewhere in it, and
+    the photo's box (x, y, width, height).
+
+    The page has a navigation bar, paragraphs of text, outlined buttons and a caption
+    right under the photo, all drawn with cv2 on a flat background. pale_top replaces that
+    fraction of the photo's top rows with a flat band a little darker than the page (an
+    overcast sky nearly the page's colour).
+    """
+    rng = np.random.default_rng(seed)
+    pic = to_rgb(resize(arr, scale)).copy()
+    ph, pw = pic.shape[:2]
+    bg = int(rng.integers(236, 252))
+    if pale_top:
+        pic[: round(pale_top * ph)] = bg - 14
+    h, w = round(ph * 2.2), round(pw * 2.4)
+    page = np.full((h, w, 3), bg, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    bar = max(12, h // 14)
+    page[:bar] = [int(v) for v in rng.integers(30, 120, 3)]
+    cv2.putText(page, "catalogue  search  about", (8, bar * 3 // 4), font, bar / 40,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    x0 = int(rng.integers(8, w - pw - 8))
+    y0 = int(rng.integers(bar + 30, h - ph - 30))
+    words = ("price", "delivery", "photo", "new", "reply", "shared", "in stock", "colour")
+    for _ in range(14):  # paragraphs and buttons anywhere; the photo is pasted over them
+        x, y = int(rng.integers(4, w - 60)), int(rng.integers(bar + 14, h - 4))
+        if rng.random() < 0.3:
+            cv2.rectangle(page, (x, y - 14), (x + 70, y + 6), (bg - 50,) * 3, 1)
+        text = " ".join(str(rng.choice(words)) for _ in range(int(rng.integers(2, 6))))
+        cv2.putText(page, text, (x, y), font, 0.45, (50, 50, 50), 1, cv2.LINE_AA)
+    page[y0:y0 + ph, x0:x0 + pw] = pic
+    cv2.putText(page, "caption: " + str(rng.choice(words)), (x0, y0 + ph + 13), font, 0.45,
+                (90, 90, 90), 1, cv2.LINE_AA)
+    return page, (x0, y0, pw, ph)
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x, y, width, height) boxes."""
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def write(path: Path, data: bytes) -> Path:

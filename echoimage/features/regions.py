@@ -196,24 +196,42 @@ def _margin_areas(small: np.ndarray) -> list[Box]:
 
 
 def _dense_areas(small: np.ndarray) -> list[Box]:
-    """Areas of dense texture, trimmed of thin attachments (in small's pixels)."""
+    """Areas of dense texture (in small's pixels)."""
     sh, sw = small.shape
     grad = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     k = max(5, round(min(sh, sw) * 0.04)) | 1
     dense = (cv2.blur((grad > 8).astype(np.float32), (k, k)) > 0.55).astype(np.uint8)
     dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(dense, connectivity=8)
+    return _components(dense)
+
+
+def _components(mask: np.ndarray) -> list[Box]:
+    """Boxes of a mask's connected areas, largest first, each trimmed of the rows and
+    columns it only touches (a line of text or an outline running into it)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     found: list[Box] = []
     for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []:
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         comp = labels[y:y + bh, x:x + bw] == i
-        for _ in range(2):  # drop rows and columns the area only touches (text, lines)
+        for _ in range(2):
             keep = np.flatnonzero((cc := comp.mean(axis=0)) >= 0.5 * cc.max())
             comp, x = comp[:, keep[0]:keep[-1] + 1], x + int(keep[0])
             keep = np.flatnonzero((rr := comp.mean(axis=1)) >= 0.5 * rr.max())
             comp, y = comp[keep[0]:keep[-1] + 1], y + int(keep[0])
         found.append((x, y, comp.shape[1], comp.shape[0]))
     return found
+
+
+def _off_page_areas(small: np.ndarray) -> list[Box]:
+    """Solid areas that differ from a flat page colour (dark or flat pictures, whose
+    texture map is empty), in small's pixels; none when no colour covers a fifth of the
+    image."""
+    hist = np.bincount(small.ravel(), minlength=256)
+    page = int(np.argmax(hist))
+    if hist[max(0, page - 2):page + 3].sum() < 0.2 * small.size:
+        return []
+    mask = (np.abs(small.astype(np.int16) - page) > 12).astype(np.uint8)
+    return _components(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))
 
 
 def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
@@ -237,7 +255,7 @@ def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
     pad = max(2, round(0.02 * max(sh, sw) / f))
     total = float(h * w)
     boxes: list[Box] = []
-    for x, y, bw, bh in _dense_areas(small) + _margin_areas(small):
+    for x, y, bw, bh in _dense_areas(small) + _off_page_areas(small) + _margin_areas(small):
         if bw < 0.08 * sw or bh < 0.08 * sh or bw * bh < 0.5 * min_area * sh * sw:
             continue
         box = _fit(st, (x / f, y / f, (x + bw) / f, (y + bh) / f), pad)

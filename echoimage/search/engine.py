@@ -334,34 +334,38 @@ class SearchEngine:
                 if c.hash_distance <= s.box_max_distance:
                     proposed.setdefault(c.id, []).append(
                         Shortlisted(c.id, c.hash_distance, c.orientation, v))
-        votes: dict[int, int] = {}
-        vote_view: dict[int, int] = {}
-        for v, view in enumerate(views):  # each view's own keypoints vote
-            for cv in vote(snap.local, view.orb(False).descriptors, s.local_params,
-                           s.vote_n, snap.delta_local, snap.removed):
-                if cv.votes >= s.min_votes and cv.votes > votes.get(cv.id, 0):
-                    votes[cv.id], vote_view[cv.id] = cv.votes, v
         with self.sessions() as session:
             exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
-            cands = repo.candidates(session, sorted(set(proposed) | set(votes) | exact_ids))
+            cands = repo.candidates(session, sorted(set(proposed) | exact_ids))
         t2 = time.perf_counter()
-
-        # votes (and an exact copy) propose an image as seen from the view that voted for
-        # it, unless a hash shortlist already proposed it from that view
-        for i in sorted(set(votes) | exact_ids):
-            v = vote_view.get(i, 0)
-            if i in cands and all(c.view != v for c in proposed.get(i, [])):
-                d, o = min((hamming(h, cands[i].phash), o)
-                           for o, h in enumerate(views[v].oriented()))
-                proposed.setdefault(i, []).append(Shortlisted(i, d, o, v))
-        best: dict[int, Match] = {}
-        for i, props in proposed.items():
-            if i in cands:  # else removed from the store since the index was built
-                best[i] = self._best(props, cands[i], views, img, i in exact_ids,
-                                     votes.get(i, 0), s.rerank_keypoints)
-        # no confident answer from the strongest catalogue keypoints: match the most
-        # promising candidates against all of them (a small crop may hold few of the first)
-        if best and max(m.score for m in best.values()) < s.duplicate_threshold:
+        for i in sorted(exact_ids - set(proposed)):
+            self._propose(proposed, cands, views, i, 0)
+        best = self._rerank(proposed, cands, views, img, exact_ids, {})
+        t3 = time.perf_counter()
+        votes: dict[int, int] = {}
+        if not _confident(best, s.duplicate_threshold):
+            # no hash neighbour is a copy: each view's own keypoints vote for images (a
+            # crop, a picture inside a page), proposed as seen from the view that voted
+            vote_view: dict[int, int] = {}
+            for v, view in enumerate(views):
+                for cv in vote(snap.local, view.orb(False).descriptors, s.local_params,
+                               s.vote_n, snap.delta_local, snap.removed):
+                    if cv.votes >= s.min_votes and cv.votes > votes.get(cv.id, 0):
+                        votes[cv.id], vote_view[cv.id] = cv.votes, v
+            new = sorted(set(votes) - set(cands))
+            if new:
+                with self.sessions() as session:
+                    cands.update(repo.candidates(session, new))
+            for i, m in best.items():
+                best[i] = replace(m, votes=votes.get(i, 0))
+            fresh = {i: props for i, v in vote_view.items()
+                     if (props := self._propose(proposed, cands, views, i, v))}
+            t4 = time.perf_counter()
+            best.update(self._rerank(fresh, cands, views, img, exact_ids, votes))
+            t2, t3 = t2 + (t4 - t3), time.perf_counter()
+        if not _confident(best, s.duplicate_threshold):
+            # match the most promising against all their stored keypoints (a small crop
+            # may hold few of the strongest)
             order = sorted(best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
                                                          m.hash_distance, m.id))
             for m in order[:s.deep_rerank_n]:
@@ -369,6 +373,7 @@ class SearchEngine:
                     deep = self._best(proposed[m.id], cands[m.id], views, img,
                                       m.id in exact_ids, m.votes, None)
                     best[m.id] = max(m, deep, key=lambda x: (x.score, x.orb_inliers))
+            t3 = time.perf_counter()
         matches = list(best.values())
         t3 = time.perf_counter()
         matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
@@ -377,6 +382,25 @@ class SearchEngine:
                                  "shortlist_ms": (t2 - t1) * 1000,
                                  "rerank_ms": (t3 - t2) * 1000},
                            width=img.width, height=img.height)
+
+    @staticmethod
+    def _propose(proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
+                 views: list[_View], i: int, v: int) -> list[Shortlisted]:
+        """Propose image i as seen from view v (its hash distance and best orientation
+        from that view), unless already proposed from v. Returns what was added."""
+        if i not in cands or any(c.view == v for c in proposed.get(i, [])):
+            return []
+        d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(views[v].oriented()))
+        proposed.setdefault(i, []).append(Shortlisted(i, d, o, v))
+        return [proposed[i][-1]]
+
+    def _rerank(self, proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
+                views: list[_View], img: DecodedImage, exact_ids: set[int],
+                votes: dict[int, int]) -> dict[int, Match]:
+        """Score each proposed image (still in the store) with its strongest keypoints."""
+        return {i: self._best(props, cands[i], views, img, i in exact_ids, votes.get(i, 0),
+                              self.settings.rerank_keypoints)
+                for i, props in proposed.items() if i in cands}
 
     def _orientations(self, c: Shortlisted) -> list[Shortlisted]:
         """The orientations to score a proposal in. A near hash fixes the orientation; a
@@ -480,6 +504,11 @@ def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candida
     return {"scale": round(scale * cand.work_scale / query_scale, 3),
             "rotation_deg": round(rotation, 1), "mirror": mirror,
             "covered_fraction": round(min(area / total, 1.0), 3)}
+
+
+def _confident(best: dict[int, Match], threshold: float) -> bool:
+    """True when some candidate is already a duplicate."""
+    return any(m.exact or m.score >= threshold for m in best.values())
 
 
 def _dedupe(matches: list[Match]) -> list[Match]:
