@@ -118,9 +118,10 @@ def _grow(present: np.ndarray, strength: np.ndarray, limit: int, guides: int) ->
     return run if guides == 2 else 0
 
 
-def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int) -> Box | None:
-    """Fit a rough box to the straight steps around it; None unless SIDES_NEEDED sides
-    are edges."""
+def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int
+         ) -> tuple[Box, int] | None:
+    """Fit a rough box to the straight steps around it: the box and how many of its sides
+    are edges, or None when fewer than SIDES_NEEDED are."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     x0, y0 = max(0, x0), max(0, y0)
     x1, y1 = min(st.w, x1), min(st.h, y1)
@@ -173,9 +174,10 @@ def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int) -> Box | 
     x0, y0, x1, y1 = _snap_sides(st, x0, y0, x1, y1, 2)
     if x1 - x0 < 16 or y1 - y0 < 16:
         return None
-    if sum(s >= SIDE_MIN for s in _sides(st, x0, y0, x1, y1)) < SIDES_NEEDED:
+    edges = sum(s >= SIDE_MIN for s in _sides(st, x0, y0, x1, y1))
+    if edges < SIDES_NEEDED:
         return None
-    return x0, y0, x1 - x0, y1 - y0
+    return (x0, y0, x1 - x0, y1 - y0), edges
 
 
 def _margin_areas(small: np.ndarray) -> list[Box]:
@@ -236,8 +238,8 @@ def _off_page_areas(small: np.ndarray) -> list[Box]:
 
 def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
                   max_area: float = 0.85) -> list[Box]:
-    """Up to max_boxes axis-aligned boxes of pictures pasted into the query, largest
-    candidate area first.
+    """Up to max_boxes axis-aligned boxes of pictures pasted into the query: boxes with
+    four straight edges first, then larger boxes first.
 
     Boxes cover between min_area and max_area of the image (the whole image is the query
     itself and is not repeated here) and have at least three straight edges.
@@ -254,17 +256,21 @@ def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
     st = _Steps(gray)
     pad = max(2, round(0.02 * max(sh, sw) / f))
     total = float(h * w)
-    boxes: list[Box] = []
+    fitted: list[tuple[int, int, Box]] = []  # (edges, -area, box)
     for x, y, bw, bh in _dense_areas(small) + _off_page_areas(small) + _margin_areas(small):
         if bw < 0.08 * sw or bh < 0.08 * sh or bw * bh < 0.5 * min_area * sh * sw:
             continue
-        box = _fit(st, (x / f, y / f, (x + bw) / f, (y + bh) / f), pad)
-        if box is None or not min_area <= box[2] * box[3] / total <= max_area:
+        fit = _fit(st, (x / f, y / f, (x + bw) / f, (y + bh) / f), pad)
+        if fit is None:
+            continue
+        box, edges = fit
+        if not min_area <= box[2] * box[3] / total <= max_area:
             continue
         if max(box[2] / box[3], box[3] / box[2]) > 4:
             continue
-        if all(_iou(box, b) < 0.8 for b in boxes):
-            boxes.append(box)
-        if len(boxes) >= max_boxes:
+        if all(_iou(box, b) < 0.8 for _, _, b in fitted):
+            fitted.append((edges, -box[2] * box[3], box))
+        if len(fitted) >= 2 * max_boxes:
             break
-    return boxes
+    fitted.sort(key=lambda t: (-t[0], t[1]))
+    return [b for _, _, b in fitted[:max_boxes]]

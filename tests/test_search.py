@@ -1,0 +1,110 @@
+"""Finding parts of catalogue images: off-centre crops down to 16% of the area, and a photo
+shown small inside a screenshot of a web page. The answer says where the match is: the
+region in the catalogue image's original pixels, the part of the query that matched, and
+the transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from helpers import box_iou, jpeg, mirror, photo, web_page
+
+from echoimage.search.engine import SearchEngine
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+#: photos with texture enough for a 40% crop anywhere in them (the clock's flat face,
+#: for one, has too few keypoints in some corners)
+TEXTURED = ("astronaut", "coffee", "brick", "coins", "moon", "grass")
+
+
+@pytest.fixture(scope="module")
+def engine(built) -> SearchEngine:
+    return SearchEngine(built.settings)
+
+
+def corners(x: int, y: int, w: int, h: int) -> np.ndarray:
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+
+
+@pytest.mark.parametrize("frac,fx,fy", [(0.6, 0, 0), (0.6, 1, 1), (0.4, 0, 1), (0.4, 1, 0),
+                                        (0.4, 0.5, 0.5)])
+@pytest.mark.parametrize("name", TEXTURED)
+def test_off_centre_crop_is_found_and_located(built, engine, name: str, frac: float,
+                                              fx: float, fy: float) -> None:
+    arr = photo(name)
+    h, w = arr.shape[:2]
+    cw, ch = round(w * frac), round(h * frac)
+    x0, y0 = round((w - cw) * fx), round((h - ch) * fy)
+    res = engine.query_bytes(jpeg(arr[y0:y0 + ch, x0:x0 + cw], 90), k=3)
+    top = res.matches[0]
+    assert top.url == built.catalogue.url(name)
+    assert top.duplicate and top.orb_inliers >= 8
+    # where: the crop's outline in the original's pixels, to 2% of its diagonal
+    err = np.abs(np.array(top.region) - corners(x0, y0, cw, ch)).max()
+    assert err <= 0.02 * np.hypot(w, h), top.region
+    assert top.transform is not None and not top.transform["mirror"]
+    assert top.transform["covered_fraction"] == pytest.approx(frac * frac, abs=0.02)
+    assert top.transform["scale"] == pytest.approx(1.0, abs=0.1)
+    assert top.query_box is None  # the whole query matched
+
+
+def test_mirrored_crop_says_mirror(built, engine) -> None:
+    arr = photo("coffee")
+    h, w = arr.shape[:2]
+    res = engine.query_bytes(jpeg(mirror(arr[: h // 2, w // 3:]), 90), k=3)
+    top = res.matches[0]
+    assert top.url == built.catalogue.url("coffee") and top.duplicate
+    assert top.transform["mirror"] is True
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "coffee", "chelsea", "rocket",
+                                  "brick", "coins", "moon", "page", "clock", "grass",
+                                  "hubble_deep_field"])
+def test_photo_in_a_screenshot_is_found(built, engine, name: str) -> None:
+    page, box = web_page(photo(name), 3)
+    res = engine.query_bytes(jpeg(page, 85), k=3)
+    top = res.matches[0]
+    assert top.url == built.catalogue.url(name)
+    assert top.duplicate
+    # the part of the query that matched, in the query's own pixels
+    assert top.query_box is not None
+    got = tuple(round(v) for v in top.query_box)
+    assert box_iou(got, box) >= 0.9, (got, box)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", TEXTURED)
+def test_screenshot_region_is_the_whole_catalogue_image(built, engine, name: str) -> None:
+    page, _ = web_page(photo(name), 3)
+    top = engine.query_bytes(jpeg(page, 85), k=1).matches[0]
+    ph, pw = photo(name).shape[:2]
+    err = np.abs(np.array(top.region) - corners(0, 0, pw, ph)).max()
+    assert err <= 0.03 * np.hypot(pw, ph), top.region
+    assert top.transform["covered_fraction"] >= 0.9
+    assert top.transform["scale"] == pytest.approx(2.0, rel=0.1)  # shown at half size
+
+
+@pytest.mark.parametrize("other", ["immunohistochemistry", "gravel", "retina"])
+def test_unrelated_photos_in_a_page_or_cropped_are_not_duplicates(engine, other: str) -> None:
+    arr = getattr(skimage.data, other)()
+    page, _ = web_page(arr, 1)
+    crop = arr[: arr.shape[0] // 2, : arr.shape[1] // 2]
+    for data in (jpeg(page, 85), jpeg(crop, 85)):
+        res = engine.query_bytes(data, k=5)
+        assert not any(m.duplicate for m in res.matches), [(Path(m.url).name, m.score)
+                                                           for m in res.matches]
+
+
+def test_votes_propose_what_the_hash_shortlist_misses(built) -> None:
+    """With the hash shortlist cut to one far neighbour, the crop is found by votes."""
+    settings = built.settings.model_copy(update={"rerank_n": 1, "max_hash_distance": 2})
+    arr = photo("grass")
+    h, w = arr.shape[:2]
+    res = SearchEngine(settings, rebuild=False).query_bytes(jpeg(arr[h // 2:, w // 2:], 90),
+                                                            k=1)
+    top = res.matches[0]
+    assert top.url == built.catalogue.url("grass")
+    assert top.votes >= 3  # proposed by the local-feature index
