@@ -1043,11 +1043,13 @@ def _negatives(ctx: _Ctx, engine: Any, negatives: list[Path]) -> dict[str, Any]:
     }
 
 
-def _latency_sample(ctx: _Ctx, transforms: list[Transform], n: int) -> list[tuple[int, str]]:
-    pairs = [(i, t.name) for t in transforms if not t.extra for i in ctx.query_photos]
+def _latency_sample(ctx: _Ctx, transforms: list[Transform], n: int, extra: bool = False
+                    ) -> list[tuple[int, str]]:
+    """A seeded sample of (photo, transform) over the main transforms, or the extra ones."""
+    pairs = [(i, t.name) for t in transforms if t.extra == extra for i in ctx.query_photos]
     if n >= len(pairs):
         return pairs
-    rng = np.random.default_rng([ctx.seed, 0x1A7])
+    rng = np.random.default_rng([ctx.seed, 0x1A7 + extra])
     pick = sorted(rng.choice(len(pairs), size=n, replace=False).tolist())
     return [pairs[k] for k in pick]
 
@@ -1438,8 +1440,10 @@ def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int |
 
 
 def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],
-           sample: list[tuple[int, str, bytes]], built: dict[str, Any]) -> dict[str, Any]:
-    """Time the latency sample on each padded store (padding must be complete)."""
+           sample: list[tuple[int, str, bytes]], parts: list[tuple[int, str, bytes]],
+           built: dict[str, Any]) -> dict[str, Any]:
+    """Time the latency samples (main transforms; parts of photos) on each padded store
+    (padding must be complete)."""
     from echoimage.search.engine import SearchEngine
     from echoimage.store.db import open_store
 
@@ -1464,6 +1468,8 @@ def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],
                     f"{'; its indexes were stale and rebuilt' if load_s > 5 else ''}); "
                     f"timing {len(sample)} queries")
             res = _time_queries(ctx, search, sample, f"{scale:,}")
+            if parts:
+                res["parts"] = _time_queries(ctx, search, parts, f"{scale:,} parts")
         except Exception as exc:  # one broken scale must not lose the whole run
             ctx.log(f"scale {scale:,}: failed: {type(exc).__name__}: {exc}")
             out[str(scale)] = {"skipped": f"engine failed at this scale: "
@@ -1635,11 +1641,15 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     thr = threshold_at_fmr(neg_scores, TARGET_FMR)
 
     t0 = time.perf_counter()
-    pairs = _latency_sample(ctx, transforms, latency_queries)
-    sample = [(i, name, make_query(_photo(ctx, i), TRANSFORMS[name],
-                                   transform_rng(seed, i, name))) for i, name in pairs]
+    samples = [[(i, name, make_query(_photo(ctx, i), TRANSFORMS[name],
+                                     transform_rng(seed, i, name))) for i, name in pairs]
+               for pairs in (_latency_sample(ctx, transforms, latency_queries),
+                             _latency_sample(ctx, transforms, latency_queries // 2, True))]
+    sample, parts = samples
     ctx.images.clear()
     latency = {"catalogue": _time_queries(ctx, engine, sample, "catalogue")}
+    if parts:
+        latency["catalogue"]["parts"] = _time_queries(ctx, engine, parts, "catalogue parts")
     phash_latency = _phash_latency(ctx, sample)
     _phase(ctx, "latency", t0)
     engine.engine.dispose()
@@ -1652,7 +1662,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
             t0 = time.perf_counter()
             build_padding(job)
             ctx.phases["padding_wall"] = round(time.perf_counter() - t0, 2)
-        scale_res = _scale(ctx, job, list(scale), sample, pad_info)
+        scale_res = _scale(ctx, job, list(scale), sample, parts, pad_info)
     latency.update({k: v for k, v in scale_res.items() if "skipped" not in v})
 
     per_t = _per_transform(recs, transforms, thr)
@@ -1830,6 +1840,13 @@ def render_markdown(result: dict[str, Any]) -> str:
                         r.get("stage_ms_p50", {}).items() if v is not None) + " ms"
             + (f"; engine catch-up delta {r['engine_delta_rows']:,} rows"
                if r.get("engine_delta_rows") else ""))
+        if r.get("parts"):
+            q = r["parts"]
+            lines.append(
+                f"  - parts of photos (extra transforms), {q['queries']} queries: query_image "
+                f"p50 {fmt_ms(q['query_image_ms']['p50'])} / p95 "
+                f"{fmt_ms(q['query_image_ms']['p95'])}; r@1 on the sample "
+                f"{fmt_rate(q['recall_at_1'])}")
     for label, r in result["scale"].items():
         if "skipped" in r or "padding" not in r:
             lines.append(f"- **Scale {label}**: {r.get('skipped')}")

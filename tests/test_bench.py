@@ -265,11 +265,13 @@ def test_run_benchmark_end_to_end(tmp_path):
     assert "threshold" in result["calibration"]
     lat = result["latency"]["catalogue"]
     assert lat["queries"] == 8 and lat["query_image_ms"]["p50"] > 0
+    assert lat["parts"]["queries"] == 4 and lat["parts"]["query_image_ms"]["p50"] > 0
     assert result["scale"] == {}
     assert result["baselines"]["seed"]["extrapolated_s_per_query_at_1m"] > 0
     md = (out / "bench.md").read_text()
     assert md == bench.render_markdown(result)
     assert "| jpeg30 | 6 | 1.000 |" in md and "screenshot (extra)" in md
+    assert "parts of photos (extra transforms), 4 queries" in md
     assert (out / "catalogue.txt").read_text().count("\n") == 10
 
 

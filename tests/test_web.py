@@ -24,7 +24,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import Built, write_catalogue
 from fastapi import FastAPI
-from helpers import header_only_png, jpeg, photo, png, resize, rotate, synthetic, to_rgb
+from helpers import (
+    header_only_png,
+    jpeg,
+    photo,
+    png,
+    resize,
+    rotate,
+    synthetic,
+    to_rgb,
+    web_page,
+)
 
 from echoimage.config import Settings
 from echoimage.pipeline import build_index
@@ -540,6 +550,17 @@ async def test_match_and_query_images(env: Env) -> None:
 
 
 @module_loop
+async def test_screenshot_upload_says_which_part_matched(env: Env) -> None:
+    page, (x, y, w, h) = web_page(photo("coffee"), 5)
+    body = (await upload(env, jpeg(page, 85), k="1")).json()
+    top = body["results"][0]
+    assert top["url"].endswith("coffee.jpg") and top["duplicate"] is True
+    assert top["query_box"] == pytest.approx([x, y, w, h], abs=3)
+    resp = await env.client.get(body["links"]["match_image"].format(id=top["id"]))
+    assert resp.status_code == 200 and resp.content.startswith(PNG_MAGIC)
+
+
+@module_loop
 async def test_uploads_are_not_added_to_the_catalogue(env: Env) -> None:
     before = (await env.client.get("/api/stats")).json()
     await upload(env, jpeg(synthetic(99)))
@@ -664,6 +685,11 @@ def test_match_drawing() -> None:
     assert out.shape[1] == 300 + 10 + 150
     plain = match_image(q, cat, None, None, height=150, gap=10)
     assert (out != plain).any(axis=2).sum() > 500  # lines, circles and the outline
+    boxed = match_image(q, cat, None, None, height=150, gap=10, query_box=(50, 20, 100, 60))
+    diff = (boxed != plain).any(axis=2)
+    ys, xs = np.nonzero(diff)
+    assert (xs.min(), xs.max()) == pytest.approx((74, 226), abs=2)  # the box, on the query
+    assert (ys.min(), ys.max()) == pytest.approx((29, 121), abs=2)
     thumb = np.zeros((256, 256), np.uint8)
     assert restore_aspect(thumb, 600, 400, 256).shape == (171, 256)
     with pytest.raises(ValueError):

@@ -1,15 +1,17 @@
-"""Content boxes: where a picture sits inside a larger query (a border, a screenshot, a
-caption or banner around it). Each box is searched as a query of its own.
+"""Content boxes: where a picture sits inside a larger query (a screenshot of a page, a
+border, a caption or banner around it). Each box is searched as a query of its own.
 
-Candidates come from two maps of a reduced copy of the query: the connected areas of
-gradient left after closing (a picture on a flat border or a plain page), and the areas of
-dense texture (a photo among text, buttons and cards, whose strokes and outlines are thin).
-Each candidate is then fitted to the pixels: a pasted picture is a rectangle whose sides
-are straight steps in brightness, so every side moves to the strongest step near it, a
-side with no step grows along its neighbours' steps (a sky as pale as the page hides the
-top of a photo from the texture map, not from its left and right edges), and a candidate
-is kept only when at least three sides are such steps. Textured areas inside an ordinary
-photo rarely have even two, so a plain photo costs no extra searches.
+Candidate areas come from three maps of a reduced copy of the query: dense texture (a
+photo among text, buttons and cards, whose strokes and outlines are thin), areas off the
+page's flat colour (dark or smooth pictures, which have little texture), and gradient
+separated by flat margins (a picture on a border). Each area is trimmed of the rows and
+columns it only touches (text running into a photo), then fitted to the pixels: a pasted
+picture is a rectangle whose sides are straight steps in brightness, so every side moves to
+the strongest step near it; a side with no step grows along its neighbours' edges (a sky as
+pale as the page hides the top of a photo from the maps, not from its left and right
+edges) or, when it is the only one, moves in to a step (a caption right under the photo).
+A candidate is kept only when at least three sides are edges. Textured areas inside an
+ordinary photo rarely have two, so a plain photo costs no extra searches.
 """
 
 from __future__ import annotations
@@ -130,8 +132,7 @@ def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int
     x0, y0, x1, y1 = _snap_sides(st, x0, y0, x1, y1, pad)  # 1. to the steps near
     if x1 - x0 < 16 or y1 - y0 < 16:
         return None
-    # 2. sides grow along their neighbours' edges (a step found inside the picture, such
-    # as a horizon, is not its side while the edges beside it go on)
+    # 2. a side without a step grows along its neighbours' edges
     for _ in range(2):
         top, bottom, left, right = (v >= SIDE_MIN for v in _sides(st, x0, y0, x1, y1))
         reach = 3 * max(x1 - x0, y1 - y0)

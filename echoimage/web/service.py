@@ -22,6 +22,7 @@ import numpy as np
 from echoimage.config import Settings
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror
+from echoimage.features.orb import orb_features
 from echoimage.fetch.client import FetchConfig, FetchResult, FetchStatus
 from echoimage.search.engine import QueryResult, SearchEngine
 from echoimage.search.rerank import match_orb
@@ -184,12 +185,26 @@ class WebService:
             s = self.settings
             mirror = is_mirror(NAMES.index(match.orientation))
             qgray = entry.image.gray
-            om = match_orb(entry.orb(mirror, s.query_orb_features), cand.orb, s.ratio_test,
-                           s.ransac_px)
+            box = None
+            if match.query_box:  # a part of the query matched: match that part again
+                f = entry.image.scale or 1.0
+                x, y, w, h = (round(v / f) for v in match.query_box)
+                box = (x, y, w, h)
+                part = qgray[y:y + h, x:x + w]
+                orb = orb_features(np.ascontiguousarray(part[:, ::-1] if mirror else part),
+                                   s.query_orb_features)
+            else:
+                x = y = 0
+                part = qgray
+                orb = entry.orb(mirror, s.query_orb_features)
+            om = match_orb(orb, cand.orb, s.ratio_test, s.ransac_px)
             pairs = om.pairs
-            if pairs is not None and mirror:  # matched on the mirrored query: flip x back
+            if pairs is not None:  # back to the whole query's pixels
                 pairs = pairs.copy()
-                pairs[:, 0] = qgray.shape[1] - 1 - pairs[:, 0]
+                if mirror:  # matched on the mirrored query: flip x back
+                    pairs[:, 0] = part.shape[1] - 1 - pairs[:, 0]
+                pairs[:, 0] += x
+                pairs[:, 1] += y
             width = cand.width or cand.thumbnail.shape[1]
             height = cand.height or cand.thumbnail.shape[0]
             scale = cand.work_scale or 1.0
@@ -198,7 +213,7 @@ class WebService:
             region = None
             if match.region:
                 region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qgray, catalogue, pairs, region))
+            return encode_png(match_image(qgray, catalogue, pairs, region, query_box=box))
 
         try:
             return entry.png(f"match-{match.id}", make)

@@ -54,7 +54,8 @@ def _fit(img: np.ndarray, height: int, max_width: int) -> tuple[np.ndarray, floa
 
 def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | None = None,
                 region: np.ndarray | None = None, height: int = 300, max_lines: int = 60,
-                gap: int = 16) -> np.ndarray:
+                gap: int = 16, query_box: tuple[int, int, int, int] | None = None
+                ) -> np.ndarray:
     """The query (left) and a catalogue image (right) side by side, as a BGR uint8 array.
 
     Args:
@@ -66,6 +67,8 @@ def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | No
         height: height of each side in the drawing (wide images are narrower, see below).
         max_lines: most lines drawn (evenly sampled from pairs).
         gap: blank pixels between the two images.
+        query_box: (x, y, width, height) of the part of ``query`` that matched (a picture
+            inside a page), outlined.
     Returns:
         The drawing; each side is at most ``height`` high and ``2 * height`` wide.
     """
@@ -91,6 +94,11 @@ def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | No
         blend = cv2.addWeighted(canvas, 0.88, shade, 0.12, 0)
         canvas[region_mask == 1] = blend[region_mask == 1]
         cv2.polylines(canvas, [poly], True, REGION_BGR, 2, lineType=cv2.LINE_AA)
+
+    if query_box is not None:
+        x, y, w, h = (v * fq for v in query_box)
+        cv2.rectangle(canvas, (round(x), round(y + ly)), (round(x + w), round(y + h + ly)),
+                      REGION_BGR, 2, lineType=cv2.LINE_AA)
 
     if pairs is not None and len(pairs) and max_lines:
         pts = np.asarray(pairs, np.float64).reshape(-1, 4)
