@@ -263,6 +263,12 @@ def t_crop60_rot90(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(_crop(img, 0.6, rng)))
 
 
+def t_crop60_mirror(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """crop60_rand, then mirrored left-right (a flipped re-upload)."""
+    _check_bgr(img)
+    return np.ascontiguousarray(_crop(img, 0.6, rng)[:, ::-1])
+
+
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "photo", "shared", "reply", "like",
           "view", "gallery", "profile", "settings", "upload", "today", "search", "home")
 
@@ -354,6 +360,7 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
     Transform("crop60_rand", t_crop60_rand, extra=True),
     Transform("crop40_rand", t_crop40_rand, extra=True),
     Transform("crop60_rot90", t_crop60_rot90, extra=True),
+    Transform("crop60_mirror", t_crop60_mirror, extra=True),
     Transform("screenshot", t_screenshot, extra=True),
 )}
 

@@ -28,14 +28,15 @@ EXPECTED_SHAPES = {
     "rot90": (120, 90), "rot5": (90, 120), "crop80": (72, 96), "border20": (126, 168),
     "banner15": (90, 120), "stretch1.35": (90, 162), "combo": (81, 108),
     "crop60_rand": (54, 72), "crop40_rand": (36, 48), "crop60_rot90": (72, 54),
-    "screenshot": (144, 192),
+    "crop60_mirror": (54, 72), "screenshot": (144, 192),
 }
 
 
 def test_every_transform_has_an_expected_shape():
     assert set(EXPECTED_SHAPES) == set(TRANSFORMS)
     extra = {n for n, t in TRANSFORMS.items() if t.extra}
-    assert extra == {"crop60_rand", "crop40_rand", "crop60_rot90", "screenshot"}
+    assert extra == {"crop60_rand", "crop40_rand", "crop60_rot90", "crop60_mirror",
+                     "screenshot"}
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
@@ -62,6 +63,13 @@ def test_random_transforms_depend_on_the_rng():
     for name in ("crop60_rand", "crop40_rand", "screenshot", "border20"):
         outs = {TRANSFORMS[name].fn(img, transform_rng(0, p, name)).tobytes() for p in range(6)}
         assert len(outs) > 1, name
+
+
+def test_mirrored_crop_is_the_crop_mirrored():
+    img = _photo()
+    crop = TRANSFORMS["crop60_rand"].fn(img, transform_rng(0, 3, "x"))
+    flipped = TRANSFORMS["crop60_mirror"].fn(img, transform_rng(0, 3, "x"))
+    assert np.array_equal(flipped, crop[:, ::-1])
 
 
 def test_transform_semantics():

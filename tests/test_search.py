@@ -108,3 +108,21 @@ def test_votes_propose_what_the_hash_shortlist_misses(built) -> None:
     top = res.matches[0]
     assert top.url == built.catalogue.url("grass")
     assert top.votes >= 3  # proposed by the local-feature index
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "brick"])
+def test_mirrored_crop_is_proposed_by_the_mirrored_query(built, name: str) -> None:
+    """A flipped 40% crop: neither its hash nor its keypoints resemble the original's
+    unless the query is mirrored first; with the hash shortlist cut to one far neighbour,
+    the mirrored query's votes find it."""
+    settings = built.settings.model_copy(update={"rerank_n": 1, "max_hash_distance": 2})
+    arr = photo(name)
+    h, w = arr.shape[:2]
+    x0, y0, cw, ch = w // 5, h // 2, round(0.4 * w), round(0.4 * h)
+    data = jpeg(mirror(arr[y0:y0 + ch, x0:x0 + cw]), 90)
+    top = SearchEngine(settings, rebuild=False).query_bytes(data, k=1).matches[0]
+    assert top.url == built.catalogue.url(name) and top.duplicate
+    assert top.orientation == "mirror" and top.transform["mirror"] is True
+    assert top.votes >= 3
+    err = np.abs(np.array(top.region) - corners(x0, y0, cw, ch)).max()
+    assert err <= 0.02 * np.hypot(w, h), top.region

@@ -364,6 +364,30 @@ class SearchEngine:
             best.update(self._rerank(fresh, cands, views, img, exact_ids, votes))
             t2, t3 = t2 + (t4 - t3), time.perf_counter()
         if not _confident(best, s.duplicate_threshold):
+            # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
+            # invariant), proposing images in the mirror orientation
+            mirror = NAMES.index("mirror")
+            t4 = time.perf_counter()
+            mvotes = {cv.id: cv.votes for cv in vote(
+                snap.local, views[0].orb(True).descriptors, s.local_params, s.vote_n,
+                snap.delta_local, snap.removed) if cv.votes >= s.min_votes}
+            new = sorted(set(mvotes) - set(cands))
+            if new:
+                with self.sessions() as session:
+                    cands.update(repo.candidates(session, new))
+            fresh = {}
+            for i in mvotes:
+                if i in cands and not any(c.view == 0 and c.fixed for c in proposed.get(i, [])):
+                    d = hamming(views[0].oriented()[mirror], cands[i].phash)
+                    proposed.setdefault(i, []).append(Shortlisted(i, d, mirror, 0, fixed=True))
+                    fresh[i] = [proposed[i][-1]]
+                    votes[i] = max(votes.get(i, 0), mvotes[i])
+            t5 = time.perf_counter()
+            for i, m in self._rerank(fresh, cands, views, img, exact_ids, votes).items():
+                best[i] = max(best[i], m, key=lambda x: (x.score, x.orb_inliers)) \
+                    if i in best else m
+            t2, t3 = t2 + (t5 - t4), time.perf_counter()
+        if not _confident(best, s.duplicate_threshold):
             # match the most promising against all their stored keypoints (a small crop
             # may hold few of the strongest)
             order = sorted(best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
@@ -407,7 +431,7 @@ class SearchEngine:
         far one hardly does: try the query as it is too (ORB is rotation-invariant; only a
         mirror needs the flipped query), and past orientation_guess_distance only that."""
         s = self.settings
-        if c.orientation == 0 or c.hash_distance <= s.orientation_max_distance:
+        if c.fixed or c.orientation == 0 or c.hash_distance <= s.orientation_max_distance:
             return [c]
         as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
         far = c.hash_distance > s.orientation_guess_distance

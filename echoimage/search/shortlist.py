@@ -19,6 +19,7 @@ class Shortlisted:
     hash_distance: int
     orientation: int
     view: int = 0  # 0: the whole query; n: its n-th content box
+    fixed: bool = False  # the orientation is known (not a guess from a far hash)
 
 
 def shortlist(index: faiss.IndexBinary, small: np.ndarray, k: int,
