@@ -48,6 +48,7 @@ class WorkItem:
     last_modified: str | None = None
     sha256: str | None = None  # known content hash: same bytes → "unchanged", no feature work
     was_indexed: bool = False
+    reextract: bool = False  # its stored features were made with other parameters
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
             status = Status.DECODE_ERROR
         return WorkResult(image_id, status, reason, sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
-    record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified)
+    record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
+                                  feature_key(params))
     return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
                       record, cpu_s=time.process_time() - t0)
 
@@ -163,6 +165,13 @@ def process_path(item: WorkItem, params: tuple[int, int, int, int], max_bytes: i
 def feature_params(settings: Settings) -> tuple[int, int, int, int]:
     """The feature parameters a worker needs (picklable)."""
     return (settings.max_pixels, settings.work_size, settings.thumb_size, settings.orb_features)
+
+
+def feature_key(params: tuple[int, int, int, int]) -> str:
+    """What a store row records of the parameters its features were extracted with (the
+    pixel cap only decides whether an image is refused, not its features)."""
+    _, work_size, thumb_size, nfeatures = params
+    return f"work{work_size}-thumb{thumb_size}-orb{nfeatures}"
 
 
 def resolve_sources(settings: Settings, sources: list[str]
@@ -313,7 +322,9 @@ class Indexer:
                 status = r.status
                 if status == Status.INDEXED and r.record is not None:
                     records.append(r.record)
-                    if item.was_indexed:
+                    if item.reextract:
+                        status = "re-extracted"
+                    elif item.was_indexed:
                         status = "changed"
                 elif status == UNCHANGED:
                     repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)

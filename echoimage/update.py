@@ -4,7 +4,8 @@ New URLs are added; known ones are re-checked cheaply (local files by size and m
 with If-None-Match / If-Modified-Since); changed bytes are re-indexed; 404/410 or a URL gone
 from its catalogue is marked gone (kept in the store with the date, dropped from the
 index); transient failures keep the old entry. A source that cannot be read marks nothing
-gone.
+gone. Images whose stored features were extracted with other parameters (an older version
+of EchoImage, other settings) are fetched again unconditionally and extracted again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from echoimage.errors import CatalogueError
 from echoimage.pipeline import (
     BuildSummary,
     WorkItem,
+    feature_key,
+    feature_params,
     index_work,
     recorded_run,
     resolve_sources,
@@ -32,6 +35,7 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)
+        stale = repo.stale_feature_ids(session, feature_key(feature_params(settings)))
     work: dict[int, WorkItem] = {}
     with recorded_run(sessions, summary, [u for u, _ in sources]):
         for uri, _kind in sources:
@@ -60,6 +64,10 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
                     if k.status == Status.GONE and k.url in listed:
                         # back in the catalogue: fetch it again from scratch
                         work[k.id] = WorkItem(k.id, k.url)
+                    elif k.status == Status.INDEXED and k.id in stale:
+                        # features made with other parameters (an older version, other
+                        # settings): fetched unconditionally and extracted again
+                        work[k.id] = WorkItem(k.id, k.url, was_indexed=True, reextract=True)
                     elif k.status == Status.INDEXED:
                         work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
                                               was_indexed=True)

@@ -39,7 +39,7 @@ from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.binary import INDEX_NAME
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import build_index
+from echoimage.pipeline import build_index, feature_key, feature_params
 from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -580,6 +580,49 @@ def test_update_timeout_keeps_entry(served: Served, settings: Settings) -> None:
     assert "timed out" in view[urls["clock"]]["reason"]
     served.delay = 0.0
     assert top_url(SearchEngine(settings), copy_of("clock")) == urls["clock"]
+
+
+def feature_params_of(settings: Settings) -> dict[str, tuple[str | None, int]]:
+    """(params, n_keypoints) of every image with features, by URL."""
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            rows = s.execute(select(ImageRow.url, FeatureRow.params, FeatureRow.n_keypoints)
+                             .join(FeatureRow, FeatureRow.image_id == ImageRow.id)).all()
+            return {r[0]: (r[1], r[2]) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def test_update_re_extracts_features_made_with_other_parameters(served: Served,
+                                                                  settings: Settings) -> None:
+    """A store indexed with other feature settings (an older version): the update fetches
+    those images without validators (a 304 has no bytes to extract from) and extracts them
+    again; the next update is back to cheap conditional requests."""
+    names = ("astronaut", "coffee", "brick")
+    urls = {n: served.put(n, photo_jpeg(n)) for n in names}
+    old = settings.model_copy(update={"orb_features": 300})
+    build_index(old, [served.catalogue_url], progress=False)
+    assert {p for p, _ in feature_params_of(settings).values()} == {
+        feature_key(feature_params(old))}
+    served.reset_counts()
+    upd = update_index(settings, progress=False)
+    assert dict(upd.counts) == {"re-extracted": len(names)}, upd.as_dict()
+    assert sum(served.conditional.values()) == 0
+    assert served.image_hits() == Counter({f"/img/{n}.jpg": 1 for n in names})
+    now = feature_params_of(settings)
+    assert {p for p, _ in now.values()} == {feature_key(feature_params(settings))}
+    assert all(now[u][1] > 300 for u in urls.values())  # textured photos: > 300 keypoints
+    served.reset_counts()
+    again = update_index(settings, progress=False)
+    assert dict(again.counts) == {"unchanged": len(names)}
+    assert served.conditional == served.image_hits()
+    # rows from before parameters were recorded count as made with other ones
+    engine = open_store(settings)
+    with session_factory(engine).begin() as s:
+        s.execute(FeatureRow.__table__.update().values(params=None))
+    engine.dispose()
+    assert dict(update_index(settings, progress=False).counts) == {"re-extracted": len(names)}
 
 
 def test_unchanged_update_processes_nothing(served: Served, settings: Settings) -> None:

@@ -107,6 +107,8 @@ class FeatureRow(Base):
     keypoints: Mapped[bytes] = mapped_column(LargeBinary)  # float32 N×5
     descriptors: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 N×32
     work_scale: Mapped[float] = mapped_column(Float)
+    # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
+    params: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Run(Base):

@@ -91,6 +91,15 @@ def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[st
     return out
 
 
+def stale_feature_ids(session: Session, params: str) -> set[int]:
+    """Indexed images whose features were extracted with other parameters than params
+    (or before parameters were recorded)."""
+    stmt = (select(FeatureRow.image_id).join(ImageRow, ImageRow.id == FeatureRow.image_id)
+            .where(ImageRow.status == Status.INDEXED)
+            .where((FeatureRow.params.is_(None)) | (FeatureRow.params != params)))
+    return set(session.scalars(stmt))
+
+
 def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | None) -> int:
     """Insert catalogue items the store does not know yet, as pending. Returns how many."""
     items = list(items)
@@ -130,11 +139,12 @@ class FeatureRecord:
     work_scale: float
     etag: str | None = None
     last_modified: str | None = None
+    params: str | None = None  # the extraction parameters (pipeline.feature_key)
 
 
 def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
-                    etag: str | None = None, last_modified: str | None = None
-                    ) -> FeatureRecord:
+                    etag: str | None = None, last_modified: str | None = None,
+                    params: str | None = None) -> FeatureRecord:
     """Encode features for the store (PNG thumbnail, raw keypoints and descriptors)."""
     kp, desc = encode_orb(feats.orb)
     return FeatureRecord(
@@ -142,15 +152,16 @@ def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeature
         height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
         thumbnail=encode_thumbnail(feats.thumbnail), thumb_size=int(feats.thumbnail.shape[0]),
         n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
-        work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified)
+        work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified,
+        params=params)
 
 
 def save_features(session: Session, image_id: int, sha256: str, nbytes: int,
                   feats: ImageFeatures, etag: str | None = None,
-                  last_modified: str | None = None) -> None:
+                  last_modified: str | None = None, params: str | None = None) -> None:
     """Record one indexed image and (re)place its features."""
     save_feature_records(session, [encode_features(image_id, sha256, nbytes, feats, etag,
-                                                   last_modified)])
+                                                   last_modified, params)])
 
 
 def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> None:
@@ -163,7 +174,7 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
     session.execute(FeatureRow.__table__.insert(), [
         {"image_id": r.image_id, "phash": r.phash, "dhash": r.dhash, "thumbnail": r.thumbnail,
          "thumb_size": r.thumb_size, "n_keypoints": r.n_keypoints, "keypoints": r.keypoints,
-         "descriptors": r.descriptors, "work_scale": r.work_scale}
+         "descriptors": r.descriptors, "work_scale": r.work_scale, "params": r.params}
         for r in records
     ])
     table = ImageRow.__table__
