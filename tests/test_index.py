@@ -25,6 +25,7 @@ from echoimage.index.binary import (
     save_index,
     search,
 )
+from echoimage.index.local import LAYOUT, LOCAL_INDEX_NAME
 from echoimage.index.manifest import read_manifest
 from echoimage.pipeline import build_index
 from echoimage.search.engine import SearchEngine
@@ -268,6 +269,19 @@ def test_engine_rebuilds_deleted_index(built_copy) -> None:
     _assert_fresh_on_disk(s)
     top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
     assert top.url == built_copy.catalogue.url("rocket")
+
+
+def test_engine_rebuilds_a_local_index_laid_out_otherwise(built_copy) -> None:
+    """Index files from a version that laid the IVF index out differently are rebuilt."""
+    s = built_copy.settings
+    path = s.index_dir / f"{LOCAL_INDEX_NAME}.json"
+    manifest = json.loads(path.read_text())
+    manifest["params"]["layout"] = "ivf-4sqrt-train40"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexStaleError):
+        SearchEngine(s, rebuild=False)
+    SearchEngine(s)
+    assert json.loads(path.read_text())["params"]["layout"] == LAYOUT
 
 
 def test_engine_catches_up_with_a_store_changed_behind_its_back(built_copy, tmp_path) -> None:

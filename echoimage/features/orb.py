@@ -26,13 +26,14 @@ def spread_order(pts: np.ndarray, shape: tuple[int, int], grid: int = GRID) -> n
     cx = np.minimum((pts[:, 0] * grid / max(w, 1)).astype(np.int64), grid - 1)
     cy = np.minimum((pts[:, 1] * grid / max(h, 1)).astype(np.int64), grid - 1)
     cell = cy * grid + cx
-    by_strength = np.lexsort((np.arange(len(pts)), -pts[:, 4]))
-    rank_in_cell = np.empty(len(pts), np.int64)
-    seen: dict[int, int] = {}
-    for i in by_strength:
-        c = int(cell[i])
-        rank_in_cell[i] = seen.get(c, 0)
-        seen[c] = rank_in_cell[i] + 1
+    n = len(pts)
+    by_strength = np.lexsort((np.arange(n), -pts[:, 4]))
+    # group by cell, strongest first within each: a keypoint's rank is its distance from
+    # the start of its group
+    grouped = by_strength[np.argsort(cell[by_strength], kind="stable")]
+    cells = cell[grouped]
+    rank_in_cell = np.empty(n, np.int64)
+    rank_in_cell[grouped] = np.arange(n) - np.searchsorted(cells, cells, side="left")
     # primary key: rank within its cell; then strength; then index (stable)
     return np.lexsort((np.arange(len(pts)), -pts[:, 4], rank_in_cell))
 

@@ -30,7 +30,13 @@ from echoimage.index.binary import (
     load_index,
     save_index,
 )
-from echoimage.index.local import LOCAL_INDEX_NAME, build_local_index, set_nprobe, vote
+from echoimage.index.local import (
+    LAYOUT,
+    LOCAL_INDEX_NAME,
+    build_local_index,
+    set_nprobe,
+    vote,
+)
 from echoimage.index.manifest import Manifest, read_manifest
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
@@ -53,7 +59,8 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
     revision = head_revision()
     local = build_local_index(lids, ldescs, lp)
     save_index(local, settings.index_dir, LOCAL_INDEX_NAME, state, revision,
-               params={"per_image": lp.per_image, "bits": 256, "change_mark": mark,
+               params={"per_image": lp.per_image, "layout": LAYOUT, "bits": 256,
+                       "change_mark": mark,
                        "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
                        "descriptors": int(ldescs.shape[0])})
     index = build_binary_index(ids, codes)
@@ -67,7 +74,7 @@ def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
     (same indexed set, same last change, same parameters), else None."""
     hm = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
     lm = read_manifest(settings.index_dir / f"{LOCAL_INDEX_NAME}.json")
-    if hm is None or lm is None or lm.params.get("per_image") != settings.local_per_image:
+    if hm is None or lm is None or not _local_fits(lm, settings):
         return None
     with session_factory(engine)() as session:
         state = repo.store_state(session)
@@ -79,6 +86,12 @@ def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
     if not all((settings.index_dir / m.kind).exists() for m in (hm, lm)):
         return None
     return hm
+
+
+def _local_fits(manifest: Manifest, settings: Settings) -> bool:
+    """True when a local index file was built for these settings and this layout."""
+    return (manifest.params.get("per_image") == settings.local_per_image
+            and manifest.params.get("layout") == LAYOUT)
 
 
 @dataclass
@@ -210,7 +223,7 @@ class SearchEngine:
         if (hm.params.get("change_mark"), hm.images) != (lm.params.get("change_mark"),
                                                          lm.images):
             return None
-        if lm.params.get("per_image") != self.settings.local_per_image:
+        if not _local_fits(lm, self.settings):
             return None
         return hashes, local
 

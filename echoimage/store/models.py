@@ -108,7 +108,8 @@ class FeatureRow(Base):
     descriptors: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 N×32
     work_scale: Mapped[float] = mapped_column(Float)
     # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
-    params: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # (indexed: finding stale rows must not read the large rows themselves)
+    params: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class Run(Base):

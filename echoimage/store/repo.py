@@ -92,11 +92,10 @@ def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[st
 
 
 def stale_feature_ids(session: Session, params: str) -> set[int]:
-    """Indexed images whose features were extracted with other parameters than params
-    (or before parameters were recorded)."""
-    stmt = (select(FeatureRow.image_id).join(ImageRow, ImageRow.id == FeatureRow.image_id)
-            .where(ImageRow.status == Status.INDEXED)
-            .where((FeatureRow.params.is_(None)) | (FeatureRow.params != params)))
+    """Images whose stored features were extracted with other parameters than params (or
+    before parameters were recorded). Read from the params index alone, never the rows."""
+    stmt = select(FeatureRow.image_id).where(
+        (FeatureRow.params.is_(None)) | (FeatureRow.params != params))
     return set(session.scalars(stmt))
 
 

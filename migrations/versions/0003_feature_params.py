@@ -18,8 +18,11 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("features") as batch:
         batch.add_column(sa.Column("params", sa.String(64), nullable=True))
+    # finding stale rows must not read the large rows themselves
+    op.create_index(op.f("ix_features_params"), "features", ["params"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_features_params"), table_name="features")
     with op.batch_alter_table("features") as batch:
         batch.drop_column("params")
