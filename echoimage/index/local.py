@@ -22,9 +22,10 @@ import numpy as np
 LOCAL_INDEX_NAME = "orb-local.faissbin"
 DESC_BITS = 256
 TRAIN_PER_LIST = 20
+NLIST_PER_SQRT = 2
 #: how the IVF index is laid out (lists per descriptor count, training); recorded in the
 #: manifest so that index files laid out otherwise are rebuilt
-LAYOUT = f"ivf-2sqrt-train{TRAIN_PER_LIST}"
+LAYOUT = f"ivf-{NLIST_PER_SQRT}sqrt-train{TRAIN_PER_LIST}"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def build_local_index(ids: np.ndarray, descs: np.ndarray, params: LocalParams,
     if n <= params.flat_max:
         base: faiss.IndexBinary = faiss.IndexBinaryFlat(DESC_BITS)
     else:
-        nlist = int(min(max(256, 2 * np.sqrt(n)), 8192))
+        nlist = int(min(max(256, NLIST_PER_SQRT * np.sqrt(n)), 8192))
         quantizer = faiss.IndexBinaryFlat(DESC_BITS)
         ivf = faiss.IndexBinaryIVF(quantizer, DESC_BITS, nlist)
         # k-means on 20 samples per list (FAISS asks for 39): half the training time of
