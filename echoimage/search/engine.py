@@ -327,11 +327,18 @@ class SearchEngine:
             raise EmptyCatalogueError(
                 "the catalogue has no indexed images: run `echoimage index build` first")
         s = self.settings
-        t0 = time.perf_counter()
+        spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
+        since = [time.perf_counter()]
+
+        def lap(stage: str) -> None:
+            now = time.perf_counter()
+            spent[stage] += (now - since[0]) * 1000
+            since[0] = now
+
         views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s)]
         views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s)
                   for x, y, w, h in content_boxes(img.gray, s.max_boxes)]
-        t1 = time.perf_counter()
+        lap("features_ms")
 
         n = max(s.rerank_n, k)
         listed = shortlist(snap.index, views[0].small, s.shortlist_k, snap.delta,
@@ -350,85 +357,89 @@ class SearchEngine:
         with self.sessions() as session:
             exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
             cands = repo.candidates(session, sorted(set(proposed) | exact_ids))
-        t2 = time.perf_counter()
         for i in sorted(exact_ids - set(proposed)):
             self._propose(proposed, cands, views, i, 0)
+        lap("shortlist_ms")
         best = self._rerank(proposed, cands, views, img, exact_ids, {})
-        t3 = time.perf_counter()
+        lap("rerank_ms")
         votes: dict[int, int] = {}
         if not _confident(best, s.duplicate_threshold):
             # no hash neighbour is a copy: each view's own keypoints vote for images (a
             # crop, a picture inside a page), proposed as seen from the view that voted
             vote_view: dict[int, int] = {}
             for v, view in enumerate(views):
-                for cv in vote(snap.local, view.orb(False).descriptors, s.local_params,
-                               s.vote_n, snap.delta_local, snap.removed):
-                    if cv.votes >= s.min_votes and cv.votes > votes.get(cv.id, 0):
-                        votes[cv.id], vote_view[cv.id] = cv.votes, v
-            new = sorted(set(votes) - set(cands))
-            if new:
-                with self.sessions() as session:
-                    cands.update(repo.candidates(session, new))
+                for i, count in self._votes(view.orb(False).descriptors).items():
+                    if count > votes.get(i, 0):
+                        votes[i], vote_view[i] = count, v
+            self._load(cands, set(votes))
             for i, m in best.items():
                 best[i] = replace(m, votes=votes.get(i, 0))
             fresh = {i: props for i, v in vote_view.items()
                      if (props := self._propose(proposed, cands, views, i, v))}
-            t4 = time.perf_counter()
+            lap("shortlist_ms")
             best.update(self._rerank(fresh, cands, views, img, exact_ids, votes))
-            t2, t3 = t2 + (t4 - t3), time.perf_counter()
+            lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
             # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
             # invariant), proposing images in the mirror orientation
-            mirror = NAMES.index("mirror")
-            t4 = time.perf_counter()
-            mvotes = {cv.id: cv.votes for cv in vote(
-                snap.local, views[0].orb(True).descriptors, s.local_params, s.vote_n,
-                snap.delta_local, snap.removed) if cv.votes >= s.min_votes}
-            new = sorted(set(mvotes) - set(cands))
-            if new:
-                with self.sessions() as session:
-                    cands.update(repo.candidates(session, new))
+            mvotes = self._votes(views[0].orb(True).descriptors)
+            self._load(cands, set(mvotes))
             fresh = {}
-            for i in mvotes:
-                if i in cands and not any(c.view == 0 and c.fixed for c in proposed.get(i, [])):
-                    d = hamming(views[0].oriented()[mirror], cands[i].phash)
-                    proposed.setdefault(i, []).append(Shortlisted(i, d, mirror, 0, fixed=True))
-                    fresh[i] = [proposed[i][-1]]
-                    votes[i] = max(votes.get(i, 0), mvotes[i])
-            t5 = time.perf_counter()
-            for i, m in self._rerank(fresh, cands, views, img, exact_ids, votes).items():
-                best[i] = max(best[i], m, key=lambda x: (x.score, x.orb_inliers)) \
-                    if i in best else m
-            t2, t3 = t2 + (t5 - t4), time.perf_counter()
+            for i, count in mvotes.items():
+                if props := self._propose(proposed, cands, views, i, 0, NAMES.index("mirror")):
+                    fresh[i] = props
+                    votes[i] = max(votes.get(i, 0), count)
+            lap("shortlist_ms")
+            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
+            lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
             # match the most promising against all their stored keypoints (a small crop
             # may hold few of the strongest)
             order = sorted(best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
                                                          m.hash_distance, m.id))
-            for m in order[:s.deep_rerank_n]:
-                if len(cands[m.id].orb) > s.rerank_keypoints:
-                    deep = self._best(proposed[m.id], cands[m.id], views, img,
-                                      m.id in exact_ids, m.votes, None)
-                    best[m.id] = max(m, deep, key=lambda x: (x.score, x.orb_inliers))
-            t3 = time.perf_counter()
-        matches = list(best.values())
-        t3 = time.perf_counter()
-        matches.sort(key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
-        out = _dedupe(matches)[:k]
-        return QueryResult(out, {"features_ms": (t1 - t0) * 1000,
-                                 "shortlist_ms": (t2 - t1) * 1000,
-                                 "rerank_ms": (t3 - t2) * 1000},
-                           width=img.width, height=img.height)
+            _keep_best(best, {m.id: self._best(proposed[m.id], cands[m.id], views, img,
+                                               m.id in exact_ids, m.votes, None)
+                              for m in order[:s.deep_rerank_n]
+                              if len(cands[m.id].orb) > s.rerank_keypoints})
+            lap("rerank_ms")
+        matches = sorted(best.values(),
+                         key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
+        return QueryResult(_dedupe(matches)[:k], spent, width=img.width, height=img.height)
+
+    def _load(self, cands: dict[int, Candidate], ids: set[int]) -> None:
+        """Read the candidates among ids not read yet (gone from the store: left out)."""
+        missing = sorted(ids - set(cands))
+        if missing:
+            with self.sessions() as session:
+                cands.update(repo.candidates(session, missing))
+
+    def _votes(self, descriptors: np.ndarray) -> dict[int, int]:
+        """Images with at least min_votes of these query descriptors among their near
+        neighbours in the local-feature index (its top vote_n), with their votes."""
+        s, snap = self.settings, self.snap
+        assert snap is not None
+        return {cv.id: cv.votes for cv in vote(snap.local, descriptors, s.local_params,
+                                               s.vote_n, snap.delta_local, snap.removed)
+                if cv.votes >= s.min_votes}
 
     @staticmethod
     def _propose(proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
-                 views: list[_View], i: int, v: int) -> list[Shortlisted]:
-        """Propose image i as seen from view v (its hash distance and best orientation
-        from that view), unless already proposed from v. Returns what was added."""
-        if i not in cands or any(c.view == v for c in proposed.get(i, [])):
+                 views: list[_View], i: int, v: int, orientation: int | None = None
+                 ) -> list[Shortlisted]:
+        """Propose image i as seen from view v, unless already proposed so. Without an
+        orientation, the one its hash is nearest in (a guess); with one, that orientation
+        fixed (known from elsewhere, as a mirror from mirrored votes). Returns what was
+        added."""
+        fixed = orientation is not None
+        if i not in cands or any(c.view == v and c.fixed == fixed
+                                 for c in proposed.get(i, [])):
             return []
-        d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(views[v].oriented()))
-        proposed.setdefault(i, []).append(Shortlisted(i, d, o, v))
+        codes = views[v].oriented()
+        if orientation is None:
+            d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(codes))
+        else:
+            d, o = hamming(codes[orientation], cands[i].phash), orientation
+        proposed.setdefault(i, []).append(Shortlisted(i, d, o, v, fixed=fixed))
         return [proposed[i][-1]]
 
     def _rerank(self, proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
@@ -541,6 +552,12 @@ def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candida
     return {"scale": round(scale * cand.work_scale / query_scale, 3),
             "rotation_deg": round(rotation, 1), "mirror": mirror,
             "covered_fraction": round(min(area / total, 1.0), 3)}
+
+
+def _keep_best(best: dict[int, Match], scored: dict[int, Match]) -> None:
+    """Merge new scores into best: each image keeps its better match."""
+    for i, m in scored.items():
+        best[i] = max(best[i], m, key=lambda x: (x.score, x.orb_inliers)) if i in best else m
 
 
 def _confident(best: dict[int, Match], threshold: float) -> bool:
