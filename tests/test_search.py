@@ -126,3 +126,19 @@ def test_mirrored_crop_is_proposed_by_the_mirrored_query(built, name: str) -> No
     assert top.votes >= 3
     err = np.abs(np.array(top.region) - corners(x0, y0, cw, ch)).max()
     assert err <= 0.02 * np.hypot(w, h), top.region
+
+
+def test_a_later_proposal_never_lowers_an_image_score() -> None:
+    """Scores from a second view or step are merged, not overwritten: each image keeps
+    its better match."""
+    from echoimage.search.engine import _keep_best
+    from echoimage.types import Match
+
+    def match(i: int, score: float, inliers: int) -> Match:
+        return Match(id=i, url=f"u{i}", score=score, duplicate=False, exact=False, ssim=0.0,
+                     orb_matches=inliers, orb_inliers=inliers, hash_distance=30,
+                     orientation="identity", sha256="")
+
+    best = {1: match(1, 0.4, 12), 2: match(2, 0.1, 3)}
+    _keep_best(best, {1: match(1, 0.2, 9), 2: match(2, 0.3, 10), 3: match(3, 0.0, 1)})
+    assert [(i, m.score) for i, m in sorted(best.items())] == [(1, 0.4), (2, 0.3), (3, 0.0)]

@@ -377,7 +377,7 @@ class SearchEngine:
             fresh = {i: props for i, v in vote_view.items()
                      if (props := self._propose(proposed, cands, views, i, v))}
             lap("shortlist_ms")
-            best.update(self._rerank(fresh, cands, views, img, exact_ids, votes))
+            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
             lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
             # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
