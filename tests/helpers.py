@@ -7,7 +7,12 @@ did not write itself and none reaches the network.
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from echoimage.store.models import Status
+
+#: the repository's root (subprocesses run the package from here)
+REPO = Path(__file__).resolve().parents[1]
 
 #: the photos the generated catalogue is made of (all ship with scikit-image, no download);
 #: chosen to be mutually unrelated (skimage's `cat` is `chelsea`, so only one of them)
@@ -332,3 +340,40 @@ def store_snapshot(settings, runs: int = 10) -> StoreSnapshot:
                                  repo.store_state(s), ids, repo.recent_runs(s, limit=runs))
     finally:
         engine.dispose()
+
+
+def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: float = 60.0
+                      ) -> tuple[int, bool, Path]:
+    """Start `echoimage index build SOURCE` in a subprocess, SIGKILL it (and its workers)
+    once a few batches but not all of its `total` images are indexed.
+
+    Returns (images indexed when it died, whether it was killed before finishing, its
+    stderr log).
+    """
+    env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "8"}  # commit often: a mid-run state exists
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), "index", "build",
+           str(source), "-q", "--workers", "2"]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}-build.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    db = data_dir / "echoimage.sqlite3"
+    killed = False
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            n = indexed_count(db)
+            if n is not None and total // 6 <= n < total:
+                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, nothing else
+                killed = True
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert time.monotonic() < deadline, "the build neither progressed nor finished"
+    if not killed:
+        assert proc.returncode == 0, log.read_text()[-2000:]
+    return indexed_count(db) or 0, killed, log

@@ -16,7 +16,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from helpers import indexed_count, jpeg, mirror, photo, store_snapshot, synthetic
+from helpers import interrupted_build, jpeg, mirror, photo, store_snapshot, synthetic
 from sqlalchemy import select
 
 from echoimage.cli import cli
@@ -677,37 +676,12 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
 RESUME_N = 200
 
 
-
-
 def test_resume_over_http(served: Served, settings: Settings) -> None:
     urls = [served.put(f"s{i:03d}", synthetic_jpeg(i)) for i in range(RESUME_N)]
     served.delay = 0.05  # ~160 requests/s at 8 per host: the build takes a few seconds
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True)
-    db = data_dir / "echoimage.sqlite3"
-    env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "8"}
-    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), "index", "build",
-           served.catalogue_url, "-q", "--workers", "2"]
-    log = data_dir.parent / "build.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
-    killed = False
-    deadline = time.monotonic() + 40
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            n = indexed_count(db)
-            if n is not None and RESUME_N // 6 <= n < RESUME_N:
-                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers
-                killed = True
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None and not killed:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    before, killed, log = interrupted_build(settings.data_dir, served.catalogue_url, RESUME_N,
+                                            timeout=40)
     assert killed, f"the build was not interrupted mid-run: {log.read_text()[-2000:]}"
-    before = indexed_count(db) or 0
     assert 0 < before < RESUME_N
     first_hits = served.image_hits()
 

@@ -9,15 +9,10 @@ once and the index agrees with the store.
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import indexed_count, jpeg, mirror, store_snapshot, synthetic, write
+from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, write
 
 from echoimage.config import Settings
 from echoimage.index.binary import INDEX_NAME
@@ -44,49 +39,12 @@ def make_catalogue(root: Path, n: int, start: int = 0) -> list[Path]:
     return [write(root / f"img{i:04d}.jpg", image_bytes(i)) for i in range(start, start + n)]
 
 
-
-
-def interrupted_build(data_dir: Path, root: Path, total: int, timeout: float = 60.0
-                      ) -> tuple[int, bool]:
-    """Start a build, SIGKILL it once a few batches but not all images are indexed.
-
-    Returns (images indexed when it died, whether it was killed before finishing).
-    """
-    env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "8"}  # commit often: a mid-run state exists
-    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), "index", "build",
-           str(root), "-q", "--workers", "2"]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir.parent / f"{data_dir.name}-build.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
-    db = data_dir / "echoimage.sqlite3"
-    killed = False
-    deadline = time.monotonic() + timeout
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            n = indexed_count(db)
-            if n is not None and total // 6 <= n < total:
-                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, nothing else
-                killed = True
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None and not killed:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert time.monotonic() < deadline, "the build neither progressed nor finished"
-    if not killed:
-        assert proc.returncode == 0, log.read_text()[-2000:]
-    return indexed_count(db) or 0, killed
-
-
 def test_resume_after_sigkill(tmp_path: Path) -> None:
     for attempt, n in enumerate((150, 600)):
         data_dir = tmp_path / f"data{attempt}"
         root = tmp_path / f"catalogue{attempt}"
         files = make_catalogue(root, n)
-        before, killed = interrupted_build(data_dir, root, len(files))
+        before, killed, _ = interrupted_build(data_dir, root, len(files))
         if killed:
             break
         # it finished before the kill: try again, from scratch, with a bigger catalogue
@@ -127,7 +85,7 @@ def test_resume_records_interrupted_run(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     root = tmp_path / "catalogue"
     files = make_catalogue(root, 150)
-    before, killed = interrupted_build(data_dir, root, len(files))
+    before, killed, _ = interrupted_build(data_dir, root, len(files))
     if not killed:
         pytest.skip("the build finished before it could be interrupted")
     engine = open_store(Settings(data_dir=data_dir))
