@@ -59,6 +59,15 @@ class _Steps:
             return 0.0
         return float(self.cols[y0:y1, x - 1].mean())
 
+    def profiles(self, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Edge strength of every horizontal line y across x0..x1 (index y, 0..h) and of
+        every vertical line x across y0..y1 (index x, 0..w); 0 on the image's edges."""
+        rowp = np.zeros(self.h + 1)
+        rowp[1:self.h] = self.rows[:, x0:x1].mean(axis=1)
+        colp = np.zeros(self.w + 1)
+        colp[1:self.w] = self.cols[y0:y1].mean(axis=0)
+        return rowp, colp
+
     def vsteps(self, x: int) -> np.ndarray:
         """Per row: a step between columns x-1 and x, give or take a pixel in x."""
         lo, hi = max(0, x - 2), min(self.w - 1, x + 1)
@@ -94,10 +103,7 @@ def _snap(prof: np.ndarray, pos: int, lo: int, hi: int) -> int:
 def _snap_sides(st: _Steps, x0: int, y0: int, x1: int, y1: int, pad: int
                 ) -> tuple[int, int, int, int]:
     """Every side of a box moved to the strongest straight step within pad of it."""
-    rowp = np.zeros(st.h + 1)
-    rowp[1:st.h] = st.rows[:, x0:x1].mean(axis=1)
-    colp = np.zeros(st.w + 1)
-    colp[1:st.w] = st.cols[y0:y1].mean(axis=0)
+    rowp, colp = st.profiles(x0, y0, x1, y1)
     y0, y1 = _snap(rowp, y0, y0 - pad, y0 + pad), _snap(rowp, y1, y1 - pad, y1 + pad)
     x0, x1 = _snap(colp, x0, x0 - pad, x0 + pad), _snap(colp, x1, x1 - pad, x1 + pad)
     return x0, y0, x1, y1
@@ -139,31 +145,28 @@ def _fit(st: _Steps, box: tuple[float, float, float, float], pad: int
         if (left or right) and not (top and bottom):
             guides = [x for x, ok in ((x0, left), (x1, right)) if ok]
             on = np.logical_and.reduce([st.vsteps(x) for x in guides])
-            rows = st.rows[:, x0:x1].mean(axis=1)  # rows[y-1]: strength of a side at y
+            rows = st.profiles(x0, y0, x1, y1)[0]
             if not top:
                 y0 -= _grow(on[y0 - 1::-1] if y0 else on[:0],
-                            rows[y0 - 2::-1] if y0 > 1 else rows[:0], reach, len(guides))
+                            rows[y0 - 1::-1] if y0 else rows[:0], reach, len(guides))
             if not bottom:
-                y1 += _grow(on[y1:], rows[y1:], reach, len(guides))
+                y1 += _grow(on[y1:], rows[y1 + 1:], reach, len(guides))
         if (top or bottom) and not (left and right):
             guides = [y for y, ok in ((y0, top), (y1, bottom)) if ok]
             on = np.logical_and.reduce([st.hsteps(y) for y in guides])
-            cols = st.cols[y0:y1].mean(axis=0)
+            cols = st.profiles(x0, y0, x1, y1)[1]
             if not left:
                 x0 -= _grow(on[x0 - 1::-1] if x0 else on[:0],
-                            cols[x0 - 2::-1] if x0 > 1 else cols[:0], reach, len(guides))
+                            cols[x0 - 1::-1] if x0 else cols[:0], reach, len(guides))
             if not right:
-                x1 += _grow(on[x1:], cols[x1:], reach, len(guides))
+                x1 += _grow(on[x1:], cols[x1 + 1:], reach, len(guides))
     # 3. when only one side is still without a step, it moves in to the strongest one
     # within a quarter of the box (a caption or a line of text right under a photo)
     top, bottom, left, right = (v >= SIDE_MIN for v in _sides(st, x0, y0, x1, y1))
     if top + bottom + left + right < 3:
         return None
     dy, dx = (y1 - y0) // 4, (x1 - x0) // 4
-    rows = np.zeros(st.h + 1)
-    rows[1:st.h] = st.rows[:, x0:x1].mean(axis=1)
-    cols = np.zeros(st.w + 1)
-    cols[1:st.w] = st.cols[y0:y1].mean(axis=0)
+    rows, cols = st.profiles(x0, y0, x1, y1)
     if not top and rows[y0:y0 + dy].max(initial=0) >= SIDE_MIN:
         y0 += int(np.argmax(rows[y0:y0 + dy]))
     if not bottom and rows[y1 - dy:y1 + 1].max(initial=0) >= SIDE_MIN:
