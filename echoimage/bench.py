@@ -1206,8 +1206,9 @@ def features_digest(feats: Iterable[Any]) -> str:
 
 def _probe_digest(settings: Any, seed: int) -> str:
     """Features the current code extracts from the first synthetic padding images."""
-    params = (settings.max_pixels, settings.work_size, settings.thumb_size,
-              settings.orb_features)
+    from echoimage.pipeline import feature_params
+
+    params = feature_params(settings)
     return features_digest(_pad_features((i, seed, params))[3] for i in range(2))
 
 
