@@ -48,19 +48,6 @@ class Counters:
     waiting: int = 0
 
 
-def _single_threaded_libraries() -> None:
-    """Thread-pool initializer: one OpenMP thread for FAISS in this thread.
-
-    Requests are parallel already, so nested library threads only oversubscribe the cores;
-    and OpenMP's thread count is per calling thread, so each pool thread must set its own
-    (measured: a FAISS IVF vote search in a pool thread left at the default cost ~3x more
-    than with one OpenMP thread, and far more on a busy machine).
-    """
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-
-
 class WebService:
     """Engine, thread pool, fetcher and cache of one server process."""
 
@@ -70,8 +57,9 @@ class WebService:
         self.engine = engine
         self.cache = QueryCache(web.cache_ttl, web.cache_entries)
         self.threads = web.threads
-        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="echoimage-query",
-                                           initializer=_single_threaded_libraries)
+        # FAISS's OpenMP thread count is per calling thread: SearchEngine.query_image sets
+        # one thread in whichever pool thread runs it
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="echoimage-query")
         self.slots = asyncio.Semaphore(self.threads)
         self.counters = Counters()
         self.started = time.monotonic()
