@@ -29,11 +29,11 @@ browser:
 	  || echo "warning: chromium could not be installed"; }
 
 test: $(STAMP) browser
-	$(BIN)/ruff check echoimage tests scripts migrations
+	$(BIN)/ruff check echoimage tests scripts
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check echoimage tests scripts migrations
+	$(BIN)/ruff check echoimage tests scripts
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from echoimage.config import Settings
 from echoimage.errors import StoreError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
