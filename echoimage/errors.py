@@ -9,6 +9,14 @@ class DecodeError(EchoImageError):
     """The bytes are not an image EchoImage can decode (the message says why)."""
 
 
+class NotAnImageError(DecodeError):
+    """The bytes are empty or are not in any image format."""
+
+
+class ImageTooLargeError(DecodeError):
+    """The image has more pixels or bytes than the caps allow (possible decompression bomb)."""
+
+
 class CatalogueError(EchoImageError):
     """A catalogue source cannot be read or parsed."""
 

@@ -27,14 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage import catalogue as cat
 from echoimage.config import Settings
-from echoimage.errors import CatalogueError, DecodeError
+from echoimage.errors import CatalogueError, DecodeError, ImageTooLargeError, NotAnImageError
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.sample import ensure_sample
 from echoimage.search.engine import current_manifest, rebuild_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
-from echoimage.store.models import Status
+from echoimage.store.models import RETRYABLE, TRANSIENT, Status
 from echoimage.types import CatalogueItem
 
 
@@ -124,14 +124,13 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
         img = decode_image(data, max_pixels, work_size)
         feats = extract_features(img, thumb_size, nfeatures)
     except DecodeError as exc:
-        reason = str(exc)
-        if reason.startswith("image too large"):
+        if isinstance(exc, ImageTooLargeError):
             status = Status.TOO_LARGE
-        elif reason.startswith("not an image") or reason == "empty file":
-            status = Status.NOT_AN_IMAGE if sniff_format(data) is None else Status.DECODE_ERROR
+        elif isinstance(exc, NotAnImageError) and sniff_format(data) is None:
+            status = Status.NOT_AN_IMAGE
         else:
             status = Status.DECODE_ERROR
-        return WorkResult(image_id, status, reason, sha, len(data), etag, last_modified,
+        return WorkResult(image_id, status, str(exc), sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
     record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
                                   feature_key(params))
@@ -328,7 +327,7 @@ class Indexer:
                         status = "changed"
                 elif status == UNCHANGED:
                     repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
-                elif item.was_indexed and status in Status.TRANSIENT:
+                elif item.was_indexed and status in TRANSIENT:
                     repo.note_attempt(session, r.image_id, r.reason or status)
                     status = f"kept ({status})"
                     summary.failures.append((item.url, r.status, r.reason or ""))
@@ -399,7 +398,7 @@ def build_index(settings: Settings, sources: list[str], progress: bool = True) -
                     repo.add_pending(session, items[i:i + 1000], sid)
                 known = repo.known_images(session, [it.url for it in items])
             for k in known.values():
-                if k.status in Status.RETRYABLE:
+                if k.status in RETRYABLE:
                     work[k.id] = WorkItem(k.id, k.url)
                 elif k.status == Status.INDEXED:
                     summary.counts["already-indexed"] += 1

@@ -25,7 +25,7 @@ from echoimage.pipeline import (
 )
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
-from echoimage.store.models import Status
+from echoimage.store.models import RETRYABLE, Status
 
 
 def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
@@ -71,7 +71,7 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
                     elif k.status == Status.INDEXED:
                         work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
                                               was_indexed=True)
-                    elif k.status in Status.RETRYABLE:
+                    elif k.status in RETRYABLE:
                         work[k.id] = WorkItem(k.id, k.url)
                     else:
                         summary.counts[f"skipped ({k.status})"] += 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from PIL import Image
 
 from echoimage.cli import cli
 from echoimage.config import Settings
-from echoimage.errors import DecodeError
+from echoimage.errors import DecodeError, ImageTooLargeError
 from echoimage.features.decode import decode_image
 from echoimage.pipeline import build_index
 from echoimage.store import repo
@@ -166,9 +168,39 @@ def test_bomb_is_rejected_from_the_header() -> None:
     data = _bomb()
     assert len(data) < 2_000_000  # 900 megapixels in under 2 MB
     t0 = time.perf_counter()
-    with pytest.raises(DecodeError, match="30000x30000"):
+    with pytest.raises(ImageTooLargeError, match="too large"):
         decode_image(data)
     assert time.perf_counter() - t0 < 1.0  # no pixel was decoded
+
+
+def test_bomb_under_pillows_guard_is_refused_by_our_cap() -> None:
+    data = big_png(9000, 9000, bytes(9000))  # 81 Mpixel: under Pillow's guard, over our cap
+    with pytest.raises(ImageTooLargeError, match="9000x9000"):
+        decode_image(data)
+
+
+def test_importing_leaves_pillow_settings_alone() -> None:
+    """Importing EchoImage must not switch off Pillow's decompression-bomb guard (or any other
+    process-wide Pillow setting) of the program that imports it."""
+    code = (
+        "from PIL import Image, ImageFile\n"
+        "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
+        "import echoimage.features.decode, echoimage.pipeline, echoimage.search.engine\n"
+        "import echoimage.web.app, echoimage.cli\n"
+        "after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
+        "assert before == after, (before, after)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pillows_own_guard_is_a_too_large_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host program that lowered Pillow's guard below our cap gets the same kind of error."""
+    data = png(photo("coffee"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        decode_image(data)
 
 
 def test_big_png_builder_is_a_real_png() -> None:

@@ -439,7 +439,7 @@ def test_parse_retry_after() -> None:
 
 
 def test_statuses_and_config_validation() -> None:
-    assert RETRYABLE_STATUSES <= FetchStatus.ALL
+    assert RETRYABLE_STATUSES <= set(FetchStatus)
     assert {"ok", "not-modified", "gone", "bad-url"}.isdisjoint(RETRYABLE_STATUSES)
     with pytest.raises(ValueError):
         FetchConfig(concurrency=0)

@@ -12,14 +12,10 @@ import warnings
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from echoimage.errors import DecodeError
+from echoimage.errors import DecodeError, ImageTooLargeError, NotAnImageError
 from echoimage.types import DecodedImage
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# our own cap below is the one that applies; Pillow's must not fire first with a warning
-Image.MAX_IMAGE_PIXELS = None
 
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -74,12 +70,14 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
     """Decode image bytes to a grayscale working image whose longest side is <= work_size.
 
     Raises DecodeError with a one-line reason for empty, non-image, truncated, corrupt or
-    over-large input.
+    over-large input (NotAnImageError and ImageTooLargeError for the first and the last).
+    Pillow's own process-wide settings (its bomb guard, truncated-image loading) are left
+    as the host program set them; the pixel cap here is checked from the header first.
     """
     if work_size < 16:
         raise ValueError("work_size must be at least 16")
     if not data:
-        raise DecodeError("empty file")
+        raise NotAnImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,7 +87,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
             if w <= 0 or h <= 0:
                 raise DecodeError(f"{fmt} image has no pixels ({w}x{h})")
             if w * h > max_pixels:
-                raise DecodeError(
+                raise ImageTooLargeError(
                     f"image too large: {w}x{h} = {w * h:,} pixels exceeds the cap of "
                     f"{max_pixels:,} (possible decompression bomb)"
                 )
@@ -112,16 +110,20 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
         raise
     except UnidentifiedImageError:
         what = sniff_format(data)
-        reason = "not an image" if what is None else f"unsupported or corrupt {what} data"
+        if what is not None:
+            raise DecodeError(f"unsupported or corrupt {what} data") from None
         head = data[:16].lstrip()
         if head[:1] == b"<":
-            reason = "not an image (looks like HTML/XML)"
-        raise DecodeError(reason) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise NotAnImageError("not an image (looks like HTML/XML)") from None
+        raise NotAnImageError("not an image") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard, where the host program set it below our cap
+        raise ImageTooLargeError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DecodeError(f"corrupt or truncated image: {msg}") from None
     except MemoryError:
-        raise DecodeError("image too large to decode in memory") from None
+        raise ImageTooLargeError("image too large to decode in memory") from None
 
     # original size after EXIF orientation (draft() may have reduced the decoded size)
     ow, oh = (h, w) if swapped else (w, h)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urljoin
@@ -38,7 +39,7 @@ _SNIFF_BYTES = 16
 _REASON_MAX = 300
 
 
-class FetchStatus:
+class FetchStatus(StrEnum):
     """Values of FetchResult.status."""
 
     OK = "ok"
@@ -52,11 +53,6 @@ class FetchStatus:
     TOO_MANY_REDIRECTS = "too-many-redirects"
     CONNECTION_ERROR = "connection-error"
     BAD_URL = "bad-url"
-
-    ALL = frozenset({
-        OK, NOT_MODIFIED, GONE, HTTP_ERROR, TIMEOUT, TOO_LARGE, NOT_AN_IMAGE,
-        REDIRECT_LOOP, TOO_MANY_REDIRECTS, CONNECTION_ERROR, BAD_URL,
-    })
 
 
 #: fetch statuses that a later run should try again (transient by nature)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -32,7 +33,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Status:
+class Status(StrEnum):
     """Values of images.status."""
 
     PENDING = "pending"
@@ -47,10 +48,11 @@ class Status:
     BAD_URL = "bad-url"
     REDIRECT_ERROR = "redirect-error"
 
-    #: statuses a later run tries again
-    RETRYABLE = frozenset({PENDING, HTTP_ERROR, TIMEOUT, MISSING})
-    #: transient failures: an image indexed before keeps its old entry
-    TRANSIENT = frozenset({HTTP_ERROR, TIMEOUT})
+
+#: statuses a later run tries again
+RETRYABLE = frozenset({Status.PENDING, Status.HTTP_ERROR, Status.TIMEOUT, Status.MISSING})
+#: transient failures: an image indexed before keeps its old entry
+TRANSIENT = frozenset({Status.HTTP_ERROR, Status.TIMEOUT})
 
 
 class Source(Base):
