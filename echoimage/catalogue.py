@@ -11,13 +11,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from echoimage.errors import CatalogueError
+from echoimage.fetch.local import local_path, path_url
 from echoimage.types import CatalogueItem
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
@@ -62,7 +66,7 @@ def _resolve(entry: str, base: str | None) -> str:
     if is_url(entry):
         return entry
     if entry.startswith("file://"):
-        entry = urlparse(entry).path
+        entry = local_path(entry)
     if base is not None and is_url(base):
         from urllib.parse import urljoin
 
@@ -70,16 +74,34 @@ def _resolve(entry: str, base: str | None) -> str:
     p = Path(entry).expanduser()
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
-    return str(p.resolve())
+    return path_url(_absolute(p))
+
+
+def _absolute(path: Path) -> Path:
+    """path made absolute with its symbolic links resolved where they can be (a link
+    loop or a dangling link stays as it is: reading it says why it is no image)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def walk_dir(root: Path, source: str) -> Iterator[CatalogueItem]:
-    """Image files below root, recursively, in a stable (sorted) order."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Files with an image's extension below root, recursively, in a stable (sorted) order.
+
+    Names that are not valid UTF-8 are kept (as ``file://`` URLs, see fetch.local); special
+    files are listed too, so that each is recorded with the reason it is no image. A folder
+    that cannot be read is logged and skipped.
+    """
+    def unreadable(exc: OSError) -> None:
+        log.warning("cannot read folder %s: %s", path_url(exc.filename or root),
+                    exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                yield CatalogueItem(str((Path(dirpath) / name).resolve()), source)
+                yield CatalogueItem(path_url(_absolute(Path(dirpath) / name)), source)
 
 
 def parse_catalogue(data: bytes, kind: str, source: str, base: str | None
@@ -134,8 +156,8 @@ def read_local_source(source: str) -> tuple[str, str, Iterator[CatalogueItem]]:
     kind = source_kind(source)
     if kind in ("url",) or is_url(source):
         raise CatalogueError(f"{source} is a URL; fetch it first")
-    path = Path(source).resolve()
-    uri = str(path)
+    path = _absolute(Path(source))
+    uri = path_url(path)
     if kind == "dir":
         return uri, kind, walk_dir(path, uri)
     if kind == "image":

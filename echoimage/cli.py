@@ -177,15 +177,17 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -
 
         echoimage query -k 3 --json copy1.jpg https://example.org/copy2.png
     """
+    from echoimage.fetch.local import path_url
     from echoimage.search.engine import SearchEngine
     from echoimage.search.query import read_query
 
     settings = _settings(ctx)
     engine = SearchEngine(settings)
     failed = 0
-    for q in queries:
+    for arg in queries:
+        q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
         try:
-            data = read_query(q, settings)
+            data = read_query(arg, settings)
             res = engine.query_bytes(data, k)
         except EchoImageError as exc:
             failed += 1

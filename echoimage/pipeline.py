@@ -30,6 +30,7 @@ from echoimage.config import Settings
 from echoimage.errors import CatalogueError, DecodeError, ImageTooLargeError, NotAnImageError
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
+from echoimage.fetch.local import LocalStatus, file_marker, read_local
 from echoimage.sample import ensure_sample
 from echoimage.search.engine import current_manifest, rebuild_index
 from echoimage.store import repo
@@ -93,15 +94,6 @@ class BuildSummary:
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
 
 
-def local_etag(path: str) -> str | None:
-    """A cheap change marker for a local file: size and modification time."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
 def _init_worker() -> None:
     cv2.setNumThreads(1)
 
@@ -140,25 +132,25 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
 
 def process_path(item: WorkItem, params: tuple[int, int, int, int], max_bytes: int
                  ) -> WorkResult:
-    """Read a local file and process it; a missing or unreadable file is a status."""
-    etag = local_etag(item.url)
+    """Read a local file and process it; a missing, unreadable or special file is a
+    status (never waited on)."""
+    etag = file_marker(item.url)
     if item.was_indexed and etag is not None and etag == item.etag:
         return WorkResult(item.image_id, UNCHANGED, etag=etag)
-    try:
-        size = os.path.getsize(item.url)
-        if size > max_bytes:
-            return WorkResult(item.image_id, Status.TOO_LARGE,
-                              f"file is {size:,} bytes, over the cap of {max_bytes:,}")
-        with open(item.url, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        status = Status.GONE if item.was_indexed else Status.MISSING
-        return WorkResult(item.image_id, status, "file not found")
-    except IsADirectoryError:
-        return WorkResult(item.image_id, Status.NOT_AN_IMAGE, "is a directory")
-    except OSError as exc:
-        return WorkResult(item.image_id, Status.MISSING, f"cannot read file: {exc.strerror}")
-    return process_bytes(item.image_id, data, params, etag, None, item.sha256)
+    got = read_local(item.url, max_bytes)
+    if got.data is None:
+        if got.status == LocalStatus.NOT_FOUND:
+            status = Status.GONE if item.was_indexed else Status.MISSING
+        else:
+            status = _LOCAL_STATUS[got.status]
+        return WorkResult(item.image_id, status, got.reason)
+    return process_bytes(item.image_id, got.data, params, etag, None, item.sha256)
+
+
+#: store status of a local file that could not be read (a missing one: see process_path)
+_LOCAL_STATUS = {LocalStatus.NOT_A_FILE: Status.NOT_AN_IMAGE,
+                 LocalStatus.TOO_LARGE: Status.TOO_LARGE,
+                 LocalStatus.UNREADABLE: Status.MISSING}
 
 
 def feature_params(settings: Settings) -> tuple[int, int, int, int]:
@@ -216,7 +208,7 @@ class Indexer:
         """Process the work items; results are written in batched transactions."""
         # a local file whose size and mtime are as recorded needs no worker at all
         same = [w for w in work if w.was_indexed and not cat.is_url(w.url)
-                and w.etag is not None and local_etag(w.url) == w.etag]
+                and w.etag is not None and file_marker(w.url) == w.etag]
         if same:
             items = {w.image_id: w for w in same}
             for i in range(0, len(same), 1000):

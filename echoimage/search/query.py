@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from echoimage.catalogue import is_url
 from echoimage.config import Settings
-from echoimage.errors import DecodeError, FetchError
+from echoimage.errors import FetchError, ImageTooLargeError
+from echoimage.fetch.local import LocalStatus, path_url, read_local
 
 
 def read_query(arg: str, settings: Settings) -> bytes:
@@ -19,15 +18,11 @@ def read_query(arg: str, settings: Settings) -> bytes:
         if res.status != "ok" or res.data is None:
             raise FetchError(f"cannot fetch {arg}: {res.reason or res.status}")
         return res.data
-    path = Path(arg)
-    try:
-        size = path.stat().st_size
-        if size > settings.max_bytes:
-            raise DecodeError(f"file is {size:,} bytes, over the cap of {settings.max_bytes:,}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise FetchError(f"no such file: {arg}") from None
-    except IsADirectoryError:
-        raise FetchError(f"is a directory: {arg}") from None
-    except OSError as exc:
-        raise FetchError(f"cannot read {arg}: {exc.strerror}") from None
+    got = read_local(arg, settings.max_bytes)
+    if got.data is not None:
+        return got.data
+    if got.status == LocalStatus.TOO_LARGE:
+        raise ImageTooLargeError(got.reason)
+    if got.status == LocalStatus.NOT_FOUND:
+        raise FetchError(f"no such file: {path_url(arg)}")
+    raise FetchError(f"{path_url(arg)}: {got.reason}")
