@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import multiprocessing
 import os
+import select
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -94,7 +96,36 @@ class BuildSummary:
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
 
 
-def _init_worker() -> None:
+def _exit_with(pid: int) -> None:
+    """Exit this worker as soon as process pid (the run that started it) is gone.
+
+    A pool worker's parent is the forkserver, which outlives a killed main process for as
+    long as its workers hold the pool's pipes: without this, kill -9 of a build would leave
+    the workers and the forkserver blocked forever. A pidfd becomes readable when the
+    process exits (no polling, no pid reuse); where there is none, poll once a second.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
+
+
+def _init_worker(main_pid: int) -> None:
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True,
+                     name="exit-with-main").start()
     cv2.setNumThreads(1)
 
 
@@ -222,7 +253,8 @@ class Indexer:
         # forkserver: a plain fork after OpenCV has started its thread pool can deadlock
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["echoimage.pipeline"])
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(os.getpid(),)) as pool:
             # start every worker now: spawning one later would stall the fetch loop
             list(pool.map(_noop, range(workers)))
             asyncio.run(self._run(pool, workers, work, summary))

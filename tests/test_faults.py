@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,49 @@ def test_unreadable_png_and_synthetic_neighbours(tmp_path: Path) -> None:
     write(root / "broken.png", png(synthetic(99, 160))[:300])
     out = summary(echoimage(tmp_path / "data", "index", "build", "-q", "--json", root))
     assert out["counts"]["indexed"] == 6 and out["counts"]["decode-error"] == 1
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of a session (zombies excluded)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_build_is_killed(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for i in range(120):
+        write(root / f"s{i:03d}.png", png(synthetic(i, 400)))
+    data = tmp_path / "data"
+    data.mkdir()
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data), "index", "build",
+           str(root), "-q", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "ECHOIMAGE_BATCH_SIZE": "4"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_session_pids(proc.pid)) < 4:
+            time.sleep(0.05)  # main, forkserver, two workers (and the resource tracker)
+        assert len(_session_pids(proc.pid)) >= 4, "the workers never started"
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _session_pids(proc.pid):
+            time.sleep(0.05)
+        assert _session_pids(proc.pid) == [], "orphans left behind"
+    finally:
+        for pid in _session_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
