@@ -549,6 +549,26 @@ async def test_match_and_query_images(env: Env) -> None:
         assert resp.status_code == 404 and "expired" in detail(resp)
 
 
+@pytest.mark.parametrize("image_id", ["0", "-1", "9223372036854775808",
+                                      "99999999999999999999", "-9223372036854775809"])
+@module_loop
+async def test_ids_out_of_range_are_404(env: Env, image_id: str) -> None:
+    token = (await upload(env, copy_of("coffee"), k="1")).json()["query_token"]
+    for path in (f"/api/images/{image_id}", f"/api/images/{image_id}/thumbnail.png",
+                 f"/api/matches/{token}/{image_id}.png"):
+        resp = await env.client.get(path)
+        assert resp.status_code == 404, path
+        assert image_id in detail(resp)
+
+
+@module_loop
+async def test_largest_id_is_an_ordinary_unknown_id(env: Env) -> None:
+    resp = await env.client.get(f"/api/images/{2**63 - 1}")
+    assert resp.status_code == 404 and str(2**63 - 1) in detail(resp)
+    resp = await env.client.get("/api/images/abc")
+    assert resp.status_code == 422  # not an id at all
+
+
 @module_loop
 async def test_screenshot_upload_says_which_part_matched(env: Env) -> None:
     page, (x, y, w, h) = web_page(photo("coffee"), 5)
