@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from conftest import Built, write_catalogue
 from fastapi import FastAPI
 from helpers import (
+    REPO,
     header_only_png,
     jpeg,
     photo,
@@ -834,3 +838,97 @@ def test_serve_runs_uvicorn(built: Built, fake_uvicorn: dict) -> None:
     assert fake_uvicorn["host"] == "127.0.0.1" and fake_uvicorn["port"] == port
     assert isinstance(fake_uvicorn["app"], FastAPI)
     assert json.dumps(fake_uvicorn["app"].openapi())  # the schema builds
+
+
+# --- a real server under hostile input -------------------------------------------------------
+
+@dataclass
+class Served:
+    """`echoimage serve` running in a subprocess; its stderr is the server's log."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def raw(self, request: bytes, *, close_early: bool = False) -> bytes:
+        """Send raw bytes; the whole answer, or b"" when close_early hangs up right away."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(request)
+            if close_early:
+                return b""
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    def stop(self) -> str:
+        """Stop the server (as Ctrl+C does) and return its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+        return self.log.read_text()
+
+
+@pytest.fixture
+def served(built_copy: Built, tmp_path: Path) -> Iterator[Served]:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(built_copy.settings.data_dir),
+           "serve", "--port", str(port)]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    server = Served(port, proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _post(path: str, media: str, body: bytes, *, chunked: bool = False,
+          length: int | None = None) -> bytes:
+    framing = ("Transfer-Encoding: chunked" if chunked
+               else f"Content-Length: {len(body) if length is None else length}")
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {media}\r\n"
+            f"{framing}\r\n\r\n").encode() + body
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+FILE_PART = (b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+             b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff\xe0")
+#: a first chunk, then a chunk size that is not hexadecimal
+BROKEN_CHUNKS = b"4\r\n--b0\r\nnot-a-size\r\n\r\n"
+
+
+def test_hostile_requests_leave_one_line_each_and_no_traceback(served: Served) -> None:
+    """Broken chunked framing and clients that hang up mid-body are refused with 400 where
+    an answer can still be sent, and logged in one line each, without a traceback."""
+    broken = [_post("/api/search", MULTIPART, BROKEN_CHUNKS, chunked=True),
+              _post("/api/search", "application/json", BROKEN_CHUNKS, chunked=True),
+              _post("/api/search", "application/x-www-form-urlencoded", BROKEN_CHUNKS,
+                    chunked=True),
+              _post("/search", MULTIPART, BROKEN_CHUNKS, chunked=True)]
+    for request in broken:
+        assert served.raw(request).startswith(b"HTTP/1.1 400 "), request
+    hung_up = [_post("/api/search", MULTIPART, FILE_PART, length=100_000),
+               _post("/api/search", "application/json", b'{"url": "http://exa', length=500),
+               _post("/search", "application/x-www-form-urlencoded", b"url=http", length=500)]
+    for request in hung_up:
+        served.raw(request, close_early=True)
+    refused = len(broken) + len(hung_up)
+    deadline = time.monotonic() + 20
+    while served.log.read_text().count("body incomplete") < refused:
+        if time.monotonic() > deadline or "Traceback" in served.log.read_text():
+            break
+        time.sleep(0.05)
+    health = served.raw(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ")
+    log = served.stop()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert log.count("body incomplete") == refused, log

@@ -8,6 +8,7 @@ failure, 503 busy or no catalogue.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from echoimage.errors import (
     DecodeError,
@@ -29,6 +31,8 @@ from echoimage.fetch.client import FetchStatus
 from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
 from echoimage.web.service import WebService
+
+logger = logging.getLogger(__name__)
 
 #: room for the multipart boundaries, part headers and the small fields around the file
 FORM_OVERHEAD = 64 * 1024
@@ -70,13 +74,24 @@ def _too_large(cap: int) -> HTTPException:
 
 
 async def _limited(request: Request, cap: int, limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body, stopped with 413 as soon as more than limit bytes have arrived."""
+    """The request body, stopped with 413 as soon as more than limit bytes have arrived.
+
+    A body that ends early (the client hung up, or its chunked framing was broken and the
+    server closed the connection) is refused with 400 and logged in one line.
+    """
     seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(cap)
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large(cap)
+            yield chunk
+    except ClientDisconnect:
+        client = request.client.host if request.client else "unknown client"
+        logger.info("%s %s from %s refused: request body incomplete, the connection closed "
+                    "with %d bytes of it read", request.method, request.url.path, client, seen)
+        raise HTTPException(400, "request body incomplete: the connection closed before "
+                                 "its end") from None
 
 
 def _declared_length(request: Request) -> int | None:
