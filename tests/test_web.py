@@ -26,7 +26,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import Built, write_catalogue
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from helpers import (
     REPO,
     header_only_png,
@@ -46,6 +46,7 @@ from echoimage.types import Match
 from echoimage.web.app import create_app
 from echoimage.web.cache import QueryCache
 from echoimage.web.config import WebSettings
+from echoimage.web.inputs import parse_k
 from echoimage.web.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
 from echoimage.web.visual import match_image, restore_aspect
 
@@ -235,12 +236,57 @@ async def test_default_k(env: Env) -> None:
     assert len(body["results"]) == WebSettings().default_k
 
 
-@pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5"])
+@pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5", "+3", "1_0", "\u0663", "3e0",
+                               "true", "99999999999999999999999"])
 @module_loop
 async def test_bad_k_is_422(env: Env, k: str) -> None:
     resp = await upload(env, copy_of("rocket"), k=k)
     assert resp.status_code == 422
     assert "k must be" in detail(resp)
+
+
+@module_loop
+async def test_k_as_a_file_is_422(env: Env) -> None:
+    resp = await env.client.post("/api/search", files={"k": ("k.txt", b"3", "text/plain")},
+                                 data={"url": f"{env.origin}/coffee.jpg"})
+    assert resp.status_code == 422 and "k must be" in detail(resp)
+
+
+@pytest.mark.parametrize("k", ["true", "false", "1.5", "2.0", "1e1", '"1"', '"3"', "[]", "{}"])
+@module_loop
+async def test_json_k_must_be_a_json_integer(env: Env, k: str) -> None:
+    body = f'{{"url": "{env.origin}/coffee.jpg", "k": {k}}}'.encode()
+    resp = await env.client.post("/api/search", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    text = detail(resp)
+    assert text.startswith("bad JSON body: k: ") and "\n" not in text
+
+
+@pytest.mark.parametrize(("k", "expected"), [("null", WebSettings().default_k), ("1", 1),
+                                             ("3", 3)])
+@module_loop
+async def test_json_k_integer_or_null(env: Env, k: str, expected: int) -> None:
+    body = f'{{"url": "{env.origin}/coffee.jpg", "k": {k}}}'.encode()
+    resp = await env.client.post("/api/search", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["results"]) == expected
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, b"3", "+3", "\u0663", "9" * 5000])
+def test_parse_k_takes_only_integers_and_digit_strings(value: object) -> None:
+    with pytest.raises(HTTPException) as err:
+        parse_k(value, 5, 20)
+    assert err.value.status_code == 422 and "k must be" in str(err.value.detail)
+    assert parse_k(" 007 ", 5, 20) == 7 and parse_k(7, 5, 20) == 7 and parse_k(None, 5, 20) == 5
+
+
+@module_loop
+async def test_json_k_over_the_maximum_is_422(env: Env) -> None:
+    resp = await env.client.post("/api/search",
+                                 json={"url": f"{env.origin}/coffee.jpg", "k": 21})
+    assert resp.status_code == 422 and "k must be a whole number from 1 to 20" in detail(resp)
 
 
 @module_loop

@@ -9,6 +9,7 @@ failure, 503 busy or no catalogue.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ FORM_OVERHEAD = 64 * 1024
 JSON_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
 SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF"
+_DIGITS = re.compile(r"[0-9]+")
 
 _FETCH_STATUS_CODES = {
     FetchStatus.BAD_URL: 400,
@@ -103,13 +105,21 @@ def _declared_length(request: Request) -> int | None:
 
 
 def parse_k(value: object, default: int, most: int) -> int:
-    """k from a form field or JSON (None or "" means the default); 422 when out of range."""
+    """k from JSON (an integer) or a form field (ASCII digits); None or "" means the default.
+
+    422 for anything else: a boolean, a fraction, a sign, an underscore, non-ASCII digits,
+    a file, or a number outside 1..most.
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    try:
-        k = int(str(value).strip())
-    except ValueError:
-        raise HTTPException(422, f"k must be a whole number from 1 to {most}") from None
+    k: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        digits = value.strip().lstrip("0") or "0"
+        k = int(digits) if len(digits) <= 18 else None  # longer ones are out of range anyway
+    if k is None:
+        raise HTTPException(422, f"k must be a whole number from 1 to {most}")
     if not 1 <= k <= most:
         raise HTTPException(422, f"k must be a whole number from 1 to {most}, not {k}")
     return k
