@@ -286,8 +286,8 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)
-    click.echo(f"{len(report.images)} image URLs from {len(report.pages)} pages; "
-               f"{added} new in {output}")
+    outcome = f"{added} new in {output}" if added else f"0 new; {output} unchanged"
+    click.echo(f"{len(report.images)} image URLs from {len(report.pages)} pages; {outcome}")
 
 
 @cli.command("serve")

@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
@@ -290,7 +290,8 @@ async def scrape(pages: list[str], follow_pages: int = 0,
     """Image URLs of pages, plus of up to follow_pages same-host linked pages per start page.
 
     Links are followed breadth first, no page is read twice, and a page that cannot be read
-    is a note, not an error. Images keep first-seen order with no duplicate URL.
+    is a note, not an error; CatalogueError when no page at all could be read. Images keep
+    first-seen order with no duplicate URL.
     """
     if follow_pages < 0:
         raise ValueError("follow_pages must not be negative")
@@ -351,7 +352,17 @@ async def scrape(pages: list[str], follow_pages: int = 0,
                     budget[seed] -= 1
                     next_level.append((link, seed))
             level = next_level
+    if not read:
+        raise CatalogueError(f"no page could be read: {_summary(notes) or 'no page given'}")
     return ScrapeReport(images=images, notes=notes, pages=read)
+
+
+def _summary(notes: list[str], shown: int = 3) -> str:
+    """The first notes on one line, and how many more there are."""
+    text = "; ".join(notes[:shown])
+    if len(notes) > shown:
+        text += f"; and {len(notes) - shown} more"
+    return text
 
 
 def _entry_url(entry: Any) -> str | None:
@@ -366,8 +377,10 @@ def write_catalogue(images: Iterable[dict[str, Any]], path: str | os.PathLike[st
                     add: bool) -> int:
     """Write images to an ImageSpaceDB ``images.json`` (path or its folder); returns new URLs.
 
-    With add, entries of an existing file are kept and only unseen URLs are appended;
-    without, the file is replaced. The write is atomic (temp file + rename).
+    With add, entries of an existing file are kept and only unseen URLs are appended (a file
+    that gains none is not rewritten); without, the file is replaced. CatalogueError, and the
+    file is left as it was, when images hold no URL. The write is atomic (temp file + rename)
+    and the file gets the permissions of any newly created file (0666 less the umask).
     """
     target = Path(path)
     if target.is_dir():
@@ -385,30 +398,48 @@ def write_catalogue(images: Iterable[dict[str, Any]], path: str | os.PathLike[st
         existing = doc
     seen = {u for e in existing if (u := _entry_url(e)) is not None}
     merged = list(existing)
-    added = 0
+    offered = added = 0
     for entry in images:
         url = _entry_url(entry)
-        if url is None or url in seen:
+        if url is None:
+            continue
+        offered += 1
+        if url in seen:
             continue
         seen.add(url)
         merged.append(entry)
         added += 1
+    if not offered:
+        kept = "; it is left as it was" if target.exists() else ""
+        raise CatalogueError(f"no image URLs to write to {target}{kept}")
+    if add and not added and target.exists():
+        return 0
+    _replace(target, merged)
+    return added
+
+
+def _replace(target: Path, doc: list[Any]) -> None:
+    """Write doc as JSON to a new file beside target, then rename it over target.
+
+    The temp file is created with mode 0666 like any new file, so the umask decides its
+    permissions (``tempfile.mkstemp`` would make it 0600).
+    """
+    tmp = target.parent / f".images-{secrets.token_hex(8)}.json"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".images-", suffix=".json", dir=target.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise CatalogueError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(merged, fh, ensure_ascii=False, indent=2)
+            json.dump(doc, fh, ensure_ascii=False, indent=2)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise CatalogueError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return added

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from click.testing import CliRunner, Result
 
+from echoimage.cli import cli
 from echoimage.errors import CatalogueError
 from echoimage.fetch.client import FetchConfig
 from echoimage.scrape import (
@@ -67,6 +72,11 @@ PAGE2 = """<html><body>
 
 PAGE3 = '<html><body><img src="/img/third.gif"></body></html>'
 
+#: a page whose only images are filtered out (a logo, an SVG, a data: URI)
+NO_IMAGES = f"""<html><body><p>Nothing to see.</p>
+<img src="/img/site-logo.png"><img src="drawing.svg"><img src="{GIF_DATA_URI}">
+</body></html>"""
+
 
 @dataclass
 class Site:
@@ -82,7 +92,8 @@ class Site:
 @pytest.fixture
 async def site(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Site:
     hits: list[str] = []
-    pages = {"/site/index.html": INDEX, "/site/page2.html": PAGE2, "/site/page3.html": PAGE3}
+    pages = {"/site/index.html": INDEX, "/site/page2.html": PAGE2, "/site/page3.html": PAGE3,
+             "/site/empty.html": NO_IMAGES}
 
     async def handler(request: web.Request) -> web.StreamResponse:
         hits.append(request.path)
@@ -142,11 +153,29 @@ async def test_follow_links_notes_404_and_never_revisits(site: Site) -> None:
 
 
 async def test_non_html_page_is_noted(site: Site) -> None:
-    report = await scrape([site.url("/site/image.png"), "ftp://127.0.0.1/x"],
-                          fetcher_config=CFG)
-    assert report.images == []
+    report = await scrape([site.url("/site/image.png"), "ftp://127.0.0.1/x",
+                           site.url("/site/page3.html")], fetcher_config=CFG)
+    assert [e["url"] for e in report.images] == [site.url("/img/third.gif")]
     assert report.notes[0].startswith(f"{site.url('/site/image.png')}: skipped, not an HTML")
     assert report.notes[1].startswith("ftp://127.0.0.1/x: skipped, bad-url")
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_scrape_fails_when_no_start_page_can_be_read(site: Site) -> None:
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    with pytest.raises(CatalogueError) as err:
+        await scrape([site.url("/site/missing.html"), site.url("/site/image.png"), refused],
+                     follow_pages=3, fetcher_config=CFG)
+    message = str(err.value)
+    assert message.startswith("no page could be read: ") and "\n" not in message
+    assert f"{site.url('/site/missing.html')}: skipped, HTTP 404" in message
+    assert "not an HTML page" in message and refused in message
 
 
 def test_parse_page_base_and_keep_no_extension() -> None:
@@ -208,3 +237,90 @@ def test_write_catalogue_refuses_to_merge_into_a_non_list(tmp_path: Path) -> Non
     with pytest.raises(CatalogueError):
         write_catalogue([{"url": "https://x.invalid/a.jpg"}], target, add=True)
     assert json.loads(target.read_text()) == {"not": "a list"}
+
+
+def test_write_catalogue_refuses_to_replace_a_file_with_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "images.json"
+    target.write_text('[{"url": "https://x.invalid/a.jpg"}]')
+    for add in (False, True):
+        with pytest.raises(CatalogueError, match="no image URLs"):
+            write_catalogue([], target, add=add)
+        assert target.read_text() == '[{"url": "https://x.invalid/a.jpg"}]'
+    with pytest.raises(CatalogueError):
+        write_catalogue([], tmp_path / "new.json", add=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.json"]
+
+
+def test_write_catalogue_with_nothing_new_leaves_the_file_alone(tmp_path: Path) -> None:
+    target = tmp_path / "images.json"
+    text = '[{"url": "https://x.invalid/a.jpg", "alt": "kept as written"}]'
+    target.write_text(text)
+    target.chmod(0o600)
+    before = target.stat()
+    assert write_catalogue([{"url": "https://x.invalid/a.jpg"}], target, add=True) == 0
+    after = target.stat()
+    assert target.read_text() == text
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (
+        before.st_ino, before.st_mtime_ns, before.st_mode)
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for one test; the old one comes back afterwards."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+@pytest.mark.parametrize("existing", [False, True])
+def test_written_catalogue_has_ordinary_permissions(tmp_path: Path, umask: Callable[[int], None],
+                                                    mask: int, existing: bool) -> None:
+    target = tmp_path / "images.json"
+    if existing:
+        target.write_text("[]")
+        target.chmod(0o600)
+    umask(mask)
+    write_catalogue([{"url": "https://x.invalid/a.jpg"}], target, add=False)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# --- `echoimage catalogue scrape` against the test server ---------------------------------
+
+async def scrape_cli(*args: str) -> Result:
+    """The command in a worker thread: it runs its own event loop, the server keeps ours."""
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, cli, ["catalogue", "scrape", *args],
+                                   catch_exceptions=False)
+
+
+@pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize("path", ["/site/missing.html", "/site/empty.html", "refused"])
+async def test_cli_scrape_that_finds_nothing_keeps_the_file(site: Site, tmp_path: Path,
+                                                            path: str, add: bool) -> None:
+    target = tmp_path / "images.json"
+    target.write_text('[{"url": "https://x.invalid/a.jpg"}]\n')
+    before = target.stat()
+    url = f"http://127.0.0.1:{closed_port()}/" if path == "refused" else site.url(path)
+    result = await scrape_cli(url, "-o", str(target), *(["--add"] if add else []))
+    assert result.exit_code != 0, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and ("no page could be read" in error[0]
+                                or "no image URLs" in error[0]), result.output
+    assert target.read_text() == '[{"url": "https://x.invalid/a.jpg"}]\n'
+    assert target.stat().st_ino == before.st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.json"]
+
+
+async def test_cli_scrape_writes_and_adds(site: Site, tmp_path: Path) -> None:
+    target = tmp_path / "images.json"
+    result = await scrape_cli(site.url("/site/page3.html"), "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert [e["url"] for e in json.loads(target.read_text())] == [site.url("/img/third.gif")]
+    before = target.stat()
+    result = await scrape_cli(site.url("/site/page3.html"), "-o", str(target), "--add")
+    assert result.exit_code == 0, result.output
+    assert "0 new" in result.output and "unchanged" in result.output
+    assert target.stat().st_mtime_ns == before.st_mtime_ns

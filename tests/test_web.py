@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +26,9 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import Built, write_catalogue
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from helpers import (
+    REPO,
     header_only_png,
     jpeg,
     photo,
@@ -42,6 +46,7 @@ from echoimage.types import Match
 from echoimage.web.app import create_app
 from echoimage.web.cache import QueryCache
 from echoimage.web.config import WebSettings
+from echoimage.web.inputs import parse_k
 from echoimage.web.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
 from echoimage.web.visual import match_image, restore_aspect
 
@@ -231,12 +236,57 @@ async def test_default_k(env: Env) -> None:
     assert len(body["results"]) == WebSettings().default_k
 
 
-@pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5"])
+@pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5", "+3", "1_0", "\u0663", "3e0",
+                               "true", "99999999999999999999999"])
 @module_loop
 async def test_bad_k_is_422(env: Env, k: str) -> None:
     resp = await upload(env, copy_of("rocket"), k=k)
     assert resp.status_code == 422
     assert "k must be" in detail(resp)
+
+
+@module_loop
+async def test_k_as_a_file_is_422(env: Env) -> None:
+    resp = await env.client.post("/api/search", files={"k": ("k.txt", b"3", "text/plain")},
+                                 data={"url": f"{env.origin}/coffee.jpg"})
+    assert resp.status_code == 422 and "k must be" in detail(resp)
+
+
+@pytest.mark.parametrize("k", ["true", "false", "1.5", "2.0", "1e1", '"1"', '"3"', "[]", "{}"])
+@module_loop
+async def test_json_k_must_be_a_json_integer(env: Env, k: str) -> None:
+    body = f'{{"url": "{env.origin}/coffee.jpg", "k": {k}}}'.encode()
+    resp = await env.client.post("/api/search", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    text = detail(resp)
+    assert text.startswith("bad JSON body: k: ") and "\n" not in text
+
+
+@pytest.mark.parametrize(("k", "expected"), [("null", WebSettings().default_k), ("1", 1),
+                                             ("3", 3)])
+@module_loop
+async def test_json_k_integer_or_null(env: Env, k: str, expected: int) -> None:
+    body = f'{{"url": "{env.origin}/coffee.jpg", "k": {k}}}'.encode()
+    resp = await env.client.post("/api/search", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["results"]) == expected
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, b"3", "+3", "\u0663", "9" * 5000])
+def test_parse_k_takes_only_integers_and_digit_strings(value: object) -> None:
+    with pytest.raises(HTTPException) as err:
+        parse_k(value, 5, 20)
+    assert err.value.status_code == 422 and "k must be" in str(err.value.detail)
+    assert parse_k(" 007 ", 5, 20) == 7 and parse_k(7, 5, 20) == 7 and parse_k(None, 5, 20) == 5
+
+
+@module_loop
+async def test_json_k_over_the_maximum_is_422(env: Env) -> None:
+    resp = await env.client.post("/api/search",
+                                 json={"url": f"{env.origin}/coffee.jpg", "k": 21})
+    assert resp.status_code == 422 and "k must be a whole number from 1 to 20" in detail(resp)
 
 
 @module_loop
@@ -549,6 +599,26 @@ async def test_match_and_query_images(env: Env) -> None:
         assert resp.status_code == 404 and "expired" in detail(resp)
 
 
+@pytest.mark.parametrize("image_id", ["0", "-1", "9223372036854775808",
+                                      "99999999999999999999", "-9223372036854775809"])
+@module_loop
+async def test_ids_out_of_range_are_404(env: Env, image_id: str) -> None:
+    token = (await upload(env, copy_of("coffee"), k="1")).json()["query_token"]
+    for path in (f"/api/images/{image_id}", f"/api/images/{image_id}/thumbnail.png",
+                 f"/api/matches/{token}/{image_id}.png"):
+        resp = await env.client.get(path)
+        assert resp.status_code == 404, path
+        assert image_id in detail(resp)
+
+
+@module_loop
+async def test_largest_id_is_an_ordinary_unknown_id(env: Env) -> None:
+    resp = await env.client.get(f"/api/images/{2**63 - 1}")
+    assert resp.status_code == 404 and str(2**63 - 1) in detail(resp)
+    resp = await env.client.get("/api/images/abc")
+    assert resp.status_code == 422  # not an id at all
+
+
 @module_loop
 async def test_screenshot_upload_says_which_part_matched(env: Env) -> None:
     page, (x, y, w, h) = web_page(photo("coffee"), 5)
@@ -814,3 +884,97 @@ def test_serve_runs_uvicorn(built: Built, fake_uvicorn: dict) -> None:
     assert fake_uvicorn["host"] == "127.0.0.1" and fake_uvicorn["port"] == port
     assert isinstance(fake_uvicorn["app"], FastAPI)
     assert json.dumps(fake_uvicorn["app"].openapi())  # the schema builds
+
+
+# --- a real server under hostile input -------------------------------------------------------
+
+@dataclass
+class Served:
+    """`echoimage serve` running in a subprocess; its stderr is the server's log."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def raw(self, request: bytes, *, close_early: bool = False) -> bytes:
+        """Send raw bytes; the whole answer, or b"" when close_early hangs up right away."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(request)
+            if close_early:
+                return b""
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    def stop(self) -> str:
+        """Stop the server (as Ctrl+C does) and return its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+        return self.log.read_text()
+
+
+@pytest.fixture
+def served(built_copy: Built, tmp_path: Path) -> Iterator[Served]:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(built_copy.settings.data_dir),
+           "serve", "--port", str(port)]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    server = Served(port, proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _post(path: str, media: str, body: bytes, *, chunked: bool = False,
+          length: int | None = None) -> bytes:
+    framing = ("Transfer-Encoding: chunked" if chunked
+               else f"Content-Length: {len(body) if length is None else length}")
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {media}\r\n"
+            f"{framing}\r\n\r\n").encode() + body
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+FILE_PART = (b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+             b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff\xe0")
+#: a first chunk, then a chunk size that is not hexadecimal
+BROKEN_CHUNKS = b"4\r\n--b0\r\nnot-a-size\r\n\r\n"
+
+
+def test_hostile_requests_leave_one_line_each_and_no_traceback(served: Served) -> None:
+    """Broken chunked framing and clients that hang up mid-body are refused with 400 where
+    an answer can still be sent, and logged in one line each, without a traceback."""
+    broken = [_post("/api/search", MULTIPART, BROKEN_CHUNKS, chunked=True),
+              _post("/api/search", "application/json", BROKEN_CHUNKS, chunked=True),
+              _post("/api/search", "application/x-www-form-urlencoded", BROKEN_CHUNKS,
+                    chunked=True),
+              _post("/search", MULTIPART, BROKEN_CHUNKS, chunked=True)]
+    for request in broken:
+        assert served.raw(request).startswith(b"HTTP/1.1 400 "), request
+    hung_up = [_post("/api/search", MULTIPART, FILE_PART, length=100_000),
+               _post("/api/search", "application/json", b'{"url": "http://exa', length=500),
+               _post("/search", "application/x-www-form-urlencoded", b"url=http", length=500)]
+    for request in hung_up:
+        served.raw(request, close_early=True)
+    refused = len(broken) + len(hung_up)
+    deadline = time.monotonic() + 20
+    while served.log.read_text().count("body incomplete") < refused:
+        if time.monotonic() > deadline or "Traceback" in served.log.read_text():
+            break
+        time.sleep(0.05)
+    health = served.raw(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ")
+    log = served.stop()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert log.count("body incomplete") == refused, log

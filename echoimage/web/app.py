@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -60,9 +62,17 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     return app
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, with EchoImage's own INFO lines on the same stream."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["echoimage"] = {"handlers": ["default"], "level": "INFO",
+                                      "propagate": False}
+    return config
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
           access_log: bool = True) -> None:
     """Run the server with uvicorn until interrupted (one process; queries use threads)."""
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
-                log_level="info")
+                log_level="info", log_config=log_config())

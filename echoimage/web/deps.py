@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
 from echoimage.web.cache import CachedQuery
@@ -39,3 +39,18 @@ def get_cached_query(token: str, service: ServiceDep) -> CachedQuery:
 
 
 CachedQueryDep = Annotated[CachedQuery, Depends(get_cached_query)]
+
+
+#: the largest id a catalogue image can have (a SQLite INTEGER PRIMARY KEY is a signed int64)
+MAX_IMAGE_ID = 2**63 - 1
+
+
+def get_image_id(image_id: Annotated[int, Path(description="a catalogue image's id")]) -> int:
+    """The image id of the path; 404, like any unknown id, when no image can have it (an id
+    beyond int64 would otherwise overflow the store's query)."""
+    if not 1 <= image_id <= MAX_IMAGE_ID:
+        raise HTTPException(404, f"no catalogue image has id {image_id}")
+    return image_id
+
+
+ImageIdDep = Annotated[int, Depends(get_image_id)]

@@ -8,6 +8,8 @@ failure, 503 busy or no catalogue.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from echoimage.errors import (
     DecodeError,
@@ -30,11 +33,14 @@ from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
 from echoimage.web.service import WebService
 
+logger = logging.getLogger(__name__)
+
 #: room for the multipart boundaries, part headers and the small fields around the file
 FORM_OVERHEAD = 64 * 1024
 JSON_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
 SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF"
+_DIGITS = re.compile(r"[0-9]+")
 
 _FETCH_STATUS_CODES = {
     FetchStatus.BAD_URL: 400,
@@ -70,13 +76,24 @@ def _too_large(cap: int) -> HTTPException:
 
 
 async def _limited(request: Request, cap: int, limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body, stopped with 413 as soon as more than limit bytes have arrived."""
+    """The request body, stopped with 413 as soon as more than limit bytes have arrived.
+
+    A body that ends early (the client hung up, or its chunked framing was broken and the
+    server closed the connection) is refused with 400 and logged in one line.
+    """
     seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(cap)
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large(cap)
+            yield chunk
+    except ClientDisconnect:
+        client = request.client.host if request.client else "unknown client"
+        logger.info("%s %s from %s refused: request body incomplete, the connection closed "
+                    "with %d bytes of it read", request.method, request.url.path, client, seen)
+        raise HTTPException(400, "request body incomplete: the connection closed before "
+                                 "its end") from None
 
 
 def _declared_length(request: Request) -> int | None:
@@ -88,13 +105,21 @@ def _declared_length(request: Request) -> int | None:
 
 
 def parse_k(value: object, default: int, most: int) -> int:
-    """k from a form field or JSON (None or "" means the default); 422 when out of range."""
+    """k from JSON (an integer) or a form field (ASCII digits); None or "" means the default.
+
+    422 for anything else: a boolean, a fraction, a sign, an underscore, non-ASCII digits,
+    a file, or a number outside 1..most.
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    try:
-        k = int(str(value).strip())
-    except ValueError:
-        raise HTTPException(422, f"k must be a whole number from 1 to {most}") from None
+    k: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        digits = value.strip().lstrip("0") or "0"
+        k = int(digits) if len(digits) <= 18 else None  # longer ones are out of range anyway
+    if k is None:
+        raise HTTPException(422, f"k must be a whole number from 1 to {most}")
     if not 1 <= k <= most:
         raise HTTPException(422, f"k must be a whole number from 1 to {most}, not {k}")
     return k

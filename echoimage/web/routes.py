@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from echoimage.errors import EchoImageError
 from echoimage.store import repo
 from echoimage.web.cache import CachedQuery
-from echoimage.web.deps import CachedQueryDep, ServiceDep, SessionDep
+from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, SessionDep
 from echoimage.web.inputs import http_error, run_search
 from echoimage.web.schemas import (
     ErrorResponse,
@@ -110,7 +110,7 @@ async def query_image(entry: CachedQueryDep, service: ServiceDep) -> Response:
 
 @router.get("/api/matches/{token}/{image_id}.png", response_class=Response,
             responses={**PNG, **_errors(404)}, tags=["search"])
-async def match_image(image_id: int, entry: CachedQueryDep, service: ServiceDep) -> Response:
+async def match_image(image_id: ImageIdDep, entry: CachedQueryDep, service: ServiceDep) -> Response:
     """The query and a matched catalogue image side by side: lines join the matched
     keypoints (RANSAC inliers); the matched region is outlined on the catalogue image."""
     match = entry.match(image_id)
@@ -131,7 +131,7 @@ def _private(service: WebService) -> dict[str, str]:
 
 @router.get("/api/images/{image_id}", response_model=ImageInfo, responses=_errors(404),
             tags=["catalogue"])
-def image(image_id: int, session: SessionDep) -> dict[str, Any]:
+def image(image_id: ImageIdDep, session: SessionDep) -> dict[str, Any]:
     """Metadata, provenance and indexing status of a catalogue image."""
     info = repo.image_info(session, image_id)
     if info is None:
@@ -143,7 +143,7 @@ def image(image_id: int, session: SessionDep) -> dict[str, Any]:
 
 @router.get("/api/images/{image_id}/thumbnail.png", response_class=Response,
             responses={**PNG, **_errors(404)}, tags=["catalogue"])
-def thumbnail(image_id: int, session: SessionDep) -> Response:
+def thumbnail(image_id: ImageIdDep, session: SessionDep) -> Response:
     """The stored grayscale thumbnail of an indexed image, at the image's aspect ratio
     (longest side 256). Served from the store, so it shows even when the source is down."""
     stored = repo.thumbnail_png(session, image_id)

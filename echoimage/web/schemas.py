@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class TransformOut(BaseModel):
@@ -46,7 +46,8 @@ class SearchRequest(BaseModel):
     """JSON body of POST /api/search (a URL query)."""
 
     url: str
-    k: int | None = Field(None, ge=1, description="number of results")
+    #: a JSON integer: true, 1.5, 2.0 and "3" are refused, not coerced
+    k: StrictInt | None = Field(None, ge=1, description="number of results")
 
 
 class SearchLinks(BaseModel):
