@@ -1300,7 +1300,6 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
             log(f"{scale:,}: {target - start:,} synthetic images ({start:,} copied from "
                 f"{src.parent.name}), {job.workers} workers")
             cpu = 0.0
-            last_row: tuple | None = None
             tick = log.loop(f"padding {scale:,}", target - start)
             done = 0
             with ProcessTreePeak() as peak:
@@ -1313,13 +1312,8 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
                             row_id = known[pad_url(index)].id
                             repo.save_features(session, row_id, sha, nbytes, feats)
                             cpu += cpu_s
-                        last_row = (row_id, sha, nbytes, feats)
                     done += len(batch)
                     tick(done)
-            settle_s, settled = _settle(sessions, last_row)
-            if not settled:
-                log(f"{scale:,}: could not move the change mark past the bulk insert; "
-                    "queries at this scale may pay the engine's catch-up delta")
             t_rows = time.perf_counter()
             with sessions() as session:
                 count = repo.store_state(session).count
@@ -1333,12 +1327,10 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
                 "catalogue_entries": job.catalogue_entries, "padding_entries": target,
                 "generated_this_build": target - start,
                 "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
-                "rows_seconds": round(t_rows - t0 - t_copy - settle_s, 2),
-                "settle_seconds": round(settle_s, 2), "settled": settled,
+                "rows_seconds": round(t_rows - t0 - t_copy, 2),
                 "index_rebuild_seconds": round(t_end - t_rows, 2),
                 "index_entries": manifest.ntotal,
-                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy - settle_s)
-                                              / generated, 3),
+                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
                 "worker_cpu_ms_per_image": round(1000 * cpu / generated, 3),
                 "workers": job.workers,
                 "memory": {"inserter_peak_rss_mb": self_peak_rss_mb(), **peak.as_dict()},
@@ -1362,42 +1354,6 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
             pool.close()
             pool.join()
     return info
-
-
-def _settle(sessions: Any, last_row: tuple | None) -> tuple[float, bool]:
-    """Work around the engine's catch-up window before the index is rebuilt.
-
-    `SearchEngine` re-reads every row written within `SearchEngine.margin` (10 s) before
-    the index's change mark into an unindexed, flat-scanned delta, and refuses to load
-    ("the store changes faster than the index can be rebuilt") when that window holds
-    more than delta_max + margin_rows rows. Right after a bulk insert the window holds the
-    last ~10 s of inserts (thousands of rows). So: wait out the margin, then write the last
-    padding row again through `repo.save_features` (same features), so the change mark
-    moves past the bulk insert. Returns (seconds spent, whether the window is now clear).
-    """
-    from datetime import datetime as dt
-    from datetime import timedelta
-
-    from sqlalchemy import func, select
-
-    from echoimage.search.engine import SearchEngine
-    from echoimage.store import repo
-    from echoimage.store.models import ImageRow
-
-    t0 = time.perf_counter()
-    if last_row is None:
-        return 0.0, True
-    margin = getattr(SearchEngine, "margin", timedelta(seconds=10))
-    time.sleep(margin.total_seconds() + 1)
-    row_id, sha, nbytes, feats = last_row
-    with sessions.begin() as session:
-        repo.save_features(session, row_id, sha, nbytes, feats)
-    with sessions() as session:
-        mark = repo.change_mark(session)
-        since = dt.fromisoformat(mark) - margin
-        recent = session.scalar(select(func.count()).select_from(ImageRow)
-                                .where(ImageRow.updated_at > since))
-    return time.perf_counter() - t0, (recent or 0) <= 1
 
 
 def _padding_process(job: PaddingJob) -> None:

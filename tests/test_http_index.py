@@ -663,7 +663,7 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
     monkeypatch.setattr(engine_mod, "rebuild_index", engine_rebuild)
     monkeypatch.setattr(pipeline_mod, "rebuild_index", between)
     with session_factory(search.engine)() as s:
-        mark = repo.change_mark(s)
+        mark = repo.current_seq(s)
     same = update_index(settings, progress=False)
     assert dict(same.counts) == {"unchanged": 4}
     assert engine_rebuilds == []  # the serving engine did not rebuild its index

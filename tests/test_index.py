@@ -19,6 +19,7 @@ from echoimage.features.extract import extract_features
 from echoimage.features.hashes import hash_input, phash
 from echoimage.index.binary import (
     INDEX_NAME,
+    belongs_to,
     build_binary_index,
     is_fresh,
     load_index,
@@ -158,7 +159,7 @@ def test_build_rejects_bad_shapes() -> None:
 
 # --- files and manifests ----------------------------------------------------------------
 
-STATE = StoreState(count=300, max_id=123_456, last_indexed_at="2026-01-01T00:00:00")
+STATE = StoreState(count=300, max_id=123_456, seq=4_321, store_id="store-a")
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_save_load_round_trip(saved) -> None:
     directory, index, manifest, xq = saved
     assert (directory / INDEX_NAME).exists() and (directory / f"{INDEX_NAME}.json").exists()
     assert manifest.ntotal == 300 and manifest.max_id == STATE.max_id
-    assert manifest.last_indexed_at == STATE.last_indexed_at
+    assert (manifest.seq, manifest.store_id) == (STATE.seq, STATE.store_id)
     assert manifest.schema_revision == "rev1" and manifest.params == {"bits": 64}
     assert manifest.sha256 == hashlib.sha256((directory / INDEX_NAME).read_bytes()).hexdigest()
     on_disk = json.loads((directory / f"{INDEX_NAME}.json").read_text())
@@ -224,8 +225,16 @@ def test_is_fresh(saved) -> None:
     manifest = saved[2]
     assert is_fresh(manifest, STATE, "rev1")
     assert not is_fresh(manifest, STATE, "rev2")
-    for change in ({"count": 301}, {"max_id": 1}, {"last_indexed_at": "2026-01-02T00:00:00"}):
+    for change in ({"count": 301}, {"max_id": 1}, {"seq": 4_322}, {"store_id": "store-b"}):
         assert not is_fresh(manifest, dataclasses.replace(STATE, **change), "rev1")
+
+
+def test_belongs_to(saved) -> None:
+    manifest = saved[2]
+    assert belongs_to(manifest, STATE)
+    assert belongs_to(manifest, dataclasses.replace(STATE, seq=5_000))  # the store moved on
+    assert not belongs_to(manifest, dataclasses.replace(STATE, seq=4_000))  # an older backup
+    assert not belongs_to(manifest, dataclasses.replace(STATE, store_id="store-b"))
 
 
 # --- the engine never answers from a stale index ----------------------------------------

@@ -25,7 +25,7 @@ from echoimage.store.models import Base
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
-TABLES = {"sources", "images", "features", "runs"}
+TABLES = {"sources", "images", "features", "runs", "store_info"}
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -190,7 +189,7 @@ def test_ids_by_sha256(sessions, feats) -> None:
 def test_store_state_tracks_the_indexed_set(sessions, feats) -> None:
     with sessions() as s:
         empty = repo.store_state(s)
-    assert (empty.count, empty.max_id, empty.last_indexed_at) == (0, 0, "")
+    assert (empty.count, empty.max_id, empty.seq) == (0, 0, 1) and len(empty.store_id) == 36
     ids = add(sessions, "/c/a.png", "/c/b.jpg", "/c/c.jpg")
     with sessions() as s:
         assert repo.store_state(s) == empty  # pending images are not part of it
@@ -198,25 +197,29 @@ def test_store_state_tracks_the_indexed_set(sessions, feats) -> None:
     index(sessions, ids["/c/a.png"], *feats["camera"])
     with sessions() as s:
         one = repo.store_state(s)
-    assert one.count == 1 and one.max_id == ids["/c/a.png"] and one.last_indexed_at
+    assert one.count == 1 and one.max_id == ids["/c/a.png"] and one.seq == empty.seq + 1
 
     index(sessions, ids["/c/c.jpg"], *feats["rocket"])
     with sessions() as s:
         two = repo.store_state(s)
     assert two.count == 2 and two.max_id == ids["/c/c.jpg"]
 
-    time.sleep(0.002)
     index(sessions, ids["/c/a.png"], *feats["coffee"])  # re-indexed: same count and max id
     with sessions() as s:
         again = repo.store_state(s)
+        changed = repo.changed_since(s, two.seq, 10)
     assert (again.count, again.max_id) == (two.count, two.max_id)
-    assert again != two and again.last_indexed_at > two.last_indexed_at
+    assert again.seq == two.seq + 1 and again.store_id == two.store_id
+    assert changed is not None and [(c.id, c.seq) for c in changed] == [(ids["/c/a.png"],
+                                                                         again.seq)]
 
     with sessions.begin() as s:  # an indexed image fails on a later run
         repo.save_failure(s, ids["/c/c.jpg"], Status.GONE, "HTTP 404")
     with sessions() as s:
         after = repo.store_state(s)
-    assert after.count == 1 and after != again
+        gone = repo.changed_since(s, again.seq, 10)
+    assert after.count == 1 and after.seq == again.seq + 1
+    assert gone is not None and [(c.id, c.indexed) for c in gone] == [(ids["/c/c.jpg"], False)]
 
 
 def test_store_state_is_stable_without_changes(sessions, feats) -> None:

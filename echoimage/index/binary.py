@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from echoimage.index.manifest import (
     write_manifest,
 )
 from echoimage.store.repo import StoreState
+
+log = logging.getLogger(__name__)
 
 HASH_BITS = 64
 INDEX_NAME = "phash.faissbin"
@@ -69,7 +72,7 @@ def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: Stor
     atomic_write_bytes(path, data)
     manifest = Manifest(
         kind=name, ntotal=int(index.ntotal), images=state.count, max_id=state.max_id,
-        last_indexed_at=state.last_indexed_at, schema_revision=schema_revision,
+        store_id=state.store_id, seq=state.seq, schema_revision=schema_revision,
         sha256=file_sha256(path), built_at=datetime.now(UTC).isoformat(),
         params=params or {},
     )
@@ -78,22 +81,46 @@ def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: Stor
 
 
 def load_index(directory: Path, name: str) -> tuple[faiss.IndexBinary, Manifest] | None:
-    """The index and its manifest, or None when either is missing or they disagree."""
+    """The index and its manifest, or None when either is missing, unreadable or damaged, or
+    they disagree (logged: the caller rebuilds the index from the store)."""
     path = directory / name
     manifest = read_manifest(directory / f"{name}.json")
-    if manifest is None or not path.exists():
+    if manifest is None:
+        log.info("no usable manifest for index %s", path)
         return None
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        log.warning("cannot read index file %s (%s): it will be rebuilt from the store",
+                    path, exc.strerror or exc)
+        return None
     if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        log.warning("index file %s does not match its manifest's checksum: it will be "
+                    "rebuilt from the store", path)
         return None
-    index = faiss.deserialize_index_binary(np.frombuffer(data, dtype=np.uint8))
+    try:
+        index = faiss.deserialize_index_binary(np.frombuffer(data, dtype=np.uint8))
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        log.warning("index file %s cannot be read by FAISS (%s): it will be rebuilt from "
+                    "the store", path, detail[:200])
+        return None
     if index.ntotal != manifest.ntotal:
+        log.warning("index file %s holds %d entries, its manifest says %d: it will be "
+                    "rebuilt from the store", path, index.ntotal, manifest.ntotal)
         return None
     return index, manifest
 
 
 def is_fresh(manifest: Manifest, state: StoreState, schema_revision: str) -> bool:
-    """True when the manifest describes exactly the store's indexed set."""
-    return (manifest.images == state.count and manifest.max_id == state.max_id
-            and manifest.last_indexed_at == state.last_indexed_at
+    """True when the manifest describes exactly the store's indexed set: the same store,
+    the same last change, the same count."""
+    return (manifest.store_id == state.store_id and manifest.seq == state.seq
+            and manifest.images == state.count and manifest.max_id == state.max_id
             and manifest.schema_revision == schema_revision)
+
+
+def belongs_to(manifest: Manifest, state: StoreState) -> bool:
+    """True when the index was built from this store, at or before its last change (files
+    copied from another store, or newer than a store restored from a backup, are not)."""
+    return manifest.store_id == state.store_id and manifest.seq <= state.seq

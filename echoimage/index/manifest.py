@@ -18,7 +18,8 @@ class Manifest:
     ntotal: int  # entries in the index (images for the hash index, descriptors for local)
     images: int  # indexed images of the store it was built from
     max_id: int
-    last_indexed_at: str
+    store_id: str  # the store it was built from (made with the store)
+    seq: int  # the store's last change number it includes
     schema_revision: str
     sha256: str
     built_at: str
@@ -60,5 +61,5 @@ def read_manifest(path: Path) -> Manifest | None:
     try:
         data = json.loads(path.read_text())
         return Manifest(**data)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):  # missing, not JSON, an older layout
         return None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from echoimage.features.regions import content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.binary import (
     INDEX_NAME,
+    belongs_to,
     build_binary_index,
     is_fresh,
     load_index,
@@ -44,6 +45,8 @@ from echoimage.store import repo
 from echoimage.store.db import head_revision, open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
+log = logging.getLogger(__name__)
+
 
 def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
     """Rebuild both shortlist indexes from one snapshot of the store and write each
@@ -53,37 +56,32 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
         isolation_level="REPEATABLE READ")
     with session_factory(bind)() as session:  # one transaction: one snapshot
         state = repo.store_state(session)
-        mark = repo.change_mark(session)
         ids, codes = repo.indexed_hashes(session)
         lids, ldescs = repo.local_descriptors(session, lp.per_image)
     revision = head_revision()
     local = build_local_index(lids, ldescs, lp)
     save_index(local, settings.index_dir, LOCAL_INDEX_NAME, state, revision,
                params={"per_image": lp.per_image, "layout": LAYOUT, "bits": 256,
-                       "change_mark": mark,
                        "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
                        "descriptors": int(ldescs.shape[0])})
     index = build_binary_index(ids, codes)
     return save_index(index, settings.index_dir, INDEX_NAME, state, revision,
-                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)",
-                              "change_mark": mark})
+                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"})
 
 
 def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
     """The hash index's manifest if both index files already describe the store exactly
-    (same indexed set, same last change, same parameters), else None."""
+    (same store, same last change, same parameters), else None."""
     hm = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
     lm = read_manifest(settings.index_dir / f"{LOCAL_INDEX_NAME}.json")
     if hm is None or lm is None or not _local_fits(lm, settings):
         return None
     with session_factory(engine)() as session:
         state = repo.store_state(session)
-        mark = repo.change_mark(session)
     rev = head_revision()
-    for m in (hm, lm):
-        if not is_fresh(m, state, rev) or m.params.get("change_mark") != mark:
-            return None
-    if not all((settings.index_dir / m.kind).exists() for m in (hm, lm)):
+    if not (is_fresh(hm, state, rev) and is_fresh(lm, state, rev)):
+        return None
+    if not all((settings.index_dir / m.kind).is_file() for m in (hm, lm)):
         return None
     return hm
 
@@ -108,21 +106,21 @@ class QueryResult:
 class _Snapshot:
     """The shortlist indexes a query searches, replaced whole (never mutated).
 
-    index/local come from the files; delta/delta_local hold the images whose store rows
-    changed after the files were built, and removed the ids whose file entries are out of
-    date, so together they agree with the store as of `mark`.
+    index/local come from the files, which include the store's changes up to base_seq;
+    delta/delta_local hold the images whose rows changed after that, and removed the ids
+    whose file entries are out of date, so together they agree with the store as of seq.
     """
 
     index: Any
     local: Any
     manifest: Manifest
     mtime: float | None
-    base_mark: str
-    mark: str = ""
+    base_seq: int
+    seq: int = -1
     delta: Any = None
     delta_local: Any = None
     removed: frozenset[int] = frozenset()
-    size: int = 0  # indexed images, as of mark
+    size: int = 0  # indexed images, as of seq
 
 
 def _id_array(index: Any) -> np.ndarray:
@@ -144,10 +142,6 @@ class SearchEngine:
     #: changed rows past which the files are rebuilt rather than patched in memory (the
     #: delta's descriptors are searched exhaustively: ~14 ms per 500 rows)
     delta_max = 1000
-    #: changes re-applied from slightly before the files' mark (commits may land late)
-    margin = timedelta(seconds=10)
-    #: changed rows (light: id, status, pHash) read at most to find the delta
-    scan_max = 200_000
 
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  rebuild: bool = True) -> None:
@@ -199,8 +193,7 @@ class SearchEngine:
             (index, manifest), (local, _) = loaded
             set_nprobe(local, self.settings.local_nprobe)
             self._main_ids = _id_array(index)
-            self.snap = _Snapshot(index, local, manifest, self._mtime(),
-                                  str(manifest.params.get("change_mark", "")))
+            self.snap = _Snapshot(index, local, manifest, self._mtime(), manifest.seq)
             if not self._catch_up(force=True):
                 if force_rebuild:
                     raise IndexStaleError("the store changes faster than the index can be "
@@ -211,7 +204,8 @@ class SearchEngine:
                 self.load(force_rebuild=True)
 
     def _load_files(self) -> tuple[Any, Any] | None:
-        """Both index files, if both are intact, agree with each other and fit the code."""
+        """Both index files, if both are intact, agree with each other, fit the code and
+        were built from this store at or before its last change."""
         rev = head_revision()
         hashes = load_index(self.settings.index_dir, INDEX_NAME)
         local = load_index(self.settings.index_dir, LOCAL_INDEX_NAME)
@@ -220,30 +214,29 @@ class SearchEngine:
         hm, lm = hashes[1], local[1]
         if hm.schema_revision != rev or lm.schema_revision != rev:
             return None
-        if (hm.params.get("change_mark"), hm.images) != (lm.params.get("change_mark"),
-                                                         lm.images):
+        if (hm.store_id, hm.seq, hm.images) != (lm.store_id, lm.seq, lm.images):
             return None
         if not _local_fits(lm, self.settings):
+            return None
+        with self.sessions() as session:
+            state = repo.store_state(session)
+        if not belongs_to(hm, state):
+            log.warning("the index files in %s were not built from this store (or are newer "
+                        "than it, as after restoring an older backup of the store): they "
+                        "will be rebuilt", self.settings.index_dir)
             return None
         return hashes, local
 
     def _catch_up(self, force: bool = False) -> bool:
-        """Bring the snapshot up to the store's latest change. False if too far behind."""
+        """Bring the snapshot up to the store's last change. False if too far behind."""
         snap = self.snap
         assert snap is not None
         with self.sessions() as session:
-            mark = repo.change_mark(session)
-            if mark == snap.mark and not force:
+            seq = repo.current_seq(session)
+            if seq == snap.seq and not force:
                 return True
-            since = ""
-            if snap.base_mark:
-                since = (datetime.fromisoformat(snap.base_mark) - self.margin).isoformat()
-            changed = repo.changed_since(session, since, self.scan_max)
+            changed = repo.changed_since(session, snap.base_seq, self.delta_max)
             if changed is None:
-                return False
-            # rows of the margin already in the files as they are now need no delta entry
-            changed = [c for c in changed if not self._in_files(snap.index, c)]
-            if len(changed) > self.delta_max:
                 return False
             live = [c for c in changed if c.indexed and c.phash is not None]
             descs = repo.descriptors_of(session, [c.id for c in live],
@@ -261,20 +254,9 @@ class SearchEngine:
                                                                flat_max=1 << 62))
         stale = int(np.isin(np.fromiter(removed, np.int64, len(removed)), self._main_ids).sum())
         size = len(self._main_ids) - stale + len(live)
-        self.snap = replace(snap, mark=mark, delta=delta, delta_local=delta_local,
+        self.snap = replace(snap, seq=seq, delta=delta, delta_local=delta_local,
                             removed=removed, size=size)
         return True
-
-    def _in_files(self, index: Any, c: repo.ChangedImage) -> bool:
-        """True when the loaded files already hold this row exactly as the store has it
-        (indexed with the same pHash, or not indexed and absent)."""
-        pos = np.searchsorted(self._main_ids, c.id)
-        present = bool(pos < len(self._main_ids) and self._main_ids[pos] == c.id)
-        if not c.indexed:
-            return not present
-        if not present or c.phash is None:
-            return False
-        return bytes(index.reconstruct(int(c.id))) == bytes(c.phash)
 
     def _mtime(self) -> float | None:
         try:

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -91,6 +92,9 @@ class ImageRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the change number (StoreInfo.seq) of the row's last change of status or features:
+    # readers of the index ask for the rows changed after the number their files include
+    seq: Mapped[int] = mapped_column(BigInteger, index=True, server_default="1")
 
 
 class FeatureRow(Base):
@@ -112,6 +116,20 @@ class FeatureRow(Base):
     # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
     # (indexed: finding stale rows must not read the large rows themselves)
     params: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class StoreInfo(Base):
+    """The store's identity and change counter (one row, id 1)."""
+
+    __tablename__ = "store_info"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: made with the store: index files built from another store are never used
+    store_id: Mapped[str] = mapped_column(String(36))
+    #: the last change number handed out; bumped in the transaction that makes the change,
+    #: whose row lock also orders concurrent writers' commits by their numbers
+    seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Run(Base):

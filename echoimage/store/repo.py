@@ -18,7 +18,7 @@ from echoimage.store.codec import (
     encode_thumbnail,
     thumbnail_to_png,
 )
-from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status
+from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status, StoreInfo
 from echoimage.types import Candidate, CatalogueItem, ImageFeatures
 
 
@@ -46,7 +46,28 @@ class StoreState:
 
     count: int
     max_id: int
-    last_indexed_at: str
+    seq: int  # the last change number handed out
+    store_id: str
+
+
+def next_seq(session: Session, n: int = 1) -> int:
+    """Reserve n consecutive change numbers; returns the first.
+
+    The counter row is updated in the caller's transaction: on PostgreSQL its row lock
+    makes concurrent writers commit in the order of their numbers, so a reader that has
+    seen change N has seen every change before it.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    last = session.execute(
+        update(StoreInfo).where(StoreInfo.id == 1).values(seq=StoreInfo.seq + n)
+        .returning(StoreInfo.seq)).scalar_one()
+    return int(last) - n + 1
+
+
+def current_seq(session: Session) -> int:
+    """The last change number handed out (0 for a store without any change)."""
+    return int(session.scalar(select(StoreInfo.seq).where(StoreInfo.id == 1)) or 0)
 
 
 def source_id(session: Session, uri: str, kind: str) -> int:
@@ -181,11 +202,14 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
         status=Status.INDEXED, reason=None, sha256=bindparam("b_sha"),
         width=bindparam("b_w"), height=bindparam("b_h"), format=bindparam("b_fmt"),
         nbytes=bindparam("b_n"), etag=bindparam("b_etag"), last_modified=bindparam("b_lm"),
-        updated_at=ts, indexed_at=ts, gone_at=None, attempts=table.c.attempts + 1)
+        updated_at=ts, indexed_at=ts, gone_at=None, attempts=table.c.attempts + 1,
+        seq=bindparam("b_seq"))
+    first = next_seq(session, len(records))
     session.execute(stmt, [
         {"b_id": r.image_id, "b_sha": r.sha256, "b_w": r.width, "b_h": r.height,
-         "b_fmt": r.format, "b_n": r.nbytes, "b_etag": r.etag, "b_lm": r.last_modified}
-        for r in records
+         "b_fmt": r.format, "b_n": r.nbytes, "b_etag": r.etag, "b_lm": r.last_modified,
+         "b_seq": first + n}
+        for n, r in enumerate(records)
     ])
 
 
@@ -218,7 +242,8 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
     ts = now()
     session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id == image_id))
     values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
-                                  indexed_at=None, attempts=ImageRow.attempts + 1)
+                                  indexed_at=None, attempts=ImageRow.attempts + 1,
+                                  seq=next_seq(session))
     if sha256 is not None:
         values.update(sha256=sha256, nbytes=nbytes)
     if status == Status.GONE:
@@ -227,39 +252,33 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
 
 
 def store_state(session: Session) -> StoreState:
-    """Count, max id and last indexing time of the indexed images."""
+    """Count and max id of the indexed images, the last change number and the store id."""
     row = session.execute(
-        select(func.count(ImageRow.id), func.max(ImageRow.id), func.max(ImageRow.indexed_at))
+        select(func.count(ImageRow.id), func.max(ImageRow.id))
         .where(ImageRow.status == Status.INDEXED)
     ).one()
-    last = row[2].isoformat() if row[2] is not None else ""
-    return StoreState(int(row[0] or 0), int(row[1] or 0), last)
-
-
-def change_mark(session: Session) -> str:
-    """The latest change to any image row (ISO time; "" for an empty store)."""
-    ts = session.scalar(select(func.max(ImageRow.updated_at)))
-    return ts.isoformat() if ts is not None else ""
+    info = session.execute(select(StoreInfo.seq, StoreInfo.store_id)
+                           .where(StoreInfo.id == 1)).one()
+    return StoreState(int(row[0] or 0), int(row[1] or 0), int(info[0]), str(info[1]))
 
 
 @dataclass(frozen=True)
 class ChangedImage:
-    """An image row changed since some mark: its current status and pHash."""
+    """An image row changed after some change number: its current status and pHash."""
 
     id: int
     indexed: bool
     phash: bytes | None
-    updated_at: datetime
+    seq: int
 
 
-def changed_since(session: Session, mark: str, limit: int) -> list[ChangedImage] | None:
-    """Images whose row changed after mark (light: no descriptors), or None if more than
-    limit did."""
-    since = datetime.fromisoformat(mark) if mark else datetime(1970, 1, 1)
+def changed_since(session: Session, seq: int, limit: int) -> list[ChangedImage] | None:
+    """Images whose row changed after change number seq (light: no descriptors), or None
+    if more than limit did."""
     rows = session.execute(
-        select(ImageRow.id, ImageRow.status, FeatureRow.phash, ImageRow.updated_at)
+        select(ImageRow.id, ImageRow.status, FeatureRow.phash, ImageRow.seq)
         .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
-        .where(ImageRow.updated_at > since)
+        .where(ImageRow.seq > seq)
         .order_by(ImageRow.id).limit(limit + 1)
     ).all()
     if len(rows) > limit:
