@@ -182,7 +182,14 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -
     from echoimage.search.query import read_query
 
     settings = _settings(ctx)
-    engine = SearchEngine(settings)
+    try:
+        engine = SearchEngine(settings)
+    except EchoImageError as exc:
+        if not as_json:
+            raise
+        for arg in queries:  # the contract: one object per query, in input order
+            click.echo(json.dumps({"query": path_url(arg), "error": str(exc)}))
+        ctx.exit(1)
     failed = 0
     for arg in queries:
         q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL

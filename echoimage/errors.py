@@ -29,6 +29,10 @@ class StoreError(EchoImageError):
     """The store is unreachable or its schema is not current."""
 
 
+class IndexFileError(EchoImageError):
+    """An index file cannot be written (a full or read-only disk, a path in the way)."""
+
+
 class IndexStaleError(EchoImageError):
     """The shortlist index disagrees with the store and could not be rebuilt."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import multiprocessing
 import os
 import select
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage import catalogue as cat
 from echoimage.config import Settings
-from echoimage.errors import CatalogueError, DecodeError, ImageTooLargeError, NotAnImageError
+from echoimage.errors import (
+    CatalogueError,
+    DecodeError,
+    EchoImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+)
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.fetch.local import LocalStatus, file_marker, read_local
@@ -68,6 +76,8 @@ class WorkResult:
     record: repo.FeatureRecord | None = None
     cpu_s: float = 0.0
 
+
+log = logging.getLogger(__name__)
 
 UNCHANGED = "unchanged"
 
@@ -155,6 +165,12 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
             status = Status.DECODE_ERROR
         return WorkResult(image_id, status, str(exc), sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
+    except Exception as exc:  # noqa: BLE001 - one image's surprise must not end the run
+        log.warning("feature extraction failed on image %d", image_id, exc_info=True)
+        return WorkResult(image_id, Status.DECODE_ERROR,
+                          f"feature extraction failed: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                          sha, len(data), etag, last_modified, cpu_s=time.process_time() - t0)
     record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
                                   feature_key(params))
     return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
@@ -253,11 +269,16 @@ class Indexer:
         # forkserver: a plain fork after OpenCV has started its thread pool can deadlock
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["echoimage.pipeline"])
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(os.getpid(),)) as pool:
-            # start every worker now: spawning one later would stall the fetch loop
-            list(pool.map(_noop, range(workers)))
-            asyncio.run(self._run(pool, workers, work, summary))
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(os.getpid(),)) as pool:
+                # start every worker now: spawning one later would stall the fetch loop
+                list(pool.map(_noop, range(workers)))
+                asyncio.run(self._run(pool, workers, work, summary))
+        except BrokenProcessPool:
+            raise EchoImageError(
+                "a feature worker died (killed, or out of memory): the images indexed so "
+                "far are saved; run the command again to go on") from None
 
     async def _run(self, pool: ProcessPoolExecutor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
@@ -385,8 +406,11 @@ def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
     try:
         yield
     except BaseException:
-        with sessions.begin() as session:
-            repo.finish_run(session, run_id, "failed", dict(summary.counts))
+        try:
+            with sessions.begin() as session:
+                repo.finish_run(session, run_id, "failed", dict(summary.counts))
+        except EchoImageError as exc:  # the store itself failed (a full disk): say why once
+            log.warning("could not record the end of run %d: %s", run_id, exc)
         raise
     summary.seconds = time.perf_counter() - t0
     with sessions.begin() as session:

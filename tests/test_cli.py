@@ -155,6 +155,7 @@ def test_query_needs_an_index(tmp_path) -> None:
     assert result.exit_code == 1
     err = json_lines(result)[0]["error"]
     assert "index build" in err and "\n" not in err
+    assert not (tmp_path / "empty").exists()  # a query never creates a catalogue
 
 
 def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:

@@ -42,6 +42,7 @@ from helpers import (
 
 from echoimage.config import Settings
 from echoimage.pipeline import build_index
+from echoimage.store.db import open_store
 from echoimage.types import Match
 from echoimage.web.app import create_app
 from echoimage.web.cache import QueryCache
@@ -847,7 +848,9 @@ async def test_new_index_is_picked_up_without_restart(tmp_path: Path) -> None:
 
 @module_loop
 async def test_empty_catalogue_is_503(tmp_path: Path) -> None:
-    app = create_app(Settings(data_dir=tmp_path / "empty", workers=1), web_settings([]))
+    settings = Settings(data_dir=tmp_path / "empty", workers=1)
+    open_store(settings).dispose()  # a store with no indexed image yet
+    app = create_app(settings, web_settings([]))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
                                      base_url="http://testserver") as client:
@@ -978,3 +981,14 @@ def test_hostile_requests_leave_one_line_each_and_no_traceback(served: Served) -
     log = served.stop()
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
     assert log.count("body incomplete") == refused, log
+
+
+def test_serve_without_a_catalogue_is_one_line(tmp_path: Path, fake_uvicorn: dict) -> None:
+    from click.testing import CliRunner
+
+    from echoimage.cli import cli
+
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "none"), "serve"])
+    assert result.exit_code == 1 and "no catalogue in" in result.output
+    assert "Traceback" not in result.output and not fake_uvicorn
+    assert not (tmp_path / "none").exists()

@@ -14,7 +14,7 @@ import numpy as np
 from echoimage.index.manifest import (
     Manifest,
     atomic_write_bytes,
-    file_sha256,
+    ensure_index_dir,
     read_manifest,
     write_manifest,
 )
@@ -64,18 +64,27 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> Hits:
     return Hits(out_i, out_d)
 
 
+def make_manifest(index: faiss.IndexBinary, name: str, state: StoreState,
+                  schema_revision: str, params: dict | None = None, sha256: str = ""
+                  ) -> Manifest:
+    """The manifest of an index built from the store in `state` (sha256 of its file, or ""
+    for an index held only in memory)."""
+    return Manifest(
+        kind=name, ntotal=int(index.ntotal), images=state.count, max_id=state.max_id,
+        store_id=state.store_id, seq=state.seq, schema_revision=schema_revision,
+        sha256=sha256, built_at=datetime.now(UTC).isoformat(), params=params or {},
+    )
+
+
 def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: StoreState,
                schema_revision: str, params: dict | None = None) -> Manifest:
     """Write index and manifest atomically (the index first, then its manifest)."""
+    ensure_index_dir(directory)
     path = directory / name
     data = faiss.serialize_index_binary(index).tobytes()
     atomic_write_bytes(path, data)
-    manifest = Manifest(
-        kind=name, ntotal=int(index.ntotal), images=state.count, max_id=state.max_id,
-        store_id=state.store_id, seq=state.seq, schema_revision=schema_revision,
-        sha256=file_sha256(path), built_at=datetime.now(UTC).isoformat(),
-        params=params or {},
-    )
+    manifest = make_manifest(index, name, state, schema_revision, params,
+                             hashlib.sha256(data).hexdigest())
     write_manifest(directory / f"{name}.json", manifest)
     return manifest
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from echoimage.errors import IndexFileError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,19 +44,47 @@ def file_sha256(path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path through a temp file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write data to path through a temp file, fsync and rename. IndexFileError with a
+    one-line reason when it cannot be written (the temp file is removed, the old file kept)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise IndexFileError(f"disk full while writing the index file {path}") from None
+        raise IndexFileError(f"cannot write the index file {path}: "
+                             f"{exc.strerror or exc}") from None
+
+
+def ensure_index_dir(directory: Path) -> None:
+    """Make the index directory; a file in its place (not ours: the directory holds only
+    derived files) is moved aside, with a log line, so the index can be rebuilt."""
+    if directory.exists() and not directory.is_dir():
+        aside = directory.with_name(f"{directory.name}.moved-aside-{time.time_ns()}")
+        log.warning("%s is not a directory: moved it to %s and rebuilding the index there",
+                    directory, aside)
+        try:
+            directory.rename(aside)
+        except OSError as exc:
+            raise IndexFileError(f"{directory} is not a directory and cannot be moved aside: "
+                                 f"{exc.strerror or exc}") from None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexFileError(f"cannot create the index directory {directory}: "
+                             f"{exc.strerror or exc}") from None
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
-from echoimage.errors import EmptyCatalogueError, IndexStaleError
+from echoimage.errors import EmptyCatalogueError, IndexFileError, IndexStaleError
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
@@ -29,6 +29,7 @@ from echoimage.index.binary import (
     build_binary_index,
     is_fresh,
     load_index,
+    make_manifest,
     save_index,
 )
 from echoimage.index.local import (
@@ -42,15 +43,25 @@ from echoimage.index.manifest import Manifest, read_manifest
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
-from echoimage.store.db import head_revision, open_store, session_factory
+from echoimage.store.db import head_revision, is_readonly, open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 log = logging.getLogger(__name__)
 
 
-def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
-    """Rebuild both shortlist indexes from one snapshot of the store and write each
-    atomically with its manifest (the local index first: readers watch the hash one)."""
+@dataclass(frozen=True)
+class BuiltIndexes:
+    """Both shortlist indexes built from one snapshot of the store, with their manifests
+    (manifests with an empty checksum until the files are written)."""
+
+    hashes: Any
+    local: Any
+    hash_manifest: Manifest
+    local_manifest: Manifest
+
+
+def build_indexes(settings: Settings, engine: Engine) -> BuiltIndexes:
+    """Build both shortlist indexes in memory from one snapshot of the store."""
     lp = settings.local_params
     bind = engine if engine.dialect.name == "sqlite" else engine.execution_options(
         isolation_level="REPEATABLE READ")
@@ -60,13 +71,31 @@ def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
         lids, ldescs = repo.local_descriptors(session, lp.per_image)
     revision = head_revision()
     local = build_local_index(lids, ldescs, lp)
-    save_index(local, settings.index_dir, LOCAL_INDEX_NAME, state, revision,
-               params={"per_image": lp.per_image, "layout": LAYOUT, "bits": 256,
-                       "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
-                       "descriptors": int(ldescs.shape[0])})
     index = build_binary_index(ids, codes)
-    return save_index(index, settings.index_dir, INDEX_NAME, state, revision,
-                      params={"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"})
+    local_params = {"per_image": lp.per_image, "layout": LAYOUT, "bits": 256,
+                    "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
+                    "descriptors": int(ldescs.shape[0])}
+    hash_params = {"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"}
+    return BuiltIndexes(index, local,
+                        make_manifest(index, INDEX_NAME, state, revision, hash_params),
+                        make_manifest(local, LOCAL_INDEX_NAME, state, revision, local_params))
+
+
+def save_indexes(settings: Settings, built: BuiltIndexes) -> Manifest:
+    """Write both indexes atomically with their manifests (the local index first: readers
+    watch the hash one). IndexFileError when they cannot be written."""
+    state = repo.StoreState(built.hash_manifest.images, built.hash_manifest.max_id,
+                            built.hash_manifest.seq, built.hash_manifest.store_id)
+    rev = built.hash_manifest.schema_revision
+    save_index(built.local, settings.index_dir, LOCAL_INDEX_NAME, state, rev,
+               built.local_manifest.params)
+    return save_index(built.hashes, settings.index_dir, INDEX_NAME, state, rev,
+                      built.hash_manifest.params)
+
+
+def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
+    """Rebuild both shortlist indexes from one snapshot of the store and write them."""
+    return save_indexes(settings, build_indexes(settings, engine))
 
 
 def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
@@ -149,7 +178,7 @@ class SearchEngine:
         # more than the scan itself on a busy machine
         faiss.omp_set_num_threads(1)
         self.settings = settings
-        self.engine = engine or open_store(settings)
+        self.engine = engine or open_store(settings, create=False)
         self.sessions = session_factory(self.engine)
         self._rebuild = rebuild
         self._lock = threading.RLock()
@@ -186,10 +215,7 @@ class SearchEngine:
                     raise IndexStaleError(
                         "the shortlist index is missing or does not match the store: "
                         "run `echoimage index build`")
-                rebuild_index(self.settings, self.engine)
-                loaded = self._load_files()
-                if loaded is None:
-                    raise IndexStaleError("the shortlist index could not be rebuilt")
+                loaded = self._rebuilt()
             (index, manifest), (local, _) = loaded
             set_nprobe(local, self.settings.local_nprobe)
             self._main_ids = _id_array(index)
@@ -202,6 +228,28 @@ class SearchEngine:
                     raise IndexStaleError("the shortlist index is far behind the store: "
                                           "run `echoimage index build`")
                 self.load(force_rebuild=True)
+
+    def _rebuilt(self) -> tuple[tuple[Any, Manifest], tuple[Any, Manifest]]:
+        """Indexes rebuilt from the store, written to their files when they can be (a
+        read-only or full disk: kept in memory, with a log line)."""
+        t0 = time.perf_counter()
+        built = build_indexes(self.settings, self.engine)
+        if is_readonly(self.engine):
+            log.warning("the index in %s does not match the store, which is read-only: "
+                        "searching an index rebuilt in memory (%.1f s); run `echoimage index "
+                        "update` where the store can be written", self.settings.index_dir,
+                        time.perf_counter() - t0)
+        else:
+            try:
+                save_indexes(self.settings, built)
+                log.info("index rebuilt from the store in %.1f s",
+                         time.perf_counter() - t0)
+                loaded = self._load_files()
+                if loaded is not None:
+                    return loaded
+            except IndexFileError as exc:
+                log.warning("%s: searching an index rebuilt in memory", exc)
+        return (built.hashes, built.hash_manifest), (built.local, built.local_manifest)
 
     def _load_files(self) -> tuple[Any, Any] | None:
         """Both index files, if both are intact, agree with each other, fit the code and

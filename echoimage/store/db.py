@@ -1,42 +1,114 @@
-"""Engine and session factory from Settings, SQLite pragmas, and Alembic upgrade."""
+"""Engine and session factory from Settings, SQLite pragmas, Alembic upgrade, and the one
+place where database failures become one-line `StoreError`s.
+
+Commands that write the catalogue open the store with ``create=True`` (the data directory and
+the schema are made when missing). Commands that only read it (queries, the web server,
+status) never create a store: a missing or empty store is an error that says where it was
+looked for. When the store cannot be written (a read-only mount, a full disk) a reader opens
+it read-only instead.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
 from echoimage.errors import StoreError
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
+#: SQLite's words for "this connection cannot write here" (read-only mount, no room for its
+#: shared-memory file): a reader then opens the store read-only
+_CANNOT_WRITE = ("unable to open database file", "readonly database", "disk i/o error",
+                 "database or disk is full")
 
-def make_engine(url: str) -> Engine:
-    """An engine; SQLite gets WAL, foreign keys and a busy timeout."""
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without SQLAlchemy's decorations."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_store_error(exc: BaseException, shown: str, connecting: bool = False) -> str:
+    """One line that says what went wrong with the store at `shown` and what to do
+    (connecting: the failure came while connecting to it)."""
+    detail = _first_line(exc)
+    low = detail.lower()
+    err = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if "disk is full" in low or "no space left" in low or isinstance(exc, OSError) and \
+            exc.errno == errno.ENOSPC:
+        return f"disk full while writing the store at {shown}: free some space and run the " \
+               "command again (nothing written so far is lost)"
+    if "malformed" in low or "not a database" in low or err == 11:
+        return (f"the store at {shown} is damaged ({detail}): restore it from a backup, or "
+                "move it away and build the catalogue again with `echoimage index build`")
+    if "readonly" in low or "read-only" in low:
+        return f"the store at {shown} cannot be written ({detail})"
+    if "database is locked" in low:
+        return f"the store at {shown} is locked by another process ({detail}); try again"
+    if connecting:
+        return f"store unreachable ({shown}): {detail}"
+    return f"store error at {shown}: {detail}"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite") or u.database in (None, "", ":memory:"):
+        return None
+    db = u.database
+    if db.startswith("file:"):  # a URI filename
+        db = db[5:].split("?", 1)[0]
+    return Path(db)
+
+
+def make_engine(url: str, readonly: bool = False) -> Engine:
+    """An engine; SQLite gets WAL, foreign keys and a busy timeout (or, read-only, none of
+    what would write). Database failures surface as StoreError with a one-line reason."""
+    shown = make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            if readonly:
+                cur.execute("PRAGMA query_only=ON")
+            else:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    @event.listens_for(engine, "handle_error")
+    def _one_line(ctx: ExceptionContext) -> None:
+        exc = ctx.sqlalchemy_exception
+        if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+            raise StoreError(describe_store_error(exc, shown, ctx.connection is None)
+                             ) from exc
+
+    return engine
 
 
 def alembic_config(url: str) -> Config:
-    """Alembic configuration pointing at migrations/ and the given URL."""
+    """Alembic configuration pointing at the packaged migrations and the given URL."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -64,7 +136,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate the store: {exc}") from exc
+        raise StoreError(f"cannot migrate the store: {_first_line(exc)}") from exc
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -75,29 +147,119 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
-def open_store(settings: Settings, migrate: bool = True) -> Engine:
-    """Engine for the settings' store; upgrades the schema when migrate is true."""
-    settings.ensure_dirs()
+def _check_existing(path: Path, settings: Settings) -> None:
+    """A reader's store file must exist and hold something; else say where it looked."""
+    where = settings.data_dir
+    index_files = settings.index_dir.is_dir() and any(settings.index_dir.iterdir())
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if index_files:
+            raise StoreError(
+                f"the store {path} is missing but index files are in {settings.index_dir}: "
+                "the store was deleted or moved; restore it, or build the catalogue again "
+                "with `echoimage index build`") from None
+        raise StoreError(
+            f"no catalogue in {where} ({path} does not exist): build one with `echoimage "
+            "index build SOURCE`, or point --data-dir (ECHOIMAGE_DATA_DIR) or "
+            "ECHOIMAGE_DATABASE_URL at an existing one") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        beside = " beside existing index files" if index_files else ""
+        raise StoreError(
+            f"the store {path} is empty (0 bytes){beside}: it was truncated or never built; "
+            "restore it from a backup, or move it away and build the catalogue again with "
+            "`echoimage index build`")
+
+
+def _readonly_engine(path: Path) -> Engine:
+    """A read-only engine on a SQLite file: through SQLite's shared memory when it can be
+    made, else (a read-only mount or a full disk, and nothing waiting in the WAL) as an
+    immutable file."""
+    uri = quote(str(path.resolve()))
+    engine = make_engine(f"sqlite:///file:{uri}?mode=ro&uri=true", readonly=True)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+        return engine
+    except StoreError:
+        engine.dispose()
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(
+            f"cannot read the store {path}: its directory cannot be written (read-only or "
+            "full) and changes are still waiting in its write-ahead log; open it once where "
+            "it can be written")
+    return make_engine(f"sqlite:///file:{uri}?immutable=1&uri=true", readonly=True)
+
+
+def _cannot_write(exc: StoreError) -> bool:
+    cause = exc.__cause__
+    text = _first_line(cause if cause is not None else exc).lower()
+    return any(words in text for words in _CANNOT_WRITE)
+
+
+def open_store(settings: Settings, migrate: bool = True, create: bool = True) -> Engine:
+    """Engine for the settings' store; upgrades the schema when migrate is true.
+
+    With create false (readers), a missing or empty store is a StoreError, and a store that
+    cannot be written is opened read-only (its schema must then be current).
+    """
     try:
         shown = make_url(settings.db_url).render_as_string(hide_password=True)
     except ArgumentError:
         raise StoreError(f"not a database URL: {settings.db_url!r}") from None
+    path = _sqlite_path(settings.db_url)
+    if create:
+        try:
+            settings.ensure_dirs()
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {settings.data_dir}: "
+                             f"{exc.strerror or exc}") from None
+    elif path is not None:
+        _check_existing(path, settings)
+    readonly = False
     try:
         engine = make_engine(settings.db_url)
         rev = current_revision(engine)
+        if rev is not None and not create:
+            with engine.connect() as conn:  # reading also needs what WAL mode writes
+                conn.exec_driver_sql("SELECT 1 FROM images LIMIT 1").all()
+    except StoreError as exc:
+        if create or path is None or not _cannot_write(exc):
+            raise
+        log.info("the store %s cannot be written (%s): opening it read-only", path, exc)
+        engine = _readonly_engine(path)
+        readonly = True
+        try:
+            rev = current_revision(engine)
+        except StoreError:
+            engine.dispose()
+            raise
     except (SQLAlchemyError, ImportError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StoreError(f"store unreachable ({shown}): {detail}") from None
+        raise StoreError(f"store unreachable ({shown}): {_first_line(exc)}") from None
+    if rev is None and not create:
+        engine.dispose()
+        raise StoreError(f"{shown} holds no EchoImage catalogue (no schema): build one with "
+                         "`echoimage index build SOURCE`")
     if rev != head_revision():
-        if not migrate:
+        if not migrate or readonly:
+            engine.dispose()
+            why = "it is read-only; " if readonly else ""
             raise StoreError(
-                f"store schema is at {rev or 'nothing'}, not {head_revision()}: "
-                "run `echoimage db upgrade`"
-            )
+                f"store schema is at {rev or 'nothing'}, not {head_revision()}: {why}run "
+                "`echoimage db upgrade` where it can be written")
         upgrade(engine)
     return engine
+
+
+def is_readonly(engine: Engine) -> bool:
+    """True for an engine opened read-only by open_store."""
+    return "mode=ro" in str(engine.url) or "immutable=1" in str(engine.url)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that do not expire objects on commit."""
     return sessionmaker(engine, expire_on_commit=False)
+

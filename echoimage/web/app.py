@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
+from echoimage.store.db import open_store
 from echoimage.web import pages, routes
 from echoimage.web.config import WebSettings
 from echoimage.web.inputs import http_error
@@ -72,7 +73,11 @@ def log_config() -> dict[str, Any]:
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
           access_log: bool = True) -> None:
-    """Run the server with uvicorn until interrupted (one process; queries use threads)."""
+    """Run the server with uvicorn until interrupted (one process; queries use threads).
+
+    The store is opened once first, so a missing or damaged catalogue is a one-line
+    StoreError here rather than a failed application start-up."""
+    open_store(settings, create=False).dispose()
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
                 log_level="info", log_config=log_config())
