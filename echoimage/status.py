@@ -14,7 +14,7 @@ from echoimage.store.db import head_revision, open_store, session_factory
 
 def status_report(settings: Settings) -> dict[str, Any]:
     """Everything `echoimage index status` shows, as a JSON-ready dict."""
-    engine = open_store(settings)
+    engine = open_store(settings, create=False)
     with session_factory(engine)() as session:
         counts = repo.status_counts(session)
         state = repo.store_state(session)

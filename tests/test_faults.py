@@ -7,13 +7,17 @@ re-run finishes with nothing lost or duplicated; `index verify` passes afterward
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -171,3 +175,234 @@ def test_workers_exit_when_the_build_is_killed(tmp_path: Path) -> None:
     finally:
         for pid in _session_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- a store or index that lies ---------------------------------------------------------------
+
+def query_coffee(data: Path, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    """`query --json` of a re-encoded crop of coffee (in the built catalogue)."""
+    q = tmp_path / "q-coffee.jpg"
+    if not q.exists():
+        write(q, jpeg(photo("coffee")[20:-20, 30:-30], quality=70))
+    return echoimage(data, "query", "--json", q)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[bytes], *words: str) -> str:
+    """A failed command's one-line reason (JSON error of query --json, else stderr)."""
+    no_traceback(proc)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    text = json.loads(out.splitlines()[0])["error"] if out.strip() else \
+        proc.stderr.decode().strip()
+    assert "\n" not in text.strip(), text
+    for w in words:
+        assert w in text, text
+    return text
+
+
+def top_url(proc: subprocess.CompletedProcess[bytes]) -> str:
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout.splitlines()[0])["results"][0]["url"]
+
+
+def test_deleted_store_beside_index_files(built_copy, tmp_path: Path) -> None:
+    data = built_copy.settings.data_dir
+    for f in data.glob("echoimage.sqlite3*"):
+        f.unlink()
+    one_error_line(query_coffee(data, tmp_path), "is missing", "index files")
+    assert not (data / "echoimage.sqlite3").exists()  # not created anew as an empty store
+    one_error_line(echoimage(data, "index", "status"), "is missing")
+
+
+def test_truncated_store(built_copy, tmp_path: Path) -> None:
+    data = built_copy.settings.data_dir
+    for f in data.glob("echoimage.sqlite3-*"):
+        f.unlink()
+    (data / "echoimage.sqlite3").write_bytes(b"")
+    one_error_line(query_coffee(data, tmp_path), "empty (0 bytes)")
+    assert (data / "echoimage.sqlite3").stat().st_size == 0  # left for the user to look at
+
+
+def test_garbage_store(built_copy, tmp_path: Path) -> None:
+    data = built_copy.settings.data_dir
+    db = data / "echoimage.sqlite3"
+    _root_page(db, "images")  # everything checkpointed into the file first
+    db.write_bytes(os.urandom(db.stat().st_size))
+    one_error_line(query_coffee(data, tmp_path), "damaged")
+    one_error_line(echoimage(data, "index", "update", "-q"), "damaged")
+
+
+def _root_page(db: Path, table: str) -> tuple[int, int]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                           (table,)).fetchone()[0]
+    finally:
+        con.close()
+    return root, page_size
+
+
+@pytest.mark.parametrize("table", ["images", "features"])
+def test_damaged_table_pages(built_copy, tmp_path: Path, table: str) -> None:
+    data = built_copy.settings.data_dir
+    db = data / "echoimage.sqlite3"
+    root, size = _root_page(db, table)
+    with open(db, "r+b") as fh:
+        fh.seek((root - 1) * size)
+        fh.write(b"\xa5" * size)
+    one_error_line(query_coffee(data, tmp_path), "damaged", "malformed")
+    if table == "images":  # a build reads the images table (features: only what it writes)
+        one_error_line(echoimage(data, "index", "build", "-q", built_copy.catalogue.root),
+                       "damaged")
+
+
+def test_index_files_of_another_store_are_rebuilt(built_copy, tmp_path: Path) -> None:
+    """Index files copied in from another data directory (another catalogue) are never used."""
+    data = built_copy.settings.data_dir
+    other = tmp_path / "other"
+    for i in range(3):
+        write(other / f"s{i}.png", png(synthetic(i, 200)))
+    summary(echoimage(tmp_path / "other-data", "index", "build", "-q", "--json", other))
+    shutil.rmtree(data / "index")
+    shutil.copytree(tmp_path / "other-data" / "index", data / "index")
+    proc = query_coffee(data, tmp_path)
+    assert top_url(proc) == built_copy.catalogue.url("coffee")
+    assert "not built from this store" in proc.stderr.decode()
+
+
+def test_index_newer_than_a_restored_store_is_rebuilt(built_copy, tmp_path: Path) -> None:
+    """A store restored from an older backup, beside index files that include images added
+    after the backup: those images are not answered."""
+    data = built_copy.settings.data_dir
+    backup = tmp_path / "backup.sqlite3"
+    _root_page(data / "echoimage.sqlite3", "images")  # checkpointed: the file is complete
+    shutil.copy(data / "echoimage.sqlite3", backup)
+    extra = tmp_path / "extra"
+    write(extra / "rocket-copy-source.png", png(synthetic(7, 300)))
+    summary(echoimage(data, "index", "build", "-q", "--json", extra))
+    for f in data.glob("echoimage.sqlite3*"):
+        f.unlink()
+    shutil.copy(backup, data / "echoimage.sqlite3")
+    q = write(tmp_path / "q-extra.png", png(synthetic(7, 300)))
+    proc = echoimage(data, "query", "--json", q)
+    no_traceback(proc)
+    results = json.loads(proc.stdout.splitlines()[0])["results"]
+    assert all("rocket-copy-source" not in r["url"] for r in results), results
+    assert "newer than it" in proc.stderr.decode()
+
+
+def test_garbage_index_with_a_matching_checksum_is_rebuilt(built_copy, tmp_path: Path) -> None:
+    data = built_copy.settings.data_dir
+    for path in (data / "index").glob("*.faissbin"):
+        junk = os.urandom(path.stat().st_size)
+        path.write_bytes(junk)
+        manifest = path.with_name(path.name + ".json")
+        doc = json.loads(manifest.read_text())
+        doc["sha256"] = hashlib.sha256(junk).hexdigest()
+        manifest.write_text(json.dumps(doc))
+    proc = query_coffee(data, tmp_path)
+    assert top_url(proc) == built_copy.catalogue.url("coffee")
+    assert "cannot be read by FAISS" in proc.stderr.decode()
+
+
+def test_index_directory_replaced_by_a_file(built_copy, tmp_path: Path) -> None:
+    data = built_copy.settings.data_dir
+    shutil.rmtree(data / "index")
+    (data / "index").write_text("not a directory")
+    proc = query_coffee(data, tmp_path)
+    assert top_url(proc) == built_copy.catalogue.url("coffee")
+    assert "is not a directory: moved it to" in proc.stderr.decode()
+    assert (data / "index").is_dir()
+
+
+# --- read-only and full disks (small tmpfs mounts) -------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """mount(name, size): a tmpfs of that size at tmp_path/name (needs root; fails under CI
+    where it cannot be mounted, skips elsewhere)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            msg = f"cannot mount a tmpfs: {proc.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
+
+
+def test_queries_on_a_read_only_mount(tmpfs: Callable[[str, str], Path], catalogue,
+                                      tmp_path: Path) -> None:
+    ro = tmpfs("ro", "64M")
+    data = ro / "data"
+    summary(echoimage(data, "index", "build", "-q", "--json", catalogue.root))
+    remount(ro, "ro")
+    assert top_url(query_coffee(data, tmp_path)) == catalogue.url("coffee")
+    status = echoimage(data, "index", "status", "--json")
+    assert status.returncode == 0, no_traceback(status)
+    assert json.loads(status.stdout)["index"]["fresh"]
+
+    remount(ro, "rw")
+    for manifest in (data / "index").glob("*.json"):
+        manifest.unlink()  # the index files no longer describe the store
+    remount(ro, "ro")
+    proc = query_coffee(data, tmp_path)
+    assert top_url(proc) == catalogue.url("coffee")
+    assert "read-only: searching an index rebuilt in memory" in proc.stderr.decode()
+    one_error_line(echoimage(data, "index", "update", "-q"), "cannot")
+
+
+def test_full_disk_build_then_resume(tmpfs: Callable[[str, str], Path],
+                                     tmp_path: Path) -> None:
+    small = tmpfs("small", "1500k")  # room for about 20 of the 60 rows
+    photos = tmp_path / "photos"
+    for i in range(60):
+        write(photos / f"s{i:02d}.png", png(synthetic(i, 300)))
+    data = small / "data"
+    first = echoimage(data, "index", "build", "-q", photos)
+    text = one_error_line(first, "disk full")
+    assert str(small) in text
+
+    remount(small, "size=64M")
+    out = summary(echoimage(data, "index", "build", "-q", "--json", photos))
+    assert out["index_entries"] == 60
+    assert out["counts"].get("indexed", 0) + out["counts"].get("already-indexed", 0) == 60
+    status = json.loads(echoimage(data, "index", "status", "--json").stdout)
+    assert status["counts"] == {"indexed": 60} and status["index"]["fresh"]
+
+
+def test_query_on_a_full_disk(tmpfs: Callable[[str, str], Path], catalogue,
+                              tmp_path: Path) -> None:
+    disk = tmpfs("full", "24M")
+    data = disk / "data"
+    summary(echoimage(data, "index", "build", "-q", "--json", catalogue.root))
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # every last block
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        (disk / "one-more").write_bytes(b"x")
+    assert top_url(query_coffee(data, tmp_path)) == catalogue.url("coffee")

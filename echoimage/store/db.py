@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -217,6 +218,9 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
         except OSError as exc:
             raise StoreError(f"cannot create the data directory {settings.data_dir}: "
                              f"{exc.strerror or exc}") from None
+        if path is not None and not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot write the store in {path.parent} (a read-only "
+                             "directory or mount): this command writes the catalogue")
     elif path is not None:
         _check_existing(path, settings)
     readonly = False
