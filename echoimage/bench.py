@@ -927,13 +927,13 @@ def _diagnose(ctx: _Ctx, engine: Any, data: bytes, truth: str) -> dict[str, Any]
             "truth_hash_distance": d, "truth_orientation": NAMES[int(dist[:, row].argmin())],
             "truth_hash_rank": hash_rank,
             "in_hash_rerank": d <= s.max_hash_distance and hash_rank <= s.rerank_n}
-        local = getattr(engine, "local", None)
-        if local is not None and hasattr(s, "local_params"):
+        live = getattr(engine, "live", None)
+        if live is not None and hasattr(s, "local_params"):
             from echoimage.features.orb import orb_features
-            from echoimage.index.local import vote
 
-            voted = vote(local, orb_features(img.gray, s.query_orb_features).descriptors,
-                         s.local_params, getattr(s, "vote_n", 4))
+            voted = live.snapshot().parts.vote(
+                orb_features(img.gray, s.query_orb_features).descriptors, s.local_params,
+                getattr(s, "vote_n", 4))
             votes = {v.id: v.votes for v in voted}
             out["truth_votes"] = votes.get(ctx.url_ids[truth], 0)
             out["in_votes"] = out["truth_votes"] >= getattr(s, "min_votes", 1)
@@ -1251,14 +1251,14 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     Each scale gets a data dir (SQLite store + both shortlist indexes) under
     ``job.pad_root/scale-N``. Entries are `synthetic_image` renders (never photos) run through
     `decode_image` + `extract_features` in a forkserver pool and inserted with
-    `repo.add_pending` + `repo.save_features`, 1000 per transaction; then `rebuild_index`.
+    `repo.add_pending` + `repo.save_features`, 1000 per transaction; then `rebuild_index_files`.
     A larger scale starts from a copy of the next smaller one (synthetic entry i is the
     same at every scale). Complete scales are recorded in ``pad.json`` and reused by later
     runs with the same key.
     """
     from echoimage.config import Settings
+    from echoimage.index.build import rebuild_index_files
     from echoimage.pipeline import feature_params
-    from echoimage.search.engine import rebuild_index
     from echoimage.store import repo
     from echoimage.store.db import head_revision, open_store, session_factory
     from echoimage.types import CatalogueItem
@@ -1317,7 +1317,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
             t_rows = time.perf_counter()
             with sessions() as session:
                 count = repo.store_state(session).count
-            manifest = rebuild_index(settings, engine)
+            report = rebuild_index_files(settings, engine, "padded store")
             engine.dispose()
             t_end = time.perf_counter()
             generated = max(1, target - start)
@@ -1329,7 +1329,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
                 "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
                 "rows_seconds": round(t_rows - t0 - t_copy, 2),
                 "index_rebuild_seconds": round(t_end - t_rows, 2),
-                "index_entries": manifest.ntotal,
+                "index_entries": report.images,
                 "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
                 "worker_cpu_ms_per_image": round(1000 * cpu / generated, 3),
                 "workers": job.workers,

@@ -127,6 +127,36 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(f"  … and {len(summary.failures) - 20} more (see `echoimage index status`)")
 
 
+@index.command("rebuild")
+@json_option
+@click.pass_context
+@handle_errors
+def index_rebuild(ctx: click.Context, as_json: bool) -> None:
+    """Rebuild the index files from the store from scratch (retraining the quantizer).
+
+    Never needed for correctness (builds and updates keep the index current); useful after
+    changing index settings, or to compare with the incrementally maintained index.
+
+    Example:
+
+        echoimage index rebuild
+    """
+    from echoimage.index.build import rebuild_index_files
+    from echoimage.store.db import open_store
+
+    settings = _settings(ctx)
+    engine = open_store(settings, create=False)
+    try:
+        report = rebuild_index_files(settings, engine, "asked for (index rebuild)")
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(f"index rebuilt: {report.images} images at change {report.seq} in "
+                   f"{report.seconds:.1f} s")
+
+
 @index.command("status")
 @json_option
 @click.pass_context
@@ -148,8 +178,20 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     click.echo("images: " + (", ".join(f"{k}: {v}" for k, v in report["counts"].items())
                              or "none"))
     idx = report["index"]
-    click.echo(f"index: {idx['entries']} entries, {'fresh' if idx['fresh'] else 'STALE'}"
-               + (f", built {idx['built_at']}" if idx.get("built_at") else ""))
+    if idx.get("unusable"):
+        state = f"UNUSABLE ({idx['unusable']}; the next command rebuilds it)"
+    elif "seq" not in idx:
+        state = "MISSING (the next command builds it)"
+    else:
+        state = "fresh" if idx["fresh"] else f"behind the store by {idx['behind_by']} changes"
+    click.echo(f"index: {idx['entries']} images, {state}")
+    if "layout" in idx:
+        trained = idx.get("trained") or {}
+        click.echo(f"  layout {idx['layout']}"
+                   + (f" ({trained['nlist']} lists trained on {trained['descriptors']:,} "
+                      "descriptors)" if trained else "")
+                   + f", {len(idx['segments'])} segments, {idx['tombstones']} tombstones, "
+                   f"updated {idx['updated_at']}")
     sizes = report["bytes"]
     click.echo("bytes: " + ", ".join(f"{k}: {v:,}" for k, v in sizes.items()))
     for run in report["runs"]:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     local_query_descriptors: int = 200
     local_max_distance: int = 48
     local_neighbours: int = 2
+    local_min_lists: int = 256
     vote_n: int = 4
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
 
     # indexing
     workers: int = 0
+    #: a long build or update writes what it changed to the index files every this many
+    #: changed rows (so a serving process's in-memory delta stays small)
+    index_flush_rows: int = 5000
     batch_size: int = 64
     http_timeout: float = 30.0
     http_concurrency: int = 32
@@ -86,7 +90,8 @@ class Settings(BaseSettings):
                            nprobe=self.local_nprobe,
                            query_descriptors=self.local_query_descriptors,
                            neighbours=self.local_neighbours,
-                           max_distance=self.local_max_distance)
+                           max_distance=self.local_max_distance,
+                           min_lists=self.local_min_lists)
 
     @property
     def db_url(self) -> str:

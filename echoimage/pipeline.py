@@ -41,8 +41,8 @@ from echoimage.errors import (
 from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.fetch.local import LocalStatus, file_marker, read_local
+from echoimage.index.build import update_index_files
 from echoimage.sample import ensure_sample
-from echoimage.search.engine import current_manifest, rebuild_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import RETRYABLE, TRANSIENT, Status
@@ -93,6 +93,7 @@ class BuildSummary:
     cpu_seconds: float = 0.0
     net_wait_seconds: float = 0.0
     index_entries: int = 0
+    index: dict[str, Any] = field(default_factory=dict)  # what the index update did
     sources: list[str] = field(default_factory=list)
     processed: int = 0  # images that went through decoding and feature extraction
 
@@ -102,7 +103,8 @@ class BuildSummary:
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "net_wait_seconds": round(self.net_wait_seconds, 3),
-                "index_entries": self.index_entries, "sources": self.sources,
+                "index_entries": self.index_entries, "index": self.index,
+                "sources": self.sources,
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
 
 
@@ -250,6 +252,7 @@ class Indexer:
         self.sessions = session_factory(engine)
         self.progress = progress
         self.params = feature_params(settings)
+        self._since_flush = 0  # rows changed since the index files were last brought up
 
     def run(self, work: list[WorkItem], summary: BuildSummary) -> None:
         """Process the work items; results are written in batched transactions."""
@@ -383,7 +386,13 @@ class Indexer:
                 summary.counts[status] += 1
                 if r.sha256 is not None and r.status != UNCHANGED:
                     summary.processed += 1
+                if r.status != UNCHANGED and not status.startswith("kept"):
+                    self._since_flush += 1
             repo.save_feature_records(session, records)
+        if self._since_flush >= self.settings.index_flush_rows:
+            # a long run makes its work searchable (and durable in the index) as it goes
+            self._since_flush = 0
+            update_index_files(self.settings, self.engine, retrain=False)
 
 
 def fetch_to_store_status(status: str) -> str:
@@ -419,12 +428,11 @@ def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
 
 def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],
                summary: BuildSummary, progress: bool) -> None:
-    """Process the work items, then rebuild the shortlist indexes from the store."""
+    """Process the work items, then bring the index files up to the store's last change."""
     Indexer(settings, engine, progress).run(sorted(work, key=lambda w: w.image_id), summary)
-    manifest = current_manifest(settings, engine)
-    if manifest is None:
-        manifest = rebuild_index(settings, engine)
-    summary.index_entries = manifest.images
+    report = update_index_files(settings, engine)
+    summary.index_entries = report.images
+    summary.index = report.as_dict()
 
 
 def build_index(settings: Settings, sources: list[str], progress: bool = True) -> BuildSummary:

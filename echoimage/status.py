@@ -1,36 +1,59 @@
-"""`index status`: counts by status, index freshness, sizes and recent runs."""
+"""`index status`: counts by status, the index (freshness, parts, training, compaction),
+sizes and recent runs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from echoimage.config import Settings
-from echoimage.index.binary import INDEX_NAME, is_fresh
+from echoimage.index.build import index_params, misfit
 from echoimage.index.manifest import read_manifest
 from echoimage.pipeline import data_dir_size
 from echoimage.store import repo
-from echoimage.store.db import head_revision, open_store, session_factory
+from echoimage.store.db import open_store, session_factory
 
 
 def status_report(settings: Settings) -> dict[str, Any]:
     """Everything `echoimage index status` shows, as a JSON-ready dict."""
     engine = open_store(settings, create=False)
-    with session_factory(engine)() as session:
-        counts = repo.status_counts(session)
-        state = repo.store_state(session)
-        sizes = repo.storage_bytes(session)
-        runs = repo.recent_runs(session)
-        failures = repo.failure_reasons(session)
-        sources = repo.list_sources(session)
-    manifest = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
-    fresh = manifest is not None and is_fresh(manifest, state, head_revision())
+    try:
+        with session_factory(engine)() as session:
+            counts = repo.status_counts(session)
+            state = repo.store_state(session)
+            sizes = repo.storage_bytes(session)
+            runs = repo.recent_runs(session)
+            failures = repo.failure_reasons(session)
+            sources = repo.list_sources(session)
+    finally:
+        engine.dispose()
+    manifest = read_manifest(settings.index_dir)
     sizes.update(data_dir_size(settings))
+    index: dict[str, Any] = {"entries": 0, "fresh": False, "store_indexed": state.count,
+                             "store_seq": state.seq, "store_id": state.store_id,
+                             "params": index_params(settings)}
+    if manifest is not None:
+        why = misfit(manifest, state, settings)
+        index.update({
+            "entries": manifest.images, "seq": manifest.seq,
+            "fresh": why is None and manifest.seq == state.seq,
+            "behind_by": state.seq - manifest.seq if why is None else None,
+            "unusable": why, "layout": manifest.layout, "updated_at": manifest.updated_at,
+            "trained": {k: v for k, v in (manifest.trained or {}).items() if k != "file"}
+            or None,
+            "base": {"images": manifest.base.images, "descriptors": manifest.base.descriptors,
+                     "seq": manifest.base.seq},
+            "segments": [{"images": s.images, "descriptors": s.descriptors,
+                          "touched": s.touched, "from_seq": s.from_seq, "seq": s.seq}
+                         for s in manifest.segments],
+            # entries of older parts that segments replace or remove (dropped at compaction)
+            "tombstones": sum(s.touched for s in manifest.segments),
+            "last_retrain": manifest.last_retrain,
+            "last_compaction": manifest.last_compaction,
+        })
     return {
         "store": engine.url.render_as_string(hide_password=True),
         "counts": counts,
-        "index": {"entries": manifest.ntotal if manifest else 0, "fresh": fresh,
-                  "store_indexed": state.count,
-                  "built_at": manifest.built_at if manifest else None},
+        "index": index,
         "bytes": sizes,
         "sources": [{"uri": u, "kind": k} for u, k in sources],
         "runs": runs,

@@ -36,7 +36,6 @@ from sqlalchemy import select
 
 from echoimage.cli import cli
 from echoimage.config import Settings
-from echoimage.index.binary import INDEX_NAME
 from echoimage.index.manifest import read_manifest
 from echoimage.pipeline import build_index, feature_key, feature_params
 from echoimage.search.engine import SearchEngine
@@ -540,8 +539,8 @@ def test_update_over_http(served: Served, settings: Settings) -> None:
     assert top_url(fresh, copy_of("coins")) == urls["coffee"]
 
     # the index manifest agrees with the store
-    manifest = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
-    assert manifest is not None and manifest.ntotal == len(UPDATE) - 1
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None and manifest.images == len(UPDATE) - 1
 
     # `index status --json` shows the last run and its counts
     res = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "index", "status",
@@ -632,41 +631,24 @@ def test_unchanged_update_processes_nothing(served: Served, settings: Settings) 
     assert same.processed == 0  # docstring: "went through decode and feature extraction"
 
 
-def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: Settings,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A serving engine queried while a nothing-changed update runs has nothing to patch.
-
-    SearchEngine.delta_max is 5000 in production; it is 2 here so four images show it.
-    """
-    import echoimage.pipeline as pipeline_mod
-    import echoimage.search.engine as engine_mod
-
+def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: Settings
+                                                     ) -> None:
+    """An update that finds nothing changed moves no change number: the index files stay as
+    they are and a serving engine keeps the snapshot it has (nothing reloaded)."""
     urls = {n: served.put(n, photo_jpeg(n)) for n in ("coffee", "clock", "rocket", "brick")}
     build_index(settings, [served.catalogue_url], progress=False)
     search = SearchEngine(settings)
-    search.delta_max = 2
     assert top_url(search, copy_of("clock")) == urls["clock"]
-
-    engine_rebuilds = []
-    real_engine_rebuild = engine_mod.rebuild_index
-    real_pipeline_rebuild = pipeline_mod.rebuild_index
-
-    def engine_rebuild(*args: Any) -> Any:
-        engine_rebuilds.append(1)
-        return real_engine_rebuild(*args)
-
-    def between(*args: Any) -> Any:
-        # the update has written its results and not yet rebuilt the index: a query now
-        assert top_url(search, copy_of("clock")) == urls["clock"]
-        return real_pipeline_rebuild(*args)
-
-    monkeypatch.setattr(engine_mod, "rebuild_index", engine_rebuild)
-    monkeypatch.setattr(pipeline_mod, "rebuild_index", between)
+    before = search.live.snapshot()
+    files = sorted(p.name for p in settings.index_dir.iterdir())
     with session_factory(search.engine)() as s:
         mark = repo.current_seq(s)
     same = update_index(settings, progress=False)
     assert dict(same.counts) == {"unchanged": 4}
-    assert engine_rebuilds == []  # the serving engine did not rebuild its index
+    assert same.index["action"] == "unchanged"
+    assert top_url(search, copy_of("clock")) == urls["clock"]
+    assert search.live.snapshot() is before
+    assert sorted(p.name for p in settings.index_dir.iterdir()) == files
     with session_factory(search.engine)() as s:
         assert repo.changed_since(s, mark, 100) == []  # nothing changed
 
@@ -704,8 +686,9 @@ def test_resume_over_http(served: Served, settings: Settings) -> None:
     assert counts == {Status.INDEXED: RESUME_N}
     assert len(ids) == len(set(ids.tolist())) == RESUME_N  # one feature row each
     assert [r["status"] for r in runs[:2]] == ["ok", "interrupted"]
-    manifest = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
-    assert manifest is not None and manifest.ntotal == state.count == RESUME_N
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None and manifest.images == state.count == RESUME_N
+    assert manifest.seq == state.seq
 
 
 # --- the first worker spawn stalls the fetch loop --------------------------------------------

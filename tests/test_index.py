@@ -18,21 +18,21 @@ from echoimage.features.dihedral import NAMES, orient
 from echoimage.features.extract import extract_features
 from echoimage.features.hashes import hash_input, phash
 from echoimage.index.binary import (
-    INDEX_NAME,
-    belongs_to,
+    IndexFileDamaged,
     build_binary_index,
-    is_fresh,
-    load_index,
-    save_index,
+    read_index_file,
     search,
+    write_index_file,
 )
-from echoimage.index.local import LAYOUT, LOCAL_INDEX_NAME
-from echoimage.index.manifest import read_manifest
+from echoimage.index.build import index_params, misfit
+from echoimage.index.local import LAYOUT
+from echoimage.index.manifest import IndexManifest, read_manifest
 from echoimage.pipeline import build_index
 from echoimage.search.engine import SearchEngine
+from echoimage.search.live import LiveIndex
 from echoimage.search.shortlist import shortlist
 from echoimage.store import repo
-from echoimage.store.db import head_revision, open_store, session_factory
+from echoimage.store.db import open_store, session_factory
 from echoimage.store.repo import StoreState
 from echoimage.types import CatalogueItem
 
@@ -159,82 +159,60 @@ def test_build_rejects_bad_shapes() -> None:
 
 # --- files and manifests ----------------------------------------------------------------
 
-STATE = StoreState(count=300, max_id=123_456, seq=4_321, store_id="store-a")
-
-
-@pytest.fixture
-def saved(tmp_path: Path):
+def test_index_file_round_trip(tmp_path: Path) -> None:
     xb, ids, xq = make_binary_dataset(300, 10)
     index = build_binary_index(ids, xb)
-    manifest = save_index(index, tmp_path, INDEX_NAME, STATE, "rev1", params={"bits": 64})
-    return tmp_path, index, manifest, xq
-
-
-def test_save_load_round_trip(saved) -> None:
-    directory, index, manifest, xq = saved
-    assert (directory / INDEX_NAME).exists() and (directory / f"{INDEX_NAME}.json").exists()
-    assert manifest.ntotal == 300 and manifest.max_id == STATE.max_id
-    assert (manifest.seq, manifest.store_id) == (STATE.seq, STATE.store_id)
-    assert manifest.schema_revision == "rev1" and manifest.params == {"bits": 64}
-    assert manifest.sha256 == hashlib.sha256((directory / INDEX_NAME).read_bytes()).hexdigest()
-    on_disk = json.loads((directory / f"{INDEX_NAME}.json").read_text())
-    assert on_disk["ntotal"] == 300 and on_disk["sha256"] == manifest.sha256
-    loaded = load_index(directory, INDEX_NAME)
-    assert loaded is not None
-    index2, manifest2 = loaded
-    assert manifest2 == manifest == read_manifest(directory / f"{INDEX_NAME}.json")
-    a, b = search(index, xq, 10), search(index2, xq, 10)
+    ref = write_index_file(index, tmp_path / "h.faissbin")
+    assert ref.sha256 == hashlib.sha256((tmp_path / "h.faissbin").read_bytes()).hexdigest()
+    assert ref.bytes == (tmp_path / "h.faissbin").stat().st_size
+    again = read_index_file(tmp_path, ref)
+    a, b = search(index, xq, 10), search(again, xq, 10)
     for x, y in zip(a.ids + a.distances, b.ids + b.distances, strict=True):
         np.testing.assert_array_equal(x, y)
-    assert not list(directory.glob(".*.tmp"))  # no temp files left behind
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
 
 
-def test_tampered_index_file_is_refused(saved) -> None:
-    directory = saved[0]
-    path = directory / INDEX_NAME
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF
-    path.write_bytes(bytes(data))
-    assert load_index(directory, INDEX_NAME) is None
+def test_damaged_index_files_are_refused(tmp_path: Path) -> None:
+    xb, ids, _ = make_binary_dataset(300, 10)
+    ref = write_index_file(build_binary_index(ids, xb), tmp_path / "h.faissbin")
+    path = tmp_path / "h.faissbin"
+    good = path.read_bytes()
+    path.write_bytes(good[:-3] + bytes(b ^ 0xFF for b in good[-3:]))
+    with pytest.raises(IndexFileDamaged, match="checksum"):
+        read_index_file(tmp_path, ref)
+    junk = bytes(len(good))
+    path.write_bytes(junk)
+    with pytest.raises(IndexFileDamaged, match="cannot be read by FAISS"):
+        read_index_file(tmp_path, dataclasses.replace(
+            ref, sha256=hashlib.sha256(junk).hexdigest()))
+    path.unlink()
+    with pytest.raises(IndexFileDamaged, match="cannot read"):
+        read_index_file(tmp_path, ref)
 
 
-def test_missing_or_broken_files_are_refused(saved) -> None:
-    directory = saved[0]
-    manifest_path = directory / f"{INDEX_NAME}.json"
-    good = manifest_path.read_text()
-
-    manifest_path.write_text("{not json")
-    assert load_index(directory, INDEX_NAME) is None
-    manifest_path.write_text(json.dumps({"kind": "x"}))  # fields missing
-    assert load_index(directory, INDEX_NAME) is None
-    doc = json.loads(good)
-    doc["ntotal"] += 1  # checksum fine, entry count disagrees
-    manifest_path.write_text(json.dumps(doc))
-    assert load_index(directory, INDEX_NAME) is None
-
-    manifest_path.write_text(good)
-    assert load_index(directory, INDEX_NAME) is not None
-    (directory / INDEX_NAME).unlink()
-    assert load_index(directory, INDEX_NAME) is None
-    manifest_path.unlink()
-    assert load_index(directory, INDEX_NAME) is None
-    assert load_index(directory / "nowhere", INDEX_NAME) is None
+def test_manifest_round_trip_and_refusals(built) -> None:
+    manifest = read_manifest(built.settings.index_dir)
+    assert manifest is not None
+    assert IndexManifest.from_json(manifest.to_json()) == manifest
+    assert manifest.images == len(built.catalogue.files) and manifest.segments == ()
+    assert manifest.params == index_params(built.settings)
+    for bad in ("{not json", json.dumps({"format": 1}), json.dumps({"format": 2})):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            IndexManifest.from_json(bad)
 
 
-def test_is_fresh(saved) -> None:
-    manifest = saved[2]
-    assert is_fresh(manifest, STATE, "rev1")
-    assert not is_fresh(manifest, STATE, "rev2")
-    for change in ({"count": 301}, {"max_id": 1}, {"seq": 4_322}, {"store_id": "store-b"}):
-        assert not is_fresh(manifest, dataclasses.replace(STATE, **change), "rev1")
-
-
-def test_belongs_to(saved) -> None:
-    manifest = saved[2]
-    assert belongs_to(manifest, STATE)
-    assert belongs_to(manifest, dataclasses.replace(STATE, seq=5_000))  # the store moved on
-    assert not belongs_to(manifest, dataclasses.replace(STATE, seq=4_000))  # an older backup
-    assert not belongs_to(manifest, dataclasses.replace(STATE, store_id="store-b"))
+def test_misfit(built) -> None:
+    s = built.settings
+    manifest = read_manifest(s.index_dir)
+    assert manifest is not None
+    state = _store_state(s)
+    assert misfit(manifest, state, s) is None
+    assert misfit(manifest, dataclasses.replace(state, seq=state.seq + 5), s) is None
+    assert "newer than the store" in misfit(
+        manifest, dataclasses.replace(state, seq=manifest.seq - 1), s)
+    assert "another store" in misfit(manifest, dataclasses.replace(state, store_id="x"), s)
+    other = s.model_copy(update={"local_per_image": 100})
+    assert "other parameters" in misfit(manifest, state, other)
 
 
 # --- the engine never answers from a stale index ----------------------------------------
@@ -263,14 +241,15 @@ def _store_state(settings) -> StoreState:
 
 
 def _assert_fresh_on_disk(settings) -> None:
-    loaded = load_index(settings.index_dir, INDEX_NAME)
-    assert loaded is not None
-    assert is_fresh(loaded[1], _store_state(settings), head_revision())
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None
+    state = _store_state(settings)
+    assert misfit(manifest, state, settings) is None and manifest.seq == state.seq
 
 
 def test_engine_rebuilds_deleted_index(built_copy) -> None:
     s = built_copy.settings
-    (s.index_dir / INDEX_NAME).unlink()
+    (s.index_dir / "manifest.json").unlink()
     with pytest.raises(IndexStaleError):
         SearchEngine(s, rebuild=False)
     engine = SearchEngine(s)
@@ -280,10 +259,10 @@ def test_engine_rebuilds_deleted_index(built_copy) -> None:
     assert top.url == built_copy.catalogue.url("rocket")
 
 
-def test_engine_rebuilds_a_local_index_laid_out_otherwise(built_copy) -> None:
-    """Index files from a version that laid the IVF index out differently are rebuilt."""
+def test_engine_rebuilds_an_index_laid_out_otherwise(built_copy) -> None:
+    """Index files from a version that laid the index out differently are rebuilt."""
     s = built_copy.settings
-    path = s.index_dir / f"{LOCAL_INDEX_NAME}.json"
+    path = s.index_dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["params"]["layout"] = "ivf-4sqrt-train40"
     path.write_text(json.dumps(manifest))
@@ -298,42 +277,43 @@ def test_engine_catches_up_with_a_store_changed_behind_its_back(built_copy, tmp_
     data = jpeg(synthetic(5))
     url = str(write(tmp_path / "new.jpg", data))
     new_id = _index_new_image(s, data, url)
-    # the files on disk are now behind the store; the engine patches the difference in
+    # the files on disk are now behind the store; the engine searches the difference from
     # memory (no rebuild needed, so it works even when rebuilding is not allowed)
-    loaded = load_index(s.index_dir, INDEX_NAME)
-    assert loaded is not None and not is_fresh(loaded[1], _store_state(s), head_revision())
+    manifest = read_manifest(s.index_dir)
+    assert manifest is not None and manifest.seq < _store_state(s).seq
     engine = SearchEngine(s, rebuild=False)
     assert engine.size == len(built_copy.catalogue.files) + 1
+    assert len(engine.live.snapshot().parts.parts) == 2  # the base and the delta
     top = engine.query_bytes(data, 1).matches[0]
     assert (top.id, top.exact) == (new_id, True)
 
 
-def test_engine_rebuilds_when_far_behind_the_store(built_copy, tmp_path, monkeypatch) -> None:
+def test_engine_writes_a_large_delta_to_the_files(built_copy, tmp_path, monkeypatch) -> None:
     s = built_copy.settings
     data = jpeg(synthetic(5))
     url = str(write(tmp_path / "new.jpg", data))
     new_id = _index_new_image(s, data, url)
-    monkeypatch.setattr(SearchEngine, "delta_max", 0)  # any change is too many to patch
-    with pytest.raises(IndexStaleError):
-        SearchEngine(s, rebuild=False)
+    monkeypatch.setattr(LiveIndex, "delta_max", 0)  # any change is worth a segment
     engine = SearchEngine(s)
     assert engine.size == len(built_copy.catalogue.files) + 1
-    _assert_fresh_on_disk(s)
+    _assert_fresh_on_disk(s)  # (a small, flat index: rebuilt whole; a large one: a segment)
+    assert len(engine.live.snapshot().parts.parts) == 1  # nothing left in memory
     top = engine.query_bytes(data, 1).matches[0]
     assert (top.id, top.exact) == (new_id, True)
 
 
-def test_engine_refuses_an_old_index_put_back(built_copy, tmp_path) -> None:
+def test_engine_takes_an_old_index_put_back(built_copy, tmp_path) -> None:
+    """Index files of the same store at an earlier change are still right: the engine
+    searches the later changes from memory."""
     s = built_copy.settings
     old = tmp_path / "old-index"
     shutil.copytree(s.index_dir, old)
     data = jpeg(synthetic(6))
     url = str(write(tmp_path / "new.jpg", data))
     _index_new_image(s, data, url)
-    SearchEngine(s)  # rebuilds
+    SearchEngine(s)
     shutil.rmtree(s.index_dir)
-    shutil.copytree(old, s.index_dir)  # a consistent index + manifest, but of the old store
-    assert load_index(s.index_dir, INDEX_NAME) is not None
+    shutil.copytree(old, s.index_dir)
     engine = SearchEngine(s)
     assert engine.size == len(built_copy.catalogue.files) + 1
     assert engine.query_bytes(data, 1).matches[0].url == url

@@ -15,7 +15,6 @@ import pytest
 from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, write
 
 from echoimage.config import Settings
-from echoimage.index.binary import INDEX_NAME
 from echoimage.index.manifest import read_manifest
 from echoimage.pipeline import build_index
 from echoimage.search.engine import SearchEngine
@@ -65,9 +64,9 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids.tolist())) == len(files)  # one feature row per image
     assert runs[0]["status"] == "ok"
 
-    manifest = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
+    manifest = read_manifest(settings.index_dir)
     assert manifest is not None
-    assert manifest.ntotal == state.count == len(files)
+    assert manifest.images == state.count == len(files) and manifest.seq == state.seq
 
     search = SearchEngine(settings)
     assert search.size == len(files)

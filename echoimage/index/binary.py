@@ -1,29 +1,22 @@
-"""The hash shortlist: a FAISS IndexBinaryIDMap2 over 64-bit pHashes keyed by image id."""
+"""FAISS binary indexes: the pHash index (IndexBinaryIDMap2 over 64-bit codes keyed by image
+id), k-NN search with the -1 padding stripped, and reading and writing index files."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
-from echoimage.index.manifest import (
-    Manifest,
-    atomic_write_bytes,
-    ensure_index_dir,
-    read_manifest,
-    write_manifest,
-)
-from echoimage.store.repo import StoreState
+from echoimage.index.manifest import FileRef, atomic_write
 
 log = logging.getLogger(__name__)
 
 HASH_BITS = 64
-INDEX_NAME = "phash.faissbin"
 
 
 def build_binary_index(ids: np.ndarray, codes: np.ndarray, bits: int = HASH_BITS
@@ -40,6 +33,21 @@ def build_binary_index(ids: np.ndarray, codes: np.ndarray, bits: int = HASH_BITS
     return index
 
 
+def id_array(index: Any) -> np.ndarray:
+    """The sorted ids of an IDMap index."""
+    if not index.ntotal:
+        return np.zeros(0, np.int64)
+    return np.sort(faiss.vector_to_array(index.id_map))
+
+
+def codes_of(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, codes) of an IDMap over a flat binary index, in insertion order."""
+    flat = faiss.downcast_IndexBinary(index.index)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    codes = faiss.vector_to_array(flat.xb).reshape(-1, flat.code_size)
+    return ids, codes
+
+
 @dataclass(frozen=True)
 class Hits:
     """Shortlist answer for each query row: ids and Hamming distances, -1 padding removed."""
@@ -48,14 +56,23 @@ class Hits:
     distances: list[np.ndarray]
 
 
-def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> Hits:
-    """k nearest codes for each query row; an empty index gives empty answers."""
+def search(index: faiss.IndexBinary, queries: np.ndarray, k: int,
+           exclude: np.ndarray | None = None) -> Hits:
+    """k nearest codes for each query row, leaving out the ids in exclude (an IDMap index
+    only); an empty index gives empty answers."""
     nq = queries.shape[0]
-    if index.ntotal == 0 or k <= 0:
+    live = index.ntotal - (len(exclude) if exclude is not None else 0)
+    if index.ntotal == 0 or k <= 0 or live <= 0:
         empty = np.zeros(0, np.int64)
         return Hits([empty] * nq, [empty] * nq)
     k = min(k, index.ntotal)
-    dist, ids = index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    q = np.ascontiguousarray(queries, dtype=np.uint8)
+    if exclude is not None and len(exclude):
+        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(exclude,
+                                                                             np.int64)))
+        dist, ids = index.search(q, k, params=faiss.SearchParameters(sel=sel))
+    else:
+        dist, ids = index.search(q, k)
     out_i, out_d = [], []
     for row_d, row_i in zip(dist, ids, strict=True):
         keep = row_i >= 0
@@ -64,72 +81,49 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> Hits:
     return Hits(out_i, out_d)
 
 
-def make_manifest(index: faiss.IndexBinary, name: str, state: StoreState,
-                  schema_revision: str, params: dict | None = None, sha256: str = ""
-                  ) -> Manifest:
-    """The manifest of an index built from the store in `state` (sha256 of its file, or ""
-    for an index held only in memory)."""
-    return Manifest(
-        kind=name, ntotal=int(index.ntotal), images=state.count, max_id=state.max_id,
-        store_id=state.store_id, seq=state.seq, schema_revision=schema_revision,
-        sha256=sha256, built_at=datetime.now(UTC).isoformat(), params=params or {},
-    )
+def write_index_file(index: faiss.IndexBinary, path: Path) -> FileRef:
+    """Write a FAISS binary index atomically, streaming it (no second copy in memory)."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def write(fh: Any) -> None:
+        nonlocal size
+
+        def chunk(data: bytes) -> int:
+            nonlocal size
+            digest.update(data)
+            fh.write(data)
+            size += len(data)
+            return len(data)
+
+        writer = faiss.PyCallbackIOWriter(chunk)
+        faiss.write_index_binary(index, writer)
+        del writer
+
+    atomic_write(path, write)
+    return FileRef(path.name, digest.hexdigest(), size)
 
 
-def save_index(index: faiss.IndexBinary, directory: Path, name: str, state: StoreState,
-               schema_revision: str, params: dict | None = None) -> Manifest:
-    """Write index and manifest atomically (the index first, then its manifest)."""
-    ensure_index_dir(directory)
-    path = directory / name
-    data = faiss.serialize_index_binary(index).tobytes()
-    atomic_write_bytes(path, data)
-    manifest = make_manifest(index, name, state, schema_revision, params,
-                             hashlib.sha256(data).hexdigest())
-    write_manifest(directory / f"{name}.json", manifest)
-    return manifest
+class IndexFileDamaged(Exception):
+    """An index file is missing, does not match its checksum or cannot be read."""
 
 
-def load_index(directory: Path, name: str) -> tuple[faiss.IndexBinary, Manifest] | None:
-    """The index and its manifest, or None when either is missing, unreadable or damaged, or
-    they disagree (logged: the caller rebuilds the index from the store)."""
-    path = directory / name
-    manifest = read_manifest(directory / f"{name}.json")
-    if manifest is None:
-        log.info("no usable manifest for index %s", path)
-        return None
+def read_index_file(directory: Path, ref: FileRef, mmap: bool = False) -> faiss.IndexBinary:
+    """Read an index file after checking its checksum; IndexFileDamaged says why not."""
+    path = directory / ref.name
     try:
-        data = path.read_bytes()
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     except OSError as exc:
-        log.warning("cannot read index file %s (%s): it will be rebuilt from the store",
-                    path, exc.strerror or exc)
-        return None
-    if hashlib.sha256(data).hexdigest() != manifest.sha256:
-        log.warning("index file %s does not match its manifest's checksum: it will be "
-                    "rebuilt from the store", path)
-        return None
+        raise IndexFileDamaged(f"cannot read {path} ({exc.strerror or exc})") from None
+    if digest.hexdigest() != ref.sha256:
+        raise IndexFileDamaged(f"{path} does not match its checksum in the manifest")
     try:
-        index = faiss.deserialize_index_binary(np.frombuffer(data, dtype=np.uint8))
+        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        return faiss.read_index_binary(str(path), flags)
     except (RuntimeError, ValueError, MemoryError) as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        log.warning("index file %s cannot be read by FAISS (%s): it will be rebuilt from "
-                    "the store", path, detail[:200])
-        return None
-    if index.ntotal != manifest.ntotal:
-        log.warning("index file %s holds %d entries, its manifest says %d: it will be "
-                    "rebuilt from the store", path, index.ntotal, manifest.ntotal)
-        return None
-    return index, manifest
-
-
-def is_fresh(manifest: Manifest, state: StoreState, schema_revision: str) -> bool:
-    """True when the manifest describes exactly the store's indexed set: the same store,
-    the same last change, the same count."""
-    return (manifest.store_id == state.store_id and manifest.seq == state.seq
-            and manifest.images == state.count and manifest.max_id == state.max_id
-            and manifest.schema_revision == schema_revision)
-
-
-def belongs_to(manifest: Manifest, state: StoreState) -> bool:
-    """True when the index was built from this store, at or before its last change (files
-    copied from another store, or newer than a store restored from a backup, are not)."""
-    return manifest.store_id == state.store_id and manifest.seq <= state.seq
+        text = str(exc).strip()
+        detail = text.splitlines()[-1] if text else type(exc).__name__
+        raise IndexFileDamaged(f"{path} cannot be read by FAISS ({detail[:200]})") from None

@@ -1,15 +1,18 @@
-"""The local-feature shortlist: a prefix of each image's ORB descriptors in a FAISS binary
-index; query descriptors vote for the images of their near neighbours.
+"""The local-feature index: a prefix of each image's ORB descriptors in a FAISS binary index,
+keyed by image id; query descriptors vote for the images of their near neighbours.
 
-Flat (exact) search while the index is small; an IVF index trained on a sample of the
-store's descriptors once it holds more than ``flat_max`` descriptors. Measured on 2 cores:
-a flat scan of 250-300 query descriptors costs ~14 ms at 50k descriptors and ~340 ms at 1M;
-IVF with nprobe 16 costs ~2 ms at 50k and ~12 ms at 1M, and found the same crops as the
-flat scan on the 500-photo benchmark, so IVF starts at 20k. The IVF index has 2·√n lists
-(256 to 8,192) trained by k-means on 20 descriptors per list: half the lists and half the
-samples of 4·√n and 40 cost a quarter of the training time (0.2 s instead of 0.8 s at 75k
-descriptors, which a 500-image build pays once) and found nearly the same crops (bsds500
-40% crops: recall@1 0.907 before, 0.902 after, two queries of 400).
+Flat (exact) search while the index is small; an IVF index once it holds more than
+``flat_max`` descriptors. Measured on 2 cores: a flat scan of 250-300 query descriptors
+costs ~14 ms at 50k descriptors and ~340 ms at 1M; IVF with nprobe 16 costs ~2 ms at 50k and
+~12 ms at 1M, and found the same crops as the flat scan on the 500-photo benchmark, so IVF
+starts at 20k. The IVF index has 2·√n lists (at least ``min_lists``, at most 8,192) trained
+by k-means on 20 descriptors per list: half the lists and half the samples of 4·√n and 40
+cost a quarter of the training time and found nearly the same crops (bsds500 40% crops:
+recall@1 0.907 before, 0.902 after, two queries of 400).
+
+The trained quantizer is kept: every part of the index (the base and each segment) is an
+IVF index over a copy of the same quantizer, so a query assigns its descriptors to lists
+once and searches every part with those lists (`search_preassigned`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-LOCAL_INDEX_NAME = "orb-local.faissbin"
 DESC_BITS = 256
+DESC_BYTES = DESC_BITS // 8
 TRAIN_PER_LIST = 20
 NLIST_PER_SQRT = 2
-#: how the IVF index is laid out (lists per descriptor count, training); recorded in the
-#: manifest so that index files laid out otherwise are rebuilt
-LAYOUT = f"ivf-{NLIST_PER_SQRT}sqrt-train{TRAIN_PER_LIST}"
+MAX_LISTS = 8192
+#: how the index is laid out (lists per descriptor count, training, one IVF per part);
+#: recorded in the manifest so that index files laid out otherwise are rebuilt
+LAYOUT = f"ivf-{NLIST_PER_SQRT}sqrt-train{TRAIN_PER_LIST}-parts"
 
 
 @dataclass(frozen=True)
@@ -38,41 +42,97 @@ class LocalParams:
     query_descriptors: int = 200
     neighbours: int = 2
     max_distance: int = 48  # Hamming bits (of 256) for a neighbour to count as a vote
+    min_lists: int = 256  # the fewest IVF lists
+
+
+def nlist_for(n: int, params: LocalParams) -> int:
+    """IVF lists for n descriptors."""
+    return int(min(max(params.min_lists, NLIST_PER_SQRT * np.sqrt(n)), MAX_LISTS))
+
+
+def check_descriptors(ids: np.ndarray, descs: np.ndarray) -> None:
+    """ValueError unless descs is N×32 uint8 with one id per row."""
+    if descs.ndim != 2 or descs.shape[1] != DESC_BYTES:
+        raise ValueError("descriptors must be N×32 uint8")
+    if ids.shape[0] != descs.shape[0]:
+        raise ValueError("ids and descriptors differ in length")
+
+
+def train_quantizer(descs: np.ndarray, params: LocalParams, seed: int = 0
+                    ) -> faiss.IndexBinaryFlat:
+    """The IVF quantizer for these descriptors: k-means centroids of a sample of 20 per
+    list (FAISS asks for 39: half the training time, the same crops found)."""
+    n = descs.shape[0]
+    nlist = nlist_for(n, params)
+    if n < nlist:
+        raise ValueError(f"{n} descriptors are too few to train {nlist} lists")
+    quantizer = faiss.IndexBinaryFlat(DESC_BITS)  # owned here: it outlives the IVF below
+    ivf = faiss.IndexBinaryIVF(quantizer, DESC_BITS, nlist)
+    ivf.cp.min_points_per_centroid = TRAIN_PER_LIST
+    rng = np.random.default_rng(seed)
+    sample = descs[rng.choice(n, size=min(n, TRAIN_PER_LIST * nlist), replace=False)]
+    ivf.train(np.ascontiguousarray(sample))
+    return quantizer
+
+
+def quantizer_of(index: faiss.IndexBinary) -> faiss.IndexBinaryFlat | None:
+    """The trained quantizer of an IVF part (None for a flat one); valid while the part
+    lives."""
+    if isinstance(index, faiss.IndexBinaryIVF):
+        return faiss.downcast_IndexBinary(index.quantizer)
+    return None
+
+
+def empty_part(quantizer: faiss.IndexBinaryFlat | None) -> faiss.IndexBinary:
+    """An empty local index: IVF over a copy of the trained quantizer, or flat."""
+    if quantizer is None:
+        return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(DESC_BITS))
+    q = faiss.IndexBinaryFlat(DESC_BITS)
+    q.add(faiss.vector_to_array(quantizer.xb).reshape(-1, DESC_BYTES))
+    ivf = faiss.IndexBinaryIVF(q, DESC_BITS, q.ntotal)
+    ivf.own_fields = True
+    q.this.disown()
+    assert ivf.is_trained
+    return ivf
+
+
+def local_part(ids: np.ndarray, descs: np.ndarray,
+               quantizer: faiss.IndexBinaryFlat | None) -> faiss.IndexBinary:
+    """A local index of descriptors (uint8 N×32) with their image ids (int64, repeated per
+    image): IVF over the quantizer, or flat without one."""
+    check_descriptors(ids, descs)
+    index = empty_part(quantizer)
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(descs, np.uint8),
+                           np.ascontiguousarray(ids, np.int64))
+    return index
 
 
 def build_local_index(ids: np.ndarray, descs: np.ndarray, params: LocalParams,
                       seed: int = 0) -> faiss.IndexBinary:
-    """Index descriptors (uint8 N×32) with their image ids (int64, repeated per image)."""
-    if descs.ndim != 2 or descs.shape[1] != DESC_BITS // 8:
-        raise ValueError("descriptors must be N×32 uint8")
-    if ids.shape[0] != descs.shape[0]:
-        raise ValueError("ids and descriptors differ in length")
-    n = descs.shape[0]
-    if n <= params.flat_max:
-        base: faiss.IndexBinary = faiss.IndexBinaryFlat(DESC_BITS)
-    else:
-        nlist = int(min(max(256, NLIST_PER_SQRT * np.sqrt(n)), 8192))
-        quantizer = faiss.IndexBinaryFlat(DESC_BITS)
-        ivf = faiss.IndexBinaryIVF(quantizer, DESC_BITS, nlist)
-        # k-means on 20 samples per list (FAISS asks for 39): half the training time of
-        # 40, the same crops found on the benchmark
-        ivf.cp.min_points_per_centroid = TRAIN_PER_LIST
-        rng = np.random.default_rng(seed)
-        sample = descs[rng.choice(n, size=min(n, TRAIN_PER_LIST * nlist), replace=False)]
-        ivf.train(np.ascontiguousarray(sample))
-        ivf.nprobe = params.nprobe
-        base = ivf
-    index = faiss.IndexBinaryIDMap(base)
-    if n:
-        index.add_with_ids(np.ascontiguousarray(descs), np.ascontiguousarray(ids, np.int64))
-    return index
+    """A whole local index: flat up to flat_max descriptors, else IVF trained on them."""
+    check_descriptors(ids, descs)
+    quantizer = train_quantizer(descs, params, seed) if descs.shape[0] > params.flat_max \
+        else None
+    return local_part(ids, descs, quantizer)
 
 
 def set_nprobe(index: faiss.IndexBinary, nprobe: int) -> None:
-    """Set nprobe on an IVF index behind an IDMap (no-op for flat indexes)."""
-    inner = faiss.downcast_IndexBinary(index.index) if hasattr(index, "index") else index
-    if isinstance(inner, faiss.IndexBinaryIVF):
-        inner.nprobe = nprobe
+    """Set nprobe on an IVF index (no-op for flat indexes)."""
+    if isinstance(index, faiss.IndexBinaryIVF):
+        index.nprobe = min(nprobe, index.nlist)
+
+
+def local_ids(index: faiss.IndexBinary) -> np.ndarray:
+    """The image id of every entry of a local index (any order)."""
+    if isinstance(index, faiss.IndexBinaryIVF):
+        lists = index.invlists
+        out = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+               for i in range(index.nlist) if lists.list_size(i)]
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+    if index.ntotal == 0:
+        return np.zeros(0, np.int64)
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -83,31 +143,45 @@ class Voted:
     votes: int
 
 
-def vote(index: faiss.IndexBinary, descriptors: np.ndarray, params: LocalParams,
-         top: int, delta: faiss.IndexBinary | None = None,
-         removed: frozenset[int] = frozenset()) -> list[Voted]:
-    """Images with the most query descriptors among their near neighbours (one vote per
-    query descriptor per image), most votes first, ties by id.
+def neighbours(index: faiss.IndexBinary, q: np.ndarray, params: LocalParams,
+               assigned: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every entry within max_distance of each query row: (rows, distances, ids).
 
-    delta holds entries changed since index was built; removed the ids whose entries in
-    index are out of date."""
-    if len(descriptors) == 0 or top <= 0:
+    A range search, not a k-NN one, so that entries another part replaces can be dropped
+    afterwards without changing which entries are a row's nearest. IVF parts search the
+    lists the query rows were assigned to (assigned = (distances, lists) from the shared
+    quantizer)."""
+    radius = params.max_distance + 1
+    if index.ntotal == 0 or len(q) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    if isinstance(index, faiss.IndexBinaryIVF):
+        if assigned is None:
+            raise ValueError("an IVF part needs the query's list assignment")
+        dq, iq = assigned
+        index.nprobe = iq.shape[1]
+        lims, dist, ids = index.range_search_preassigned(q, radius, iq, dq)
+    else:
+        lims, dist, ids = index.range_search(q, radius)
+    rows = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
+    dist = np.asarray(dist).astype(np.int64)
+    keep = dist <= params.max_distance
+    return rows[keep], dist[keep], np.asarray(ids, np.int64)[keep]
+
+
+def count_votes(rows: np.ndarray, dist: np.ndarray, ids: np.ndarray, params: LocalParams,
+                top: int) -> list[Voted]:
+    """Keep each query row's `neighbours` nearest entries (ties by id), then one vote per
+    query row per image: the images with most votes first, ties by id."""
+    if len(rows) == 0 or top <= 0:
         return []
-    q = np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
-    found = []
-    for idx, skip in ((index, removed), (delta, frozenset())):
-        if idx is None or idx.ntotal == 0:
-            continue
-        dist, ids = idx.search(q, min(params.neighbours, idx.ntotal))
-        ok = (ids >= 0) & (dist <= params.max_distance)
-        if skip:
-            ok &= ~np.isin(ids, np.fromiter(skip, np.int64, len(skip)))
-        rows = np.nonzero(ok)[0]
-        if rows.size:
-            found.append(np.stack([rows, ids[ok]], axis=1))
-    if not found:
-        return []
-    pairs = np.unique(np.concatenate(found), axis=0)
+    order = np.lexsort((ids, dist, rows))
+    rows, ids = rows[order], ids[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows)) - starts
+    keep = rank < params.neighbours
+    pairs = np.unique(np.stack([rows[keep], ids[keep]], axis=1), axis=0)
     img_ids, counts = np.unique(pairs[:, 1], return_counts=True)
     order = np.lexsort((img_ids, -counts))[:top]
     return [Voted(int(img_ids[i]), int(counts[i])) for i in order]

@@ -1,4 +1,12 @@
-"""Sidecar JSON next to every index file: what it holds and what store state it reflects."""
+"""The index directory's manifest: which files make up the index, what store and which change
+they include, and how the local index was trained, compacted and laid out.
+
+The index is a base (a full build, or the last compaction) plus segments, each holding the
+images that changed in a range of the store's change numbers and the ids it replaces in the
+parts before it (the Lucene way). Every file is written atomically (temp file, fsync,
+rename) before the manifest that names it; the manifest is replaced last, so a reader sees
+either the old index or the new one, never a mixture.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +25,107 @@ from echoimage.errors import IndexFileError
 
 log = logging.getLogger(__name__)
 
+MANIFEST_NAME = "manifest.json"
+#: manifests of another format (or none) mean: rebuild
+FORMAT = 2
+
 
 @dataclass(frozen=True)
-class Manifest:
-    """Parameters, entry count, schema revision and checksum of one index file."""
+class FileRef:
+    """One file of the index: its name in the index directory, checksum and size."""
 
-    kind: str
-    ntotal: int  # entries in the index (images for the hash index, descriptors for local)
-    images: int  # indexed images of the store it was built from
-    max_id: int
-    store_id: str  # the store it was built from (made with the store)
-    seq: int  # the store's last change number it includes
-    schema_revision: str
+    name: str
     sha256: str
-    built_at: str
-    params: dict[str, Any] = field(default_factory=dict)
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """A base or a segment: the changes (from_seq, seq] of the store it holds."""
+
+    name: str
+    from_seq: int
+    seq: int
+    images: int  # images with an entry in this part
+    descriptors: int  # local-index entries
+    touched: int  # ids whose entries in older parts this part replaces or removes
+    files: dict[str, FileRef] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """The whole index as of one change of one store."""
+
+    store_id: str
+    seq: int  # the store's last change number the index includes
+    schema_revision: str
+    images: int  # live images (store's indexed images as of seq)
+    params: dict[str, Any]  # what the index was built for (must match the settings)
+    layout: str  # "flat" or "ivf"
+    base: PartInfo
+    segments: tuple[PartInfo, ...] = ()
+    trained: dict[str, Any] | None = None  # IVF: descriptors, nlist, seq, at, file
+    last_compaction: dict[str, Any] | None = None
+    last_retrain: dict[str, Any] | None = None
+    updated_at: str = ""
+    format: int = FORMAT
+
+    @property
+    def parts(self) -> tuple[PartInfo, ...]:
+        """Base first, then the segments, oldest first."""
+        return (self.base, *self.segments)
+
+    def file_names(self) -> set[str]:
+        """Every file the index is made of."""
+        names = {ref.name for part in self.parts for ref in part.files.values()}
+        if self.trained and self.trained.get("file"):
+            names.add(self.trained["file"]["name"])
+        return names
+
+    def to_json(self) -> str:
+        """JSON text of the manifest."""
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexManifest:
+        """Inverse of to_json(); ValueError/TypeError/KeyError on anything else."""
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not a manifest of this format")
+
+        def part(d: dict[str, Any]) -> PartInfo:
+            files = {k: FileRef(**v) for k, v in d.pop("files").items()}
+            return PartInfo(**d, files=files)
+
+        doc["base"] = part(doc["base"])
+        doc["segments"] = tuple(part(s) for s in doc["segments"])
+        return cls(**doc)
+
+    def with_updates(self, **changes: Any) -> IndexManifest:
+        """A copy with fields replaced (and updated_at set to now)."""
+        from datetime import UTC, datetime
+
+        return replace(self, **changes, updated_at=datetime.now(UTC).isoformat())
+
+
+def read_manifest(directory: Path) -> IndexManifest | None:
+    """The manifest in an index directory, or None if missing, unreadable or of an older
+    format (logged when it exists but cannot be used)."""
+    path = directory / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read the index manifest %s (%s): the index will be rebuilt",
+                    path, exc.strerror or exc)
+        return None
+    try:
+        return IndexManifest.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warning("the index manifest %s is damaged or of another version: the index "
+                    "will be rebuilt", path)
+        return None
 
 
 def file_sha256(path: Path) -> str:
@@ -43,29 +137,46 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path through a temp file, fsync and rename. IndexFileError with a
-    one-line reason when it cannot be written (the temp file is removed, the old file kept)."""
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _index_file_error(exc: OSError, path: Path) -> IndexFileError:
+    if exc.errno == errno.ENOSPC:
+        return IndexFileError(f"disk full while writing the index file {path}")
+    return IndexFileError(f"cannot write the index file {path}: {exc.strerror or exc}")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(binary file) on a temp file beside path, fsync, rename over path.
+    IndexFileError with a one-line reason when it cannot be written (the temp file is
+    removed, an old file at path kept)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise IndexFileError(f"disk full while writing the index file {path}") from None
-        raise IndexFileError(f"cannot write the index file {path}: "
-                             f"{exc.strerror or exc}") from None
+        raise _index_file_error(exc, path) from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path atomically (see atomic_write)."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_manifest(directory: Path, manifest: IndexManifest) -> None:
+    """Atomically replace the manifest: the switch from one index to the next."""
+    atomic_write_bytes(directory / MANIFEST_NAME, manifest.to_json().encode())
 
 
 def ensure_index_dir(directory: Path) -> None:
@@ -85,17 +196,3 @@ def ensure_index_dir(directory: Path) -> None:
     except OSError as exc:
         raise IndexFileError(f"cannot create the index directory {directory}: "
                              f"{exc.strerror or exc}") from None
-
-
-def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Atomically write the manifest JSON."""
-    atomic_write_bytes(path, json.dumps(asdict(manifest), indent=2).encode())
-
-
-def read_manifest(path: Path) -> Manifest | None:
-    """The manifest at path, or None if missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-        return Manifest(**data)
-    except (OSError, ValueError, TypeError):  # missing, not JSON, an older layout
-        return None

@@ -4,121 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
-from echoimage.errors import EmptyCatalogueError, IndexFileError, IndexStaleError
+from echoimage.errors import EmptyCatalogueError
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import orb_features
 from echoimage.features.regions import content_boxes
 from echoimage.features.thumbnail import thumbnail
-from echoimage.index.binary import (
-    INDEX_NAME,
-    belongs_to,
-    build_binary_index,
-    is_fresh,
-    load_index,
-    make_manifest,
-    save_index,
-)
-from echoimage.index.local import (
-    LAYOUT,
-    LOCAL_INDEX_NAME,
-    build_local_index,
-    set_nprobe,
-    vote,
-)
-from echoimage.index.manifest import Manifest, read_manifest
+from echoimage.search.explain import describe
+from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
-from echoimage.store.db import head_revision, is_readonly, open_store, session_factory
+from echoimage.store.db import open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuiltIndexes:
-    """Both shortlist indexes built from one snapshot of the store, with their manifests
-    (manifests with an empty checksum until the files are written)."""
-
-    hashes: Any
-    local: Any
-    hash_manifest: Manifest
-    local_manifest: Manifest
-
-
-def build_indexes(settings: Settings, engine: Engine) -> BuiltIndexes:
-    """Build both shortlist indexes in memory from one snapshot of the store."""
-    lp = settings.local_params
-    bind = engine if engine.dialect.name == "sqlite" else engine.execution_options(
-        isolation_level="REPEATABLE READ")
-    with session_factory(bind)() as session:  # one transaction: one snapshot
-        state = repo.store_state(session)
-        ids, codes = repo.indexed_hashes(session)
-        lids, ldescs = repo.local_descriptors(session, lp.per_image)
-    revision = head_revision()
-    local = build_local_index(lids, ldescs, lp)
-    index = build_binary_index(ids, codes)
-    local_params = {"per_image": lp.per_image, "layout": LAYOUT, "bits": 256,
-                    "type": "IVF" if ldescs.shape[0] > lp.flat_max else "Flat",
-                    "descriptors": int(ldescs.shape[0])}
-    hash_params = {"bits": 64, "hash": "phash", "type": "IndexBinaryIDMap2(Flat)"}
-    return BuiltIndexes(index, local,
-                        make_manifest(index, INDEX_NAME, state, revision, hash_params),
-                        make_manifest(local, LOCAL_INDEX_NAME, state, revision, local_params))
-
-
-def save_indexes(settings: Settings, built: BuiltIndexes) -> Manifest:
-    """Write both indexes atomically with their manifests (the local index first: readers
-    watch the hash one). IndexFileError when they cannot be written."""
-    state = repo.StoreState(built.hash_manifest.images, built.hash_manifest.max_id,
-                            built.hash_manifest.seq, built.hash_manifest.store_id)
-    rev = built.hash_manifest.schema_revision
-    save_index(built.local, settings.index_dir, LOCAL_INDEX_NAME, state, rev,
-               built.local_manifest.params)
-    return save_index(built.hashes, settings.index_dir, INDEX_NAME, state, rev,
-                      built.hash_manifest.params)
-
-
-def rebuild_index(settings: Settings, engine: Engine) -> Manifest:
-    """Rebuild both shortlist indexes from one snapshot of the store and write them."""
-    return save_indexes(settings, build_indexes(settings, engine))
-
-
-def current_manifest(settings: Settings, engine: Engine) -> Manifest | None:
-    """The hash index's manifest if both index files already describe the store exactly
-    (same store, same last change, same parameters), else None."""
-    hm = read_manifest(settings.index_dir / f"{INDEX_NAME}.json")
-    lm = read_manifest(settings.index_dir / f"{LOCAL_INDEX_NAME}.json")
-    if hm is None or lm is None or not _local_fits(lm, settings):
-        return None
-    with session_factory(engine)() as session:
-        state = repo.store_state(session)
-    rev = head_revision()
-    if not (is_fresh(hm, state, rev) and is_fresh(lm, state, rev)):
-        return None
-    if not all((settings.index_dir / m.kind).is_file() for m in (hm, lm)):
-        return None
-    return hm
-
-
-def _local_fits(manifest: Manifest, settings: Settings) -> bool:
-    """True when a local index file was built for these settings and this layout."""
-    return (manifest.params.get("per_image") == settings.local_per_image
-            and manifest.params.get("layout") == LAYOUT)
 
 
 @dataclass
@@ -131,203 +40,31 @@ class QueryResult:
     height: int = 0
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """The shortlist indexes a query searches, replaced whole (never mutated).
-
-    index/local come from the files, which include the store's changes up to base_seq;
-    delta/delta_local hold the images whose rows changed after that, and removed the ids
-    whose file entries are out of date, so together they agree with the store as of seq.
-    """
-
-    index: Any
-    local: Any
-    manifest: Manifest
-    mtime: float | None
-    base_seq: int
-    seq: int = -1
-    delta: Any = None
-    delta_local: Any = None
-    removed: frozenset[int] = frozenset()
-    size: int = 0  # indexed images, as of seq
-
-
-def _id_array(index: Any) -> np.ndarray:
-    """The sorted ids of an IDMap index."""
-    return np.sort(faiss.vector_to_array(index.id_map)) if index.ntotal else np.zeros(0, np.int64)
-
-
 class SearchEngine:
-    """Answers queries from the store and the derived shortlist indexes.
+    """Answers queries from the store and its live index (`search.live.LiveIndex`).
 
-    The index files are loaded once and rebuilt when missing, corrupt or built for other
-    parameters. Before every query the engine compares the store's latest change with the
-    one it has seen: rows changed since the files were built are searched from a small
-    in-memory delta (up to `delta_max` of them; beyond that the files are rebuilt), so a
-    query never answers from an index that disagrees with the store. A newer index written
-    by `index build` / `index update` is picked up by its manifest.
+    The index files are loaded once and rebuilt when missing, damaged or built for another
+    store or other parameters. Before every query the engine takes the live index's current
+    snapshot: rows the store changed after the files were written are searched from an
+    in-memory delta, so a query never answers from an index that disagrees with the store;
+    a serving process (background=True) refreshes in a thread, so a query never waits.
     """
-
-    #: changed rows past which the files are rebuilt rather than patched in memory (the
-    #: delta's descriptors are searched exhaustively: ~14 ms per 500 rows)
-    delta_max = 1000
 
     def __init__(self, settings: Settings, engine: Engine | None = None,
-                 rebuild: bool = True) -> None:
-        # one query is too small to share across threads; spinning OpenMP threads cost
-        # more than the scan itself on a busy machine
-        faiss.omp_set_num_threads(1)
+                 rebuild: bool = True, background: bool = False) -> None:
         self.settings = settings
         self.engine = engine or open_store(settings, create=False)
         self.sessions = session_factory(self.engine)
-        self._rebuild = rebuild
-        self._lock = threading.RLock()
-        self.snap: _Snapshot | None = None
-        self._main_ids = np.zeros(0, np.int64)
-        self.load()
-
-    @property
-    def manifest_path(self) -> Path:
-        """Where the hash index manifest lives."""
-        return self.settings.index_dir / f"{INDEX_NAME}.json"
-
-    @property
-    def index(self) -> Any:
-        """The hash index loaded from its file."""
-        return self.snap.index if self.snap else None
-
-    @property
-    def local(self) -> Any:
-        """The local-feature index loaded from its file."""
-        return self.snap.local if self.snap else None
-
-    @property
-    def manifest(self) -> Manifest | None:
-        """Manifest of the loaded hash index."""
-        return self.snap.manifest if self.snap else None
-
-    def load(self, force_rebuild: bool = False) -> None:
-        """Load the index files (rebuilding them when unusable), then catch up."""
-        with self._lock:
-            loaded = None if force_rebuild else self._load_files()
-            if loaded is None:
-                if not self._rebuild:
-                    raise IndexStaleError(
-                        "the shortlist index is missing or does not match the store: "
-                        "run `echoimage index build`")
-                loaded = self._rebuilt()
-            (index, manifest), (local, _) = loaded
-            set_nprobe(local, self.settings.local_nprobe)
-            self._main_ids = _id_array(index)
-            self.snap = _Snapshot(index, local, manifest, self._mtime(), manifest.seq)
-            if not self._catch_up(force=True):
-                if force_rebuild:
-                    raise IndexStaleError("the store changes faster than the index can be "
-                                          "rebuilt")
-                if not self._rebuild:
-                    raise IndexStaleError("the shortlist index is far behind the store: "
-                                          "run `echoimage index build`")
-                self.load(force_rebuild=True)
-
-    def _rebuilt(self) -> tuple[tuple[Any, Manifest], tuple[Any, Manifest]]:
-        """Indexes rebuilt from the store, written to their files when they can be (a
-        read-only or full disk: kept in memory, with a log line)."""
-        t0 = time.perf_counter()
-        built = build_indexes(self.settings, self.engine)
-        if is_readonly(self.engine):
-            log.warning("the index in %s does not match the store, which is read-only: "
-                        "searching an index rebuilt in memory (%.1f s); run `echoimage index "
-                        "update` where the store can be written", self.settings.index_dir,
-                        time.perf_counter() - t0)
-        else:
-            try:
-                save_indexes(self.settings, built)
-                log.info("index rebuilt from the store in %.1f s",
-                         time.perf_counter() - t0)
-                loaded = self._load_files()
-                if loaded is not None:
-                    return loaded
-            except IndexFileError as exc:
-                log.warning("%s: searching an index rebuilt in memory", exc)
-        return (built.hashes, built.hash_manifest), (built.local, built.local_manifest)
-
-    def _load_files(self) -> tuple[Any, Any] | None:
-        """Both index files, if both are intact, agree with each other, fit the code and
-        were built from this store at or before its last change."""
-        rev = head_revision()
-        hashes = load_index(self.settings.index_dir, INDEX_NAME)
-        local = load_index(self.settings.index_dir, LOCAL_INDEX_NAME)
-        if hashes is None or local is None:
-            return None
-        hm, lm = hashes[1], local[1]
-        if hm.schema_revision != rev or lm.schema_revision != rev:
-            return None
-        if (hm.store_id, hm.seq, hm.images) != (lm.store_id, lm.seq, lm.images):
-            return None
-        if not _local_fits(lm, self.settings):
-            return None
-        with self.sessions() as session:
-            state = repo.store_state(session)
-        if not belongs_to(hm, state):
-            log.warning("the index files in %s were not built from this store (or are newer "
-                        "than it, as after restoring an older backup of the store): they "
-                        "will be rebuilt", self.settings.index_dir)
-            return None
-        return hashes, local
-
-    def _catch_up(self, force: bool = False) -> bool:
-        """Bring the snapshot up to the store's last change. False if too far behind."""
-        snap = self.snap
-        assert snap is not None
-        with self.sessions() as session:
-            seq = repo.current_seq(session)
-            if seq == snap.seq and not force:
-                return True
-            changed = repo.changed_since(session, snap.base_seq, self.delta_max)
-            if changed is None:
-                return False
-            live = [c for c in changed if c.indexed and c.phash is not None]
-            descs = repo.descriptors_of(session, [c.id for c in live],
-                                        self.settings.local_per_image)
-        removed = frozenset(c.id for c in changed)
-        delta = delta_local = None
-        if live:
-            ids = np.array([c.id for c in live], np.int64)
-            codes = np.frombuffer(b"".join(c.phash for c in live), np.uint8).reshape(-1, 8)
-            delta = build_binary_index(ids, codes)
-            blobs = [descs.get(c.id, b"") for c in live]
-            lids = np.repeat(ids, [len(b) // 32 for b in blobs])
-            arr = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, 32)
-            delta_local = build_local_index(lids, arr, replace(self.settings.local_params,
-                                                               flat_max=1 << 62))
-        stale = int(np.isin(np.fromiter(removed, np.int64, len(removed)), self._main_ids).sum())
-        size = len(self._main_ids) - stale + len(live)
-        self.snap = replace(snap, seq=seq, delta=delta, delta_local=delta_local,
-                            removed=removed, size=size)
-        return True
-
-    def _mtime(self) -> float | None:
-        try:
-            return self.manifest_path.stat().st_mtime_ns / 1e9
-        except OSError:
-            return None
+        self.live = LiveIndex(settings, self.engine, rebuild=rebuild, background=background)
 
     def refresh(self) -> bool:
-        """Make the snapshot agree with the store: load newer index files written by
-        another process, patch in rows changed since. True if anything was reloaded."""
-        with self._lock:
-            if self.snap is None or self._mtime() != self.snap.mtime:
-                self.load()
-                return True
-            if not self._catch_up():
-                self.load(force_rebuild=True)
-                return True
-            return False
+        """Bring the index up to the store's last change now; True if anything changed."""
+        return self.live.refresh()
 
     @property
     def size(self) -> int:
         """Number of indexed catalogue images."""
-        return self.snap.size if self.snap is not None else 0
+        return self.live.snapshot().size
 
     def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
@@ -353,9 +90,7 @@ class SearchEngine:
         # OpenMP threads only oversubscribe the cores; a FAISS IVF vote search in a pool
         # thread left at the default cost ~3x more than with one thread
         faiss.omp_set_num_threads(1)
-        self.refresh()
-        snap = self.snap
-        assert snap is not None
+        snap = self.live.current()
         if snap.size == 0:
             raise EmptyCatalogueError(
                 "the catalogue has no indexed images: run `echoimage index build` first")
@@ -374,8 +109,7 @@ class SearchEngine:
         lap("features_ms")
 
         n = max(s.rerank_n, k)
-        listed = shortlist(snap.index, views[0].small, s.shortlist_k, snap.delta,
-                           snap.removed)
+        listed = shortlist(snap.parts, views[0].small, s.shortlist_k)
         chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
         if len(chosen) < k:
             chosen = listed[:k]
@@ -383,7 +117,7 @@ class SearchEngine:
         for c in chosen:
             proposed[c.id] = [c]
         for v, view in enumerate(views[1:], 1):
-            for c in shortlist(snap.index, view.small, s.box_k, snap.delta, snap.removed):
+            for c in shortlist(snap.parts, view.small, s.box_k):
                 if c.hash_distance <= s.box_max_distance:
                     proposed.setdefault(c.id, []).append(
                         Shortlisted(c.id, c.hash_distance, c.orientation, v))
@@ -401,7 +135,7 @@ class SearchEngine:
             # crop, a picture inside a page), proposed as seen from the view that voted
             vote_view: dict[int, int] = {}
             for v, view in enumerate(views):
-                for i, count in self._votes(view.orb(False).descriptors).items():
+                for i, count in self._votes(snap, view.orb(False).descriptors).items():
                     if count > votes.get(i, 0):
                         votes[i], vote_view[i] = count, v
             self._load(cands, set(votes))
@@ -415,7 +149,7 @@ class SearchEngine:
         if not _confident(best, s.duplicate_threshold):
             # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
             # invariant), proposing images in the mirror orientation
-            mvotes = self._votes(views[0].orb(True).descriptors)
+            mvotes = self._votes(snap, views[0].orb(True).descriptors)
             self._load(cands, set(mvotes))
             fresh = {}
             for i, count in mvotes.items():
@@ -446,13 +180,12 @@ class SearchEngine:
             with self.sessions() as session:
                 cands.update(repo.candidates(session, missing))
 
-    def _votes(self, descriptors: np.ndarray) -> dict[int, int]:
+    def _votes(self, snap: Snapshot, descriptors: np.ndarray) -> dict[int, int]:
         """Images with at least min_votes of these query descriptors among their near
         neighbours in the local-feature index (its top vote_n), with their votes."""
-        s, snap = self.settings, self.snap
-        assert snap is not None
-        return {cv.id: cv.votes for cv in vote(snap.local, descriptors, s.local_params,
-                                               s.vote_n, snap.delta_local, snap.removed)
+        s = self.settings
+        return {cv.id: cv.votes for cv in snap.parts.vote(descriptors, s.local_params,
+                                                           s.vote_n)
                 if cv.votes >= s.min_votes}
 
     @staticmethod
@@ -517,7 +250,7 @@ class SearchEngine:
         if om.homography is not None:
             reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
-            trans = _describe(om.homography, mirror, reg, cand, img.scale)
+            trans = describe(om.homography, mirror, reg, cand, img.scale)
         x, y, w, h = view.box
         box = None if c.view == 0 else [round(v * img.scale, 1) for v in (x, y, w, h)]
         return Match(
@@ -568,23 +301,6 @@ class _View:
                 self._thumb = thumbnail(self.gray, self._settings.thumb_size)
             self._refs[o] = SsimReference(orient(self._thumb, o))
         return self._refs[o]
-
-
-def _describe(h: np.ndarray, mirror: bool, reg: list[list[float]], cand: Candidate,
-              query_scale: float) -> dict[str, Any]:
-    """From a homography: scale (catalogue pixels per query pixel), rotation, mirror and
-    the fraction of the catalogue image the query covers."""
-    a = h[:2, :2]
-    det = float(np.linalg.det(a))
-    scale = math.sqrt(abs(det))
-    rotation = math.degrees(math.atan2(a[1, 0], a[0, 0]))
-    pts = np.array(reg, dtype=np.float64)
-    x, y = pts[:, 0], pts[:, 1]
-    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-    total = float(cand.width * cand.height) or 1.0
-    return {"scale": round(scale * cand.work_scale / query_scale, 3),
-            "rotation_deg": round(rotation, 1), "mirror": mirror,
-            "covered_fraction": round(min(area / total, 1.0), 3)}
 
 
 def _keep_best(best: dict[int, Match], scored: dict[int, Match]) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from echoimage.features.hashes import oriented_phashes
 from echoimage.index.binary import search
+from echoimage.index.parts import PartSet
 
 
 @dataclass(frozen=True)
@@ -22,26 +23,21 @@ class Shortlisted:
     fixed: bool = False  # the orientation is known (not a guess from a far hash)
 
 
-def shortlist(index: faiss.IndexBinary, small: np.ndarray, k: int,
-              delta: faiss.IndexBinary | None = None,
-              removed: frozenset[int] = frozenset()) -> list[Shortlisted]:
+def shortlist(index: PartSet | faiss.IndexBinary, small: np.ndarray, k: int
+              ) -> list[Shortlisted]:
     """Top-k ids per orientation, merged: each id keeps its best (distance, orientation).
 
-    delta holds entries changed since index was built and removed the ids whose entry in
-    index is out of date. Sorted by distance, then orientation, then id (stable ties).
+    index is the live index's parts (or one pHash index). Sorted by distance, then
+    orientation, then id (stable ties).
     """
     codes = np.frombuffer(b"".join(oriented_phashes(small)), np.uint8).reshape(8, 8)
+    hits = index.search_hashes(codes, k) if isinstance(index, PartSet) else \
+        search(index, codes, k)
     best: dict[int, tuple[int, int]] = {}
-    for idx, skip in ((index, removed), (delta, frozenset())):
-        if idx is None:
-            continue
-        hits = search(idx, codes, k + len(skip))
-        for o, (ids, dists) in enumerate(zip(hits.ids, hits.distances, strict=True)):
-            for i, d in zip(ids.tolist(), dists.tolist(), strict=True):
-                if i in skip:
-                    continue
-                if i not in best or (d, o) < best[i]:
-                    best[i] = (d, o)
+    for o, (ids, dists) in enumerate(zip(hits.ids, hits.distances, strict=True)):
+        for i, d in zip(ids.tolist(), dists.tolist(), strict=True):
+            if i not in best or (d, o) < best[i]:
+                best[i] = (d, o)
     out = [Shortlisted(i, d, o) for i, (d, o) in best.items()]
     out.sort(key=lambda s: (s.hash_distance, s.orientation, s.id))
     return out

@@ -272,16 +272,15 @@ class ChangedImage:
     seq: int
 
 
-def changed_since(session: Session, seq: int, limit: int) -> list[ChangedImage] | None:
+def changed_since(session: Session, seq: int, limit: int | None = None
+                  ) -> list[ChangedImage] | None:
     """Images whose row changed after change number seq (light: no descriptors), or None
     if more than limit did."""
-    rows = session.execute(
-        select(ImageRow.id, ImageRow.status, FeatureRow.phash, ImageRow.seq)
-        .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
-        .where(ImageRow.seq > seq)
-        .order_by(ImageRow.id).limit(limit + 1)
-    ).all()
-    if len(rows) > limit:
+    stmt = (select(ImageRow.id, ImageRow.status, FeatureRow.phash, ImageRow.seq)
+            .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
+            .where(ImageRow.seq > seq).order_by(ImageRow.id))
+    rows = session.execute(stmt if limit is None else stmt.limit(limit + 1)).all()
+    if limit is not None and len(rows) > limit:
         return None
     return [ChangedImage(r[0], r[1] == Status.INDEXED and r[2] is not None, r[2], r[3])
             for r in rows]

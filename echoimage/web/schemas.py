@@ -99,8 +99,13 @@ class IndexStats(BaseModel):
     """The shortlist index the server answers from."""
 
     entries: int
-    built_at: str | None = None
-    max_id: int | None = None
+    seq: int = Field(description="the store's change number the answers agree with")
+    files_seq: int = Field(description="the change number the index files include (the rest "
+                                       "is searched from memory)")
+    parts: int = Field(description="base, segments and in-memory delta searched")
+    refreshed_at: str
+    in_memory: bool = Field(description="true when the index could not be written (a "
+                                        "read-only store) and was built in memory")
 
 
 class ServerStats(BaseModel):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import cv2
@@ -77,7 +78,7 @@ class WebService:
     @classmethod
     async def start(cls, settings: Settings, web: WebSettings) -> WebService:
         """Load the engine (index + store) once, off the event loop, and open the fetcher."""
-        engine = await asyncio.to_thread(SearchEngine, settings)
+        engine = await asyncio.to_thread(lambda: SearchEngine(settings, background=True))
         service = cls(settings, web, engine)
         service._old_cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
@@ -211,18 +212,20 @@ class WebService:
     # --- numbers ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Catalogue counts by status, the (refreshed) index and this server's counters."""
-        self.engine.refresh()
+        """Catalogue counts by status, the index being served and this server's counters
+        (a change of the store starts a background refresh; the answer says what is
+        served now)."""
+        snap = self.engine.live.current()
         with self.engine.sessions() as session:
             counts = repo.status_counts(session)
-        manifest = self.engine.manifest
         c = self.counters
         return {
             "images": counts,
             "total_images": sum(counts.values()),
-            "index": {"entries": self.engine.size,
-                      "built_at": manifest.built_at if manifest else None,
-                      "max_id": manifest.max_id if manifest else None},
+            "index": {"entries": snap.size, "seq": snap.seq, "files_seq": snap.files_seq,
+                      "parts": len(snap.parts.parts),
+                      "refreshed_at": datetime.fromtimestamp(snap.loaded_at, UTC).isoformat(),
+                      "in_memory": snap.manifest is None},
             "server": {"uptime_s": round(time.monotonic() - self.started, 3),
                        "queries": c.queries, "failed_queries": c.failed, "running": c.running,
                        "waiting": c.waiting, "query_threads": self.threads,

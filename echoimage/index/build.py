@@ -1,0 +1,484 @@
+"""Building, maintaining and loading the index files: the one writer of the index directory.
+
+`update_index_files` is what every build, update and catalogue change ends with: the rows
+the store changed after the manifest's change number become a new segment (added, changed
+and gone images; no retraining, no rewrite of the base). Segments are merged with each other
+when there are too many, and into a new base (a compaction: no retraining either, the codes
+are moved list by list) when they hold a large share of the catalogue. The IVF quantizer is
+retrained only when it no longer fits the data: the catalogue has grown `RETRAIN_GROWTH`
+times since training, or the last compaction measured lists too uneven. A full rebuild
+(`rebuild_index_files`, `echoimage index rebuild`) is always possible from the store.
+
+Writers hold an exclusive lock on the index directory; readers never lock: they read the
+manifest, then the files it names (files are never rewritten, only replaced by new names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from sqlalchemy import Engine
+
+from echoimage.config import Settings
+from echoimage.index.binary import (
+    IndexFileDamaged,
+    build_binary_index,
+    codes_of,
+    read_index_file,
+    write_index_file,
+)
+from echoimage.index.local import (
+    DESC_BYTES,
+    LAYOUT,
+    local_part,
+    nlist_for,
+    quantizer_of,
+    train_quantizer,
+)
+from echoimage.index.manifest import (
+    MANIFEST_NAME,
+    FileRef,
+    IndexManifest,
+    PartInfo,
+    atomic_write_bytes,
+    ensure_index_dir,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from echoimage.index.parts import Part, PartSet
+from echoimage.store import repo
+from echoimage.store.db import head_revision, session_factory
+
+log = logging.getLogger(__name__)
+
+#: segments past which they are merged (into one segment, or with the base)
+MAX_SEGMENTS = 8
+#: segments holding more than this share of the base's images are merged into a new base
+COMPACT_SHARE = 0.25
+#: retrain when the catalogue holds this many times the descriptors the quantizer was
+#: trained for (the ideal list count has doubled: 2·√n)
+RETRAIN_GROWTH = 4.0
+#: retrain when the longest lists are this uneven (FAISS's imbalance factor, measured at
+#: each compaction; k-means on ORB descriptors gives 1.2-1.6, see the README)
+IMBALANCE_MAX = 3.0
+#: a change of more than this share of the catalogue is rebuilt rather than segmented
+REBUILD_SHARE = 0.5
+
+_OUR_FILES = re.compile(r"^(base-|seg-|quantizer-|\..*\.tmp$)|^(phash|orb-local)\.faissbin")
+
+
+class IndexAction(StrEnum):
+    """What an index update did."""
+
+    UNCHANGED = "unchanged"
+    SEGMENT = "segment"
+    MERGED = "merged-segments"
+    COMPACTED = "compacted"
+    REBUILT = "rebuilt"
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """The outcome of one index update or rebuild."""
+
+    action: IndexAction
+    seq: int
+    images: int
+    segments: int
+    seconds: float
+    changed: int = 0  # store rows the update took in
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"action": str(self.action), "seq": self.seq, "images": self.images,
+                "segments": self.segments, "seconds": round(self.seconds, 3),
+                "changed": self.changed, "reason": self.reason}
+
+
+def index_params(settings: Settings) -> dict[str, Any]:
+    """What index files must have been built for to serve these settings."""
+    return {"per_image": settings.local_per_image, "layout": LAYOUT, "hash_bits": 64}
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """The index directory's exclusive writer lock (held until the block ends)."""
+    ensure_index_dir(directory)
+    with open(directory / ".writer.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def misfit(manifest: IndexManifest, state: repo.StoreState, settings: Settings) -> str | None:
+    """Why index files cannot serve this store and these settings (None: they can)."""
+    if manifest.store_id != state.store_id:
+        return "they were built from another store"
+    if manifest.seq > state.seq:
+        return ("they are newer than the store (as after restoring an older backup of "
+                "the store)")
+    if manifest.schema_revision != head_revision():
+        return "they were built for another schema revision"
+    if manifest.params != index_params(settings):
+        return "they were built with other parameters"
+    return None
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def _read_touched(directory: Path, ref: FileRef) -> np.ndarray:
+    path = directory / ref.name
+    try:
+        if file_sha256(path) != ref.sha256:
+            raise IndexFileDamaged(f"{path} does not match its checksum in the manifest")
+        return np.load(path, allow_pickle=False).astype(np.int64)
+    except OSError as exc:
+        raise IndexFileDamaged(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise IndexFileDamaged(f"{path} cannot be read ({exc})") from None
+
+
+def read_part(directory: Path, info: PartInfo) -> Part:
+    """One part from its files (checksums checked); IndexFileDamaged says why not."""
+    hashes = read_index_file(directory, info.files["hash"])
+    local = read_index_file(directory, info.files["local"])
+    touched = _read_touched(directory, info.files["touched"])
+    if hashes.ntotal != info.images or local.ntotal != info.descriptors:
+        raise IndexFileDamaged(f"part {info.name} holds other entries than its manifest says")
+    return Part(info.name, info.seq, hashes, local, touched)
+
+
+def read_quantizer(directory: Path, manifest: IndexManifest) -> faiss.IndexBinary | None:
+    """The trained quantizer of an IVF index (None for a flat one)."""
+    if manifest.layout != "ivf":
+        return None
+    assert manifest.trained is not None
+    return read_index_file(directory, FileRef(**manifest.trained["file"]))
+
+
+def load_parts(directory: Path, manifest: IndexManifest,
+               cache: dict[str, Part] | None = None
+               ) -> tuple[tuple[Part, ...], faiss.IndexBinary | None]:
+    """Every part of the manifest (those in cache reused: parts never change under a name)
+    and the quantizer. IndexFileDamaged when a file is missing or damaged."""
+    cache = cache or {}
+    parts = tuple(cache[i.name] if i.name in cache else read_part(directory, i)
+                  for i in manifest.parts)
+    quantizer = None
+    if manifest.layout == "ivf":
+        quantizer = quantizer_of(parts[0].local)
+    return parts, quantizer
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_part(directory: Path, part: Part, from_seq: int) -> PartInfo:
+    """Write a part's three files and describe them."""
+    files = {"hash": write_index_file(part.hashes, directory / f"{part.name}.hash.faissbin"),
+             "local": write_index_file(part.local, directory / f"{part.name}.local.faissbin")}
+    buf = io.BytesIO()
+    np.save(buf, part.touched.astype(np.int64), allow_pickle=False)
+    path = directory / f"{part.name}.touched.npy"
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    files["touched"] = FileRef(path.name, hashlib.sha256(data).hexdigest(), len(data))
+    return PartInfo(part.name, from_seq, part.seq, int(part.hashes.ntotal),
+                    int(part.local.ntotal), len(part.touched), files)
+
+
+def collect_garbage(directory: Path, keep: set[str]) -> None:
+    """Remove index files no manifest names any more (a reader that still has one open
+    keeps reading it; one that opens it too late reads the new manifest and retries)."""
+    keep = keep | {MANIFEST_NAME, ".writer.lock"}
+    for path in directory.iterdir():
+        if path.name not in keep and _OUR_FILES.match(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@dataclass
+class _Rows:
+    """Rows read from the store for a part: pHashes and local descriptors."""
+
+    ids: np.ndarray
+    codes: np.ndarray
+    local_ids: np.ndarray
+    descs: np.ndarray
+    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[Any]:
+    """A session whose reads all see one snapshot of the store (SQLite: an explicit read
+    transaction, which the driver does not open for SELECTs by itself; PostgreSQL:
+    REPEATABLE READ)."""
+    if engine.dialect.name == "sqlite":
+        with session_factory(engine)() as session:
+            session.connection().exec_driver_sql("BEGIN")
+            try:
+                yield session
+            finally:
+                session.rollback()
+        return
+    bind = engine.execution_options(isolation_level="REPEATABLE READ")
+    with session_factory(bind)() as session:
+        yield session
+
+
+def _part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:
+    return Part(name, seq, build_binary_index(rows.ids, rows.codes),
+                local_part(rows.local_ids, rows.descs, quantizer), rows.touched)
+
+
+def changed_rows(session: Any, after: int, per_image: int) -> tuple[list[repo.ChangedImage],
+                                                                  _Rows]:
+    """The rows changed after change number `after`, as a part's rows (touched: all of
+    them; pHashes and descriptors: those indexed now)."""
+    changed = repo.changed_since(session, after, None)
+    assert changed is not None
+    live = [c for c in changed if c.indexed and c.phash is not None]
+    descs = repo.descriptors_of(session, [c.id for c in live], per_image)
+    ids = np.array([c.id for c in live], np.int64)
+    codes = np.frombuffer(b"".join(c.phash for c in live), np.uint8).reshape(-1, 8)
+    blobs = [descs.get(c.id, b"") for c in live]
+    lids = np.repeat(ids, [len(b) // DESC_BYTES for b in blobs])
+    arr = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, DESC_BYTES)
+    touched = np.array(sorted(c.id for c in changed), np.int64)
+    return changed, _Rows(ids, codes, lids, arr, touched)
+
+
+def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
+             previous: IndexManifest | None) -> IndexReport:
+    """A full build from one snapshot of the store (caller holds the writer lock)."""
+    lp = settings.local_params
+    directory = settings.index_dir
+    with snapshot(engine) as session:  # one transaction: one snapshot
+        state = repo.store_state(session)
+        ids, codes = repo.indexed_hashes(session)
+        lids, ldescs = repo.local_descriptors(session, lp.per_image)
+    ivf = ldescs.shape[0] > lp.flat_max
+    quantizer = train_quantizer(ldescs, lp) if ivf else None
+    gen = time.time_ns()
+    base = _part(f"base-{gen}", state.seq, _Rows(ids, codes, lids, ldescs), quantizer)
+    info = write_part(directory, base, 0)
+    trained = last_retrain = None
+    if quantizer is not None:
+        ref = write_index_file(quantizer, directory / f"quantizer-{gen}.faissbin")
+        trained = {"descriptors": int(ldescs.shape[0]), "images": int(len(ids)),
+                   "nlist": int(quantizer.ntotal), "seq": state.seq, "at": _now(),
+                   "file": ref.__dict__,
+                   "imbalance": round(float(base.local.invlists.imbalance_factor()), 3)}
+        last_retrain = {"at": _now(), "seq": state.seq, "reason": reason,
+                        "seconds": round(time.perf_counter() - t0, 3)}
+    elif previous is not None:
+        last_retrain = previous.last_retrain
+    manifest = IndexManifest(
+        store_id=state.store_id, seq=state.seq, schema_revision=head_revision(),
+        images=state.count, params=index_params(settings), layout="ivf" if ivf else "flat",
+        base=info, trained=trained, last_retrain=last_retrain,
+        last_compaction=previous.last_compaction if previous else None, updated_at=_now())
+    write_manifest(directory, manifest)
+    collect_garbage(directory, manifest.file_names())
+    seconds = time.perf_counter() - t0
+    log.info("index rebuilt (%s): %d images, %d descriptors, %s, in %.1f s", reason,
+             state.count, ldescs.shape[0], f"IVF {quantizer.ntotal} lists" if quantizer
+             is not None else "flat", seconds)
+    return IndexReport(IndexAction.REBUILT, state.seq, state.count, 0, seconds,
+                       reason=reason)
+
+
+def rebuild_index_files(settings: Settings, engine: Engine, reason: str = "asked for"
+                        ) -> IndexReport:
+    """Rebuild the index from the store from scratch (retraining the quantizer)."""
+    t0 = time.perf_counter()
+    with writer_lock(settings.index_dir):
+        return _rebuild(settings, engine, reason, t0, read_manifest(settings.index_dir))
+
+
+def _files_present(directory: Path, manifest: IndexManifest) -> str | None:
+    """Why the manifest's files cannot be used, judged by their sizes (None: they can)."""
+    refs = [r for p in manifest.parts for r in p.files.values()]
+    if manifest.trained:
+        refs.append(FileRef(**manifest.trained["file"]))
+    for ref in refs:
+        try:
+            size = (directory / ref.name).stat().st_size
+        except OSError:
+            return f"its file {ref.name} is missing"
+        if size != ref.bytes:
+            return f"its file {ref.name} has been changed"
+    return None
+
+
+def _retrain_reason(manifest: IndexManifest, state: repo.StoreState, settings: Settings
+                    ) -> str | None:
+    """Why the quantizer no longer fits (None: it does)."""
+    lp = settings.local_params
+    per_image = manifest.base.descriptors / manifest.base.images if manifest.base.images \
+        else float(lp.per_image)
+    estimate = state.count * per_image
+    if manifest.layout == "flat":
+        return "the index is flat (small): rebuilt whole" if estimate <= lp.flat_max \
+            else "the catalogue outgrew the flat index"
+    assert manifest.trained is not None
+    trained = manifest.trained["descriptors"]
+    if estimate > RETRAIN_GROWTH * trained:
+        return (f"the catalogue grew to ~{estimate:,.0f} descriptors, over "
+                f"{RETRAIN_GROWTH:g}x the {trained:,} the quantizer was trained on")
+    if nlist_for(int(estimate), lp) < manifest.trained["nlist"] / 4:
+        return "the catalogue shrank to a quarter of the lists' size"
+    imbalance = (manifest.last_compaction or {}).get("imbalance") or \
+        manifest.trained.get("imbalance") or 1.0
+    if imbalance > IMBALANCE_MAX:
+        return f"its lists became too uneven (imbalance factor {imbalance:.2f})"
+    return None
+
+
+def _merge(parts: tuple[Part, ...], quantizer: faiss.IndexBinary | None, name: str, seq: int,
+           touched: np.ndarray) -> Part:
+    """One part holding the live entries of parts (shadowed ones dropped), moved list by
+    list without re-assigning or retraining."""
+    pset = PartSet(parts, quantizer, 1)
+    id_arrays, code_arrays = [], []
+    local = None
+    for part, shadow, gone in zip(parts, pset.shadowed, pset.superseded, strict=True):
+        ids, codes = codes_of(part.hashes)
+        keep = ~np.isin(ids, shadow)
+        id_arrays.append(ids[keep])
+        code_arrays.append(codes[keep])
+        if len(gone):
+            part.local.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(gone)))
+        if local is None:
+            local = part.local
+        else:
+            local.merge_from(part.local, 0)
+    ids = np.concatenate(id_arrays)
+    order = np.argsort(ids, kind="stable")
+    hashes = build_binary_index(ids[order], np.concatenate(code_arrays)[order])
+    assert local is not None
+    return Part(name, seq, hashes, local, touched)
+
+
+def update_index_files(settings: Settings, engine: Engine, retrain: bool = True
+                       ) -> IndexReport:
+    """Bring the index files up to the store's last change (see the module docstring).
+
+    retrain=False (a flush in the middle of a build) leaves a quantizer that has become too
+    small in place until the run's last update; a flat index outgrown is still trained."""
+    t0 = time.perf_counter()
+    directory = settings.index_dir
+    with writer_lock(directory):
+        manifest = read_manifest(directory)
+        if manifest is None:
+            return _rebuild(settings, engine, "there was no index", t0, None)
+        with snapshot(engine) as session:
+            state = repo.store_state(session)
+            why = misfit(manifest, state, settings) or _files_present(directory, manifest)
+            if why:
+                log.warning("the index files in %s cannot be used (%s): rebuilding them",
+                            directory, why)
+                return _rebuild(settings, engine, why, t0, manifest)
+            if manifest.seq == state.seq:
+                return IndexReport(IndexAction.UNCHANGED, state.seq, manifest.images,
+                                   len(manifest.segments), time.perf_counter() - t0)
+            why = _retrain_reason(manifest, state, settings)
+            if why and (retrain or manifest.layout == "flat"):
+                return _rebuild(settings, engine, why, t0, manifest)
+            changed, rows = changed_rows(session, manifest.seq, settings.local_per_image)
+        if len(changed) > REBUILD_SHARE * max(state.count, manifest.images):
+            return _rebuild(settings, engine, f"{len(changed):,} images changed, more than "
+                            f"{REBUILD_SHARE:.0%} of the catalogue", t0, manifest)
+        try:
+            quantizer = read_index_file(directory, FileRef(**manifest.trained["file"]))
+        except IndexFileDamaged as exc:
+            log.warning("%s: rebuilding the index", exc)
+            return _rebuild(settings, engine, str(exc), t0, manifest)
+        segment = _part(f"seg-{state.seq}-{time.time_ns()}", state.seq, rows, quantizer)
+        info = write_part(directory, segment, manifest.seq)
+        segments = (*manifest.segments, info)
+        action = IndexAction.SEGMENT
+        new = manifest.with_updates(seq=state.seq, images=state.count, segments=segments)
+        if len(segments) > MAX_SEGMENTS:
+            new, action = _consolidate(directory, new, quantizer)
+        write_manifest(directory, new)
+        collect_garbage(directory, new.file_names())
+        seconds = time.perf_counter() - t0
+        log.info("index updated to change %d (%s): %d rows changed, %d segments, %.2f s",
+                 state.seq, action, len(changed), len(new.segments), seconds)
+        return IndexReport(action, state.seq, state.count, len(new.segments), seconds,
+                           changed=len(changed))
+
+
+def _consolidate(directory: Path, manifest: IndexManifest, quantizer: faiss.IndexBinary
+                 ) -> tuple[IndexManifest, IndexAction]:
+    """Merge the segments into one, or (when they hold a large share of the catalogue)
+    with the base into a new base: a compaction."""
+    t0 = time.perf_counter()
+    seg_images = sum(s.images + s.touched for s in manifest.segments)
+    whole = seg_images > COMPACT_SHARE * max(1, manifest.base.images)
+    infos = manifest.parts if whole else manifest.segments
+    parts = tuple(read_part(directory, i) for i in infos)
+    touched = np.unique(np.concatenate([p.touched for p in parts]))
+    if whole:
+        name = f"base-{time.time_ns()}"
+        merged = _merge(parts, quantizer, name, manifest.seq, np.zeros(0, np.int64))
+        info = write_part(directory, merged, 0)
+        imbalance = round(float(merged.local.invlists.imbalance_factor()), 3)
+        compaction = {"at": _now(), "seq": manifest.seq, "imbalance": imbalance,
+                      "seconds": round(time.perf_counter() - t0, 3),
+                      "segments": len(manifest.segments)}
+        log.info("index compacted: %d segments merged into the base in %.1f s (list "
+                 "imbalance %.2f)", len(manifest.segments), time.perf_counter() - t0,
+                 imbalance)
+        return manifest.with_updates(base=info, segments=(), last_compaction=compaction), \
+            IndexAction.COMPACTED
+    name = f"seg-{manifest.seq}-{time.time_ns()}-merged"
+    merged = _merge(parts, quantizer, name, manifest.seq, touched)
+    info = write_part(directory, merged, manifest.segments[0].from_seq)
+    return manifest.with_updates(segments=(info,)), IndexAction.MERGED
+
+
+def in_memory_index(settings: Settings, engine: Engine) -> tuple[PartSet, int]:
+    """The whole index built in memory from the store (for a store that cannot be
+    written); (parts, the change number they include)."""
+    lp = settings.local_params
+    with snapshot(engine) as session:
+        state = repo.store_state(session)
+        ids, codes = repo.indexed_hashes(session)
+        lids, ldescs = repo.local_descriptors(session, lp.per_image)
+    quantizer = train_quantizer(ldescs, lp) if ldescs.shape[0] > lp.flat_max else None
+    part = _part("memory", state.seq, _Rows(ids, codes, lids, ldescs), quantizer)
+    return PartSet((part,), quantizer, lp.nprobe), state.seq
+
+
+def delta_part(session: Any, after: int, settings: Settings,
+               quantizer: faiss.IndexBinary | None) -> tuple[Part | None, int]:
+    """The store rows changed after change number `after` as one in-memory part (None if
+    none), and the store's last change number, read in the same transaction."""
+    seq = repo.current_seq(session)
+    if seq == after:
+        return None, seq
+    _, rows = changed_rows(session, after, settings.local_per_image)
+    return _part(f"delta-{seq}", seq, rows, quantizer), seq

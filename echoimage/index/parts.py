@@ -1,0 +1,121 @@
+"""An index held in memory as immutable parts: the base, the segments, and (in a serving
+process) a delta of store rows not yet in any segment.
+
+Each part holds some images' pHashes and local descriptors, and the ids whose entries in the
+parts before it it replaces (changed images) or removes (gone ones). Nothing is ever
+changed in place: an image changed in a newer part is *shadowed* in the older ones, and
+searches leave shadowed entries out exactly (the hash search through an id selector, the
+local search by a range search whose hits are filtered before the nearest are kept), so a
+set of parts answers like one index rebuilt from the same rows with the same quantizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from echoimage.index.binary import Hits, id_array, search
+from echoimage.index.local import LocalParams, Voted, count_votes, neighbours
+
+
+@dataclass(frozen=True)
+class Part:
+    """One immutable piece of the index."""
+
+    name: str
+    seq: int  # the store's last change number it includes
+    hashes: faiss.IndexBinaryIDMap2  # one pHash per image
+    local: faiss.IndexBinary  # the images' local descriptors (IVF or flat)
+    touched: np.ndarray  # sorted ids whose entries in older parts it replaces or removes
+    ids: np.ndarray = field(init=False)  # sorted ids of the images it holds
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", id_array(self.hashes))
+        object.__setattr__(self, "touched", np.unique(np.asarray(self.touched, np.int64)))
+
+
+class PartSet:
+    """Parts, oldest first, searched as one index."""
+
+    def __init__(self, parts: tuple[Part, ...], quantizer: faiss.IndexBinary | None,
+                 nprobe: int) -> None:
+        self.parts = parts
+        self.quantizer = quantizer
+        self.nprobe = min(nprobe, quantizer.ntotal) if quantizer is not None else nprobe
+        shadowed, superseded = [], []
+        later = np.zeros(0, np.int64)
+        for part in reversed(parts):
+            shadowed.append(part.ids[np.isin(part.ids, later, assume_unique=True)])
+            superseded.append(later)
+            later = np.union1d(later, np.union1d(part.touched, part.ids))
+        #: per part, the ids of its images that newer parts replace or remove
+        self.shadowed = tuple(reversed(shadowed))
+        #: per part, every id newer parts replace, remove or hold (its local entries of
+        #: these ids are out of date, whether or not it holds their pHash)
+        self.superseded = tuple(reversed(superseded))
+
+    @property
+    def size(self) -> int:
+        """Live images."""
+        return sum(len(p.ids) - len(s) for p, s in zip(self.parts, self.shadowed, strict=True))
+
+    def live_ids(self) -> np.ndarray:
+        """Sorted ids of the live images."""
+        live = [p.ids[~np.isin(p.ids, s, assume_unique=True)]
+                for p, s in zip(self.parts, self.shadowed, strict=True)]
+        return np.sort(np.concatenate(live)) if live else np.zeros(0, np.int64)
+
+    def live_local_ids(self) -> np.ndarray:
+        """The image id of every live local entry (for verification)."""
+        from echoimage.index.local import local_ids
+
+        out = []
+        for p, s in zip(self.parts, self.superseded, strict=True):
+            ids = local_ids(p.local)
+            out.append(ids[~np.isin(ids, s)])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    @property
+    def descriptors(self) -> int:
+        """Local entries, shadowed ones included."""
+        return sum(int(p.local.ntotal) for p in self.parts)
+
+    def search_hashes(self, codes: np.ndarray, k: int) -> Hits:
+        """The k nearest live pHashes to each code row (ties by id)."""
+        per_row: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(codes))]
+        for part, shadow in zip(self.parts, self.shadowed, strict=True):
+            hits = search(part.hashes, codes, k, exclude=shadow)
+            for r, (ids, dists) in enumerate(zip(hits.ids, hits.distances, strict=True)):
+                per_row[r].append((ids, dists))
+        out_i, out_d = [], []
+        for found in per_row:
+            ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+            dists = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+            order = np.lexsort((ids, dists))[:k]
+            out_i.append(ids[order])
+            out_d.append(dists[order])
+        return Hits(out_i, out_d)
+
+    def vote(self, descriptors: np.ndarray, params: LocalParams, top: int) -> list[Voted]:
+        """Images with the most query descriptors among their near neighbours (one vote per
+        query descriptor per image), most votes first, ties by id."""
+        if len(descriptors) == 0 or top <= 0 or not self.parts:
+            return []
+        q = np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
+        assigned = None
+        if self.quantizer is not None:
+            dq, iq = self.quantizer.search(q, self.nprobe)
+            assigned = (dq, iq)
+        rows, dists, ids = [], [], []
+        for part, shadow in zip(self.parts, self.superseded, strict=True):
+            r, d, i = neighbours(part.local, q, params, assigned)
+            if len(shadow) and len(i):
+                keep = ~np.isin(i, shadow)
+                r, d, i = r[keep], d[keep], i[keep]
+            rows.append(r)
+            dists.append(d)
+            ids.append(i)
+        return count_votes(np.concatenate(rows), np.concatenate(dists), np.concatenate(ids),
+                           params, top)
