@@ -270,16 +270,19 @@ def changed_rows(session: Any, after: int, per_image: int) -> tuple[list[repo.Ch
 
 
 def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
-             previous: IndexManifest | None) -> IndexReport:
-    """A full build from one snapshot of the store (caller holds the writer lock)."""
+             previous: IndexManifest | None,
+             quantizer: faiss.IndexBinary | None = None) -> IndexReport:
+    """A full build from one snapshot of the store (caller holds the writer lock), with a
+    new quantizer trained on it, or the one given (to compare with an incremental index)."""
     lp = settings.local_params
     directory = settings.index_dir
     with snapshot(engine) as session:  # one transaction: one snapshot
         state = repo.store_state(session)
         ids, codes = repo.indexed_hashes(session)
         lids, ldescs = repo.local_descriptors(session, lp.per_image)
-    ivf = ldescs.shape[0] > lp.flat_max
-    quantizer = train_quantizer(ldescs, lp) if ivf else None
+    ivf = quantizer is not None or ldescs.shape[0] > lp.flat_max
+    if ivf and quantizer is None:
+        quantizer = train_quantizer(ldescs, lp)
     gen = time.time_ns()
     base = _part(f"base-{gen}", state.seq, _Rows(ids, codes, lids, ldescs), quantizer)
     info = write_part(directory, base, 0)
@@ -309,12 +312,14 @@ def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
                        reason=reason)
 
 
-def rebuild_index_files(settings: Settings, engine: Engine, reason: str = "asked for"
-                        ) -> IndexReport:
-    """Rebuild the index from the store from scratch (retraining the quantizer)."""
+def rebuild_index_files(settings: Settings, engine: Engine, reason: str = "asked for",
+                        quantizer: faiss.IndexBinary | None = None) -> IndexReport:
+    """Rebuild the index from the store from scratch (retraining the quantizer, unless one
+    is given)."""
     t0 = time.perf_counter()
     with writer_lock(settings.index_dir):
-        return _rebuild(settings, engine, reason, t0, read_manifest(settings.index_dir))
+        return _rebuild(settings, engine, reason, t0, read_manifest(settings.index_dir),
+                        quantizer)
 
 
 def _files_present(directory: Path, manifest: IndexManifest) -> str | None:

@@ -1,0 +1,303 @@
+"""The live index against an oracle: after any sequence of add / change / remove updates, the
+segments (merged, compacted, or held in memory as a delta) answer exactly like an index
+rebuilt from the same store with the same quantizer, at the index layer and end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import jpeg, mirror, synthetic
+
+import echoimage.index.build as build_mod
+from echoimage.config import Settings
+from echoimage.features.decode import decode_image
+from echoimage.features.extract import extract_features
+from echoimage.index.build import (
+    IndexAction,
+    load_parts,
+    read_quantizer,
+    rebuild_index_files,
+    snapshot,
+    update_index_files,
+)
+from echoimage.index.manifest import read_manifest
+from echoimage.index.parts import PartSet
+from echoimage.search.engine import SearchEngine
+from echoimage.search.live import LiveIndex
+from echoimage.store import repo
+from echoimage.store.db import open_store, session_factory
+from echoimage.store.models import Status
+from echoimage.types import CatalogueItem, ImageFeatures
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+#: enough synthetic images for an IVF index with the small settings below
+POOL = 48
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[tuple[bytes, ImageFeatures]]:
+    """Synthetic images (JPEG bytes) and their features, computed once."""
+    out = []
+    for i in range(POOL):
+        data = jpeg(synthetic(1000 + i, 320), 90)
+        out.append((data, extract_features(decode_image(data), 256, 300)))
+    return out
+
+
+def ivf_settings(data_dir: Path) -> Settings:
+    """An IVF local index from a few thousand descriptors (16+ lists), one worker."""
+    return Settings(data_dir=data_dir, workers=1, orb_features=300, local_flat_max=500,
+                    local_min_lists=16, local_nprobe=4)
+
+
+class Catalogue:
+    """A store changed directly through the repository (no fetching), image by image."""
+
+    def __init__(self, settings: Settings, pool: list[tuple[bytes, ImageFeatures]]) -> None:
+        self.settings = settings
+        self.engine = open_store(settings)
+        self.sessions = session_factory(self.engine)
+        self.pool = pool
+        self.urls: dict[str, int] = {}  # url → pool index it holds now
+
+    def add(self, url: str, which: int) -> None:
+        data, feats = self.pool[which]
+        with self.sessions.begin() as s:
+            repo.add_pending(s, [CatalogueItem(url, "test")], None)
+            image_id = repo.known_images(s, [url])[url].id
+            repo.save_features(s, image_id, hashlib.sha256(data).hexdigest() + url[-4:],
+                               len(data), feats, params="test")
+        self.urls[url] = which
+
+    def remove(self, url: str) -> None:
+        with self.sessions.begin() as s:
+            image_id = repo.known_images(s, [url])[url].id
+            repo.save_failure(s, image_id, Status.GONE, "HTTP 404")
+        del self.urls[url]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def random_step(cat: Catalogue, rng: np.random.Generator, n: int, step: int) -> None:
+    """Add, change (other features under the same URL) and remove a few images."""
+    for j in range(n):
+        op = rng.random()
+        live = sorted(cat.urls)
+        if op < 0.5 or len(live) < 6:
+            cat.add(f"/cat/{step}-{j}.jpg", int(rng.integers(POOL)))
+        elif op < 0.8:
+            cat.add(str(rng.choice(live)), int(rng.integers(POOL)))  # changed
+        else:
+            cat.remove(str(rng.choice(live)))
+
+
+def oracle(settings: Settings, tmp_path: Path, name: str) -> Settings:
+    """A copy of the store whose index is rebuilt from scratch with the same quantizer."""
+    copy = settings.model_copy(update={"data_dir": tmp_path / name})
+    shutil.rmtree(copy.data_dir, ignore_errors=True)
+    copy.data_dir.mkdir(parents=True)
+    for f in settings.data_dir.glob("echoimage.sqlite3*"):
+        shutil.copy(f, copy.data_dir / f.name)
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None and manifest.layout == "ivf"
+    quantizer = read_quantizer(settings.index_dir, manifest)
+    engine = open_store(copy)
+    try:
+        rebuild_index_files(copy, engine, "oracle", quantizer=quantizer)
+    finally:
+        engine.dispose()
+    return copy
+
+
+def file_parts(settings: Settings) -> PartSet:
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None
+    parts, quantizer = load_parts(settings.index_dir, manifest)
+    return PartSet(parts, quantizer, settings.local_nprobe)
+
+
+def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
+                        rng: np.random.Generator, expected_ids: set[int]) -> None:
+    """Same live images, same pHash neighbours, same votes."""
+    np.testing.assert_array_equal(a.live_ids(), b.live_ids())
+    assert set(a.live_ids().tolist()) == expected_ids
+    assert sorted(a.live_local_ids().tolist()) == sorted(b.live_local_ids().tolist())
+    codes = rng.integers(0, 256, (16, 8), dtype=np.uint8)
+    ha, hb = a.search_hashes(codes, 7), b.search_hashes(codes, 7)
+    for x, y in zip(ha.ids + ha.distances, hb.ids + hb.distances, strict=True):
+        np.testing.assert_array_equal(x, y)
+    lp = settings.local_params
+    for part in b.parts:  # queries near stored descriptors, with bits flipped
+        if part.local.ntotal == 0:
+            continue
+        from echoimage.index.local import local_ids
+
+        ids = local_ids(part.local)
+        for image_id in rng.choice(np.unique(ids), size=min(5, len(np.unique(ids))),
+                                   replace=False):
+            descs = _descriptors_of(settings, int(image_id))
+            noisy = descs ^ (rng.integers(0, 256, descs.shape, dtype=np.uint8)
+                             & rng.integers(0, 256, descs.shape, dtype=np.uint8)
+                             & rng.integers(0, 256, descs.shape, dtype=np.uint8))
+            assert a.vote(noisy, lp, 10) == b.vote(noisy, lp, 10)
+
+
+def _descriptors_of(settings: Settings, image_id: int) -> np.ndarray:
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            blob = repo.descriptors_of(s, [image_id], settings.local_per_image)[image_id]
+    finally:
+        engine.dispose()
+    return np.frombuffer(blob, np.uint8).reshape(-1, 32)
+
+
+def indexed_ids(cat: Catalogue) -> set[int]:
+    with cat.sessions() as s:
+        return {k.id for k in repo.known_images(s).values() if k.status == Status.INDEXED}
+
+
+@pytest.fixture
+def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merge after 3 segments; compact into the base when they hold a tenth of it."""
+    monkeypatch.setattr(build_mod, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(build_mod, "COMPACT_SHARE", 0.1)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, pool, seed: int,
+                                                   small_merges: None) -> None:
+    rng = np.random.default_rng(seed)
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        for i in range(30):
+            cat.add(f"/cat/first-{i}.jpg", i % POOL)
+        first = update_index_files(settings, cat.engine)
+        assert first.action == IndexAction.REBUILT
+        actions = []
+        for step in range(10):
+            random_step(cat, rng, int(rng.integers(1, 6)), step)
+            report = update_index_files(settings, cat.engine)
+            actions.append(report.action)
+            copy = oracle(settings, tmp_path, f"oracle-{step}")
+            assert_same_answers(file_parts(settings), file_parts(copy), settings, rng,
+                                indexed_ids(cat))
+        # the incremental path was taken, merges and compactions among it, never a retrain
+        assert IndexAction.REBUILT not in actions
+        assert IndexAction.SEGMENT in actions
+        assert {IndexAction.MERGED, IndexAction.COMPACTED} & set(actions)
+    finally:
+        cat.close()
+
+
+def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, pool) -> None:
+    rng = np.random.default_rng(7)
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        for i in range(30):
+            cat.add(f"/cat/first-{i}.jpg", i)
+        update_index_files(settings, cat.engine)
+        live = LiveIndex(settings, cat.engine)
+        for step in range(4):  # the store moves on; the files do not
+            random_step(cat, rng, 4, step)
+            live.refresh()
+            snap = live.snapshot()
+            assert snap.files_seq < snap.seq and len(snap.parts.parts) == 2
+            copy = oracle(settings, tmp_path, f"oracle-{step}")
+            assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
+    finally:
+        cat.close()
+
+
+def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, pool, small_merges: None
+                                              ) -> None:
+    """End to end: transformed copies of catalogue images get the same ranked results."""
+    rng = np.random.default_rng(11)
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        for i in range(30):
+            cat.add(f"/cat/first-{i}.jpg", i)
+        update_index_files(settings, cat.engine)
+        for step in range(6):
+            random_step(cat, rng, 5, step)
+            update_index_files(settings, cat.engine)
+        copy = oracle(settings, tmp_path, "oracle")
+        live, fresh = SearchEngine(settings), SearchEngine(copy)
+        for which in sorted(set(cat.urls.values()))[:8]:
+            arr = synthetic(1000 + which, 320)
+            for query in (jpeg(arr[20:-40, 30:], 70), jpeg(mirror(arr), 80)):
+                a = [m.to_dict() for m in live.query_bytes(query, 5).matches]
+                b = [m.to_dict() for m in fresh.query_bytes(query, 5).matches]
+                assert a == b
+    finally:
+        cat.close()
+
+
+def test_one_image_update_touches_only_a_segment(tmp_path: Path, pool) -> None:
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        for i in range(30):
+            cat.add(f"/cat/first-{i}.jpg", i)
+        update_index_files(settings, cat.engine)
+        base = read_manifest(settings.index_dir).base  # type: ignore[union-attr]
+        cat.add("/cat/one-more.jpg", 40)
+        report = update_index_files(settings, cat.engine)
+        manifest = read_manifest(settings.index_dir)
+        assert report.action == IndexAction.SEGMENT and report.changed == 1
+        assert manifest is not None and manifest.base == base  # the base was not rewritten
+        assert [s.images for s in manifest.segments] == [1]
+        again = update_index_files(settings, cat.engine)
+        assert again.action == IndexAction.UNCHANGED
+    finally:
+        cat.close()
+
+
+def test_retraining_is_decided_by_growth(tmp_path: Path, pool, monkeypatch) -> None:
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        for i in range(20):
+            cat.add(f"/cat/first-{i}.jpg", i)
+        update_index_files(settings, cat.engine)
+        trained = read_manifest(settings.index_dir).trained  # type: ignore[union-attr]
+        assert trained is not None
+
+        def grow(n: int) -> None:
+            for j in range(n):
+                cat.add(f"/cat/more-{n}-{j}.jpg", j % POOL)
+
+        grow(20)  # 2x the trained descriptors: segments
+        assert update_index_files(settings, cat.engine).action == IndexAction.SEGMENT
+        grow(50)  # past 4x: the quantizer no longer fits
+        report = update_index_files(settings, cat.engine)
+        assert report.action == IndexAction.REBUILT and "grew" in report.reason
+        manifest = read_manifest(settings.index_dir)
+        assert manifest is not None and manifest.trained["nlist"] >= trained["nlist"]
+        assert manifest.last_retrain["reason"] == report.reason
+    finally:
+        cat.close()
+
+
+def test_snapshot_reads_one_state(tmp_path: Path, pool) -> None:
+    """Reads in a snapshot session do not see a commit made after it started."""
+    settings = ivf_settings(tmp_path / "live")
+    cat = Catalogue(settings, pool)
+    try:
+        cat.add("/cat/a.jpg", 0)
+        with snapshot(cat.engine) as s:
+            before = repo.current_seq(s)
+            cat.add("/cat/b.jpg", 1)
+            assert repo.current_seq(s) == before
+            assert "/cat/b.jpg" not in repo.known_images(s)
+    finally:
+        cat.close()
