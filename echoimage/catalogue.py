@@ -30,14 +30,18 @@ IMAGE_EXTENSIONS = frozenset({
 
 
 def is_url(s: str) -> bool:
-    """True for http(s) URLs."""
-    return urlparse(s).scheme in ("http", "https")
+    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
+    fetcher, with its reason)."""
+    return s[:8].lower().startswith(("http://", "https://"))
 
 
 def source_kind(source: str) -> str:
     """What kind of catalogue source a string names: url, dir, json, jsonl, csv, image, text."""
     if is_url(source):
-        path = urlparse(source).path.lower()
+        try:
+            path = urlparse(source).path.lower()
+        except ValueError:  # a malformed URL: fetched as an image, refused with its reason
+            return "url"
         for ext, kind in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
                           (".csv", "csv"), (".txt", "text")):
             if path.endswith(ext):
@@ -61,20 +65,25 @@ def source_kind(source: str) -> str:
 
 
 def _resolve(entry: str, base: str | None) -> str:
-    """A URL as is; a local path made absolute (relative to the catalogue file's folder)."""
+    """A URL as is; a local path made absolute (relative to the catalogue file's folder).
+    An entry that is neither (a malformed URL, a NUL byte in a path) is kept as written:
+    reading it later says why it is no image."""
     entry = entry.strip()
     if is_url(entry):
         return entry
-    if entry.startswith("file://"):
-        entry = local_path(entry)
-    if base is not None and is_url(base):
-        from urllib.parse import urljoin
+    try:
+        if entry.startswith("file://"):
+            entry = local_path(entry)
+        if base is not None and is_url(base):
+            from urllib.parse import urljoin
 
-        return urljoin(base, entry)
-    p = Path(entry).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = Path(base) / p
-    return path_url(_absolute(p))
+            return urljoin(base, entry)
+        p = Path(entry).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = Path(base) / p
+        return path_url(_absolute(p))
+    except ValueError:
+        return entry
 
 
 def _absolute(path: Path) -> Path:
@@ -129,10 +138,14 @@ def parse_catalogue(data: bytes, kind: str, source: str, base: str | None
                 yield _entry(entry, source, base, f"line {n}")
     elif kind == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "url" not in reader.fieldnames:
-            raise CatalogueError(f"{source}: CSV needs a 'url' column")
-        for n, row in enumerate(reader, 2):
-            yield _entry(dict(row), source, base, f"row {n}")
+        n = 1
+        try:
+            if not reader.fieldnames or "url" not in reader.fieldnames:
+                raise CatalogueError(f"{source}: CSV needs a 'url' column")
+            for n, row in enumerate(reader, 2):
+                yield _entry(dict(row), source, base, f"row {n}")
+        except csv.Error as exc:
+            raise CatalogueError(f"{source}: row {n + 1} is not valid CSV ({exc})") from None
     elif kind == "text":
         for line in text.splitlines():
             line = line.strip()

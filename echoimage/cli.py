@@ -157,6 +157,48 @@ def index_rebuild(ctx: click.Context, as_json: bool) -> None:
                    f"{report.seconds:.1f} s")
 
 
+@index.command("verify")
+@click.option("--dry-run", is_flag=True, help="Only say what would be repaired.")
+@json_option
+@click.pass_context
+@handle_errors
+def index_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Check that the store and the index files agree; repair what does not.
+
+    Every image the store has indexed must be in the index exactly once (with its pHash and
+    its local entries) and nothing else may be. Exit status 1 when something is wrong and
+    was not repaired (--dry-run).
+
+    Example:
+
+        echoimage index verify --dry-run
+    """
+    from echoimage.verify import verify_index
+
+    report = verify_index(_settings(ctx), repair=not dry_run)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        seq = "none" if report.index_seq is None else f"change {report.index_seq}"
+        click.echo(f"store: {report.store_indexed} indexed images at change "
+                   f"{report.store_seq}; index: {report.index_images} images at {seq}"
+                   + (f" ({report.later_changes} later changes for the next update)"
+                      if report.later_changes else ""))
+        if report.files:
+            click.echo(f"  index files cannot be used: {report.files}")
+        for problem, ids in report.problems.items():
+            more = report.counts[problem] - len(ids)
+            click.echo(f"  {report.counts[problem]} images {problem}: ids "
+                       f"{', '.join(map(str, ids))}{f' and {more} more' if more else ''}")
+        for action in report.repaired:
+            click.echo(f"  repaired: {action}")
+        for action in report.would_repair:
+            click.echo(f"  would repair: {action}")
+        click.echo("ok" if report.ok else "NOT OK")
+    if not report.ok:
+        ctx.exit(1)
+
+
 @index.command("status")
 @json_option
 @click.pass_context

@@ -20,7 +20,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fuzzing import (
+    SEED_HTML,
+    FuzzTally,
+    catalogue_runner,
+    fuzz,
+    query_runner,
+    run_indexer,
+    run_page,
+    seed_catalogues,
+    seed_images,
+)
 from helpers import REPO, jpeg, photo, png, synthetic, write
 
 #: a command that runs longer than this has hung
@@ -408,3 +420,100 @@ def test_query_on_a_full_disk(tmpfs: Callable[[str, str], Path], catalogue,
     with pytest.raises(OSError):
         (disk / "one-more").write_bytes(b"x")
     assert top_url(query_coffee(data, tmp_path)) == catalogue.url("coffee")
+
+
+# --- index verify -------------------------------------------------------------------------------
+
+def verify(data: Path, *args: str) -> tuple[int, dict]:
+    proc = echoimage(data, "index", "verify", "--json", *args)
+    no_traceback(proc)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def sql(data: Path, statement: str, *params: object) -> None:
+    """Change the store behind EchoImage's back (no change number taken)."""
+    import sqlite3
+
+    con = sqlite3.connect(data / "echoimage.sqlite3")
+    try:
+        con.execute(statement, params)
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_verify_passes_on_a_healthy_store(built_copy) -> None:
+    rc, report = verify(built_copy.settings.data_dir)
+    assert rc == 0 and report["ok"] and report["problems"] == {} and not report["repaired"]
+    assert report["store_indexed"] == report["index_images"] == len(built_copy.catalogue.files)
+
+
+def test_verify_repairs_an_indexed_image_without_features(built_copy) -> None:
+    data = built_copy.settings.data_dir
+    sql(data, "DELETE FROM features WHERE image_id = (SELECT min(id) FROM images)")
+    rc, report = verify(data, "--dry-run")
+    assert rc == 1 and not report["ok"]
+    assert report["problems"]["indexed in the store without features"]["count"] == 1
+    assert any("back to pending" in a for a in report["would_repair"])
+    rc, report = verify(data)
+    assert rc == 0 and report["ok"] and report["repaired"]
+    rc, report = verify(data)
+    assert rc == 0 and report["problems"] == {} and report["store_indexed"] == 11
+    summary(echoimage(data, "index", "update", "-q", "--json"))  # fetched and indexed again
+    rc, report = verify(data)
+    assert rc == 0 and report["store_indexed"] == report["index_images"] == 12
+
+
+def test_verify_finds_rows_changed_behind_the_index(built_copy) -> None:
+    data = built_copy.settings.data_dir
+    sql(data, "UPDATE features SET phash = X'0000000000000000' WHERE image_id = "
+              "(SELECT min(id) FROM images)")
+    sql(data, "UPDATE images SET status = 'gone' WHERE id = (SELECT max(id) FROM images)")
+    rc, report = verify(data, "--dry-run")
+    assert rc == 1
+    assert set(report["problems"]) >= {"with another pHash in the index than in the store",
+                                       "in the index but not indexed in the store",
+                                       "not indexed but with features in the store"}
+    rc, report = verify(data)
+    assert rc == 0 and "rebuild the index files from the store" in report["repaired"]
+    assert verify(data)[1]["problems"] == {}
+
+
+# --- fuzzed input -------------------------------------------------------------------------------
+
+#: mutated inputs per reader in `make test` (scripts/faults.py runs as many as asked)
+FUZZ_N = int(os.environ.get("ECHOIMAGE_FUZZ_N", "600"))
+
+
+def _assert_clean(tally: FuzzTally) -> None:
+    print(f"fuzz: {tally.as_dict()}")
+    assert not tally.crashes, tally.crashes[:5]
+    assert not tally.hangs, tally.hangs[:5]
+    assert not tally.bad_reasons, tally.bad_reasons[:5]
+
+
+def test_fuzzed_images_through_the_indexer() -> None:
+    seeds = list(seed_images().values())
+    tally = FuzzTally()
+    fuzz(tally, "indexer", seeds, np.random.default_rng(20261127), FUZZ_N, run_indexer)
+    _assert_clean(tally)
+    assert tally.accepted and tally.refused  # both outcomes were exercised
+
+
+def test_fuzzed_images_as_queries(built) -> None:
+    from echoimage.search.engine import SearchEngine
+
+    seeds = list(seed_images().values())
+    tally = FuzzTally()
+    fuzz(tally, "query", seeds, np.random.default_rng(7), FUZZ_N // 3,
+         query_runner(SearchEngine(built.settings)))
+    _assert_clean(tally)
+
+
+def test_fuzzed_catalogue_files_and_pages() -> None:
+    tally = FuzzTally()
+    rng = np.random.default_rng(11)
+    for name, (kind, data) in seed_catalogues().items():
+        fuzz(tally, f"catalogue-{name}", [data], rng, FUZZ_N // 3, catalogue_runner(kind))
+    fuzz(tally, "page", [SEED_HTML], rng, FUZZ_N // 3, run_page)
+    _assert_clean(tally)

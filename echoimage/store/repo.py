@@ -433,3 +433,52 @@ def storage_bytes(session: Session) -> dict[str, int]:
     )).one()
     return {"thumbnails": int(row[0]), "keypoints": int(row[1]), "descriptors": int(row[2]),
             "hashes": 16 * int(row[3]), "images": int(row[3])}
+
+
+@dataclass(frozen=True)
+class IndexedRow:
+    """What verification compares with the index: an indexed image's pHash, the number of
+    its keypoints and the change number of its row."""
+
+    id: int
+    phash: bytes | None  # None: an indexed image without features (a broken row)
+    n_keypoints: int
+    seq: int
+
+
+def indexed_rows(session: Session) -> list[IndexedRow]:
+    """Every indexed image, with or without a features row, by id."""
+    rows = session.execute(
+        select(ImageRow.id, FeatureRow.phash, FeatureRow.n_keypoints, ImageRow.seq)
+        .outerjoin(FeatureRow, FeatureRow.image_id == ImageRow.id)
+        .where(ImageRow.status == Status.INDEXED).order_by(ImageRow.id)
+    ).all()
+    return [IndexedRow(r[0], r[1], int(r[2] or 0), int(r[3])) for r in rows]
+
+
+def orphan_feature_ids(session: Session) -> list[int]:
+    """Images that are not indexed but still have a features row."""
+    return list(session.scalars(
+        select(FeatureRow.image_id).join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(ImageRow.status != Status.INDEXED).order_by(FeatureRow.image_id)))
+
+
+def requeue(session: Session, ids: Sequence[int], reason: str) -> None:
+    """Send indexed images back to pending (fetched and indexed again by the next build or
+    update), dropping whatever features they have."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return
+    first = next_seq(session, len(ids))
+    session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
+    for n, image_id in enumerate(ids):
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+            status=Status.PENDING, reason=reason, indexed_at=None, updated_at=now(),
+            seq=first + n))
+
+
+def drop_features(session: Session, ids: Sequence[int]) -> None:
+    """Delete the features rows of these images."""
+    ids = [int(i) for i in ids]
+    if ids:
+        session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
