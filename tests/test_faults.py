@@ -517,3 +517,144 @@ def test_fuzzed_catalogue_files_and_pages() -> None:
         fuzz(tally, f"catalogue-{name}", [data], rng, FUZZ_N // 3, catalogue_runner(kind))
     fuzz(tally, "page", [SEED_HTML], rng, FUZZ_N // 3, run_page)
     _assert_clean(tally)
+
+
+# --- kill -9 at random moments --------------------------------------------------------------
+
+#: settings that make a small catalogue use the IVF layout, segments and mid-run flushes
+SEGMENTED = {"ECHOIMAGE_LOCAL_FLAT_MAX": "500", "ECHOIMAGE_LOCAL_MIN_LISTS": "16",
+             "ECHOIMAGE_INDEX_FLUSH_ROWS": "10", "ECHOIMAGE_BATCH_SIZE": "4"}
+
+
+def _killed_at(data: Path, args: list[str | Path], delay: float) -> bool:
+    """Run the CLI, SIGKILL it and its workers after delay seconds. True if it was killed
+    (False: it finished first)."""
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data), *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env={**os.environ, **SEGMENTED})
+    try:
+        proc.wait(timeout=delay)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return True
+    finally:
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _edit_folder(root: Path, rng: np.random.Generator, round_no: int) -> None:
+    """New, changed and removed images, as a catalogue changes between updates."""
+    files = sorted(root.glob("*.png"))
+    for i in range(6):
+        write(root / f"r{round_no}-{i}.png", png(synthetic(5000 + 100 * round_no + i, 260)))
+    for path in rng.choice(files, size=3, replace=False):
+        write(path, png(synthetic(int(rng.integers(9000, 9999)), 260)))
+    for path in rng.choice(sorted(set(files)), size=3, replace=False):
+        path.unlink(missing_ok=True)
+
+
+def test_kill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(int(os.environ.get("ECHOIMAGE_KILL_SEED", "1127")))
+    root = tmp_path / "photos"
+    for i in range(40):
+        write(root / f"s{i:02d}.png", png(synthetic(i, 260)))
+    data = tmp_path / "data"
+    kills = 0
+    for round_no in range(5):
+        if round_no:
+            _edit_folder(root, rng, round_no)
+        args = ["index", "build", "-q", root] if round_no == 0 else ["index", "update", "-q"]
+        kills += _killed_at(data, args, float(rng.uniform(0.3, 3.5)))
+        done = echoimage(data, *args, env=SEGMENTED)  # the re-run finishes the job
+        assert done.returncode == 0, no_traceback(done)
+        expected = {str(p.resolve()) for p in root.glob("*.png")}
+        engine = store_snapshot_counts(data)
+        assert engine["indexed_urls"] == expected, round_no  # nothing lost, nothing extra
+        rc, report = verify(data, "--dry-run")
+        assert rc == 0 and report["problems"] == {} and report["files"] is None, report
+        assert report["index_images"] == len(expected)
+    assert kills >= 2  # most rounds were killed part-way
+    some = sorted(root.glob("*.png"))[len(expected) // 2]
+    found = json.loads(echoimage(data, "query", "--json", some).stdout)["results"][0]
+    assert found["url"] == str(some.resolve()) and found["exact"]
+
+
+def store_snapshot_counts(data: Path) -> dict:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{data / 'echoimage.sqlite3'}?mode=ro", uri=True)
+    try:
+        urls = {u for (u,) in con.execute("SELECT url FROM images WHERE status = 'indexed'")}
+    finally:
+        con.close()
+    return {"indexed_urls": urls}
+
+
+# --- every data file corrupted in turn --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A data directory whose index has an IVF base, a quantizer and a segment."""
+    tmp = tmp_path_factory.mktemp("segmented")
+    root = tmp / "photos"
+    for i in range(24):
+        write(root / f"s{i:02d}.png", png(synthetic(i, 260)))
+    data = tmp / "data"
+    assert echoimage(data, "index", "build", "-q", root, env=SEGMENTED).returncode == 0
+    write(root / "extra.png", png(synthetic(99, 260)))
+    assert echoimage(data, "index", "update", "-q", env=SEGMENTED).returncode == 0
+    manifest = json.loads((data / "index" / "manifest.json").read_text())
+    assert manifest["layout"] == "ivf" and manifest["segments"]
+    return root, data
+
+
+def _data_files(data: Path) -> list[str]:
+    return sorted(str(p.relative_to(data)) for p in data.rglob("*")
+                  if p.is_file() and not p.name.startswith("."))
+
+
+def cli_run(data: Path, *args: str | Path) -> tuple[int, str]:
+    """The CLI in this process (faster than a subprocess): (exit code, stdout); an
+    exception other than the CLI's own exit is a traceback a user would have seen."""
+    from click.testing import CliRunner
+
+    from echoimage.cli import cli
+
+    result = CliRunner().invoke(cli, ["--data-dir", str(data), *map(str, args)])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"traceback from {args}") from result.exception
+    return result.exit_code, result.stdout
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncate", "delete"])
+def test_each_data_file_corrupted_in_turn(segmented: tuple[Path, Path], tmp_path: Path,
+                                          how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SEGMENTED.items():
+        monkeypatch.setenv(key, value)
+    root, source = segmented
+    q = root / "s05.png"
+    for rel in _data_files(source):
+        data = tmp_path / f"{how}-{rel.replace('/', '_')}"
+        shutil.copytree(source, data)
+        path = data / rel
+        if how == "garbage":
+            path.write_bytes(os.urandom(path.stat().st_size))
+        elif how == "truncate":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+        rc, out = cli_run(data, "query", "--json", q)
+        line = json.loads(out.splitlines()[0])
+        if rel.startswith("echoimage.sqlite3"):  # the store: a one-line reason, or right
+            if rc:
+                assert "\n" not in line["error"] and "store" in line["error"], (rel, line)
+                continue
+        assert rc == 0, (rel, line)
+        assert line["results"][0]["url"] == str(q.resolve()), (rel, line)
+        rc, out = cli_run(data, "index", "verify", "--json", "--dry-run")
+        report = json.loads(out)
+        assert rc == 0 and report["problems"] == {}, (rel, report)

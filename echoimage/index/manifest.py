@@ -113,7 +113,7 @@ def read_manifest(directory: Path) -> IndexManifest | None:
     format (logged when it exists but cannot be used)."""
     path = directory / MANIFEST_NAME
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -121,7 +121,7 @@ def read_manifest(directory: Path) -> IndexManifest | None:
                     path, exc.strerror or exc)
         return None
     try:
-        return IndexManifest.from_json(text)
+        return IndexManifest.from_json(data.decode("utf-8"))
     except (ValueError, TypeError, KeyError, AttributeError):
         log.warning("the index manifest %s is damaged or of another version: the index "
                     "will be rebuilt", path)
