@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -63,11 +64,29 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     return app
 
 
+class LateResponseFilter(logging.Filter):
+    """Drop uvicorn's traceback for a response the application sends after uvicorn has
+    already refused the request (broken framing: uvicorn answered 400, logged one line and
+    closed the connection; the application, which had the headers, answers a moment later
+    into the closed connection, and h11 raises). The request was refused and logged once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        late = (type(exc).__name__ == "LocalProtocolError"
+                and type(exc).__module__.startswith("h11")
+                and ("MUST_CLOSE" in str(exc) or "state=ERROR" in str(exc)))
+        return not late
+
+
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging setup, with EchoImage's own INFO lines on the same stream."""
+    """uvicorn's logging setup, with EchoImage's own INFO lines on the same stream and
+    uvicorn's late-response tracebacks dropped (LateResponseFilter)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["echoimage"] = {"handlers": ["default"], "level": "INFO",
                                       "propagate": False}
+    config.setdefault("filters", {})["late_response"] = {
+        "()": f"{__name__}.LateResponseFilter"}
+    config["handlers"]["default"].setdefault("filters", []).append("late_response")
     return config
 
 
