@@ -168,7 +168,9 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
         return WorkResult(image_id, status, str(exc), sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
     except Exception as exc:  # noqa: BLE001 - one image's surprise must not end the run
-        log.warning("feature extraction failed on image %d", image_id, exc_info=True)
+        log.warning("feature extraction failed on image %d: %s: %s", image_id,
+                    type(exc).__name__, exc)
+        log.debug("feature extraction failed on image %d", image_id, exc_info=True)
         return WorkResult(image_id, Status.DECODE_ERROR,
                           f"feature extraction failed: {type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",

@@ -191,6 +191,9 @@ def run_indexer(data: bytes) -> str | None:
     res: WorkResult = process_bytes(1, data, PARAMS)
     if res.record is not None:
         return None
+    if (res.reason or "").startswith("feature extraction failed"):
+        # the worker's last resort caught it: an exception the decoder should have named
+        raise AssertionError(res.reason)
     return res.reason
 
 

@@ -501,3 +501,18 @@ def test_byte_cap_on_both_paths(make_settings, built, tmp_path: Path) -> None:
     first, second = (json.loads(line) for line in result.output.splitlines())
     assert set(first) == {"query", "error"} and "over the cap" in first["error"]
     assert second["results"][0]["url"] == built.catalogue.url("camera")
+
+
+def test_pillow_plugin_errors_are_decode_errors() -> None:
+    """Damaged files on which Pillow's plugins raise IndexError, struct.error or TypeError
+    (found by the fuzzer): a DecodeError with a one-line reason like any corrupt file."""
+    from fuzzing import seed_images
+
+    seeds = seed_images()
+    gif, tiff = seeds["animated-gif"], bytearray(seeds["tiff"])
+    tiff[8] ^= 0xFF
+    cases = [gif[:108266], gif[:107496], bytes(tiff)]
+    for data in cases:
+        with pytest.raises(DecodeError) as err:
+            decode_image(data)
+        assert "\n" not in str(err.value) and str(err.value)

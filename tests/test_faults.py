@@ -482,7 +482,7 @@ def test_verify_finds_rows_changed_behind_the_index(built_copy) -> None:
 # --- fuzzed input -------------------------------------------------------------------------------
 
 #: mutated inputs per reader in `make test` (scripts/faults.py runs as many as asked)
-FUZZ_N = int(os.environ.get("ECHOIMAGE_FUZZ_N", "600"))
+FUZZ_N = int(os.environ.get("ECHOIMAGE_FUZZ_N", "2000"))
 
 
 def _assert_clean(tally: FuzzTally) -> None:

@@ -124,6 +124,11 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
         raise DecodeError(f"corrupt or truncated image: {msg}") from None
     except MemoryError:
         raise ImageTooLargeError("image too large to decode in memory") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise IndexError, KeyError,
+        # TypeError, struct.error... on damaged files: all of them mean a corrupt image
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise DecodeError(f"corrupt image ({type(exc).__name__}{': ' + msg if msg else ''})"
+                          ) from None
 
     # original size after EXIF orientation (draft() may have reduced the decoded size)
     ow, oh = (h, w) if swapped else (w, h)
