@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from echoimage import bench
-from echoimage.bench import TRANSFORMS, transform_rng
+from echoimage.bench import baselines, context, metrics, padding, report, runner, transforms
+from echoimage.bench.transforms import TRANSFORMS, transform_rng
 
 
 def _photo(h: int = 90, w: int = 120) -> np.ndarray:
@@ -98,17 +98,17 @@ def test_transform_semantics():
 def test_transforms_reject_bad_input():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
-        bench.t_mirror(np.zeros((20, 20), np.uint8), rng)
+        transforms.t_mirror(np.zeros((20, 20), np.uint8), rng)
     with pytest.raises(ValueError):
-        bench.t_mirror(np.zeros((20, 20, 3), np.float32), rng)
+        transforms.t_mirror(np.zeros((20, 20, 3), np.float32), rng)
     with pytest.raises(TypeError):
-        bench.t_mirror([[0]], rng)  # type: ignore[arg-type]
+        transforms.t_mirror([[0]], rng)  # type: ignore[arg-type]
 
 
 def test_make_query_encodes_jpeg_at_the_transform_quality():
     img = _photo(180, 240)
-    q90 = bench.make_query(img, TRANSFORMS["identity"], transform_rng(0, 0, "identity"))
-    q30 = bench.make_query(img, TRANSFORMS["jpeg30"], transform_rng(0, 0, "jpeg30"))
+    q90 = transforms.make_query(img, TRANSFORMS["identity"], transform_rng(0, 0, "identity"))
+    q30 = transforms.make_query(img, TRANSFORMS["jpeg30"], transform_rng(0, 0, "jpeg30"))
     assert q90[:3] == b"\xff\xd8\xff" and q30[:3] == b"\xff\xd8\xff"
     assert len(q30) < len(q90)
     assert TRANSFORMS["jpeg30"].quality == 30 and TRANSFORMS["combo"].quality == 50
@@ -126,44 +126,44 @@ def test_transform_rng_is_keyed_by_seed_photo_and_transform():
 
 
 def test_rank_recall_and_rate():
-    assert bench.rank_of("b", ["a", "b", "c"]) == 2
-    assert bench.rank_of("z", ["a"]) is None
+    assert metrics.rank_of("b", ["a", "b", "c"]) == 2
+    assert metrics.rank_of("z", ["a"]) is None
     ranks = [1, 2, None, 5, 6]
-    assert bench.recall_at_k(ranks, 1) == 0.2
-    assert bench.recall_at_k(ranks, 5) == 0.6
-    assert bench.recall_at_k([], 1) is None
+    assert metrics.recall_at_k(ranks, 1) == 0.2
+    assert metrics.recall_at_k(ranks, 5) == 0.6
+    assert metrics.recall_at_k([], 1) is None
     with pytest.raises(ValueError):
-        bench.recall_at_k(ranks, 0)
-    assert bench.rate([True, False, True, True]) == 0.75
-    assert bench.rate([]) is None
+        metrics.recall_at_k(ranks, 0)
+    assert metrics.rate([True, False, True, True]) == 0.75
+    assert metrics.rate([]) is None
 
 
 def test_percentile_and_quantiles():
     values = [5.0, 1.0, 3.0, 2.0, 4.0]
-    assert bench.percentile(values, 50) == 3.0
-    assert bench.percentile(values, 95) == pytest.approx(np.percentile(values, 95))
-    assert bench.percentile([], 50) is None
+    assert metrics.percentile(values, 50) == 3.0
+    assert metrics.percentile(values, 95) == pytest.approx(np.percentile(values, 95))
+    assert metrics.percentile([], 50) is None
     with pytest.raises(ValueError):
-        bench.percentile(values, 101)
-    q = bench.quantiles(values)
+        metrics.percentile(values, 101)
+    q = metrics.quantiles(values)
     assert q == {"min": 1.0, "p5": 1.2, "p50": 3.0, "p95": 4.8, "max": 5.0}
-    assert bench.quantiles([]) is None
+    assert metrics.quantiles([]) is None
 
 
 def test_threshold_at_fmr():
     neg = [0.0] * 97 + [0.3, 0.6, 0.9]
-    t = bench.threshold_at_fmr(neg, 0.01)  # one of 100 may pass
+    t = metrics.threshold_at_fmr(neg, 0.01)  # one of 100 may pass
     assert t == pytest.approx(0.6001)
     assert sum(s >= t for s in neg) == 1
-    t0 = bench.threshold_at_fmr(neg, 0.0)
+    t0 = metrics.threshold_at_fmr(neg, 0.0)
     assert t0 == pytest.approx(0.9001) and sum(s >= t0 for s in neg) == 0
-    assert bench.threshold_at_fmr([0.0] * 200, 0.01) == pytest.approx(0.0001)
-    assert bench.threshold_at_fmr([], 0.01) is None
-    assert bench.threshold_at_fmr([0.5], 0.5) == pytest.approx(0.5001)
-    assert bench.just_above(0.42485) == pytest.approx(0.4249)
-    assert bench.just_above(0.2) == pytest.approx(0.2001)
+    assert metrics.threshold_at_fmr([0.0] * 200, 0.01) == pytest.approx(0.0001)
+    assert metrics.threshold_at_fmr([], 0.01) is None
+    assert metrics.threshold_at_fmr([0.5], 0.5) == pytest.approx(0.5001)
+    assert metrics.just_above(0.42485) == pytest.approx(0.4249)
+    assert metrics.just_above(0.2) == pytest.approx(0.2001)
     with pytest.raises(ValueError):
-        bench.threshold_at_fmr(neg, 1.0)
+        metrics.threshold_at_fmr(neg, 1.0)
 
 
 def test_hamming_topk_matches_a_popcount_oracle():
@@ -171,55 +171,55 @@ def test_hamming_topk_matches_a_popcount_oracle():
     codes = rng.randint(0, 256, (200, 8)).astype(np.uint8)
     codes[17] = codes[3]  # a tie: the lower row comes first
     query = codes[3].tobytes()
-    rows, dist = bench.hamming_topk(query, codes, 5)
+    rows, dist = baselines.hamming_topk(query, codes, 5)
     oracle = [sum(bin(a ^ b).count("1") for a, b in zip(query, c, strict=True)) for c in codes]
     assert list(dist) == sorted(oracle)[:5]
     assert [int(r) for r in rows[:2]] == [3, 17] and dist[0] == 0
     assert all(oracle[r] == d for r, d in zip(rows, dist, strict=True))
     with pytest.raises(ValueError):
-        bench.hamming_topk(b"\x00" * 4, codes, 5)
+        baselines.hamming_topk(b"\x00" * 4, codes, 5)
 
 
 def test_markdown_table():
-    text = bench.markdown_table(["name", "r@1"], [["a|b", "1.000"], ["c", "—"]])
+    text = report.markdown_table(["name", "r@1"], [["a|b", "1.000"], ["c", "—"]])
     lines = text.splitlines()
     assert lines[0] == "| name | r@1 |"
     assert lines[1] == "|:---|---:|"
     assert lines[2] == "| a\\|b | 1.000 |"
     assert len(lines) == 4
     with pytest.raises(ValueError):
-        bench.markdown_table(["a", "b"], [["only one"]])
-    assert bench.fmt_rate(None) == "—" and bench.fmt_rate(0.5) == "0.500"
+        report.markdown_table(["a", "b"], [["only one"]])
+    assert report.fmt_rate(None) == "—" and report.fmt_rate(0.5) == "0.500"
 
 
 def test_split_photos_is_seeded_and_disjoint():
     files = [Path(f"/p/{i:03d}.jpg") for i in range(50)]
-    cat, neg = bench.split_photos(files, 0, 0.2)
+    cat, neg = context.split_photos(files, 0, 0.2)
     assert len(neg) == 10 and len(cat) == 40
     assert not set(cat) & set(neg) and sorted(cat + neg) == files
     assert cat == sorted(cat) and neg == sorted(neg)
-    assert bench.split_photos(files, 0, 0.2) == (cat, neg)
-    assert bench.split_photos(files, 1, 0.2)[1] != neg
+    assert context.split_photos(files, 0, 0.2) == (cat, neg)
+    assert context.split_photos(files, 1, 0.2)[1] != neg
 
 
 def test_synthetic_image_is_deterministic_and_textured():
     from echoimage.features.orb import orb_features
 
-    a = bench.synthetic_image(5, seed=0)
+    a = padding.synthetic_image(5, seed=0)
     assert a.shape == (240, 320) and a.dtype == np.uint8
-    assert np.array_equal(a, bench.synthetic_image(5, seed=0))
-    assert not np.array_equal(a, bench.synthetic_image(6, seed=0))
-    assert not np.array_equal(a, bench.synthetic_image(5, seed=1))
+    assert np.array_equal(a, padding.synthetic_image(5, seed=0))
+    assert not np.array_equal(a, padding.synthetic_image(6, seed=0))
+    assert not np.array_equal(a, padding.synthetic_image(5, seed=1))
     assert len(orb_features(a, 500)) > 200
-    assert bench.pad_url(123) == "synthetic://pad/000123"
+    assert padding.pad_url(123) == "synthetic://pad/000123"
 
 
 def test_seed_score_prefers_the_same_image():
     a = _photo(120, 160)
     other = np.ascontiguousarray(
         cv2.resize(skimage.data.coffee(), (160, 120))[..., ::-1])
-    same = bench.seed_score(a, bench.jpeg_roundtrip(a, 60))
-    diff = bench.seed_score(a, other)
+    same = baselines.seed_score(a, transforms.jpeg_roundtrip(a, 60))
+    diff = baselines.seed_score(a, other)
     assert 0.8 < same.score <= 1.0 and same.score > diff.score + 0.3
     assert same.ssim > diff.ssim and same.hist > diff.hist
 
@@ -253,7 +253,7 @@ def _photos(folder: Path) -> None:
 def test_run_benchmark_end_to_end(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     _photos(photos)
-    result = bench.run_benchmark(photos, out, limit=6, scale=(), seed_subset=(3, 1),
+    result = runner.run_benchmark(photos, out, limit=6, scale=(), seed_subset=(3, 1),
                                  latency_queries=8, progress=False, command=["test"])
     on_disk = json.loads((out / "bench.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
@@ -269,7 +269,7 @@ def test_run_benchmark_end_to_end(tmp_path):
     assert {"recall_at_1", "recall_at_5"} <= set(jpeg30["phash"])
     assert jpeg30["seed"]["n"] == 1
     assert result["build"]["indexed"] == 10 and result["build"]["images_per_s"] > 0
-    assert result["negatives"]["n"] == 2 * len(bench.NEGATIVE_TRANSFORMS)
+    assert result["negatives"]["n"] == 2 * len(transforms.NEGATIVE_TRANSFORMS)
     assert "threshold" in result["calibration"]
     lat = result["latency"]["catalogue"]
     assert lat["queries"] == 8 and lat["query_image_ms"]["p50"] > 0
@@ -277,7 +277,7 @@ def test_run_benchmark_end_to_end(tmp_path):
     assert result["scale"] == {}
     assert result["baselines"]["seed"]["extrapolated_s_per_query_at_1m"] > 0
     md = (out / "bench.md").read_text()
-    assert md == bench.render_markdown(result)
+    assert md == report.render_markdown(result)
     assert "| jpeg30 | 6 | 1.000 |" in md and "screenshot (extra)" in md
     assert "parts of photos (extra transforms), 4 queries" in md
     assert (out / "catalogue.txt").read_text().count("\n") == 10
@@ -288,15 +288,15 @@ def test_padding_key_tracks_what_the_rows_are_made_from():
     from echoimage.features.extract import extract_features
 
     def feats(i: int):
-        ok, buf = cv2.imencode(".bmp", bench.synthetic_image(i))
+        ok, buf = cv2.imencode(".bmp", padding.synthetic_image(i))
         return extract_features(decode_image(buf.tobytes()))
 
-    d01 = bench.features_digest([feats(0), feats(1)])
-    assert d01 == bench.features_digest([feats(0), feats(1)])
-    assert d01 != bench.features_digest([feats(1), feats(0)])
-    key = bench.padding_key("cat", d01, (1, 2, 3, 4), 0)
-    assert key == bench.padding_key("cat", d01, (1, 2, 3, 4), 0)
-    assert len({key, bench.padding_key("cat2", d01, (1, 2, 3, 4), 0),
-                bench.padding_key("cat", "x", (1, 2, 3, 4), 0),
-                bench.padding_key("cat", d01, (1, 2, 3, 5), 0),
-                bench.padding_key("cat", d01, (1, 2, 3, 4), 1)}) == 5
+    d01 = padding.features_digest([feats(0), feats(1)])
+    assert d01 == padding.features_digest([feats(0), feats(1)])
+    assert d01 != padding.features_digest([feats(1), feats(0)])
+    key = padding.padding_key("cat", d01, (1, 2, 3, 4), 0)
+    assert key == padding.padding_key("cat", d01, (1, 2, 3, 4), 0)
+    assert len({key, padding.padding_key("cat2", d01, (1, 2, 3, 4), 0),
+                padding.padding_key("cat", "x", (1, 2, 3, 4), 0),
+                padding.padding_key("cat", d01, (1, 2, 3, 5), 0),
+                padding.padding_key("cat", d01, (1, 2, 3, 4), 1)}) == 5

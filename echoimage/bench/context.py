@@ -1,0 +1,135 @@
+"""What one benchmark run carries from stage to stage: settings, photos, records, the log.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class _Log:
+    """Progress lines on stderr, with the time since the start of the run."""
+
+    def __init__(self, enabled: bool, prefix: str = "bench") -> None:
+        self.enabled = enabled
+        self.prefix = prefix
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[{self.prefix} {time.perf_counter() - self.t0:6.0f}s] {msg}",
+                  file=sys.stderr, flush=True)
+
+    def loop(self, what: str, total: int) -> Callable[[int], None]:
+        """A callback(done) that logs done/total with a rate every ~15 s."""
+        start = last = time.perf_counter()
+
+        def tick(done: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if done == total or now - last >= 15:
+                last = now
+                r = done / max(now - start, 1e-9)
+                eta = (total - done) / r if r > 0 else 0
+                self(f"{what}: {done}/{total} ({r:.1f}/s, ~{eta:.0f}s left)")
+
+        return tick
+
+
+@dataclass
+class _QueryRec:
+    """One positive query of the recall sweep."""
+
+    transform: str
+    photo: int
+    rank: int | None
+    top_score: float
+    top_dup: bool
+    e2e_ms: float
+    phash_rank: int | None
+    phash_top_dist: int
+    phash_truth_dist: int
+
+
+@dataclass
+class _Ctx:
+    """State shared by the phases of one run."""
+
+    log: _Log
+    seed: int
+    settings: Any
+    catalogue: list[Path]
+    urls: list[str]  # store URL of each catalogue photo
+    url_ids: dict[str, int]
+    query_photos: list[int]  # indices into catalogue
+    phash_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    phash_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.uint8))
+    id_urls: dict[int, str] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    images: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _machine() -> dict[str, Any]:
+    import faiss
+    import skimage
+    import sqlalchemy
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "machine": platform.machine(), "python": platform.python_version(),
+            "numpy": np.__version__, "opencv": cv2.__version__, "faiss": faiss.__version__,
+            "scikit_image": skimage.__version__, "sqlalchemy": sqlalchemy.__version__,
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _list_photos(photo_dir: Path) -> list[Path]:
+    from echoimage.catalogue import IMAGE_EXTENSIONS
+
+    if not photo_dir.is_dir():
+        raise ValueError(f"not a directory: {photo_dir}")
+    files = sorted(p.resolve() for p in photo_dir.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("."))
+    return files
+
+
+def split_photos(files: Sequence[Path], seed: int, negatives_fraction: float
+                 ) -> tuple[list[Path], list[Path]]:
+    """(catalogue, negatives), each sorted: a seeded random `negatives_fraction` held out."""
+    if not 0 <= negatives_fraction < 1:
+        raise ValueError("negatives_fraction must be in [0, 1)")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(files))
+    n_neg = int(round(negatives_fraction * len(files)))
+    neg = {int(i) for i in perm[:n_neg]}
+    catalogue = [f for i, f in enumerate(files) if i not in neg]
+    negatives = [f for i, f in enumerate(files) if i in neg]
+    return catalogue, negatives
+
+
+def _read_bgr(path: Path) -> np.ndarray | None:
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+    return img
+
+
+def _photo(ctx: _Ctx, i: int) -> np.ndarray:
+    img = ctx.images.get(i)
+    if img is None:
+        img = _read_bgr(ctx.catalogue[i])
+        if img is None:
+            raise ValueError(f"cannot read {ctx.catalogue[i]}")
+        ctx.images[i] = img
+    return img
+
+
+def _phase(ctx: _Ctx, name: str, t0: float) -> None:
+    ctx.phases[name] = round(time.perf_counter() - t0, 2)
+    ctx.log(f"{name} done in {ctx.phases[name]:.1f}s")

@@ -1,0 +1,343 @@
+"""Padding a store to a larger scale with synthetic entries (real rows, real features),
+cached between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from echoimage.bench.context import _Ctx, _Log
+from echoimage.bench.memory import ProcessTreePeak, self_peak_rss_mb
+
+#: bump when `synthetic_image` or the padding rows change: invalidates cached padding
+PAD_VERSION = 3
+
+
+PAD_SOURCE = "synthetic://pad"
+
+
+PAD_SIZE = (320, 240)
+
+
+def synthetic_image(index: int, seed: int = 0, size: tuple[int, int] = PAD_SIZE) -> np.ndarray:
+    """A procedural grayscale uint8 image (never a photo), deterministic in (index, seed).
+
+    A smooth random gradient, a blobby texture at a random scale, 6-15 random rectangles,
+    ellipses and lines, and fine noise: enough texture for a full set of ORB keypoints.
+    """
+    w, h = size
+    if w < 32 or h < 32:
+        raise ValueError("synthetic images must be at least 32x32")
+    rng = np.random.default_rng([seed, index, 0x5EED])
+    grid = rng.uniform(0, 255, (3, 3)).astype(np.float32)
+    img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
+    cell = int(rng.integers(6, 24))
+    lo = rng.normal(0, float(rng.uniform(10, 35)), (h // cell + 2, w // cell + 2))
+    tex = cv2.resize(lo.astype(np.float32), (w + 2 * cell, h + 2 * cell),
+                     interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img + tex[cell:cell + h, cell:cell + w], 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(6, 16))):
+        kind = int(rng.integers(0, 3))
+        col = int(rng.integers(0, 256))
+        x1, x2 = (int(v) for v in rng.integers(0, w, 2))
+        y1, y2 = (int(v) for v in rng.integers(0, h, 2))
+        thick = int(rng.choice([-1, -1, 1, 2, 3]))
+        if kind == 0:
+            cv2.rectangle(img, (x1, y1), (x2, y2), col, thick)
+        elif kind == 1:
+            axes = (int(rng.integers(4, w // 3)), int(rng.integers(4, h // 3)))
+            cv2.ellipse(img, (x1, y1), axes, float(rng.uniform(0, 180)), 0, 360, col, thick,
+                        cv2.LINE_AA)
+        else:
+            cv2.line(img, (x1, y1), (x2, y2), col, int(rng.integers(1, 4)), cv2.LINE_AA)
+    return cv2.add(img, rng.integers(0, 12, (h, w), dtype=np.uint8))
+
+
+def pad_url(index: int) -> str:
+    """Catalogue URL of synthetic padding entry `index`."""
+    return f"{PAD_SOURCE}/{index:06d}"
+
+
+def _pad_init() -> None:
+    cv2.setNumThreads(1)
+
+
+def _pad_features(args: tuple[int, int, tuple[int, int, int, int]]) -> tuple:
+    """Worker: synthetic image → BMP bytes → decode_image → extract_features."""
+    from echoimage.features.decode import decode_image
+    from echoimage.features.extract import extract_features
+
+    index, seed, (max_pixels, work_size, thumb_size, nfeatures) = args
+    t0 = time.process_time()
+    ok, buf = cv2.imencode(".bmp", synthetic_image(index, seed))
+    if not ok:
+        raise RuntimeError("BMP encoding failed")
+    data = buf.tobytes()
+    feats = extract_features(decode_image(data, max_pixels, work_size), thumb_size, nfeatures)
+    return index, hashlib.sha256(data).hexdigest(), len(data), feats, time.process_time() - t0
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """Consistent copy of a SQLite database (WAL included) with the backup API."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(dst) + suffix).unlink(missing_ok=True)
+    with closing(sqlite3.connect(src)) as s, closing(sqlite3.connect(dst)) as d:
+        s.backup(d)
+
+
+@dataclass(frozen=True)
+class PaddingJob:
+    """What `build_padding` needs (picklable: it runs in its own process)."""
+
+    base_db: Path  # the catalogue store's SQLite file
+    pad_root: Path  # one data dir per scale below it: scale-N/
+    scales: tuple[int, ...]
+    key: str  # fingerprint of catalogue + feature parameters; a cached scale must match
+    catalogue_entries: int
+    seed: int
+    settings: dict[str, Any]  # Settings fields (model_dump)
+    workers: int
+    progress: bool = True
+
+
+def padding_key(catalogue_digest: str, probe_digest: str, feature_params: Sequence[int],
+                seed: int) -> str:
+    """Fingerprint of a padded store: what its rows were made from.
+
+    The catalogue digest covers the catalogue rows copied into it, the probe digest the
+    features the current code extracts from synthetic images; either changes when feature
+    code changes. The schema revision is not part of it: `open_store` migrates a cached
+    copy like any other store (and the engine rebuilds indexes it finds stale).
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps({"pad_version": PAD_VERSION, "seed": seed, "size": PAD_SIZE,
+                         "features": list(feature_params), "catalogue": catalogue_digest,
+                         "probe": probe_digest}).encode())
+    return h.hexdigest()
+
+
+def features_digest(feats: Iterable[Any]) -> str:
+    """Digest of feature sets (thumbnail, ORB keypoints and descriptors, pHash if any)."""
+    h = hashlib.sha256()
+    for f in feats:
+        for part in (f.thumbnail, f.orb.keypoints, f.orb.descriptors):
+            h.update(np.ascontiguousarray(part).tobytes())
+        h.update(getattr(f, "phash", b"") or b"")
+    return h.hexdigest()
+
+
+def _probe_digest(settings: Any, seed: int) -> str:
+    """Features the current code extracts from the first synthetic padding images."""
+    from echoimage.pipeline import feature_params
+
+    params = feature_params(settings)
+    return features_digest(_pad_features((i, seed, params))[3] for i in range(2))
+
+
+def _catalogue_digest(settings: Any) -> str:
+    """URLs and stored features of every indexed catalogue image, by id."""
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as session:
+            ids, _ = repo.indexed_hashes(session)
+            cands = repo.candidates(session, [int(i) for i in ids])
+    finally:
+        engine.dispose()
+    ordered = [cands[int(i)] for i in ids if int(i) in cands]
+    urls = hashlib.sha256("\0".join(c.url for c in ordered).encode()).hexdigest()
+    return urls + features_digest(ordered)
+
+
+def read_padding_meta(scale_dir: Path) -> dict[str, Any] | None:
+    """The pad.json of a padded data dir, or None."""
+    try:
+        return json.loads((scale_dir / "pad.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def padding_cached(job: PaddingJob, scale: int) -> bool:
+    """True when pad_root/scale-N holds a complete padded store for this job's key."""
+    d = job.pad_root / f"scale-{scale}"
+    meta = read_padding_meta(d)
+    return bool(meta and meta.get("key") == job.key and meta.get("complete")
+                and meta.get("settled", True) and (d / "echoimage.sqlite3").exists())
+
+
+def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
+    """Pad copies of the catalogue store to each scale with synthetic entries.
+
+    Each scale gets a data dir (SQLite store + both shortlist indexes) under
+    ``job.pad_root/scale-N``. Entries are `synthetic_image` renders (never photos) run through
+    `decode_image` + `extract_features` in a forkserver pool and inserted with
+    `repo.add_pending` + `repo.save_features`, 1000 per transaction; then `rebuild_index_files`.
+    A larger scale starts from a copy of the next smaller one (synthetic entry i is the
+    same at every scale). Complete scales are recorded in ``pad.json`` and reused by later
+    runs with the same key.
+    """
+    from echoimage.config import Settings
+    from echoimage.index.build import rebuild_index_files
+    from echoimage.pipeline import feature_params
+    from echoimage.store import repo
+    from echoimage.store.db import head_revision, open_store, session_factory
+    from echoimage.types import CatalogueItem
+
+    log = _Log(job.progress, "bench pad")
+    base = Settings(**job.settings)
+    params = feature_params(base)
+    info: dict[int, dict[str, Any]] = {}
+    pool = None
+    prev: tuple[Path, int] | None = None  # (db, padding rows) of the last complete scale
+    try:
+        for scale in sorted(job.scales):
+            d = job.pad_root / f"scale-{scale}"
+            db = d / "echoimage.sqlite3"
+            target = scale - job.catalogue_entries
+            if target <= 0:
+                continue
+            if padding_cached(job, scale):
+                meta = read_padding_meta(d) or {}
+                log(f"{scale:,}: cached in {d}")
+                info[scale] = {**meta, "cached": True}
+                prev = (db, target)
+                continue
+            t0 = time.perf_counter()
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+            src, start = prev if prev else (job.base_db, 0)
+            copy_sqlite(src, db)
+            t_copy = time.perf_counter() - t0
+            settings = base.model_copy(update={"data_dir": d})
+            engine = open_store(settings)
+            sessions = session_factory(engine)
+            with sessions.begin() as session:
+                sid = repo.source_id(session, PAD_SOURCE, "synthetic")
+            if pool is None:
+                mp = multiprocessing.get_context("forkserver")
+                pool = mp.Pool(job.workers, initializer=_pad_init)
+            log(f"{scale:,}: {target - start:,} synthetic images ({start:,} copied from "
+                f"{src.parent.name}), {job.workers} workers")
+            cpu = 0.0
+            tick = log.loop(f"padding {scale:,}", target - start)
+            done = 0
+            with ProcessTreePeak() as peak:
+                for batch in _pad_batches(pool, range(start, target), job.seed, params):
+                    with sessions.begin() as session:
+                        items = [CatalogueItem(pad_url(r[0]), PAD_SOURCE) for r in batch]
+                        repo.add_pending(session, items, sid)
+                        known = repo.known_images(session, [it.url for it in items])
+                        for index, sha, nbytes, feats, cpu_s in batch:
+                            row_id = known[pad_url(index)].id
+                            repo.save_features(session, row_id, sha, nbytes, feats)
+                            cpu += cpu_s
+                    done += len(batch)
+                    tick(done)
+            t_rows = time.perf_counter()
+            with sessions() as session:
+                count = repo.store_state(session).count
+            report = rebuild_index_files(settings, engine, "padded store")
+            engine.dispose()
+            t_end = time.perf_counter()
+            generated = max(1, target - start)
+            meta = {
+                "key": job.key, "complete": True, "scale": scale, "entries": count,
+                "schema_revision": head_revision(),
+                "catalogue_entries": job.catalogue_entries, "padding_entries": target,
+                "generated_this_build": target - start,
+                "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
+                "rows_seconds": round(t_rows - t0 - t_copy, 2),
+                "index_rebuild_seconds": round(t_end - t_rows, 2),
+                "index_entries": report.images,
+                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
+                "worker_cpu_ms_per_image": round(1000 * cpu / generated, 3),
+                "workers": job.workers,
+                "memory": {"inserter_peak_rss_mb": self_peak_rss_mb(), **peak.as_dict()},
+                "store_file_bytes": sum(p.stat().st_size for p in d.glob("echoimage*")),
+                "synthetic": f"procedural {PAD_SIZE[0]}x{PAD_SIZE[1]} grayscale images "
+                             "(gradient, texture, shapes, lines, noise); not photos",
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            (d / "pad.json").write_text(json.dumps(meta, indent=2))
+            info[scale] = {**meta, "cached": False}
+            log(f"{scale:,} done: {count:,} entries in {t_end - t0:.0f}s (rows "
+                f"{meta['rows_seconds']:.0f}s, index {meta['index_rebuild_seconds']:.0f}s)")
+            prev = (db, target)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return info
+
+
+def _padding_process(job: PaddingJob) -> None:
+    """Entry point of the background padding process."""
+    import signal
+
+    # terminate() from the parent: unwind, so the pool's workers are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    cv2.setNumThreads(1)
+    build_padding(job)
+
+
+def _pad_batches(pool: Any, indices: range, seed: int, params: tuple[int, int, int, int],
+                 batch: int = 1000) -> Iterator[list[tuple]]:
+    """Worker results in order, `batch` at a time, with at most two batches in flight."""
+    blocks = [range(b, min(b + batch, indices.stop))
+              for b in range(indices.start, indices.stop, batch)]
+    pending: deque = deque()
+    it = iter(blocks)
+
+    def submit() -> None:
+        blk = next(it, None)
+        if blk is not None:
+            pending.append(pool.imap(_pad_features, [(i, seed, params) for i in blk],
+                                     chunksize=16))
+
+    submit()
+    submit()
+    while pending:
+        results = list(pending.popleft())
+        submit()
+        yield results
+
+
+def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int | None,
+                 progress: bool) -> PaddingJob:
+    from echoimage.pipeline import feature_params
+
+    key = padding_key(_catalogue_digest(ctx.settings), _probe_digest(ctx.settings, ctx.seed),
+                      feature_params(ctx.settings), ctx.seed)
+    return PaddingJob(
+        base_db=ctx.settings.data_dir / "echoimage.sqlite3", pad_root=out_dir / "pad",
+        scales=tuple(sorted(s for s in scales if s > len(ctx.url_ids))),
+        key=key,
+        catalogue_entries=len(ctx.url_ids), seed=ctx.seed,
+        settings=ctx.settings.model_dump(), workers=workers or os.cpu_count() or 1,
+        progress=progress)
