@@ -82,7 +82,7 @@ def _resolve(entry: str, base: str | None) -> str:
         if not p.is_absolute() and base is not None:
             p = Path(base) / p
         return path_url(_absolute(p))
-    except ValueError:
+    except (ValueError, RuntimeError):  # a NUL byte; "~nosuchuser/..."
         return entry
 
 

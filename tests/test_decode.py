@@ -516,3 +516,13 @@ def test_pillow_plugin_errors_are_decode_errors() -> None:
         with pytest.raises(DecodeError) as err:
             decode_image(data)
         assert "\n" not in str(err.value) and str(err.value)
+
+
+@pytest.mark.parametrize("line", ["~nosuchuser-xyz/a.jpg", "a\x00b.jpg", "http://[bad/a.jpg"])
+def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
+    """Lines that are neither a path nor a URL (found by the fuzzer) do not abort the
+    catalogue: they are kept as written and refused per image when read."""
+    from echoimage.catalogue import parse_catalogue
+
+    items = list(parse_catalogue(f"{line}\n/ok/b.jpg\n".encode(), "text", "t", "/base"))
+    assert [it.url for it in items] == [line, "/ok/b.jpg"]
