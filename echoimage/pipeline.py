@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,6 +80,8 @@ class WorkResult:
 log = logging.getLogger(__name__)
 
 UNCHANGED = "unchanged"
+#: runs of at most this many images to process skip the worker processes
+INLINE_MAX = 4
 
 
 @dataclass
@@ -270,6 +272,12 @@ class Indexer:
             work = [w for w in work if w.image_id not in done]
         if not work:
             return
+        if len(work) <= INLINE_MAX:
+            # a handful of images (a one-image update): starting worker processes would
+            # cost more than the work; a thread of this process does it
+            with ThreadPoolExecutor(1) as inline:
+                asyncio.run(self._run(inline, 1, work, summary))
+            return
         workers = self.settings.workers or os.cpu_count() or 1
         # forkserver: a plain fork after OpenCV has started its thread pool can deadlock
         ctx = multiprocessing.get_context("forkserver")
@@ -285,7 +293,7 @@ class Indexer:
                 "a feature worker died (killed, or out of memory): the images indexed so "
                 "far are saved; run the command again to go on") from None
 
-    async def _run(self, pool: ProcessPoolExecutor, workers: int, work: list[WorkItem],
+    async def _run(self, pool: Executor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
         from tqdm import tqdm
 

@@ -336,14 +336,15 @@ def _time_queries(ctx: _Ctx, engine: Any, sample: list[tuple[int, str, bytes]], 
 
 
 def _delta_info(engine: Any) -> dict[str, Any]:
-    """Size of the engine's unindexed catch-up delta (flat-scanned on every query), if any."""
-    snap = getattr(engine, "snap", None)
-    if snap is None:
+    """The parts the engine searches, and the store rows it holds in memory (not yet in
+    the index files)."""
+    live = getattr(engine, "live", None)
+    if live is None:
         return {}
-    delta = getattr(snap, "delta", None)
-    local = getattr(snap, "delta_local", None)
-    return {"engine_delta_rows": int(delta.ntotal) if delta is not None else 0,
-            "engine_delta_descriptors": int(local.ntotal) if local is not None else 0}
+    snap = live.snapshot()
+    return {"engine_parts": len(snap.parts.parts),
+            "engine_delta_rows": sum(len(p.touched) for p in snap.parts.parts
+                                     if p.name.startswith("delta"))}
 
 
 def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],

@@ -1,0 +1,32 @@
+"""The live-index benchmark (see echoimage/bench/live.py).
+
+Usage: scripts/bench_live.py PHOTO_DIR [--out bench-out] [--entries 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("photo_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--recall-photos", type=int, default=100)
+    args = parser.parse_args()
+    from echoimage.bench.live import run_live_benchmark
+
+    result = run_live_benchmark(args.photo_dir, args.out, entries=args.entries,
+                                recall_photos=args.recall_photos)
+    print(json.dumps({k: v for k, v in result.items() if k != "growth"}, indent=2,
+                     default=str))
+    print(json.dumps(result["growth"]["difference_points"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
