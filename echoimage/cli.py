@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,15 +41,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
               envvar="ECHOIMAGE_DATA_DIR", default=None,
               help="Data directory (store, index, sample). Env: ECHOIMAGE_DATA_DIR; "
                    "default ./echoimage-data.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also log what the index does (refreshes, segments, rebuilds).")
 @click.version_option(package_name="echoimage")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None) -> None:
+def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
     """EchoImage: find copies and near-copies of an image in a catalogue.
 
     Example:
 
         echoimage index build ~/photos && echoimage query copy.jpg
     """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="echoimage: %(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "faiss"):  # their INFO lines are about their own loading
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings(data_dir=data_dir) if data_dir else Settings()
     ctx.obj = settings
 
@@ -147,7 +154,7 @@ def index_rebuild(ctx: click.Context, as_json: bool) -> None:
     settings = _settings(ctx)
     engine = open_store(settings, create=False)
     try:
-        report = rebuild_index_files(settings, engine, "asked for (index rebuild)")
+        report = rebuild_index_files(settings, engine, "`echoimage index rebuild`")
     finally:
         engine.dispose()
     if as_json:
