@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/echoimage --data-dir $(DATA) index build
+	$(BIN)/echoimage --data-dir $(DATA) index build --sample
 	$(BIN)/python scripts/demo_query.py $(DATA)/demo-query.jpg $(DATA)/sample/coffee.jpg
 	$(BIN)/echoimage --data-dir $(DATA) query -k 5 $(DATA)/demo-query.jpg
 

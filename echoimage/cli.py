@@ -72,18 +72,21 @@ def index() -> None:
 
 @index.command("build")
 @click.argument("sources", nargs=-1)
+@click.option("--sample", is_flag=True,
+              help="Also index the bundled sample catalogue (the default on an empty store).")
 @click.option("--workers", type=int, default=None,
               help="Feature worker processes (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @click.pass_context
 @handle_errors
-def index_build(ctx: click.Context, sources: tuple[str, ...], workers: int | None, quiet: bool,
-                as_json: bool) -> None:
+def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, workers: int | None,
+                quiet: bool, as_json: bool) -> None:
     """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, URLs.
 
-    With no SOURCE, the bundled sample catalogue is indexed. Re-running is incremental:
-    already indexed images are skipped and an interrupted build resumes.
+    With no SOURCE on an empty store, the bundled sample catalogue is indexed (with
+    --sample, on any store). Re-running is incremental: already indexed images are skipped
+    and an interrupted build resumes.
 
     Example:
 
@@ -94,7 +97,7 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], workers: int | Non
     settings = _settings(ctx)
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
-    summary = build_index(settings, list(sources), progress=not quiet)
+    summary = build_index(settings, list(sources), progress=not quiet, sample=sample)
     _print_summary(summary, as_json)
 
 
@@ -308,6 +311,66 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -
         ctx.exit(1)
 
 
+@cli.command("dedupe")
+@click.option("--crops", is_flag=True,
+              help="Also find images that are a part of another (local-feature votes; "
+                   "slower).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: a row per group member.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+@click.pass_context
+@handle_errors
+def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: bool) -> None:
+    """Find groups of duplicates among the catalogue's own images.
+
+    Pairs are confirmed with the same evidence and threshold as a query (every
+    orientation); each group names a keeper: the most pixels, then the first indexed.
+    With --json, one group per line; with --csv, one row per member.
+
+    Example:
+
+        echoimage dedupe --csv > duplicates.csv
+    """
+    import csv
+
+    from tqdm import tqdm
+
+    from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    settings = _settings(ctx)
+    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+              dynamic_ncols=True) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+        result = find_duplicates(settings, crops=crops, progress=progress)
+    if as_json:
+        for g in result.groups:
+            click.echo(json.dumps(g.to_dict()))
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+        return
+    info = result.summary()
+    click.echo(f"{info['groups']} groups of duplicates, {info['duplicates']} images to remove "
+               f"of {info['images']} ({info['seconds']:.1f} s, {info['ms_per_image']:.2f} ms "
+               "per image)")
+    for g in result.groups:
+        k = g.keeper
+        click.echo(f"group {g.number} ({len(g.members)} images): keep #{k.id} {k.url} "
+                   f"({k.width}x{k.height})")
+        for m in g.members[1:]:
+            ln = m.link
+            assert ln is not None
+            click.echo(f"  #{m.id} {m.url} ({m.width}x{m.height}) score {ln.score:.3f}: "
+                       f"hash {ln.hash_distance}, ssim {ln.ssim:.3f}, orb {ln.orb_inliers}, "
+                       f"{ln.orientation}, via {ln.via}")
+
+
 @cli.group()
 def db() -> None:
     """Manage the store's schema.
@@ -336,12 +399,77 @@ def db_upgrade(ctx: click.Context) -> None:
 
 @cli.group()
 def catalogue() -> None:
-    """Make catalogues: scrape image URLs from web pages (ImageSpaceDB format).
+    """Manage the catalogue (its sources, removals) and make catalogues from web pages.
 
     Example:
 
         echoimage catalogue scrape https://shop.example/products --output images.json
     """
+
+
+@catalogue.command("sources")
+@json_option
+@click.pass_context
+@handle_errors
+def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
+    """List the recorded catalogue sources with their images by status.
+
+    Example:
+
+        echoimage catalogue sources
+    """
+    from echoimage.manage import list_sources
+
+    infos = list_sources(_settings(ctx))
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps(info.__dict__))
+        return
+    if not infos:
+        click.echo("no sources recorded")
+    for info in infos:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(info.counts.items())) or "no images"
+        click.echo(f"{info.id}. {info.uri} ({info.kind}): {counts}")
+
+
+@catalogue.command("remove")
+@click.argument("images", nargs=-1)
+@click.option("--source", "source", default=None,
+              help="Remove every image of this source (its URI, path or number) and forget "
+                   "the source.")
+@json_option
+@click.pass_context
+@handle_errors
+def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | None,
+                     as_json: bool) -> None:
+    """Take IMAGES (ids or URLs) out of the catalogue; the index follows at once.
+
+    A removed image stays removed when `index update` finds it in its source again;
+    `index build SOURCE` adds it back.
+
+    Example:
+
+        echoimage catalogue remove 17 /photos/old.jpg
+        echoimage catalogue remove --source /photos/archive
+    """
+    from echoimage.manage import remove_images, remove_source
+
+    if bool(images) == bool(source):
+        raise click.UsageError("give image ids or URLs, or --source SOURCE (not both)")
+    settings = _settings(ctx)
+    report = remove_source(settings, source) if source else remove_images(settings,
+                                                                          list(images))
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        what = f" of source {report.source}" if report.source else ""
+        click.echo(f"removed {len(report.removed)} images{what}")
+        for ref in report.already:
+            click.echo(f"  already removed: {ref}")
+        for ref in report.unknown:
+            click.echo(f"  unknown: {ref}", err=True)
+    if report.unknown:
+        ctx.exit(1)
 
 
 @catalogue.command("scrape")

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     ransac_px: float = 6.0
     # calibrated by `echoimage bench` (see README, "Scores")
     duplicate_threshold: float = 0.5
+    # dedupe: pHash bits within which a catalogue image's views propose a pair
+    dedupe_hash_radius: int = 12
 
     # indexing
     workers: int = 0

@@ -17,13 +17,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 from sqlalchemy import Engine
@@ -76,6 +76,9 @@ class WorkResult:
     record: repo.FeatureRecord | None = None
     cpu_s: float = 0.0
 
+
+if TYPE_CHECKING:
+    from echoimage.fetch.client import FetcherFactory
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +253,12 @@ class Indexer:
     the process pool extracts features, so downloads and CPU work overlap.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, progress: bool = True) -> None:
+    def __init__(self, settings: Settings, engine: Engine, progress: bool = True,
+                 fetcher: FetcherFactory | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
         self.settings = settings
+        self.fetcher = fetcher  # how URLs are fetched (default: a plain Fetcher)
+        self.on_progress = on_progress  # (done, total) after each image
         self.engine = engine
         self.sessions = session_factory(engine)
         self.progress = progress
@@ -307,13 +314,19 @@ class Indexer:
         cpu_slots = asyncio.Semaphore(workers * 2)
         tasks: set[asyncio.Task[None]] = set()
 
+        done = 0
+
         def on_result(res: WorkResult) -> None:
+            nonlocal done
             pending.append(res)
             summary.cpu_seconds += res.cpu_s
             if len(pending) >= self.settings.batch_size:
                 self._write(pending, items, summary)
                 pending.clear()
             bar.update(1)
+            done += 1
+            if self.on_progress is not None:
+                self.on_progress(done, len(work))
 
         async def do_local(item: WorkItem) -> None:
             async with cpu_slots:
@@ -355,7 +368,7 @@ class Indexer:
                                   total_timeout=self.settings.http_timeout,
                                   concurrency=self.settings.http_concurrency,
                                   per_host=self.settings.http_per_host)
-                async with Fetcher(cfg) as fetcher:
+                async with (self.fetcher or Fetcher)(cfg) as fetcher:
                     async for key, fres in fetcher.fetch_many(remote):
                         summary.net_wait_seconds += fres.wait_s
                         await submit(do_remote(items[key], fres))
@@ -437,25 +450,64 @@ def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
 
 
 def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],
-               summary: BuildSummary, progress: bool) -> None:
+               summary: BuildSummary, progress: bool, fetcher: FetcherFactory | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> None:
     """Process the work items, then bring the index files up to the store's last change."""
-    Indexer(settings, engine, progress).run(sorted(work, key=lambda w: w.image_id), summary)
+    indexer = Indexer(settings, engine, progress, fetcher, on_progress)
+    indexer.run(sorted(work, key=lambda w: w.image_id), summary)
     report = update_index_files(settings, engine)
     summary.index_entries = report.images
     summary.index = report.as_dict()
 
 
-def build_index(settings: Settings, sources: list[str], progress: bool = True) -> BuildSummary:
-    """Index the catalogue sources (the sample catalogue if none): new and retryable items.
+def build_index(settings: Settings, sources: list[str], progress: bool = True,
+                sample: bool = False, fetcher: FetcherFactory | None = None) -> BuildSummary:
+    """Index the catalogue sources: new, retryable and removed items (a removed image
+    named by a source built again comes back). With sample, or with no source on an empty
+    store, the bundled sample catalogue too; no source on a store that holds a catalogue is
+    a CatalogueError (it would quietly add the sample photos to it).
 
     Already-indexed URLs are not fetched again (`index update` re-checks them).
     """
     engine = open_store(settings)
     sessions = session_factory(engine)
+    if not sources and not sample:
+        with sessions() as session:
+            held = sum(repo.status_counts(session).values())
+        if held:
+            engine.dispose()
+            raise CatalogueError(
+                f"the store in {settings.data_dir} already holds a catalogue ({held} images):"
+                " give the SOURCEs to add, or --sample to add the bundled sample photos")
+    if sample:
+        sources = [*sources, str(ensure_sample(settings.data_dir / "sample"))]
+    return _build(settings, engine, resolve_sources(settings, sources), sources, progress,
+                  fetcher)
+
+
+def index_items(settings: Settings, uri: str, kind: str, items: list[CatalogueItem],
+                progress: bool = False, fetcher: FetcherFactory | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    """Record items as a source's (uri, kind) and index them, as `build_index` does for a
+    source it reads itself (the HTTP API's way to add images); on_progress(done, total)
+    after each image."""
+    engine = open_store(settings)
+    try:
+        return _build(settings, engine, [(uri, kind, items)], [uri], progress, fetcher,
+                      on_progress)
+    finally:
+        engine.dispose()
+
+
+def _build(settings: Settings, engine: Engine,
+           resolved: Iterable[tuple[str, str, Iterable[CatalogueItem]]], sources: list[str],
+           progress: bool, fetcher: FetcherFactory | None,
+           on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    sessions = session_factory(engine)
     summary = BuildSummary(kind="build")
     with recorded_run(sessions, summary, sources):
         work: dict[int, WorkItem] = {}
-        for uri, kind, items in resolve_sources(settings, sources):
+        for uri, kind, items in resolved:
             summary.sources.append(uri)
             items = list(items)
             with sessions.begin() as session:
@@ -464,13 +516,13 @@ def build_index(settings: Settings, sources: list[str], progress: bool = True) -
                     repo.add_pending(session, items[i:i + 1000], sid)
                 known = repo.known_images(session, [it.url for it in items])
             for k in known.values():
-                if k.status in RETRYABLE:
+                if k.status in RETRYABLE or k.status == Status.REMOVED:
                     work[k.id] = WorkItem(k.id, k.url)
                 elif k.status == Status.INDEXED:
                     summary.counts["already-indexed"] += 1
                 else:
                     summary.counts["known-failure"] += 1
-        index_work(settings, engine, work.values(), summary, progress)
+        index_work(settings, engine, work.values(), summary, progress, fetcher, on_progress)
     return summary
 
 

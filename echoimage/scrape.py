@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -286,7 +286,8 @@ def _host(url: str) -> str | None:
 
 async def scrape(pages: list[str], follow_pages: int = 0,
                  filters: ScrapeFilters = ScrapeFilters(),
-                 fetcher_config: FetchConfig | None = None) -> ScrapeReport:
+                 fetcher_config: FetchConfig | None = None,
+                 fetcher: Callable[[FetchConfig], Fetcher] | None = None) -> ScrapeReport:
     """Image URLs of pages, plus of up to follow_pages same-host linked pages per start page.
 
     Links are followed breadth first, no page is read twice, and a page that cannot be read
@@ -313,11 +314,11 @@ async def scrape(pages: list[str], follow_pages: int = 0,
         hosts[seed] = {h} if (h := _host(page)) else set()
         level.append((page, seed))
 
-    async with Fetcher(_page_config(fetcher_config)) as fetcher:
+    async with (fetcher or Fetcher)(_page_config(fetcher_config)) as pages_fetcher:
         while level:
             results: dict[int, FetchResult] = {}
             batch = ((n, url, None, None) for n, (url, _) in enumerate(level))
-            async for n, result in fetcher.fetch_many(batch):
+            async for n, result in pages_fetcher.fetch_many(batch):
                 results[n] = result
             next_level: list[tuple[str, int]] = []
             for n, (url, seed) in enumerate(level):

@@ -26,6 +26,11 @@ from echoimage.pipeline import (
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import RETRYABLE, Status
+from echoimage.types import CatalogueItem
+
+#: source kinds no catalogue file lists (images added over the HTTP API, pages scraped
+#: there): an update re-checks the images they hold and marks none gone for being unlisted
+HAND_LISTED = frozenset({"api", "page"})
 
 
 def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
@@ -38,16 +43,23 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
         stale = repo.stale_feature_ids(session, feature_key(feature_params(settings)))
     work: dict[int, WorkItem] = {}
     with recorded_run(sessions, summary, [u for u, _ in sources]):
-        for uri, _kind in sources:
+        for uri, kind in sources:
             summary.sources.append(uri)
-            try:
-                resolved = list(resolve_sources(settings, [uri]))
-            except CatalogueError as exc:
-                summary.counts["source-unreadable"] += 1
-                summary.failures.append((uri, "source-unreadable", str(exc)))
-                if progress:
-                    print(f"warning: {exc}; its images are kept as they are", file=sys.stderr)
-                continue
+            if kind in HAND_LISTED:
+                # added over the HTTP API: no file lists them; their images are re-checked
+                with sessions() as session:
+                    items = [CatalogueItem(u, uri) for u in repo.images_of_source(session, uri)]
+                resolved = [(uri, kind, items)]
+            else:
+                try:
+                    resolved = list(resolve_sources(settings, [uri]))
+                except CatalogueError as exc:
+                    summary.counts["source-unreadable"] += 1
+                    summary.failures.append((uri, "source-unreadable", str(exc)))
+                    if progress:
+                        print(f"warning: {exc}; its images are kept as they are",
+                              file=sys.stderr)
+                    continue
             for src_uri, kind, items in resolved:
                 items = list(items)
                 with sessions.begin() as session:

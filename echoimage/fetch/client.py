@@ -465,3 +465,7 @@ def fetch_bytes(url: str, config: FetchConfig | None = None) -> FetchResult:
             return await fetcher.fetch(url)
 
     return asyncio.run(one())
+
+
+#: how a run makes its fetcher from a config (`Fetcher`, or the web server's guarded one)
+FetcherFactory = Callable[[FetchConfig], Fetcher]

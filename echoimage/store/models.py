@@ -48,6 +48,7 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     BAD_URL = "bad-url"
     REDIRECT_ERROR = "redirect-error"
+    REMOVED = "removed"  # taken out of the catalogue by its owner (kept as a tombstone)
 
 
 #: statuses a later run tries again

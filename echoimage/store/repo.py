@@ -482,3 +482,84 @@ def drop_features(session: Session, ids: Sequence[int]) -> None:
     ids = [int(i) for i in ids]
     if ids:
         session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A recorded catalogue source and its images by status."""
+
+    id: int
+    uri: str
+    kind: str
+    added_at: str
+    last_read_at: str | None
+    counts: dict[str, int]
+
+
+def source_infos(session: Session) -> list[SourceInfo]:
+    """Every recorded source with the counts of its images by status, oldest first."""
+    counts: dict[int | None, dict[str, int]] = {}
+    for sid, status, n in session.execute(
+            select(ImageRow.source_id, ImageRow.status, func.count())
+            .group_by(ImageRow.source_id, ImageRow.status)):
+        counts.setdefault(sid, {})[status] = int(n)
+    out = []
+    for src in session.scalars(select(Source).order_by(Source.id)):
+        out.append(SourceInfo(src.id, src.uri, src.kind, src.added_at.isoformat(),
+                              src.last_read_at.isoformat() if src.last_read_at else None,
+                              counts.get(src.id, {})))
+    return out
+
+
+def find_source(session: Session, ref: str) -> Source | None:
+    """A source by its URI, its number, or (a local path) its resolved path."""
+    found = session.scalar(select(Source).where(Source.uri == ref))
+    if found is None and ref.isdigit():
+        found = session.get(Source, int(ref))
+    return found
+
+
+def images_by_ref(session: Session, refs: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """Image ids of refs (an id, or a URL as stored); (ref → id, refs not found)."""
+    found: dict[str, int] = {}
+    missing = []
+    for ref in refs:
+        row = session.scalar(select(ImageRow.id).where(ImageRow.url == ref))
+        if row is None and ref.isdigit() and int(ref) < 2 ** 63:
+            row = session.scalar(select(ImageRow.id).where(ImageRow.id == int(ref)))
+        if row is None:
+            missing.append(ref)
+        else:
+            found[ref] = int(row)
+    return found, missing
+
+
+def remove_images(session: Session, ids: Sequence[int]) -> list[tuple[int, str]]:
+    """Take images out of the catalogue: status removed, features dropped, one change
+    number each (the index drops them). Returns (id, url) of those not removed before."""
+    rows = session.execute(select(ImageRow.id, ImageRow.url).where(
+        ImageRow.id.in_([int(i) for i in ids]), ImageRow.status != Status.REMOVED)
+        .order_by(ImageRow.id)).all()
+    if not rows:
+        return []
+    first = next_seq(session, len(rows))
+    gone = [int(r[0]) for r in rows]
+    session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(gone)))
+    ts = now()
+    for n, image_id in enumerate(gone):
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+            status=Status.REMOVED, reason="removed from the catalogue", indexed_at=None,
+            updated_at=ts, gone_at=ts, seq=first + n))
+    return [(int(r[0]), r[1]) for r in rows]
+
+
+def image_ids_of_source(session: Session, source_id: int) -> list[int]:
+    """Every image first recorded from a source."""
+    return list(session.scalars(select(ImageRow.id).where(ImageRow.source_id == source_id)))
+
+
+def forget_source(session: Session, source_id: int) -> None:
+    """Delete a source's record (its images keep their rows, without a source)."""
+    session.execute(update(ImageRow).where(ImageRow.source_id == source_id)
+                    .values(source_id=None))
+    session.execute(Source.__table__.delete().where(Source.id == source_id))

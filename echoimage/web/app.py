@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.store.db import open_store
-from echoimage.web import pages, routes
+from echoimage.web import admin, pages, routes
 from echoimage.web.config import WebSettings
 from echoimage.web.inputs import http_error
 from echoimage.web.service import WebService
@@ -59,6 +59,8 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
         return JSONResponse({"detail": err.detail}, status_code=err.status_code)
 
     app.include_router(routes.router)
+    app.include_router(routes.health_router)
+    app.include_router(admin.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -42,6 +42,13 @@ class WebSettings(BaseSettings):
     cache_ttl: float = 600.0
     cache_entries: int = 64
 
+    # the management API (adding pages and images, removing images) exists only with a
+    # token; searching needs one only when search_token is set
+    api_token: SecretStr | None = None
+    search_token: SecretStr | None = None
+    job_threads: int = 2  # background jobs (catalogue changes, dedupe) running at once
+    max_api_urls: int = 1000  # image URLs one POST /api/catalogue/images may add
+
     @field_validator("url_allowlist", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
@@ -56,6 +63,11 @@ class WebSettings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @field_validator("api_token", "search_token", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("query_threads", "max_waiting", "url_max_redirects")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Generator
 from typing import Annotated
 
@@ -54,3 +55,39 @@ def get_image_id(image_id: Annotated[int, Path(description="a catalogue image's 
 
 
 ImageIdDep = Annotated[int, Depends(get_image_id)]
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _check_token(request: Request, expected: str) -> None:
+    """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
+    given = _bearer(request)
+    if given is None:
+        raise HTTPException(401, "this endpoint needs `Authorization: Bearer <token>`",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(403, "wrong token")
+
+
+def require_admin(request: Request, service: ServiceDep) -> None:
+    """The management API: 404 when the server has no API token (it does not exist), else
+    the bearer token must be it."""
+    token = service.web.api_token
+    if token is None:
+        raise HTTPException(404, "Not Found")
+    _check_token(request, token.get_secret_value())
+
+
+def require_reader(request: Request, service: ServiceDep) -> None:
+    """Searching and reading: open, unless the server has a search token."""
+    token = service.web.search_token
+    if token is not None:
+        _check_token(request, token.get_secret_value())
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+ReaderDep = Annotated[None, Depends(require_reader)]

@@ -3,15 +3,17 @@ the results of the query while they are cached (post/redirect/get)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from echoimage.web import render
-from echoimage.web.deps import ServiceDep
+from echoimage.web.deps import ServiceDep, require_reader
 from echoimage.web.inputs import SearchInput, answer, read_search_input
 from echoimage.web.service import WebService
 
-router = APIRouter(include_in_schema=False)
+#: the pages need no token unless the server has a search token (then, as the JSON API, a
+#: bearer token: a browser's plain page cannot send one, so they are closed)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(require_reader)])
 
 #: the page loads nothing from elsewhere and runs no inline script
 SECURITY_HEADERS = {
@@ -73,3 +75,15 @@ async def results(token: str, service: ServiceDep) -> HTMLResponse:
         return _html(body, 404)
     return _html(render.results_page(entry, service.settings.duplicate_threshold,
                                      service.cache.ttl))
+
+
+@router.get("/duplicates", response_class=HTMLResponse)
+async def duplicates(service: ServiceDep, page: int = 1, crops: bool = False) -> HTMLResponse:
+    """The catalogue's groups of duplicates, with thumbnails."""
+    from starlette.concurrency import run_in_threadpool
+
+    result, job = await run_in_threadpool(service.duplicates, crops)
+    if result is None:
+        assert job is not None
+        return _html(render.computing_page(job.done, job.total), 200, {"Refresh": "3"})
+    return _html(render.duplicates_page(result, max(1, page), 24, crops))

@@ -137,3 +137,51 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
         cards=listing,
     )
     return page(f"Results for {entry.label} – EchoImage", body)
+
+
+def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> str:
+    """The catalogue's groups of duplicates, a page of them, each with its thumbnails."""
+    groups = result.groups
+    pages = max(1, -(-len(groups) // per_page))
+    shown = groups[(page_no - 1) * per_page: page_no * per_page]
+    parts = [f"<h1>Duplicates in the catalogue</h1><p>{len(groups):,} groups, "
+             f"{result.duplicates:,} images that copy another, of {result.images:,} indexed "
+             f"images{' (parts of images included)' if crops else ''}. The keeper of each "
+             "group has the most pixels, then was indexed first.</p>"]
+    if not groups:
+        parts.append("<p>No duplicates found.</p>")
+    for g in shown:
+        items = []
+        for m in g.members:
+            if m.keep:
+                note = "keep"
+            else:
+                ln = m.link
+                note = (f"score {ln.score:.3f} &middot; hash {ln.hash_distance} &middot; "
+                        f"ssim {ln.ssim:.3f} &middot; orb {ln.orb_inliers} &middot; "
+                        f"{esc(ln.orientation)} &middot; via {esc(ln.via)}")
+            items.append(
+                f'<li class="member{" keep" if m.keep else ""}" data-id="{m.id}">'
+                f'<div class="thumb"><img src="/api/images/{m.id}/thumbnail.png" '
+                f'alt="Catalogue image {m.id}" loading="lazy"></div>'
+                f'<p class="source">#{m.id} {_source(m.url)} ({m.width}&times;{m.height})</p>'
+                f'<p class="muted">{note}</p></li>')
+        parts.append(f'<section class="group" aria-labelledby="g{g.number}">'
+                     f'<h2 id="g{g.number}">Group {g.number} ({len(g.members)} images)</h2>'
+                     f'<ol class="members">{"".join(items)}</ol></section>')
+    nav = []
+    flag = "&amp;crops=true" if crops else ""
+    if page_no > 1:
+        nav.append(f'<a href="/duplicates?page={page_no - 1}{flag}">Previous</a>')
+    nav.append(f"page {page_no} of {pages}")
+    if page_no < pages:
+        nav.append(f'<a href="/duplicates?page={page_no + 1}{flag}">Next</a>')
+    parts.append(f'<nav class="pages" aria-label="Pages">{" ".join(nav)}</nav>')
+    return page("Duplicates – EchoImage", "".join(parts))
+
+
+def computing_page(done: int, total: int | None) -> str:
+    """The duplicates page while they are being worked out (it reloads itself)."""
+    of = f" of {total:,}" if total else ""
+    return message_page("Finding duplicates…", f"{done:,}{of} images looked at so far. This "
+                        "page reloads itself every few seconds.")

@@ -6,14 +6,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echoimage.errors import EchoImageError
 from echoimage.store import repo
 from echoimage.web.cache import CachedQuery
-from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, SessionDep
+from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, SessionDep, require_reader
 from echoimage.web.inputs import http_error, run_search
 from echoimage.web.schemas import (
     ErrorResponse,
@@ -25,7 +25,10 @@ from echoimage.web.schemas import (
 from echoimage.web.service import WebService
 from echoimage.web.visual import encode_png, restore_aspect
 
-router = APIRouter()
+#: the search and read API: open unless the server has a search token
+router = APIRouter(dependencies=[Depends(require_reader)])
+#: liveness: always open
+health_router = APIRouter()
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
@@ -170,7 +173,7 @@ async def stats(service: ServiceDep) -> dict[str, Any]:
         raise http_error(exc) from None
 
 
-@router.get("/health", response_model=HealthResponse, tags=["server"])
+@health_router.get("/health", response_model=HealthResponse, tags=["server"])
 async def health(service: ServiceDep) -> dict[str, Any]:
     """Liveness: the engine is loaded; the size of its index."""
     return {"status": "ok", "index_entries": service.engine.size}

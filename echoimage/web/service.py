@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -31,8 +31,12 @@ from echoimage.store import repo
 from echoimage.types import DecodedImage, Match
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
+from echoimage.web.jobs import Job, JobManager
 from echoimage.web.ssrf import AllowList, GuardedFetcher, UrlPolicy
 from echoimage.web.visual import encode_png, match_image, restore_aspect
+
+if TYPE_CHECKING:
+    from echoimage.dedupe import DedupeResult
 
 T = TypeVar("T")
 
@@ -57,6 +61,8 @@ class WebService:
         self.web = web
         self.engine = engine
         self.cache = QueryCache(web.cache_ttl, web.cache_entries)
+        self.jobs = JobManager(web.job_threads)
+        self._dedupe: dict[bool, DedupeResult] = {}  # by crops: the latest groups found
         self.threads = web.threads
         # FAISS's OpenMP thread count is per calling thread: SearchEngine.query_image sets
         # one thread in whichever pool thread runs it
@@ -96,6 +102,7 @@ class WebService:
         """Stop the pool, close the fetcher and the store connections."""
         if self._janitor is not None:
             self._janitor.cancel()
+        self.jobs.close()
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.cache.clear()
@@ -208,6 +215,30 @@ class WebService:
             return entry.png(f"match-{match.id}", make)
         except LookupError:
             return None
+
+    # --- the catalogue's duplicates ------------------------------------------------------------
+
+    def duplicates(self, crops: bool) -> tuple[DedupeResult | None, Job | None]:
+        """The groups of duplicates as of the store's current change, or the job working
+        them out (started if none is running)."""
+        from echoimage.dedupe import find_duplicates
+
+        with self.engine.sessions() as session:
+            seq = repo.current_seq(session)
+        cached = self._dedupe.get(crops)
+        if cached is not None and cached.seq == seq:
+            return cached, None
+        params = {"crops": crops, "seq": seq}
+        job = self.jobs.find("dedupe", params)
+        if job is None:
+            def run(job: Job) -> None:
+                result = find_duplicates(self.settings, crops, job.progress,
+                                         self.engine.engine)
+                self._dedupe[crops] = result
+                job.result = result.summary()
+
+            job = self.jobs.submit("dedupe", params, run)
+        return None, job
 
     # --- numbers ------------------------------------------------------------------------------
 

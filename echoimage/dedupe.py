@@ -1,0 +1,419 @@
+"""De-duplicating a catalogue: groups of its own images that are copies of each other.
+
+Pairs are proposed, confirmed and grouped:
+
+* **proposed** by pHashes: each image's stored thumbnail is hashed as a whole in all 8
+  orientations (mirrors and quarter turns), as its central 80% (a copy that is a crop of
+  it) and, when it has flat margins, without them (a copy with a border: it is the part
+  inside); every catalogue pHash within `dedupe_hash_radius` bits of one of these is a
+  candidate. With `crops`, each image's stored descriptors also vote in the local-feature
+  index, as a query's do, proposing the images it may be a part of.
+* **confirmed** with the query's evidence and threshold: the pHash distance, SSIM of the
+  two stored thumbnails turned to the matching orientation, and (when those do not yet
+  make it a duplicate) ORB matching of the stored keypoints with RANSAC; the fused score
+  must reach `duplicate_threshold`.
+* **grouped** by union-find over confirmed pairs. Each group names a keeper: the member with
+  the most pixels, then the one indexed first, then the lowest id.
+
+Everything is read from the store and the index; no image is fetched or decoded again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+from sqlalchemy import Engine, select
+
+from echoimage.config import Settings
+from echoimage.features.dihedral import NAMES, is_mirror, orient
+from echoimage.features.hashes import hash_input, oriented_phashes, phash
+from echoimage.index.binary import build_binary_index
+from echoimage.index.build import snapshot
+from echoimage.search.rerank import SsimReference, fuse, match_orb
+from echoimage.store import repo
+from echoimage.store.codec import decode_orb, decode_thumbnail
+from echoimage.store.db import open_store, session_factory
+from echoimage.store.models import FeatureRow, ImageRow, Status
+from echoimage.types import OrbFeatures
+
+#: images whose features are read and hashed together
+BATCH = 256
+#: the views an image is proposed from, and how each is named in a link's evidence
+VIEW_NAMES = ("whole", "central-crop", "inside-border", "votes")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A confirmed pair: b is a copy of a (a's view, turned by orientation, matches b)."""
+
+    a: int
+    b: int
+    score: float
+    hash_distance: int
+    ssim: float
+    orb_inliers: int
+    orientation: str
+    via: str  # the view that proposed it (VIEW_NAMES)
+    votes: int = 0
+
+    def evidence(self) -> dict[str, Any]:
+        """The evidence as a JSON-ready dict."""
+        return {"score": round(self.score, 4), "hash_distance": self.hash_distance,
+                "ssim": round(self.ssim, 4), "orb_inliers": self.orb_inliers,
+                "orientation": self.orientation, "via": self.via, "votes": self.votes}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One image of a group."""
+
+    id: int
+    url: str
+    width: int
+    height: int
+    indexed_at: str
+    keep: bool
+    link: Link | None  # the strongest link that ties it to another member (None: keeper)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; `id` and `url` as in query results."""
+        out: dict[str, Any] = {"id": self.id, "url": self.url, "keep": self.keep,
+                               "width": self.width, "height": self.height,
+                               "indexed_at": self.indexed_at}
+        if self.link is not None:
+            other = self.link.b if self.link.a == self.id else self.link.a
+            out.update(linked_to=other, **self.link.evidence())
+        return out
+
+
+@dataclass(frozen=True)
+class Group:
+    """Images that are copies of each other, the keeper first."""
+
+    number: int
+    members: tuple[Member, ...]
+    links: tuple[Link, ...]
+
+    @property
+    def keeper(self) -> Member:
+        """The member to keep."""
+        return self.members[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (one line of `dedupe --json`)."""
+        return {"group": self.number, "keep": self.keeper.id, "size": len(self.members),
+                "members": [m.to_dict() for m in self.members],
+                "links": [{"a": ln.a, "b": ln.b, **ln.evidence()} for ln in self.links]}
+
+
+@dataclass
+class DedupeResult:
+    """The groups of a catalogue, and what finding them cost."""
+
+    groups: list[Group]
+    images: int
+    seq: int  # the store's change number the groups are of
+    crops: bool
+    candidates: int = 0  # pairs checked
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        """Images that are not their group's keeper."""
+        return sum(len(g.members) - 1 for g in self.groups)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counts and timings."""
+        return {"groups": len(self.groups), "duplicates": self.duplicates,
+                "images": self.images, "seq": self.seq, "crops": self.crops,
+                "candidates": self.candidates, "seconds": round(self.seconds, 3),
+                "ms_per_image": round(1000 * self.seconds / max(self.images, 1), 3),
+                "stages_s": {k: round(v, 3) for k, v in self.stages.items()}}
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    url: str
+    width: int
+    height: int
+    indexed_at: str
+    phash: bytes
+
+
+@dataclass
+class _Feats:
+    """An image's stored thumbnail and keypoints, read when needed."""
+
+    thumb: np.ndarray
+    orb: OrbFeatures
+
+
+def margins(thumb: np.ndarray, flat: float = 6.0, least: int = 8
+            ) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) inside flat margins of a thumbnail (rows/columns of nearly one value,
+    from the edges in), or None when there are none or almost nothing is left."""
+    t = thumb.astype(np.float32)
+    rows, cols = t.std(axis=1), t.std(axis=0)
+
+    def run(values: np.ndarray) -> int:
+        n = 0
+        while n < len(values) and values[n] < flat:
+            n += 1
+        return n
+
+    top, bottom = run(rows), run(rows[::-1])
+    left, right = run(cols), run(cols[::-1])
+    if max(top, bottom, left, right) < least:
+        return None
+    h, w = thumb.shape
+    x, y, ww, hh = left, top, w - left - right, h - top - bottom
+    if ww < w // 3 or hh < h // 3:
+        return None
+    return x, y, ww, hh
+
+
+def view_pixels(thumb: np.ndarray) -> dict[str, np.ndarray]:
+    """The parts of a thumbnail an image is proposed from: whole, its central 80%, and
+    (when it has flat margins) what is inside them."""
+    h, w = thumb.shape
+    cy, cx = h // 10, w // 10
+    out = {"whole": thumb, "central-crop": np.ascontiguousarray(thumb[cy:h - cy, cx:w - cx])}
+    box = margins(thumb)
+    if box is not None:
+        x, y, bw, bh = box
+        out["inside-border"] = np.ascontiguousarray(thumb[y:y + bh, x:x + bw])
+    return out
+
+
+def _views(thumb: np.ndarray) -> list[tuple[str, list[bytes]]]:
+    """(view name, its pHash per orientation searched: all 8 for the whole thumbnail)."""
+    return [(name, oriented_phashes(hash_input(px)) if name == "whole"
+             else [phash(hash_input(px))]) for name, px in view_pixels(thumb).items()]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(x, x) != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+class Deduper:
+    """Finds the groups of one store (see the module docstring)."""
+
+    def __init__(self, settings: Settings, engine: Engine, crops: bool = False) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.crops = crops
+        self._feats: dict[int, _Feats] = {}
+
+    def _features(self, ids: list[int]) -> dict[int, _Feats]:
+        """Stored thumbnails and keypoints of ids (cached for this run)."""
+        missing = [i for i in ids if i not in self._feats]
+        if missing:
+            with self.sessions() as s:
+                for r in s.execute(select(FeatureRow.image_id, FeatureRow.thumbnail,
+                                          FeatureRow.keypoints, FeatureRow.descriptors)
+                                   .where(FeatureRow.image_id.in_(missing))):
+                    self._feats[r[0]] = _Feats(decode_thumbnail(r[1]), decode_orb(r[2], r[3]))
+        return {i: self._feats[i] for i in ids if i in self._feats}
+
+    def run(self, progress: Callable[[int], None] | None = None) -> DedupeResult:
+        """Propose, confirm and group; progress(images done) after each batch."""
+        t0 = time.perf_counter()
+        s = self.settings
+        with snapshot(self.engine) as session:
+            seq = repo.current_seq(session)
+            rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
+                         r[4].isoformat() if r[4] else "", r[5])
+                    for r in session.execute(
+                        select(ImageRow.id, ImageRow.url, ImageRow.width, ImageRow.height,
+                               ImageRow.indexed_at, FeatureRow.phash)
+                        .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
+                        .where(ImageRow.status == Status.INDEXED).order_by(ImageRow.id))]
+        by_id = {r.id: r for r in rows}
+        ids = np.array([r.id for r in rows], np.int64)
+        codes = np.frombuffer(b"".join(r.phash for r in rows), np.uint8).reshape(-1, 8)
+        index = build_binary_index(ids, codes)
+        stages = {"read": time.perf_counter() - t0}
+        parts = None
+        if self.crops:
+            from echoimage.search.live import LiveIndex
+
+            parts = LiveIndex(s, self.engine).snapshot().parts
+        candidates: dict[tuple[int, int], tuple[int, str, int, int, int]] = {}
+        done = 0
+        for lo in range(0, len(rows), BATCH):
+            batch = rows[lo:lo + BATCH]
+            t1 = time.perf_counter()
+            feats = self._features([r.id for r in batch])
+            self._propose(index, batch, feats, candidates, parts)
+            stages["propose"] = stages.get("propose", 0.0) + time.perf_counter() - t1
+            for r in batch:  # keep the cache to what confirmation may still need
+                if not any(r.id in k for k in candidates):
+                    self._feats.pop(r.id, None)
+            done += len(batch)
+            if progress is not None:
+                progress(done)
+        t2 = time.perf_counter()
+        links = []
+        for (a, b), (d, view, o, origin, votes) in sorted(candidates.items()):
+            link = self._confirm(a, b, d, view, o, origin, votes)
+            if link is not None and link.score >= s.duplicate_threshold:
+                links.append(link)
+        stages["confirm"] = time.perf_counter() - t2
+        groups = _group(links, by_id)
+        return DedupeResult(groups, len(rows), seq, self.crops, len(candidates),
+                            time.perf_counter() - t0, stages)
+
+    def _propose(self, index: Any, batch: list[_Row], feats: dict[int, _Feats],
+                 candidates: dict[tuple[int, int], tuple[int, str, int, int, int]],
+                 parts: Any) -> None:
+        """Candidate pairs of a batch of images: pHash range search of their views (and,
+        with crops, votes of their descriptors)."""
+        s = self.settings
+        queries, owners = [], []  # per code: (image id, view, orientation)
+        for r in batch:
+            f = feats.get(r.id)
+            if f is None:
+                continue
+            for view, codes in _views(f.thumb):
+                for o, code in enumerate(codes):
+                    queries.append(code)
+                    owners.append((r.id, view, o))
+        if queries:
+            q = np.frombuffer(b"".join(queries), np.uint8).reshape(-1, 8)
+            lims, dist, found = index.range_search(q, s.dedupe_hash_radius + 1)
+            for n, (owner, view, o) in enumerate(owners):
+                for j in range(int(lims[n]), int(lims[n + 1])):
+                    other, d = int(found[j]), int(dist[j])
+                    if other != owner:
+                        _offer(candidates, owner, other, d, view, o, 0)
+        if parts is not None:
+            lp = s.local_params
+            for r in batch:
+                f = feats.get(r.id)
+                if f is None or not len(f.orb):
+                    continue
+                for v in parts.vote(f.orb.descriptors[:lp.query_descriptors], lp, s.vote_n):
+                    if v.id != r.id and v.votes >= s.min_votes:
+                        _offer(candidates, r.id, v.id, 64, "votes", 0, v.votes)
+
+    def _confirm(self, a: int, b: int, d: int, view: str, o: int, origin: int, votes: int
+                 ) -> Link | None:
+        """The query's evidence for a pair: origin's view (turned by o) against the other."""
+        s = self.settings
+        other = b if origin == a else a
+        feats = self._features([origin, other])
+        if origin not in feats or other not in feats:
+            return None  # changed since it was proposed
+        fo, ft = feats[origin], feats[other]
+        part = view_pixels(fo.thumb).get(view, fo.thumb)
+        thumb = part if part.shape == fo.thumb.shape else _square(part, fo.thumb.shape[0])
+        sim = SsimReference(orient(thumb, o)).compare(ft.thumb) if view != "votes" else 0.0
+        inliers = 0
+        score = fuse(sim, 0, d)
+        if score < s.duplicate_threshold and not is_mirror(o):
+            # ORB is rotation-invariant; it cannot help a mirror (stored descriptors)
+            head = OrbFeatures(fo.orb.keypoints[:s.rerank_descriptors],
+                               fo.orb.descriptors[:s.rerank_descriptors])
+            keypoints = None if view == "votes" else s.rerank_keypoints
+            cand = ft.orb if keypoints is None else OrbFeatures(
+                ft.orb.keypoints[:keypoints], ft.orb.descriptors[:keypoints])
+            inliers = match_orb(head, cand, s.ratio_test, s.ransac_px).inliers
+            score = fuse(sim, inliers, d)
+        return Link(origin, other, score, d if d <= 64 else -1, sim, inliers, NAMES[o], view,
+                    votes)
+
+
+def _offer(candidates: dict[tuple[int, int], tuple[int, str, int, int, int]], origin: int,
+           other: int, d: int, view: str, o: int, votes: int) -> None:
+    """Keep the best proposal of each pair (nearest hash; the whole view first)."""
+    key = (min(origin, other), max(origin, other))
+    new = (d, view, o, origin, votes)
+    old = candidates.get(key)
+    if old is None or (d, VIEW_NAMES.index(view)) < (old[0], VIEW_NAMES.index(old[1])):
+        candidates[key] = new
+
+
+def _square(part: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(part, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
+    """Union-find over links; the keeper (most pixels, then first indexed, then lowest
+    id) first; groups largest first."""
+    uf = _UnionFind()
+    for ln in links:
+        uf.union(ln.a, ln.b)
+    members: dict[int, set[int]] = {}
+    for ln in links:
+        root = uf.find(ln.a)
+        members.setdefault(root, set()).update((ln.a, ln.b))
+    best_link: dict[int, Link] = {}
+    for ln in links:
+        for i in (ln.a, ln.b):
+            if i not in best_link or ln.score > best_link[i].score:
+                best_link[i] = ln
+    groups = []
+    for root, ids in members.items():
+        order = sorted(ids, key=lambda i: (-rows[i].width * rows[i].height,
+                                           rows[i].indexed_at, i))
+        group_links = tuple(sorted((ln for ln in links if uf.find(ln.a) == root),
+                                   key=lambda ln: (ln.a, ln.b)))
+        ms = tuple(Member(i, rows[i].url, rows[i].width, rows[i].height, rows[i].indexed_at,
+                          n == 0, None if n == 0 else best_link[i])
+                   for n, i in enumerate(order))
+        groups.append(Group(0, ms, group_links))
+    groups.sort(key=lambda g: (-len(g.members), g.keeper.id))
+    return [Group(n, g.members, g.links) for n, g in enumerate(groups, 1)]
+
+
+def find_duplicates(settings: Settings, crops: bool = False,
+                    progress: Callable[[int], None] | None = None,
+                    engine: Engine | None = None) -> DedupeResult:
+    """The groups of duplicates among the catalogue's indexed images."""
+    eng = engine or open_store(settings, create=False)
+    try:
+        faiss.omp_set_num_threads(1)
+        return Deduper(settings, eng, crops).run(progress)
+    finally:
+        if engine is None:
+            eng.dispose()
+
+
+def csv_rows(result: DedupeResult) -> Iterator[dict[str, Any]]:
+    """One row per group member (`dedupe --csv`)."""
+    for g in result.groups:
+        for m in g.members:
+            ev = m.link.evidence() if m.link else {}
+            linked = (m.link.b if m.link.a == m.id else m.link.a) if m.link else ""
+            yield {"group": g.number, "id": m.id, "url": m.url, "keep": m.keep,
+                   "width": m.width, "height": m.height, "linked_to": linked,
+                   **{k: ev.get(k, "") for k in ("score", "hash_distance", "ssim",
+                                                  "orb_inliers", "orientation", "via")}}
+
+
+CSV_FIELDS = ("group", "id", "url", "keep", "width", "height", "linked_to", "score",
+              "hash_distance", "ssim", "orb_inliers", "orientation", "via")
