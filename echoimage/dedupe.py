@@ -5,7 +5,8 @@ Pairs are proposed, confirmed and grouped:
 * **proposed** by pHashes: each image's stored thumbnail is hashed as a whole in all 8
   orientations (mirrors and quarter turns), as its central 80% (a copy that is a crop of
   it) and, when it has flat margins, without them (a copy with a border: it is the part
-  inside); every catalogue pHash within `dedupe_hash_radius` bits of one of these is a
+  inside); every catalogue pHash within `dedupe_hash_radius` bits of one of these (within
+  `dedupe_wide_radius` of the whole image as it is: a slightly rotated copy) is a
   candidate. With `crops`, each image's stored descriptors also vote in the local-feature
   index, as a query's do, proposing the images it may be a part of.
 * **confirmed** with the query's evidence and threshold: the pHash distance, SSIM of the
@@ -43,6 +44,8 @@ from echoimage.types import OrbFeatures
 
 #: images whose features are read and hashed together
 BATCH = 256
+#: the least share of an image's keypoint area its ORB matches must span to count
+MIN_COVER = 0.25
 #: the views an image is proposed from, and how each is named in a link's evidence
 VIEW_NAMES = ("whole", "central-crop", "inside-border", "votes")
 
@@ -219,11 +222,13 @@ class _UnionFind:
 class Deduper:
     """Finds the groups of one store (see the module docstring)."""
 
-    def __init__(self, settings: Settings, engine: Engine, crops: bool = False) -> None:
+    def __init__(self, settings: Settings, engine: Engine, crops: bool = False,
+                 only: set[int] | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.sessions = session_factory(engine)
         self.crops = crops
+        self.only = only  # propose from these images only (the benchmark's timing samples)
         self._feats: dict[int, _Feats] = {}
 
     def _features(self, ids: list[int]) -> dict[int, _Feats]:
@@ -262,8 +267,9 @@ class Deduper:
             parts = LiveIndex(s, self.engine).snapshot().parts
         candidates: dict[tuple[int, int], tuple[int, str, int, int, int]] = {}
         done = 0
-        for lo in range(0, len(rows), BATCH):
-            batch = rows[lo:lo + BATCH]
+        proposing = rows if self.only is None else [r for r in rows if r.id in self.only]
+        for lo in range(0, len(proposing), BATCH):
+            batch = proposing[lo:lo + BATCH]
             t1 = time.perf_counter()
             feats = self._features([r.id for r in batch])
             self._propose(index, batch, feats, candidates, parts)
@@ -300,11 +306,19 @@ class Deduper:
                 for o, code in enumerate(codes):
                     queries.append(code)
                     owners.append((r.id, view, o))
-        if queries:
-            q = np.frombuffer(b"".join(queries), np.uint8).reshape(-1, 8)
-            lims, dist, found = index.range_search(q, s.dedupe_hash_radius + 1)
-            for n, (owner, view, o) in enumerate(owners):
-                for j in range(int(lims[n]), int(lims[n + 1])):
+        # the whole image as it is reaches further (a slightly rotated or re-framed copy);
+        # every other code (turned, mirrored, parts) proposes only near pHashes
+        for wide in (True, False):
+            chosen = [n for n, (_, view, o) in enumerate(owners)
+                      if (view == "whole" and o == 0) == wide]
+            if not chosen:
+                continue
+            q = np.frombuffer(b"".join(queries[n] for n in chosen), np.uint8).reshape(-1, 8)
+            radius = s.dedupe_wide_radius if wide else s.dedupe_hash_radius
+            lims, dist, found = index.range_search(q, radius + 1)
+            for row, n in enumerate(chosen):
+                owner, view, o = owners[n]
+                for j in range(int(lims[row]), int(lims[row + 1])):
                     other, d = int(found[j]), int(dist[j])
                     if other != owner:
                         _offer(candidates, owner, other, d, view, o, 0)
@@ -339,7 +353,8 @@ class Deduper:
             keypoints = None if view == "votes" else s.rerank_keypoints
             cand = ft.orb if keypoints is None else OrbFeatures(
                 ft.orb.keypoints[:keypoints], ft.orb.descriptors[:keypoints])
-            inliers = match_orb(head, cand, s.ratio_test, s.ransac_px).inliers
+            om = match_orb(head, cand, s.ratio_test, s.ransac_px)
+            inliers = om.inliers if _covers(om.pairs, head.keypoints, cand.keypoints) else 0
             score = fuse(sim, inliers, d)
         return Link(origin, other, score, d if d <= 64 else -1, sim, inliers, NAMES[o], view,
                     votes)
@@ -353,6 +368,23 @@ def _offer(candidates: dict[tuple[int, int], tuple[int, str, int, int, int]], or
     old = candidates.get(key)
     if old is None or (d, VIEW_NAMES.index(view)) < (old[0], VIEW_NAMES.index(old[1])):
         candidates[key] = new
+
+
+def _covers(pairs: np.ndarray | None, query_kp: np.ndarray, cand_kp: np.ndarray) -> bool:
+    """True when, in one of the two images, the matched keypoints span at least MIN_COVER
+    of the area its keypoints span. Two catalogue images that share only an overlay (the
+    same caption banner, a watermark) match on that strip in both; a copy that is a part of
+    another matches all over itself."""
+    if pairs is None or not len(pairs):
+        return False
+
+    def share(points: np.ndarray, every: np.ndarray) -> float:
+        # the middle 90% of each: a few stray inliers do not make a strip an area
+        span = np.subtract(*np.percentile(points, [95, 5], axis=0))
+        full = np.maximum(np.subtract(*np.percentile(every[:, :2], [95, 5], axis=0)), 1.0)
+        return float(span[0] * span[1] / (full[0] * full[1]))
+
+    return max(share(pairs[:, :2], query_kp), share(pairs[:, 2:4], cand_kp)) >= MIN_COVER
 
 
 def _square(part: np.ndarray, side: int) -> np.ndarray:
