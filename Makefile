@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http browser clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe faults browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,15 @@ bench-quick: $(STAMP)
 
 bench-http: $(STAMP)
 	$(BIN)/python scripts/bench_http.py $(PHOTOS) --out bench-out
+
+bench-live: $(STAMP)
+	$(BIN)/python scripts/bench_live.py $(PHOTOS) --out bench-out
+
+bench-dedupe: $(STAMP)
+	$(BIN)/python scripts/bench_dedupe.py $(PHOTOS) --out bench-out
+
+faults: $(STAMP)
+	$(BIN)/python scripts/faults.py --out bench-out/faults.json
 
 clean:
 	rm -rf $(DATA) bench-out test-artifacts
