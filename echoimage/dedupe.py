@@ -273,19 +273,22 @@ class Deduper:
             t1 = time.perf_counter()
             feats = self._features([r.id for r in batch])
             self._propose(index, batch, feats, candidates, parts)
+            self._feats.clear()  # confirmation reads what it needs again, chunk by chunk
             stages["propose"] = stages.get("propose", 0.0) + time.perf_counter() - t1
-            for r in batch:  # keep the cache to what confirmation may still need
-                if not any(r.id in k for k in candidates):
-                    self._feats.pop(r.id, None)
             done += len(batch)
             if progress is not None:
                 progress(done)
         t2 = time.perf_counter()
         links = []
-        for (a, b), (d, view, o, origin, votes) in sorted(candidates.items()):
-            link = self._confirm(a, b, d, view, o, origin, votes)
-            if link is not None and link.score >= s.duplicate_threshold:
-                links.append(link)
+        pairs = sorted(candidates.items())
+        for lo in range(0, len(pairs), BATCH):
+            chunk = pairs[lo:lo + BATCH]
+            self._features(sorted({i for (a, b), _ in chunk for i in (a, b)}))
+            for (a, b), (d, view, o, origin, votes) in chunk:
+                link = self._confirm(a, b, d, view, o, origin, votes)
+                if link is not None and link.score >= s.duplicate_threshold:
+                    links.append(link)
+            self._feats.clear()
         stages["confirm"] = time.perf_counter() - t2
         groups = _group(links, by_id)
         return DedupeResult(groups, len(rows), seq, self.crops, len(candidates),

@@ -150,19 +150,18 @@ def _noop(_: int) -> None:
     """A task that only makes the pool start a worker."""
 
 
-def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
+def process_bytes(image_id: int, data: bytes, params: FeatureParams,
                   etag: str | None = None, last_modified: str | None = None,
                   known_sha256: str | None = None) -> WorkResult:
     """Decode bytes and extract features; a failure comes back as a status, never raised."""
     t0 = time.process_time()
-    max_pixels, work_size, thumb_size, nfeatures = params
     sha = hashlib.sha256(data).hexdigest()
     if known_sha256 is not None and sha == known_sha256:
         return WorkResult(image_id, UNCHANGED, None, sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
     try:
-        img = decode_image(data, max_pixels, work_size)
-        feats = extract_features(img, thumb_size, nfeatures)
+        img = decode_image(data, params.max_pixels, params.work_size)
+        feats = extract_features(img, params.thumb_size, params.orb_features)
     except DecodeError as exc:
         if isinstance(exc, ImageTooLargeError):
             status = Status.TOO_LARGE
@@ -181,13 +180,12 @@ def process_bytes(image_id: int, data: bytes, params: tuple[int, int, int, int],
                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
                           sha, len(data), etag, last_modified, cpu_s=time.process_time() - t0)
     record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
-                                  feature_key(params))
+                                  params.key, params.thumb_quality)
     return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
                       record, cpu_s=time.process_time() - t0)
 
 
-def process_path(item: WorkItem, params: tuple[int, int, int, int], max_bytes: int
-                 ) -> WorkResult:
+def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkResult:
     """Read a local file and process it; a missing, unreadable or special file is a
     status (never waited on)."""
     etag = file_marker(item.url)
@@ -209,16 +207,33 @@ _LOCAL_STATUS = {LocalStatus.NOT_A_FILE: Status.NOT_AN_IMAGE,
                  LocalStatus.UNREADABLE: Status.MISSING}
 
 
-def feature_params(settings: Settings) -> tuple[int, int, int, int]:
-    """The feature parameters a worker needs (picklable)."""
-    return (settings.max_pixels, settings.work_size, settings.thumb_size, settings.orb_features)
+@dataclass(frozen=True)
+class FeatureParams:
+    """What a feature worker needs (picklable), built from Settings."""
+
+    max_pixels: int
+    work_size: int
+    thumb_size: int
+    orb_features: int
+    thumb_quality: int
+
+    @property
+    def key(self) -> str:
+        """What a store row records of the parameters its features were extracted with
+        (the pixel cap only decides whether an image is refused, and the thumbnail's JPEG
+        quality how it is stored, not the features)."""
+        return f"work{self.work_size}-thumb{self.thumb_size}-orb{self.orb_features}"
 
 
-def feature_key(params: tuple[int, int, int, int]) -> str:
-    """What a store row records of the parameters its features were extracted with (the
-    pixel cap only decides whether an image is refused, not its features)."""
-    _, work_size, thumb_size, nfeatures = params
-    return f"work{work_size}-thumb{thumb_size}-orb{nfeatures}"
+def feature_params(settings: Settings) -> FeatureParams:
+    """The feature parameters of these settings."""
+    return FeatureParams(settings.max_pixels, settings.work_size, settings.thumb_size,
+                         settings.orb_features, settings.thumb_quality)
+
+
+def feature_key(params: FeatureParams) -> str:
+    """The parameters' key (see FeatureParams.key)."""
+    return params.key
 
 
 def resolve_sources(settings: Settings, sources: list[str]

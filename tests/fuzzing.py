@@ -29,7 +29,7 @@ from helpers import (
 
 from echoimage.catalogue import parse_catalogue
 from echoimage.errors import EchoImageError
-from echoimage.pipeline import WorkResult, process_bytes
+from echoimage.pipeline import FeatureParams, WorkResult, process_bytes
 from echoimage.scrape import decode_html, parse_page
 
 #: one input taking longer than this has hung
@@ -183,7 +183,7 @@ def fuzz(tally: FuzzTally, label: str, seeds: list[bytes], rng: np.random.Genera
     tally.seconds += time.perf_counter() - t0
 
 
-PARAMS = (64_000_000, 512, 256, 500)
+PARAMS = FeatureParams(64_000_000, 512, 256, 500, 90)
 
 
 def run_indexer(data: bytes) -> str | None:

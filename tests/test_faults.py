@@ -568,7 +568,7 @@ def test_kill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         if round_no:
             _edit_folder(root, rng, round_no)
         args = ["index", "build", "-q", root] if round_no == 0 else ["index", "update", "-q"]
-        kills += _killed_at(data, args, float(rng.uniform(0.3, 3.5)))
+        kills += _killed_at(data, args, float(rng.uniform(0.2, 2.0)))
         done = echoimage(data, *args, env=SEGMENTED)  # the re-run finishes the job
         assert done.returncode == 0, no_traceback(done)
         expected = {str(p.resolve()) for p in root.glob("*.png")}

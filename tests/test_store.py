@@ -14,8 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from echoimage.errors import StoreError
 from echoimage.features.decode import decode_image
 from echoimage.features.extract import extract_features
+from echoimage.search.rerank import ssim
 from echoimage.store import repo
-from echoimage.store.codec import decode_orb, decode_thumbnail, encode_orb, encode_thumbnail
+from echoimage.store.codec import (
+    compact_row,
+    decode_orb,
+    decode_thumbnail,
+    encode_orb,
+    encode_thumbnail,
+)
 from echoimage.store.db import current_revision, head_revision, open_store, session_factory
 from echoimage.store.models import FeatureRow, Status
 from echoimage.types import CatalogueItem, ImageFeatures
@@ -83,9 +90,10 @@ def test_features_round_trip(sessions, feats) -> None:
         data, f = feats[name]
         c = got[ids[url]]
         assert c.url == url and c.sha256 == hashlib.sha256(data).hexdigest()
-        np.testing.assert_array_equal(c.thumbnail, f.thumbnail)
-        assert c.thumbnail.dtype == np.uint8
-        np.testing.assert_array_equal(c.orb.keypoints, f.orb.keypoints)
+        # the thumbnail is stored as a JPEG (q90), the keypoints as positions in 1/64 pixel
+        assert c.thumbnail.dtype == np.uint8 and c.thumbnail.shape == f.thumbnail.shape
+        assert ssim(c.thumbnail, f.thumbnail) > 0.96
+        np.testing.assert_allclose(c.orb.keypoints, f.orb.keypoints[:, :2], atol=1 / 128)
         np.testing.assert_array_equal(c.orb.descriptors, f.orb.descriptors)
         assert (c.width, c.height) == (f.width, f.height)
         assert c.work_scale == pytest.approx(f.work_scale)
@@ -104,16 +112,65 @@ def test_candidates_of_nothing_and_unknown(sessions) -> None:
 
 def test_codec_round_trips(feats) -> None:
     f = feats["rocket"][1]
-    np.testing.assert_array_equal(decode_thumbnail(encode_thumbnail(f.thumbnail)), f.thumbnail)
-    back = decode_orb(*encode_orb(f.orb))
-    np.testing.assert_array_equal(back.keypoints, f.orb.keypoints)
+    stored = encode_thumbnail(f.thumbnail)
+    assert stored[:2] == b"\xff\xd8" and len(stored) < 0.6 * f.thumbnail.size  # a JPEG
+    assert ssim(decode_thumbnail(stored), f.thumbnail) > 0.96
+    kp, desc = encode_orb(f.orb)
+    assert len(kp) == 4 * len(f.orb)  # two uint16 per keypoint
+    back = decode_orb(kp, desc)
+    np.testing.assert_allclose(back.keypoints, f.orb.keypoints[:, :2], atol=1 / 128)
     np.testing.assert_array_equal(back.descriptors, f.orb.descriptors)
     empty = decode_orb(b"", b"")
-    assert len(empty) == 0 and empty.keypoints.shape == (0, 5)
+    assert len(empty) == 0
     with pytest.raises(ValueError):
         decode_orb(f.orb.keypoints.tobytes(), f.orb.descriptors[:-1].tobytes())
     with pytest.raises(ValueError):
         decode_thumbnail(b"ten bytes!")  # not a square number of pixels
+
+
+def test_legacy_rows_are_read_and_compacted(feats) -> None:
+    """Rows of row format 1 (a raw thumbnail, float32 N×5 keypoints) are read as they are
+    and rewritten compactly by compact_row."""
+    f = feats["coffee"][1]
+    raw_thumb = f.thumbnail.tobytes()
+    raw_kp = f.orb.keypoints.astype(np.float32).tobytes()
+    desc = f.orb.descriptors.tobytes()
+    np.testing.assert_array_equal(decode_thumbnail(raw_thumb), f.thumbnail)
+    np.testing.assert_array_equal(decode_orb(raw_kp, desc).keypoints, f.orb.keypoints)
+    new = compact_row(raw_thumb, raw_kp, desc)
+    assert new is not None and len(new[0]) + len(new[1]) < 0.5 * (len(raw_thumb) + len(raw_kp))
+    assert compact_row(new[0], new[1], desc) is None  # already compact
+
+
+def test_an_old_store_is_converted_resumably(make_settings, feats) -> None:
+    """A store of row format 1 is converted in batches by the next writer; a conversion
+    stopped half way goes on from where it stopped."""
+    from sqlalchemy import update
+
+    from echoimage.store.db import compact_rows
+    from echoimage.store.models import FeatureRow
+
+    settings = make_settings()
+    engine = open_store(settings)
+    sessions = session_factory(engine)
+    ids = add(sessions, *(f"/c/{i}.jpg" for i in range(5)))
+    for image_id in ids.values():
+        index(sessions, image_id, *feats["camera"])
+    f = feats["camera"][1]
+    with sessions.begin() as s:  # back to the old encoding, as an older EchoImage wrote it
+        s.execute(update(FeatureRow).values(
+            thumbnail=f.thumbnail.tobytes(), keypoints=f.orb.keypoints.tobytes()))
+        repo.set_row_format(s, 1)
+    with sessions.begin() as s:  # stopped after two rows
+        first = repo.legacy_feature_ids(s, 0, 2)
+        assert repo.compact_features(s, first) == 2
+    assert compact_rows(engine, batch=2) == 3
+    with sessions() as s:
+        assert repo.row_format(s) == 2 and repo.legacy_feature_ids(s, 0, 10) == []
+        got = repo.candidates(s, list(ids.values()))
+    assert all(ssim(c.thumbnail, f.thumbnail) > 0.96 for c in got.values())
+    assert compact_rows(engine) == 0
+    engine.dispose()
 
 
 def test_add_pending_is_idempotent_and_keeps_metadata(sessions) -> None:

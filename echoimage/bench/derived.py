@@ -4,12 +4,13 @@ Each padding row is made from a real catalogue row of the same store: its descri
 3/8 of their bits flipped (96 bits on average, about as far as descriptors of unrelated
 photos are from each other: they never vote for the source; with a quarter flipped the
 padding formed clusters around its ~400 sources and the IVF lists came out twice as uneven
-as on photos), its keypoints jittered, its thumbnail
-shifted circularly and mirrored or turned (photo texture that matches no query), fresh
-random pHash and dHash. Rows are written in bulk through the store's tables with change
-numbers like any change, and belong to no source (`index update` leaves them alone).
-Procedural images (`padding.synthetic_image`) go through the real decoder and feature code
-but cost ~8 ms of CPU each; derived rows cost ~0.3 ms.
+as on photos), its keypoints jittered, its thumbnail shifted circularly and mirrored or
+turned (photo texture that matches no query), and the pHash and dHash of that thumbnail
+(random hashes beside real thumbnails made pairs that matched on the thumbnail alone). Rows
+are encoded as real rows are (store/codec.py), written in bulk through the store's tables
+with change numbers like any change, and belong to no source (`index update` leaves them
+alone). Procedural images (`padding.synthetic_image`) go through the real decoder and
+feature code but cost ~8 ms of CPU each; derived rows cost ~1 ms.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from echoimage.store import repo
+from echoimage.store.codec import decode_orb, decode_thumbnail
 from echoimage.store.models import FeatureRow, ImageRow, Status
 
 #: URL prefix of derived padding rows
@@ -54,31 +56,36 @@ def _sources(engine: Engine, limit: int) -> list[_Source]:
             .order_by(ImageRow.id).limit(limit)).all()
     out = []
     for thumb, kp, desc, w, h, scale, params in rows:
-        side = int(round(len(thumb) ** 0.5))
-        out.append(_Source(np.frombuffer(thumb, np.uint8).reshape(side, side),
-                           np.frombuffer(kp, np.float32).reshape(-1, 5),
-                           np.frombuffer(desc, np.uint8).reshape(-1, 32), int(w or 256),
-                           int(h or 256), float(scale), params))
+        orb = decode_orb(kp, desc)
+        out.append(_Source(decode_thumbnail(thumb), orb.keypoints, orb.descriptors,
+                           int(w or 256), int(h or 256), float(scale), params))
     if not out:
         raise ValueError("the store has no indexed image to derive padding from")
     return out
 
 
 def derive_row(src: _Source, rng: np.random.Generator) -> dict[str, Any]:
-    """One padding row's feature columns, derived from src."""
+    """One padding row's feature columns, derived from src, encoded as the store keeps
+    real rows (store/codec.py); its pHash and dHash are those of its own thumbnail."""
+    from echoimage.features.hashes import dhash, hash_input, phash
+    from echoimage.store.codec import encode_orb, encode_thumbnail
+    from echoimage.types import OrbFeatures
+
     shape = src.descriptors.shape
     mask = rng.integers(0, 256, shape, dtype=np.uint8)  # p(bit) = 1/2 * 3/4 = 3/8
     mask &= rng.integers(0, 256, shape, dtype=np.uint8) | rng.integers(0, 256, shape,
                                                                        dtype=np.uint8)
     desc = src.descriptors ^ mask
-    kp = src.keypoints.copy()
-    kp[:, :2] += rng.normal(0, 1.5, (len(kp), 2)).astype(np.float32)
+    kp = src.keypoints[:, :2].copy()
+    kp += rng.normal(0, 1.5, kp.shape).astype(np.float32)
     thumb = np.roll(src.thumb, (int(rng.integers(1, 255)), int(rng.integers(1, 255))),
                     axis=(0, 1))
     thumb = np.ascontiguousarray(np.rot90(thumb, int(rng.integers(1, 4)))[:, ::-1])
-    return {"phash": rng.bytes(8), "dhash": rng.bytes(8), "thumbnail": thumb.tobytes(),
-            "thumb_size": thumb.shape[0], "n_keypoints": len(kp),
-            "keypoints": kp.tobytes(), "descriptors": desc.tobytes(),
+    small = hash_input(thumb)
+    kp_bytes, desc_bytes = encode_orb(OrbFeatures(np.clip(kp, 0, None), desc))
+    return {"phash": phash(small), "dhash": dhash(small),
+            "thumbnail": encode_thumbnail(thumb), "thumb_size": thumb.shape[0],
+            "n_keypoints": len(kp), "keypoints": kp_bytes, "descriptors": desc_bytes,
             "work_scale": src.work_scale, "params": src.params}
 
 

@@ -4,6 +4,7 @@ cached between runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -79,12 +80,14 @@ def _pad_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _pad_features(args: tuple[int, int, tuple[int, int, int, int]]) -> tuple:
+def _pad_features(args: tuple[int, int, Any]) -> tuple:
     """Worker: synthetic image → BMP bytes → decode_image → extract_features."""
     from echoimage.features.decode import decode_image
     from echoimage.features.extract import extract_features
 
-    index, seed, (max_pixels, work_size, thumb_size, nfeatures) = args
+    index, seed, params = args
+    max_pixels, work_size = params.max_pixels, params.work_size
+    thumb_size, nfeatures = params.thumb_size, params.orb_features
     t0 = time.process_time()
     ok, buf = cv2.imencode(".bmp", synthetic_image(index, seed))
     if not ok:
@@ -306,7 +309,7 @@ def _padding_process(job: PaddingJob) -> None:
     build_padding(job)
 
 
-def _pad_batches(pool: Any, indices: range, seed: int, params: tuple[int, int, int, int],
+def _pad_batches(pool: Any, indices: range, seed: int, params: Any,
                  batch: int = 1000) -> Iterator[list[tuple]]:
     """Worker results in order, `batch` at a time, with at most two batches in flight."""
     blocks = [range(b, min(b + batch, indices.stop))
@@ -333,7 +336,7 @@ def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int |
     from echoimage.pipeline import feature_params
 
     key = padding_key(_catalogue_digest(ctx.settings), _probe_digest(ctx.settings, ctx.seed),
-                      feature_params(ctx.settings), ctx.seed)
+                      dataclasses.astuple(feature_params(ctx.settings)), ctx.seed)
     return PaddingJob(
         base_db=ctx.settings.data_dir / "echoimage.sqlite3", pad_root=out_dir / "pad",
         scales=tuple(sorted(s for s in scales if s > len(ctx.url_ids))),

@@ -255,7 +255,37 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
                 f"store schema is at {rev or 'nothing'}, not {head_revision()}: {why}run "
                 "`echoimage db upgrade` where it can be written")
         upgrade(engine)
+    if create and migrate:
+        compact_rows(engine)
     return engine
+
+
+def compact_rows(engine: Engine, batch: int = 500) -> int:
+    """Convert the feature rows of an older store to the compact row format, in batches of
+    one transaction each (a run that is stopped goes on where it stopped next time).
+    Returns how many rows were rewritten."""
+    from echoimage.store import repo
+    from echoimage.store.models import ROW_FORMAT
+
+    sessions = session_factory(engine)
+    with sessions() as session:
+        if repo.row_format(session) >= ROW_FORMAT:
+            return 0
+    done, last = 0, 0
+    log.warning("converting the store's feature rows to the compact format (once; it can "
+                "be stopped and goes on next time)")
+    while True:
+        with sessions.begin() as session:
+            ids = repo.legacy_feature_ids(session, last, batch)
+            if not ids:
+                repo.set_row_format(session, ROW_FORMAT)
+                break
+            done += repo.compact_features(session, ids)
+            last = ids[-1]
+        if done and done % 10_000 < batch:
+            log.warning("… %d rows converted", done)
+    log.warning("store converted: %d rows rewritten in the compact format", done)
+    return done
 
 
 def is_readonly(engine: Engine) -> bool:

@@ -131,6 +131,12 @@ class StoreInfo(Base):
     #: whose row lock also orders concurrent writers' commits by their numbers
     seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: how feature rows are encoded (2: compact, see store/codec.py; 1: rows to convert)
+    row_format: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+#: the feature row format this code writes
+ROW_FORMAT = 2
 
 
 class Run(Base):

@@ -12,6 +12,8 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from echoimage.store.codec import (
+    THUMB_QUALITY,
+    compact_row,
     decode_orb,
     decode_thumbnail,
     encode_orb,
@@ -164,13 +166,16 @@ class FeatureRecord:
 
 def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
                     etag: str | None = None, last_modified: str | None = None,
-                    params: str | None = None) -> FeatureRecord:
-    """Encode features for the store (PNG thumbnail, raw keypoints and descriptors)."""
+                    params: str | None = None, thumb_quality: int = THUMB_QUALITY
+                    ) -> FeatureRecord:
+    """Encode features for the store (JPEG thumbnail, keypoint positions, descriptors:
+    see store.codec)."""
     kp, desc = encode_orb(feats.orb)
     return FeatureRecord(
         image_id=image_id, sha256=sha256, nbytes=nbytes, width=feats.width,
         height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
-        thumbnail=encode_thumbnail(feats.thumbnail), thumb_size=int(feats.thumbnail.shape[0]),
+        thumbnail=encode_thumbnail(feats.thumbnail, thumb_quality),
+        thumb_size=int(feats.thumbnail.shape[0]),
         n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
         work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified,
         params=params)
@@ -563,3 +568,39 @@ def forget_source(session: Session, source_id: int) -> None:
     session.execute(update(ImageRow).where(ImageRow.source_id == source_id)
                     .values(source_id=None))
     session.execute(Source.__table__.delete().where(Source.id == source_id))
+
+
+def row_format(session: Session) -> int:
+    """How the store's feature rows are encoded (see store_info.row_format)."""
+    return int(session.scalar(select(StoreInfo.row_format).where(StoreInfo.id == 1)) or 1)
+
+
+def legacy_feature_ids(session: Session, after: int, limit: int) -> list[int]:
+    """Ids (above after) of feature rows still in row format 1: a raw thumbnail or float32
+    keypoints, told by their lengths alone (read from the row headers, not the blobs)."""
+    return list(session.scalars(
+        select(FeatureRow.image_id).where(
+            FeatureRow.image_id > after,
+            (func.length(FeatureRow.thumbnail) == FeatureRow.thumb_size * FeatureRow.thumb_size)
+            | (func.length(FeatureRow.keypoints) == 20 * FeatureRow.n_keypoints))
+        .order_by(FeatureRow.image_id).limit(limit)))
+
+
+def compact_features(session: Session, ids: Sequence[int]) -> int:
+    """Rewrite these feature rows the row-format-2 way (an unchanged image: no change
+    number). Returns how many were rewritten."""
+    done = 0
+    for r in session.execute(select(FeatureRow.image_id, FeatureRow.thumbnail,
+                                    FeatureRow.keypoints, FeatureRow.descriptors)
+                             .where(FeatureRow.image_id.in_([int(i) for i in ids]))):
+        new = compact_row(r[1], r[2], r[3])
+        if new is not None:
+            session.execute(update(FeatureRow).where(FeatureRow.image_id == r[0])
+                            .values(thumbnail=new[0], keypoints=new[1]))
+            done += 1
+    return done
+
+
+def set_row_format(session: Session, value: int) -> None:
+    """Record how the store's feature rows are encoded."""
+    session.execute(update(StoreInfo).where(StoreInfo.id == 1).values(row_format=value))
