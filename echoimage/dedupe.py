@@ -280,14 +280,21 @@ class Deduper:
                 progress(done)
         t2 = time.perf_counter()
         links = []
-        pairs = sorted(candidates.items())
+        joined = _UnionFind()
+        # nearest pHashes first; a pair whose images are already in one group needs no
+        # confirming (a cluster of n near-identical images costs ~n confirmations, not n²)
+        pairs = sorted(candidates.items(), key=lambda kv: (kv[1][0], kv[0]))
         for lo in range(0, len(pairs), BATCH):
-            chunk = pairs[lo:lo + BATCH]
+            chunk = [(k, v) for k, v in pairs[lo:lo + BATCH]
+                     if joined.find(k[0]) != joined.find(k[1])]
             self._features(sorted({i for (a, b), _ in chunk for i in (a, b)}))
             for (a, b), (d, view, o, origin, votes) in chunk:
+                if joined.find(a) == joined.find(b):
+                    continue
                 link = self._confirm(a, b, d, view, o, origin, votes)
                 if link is not None and link.score >= s.duplicate_threshold:
                     links.append(link)
+                    joined.union(a, b)
             self._feats.clear()
         stages["confirm"] = time.perf_counter() - t2
         groups = _group(links, by_id)

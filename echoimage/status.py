@@ -28,6 +28,10 @@ def status_report(settings: Settings) -> dict[str, Any]:
         engine.dispose()
     manifest = read_manifest(settings.index_dir)
     sizes.update(data_dir_size(settings))
+    if sizes.get("images") and "store_file" in sizes:
+        sizes["store_file_per_image"] = round(sizes["store_file"] / sizes["images"])
+    if sizes.get("images"):
+        sizes["index_files_per_image"] = round(sizes.get("index_files", 0) / sizes["images"])
     index: dict[str, Any] = {"entries": 0, "fresh": False, "store_indexed": state.count,
                              "store_seq": state.seq, "store_id": state.store_id,
                              "params": index_params(settings)}

@@ -39,44 +39,11 @@ SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick",
 # --- catalogue ------------------------------------------------------------------------------
 
 def synthetic_image(seed: int) -> np.ndarray:
-    """A seeded procedural BGR image: gradient, random shapes and lines, text, noise, blur."""
-    rng = np.random.default_rng(seed)
+    """A seeded procedural BGR image in one of five sizes (the project's one generator)."""
+    from echoimage.bench.synthetic import synthetic_image as make
+
     h, w = [(240, 320), (320, 240), (300, 300), (270, 480), (360, 480)][seed % 5]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = (np.cos(angle) * xx / w + np.sin(angle) * yy / h + 1) / 2
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    img = (c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None])
-    img = np.ascontiguousarray(img.astype(np.uint8))
-    for _ in range(int(rng.integers(8, 24))):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        kind = int(rng.integers(0, 6))
-        thick = -1 if rng.random() < 0.6 else int(rng.integers(1, 6))
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        r = int(rng.integers(5, max(6, min(h, w) // 3)))
-        if kind == 0:
-            cv2.circle(img, (x, y), r, colour, thick, cv2.LINE_AA)
-        elif kind == 1:
-            cv2.rectangle(img, (x, y), (x + int(rng.integers(5, w // 2)),
-                                        y + int(rng.integers(5, h // 2))), colour, thick)
-        elif kind == 2:
-            cv2.ellipse(img, (x, y), (r, int(rng.integers(3, r + 1))),
-                        float(rng.uniform(0, 180)), 0, 360, colour, thick, cv2.LINE_AA)
-        elif kind == 3:
-            cv2.line(img, (x, y), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour,
-                     int(rng.integers(1, 6)), cv2.LINE_AA)
-        elif kind == 4:
-            pts = rng.integers(0, [w, h], size=(int(rng.integers(3, 7)), 2)).astype(np.int32)
-            cv2.fillPoly(img, [pts], colour, cv2.LINE_AA)
-        else:
-            text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(2, 7))))
-            cv2.putText(img, text, (x, y), int(rng.integers(0, 8)), float(rng.uniform(0.5, 2)),
-                        colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    noise = rng.normal(0, rng.uniform(2, 10), img.shape)
-    img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:
-        img = cv2.GaussianBlur(img, (3, 3), 0)
-    return img
+    return make(seed, seed=7, size=(w, h), colour=True)
 
 
 def real_photos(photos: Path | None, limit: int, out: Path) -> list[Path]:

@@ -276,28 +276,11 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def synthetic(seed: int, size: int = 300) -> np.ndarray:
-    """A random but photo-like RGB image: gradients, a dozen shapes and noise, no symmetry."""
-    rng = np.random.RandomState(seed)
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    xx, yy = ramp[None, :], ramp[:, None]
-    a, b = rng.uniform(-60, 60, (2, 3)).astype(np.float32)
-    img = np.empty((size, size, 3), np.float32)
-    for c in range(3):
-        img[..., c] = 128 + a[c] * xx + b[c] * yy
-    for _ in range(12):
-        cx, cy = rng.uniform(0, 1, 2)
-        r = rng.uniform(0.04, 0.25)
-        colour = rng.uniform(0, 255, 3).astype(np.float32)
-        x0, x1 = np.searchsorted(ramp, [cx - r, cx + r])
-        y0, y1 = np.searchsorted(ramp, [cy - r * rng.uniform(0.3, 1), cy + r])
-        if rng.rand() < 0.5:
-            mask = ((xx[:, x0:x1] - cx) ** 2 + (yy[y0:y1] - cy) ** 2) < r * r
-            patch = img[y0:y1, x0:x1]
-            patch[mask] = 0.4 * patch[mask] + 0.6 * colour
-        else:
-            img[y0:y1, x0:x1] = 0.4 * img[y0:y1, x0:x1] + 0.6 * colour
-    img += rng.randint(-10, 11, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    """A random but photo-like RGB image (the project's one procedural generator)."""
+    from echoimage.bench.synthetic import synthetic_image
+
+    bgr = synthetic_image(seed, seed=1, size=(size, size), colour=True)
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def indexed_count(db: Path) -> int | None:

@@ -5,7 +5,8 @@ Each padding row is made from a real catalogue row of the same store: its descri
 photos are from each other: they never vote for the source; with a quarter flipped the
 padding formed clusters around its ~400 sources and the IVF lists came out twice as uneven
 as on photos), its keypoints jittered, its thumbnail shifted circularly and mirrored or
-turned (photo texture that matches no query), and the pHash and dHash of that thumbnail
+turned and lit by a smooth random field (photo texture that matches no query, even for the
+siblings of a flat source), and the pHash and dHash of that thumbnail
 (random hashes beside real thumbnails made pairs that matched on the thumbnail alone). Rows
 are encoded as real rows are (store/codec.py), written in bulk through the store's tables
 with change numbers like any change, and belong to no source (`index update` leaves them
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from sqlalchemy import Engine, select
 
@@ -80,7 +82,11 @@ def derive_row(src: _Source, rng: np.random.Generator) -> dict[str, Any]:
     kp += rng.normal(0, 1.5, kp.shape).astype(np.float32)
     thumb = np.roll(src.thumb, (int(rng.integers(1, 255)), int(rng.integers(1, 255))),
                     axis=(0, 1))
-    thumb = np.ascontiguousarray(np.rot90(thumb, int(rng.integers(1, 4)))[:, ::-1])
+    thumb = np.rot90(thumb, int(rng.integers(1, 4)))[:, ::-1].astype(np.float32)
+    # blended with a smooth random field: siblings of one flat source (a sky) differ too
+    field = cv2.resize(rng.uniform(-60, 60, (4, 4)).astype(np.float32), thumb.shape[::-1],
+                       interpolation=cv2.INTER_CUBIC)
+    thumb = np.ascontiguousarray(np.clip(thumb + field, 0, 255).astype(np.uint8))
     small = hash_input(thumb)
     kp_bytes, desc_bytes = encode_orb(OrbFeatures(np.clip(kp, 0, None), desc))
     return {"phash": phash(small), "dhash": dhash(small),

@@ -38,7 +38,7 @@ from echoimage.bench.context import _list_photos, _Log, _read_bgr
 from echoimage.bench.derived import add_derived_rows
 from echoimage.bench.memory import self_peak_rss_mb
 from echoimage.bench.metrics import percentile, rank_of, rate
-from echoimage.bench.padding import synthetic_image
+from echoimage.bench.synthetic import synthetic_image
 from echoimage.bench.transforms import TRANSFORMS, make_query, transform_rng
 
 TOP_K = 5

@@ -436,8 +436,11 @@ def storage_bytes(session: Session) -> dict[str, int]:
         func.coalesce(func.sum(func.length(FeatureRow.descriptors)), 0),
         func.count(FeatureRow.image_id),
     )).one()
+    images = int(row[3])
+    features = int(row[0]) + int(row[1]) + int(row[2]) + 16 * images
     return {"thumbnails": int(row[0]), "keypoints": int(row[1]), "descriptors": int(row[2]),
-            "hashes": 16 * int(row[3]), "images": int(row[3])}
+            "hashes": 16 * images, "images": images,
+            "features_per_image": round(features / images) if images else 0}
 
 
 @dataclass(frozen=True)
