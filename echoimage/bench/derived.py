@@ -83,8 +83,10 @@ def derive_row(src: _Source, rng: np.random.Generator) -> dict[str, Any]:
     thumb = np.roll(src.thumb, (int(rng.integers(1, 255)), int(rng.integers(1, 255))),
                     axis=(0, 1))
     thumb = np.rot90(thumb, int(rng.integers(1, 4)))[:, ::-1].astype(np.float32)
-    # blended with a smooth random field: siblings of one flat source (a sky) differ too
-    field = cv2.resize(rng.uniform(-60, 60, (4, 4)).astype(np.float32), thumb.shape[::-1],
+    # lit by a random field of the pHash's own scale (8×8 cells): siblings of one flat
+    # source (a sky) differ, and the hashes spread like unrelated photos' (a 4×4 field
+    # smoother than that set the pHash alone and made siblings collide)
+    field = cv2.resize(rng.uniform(-40, 40, (8, 8)).astype(np.float32), thumb.shape[::-1],
                        interpolation=cv2.INTER_CUBIC)
     thumb = np.ascontiguousarray(np.clip(thumb + field, 0, 255).astype(np.uint8))
     small = hash_input(thumb)
