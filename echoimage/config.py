@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # 12, at 0.3 more candidates per image at 100k)
     dedupe_hash_radius: int = 12
     dedupe_wide_radius: int = 14
+    # ...and from 10 bits of pHash on, dHash within this (copies: ≤ 17; chance pHash
+    # neighbours: 19-31, median 25, on bsds500 and its padding)
+    dedupe_dhash_max: int = 18
 
     # indexing
     workers: int = 0

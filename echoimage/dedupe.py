@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 
 from echoimage.config import Settings
 from echoimage.features.dihedral import NAMES, is_mirror, orient
-from echoimage.features.hashes import hash_input, oriented_phashes, phash
+from echoimage.features.hashes import dhash, hamming, hash_input, oriented_phashes, phash
 from echoimage.index.binary import build_binary_index
 from echoimage.index.build import snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb
@@ -44,6 +44,8 @@ from echoimage.types import OrbFeatures
 
 #: images whose features are read and hashed together
 BATCH = 256
+#: pHash distances from which a proposal also needs its dHash within dedupe_dhash_max
+DHASH_FROM = 10
 #: the quick ORB check: the first keypoints of one image against the first of the other;
 #: below QUICK_CLOSE inliers the pair is not a copy, between that and a duplicate's count
 #: the full match decides (copies match 130-220 of 300 keypoints, unrelated images < 10)
@@ -152,6 +154,7 @@ class _Row:
     height: int
     indexed_at: str
     phash: bytes
+    dhash: bytes
 
 
 @dataclass
@@ -199,10 +202,16 @@ def view_pixels(thumb: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _views(thumb: np.ndarray) -> list[tuple[str, list[bytes]]]:
-    """(view name, its pHash per orientation searched: all 8 for the whole thumbnail)."""
-    return [(name, oriented_phashes(hash_input(px)) if name == "whole"
-             else [phash(hash_input(px))]) for name, px in view_pixels(thumb).items()]
+def _views(thumb: np.ndarray) -> list[tuple[str, list[bytes], list[bytes]]]:
+    """(view name, its pHash and dHash per orientation searched: all 8 for the whole
+    thumbnail, the view as it is for its parts)."""
+    out = []
+    for name, px in view_pixels(thumb).items():
+        small = hash_input(px)
+        turns = range(8) if name == "whole" else range(1)
+        out.append((name, oriented_phashes(small) if name == "whole" else [phash(small)],
+                    [dhash(orient(small, o)) for o in turns]))
+    return out
 
 
 class _UnionFind:
@@ -233,6 +242,7 @@ class Deduper:
         self.sessions = session_factory(engine)
         self.crops = crops
         self.only = only  # propose from these images only (the benchmark's timing samples)
+        self.dhash: dict[int, bytes] = {}
         self._feats: dict[int, _Feats] = {}
 
     def _features(self, ids: list[int]) -> dict[int, _Feats]:
@@ -253,13 +263,14 @@ class Deduper:
         with snapshot(self.engine) as session:
             seq = repo.current_seq(session)
             rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
-                         r[4].isoformat() if r[4] else "", r[5])
+                         r[4].isoformat() if r[4] else "", r[5], r[6])
                     for r in session.execute(
                         select(ImageRow.id, ImageRow.url, ImageRow.width, ImageRow.height,
-                               ImageRow.indexed_at, FeatureRow.phash)
+                               ImageRow.indexed_at, FeatureRow.phash, FeatureRow.dhash)
                         .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
                         .where(ImageRow.status == Status.INDEXED).order_by(ImageRow.id))]
         by_id = {r.id: r for r in rows}
+        self.dhash = {r.id: r.dhash for r in rows}
         ids = np.array([r.id for r in rows], np.int64)
         codes = np.frombuffer(b"".join(r.phash for r in rows), np.uint8).reshape(-1, 8)
         index = build_binary_index(ids, codes)
@@ -311,19 +322,19 @@ class Deduper:
         """Candidate pairs of a batch of images: pHash range search of their views (and,
         with crops, votes of their descriptors)."""
         s = self.settings
-        queries, owners = [], []  # per code: (image id, view, orientation)
+        queries, owners = [], []  # per code: (image id, view, orientation, its dHash)
         for r in batch:
             f = feats.get(r.id)
             if f is None:
                 continue
-            for view, codes in _views(f.thumb):
-                for o, code in enumerate(codes):
+            for view, codes, dcodes in _views(f.thumb):
+                for o, (code, dcode) in enumerate(zip(codes, dcodes, strict=True)):
                     queries.append(code)
-                    owners.append((r.id, view, o))
+                    owners.append((r.id, view, o, dcode))
         # the whole image as it is reaches further (a slightly rotated or re-framed copy);
         # every other code (turned, mirrored, parts) proposes only near pHashes
         for wide in (True, False):
-            chosen = [n for n, (_, view, o) in enumerate(owners)
+            chosen = [n for n, (_, view, o, _) in enumerate(owners)
                       if (view == "whole" and o == 0) == wide]
             if not chosen:
                 continue
@@ -331,11 +342,17 @@ class Deduper:
             radius = s.dedupe_wide_radius if wide else s.dedupe_hash_radius
             lims, dist, found = index.range_search(q, radius + 1)
             for row, n in enumerate(chosen):
-                owner, view, o = owners[n]
+                owner, view, o, dcode = owners[n]
                 for j in range(int(lims[row]), int(lims[row + 1])):
                     other, d = int(found[j]), int(dist[j])
-                    if other != owner:
-                        _offer(candidates, owner, other, d, view, o, 0)
+                    if other == owner:
+                        continue
+                    # a pHash this far off is a copy only when the dHash agrees too: a
+                    # copy's is within 17 bits, a chance neighbour's ~25 (bsds500)
+                    if d >= DHASH_FROM and hamming(dcode, self.dhash[other]) > \
+                            s.dedupe_dhash_max:
+                        continue
+                    _offer(candidates, owner, other, d, view, o, 0)
         if parts is not None:
             lp = s.local_params
             for r in batch:
