@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,14 @@ def indexed_ids(cat: Catalogue) -> set[int]:
 
 
 @pytest.fixture
+def cat(tmp_path: Path, pool) -> Iterator[Catalogue]:
+    """An empty store with the small IVF settings, changed through the repository."""
+    catalogue = Catalogue(ivf_settings(tmp_path / "live"), pool)
+    yield catalogue
+    catalogue.close()
+
+
+@pytest.fixture
 def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     """Merge after 3 segments; compact into the base when they hold a tenth of it."""
     monkeypatch.setattr(build_mod, "MAX_SEGMENTS", 3)
@@ -171,133 +180,108 @@ def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, pool, seed: int,
+def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, cat: Catalogue, seed: int,
                                                    small_merges: None) -> None:
     rng = np.random.default_rng(seed)
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        for i in range(30):
-            cat.add(f"/cat/first-{i}.jpg", i % POOL)
-        first = update_index_files(settings, cat.engine)
-        assert first.action == IndexAction.REBUILT
-        actions = []
-        for step in range(10):
-            random_step(cat, rng, int(rng.integers(1, 6)), step)
-            report = update_index_files(settings, cat.engine)
-            actions.append(report.action)
-            copy = oracle(settings, tmp_path, f"oracle-{step}")
-            assert_same_answers(file_parts(settings), file_parts(copy), settings, rng,
-                                indexed_ids(cat))
-        # the incremental path was taken, merges and compactions among it, never a retrain
-        assert IndexAction.REBUILT not in actions
-        assert IndexAction.SEGMENT in actions
-        assert {IndexAction.MERGED, IndexAction.COMPACTED} & set(actions)
-    finally:
-        cat.close()
+    settings = cat.settings
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i % POOL)
+    first = update_index_files(settings, cat.engine)
+    assert first.action == IndexAction.REBUILT
+    actions = []
+    for step in range(10):
+        random_step(cat, rng, int(rng.integers(1, 6)), step)
+        report = update_index_files(settings, cat.engine)
+        actions.append(report.action)
+        copy = oracle(settings, tmp_path, f"oracle-{step}")
+        assert_same_answers(file_parts(settings), file_parts(copy), settings, rng,
+                            indexed_ids(cat))
+    # the incremental path was taken, merges and compactions among it, never a retrain
+    assert IndexAction.REBUILT not in actions
+    assert IndexAction.SEGMENT in actions
+    assert {IndexAction.MERGED, IndexAction.COMPACTED} & set(actions)
 
 
-def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, pool) -> None:
+def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue) -> None:
     rng = np.random.default_rng(7)
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        for i in range(30):
-            cat.add(f"/cat/first-{i}.jpg", i)
-        update_index_files(settings, cat.engine)
-        live = LiveIndex(settings, cat.engine)
-        for step in range(4):  # the store moves on; the files do not
-            random_step(cat, rng, 4, step)
-            live.refresh()
-            snap = live.snapshot()
-            assert snap.files_seq < snap.seq and len(snap.parts.parts) == 2
-            copy = oracle(settings, tmp_path, f"oracle-{step}")
-            assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
-    finally:
-        cat.close()
+    settings = cat.settings
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(settings, cat.engine)
+    live = LiveIndex(settings, cat.engine)
+    for step in range(4):  # the store moves on; the files do not
+        random_step(cat, rng, 4, step)
+        live.refresh()
+        snap = live.snapshot()
+        assert snap.files_seq < snap.seq and len(snap.parts.parts) == 2
+        copy = oracle(settings, tmp_path, f"oracle-{step}")
+        assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
 
 
-def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, pool, small_merges: None
-                                              ) -> None:
+def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
+                                              small_merges: None) -> None:
     """End to end: transformed copies of catalogue images get the same ranked results."""
     rng = np.random.default_rng(11)
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        for i in range(30):
-            cat.add(f"/cat/first-{i}.jpg", i)
+    settings = cat.settings
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(settings, cat.engine)
+    for step in range(6):
+        random_step(cat, rng, 5, step)
         update_index_files(settings, cat.engine)
-        for step in range(6):
-            random_step(cat, rng, 5, step)
-            update_index_files(settings, cat.engine)
-        copy = oracle(settings, tmp_path, "oracle")
-        live, fresh = SearchEngine(settings), SearchEngine(copy)
-        for which in sorted(set(cat.urls.values()))[:8]:
-            arr = synthetic(1000 + which, 320)
-            for query in (jpeg(arr[20:-40, 30:], 70), jpeg(mirror(arr), 80)):
-                a = [m.to_dict() for m in live.query_bytes(query, 5).matches]
-                b = [m.to_dict() for m in fresh.query_bytes(query, 5).matches]
-                assert a == b
-    finally:
-        cat.close()
+    copy = oracle(settings, tmp_path, "oracle")
+    live, fresh = SearchEngine(settings), SearchEngine(copy)
+    for which in sorted(set(cat.urls.values()))[:8]:
+        arr = synthetic(1000 + which, 320)
+        for query in (jpeg(arr[20:-40, 30:], 70), jpeg(mirror(arr), 80)):
+            a = [m.to_dict() for m in live.query_bytes(query, 5).matches]
+            b = [m.to_dict() for m in fresh.query_bytes(query, 5).matches]
+            assert a == b
 
 
-def test_one_image_update_touches_only_a_segment(tmp_path: Path, pool) -> None:
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        for i in range(30):
-            cat.add(f"/cat/first-{i}.jpg", i)
-        update_index_files(settings, cat.engine)
-        base = read_manifest(settings.index_dir).base  # type: ignore[union-attr]
-        cat.add("/cat/one-more.jpg", 40)
-        report = update_index_files(settings, cat.engine)
-        manifest = read_manifest(settings.index_dir)
-        assert report.action == IndexAction.SEGMENT and report.changed == 1
-        assert manifest is not None and manifest.base == base  # the base was not rewritten
-        assert [s.images for s in manifest.segments] == [1]
-        again = update_index_files(settings, cat.engine)
-        assert again.action == IndexAction.UNCHANGED
-    finally:
-        cat.close()
+def test_one_image_update_touches_only_a_segment(cat: Catalogue) -> None:
+    settings = cat.settings
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(settings, cat.engine)
+    base = read_manifest(settings.index_dir).base  # type: ignore[union-attr]
+    cat.add("/cat/one-more.jpg", 40)
+    report = update_index_files(settings, cat.engine)
+    manifest = read_manifest(settings.index_dir)
+    assert report.action == IndexAction.SEGMENT and report.changed == 1
+    assert manifest is not None and manifest.base == base  # the base was not rewritten
+    assert [s.images for s in manifest.segments] == [1]
+    again = update_index_files(settings, cat.engine)
+    assert again.action == IndexAction.UNCHANGED
 
 
-def test_retraining_is_decided_by_growth(tmp_path: Path, pool, monkeypatch) -> None:
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        for i in range(20):
-            cat.add(f"/cat/first-{i}.jpg", i)
-        update_index_files(settings, cat.engine)
-        trained = read_manifest(settings.index_dir).trained  # type: ignore[union-attr]
-        assert trained is not None
+def test_retraining_is_decided_by_growth(cat: Catalogue) -> None:
+    settings = cat.settings
+    for i in range(20):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(settings, cat.engine)
+    trained = read_manifest(settings.index_dir).trained  # type: ignore[union-attr]
+    assert trained is not None
 
-        def grow(n: int) -> None:
-            for j in range(n):
-                cat.add(f"/cat/more-{n}-{j}.jpg", j % POOL)
+    def grow(n: int) -> None:
+        for j in range(n):
+            cat.add(f"/cat/more-{n}-{j}.jpg", j % POOL)
 
-        grow(20)  # 2x the trained descriptors: segments
-        assert update_index_files(settings, cat.engine).action == IndexAction.SEGMENT
-        grow(50)  # past 4x: the quantizer no longer fits
-        report = update_index_files(settings, cat.engine)
-        assert report.action == IndexAction.REBUILT and "grew" in report.reason
-        manifest = read_manifest(settings.index_dir)
-        assert manifest is not None and manifest.trained["nlist"] >= trained["nlist"]
-        assert manifest.last_retrain["reason"] == report.reason
-    finally:
-        cat.close()
+    grow(20)  # 2x the trained descriptors: segments
+    assert update_index_files(settings, cat.engine).action == IndexAction.SEGMENT
+    grow(50)  # past 4x: the quantizer no longer fits
+    report = update_index_files(settings, cat.engine)
+    assert report.action == IndexAction.REBUILT and "grew" in report.reason
+    manifest = read_manifest(settings.index_dir)
+    assert manifest is not None and manifest.trained["nlist"] >= trained["nlist"]
+    assert manifest.last_retrain["reason"] == report.reason
 
 
-def test_snapshot_reads_one_state(tmp_path: Path, pool) -> None:
+def test_snapshot_reads_one_state(cat: Catalogue) -> None:
     """Reads in a snapshot session do not see a commit made after it started."""
-    settings = ivf_settings(tmp_path / "live")
-    cat = Catalogue(settings, pool)
-    try:
-        cat.add("/cat/a.jpg", 0)
-        with snapshot(cat.engine) as s:
-            before = repo.current_seq(s)
-            cat.add("/cat/b.jpg", 1)
-            assert repo.current_seq(s) == before
-            assert "/cat/b.jpg" not in repo.known_images(s)
-    finally:
-        cat.close()
+    cat.add("/cat/a.jpg", 0)
+    with snapshot(cat.engine) as s:
+        before = repo.current_seq(s)
+        cat.add("/cat/b.jpg", 1)
+        assert repo.current_seq(s) == before
+        assert "/cat/b.jpg" not in repo.known_images(s)
