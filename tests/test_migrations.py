@@ -125,3 +125,31 @@ def test_open_store_upgrades_an_old_store(tmp_path: Path) -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_a_failed_upgrade_leaves_no_half_made_schema(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The migrations run in one transaction: a failure (or a kill) half way through leaves
+    the store as it was, and the next upgrade makes the whole schema."""
+    from alembic import op
+
+    from echoimage.errors import StoreError
+
+    real = op.create_index
+    calls = []
+
+    def failing(*args, **kwargs):  # after some tables were created
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    monkeypatch.setattr(op, "create_index", failing)
+    with pytest.raises((RuntimeError, StoreError)):
+        upgrade(engine)
+    assert tables(engine) == set() and current_revision(engine) is None
+    monkeypatch.setattr(op, "create_index", real)
+    upgrade(engine)
+    assert tables(engine) == TABLES and current_revision(engine) == head_revision()
+    engine.dispose()

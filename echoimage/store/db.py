@@ -130,10 +130,15 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the migrations up to revision on this engine's database."""
+    """Run the migrations up to revision on this engine's database, in one transaction
+    (a run killed half way leaves the schema as it was)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # the driver runs DDL outside any transaction unless one is open: without
+                # this, a kill between two CREATE TABLEs left a half-made schema
+                conn.exec_driver_sql("BEGIN")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:
