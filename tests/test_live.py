@@ -285,3 +285,23 @@ def test_snapshot_reads_one_state(cat: Catalogue) -> None:
         cat.add("/cat/b.jpg", 1)
         assert repo.current_seq(s) == before
         assert "/cat/b.jpg" not in repo.known_images(s)
+
+
+def test_searching_processes_map_large_parts(cat: Catalogue, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """Large IVF parts are memory-mapped by searching processes (not copied in) and answer
+    like the parts read into memory."""
+    import faiss
+
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(cat.settings, cat.engine)
+    read = LiveIndex(cat.settings, cat.engine).snapshot().parts
+    monkeypatch.setattr(build_mod, "MMAP_FROM", 0)
+    mapped = LiveIndex(cat.settings, cat.engine).snapshot().parts
+    lists = faiss.downcast_InvertedLists(mapped.parts[0].local.invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)
+    assert not isinstance(faiss.downcast_InvertedLists(read.parts[0].local.invlists),
+                          faiss.OnDiskInvertedLists)
+    assert_same_answers(mapped, read, cat.settings, np.random.default_rng(3),
+                        indexed_ids(cat))

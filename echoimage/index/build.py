@@ -79,6 +79,9 @@ RETRAIN_GROWTH = 4.0
 IMBALANCE_GROWTH = 1.5
 #: a change of more than this share of the catalogue is rebuilt rather than segmented
 REBUILD_SHARE = 0.5
+#: local-index parts of more descriptors than this are memory-mapped by searching
+#: processes (FAISS reads a binary IVF file with IO_FLAG_MMAP as on-disk inverted lists)
+MMAP_FROM = 1_000_000
 
 _OUR_FILES = re.compile(r"^(base-|seg-|quantizer-|\..*\.tmp$)|^(phash|orb-local)\.faissbin")
 
@@ -157,10 +160,15 @@ def _read_touched(directory: Path, ref: FileRef) -> np.ndarray:
         raise IndexFileDamaged(f"{path} cannot be read ({exc})") from None
 
 
-def read_part(directory: Path, info: PartInfo) -> Part:
-    """One part from its files (checksums checked); IndexFileDamaged says why not."""
+def read_part(directory: Path, info: PartInfo, mmap: bool = False) -> Part:
+    """One part from its files (checksums checked); IndexFileDamaged says why not.
+
+    mmap: the local index's inverted lists are mapped from the file, not copied into the
+    process (read-only: for searching; pages the kernel can drop and share between
+    processes)."""
     hashes = read_index_file(directory, info.files["hash"])
-    local = read_index_file(directory, info.files["local"])
+    local = read_index_file(directory, info.files["local"], mmap=mmap and info.descriptors
+                            > MMAP_FROM)
     touched = _read_touched(directory, info.files["touched"])
     if hashes.ntotal != info.images or local.ntotal != info.descriptors:
         raise IndexFileDamaged(f"part {info.name} holds other entries than its manifest says")
@@ -176,12 +184,13 @@ def read_quantizer(directory: Path, manifest: IndexManifest) -> faiss.IndexBinar
 
 
 def load_parts(directory: Path, manifest: IndexManifest,
-               cache: dict[str, Part] | None = None
+               cache: dict[str, Part] | None = None, mmap: bool = False
                ) -> tuple[tuple[Part, ...], faiss.IndexBinary | None]:
     """Every part of the manifest (those in cache reused: parts never change under a name)
-    and the quantizer. IndexFileDamaged when a file is missing or damaged."""
+    and the quantizer; mmap: large IVF parts mapped, not read (see read_part).
+    IndexFileDamaged when a file is missing or damaged."""
     cache = cache or {}
-    parts = tuple(cache[i.name] if i.name in cache else read_part(directory, i)
+    parts = tuple(cache[i.name] if i.name in cache else read_part(directory, i, mmap)
                   for i in manifest.parts)
     quantizer = None
     if manifest.layout == "ivf":

@@ -205,7 +205,7 @@ class LiveIndex:
             if why is None:
                 assert manifest is not None
                 try:
-                    parts, quantizer = load_parts(directory, manifest, cache)
+                    parts, quantizer = load_parts(directory, manifest, cache, mmap=True)
                     return parts, quantizer, manifest.seq, manifest, key
                 except IndexFileDamaged as exc:
                     if self._manifest_key() != key:  # replaced while being read: again
