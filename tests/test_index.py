@@ -390,3 +390,36 @@ def test_shortlist_sorted_and_complete(photo_index) -> None:
 def test_shortlist_on_empty_index() -> None:
     index = build_binary_index(np.zeros(0, np.int64), np.zeros((0, 8), np.uint8))
     assert shortlist(index, hash_input(to_gray(photo("camera"))), 5) == []
+
+
+def test_rebuild_streams_the_store_into_the_index(built_copy) -> None:
+    """A rebuild reads the local descriptors piece by piece and trains on a sample of
+    images: the index holds exactly the store's prefixes, and a query still finds its
+    photo through the IVF index."""
+    from echoimage.index.build import load_parts, rebuild_index_files, training_sample
+    from echoimage.index.local import local_ids, quantizer_of
+
+    s = built_copy.settings.model_copy(update={"local_flat_max": 1000, "local_min_lists": 16})
+    engine = open_store(s)
+    try:
+        with session_factory(engine)() as session:
+            lids, descs = repo.local_descriptors(session, s.local_per_image)
+            pieces = list(repo.iter_local_descriptors(session, s.local_per_image, batch=3))
+            assert len(pieces) > 2
+            assert np.array_equal(np.concatenate([p[0] for p in pieces]), lids)
+            assert np.array_equal(np.concatenate([p[1] for p in pieces]), descs)
+            assert repo.local_descriptor_count(session, s.local_per_image) == len(lids)
+            ids, _ = repo.indexed_hashes(session)
+            few = training_sample(session, ids, s.local_per_image, 40)
+            every = training_sample(session, ids, s.local_per_image, 10 ** 6)
+        assert 0 < len(few) < len(descs) and np.array_equal(every, descs)
+        rebuild_index_files(s, engine)
+    finally:
+        engine.dispose()
+    manifest = read_manifest(s.index_dir)
+    assert manifest is not None and manifest.layout == "ivf"
+    (base,), _ = load_parts(s.index_dir, manifest)
+    assert quantizer_of(base.local) is not None
+    assert np.array_equal(np.sort(local_ids(base.local)), np.sort(lids))
+    top = SearchEngine(s).query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
+    assert top.url == built_copy.catalogue.url("rocket")

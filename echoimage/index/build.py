@@ -44,6 +44,8 @@ from echoimage.index.binary import (
 from echoimage.index.local import (
     DESC_BYTES,
     LAYOUT,
+    TRAIN_PER_LIST,
+    empty_part,
     local_part,
     nlist_for,
     quantizer_of,
@@ -257,6 +259,40 @@ def snapshot(engine: Engine) -> Iterator[Any]:
         yield session
 
 
+def training_sample(session: Any, ids: np.ndarray, per_image: int, want: int,
+                    seed: int = 0) -> np.ndarray:
+    """Descriptors to train the quantizer on: the local prefixes of a random eighth-as-many
+    images as a sample of `want` needs eight times over (every image when that is all of
+    them); train_quantizer draws its sample from these."""
+    rng = np.random.default_rng(seed)
+    n = min(len(ids), max(1, -(-8 * want // max(1, per_image))))
+    chosen = np.sort(rng.choice(ids, size=n, replace=False)) if n < len(ids) else ids
+    blobs = repo.descriptors_of(session, chosen.tolist(), per_image)
+    return np.frombuffer(b"".join(blobs[int(i)] for i in chosen if int(i) in blobs),
+                         np.uint8).reshape(-1, DESC_BYTES)
+
+
+def _whole(engine: Engine, lp: Any, name: str, quantizer: faiss.IndexBinary | None
+           ) -> tuple[repo.StoreState, Part, faiss.IndexBinary | None]:
+    """The whole store as one part, from one snapshot: the quantizer (the one given, or
+    trained on a sample when the descriptors are too many for a flat index, else None) and
+    the descriptors added piece by piece."""
+    with snapshot(engine) as session:  # one transaction: one snapshot
+        state = repo.store_state(session)
+        ids, codes = repo.indexed_hashes(session)
+        total = repo.local_descriptor_count(session, lp.per_image)
+        if quantizer is None and total > lp.flat_max:
+            sample = training_sample(session, ids, lp.per_image,
+                                     TRAIN_PER_LIST * nlist_for(total, lp))
+            quantizer = train_quantizer(sample, lp, total=total)
+            del sample
+        local = empty_part(quantizer)
+        for lids, ldescs in repo.iter_local_descriptors(session, lp.per_image):
+            local.add_with_ids(ldescs, lids)
+    part = Part(name, state.seq, build_binary_index(ids, codes), local, np.zeros(0, np.int64))
+    return state, part, quantizer
+
+
 def _part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:
     return Part(name, seq, build_binary_index(rows.ids, rows.codes),
                 local_part(rows.local_ids, rows.descs, quantizer), rows.touched)
@@ -286,20 +322,15 @@ def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
     new quantizer trained on it, or the one given (to compare with an incremental index)."""
     lp = settings.local_params
     directory = settings.index_dir
-    with snapshot(engine) as session:  # one transaction: one snapshot
-        state = repo.store_state(session)
-        ids, codes = repo.indexed_hashes(session)
-        lids, ldescs = repo.local_descriptors(session, lp.per_image)
-    ivf = quantizer is not None or ldescs.shape[0] > lp.flat_max
-    if ivf and quantizer is None:
-        quantizer = train_quantizer(ldescs, lp)
     gen = time.time_ns()
-    base = _part(f"base-{gen}", state.seq, _Rows(ids, codes, lids, ldescs), quantizer)
+    state, base, quantizer = _whole(engine, lp, f"base-{gen}", quantizer)
+    ivf = quantizer is not None
+    ids, local = base.ids, base.local
     info = write_part(directory, base, 0)
     trained = last_retrain = None
     if quantizer is not None:
         ref = write_index_file(quantizer, directory / f"quantizer-{gen}.faissbin")
-        trained = {"descriptors": int(ldescs.shape[0]), "images": int(len(ids)),
+        trained = {"descriptors": int(local.ntotal), "images": int(len(ids)),
                    "nlist": int(quantizer.ntotal), "seq": state.seq, "at": _now(),
                    "file": ref.__dict__,
                    "imbalance": round(float(base.local.invlists.imbalance_factor()), 3)}
@@ -316,7 +347,7 @@ def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
     collect_garbage(directory, manifest.file_names())
     seconds = time.perf_counter() - t0
     log.info("index rebuilt (%s): %d images, %d descriptors, %s, in %.1f s", reason,
-             state.count, ldescs.shape[0], f"IVF {quantizer.ntotal} lists" if quantizer
+             state.count, local.ntotal, f"IVF {quantizer.ntotal} lists" if quantizer
              is not None else "flat", seconds)
     return IndexReport(IndexAction.REBUILT, state.seq, state.count, 0, seconds,
                        reason=reason)
@@ -482,12 +513,7 @@ def in_memory_index(settings: Settings, engine: Engine) -> tuple[PartSet, int]:
     """The whole index built in memory from the store (for a store that cannot be
     written); (parts, the change number they include)."""
     lp = settings.local_params
-    with snapshot(engine) as session:
-        state = repo.store_state(session)
-        ids, codes = repo.indexed_hashes(session)
-        lids, ldescs = repo.local_descriptors(session, lp.per_image)
-    quantizer = train_quantizer(ldescs, lp) if ldescs.shape[0] > lp.flat_max else None
-    part = _part("memory", state.seq, _Rows(ids, codes, lids, ldescs), quantizer)
+    state, part, quantizer = _whole(engine, lp, "memory", None)
     return PartSet((part,), quantizer, lp.nprobe), state.seq
 
 

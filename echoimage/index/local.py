@@ -58,12 +58,13 @@ def check_descriptors(ids: np.ndarray, descs: np.ndarray) -> None:
         raise ValueError("ids and descriptors differ in length")
 
 
-def train_quantizer(descs: np.ndarray, params: LocalParams, seed: int = 0
-                    ) -> faiss.IndexBinaryFlat:
-    """The IVF quantizer for these descriptors: k-means centroids of a sample of 20 per
-    list (FAISS asks for 39: half the training time, the same crops found)."""
+def train_quantizer(descs: np.ndarray, params: LocalParams, seed: int = 0,
+                    total: int | None = None) -> faiss.IndexBinaryFlat:
+    """The IVF quantizer for these descriptors (or for `total` descriptors that descs is a
+    sample of): k-means centroids of a sample of 20 per list (FAISS asks for 39: half the
+    training time, the same crops found)."""
     n = descs.shape[0]
-    nlist = nlist_for(n, params)
+    nlist = nlist_for(total if total is not None else n, params)
     if n < nlist:
         raise ValueError(f"{n} descriptors are too few to train {nlist} lists")
     quantizer = faiss.IndexBinaryFlat(DESC_BITS)  # owned here: it outlives the IVF below

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from echoimage.store.codec import (
@@ -317,21 +317,51 @@ def indexed_hashes(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, codes
 
 
-def local_descriptors(session: Session, per_image: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first per_image stored ORB descriptors of every indexed image, with their ids
-    repeated per descriptor: (int64 N, uint8 N×32)."""
-    rows = session.execute(
-        select(FeatureRow.image_id,
-               func.substr(FeatureRow.descriptors, 1, 32 * per_image))
-        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
-        .where(ImageRow.status == Status.INDEXED)
-        .order_by(FeatureRow.image_id)
-    ).all()
+def _stack_descriptors(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     blobs = [bytes(r[1] or b"") for r in rows]
     counts = np.fromiter((len(b) // 32 for b in blobs), dtype=np.int64, count=len(rows))
     ids = np.repeat(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), counts)
     descs = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, 32)
     return ids, descs
+
+
+def local_descriptors(session: Session, per_image: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first per_image stored ORB descriptors of every indexed image, with their ids
+    repeated per descriptor: (int64 N, uint8 N×32)."""
+    parts = list(iter_local_descriptors(session, per_image))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, 32), np.uint8)
+    return (np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]))
+
+
+def iter_local_descriptors(session: Session, per_image: int, batch: int = 20_000
+                           ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """`local_descriptors` in pieces of `batch` images, by id (a million images' prefixes
+    are ~5 GB: a builder adds them piece by piece instead of holding them twice)."""
+    last = -1
+    while True:
+        rows = session.execute(
+            select(FeatureRow.image_id,
+                   func.substr(FeatureRow.descriptors, 1, 32 * per_image))
+            .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+            .where(ImageRow.status == Status.INDEXED, FeatureRow.image_id > last)
+            .order_by(FeatureRow.image_id).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield _stack_descriptors(rows)
+        last = int(rows[-1][0])
+
+
+def local_descriptor_count(session: Session, per_image: int) -> int:
+    """How many descriptors `local_descriptors` would return."""
+    n = FeatureRow.n_keypoints
+    kept = case((n < per_image, n), else_=per_image)
+    return int(session.scalar(
+        select(func.coalesce(func.sum(kept), 0))
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(ImageRow.status == Status.INDEXED)) or 0)
 
 
 def candidates(session: Session, ids: Sequence[int]) -> dict[int, Candidate]:
