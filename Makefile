@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe faults browser clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale faults browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-live: $(STAMP)
 
 bench-dedupe: $(STAMP)
 	$(BIN)/python scripts/bench_dedupe.py $(PHOTOS) --out bench-out
+
+bench-scale: $(STAMP)
+	$(BIN)/python scripts/bench_scale.py $(PHOTOS) --out bench-out
 
 faults: $(STAMP)
 	$(BIN)/python scripts/faults.py --out bench-out/faults.json

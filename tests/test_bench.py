@@ -300,3 +300,28 @@ def test_padding_key_tracks_what_the_rows_are_made_from():
                 padding.padding_key("cat", "x", (1, 2, 3, 4), 0),
                 padding.padding_key("cat", d01, (1, 2, 3, 5), 0),
                 padding.padding_key("cat", d01, (1, 2, 3, 4), 1)}) == 5
+
+
+def test_scale_benchmark_end_to_end(tmp_path):
+    """Photos among derived padding at two scales, each answered by a serving process."""
+    from echoimage.bench.scale import render_scale_markdown, run_scale_benchmark
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _photos(photos)
+    result = run_scale_benchmark(photos, out, scales=(200, 400), photos=10,
+                                 whole_queries=6, part_queries=4, negatives=2,
+                                 progress=False)
+    assert json.loads((out / "scale.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["scales"]) == {"200", "400"}
+    for scale, r in result["scales"].items():
+        assert r["entries"] == int(scale)
+        e = r["echoimage"]
+        assert e["whole"]["queries"] == 6 and e["parts"]["queries"] == 4
+        assert e["whole"]["recall_at_1"] >= 5 / 6 and e["whole"]["ms_p50"] > 0
+        assert e["negatives"]["queries"] == 2 * len(transforms.NEGATIVE_TRANSFORMS)
+        assert r["phash"]["whole"]["recall_at_1"] is not None
+        assert r["serving"]["peak_rss_mb"] > 50 and r["index_rebuild_peak_rss_mb"] > 50
+        assert r["store_bytes_per_image"] > r["feature_bytes_per_image"] > 1000
+    assert not (out / "scale-data").exists()
+    md = render_scale_markdown(result)
+    assert "| | 200 | 400 |" in md and "serving process" in md

@@ -1,0 +1,371 @@
+"""The scale benchmark: real photos among derived padding at 100k and 1M entries.
+
+`run_scale_benchmark(photo_dir, out_dir, scales=(100_000, 1_000_000))`:
+
+1. **catalogue**: `photos` of the photo folder (seeded) are indexed as a folder catalogue;
+   the rest are held out as negatives. Queries are made once: whole-photo queries (the
+   main transforms, cycled over the photos), part-of-photo queries (crops, screenshots)
+   and the held-out photos through the negative transforms.
+2. **each scale**, smallest first, in one store: derived padding rows (`bench.derived`) are
+   added up to the scale, then `echoimage index rebuild` runs in its own process (wall
+   time, peak RSS); then a **serving process** (its own interpreter, as `echoimage serve`
+   or `query` would be) loads the engine and answers every query: latency p50/p95 of
+   whole-photo and part-of-photo queries, recall@1 of the photos among the padding, false
+   matches on the negatives, and its memory (peak RSS; anonymous and file-backed RSS: the
+   large index parts are memory-mapped), beside the pHash baseline (nearest 64-bit pHash by
+   a numpy Hamming scan over the same store, the imagehash/imagededup way) answered in the
+   same process.
+3. store bytes (file size, feature bytes per image) and index bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echoimage.bench.context import _list_photos, _Log, _read_bgr
+from echoimage.bench.metrics import TOP_K, percentile, rate
+from echoimage.bench.transforms import (
+    NEGATIVE_TRANSFORMS,
+    TRANSFORMS,
+    make_query,
+    transform_rng,
+)
+from echoimage.fetch.local import path_url
+
+PHASH_THRESHOLD = 10
+
+
+def _status_kb() -> dict[str, int]:
+    """VmHWM, VmRSS, RssAnon and RssFile of this process (KB; Linux)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def _mb(kb: int | None) -> float | None:
+    return round(kb / 1024, 1) if kb is not None else None
+
+
+def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out: Path,
+                 n_whole: int, n_parts: int, seed: int) -> list[dict[str, Any]]:
+    """Write the queries as JPEG files under out; their list (kind, transform, truth URL)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0x5CA1E])
+    whole = [t for t in TRANSFORMS.values() if not t.extra]
+    parts = [t for t in TRANSFORMS.values() if t.extra]
+    queries = []
+    for kind, transforms, n in (("whole", whole, n_whole), ("parts", parts, n_parts)):
+        pick = rng.choice(len(photos), size=min(n, len(photos)), replace=False)
+        for j, p in enumerate(sorted(pick.tolist())):
+            t = transforms[j % len(transforms)]
+            img = _read_bgr(photos[p])
+            name = f"{kind}-{j:04d}-{t.name}.jpg"
+            (out / name).write_bytes(make_query(img, t, transform_rng(seed, p, t.name)))
+            queries.append({"file": name, "kind": kind, "transform": t.name,
+                            "truth": path_url((catalogue / photos[p].name).resolve())})
+    for j, p in enumerate(held_out):
+        img = _read_bgr(p)
+        for name in NEGATIVE_TRANSFORMS:
+            t = TRANSFORMS[name]
+            f = f"negative-{j:04d}-{name}.jpg"
+            (out / f).write_bytes(make_query(img, t, transform_rng(seed, 1_000_000 + j, name)))
+            queries.append({"file": f, "kind": "negative", "transform": name, "truth": None})
+    return queries
+
+
+def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
+    """A serving process: load the engine, answer every query of query_dir/queries.json
+    (EchoImage, then the pHash baseline), write latencies, answers and memory to out."""
+    from echoimage.config import Settings
+    from echoimage.features.decode import decode_image
+    from echoimage.features.hashes import hash_input, phash
+    from echoimage.search.engine import SearchEngine
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    queries = json.loads((query_dir / "queries.json").read_text())
+    settings = Settings(data_dir=data_dir)
+    before = _status_kb()
+    t0 = time.perf_counter()
+    engine = SearchEngine(settings, rebuild=False)
+    load_s = time.perf_counter() - t0
+    after_load = _status_kb()
+    blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
+    for data in blobs[:3]:  # warm-up: lazy imports, caches
+        engine.query_bytes(data, k=TOP_K)
+    answers = []
+    for data in blobs:
+        t = time.perf_counter()
+        res = engine.query_bytes(data, k=TOP_K)
+        ms = (time.perf_counter() - t) * 1000
+        top = res.matches[0] if res.matches else None
+        answers.append({"ms": ms, "top": top.url if top else None,
+                        "duplicate": bool(top and top.duplicate),
+                        "score": top.score if top else 0.0})
+    after_queries = _status_kb()
+    # the pHash baseline: every indexed image's pHash in memory, a numpy Hamming scan
+    store = open_store(settings, create=False)
+    t = time.perf_counter()
+    with session_factory(store)() as session:
+        ids, codes = repo.indexed_hashes(session)
+    hash_load_s = time.perf_counter() - t
+    urls: dict[int, str] = {}
+    base = []
+    for data in blobs:
+        t = time.perf_counter()
+        gray = decode_image(data, settings.max_pixels, settings.work_size).gray
+        h = np.frombuffer(phash(hash_input(gray)), np.uint8)
+        dist = np.bitwise_count(np.bitwise_xor(codes, h)).sum(axis=1, dtype=np.int64)
+        row = int(np.argmin(dist))
+        ms = (time.perf_counter() - t) * 1000
+        base.append({"ms": ms, "id": int(ids[row]), "dist": int(dist[row])})
+    with session_factory(store)() as session:
+        for b in base:
+            if b["id"] not in urls:
+                urls[b["id"]] = (repo.image_info(session, b["id"]) or {}).get("url", "")
+    store.dispose()
+    for b in base:
+        b["top"] = urls[b["id"]]
+    out.write_text(json.dumps({
+        "entries": engine.size, "load_s": load_s, "answers": answers, "phash": base,
+        "phash_load_s": hash_load_s,
+        "memory_kb": {"before_load": before, "after_load": after_load,
+                      "after_queries": after_queries, "end": _status_kb()}}))
+
+
+def _summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("whole", "parts"):
+        sel = [(q, a) for q, a in zip(queries, answers, strict=True) if q["kind"] == kind]
+        ms = [a["ms"] for _, a in sel]
+        out[kind] = {"queries": len(sel),
+                     "recall_at_1": rate(a["top"] == q["truth"] for q, a in sel),
+                     "found_as_duplicate": rate(a["top"] == q["truth"] and a["duplicate"]
+                                                for q, a in sel),
+                     "ms_p50": percentile(ms, 50), "ms_p95": percentile(ms, 95)}
+        if kind == "whole":
+            by_t: dict[str, list[bool]] = {}
+            for q, a in sel:
+                by_t.setdefault(q["transform"], []).append(a["top"] == q["truth"])
+            out[kind]["recall_at_1_by_transform"] = {k: rate(v) for k, v in by_t.items()}
+    neg = [a for q, a in zip(queries, answers, strict=True) if q["kind"] == "negative"]
+    out["negatives"] = {"queries": len(neg), "false_match_rate": rate(a["duplicate"]
+                                                                      for a in neg)}
+    return out
+
+
+def _phash_summary(queries: list[dict[str, Any]], base: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("whole", "parts"):
+        sel = [(q, b) for q, b in zip(queries, base, strict=True) if q["kind"] == kind]
+        ms = [b["ms"] for _, b in sel]
+        out[kind] = {"recall_at_1": rate(b["top"] == q["truth"] for q, b in sel),
+                     "found_within_threshold": rate(b["top"] == q["truth"]
+                                                    and b["dist"] <= PHASH_THRESHOLD
+                                                    for q, b in sel),
+                     "ms_p50": percentile(ms, 50), "ms_p95": percentile(ms, 95)}
+    neg = [b for q, b in zip(queries, base, strict=True) if q["kind"] == "negative"]
+    out["negatives"] = {"false_match_rate": rate(b["dist"] <= PHASH_THRESHOLD for b in neg)}
+    out["threshold_bits"] = PHASH_THRESHOLD
+    return out
+
+
+def _timed_child(cmd: list[str], what: str) -> tuple[float, float, str]:
+    """Run a command and wait for it with wait4: (seconds, its own peak RSS MB, stdout)."""
+    t0 = time.perf_counter()
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+        def drain(stream: Any, sink: list[bytes]) -> None:
+            sink.append(stream.read())
+
+        o: list[bytes] = []
+        e: list[bytes] = []
+        threads = [threading.Thread(target=drain, args=(proc.stdout, o)),
+                   threading.Thread(target=drain, args=(proc.stderr, e))]
+        for th in threads:
+            th.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        for th in threads:
+            th.join()
+        out, err = b"".join(o), b"".join(e)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): "
+                           f"{err.decode(errors='replace')[-2000:]}")
+    return seconds, round(usage.ru_maxrss / 1024, 1), out.decode()
+
+
+def _dir_bytes(path: Path, pattern: str = "*") -> int:
+    return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
+
+
+def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
+                        scales: tuple[int, ...] = (100_000, 1_000_000), photos: int = 400,
+                        whole_queries: int = 200, part_queries: int = 200,
+                        negatives: int = 50, seed: int = 0, keep: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Run the scale benchmark (see the module docstring); results also in
+    out_dir/scale.json. The padded store lives in out_dir/scale-data (removed at the end
+    unless keep)."""
+    from echoimage.bench.derived import add_derived_rows
+    from echoimage.config import Settings
+    from echoimage.pipeline import build_index
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    log = _Log(progress, "bench scale")
+    out_dir = Path(out_dir)
+    work = out_dir / "scale-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    all_photos = _list_photos(Path(photo_dir))
+    rng = np.random.default_rng([seed, 0xCA7])
+    order = rng.permutation(len(all_photos))
+    cat_photos = [all_photos[i] for i in sorted(order[:photos].tolist())]
+    held_out = [all_photos[i] for i in sorted(order[photos:photos + negatives].tolist())]
+    catalogue = work / "catalogue"
+    catalogue.mkdir()
+    for p in cat_photos:
+        os.symlink(p.resolve(), catalogue / p.name)
+    data = out_dir / "scale-data"
+    shutil.rmtree(data, ignore_errors=True)
+    settings = Settings(data_dir=data)
+    t0 = time.perf_counter()
+    summary = build_index(settings, [str(catalogue)], progress=False)
+    build_s = time.perf_counter() - t0
+    log(f"catalogue: {summary.counts.get('indexed', 0)} photos indexed in {build_s:.1f}s")
+    qdir = work / "queries"
+    queries = make_queries(cat_photos, catalogue, held_out, qdir, whole_queries,
+                           part_queries, seed)
+    (qdir / "queries.json").write_text(json.dumps(queries))
+    log(f"{len(queries)} queries written")
+    result: dict[str, Any] = {
+        "photos": len(cat_photos), "negatives": len(held_out), "seed": seed,
+        "catalogue_build_s": round(build_s, 2), "cpus": os.cpu_count(), "scales": {}}
+    engine = open_store(settings)
+    have = len(cat_photos)
+    try:
+        for scale in sorted(scales):
+            if scale <= have:
+                continue
+            tick = log.loop(f"padding to {scale:,}", scale - have)
+            t0 = time.perf_counter()
+            pad_s = add_derived_rows(engine, have, scale - have, seed=seed,
+                                     progress=lambda n, _t=tick: _t(n))
+            rate_ = (scale - have) / pad_s
+            have = scale
+            log(f"{scale:,}: padded in {pad_s:.0f}s ({rate_:.0f} rows/s); rebuilding the index")
+            with session_factory(engine)() as session:
+                sizes = repo.storage_bytes(session)
+            rebuild_s, rebuild_mb, _ = _timed_child(
+                [sys.executable, "-m", "echoimage", "--data-dir", str(data), "index",
+                 "rebuild"], "index rebuild")
+            log(f"{scale:,}: index rebuilt in {rebuild_s:.0f}s (peak RSS {rebuild_mb:.0f} MB);"
+                " serving process answering the queries")
+            probe_out = work / f"probe-{scale}.json"
+            probe_s, probe_mb, _ = _timed_child(
+                [sys.executable, "-c", "import sys; from echoimage.bench.scale import "
+                 "serve_probe; from pathlib import Path; serve_probe(Path(sys.argv[1]), "
+                 "Path(sys.argv[2]), Path(sys.argv[3]))", str(data), str(qdir),
+                 str(probe_out)], "serving process")
+            probe = json.loads(probe_out.read_text())
+            mem = probe["memory_kb"]
+            res = {
+                "entries": probe["entries"],
+                "padding_s": round(pad_s, 1), "padding_rows_per_s": round(rate_),
+                "index_rebuild_s": round(rebuild_s, 1), "index_rebuild_peak_rss_mb": rebuild_mb,
+                "store_file_bytes": _dir_bytes(data, "echoimage.sqlite3*"),
+                "store_bytes_per_image": round(_dir_bytes(data, "echoimage.sqlite3*")
+                                               / probe["entries"]),
+                "feature_bytes_per_image": sizes["features_per_image"],
+                "index_file_bytes": _dir_bytes(settings.index_dir),
+                "engine_load_s": round(probe["load_s"], 2),
+                "serving": {"peak_rss_mb": probe_mb,
+                            "rss_mb": _mb(mem["end"].get("VmRSS")),
+                            "rss_anon_mb": _mb(mem["end"].get("RssAnon")),
+                            "rss_file_mb": _mb(mem["end"].get("RssFile")),
+                            "rss_after_load_mb": _mb(mem["after_load"].get("VmRSS")),
+                            "rss_anon_after_queries_mb": _mb(
+                                mem["after_queries"].get("RssAnon")),
+                            "seconds": round(probe_s, 1)},
+                "echoimage": _summary(queries, probe["answers"]),
+                "phash": {**_phash_summary(queries, probe["phash"]),
+                          "load_s": round(probe["phash_load_s"], 2)},
+            }
+            result["scales"][str(scale)] = res
+            e, p = res["echoimage"], res["phash"]
+            log(f"{scale:,}: whole p50 {e['whole']['ms_p50']:.0f} ms p95 "
+                f"{e['whole']['ms_p95']:.0f} ms R@1 {e['whole']['recall_at_1']:.3f}; parts "
+                f"p50 {e['parts']['ms_p50']:.0f} ms R@1 {e['parts']['recall_at_1']:.3f}; "
+                f"FMR {e['negatives']['false_match_rate']:.3f}; pHash R@1 "
+                f"{p['whole']['recall_at_1']:.3f}/{p['parts']['recall_at_1']:.3f}; serving "
+                f"peak {probe_mb:.0f} MB")
+            (out_dir / "scale.json").write_text(json.dumps(result, indent=2))
+    finally:
+        engine.dispose()
+        if not keep:
+            shutil.rmtree(data, ignore_errors=True)
+    return result
+
+
+def render_scale_markdown(result: dict[str, Any]) -> str:
+    """The README's table of a scale benchmark result."""
+    rows = ["| | " + " | ".join(f"{int(s):,}" for s in result["scales"]) + " |",
+            "|---|" + "---:|" * len(result["scales"])]
+
+    def row(label: str, get: Any) -> None:
+        vals = []
+        for r in result["scales"].values():
+            try:
+                v = get(r)
+            except (KeyError, TypeError):
+                v = None
+            vals.append("—" if v is None else v)
+        rows.append(f"| {label} | " + " | ".join(map(str, vals)) + " |")
+
+    e = lambda k, m: lambda r: r["echoimage"][k][m]  # noqa: E731
+    ph = lambda k, m: lambda r: r["phash"][k][m]  # noqa: E731
+    row("whole-photo query p50 / p95 (ms)",
+        lambda r: f"{e('whole', 'ms_p50')(r):.0f} / {e('whole', 'ms_p95')(r):.0f}")
+    row("part-of-photo query p50 / p95 (ms)",
+        lambda r: f"{e('parts', 'ms_p50')(r):.0f} / {e('parts', 'ms_p95')(r):.0f}")
+    row("recall@1 whole photos (pHash)",
+        lambda r: f"{e('whole', 'recall_at_1')(r):.3f} ({ph('whole', 'recall_at_1')(r):.3f})")
+    row("recall@1 parts of photos (pHash)",
+        lambda r: f"{e('parts', 'recall_at_1')(r):.3f} ({ph('parts', 'recall_at_1')(r):.3f})")
+    row("false matches on held-out photos (pHash ≤10 bits)",
+        lambda r: f"{e('negatives', 'false_match_rate')(r):.3f} "
+                  f"({ph('negatives', 'false_match_rate')(r):.3f})")
+    row("padding (rows/s)", lambda r: r["padding_rows_per_s"])
+    row("index rebuild (s; peak RSS MB)",
+        lambda r: f"{r['index_rebuild_s']:.0f}; {r['index_rebuild_peak_rss_mb']:.0f}")
+    row("store bytes per image (file; features)",
+        lambda r: f"{r['store_bytes_per_image']:,}; {r['feature_bytes_per_image']:,}")
+    row("store / index files (GB)", lambda r: f"{r['store_file_bytes'] / 1e9:.1f} / "
+                                              f"{r['index_file_bytes'] / 1e9:.2f}")
+    row("serving process: peak RSS / anonymous / file-backed (MB)",
+        lambda r: f"{r['serving']['peak_rss_mb']:.0f} / {r['serving']['rss_anon_mb']:.0f} / "
+                  f"{r['serving']['rss_file_mb']:.0f}")
+    row("engine load (s)", lambda r: r["engine_load_s"])
+    return "\n".join(rows)
