@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import sqlalchemy
 
 from echoimage.bench import baselines, context, metrics, padding, report, runner, transforms
 from echoimage.bench.transforms import TRANSFORMS, transform_rng
@@ -325,3 +326,40 @@ def test_scale_benchmark_end_to_end(tmp_path):
     assert not (out / "scale-data").exists()
     md = render_scale_markdown(result)
     assert "| | 200 | 400 |" in md and "serving process" in md
+
+
+def test_derived_rows_do_not_depend_on_the_worker_count(built, tmp_path):
+    """Padding derived by a pool of processes is the same as padding derived in-process,
+    and is indexed like any row (change numbers, features that decode)."""
+    import shutil
+
+    from echoimage.bench.derived import DERIVED_PREFIX, add_derived_rows
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+    from echoimage.store.models import FeatureRow, ImageRow
+
+    rows = {}
+    for workers in (1, 2):
+        d = tmp_path / f"w{workers}"
+        shutil.copytree(built.settings.data_dir, d)
+        s = built.settings.model_copy(update={"data_dir": d})
+        engine = open_store(s)
+        try:
+            with session_factory(engine)() as session:
+                before = repo.store_state(session)
+            add_derived_rows(engine, 0, 25, seed=7, batch=10, workers=workers)
+            with session_factory(engine)() as session:
+                after = repo.store_state(session)
+                got = session.execute(
+                    sqlalchemy.select(ImageRow.url, ImageRow.width, FeatureRow.phash,
+                                      FeatureRow.thumbnail, FeatureRow.descriptors)
+                    .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
+                    .where(ImageRow.url.startswith(DERIVED_PREFIX))
+                    .order_by(ImageRow.url)).all()
+                cands = repo.candidates(session, [i for i in range(1, before.count + 26)])
+        finally:
+            engine.dispose()
+        assert after.count == before.count + 25 and after.seq > before.seq
+        assert len(got) == 25 and len(cands) == before.count + 25
+        rows[workers] = [tuple(r) for r in got]
+    assert rows[1] == rows[2]

@@ -97,38 +97,83 @@ def derive_row(src: _Source, rng: np.random.Generator) -> dict[str, Any]:
             "work_scale": src.work_scale, "params": src.params}
 
 
+def _derive_batch(sources: list[_Source], lo: int, hi: int, seed: int
+                  ) -> list[tuple[int, int, dict[str, Any]]]:
+    """Padding rows lo..hi-1: (width, height, feature columns) each; the same rows
+    whichever process derives them."""
+    rng = np.random.default_rng([seed, lo])
+    out = []
+    for _ in range(lo, hi):
+        src = sources[int(rng.integers(len(sources)))]
+        out.append((src.width, src.height, derive_row(src, rng)))
+    return out
+
+
+_WORKER_SOURCES: list[_Source] = []
+
+
+def _worker_init(url: str, limit: int) -> None:
+    from sqlalchemy import create_engine
+
+    cv2.setNumThreads(1)
+    engine = create_engine(url)
+    try:
+        _WORKER_SOURCES[:] = _sources(engine, limit)
+    finally:
+        engine.dispose()
+
+
+def _worker_batch(args: tuple[int, int, int]) -> list[tuple[int, int, dict[str, Any]]]:
+    return _derive_batch(_WORKER_SOURCES, *args)
+
+
 def add_derived_rows(engine: Engine, start: int, count: int, seed: int = 0,
-                     batch: int = 1000, progress: Any = None) -> float:
+                     batch: int = 1000, progress: Any = None, workers: int = 1,
+                     sources: int = 2000) -> float:
     """Insert `count` derived padding rows numbered from `start` (indexed, no source), in
-    transactions of `batch`; returns the seconds it took."""
+    transactions of `batch`, derived by `workers` processes (1: this one) while this one
+    writes; returns the seconds it took. The rows do not depend on `workers`."""
+    import multiprocessing
+
     from echoimage.store.db import session_factory
 
     t0 = time.perf_counter()
-    sources = _sources(engine, 2000)
+    blocks = [(lo, min(start + count, lo + batch), seed)
+              for lo in range(start, start + count, batch)]
+    pool = None
+    if workers > 1 and len(blocks) > 1:
+        pool = multiprocessing.get_context("forkserver").Pool(
+            workers, initializer=_worker_init,
+            initargs=(engine.url.render_as_string(hide_password=False), sources))
+        derived = pool.imap(_worker_batch, blocks)
+    else:
+        local = _sources(engine, sources)
+        derived = (_derive_batch(local, *b) for b in blocks)
     sessions = session_factory(engine)
     images, features = ImageRow.__table__, FeatureRow.__table__
-    for lo in range(start, start + count, batch):
-        hi = min(start + count, lo + batch)
-        rng = np.random.default_rng([seed, lo])
-        with sessions.begin() as s:
-            first = repo.next_seq(s, hi - lo)
-            ts = repo.now()
-            rows, picked = [], []
-            for n, i in enumerate(range(lo, hi)):
-                src = sources[int(rng.integers(len(sources)))]
-                picked.append(src)
-                rows.append({"url": f"{DERIVED_PREFIX}{i}", "source_id": None,
-                             "status": Status.INDEXED, "sha256": hashlib.sha256(
-                                 f"{seed}-{i}".encode()).hexdigest(),
-                             "width": src.width, "height": src.height, "format": "DERIVED",
-                             "nbytes": 0, "attempts": 1, "created_at": ts, "updated_at": ts,
-                             "indexed_at": ts, "seq": first + n})
-            s.execute(images.insert(), rows)
-            ids = dict(s.execute(select(ImageRow.url, ImageRow.id).where(
-                ImageRow.url.in_([r["url"] for r in rows]))).all())
-            feats = [{"image_id": ids[r["url"]], **derive_row(src, rng)}
-                     for r, src in zip(rows, picked, strict=True)]
-            s.execute(features.insert(), feats)
-        if progress is not None:
-            progress(hi - start)
+    try:
+        for (lo, hi, _), made in zip(blocks, derived, strict=True):
+            with sessions.begin() as s:
+                first = repo.next_seq(s, hi - lo)
+                ts = repo.now()
+                rows = [{"url": f"{DERIVED_PREFIX}{i}", "source_id": None,
+                         "status": Status.INDEXED, "sha256": hashlib.sha256(
+                             f"{seed}-{i}".encode()).hexdigest(),
+                         "width": w, "height": h, "format": "DERIVED",
+                         "nbytes": 0, "attempts": 1, "created_at": ts, "updated_at": ts,
+                         "indexed_at": ts, "seq": first + n}
+                        for n, (i, (w, h, _)) in enumerate(zip(range(lo, hi), made,
+                                                               strict=True))]
+                s.execute(images.insert(), rows)
+                ids = dict(s.execute(select(ImageRow.url, ImageRow.id).where(
+                    ImageRow.url.in_([r["url"] for r in rows]))).all())
+                feats = [{"image_id": ids[r["url"]], **cols}
+                         for r, (_, _, cols) in zip(rows, made, strict=True)]
+                s.execute(features.insert(), feats)
+            if progress is not None:
+                progress(hi - start)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return time.perf_counter() - t0
