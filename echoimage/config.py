@@ -26,7 +26,7 @@ class Settings(BaseSettings):
 
     # features
     thumb_size: int = 256
-    thumb_quality: int = 90  # JPEG quality of stored thumbnails (see store/codec.py)
+    thumb_quality: int = 50  # JPEG quality of stored thumbnails (see store/codec.py)
     work_size: int = 512
     # queries keep more pixels: a copy shown small inside a larger picture (a screenshot)
     # still has enough resolution for ORB

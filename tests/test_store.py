@@ -90,9 +90,10 @@ def test_features_round_trip(sessions, feats) -> None:
         data, f = feats[name]
         c = got[ids[url]]
         assert c.url == url and c.sha256 == hashlib.sha256(data).hexdigest()
-        # the thumbnail is stored as a JPEG (q90), the keypoints as positions in 1/64 pixel
+        # the thumbnail is stored as a JPEG (q50: SSIM with the original ~0.91), the
+        # keypoints as positions in 1/64 pixel
         assert c.thumbnail.dtype == np.uint8 and c.thumbnail.shape == f.thumbnail.shape
-        assert ssim(c.thumbnail, f.thumbnail) > 0.96
+        assert ssim(c.thumbnail, f.thumbnail) > 0.88
         np.testing.assert_allclose(c.orb.keypoints, f.orb.keypoints[:, :2], atol=1 / 128)
         np.testing.assert_array_equal(c.orb.descriptors, f.orb.descriptors)
         assert (c.width, c.height) == (f.width, f.height)
@@ -114,7 +115,7 @@ def test_codec_round_trips(feats) -> None:
     f = feats["rocket"][1]
     stored = encode_thumbnail(f.thumbnail)
     assert stored[:2] == b"\xff\xd8" and len(stored) < 0.6 * f.thumbnail.size  # a JPEG
-    assert ssim(decode_thumbnail(stored), f.thumbnail) > 0.96
+    assert ssim(decode_thumbnail(stored), f.thumbnail) > 0.88  # q50
     kp, desc = encode_orb(f.orb)
     assert len(kp) == 4 * len(f.orb)  # two uint16 per keypoint
     back = decode_orb(kp, desc)
@@ -168,7 +169,7 @@ def test_an_old_store_is_converted_resumably(make_settings, feats) -> None:
     with sessions() as s:
         assert repo.row_format(s) == 2 and repo.legacy_feature_ids(s, 0, 10) == []
         got = repo.candidates(s, list(ids.values()))
-    assert all(ssim(c.thumbnail, f.thumbnail) > 0.96 for c in got.values())
+    assert all(ssim(c.thumbnail, f.thumbnail) > 0.88 for c in got.values())
     assert compact_rows(engine) == 0
     engine.dispose()
 

@@ -262,7 +262,10 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     log(f"{len(queries)} queries written")
     result: dict[str, Any] = {
         "photos": len(cat_photos), "negatives": len(held_out), "seed": seed,
-        "catalogue_build_s": round(build_s, 2), "cpus": os.cpu_count(), "scales": {}}
+        "catalogue_build_s": round(build_s, 2), "cpus": os.cpu_count(),
+        "settings": {k: getattr(settings, k) for k in (
+            "orb_features", "thumb_quality", "local_per_image", "local_nprobe")},
+        "scales": {}}
     engine = open_store(settings)
     have = len(cat_photos)
     try:
@@ -272,12 +275,15 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
             tick = log.loop(f"padding to {scale:,}", scale - have)
             t0 = time.perf_counter()
             pad_s = add_derived_rows(engine, have, scale - have, seed=seed,
-                                     progress=lambda n, _t=tick: _t(n))
+                                     progress=lambda n, _t=tick: _t(n),
+                                     workers=os.cpu_count() or 1)
             rate_ = (scale - have) / pad_s
             have = scale
             log(f"{scale:,}: padded in {pad_s:.0f}s ({rate_:.0f} rows/s); rebuilding the index")
             with session_factory(engine)() as session:
                 sizes = repo.storage_bytes(session)
+            with engine.connect() as conn:  # the WAL into the file: its size is the store's
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             rebuild_s, rebuild_mb, _ = _timed_child(
                 [sys.executable, "-m", "echoimage", "--data-dir", str(data), "index",
                  "rebuild"], "index rebuild")
