@@ -18,8 +18,8 @@ def main() -> int:
     parser.add_argument("--scale", default="100000,1000000",
                         help="store sizes, smallest first (default: 100000,1000000)")
     parser.add_argument("--photos", type=int, default=400)
-    parser.add_argument("--queries", type=int, default=200,
-                        help="whole-photo and part-of-photo queries each (default: 200)")
+    parser.add_argument("--query-photos", type=int, default=100,
+                        help="photos queried under every transform (default: 100)")
     parser.add_argument("--negatives", type=int, default=50)
     parser.add_argument("--keep", action="store_true", help="keep the padded store")
     args = parser.parse_args()
@@ -30,8 +30,8 @@ def main() -> int:
     from echoimage.bench.scale import render_scale_markdown, run_scale_benchmark
 
     result = run_scale_benchmark(args.photo_dir, args.out, scales=scales,
-                                 photos=args.photos, whole_queries=args.queries,
-                                 part_queries=args.queries, negatives=args.negatives,
+                                 photos=args.photos, query_photos=args.query_photos,
+                                 negatives=args.negatives,
                                  keep=args.keep)
     md = render_scale_markdown(result)
     (args.out / "scale.md").write_text(md + "\n")

@@ -310,22 +310,26 @@ def test_scale_benchmark_end_to_end(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     _photos(photos)
     result = run_scale_benchmark(photos, out, scales=(200, 400), photos=10,
-                                 whole_queries=6, part_queries=4, negatives=2,
-                                 progress=False)
+                                 query_photos=2, negatives=2, progress=False)
     assert json.loads((out / "scale.json").read_text()) == json.loads(json.dumps(result))
-    assert set(result["scales"]) == {"200", "400"}
+    assert set(result["scales"]) == {"10", "200", "400"}
+    whole = [t for t in TRANSFORMS.values() if not t.extra]
     for scale, r in result["scales"].items():
         assert r["entries"] == int(scale)
         e = r["echoimage"]
-        assert e["whole"]["queries"] == 6 and e["parts"]["queries"] == 4
-        assert e["whole"]["recall_at_1"] >= 5 / 6 and e["whole"]["ms_p50"] > 0
+        assert e["whole"]["queries"] == 2 * len(whole)
+        assert e["parts"]["queries"] == 2 * (len(TRANSFORMS) - len(whole))
+        assert set(e["whole"]["recall_at_1_by_transform"]) == {t.name for t in whole}
+        assert e["whole"]["recall_at_1"] >= 0.9 and e["whole"]["ms_p50"] > 0
+        assert e["whole"]["stage_ms_p50"]["rerank_ms"] > 0
         assert e["negatives"]["queries"] == 2 * len(transforms.NEGATIVE_TRANSFORMS)
         assert r["phash"]["whole"]["recall_at_1"] is not None
         assert r["serving"]["peak_rss_mb"] > 50 and r["index_rebuild_peak_rss_mb"] > 50
         assert r["store_bytes_per_image"] > r["feature_bytes_per_image"] > 1000
     assert not (out / "scale-data").exists()
     md = render_scale_markdown(result)
-    assert "| | 200 | 400 |" in md and "serving process" in md
+    assert "| | 10 | 200 | 400 |" in md and "serving process" in md
+    assert "largest recall@1 drop" in md
 
 
 def test_derived_rows_do_not_depend_on_the_worker_count(built, tmp_path):

@@ -3,18 +3,19 @@
 `run_scale_benchmark(photo_dir, out_dir, scales=(100_000, 1_000_000))`:
 
 1. **catalogue**: `photos` of the photo folder (seeded) are indexed as a folder catalogue;
-   the rest are held out as negatives. Queries are made once: whole-photo queries (the
-   main transforms, cycled over the photos), part-of-photo queries (crops, screenshots)
-   and the held-out photos through the negative transforms.
-2. **each scale**, smallest first, in one store: derived padding rows (`bench.derived`) are
-   added up to the scale, then `echoimage index rebuild` runs in its own process (wall
-   time, peak RSS); then a **serving process** (its own interpreter, as `echoimage serve`
-   or `query` would be) loads the engine and answers every query: latency p50/p95 of
-   whole-photo and part-of-photo queries, recall@1 of the photos among the padding, false
-   matches on the negatives, and its memory (peak RSS; anonymous and file-backed RSS: the
-   large index parts are memory-mapped), beside the pHash baseline (nearest 64-bit pHash by
-   a numpy Hamming scan over the same store, the imagehash/imagededup way) answered in the
-   same process.
+   the rest are held out as negatives. The queries are made once: `query_photos` of the
+   catalogue photos under every transform of the suite (whole-photo and part-of-photo
+   ones), and the held-out photos under the negative transforms.
+2. **the catalogue alone, then each scale**, smallest first, in one store: derived padding
+   rows (`bench.derived`) are added up to the scale, then `echoimage index rebuild` runs in
+   its own process (wall time, peak RSS); then a **serving process** (its own interpreter,
+   as `echoimage serve` would be) loads the engine and answers every query: latency
+   p50/p95 and stages of whole-photo and part-of-photo queries, recall@1 of the photos
+   among the padding by transform, false matches on the negatives, and its memory (peak
+   RSS; anonymous and file-backed RSS: large index parts are memory-mapped), beside the
+   pHash baseline (nearest 64-bit pHash by a numpy Hamming scan of the same store, the
+   imagehash/imagededup way) answered in the same process. The catalogue-alone run is the
+   baseline the scales are compared with, in the same run.
 3. store bytes (file size, feature bytes per image) and index bytes.
 """
 
@@ -64,22 +65,23 @@ def _mb(kb: int | None) -> float | None:
 
 
 def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out: Path,
-                 n_whole: int, n_parts: int, seed: int) -> list[dict[str, Any]]:
-    """Write the queries as JPEG files under out; their list (kind, transform, truth URL)."""
+                 n_photos: int, seed: int) -> list[dict[str, Any]]:
+    """Write the queries as JPEG files under out: `n_photos` of the catalogue photos (seeded)
+    under every transform, and the held-out photos under the negative transforms; their
+    list (kind: whole, parts or negative; transform; truth URL)."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0x5CA1E])
-    whole = [t for t in TRANSFORMS.values() if not t.extra]
-    parts = [t for t in TRANSFORMS.values() if t.extra]
+    pick = sorted(rng.choice(len(photos), size=min(n_photos, len(photos)),
+                             replace=False).tolist())
     queries = []
-    for kind, transforms, n in (("whole", whole, n_whole), ("parts", parts, n_parts)):
-        pick = rng.choice(len(photos), size=min(n, len(photos)), replace=False)
-        for j, p in enumerate(sorted(pick.tolist())):
-            t = transforms[j % len(transforms)]
-            img = _read_bgr(photos[p])
-            name = f"{kind}-{j:04d}-{t.name}.jpg"
+    for p in pick:
+        img = _read_bgr(photos[p])
+        truth = path_url((catalogue / photos[p].name).resolve())
+        for t in TRANSFORMS.values():
+            name = f"{p:04d}-{t.name}.jpg"
             (out / name).write_bytes(make_query(img, t, transform_rng(seed, p, t.name)))
-            queries.append({"file": name, "kind": kind, "transform": t.name,
-                            "truth": path_url((catalogue / photos[p].name).resolve())})
+            queries.append({"file": name, "kind": "parts" if t.extra else "whole",
+                            "transform": t.name, "truth": truth})
     for j, p in enumerate(held_out):
         img = _read_bgr(p)
         for name in NEGATIVE_TRANSFORMS:
@@ -118,7 +120,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
         top = res.matches[0] if res.matches else None
         answers.append({"ms": ms, "top": top.url if top else None,
                         "duplicate": bool(top and top.duplicate),
-                        "score": top.score if top else 0.0})
+                        "score": top.score if top else 0.0, "stages": res.timings})
     after_queries = _status_kb()
     # the pHash baseline: every indexed image's pHash in memory, a numpy Hamming scan
     store = open_store(settings, create=False)
@@ -155,16 +157,20 @@ def _summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]]) -> di
     for kind in ("whole", "parts"):
         sel = [(q, a) for q, a in zip(queries, answers, strict=True) if q["kind"] == kind]
         ms = [a["ms"] for _, a in sel]
+        stages: dict[str, list[float]] = {}
+        for _, a in sel:
+            for k, v in a.get("stages", {}).items():
+                stages.setdefault(k, []).append(v)
+        by_t: dict[str, list[bool]] = {}
+        for q, a in sel:
+            by_t.setdefault(q["transform"], []).append(a["top"] == q["truth"])
         out[kind] = {"queries": len(sel),
                      "recall_at_1": rate(a["top"] == q["truth"] for q, a in sel),
                      "found_as_duplicate": rate(a["top"] == q["truth"] and a["duplicate"]
                                                 for q, a in sel),
-                     "ms_p50": percentile(ms, 50), "ms_p95": percentile(ms, 95)}
-        if kind == "whole":
-            by_t: dict[str, list[bool]] = {}
-            for q, a in sel:
-                by_t.setdefault(q["transform"], []).append(a["top"] == q["truth"])
-            out[kind]["recall_at_1_by_transform"] = {k: rate(v) for k, v in by_t.items()}
+                     "ms_p50": percentile(ms, 50), "ms_p95": percentile(ms, 95),
+                     "stage_ms_p50": {k: percentile(v, 50) for k, v in stages.items()},
+                     "recall_at_1_by_transform": {k: rate(v) for k, v in by_t.items()}}
     neg = [a for q, a in zip(queries, answers, strict=True) if q["kind"] == "negative"]
     out["negatives"] = {"queries": len(neg), "false_match_rate": rate(a["duplicate"]
                                                                       for a in neg)}
@@ -222,12 +228,11 @@ def _dir_bytes(path: Path, pattern: str = "*") -> int:
 
 def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                         scales: tuple[int, ...] = (100_000, 1_000_000), photos: int = 400,
-                        whole_queries: int = 200, part_queries: int = 200,
-                        negatives: int = 50, seed: int = 0, keep: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Run the scale benchmark (see the module docstring); results also in
-    out_dir/scale.json. The padded store lives in out_dir/scale-data (removed at the end
-    unless keep)."""
+                        query_photos: int = 100, negatives: int = 50, seed: int = 0,
+                        keep: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the scale benchmark (see the module docstring) at the catalogue's own size
+    (the baseline) and at each scale; results also in out_dir/scale.json. The padded store
+    lives in out_dir/scale-data (removed at the end unless keep)."""
     from echoimage.bench.derived import add_derived_rows
     from echoimage.config import Settings
     from echoimage.pipeline import build_index
@@ -256,8 +261,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     build_s = time.perf_counter() - t0
     log(f"catalogue: {summary.counts.get('indexed', 0)} photos indexed in {build_s:.1f}s")
     qdir = work / "queries"
-    queries = make_queries(cat_photos, catalogue, held_out, qdir, whole_queries,
-                           part_queries, seed)
+    queries = make_queries(cat_photos, catalogue, held_out, qdir, query_photos, seed)
     (qdir / "queries.json").write_text(json.dumps(queries))
     log(f"{len(queries)} queries written")
     result: dict[str, Any] = {
@@ -269,17 +273,17 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     engine = open_store(settings)
     have = len(cat_photos)
     try:
-        for scale in sorted(scales):
-            if scale <= have:
-                continue
-            tick = log.loop(f"padding to {scale:,}", scale - have)
-            t0 = time.perf_counter()
-            pad_s = add_derived_rows(engine, have, scale - have, seed=seed,
-                                     progress=lambda n, _t=tick: _t(n),
-                                     workers=os.cpu_count() or 1)
-            rate_ = (scale - have) / pad_s
-            have = scale
-            log(f"{scale:,}: padded in {pad_s:.0f}s ({rate_:.0f} rows/s); rebuilding the index")
+        for scale in [have, *sorted(s for s in scales if s > have)]:
+            pad_s, rate_ = 0.0, None
+            if scale > have:
+                tick = log.loop(f"padding to {scale:,}", scale - have)
+                pad_s = add_derived_rows(engine, have, scale - have, seed=seed,
+                                         progress=lambda n, _t=tick: _t(n),
+                                         workers=os.cpu_count() or 1)
+                rate_ = round((scale - have) / pad_s)
+                log(f"{scale:,}: padded in {pad_s:.0f}s ({rate_} rows/s); rebuilding the "
+                    "index")
+                have = scale
             with session_factory(engine)() as session:
                 sizes = repo.storage_bytes(session)
             with engine.connect() as conn:  # the WAL into the file: its size is the store's
@@ -299,7 +303,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
             mem = probe["memory_kb"]
             res = {
                 "entries": probe["entries"],
-                "padding_s": round(pad_s, 1), "padding_rows_per_s": round(rate_),
+                "padding_s": round(pad_s, 1), "padding_rows_per_s": rate_,
                 "index_rebuild_s": round(rebuild_s, 1), "index_rebuild_peak_rss_mb": rebuild_mb,
                 "store_file_bytes": _dir_bytes(data, "echoimage.sqlite3*"),
                 "store_bytes_per_image": round(_dir_bytes(data, "echoimage.sqlite3*")
@@ -321,7 +325,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
             }
             result["scales"][str(scale)] = res
             e, p = res["echoimage"], res["phash"]
-            log(f"{scale:,}: whole p50 {e['whole']['ms_p50']:.0f} ms p95 "
+            log(f"{scale:,}: whole p50 {e['whole']['ms_p50']:.0f} ms, p95 "
                 f"{e['whole']['ms_p95']:.0f} ms R@1 {e['whole']['recall_at_1']:.3f}; parts "
                 f"p50 {e['parts']['ms_p50']:.0f} ms R@1 {e['parts']['recall_at_1']:.3f}; "
                 f"FMR {e['negatives']['false_match_rate']:.3f}; pHash R@1 "
@@ -360,9 +364,24 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
         lambda r: f"{e('whole', 'recall_at_1')(r):.3f} ({ph('whole', 'recall_at_1')(r):.3f})")
     row("recall@1 parts of photos (pHash)",
         lambda r: f"{e('parts', 'recall_at_1')(r):.3f} ({ph('parts', 'recall_at_1')(r):.3f})")
+    first = next(iter(result["scales"].values()))
+
+    def worst_drop(r: dict[str, Any]) -> str:
+        drops = []
+        for kind in ("whole", "parts"):
+            base = first["echoimage"][kind]["recall_at_1_by_transform"]
+            for t, v in r["echoimage"][kind]["recall_at_1_by_transform"].items():
+                drops.append((base[t] - v, t))
+        d, t = max(drops)
+        return f"{100 * d:+.1f} points ({t})" if d > 0 else "none"
+
+    row("largest recall@1 drop of a transform vs the catalogue alone", worst_drop)
     row("false matches on held-out photos (pHash ≤10 bits)",
         lambda r: f"{e('negatives', 'false_match_rate')(r):.3f} "
                   f"({ph('negatives', 'false_match_rate')(r):.3f})")
+    row("stages p50, whole photos: features / shortlist / re-rank (ms)",
+        lambda r: " / ".join(f"{e('whole', 'stage_ms_p50')(r).get(k, 0):.1f}"
+                             for k in ("features_ms", "shortlist_ms", "rerank_ms")))
     row("padding (rows/s)", lambda r: r["padding_rows_per_s"])
     row("index rebuild (s; peak RSS MB)",
         lambda r: f"{r['index_rebuild_s']:.0f}; {r['index_rebuild_peak_rss_mb']:.0f}")
