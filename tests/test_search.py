@@ -142,3 +142,41 @@ def test_a_later_proposal_never_lowers_an_image_score() -> None:
     best = {1: match(1, 0.4, 12), 2: match(2, 0.1, 3)}
     _keep_best(best, {1: match(1, 0.2, 9), 2: match(2, 0.3, 10), 3: match(3, 0.0, 1)})
     assert [(i, m.score) for i, m in sorted(best.items())] == [(1, 0.4), (2, 0.3), (3, 0.0)]
+
+
+def _ratio_oracle(q: np.ndarray, c: np.ndarray, ratio: float) -> tuple[list[int], list[int]]:
+    """The ratio test as OpenCV users write it: BFMatcher k=2 (ties: the lower index),
+    then per catalogue row the nearest query row, in the order rows were first matched."""
+    d = np.bitwise_count(q[:, None, :] ^ c[None, :, :]).sum(axis=2)
+    best: dict[int, tuple[int, int]] = {}
+    for i in range(len(q)):
+        o = np.argsort(d[i], kind="stable")[:2]
+        if d[i, o[0]] < ratio * d[i, o[1]]:
+            t = int(o[0])
+            if t not in best or d[i, o[0]] < best[t][1]:
+                best[t] = (i, int(d[i, o[0]]))
+    return [v[0] for v in best.values()], list(best)
+
+
+def test_ratio_matches_equal_a_brute_force_oracle_and_opencv() -> None:
+    import cv2
+
+    from echoimage.search.rerank import ratio_matches
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        c = rng.integers(0, 256, (int(rng.integers(2, 300)), 32), dtype=np.uint8)
+        q = c[rng.integers(0, len(c), int(rng.integers(1, 200)))].copy()
+        q ^= ((rng.random(q.shape) < 0.02) * rng.integers(1, 256, q.shape)).astype(np.uint8)
+        q[::3] = rng.integers(0, 256, q[::3].shape)  # some with no near neighbour
+        rows, train = ratio_matches(q, c, 0.8)
+        assert (rows.tolist(), train.tolist()) == _ratio_oracle(q, c, 0.8)
+        best: dict[int, cv2.DMatch] = {}
+        for p in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(q, c, k=2):
+            if len(p) == 2 and p[0].distance < 0.8 * p[1].distance:
+                if p[0].trainIdx not in best or p[0].distance < best[p[0].trainIdx].distance:
+                    best[p[0].trainIdx] = p[0]
+        assert train.tolist() == list(best)
+    empty = ratio_matches(q[:0], c, 0.8)
+    assert len(empty[0]) == len(empty[1]) == 0
+    assert len(ratio_matches(q, c[:1], 0.8)[0]) == 0

@@ -21,7 +21,7 @@ from echoimage.features.regions import content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
-from echoimage.search.rerank import SsimReference, fuse, match_orb, region
+from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim_counts
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -171,7 +171,20 @@ class SearchEngine:
             lap("rerank_ms")
         matches = sorted(best.values(),
                          key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
-        return QueryResult(_dedupe(matches)[:k], spent, width=img.width, height=img.height)
+        shown = [self._with_ssim(m, cands, views, img) for m in _dedupe(matches)[:k]]
+        lap("rerank_ms")
+        return QueryResult(shown, spent, width=img.width, height=img.height)
+
+    @staticmethod
+    def _with_ssim(m: Match, cands: dict[int, Candidate], views: list[_View],
+                   img: DecodedImage) -> Match:
+        """m with its SSIM, if scoring left it out (it could not change the score)."""
+        if not np.isnan(m.ssim):
+            return m
+        v = next((i for i, view in enumerate(views) if _shown_box(view, i, img) == m.query_box),
+                 0)
+        sim = views[v].ssim_ref(NAMES.index(m.orientation)).compare(cands[m.id].thumbnail)
+        return replace(m, ssim=sim)
 
     def _load(self, cands: dict[int, Candidate], ids: set[int]) -> None:
         """Read the candidates among ids not read yet (gone from the store: left out)."""
@@ -240,7 +253,9 @@ class SearchEngine:
         keypoints (all when None) and the hash distance, fused."""
         s = self.settings
         mirror = is_mirror(c.orientation)
-        sim = view.ssim_ref(c.orientation).compare(cand.thumbnail)
+        # SSIM only where it can count (computed for display at the end otherwise)
+        sim = view.ssim_ref(c.orientation).compare(cand.thumbnail) \
+            if ssim_counts(c.hash_distance) else float("nan")
         orb = cand.orb
         if keypoints is not None and len(orb) > keypoints:
             orb = OrbFeatures(orb.keypoints[:keypoints], orb.descriptors[:keypoints])
@@ -251,8 +266,7 @@ class SearchEngine:
             reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
             trans = describe(om.homography, mirror, reg, cand, img.scale)
-        x, y, w, h = view.box
-        box = None if c.view == 0 else [round(v * img.scale, 1) for v in (x, y, w, h)]
+        box = _shown_box(view, c.view, img)
         return Match(
             id=cand.id, url=cand.url, score=score,
             duplicate=exact or score >= s.duplicate_threshold, exact=exact,
@@ -301,6 +315,11 @@ class _View:
                 self._thumb = thumbnail(self.gray, self._settings.thumb_size)
             self._refs[o] = SsimReference(orient(self._thumb, o))
         return self._refs[o]
+
+
+def _shown_box(view: _View, v: int, img: DecodedImage) -> list[float] | None:
+    """The query_box of a match found through view v (None for the whole query)."""
+    return None if v == 0 else [round(z * img.scale, 1) for z in view.box]
 
 
 def _keep_best(best: dict[int, Match], scored: dict[int, Match]) -> None:

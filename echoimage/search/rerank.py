@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import faiss
 import numpy as np
 
 from echoimage.types import OrbFeatures
@@ -78,32 +79,51 @@ class OrbMatch:
     pairs: np.ndarray | None = None  # float32 N×4: inlier (qx, qy, cx, cy), working pixels
 
 
+def ratio_matches(query: np.ndarray, cand: np.ndarray, ratio: float = 0.8
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Lowe's ratio test on the two nearest catalogue descriptors of each query descriptor
+    (Hamming), then one query descriptor per catalogue descriptor (the nearest; ties: the
+    first): (query rows, catalogue rows), in the order the catalogue rows were first
+    matched. The k-NN search is FAISS's exact binary one (a 300×500 match: 0.25 ms, against
+    2.2 ms for OpenCV's BFMatcher.knnMatch, the same neighbours up to ties)."""
+    if len(query) < 1 or len(cand) < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    index = faiss.IndexBinaryFlat(cand.shape[1] * 8)
+    index.add(np.ascontiguousarray(cand))
+    dist, nn = index.search(np.ascontiguousarray(query), 2)
+    ok = np.flatnonzero((nn[:, 1] >= 0) & (dist[:, 0] < ratio * dist[:, 1]))
+    rows, train, d = ok, nn[ok, 0].astype(np.int64), dist[ok, 0]
+    if not len(rows):
+        return rows, train
+    # per catalogue row: the nearest query row (ties: the first), and where it first appeared
+    by_train = np.lexsort((rows, d, train))
+    t_sorted = train[by_train]
+    starts = np.r_[True, t_sorted[1:] != t_sorted[:-1]]
+    best = by_train[starts]  # grouped by catalogue row, ascending
+    first_row = np.minimum.reduceat(rows[by_train], np.flatnonzero(starts))
+    keep = best[np.argsort(first_row, kind="stable")]
+    return rows[keep], train[keep]
+
+
 def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
               ransac_px: float = 6.0) -> OrbMatch:
     """k-NN (k=2) Hamming matching with Lowe's ratio test, one query keypoint per catalogue
     keypoint, then RANSAC (USAC) homography inliers; degenerate geometry counts as none."""
     if len(query) < 2 or len(cand) < 2:
         return OrbMatch(0, 0, None)
-    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = bf.knnMatch(query.descriptors, cand.descriptors, k=2)
-    best: dict[int, cv2.DMatch] = {}
-    for p in pairs:
-        if len(p) == 2 and p[0].distance < ratio * p[1].distance:
-            m = p[0]
-            if m.trainIdx not in best or m.distance < best[m.trainIdx].distance:
-                best[m.trainIdx] = m
-    good = list(best.values())
-    if len(good) < MIN_MATCHES:
-        return OrbMatch(len(good), 0, None)
-    src = query.keypoints[[m.queryIdx for m in good], :2]
-    dst = cand.keypoints[[m.trainIdx for m in good], :2]
+    q_rows, c_rows = ratio_matches(query.descriptors, cand.descriptors, ratio)
+    if len(q_rows) < MIN_MATCHES:
+        return OrbMatch(len(q_rows), 0, None)
+    src = query.keypoints[q_rows, :2]
+    dst = cand.keypoints[c_rows, :2]
     # RANSAC on an affine model (3-point samples): stable even when the matches cluster on
     # one object of a crop, where a 4-point homography overfits perspective
     affine, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
                                         ransacReprojThreshold=ransac_px, maxIters=1000,
                                         confidence=0.995)
     if affine is None or mask is None:
-        return OrbMatch(len(good), 0, None)
+        return OrbMatch(len(q_rows), 0, None)
     keep = mask.ravel().astype(bool)
     inliers = int(keep.sum())
     src_in, dst_in = src[keep], dst[keep]
@@ -113,9 +133,9 @@ def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
         if hom is not None and _plausible(hom):
             h = hom
     if not (_plausible(h) and _spread(src_in, query.keypoints, dst_in, cand.keypoints)):
-        return OrbMatch(len(good), min(inliers, MIN_MATCHES - 1), None)
+        return OrbMatch(len(q_rows), min(inliers, MIN_MATCHES - 1), None)
     pairs_in = np.hstack([src_in, dst_in]).astype(np.float32)
-    return OrbMatch(len(good), inliers, h, pairs_in)
+    return OrbMatch(len(q_rows), inliers, h, pairs_in)
 
 
 def _plausible(h: np.ndarray) -> bool:
@@ -142,6 +162,12 @@ def _spread(q_in: np.ndarray, q_all: np.ndarray, c_in: np.ndarray, c_all: np.nda
     c_full = np.maximum(np.ptp(c_all[:, :2], axis=0), 1.0)
     return bool(np.all(q_span >= 0.05 * q_full)
                 and c_span[0] * c_span[1] >= 0.002 * c_full[0] * c_full[1])
+
+
+def ssim_counts(hash_distance: int) -> bool:
+    """Whether SSIM can add to the score of a candidate this far in pHash (`fuse`): if
+    not, a re-ranker may leave it out of the ranking and compute it only for display."""
+    return hash_distance < SUPPORT_CEIL
 
 
 def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
