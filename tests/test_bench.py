@@ -212,7 +212,6 @@ def test_synthetic_image_is_deterministic_and_textured():
     assert not np.array_equal(a, padding.synthetic_image(6, seed=0))
     assert not np.array_equal(a, padding.synthetic_image(5, seed=1))
     assert len(orb_features(a, 500)) > 200
-    assert padding.pad_url(123) == "synthetic://pad/000123"
 
 
 def test_seed_score_prefers_the_same_image():
@@ -367,3 +366,22 @@ def test_derived_rows_do_not_depend_on_the_worker_count(built, tmp_path):
         assert len(got) == 25 and len(cands) == before.count + 25
         rows[workers] = [tuple(r) for r in got]
     assert rows[1] == rows[2]
+
+
+def test_run_benchmark_pads_with_derived_rows(tmp_path):
+    """The scale phase pads copies of the catalogue store with derived rows, caches them
+    and times the same queries on each padded store."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _photos(photos)
+    kw = dict(limit=3, scale=(60, 90), seed_subset=(2, 1), latency_queries=4,
+              progress=False, command=["test"], workers=2, background_padding=False)
+    result = runner.run_benchmark(photos, out, **kw)
+    for scale in (60, 90):
+        r = result["scale"][str(scale)]
+        assert r["entries"] == scale and r["queries"] == 4 and r["recall_at_1"] >= 0.75
+        assert r["padding"]["padding_entries"] == scale - 10
+        assert not r["padding"]["cached"]
+    assert result["scale"]["90"]["padding"]["generated_this_build"] == 30  # from the 60
+    again = runner.run_benchmark(photos, out, **kw)
+    assert all(again["scale"][s]["padding"]["cached"] for s in ("60", "90"))
+    assert "derived entries" in (out / "bench.md").read_text()

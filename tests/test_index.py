@@ -392,13 +392,17 @@ def test_shortlist_on_empty_index() -> None:
     assert shortlist(index, hash_input(to_gray(photo("camera"))), 5) == []
 
 
-def test_rebuild_streams_the_store_into_the_index(built_copy) -> None:
+@pytest.mark.parametrize("exact_count", [True, False])
+def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact_count) -> None:
     """A rebuild reads the local descriptors piece by piece and trains on a sample of
-    images: the index holds exactly the store's prefixes, and a query still finds its
-    photo through the IVF index."""
+    images (a large store estimates its descriptor count from that sample): the index holds
+    exactly the store's prefixes, and a query still finds its photo through the IVF index."""
+    from echoimage.index import build
     from echoimage.index.build import load_parts, rebuild_index_files, training_sample
     from echoimage.index.local import local_ids, quantizer_of
 
+    if not exact_count:
+        monkeypatch.setattr(build, "EXACT_COUNT_MAX", 1)
     s = built_copy.settings.model_copy(update={"local_flat_max": 1000, "local_min_lists": 16})
     engine = open_store(s)
     try:
@@ -410,9 +414,10 @@ def test_rebuild_streams_the_store_into_the_index(built_copy) -> None:
             assert np.array_equal(np.concatenate([p[1] for p in pieces]), descs)
             assert repo.local_descriptor_count(session, s.local_per_image) == len(lids)
             ids, _ = repo.indexed_hashes(session)
-            few = training_sample(session, ids, s.local_per_image, 40)
-            every = training_sample(session, ids, s.local_per_image, 10 ** 6)
+            few, _ = training_sample(session, ids, s.local_per_image, 40)
+            every, mean = training_sample(session, ids, s.local_per_image, 10 ** 6)
         assert 0 < len(few) < len(descs) and np.array_equal(every, descs)
+        assert mean == pytest.approx(len(descs) / len(ids))
         rebuild_index_files(s, engine)
     finally:
         engine.dispose()

@@ -1,5 +1,5 @@
-"""Padding a store to a larger scale with synthetic entries (real rows, real features),
-cached between runs.
+"""Padding a store to a larger scale with entries derived from its photos' rows
+(`bench.derived`), cached between runs.
 """
 
 from __future__ import annotations
@@ -7,14 +7,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import sqlite3
 import sys
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,17 +27,7 @@ from echoimage.bench.memory import ProcessTreePeak, self_peak_rss_mb
 from echoimage.bench.synthetic import PAD_SIZE, synthetic_image
 
 #: bump when `synthetic_image` or the padding rows change: invalidates cached padding
-PAD_VERSION = 3
-
-
-PAD_SOURCE = "synthetic://pad"
-
-
-
-
-def pad_url(index: int) -> str:
-    """Catalogue URL of synthetic padding entry `index`."""
-    return f"{PAD_SOURCE}/{index:06d}"
+PAD_VERSION = 4
 
 
 def _pad_init() -> None:
@@ -155,113 +143,83 @@ def padding_cached(job: PaddingJob, scale: int) -> bool:
 
 
 def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
-    """Pad copies of the catalogue store to each scale with synthetic entries.
+    """Pad copies of the catalogue store to each scale with derived entries.
 
     Each scale gets a data dir (SQLite store + both shortlist indexes) under
-    ``job.pad_root/scale-N``. Entries are `synthetic_image` renders (never photos) run through
-    `decode_image` + `extract_features` in a forkserver pool and inserted with
-    `repo.add_pending` + `repo.save_features`, 1000 per transaction; then `rebuild_index_files`.
-    A larger scale starts from a copy of the next smaller one (synthetic entry i is the
-    same at every scale). Complete scales are recorded in ``pad.json`` and reused by later
-    runs with the same key.
+    ``job.pad_root/scale-N``. Entries are derived from the catalogue's own rows
+    (`bench.derived`: perturbed descriptors, re-lit thumbnails, their own hashes), made by
+    `job.workers` processes and written 1000 per transaction; then `rebuild_index_files`.
+    A larger scale starts from a copy of the next smaller one (derived entry i is the same
+    at every scale). Complete scales are recorded in ``pad.json`` and reused by later runs
+    with the same key.
     """
+    from echoimage.bench.derived import add_derived_rows
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
-    from echoimage.pipeline import feature_params
     from echoimage.store import repo
     from echoimage.store.db import head_revision, open_store, session_factory
-    from echoimage.types import CatalogueItem
 
     log = _Log(job.progress, "bench pad")
     base = Settings(**job.settings)
-    params = feature_params(base)
     info: dict[int, dict[str, Any]] = {}
-    pool = None
     prev: tuple[Path, int] | None = None  # (db, padding rows) of the last complete scale
-    try:
-        for scale in sorted(job.scales):
-            d = job.pad_root / f"scale-{scale}"
-            db = d / "echoimage.sqlite3"
-            target = scale - job.catalogue_entries
-            if target <= 0:
-                continue
-            if padding_cached(job, scale):
-                meta = read_padding_meta(d) or {}
-                log(f"{scale:,}: cached in {d}")
-                info[scale] = {**meta, "cached": True}
-                prev = (db, target)
-                continue
-            t0 = time.perf_counter()
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True)
-            src, start = prev if prev else (job.base_db, 0)
-            copy_sqlite(src, db)
-            t_copy = time.perf_counter() - t0
-            settings = base.model_copy(update={"data_dir": d})
-            engine = open_store(settings)
-            sessions = session_factory(engine)
-            with sessions.begin() as session:
-                sid = repo.source_id(session, PAD_SOURCE, "synthetic")
-            if pool is None:
-                mp = multiprocessing.get_context("forkserver")
-                pool = mp.Pool(job.workers, initializer=_pad_init)
-            log(f"{scale:,}: {target - start:,} synthetic images ({start:,} copied from "
-                f"{src.parent.name}), {job.workers} workers")
-            cpu = 0.0
-            tick = log.loop(f"padding {scale:,}", target - start)
-            done = 0
-            with ProcessTreePeak() as peak:
-                for batch in _pad_batches(pool, range(start, target), job.seed, params):
-                    with sessions.begin() as session:
-                        items = [CatalogueItem(pad_url(r[0]), PAD_SOURCE) for r in batch]
-                        repo.add_pending(session, items, sid)
-                        known = repo.known_images(session, [it.url for it in items])
-                        for index, sha, nbytes, feats, cpu_s in batch:
-                            row_id = known[pad_url(index)].id
-                            repo.save_features(session, row_id, sha, nbytes, feats)
-                            cpu += cpu_s
-                    done += len(batch)
-                    tick(done)
-            t_rows = time.perf_counter()
-            with sessions() as session:
-                count = repo.store_state(session).count
-            report = rebuild_index_files(settings, engine, "padded store")
-            engine.dispose()
-            t_end = time.perf_counter()
-            generated = max(1, target - start)
-            meta = {
-                "key": job.key, "complete": True, "scale": scale, "entries": count,
-                "schema_revision": head_revision(),
-                "catalogue_entries": job.catalogue_entries, "padding_entries": target,
-                "generated_this_build": target - start,
-                "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
-                "rows_seconds": round(t_rows - t0 - t_copy, 2),
-                "index_rebuild_seconds": round(t_end - t_rows, 2),
-                "index_entries": report.images,
-                "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
-                "worker_cpu_ms_per_image": round(1000 * cpu / generated, 3),
-                "workers": job.workers,
-                "memory": {"inserter_peak_rss_mb": self_peak_rss_mb(), **peak.as_dict()},
-                "store_file_bytes": sum(p.stat().st_size for p in d.glob("echoimage*")),
-                "synthetic": f"procedural {PAD_SIZE[0]}x{PAD_SIZE[1]} grayscale images "
-                             "(gradient, texture, shapes, lines, noise); not photos",
-                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            (d / "pad.json").write_text(json.dumps(meta, indent=2))
-            info[scale] = {**meta, "cached": False}
-            log(f"{scale:,} done: {count:,} entries in {t_end - t0:.0f}s (rows "
-                f"{meta['rows_seconds']:.0f}s, index {meta['index_rebuild_seconds']:.0f}s)")
+    for scale in sorted(job.scales):
+        d = job.pad_root / f"scale-{scale}"
+        db = d / "echoimage.sqlite3"
+        target = scale - job.catalogue_entries
+        if target <= 0:
+            continue
+        if padding_cached(job, scale):
+            meta = read_padding_meta(d) or {}
+            log(f"{scale:,}: cached in {d}")
+            info[scale] = {**meta, "cached": True}
             prev = (db, target)
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-            pool = None
-        raise
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+            continue
+        t0 = time.perf_counter()
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        src, start = prev if prev else (job.base_db, 0)
+        copy_sqlite(src, db)
+        t_copy = time.perf_counter() - t0
+        settings = base.model_copy(update={"data_dir": d})
+        engine = open_store(settings)
+        log(f"{scale:,}: {target - start:,} derived entries ({start:,} copied from "
+            f"{src.parent.name}), {job.workers} workers")
+        tick = log.loop(f"padding {scale:,}", target - start)
+        with ProcessTreePeak() as peak:
+            add_derived_rows(engine, start, target - start, seed=job.seed,
+                             workers=job.workers, progress=tick)
+        t_rows = time.perf_counter()
+        with session_factory(engine)() as session:
+            count = repo.store_state(session).count
+        report = rebuild_index_files(settings, engine, "padded store")
+        engine.dispose()
+        t_end = time.perf_counter()
+        generated = max(1, target - start)
+        meta = {
+            "key": job.key, "complete": True, "scale": scale, "entries": count,
+            "schema_revision": head_revision(),
+            "catalogue_entries": job.catalogue_entries, "padding_entries": target,
+            "generated_this_build": target - start,
+            "seconds": round(t_end - t0, 2), "copy_seconds": round(t_copy, 2),
+            "rows_seconds": round(t_rows - t0 - t_copy, 2),
+            "index_rebuild_seconds": round(t_end - t_rows, 2),
+            "index_entries": report.images,
+            "ms_per_padding_image": round(1000 * (t_rows - t0 - t_copy) / generated, 3),
+            "workers": job.workers,
+            "memory": {"inserter_peak_rss_mb": self_peak_rss_mb(), **peak.as_dict()},
+            "store_file_bytes": sum(p.stat().st_size for p in d.glob("echoimage*")),
+            "synthetic": "rows derived from the catalogue's photos (bench.derived): "
+                         "descriptors with 3/8 of their bits flipped, thumbnails shifted, "
+                         "turned and re-lit, their own hashes; not photos",
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (d / "pad.json").write_text(json.dumps(meta, indent=2))
+        info[scale] = {**meta, "cached": False}
+        log(f"{scale:,} done: {count:,} entries in {t_end - t0:.0f}s (rows "
+            f"{meta['rows_seconds']:.0f}s, index {meta['index_rebuild_seconds']:.0f}s)")
+        prev = (db, target)
     return info
 
 
@@ -273,28 +231,6 @@ def _padding_process(job: PaddingJob) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     cv2.setNumThreads(1)
     build_padding(job)
-
-
-def _pad_batches(pool: Any, indices: range, seed: int, params: Any,
-                 batch: int = 1000) -> Iterator[list[tuple]]:
-    """Worker results in order, `batch` at a time, with at most two batches in flight."""
-    blocks = [range(b, min(b + batch, indices.stop))
-              for b in range(indices.start, indices.stop, batch)]
-    pending: deque = deque()
-    it = iter(blocks)
-
-    def submit() -> None:
-        blk = next(it, None)
-        if blk is not None:
-            pending.append(pool.imap(_pad_features, [(i, seed, params) for i in blk],
-                                     chunksize=16))
-
-    submit()
-    submit()
-    while pending:
-        results = list(pending.popleft())
-        submit()
-        yield results
 
 
 def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int | None,

@@ -90,9 +90,9 @@ def _notes(pad_info: dict[str, Any], scale_res: dict[str, Any]) -> list[str]:
     notes = ["Latency figures come from a quiet phase: decode_image, then query_image "
              "(sha256=None) timed alone; query_bytes timed end to end on the same sample."]
     if any("padding" in v for v in scale_res.values()):
-        notes.append("Padding entries are synthetic: procedural images (gradient, texture, "
-                     "shapes, noise) run through decode_image + extract_features and stored "
-                     "as real rows; they are not photos.")
+        notes.append("Padding entries are derived from the catalogue's photos' rows "
+                     "(bench.derived: perturbed descriptors, shifted and re-lit thumbnails, "
+                     "their own hashes) and stored as real rows; they are not photos.")
     if pad_info.get("concurrent_with"):
         notes.append("Padding was built in a background process during the recall sweep "
                      "and negatives, so their per-query times (query_bytes_ms_p50 per "
@@ -201,11 +201,11 @@ def render_markdown(result: dict[str, Any]) -> str:
             f", concurrently with the {p['built_concurrently_with']}"
             if p.get("built_concurrently_with") else "")
         lines.append(
-            f"- **Padding to {int(label):,}**: {p['padding_entries']:,} synthetic entries "
-            f"(procedural {p['synthetic'].split()[1]} images, not photos; real rows and "
-            f"features), {how}: {p['seconds']:.0f}s for {p['generated_this_build']:,} "
-            f"({p['ms_per_padding_image']} ms/image wall, {p['worker_cpu_ms_per_image']} ms "
-            f"worker CPU) + index rebuild {p['index_rebuild_seconds']:.1f}s; engine load "
+            f"- **Padding to {int(label):,}**: {p['padding_entries']:,} derived entries "
+            f"(rows derived from the photos' rows, not photos), {how}: "
+            f"{p['seconds']:.0f}s for {p['generated_this_build']:,} "
+            f"({p['ms_per_padding_image']} ms/image wall, {p['workers']} workers) "
+            f"+ index rebuild {p['index_rebuild_seconds']:.1f}s; engine load "
             f"{r['engine_load_seconds']:.1f}s; store file {p['store_file_bytes'] / 1e9:.2f} GB")
     m = result["memory"]
     bc = m["build_children"]

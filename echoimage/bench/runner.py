@@ -14,7 +14,7 @@
    the calibrated threshold that keeps false matches <= 1%;
 4. times `SearchEngine.query_image` (decoded image → results) and `query_bytes` on a fixed
    sample of queries, at catalogue size and again after padding the store to each ``scale``
-   with synthetic images (real rows, real features; cached in ``out_dir/pad``);
+   with rows derived from the photos' (`bench.derived`; cached in ``out_dir/pad``);
 5. runs two baselines the same way: 64-bit pHash nearest neighbour over the stored hashes,
    and the seed's brute-force SSIM + ORB + colour histogram score on a small subset.
 

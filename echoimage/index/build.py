@@ -259,17 +259,23 @@ def snapshot(engine: Engine) -> Iterator[Any]:
         yield session
 
 
+#: stores of more images than this estimate their descriptor count from the training
+#: sample instead of reading every features row for it
+EXACT_COUNT_MAX = 20_000
+
+
 def training_sample(session: Any, ids: np.ndarray, per_image: int, want: int,
-                    seed: int = 0) -> np.ndarray:
-    """Descriptors to train the quantizer on: the local prefixes of a random eighth-as-many
-    images as a sample of `want` needs eight times over (every image when that is all of
-    them); train_quantizer draws its sample from these."""
+                    seed: int = 0) -> tuple[np.ndarray, float]:
+    """Descriptors to train the quantizer on: the local prefixes of as many random images
+    as a sample of `want` needs eight times over (every image when that is all of them;
+    train_quantizer draws its sample from these), and their mean count per image."""
     rng = np.random.default_rng(seed)
     n = min(len(ids), max(1, -(-8 * want // max(1, per_image))))
     chosen = np.sort(rng.choice(ids, size=n, replace=False)) if n < len(ids) else ids
     blobs = repo.descriptors_of(session, chosen.tolist(), per_image)
-    return np.frombuffer(b"".join(blobs[int(i)] for i in chosen if int(i) in blobs),
-                         np.uint8).reshape(-1, DESC_BYTES)
+    descs = np.frombuffer(b"".join(blobs[int(i)] for i in chosen if int(i) in blobs),
+                          np.uint8).reshape(-1, DESC_BYTES)
+    return descs, len(descs) / max(1, len(chosen))
 
 
 def _whole(engine: Engine, lp: Any, name: str, quantizer: faiss.IndexBinary | None
@@ -280,11 +286,18 @@ def _whole(engine: Engine, lp: Any, name: str, quantizer: faiss.IndexBinary | No
     with snapshot(engine) as session:  # one transaction: one snapshot
         state = repo.store_state(session)
         ids, codes = repo.indexed_hashes(session)
-        total = repo.local_descriptor_count(session, lp.per_image)
-        if quantizer is None and total > lp.flat_max:
-            sample = training_sample(session, ids, lp.per_image,
-                                     TRAIN_PER_LIST * nlist_for(total, lp))
-            quantizer = train_quantizer(sample, lp, total=total)
+        # the exact count decides flat or IVF for small stores; a large one is IVF and
+        # sizes its lists by an estimate from the training sample
+        total = repo.local_descriptor_count(session, lp.per_image) \
+            if len(ids) <= EXACT_COUNT_MAX else None
+        if quantizer is None and (total is None or total > lp.flat_max):
+            bound = total if total is not None else len(ids) * lp.per_image
+            sample, mean = training_sample(session, ids, lp.per_image,
+                                           TRAIN_PER_LIST * nlist_for(bound, lp))
+            if total is None:
+                total = round(mean * len(ids))
+            if total > lp.flat_max:
+                quantizer = train_quantizer(sample, lp, total=total)
             del sample
         local = empty_part(quantizer)
         for lids, ldescs in repo.iter_local_descriptors(session, lp.per_image):

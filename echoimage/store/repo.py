@@ -338,24 +338,32 @@ def local_descriptors(session: Session, per_image: int) -> tuple[np.ndarray, np.
 def iter_local_descriptors(session: Session, per_image: int, batch: int = 20_000
                            ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """`local_descriptors` in pieces of `batch` images, by id (a million images' prefixes
-    are ~5 GB: a builder adds them piece by piece instead of holding them twice)."""
+    are ~5 GB: a builder adds them piece by piece instead of holding them twice).
+
+    Each piece takes the next indexed ids from `images` (small rows), then reads that id
+    range of `features` by its primary key: every large row is read once (a join ordered by
+    id let SQLite walk all the remaining rows again for every piece)."""
     last = -1
     while True:
-        rows = session.execute(
+        ids = list(session.scalars(
+            select(ImageRow.id).where(ImageRow.status == Status.INDEXED, ImageRow.id > last)
+            .order_by(ImageRow.id).limit(batch)))
+        if not ids:
+            return
+        wanted = set(ids)
+        rows = [r for r in session.execute(
             select(FeatureRow.image_id,
                    func.substr(FeatureRow.descriptors, 1, 32 * per_image))
-            .join(ImageRow, ImageRow.id == FeatureRow.image_id)
-            .where(ImageRow.status == Status.INDEXED, FeatureRow.image_id > last)
-            .order_by(FeatureRow.image_id).limit(batch)
-        ).all()
-        if not rows:
-            return
-        yield _stack_descriptors(rows)
-        last = int(rows[-1][0])
+            .where(FeatureRow.image_id >= ids[0], FeatureRow.image_id <= ids[-1])
+            .order_by(FeatureRow.image_id)) if r[0] in wanted]
+        if rows:
+            yield _stack_descriptors(rows)
+        last = ids[-1]
 
 
 def local_descriptor_count(session: Session, per_image: int) -> int:
-    """How many descriptors `local_descriptors` would return."""
+    """How many descriptors `local_descriptors` would return (reads every features row up
+    to its keypoint count, past the thumbnail: for small stores)."""
     n = FeatureRow.n_keypoints
     kept = case((n < per_image, n), else_=per_image)
     return int(session.scalar(
