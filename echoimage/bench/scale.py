@@ -373,7 +373,7 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
             for t, v in r["echoimage"][kind]["recall_at_1_by_transform"].items():
                 drops.append((base[t] - v, t))
         d, t = max(drops)
-        return f"{100 * d:+.1f} points ({t})" if d > 0 else "none"
+        return f"−{100 * d:.1f} points ({t})" if d > 0 else "none"
 
     row("largest recall@1 drop of a transform vs the catalogue alone", worst_drop)
     row("false matches on held-out photos (pHash ≤10 bits)",
