@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy
 from helpers import jpeg, photo, synthetic, to_gray, write
 
 from echoimage.errors import IndexStaleError
@@ -33,6 +34,7 @@ from echoimage.search.live import LiveIndex
 from echoimage.search.shortlist import shortlist
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
+from echoimage.store.models import FeatureRow, ImageRow, Status
 from echoimage.store.repo import StoreState
 from echoimage.types import CatalogueItem
 
@@ -407,7 +409,14 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
     engine = open_store(s)
     try:
         with session_factory(engine)() as session:
-            lids, descs = repo.local_descriptors(session, s.local_per_image)
+            # every indexed image's descriptor prefix, read in one query
+            rows = session.execute(
+                sqlalchemy.select(FeatureRow.image_id, FeatureRow.descriptors)
+                .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+                .where(ImageRow.status == Status.INDEXED).order_by(FeatureRow.image_id)).all()
+            prefixes = [bytes(d)[:32 * s.local_per_image] for _, d in rows]
+            lids = np.repeat([i for i, _ in rows], [len(p) // 32 for p in prefixes])
+            descs = np.frombuffer(b"".join(prefixes), np.uint8).reshape(-1, 32)
             pieces = list(repo.iter_local_descriptors(session, s.local_per_image, batch=3))
             assert len(pieces) > 2
             assert np.array_equal(np.concatenate([p[0] for p in pieces]), lids)

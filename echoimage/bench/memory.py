@@ -12,6 +12,20 @@ def _rss_mb(kb: float) -> float:
     return round(kb / 1024, 1)
 
 
+def status_kb() -> dict[str, int]:
+    """VmHWM, VmRSS, RssAnon and RssFile of this process (KB; empty off Linux)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
 def self_peak_rss_mb() -> float:
     """Peak RSS of this process (ru_maxrss), MB."""
     return _rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -30,10 +30,6 @@ from echoimage.bench.synthetic import PAD_SIZE, synthetic_image
 PAD_VERSION = 4
 
 
-def _pad_init() -> None:
-    cv2.setNumThreads(1)
-
-
 def _pad_features(args: tuple[int, int, Any]) -> tuple:
     """Worker: synthetic image → BMP bytes → decode_image → extract_features."""
     from echoimage.features.decode import decode_image

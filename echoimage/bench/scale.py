@@ -26,14 +26,16 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from echoimage.bench.baselines import PHASH_THRESHOLD, hamming_topk
 from echoimage.bench.context import _list_photos, _Log, _read_bgr
+from echoimage.bench.memory import _rss_mb, status_kb
 from echoimage.bench.metrics import TOP_K, percentile, rate
 from echoimage.bench.transforms import (
     NEGATIVE_TRANSFORMS,
@@ -43,25 +45,9 @@ from echoimage.bench.transforms import (
 )
 from echoimage.fetch.local import path_url
 
-PHASH_THRESHOLD = 10
-
-
-def _status_kb() -> dict[str, int]:
-    """VmHWM, VmRSS, RssAnon and RssFile of this process (KB; Linux)."""
-    out = {}
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0]
-                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                    out[key] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
-
 
 def _mb(kb: int | None) -> float | None:
-    return round(kb / 1024, 1) if kb is not None else None
+    return _rss_mb(kb) if kb is not None else None
 
 
 def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out: Path,
@@ -104,11 +90,11 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
 
     queries = json.loads((query_dir / "queries.json").read_text())
     settings = Settings(data_dir=data_dir)
-    before = _status_kb()
+    before = status_kb()
     t0 = time.perf_counter()
     engine = SearchEngine(settings, rebuild=False)
     load_s = time.perf_counter() - t0
-    after_load = _status_kb()
+    after_load = status_kb()
     blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
     for data in blobs[:3]:  # warm-up: lazy imports, caches
         engine.query_bytes(data, k=TOP_K)
@@ -121,7 +107,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
         answers.append({"ms": ms, "top": top.url if top else None,
                         "duplicate": bool(top and top.duplicate),
                         "score": top.score if top else 0.0, "stages": res.timings})
-    after_queries = _status_kb()
+    after_queries = status_kb()
     # the pHash baseline: every indexed image's pHash in memory, a numpy Hamming scan
     store = open_store(settings, create=False)
     t = time.perf_counter()
@@ -133,11 +119,9 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     for data in blobs:
         t = time.perf_counter()
         gray = decode_image(data, settings.max_pixels, settings.work_size).gray
-        h = np.frombuffer(phash(hash_input(gray)), np.uint8)
-        dist = np.bitwise_count(np.bitwise_xor(codes, h)).sum(axis=1, dtype=np.int64)
-        row = int(np.argmin(dist))
+        rows, dist = hamming_topk(phash(hash_input(gray)), codes, 1)
         ms = (time.perf_counter() - t) * 1000
-        base.append({"ms": ms, "id": int(ids[row]), "dist": int(dist[row])})
+        base.append({"ms": ms, "id": int(ids[rows[0]]), "dist": int(dist[0])})
     with session_factory(store)() as session:
         for b in base:
             if b["id"] not in urls:
@@ -149,7 +133,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
         "entries": engine.size, "load_s": load_s, "answers": answers, "phash": base,
         "phash_load_s": hash_load_s,
         "memory_kb": {"before_load": before, "after_load": after_load,
-                      "after_queries": after_queries, "end": _status_kb()}}))
+                      "after_queries": after_queries, "end": status_kb()}}))
 
 
 def _summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,32 +178,20 @@ def _phash_summary(queries: list[dict[str, Any]], base: list[dict[str, Any]]
     return out
 
 
-def _timed_child(cmd: list[str], what: str) -> tuple[float, float, str]:
-    """Run a command and wait for it with wait4: (seconds, its own peak RSS MB, stdout)."""
+def _timed_child(cmd: list[str], what: str) -> tuple[float, float]:
+    """Run a command and wait for it with wait4: (seconds, its own peak RSS in MB).
+    RuntimeError with the end of its stderr if it fails."""
     t0 = time.perf_counter()
-    with open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-
-        def drain(stream: Any, sink: list[bytes]) -> None:
-            sink.append(stream.read())
-
-        o: list[bytes] = []
-        e: list[bytes] = []
-        threads = [threading.Thread(target=drain, args=(proc.stdout, o)),
-                   threading.Thread(target=drain, args=(proc.stderr, e))]
-        for th in threads:
-            th.start()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        for th in threads:
-            th.join()
-        out, err = b"".join(o), b"".join(e)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): "
-                           f"{err.decode(errors='replace')[-2000:]}")
-    return seconds, round(usage.ru_maxrss / 1024, 1), out.decode()
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return time.perf_counter() - t0, _rss_mb(usage.ru_maxrss)
 
 
 def _dir_bytes(path: Path, pattern: str = "*") -> int:
@@ -288,13 +260,13 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                 sizes = repo.storage_bytes(session)
             with engine.connect() as conn:  # the WAL into the file: its size is the store's
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            rebuild_s, rebuild_mb, _ = _timed_child(
+            rebuild_s, rebuild_mb = _timed_child(
                 [sys.executable, "-m", "echoimage", "--data-dir", str(data), "index",
                  "rebuild"], "index rebuild")
             log(f"{scale:,}: index rebuilt in {rebuild_s:.0f}s (peak RSS {rebuild_mb:.0f} MB);"
                 " serving process answering the queries")
             probe_out = work / f"probe-{scale}.json"
-            probe_s, probe_mb, _ = _timed_child(
+            probe_s, probe_mb = _timed_child(
                 [sys.executable, "-c", "import sys; from echoimage.bench.scale import "
                  "serve_probe; from pathlib import Path; serve_probe(Path(sys.argv[1]), "
                  "Path(sys.argv[2]), Path(sys.argv[3]))", str(data), str(qdir),

@@ -325,20 +325,11 @@ def _stack_descriptors(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return ids, descs
 
 
-def local_descriptors(session: Session, per_image: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first per_image stored ORB descriptors of every indexed image, with their ids
-    repeated per descriptor: (int64 N, uint8 N×32)."""
-    parts = list(iter_local_descriptors(session, per_image))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, 32), np.uint8)
-    return (np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]))
-
-
 def iter_local_descriptors(session: Session, per_image: int, batch: int = 20_000
                            ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """`local_descriptors` in pieces of `batch` images, by id (a million images' prefixes
-    are ~5 GB: a builder adds them piece by piece instead of holding them twice).
+    """The first per_image stored ORB descriptors of every indexed image, with their ids
+    repeated per descriptor, (int64 N, uint8 N×32) in pieces of `batch` images by id (a
+    million images' prefixes are ~5 GB: a builder adds them piece by piece).
 
     Each piece takes the next indexed ids from `images` (small rows), then reads that id
     range of `features` by its primary key: every large row is read once (a join ordered by
@@ -362,7 +353,7 @@ def iter_local_descriptors(session: Session, per_image: int, batch: int = 20_000
 
 
 def local_descriptor_count(session: Session, per_image: int) -> int:
-    """How many descriptors `local_descriptors` would return (reads every features row up
+    """How many descriptors `iter_local_descriptors` yields (reads every features row up
     to its keypoint count, past the thumbnail: for small stores)."""
     n = FeatureRow.n_keypoints
     kept = case((n < per_image, n), else_=per_image)
