@@ -22,7 +22,8 @@ import numpy as np
 import skimage.data
 from PIL import Image
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
 
 from echoimage.store.models import Status
 
@@ -283,17 +284,28 @@ def synthetic(seed: int, size: int = 300) -> np.ndarray:
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
-def indexed_count(db: Path) -> int | None:
-    """Indexed images in the store, read-only; None while the store does not exist yet."""
-    if not db.exists():
-        return None
-    engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
-                           connect_args={"timeout": 0.2})
+def store_url(data_dir: Path) -> str:
+    """The store a CLI process started by a test uses: ECHOIMAGE_DATABASE_URL (a
+    PostgreSQL database given to the test), else the data directory's SQLite file."""
+    return os.environ.get("ECHOIMAGE_DATABASE_URL") or f"sqlite:///{data_dir / 'echoimage.sqlite3'}"
+
+
+def indexed_count(url: str) -> int | None:
+    """Indexed images in the store at url (SQLite: read-only); None while the store or
+    its schema does not exist yet."""
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if not db.exists():
+            return None
+        engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
+                               connect_args={"timeout": 0.2})
+    else:
+        engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM images WHERE status = :s"),
                                     {"s": Status.INDEXED}).scalar() or 0)
-    except OperationalError:  # schema not created yet, or busy
+    except (OperationalError, ProgrammingError):  # schema not created yet, or busy
         return None
     finally:
         engine.dispose()
@@ -341,7 +353,7 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)
-    db = data_dir / "echoimage.sqlite3"
+    db = store_url(data_dir)
     killed = False
     deadline = time.monotonic() + timeout
     try:

@@ -23,6 +23,7 @@ from echoimage.web.app import create_app
 from echoimage.web.config import WebSettings
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.stores
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -71,8 +72,10 @@ def web_settings(allow: list[str], **kw: object) -> WebSettings:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def admin(tmp_path_factory: pytest.TempPathFactory, catalogue) -> AsyncIterator[Admin]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("admin-data"), workers=1)
+async def admin(tmp_path_factory: pytest.TempPathFactory, catalogue,
+                module_store_url: str | None) -> AsyncIterator[Admin]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("admin-data"), workers=1,
+                        database_url=module_store_url)
     await asyncio.to_thread(build_index, settings, [str(catalogue.root)], False)
     shop = TestServer(shop_app(), host="127.0.0.1")
     await shop.start_server()

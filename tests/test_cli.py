@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
+from conftest import URL_ENV
 from helpers import (
     jpeg,
     mirror,
@@ -27,7 +28,19 @@ from echoimage.sample import SAMPLE_NAMES
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
+
+
+@pytest.fixture(autouse=True)
+def _cli_built_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of `cli_built` reach its store through ECHOIMAGE_DATABASE_URL, as a user
+    would (unset on SQLite)."""
+    if "cli_built" in request.fixturenames:
+        url = request.getfixturevalue("module_store_url")
+        if url is None:
+            monkeypatch.delenv(URL_ENV, raising=False)
+        else:
+            monkeypatch.setenv(URL_ENV, url)
 
 
 def run(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -56,11 +69,14 @@ def image_rows(data_dir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def cli_built(catalogue, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """`index build DIR --json` on the generated catalogue, once for this module."""
+def cli_built(catalogue, tmp_path_factory: pytest.TempPathFactory,
+              module_store_url: str | None) -> tuple[Path, dict]:
+    """`index build DIR --json` on the generated catalogue, once for this module (and
+    back end)."""
     data_dir = tmp_path_factory.mktemp("cli-data")
+    env = {URL_ENV: module_store_url} if module_store_url else None
     result = run(data_dir, "index", "build", str(catalogue.root), "--json", "--workers", "2",
-                 "-q")
+                 "-q", env=env)
     assert result.exit_code == 0, result.output
     return data_dir, json.loads(result.output)
 
@@ -148,7 +164,7 @@ def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
     assert "error" in out[2]
 
 
-def test_query_needs_an_index(tmp_path) -> None:
+def test_query_needs_an_index(tmp_path, store_url: str | None) -> None:
     q = write(tmp_path / "q.png", png(photo("camera")))
     result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "empty"), "query",
                                       "--json", str(q)])
@@ -260,7 +276,7 @@ def _write_source(kind: str, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["images.json", "wrapped.json", "text", "jsonl", "csv"])
-def test_catalogue_sources(tmp_path: Path, kind: str) -> None:
+def test_catalogue_sources(tmp_path: Path, kind: str, store_url: str | None) -> None:
     root, files = _source_tree(tmp_path / "src")
     source = _write_source(kind, root)
     data_dir = tmp_path / "data"
@@ -286,7 +302,8 @@ def test_catalogue_sources(tmp_path: Path, kind: str) -> None:
     assert top["url"] == str(files["rocket"].resolve())
 
 
-def test_source_with_missing_file_and_duplicates(tmp_path: Path) -> None:
+def test_source_with_missing_file_and_duplicates(tmp_path: Path,
+                                                 store_url: str | None) -> None:
     root, files = _source_tree(tmp_path / "src")
     lines = ["images/coffee.jpg", "images/coffee.jpg", str(files["moon"]), "images/gone.jpg"]
     source = write(root / "list.txt", "\n".join(lines).encode())
@@ -313,7 +330,7 @@ def test_bad_catalogue_file(tmp_path: Path, name: str, content: bytes, message: 
     assert result.output.strip().count("\n") == 0
 
 
-def test_directory_source_walks_subfolders(tmp_path: Path) -> None:
+def test_directory_source_walks_subfolders(tmp_path: Path, store_url: str | None) -> None:
     root = tmp_path / "photos"
     keep = [write(root / "a.jpg", jpeg(synthetic(21, 120))),
             write(root / "sub" / "deeper" / "B.JPG", jpeg(synthetic(22, 120))),
@@ -333,7 +350,7 @@ def test_data_dir_from_environment(catalogue, cli_built) -> None:
     assert json.loads(result.output)["counts"] == {"indexed": len(catalogue.files)}
 
 
-def test_no_source_builds_the_sample_catalogue(tmp_path: Path) -> None:
+def test_no_source_builds_the_sample_catalogue(tmp_path: Path, store_url: str | None) -> None:
     data_dir = tmp_path / "data"
     result = run(data_dir, "index", "build", "--json", "--workers", "2", "-q")
     assert result.exit_code == 0, result.output

@@ -3,6 +3,11 @@ damaged stores and index files, kill -9 at random moments.
 
 Every case either works or is reported in one line (never a traceback), never hangs, and a
 re-run finishes with nothing lost or duplicated; `index verify` passes afterwards.
+
+SQLite only (not a `stores` module): the cases are SQLite's by nature (a deleted, truncated
+or damaged store file, its write-ahead log, a full or read-only mount under the store
+file, rows edited in the file behind the index). PostgreSQL's failures (server down, login
+refused, unknown database, closed connections) are in test_store.py.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
 from echoimage.update import update_index
 
-pytestmark = [pytest.mark.usefixtures("no_network")]
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,8 +313,9 @@ def warm_forkserver() -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, warm_forkserver: None) -> Settings:
-    """A fresh data directory; short HTTP timeout and byte cap; two feature workers."""
+def settings(tmp_path: Path, warm_forkserver: None, store_url: str | None) -> Settings:
+    """A fresh data directory and store; short HTTP timeout and byte cap; two feature
+    workers."""
     return Settings(data_dir=tmp_path / "data", workers=2, http_timeout=HTTP_TIMEOUT,
                     max_bytes=MAX_BYTES)
 

@@ -19,7 +19,7 @@ from echoimage.cli import cli
 from echoimage.dedupe import find_duplicates, margins
 from echoimage.search.engine import SearchEngine
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 
 def run(data: Path, *args: str | Path) -> tuple[int, str]:
@@ -133,7 +133,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     return root, groups
 
 
-def test_dedupe_finds_the_planted_groups(planted, tmp_path: Path) -> None:
+def test_dedupe_finds_the_planted_groups(planted, tmp_path: Path, store_url: str | None) -> None:
     root, expected = planted
     data = tmp_path / "data"
     rc, _ = run(data, "index", "build", "-q", root)
@@ -161,7 +161,8 @@ def test_dedupe_finds_the_planted_groups(planted, tmp_path: Path) -> None:
     assert rc == 0 and out.startswith("4 groups of duplicates, 5 images to remove of 13")
 
 
-def test_dedupe_with_crops_finds_a_part(planted, tmp_path: Path) -> None:
+def test_dedupe_with_crops_finds_a_part(planted, tmp_path: Path,
+                                      store_url: str | None) -> None:
     root, _ = planted
     data = tmp_path / "data"
     folder = tmp_path / "cat"

@@ -1,4 +1,5 @@
-"""Alembic migrations on a temporary SQLite file: up, down, up; CLI; models match schema."""
+"""Alembic migrations on a temporary SQLite file and a PostgreSQL database: up, down, up; CLI;
+models match schema."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from echoimage.store.db import (
 )
 from echoimage.store.models import Base
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 TABLES = {"sources", "images", "features", "runs", "store_info"}
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+def engine(tmp_path: Path, store_url: str | None) -> Iterator[Engine]:
+    """An engine on an empty store."""
+    eng = make_engine(store_url or f"sqlite:///{tmp_path / 'store.sqlite3'}")
     yield eng
     eng.dispose()
 
@@ -88,7 +90,7 @@ def test_upgrade_is_idempotent(engine: Engine) -> None:
     assert current_revision(engine) == head_revision()
 
 
-def test_db_upgrade_command(tmp_path: Path) -> None:
+def test_db_upgrade_command(tmp_path: Path, store_url: str | None) -> None:
     data_dir = tmp_path / "data"
     result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "db", "upgrade"],
                                 catch_exceptions=False)
@@ -105,6 +107,7 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_via_database_url(tmp_path: Path) -> None:
+    """The URL variable moves the store out of the data directory (a SQLite file here)."""
     url = f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
     result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "db", "upgrade"],
                                 env={"ECHOIMAGE_DATABASE_URL": url})
@@ -113,7 +116,7 @@ def test_db_upgrade_via_database_url(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "echoimage.sqlite3").exists()
 
 
-def test_open_store_upgrades_an_old_store(tmp_path: Path) -> None:
+def test_open_store_upgrades_an_old_store(tmp_path: Path, store_url: str | None) -> None:
     settings = Settings(data_dir=tmp_path)
     settings.ensure_dirs()
     engine = make_engine(settings.db_url)
@@ -127,7 +130,7 @@ def test_open_store_upgrades_an_old_store(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_a_failed_upgrade_leaves_no_half_made_schema(tmp_path: Path,
+def test_a_failed_upgrade_leaves_no_half_made_schema(engine: Engine,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The migrations run in one transaction: a failure (or a kill) half way through leaves
     the store as it was, and the next upgrade makes the whole schema."""
@@ -144,7 +147,6 @@ def test_a_failed_upgrade_leaves_no_half_made_schema(tmp_path: Path,
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
     monkeypatch.setattr(op, "create_index", failing)
     with pytest.raises((RuntimeError, StoreError)):
         upgrade(engine)
@@ -152,4 +154,3 @@ def test_a_failed_upgrade_leaves_no_half_made_schema(tmp_path: Path,
     monkeypatch.setattr(op, "create_index", real)
     upgrade(engine)
     assert tables(engine) == TABLES and current_revision(engine) == head_revision()
-    engine.dispose()

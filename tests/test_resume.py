@@ -22,7 +22,7 @@ from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
 
-pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.slow, pytest.mark.stores]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def make_catalogue(root: Path, n: int, start: int = 0) -> list[Path]:
     return [write(root / f"img{i:04d}.jpg", image_bytes(i)) for i in range(start, start + n)]
 
 
-def test_resume_after_sigkill(tmp_path: Path) -> None:
+def test_resume_after_sigkill(tmp_path: Path, store_url: str | None) -> None:
     for attempt, n in enumerate((150, 600)):
         data_dir = tmp_path / f"data{attempt}"
         root = tmp_path / f"catalogue{attempt}"
@@ -79,7 +79,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert dict(again.counts) == {"already-indexed": len(files)}
 
 
-def test_resume_records_interrupted_run(tmp_path: Path) -> None:
+def test_resume_records_interrupted_run(tmp_path: Path, store_url: str | None) -> None:
     """A killed build leaves its run 'running' and its unfinished images pending."""
     data_dir = tmp_path / "data"
     root = tmp_path / "catalogue"

@@ -14,7 +14,7 @@ from helpers import box_iou, jpeg, mirror, photo, web_page
 
 from echoimage.search.engine import SearchEngine
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 #: photos with texture enough for a 40% crop anywhere in them (the clock's flat face,
 #: for one, has too few keypoints in some corners)

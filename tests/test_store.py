@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import jpeg, photo, png
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from echoimage.bench.pgserver import PASSWORD_ROLE, free_port
+from echoimage.cli import cli
+from echoimage.config import Settings
 from echoimage.errors import StoreError
 from echoimage.features.decode import decode_image
 from echoimage.features.extract import extract_features
@@ -27,7 +33,7 @@ from echoimage.store.db import current_revision, head_revision, open_store, sess
 from echoimage.store.models import FeatureRow, Status
 from echoimage.types import CatalogueItem, ImageFeatures
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 
 def features(data: bytes) -> ImageFeatures:
@@ -298,3 +304,99 @@ def test_runs_are_recorded(sessions) -> None:
         runs = repo.recent_runs(s)
     assert runs[0]["id"] == run and runs[0]["status"] == "ok"
     assert runs[0]["counts"] == {"indexed": 3} and runs[0]["duration_s"] >= 0
+
+
+def test_over_long_urls_and_validators_are_not_kept(sessions, feats) -> None:
+    """A URL longer than `images.url` is skipped (PostgreSQL would refuse the whole batch),
+    an HTTP validator longer than its column is not kept."""
+    long_url = "https://example.com/" + "x" * repo.MAX_URL
+    ids = add(sessions, "/c/ok.jpg", long_url)
+    assert set(ids) == {"/c/ok.jpg"}
+    data, f = feats["camera"]
+    with sessions.begin() as s:
+        repo.save_features(s, ids["/c/ok.jpg"], hashlib.sha256(data).hexdigest(), len(data), f,
+                           etag='"' + "e" * 600 + '"', last_modified="Mon, 01 Jan 2024")
+    with sessions() as s:
+        known = repo.known_images(s)["/c/ok.jpg"]
+    assert known.etag is None and known.last_modified == "Mon, 01 Jan 2024"
+
+
+# --- PostgreSQL failures reach the user as one line ------------------------------------------
+
+def _store_error(tmp_path: Path, url: str) -> str:
+    """The StoreError that opening (and creating) a store at url raises."""
+    with pytest.raises(StoreError) as info:
+        open_store(Settings(data_dir=tmp_path / "data", database_url=url))
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_unreachable_postgresql_server_is_a_one_line_error(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://echo:secret@127.0.0.1:{free_port()}/echo"
+    message = _store_error(tmp_path, url)
+    assert message.startswith("store unreachable (postgresql+psycopg://echo:***@127.0.0.1")
+    assert "secret" not in message and "refused" in message
+    # and through the CLI: an error line and exit status 1, no traceback
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "status"],
+                                env={"ECHOIMAGE_DATABASE_URL": url})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith("Error: store unreachable")
+    assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.postgres
+def test_missing_postgresql_database_is_a_one_line_error(tmp_path: Path, postgres) -> None:
+    server = postgres.get()
+    message = _store_error(tmp_path, server.url("no_such_database"))
+    assert 'database "no_such_database" does not exist' in message
+    assert "create that database" in message
+
+
+@pytest.mark.postgres
+def test_refused_postgresql_login_is_a_one_line_error(tmp_path: Path, postgres) -> None:
+    server = postgres.get()
+    message = _store_error(tmp_path, server.url("postgres", PASSWORD_ROLE, "wrong"))
+    assert "password authentication failed" in message and "wrong" not in message
+    assert "check the user and password" in message
+
+
+@pytest.mark.postgres
+def test_connections_the_server_closed_are_replaced(tmp_path: Path, postgres) -> None:
+    """Pooled connections the server closed (a restart, a killed session) are replaced on
+    their next use instead of failing it."""
+    server = postgres.get()
+    name = server.create_database()
+    engine = open_store(Settings(data_dir=tmp_path / "data", database_url=server.url(name)))
+    try:
+        with session_factory(engine)() as s:
+            before = repo.store_state(s)
+        server.disconnect(name)
+        with session_factory(engine)() as s:
+            assert repo.store_state(s) == before
+    finally:
+        engine.dispose()
+        server.drop_database(name)
+
+
+def test_a_forked_child_opens_its_own_connections(engine: Engine) -> None:
+    """A child forked while the parent holds pooled connections opens new ones (two
+    processes on one socket would corrupt each other's conversations), and the parent's
+    stay usable."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT count(*) FROM images").scalar()
+        parent_conn = id(conn.connection.dbapi_connection)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when it used a connection of its own
+        code = 3
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT count(*) FROM images").scalar()
+                code = 0 if id(conn.connection.dbapi_connection) != parent_conn else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with engine.connect() as conn:
+        assert id(conn.connection.dbapi_connection) == parent_conn
+        assert conn.exec_driver_sql("SELECT count(*) FROM images").scalar() == 0

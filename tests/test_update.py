@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import write_catalogue
 from sqlalchemy import select
 
@@ -12,6 +13,8 @@ from echoimage.pipeline import build_index, feature_key, feature_params
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow
 from echoimage.update import update_index
+
+pytestmark = pytest.mark.stores
 
 
 def params_by_id(settings) -> dict[int, tuple[str | None, int]]:

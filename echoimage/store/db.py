@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import weakref
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,7 +64,12 @@ def describe_store_error(exc: BaseException, shown: str, connecting: bool = Fals
     if "database is locked" in low:
         return f"the store at {shown} is locked by another process ({detail}); try again"
     if connecting:
-        return f"store unreachable ({shown}): {detail}"
+        hint = ""
+        if "database" in low and "does not exist" in low:
+            hint = ": create that database first, or correct ECHOIMAGE_DATABASE_URL"
+        elif "authentication failed" in low or "no password supplied" in low:
+            hint = ": check the user and password in ECHOIMAGE_DATABASE_URL"
+        return f"store unreachable ({shown}): {detail}{hint}"
     return f"store error at {shown}: {detail}"
 
 
@@ -78,9 +84,30 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(db)
 
 
+#: engines made here, for the fork hook
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_FORK_HOOK: list[bool] = []
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child: start new connection pools, leaving the parent's connections
+    (sockets it is still using) alone."""
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+def _track(engine: Engine) -> None:
+    """Register an engine with the fork hook (installed with the first engine)."""
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_connections_after_fork)
+        _FORK_HOOK.append(True)
+    _ENGINES.add(engine)
+
+
 def make_engine(url: str, readonly: bool = False) -> Engine:
     """An engine; SQLite gets WAL, foreign keys and a busy timeout (or, read-only, none of
-    what would write). Database failures surface as StoreError with a one-line reason."""
+    what would write). Database failures surface as StoreError with a one-line reason. A
+    forked child process never uses the parent's pooled connections: it opens its own."""
     shown = make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
@@ -100,11 +127,16 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
 
     @event.listens_for(engine, "handle_error")
     def _one_line(ctx: ExceptionContext) -> None:
+        if ctx.is_pre_ping:
+            # a pooled connection the server closed (restarted, or killed the session):
+            # the pool replaces it with a new one; only a failure of that one is an error
+            return
         exc = ctx.sqlalchemy_exception
         if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
             raise StoreError(describe_store_error(exc, shown, ctx.connection is None)
                              ) from exc
 
+    _track(engine)
     return engine
 
 
@@ -129,16 +161,27 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _lock_schema(conn: Connection) -> None:
+    """Start the migration transaction holding the store's write lock, so that processes
+    opening a new store at the same time migrate it one after the other (the second finds
+    it at head). SQLite: an immediate transaction (the driver would run DDL outside any
+    transaction, and a kill between two CREATE TABLEs would leave a half-made schema);
+    PostgreSQL (whose DDL is transactional): the writers' advisory lock."""
+    from echoimage.store.repo import WRITE_LOCK_KEY
+
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the migrations up to revision on this engine's database, in one transaction
     (a run killed half way leaves the schema as it was)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                # the driver runs DDL outside any transaction unless one is open: without
-                # this, a kill between two CREATE TABLEs left a half-made schema
-                conn.exec_driver_sql("BEGIN")
+            _lock_schema(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:
@@ -149,6 +192,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     """Run the migrations down to revision."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        _lock_schema(conn)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 
@@ -246,7 +290,11 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
         except StoreError:
             engine.dispose()
             raise
-    except (SQLAlchemyError, ImportError) as exc:
+    except ImportError as exc:
+        raise StoreError(f"store unreachable ({shown}): {_first_line(exc)}: install the "
+                         "database driver (PostgreSQL: pip install 'echoimage[postgres]')"
+                         ) from None
+    except SQLAlchemyError as exc:
         raise StoreError(f"store unreachable ({shown}): {_first_line(exc)}") from None
     if rev is None and not create:
         engine.dispose()

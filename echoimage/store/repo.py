@@ -1,14 +1,26 @@
-"""Typed queries on the store. They return types.py objects or plain values, never ORM rows."""
+"""Typed queries on the store. They return types.py objects or plain values, never ORM rows.
+
+Concurrent writers (two builds, a build and an update, in separate processes) are kept from
+duplicating rows and from losing changes in two ways. The unique constraints on
+`images.url` and `sources.uri` are the last word, and rows are added with
+``INSERT ... ON CONFLICT DO NOTHING``, so a URL two writers add at once is recorded once. And
+every function here that writes begins by taking the store's write lock (`lock_writes`) for
+the rest of the transaction, so writing transactions run one after the other, as SQLite
+runs them anyway: a read-then-write sequence (a source looked up, then added; features
+deleted, then inserted) is never interleaved with another writer's, no two writers can
+deadlock on each other's rows, and change numbers are committed in their order.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import Insert, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from echoimage.store.codec import (
@@ -23,10 +35,24 @@ from echoimage.store.codec import (
 from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status, StoreInfo
 from echoimage.types import Candidate, CatalogueItem, ImageFeatures
 
+log = logging.getLogger(__name__)
+
+#: the longest catalogue URL the store keeps (`images.url`; longer ones are skipped: every
+#: database but SQLite refuses them)
+MAX_URL = ImageRow.__table__.c.url.type.length
+_MAX_ETAG = ImageRow.__table__.c.etag.type.length
+_MAX_LAST_MODIFIED = ImageRow.__table__.c.last_modified.type.length
+
 
 def now() -> datetime:
     """The current time in UTC."""
     return datetime.now(UTC)
+
+
+def _validator(value: str | None, limit: int) -> str | None:
+    """An HTTP validator as stored: one longer than its column is not kept (a cut one
+    would never match again; the image is then fetched in full next time)."""
+    return value if value is None or len(value) <= limit else None
 
 
 @dataclass(frozen=True)
@@ -52,15 +78,58 @@ class StoreState:
     store_id: str
 
 
+#: key of the PostgreSQL advisory lock that serialises writing transactions (any number
+#: unique to EchoImage; advisory locks are per database)
+WRITE_LOCK_KEY = 0x6563686F  # "echo"
+
+
+def lock_writes(session: Session) -> None:
+    """Take the store's write lock until the end of the session's transaction (again in
+    the same transaction: nothing more happens).
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: the database's own write lock,
+    taken now (``BEGIN IMMEDIATE``, waiting up to the busy timeout) rather than at the
+    first write, so what the transaction reads before it writes is still true when it
+    writes.
+    """
+    conn = session.connection()
+    name = conn.dialect.name
+    if name == "postgresql":
+        txn = session.get_transaction()
+        if session.info.get("write_locked") is not txn:  # the transaction that holds it
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+            session.info["write_locked"] = txn
+    elif name == "sqlite":
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None and not dbapi.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, key: str) -> Insert:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING`` in the session's dialect (a plain INSERT
+    in others: the unique constraint still refuses a duplicate)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[key])
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
+    return insert(table)
+
+
 def next_seq(session: Session, n: int = 1) -> int:
     """Reserve n consecutive change numbers; returns the first.
 
-    The counter row is updated in the caller's transaction: on PostgreSQL its row lock
-    makes concurrent writers commit in the order of their numbers, so a reader that has
-    seen change N has seen every change before it.
+    The counter row is updated in the caller's transaction, which holds the write lock:
+    concurrent writers commit in the order of their numbers, so a reader that has seen
+    change N has seen every change before it.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
+    lock_writes(session)
     last = session.execute(
         update(StoreInfo).where(StoreInfo.id == 1).values(seq=StoreInfo.seq + n)
         .returning(StoreInfo.seq)).scalar_one()
@@ -74,15 +143,17 @@ def current_seq(session: Session) -> int:
 
 def source_id(session: Session, uri: str, kind: str) -> int:
     """Id of a catalogue source, recorded on first use."""
-    found = session.scalar(select(Source.id).where(Source.uri == uri))
+    lock_writes(session)
     ts = now()
-    if found is not None:
+    found = session.scalar(select(Source.id).where(Source.uri == uri))
+    if found is None:  # (inserted only when missing: a conflict would use up an id)
+        session.execute(insert_ignoring_duplicates(session, Source.__table__, "uri").values(
+            uri=uri, kind=kind, added_at=ts, last_read_at=ts))
+        found = session.scalar(select(Source.id).where(Source.uri == uri))
+        assert found is not None
+    else:
         session.execute(update(Source).where(Source.id == found).values(last_read_at=ts))
-        return found
-    src = Source(uri=uri, kind=kind, added_at=ts, last_read_at=ts)
-    session.add(src)
-    session.flush()
-    return src.id
+    return int(found)
 
 
 def list_sources(session: Session) -> list[tuple[str, str]]:
@@ -123,8 +194,12 @@ def stale_feature_ids(session: Session, params: str) -> set[int]:
 
 
 def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | None) -> int:
-    """Insert catalogue items the store does not know yet, as pending. Returns how many."""
+    """Insert catalogue items the store does not know yet, as pending (a URL another
+    writer adds at the same time is recorded once). Returns how many were new."""
     items = list(items)
+    if not items:
+        return 0
+    lock_writes(session)
     known = known_images(session, [it.url for it in items])
     ts = now()
     seen: set[str] = set()
@@ -133,12 +208,18 @@ def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | 
         if it.url in known or it.url in seen:
             continue
         seen.add(it.url)
-        rows.append(ImageRow(url=it.url, source_id=source, status=Status.PENDING,
-                             meta=it.metadata or None, attempts=0, created_at=ts,
-                             updated_at=ts))
-    session.add_all(rows)
-    session.flush()
-    return len(rows)
+        if len(it.url) > MAX_URL:
+            log.warning("skipped a catalogue URL of %d characters (at most %d are kept): "
+                        "%s…", len(it.url), MAX_URL, it.url[:80])
+            continue
+        rows.append({"url": it.url, "source_id": source, "status": Status.PENDING,
+                     "meta": it.metadata or None, "attempts": 0, "created_at": ts,
+                     "updated_at": ts})
+    if not rows:
+        return 0
+    table = ImageRow.__table__
+    stmt = insert_ignoring_duplicates(session, table, "url").returning(table.c.id)
+    return len(session.execute(stmt, rows).all())
 
 
 @dataclass(frozen=True)
@@ -193,6 +274,7 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
     """Record many indexed images and (re)place their features, in bulk statements."""
     if not records:
         return
+    lock_writes(session)
     ts = now()
     ids = [r.image_id for r in records]
     session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
@@ -212,7 +294,8 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
     first = next_seq(session, len(records))
     session.execute(stmt, [
         {"b_id": r.image_id, "b_sha": r.sha256, "b_w": r.width, "b_h": r.height,
-         "b_fmt": r.format, "b_n": r.nbytes, "b_etag": r.etag, "b_lm": r.last_modified,
+         "b_fmt": r.format, "b_n": r.nbytes, "b_etag": _validator(r.etag, _MAX_ETAG),
+         "b_lm": _validator(r.last_modified, _MAX_LAST_MODIFIED),
          "b_seq": first + n}
         for n, r in enumerate(records)
     ])
@@ -223,11 +306,12 @@ def mark_unchanged(session: Session, image_id: int, etag: str | None = None,
     """Note that an indexed image was checked and found unchanged (new validators kept).
 
     updated_at is left alone: it is the change feed serving engines follow."""
+    lock_writes(session)
     values: dict[str, Any] = {}
     if etag is not None:
-        values["etag"] = etag
+        values["etag"] = _validator(etag, _MAX_ETAG)
     if last_modified is not None:
-        values["last_modified"] = last_modified
+        values["last_modified"] = _validator(last_modified, _MAX_LAST_MODIFIED)
     if values:
         session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
 
@@ -235,6 +319,7 @@ def mark_unchanged(session: Session, image_id: int, etag: str | None = None,
 def note_attempt(session: Session, image_id: int, reason: str) -> None:
     """A transient failure on an indexed image: keep its entry, remember the reason
     (updated_at is left alone: the entry the index holds did not change)."""
+    lock_writes(session)
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
         reason=f"last check failed: {reason}"[:2000], attempts=ImageRow.attempts + 1))
 
@@ -244,6 +329,7 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
     """Record why an image could not be indexed; its old features (if any) are dropped."""
     if status == Status.INDEXED:
         raise ValueError("a failure cannot have status 'indexed'")
+    lock_writes(session)
     ts = now()
     session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id == image_id))
     values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
@@ -432,7 +518,9 @@ def thumbnail_png(session: Session, image_id: int) -> bytes | None:
 
 def start_run(session: Session, kind: str, sources: list[str]) -> int:
     """Record the start of an indexing run; runs left 'running' by a killed process are
-    marked 'interrupted' (runs never overlap: `scripts/reindex-cron.sh` holds a lock)."""
+    marked 'interrupted' (so is a run another process is still doing, if any: it records
+    'ok' or 'failed' over that when it ends; `scripts/reindex-cron.sh` never overlaps its
+    own runs)."""
     session.execute(update(Run).where(Run.status == "running").values(status="interrupted"))
     run = Run(kind=kind, started_at=now(), status="running", sources=sources)
     session.add(run)
@@ -506,6 +594,7 @@ def requeue(session: Session, ids: Sequence[int], reason: str) -> None:
     ids = [int(i) for i in ids]
     if not ids:
         return
+    lock_writes(session)
     first = next_seq(session, len(ids))
     session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
     for n, image_id in enumerate(ids):
@@ -518,6 +607,7 @@ def drop_features(session: Session, ids: Sequence[int]) -> None:
     """Delete the features rows of these images."""
     ids = [int(i) for i in ids]
     if ids:
+        lock_writes(session)
         session.execute(FeatureRow.__table__.delete().where(FeatureRow.image_id.in_(ids)))
 
 
@@ -574,6 +664,7 @@ def images_by_ref(session: Session, refs: Sequence[str]) -> tuple[dict[str, int]
 def remove_images(session: Session, ids: Sequence[int]) -> list[tuple[int, str]]:
     """Take images out of the catalogue: status removed, features dropped, one change
     number each (the index drops them). Returns (id, url) of those not removed before."""
+    lock_writes(session)
     rows = session.execute(select(ImageRow.id, ImageRow.url).where(
         ImageRow.id.in_([int(i) for i in ids]), ImageRow.status != Status.REMOVED)
         .order_by(ImageRow.id)).all()
@@ -597,6 +688,7 @@ def image_ids_of_source(session: Session, source_id: int) -> list[int]:
 
 def forget_source(session: Session, source_id: int) -> None:
     """Delete a source's record (its images keep their rows, without a source)."""
+    lock_writes(session)
     session.execute(update(ImageRow).where(ImageRow.source_id == source_id)
                     .values(source_id=None))
     session.execute(Source.__table__.delete().where(Source.id == source_id))
@@ -621,6 +713,7 @@ def legacy_feature_ids(session: Session, after: int, limit: int) -> list[int]:
 def compact_features(session: Session, ids: Sequence[int]) -> int:
     """Rewrite these feature rows the row-format-2 way (an unchanged image: no change
     number). Returns how many were rewritten."""
+    lock_writes(session)
     done = 0
     for r in session.execute(select(FeatureRow.image_id, FeatureRow.thumbnail,
                                     FeatureRow.keypoints, FeatureRow.descriptors)
@@ -635,4 +728,5 @@ def compact_features(session: Session, ids: Sequence[int]) -> int:
 
 def set_row_format(session: Session, value: int) -> None:
     """Record how the store's feature rows are encoded."""
+    lock_writes(session)
     session.execute(update(StoreInfo).where(StoreInfo.id == 1).values(row_format=value))

@@ -1,0 +1,131 @@
+"""Concurrent writers: `echoimage index build` and `index update` run by separate OS
+processes at the same time on one store and data directory, over overlapping sources.
+
+Each ends successfully, every image is in the store exactly once with one features row,
+every change got a number of its own, and `echoimage index verify` finds the index files in
+agreement with the store. Runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, jpeg, synthetic, write
+from sqlalchemy import text
+
+from echoimage.config import Settings
+from echoimage.store.db import open_store
+from echoimage.store.models import Status
+
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores, pytest.mark.slow]
+
+#: images per catalogue directory
+PER_DIR = 24
+
+
+@functools.cache
+def image_bytes(i: int) -> bytes:
+    """Catalogue image i: a distinct 200 px synthetic JPEG."""
+    return jpeg(synthetic(i, 200), 85)
+
+
+def make_dirs(root: Path, names: str) -> dict[str, list[Path]]:
+    """Directories root/<name> of PER_DIR distinct images each."""
+    out = {}
+    for k, name in enumerate(names):
+        out[name] = [write(root / name / f"{name}{i:03d}.jpg", image_bytes(k * 100 + i))
+                     for i in range(PER_DIR)]
+    return out
+
+
+def start(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`echoimage --data-dir DATA ARGS` in a process of its own (the store URL, if any,
+    comes from ECHOIMAGE_DATABASE_URL); small batches make the writers interleave."""
+    env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "3"}
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def finish(*procs: subprocess.Popen[bytes], timeout: float = 120) -> list[str]:
+    """Wait for the processes; each must succeed. Their standard outputs."""
+    deadline = time.monotonic() + timeout
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        assert proc.returncode == 0, (proc.args, err.decode(errors="replace")[-3000:])
+        outs.append(out.decode())
+    return outs
+
+
+def check_store(settings: Settings, files: list[Path]) -> None:
+    """Every file once, indexed, with one features row; one change number per change; and
+    `index verify` finds the index files in agreement with the store."""
+    engine = open_store(settings, create=False)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT url, status, seq FROM images")).all()
+            features = conn.execute(text("SELECT image_id FROM features")).scalars().all()
+            ids = conn.execute(text("SELECT id FROM images")).scalars().all()
+            sources = conn.execute(text("SELECT uri FROM sources")).scalars().all()
+            last = conn.execute(text("SELECT seq FROM store_info")).scalar_one()
+    finally:
+        engine.dispose()
+    urls = [r[0] for r in rows]
+    assert sorted(urls) == sorted(str(p.resolve()) for p in files)  # each once, none lost
+    assert {r[1] for r in rows} == {Status.INDEXED}
+    assert sorted(features) == sorted(ids)  # one features row per image
+    assert len(sources) == len(set(sources))
+    seqs = [r[2] for r in rows]
+    assert len(set(seqs)) == len(seqs) and max(seqs) <= last  # a number per change
+    result = subprocess.run([sys.executable, "-m", "echoimage", "--data-dir",
+                             str(settings.data_dir), "index", "verify", "--dry-run", "--json"],
+                            cwd=REPO, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["problems"] == {} and report["files"] is None, report
+    assert report["store_indexed"] == len(files)
+
+
+def test_two_builds_over_overlapping_sources(tmp_path: Path, store_url: str | None) -> None:
+    """Two builds start together on an empty store (both create the schema), one over
+    directories a and b, the other over b and c: b's images are added, fetched and written
+    by both."""
+    dirs = make_dirs(tmp_path / "cat", "abc")
+    data_dir = tmp_path / "data"
+    root = tmp_path / "cat"
+    first = start(data_dir, "index", "build", str(root / "a"), str(root / "b"), "-q",
+                  "--workers", "1")
+    second = start(data_dir, "index", "build", str(root / "b"), str(root / "c"), "-q",
+                   "--workers", "1")
+    finish(first, second)
+    check_store(Settings(data_dir=data_dir), [p for d in dirs.values() for p in d])
+
+
+def test_a_build_beside_an_update(tmp_path: Path, store_url: str | None) -> None:
+    """An update that re-extracts every image of a and b (changed files) runs beside a
+    build that adds b again and c."""
+    root = tmp_path / "cat"
+    dirs = make_dirs(root, "abc")
+    data_dir = tmp_path / "data"
+    finish(start(data_dir, "index", "build", str(root / "a"), str(root / "b"), "-q",
+                 "--workers", "1"))
+    for p in dirs["a"] + dirs["b"]:  # touched: the update reads and extracts them again
+        os.utime(p, (time.time() + 5, time.time() + 5))
+    update = start(data_dir, "index", "update", "-q")
+    build = start(data_dir, "index", "build", str(root / "b"), str(root / "c"), "-q",
+                  "--workers", "1")
+    finish(update, build)
+    check_store(Settings(data_dir=data_dir), [p for d in dirs.values() for p in d])
