@@ -44,10 +44,12 @@ class Settings(BaseSettings):
     local_per_image: int = 150
     local_flat_max: int = 20_000
     local_nprobe: int = 8
+    local_wide_nprobe: int = 16  # lists searched when there are more than 8,192 (1M images)
     local_query_descriptors: int = 200
     local_max_distance: int = 48
     local_neighbours: int = 2
     local_min_lists: int = 256
+    local_flat_quantizer_max: int = 8192  # more IVF lists: a two-level quantizer
     vote_n: int = 4
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3
@@ -75,6 +77,11 @@ class Settings(BaseSettings):
 
     # indexing
     workers: int = 0
+    # a Dask cluster for builds, updates and the sharded vote search: tcp://HOST:8786, or
+    # local:N for a LocalCluster of N worker processes (see echoimage.cluster)
+    cluster: str | None = None
+    cluster_shard_size: int = 32  # images per build task on the cluster
+    index_shards: int = 1  # with a cluster: actors holding the local-feature index
     #: a long build or update writes what it changed to the index files every this many
     #: changed rows (so a serving process's in-memory delta stays small)
     index_flush_rows: int = 5000
@@ -96,11 +103,12 @@ class Settings(BaseSettings):
         from echoimage.index.local import LocalParams
 
         return LocalParams(per_image=self.local_per_image, flat_max=self.local_flat_max,
-                           nprobe=self.local_nprobe,
+                           nprobe=self.local_nprobe, wide_nprobe=self.local_wide_nprobe,
                            query_descriptors=self.local_query_descriptors,
                            neighbours=self.local_neighbours,
                            max_distance=self.local_max_distance,
-                           min_lists=self.local_min_lists)
+                           min_lists=self.local_min_lists,
+                           flat_quantizer_max=self.local_flat_quantizer_max)
 
     @property
     def db_url(self) -> str:

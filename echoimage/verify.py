@@ -20,6 +20,7 @@ from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.index.binary import IndexFileDamaged, codes_of
 from echoimage.index.build import load_parts, misfit, rebuild_index_files, snapshot
+from echoimage.index.local import probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
 from echoimage.store import repo
@@ -130,7 +131,7 @@ def verify_index(settings: Settings, repair: bool = True) -> VerifyReport:
             if report.files is None:
                 try:
                     parts, quantizer = load_parts(settings.index_dir, manifest)
-                    pset = PartSet(parts, quantizer, settings.local_nprobe)
+                    pset = PartSet(parts, quantizer, probes(quantizer, settings.local_params))
                     report.later_changes = sum(1 for r in rows if r.seq > manifest.seq)
                     _compare(report, pset, rows, manifest.seq, settings.local_per_image)
                 except IndexFileDamaged as exc:

@@ -38,7 +38,7 @@ from echoimage.store.models import FeatureRow, ImageRow, Status
 from echoimage.store.repo import StoreState
 from echoimage.types import CatalogueItem
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 
 # --- oracle -----------------------------------------------------------------------------
@@ -394,18 +394,23 @@ def test_shortlist_on_empty_index() -> None:
     assert shortlist(index, hash_input(to_gray(photo("camera"))), 5) == []
 
 
-@pytest.mark.parametrize("exact_count", [True, False])
-def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact_count) -> None:
+@pytest.mark.parametrize(("exact_count", "two_level"), [(True, False), (False, False),
+                                                        (False, True)])
+def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact_count,
+                                                  two_level) -> None:
     """A rebuild reads the local descriptors piece by piece and trains on a sample of
     images (a large store estimates its descriptor count from that sample): the index holds
-    exactly the store's prefixes, and a query still finds its photo through the IVF index."""
+    exactly the store's prefixes, and a query still finds its photo through the IVF index
+    (with a flat quantizer, or a two-level one when the lists are many)."""
     from echoimage.index import build
     from echoimage.index.build import load_parts, rebuild_index_files, training_sample
-    from echoimage.index.local import local_ids, quantizer_of
+    from echoimage.index.local import is_two_level, local_ids, nlist_for, quantizer_of
 
     if not exact_count:
         monkeypatch.setattr(build, "EXACT_COUNT_MAX", 1)
-    s = built_copy.settings.model_copy(update={"local_flat_max": 1000, "local_min_lists": 16})
+    s = built_copy.settings.model_copy(update={
+        "local_flat_max": 1000, "local_min_lists": 16,
+        "local_flat_quantizer_max": 8 if two_level else 8192})
     engine = open_store(s)
     try:
         with session_factory(engine)() as session:
@@ -432,8 +437,13 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
         engine.dispose()
     manifest = read_manifest(s.index_dir)
     assert manifest is not None and manifest.layout == "ivf"
-    (base,), _ = load_parts(s.index_dir, manifest)
+    (base,), quantizer = load_parts(s.index_dir, manifest)
     assert quantizer_of(base.local) is not None
+    assert is_two_level(quantizer) == two_level
+    if two_level:  # 4·√n lists
+        assert quantizer.ntotal == nlist_for(len(lids), s.local_params) > 4 * np.sqrt(len(lids)) - 1
     assert np.array_equal(np.sort(local_ids(base.local)), np.sort(lids))
-    top = SearchEngine(s).query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
+    engine = SearchEngine(s)
+    top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
     assert top.url == built_copy.catalogue.url("rocket")
+    assert engine.live.current().parts.nprobe == (16 if two_level else 8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
+from echoimage.index.local import is_two_level, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
 from echoimage.search.engine import SearchEngine
@@ -34,7 +35,7 @@ from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
 from echoimage.types import CatalogueItem, ImageFeatures
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 #: enough synthetic images for an IVF index with the small settings below
 POOL = 48
@@ -71,7 +72,7 @@ class Catalogue:
         with self.sessions.begin() as s:
             repo.add_pending(s, [CatalogueItem(url, "test")], None)
             image_id = repo.known_images(s, [url])[url].id
-            repo.save_features(s, image_id, hashlib.sha256(data).hexdigest() + url[-4:],
+            repo.save_features(s, image_id, hashlib.sha256(data + url.encode()).hexdigest(),
                                len(data), feats, params="test")
         self.urls[url] = which
 
@@ -98,13 +99,11 @@ def random_step(cat: Catalogue, rng: np.random.Generator, n: int, step: int) -> 
             cat.remove(str(rng.choice(live)))
 
 
-def oracle(settings: Settings, tmp_path: Path, name: str) -> Settings:
+def oracle(settings: Settings, tmp_path: Path, name: str,
+           copy_store: Callable[[Settings, Path], Settings]) -> Settings:
     """A copy of the store whose index is rebuilt from scratch with the same quantizer."""
-    copy = settings.model_copy(update={"data_dir": tmp_path / name})
-    shutil.rmtree(copy.data_dir, ignore_errors=True)
-    copy.data_dir.mkdir(parents=True)
-    for f in settings.data_dir.glob("echoimage.sqlite3*"):
-        shutil.copy(f, copy.data_dir / f.name)
+    shutil.rmtree(tmp_path / name, ignore_errors=True)
+    copy = copy_store(settings, tmp_path / name)
     manifest = read_manifest(settings.index_dir)
     assert manifest is not None and manifest.layout == "ivf"
     quantizer = read_quantizer(settings.index_dir, manifest)
@@ -120,7 +119,7 @@ def file_parts(settings: Settings) -> PartSet:
     manifest = read_manifest(settings.index_dir)
     assert manifest is not None
     parts, quantizer = load_parts(settings.index_dir, manifest)
-    return PartSet(parts, quantizer, settings.local_nprobe)
+    return PartSet(parts, quantizer, probes(quantizer, settings.local_params))
 
 
 def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
@@ -165,7 +164,7 @@ def indexed_ids(cat: Catalogue) -> set[int]:
 
 
 @pytest.fixture
-def cat(tmp_path: Path, pool) -> Iterator[Catalogue]:
+def cat(tmp_path: Path, pool, store_url: str | None) -> Iterator[Catalogue]:
     """An empty store with the small IVF settings, changed through the repository."""
     catalogue = Catalogue(ivf_settings(tmp_path / "live"), pool)
     yield catalogue
@@ -179,10 +178,16 @@ def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build_mod, "COMPACT_SHARE", 0.1)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "two_level"), [(1, False), (2, False), (3, False),
+                                               (4, True)])
 def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, cat: Catalogue, seed: int,
-                                                   small_merges: None) -> None:
+                                                   two_level: bool, small_merges: None,
+                                                   copy_store) -> None:
+    """Also with a two-level quantizer (many lists): its parts are IVF indexes over copies
+    of it, merged and compacted like the others."""
     rng = np.random.default_rng(seed)
+    if two_level:
+        cat.settings = cat.settings.model_copy(update={"local_flat_quantizer_max": 8})
     settings = cat.settings
     for i in range(30):
         cat.add(f"/cat/first-{i}.jpg", i % POOL)
@@ -193,16 +198,18 @@ def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, cat: Catalogu
         random_step(cat, rng, int(rng.integers(1, 6)), step)
         report = update_index_files(settings, cat.engine)
         actions.append(report.action)
-        copy = oracle(settings, tmp_path, f"oracle-{step}")
+        copy = oracle(settings, tmp_path, f"oracle-{step}", copy_store)
         assert_same_answers(file_parts(settings), file_parts(copy), settings, rng,
                             indexed_ids(cat))
     # the incremental path was taken, merges and compactions among it, never a retrain
     assert IndexAction.REBUILT not in actions
     assert IndexAction.SEGMENT in actions
     assert {IndexAction.MERGED, IndexAction.COMPACTED} & set(actions)
+    assert is_two_level(file_parts(settings).quantizer) == two_level
 
 
-def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue) -> None:
+def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue,
+                                                copy_store) -> None:
     rng = np.random.default_rng(7)
     settings = cat.settings
     for i in range(30):
@@ -214,12 +221,12 @@ def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue) 
         live.refresh()
         snap = live.snapshot()
         assert snap.files_seq < snap.seq and len(snap.parts.parts) == 2
-        copy = oracle(settings, tmp_path, f"oracle-{step}")
+        copy = oracle(settings, tmp_path, f"oracle-{step}", copy_store)
         assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
 
 
 def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
-                                              small_merges: None) -> None:
+                                              small_merges: None, copy_store) -> None:
     """End to end: transformed copies of catalogue images get the same ranked results."""
     rng = np.random.default_rng(11)
     settings = cat.settings
@@ -229,7 +236,7 @@ def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
     for step in range(6):
         random_step(cat, rng, 5, step)
         update_index_files(settings, cat.engine)
-    copy = oracle(settings, tmp_path, "oracle")
+    copy = oracle(settings, tmp_path, "oracle", copy_store)
     live, fresh = SearchEngine(settings), SearchEngine(copy)
     for which in sorted(set(cat.urls.values()))[:8]:
         arr = synthetic(1000 + which, 320)

@@ -48,6 +48,7 @@ from echoimage.index.local import (
     empty_part,
     local_part,
     nlist_for,
+    probes,
     quantizer_of,
     train_quantizer,
 )
@@ -306,7 +307,8 @@ def _whole(engine: Engine, lp: Any, name: str, quantizer: faiss.IndexBinary | No
     return state, part, quantizer
 
 
-def _part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:
+def rows_part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:
+    """A part holding these rows (IVF over the quantizer, or flat)."""
     return Part(name, seq, build_binary_index(rows.ids, rows.codes),
                 local_part(rows.local_ids, rows.descs, quantizer), rows.touched)
 
@@ -408,6 +410,10 @@ def _retrain_reason(manifest: IndexManifest, state: repo.StoreState, settings: S
                 f"{RETRAIN_GROWTH:g}x the {trained:,} the quantizer was trained on")
     if nlist_for(int(estimate), lp) < manifest.trained["nlist"] / 4:
         return "the catalogue shrank to a quarter of the lists' size"
+    if nlist_for(int(estimate), lp) > 4 * manifest.trained["nlist"]:
+        # an index trained before large catalogues had more, smaller lists
+        return (f"the catalogue wants {nlist_for(int(estimate), lp):,} lists, over 4x the "
+                f"{manifest.trained['nlist']:,} the quantizer has")
     trained_imbalance = manifest.trained.get("imbalance") or 1.0
     compaction = manifest.last_compaction or {}
     since_training = compaction.get("seq", -1) >= manifest.trained["seq"]
@@ -477,7 +483,7 @@ def update_index_files(settings: Settings, engine: Engine, retrain: bool = True
         except IndexFileDamaged as exc:
             log.warning("%s: rebuilding the index", exc)
             return _rebuild(settings, engine, str(exc), t0, manifest)
-        segment = _part(f"seg-{state.seq}-{time.time_ns()}", state.seq, rows, quantizer)
+        segment = rows_part(f"seg-{state.seq}-{time.time_ns()}", state.seq, rows, quantizer)
         info = write_part(directory, segment, manifest.seq)
         segments = (*manifest.segments, info)
         action = IndexAction.SEGMENT
@@ -527,7 +533,7 @@ def in_memory_index(settings: Settings, engine: Engine) -> tuple[PartSet, int]:
     written); (parts, the change number they include)."""
     lp = settings.local_params
     state, part, quantizer = _whole(engine, lp, "memory", None)
-    return PartSet((part,), quantizer, lp.nprobe), state.seq
+    return PartSet((part,), quantizer, probes(quantizer, lp)), state.seq
 
 
 def delta_part(session: Any, after: int, settings: Settings,
@@ -538,4 +544,4 @@ def delta_part(session: Any, after: int, settings: Settings,
     if seq == after:
         return None, seq
     _, rows = changed_rows(session, after, settings.local_per_image)
-    return _part(f"delta-{seq}", seq, rows, quantizer), seq
+    return rows_part(f"delta-{seq}", seq, rows, quantizer), seq

@@ -31,6 +31,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
+from echoimage.index.local import probes
 from echoimage.index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from echoimage.index.parts import Part, PartSet
 from echoimage.store import repo
@@ -172,7 +173,8 @@ class LiveIndex:
                 with snapshot(self.engine) as session:
                     delta, seq = delta_part(session, files_seq, self.settings, quantizer)
             parts = (*file_parts, delta) if delta is not None else file_parts
-            new = Snapshot(PartSet(parts, quantizer, self.settings.local_nprobe), seq,
+            new = Snapshot(PartSet(parts, quantizer,
+                                   probes(quantizer, self.settings.local_params)), seq,
                            files_seq, file_parts, quantizer, manifest, key, time.time())
             self._snap = new
             if old is not None and (old.seq, old.manifest_key) != (new.seq, new.manifest_key):
