@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale faults browser clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-cluster faults browser postgres clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +28,14 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  || echo "warning: chromium could not be installed"; }
 
-test: $(STAMP) browser
+# Debian's PostgreSQL server for the store tests (each test session starts its own)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing postgresql with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	  || echo "warning: postgresql could not be installed"; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/ruff check echoimage tests scripts
 	$(BIN)/python -m pytest -q
 
@@ -52,6 +59,9 @@ bench-dedupe: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python scripts/bench_scale.py $(PHOTOS) --out bench-out
+
+bench-cluster: $(STAMP) postgres
+	$(BIN)/python scripts/bench_cluster.py $(PHOTOS) --out bench-out
 
 faults: $(STAMP)
 	$(BIN)/python scripts/faults.py --out bench-out/faults.json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+cluster_option = click.option(
+    "--cluster", metavar="ADDRESS", default=None,
+    help="Run on a Dask cluster: its scheduler (tcp://HOST:8786) or local:N (N local "
+         "worker processes). Env: ECHOIMAGE_CLUSTER.")
+shards_option = click.option(
+    "--shards", type=click.IntRange(1, 1024), default=None,
+    help="With --cluster: hold the local-feature index in N shards on the workers. "
+         "Env: ECHOIMAGE_INDEX_SHARDS.")
+
+
+def _with(settings: Settings, **changes: Any) -> Settings:
+    """Settings with the options that were given."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return settings.model_copy(update=given) if given else settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +69,8 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="echoimage: %(message)s", stream=sys.stderr)
+    if not verbose:  # Dask sets its own loggers' levels when it is imported
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("alembic", "faiss"):  # their INFO lines are about their own loading
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings(data_dir=data_dir) if data_dir else Settings()
@@ -77,11 +94,12 @@ def index() -> None:
 @click.option("--workers", type=int, default=None,
               help="Feature worker processes (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@cluster_option
 @json_option
 @click.pass_context
 @handle_errors
 def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, workers: int | None,
-                quiet: bool, as_json: bool) -> None:
+                quiet: bool, cluster: str | None, as_json: bool) -> None:
     """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, URLs.
 
     With no SOURCE on an empty store, the bundled sample catalogue is indexed (with
@@ -94,19 +112,18 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
     """
     from echoimage.pipeline import build_index
 
-    settings = _settings(ctx)
-    if workers is not None:
-        settings = settings.model_copy(update={"workers": workers})
+    settings = _with(_settings(ctx), workers=workers, cluster=cluster)
     summary = build_index(settings, list(sources), progress=not quiet, sample=sample)
     _print_summary(summary, as_json)
 
 
 @index.command("update")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@cluster_option
 @json_option
 @click.pass_context
 @handle_errors
-def index_update(ctx: click.Context, quiet: bool, as_json: bool) -> None:
+def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: bool) -> None:
     """Re-index: re-read the recorded sources; new, changed and gone images.
 
     Example (from cron):
@@ -115,7 +132,7 @@ def index_update(ctx: click.Context, quiet: bool, as_json: bool) -> None:
     """
     from echoimage.update import update_index
 
-    summary = update_index(_settings(ctx), progress=not quiet)
+    summary = update_index(_with(_settings(ctx), cluster=cluster), progress=not quiet)
     _print_summary(summary, as_json)
     if summary.counts.get("source-unreadable"):
         raise click.ClickException("some catalogue sources could not be read (see above); "
@@ -258,10 +275,13 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 @click.argument("queries", nargs=-1, required=True)
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Results per query.")
+@cluster_option
+@shards_option
 @json_option
 @click.pass_context
 @handle_errors
-def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -> None:
+def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | None,
+          shards: int | None, as_json: bool) -> None:
     """Find catalogue images similar to each IMAGE_OR_URL (the index loads once).
 
     With --json, one JSON object per query per line, in input order. Exit status 1 if
@@ -275,7 +295,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -
     from echoimage.search.engine import SearchEngine
     from echoimage.search.query import read_query
 
-    settings = _settings(ctx)
+    settings = _with(_settings(ctx), cluster=cluster, index_shards=shards)
     try:
         engine = SearchEngine(settings)
     except EchoImageError as exc:
@@ -285,27 +305,30 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, as_json: bool) -
             click.echo(json.dumps({"query": path_url(arg), "error": str(exc)}))
         ctx.exit(1)
     failed = 0
-    for arg in queries:
-        q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
-        try:
-            data = read_query(arg, settings)
-            res = engine.query_bytes(data, k)
-        except EchoImageError as exc:
-            failed += 1
+    try:
+        for arg in queries:
+            q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
+            try:
+                data = read_query(arg, settings)
+                res = engine.query_bytes(data, k)
+            except EchoImageError as exc:
+                failed += 1
+                if as_json:
+                    click.echo(json.dumps({"query": q, "error": str(exc)}))
+                else:
+                    click.echo(f"{q}: error: {exc}", err=True)
+                continue
             if as_json:
-                click.echo(json.dumps({"query": q, "error": str(exc)}))
-            else:
-                click.echo(f"{q}: error: {exc}", err=True)
-            continue
-        if as_json:
-            click.echo(json.dumps({"query": q, "results": [m.to_dict() for m in res.matches]}))
-            continue
-        click.echo(f"{q}")
-        for rank, m in enumerate(res.matches, 1):
-            verdict = "EXACT" if m.exact else ("duplicate" if m.duplicate else "similar")
-            click.echo(f"  {rank}. {m.score:.3f} {verdict:9s} ssim={m.ssim:.3f} "
-                       f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d} "
-                       f"{m.orientation:13s} {m.url}")
+                click.echo(json.dumps({"query": q, "results": [m.to_dict() for m in res.matches]}))
+                continue
+            click.echo(f"{q}")
+            for rank, m in enumerate(res.matches, 1):
+                verdict = "EXACT" if m.exact else ("duplicate" if m.duplicate else "similar")
+                click.echo(f"  {rank}. {m.score:.3f} {verdict:9s} ssim={m.ssim:.3f} "
+                           f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d} "
+                           f"{m.orientation:13s} {m.url}")
+    finally:
+        engine.close()
     sys.stdout.flush()
     if failed:
         ctx.exit(1)
@@ -519,9 +542,12 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@cluster_option
+@shards_option
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
+          shards: int | None) -> None:
     """Serve the web page and the JSON API (POST /api/search, docs at /docs).
 
     Example:
@@ -530,7 +556,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     """
     from echoimage.web.app import serve as run_server
 
-    run_server(_settings(ctx), host, port)
+    run_server(_with(_settings(ctx), cluster=cluster, index_shards=shards), host, port)
 
 
 @cli.command("bench")

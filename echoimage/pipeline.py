@@ -294,6 +294,9 @@ class Indexer:
             work = [w for w in work if w.image_id not in done]
         if not work:
             return
+        if self.settings.cluster:
+            self._run_cluster(work, summary)
+            return
         if len(work) <= INLINE_MAX:
             # a handful of images (a one-image update): starting worker processes would
             # cost more than the work; a thread of this process does it
@@ -350,17 +353,12 @@ class Indexer:
             on_result(res)
 
         async def do_remote(item: WorkItem, fres: Any) -> None:
-            if fres.status == "ok" and fres.data is not None:
+            res = fetched_result(item, fres)
+            if res is None:
                 async with cpu_slots:
                     res = await loop.run_in_executor(
                         pool, process_bytes, item.image_id, fres.data, self.params,
                         fres.etag, fres.last_modified, item.sha256 if item.was_indexed else None)
-            elif fres.status == "not-modified":
-                res = WorkResult(item.image_id, UNCHANGED, etag=fres.etag,
-                                 last_modified=fres.last_modified)
-            else:
-                res = WorkResult(item.image_id, fetch_to_store_status(fres.status),
-                                 fres.reason or fres.status)
             on_result(res)
 
         async def submit(coro: Any) -> None:
@@ -400,37 +398,103 @@ class Indexer:
     def _write(self, results: list[WorkResult], items: dict[int, WorkItem],
                summary: BuildSummary) -> None:
         """One transaction for a batch of results."""
-        with self.sessions.begin() as session:
-            records = []
-            for r in results:
-                item = items[r.image_id]
-                status = r.status
-                if status == Status.INDEXED and r.record is not None:
-                    records.append(r.record)
-                    if item.reextract:
-                        status = "re-extracted"
-                    elif item.was_indexed:
-                        status = "changed"
-                elif status == UNCHANGED:
-                    repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
-                elif item.was_indexed and status in TRANSIENT:
-                    repo.note_attempt(session, r.image_id, r.reason or status)
-                    status = f"kept ({status})"
-                    summary.failures.append((item.url, r.status, r.reason or ""))
-                else:
-                    repo.save_failure(session, r.image_id, status, r.reason or status,
-                                      r.sha256, r.nbytes)
-                    summary.failures.append((item.url, status, r.reason or ""))
-                summary.counts[status] += 1
-                if r.sha256 is not None and r.status != UNCHANGED:
-                    summary.processed += 1
-                if r.status != UNCHANGED and not status.startswith("kept"):
-                    self._since_flush += 1
-            repo.save_feature_records(session, records)
+        self._changed(write_results(self.sessions, results, items, summary))
+
+    def _changed(self, rows: int) -> None:
+        """Count changed rows; a long run makes its work searchable (and durable in the
+        index) as it goes."""
+        self._since_flush += rows
         if self._since_flush >= self.settings.index_flush_rows:
-            # a long run makes its work searchable (and durable in the index) as it goes
             self._since_flush = 0
             update_index_files(self.settings, self.engine, retrain=False)
+
+    def _run_cluster(self, work: list[WorkItem], summary: BuildSummary) -> None:
+        """The work as shard tasks on the Dask cluster (see echoimage.cluster)."""
+        from tqdm import tqdm
+
+        from echoimage.cluster import ClusterClient, ShardJob, index_shard, shards_of
+
+        assert self.settings.cluster is not None
+        items = {w.image_id: w for w in work}
+        write = self.engine.dialect.name != "sqlite"
+        job = ShardJob(self.params, self.settings.model_dump(mode="json"), write)
+        bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
+                   desc=f"{summary.kind} (cluster)", dynamic_ncols=True)
+        done = 0
+        with ClusterClient(self.settings.cluster) as cluster:
+            from distributed import as_completed
+
+            client = cluster.client
+            shards = shards_of(work, self.settings.cluster_shard_size)
+            log.info("%d images in %d shards on the cluster at %s", len(work), len(shards),
+                     client.scheduler.address)
+            futures = client.map(index_shard, shards, job=job, pure=False)
+            try:
+                for fut in as_completed(futures):
+                    out = fut.result()
+                    summary.cpu_seconds += out.summary.cpu_seconds
+                    summary.net_wait_seconds += out.summary.net_wait_seconds
+                    if out.results is not None:
+                        self._write(out.results, items, summary)
+                    else:
+                        summary.counts.update(out.summary.counts)
+                        summary.failures.extend(out.summary.failures)
+                        summary.processed += out.summary.processed
+                        self._changed(out.changed)
+                    bar.update(out.items)
+                    done += out.items
+                    if self.on_progress is not None:
+                        self.on_progress(done, len(work))
+            finally:
+                client.cancel(futures)
+                bar.close()
+
+
+def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
+                  items: dict[int, WorkItem], summary: BuildSummary) -> int:
+    """Write a batch of results in one transaction and count them in the summary; returns
+    how many image rows changed."""
+    changed = 0
+    with sessions.begin() as session:
+        records = []
+        for r in results:
+            item = items[r.image_id]
+            status = r.status
+            if status == Status.INDEXED and r.record is not None:
+                records.append(r.record)
+                if item.reextract:
+                    status = "re-extracted"
+                elif item.was_indexed:
+                    status = "changed"
+            elif status == UNCHANGED:
+                repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
+            elif item.was_indexed and status in TRANSIENT:
+                repo.note_attempt(session, r.image_id, r.reason or status)
+                status = f"kept ({status})"
+                summary.failures.append((item.url, r.status, r.reason or ""))
+            else:
+                repo.save_failure(session, r.image_id, status, r.reason or status,
+                                  r.sha256, r.nbytes)
+                summary.failures.append((item.url, status, r.reason or ""))
+            summary.counts[status] += 1
+            if r.sha256 is not None and r.status != UNCHANGED:
+                summary.processed += 1
+            if r.status != UNCHANGED and not status.startswith("kept"):
+                changed += 1
+        repo.save_feature_records(session, records)
+    return changed
+
+
+def fetched_result(item: WorkItem, fres: Any) -> WorkResult | None:
+    """The result of a fetch that brought no bytes to process (not modified, or failed);
+    None when its bytes are to be processed."""
+    if fres.status == "ok" and fres.data is not None:
+        return None
+    if fres.status == "not-modified":
+        return WorkResult(item.image_id, UNCHANGED, etag=fres.etag,
+                          last_modified=fres.last_modified)
+    return WorkResult(item.image_id, fetch_to_store_status(fres.status),
+                      fres.reason or fres.status)
 
 
 def fetch_to_store_status(status: str) -> str:

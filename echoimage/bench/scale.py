@@ -78,6 +78,22 @@ def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out:
     return queries
 
 
+def split_catalogue(photo_dir: str | Path, photos: int, negatives: int, seed: int,
+                    catalogue: Path) -> tuple[list[Path], list[Path], Path]:
+    """The benchmark's seeded split of the photos: `photos` for the catalogue (linked into
+    the directory catalogue) and `negatives` held out; (catalogue photos, held out,
+    catalogue)."""
+    all_photos = _list_photos(Path(photo_dir))
+    rng = np.random.default_rng([seed, 0xCA7])
+    order = rng.permutation(len(all_photos))
+    cat_photos = [all_photos[i] for i in sorted(order[:photos].tolist())]
+    held_out = [all_photos[i] for i in sorted(order[photos:photos + negatives].tolist())]
+    catalogue.mkdir(parents=True)
+    for p in cat_photos:
+        os.symlink(p.resolve(), catalogue / p.name)
+    return cat_photos, held_out, catalogue
+
+
 def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     """A serving process: load the engine, answer every query of query_dir/queries.json
     (EchoImage, then the pHash baseline), write latencies, answers and memory to out."""
@@ -216,15 +232,8 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     work = out_dir / "scale-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    all_photos = _list_photos(Path(photo_dir))
-    rng = np.random.default_rng([seed, 0xCA7])
-    order = rng.permutation(len(all_photos))
-    cat_photos = [all_photos[i] for i in sorted(order[:photos].tolist())]
-    held_out = [all_photos[i] for i in sorted(order[photos:photos + negatives].tolist())]
-    catalogue = work / "catalogue"
-    catalogue.mkdir()
-    for p in cat_photos:
-        os.symlink(p.resolve(), catalogue / p.name)
+    cat_photos, held_out, catalogue = split_catalogue(photo_dir, photos, negatives, seed,
+                                                      work / "catalogue")
     data = out_dir / "scale-data"
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(data_dir=data)

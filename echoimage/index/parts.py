@@ -103,12 +103,22 @@ class PartSet:
         query descriptor per image), most votes first, ties by id."""
         if len(descriptors) == 0 or top <= 0 or not self.parts:
             return []
-        q = np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
-        assigned = None
-        if self.quantizer is not None:
-            dq, iq = self.quantizer.search(q, self.nprobe)
-            assigned = (dq, iq)
-        rows, dists, ids = [], [], []
+        q = query_rows(descriptors, params)
+        return count_votes(*self.hits(q, params, self.assign(q)), params, top)
+
+    def assign(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The lists each query row searches (distances, list numbers), from the shared
+        quantizer; None for flat parts."""
+        if self.quantizer is None:
+            return None
+        return self.quantizer.search(q, self.nprobe)
+
+    def hits(self, q: np.ndarray, params: LocalParams,
+             assigned: tuple[np.ndarray, np.ndarray] | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live entry within max_distance of each query row: (rows, distances, ids)."""
+        rows, dists, ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], \
+            [np.zeros(0, np.int64)]
         for part, shadow in zip(self.parts, self.superseded, strict=True):
             r, d, i = neighbours(part.local, q, params, assigned)
             if len(shadow) and len(i):
@@ -117,5 +127,22 @@ class PartSet:
             rows.append(r)
             dists.append(d)
             ids.append(i)
-        return count_votes(np.concatenate(rows), np.concatenate(dists), np.concatenate(ids),
-                           params, top)
+        return np.concatenate(rows), np.concatenate(dists), np.concatenate(ids)
+
+
+def query_rows(descriptors: np.ndarray, params: LocalParams) -> np.ndarray:
+    """The query descriptors a vote searches with (the first query_descriptors)."""
+    return np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)
+
+
+def nearest_per_row(rows: np.ndarray, dists: np.ndarray, ids: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of search hits, each query row's k nearest (ties by id): all that `count_votes`
+    keeps of them, so the hits of disjoint shards cut this way count as the whole."""
+    if len(rows) == 0:
+        return rows, dists, ids
+    order = np.lexsort((ids, dists, rows))
+    rows, dists, ids = rows[order], dists[order], ids[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    keep = rank < k
+    return rows[keep], dists[keep], ids[keep]

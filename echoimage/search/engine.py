@@ -6,6 +6,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -26,6 +27,10 @@ from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
+
+if TYPE_CHECKING:
+    from echoimage.cluster import ClusterClient
+    from echoimage.search.shards import ShardedVotes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,22 @@ class SearchEngine:
         self.engine = engine or open_store(settings, create=False)
         self.sessions = session_factory(self.engine)
         self.live = LiveIndex(settings, self.engine, rebuild=rebuild, background=background)
+        self.cluster: ClusterClient | None = None
+        self.shards: ShardedVotes | None = None
+        if settings.cluster and settings.index_shards > 1:
+            # the vote search fans out to index shards held on the cluster's workers
+            from echoimage.cluster import ClusterClient
+            from echoimage.search.shards import ShardedVotes
+
+            self.cluster = ClusterClient(settings.cluster)
+            self.shards = ShardedVotes(self.cluster.client, settings, settings.index_shards)
+            self.shards.place(self.live.current())
+
+    def close(self) -> None:
+        """Release the cluster client (and a local cluster), if any."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster, self.shards = None, None
 
     def refresh(self) -> bool:
         """Bring the index up to the store's last change now; True if anything changed."""
@@ -197,9 +218,9 @@ class SearchEngine:
         """Images with at least min_votes of these query descriptors among their near
         neighbours in the local-feature index (its top vote_n), with their votes."""
         s = self.settings
-        return {cv.id: cv.votes for cv in snap.parts.vote(descriptors, s.local_params,
-                                                           s.vote_n)
-                if cv.votes >= s.min_votes}
+        voted = self.shards.vote(snap, descriptors, s.local_params, s.vote_n) \
+            if self.shards is not None else snap.parts.vote(descriptors, s.local_params, s.vote_n)
+        return {cv.id: cv.votes for cv in voted if cv.votes >= s.min_votes}
 
     @staticmethod
     def _propose(proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],

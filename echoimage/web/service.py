@@ -106,6 +106,7 @@ class WebService:
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.cache.clear()
+        await asyncio.to_thread(self.engine.close)  # a cluster client, if any
         self.engine.engine.dispose()
         if self._old_cv2_threads is not None:
             cv2.setNumThreads(self._old_cv2_threads)
