@@ -3,7 +3,7 @@
 On this machine (its cores are all a cluster of it can use) it measures what the cluster
 costs, not what it adds:
 
-* **Build rate.** The same catalogue (the photos, each under `copies` names) is built into
+* **Build rate.** The same catalogue (`copies` copies of every photo) is built into
   a fresh PostgreSQL database by the local process pool and by a cluster of two `dask
   worker` processes (one thread each) beside a `dask scheduler`, alternately, `reps` times;
   rates are images processed per second of the run, medians, and their ratio.
@@ -57,11 +57,11 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     cat_photos, held_out, catalogue = split_catalogue(photo_dir, photos, negatives, seed,
                                                       work / "catalogue")
     all_photos = _list_photos(Path(photo_dir))
-    many = work / "many"  # the build-rate catalogue: every photo under `copies` names
-    many.mkdir()
+    many = work / "many"  # the build-rate catalogue: `copies` copies of every photo (files
+    many.mkdir()          # of their own: a catalogue records a link as the file it names)
     for c in range(copies):
         for p in all_photos:
-            os.symlink(p.resolve(), many / f"{c}-{p.name}")
+            shutil.copyfile(p, many / f"{c}-{p.name}")
     n_many = copies * len(all_photos)
 
     server = None
