@@ -266,9 +266,21 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     for run in report["runs"]:
         dur = f"{run['duration_s']:.1f} s" if run["duration_s"] is not None else "running"
         click.echo(f"run {run['id']} {run['kind']} {run['status']} {run['started_at']} "
-                   f"({dur}): {run['counts']}")
+                   f"({dur}): {_run_counts(run)}")
     for url, status, reason in report["recent_failures"][:10]:
         click.echo(f"  {status}: {url}: {reason}")
+
+
+def _run_counts(run: dict[str, Any]) -> str:
+    """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
+    counts = run["counts"]
+    if counts:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    if run["status"] == "running":
+        return "nothing recorded yet"
+    if run["status"] == "ok":
+        return "nothing to do"
+    return "nothing recorded (it ended before its first batch was written)"
 
 
 @cli.command("query")

@@ -190,9 +190,22 @@ def test_index_status_json(catalogue, cli_built) -> None:
     assert report["runs"] and report["runs"][0]["status"] == "ok"
 
 
-def test_index_status_text(cli_built) -> None:
+def test_index_status_text(catalogue, cli_built) -> None:
+    """Readable text: no Python reprs; a run's counts as "state: n"."""
     result = run(cli_built[0], "index", "status")
     assert result.exit_code == 0 and "fresh" in result.output
+    assert "{" not in result.output and "'" not in result.output, result.output
+    assert "build ok" in result.output and f"indexed: {len(catalogue.files)}" in result.output
+
+
+def test_run_counts_text() -> None:
+    from echoimage.cli import _run_counts
+
+    assert _run_counts({"status": "ok", "counts": {"not-an-image": 1, "indexed": 20}}) == \
+        "indexed: 20, not-an-image: 1"
+    assert _run_counts({"status": "ok", "counts": {}}) == "nothing to do"
+    assert "before its first batch" in _run_counts({"status": "failed", "counts": {}})
+    assert "yet" in _run_counts({"status": "running", "counts": {}})
 
 
 def test_rerun_indexes_nothing_new(catalogue, cli_built) -> None:
