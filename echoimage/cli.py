@@ -271,6 +271,12 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  {status}: {url}: {reason}")
 
 
+#: columns of `query --csv`
+QUERY_CSV_FIELDS = ["query", "rank", "url", "score", "duplicate", "exact", "ssim",
+                    "orb_inliers", "hash_distance", "orientation", "votes", "id", "sha256",
+                    "error"]
+
+
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
     counts = run["counts"]
@@ -289,11 +295,14 @@ def _run_counts(run: dict[str, Any]) -> str:
               help="Results per query.")
 @cluster_option
 @shards_option
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print CSV: a header, then a row per result (rank 0 and the error for a "
+                   "failed query).")
 @json_option
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | None,
-          shards: int | None, as_json: bool) -> None:
+          shards: int | None, as_csv: bool, as_json: bool) -> None:
     """Find catalogue images similar to each IMAGE_OR_URL (the index loads once).
 
     With --json, one JSON object per query per line, in input order. Exit status 1 if
@@ -307,7 +316,16 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
     from echoimage.search.engine import SearchEngine
     from echoimage.search.query import read_query
 
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards)
+    writer = None
+    if as_csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=QUERY_CSV_FIELDS, lineterminator="\n",
+                                extrasaction="ignore")
+        writer.writeheader()
     try:
         engine = SearchEngine(settings)
     except EchoImageError as exc:
@@ -325,10 +343,16 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
                 res = engine.query_bytes(data, k)
             except EchoImageError as exc:
                 failed += 1
-                if as_json:
+                if writer is not None:
+                    writer.writerow({"query": q, "rank": 0, "error": str(exc)})
+                elif as_json:
                     click.echo(json.dumps({"query": q, "error": str(exc)}))
                 else:
                     click.echo(f"{q}: error: {exc}", err=True)
+                continue
+            if writer is not None:
+                for rank, m in enumerate(res.matches, 1):
+                    writer.writerow({"query": q, "rank": rank, **m.to_dict()})
                 continue
             if as_json:
                 click.echo(json.dumps({"query": q, "results": [m.to_dict() for m in res.matches]}))

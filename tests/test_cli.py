@@ -164,6 +164,31 @@ def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
     assert "error" in out[2]
 
 
+def test_query_csv(catalogue, cli_built, tmp_path) -> None:
+    """--csv: a header, a row per result in rank order, a row with the error for a query
+    that failed; --json and --csv together are refused."""
+    import csv
+    import io
+
+    from echoimage.cli import QUERY_CSV_FIELDS
+
+    missing = str(tmp_path / "missing.jpg")
+    good = str(catalogue.files["brick"])
+    result = CliRunner().invoke(cli, ["--data-dir", str(cli_built[0]), "query", "--csv",
+                                      "-k", "3", good, missing])
+    assert result.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == QUERY_CSV_FIELDS
+    assert [(r["query"], r["rank"]) for r in rows] == [(good, "1"), (good, "2"), (good, "3"),
+                                                       (missing, "0")]
+    assert rows[0]["url"] == catalogue.url("brick") and rows[0]["exact"] == "True"
+    assert float(rows[0]["score"]) >= float(rows[1]["score"])
+    assert "no such file" in rows[3]["error"] and rows[3]["url"] == ""
+    both = CliRunner().invoke(cli, ["--data-dir", str(cli_built[0]), "query", "--csv",
+                                    "--json", good])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_query_needs_an_index(tmp_path, store_url: str | None) -> None:
     q = write(tmp_path / "q.png", png(photo("camera")))
     result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "empty"), "query",
