@@ -291,8 +291,8 @@ def _run_counts(run: dict[str, Any]) -> str:
 
 @cli.command("query")
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Results per query.")
+@click.option("-k", type=click.IntRange(1), default=5, show_default=True,
+              help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
 @cluster_option
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
@@ -319,6 +319,9 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards)
+    if k > settings.max_k:
+        raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
+                                 "ECHOIMAGE_MAX_K for more)", param_hint="-k")
     writer = None
     if as_csv:
         import csv

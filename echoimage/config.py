@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     orb_features: int = 1500  # per catalogue image, stored
     query_orb_features: int = 500  # per query view
 
+    # the most results a query may ask for (CLI, HTTP API and library alike)
+    max_k: int = 50
+
     # shortlist and re-rank
     shortlist_k: int = 32
     rerank_n: int = 5

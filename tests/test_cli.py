@@ -189,6 +189,28 @@ def test_query_csv(catalogue, cli_built, tmp_path) -> None:
     assert both.exit_code == 2 and "not both" in both.output
 
 
+def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
+                            module_store_url: str | None) -> None:
+    """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI, the library and the web
+    settings alike."""
+    from echoimage.config import Settings
+    from echoimage.search.engine import SearchEngine
+    from echoimage.web.config import WebSettings
+
+    good = str(catalogue.files["brick"])
+    over = run(cli_built[0], "query", "-k", "51", good)
+    assert over.exit_code == 2 and "at most 50 results" in over.output
+    assert run(cli_built[0], "query", "-k", "50", good).exit_code == 0
+    monkeypatch.setenv("ECHOIMAGE_MAX_K", "60")
+    assert run(cli_built[0], "query", "-k", "51", good).exit_code == 0
+    assert WebSettings().max_k == 60 and Settings().max_k == 60
+    monkeypatch.delenv("ECHOIMAGE_MAX_K")
+    assert WebSettings().max_k == Settings().max_k == 50
+    engine = SearchEngine(Settings(data_dir=cli_built[0], database_url=module_store_url))
+    with pytest.raises(ValueError, match="between 1 and 50"):
+        engine.query_bytes(catalogue.files["brick"].read_bytes(), 51)
+
+
 def test_query_needs_an_index(tmp_path, store_url: str | None) -> None:
     q = write(tmp_path / "q.png", png(photo("camera")))
     result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "empty"), "query",

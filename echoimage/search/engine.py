@@ -105,8 +105,8 @@ class SearchEngine:
         content box (a picture inside a border, a screenshot, a captioned copy); and any
         image with the same sha256 (an exact copy).
         """
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        if not 1 <= k <= self.settings.max_k:
+            raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
         # per calling thread (queries come from thread pools, e.g. the web server's): nested
         # OpenMP threads only oversubscribe the cores; a FAISS IVF vote search in a pool
         # thread left at the default cost ~3x more than with one thread

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from echoimage.config import Settings
 
 
 class WebSettings(BaseSettings):
@@ -32,7 +34,8 @@ class WebSettings(BaseSettings):
 
     # results
     default_k: int = 5
-    max_k: int = 50
+    # the cap is the engine's (Settings.max_k, ECHOIMAGE_MAX_K): one default, one variable
+    max_k: int = Field(default_factory=lambda: Settings().max_k)
 
     # query execution: threads running queries at once, and queries allowed to wait
     query_threads: int = 0  # 0: one per core
