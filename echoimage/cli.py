@@ -65,6 +65,7 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
 
     Example:
 
+    \b
         echoimage index build ~/photos && echoimage query copy.jpg
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -83,6 +84,7 @@ def index() -> None:
 
     Example:
 
+    \b
         echoimage index build images.json
     """
 
@@ -108,6 +110,7 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
 
     Example:
 
+    \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
     """
     from echoimage.pipeline import build_index
@@ -128,6 +131,7 @@ def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: 
 
     Example (from cron):
 
+    \b
         echoimage --data-dir /srv/echoimage index update -q
     """
     from echoimage.update import update_index
@@ -166,6 +170,7 @@ def index_rebuild(ctx: click.Context, as_json: bool) -> None:
 
     Example:
 
+    \b
         echoimage index rebuild
     """
     from echoimage.index.build import rebuild_index_files
@@ -198,6 +203,7 @@ def index_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
     Example:
 
+    \b
         echoimage index verify --dry-run
     """
     from echoimage.verify import verify_index
@@ -235,6 +241,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 
     Example:
 
+    \b
         echoimage index status --json
     """
     from echoimage.status import status_report
@@ -310,6 +317,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
 
     Example:
 
+    \b
         echoimage query -k 3 --json copy1.jpg https://example.org/copy2.png
     """
     from echoimage.fetch.local import path_url
@@ -391,6 +399,7 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     Example:
 
+    \b
         echoimage dedupe --csv > duplicates.csv
     """
     import csv
@@ -439,6 +448,7 @@ def db() -> None:
 
     Example:
 
+    \b
         echoimage db upgrade
     """
 
@@ -451,6 +461,7 @@ def db_upgrade(ctx: click.Context) -> None:
 
     Example:
 
+    \b
         ECHOIMAGE_DATABASE_URL=postgresql+psycopg://localhost/echo echoimage db upgrade
     """
     from echoimage.store.db import current_revision, open_store
@@ -465,6 +476,7 @@ def catalogue() -> None:
 
     Example:
 
+    \b
         echoimage catalogue scrape https://shop.example/products --output images.json
     """
 
@@ -478,6 +490,7 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
 
     Example:
 
+    \b
         echoimage catalogue sources
     """
     from echoimage.manage import list_sources
@@ -511,6 +524,7 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
 
     Example:
 
+    \b
         echoimage catalogue remove 17 /photos/old.jpg
         echoimage catalogue remove --source /photos/archive
     """
@@ -555,6 +569,7 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
 
     Example:
 
+    \b
         echoimage catalogue scrape https://example.org/gallery --follow-pages 5 --add
     """
     import asyncio
@@ -591,6 +606,7 @@ def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
 
     Example:
 
+    \b
         echoimage serve --host 0.0.0.0 --port 8000
     """
     from echoimage.web.app import serve as run_server
@@ -610,6 +626,7 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool) -> None
 
     Example:
 
+    \b
         echoimage bench ../shared/datasets/bsds500 --out bench-out --limit 100 --no-scale
     """
     from echoimage.bench import run_benchmark

@@ -445,6 +445,19 @@ def test_every_command_has_help_with_example() -> None:
     assert {"index build", "index status", "query", "db upgrade"} <= set(seen)
 
 
+def test_help_examples_can_be_copied_whole() -> None:
+    """Example command lines are shown as written (a \\b paragraph: click does not wrap
+    them), on an 80-column terminal."""
+    for path, cmd in _walk(cli):
+        help_text = cmd.help or ""
+        assert "\b\n" in help_text, f"`{' '.join(path) or 'echoimage'}`"
+        example = help_text.split("\b\n", 1)[1].strip().splitlines()
+        out = CliRunner().invoke(cli, [*path, "--help"], terminal_width=80).output
+        shown = {x.strip() for x in out.splitlines()}
+        for line in example:
+            assert not line.strip() or line.strip() in shown, line
+
+
 def test_every_option_has_help() -> None:
     for path, cmd in _walk(cli):
         for param in cmd.params:
