@@ -604,10 +604,15 @@ def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
           shards: int | None) -> None:
     """Serve the web page and the JSON API (POST /api/search, docs at /docs).
 
+    It listens on 127.0.0.1 unless told otherwise. On another address without
+    ECHOIMAGE_SEARCH_TOKEN it warns: anyone who reaches the port can search; put it behind
+    a reverse proxy, or set a token.
+
     Example:
 
     \b
-        echoimage serve --host 0.0.0.0 --port 8000
+        echoimage serve --port 8000
+        ECHOIMAGE_SEARCH_TOKEN=s3cret echoimage serve --host 0.0.0.0 --port 8000
     """
     from echoimage.web.app import serve as run_server
 

@@ -998,6 +998,29 @@ def test_hostile_requests_leave_one_line_each_and_no_traceback(served: Served) -
     assert log.count("body incomplete") == refused, log
 
 
+@pytest.mark.parametrize(("host", "token", "warns"), [
+    ("127.0.0.1", None, False), ("::1", None, False), ("localhost", None, False),
+    ("0.0.0.0", None, True), ("192.168.1.5", None, True), ("[::]", None, True),
+    ("0.0.0.0", "s3cret", False)])
+def test_serve_warns_when_open_to_others(built: Built, fake_uvicorn: dict,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture, host: str,
+                                         token: str | None, warns: bool) -> None:
+    """Listening beyond loopback with no search token logs one warning naming the fix."""
+    from echoimage.web.app import serve
+
+    if token:
+        monkeypatch.setenv("ECHOIMAGE_SEARCH_TOKEN", token)
+    else:
+        monkeypatch.delenv("ECHOIMAGE_SEARCH_TOKEN", raising=False)
+    with caplog.at_level("WARNING", logger="echoimage.web.app"):
+        serve(built.settings, host, free_port())
+    said = [r.getMessage() for r in caplog.records if r.name == "echoimage.web.app"]
+    assert bool(said) == warns, said
+    if warns:
+        assert len(said) == 1 and "ECHOIMAGE_SEARCH_TOKEN" in said[0] and host in said[0]
+
+
 def test_serve_without_a_catalogue_is_one_line(tmp_path: Path, fake_uvicorn: dict) -> None:
     from click.testing import CliRunner
 

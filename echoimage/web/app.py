@@ -22,6 +22,8 @@ from echoimage.web.config import WebSettings
 from echoimage.web.inputs import http_error
 from echoimage.web.service import WebService
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -92,6 +94,24 @@ def log_config() -> dict[str, Any]:
     return config
 
 
+def exposure_warning(host: str, web: WebSettings) -> str | None:
+    """A warning when the server would listen beyond this machine with no search token
+    (anyone who reaches the port can search the catalogue and see its images)."""
+    import ipaddress
+
+    if web.search_token is not None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"listening on {host} without ECHOIMAGE_SEARCH_TOKEN: anyone who reaches this "
+            "port can search the catalogue and see its thumbnails; set a token, or listen "
+            "on 127.0.0.1 behind a reverse proxy that controls access (see the README)")
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
           access_log: bool = True) -> None:
     """Run the server with uvicorn until interrupted (one process; queries use threads).
@@ -99,6 +119,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
     The store is opened once first, so a missing or damaged catalogue is a one-line
     StoreError here rather than a failed application start-up."""
     open_store(settings, create=False).dispose()
+    if warning := exposure_warning(host, WebSettings()):
+        log.warning("%s", warning)
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
                 log_level="info", log_config=log_config())
