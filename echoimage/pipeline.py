@@ -102,6 +102,15 @@ class BuildSummary:
     sources: list[str] = field(default_factory=list)
     processed: int = 0  # images that went through decoding and feature extraction
 
+    def merge(self, other: BuildSummary) -> None:
+        """Add another summary's counts, failures, processed images and times (a part of
+        this run done elsewhere)."""
+        self.counts.update(other.counts)
+        self.failures.extend(other.failures)
+        self.processed += other.processed
+        self.cpu_seconds += other.cpu_seconds
+        self.net_wait_seconds += other.net_wait_seconds
+
     def as_dict(self) -> dict:
         """JSON-ready form."""
         return {"kind": self.kind, "counts": dict(self.counts), "processed": self.processed,
@@ -432,14 +441,10 @@ class Indexer:
             try:
                 for fut in as_completed(futures):
                     out = fut.result()
-                    summary.cpu_seconds += out.summary.cpu_seconds
-                    summary.net_wait_seconds += out.summary.net_wait_seconds
+                    summary.merge(out.summary)  # its times; its counts if it wrote
                     if out.results is not None:
                         self._write(out.results, items, summary)
                     else:
-                        summary.counts.update(out.summary.counts)
-                        summary.failures.extend(out.summary.failures)
-                        summary.processed += out.summary.processed
                         self._changed(out.changed)
                     bar.update(out.items)
                     done += out.items

@@ -172,18 +172,11 @@ def _build_rate(data_dir: Path, url: str, folder: Path, cluster: str | None) -> 
 
 def _answer(settings: Any, qdir: Path, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The top answer of every query (as the scale benchmark's serving probe records it)."""
+    from echoimage.bench.scale import answer_queries
     from echoimage.search.engine import SearchEngine
 
     engine = SearchEngine(settings, rebuild=True)
-    out = []
-    for q in queries:
-        t = time.perf_counter()
-        res = engine.query_bytes((qdir / q["file"]).read_bytes(), k=1)
-        ms = (time.perf_counter() - t) * 1000
-        top = res.matches[0] if res.matches else None
-        out.append({"ms": ms, "top": top.url if top else None,
-                    "duplicate": bool(top and top.duplicate),
-                    "score": top.score if top else 0.0, "stages": res.timings})
+    out = answer_queries(engine, [(qdir / q["file"]).read_bytes() for q in queries], 1)
     engine.engine.dispose()
     return out
 

@@ -94,6 +94,20 @@ def split_catalogue(photo_dir: str | Path, photos: int, negatives: int, seed: in
     return cat_photos, held_out, catalogue
 
 
+def answer_queries(engine: Any, blobs: list[bytes], k: int) -> list[dict[str, Any]]:
+    """Each query's latency, top answer (URL, duplicate, score) and stage times."""
+    answers = []
+    for data in blobs:
+        t = time.perf_counter()
+        res = engine.query_bytes(data, k=k)
+        ms = (time.perf_counter() - t) * 1000
+        top = res.matches[0] if res.matches else None
+        answers.append({"ms": ms, "top": top.url if top else None,
+                        "duplicate": bool(top and top.duplicate),
+                        "score": top.score if top else 0.0, "stages": res.timings})
+    return answers
+
+
 def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     """A serving process: load the engine, answer every query of query_dir/queries.json
     (EchoImage, then the pHash baseline), write latencies, answers and memory to out."""
@@ -114,15 +128,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
     for data in blobs[:3]:  # warm-up: lazy imports, caches
         engine.query_bytes(data, k=TOP_K)
-    answers = []
-    for data in blobs:
-        t = time.perf_counter()
-        res = engine.query_bytes(data, k=TOP_K)
-        ms = (time.perf_counter() - t) * 1000
-        top = res.matches[0] if res.matches else None
-        answers.append({"ms": ms, "top": top.url if top else None,
-                        "duplicate": bool(top and top.duplicate),
-                        "score": top.score if top else 0.0, "stages": res.timings})
+    answers = answer_queries(engine, blobs, TOP_K)
     after_queries = status_kb()
     # the pHash baseline: every indexed image's pHash in memory, a numpy Hamming scan
     store = open_store(settings, create=False)

@@ -22,7 +22,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -300,11 +300,23 @@ def _whole(engine: Engine, lp: Any, name: str, quantizer: faiss.IndexBinary | No
             if total > lp.flat_max:
                 quantizer = train_quantizer(sample, lp, total=total)
             del sample
-        local = empty_part(quantizer)
-        for lids, ldescs in repo.iter_local_descriptors(session, lp.per_image):
-            local.add_with_ids(ldescs, lids)
+        local = stored_local(session, lp.per_image, quantizer)
     part = Part(name, state.seq, build_binary_index(ids, codes), local, np.zeros(0, np.int64))
     return state, part, quantizer
+
+
+def stored_local(session: Any, per_image: int, quantizer: faiss.IndexBinary | None,
+                 keep: Callable[[np.ndarray], np.ndarray] | None = None) -> faiss.IndexBinary:
+    """A local index of every indexed image's stored descriptor prefix (or of those whose
+    ids keep(ids) selects), added piece by piece."""
+    local = empty_part(quantizer)
+    for lids, ldescs in repo.iter_local_descriptors(session, per_image):
+        if keep is not None:
+            m = keep(lids)
+            lids, ldescs = lids[m], np.ascontiguousarray(ldescs[m])
+        if len(lids):
+            local.add_with_ids(ldescs, lids)
+    return local
 
 
 def rows_part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:

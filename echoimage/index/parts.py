@@ -107,11 +107,8 @@ class PartSet:
         return count_votes(*self.hits(q, params, self.assign(q)), params, top)
 
     def assign(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The lists each query row searches (distances, list numbers), from the shared
-        quantizer; None for flat parts."""
-        if self.quantizer is None:
-            return None
-        return self.quantizer.search(q, self.nprobe)
+        """The lists each query row searches, from the shared quantizer."""
+        return assign_lists(self.quantizer, q, self.nprobe)
 
     def hits(self, q: np.ndarray, params: LocalParams,
              assigned: tuple[np.ndarray, np.ndarray] | None
@@ -128,6 +125,13 @@ class PartSet:
             dists.append(d)
             ids.append(i)
         return np.concatenate(rows), np.concatenate(dists), np.concatenate(ids)
+
+
+def assign_lists(quantizer: faiss.IndexBinary | None, q: np.ndarray, nprobe: int
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The nprobe lists each query row searches (distances, list numbers); None without a
+    quantizer (flat parts)."""
+    return quantizer.search(q, nprobe) if quantizer is not None else None
 
 
 def query_rows(descriptors: np.ndarray, params: LocalParams) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from echoimage.index.local import LocalParams, Voted, count_votes, empty_part, probes
-from echoimage.index.parts import Part, PartSet, nearest_per_row, query_rows
+from echoimage.index.local import LocalParams, Voted, count_votes, probes
+from echoimage.index.parts import Part, PartSet, assign_lists, nearest_per_row, query_rows
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -65,18 +65,15 @@ class VoteShard:
 
     def _base(self) -> Part:
         from echoimage.index.binary import build_binary_index
-        from echoimage.index.build import snapshot
+        from echoimage.index.build import snapshot, stored_local
         from echoimage.store import repo
 
         with snapshot(self.engine) as session:
             state = repo.store_state(session)
             ids, codes = repo.indexed_hashes(session)
             mine = _in(ids, self.shard, self.shards)
-            local = empty_part(self.quantizer)
-            for lids, descs in repo.iter_local_descriptors(session, self.params.per_image):
-                m = _in(lids, self.shard, self.shards)
-                if m.any():
-                    local.add_with_ids(np.ascontiguousarray(descs[m]), lids[m])
+            local = stored_local(session, self.params.per_image, self.quantizer,
+                                 lambda lids: _in(lids, self.shard, self.shards))
         return Part(f"shard-{self.shard}-{state.seq}", state.seq,
                     build_binary_index(ids[mine], codes[mine]), local, np.zeros(0, np.int64))
 
@@ -113,10 +110,6 @@ class VoteShard:
                 self._catch_up(seq)
             parts = self.parts
         return nearest_per_row(*parts.hits(q, self.params, assigned), self.params.neighbours)
-
-    def size(self) -> tuple[int, int]:
-        """(live images, local entries) of the shard."""
-        return self.parts.size, self.parts.descriptors
 
 
 class ShardedVotes:
@@ -160,8 +153,7 @@ class ShardedVotes:
         if len(descriptors) == 0 or top <= 0:
             return []
         q = query_rows(descriptors, params)
-        assigned = self.quantizer.search(q, self.nprobe) if self.quantizer is not None \
-            else None
+        assigned = assign_lists(self.quantizer, q, self.nprobe)
         futures = [a.nearest(q, assigned, snap.seq) for a in self.actors]
         found = [f.result() for f in futures]
         rows, dists, ids = (np.concatenate([f[j] for f in found]) for j in range(3))
