@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     ransac_px: float = 6.0
     # calibrated by `echoimage bench` (see README, "Scores")
     duplicate_threshold: float = 0.5
+    # verdicts (see echoimage.search.verdict): a copy showing less than this fraction of
+    # the catalogue image's area is called a `partial` copy
+    partial_below: float = 0.5
+    # colour: a copy whose colour_distance to the catalogue image exceeds colour_threshold
+    # is called `recoloured` instead of `duplicate` when colour_sensitive is on
+    colour_sensitive: bool = False
+    colour_threshold: float = 0.25
     # dedupe: pHash bits within which a catalogue image's views propose a pair (the whole
     # image as it is: wide_radius; 14 found 4 in 5 of the 5° rotations against 3 in 5 at
     # 12, at 0.3 more candidates per image at 100k)

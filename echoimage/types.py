@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,21 @@ class Candidate:
     work_scale: float
 
 
+class Verdict(StrEnum):
+    """What a result is to the query, from its evidence (see echoimage.search.verdict)."""
+
+    EXACT = "exact"  # the same bytes
+    DUPLICATE = "duplicate"  # a copy of the whole catalogue image (edited, re-encoded, framed)
+    PARTIAL = "partial"  # a copy of a part of the catalogue image (a crop)
+    RECOLOURED = "recoloured"  # colour-sensitive mode: a copy in clearly different colours
+    DIFFERENT = "different"  # not a copy: the nearest image the catalogue has
+
+    @property
+    def is_copy(self) -> bool:
+        """True for every verdict but `different`."""
+        return self is not Verdict.DIFFERENT
+
+
 @dataclass(frozen=True)
 class Match:
     """One ranked result of a query, with the evidence behind its score."""
@@ -92,6 +108,11 @@ class Match:
     transform: dict[str, Any] | None = None
     votes: int = 0
     query_box: list[float] | None = None  # x, y, w, h of the part of the query that matched
+    verdict: Verdict = Verdict.DIFFERENT
+    # 0 (same colours) .. 1 (nothing alike); None when the catalogue row has no colour
+    # signature yet (indexed before colour was kept)
+    colour_distance: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # the catalogue entry's extra keys
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""
@@ -111,4 +132,8 @@ class Match:
             "region": self.region,
             "transform": self.transform,
             "query_box": self.query_box,
+            "verdict": str(self.verdict),
+            "colour_distance": None if self.colour_distance is None
+            else round(self.colour_distance, 4),
+            "metadata": self.metadata,
         }

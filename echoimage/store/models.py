@@ -117,6 +117,10 @@ class FeatureRow(Base):
     # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
     # (indexed: finding stale rows must not read the large rows themselves)
     params: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # a small colour JPEG for display and a colour signature for colour_distance (NULL on
+    # rows indexed before colour was kept: filled when the row is next extracted)
+    colour_preview: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    colour_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class StoreInfo(Base):
@@ -151,3 +155,4 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16))
     counts: Mapped[dict | None] = mapped_column(JSON)
     sources: Mapped[list | None] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed
