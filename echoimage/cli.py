@@ -279,9 +279,9 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 
 
 #: columns of `query --csv`
-QUERY_CSV_FIELDS = ["query", "rank", "url", "score", "duplicate", "exact", "ssim",
-                    "orb_inliers", "hash_distance", "orientation", "votes", "id", "sha256",
-                    "error"]
+QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "exact", "ssim",
+                    "orb_inliers", "hash_distance", "orientation", "votes", "colour_distance",
+                    "id", "sha256", "metadata", "error"]
 
 
 def _run_counts(run: dict[str, Any]) -> str:
@@ -300,29 +300,40 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.argument("queries", nargs=-1, required=True)
 @click.option("-k", type=click.IntRange(1), default=5, show_default=True,
               help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Text output: also list the results that are not copies.")
+@click.option("--colour-sensitive", is_flag=True, default=None,
+              help="Call a copy in clearly different colours `recoloured`, not `duplicate`. "
+                   "Env: ECHOIMAGE_COLOUR_SENSITIVE.")
 @cluster_option
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
               help="Print CSV: a header, then a row per result (rank 0 and the error for a "
                    "failed query).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown on a terminal).")
 @json_option
 @click.pass_context
 @handle_errors
-def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | None,
-          shards: int | None, as_csv: bool, as_json: bool) -> None:
-    """Find catalogue images similar to each IMAGE_OR_URL (the index loads once).
+def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
+          colour_sensitive: bool | None, cluster: str | None, shards: int | None,
+          as_csv: bool, quiet: bool, as_json: bool) -> None:
+    """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
 
-    With --json, one JSON object per query per line, in input order. Exit status 1 if
-    any query failed.
+    Each result has a verdict: exact, duplicate, partial (a part of the catalogue
+    image), recoloured (with --colour-sensitive) or different (not a copy: listed only
+    with --all, or in --json/--csv). A query with no copy says "no copy found". With
+    --json, one JSON object per query per line, in input order. Exit status 1 if any query
+    failed.
 
     Example:
 
     \b
         echoimage query -k 3 --json copy1.jpg https://example.org/copy2.png
     """
+    from tqdm import tqdm
+
+    from echoimage.api import Catalogue
     from echoimage.fetch.local import path_url
-    from echoimage.search.engine import SearchEngine
-    from echoimage.search.query import read_query
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
@@ -337,8 +348,9 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
         writer = csv.DictWriter(sys.stdout, fieldnames=QUERY_CSV_FIELDS, lineterminator="\n",
                                 extrasaction="ignore")
         writer.writeheader()
+    catalogue = Catalogue(settings)
     try:
-        engine = SearchEngine(settings)
+        catalogue.engine  # noqa: B018 - load the index once, before the first query
     except EchoImageError as exc:
         if not as_json:
             raise
@@ -346,39 +358,66 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
             click.echo(json.dumps({"query": path_url(arg), "error": str(exc)}))
         ctx.exit(1)
     failed = 0
+    # a bar on stderr for many queries, on a terminal only (None: tqdm's tty check)
+    bar = tqdm(total=len(queries), unit="query", desc="query", file=sys.stderr,
+               disable=True if quiet or len(queries) < 2 else None, dynamic_ncols=True,
+               leave=False)
     try:
-        for arg in queries:
+        for arg, res in catalogue.query_many(queries, k, colour_sensitive):
             q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
-            try:
-                data = read_query(arg, settings)
-                res = engine.query_bytes(data, k)
-            except EchoImageError as exc:
+            bar.update(1)
+            if isinstance(res, EchoImageError):
                 failed += 1
                 if writer is not None:
-                    writer.writerow({"query": q, "rank": 0, "error": str(exc)})
+                    writer.writerow({"query": q, "rank": 0, "error": str(res)})
                 elif as_json:
-                    click.echo(json.dumps({"query": q, "error": str(exc)}))
+                    click.echo(json.dumps({"query": q, "error": str(res)}))
                 else:
-                    click.echo(f"{q}: error: {exc}", err=True)
+                    bar.clear()
+                    click.echo(f"{q}: error: {res}", err=True)
                 continue
             if writer is not None:
                 for rank, m in enumerate(res.matches, 1):
-                    writer.writerow({"query": q, "rank": rank, **m.to_dict()})
-                continue
-            if as_json:
-                click.echo(json.dumps({"query": q, "results": [m.to_dict() for m in res.matches]}))
-                continue
-            click.echo(f"{q}")
-            for rank, m in enumerate(res.matches, 1):
-                verdict = "EXACT" if m.exact else ("duplicate" if m.duplicate else "similar")
-                click.echo(f"  {rank}. {m.score:.3f} {verdict:9s} ssim={m.ssim:.3f} "
-                           f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d} "
-                           f"{m.orientation:13s} {m.url}")
+                    row = m.to_dict()
+                    row["metadata"] = json.dumps(row["metadata"]) if row["metadata"] else ""
+                    writer.writerow({"query": q, "rank": rank, **row})
+            elif as_json:
+                click.echo(json.dumps({"query": q, "found": res.found,
+                                       "results": [m.to_dict() for m in res.matches]}))
+            else:
+                bar.clear()
+                click.echo("\n".join(_query_lines(q, res, show_all)))
     finally:
-        engine.close()
+        bar.close()
+        catalogue.close()
     sys.stdout.flush()
     if failed:
         ctx.exit(1)
+
+
+def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
+    """One query's answer as text: the copies found (or "no copy found"), then the other
+    results (with show_all) or how many there were."""
+    copies = res.copies
+    others = [m for m in res.matches if not m.verdict.is_copy]
+    head = f"{q}: " + (f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} found"
+                       if copies else "no copy found")
+    lines = [head]
+    for rank, m in enumerate(res.matches, 1):
+        if not m.verdict.is_copy and not show_all:
+            continue
+        colour = "" if m.colour_distance is None else f" colour={m.colour_distance:.2f}"
+        lines.append(f"  {rank}. {m.score:.3f} {m.verdict:10s} ssim={m.ssim:.3f} "
+                     f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d}"
+                     f"{colour} {m.orientation:13s} {m.url}")
+        if m.metadata:
+            lines.append("       " + ", ".join(f"{key}: {v}" for key, v in m.metadata.items()))
+    if others and not show_all:
+        best = max(m.score for m in others)
+        what = "image is not a copy" if len(others) == 1 else "images are not copies"
+        lines.append(f"  ({len(others)} nearest {what}, best score {best:.3f}; --all lists "
+                     "them)")
+    return lines
 
 
 @cli.command("dedupe")

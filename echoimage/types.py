@@ -113,6 +113,9 @@ class Match:
     # signature yet (indexed before colour was kept)
     colour_distance: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # the catalogue entry's extra keys
+    # the keypoint pairs behind orb_inliers: float32 N×4 (query x, y in the query's working
+    # pixels; catalogue x, y in its working pixels), for drawing the match
+    pairs: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""

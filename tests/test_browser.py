@@ -8,18 +8,24 @@ test-artifacts/results.png.
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import uvicorn
 from conftest import Built
-from helpers import jpeg, photo, resize, rotate, to_rgb, write
+from helpers import jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
 
+from echoimage.config import Settings
+from echoimage.pipeline import build_index
 from echoimage.web.app import create_app
 from echoimage.web.config import WebSettings
 
@@ -48,11 +54,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(built: Built) -> Iterator[str]:
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
     """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread."""
     port = free_port()
-    app = create_app(built.settings, WebSettings())
+    app = create_app(settings, WebSettings())
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False)
     srv = uvicorn.Server(config)
@@ -63,9 +69,38 @@ def server(built: Built) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(built: Built) -> Iterator[str]:
+    """The server on the built catalogue."""
+    with serving(built.settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The server on a small shop catalogue: an images.json whose entries carry a sku, a
+    title and a product page."""
+    root = tmp_path_factory.mktemp("shop")
+    entries = []
+    for n, name in enumerate(("coffee", "rocket", "astronaut")):
+        write(root / f"{name}.jpg", jpeg(to_rgb(photo(name))))
+        entries.append({"url": f"{name}.jpg", "sku": f"SKU-{100 + n}",
+                        "title": f"The {name} print",
+                        "page": f"https://shop.example/products/{name}"})
+    (root / "images.json").write_text(json.dumps(entries))
+    settings = Settings(data_dir=root / "data", workers=1)
+    # in a thread: Playwright's sync API keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(build_index, settings, [str(root / "images.json")], progress=False).result()
+    with serving(settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +121,18 @@ def query_file(tmp_path: Path, name: str = "coffee") -> Path:
 
 
 def wait_for_images(page: object, seconds: float = 20) -> None:
-    """Wait until every image on the page has loaded (polled from Python: the page's CSP
-    forbids the eval that page.wait_for_function would use)."""
+    """Wait until every image shown on the page has loaded (polled from Python: the page's
+    CSP forbids the eval that page.wait_for_function would use); images folded away (not
+    laid out) do not load until shown."""
     deadline = time.monotonic() + seconds
-    script = "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    script = ("() => Array.from(document.images).every(i => !i.checkVisibility()"
+              " || (i.complete && i.naturalWidth > 0))")
     while not page.evaluate(script):  # type: ignore[attr-defined]
         if time.monotonic() > deadline:
-            raise AssertionError("images did not load")
+            missing = page.evaluate(  # type: ignore[attr-defined]
+                "() => Array.from(document.images).filter(i => i.checkVisibility()"
+                " && !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+            raise AssertionError(f"images did not load: {missing}")
         time.sleep(0.05)
 
 
@@ -118,12 +158,83 @@ def test_upload_shows_the_original_first(server: str, browser: object, built: Bu
     assert first.locator(".source").inner_text().strip() == built.catalogue.url("coffee")
     assert first.locator(".badge").inner_text().strip().lower() == "duplicate"
     assert first.get_attribute("data-verdict") == "duplicate"
-    assert cards.nth(1).get_attribute("data-verdict") == "similar"
+    assert page.locator(".summary").inner_text().strip() == "1 copy found."
+    # the four that are not copies are folded away until asked for
+    others = page.locator("details.others")
+    assert "4 nearest images, not copies" in others.locator("summary").inner_text()
+    assert first.is_visible() and not cards.nth(1).is_visible()
     wait_for_images(page)
     size = first.locator(".match-view img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
     assert size[0] > size[1] > 100  # the side-by-side match view loaded
-    page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
+    shot = page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
+    folded_height = image_size(shot)[1]
+    others.locator("summary").click()
+    assert cards.nth(1).is_visible()
+    assert cards.nth(1).get_attribute("data-verdict") == "different"
+    assert cards.nth(1).locator(".badge").inner_text().strip().lower() == "not a copy"
+    opened = page.screenshot(path=str(ARTIFACTS / "results-unfolded.png"), full_page=True)
+    assert image_size(opened)[1] > folded_height + 300  # the folded cards now take room
     assert problems == []
+    page.close()
+
+
+def image_size(png_bytes: bytes) -> tuple[int, int]:
+    """Width and height of a screenshot."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png_bytes)) as im:
+        return im.size
+
+
+def test_no_copy_found(server: str, browser: object, tmp_path: Path) -> None:
+    """An image the catalogue has no copy of: the page says so plainly, and the nearest
+    images are folded away, each called "not a copy"."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page.goto(server + "/")
+    page.set_input_files("#file", str(write(tmp_path / "unrelated.png", png(synthetic(7)))))
+    page.click("button[type=submit]")
+    page.wait_for_url("**/results/*")
+    note = page.locator(".no-copy")
+    assert note.is_visible() and note.inner_text().startswith("No copy found.")
+    assert page.locator(".summary").inner_text().strip() == "No copy found."
+    cards = page.locator("li.card")
+    assert cards.count() == 5
+    assert all(not cards.nth(i).is_visible() for i in range(5))
+    section = page.locator("section.matches")
+    folded = section.bounding_box()
+    shot = section.screenshot(path=str(ARTIFACTS / "no-copy.png"))
+    assert folded is not None and image_size(shot)[1] < 200  # the note and one line
+    page.locator("details.others summary").click()
+    opened = section.bounding_box()
+    assert opened is not None and opened["height"] > folded["height"] + 300
+    verdicts = {cards.nth(i).get_attribute("data-verdict") for i in range(5)}
+    assert verdicts == {"different"}
+    page.close()
+
+
+def test_cards_show_catalogue_metadata(shop: str, browser: object, tmp_path: Path) -> None:
+    """The images.json entry's extra keys are on the result card; a URL among them and the
+    image's own http URL are links."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page.goto(shop + "/")
+    page.set_input_files("#file", str(query_file(tmp_path, "rocket")))
+    page.click("button[type=submit]")
+    page.wait_for_url("**/results/*")
+    first = page.locator("li.card").first
+    meta = first.locator("dl.metadata")
+    assert meta.is_visible()
+    terms = [t.strip() for t in meta.locator("dt").all_inner_texts()]
+    values = [v.strip() for v in meta.locator("dd").all_inner_texts()]
+    assert dict(zip(terms, values, strict=True)) == {
+        "sku": "SKU-101", "title": "The rocket print",
+        "page": "https://shop.example/products/rocket"}
+    link = meta.locator("a")
+    assert link.get_attribute("href") == "https://shop.example/products/rocket"
+    box, card_box = meta.bounding_box(), first.bounding_box()
+    assert box is not None and card_box is not None
+    assert card_box["y"] < box["y"] < card_box["y"] + card_box["height"]  # inside the card
+    shot = first.screenshot(path=str(ARTIFACTS / "card-metadata.png"))
+    assert image_size(shot)[0] > 200
     page.close()
 
 

@@ -147,8 +147,27 @@ def test_query_text_output(catalogue, cli_built) -> None:
     result = run(cli_built[0], "query", "-k", "2", str(catalogue.files["brick"]))
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0] == str(catalogue.files["brick"])
-    assert "EXACT" in lines[1] and catalogue.url("brick") in lines[1]
+    assert lines[0] == f"{catalogue.files['brick']}: 1 copy found"
+    assert " exact " in lines[1] and catalogue.url("brick") in lines[1]
+    # the other result is not a copy: folded into one line, listed with --all
+    assert lines[2].startswith("  (1 nearest image is not a copy") and len(lines) == 3
+    listed = run(cli_built[0], "query", "-k", "2", "--all", str(catalogue.files["brick"]))
+    assert " different " in listed.output.splitlines()[2]
+
+
+def test_query_with_no_copy_says_so(cli_built, tmp_path) -> None:
+    """An image with no copy in the catalogue: "no copy found", every result `different`
+    (in --json too, with found: false); never a result called a copy at score 0."""
+    from tests.helpers import png, synthetic, write
+
+    path = write(tmp_path / "unrelated.png", png(synthetic(7, 320)))
+    text = run(cli_built[0], "query", str(path))
+    assert text.exit_code == 0
+    assert text.output.splitlines()[0] == f"{path}: no copy found"
+    assert "different" not in text.output  # folded away without --all
+    out = json_lines(run(cli_built[0], "query", "--json", str(path)))[0]
+    assert out["found"] is False
+    assert {r["verdict"] for r in out["results"]} == {"different"}
 
 
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
@@ -463,3 +482,52 @@ def test_every_option_has_help() -> None:
         for param in cmd.params:
             if isinstance(param, click.Option) and param.name not in ("help", "version"):
                 assert param.help, f"{' '.join(path)} {param.opts}"
+
+
+def test_many_queries_show_a_progress_bar_on_a_terminal(catalogue, cli_built,
+                                                        tmp_path: Path) -> None:
+    """With stderr on a terminal, many queries show a bar there (stdout keeps only the
+    answers); -q, or stderr not a terminal, shows none."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from tests.helpers import REPO
+
+    files = [str(catalogue.files[n]) for n in ("brick", "coffee", "rocket")]
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(cli_built[0]), "query",
+           "--json", *files]
+
+    def run_on_pty(extra: list[str]) -> tuple[str, str]:
+        leader, follower = pty.openpty()
+        # a terminal 100 columns wide (a new pty has none, and tqdm draws in 0 columns)
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        env = dict(os.environ)
+        with subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=follower,
+                              cwd=REPO, env=env) as proc:
+            os.close(follower)
+            err = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the pty closed with the process
+                    break
+                if not chunk:
+                    break
+                err += chunk
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.wait(timeout=60) == 0
+        os.close(leader)
+        return out, err.decode(errors="replace")
+
+    out, err = run_on_pty([])
+    assert [json.loads(line)["found"] for line in out.splitlines()] == [True] * 3
+    assert "query" in err and "3/3" in err
+    _, quiet = run_on_pty(["-q"])
+    assert "3/3" not in quiet
+    piped = subprocess.run(cmd, capture_output=True, cwd=REPO, text=True, check=True)
+    assert "3/3" not in piped.stderr

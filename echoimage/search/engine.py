@@ -6,7 +6,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -24,6 +24,7 @@ from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim_counts
 from echoimage.search.shortlist import Shortlisted, shortlist
+from echoimage.search.verdict import verdict
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
@@ -37,12 +38,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QueryResult:
-    """Ranked matches of one query, plus timings in milliseconds."""
+    """Ranked matches of one query (each with its verdict), plus timings in milliseconds
+    and the decoded query image."""
 
     matches: list[Match]
     timings: dict[str, float] = field(default_factory=dict)
     width: int = 0
     height: int = 0
+    image: DecodedImage | None = field(default=None, repr=False)
+
+    @property
+    def copies(self) -> list[Match]:
+        """The matches that are copies (every verdict but `different`)."""
+        return [m for m in self.matches if m.verdict.is_copy]
+
+    @property
+    def found(self) -> bool:
+        """True when some match is a copy; False means "no copy found"."""
+        return any(m.verdict.is_copy for m in self.matches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: found, the results in rank order, the timings."""
+        return {"found": self.found, "results": [m.to_dict() for m in self.matches],
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
 
 class SearchEngine:
@@ -87,23 +105,26 @@ class SearchEngine:
         """Number of indexed catalogue images."""
         return self.live.snapshot().size
 
-    def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
+    def query_bytes(self, data: bytes, k: int = 5, colour_sensitive: bool | None = None
+                    ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
         img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
         t1 = time.perf_counter()
-        res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
+        res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
+                               colour_sensitive=colour_sensitive)
         res.timings["decode_ms"] = (t1 - t0) * 1000
         return res
 
-    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None
-                    ) -> QueryResult:
+    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None,
+                    colour_sensitive: bool | None = None) -> QueryResult:
         """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash.
 
         The shortlist is the union of: the pHash neighbours of the whole query in all 8
         orientations; the images its ORB descriptors vote for; the pHash neighbours of each
         content box (a picture inside a border, a screenshot, a captioned copy); and any
-        image with the same sha256 (an exact copy).
+        image with the same sha256 (an exact copy). Each shown match gets its verdict
+        (echoimage.search.verdict) and its catalogue entry's metadata.
         """
         if not 1 <= k <= self.settings.max_k:
             raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
@@ -193,8 +214,17 @@ class SearchEngine:
         matches = sorted(best.values(),
                          key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         shown = [self._with_ssim(m, cands, views, img) for m in _dedupe(matches)[:k]]
+        shown = self._described(shown, colour_sensitive)
         lap("rerank_ms")
-        return QueryResult(shown, spent, width=img.width, height=img.height)
+        return QueryResult(shown, spent, width=img.width, height=img.height, image=img)
+
+    def _described(self, shown: list[Match], colour_sensitive: bool | None) -> list[Match]:
+        """The shown matches with their catalogue entries' metadata and their verdicts."""
+        with self.sessions() as session:
+            meta = repo.metadata_of(session, [m.id for m in shown])
+        described = [replace(m, metadata=meta.get(m.id, {})) for m in shown]
+        return [replace(m, verdict=verdict(m, self.settings, colour_sensitive))
+                for m in described]
 
     @staticmethod
     def _with_ssim(m: Match, cands: dict[int, Candidate], views: list[_View],
@@ -282,7 +312,13 @@ class SearchEngine:
             orb = OrbFeatures(orb.keypoints[:keypoints], orb.descriptors[:keypoints])
         om = match_orb(view.orb_head(mirror), orb, s.ratio_test, s.ransac_px)
         score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
-        reg = trans = None
+        reg = trans = pairs = None
+        if om.pairs is not None:  # in the whole query's working pixels
+            pairs = om.pairs.copy()
+            if mirror:  # matched on the mirrored view: flip x back
+                pairs[:, 0] = view.gray.shape[1] - 1 - pairs[:, 0]
+            pairs[:, 0] += view.box[0]
+            pairs[:, 1] += view.box[1]
         if om.homography is not None:
             reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
@@ -294,6 +330,7 @@ class SearchEngine:
             ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
             sha256=cand.sha256, region=reg, transform=trans, votes=votes, query_box=box,
+            pairs=pairs,
         )
 
 

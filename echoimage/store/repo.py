@@ -469,6 +469,15 @@ def candidates(session: Session, ids: Sequence[int]) -> dict[int, Candidate]:
     }
 
 
+def metadata_of(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The catalogue entries' extra keys (images.json), by id (only images that have some)."""
+    if not len(ids):
+        return {}
+    rows = session.execute(select(ImageRow.id, ImageRow.meta)
+                           .where(ImageRow.id.in_([int(i) for i in ids])))
+    return {r.id: r.meta for r in rows if r.meta}
+
+
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:
     """Indexed images whose source bytes have this sha256."""
     return list(session.scalars(

@@ -15,11 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from echoimage.features.orb import orb_features
 from echoimage.search.engine import QueryResult
-from echoimage.types import DecodedImage, Match, OrbFeatures
+from echoimage.types import DecodedImage, Match
 
 
 @dataclass
@@ -32,26 +29,12 @@ class CachedQuery:
     result: QueryResult
     k: int
     created: float
-    _orbs: dict[bool, OrbFeatures] = field(default_factory=dict, repr=False)
     _pngs: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def match(self, image_id: int) -> Match | None:
         """The result for a catalogue image, if it is among this query's results."""
         return next((m for m in self.result.matches if m.id == image_id), None)
-
-    def orb(self, mirror: bool, nfeatures: int) -> OrbFeatures:
-        """ORB features of the query (mirrored or not), computed once."""
-        with self._lock:
-            found = self._orbs.get(mirror)
-        if found is None:
-            gray = self.image.gray
-            if mirror:
-                gray = np.ascontiguousarray(gray[:, ::-1])
-            found = orb_features(gray, nfeatures)
-            with self._lock:
-                self._orbs[mirror] = found
-        return found
 
     def png(self, key: str, make: Callable[[], bytes]) -> bytes:
         """A rendered PNG of this query (made on first use, then kept with the entry)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
+import json
 from functools import cache
 from pathlib import Path
 from string import Template
 from typing import Any
 
-from echoimage.types import Match
+from echoimage.types import Match, Verdict
 from echoimage.web.cache import CachedQuery
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -65,12 +66,26 @@ def message_page(heading: str, text: str) -> str:
     return page(f"{heading} – EchoImage", body)
 
 
-def _verdict(m: Match) -> tuple[str, str]:
-    if m.exact:
-        return "exact", "Exact copy"
-    if m.duplicate:
-        return "duplicate", "Duplicate"
-    return "similar", "Similar"
+#: how each verdict reads on a card
+VERDICT_LABELS = {
+    Verdict.EXACT: "Exact copy",
+    Verdict.DUPLICATE: "Duplicate",
+    Verdict.PARTIAL: "Part of this image",
+    Verdict.RECOLOURED: "Recoloured copy",
+    Verdict.DIFFERENT: "Not a copy",
+}
+
+
+def _metadata(m: Match) -> str:
+    """The catalogue entry's extra keys (images.json) as a list; URLs as links."""
+    if not m.metadata:
+        return ""
+    rows = []
+    for key, value in m.metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        shown = _source(text) if text.startswith(("http://", "https://")) else esc(text)
+        rows.append(f"<div><dt>{esc(key)}</dt><dd>{shown}</dd></div>")
+    return f'<dl class="metadata">{"".join(rows)}</dl>'
 
 
 def _source(url: str) -> str:
@@ -93,7 +108,6 @@ def _transform(m: Match) -> str:
 
 def card(rank: int, m: Match, token: str, threshold: float) -> str:
     """One result card."""
-    key, verdict = _verdict(m)
     if m.region is not None:
         caption = (f"Lines join the {m.orb_inliers} matched keypoints (RANSAC inliers); the "
                    "orange outline is where the query lies in the catalogue image.")
@@ -103,7 +117,8 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
     else:
         caption = "No keypoint matches; the score rests on SSIM and the hash."
     return template("card.html").substitute(
-        rank=rank, id=m.id, verdict_key=key, verdict=verdict, score=f"{m.score:.3f}",
+        rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
+        metadata=_metadata(m), score=f"{m.score:.3f}",
         threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/thumbnail.png",
         source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,
         orb_matches=m.orb_matches, hash_distance=m.hash_distance,
@@ -117,15 +132,26 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
 def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
     """The results page of a cached query."""
     matches = entry.result.matches
-    dups = sum(m.duplicate for m in matches)
-    if not matches:
-        summary = "No catalogue image resembles it."
-    elif dups:
-        summary = f"{dups} duplicate{'s' if dups != 1 else ''} among {len(matches)} results."
+    ranked = list(enumerate(matches, 1))
+    copies = [(i, m) for i, m in ranked if m.verdict.is_copy]
+    others = [(i, m) for i, m in ranked if not m.verdict.is_copy]
+    if copies:
+        summary = f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} found."
     else:
-        summary = f"No duplicate among the {len(matches)} closest images."
-    cards = "\n".join(card(i, m, entry.token, threshold) for i, m in enumerate(matches, 1))
-    listing = f'<ol class="grid">\n{cards}\n</ol>' if matches else "<p>No matches.</p>"
+        summary = "No copy found."
+    listing = ""
+    if copies:
+        cards = "\n".join(card(i, m, entry.token, threshold) for i, m in copies)
+        listing = f'<ol class="grid copies">\n{cards}\n</ol>'
+    else:
+        listing = ('<p class="no-copy" role="status"><strong>No copy found.</strong> No '
+                   "catalogue image is a copy of this one (or of a part of it).</p>")
+    if others:
+        cards = "\n".join(card(i, m, entry.token, threshold) for i, m in others)
+        n = len(others)
+        listing += (f'\n<details class="others"><summary>{n} nearest '
+                    f"{'image' if n == 1 else 'images'}, not copies</summary>\n"
+                    f'<ol class="grid">\n{cards}\n</ol>\n</details>')
     img = entry.image
     total = sum(entry.result.timings.values())
     body = template("results.html").substitute(
@@ -133,7 +159,7 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
         width=img.width, height=img.height, format=esc(img.format), summary=esc(summary),
         total_ms=f"{total:.0f}", json_href=f"/api/queries/{esc(entry.token)}",
         ttl=esc(_duration(ttl)),
-        matches_title=f"Closest {len(matches)} catalogue images" if matches else "Matches",
+        matches_title="Copies in the catalogue",
         cards=listing,
     )
     return page(f"Results for {entry.label} – EchoImage", body)

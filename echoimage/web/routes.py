@@ -70,6 +70,7 @@ def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
     img = entry.image
     return {
         "query": entry.label,
+        "found": entry.result.found,
         "results": [m.to_dict() for m in entry.result.matches],
         "query_token": t,
         "expires_in_s": round(service.cache.expires_in(entry), 1),

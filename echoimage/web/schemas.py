@@ -40,6 +40,16 @@ class MatchOut(BaseModel):
     region: list[list[float]] | None = Field(
         None, description="the query's outline in the catalogue image's original pixels")
     transform: TransformOut | None = None
+    query_box: list[float] | None = Field(
+        None, description="x, y, w, h of the part of the query that matched (None: all of it)")
+    verdict: str = Field(description="exact, duplicate, partial (a part of the catalogue "
+                                     "image), recoloured (colour-sensitive searches) or "
+                                     "different (not a copy)")
+    colour_distance: float | None = Field(
+        None, description="0 (same colours) to 1; null for images indexed before colours "
+                          "were kept")
+    metadata: dict[str, Any] = Field(default_factory=dict,
+                                     description="the catalogue entry's extra keys")
 
 
 class SearchRequest(BaseModel):
@@ -63,6 +73,8 @@ class SearchResponse(BaseModel):
     """Results of one query: the `query --json` object plus the query token and timings."""
 
     query: str
+    found: bool = Field(description="true when some result is a copy (verdict other than "
+                                    "different); false: no copy found")
     results: list[MatchOut]
     query_token: str = Field(description="names this query in /api/matches/{token}/{id}.png")
     expires_in_s: float

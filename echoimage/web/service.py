@@ -9,7 +9,6 @@ past ``max_waiting`` waiting queries the server says it is busy instead of thras
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
+from echoimage.api import Catalogue
 from echoimage.config import Settings
-from echoimage.features.decode import decode_image
-from echoimage.features.dihedral import NAMES, is_mirror
-from echoimage.features.orb import orb_features
 from echoimage.fetch.client import FetchConfig, FetchResult, FetchStatus
-from echoimage.search.engine import QueryResult, SearchEngine
-from echoimage.search.rerank import match_orb
+from echoimage.search.engine import QueryResult
 from echoimage.store import repo
-from echoimage.types import DecodedImage, Match
+from echoimage.types import Match
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
@@ -54,12 +50,13 @@ class Counters:
 
 
 class WebService:
-    """Engine, thread pool, fetcher and cache of one server process."""
+    """Catalogue, thread pool, fetcher and cache of one server process."""
 
-    def __init__(self, settings: Settings, web: WebSettings, engine: SearchEngine) -> None:
+    def __init__(self, settings: Settings, web: WebSettings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.web = web
-        self.engine = engine
+        self.catalogue = catalogue
+        self.engine = catalogue.engine  # loaded: its store sessions and live index
         self.cache = QueryCache(web.cache_ttl, web.cache_entries)
         self.jobs = JobManager(web.job_threads)
         self._dedupe: dict[bool, DedupeResult] = {}  # by crops: the latest groups found
@@ -84,8 +81,9 @@ class WebService:
     @classmethod
     async def start(cls, settings: Settings, web: WebSettings) -> WebService:
         """Load the engine (index + store) once, off the event loop, and open the fetcher."""
-        engine = await asyncio.to_thread(lambda: SearchEngine(settings, background=True))
-        service = cls(settings, web, engine)
+        catalogue = Catalogue(settings, serving=True)
+        await asyncio.to_thread(lambda: catalogue.engine)
+        service = cls(settings, web, catalogue)
         service._old_cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
         await service.fetcher.__aenter__()
@@ -106,8 +104,7 @@ class WebService:
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.cache.clear()
-        await asyncio.to_thread(self.engine.close)  # a cluster client, if any
-        self.engine.engine.dispose()
+        await asyncio.to_thread(self.catalogue.close)  # store connections, cluster client
         if self._old_cv2_threads is not None:
             cv2.setNumThreads(self._old_cv2_threads)
 
@@ -134,14 +131,10 @@ class WebService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    def _search(self, data: bytes, k: int) -> tuple[DecodedImage, QueryResult]:
-        t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
-        decode_ms = (time.perf_counter() - t0) * 1000
-        res = self.engine.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
-        res.timings["decode_ms"] = decode_ms
+    def _search(self, data: bytes, k: int) -> QueryResult:
+        res = self.catalogue.query(data, k)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
-        return img, res
+        return res
 
     async def search(self, data: bytes, label: str, k: int) -> CachedQuery:
         """Decode and search in the pool; the answer is cached under a new token.
@@ -149,12 +142,13 @@ class WebService:
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         try:
-            img, res = await self.run(self._search, data, k)
+            res = await self.run(self._search, data, k)
         except Exception:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
-        return self.cache.add(label, img, res, k)
+        assert res.image is not None  # the engine keeps the decoded query
+        return self.cache.add(label, res.image, res, k)
 
     async def fetch(self, url: str) -> FetchResult:
         """Fetch a query URL through the SSRF guard, within the time cap."""
@@ -172,36 +166,19 @@ class WebService:
         return entry.png("query", lambda: encode_png(entry.image.gray))
 
     def match_png(self, entry: CachedQuery, match: Match) -> bytes | None:
-        """Query | catalogue image with the matched keypoints and region; None if gone."""
+        """Query | catalogue image with the keypoint pairs behind the match and its region;
+        None if the catalogue image is gone."""
 
         def make() -> bytes:
             with self.engine.sessions() as session:
                 cand = repo.candidates(session, [match.id]).get(match.id)
             if cand is None:
                 raise LookupError(match.id)
-            s = self.settings
-            mirror = is_mirror(NAMES.index(match.orientation))
-            qgray = entry.image.gray
             box = None
-            if match.query_box:  # a part of the query matched: match that part again
+            if match.query_box:  # a part of the query matched: outline it
                 f = entry.image.scale or 1.0
                 x, y, w, h = (round(v / f) for v in match.query_box)
                 box = (x, y, w, h)
-                part = qgray[y:y + h, x:x + w]
-                orb = orb_features(np.ascontiguousarray(part[:, ::-1] if mirror else part),
-                                   s.query_orb_features)
-            else:
-                x = y = 0
-                part = qgray
-                orb = entry.orb(mirror, s.query_orb_features)
-            om = match_orb(orb, cand.orb, s.ratio_test, s.ransac_px)
-            pairs = om.pairs
-            if pairs is not None:  # back to the whole query's pixels
-                pairs = pairs.copy()
-                if mirror:  # matched on the mirrored query: flip x back
-                    pairs[:, 0] = part.shape[1] - 1 - pairs[:, 0]
-                pairs[:, 0] += x
-                pairs[:, 1] += y
             width = cand.width or cand.thumbnail.shape[1]
             height = cand.height or cand.thumbnail.shape[0]
             scale = cand.work_scale or 1.0
@@ -210,7 +187,8 @@ class WebService:
             region = None
             if match.region:
                 region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qgray, catalogue, pairs, region, query_box=box))
+            return encode_png(match_image(entry.image.gray, catalogue, match.pairs, region,
+                                          query_box=box))
 
         try:
             return entry.png(f"match-{match.id}", make)

@@ -1,0 +1,169 @@
+"""The public Python API (`echoimage.open` → `Catalogue`): every kind of query input,
+verdicts and metadata, errors that lose nothing, and the README's example run as written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import echoimage
+from echoimage.errors import FetchError
+from tests.helpers import REPO, crop, jpeg, photo, png, resize, synthetic, to_rgb, write
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalogue folder with an images.json whose entries carry a sku and a title."""
+    root = tmp_path_factory.mktemp("shop")
+    entries = []
+    for n, name in enumerate(("coffee", "rocket", "astronaut", "camera")):
+        write(root / f"{name}.jpg", jpeg(to_rgb(photo(name))))
+        entries.append({"url": f"{name}.jpg", "sku": f"SKU-{n}", "title": name.title()})
+    (root / "images.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def catalogue(shop: Path, tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("api-data")
+    with echoimage.open(data, workers=1) as cat:
+        summary = cat.build(shop / "images.json")
+        assert summary.counts["indexed"] == 4
+        yield cat
+
+
+def test_open_names_a_data_dir_or_a_database(tmp_path: Path) -> None:
+    assert echoimage.open(tmp_path).settings.data_dir == tmp_path
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    assert echoimage.open(url).settings.database_url == url
+    assert echoimage.open(tmp_path, max_k=7).settings.max_k == 7
+
+
+def test_every_query_input_finds_the_same_copy(catalogue, shop: Path) -> None:
+    rgb = resize(to_rgb(photo("rocket")), 0.6)
+    path = write(shop.parent / "rocket-copy.png", png(rgb))
+    inputs = [path, str(path), path.read_bytes(), rgb, Image.fromarray(rgb),
+              np.ascontiguousarray(rgb[..., 0])]
+    for given in inputs:
+        res = catalogue.query(given, k=2)
+        top = res.matches[0]
+        assert top.url == str((shop / "rocket.jpg").resolve()), type(given)
+        assert top.verdict == echoimage.Verdict.DUPLICATE and res.found
+        assert top.metadata == {"sku": "SKU-1", "title": "Rocket"}
+        assert res.copies == [top]
+        assert res.image is not None and res.image.width == rgb.shape[1]
+
+
+def test_verdicts(catalogue, shop: Path) -> None:
+    """exact for the same bytes, partial for a small crop, different for an unrelated
+    image, and "no copy found" when nothing is a copy."""
+    exact = catalogue.query(shop / "coffee.jpg", k=1).matches[0]
+    assert exact.verdict == "exact" and exact.exact
+    part = catalogue.query(png(crop(to_rgb(photo("astronaut")), 0.5)), k=1).matches[0]
+    assert part.verdict == "partial" and part.duplicate
+    assert part.transform is not None and part.transform["covered_fraction"] < 0.5
+    res = catalogue.query(png(synthetic(3)), k=3)
+    assert not res.found and res.copies == []
+    assert [m.verdict for m in res.matches] == ["different"] * 3
+    assert res.to_dict()["found"] is False
+
+
+def test_pairs_are_the_evidence_in_query_pixels(catalogue) -> None:
+    rgb = to_rgb(photo("camera"))
+    res = catalogue.query(np.ascontiguousarray(rgb[:, ::-1]), k=1)  # mirrored
+    m = res.matches[0]
+    assert m.orientation == "mirror" and m.pairs is not None
+    assert len(m.pairs) == m.orb_inliers
+    h, w = res.image.gray.shape
+    assert (m.pairs[:, 0] >= 0).all() and (m.pairs[:, 0] < w).all()
+    assert (m.pairs[:, 1] >= 0).all() and (m.pairs[:, 1] < h).all()
+    # mirrored back: a query keypoint on the left pairs with one on the catalogue's right
+    left = m.pairs[:, 0] < w * 0.3
+    assert left.any() and (m.pairs[left, 2] > w * 0.5).mean() > 0.9
+
+
+def test_bad_queries_are_one_line_errors_and_the_rest_goes_on(catalogue, tmp_path) -> None:
+    missing = tmp_path / "missing.jpg"
+    text = write(tmp_path / "notes.jpg", b"plain text " * 20)
+    got = list(catalogue.query_many([missing, text, catalogue.settings.data_dir.parent]))
+    good = tmp_path / "good.png"
+    write(good, png(to_rgb(photo("coffee"))))
+    got += list(catalogue.query_many([good]))
+    errors = [r for _, r in got[:3]]
+    assert all(isinstance(e, echoimage.EchoImageError) for e in errors)
+    assert isinstance(errors[0], FetchError) and "no such file" in str(errors[0])
+    assert all("\n" not in str(e) for e in errors)
+    assert got[3][1].matches[0].verdict == "duplicate"
+    with pytest.raises(ValueError, match="max_k"):
+        catalogue.query(good, k=catalogue.settings.max_k + 1)
+    with pytest.raises(TypeError, match="cannot query"):
+        catalogue.query(3.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="uint8"):
+        catalogue.query(np.zeros((10, 10), np.float32))
+
+
+def test_status_dedupe_remove_and_image(catalogue, shop: Path) -> None:
+    assert catalogue.status()["counts"] == {"indexed": 4}
+    assert catalogue.dedupe().groups == []
+    info = catalogue.image(1)
+    assert info is not None and info["metadata"]["sku"].startswith("SKU-")
+    assert catalogue.image(999) is None
+
+
+def test_a_missing_catalogue_is_not_created(tmp_path: Path) -> None:
+    where = tmp_path / "nothing-here"
+    with echoimage.open(where) as cat, pytest.raises(echoimage.EchoImageError) as err:
+        cat.query(png(synthetic(1)))
+    assert str(where) in str(err.value) and "--data-dir" in str(err.value)
+    assert not where.exists()
+
+
+def test_build_update_remove_then_query(tmp_path: Path, shop: Path) -> None:
+    """Queries after a build, an update and a removal see each change (one engine)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write(folder / "coffee.jpg", (shop / "coffee.jpg").read_bytes())
+    with echoimage.open(tmp_path / "data", workers=1) as cat:
+        cat.build(folder)
+        copy = png(resize(to_rgb(photo("rocket")), 0.7))
+        assert not cat.query(copy).found
+        write(folder / "rocket.jpg", (shop / "rocket.jpg").read_bytes())
+        assert cat.update().counts["indexed"] == 1
+        assert cat.query(copy).matches[0].url == str((folder / "rocket.jpg").resolve())
+        report = cat.remove(str(folder / "rocket.jpg"))
+        assert len(report.removed) == 1
+        assert not cat.query(copy).found
+
+
+def readme_python_example() -> str:
+    """The Python block of the README's "Python API" section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Python API"):]
+    found = re.search(r"```python\n(.*?)```", section, re.S)
+    assert found is not None
+    return found.group(1)
+
+
+def test_readme_python_example_runs_as_written(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("ECHOIMAGE_DATA_DIR", "ECHOIMAGE_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(readme_python_example(), "README.md", "exec"), {})  # noqa: S102
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "20 images indexed"
+    assert lines[1] == "copy found"
+    assert lines[2].startswith("exact 1.0 ") and lines[2].endswith("coffee.jpg {}")
+    assert lines[-1].startswith("{'indexed': ")
+    assert (tmp_path / "shop-data" / "echoimage.sqlite3").exists()
