@@ -407,16 +407,22 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
     from tqdm import tqdm
 
     from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
+    from echoimage.store.db import open_store
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
     settings = _settings(ctx)
-    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
-              dynamic_ncols=True) as bar:
-        def progress(done: int) -> None:
-            bar.update(done - bar.n)
+    engine = open_store(settings, create=False)  # a missing store: its message, no bar
+    try:
+        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+                  dynamic_ncols=True) as bar:
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
 
-        result = find_duplicates(settings, crops=crops, progress=progress)
+            result = find_duplicates(settings, crops=crops, progress=progress,
+                                     engine=engine)
+    finally:
+        engine.dispose()
     if as_json:
         for g in result.groups:
             click.echo(json.dumps(g.to_dict()))

@@ -221,6 +221,49 @@ def test_query_needs_an_index(tmp_path, store_url: str | None) -> None:
     assert not (tmp_path / "empty").exists()  # a query never creates a catalogue
 
 
+#: commands that read a catalogue (or change one but never start one): none may create a
+#: data directory where there is no catalogue
+READERS = [["query", "q.png"], ["query", "--json", "q.png"], ["index", "status"],
+           ["index", "status", "--json"], ["index", "verify"], ["index", "verify", "--dry-run"],
+           ["index", "rebuild"], ["index", "update", "-q"], ["dedupe"], ["dedupe", "--json"],
+           ["catalogue", "sources"], ["catalogue", "remove", "17"], ["serve", "--port", "9"]]
+
+
+@pytest.mark.parametrize("args", READERS, ids=" ".join)
+@pytest.mark.parametrize("where", ["default", "data-dir", "env-data-dir", "database-url"])
+def test_readers_never_create_a_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          args: list[str], where: str) -> None:
+    """Run from an empty directory, a reader says where it looked and how to point it
+    elsewhere, in one line, and leaves the directory as it was."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    write(cwd / "q.png", png(photo("camera")))
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv("ECHOIMAGE_DATA_DIR", raising=False)
+    opts: list[str] = []
+    looked = cwd / "echoimage-data" / "echoimage.sqlite3"
+    if where == "data-dir":
+        opts, looked = ["--data-dir", "mine"], cwd / "mine" / "echoimage.sqlite3"
+    elif where == "env-data-dir":
+        monkeypatch.setenv("ECHOIMAGE_DATA_DIR", str(tmp_path / "env-dir"))
+        looked = tmp_path / "env-dir" / "echoimage.sqlite3"
+    elif where == "database-url":
+        looked = tmp_path / "store.db"
+        monkeypatch.setenv(URL_ENV, f"sqlite:///{looked}")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, [*opts, *args])
+    assert result.exit_code == 1, result.output
+    message = (json_lines(result)[0]["error"] if "--json" in args and args[0] == "query"
+               else result.output.strip().splitlines()[-1])
+    assert str(looked) in message and "--data-dir" in message, message
+    assert "ECHOIMAGE_DATA_DIR" in message and "ECHOIMAGE_DATABASE_URL" in message
+    if where == "default":
+        assert "default data directory ./echoimage-data" in message
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
+
+
 def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:
     q = write(tmp_path / "unrelated.jpg", jpeg(photo("microaneurysms")))
     results = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"]
