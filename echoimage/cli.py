@@ -148,10 +148,12 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(json.dumps(summary.as_dict()))
         return
     counts = dict(summary.counts)
-    rate = summary.processed / summary.seconds if summary.seconds else 0.0
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing to do"
-    click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s "
-               f"({rate:.0f} images/s); index entries: {summary.index_entries}")
+    # the processing phase's rate is the progress bar's final one (see work_phase)
+    work = (f"processing phase: {summary.work_items} images in {summary.work_seconds:.2f} s, "
+            f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
+    click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
+               f"index entries: {summary.index_entries}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:

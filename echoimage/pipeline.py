@@ -101,6 +101,17 @@ class BuildSummary:
     index: dict[str, Any] = field(default_factory=dict)  # what the index update did
     sources: list[str] = field(default_factory=list)
     processed: int = 0  # images that went through decoding and feature extraction
+    #: the processing phase (what the progress bar shows): images it handled (read or
+    #: fetched, then decoded and extracted unless unchanged or failed) and its seconds,
+    #: from the bar's start to its end; `seconds` is the whole run (listing the sources,
+    #: recording them, processing, writing the index)
+    work_items: int = 0
+    work_seconds: float = 0.0
+
+    @property
+    def work_rate(self) -> float:
+        """Images handled per second of the processing phase (the bar's final rate)."""
+        return self.work_items / self.work_seconds if self.work_seconds else 0.0
 
     def merge(self, other: BuildSummary) -> None:
         """Add another summary's counts, failures, processed images and times (a part of
@@ -117,6 +128,8 @@ class BuildSummary:
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "net_wait_seconds": round(self.net_wait_seconds, 3),
+                "work_items": self.work_items, "work_seconds": round(self.work_seconds, 3),
+                "work_rate": round(self.work_rate, 3),
                 "index_entries": self.index_entries, "index": self.index,
                 "sources": self.sources,
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
@@ -270,6 +283,30 @@ def _remote_source(settings: Settings, url: str) -> tuple[str, str, Iterable[Cat
     return url, kind, list(cat.parse_catalogue(res.data, kind, url, url))
 
 
+@contextmanager
+def work_phase(summary: BuildSummary, total: int, progress: bool, desc: str
+               ) -> Iterator[Callable[[int], None]]:
+    """The processing phase of a run: a progress bar on stderr and the summary's
+    work_items and work_seconds, counted together (the bar's final rate is their ratio:
+    smoothing=0 makes tqdm show the average since its start rather than a recent rate).
+    Yields advance(n), to call as images are handled."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=desc,
+               dynamic_ncols=True, smoothing=0)
+    t0 = time.time()  # tqdm's clock, started with the bar
+
+    def advance(n: int) -> None:
+        summary.work_items += n
+        bar.update(n)
+
+    try:
+        yield advance
+    finally:
+        summary.work_seconds += time.time() - t0
+        bar.close()
+
+
 class Indexer:
     """Runs the work set of one build or update through fetch, features and the store.
 
@@ -329,13 +366,17 @@ class Indexer:
 
     async def _run(self, pool: Executor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
-        from tqdm import tqdm
+        """The processing phase, timed and counted by work_phase."""
+        with work_phase(summary, len(work), self.progress, summary.kind) as advance:
+            await self._run_phase(pool, workers, work, summary, advance)
 
+    async def _run_phase(self, pool: Executor, workers: int, work: list[WorkItem],
+                         summary: BuildSummary, advance: Callable[[int], None]) -> None:
+        """Local files to the pool; URLs fetched here, their bytes to the pool; advance(1)
+        per image handled."""
         from echoimage.fetch.client import FetchConfig, Fetcher
 
         loop = asyncio.get_running_loop()
-        bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
-                   desc=summary.kind, dynamic_ncols=True)
         items = {w.image_id: w for w in work}
         pending: list[WorkResult] = []
         cpu_slots = asyncio.Semaphore(workers * 2)
@@ -350,7 +391,7 @@ class Indexer:
             if len(pending) >= self.settings.batch_size:
                 self._write(pending, items, summary)
                 pending.clear()
-            bar.update(1)
+            advance(1)
             done += 1
             if self.on_progress is not None:
                 self.on_progress(done, len(work))
@@ -402,7 +443,6 @@ class Indexer:
             if pending:
                 self._write(pending, items, summary)
                 pending.clear()
-            bar.close()
 
     def _write(self, results: list[WorkResult], items: dict[int, WorkItem],
                summary: BuildSummary) -> None:
@@ -419,18 +459,16 @@ class Indexer:
 
     def _run_cluster(self, work: list[WorkItem], summary: BuildSummary) -> None:
         """The work as shard tasks on the Dask cluster (see echoimage.cluster)."""
-        from tqdm import tqdm
-
         from echoimage.cluster import ClusterClient, ShardJob, index_shard, shards_of
 
         assert self.settings.cluster is not None
         items = {w.image_id: w for w in work}
         write = self.engine.dialect.name != "sqlite"
         job = ShardJob(self.params, self.settings.model_dump(mode="json"), write)
-        bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
-                   desc=f"{summary.kind} (cluster)", dynamic_ncols=True)
         done = 0
-        with ClusterClient(self.settings.cluster) as cluster:
+        with (ClusterClient(self.settings.cluster) as cluster,
+              work_phase(summary, len(work), self.progress,
+                         f"{summary.kind} (cluster)") as advance):
             from distributed import as_completed
 
             client = cluster.client
@@ -446,13 +484,12 @@ class Indexer:
                         self._write(out.results, items, summary)
                     else:
                         self._changed(out.changed)
-                    bar.update(out.items)
+                    advance(out.items)
                     done += out.items
                     if self.on_progress is not None:
                         self.on_progress(done, len(work))
             finally:
                 client.cancel(futures)
-                bar.close()
 
 
 def write_results(sessions: sessionmaker[Session], results: list[WorkResult],

@@ -264,6 +264,30 @@ def test_readers_never_create_a_catalogue(tmp_path: Path, monkeypatch: pytest.Mo
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
 
 
+def test_summary_rate_is_the_progress_bars(tmp_path: Path, catalogue,
+                                           store_url: str | None) -> None:
+    """`index build` prints the processing phase's images, seconds and rate; they are the
+    progress bar's final count and rate (tqdm's average, not a recent rate)."""
+    import re
+
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "build",
+                                      str(catalogue.root), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    bars = re.findall(r"(\d+)/(\d+) \[[^\]]*?,\s*([\d.]+)img/s\]", result.stderr)
+    assert bars, result.stderr
+    bar_n, bar_total, bar_rate = int(bars[-1][0]), int(bars[-1][1]), float(bars[-1][2])
+    summary = result.stdout.strip().splitlines()[0]
+    got = re.search(r" in ([\d.]+) s \(processing phase: (\d+) images in ([\d.]+) s, "
+                    r"([\d.]+) images/s\)", summary)
+    assert got, summary
+    total_s, items, work_s, rate = (float(got[1]), int(got[2]), float(got[3]),
+                                    float(got[4]))
+    assert items == bar_n == bar_total == len(catalogue.files)
+    assert rate == pytest.approx(bar_rate, rel=0.02, abs=0.1), (summary, bars[-1])
+    assert rate == pytest.approx(items / work_s, rel=0.1)  # work_s is shown rounded
+    assert work_s <= total_s  # the whole run also lists, records and writes the index
+
+
 def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:
     q = write(tmp_path / "unrelated.jpg", jpeg(photo("microaneurysms")))
     results = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"]
