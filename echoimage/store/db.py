@@ -235,11 +235,21 @@ def _check_existing(path: Path, settings: Settings) -> None:
             "`echoimage index build`")
 
 
+def _store_url(settings: Settings) -> tuple[str, Path | None]:
+    """The store's URL as shown (no password) and its SQLite file, if it is one; a URL
+    that cannot be parsed is a StoreError."""
+    try:
+        shown = make_url(settings.db_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {settings.db_url!r}") from None
+    return shown, _sqlite_path(settings.db_url)
+
+
 def require_existing(settings: Settings) -> None:
     """For a command that changes a catalogue but never starts one (`index update`): a
     SQLite store must already exist, else a StoreError saying where it looked (and no data
     directory is created)."""
-    path = _sqlite_path(settings.db_url)
+    _, path = _store_url(settings)
     if path is not None:
         _check_existing(path, settings)
 
@@ -277,11 +287,7 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     With create false (readers), a missing or empty store is a StoreError, and a store that
     cannot be written is opened read-only (its schema must then be current).
     """
-    try:
-        shown = make_url(settings.db_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise StoreError(f"not a database URL: {settings.db_url!r}") from None
-    path = _sqlite_path(settings.db_url)
+    shown, path = _store_url(settings)
     if create:
         try:
             settings.ensure_dirs()
