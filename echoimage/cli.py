@@ -273,9 +273,13 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     sizes = report["bytes"]
     click.echo("bytes: " + ", ".join(f"{k}: {v:,}" for k, v in sizes.items()))
     for run in report["runs"]:
-        dur = f"{run['duration_s']:.1f} s" if run["duration_s"] is not None else "running"
+        if run["duration_s"] is not None:
+            dur = f"{run['duration_s']:.1f} s"
+        else:
+            dur = f"running in {run['process']}" if run["process"] else "not finished"
+        why = f"; {run['reason']}" if run["reason"] else ""
         click.echo(f"run {run['id']} {run['kind']} {run['status']} {run['started_at']} "
-                   f"({dur}): {_run_counts(run)}")
+                   f"({dur}): {_run_counts(run)}{why}")
     for url, status, reason in report["recent_failures"][:10]:
         click.echo(f"  {status}: {url}: {reason}")
 
@@ -288,13 +292,17 @@ QUERY_CSV_FIELDS = ["query", "rank", "url", "score", "duplicate", "exact", "ssim
 
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
+    from echoimage.store.models import RunStatus
+
     counts = run["counts"]
     if counts:
         return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    if run["status"] == "running":
+    if run["status"] == RunStatus.RUNNING:
         return "nothing recorded yet"
-    if run["status"] == "ok":
+    if run["status"] == RunStatus.OK:
         return "nothing to do"
+    if run.get("duration_s", 0) is None:  # killed: counts are recorded with the end
+        return "no counts (it never recorded its end)"
     return "nothing recorded (it ended before its first batch was written)"
 
 

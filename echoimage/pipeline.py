@@ -45,7 +45,7 @@ from echoimage.index.build import update_index_files
 from echoimage.sample import ensure_sample
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
-from echoimage.store.models import RETRYABLE, TRANSIENT, Status
+from echoimage.store.models import RETRYABLE, TRANSIENT, RunStatus, Status
 from echoimage.types import CatalogueItem
 
 
@@ -548,26 +548,39 @@ def fetch_to_store_status(status: str) -> str:
     }.get(status, Status.HTTP_ERROR)
 
 
+def run_end(exc: BaseException) -> tuple[RunStatus, str]:
+    """The status and one-line reason of a run that ended with exc."""
+    if isinstance(exc, KeyboardInterrupt):
+        return RunStatus.INTERRUPTED, "interrupted (Ctrl-C)"
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, EchoImageError) and text:
+        return RunStatus.FAILED, text
+    return RunStatus.FAILED, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @contextmanager
 def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
                  sources: list[str]) -> Iterator[None]:
-    """Record a run in the store: 'running' while the block runs, then 'ok' or 'failed'
-    with the summary's counts and duration."""
+    """Record a run in the store: 'running' while the block runs, then 'ok', or 'failed' /
+    'interrupted' with the reason (run_end), with the summary's counts and duration."""
     t0 = time.perf_counter()
     with sessions.begin() as session:
         run_id = repo.start_run(session, summary.kind, sources)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
+        status, reason = run_end(exc)
         try:
             with sessions.begin() as session:
-                repo.finish_run(session, run_id, "failed", dict(summary.counts))
-        except EchoImageError as exc:  # the store itself failed (a full disk): say why once
-            log.warning("could not record the end of run %d: %s", run_id, exc)
+                repo.finish_run(session, run_id, status, dict(summary.counts), reason)
+        except EchoImageError as store_exc:  # the store itself failed (a full disk)
+            log.warning("could not record the end of run %d (%s): %s", run_id, reason,
+                        store_exc)
         raise
     summary.seconds = time.perf_counter() - t0
     with sessions.begin() as session:
-        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+        repo.finish_run(session, run_id, RunStatus.OK, dict(summary.counts))
 
 
 def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],

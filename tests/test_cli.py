@@ -288,6 +288,51 @@ def test_summary_rate_is_the_progress_bars(tmp_path: Path, catalogue,
     assert work_s <= total_s  # the whole run also lists, records and writes the index
 
 
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("the index writer broke\nsecond line of the message")
+
+
+def _ctrl_c(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how, status, reason", [
+    ("missing source", "failed", "catalogue source not found: {missing}"),
+    ("a stage raises", "failed", "RuntimeError: the index writer broke"),
+    ("Ctrl-C", "interrupted", "interrupted (Ctrl-C)"),
+])
+def test_a_run_that_ends_badly_says_why(tmp_path: Path, catalogue, store_url: str | None,
+                                        monkeypatch: pytest.MonkeyPatch, how: str,
+                                        status: str, reason: str) -> None:
+    """`index status` (text and --json) shows why a build failed or was interrupted."""
+    data_dir = tmp_path / "d"
+    missing = tmp_path / "no-such-folder"
+    sources = [str(catalogue.root)]
+    with monkeypatch.context() as m:
+        if how == "missing source":
+            sources.append(str(missing))
+        else:  # the last stage of the run: writing the index files
+            m.setattr("echoimage.pipeline.update_index_files",
+                      _boom if how == "a stage raises" else _ctrl_c)
+        failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build",
+                                          "-q", "--workers", "2", *sources])
+    assert failed.exit_code != 0
+    reason = reason.format(missing=missing)
+    report = json.loads(run(data_dir, "index", "status", "--json").output)
+    last = report["runs"][0]
+    assert (last["status"], last["reason"], last["process"]) == (status, reason, None)
+    assert last["duration_s"] is not None
+    lines = [ln for ln in run(data_dir, "index", "status").output.splitlines()
+             if ln.startswith(f"run {last['id']} ")]
+    assert len(lines) == 1 and f"build {status} " in lines[0], lines
+    assert lines[0].endswith(f"; {reason}"), lines[0]
+    # the next build goes on and ends well, with no reason
+    assert run(data_dir, "index", "build", "-q", str(catalogue.root)).exit_code == 0
+    runs = json.loads(run(data_dir, "index", "status", "--json").output)["runs"]
+    assert (runs[0]["status"], runs[0]["reason"]) == ("ok", None)
+    assert (runs[1]["status"], runs[1]["reason"]) == (status, reason)
+
+
 def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:
     q = write(tmp_path / "unrelated.jpg", jpeg(photo("microaneurysms")))
     results = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"]
@@ -320,6 +365,8 @@ def test_run_counts_text() -> None:
     assert _run_counts({"status": "ok", "counts": {}}) == "nothing to do"
     assert "before its first batch" in _run_counts({"status": "failed", "counts": {}})
     assert "yet" in _run_counts({"status": "running", "counts": {}})
+    assert "never recorded its end" in _run_counts({"status": "interrupted", "counts": {},
+                                                    "duration_s": None})
 
 
 def test_rerun_indexes_nothing_new(catalogue, cli_built) -> None:

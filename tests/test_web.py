@@ -650,6 +650,9 @@ async def test_stats_and_health(env: Env) -> None:
     n = len(env.built.catalogue.files)
     assert stats["images"] == {"indexed": n} and stats["index"]["entries"] == n
     assert stats["server"]["query_threads"] >= 1 and stats["server"]["cached_queries"] >= 0
+    last = stats["runs"][0]  # the build that made the catalogue
+    assert (last["kind"], last["status"], last["reason"]) == ("build", "ok", None)
+    assert last["counts"] == {"indexed": n}
     resp = await env.client.get("/health")
     assert resp.json() == {"status": "ok", "index_entries": n}
 
