@@ -148,10 +148,12 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(json.dumps(summary.as_dict()))
         return
     counts = dict(summary.counts)
-    rate = summary.processed / summary.seconds if summary.seconds else 0.0
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing to do"
-    click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s "
-               f"({rate:.0f} images/s); index entries: {summary.index_entries}")
+    # the processing phase's rate is the progress bar's final one (see work_phase)
+    work = (f"processing phase: {summary.work_items} images in {summary.work_seconds:.2f} s, "
+            f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
+    click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
+               f"index entries: {summary.index_entries}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:
@@ -271,9 +273,13 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     sizes = report["bytes"]
     click.echo("bytes: " + ", ".join(f"{k}: {v:,}" for k, v in sizes.items()))
     for run in report["runs"]:
-        dur = f"{run['duration_s']:.1f} s" if run["duration_s"] is not None else "running"
+        if run["duration_s"] is not None:
+            dur = f"{run['duration_s']:.1f} s"
+        else:
+            dur = f"running in {run['process']}" if run["process"] else "not finished"
+        why = f"; {run['reason']}" if run["reason"] else ""
         click.echo(f"run {run['id']} {run['kind']} {run['status']} {run['started_at']} "
-                   f"({dur}): {_run_counts(run)}")
+                   f"({dur}): {_run_counts(run)}{why}")
     for url, status, reason in report["recent_failures"][:10]:
         click.echo(f"  {status}: {url}: {reason}")
 
@@ -286,13 +292,17 @@ QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "ex
 
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
+    from echoimage.store.models import RunStatus
+
     counts = run["counts"]
     if counts:
         return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    if run["status"] == "running":
+    if run["status"] == RunStatus.RUNNING:
         return "nothing recorded yet"
-    if run["status"] == "ok":
+    if run["status"] == RunStatus.OK:
         return "nothing to do"
+    if run.get("duration_s", 0) is None:  # killed: counts are recorded with the end
+        return "no counts (it never recorded its end)"
     return "nothing recorded (it ended before its first batch was written)"
 
 
@@ -446,16 +456,22 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
     from tqdm import tqdm
 
     from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
+    from echoimage.store.db import open_store
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
     settings = _settings(ctx)
-    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
-              dynamic_ncols=True) as bar:
-        def progress(done: int) -> None:
-            bar.update(done - bar.n)
+    engine = open_store(settings, create=False)  # a missing store: its message, no bar
+    try:
+        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+                  dynamic_ncols=True) as bar:
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
 
-        result = find_duplicates(settings, crops=crops, progress=progress)
+            result = find_duplicates(settings, crops=crops, progress=progress,
+                                     engine=engine)
+    finally:
+        engine.dispose()
     if as_json:
         for g in result.groups:
             click.echo(json.dumps(g.to_dict()))

@@ -45,7 +45,7 @@ from echoimage.index.build import update_index_files
 from echoimage.sample import ensure_sample
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
-from echoimage.store.models import RETRYABLE, TRANSIENT, Status
+from echoimage.store.models import RETRYABLE, TRANSIENT, RunStatus, Status
 from echoimage.types import CatalogueItem
 
 
@@ -101,6 +101,17 @@ class BuildSummary:
     index: dict[str, Any] = field(default_factory=dict)  # what the index update did
     sources: list[str] = field(default_factory=list)
     processed: int = 0  # images that went through decoding and feature extraction
+    #: the processing phase (what the progress bar shows): images it handled (read or
+    #: fetched, then decoded and extracted unless unchanged or failed) and its seconds,
+    #: from the bar's start to its end; `seconds` is the whole run (listing the sources,
+    #: recording them, processing, writing the index)
+    work_items: int = 0
+    work_seconds: float = 0.0
+
+    @property
+    def work_rate(self) -> float:
+        """Images handled per second of the processing phase (the bar's final rate)."""
+        return self.work_items / self.work_seconds if self.work_seconds else 0.0
 
     def merge(self, other: BuildSummary) -> None:
         """Add another summary's counts, failures, processed images and times (a part of
@@ -117,6 +128,8 @@ class BuildSummary:
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "net_wait_seconds": round(self.net_wait_seconds, 3),
+                "work_items": self.work_items, "work_seconds": round(self.work_seconds, 3),
+                "work_rate": round(self.work_rate, 3),
                 "index_entries": self.index_entries, "index": self.index,
                 "sources": self.sources,
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
@@ -270,6 +283,30 @@ def _remote_source(settings: Settings, url: str) -> tuple[str, str, Iterable[Cat
     return url, kind, list(cat.parse_catalogue(res.data, kind, url, url))
 
 
+@contextmanager
+def work_phase(summary: BuildSummary, total: int, progress: bool, desc: str
+               ) -> Iterator[Callable[[int], None]]:
+    """The processing phase of a run: a progress bar on stderr and the summary's
+    work_items and work_seconds, counted together (the bar's final rate is their ratio:
+    smoothing=0 makes tqdm show the average since its start rather than a recent rate).
+    Yields advance(n), to call as images are handled."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=desc,
+               dynamic_ncols=True, smoothing=0)
+    t0 = time.time()  # tqdm's clock, started with the bar
+
+    def advance(n: int) -> None:
+        summary.work_items += n
+        bar.update(n)
+
+    try:
+        yield advance
+    finally:
+        summary.work_seconds += time.time() - t0
+        bar.close()
+
+
 class Indexer:
     """Runs the work set of one build or update through fetch, features and the store.
 
@@ -329,13 +366,17 @@ class Indexer:
 
     async def _run(self, pool: Executor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
-        from tqdm import tqdm
+        """The processing phase, timed and counted by work_phase."""
+        with work_phase(summary, len(work), self.progress, summary.kind) as advance:
+            await self._run_phase(pool, workers, work, summary, advance)
 
+    async def _run_phase(self, pool: Executor, workers: int, work: list[WorkItem],
+                         summary: BuildSummary, advance: Callable[[int], None]) -> None:
+        """Local files to the pool; URLs fetched here, their bytes to the pool; advance(1)
+        per image handled."""
         from echoimage.fetch.client import FetchConfig, Fetcher
 
         loop = asyncio.get_running_loop()
-        bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
-                   desc=summary.kind, dynamic_ncols=True)
         items = {w.image_id: w for w in work}
         pending: list[WorkResult] = []
         cpu_slots = asyncio.Semaphore(workers * 2)
@@ -350,7 +391,7 @@ class Indexer:
             if len(pending) >= self.settings.batch_size:
                 self._write(pending, items, summary)
                 pending.clear()
-            bar.update(1)
+            advance(1)
             done += 1
             if self.on_progress is not None:
                 self.on_progress(done, len(work))
@@ -402,7 +443,6 @@ class Indexer:
             if pending:
                 self._write(pending, items, summary)
                 pending.clear()
-            bar.close()
 
     def _write(self, results: list[WorkResult], items: dict[int, WorkItem],
                summary: BuildSummary) -> None:
@@ -419,18 +459,16 @@ class Indexer:
 
     def _run_cluster(self, work: list[WorkItem], summary: BuildSummary) -> None:
         """The work as shard tasks on the Dask cluster (see echoimage.cluster)."""
-        from tqdm import tqdm
-
         from echoimage.cluster import ClusterClient, ShardJob, index_shard, shards_of
 
         assert self.settings.cluster is not None
         items = {w.image_id: w for w in work}
         write = self.engine.dialect.name != "sqlite"
         job = ShardJob(self.params, self.settings.model_dump(mode="json"), write)
-        bar = tqdm(total=len(work), unit="img", disable=not self.progress, file=sys.stderr,
-                   desc=f"{summary.kind} (cluster)", dynamic_ncols=True)
         done = 0
-        with ClusterClient(self.settings.cluster) as cluster:
+        with (ClusterClient(self.settings.cluster) as cluster,
+              work_phase(summary, len(work), self.progress,
+                         f"{summary.kind} (cluster)") as advance):
             from distributed import as_completed
 
             client = cluster.client
@@ -446,13 +484,12 @@ class Indexer:
                         self._write(out.results, items, summary)
                     else:
                         self._changed(out.changed)
-                    bar.update(out.items)
+                    advance(out.items)
                     done += out.items
                     if self.on_progress is not None:
                         self.on_progress(done, len(work))
             finally:
                 client.cancel(futures)
-                bar.close()
 
 
 def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
@@ -511,26 +548,39 @@ def fetch_to_store_status(status: str) -> str:
     }.get(status, Status.HTTP_ERROR)
 
 
+def run_end(exc: BaseException) -> tuple[RunStatus, str]:
+    """The status and one-line reason of a run that ended with exc."""
+    if isinstance(exc, KeyboardInterrupt):
+        return RunStatus.INTERRUPTED, "interrupted (Ctrl-C)"
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, EchoImageError) and text:
+        return RunStatus.FAILED, text
+    return RunStatus.FAILED, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @contextmanager
 def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
                  sources: list[str]) -> Iterator[None]:
-    """Record a run in the store: 'running' while the block runs, then 'ok' or 'failed'
-    with the summary's counts and duration."""
+    """Record a run in the store: 'running' while the block runs, then 'ok', or 'failed' /
+    'interrupted' with the reason (run_end), with the summary's counts and duration."""
     t0 = time.perf_counter()
     with sessions.begin() as session:
         run_id = repo.start_run(session, summary.kind, sources)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
+        status, reason = run_end(exc)
         try:
             with sessions.begin() as session:
-                repo.finish_run(session, run_id, "failed", dict(summary.counts))
-        except EchoImageError as exc:  # the store itself failed (a full disk): say why once
-            log.warning("could not record the end of run %d: %s", run_id, exc)
+                repo.finish_run(session, run_id, status, dict(summary.counts), reason)
+        except EchoImageError as store_exc:  # the store itself failed (a full disk)
+            log.warning("could not record the end of run %d (%s): %s", run_id, reason,
+                        store_exc)
         raise
     summary.seconds = time.perf_counter() - t0
     with sessions.begin() as session:
-        repo.finish_run(session, run_id, "ok", dict(summary.counts))
+        repo.finish_run(session, run_id, RunStatus.OK, dict(summary.counts))
 
 
 def index_work(settings: Settings, engine: Engine, work: Iterable[WorkItem],

@@ -24,7 +24,7 @@ from echoimage.pipeline import (
     resolve_sources,
 )
 from echoimage.store import repo
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import open_store, require_existing, session_factory
 from echoimage.store.models import RETRYABLE, Status
 from echoimage.types import CatalogueItem
 
@@ -34,7 +34,9 @@ HAND_LISTED = frozenset({"api", "page"})
 
 
 def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
-    """Re-read every recorded source and bring the store and the index up to date."""
+    """Re-read every recorded source and bring the store and the index up to date (a store
+    that does not exist is a StoreError: there is nothing to update)."""
+    require_existing(settings)
     engine = open_store(settings)
     sessions = session_factory(engine)
     summary = BuildSummary(kind="update")

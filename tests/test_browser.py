@@ -278,3 +278,64 @@ def test_works_without_javascript(server: str, browser: object, built: Built,
     page.click("button[type=submit]")
     assert "not an image" in page.locator("[role=alert]").inner_text()
     context.close()
+
+
+def _offline_page(browser: object, server: str) -> tuple[object, list[str], list[str]]:
+    """A page whose requests to anywhere but the server are aborted (and listed), with its
+    console errors."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    blocked: list[str] = []
+    problems: list[str] = []
+
+    def route(r: object) -> None:
+        url = r.request.url  # type: ignore[attr-defined]
+        if url.startswith(server + "/") or url.startswith("data:") or url.startswith("blob:"):
+            r.continue_()  # type: ignore[attr-defined]
+        else:
+            blocked.append(url)
+            r.abort()  # type: ignore[attr-defined]
+
+    page.route("**/*", route)
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    return page, blocked, problems
+
+
+def test_api_docs_render_offline(server: str, browser: object) -> None:
+    """/docs draws Swagger UI with every request leaving 127.0.0.1 blocked."""
+    page, blocked, problems = _offline_page(browser, server)
+    page.goto(server + "/docs")  # type: ignore[attr-defined]
+    op = page.locator("#operations-search-search_api_search_post")  # type: ignore[attr-defined]
+    op.wait_for(state="visible", timeout=20_000)
+    assert op.locator(".opblock-summary-method").inner_text().strip() == "POST"
+    assert op.locator(".opblock-summary-path").inner_text().strip() == "/api/search"
+    assert page.locator(".swagger-ui .info .title").inner_text().startswith(  # type: ignore[attr-defined]
+        "EchoImage")
+    # Swagger UI's stylesheet is applied: the POST badge has its green background
+    colour = op.locator(".opblock-summary-method").evaluate(
+        "e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb(73, 204, 144)", colour
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "api-docs.png"
+    page.screenshot(path=str(shot))  # type: ignore[attr-defined]
+    assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
+    assert blocked == [] and problems == [], (blocked, problems)
+    page.close()  # type: ignore[attr-defined]
+
+
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def test_redoc_renders_offline(server: str, browser: object) -> None:
+    page, blocked, problems = _offline_page(browser, server)
+    page.goto(server + "/redoc")  # type: ignore[attr-defined]
+    heading = page.locator("h2", has_text="Search")  # type: ignore[attr-defined]
+    heading.first.wait_for(state="visible", timeout=20_000)
+    assert page.locator("h1").first.inner_text().startswith("EchoImage")  # type: ignore[attr-defined]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "redoc.png"))  # type: ignore[attr-defined]
+    # the one request ReDoc makes elsewhere is its attribution logo, which it hides when
+    # the logo cannot be loaded
+    assert set(blocked) <= {REDOC_LOGO}, blocked
+    assert [p for p in problems if "net::ERR_FAILED" not in p] == [], problems
+    page.close()  # type: ignore[attr-defined]

@@ -240,6 +240,118 @@ def test_query_needs_an_index(tmp_path, store_url: str | None) -> None:
     assert not (tmp_path / "empty").exists()  # a query never creates a catalogue
 
 
+#: commands that read a catalogue (or change one but never start one): none may create a
+#: data directory where there is no catalogue
+READERS = [["query", "q.png"], ["query", "--json", "q.png"], ["index", "status"],
+           ["index", "status", "--json"], ["index", "verify"], ["index", "verify", "--dry-run"],
+           ["index", "rebuild"], ["index", "update", "-q"], ["dedupe"], ["dedupe", "--json"],
+           ["catalogue", "sources"], ["catalogue", "remove", "17"], ["serve", "--port", "9"]]
+
+
+@pytest.mark.parametrize("args", READERS, ids=" ".join)
+@pytest.mark.parametrize("where", ["default", "data-dir", "env-data-dir", "database-url"])
+def test_readers_never_create_a_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          args: list[str], where: str) -> None:
+    """Run from an empty directory, a reader says where it looked and how to point it
+    elsewhere, in one line, and leaves the directory as it was."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    write(cwd / "q.png", png(photo("camera")))
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv("ECHOIMAGE_DATA_DIR", raising=False)
+    opts: list[str] = []
+    looked = cwd / "echoimage-data" / "echoimage.sqlite3"
+    if where == "data-dir":
+        opts, looked = ["--data-dir", "mine"], cwd / "mine" / "echoimage.sqlite3"
+    elif where == "env-data-dir":
+        monkeypatch.setenv("ECHOIMAGE_DATA_DIR", str(tmp_path / "env-dir"))
+        looked = tmp_path / "env-dir" / "echoimage.sqlite3"
+    elif where == "database-url":
+        looked = tmp_path / "store.db"
+        monkeypatch.setenv(URL_ENV, f"sqlite:///{looked}")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, [*opts, *args])
+    assert result.exit_code == 1, result.output
+    message = (json_lines(result)[0]["error"] if "--json" in args and args[0] == "query"
+               else result.output.strip().splitlines()[-1])
+    assert str(looked) in message and "--data-dir" in message, message
+    assert "ECHOIMAGE_DATA_DIR" in message and "ECHOIMAGE_DATABASE_URL" in message
+    if where == "default":
+        assert "default data directory ./echoimage-data" in message
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_summary_rate_is_the_progress_bars(tmp_path: Path, catalogue,
+                                           store_url: str | None) -> None:
+    """`index build` prints the processing phase's images, seconds and rate; they are the
+    progress bar's final count and rate (tqdm's average, not a recent rate)."""
+    import re
+
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "build",
+                                      str(catalogue.root), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    bars = re.findall(r"(\d+)/(\d+) \[[^\]]*?,\s*([\d.]+)img/s\]", result.stderr)
+    assert bars, result.stderr
+    bar_n, bar_total, bar_rate = int(bars[-1][0]), int(bars[-1][1]), float(bars[-1][2])
+    summary = result.stdout.strip().splitlines()[0]
+    got = re.search(r" in ([\d.]+) s \(processing phase: (\d+) images in ([\d.]+) s, "
+                    r"([\d.]+) images/s\)", summary)
+    assert got, summary
+    total_s, items, work_s, rate = (float(got[1]), int(got[2]), float(got[3]),
+                                    float(got[4]))
+    assert items == bar_n == bar_total == len(catalogue.files)
+    assert rate == pytest.approx(bar_rate, rel=0.02, abs=0.1), (summary, bars[-1])
+    assert rate == pytest.approx(items / work_s, rel=0.1)  # work_s is shown rounded
+    assert work_s <= total_s  # the whole run also lists, records and writes the index
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("the index writer broke\nsecond line of the message")
+
+
+def _ctrl_c(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how, status, reason", [
+    ("missing source", "failed", "catalogue source not found: {missing}"),
+    ("a stage raises", "failed", "RuntimeError: the index writer broke"),
+    ("Ctrl-C", "interrupted", "interrupted (Ctrl-C)"),
+])
+def test_a_run_that_ends_badly_says_why(tmp_path: Path, catalogue, store_url: str | None,
+                                        monkeypatch: pytest.MonkeyPatch, how: str,
+                                        status: str, reason: str) -> None:
+    """`index status` (text and --json) shows why a build failed or was interrupted."""
+    data_dir = tmp_path / "d"
+    missing = tmp_path / "no-such-folder"
+    sources = [str(catalogue.root)]
+    with monkeypatch.context() as m:
+        if how == "missing source":
+            sources.append(str(missing))
+        else:  # the last stage of the run: writing the index files
+            m.setattr("echoimage.pipeline.update_index_files",
+                      _boom if how == "a stage raises" else _ctrl_c)
+        failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build",
+                                          "-q", "--workers", "2", *sources])
+    assert failed.exit_code != 0
+    reason = reason.format(missing=missing)
+    report = json.loads(run(data_dir, "index", "status", "--json").output)
+    last = report["runs"][0]
+    assert (last["status"], last["reason"], last["process"]) == (status, reason, None)
+    assert last["duration_s"] is not None
+    lines = [ln for ln in run(data_dir, "index", "status").output.splitlines()
+             if ln.startswith(f"run {last['id']} ")]
+    assert len(lines) == 1 and f"build {status} " in lines[0], lines
+    assert lines[0].endswith(f"; {reason}"), lines[0]
+    # the next build goes on and ends well, with no reason
+    assert run(data_dir, "index", "build", "-q", str(catalogue.root)).exit_code == 0
+    runs = json.loads(run(data_dir, "index", "status", "--json").output)["runs"]
+    assert (runs[0]["status"], runs[0]["reason"]) == ("ok", None)
+    assert (runs[1]["status"], runs[1]["reason"]) == (status, reason)
+
+
 def test_unrelated_photo_is_not_a_duplicate(cli_built, tmp_path) -> None:
     q = write(tmp_path / "unrelated.jpg", jpeg(photo("microaneurysms")))
     results = json_lines(run(cli_built[0], "query", "--json", str(q)))[0]["results"]
@@ -272,6 +384,8 @@ def test_run_counts_text() -> None:
     assert _run_counts({"status": "ok", "counts": {}}) == "nothing to do"
     assert "before its first batch" in _run_counts({"status": "failed", "counts": {}})
     assert "yet" in _run_counts({"status": "running", "counts": {}})
+    assert "never recorded its end" in _run_counts({"status": "interrupted", "counts": {},
+                                                    "duration_s": None})
 
 
 def test_rerun_indexes_nothing_new(catalogue, cli_built) -> None:

@@ -204,7 +204,7 @@ def test_failing_update_exits_nonzero_and_logs(data_dir: Path, tmp_path: Path) -
     assert "index update failed with status 1" in res.stderr
     lines = log_lines(data_dir)
     assert lines[0].startswith("start: ")
-    assert any(t.startswith("Error: store unreachable") and "unable to open" in t
+    assert any(t.startswith("Error: cannot read the store") and "Not a directory" in t
                for t in lines), lines
     assert lines[-1].startswith("FAILED: index update exited with status 1")
     # the lock was released: the next run (with a working store) goes ahead

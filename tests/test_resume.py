@@ -9,11 +9,15 @@ once and the index agrees with the store.
 from __future__ import annotations
 
 import functools
+import json
+import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, write
 
+from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
 from echoimage.pipeline import build_index
@@ -80,7 +84,8 @@ def test_resume_after_sigkill(tmp_path: Path, store_url: str | None) -> None:
 
 
 def test_resume_records_interrupted_run(tmp_path: Path, store_url: str | None) -> None:
-    """A killed build leaves its run 'running' and its unfinished images pending."""
+    """A killed build leaves its run 'running' (shown as interrupted: its process is gone)
+    and its unfinished images pending; the next build marks it interrupted."""
     data_dir = tmp_path / "data"
     root = tmp_path / "catalogue"
     files = make_catalogue(root, 150)
@@ -96,5 +101,29 @@ def test_resume_records_interrupted_run(tmp_path: Path, store_url: str | None) -
         engine.dispose()
     assert counts.get(Status.INDEXED, 0) == before
     assert counts.get(Status.PENDING, 0) == len(files) - before
-    assert runs[0]["status"] == "running" and runs[0]["duration_s"] is None
-    assert runs[0]["counts"] == {}
+    # still recorded as running; its process is gone, so it is shown as interrupted
+    assert runs[0]["status"] == "interrupted" and runs[0]["duration_s"] is None
+    assert runs[0]["counts"] == {} and runs[0]["process"] is None
+    assert re.fullmatch(r"its process \(pid \d+ on \S+\) is gone: it was killed before it "
+                        r"could record its end", runs[0]["reason"]), runs[0]
+    report = json.loads(status(data_dir, "--json"))
+    assert report["runs"][0]["reason"] == runs[0]["reason"]
+    line = [ln for ln in status(data_dir).splitlines() if ln.startswith("run ")][0]
+    assert " interrupted " in line and line.endswith("; " + runs[0]["reason"]), line
+
+    # the next build marks it interrupted for good, saying so; the text shows it too
+    build_index(Settings(data_dir=data_dir), [str(root)], progress=False)
+    report = json.loads(status(data_dir, "--json"))
+    last, killed_run = report["runs"][0], report["runs"][1]
+    assert (last["status"], last["reason"]) == ("ok", None)
+    assert killed_run["status"] == "interrupted"
+    assert re.fullmatch(rf"its process \(pid \d+ on \S+\) was gone when run {last['id']} "
+                        r"started: killed", killed_run["reason"]), killed_run
+    assert f"; {killed_run['reason']}" in status(data_dir)
+
+
+def status(data_dir: Path, *args: str) -> str:
+    """`echoimage index status` output (the store from ECHOIMAGE_DATABASE_URL, if set)."""
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "status", *args])
+    assert result.exit_code == 0, result.output
+    return result.output

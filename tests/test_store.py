@@ -30,7 +30,7 @@ from echoimage.store.codec import (
     encode_thumbnail,
 )
 from echoimage.store.db import current_revision, head_revision, open_store, session_factory
-from echoimage.store.models import FeatureRow, Status
+from echoimage.store.models import FeatureRow, Run, RunStatus, Status
 from echoimage.types import CatalogueItem, ImageFeatures
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
@@ -304,6 +304,52 @@ def test_runs_are_recorded(sessions) -> None:
         runs = repo.recent_runs(s)
     assert runs[0]["id"] == run and runs[0]["status"] == "ok"
     assert runs[0]["counts"] == {"indexed": 3} and runs[0]["duration_s"] >= 0
+
+
+def test_runs_found_running_say_why_they_were_interrupted(sessions) -> None:
+    """A run whose process is gone, one still going in a live process and one of another
+    machine: each is marked interrupted by the next run, with its own reason."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    owners = {"gone": f"pid {dead.pid} on {host}", "alive": repo.run_owner(),
+              "elsewhere": "pid 1 on another-machine"}
+    ids = {}
+    for name, owner in owners.items():  # as each process recorded itself (start_run)
+        with sessions.begin() as s:
+            run = Run(kind="build", started_at=repo.now(), status=RunStatus.RUNNING,
+                      sources=[f"/{name}"], reason=owner)
+            s.add(run)
+            s.flush()
+            ids[name] = run.id
+    with sessions() as s:  # before another run starts, a gone process shows at once
+        shown = {r["id"]: r for r in repo.recent_runs(s)}
+    assert shown[ids["gone"]]["status"] == "interrupted"
+    assert f"({owners['gone']}) is gone" in shown[ids["gone"]]["reason"]
+    assert shown[ids["elsewhere"]]["status"] == "running"
+    assert shown[ids["elsewhere"]]["process"] == owners["elsewhere"]
+    with sessions.begin() as s:
+        new = repo.start_run(s, "update", [])
+    with sessions() as s:
+        runs = {r["id"]: r for r in repo.recent_runs(s)}
+    assert runs[new]["status"] == "running" and runs[new]["process"] == repo.run_owner()
+    assert runs[new]["reason"] is None
+    for name in owners:
+        assert runs[ids[name]]["status"] == "interrupted" and runs[ids[name]]["process"] is None
+    why = {name: runs[ids[name]]["reason"] for name in owners}
+    assert why["gone"] == f"its process ({owners['gone']}) was gone when run {new} started: killed"
+    assert why["alive"] == f"still running ({owners['alive']}) when run {new} started"
+    assert why["elsewhere"].startswith(f"found running ({owners['elsewhere']}) when run {new}")
+    # a run still going that ends later records its own end over that
+    with sessions.begin() as s:
+        repo.finish_run(s, ids["alive"], RunStatus.OK, {"indexed": 1})
+    with sessions() as s:
+        alive = {r["id"]: r for r in repo.recent_runs(s)}[ids["alive"]]
+    assert alive["status"] == "ok" and alive["reason"] is None
 
 
 def test_over_long_urls_and_validators_are_not_kept(sessions, feats) -> None:

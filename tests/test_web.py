@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -649,6 +650,9 @@ async def test_stats_and_health(env: Env) -> None:
     n = len(env.built.catalogue.files)
     assert stats["images"] == {"indexed": n} and stats["index"]["entries"] == n
     assert stats["server"]["query_threads"] >= 1 and stats["server"]["cached_queries"] >= 0
+    last = stats["runs"][0]  # the build that made the catalogue
+    assert (last["kind"], last["status"], last["reason"]) == ("build", "ok", None)
+    assert last["counts"] == {"indexed": n}
     resp = await env.client.get("/health")
     assert resp.json() == {"status": "ok", "index_entries": n}
 
@@ -663,6 +667,27 @@ async def test_openapi_docs(env: Env) -> None:
         assert path in paths
     body = paths["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
+
+
+@module_loop
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_api_docs_load_nothing_from_elsewhere(env: Env, page: str) -> None:
+    """The docs pages name only this server's URLs; each asset answers 200 with its type."""
+    resp = await env.client.get(page)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    assert "http://" not in resp.text and "https://" not in resp.text  # no CDN
+    assets = re.findall(r'(?:src|href)="(/[^"]+)"', resp.text)
+    assert assets, resp.text
+    kinds = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    for url in assets:
+        got = await env.client.get(url)
+        assert got.status_code == 200, url
+        assert got.headers["content-type"].startswith(kinds[Path(url).suffix]), (url, got.headers)
+        assert len(got.content) > (100_000 if url.endswith((".js", ".css")) else 100)
+    if page == "/docs":
+        assert {Path(u).name for u in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    else:
+        assert "redoc.standalone.js" in {Path(u).name for u in assets}
 
 
 # --- the page --------------------------------------------------------------------------------

@@ -197,9 +197,22 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
+#: how a reader is pointed at another catalogue (named in its "no catalogue" errors)
+POINT_ELSEWHERE = "--data-dir (ECHOIMAGE_DATA_DIR) or ECHOIMAGE_DATABASE_URL"
+
+
+def _where_looked(path: Path, settings: Settings) -> str:
+    """Where a reader looked for a store that is not there, in words."""
+    if settings.database_url:
+        return f"no catalogue at {path} (ECHOIMAGE_DATABASE_URL; the file does not exist)"
+    default = settings.data_dir == Settings.model_fields["data_dir"].default
+    where = f"the default data directory ./{settings.data_dir}" if default else "the data " \
+        f"directory {settings.data_dir}"
+    return f"no catalogue in {where} ({path.resolve()} does not exist)"
+
+
 def _check_existing(path: Path, settings: Settings) -> None:
     """A reader's store file must exist and hold something; else say where it looked."""
-    where = settings.data_dir
     index_files = settings.index_dir.is_dir() and any(settings.index_dir.iterdir())
     try:
         size = path.stat().st_size
@@ -210,9 +223,8 @@ def _check_existing(path: Path, settings: Settings) -> None:
                 "the store was deleted or moved; restore it, or build the catalogue again "
                 "with `echoimage index build`") from None
         raise StoreError(
-            f"no catalogue in {where} ({path} does not exist): build one with `echoimage "
-            "index build SOURCE`, or point --data-dir (ECHOIMAGE_DATA_DIR) or "
-            "ECHOIMAGE_DATABASE_URL at an existing one") from None
+            f"{_where_looked(path, settings)}: build one with `echoimage index build "
+            f"SOURCE`, or point {POINT_ELSEWHERE} at an existing one") from None
     except OSError as exc:
         raise StoreError(f"cannot read the store {path}: {exc.strerror or exc}") from None
     if size == 0:
@@ -221,6 +233,25 @@ def _check_existing(path: Path, settings: Settings) -> None:
             f"the store {path} is empty (0 bytes){beside}: it was truncated or never built; "
             "restore it from a backup, or move it away and build the catalogue again with "
             "`echoimage index build`")
+
+
+def _store_url(settings: Settings) -> tuple[str, Path | None]:
+    """The store's URL as shown (no password) and its SQLite file, if it is one; a URL
+    that cannot be parsed is a StoreError."""
+    try:
+        shown = make_url(settings.db_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {settings.db_url!r}") from None
+    return shown, _sqlite_path(settings.db_url)
+
+
+def require_existing(settings: Settings) -> None:
+    """For a command that changes a catalogue but never starts one (`index update`): a
+    SQLite store must already exist, else a StoreError saying where it looked (and no data
+    directory is created)."""
+    _, path = _store_url(settings)
+    if path is not None:
+        _check_existing(path, settings)
 
 
 def _readonly_engine(path: Path) -> Engine:
@@ -256,11 +287,7 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     With create false (readers), a missing or empty store is a StoreError, and a store that
     cannot be written is opened read-only (its schema must then be current).
     """
-    try:
-        shown = make_url(settings.db_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise StoreError(f"not a database URL: {settings.db_url!r}") from None
-    path = _sqlite_path(settings.db_url)
+    shown, path = _store_url(settings)
     if create:
         try:
             settings.ensure_dirs()
@@ -299,7 +326,8 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     if rev is None and not create:
         engine.dispose()
         raise StoreError(f"{shown} holds no EchoImage catalogue (no schema): build one with "
-                         "`echoimage index build SOURCE`")
+                         f"`echoimage index build SOURCE`, or point {POINT_ELSEWHERE} at an "
+                         "existing one")
     if rev != head_revision():
         if not migrate or readonly:
             engine.dispose()

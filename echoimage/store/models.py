@@ -51,6 +51,15 @@ class Status(StrEnum):
     REMOVED = "removed"  # taken out of the catalogue by its owner (kept as a tombstone)
 
 
+class RunStatus(StrEnum):
+    """Values of runs.status."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"  # it raised: runs.reason is the error's one line
+    INTERRUPTED = "interrupted"  # Ctrl-C, or found still running by a later run
+
+
 #: statuses a later run tries again
 RETRYABLE = frozenset({Status.PENDING, Status.HTTP_ERROR, Status.TIMEOUT, Status.MISSING})
 #: transient failures: an image indexed before keeps its old entry
@@ -155,4 +164,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16))
     counts: Mapped[dict | None] = mapped_column(JSON)
     sources: Mapped[list | None] = mapped_column(JSON)
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed
+    #: why it failed or was interrupted; while it runs, the process doing it
+    #: ("pid 1234 on HOST", see repo.run_owner), so that a run whose process is gone can be
+    #: told from one still going
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)

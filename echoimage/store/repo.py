@@ -14,6 +14,9 @@ deadlock on each other's rows, and change numbers are committed in their order.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +35,15 @@ from echoimage.store.codec import (
     encode_thumbnail,
     thumbnail_to_png,
 )
-from echoimage.store.models import FeatureRow, ImageRow, Run, Source, Status, StoreInfo
+from echoimage.store.models import (
+    FeatureRow,
+    ImageRow,
+    Run,
+    RunStatus,
+    Source,
+    Status,
+    StoreInfo,
+)
 from echoimage.types import Candidate, CatalogueItem, ImageFeatures
 
 log = logging.getLogger(__name__)
@@ -525,32 +536,79 @@ def thumbnail_png(session: Session, image_id: int) -> bytes | None:
     return thumbnail_to_png(data) if data is not None else None
 
 
+def run_owner() -> str:
+    """This process as a running run records it in runs.reason."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+_OWNER = re.compile(r"pid (\d+) on (\S+)")
+
+
+def owner_gone(owner: str | None) -> bool | None:
+    """Whether the process a running run recorded (run_owner) has exited: None when that
+    cannot be told from here (another machine, or nothing recorded)."""
+    m = _OWNER.fullmatch(owner or "")
+    if m is None or m[2] != socket.gethostname():
+        return None
+    try:
+        os.kill(int(m[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 def start_run(session: Session, kind: str, sources: list[str]) -> int:
-    """Record the start of an indexing run; runs left 'running' by a killed process are
-    marked 'interrupted' (so is a run another process is still doing, if any: it records
-    'ok' or 'failed' over that when it ends; `scripts/reindex-cron.sh` never overlaps its
-    own runs)."""
-    session.execute(update(Run).where(Run.status == "running").values(status="interrupted"))
-    run = Run(kind=kind, started_at=now(), status="running", sources=sources)
+    """Record the start of an indexing run. Runs still 'running' are marked 'interrupted'
+    with the reason: their process is gone (killed, the machine stopped), or it was still
+    going (it then records 'ok' or 'failed' over that when it ends;
+    `scripts/reindex-cron.sh` never overlaps its own runs)."""
+    run = Run(kind=kind, started_at=now(), status=RunStatus.RUNNING, sources=sources,
+              reason=run_owner())
     session.add(run)
     session.flush()
+    for other in session.scalars(select(Run).where(Run.status == RunStatus.RUNNING,
+                                                   Run.id != run.id)):
+        owner = other.reason or "its process was not recorded"
+        gone = owner_gone(other.reason)
+        if gone:
+            why = f"its process ({owner}) was gone when run {run.id} started: killed"
+        elif gone is None:
+            why = (f"found running ({owner}) when run {run.id} started: killed, or still "
+                   "going elsewhere")
+        else:
+            why = f"still running ({owner}) when run {run.id} started"
+        other.status, other.reason = RunStatus.INTERRUPTED, why
     return run.id
 
 
-def finish_run(session: Session, run_id: int, status: str, counts: dict[str, int]) -> None:
-    """Record the end of an indexing run with its counts per state."""
+def finish_run(session: Session, run_id: int, status: RunStatus, counts: dict[str, int],
+               reason: str | None = None) -> None:
+    """Record the end of an indexing run with its counts per state and, when it ended
+    badly, why."""
     session.execute(update(Run).where(Run.id == run_id).values(
-        finished_at=now(), status=status, counts=counts))
+        finished_at=now(), status=status, counts=counts, reason=reason))
 
 
 def recent_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
-    """The latest runs, newest first."""
+    """The latest runs, newest first, with why each that ended badly did (`reason`) and
+    the process doing each that is running (`process`). A run still recorded as running
+    whose process is gone is shown as interrupted, with that reason."""
     out = []
     for r in session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)):
         dur = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
-        out.append({"id": r.id, "kind": r.kind, "status": r.status,
+        status, reason, process = r.status, r.reason, None
+        if status == RunStatus.RUNNING:
+            process, reason = r.reason, None
+            if owner_gone(process):
+                status, process = RunStatus.INTERRUPTED, None
+                reason = (f"its process ({r.reason}) is gone: it was killed before it could "
+                          "record its end")
+        out.append({"id": r.id, "kind": r.kind, "status": status,
                     "started_at": r.started_at.isoformat(), "duration_s": dur,
-                    "counts": r.counts or {}, "sources": r.sources or []})
+                    "counts": r.counts or {}, "sources": r.sources or [],
+                    "reason": reason, "process": process})
     return out
 
 

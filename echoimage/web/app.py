@@ -19,6 +19,7 @@ from echoimage.errors import EchoImageError
 from echoimage.store.db import open_store
 from echoimage.web import admin, pages, routes
 from echoimage.web.config import WebSettings
+from echoimage.web.docs import add_docs
 from echoimage.web.inputs import http_error
 from echoimage.web.service import WebService
 
@@ -53,6 +54,8 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
                     "schema of `echoimage query --json`.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # add_docs serves /docs and /redoc with local assets (no CDN)
+        redoc_url=None,
     )
 
     @app.exception_handler(EchoImageError)
@@ -64,6 +67,7 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     app.include_router(routes.health_router)
     app.include_router(admin.router)
     app.include_router(pages.router)
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

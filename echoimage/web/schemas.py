@@ -133,13 +133,30 @@ class ServerStats(BaseModel):
     cache_ttl_s: float
 
 
+class RunInfo(BaseModel):
+    """An indexing run (`index build`, `index update`, a catalogue job), as `echoimage index
+    status --json` shows it."""
+
+    id: int
+    kind: str
+    status: str = Field(description="running, ok, failed or interrupted")
+    started_at: str
+    duration_s: float | None = Field(description="null while running or when it never "
+                                                 "recorded its end")
+    counts: dict[str, int]
+    sources: list[str]
+    reason: str | None = Field(description="why it failed or was interrupted, in one line")
+    process: str | None = Field(description="while running: the process doing it")
+
+
 class StatsResponse(BaseModel):
-    """Catalogue counts by status, the index and the server."""
+    """Catalogue counts by status, the index, the server and the latest indexing runs."""
 
     images: dict[str, int]
     total_images: int
     index: IndexStats
     server: ServerStats
+    runs: list[RunInfo] = Field(description="the latest runs, newest first")
 
 
 class HealthResponse(BaseModel):

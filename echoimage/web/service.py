@@ -222,12 +222,13 @@ class WebService:
     # --- numbers ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Catalogue counts by status, the index being served and this server's counters
-        (a change of the store starts a background refresh; the answer says what is
-        served now)."""
+        """Catalogue counts by status, the index being served, this server's counters and
+        the latest indexing runs (a change of the store starts a background refresh; the
+        answer says what is served now)."""
         snap = self.engine.live.current()
         with self.engine.sessions() as session:
             counts = repo.status_counts(session)
+            runs = repo.recent_runs(session)
         c = self.counters
         return {
             "images": counts,
@@ -240,4 +241,5 @@ class WebService:
                        "queries": c.queries, "failed_queries": c.failed, "running": c.running,
                        "waiting": c.waiting, "query_threads": self.threads,
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
+            "runs": runs,
         }
