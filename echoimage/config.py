@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     # still has enough resolution for ORB
     query_work_size: int = 1024
     orb_features: int = 1500  # per catalogue image, stored
+    # colour: each image's RGB version has its longest side at most colour_size; it makes
+    # the colour signature and, as a JPEG at colour_quality, the preview the web page shows
+    # (bsds500: ~4 KB per image; see echoimage/features/colour.py and README, "Colour")
+    colour_size: int = 192
+    colour_quality: int = 70
     query_orb_features: int = 500  # per query view
 
     # the most results a query may ask for (CLI, HTTP API and library alike)

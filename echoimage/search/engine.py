@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from echoimage.config import Settings
 from echoimage.errors import EmptyCatalogueError
+from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
@@ -24,6 +25,7 @@ from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim_counts
 from echoimage.search.shortlist import Shortlisted, shortlist
+from echoimage.search.verdict import verdict
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
@@ -87,23 +89,28 @@ class SearchEngine:
         """Number of indexed catalogue images."""
         return self.live.snapshot().size
 
-    def query_bytes(self, data: bytes, k: int = 5) -> QueryResult:
+    def query_bytes(self, data: bytes, k: int = 5, colour_sensitive: bool | None = None
+                    ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
+        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size,
+                           self.settings.colour_size)
         t1 = time.perf_counter()
-        res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
+        res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
+                               colour_sensitive=colour_sensitive)
         res.timings["decode_ms"] = (t1 - t0) * 1000
         return res
 
-    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None
-                    ) -> QueryResult:
+    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None,
+                    colour_sensitive: bool | None = None) -> QueryResult:
         """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash.
 
         The shortlist is the union of: the pHash neighbours of the whole query in all 8
         orientations; the images its ORB descriptors vote for; the pHash neighbours of each
         content box (a picture inside a border, a screenshot, a captioned copy); and any
-        image with the same sha256 (an exact copy).
+        image with the same sha256 (an exact copy). Each result shown gets its
+        colour_distance (when the query has a colour version and the catalogue row a
+        signature) and its verdict, colour-sensitive or not (None: Settings.colour_sensitive).
         """
         if not 1 <= k <= self.settings.max_k:
             raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
@@ -193,8 +200,43 @@ class SearchEngine:
         matches = sorted(best.values(),
                          key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         shown = [self._with_ssim(m, cands, views, img) for m in _dedupe(matches)[:k]]
+        shown = self._judge(shown, img, views, colour_sensitive)
         lap("rerank_ms")
         return QueryResult(shown, spent, width=img.width, height=img.height)
+
+    def _judge(self, shown: list[Match], img: DecodedImage, views: list[_View],
+               colour_sensitive: bool | None) -> list[Match]:
+        """The shown matches with their colour_distance and verdict.
+
+        The query's colours are those of the part that matched (query_box), or else the
+        nearest of the whole query's and its content boxes' (a picture inside a border or
+        a page keeps its colours, the page around it does not count). A match covering
+        only part of the catalogue image is compared as such (see colour_distance).
+        """
+        sigs: dict[int, bytes] = {}
+        if img.colour is not None and shown:
+            with self.sessions() as session:
+                sigs = repo.colour_signatures(session, [m.id for m in shown])
+        own: dict[tuple[float, ...] | None, bytes] = {}
+
+        def signature(box: list[float] | None) -> bytes:
+            key = None if box is None else tuple(box)
+            if key not in own:
+                own[key] = colour_signature(_colour_part(img, box))
+            return own[key]
+
+        out = []
+        for m in shown:
+            dist = None
+            if m.id in sigs:
+                covered = float((m.transform or {}).get("covered_fraction") or 1.0)
+                covered = min(1.0, max(covered, 0.01))
+                boxes = [m.query_box] if m.query_box else \
+                    [_shown_box(v, i, img) for i, v in enumerate(views)]
+                dist = min(colour_distance(signature(b), sigs[m.id], covered) for b in boxes)
+            m = replace(m, colour_distance=dist)
+            out.append(replace(m, verdict=verdict(m, self.settings, colour_sensitive)))
+        return out
 
     @staticmethod
     def _with_ssim(m: Match, cands: dict[int, Candidate], views: list[_View],
@@ -336,6 +378,19 @@ class _View:
                 self._thumb = thumbnail(self.gray, self._settings.thumb_size)
             self._refs[o] = SsimReference(orient(self._thumb, o))
         return self._refs[o]
+
+
+def _colour_part(img: DecodedImage, box: list[float] | None) -> np.ndarray:
+    """The query's colour version, or the part of it inside box (original pixels)."""
+    colour = img.colour
+    assert colour is not None
+    if box is None:
+        return colour
+    f = colour.shape[1] / max(1, img.width)
+    x, y, w, h = box
+    x0, y0 = min(colour.shape[1] - 1, int(x * f)), min(colour.shape[0] - 1, int(y * f))
+    x1, y1 = max(x0 + 1, round((x + w) * f)), max(y0 + 1, round((y + h) * f))
+    return colour[y0:y1, x0:x1]
 
 
 def _shown_box(view: _View, v: int, img: DecodedImage) -> list[float] | None:
