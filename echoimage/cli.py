@@ -281,7 +281,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 #: columns of `query --csv`
 QUERY_CSV_FIELDS = ["query", "rank", "url", "score", "duplicate", "exact", "ssim",
                     "orb_inliers", "hash_distance", "orientation", "votes", "id", "sha256",
-                    "error"]
+                    "verdict", "colour_distance", "error"]
 
 
 def _run_counts(run: dict[str, Any]) -> str:
@@ -305,11 +305,15 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.option("--csv", "as_csv", is_flag=True,
               help="Print CSV: a header, then a row per result (rank 0 and the error for a "
                    "failed query).")
+@click.option("--colour-sensitive/--no-colour-sensitive", default=None,
+              help="Call a copy in clearly different colours `recoloured`, not `duplicate` "
+                   "(its verdict; see colour_distance). Env: ECHOIMAGE_COLOUR_SENSITIVE.")
 @json_option
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | None,
-          shards: int | None, as_csv: bool, as_json: bool) -> None:
+          shards: int | None, as_csv: bool, colour_sensitive: bool | None,
+          as_json: bool) -> None:
     """Find catalogue images similar to each IMAGE_OR_URL (the index loads once).
 
     With --json, one JSON object per query per line, in input order. Exit status 1 if
@@ -326,7 +330,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, cluster: str | N
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
-    settings = _with(_settings(ctx), cluster=cluster, index_shards=shards)
+    settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
+                     colour_sensitive=colour_sensitive)
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")

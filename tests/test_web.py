@@ -659,7 +659,8 @@ async def test_openapi_docs(env: Env) -> None:
     assert resp.status_code == 200 and "swagger" in resp.text.lower()
     paths = (await env.client.get("/openapi.json")).json()["paths"]
     for path in ("/api/search", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail.png",
-                 "/api/matches/{token}/{image_id}.png", "/api/stats", "/health"):
+                 "/api/images/{image_id}/preview", "/api/matches/{token}/{image_id}.png",
+                 "/api/stats", "/health"):
         assert path in paths
     body = paths["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
@@ -695,7 +696,7 @@ async def test_form_post_redirects_to_results(env: Env) -> None:
     assert html.index(env.url_of("coffee")) > first
     assert 'data-verdict="duplicate"' in html[first:first + 300]
     assert html.count('class="card"') == 3
-    assert "/api/matches/" in html and "/thumbnail.png" in html and "cup.jpg" in html
+    assert "/api/matches/" in html and "/preview" in html and "cup.jpg" in html
 
 
 @module_loop

@@ -8,7 +8,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from echoimage.types import Match
+from echoimage.types import Match, Verdict
 from echoimage.web.cache import CachedQuery
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -43,7 +43,7 @@ def page(title: str, body: str, footer: str = "") -> str:
 
 
 def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url: str = "",
-                error: tuple[int, str] | None = None) -> str:
+                error: tuple[int, str] | None = None, colour_sensitive: bool = False) -> str:
     """The search form, optionally with an error message above it."""
     err = ""
     if error is not None:
@@ -54,7 +54,8 @@ def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url:
         "The catalogue is empty: run <code>echoimage index build</code> first.")
     body = template("search.html").substitute(
         catalogue=catalogue, error=err, formats=esc(FORMATS),
-        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k)
+        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k,
+        colour_checked=" checked" if colour_sensitive else "")
     title = "EchoImage: find copies of an image"
     return page(f"Error – {title}" if error else title, body)
 
@@ -65,12 +66,22 @@ def message_page(heading: str, text: str) -> str:
     return page(f"{heading} – EchoImage", body)
 
 
+#: the card's badge (CSS class, text) for each verdict
+_VERDICTS = {Verdict.EXACT: ("exact", "Exact copy"), Verdict.DUPLICATE: ("duplicate", "Duplicate"),
+             Verdict.PARTIAL: ("partial", "Partial copy"),
+             Verdict.RECOLOURED: ("recoloured", "Recoloured copy"),
+             Verdict.DIFFERENT: ("similar", "Similar")}
+
+
 def _verdict(m: Match) -> tuple[str, str]:
-    if m.exact:
-        return "exact", "Exact copy"
-    if m.duplicate:
-        return "duplicate", "Duplicate"
-    return "similar", "Similar"
+    return _VERDICTS[m.verdict]
+
+
+def _colour(m: Match) -> str:
+    if m.colour_distance is None:
+        return ('<span class="muted" title="indexed before colour was kept">'
+                "not known</span>")
+    return f"{m.colour_distance:.2f}"
 
 
 def _source(url: str) -> str:
@@ -104,7 +115,8 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
         caption = "No keypoint matches; the score rests on SSIM and the hash."
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=key, verdict=verdict, score=f"{m.score:.3f}",
-        threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/thumbnail.png",
+        threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/preview",
+        colour_distance=_colour(m),
         source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,
         orb_matches=m.orb_matches, hash_distance=m.hash_distance,
         orientation=esc(m.orientation), transform=_transform(m),
@@ -118,10 +130,12 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
     """The results page of a cached query."""
     matches = entry.result.matches
     dups = sum(m.duplicate for m in matches)
+    recoloured = sum(m.verdict is Verdict.RECOLOURED for m in matches)
     if not matches:
         summary = "No catalogue image resembles it."
     elif dups:
-        summary = f"{dups} duplicate{'s' if dups != 1 else ''} among {len(matches)} results."
+        summary = f"{dups} duplicate{'s' if dups != 1 else ''} among {len(matches)} results" + (
+            f", {recoloured} of them recoloured." if recoloured else ".")
     else:
         summary = f"No duplicate among the {len(matches)} closest images."
     cards = "\n".join(card(i, m, entry.token, threshold) for i, m in enumerate(matches, 1))
@@ -162,7 +176,7 @@ def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> st
                         f"{esc(ln.orientation)} &middot; via {esc(ln.via)}")
             items.append(
                 f'<li class="member{" keep" if m.keep else ""}" data-id="{m.id}">'
-                f'<div class="thumb"><img src="/api/images/{m.id}/thumbnail.png" '
+                f'<div class="thumb"><img src="/api/images/{m.id}/preview" '
                 f'alt="Catalogue image {m.id}" loading="lazy"></div>'
                 f'<p class="source">#{m.id} {_source(m.url)} ({m.width}&times;{m.height})</p>'
                 f'<p class="muted">{note}</p></li>')

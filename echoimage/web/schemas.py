@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
 class TransformOut(BaseModel):
@@ -40,6 +40,11 @@ class MatchOut(BaseModel):
     region: list[list[float]] | None = Field(
         None, description="the query's outline in the catalogue image's original pixels")
     transform: TransformOut | None = None
+    verdict: str = Field("different", description="exact, duplicate, partial, recoloured "
+                                                  "(colour-sensitive searches) or different")
+    colour_distance: float | None = Field(
+        None, description="0 (same colours) .. 1 (nothing alike); null when the catalogue "
+                          "image was indexed before colour was kept")
 
 
 class SearchRequest(BaseModel):
@@ -48,6 +53,9 @@ class SearchRequest(BaseModel):
     url: str
     #: a JSON integer: true, 1.5, 2.0 and "3" are refused, not coerced
     k: StrictInt | None = Field(None, ge=1, description="number of results")
+    colour_sensitive: StrictBool | None = Field(
+        None, description="call copies in clearly different colours `recoloured` (default: "
+                          "the server's ECHOIMAGE_COLOUR_SENSITIVE)")
 
 
 class SearchLinks(BaseModel):
@@ -55,6 +63,7 @@ class SearchLinks(BaseModel):
 
     query_image: str
     thumbnail: str
+    preview: str
     match_image: str
     results: str
 

@@ -33,7 +33,13 @@ from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
 from echoimage.web.ssrf import AllowList, GuardedFetcher, UrlPolicy
-from echoimage.web.visual import encode_png, match_image, restore_aspect
+from echoimage.web.visual import (
+    colourise,
+    encode_png,
+    match_image,
+    preview_rgb,
+    restore_aspect,
+)
 
 if TYPE_CHECKING:
     from echoimage.dedupe import DedupeResult
@@ -134,22 +140,26 @@ class WebService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    def _search(self, data: bytes, k: int) -> tuple[DecodedImage, QueryResult]:
+    def _search(self, data: bytes, k: int, colour_sensitive: bool | None
+                ) -> tuple[DecodedImage, QueryResult]:
         t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
+        s = self.settings
+        img = decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
         decode_ms = (time.perf_counter() - t0) * 1000
-        res = self.engine.query_image(img, k, sha256=hashlib.sha256(data).hexdigest())
+        res = self.engine.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
+                                      colour_sensitive=colour_sensitive)
         res.timings["decode_ms"] = decode_ms
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return img, res
 
-    async def search(self, data: bytes, label: str, k: int) -> CachedQuery:
+    async def search(self, data: bytes, label: str, k: int,
+                     colour_sensitive: bool | None = None) -> CachedQuery:
         """Decode and search in the pool; the answer is cached under a new token.
 
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         try:
-            img, res = await self.run(self._search, data, k)
+            img, res = await self.run(self._search, data, k, colour_sensitive)
         except Exception:
             self.counters.failed += 1
             raise
@@ -168,8 +178,9 @@ class WebService:
     # --- pictures -----------------------------------------------------------------------------
 
     def query_png(self, entry: CachedQuery) -> bytes:
-        """The query's working image as PNG (grayscale, longest side <= work_size)."""
-        return entry.png("query", lambda: encode_png(entry.image.gray))
+        """The query's working image as PNG (longest side <= query_work_size), in its
+        colours."""
+        return entry.png("query", lambda: encode_png(_query_picture(entry)))
 
     def match_png(self, entry: CachedQuery, match: Match) -> bytes | None:
         """Query | catalogue image with the matched keypoints and region; None if gone."""
@@ -177,11 +188,13 @@ class WebService:
         def make() -> bytes:
             with self.engine.sessions() as session:
                 cand = repo.candidates(session, [match.id]).get(match.id)
+                preview = preview_rgb(repo.colour_preview(session, match.id))
             if cand is None:
                 raise LookupError(match.id)
             s = self.settings
             mirror = is_mirror(NAMES.index(match.orientation))
             qgray = entry.image.gray
+            qpicture = _query_picture(entry)
             box = None
             if match.query_box:  # a part of the query matched: match that part again
                 f = entry.image.scale or 1.0
@@ -207,10 +220,11 @@ class WebService:
             scale = cand.work_scale or 1.0
             catalogue = restore_aspect(cand.thumbnail, width, height,
                                        max(16, round(max(width, height) / scale)))
+            catalogue = colourise(catalogue, preview)
             region = None
             if match.region:
                 region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qgray, catalogue, pairs, region, query_box=box))
+            return encode_png(match_image(qpicture, catalogue, pairs, region, query_box=box))
 
         try:
             return entry.png(f"match-{match.id}", make)
@@ -263,3 +277,8 @@ class WebService:
                        "waiting": c.waiting, "query_threads": self.threads,
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
         }
+
+
+def _query_picture(entry: CachedQuery) -> np.ndarray:
+    """The query's working image in its colours (gray when it was decoded without)."""
+    return colourise(entry.image.gray, entry.image.colour)
