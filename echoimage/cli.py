@@ -312,9 +312,9 @@ def _run_counts(run: dict[str, Any]) -> str:
               help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
 @click.option("--all", "show_all", is_flag=True,
               help="Text output: also list the results that are not copies.")
-@click.option("--colour-sensitive", is_flag=True, default=None,
-              help="Call a copy in clearly different colours `recoloured`, not `duplicate`. "
-                   "Env: ECHOIMAGE_COLOUR_SENSITIVE.")
+@click.option("--colour-sensitive/--no-colour-sensitive", default=None,
+              help="Call a copy in clearly different colours `recoloured`, not `duplicate` "
+                   "(its verdict; see colour_distance). Env: ECHOIMAGE_COLOUR_SENSITIVE.")
 @cluster_option
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
@@ -347,7 +347,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
-    settings = _with(_settings(ctx), cluster=cluster, index_shards=shards)
+    settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
+                     colour_sensitive=colour_sensitive)
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")

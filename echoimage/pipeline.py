@@ -182,7 +182,7 @@ def process_bytes(image_id: int, data: bytes, params: FeatureParams,
         return WorkResult(image_id, UNCHANGED, None, sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
     try:
-        img = decode_image(data, params.max_pixels, params.work_size)
+        img = decode_image(data, params.max_pixels, params.work_size, params.colour_size)
         feats = extract_features(img, params.thumb_size, params.orb_features)
     except DecodeError as exc:
         if isinstance(exc, ImageTooLargeError):
@@ -202,7 +202,7 @@ def process_bytes(image_id: int, data: bytes, params: FeatureParams,
                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
                           sha, len(data), etag, last_modified, cpu_s=time.process_time() - t0)
     record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
-                                  params.key, params.thumb_quality)
+                                  params.key, params.thumb_quality, params.colour_quality)
     return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
                       record, cpu_s=time.process_time() - t0)
 
@@ -238,19 +238,24 @@ class FeatureParams:
     thumb_size: int
     orb_features: int
     thumb_quality: int
+    colour_size: int
+    colour_quality: int
 
     @property
     def key(self) -> str:
         """What a store row records of the parameters its features were extracted with
         (the pixel cap only decides whether an image is refused, and the thumbnail's JPEG
-        quality how it is stored, not the features)."""
+        quality how it is stored, not the features). The colour preview's size and quality
+        are left out too: they change only what the page shows, and rows indexed before
+        colour was kept are not re-extracted for it (their colour_distance is None)."""
         return f"work{self.work_size}-thumb{self.thumb_size}-orb{self.orb_features}"
 
 
 def feature_params(settings: Settings) -> FeatureParams:
     """The feature parameters of these settings."""
     return FeatureParams(settings.max_pixels, settings.work_size, settings.thumb_size,
-                         settings.orb_features, settings.thumb_quality)
+                         settings.orb_features, settings.thumb_quality, settings.colour_size,
+                         settings.colour_quality)
 
 
 def feature_key(params: FeatureParams) -> str:

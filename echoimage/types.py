@@ -27,6 +27,9 @@ class DecodedImage:
     height: int
     format: str
     frames: int = 1
+    # RGB uint8 HxWx3 of the same picture, longest side <= the colour size asked for (None
+    # when none was asked for)
+    colour: np.ndarray | None = None
 
     @property
     def scale(self) -> float:
@@ -57,6 +60,8 @@ class ImageFeatures:
     height: int
     format: str
     work_scale: float  # original pixels per ORB keypoint pixel
+    colour: np.ndarray | None = None  # small RGB uint8 image (the display preview)
+    colour_signature: bytes | None = None  # see echoimage.features.colour
 
 
 @dataclass(frozen=True)

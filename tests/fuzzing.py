@@ -183,7 +183,7 @@ def fuzz(tally: FuzzTally, label: str, seeds: list[bytes], rng: np.random.Genera
     tally.seconds += time.perf_counter() - t0
 
 
-PARAMS = FeatureParams(64_000_000, 512, 256, 500, 90)
+PARAMS = FeatureParams(64_000_000, 512, 256, 500, 90, 192, 70)
 
 
 def run_indexer(data: bytes) -> str | None:

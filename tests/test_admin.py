@@ -231,7 +231,7 @@ async def test_duplicates_api_and_page(admin: Admin) -> None:
     assert mirrored and mirrored[0]["members"][1]["orientation"] == "mirror"
     page = await admin.client.get("/duplicates")
     assert page.status_code == 200 and "Duplicates in the catalogue" in page.text
-    assert "/thumbnail.png" in page.text
+    assert "/preview" in page.text
 
 
 @module_loop

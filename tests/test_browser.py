@@ -339,3 +339,71 @@ def test_redoc_renders_offline(server: str, browser: object) -> None:
     assert set(blocked) <= {REDOC_LOGO}, blocked
     assert [p for p in problems if "net::ERR_FAILED" not in p] == [], problems
     page.close()  # type: ignore[attr-defined]
+
+
+def _pixels(png: bytes) -> object:
+    import cv2
+    import numpy as np
+
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(int)
+
+
+def _saturation(png: bytes) -> float:
+    """Mean spread between the strongest and weakest channel of a screenshot's pixels (0 for
+    a gray picture)."""
+    img = _pixels(png)
+    return float((img.max(axis=2) - img.min(axis=2)).mean())  # type: ignore[attr-defined]
+
+
+def _colour_search(page: object, server: str, path: Path, sensitive: bool) -> object:
+    page.goto(server + "/")  # type: ignore[attr-defined]
+    page.set_input_files("#file", str(path))  # type: ignore[attr-defined]
+    box = page.locator("#colour_sensitive")  # type: ignore[attr-defined]
+    if sensitive:
+        box.check()
+    assert box.is_checked() is sensitive
+    page.click("button[type=submit]")  # type: ignore[attr-defined]
+    page.wait_for_url("**/results/*")  # type: ignore[attr-defined]
+    wait_for_images(page)
+    return page.locator("li.card").first  # type: ignore[attr-defined]
+
+
+def test_colour_sensitive_checkbox_and_colour_pictures(server: str, browser: object,
+                                                       built: Built, tmp_path: Path) -> None:
+    """A hue-turned copy of a colour photo: the cards show catalogue images in colour, the
+    colour distance is shown, and the verdict is `duplicate` without the checkbox and
+    `recoloured` with it (read from the page and checked in a screenshot)."""
+    import cv2
+    import numpy as np
+
+    hsv = cv2.cvtColor(photo("astronaut"), cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = ((hsv[..., 0].astype(int) + 85) % 256).astype(np.uint8)
+    path = write(tmp_path / "astronaut-recoloured.jpg",
+                 jpeg(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL), 90))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    badges, badge_colour = {}, {}
+    ARTIFACTS.mkdir(exist_ok=True)
+    for sensitive in (False, True):
+        first = _colour_search(page, server, path, sensitive)
+        assert first.locator(".source").inner_text().strip() == \
+            built.catalogue.url("astronaut")
+        assert float(first.locator(".colour-distance").inner_text()) > 0.5
+        badges[sensitive] = first.locator(".badge").inner_text().strip().lower()
+        shot = page.screenshot(path=str(ARTIFACTS / f"colour-{sensitive}.png"))
+        # the catalogue image of the card, as the screenshot shows it: in colour
+        thumb = first.locator(".thumb img")
+        assert "/preview" in (thumb.get_attribute("src") or "")
+        assert _saturation(thumb.screenshot()) > 25
+        # the query picture at the top, in colour too
+        assert _saturation(page.locator(".query-figure img").screenshot()) > 25
+        # the badge as the screenshot shows it: its mean colour (BGR)
+        badge_colour[sensitive] = _pixels(first.locator(".badge").screenshot()).reshape(
+            -1, 3).mean(axis=0)  # type: ignore[attr-defined]
+        assert _saturation(shot) > 3  # the whole page is not gray either
+    assert badges == {False: "duplicate", True: "recoloured copy"}
+    # the verdict's change shows in the pixels: the duplicate badge is green, the
+    # recoloured one purple (more red than green)
+    dup, rec = badge_colour[False], badge_colour[True]
+    assert dup[1] > dup[2] and rec[2] > rec[1]
+    assert abs(dup - rec).sum() > 30
+    page.close()

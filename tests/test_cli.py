@@ -645,3 +645,29 @@ def test_many_queries_show_a_progress_bar_on_a_terminal(catalogue, cli_built,
     assert "3/3" not in quiet
     piped = subprocess.run(cmd, capture_output=True, cwd=REPO, text=True, check=True)
     assert "3/3" not in piped.stderr
+
+
+def test_query_colour_sensitive_flag(catalogue, cli_built, tmp_path, monkeypatch) -> None:
+    """--colour-sensitive calls a hue-turned copy `recoloured`; without it (and without
+    ECHOIMAGE_COLOUR_SENSITIVE) it is a duplicate; the env var turns it on too."""
+    import cv2
+    import numpy as np
+
+    hsv = cv2.cvtColor(photo("coffee"), cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = ((hsv[..., 0].astype(int) + 128) % 256).astype(np.uint8)
+    q = write(tmp_path / "recoloured.jpg", jpeg(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL), 90))
+    monkeypatch.delenv("ECHOIMAGE_COLOUR_SENSITIVE", raising=False)
+    plain = json_lines(run(cli_built[0], "query", "--json", "-k", "1", str(q)))[0]
+    flagged = json_lines(run(cli_built[0], "query", "--json", "-k", "1", "--colour-sensitive",
+                             str(q)))[0]
+    for out in (plain, flagged):
+        assert out["results"][0]["url"] == catalogue.url("coffee")
+        assert out["results"][0]["colour_distance"] > 0.5
+    assert plain["results"][0]["verdict"] == "duplicate"
+    assert flagged["results"][0]["verdict"] == "recoloured"
+    monkeypatch.setenv("ECHOIMAGE_COLOUR_SENSITIVE", "1")
+    env = json_lines(run(cli_built[0], "query", "--json", "-k", "1", str(q)))[0]
+    assert env["results"][0]["verdict"] == "recoloured"
+    off = json_lines(run(cli_built[0], "query", "--json", "-k", "1", "--no-colour-sensitive",
+                         str(q)))[0]
+    assert off["results"][0]["verdict"] == "duplicate"

@@ -180,3 +180,42 @@ def test_ratio_matches_equal_a_brute_force_oracle_and_opencv() -> None:
     empty = ratio_matches(q[:0], c, 0.8)
     assert len(empty[0]) == len(empty[1]) == 0
     assert len(ratio_matches(q, c[:1], 0.8)[0]) == 0
+
+
+def _hue_turned(rgb: np.ndarray, degrees: int) -> np.ndarray:
+    import cv2
+
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = ((hsv[..., 0].astype(int) + degrees * 256 // 360) % 256).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_colour_distance_and_the_colour_sensitive_verdict(built, engine, name: str) -> None:
+    from echoimage.types import Verdict
+
+    rgb = photo(name)
+    same, recoloured = jpeg(rgb, 80), jpeg(_hue_turned(rgb, 120), 90)
+    for data, sensitive, want in ((same, None, Verdict.DUPLICATE),
+                                  (same, True, Verdict.DUPLICATE),
+                                  (recoloured, None, Verdict.DUPLICATE),
+                                  (recoloured, False, Verdict.DUPLICATE),
+                                  (recoloured, True, Verdict.RECOLOURED)):
+        top = engine.query_bytes(data, k=3, colour_sensitive=sensitive).matches[0]
+        assert top.url == built.catalogue.url(name) and top.duplicate
+        assert top.colour_distance is not None and top.verdict is want, (sensitive, top)
+        far = top.colour_distance > built.settings.colour_threshold
+        assert far is (data is recoloured)
+    # a gray catalogue image against its gray copy: no colour either side, close
+    top = engine.query_bytes(jpeg(photo("camera"), 80), k=1).matches[0]
+    assert top.colour_distance is not None and top.colour_distance < 0.05
+
+
+def test_a_recoloured_picture_in_a_page_is_judged_by_its_own_colours(built, engine) -> None:
+    """The page around a picture does not count: the picture's colours do."""
+    from echoimage.types import Verdict
+
+    page, _ = web_page(photo("astronaut"), seed=3)
+    top = engine.query_bytes(jpeg(page, 90), k=1, colour_sensitive=True).matches[0]
+    assert top.url == built.catalogue.url("astronaut") and top.verdict is Verdict.DUPLICATE
+    assert top.colour_distance is not None and top.colour_distance < 0.15

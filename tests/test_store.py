@@ -446,3 +446,38 @@ def test_a_forked_child_opens_its_own_connections(engine: Engine) -> None:
     with engine.connect() as conn:
         assert id(conn.connection.dbapi_connection) == parent_conn
         assert conn.exec_driver_sql("SELECT count(*) FROM images").scalar() == 0
+
+
+def test_colour_round_trip_and_rows_from_before_colour(make_settings) -> None:
+    """The preview and signature are stored and counted; a store migrated from before
+    schema 0006 keeps its rows, with no colour (read as none)."""
+    from echoimage.store.db import downgrade, upgrade
+
+    settings = make_settings()
+    engine = open_store(settings)
+    sessions = session_factory(engine)
+    data = jpeg(photo("astronaut"))
+    coloured = extract_features(decode_image(data, colour_size=settings.colour_size))
+    ids = add(sessions, "/c/a.jpg", "/c/b.jpg")
+    index(sessions, ids["/c/a.jpg"], data, coloured)
+    index(sessions, ids["/c/b.jpg"], data, features(data))  # no colour version
+    with sessions() as s:
+        sigs = repo.colour_signatures(s, list(ids.values()))
+        preview = repo.colour_preview(s, ids["/c/a.jpg"])
+        sizes = repo.storage_bytes(s)
+        assert repo.colour_preview(s, ids["/c/b.jpg"]) is None
+    assert sigs == {ids["/c/a.jpg"]: coloured.colour_signature}
+    assert preview is not None and preview[:2] == b"\xff\xd8"
+    assert sizes["colour_previews"] == len(preview)
+    assert sizes["colour_signatures"] == len(coloured.colour_signature or b"")
+    assert sizes["features_per_image"] * 2 >= sum(
+        sizes[k] for k in ("thumbnails", "keypoints", "descriptors", "colour_previews",
+                           "colour_signatures"))
+    downgrade(engine, "0005")
+    upgrade(engine)
+    with sessions() as s:
+        assert repo.colour_signatures(s, list(ids.values())) == {}
+        assert repo.colour_preview(s, ids["/c/a.jpg"]) is None
+        assert set(repo.candidates(s, list(ids.values()))) == set(ids.values())
+        assert repo.storage_bytes(s)["colour_previews"] == 0
+    engine.dispose()

@@ -663,7 +663,8 @@ async def test_openapi_docs(env: Env) -> None:
     assert resp.status_code == 200 and "swagger" in resp.text.lower()
     paths = (await env.client.get("/openapi.json")).json()["paths"]
     for path in ("/api/search", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail.png",
-                 "/api/matches/{token}/{image_id}.png", "/api/stats", "/health"):
+                 "/api/images/{image_id}/preview", "/api/matches/{token}/{image_id}.png",
+                 "/api/stats", "/health"):
         assert path in paths
     body = paths["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
@@ -720,7 +721,7 @@ async def test_form_post_redirects_to_results(env: Env) -> None:
     assert html.index(env.url_of("coffee")) > first
     assert 'data-verdict="duplicate"' in html[first:first + 300]
     assert html.count('class="card"') == 3
-    assert "/api/matches/" in html and "/thumbnail.png" in html and "cup.jpg" in html
+    assert "/api/matches/" in html and "/preview" in html and "cup.jpg" in html
 
 
 @module_loop
@@ -1055,3 +1056,39 @@ def test_serve_without_a_catalogue_is_one_line(tmp_path: Path, fake_uvicorn: dic
     assert result.exit_code == 1 and "no catalogue in" in result.output
     assert "Traceback" not in result.output and not fake_uvicorn
     assert not (tmp_path / "none").exists()
+
+
+@module_loop
+async def test_colour_sensitive_search_and_preview(env: Env) -> None:
+    """colour_sensitive in JSON and in the form: a hue-turned copy is `recoloured` with it
+    and a duplicate without; each result has its colour_distance; the preview is a colour
+    JPEG."""
+    import cv2
+
+    hsv = cv2.cvtColor(photo("coffee"), cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = ((hsv[..., 0].astype(int) + 128) % 256).astype(np.uint8)
+    data = jpeg(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL), 90)
+    verdicts = {}
+    for flag in (None, "on", "false"):
+        resp = await upload(env, data, **({"colour_sensitive": flag} if flag else {}))
+        assert resp.status_code == 200, resp.text
+        top = resp.json()["results"][0]
+        assert top["url"] == env.url_of("coffee") and top["colour_distance"] > 0.5
+        verdicts[flag] = top["verdict"]
+    assert verdicts == {None: "duplicate", "on": "recoloured", "false": "duplicate"}
+    bad = await upload(env, data, colour_sensitive="maybe")
+    assert bad.status_code == 422 and "colour_sensitive" in detail(bad)
+    resp = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
+                                                      "colour_sensitive": True})
+    assert resp.status_code == 200, resp.text
+    top = resp.json()["results"][0]
+    assert top["verdict"] == "duplicate" and top["colour_distance"] < 0.1
+    bad = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
+                                                     "colour_sensitive": "yes"})
+    assert bad.status_code == 422
+    preview = await env.client.get(f"/api/images/{top['id']}/preview")
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(preview.content, np.uint8), cv2.IMREAD_COLOR)
+    spread = img.astype(int).max(axis=2) - img.astype(int).min(axis=2)
+    assert spread.mean() > 20  # coffee is brown and red: a colour image, not a gray one
+    assert (await env.client.get("/api/images/999999/preview")).status_code == 404

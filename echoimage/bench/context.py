@@ -58,6 +58,9 @@ class _QueryRec:
     phash_rank: int | None
     phash_top_dist: int
     phash_truth_dist: int
+    # the top result's colour_distance and exactness (colour-sensitive verdicts)
+    top_colour: float | None = None
+    top_exact: bool = False
 
 
 @dataclass

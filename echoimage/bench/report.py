@@ -239,8 +239,12 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"- Current `duplicate_threshold` {cal['current_duplicate_threshold']}: FMR "
               f"{fmt_rate(cal['false_match_rate_at_current'])}, main-transform detection "
               f"(top-1 correct and duplicate=True) {fmt_rate(cal['detected_at_current_main'])}",
-              "", *_sweep_table(cal.get("sweep") or []),
-              "", "## Misses", "", *_miss_lines(result),
+              "", *_sweep_table(cal.get("sweep") or [])]
+    if result.get("colour"):
+        from echoimage.bench.colour import render_colour  # (it builds on this module)
+
+        lines += render_colour(result["colour"])
+    lines += ["", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",
               ", ".join(f"{k} {v:.0f}s" for k, v in result["phases"].items()), ""]

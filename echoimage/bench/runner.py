@@ -46,6 +46,7 @@ from echoimage.bench.baselines import (
     _phash_query,
     _seed_baseline,
 )
+from echoimage.bench.colour import colour_report
 from echoimage.bench.context import (
     _Ctx,
     _list_photos,
@@ -87,6 +88,7 @@ from echoimage.bench.report import (
 from echoimage.bench.transforms import (
     NEGATIVE_TRANSFORMS,
     QUERY_QUALITY,
+    RECOLOUR_TRANSFORMS,
     TRANSFORMS,
     Transform,
     make_query,
@@ -221,7 +223,9 @@ def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
             p_rank, p_top, p_truth = _phash_query(ctx, gray, truth)
             recs.append(_QueryRec(t.name, i, rank, top.score if top else 0.0,
                                   bool(top and top.duplicate), e2e,
-                                  p_rank, p_top, p_truth))
+                                  p_rank, p_top, p_truth,
+                                  top.colour_distance if top else None,
+                                  bool(top and top.exact)))
             if rank != 1:
                 diag = _diagnose(ctx, engine, data, truth)
                 f = failures[t.name]
@@ -480,6 +484,8 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
             log(f"padding {', '.join(f'{s:,}' for s in todo)} in a background process "
                 f"(pid {pad_proc.pid}) while the recall sweep runs")
         recs, failures = _sweep(ctx, engine, transforms)
+        recolour = list(RECOLOUR_TRANSFORMS.values())
+        colour_recs, colour_failures = _sweep(ctx, engine, recolour)
         neg = _negatives(ctx, engine, negatives)
         if pad_proc is not None:
             w0 = time.perf_counter()
@@ -573,6 +579,8 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         "summary": {"main": s_main, "extra": _summarise(extra, thr)},
         "negatives": neg,
         "calibration": cal,
+        "colour": colour_report(recs + colour_recs, transforms + recolour,
+                                settings.colour_threshold, colour_failures),
         "latency": latency,
         "scale": scale_res,
         "baselines": {"phash": {**phash_latency, "threshold": PHASH_THRESHOLD,

@@ -278,6 +278,59 @@ def t_screenshot(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return canvas
 
 
+def _hue_shift(img: np.ndarray, degrees: float, mask: np.ndarray | None = None
+               ) -> np.ndarray:
+    """img with its hue turned by degrees (HSV, full 0..255 hue range), where mask (a float
+    0..1 weight per pixel) allows, everywhere without one."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL)
+    turned = hsv.copy()
+    turned[..., 0] = ((hsv[..., 0].astype(np.int32) + round(degrees * 256 / 360)) % 256
+                      ).astype(np.uint8)
+    out = cv2.cvtColor(turned, cv2.COLOR_HSV2BGR_FULL)
+    if mask is None:
+        return out
+    m = mask[..., None].astype(np.float32)
+    return np.clip(out * m + img * (1 - m) + 0.5, 0, 255).astype(np.uint8)
+
+
+def t_hue60(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hue turned by 60 degrees (HSV), saturation and value kept."""
+    _check_bgr(img)
+    return _hue_shift(img, 60)
+
+
+def t_hue120(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hue turned by 120 degrees (HSV), saturation and value kept."""
+    _check_bgr(img)
+    return _hue_shift(img, 120)
+
+
+def t_hue180(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hue turned by 180 degrees (HSV), saturation and value kept."""
+    _check_bgr(img)
+    return _hue_shift(img, 180)
+
+
+def t_channel_swap(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Colour channels rotated: red becomes green, green blue, blue red."""
+    _check_bgr(img)
+    return np.ascontiguousarray(img[..., [1, 2, 0]])
+
+
+def t_recolour_object(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photo's dominant saturated colour turned by 120 degrees of hue, the rest kept
+    (a product photo in another colour variant)."""
+    _check_bgr(img)
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL)
+    hue, sat = hsv[..., 0].astype(np.float32), hsv[..., 1].astype(np.float32)
+    weight = np.clip((sat - 40) / 40, 0, 1)
+    hist = np.bincount(hsv[..., 0].ravel() // 16, weight.ravel(), 16)
+    centre = (int(np.argmax(hist)) + 0.5) * 16
+    off = np.abs((hue - centre + 128) % 256 - 128)  # hue steps from the dominant colour
+    mask = weight * np.clip((40 - off) / 12, 0, 1)  # within ~45 degrees, soft edge
+    return _hue_shift(img, 120, cv2.GaussianBlur(mask, (0, 0), 1.5))
+
+
 @dataclass(frozen=True)
 class Transform:
     """A named query transform: pixels in, pixels out, then JPEG at `quality`."""
@@ -286,6 +339,7 @@ class Transform:
     fn: TransformFn
     quality: int = QUERY_QUALITY
     extra: bool = False  # a part of the photo (crops, screenshot): reported apart
+    recolours: bool = False  # changes the photo's colours (colour-sensitive mode's target)
 
     @property
     def description(self) -> str:
@@ -302,7 +356,7 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
     Transform("blur2", t_blur2),
     Transform("brighter", t_brighter),
     Transform("darker", t_darker),
-    Transform("grayscale", t_grayscale),
+    Transform("grayscale", t_grayscale, recolours=True),
     Transform("mirror", t_mirror),
     Transform("rot90", t_rot90),
     Transform("rot5", t_rot5),
@@ -316,6 +370,17 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
     Transform("crop60_rot90", t_crop60_rot90, extra=True),
     Transform("crop60_mirror", t_crop60_mirror, extra=True),
     Transform("screenshot", t_screenshot, extra=True),
+)}
+
+
+#: colour variants of a photo, run apart from TRANSFORMS (their figures are their own):
+#: with grayscale they are what colour-sensitive mode should call `recoloured`
+RECOLOUR_TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
+    Transform("hue60", t_hue60, recolours=True),
+    Transform("hue120", t_hue120, recolours=True),
+    Transform("hue180", t_hue180, recolours=True),
+    Transform("channel_swap", t_channel_swap, recolours=True),
+    Transform("recolour_object", t_recolour_object, recolours=True),
 )}
 
 

@@ -1,4 +1,5 @@
-"""Safe decoder shared by the indexer and the query: bytes → grayscale working image.
+"""Safe decoder shared by the indexer and the query: bytes → grayscale working image (and,
+when asked, a small RGB version of it for colour).
 
 Pillow reads the header first, so the pixel cap is checked before any pixel is decoded
 (decompression bombs), and it handles what OpenCV does not: animated GIF/WebP/PNG (first
@@ -55,19 +56,60 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         span = hi - lo if hi > lo else 1.0
         return np.nan_to_num((arr - lo) * (255.0 / span)).astype(np.uint8)
-    if img.mode == "P" or img.mode == "PA":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "La", "RGBa"):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
+    img = _flatten(img)
     if img.mode != "L":
         img = img.convert("L")
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512) -> DecodedImage:
-    """Decode image bytes to a grayscale working image whose longest side is <= work_size.
+def _flatten(img: Image.Image) -> Image.Image:
+    """Palette and transparent modes → RGBA composited onto white; others as they are."""
+    if img.mode in ("P", "PA", "RGBA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode → uint8 RGB, transparency flattened onto white as in _to_gray; modes
+    without colour (16-bit, 32-bit, float, gray) come back as their gray in three channels."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L", "1"):
+        gray = _to_gray(img)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    img = _flatten(img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(w, h) scaled so that the longest side is at most longest."""
+    w, h = size
+    f = min(1.0, longest / max(w, h))
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _colour_version(img: Image.Image, longest: int) -> np.ndarray:
+    """The RGB version of img, longest side at most longest. Modes whose pixels average
+    cleanly are shrunk by Pillow before the conversion (a box filter on the small number
+    of pixels kept costs ~0.4 ms for a 0.15-megapixel photo); the others (palette,
+    transparency, 16-bit) are converted first."""
+    size = _fit(img.size, longest)
+    if img.mode in ("RGB", "YCbCr", "L", "CMYK"):
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.BOX)
+        return _to_rgb(img)
+    rgb = _to_rgb(img)
+    if size != img.size:
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512,
+                 colour_size: int | None = None) -> DecodedImage:
+    """Decode image bytes to a grayscale working image whose longest side is <= work_size,
+    and, with colour_size, an RGB version whose longest side is <= colour_size.
 
     Raises DecodeError with a one-line reason for empty, non-image, truncated, corrupt or
     over-large input (NotAnImageError and ImageTooLargeError for the first and the last).
@@ -76,6 +118,8 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
     """
     if work_size < 16:
         raise ValueError("work_size must be at least 16")
+    if colour_size is not None and colour_size < 8:
+        raise ValueError("colour_size must be at least 8")
     if not data:
         raise NotAnImageError("empty file")
     try:
@@ -97,7 +141,10 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
             if fmt == "JPEG":
                 # DCT-domain downscale: decodes at 1/2, 1/4 or 1/8 scale when that still
                 # leaves the working size, which is most of the decode cost for big photos.
-                img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else img.mode,
+                # With colour, a colour JPEG is decoded to YCbCr: its Y is, bit for bit,
+                # what decoding to L gives, and Cb, Cr make the colour version.
+                gray_mode = "YCbCr" if colour_size is not None else "L"
+                img.draft(gray_mode if img.mode in ("L", "RGB", "YCbCr") else img.mode,
                           (work_size, work_size))
             img.load()
             # EXIF orientations 5-8 turn the picture by a quarter: width and height swap
@@ -105,7 +152,11 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
             oriented = ImageOps.exif_transpose(img)
             if oriented is not None:
                 img = oriented
-            gray = _to_gray(img)
+            if img.mode == "YCbCr":
+                gray = np.ascontiguousarray(np.asarray(img, dtype=np.uint8)[:, :, 0])
+            else:
+                gray = _to_gray(img)
+            colour = None if colour_size is None else _colour_version(img, colour_size)
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -140,4 +191,5 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
     if min(gray.shape) < 8:
         raise DecodeError(f"image too small to compare ({ow}x{oh} pixels)")
     return DecodedImage(gray=np.ascontiguousarray(gray), width=ow, height=oh, format=fmt,
-                        frames=frames)
+                        frames=frames,
+                        colour=None if colour is None else np.ascontiguousarray(colour))

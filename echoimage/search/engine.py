@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from echoimage.config import Settings
 from echoimage.errors import EmptyCatalogueError
+from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
@@ -109,7 +110,8 @@ class SearchEngine:
                     ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size)
+        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size,
+                           self.settings.colour_size)
         t1 = time.perf_counter()
         res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
                                colour_sensitive=colour_sensitive)
@@ -123,8 +125,10 @@ class SearchEngine:
         The shortlist is the union of: the pHash neighbours of the whole query in all 8
         orientations; the images its ORB descriptors vote for; the pHash neighbours of each
         content box (a picture inside a border, a screenshot, a captioned copy); and any
-        image with the same sha256 (an exact copy). Each shown match gets its verdict
-        (echoimage.search.verdict) and its catalogue entry's metadata.
+        image with the same sha256 (an exact copy). Each result shown gets its catalogue
+        entry's metadata, its colour_distance (when the query has a colour version and the
+        catalogue row a signature) and its verdict (echoimage.search.verdict), colour-
+        sensitive or not (None: Settings.colour_sensitive).
         """
         if not 1 <= k <= self.settings.max_k:
             raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
@@ -214,17 +218,46 @@ class SearchEngine:
         matches = sorted(best.values(),
                          key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
         shown = [self._with_ssim(m, cands, views, img) for m in _dedupe(matches)[:k]]
-        shown = self._described(shown, colour_sensitive)
+        shown = self._described(shown, img, views, colour_sensitive)
         lap("rerank_ms")
         return QueryResult(shown, spent, width=img.width, height=img.height, image=img)
 
-    def _described(self, shown: list[Match], colour_sensitive: bool | None) -> list[Match]:
-        """The shown matches with their catalogue entries' metadata and their verdicts."""
+    def _described(self, shown: list[Match], img: DecodedImage, views: list[_View],
+                   colour_sensitive: bool | None) -> list[Match]:
+        """The shown matches with their catalogue entries' metadata, colour_distance and
+        verdict.
+
+        The query's colours are those of the part that matched (query_box), or else the
+        nearest of the whole query's and its content boxes' (a picture inside a border or
+        a page keeps its colours, the page around it does not count). A match covering
+        only part of the catalogue image is compared as such (see colour_distance).
+        """
+        sigs: dict[int, bytes] = {}
+        ids = [m.id for m in shown]
         with self.sessions() as session:
-            meta = repo.metadata_of(session, [m.id for m in shown])
-        described = [replace(m, metadata=meta.get(m.id, {})) for m in shown]
-        return [replace(m, verdict=verdict(m, self.settings, colour_sensitive))
-                for m in described]
+            meta = repo.metadata_of(session, ids)
+            if img.colour is not None and shown:
+                sigs = repo.colour_signatures(session, ids)
+        own: dict[tuple[float, ...] | None, bytes] = {}
+
+        def signature(box: list[float] | None) -> bytes:
+            key = None if box is None else tuple(box)
+            if key not in own:
+                own[key] = colour_signature(_colour_part(img, box))
+            return own[key]
+
+        out = []
+        for m in shown:
+            dist = None
+            if m.id in sigs:
+                covered = float((m.transform or {}).get("covered_fraction") or 1.0)
+                covered = min(1.0, max(covered, 0.01))
+                boxes = [m.query_box] if m.query_box else \
+                    [_shown_box(v, i, img) for i, v in enumerate(views)]
+                dist = min(colour_distance(signature(b), sigs[m.id], covered) for b in boxes)
+            m = replace(m, colour_distance=dist, metadata=meta.get(m.id, {}))
+            out.append(replace(m, verdict=verdict(m, self.settings, colour_sensitive)))
+        return out
 
     @staticmethod
     def _with_ssim(m: Match, cands: dict[int, Candidate], views: list[_View],
@@ -373,6 +406,19 @@ class _View:
                 self._thumb = thumbnail(self.gray, self._settings.thumb_size)
             self._refs[o] = SsimReference(orient(self._thumb, o))
         return self._refs[o]
+
+
+def _colour_part(img: DecodedImage, box: list[float] | None) -> np.ndarray:
+    """The query's colour version, or the part of it inside box (original pixels)."""
+    colour = img.colour
+    assert colour is not None
+    if box is None:
+        return colour
+    f = colour.shape[1] / max(1, img.width)
+    x, y, w, h = box
+    x0, y0 = min(colour.shape[1] - 1, int(x * f)), min(colour.shape[0] - 1, int(y * f))
+    x1, y1 = max(x0 + 1, round((x + w) * f)), max(y0 + 1, round((y + h) * f))
+    return colour[y0:y1, x0:x1]
 
 
 def _shown_box(view: _View, v: int, img: DecodedImage) -> list[float] | None:

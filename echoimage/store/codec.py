@@ -13,7 +13,9 @@ A row keeps (since store row format 2, `store_info.row_format`):
 * keypoint positions only, as uint16 fixed point (1/64 working pixel): the re-ranker and the
   match picture use nothing else of a keypoint (4 bytes instead of 20 for x, y, size,
   angle, response as float32); legacy float32 N×5 keypoints are still read;
-* descriptors as they are (N×32 bytes: binary descriptors do not compress).
+* descriptors as they are (N×32 bytes: binary descriptors do not compress);
+* since schema 0006, a colour preview (the image's RGB version as a JPEG, for display) and
+  a colour signature (`features.colour`); NULL on rows extracted before.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ def encode_orb(orb: OrbFeatures) -> tuple[bytes, bytes]:
     xy = np.round(np.asarray(orb.keypoints, np.float64)[:, :2] * KP_SCALE)
     packed = np.clip(xy, 0, 65535).astype("<u2")
     return packed.tobytes(), np.ascontiguousarray(orb.descriptors, np.uint8).tobytes()
+
+
+def encode_preview(rgb: np.ndarray, quality: int) -> bytes:
+    """An RGB uint8 image as colour JPEG bytes (the display preview)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError("preview must be an RGB uint8 HxWx3 array")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("preview could not be encoded")
+    return buf.tobytes()
 
 
 def decode_orb(keypoints: bytes, descriptors: bytes) -> OrbFeatures:

@@ -32,6 +32,7 @@ from echoimage.store.codec import (
     decode_orb,
     decode_thumbnail,
     encode_orb,
+    encode_preview,
     encode_thumbnail,
     thumbnail_to_png,
 )
@@ -254,15 +255,18 @@ class FeatureRecord:
     etag: str | None = None
     last_modified: str | None = None
     params: str | None = None  # the extraction parameters (pipeline.feature_key)
+    colour_preview: bytes | None = None  # colour JPEG for display
+    colour_signature: bytes | None = None  # see features.colour
 
 
 def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
                     etag: str | None = None, last_modified: str | None = None,
-                    params: str | None = None, thumb_quality: int = THUMB_QUALITY
-                    ) -> FeatureRecord:
-    """Encode features for the store (JPEG thumbnail, keypoint positions, descriptors:
-    see store.codec)."""
+                    params: str | None = None, thumb_quality: int = THUMB_QUALITY,
+                    colour_quality: int = THUMB_QUALITY) -> FeatureRecord:
+    """Encode features for the store (JPEG thumbnail, keypoint positions, descriptors,
+    colour preview JPEG and signature: see store.codec)."""
     kp, desc = encode_orb(feats.orb)
+    preview = None if feats.colour is None else encode_preview(feats.colour, colour_quality)
     return FeatureRecord(
         image_id=image_id, sha256=sha256, nbytes=nbytes, width=feats.width,
         height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
@@ -270,7 +274,7 @@ def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeature
         thumb_size=int(feats.thumbnail.shape[0]),
         n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
         work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified,
-        params=params)
+        params=params, colour_preview=preview, colour_signature=feats.colour_signature)
 
 
 def save_features(session: Session, image_id: int, sha256: str, nbytes: int,
@@ -292,7 +296,8 @@ def save_feature_records(session: Session, records: Sequence[FeatureRecord]) -> 
     session.execute(FeatureRow.__table__.insert(), [
         {"image_id": r.image_id, "phash": r.phash, "dhash": r.dhash, "thumbnail": r.thumbnail,
          "thumb_size": r.thumb_size, "n_keypoints": r.n_keypoints, "keypoints": r.keypoints,
-         "descriptors": r.descriptors, "work_scale": r.work_scale, "params": r.params}
+         "descriptors": r.descriptors, "work_scale": r.work_scale, "params": r.params,
+         "colour_preview": r.colour_preview, "colour_signature": r.colour_signature}
         for r in records
     ])
     table = ImageRow.__table__
@@ -489,6 +494,25 @@ def metadata_of(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any
     return {r.id: r.meta for r in rows if r.meta}
 
 
+def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
+    """Colour signatures of the given images, by id (images without one are left out: rows
+    extracted before colour was kept)."""
+    if not len(ids):
+        return {}
+    rows = session.execute(
+        select(FeatureRow.image_id, FeatureRow.colour_signature)
+        .where(FeatureRow.image_id.in_([int(i) for i in ids]),
+               FeatureRow.colour_signature.is_not(None)))
+    return {int(r[0]): bytes(r[1]) for r in rows}
+
+
+def colour_preview(session: Session, image_id: int) -> bytes | None:
+    """The stored colour preview (JPEG bytes) of an image, or None."""
+    data = session.scalar(select(FeatureRow.colour_preview)
+                          .where(FeatureRow.image_id == image_id))
+    return bytes(data) if data is not None else None
+
+
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:
     """Indexed images whose source bytes have this sha256."""
     return list(session.scalars(
@@ -613,16 +637,19 @@ def recent_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
 
 
 def storage_bytes(session: Session) -> dict[str, int]:
-    """Bytes of feature data in the store, by column."""
+    """Bytes of feature data in the store, by column (colour: previews and signatures)."""
     row = session.execute(select(
         func.coalesce(func.sum(func.length(FeatureRow.thumbnail)), 0),
         func.coalesce(func.sum(func.length(FeatureRow.keypoints)), 0),
         func.coalesce(func.sum(func.length(FeatureRow.descriptors)), 0),
         func.count(FeatureRow.image_id),
+        func.coalesce(func.sum(func.length(FeatureRow.colour_preview)), 0),
+        func.coalesce(func.sum(func.length(FeatureRow.colour_signature)), 0),
     )).one()
     images = int(row[3])
-    features = int(row[0]) + int(row[1]) + int(row[2]) + 16 * images
+    features = sum(int(row[i]) for i in (0, 1, 2, 4, 5)) + 16 * images
     return {"thumbnails": int(row[0]), "keypoints": int(row[1]), "descriptors": int(row[2]),
+            "colour_previews": int(row[4]), "colour_signatures": int(row[5]),
             "hashes": 16 * images, "images": images,
             "features_per_image": round(features / images) if images else 0}
 

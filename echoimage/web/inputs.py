@@ -58,6 +58,7 @@ class SearchInput:
     url: str | None
     k: int
     label: str
+    colour_sensitive: bool | None = None  # None: the server's setting
 
 
 def http_error(exc: EchoImageError) -> HTTPException:
@@ -102,6 +103,19 @@ def _declared_length(request: Request) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         raise HTTPException(400, "malformed Content-Length header") from None
+
+
+def parse_flag(value: object) -> bool | None:
+    """A form checkbox or field: absent or "" is None (the default); "on", "true", "1" and
+    "yes" are True, "off", "false", "0" and "no" False; anything else is refused (422)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise HTTPException(422, "colour_sensitive must be true or false")
 
 
 def parse_k(value: object, default: int, most: int) -> int:
@@ -171,12 +185,15 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         url = req.url.strip()
         if not url:
             raise HTTPException(400, "give a URL")
-        return SearchInput(None, url, parse_k(req.k, web.default_k, web.max_k), url)
+        return SearchInput(None, url, parse_k(req.k, web.default_k, web.max_k), url,
+                           req.colour_sensitive)
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
-                                 "or a JSON body {\"url\": ..., \"k\": ...}")
+                                 "or a JSON body {\"url\": ..., \"k\": ..., "
+                                 "\"colour_sensitive\": ...}")
     form = await _read_form(request, media, web.max_upload_bytes)
     k = parse_k(form.get("k"), web.default_k, web.max_k)
+    sensitive = parse_flag(form.get("colour_sensitive"))
     raw_url = form.get("url")
     url = raw_url.strip() if isinstance(raw_url, str) else ""
     upload = form.get("file")
@@ -195,8 +212,8 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
     if data is None and not url:
         raise HTTPException(400, "give an image file (field 'file') or its URL (field 'url')")
     if data is not None:
-        return SearchInput(data, None, k, label)
-    return SearchInput(None, url, k, url)
+        return SearchInput(data, None, k, label, sensitive)
+    return SearchInput(None, url, k, url, sensitive)
 
 
 def check_image_bytes(data: bytes) -> None:
@@ -230,7 +247,7 @@ async def answer(inp: SearchInput, service: WebService) -> CachedQuery:
     data = inp.data if inp.data is not None else await fetch_query(service, inp.url or "")
     check_image_bytes(data)
     try:
-        return await service.search(data, inp.label, inp.k)
+        return await service.search(data, inp.label, inp.k, inp.colour_sensitive)
     except EchoImageError as exc:
         raise http_error(exc) from None
 

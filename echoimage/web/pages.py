@@ -37,7 +37,9 @@ def _form(service: WebService, error: HTTPException | None = None,
     body = render.search_page(
         indexed=service.engine.size, max_k=web.max_k, k=inp.k if inp else web.default_k,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
-        error=(error.status_code, str(error.detail)) if error else None)
+        error=(error.status_code, str(error.detail)) if error else None,
+        colour_sensitive=service.settings.colour_sensitive
+        if inp is None or inp.colour_sensitive is None else inp.colour_sensitive)
     if error is None:
         return _html(body)
     return _html(body, error.status_code, error.headers)

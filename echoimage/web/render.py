@@ -44,7 +44,7 @@ def page(title: str, body: str, footer: str = "") -> str:
 
 
 def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url: str = "",
-                error: tuple[int, str] | None = None) -> str:
+                error: tuple[int, str] | None = None, colour_sensitive: bool = False) -> str:
     """The search form, optionally with an error message above it."""
     err = ""
     if error is not None:
@@ -55,7 +55,8 @@ def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url:
         "The catalogue is empty: run <code>echoimage index build</code> first.")
     body = template("search.html").substitute(
         catalogue=catalogue, error=err, formats=esc(FORMATS),
-        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k)
+        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k,
+        colour_checked=" checked" if colour_sensitive else "")
     title = "EchoImage: find copies of an image"
     return page(f"Error – {title}" if error else title, body)
 
@@ -64,6 +65,7 @@ def message_page(heading: str, text: str) -> str:
     """A page with one message (an expired result, for instance)."""
     body = template("message.html").substitute(heading=esc(heading), text=esc(text))
     return page(f"{heading} – EchoImage", body)
+
 
 
 #: how each verdict reads on a card
@@ -86,6 +88,14 @@ def _metadata(m: Match) -> str:
         shown = _source(text) if text.startswith(("http://", "https://")) else esc(text)
         rows.append(f"<div><dt>{esc(key)}</dt><dd>{shown}</dd></div>")
     return f'<dl class="metadata">{"".join(rows)}</dl>'
+
+
+def _colour(m: Match) -> str:
+    """The card's colour distance (or why there is none)."""
+    if m.colour_distance is None:
+        return ('<span class="muted" title="indexed before colour was kept">'
+                "not known</span>")
+    return f"{m.colour_distance:.2f}"
 
 
 def _source(url: str) -> str:
@@ -119,7 +129,8 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
         metadata=_metadata(m), score=f"{m.score:.3f}",
-        threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/thumbnail.png",
+        threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/preview",
+        colour_distance=_colour(m),
         source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,
         orb_matches=m.orb_matches, hash_distance=m.hash_distance,
         orientation=esc(m.orientation), transform=_transform(m),
@@ -188,7 +199,7 @@ def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> st
                         f"{esc(ln.orientation)} &middot; via {esc(ln.via)}")
             items.append(
                 f'<li class="member{" keep" if m.keep else ""}" data-id="{m.id}">'
-                f'<div class="thumb"><img src="/api/images/{m.id}/thumbnail.png" '
+                f'<div class="thumb"><img src="/api/images/{m.id}/preview" '
                 f'alt="Catalogue image {m.id}" loading="lazy"></div>'
                 f'<p class="source">#{m.id} {_source(m.url)} ({m.width}&times;{m.height})</p>'
                 f'<p class="muted">{note}</p></li>')

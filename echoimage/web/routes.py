@@ -48,12 +48,15 @@ _SEARCH_BODY: dict[str, Any] = {
                              "description": "the query image (or give url)"},
                     "url": {"type": "string", "description": "http(s) URL of the query image"},
                     "k": {"type": "integer", "minimum": 1, "description": "results wanted"},
+                    "colour_sensitive": {"type": "boolean",
+                                         "description": "call recoloured copies so"},
                 },
             }},
             "application/json": {"schema": {
                 "type": "object", "required": ["url"],
                 "properties": {"url": {"type": "string"},
-                               "k": {"type": "integer", "minimum": 1}},
+                               "k": {"type": "integer", "minimum": 1},
+                               "colour_sensitive": {"type": "boolean"}},
             }},
         },
     }
@@ -78,6 +81,7 @@ def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
         "timings_ms": entry.result.timings,
         "links": {"query_image": f"/api/queries/{t}/image.png",
                   "thumbnail": "/api/images/{id}/thumbnail.png",
+                  "preview": "/api/images/{id}/preview",
                   "match_image": f"/api/matches/{t}/{{id}}.png",
                   "results": f"/results/{t}"},
     }
@@ -89,9 +93,12 @@ async def search(request: Request, service: ServiceDep) -> JSONResponse:
     """Search the catalogue for copies of an image.
 
     Send ``multipart/form-data`` with a ``file`` (the image) or a ``url`` field, and
-    optionally ``k``; or a JSON body ``{"url": ..., "k": ...}``. The ``results`` have the
-    schema of ``echoimage query --json``. The uploaded image is not added to the catalogue;
-    it is kept (decoded, in memory) only for ``expires_in_s`` seconds, for the match images.
+    optionally ``k`` and ``colour_sensitive``; or a JSON body ``{"url": ..., "k": ...,
+    "colour_sensitive": ...}``. Colour-sensitive, a copy whose ``colour_distance`` passes
+    the server's colour threshold has the verdict ``recoloured`` instead of ``duplicate``.
+    The ``results`` have the schema of ``echoimage query --json``. The uploaded image is
+    not added to the catalogue; it is kept (decoded, in memory) only for ``expires_in_s``
+    seconds, for the match images.
     """
     entry = await run_search(request, service)
     return JSONResponse(search_response(entry, service))
@@ -107,7 +114,7 @@ async def recent_query(entry: CachedQueryDep, service: ServiceDep) -> JSONRespon
 @router.get("/api/queries/{token}/image.png", response_class=Response,
             responses={**PNG, **_errors(404)}, tags=["search"])
 async def query_image(entry: CachedQueryDep, service: ServiceDep) -> Response:
-    """The query image as the engine saw it (grayscale working image)."""
+    """The query image as the engine saw it (its working image, in colour)."""
     png = await run_in_threadpool(service.query_png, entry)
     return Response(png, media_type="image/png", headers=_private(service))
 
@@ -160,6 +167,20 @@ def thumbnail(image_id: ImageIdDep, session: SessionDep) -> Response:
     if info["width"] and info["height"]:
         thumb = restore_aspect(thumb, info["width"], info["height"], max(thumb.shape))
     return Response(encode_png(thumb), media_type="image/png",
+                    headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/api/images/{image_id}/preview", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
+                             "description": "a JPEG (colour) or PNG (gray) image"},
+                       **_errors(404)}, tags=["catalogue"])
+def preview(image_id: ImageIdDep, session: SessionDep) -> Response:
+    """The stored colour preview of an indexed image (JPEG, longest side colour_size);
+    the grayscale thumbnail for an image indexed before colour was kept."""
+    data = repo.colour_preview(session, image_id)
+    if data is None:
+        return thumbnail(image_id, session)
+    return Response(data, media_type="image/jpeg",
                     headers={"Cache-Control": "public, max-age=300"})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
 class TransformOut(BaseModel):
@@ -58,6 +58,9 @@ class SearchRequest(BaseModel):
     url: str
     #: a JSON integer: true, 1.5, 2.0 and "3" are refused, not coerced
     k: StrictInt | None = Field(None, ge=1, description="number of results")
+    colour_sensitive: StrictBool | None = Field(
+        None, description="call copies in clearly different colours `recoloured` (default: "
+                          "the server's ECHOIMAGE_COLOUR_SENSITIVE)")
 
 
 class SearchLinks(BaseModel):
@@ -65,6 +68,7 @@ class SearchLinks(BaseModel):
 
     query_image: str
     thumbnail: str
+    preview: str
     match_image: str
     results: str
 

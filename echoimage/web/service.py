@@ -29,7 +29,13 @@ from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
 from echoimage.web.ssrf import AllowList, GuardedFetcher, UrlPolicy
-from echoimage.web.visual import encode_png, match_image, restore_aspect
+from echoimage.web.visual import (
+    colourise,
+    encode_png,
+    match_image,
+    preview_rgb,
+    restore_aspect,
+)
 
 if TYPE_CHECKING:
     from echoimage.dedupe import DedupeResult
@@ -131,18 +137,19 @@ class WebService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    def _search(self, data: bytes, k: int) -> QueryResult:
-        res = self.catalogue.query(data, k)
+    def _search(self, data: bytes, k: int, colour_sensitive: bool | None) -> QueryResult:
+        res = self.catalogue.query(data, k, colour_sensitive)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return res
 
-    async def search(self, data: bytes, label: str, k: int) -> CachedQuery:
+    async def search(self, data: bytes, label: str, k: int,
+                     colour_sensitive: bool | None = None) -> CachedQuery:
         """Decode and search in the pool; the answer is cached under a new token.
 
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         try:
-            res = await self.run(self._search, data, k)
+            res = await self.run(self._search, data, k, colour_sensitive)
         except Exception:
             self.counters.failed += 1
             raise
@@ -162,8 +169,9 @@ class WebService:
     # --- pictures -----------------------------------------------------------------------------
 
     def query_png(self, entry: CachedQuery) -> bytes:
-        """The query's working image as PNG (grayscale, longest side <= work_size)."""
-        return entry.png("query", lambda: encode_png(entry.image.gray))
+        """The query's working image as PNG (longest side <= query_work_size), in its
+        colours."""
+        return entry.png("query", lambda: encode_png(_query_picture(entry)))
 
     def match_png(self, entry: CachedQuery, match: Match) -> bytes | None:
         """Query | catalogue image with the keypoint pairs behind the match and its region;
@@ -172,8 +180,10 @@ class WebService:
         def make() -> bytes:
             with self.engine.sessions() as session:
                 cand = repo.candidates(session, [match.id]).get(match.id)
+                preview = preview_rgb(repo.colour_preview(session, match.id))
             if cand is None:
                 raise LookupError(match.id)
+            qpicture = _query_picture(entry)
             box = None
             if match.query_box:  # a part of the query matched: outline it
                 f = entry.image.scale or 1.0
@@ -184,10 +194,11 @@ class WebService:
             scale = cand.work_scale or 1.0
             catalogue = restore_aspect(cand.thumbnail, width, height,
                                        max(16, round(max(width, height) / scale)))
+            catalogue = colourise(catalogue, preview)
             region = None
             if match.region:
                 region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(entry.image.gray, catalogue, match.pairs, region,
+            return encode_png(match_image(qpicture, catalogue, match.pairs, region,
                                           query_box=box))
 
         try:
@@ -243,3 +254,8 @@ class WebService:
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
             "runs": runs,
         }
+
+
+def _query_picture(entry: CachedQuery) -> np.ndarray:
+    """The query's working image in its colours (gray when it was decoded without)."""
+    return colourise(entry.image.gray, entry.image.colour)

@@ -41,6 +41,22 @@ def restore_aspect(thumb: np.ndarray, width: int, height: int, longest: int) -> 
     return cv2.resize(thumb, size, interpolation=interp)
 
 
+def colourise(gray: np.ndarray, rgb: np.ndarray | None) -> np.ndarray:
+    """gray (2-D uint8) in the colours of rgb, a smaller RGB version of the same picture,
+    as BGR: gray's detail as luma, rgb's chroma stretched to gray's size (what JPEG's
+    chroma subsampling does). Without rgb, gray as it is."""
+    if gray.ndim != 2:
+        raise ValueError("colourise expects a 2-D grayscale image")
+    if rgb is None:
+        return gray
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError("colourise expects an RGB HxWx3 colour version")
+    big = cv2.resize(rgb, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
+    ycc = cv2.cvtColor(big, cv2.COLOR_RGB2YCrCb)
+    ycc[:, :, 0] = gray
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
+
+
 def _fit(img: np.ndarray, height: int, max_width: int) -> tuple[np.ndarray, float]:
     h, w = img.shape[:2]
     f = min(height / h, max_width / w)
@@ -112,6 +128,14 @@ def match_image(query: np.ndarray, catalogue: np.ndarray, pairs: np.ndarray | No
             cv2.circle(canvas, a, 3, colour, 1, lineType=cv2.LINE_AA)
             cv2.circle(canvas, b, 3, colour, 1, lineType=cv2.LINE_AA)
     return canvas
+
+
+def preview_rgb(data: bytes | None) -> np.ndarray | None:
+    """A stored colour preview (JPEG bytes) as RGB, or None (no preview, or unreadable)."""
+    if data is None:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def encode_png(img: np.ndarray) -> bytes:
