@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="query only N held-out photos as negatives (default: all)")
     parser.add_argument("--edits", default=None,
                         help=f"comma-separated edits (default: all: {', '.join(HARD_EDITS)})")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="query this existing data directory instead of building one, "
+                             "e.g. a store padded to 100k by `echoimage bench` "
+                             "(OUT/pad/scale-100000); it must hold the catalogue photos")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed (default: 0)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     edits = [e.strip() for e in args.edits.split(",") if e.strip()] if args.edits else None
     try:
         result = run_hard(args.photo_dir, args.out, limit=args.limit, seed=args.seed,
-                          edits=edits, negative_limit=args.negatives,
+                          edits=edits, negative_limit=args.negatives, data_dir=args.data,
                           progress=not args.quiet,
                           command=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:

@@ -155,5 +155,14 @@ def test_run_hard_end_to_end(tmp_path):
     md = (out / "bench-hard.md").read_text()
     assert md == hard_runner.render_hard_markdown(result)
     assert "| hue | 3 | 1.000 |" in md and "**compound**" in md
+    # an existing store (a padded one, say) is queried as it is, not rebuilt
+    again = hard_runner.run_hard(photos, tmp_path / "again", limit=3, negatives_fraction=0.34,
+                                 edits=["hue"], data_dir=out / "data", progress=False)
+    assert again["build"]["seconds"] is None and again["build"]["indexed"] == 8
+    assert again["entries"] == 8 and not (tmp_path / "again" / "data").exists()
+    assert again["edits"]["hue"] == {**result["edits"]["hue"],
+                                     "query_ms": again["edits"]["hue"]["query_ms"],
+                                     "negative_query_ms_p50":
+                                         again["edits"]["hue"]["negative_query_ms_p50"]}
     with pytest.raises(ValueError, match="unknown"):
         hard_runner.run_hard(photos, out, edits=["nope"], progress=False)

@@ -62,6 +62,20 @@ def traced_engine(settings: Any) -> Any:
     return engine
 
 
+def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
+    """Store ids of the indexed images among urls."""
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    engine = open_store(settings, create=False)
+    try:
+        with session_factory(engine)() as session:
+            known = repo.known_images(session)
+    finally:
+        engine.dispose()
+    return {u: k.id for u, k in known.items() if u in urls and k.status == "indexed"}
+
+
 def _ask(ctx: _Ctx, engine: Any, data: bytes) -> tuple[Any, float]:
     """Decode as query_bytes does and run query_image: (result, query_image ms)."""
     from echoimage.features.decode import decode_image
@@ -175,7 +189,8 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# EchoImage hard-edit benchmark", "",
         f"{result['date']} · `{' '.join(result['command'])}`", "",
-        f"{d['catalogue']} catalogue photos ({d['indexed']} indexed), {d['query_photos']} "
+        f"{d['catalogue']} catalogue photos ({d['indexed']} indexed; {result['entries']:,} "
+        f"entries searched), {d['query_photos']} "
         f"queried through {len(result['edits'])} edits; {d['negatives']} held-out photos "
         "through the same edits as negatives (collage partners are held-out photos).", "",
         table, "",
@@ -190,7 +205,8 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
 def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = None,
              seed: int = 0, negatives_fraction: float = 0.2,
              edits: Sequence[str] | None = None, negative_limit: int | None = None,
-             progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
+             data_dir: str | Path | None = None, progress: bool = True,
+             command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the hard-edit benchmark on a folder of photos; write bench-hard.json and .md.
 
     Args:
@@ -203,6 +219,9 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         edits: names of the edits to run (default: all of HARD_EDITS).
         negative_limit: query only the first N held-out photos as negatives (all are
             still collage partners).
+        data_dir: query this existing data directory instead of building one (a store
+            padded by `echoimage bench`, under ``pad/scale-N``); it must hold this split's
+            catalogue photos, by their paths.
         progress: progress lines on stderr.
         command: the command line to record (default: sys.argv).
     """
@@ -228,16 +247,23 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
     need = max(e.partners for e in run) + 1
     if len(pool) < need:
         raise ValueError(f"{len(pool)} held-out photos; the edits need at least {need}")
-    settings = Settings(data_dir=out_dir / "data", database_url=None)
+    settings = Settings(data_dir=Path(data_dir) if data_dir else out_dir / "data",
+                        database_url=None)
     ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
                urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
-    build = _build(ctx, out_dir, catalogue)
+    if data_dir is None:
+        build = _build(ctx, out_dir, catalogue)
+    else:
+        ctx.url_ids = _stored_ids(settings, set(ctx.urls))
+        build = {"indexed": len(ctx.url_ids), "seconds": None, "images_per_s": None,
+                 "data_dir": str(Path(data_dir).resolve())}
     indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
     ctx.query_photos = query_subset(indexed, seed, limit)
     engine = traced_engine(settings)
+    entries = int(engine.size)
     try:
         pos = _positives(ctx, engine, run, pool)
         n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
@@ -260,7 +286,9 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         "dataset": {"photos": len(files), "catalogue": len(catalogue),
                     "indexed": len(ctx.url_ids), "query_photos": len(ctx.query_photos),
                     "held_out": len(pool), "negatives": n_neg},
-        "build": {k: build[k] for k in ("indexed", "seconds", "images_per_s")},
+        "build": {k: build.get(k) for k in ("indexed", "seconds", "images_per_s",
+                                             "data_dir")},
+        "entries": entries,
         "descriptions": {e.name: e.description for e in run},
         "edits": per,
         "summary": {
