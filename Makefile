@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-cluster faults browser postgres clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-hard bench-cluster faults browser postgres clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-dedupe: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python scripts/bench_scale.py $(PHOTOS) --out bench-out
+
+bench-hard: $(STAMP)
+	$(BIN)/python scripts/bench_hard.py $(PHOTOS) --out bench-out --limit 100
 
 bench-cluster: $(STAMP) postgres
 	$(BIN)/python scripts/bench_cluster.py $(PHOTOS) --out bench-out

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # when no candidate reaches duplicate_threshold, the deep_rerank_n most promising are
     # matched again with all of them
     rerank_keypoints: int = 500
+    # when nothing is a duplicate yet: a wider set of query keypoints (text and stickers
+    # overlaid on a copy take the strongest corners) votes as it is and mirrored, and is
+    # matched with its first wide_rerank_descriptors
+    wide_orb_features: int = 1500
+    wide_rerank_descriptors: int = 600
     deep_rerank_n: int = 6
     ratio_test: float = 0.8
     ransac_px: float = 6.0

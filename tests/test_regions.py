@@ -9,7 +9,7 @@ import pytest
 from helpers import CATALOGUE_PHOTOS, box_iou, jpeg, photo, to_rgb, web_page
 
 from echoimage.features.decode import decode_image
-from echoimage.features.regions import content_boxes
+from echoimage.features.regions import collage_cells, content_boxes
 
 
 def decoded(arr: np.ndarray, quality: int = 85) -> tuple[np.ndarray, float]:
@@ -72,3 +72,44 @@ def test_bad_arguments_raise_value_error() -> None:
         content_boxes(np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(ValueError):
         content_boxes(np.zeros((10, 10), np.uint8), min_area=0.5, max_area=0.4)
+
+
+def _grid(tiles: list[np.ndarray], n: int, cell: tuple[int, int], gutter: int
+          ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """An n×n collage of the tiles (resized to cell = (w, h)) with gutters of that width."""
+    cw, ch = cell
+    canvas = np.full((n * ch + (n + 1) * gutter, n * cw + (n + 1) * gutter, 3), 250, np.uint8)
+    boxes = []
+    for k, tile in enumerate(tiles[: n * n]):
+        r, c = divmod(k, n)
+        x, y = gutter + c * (cw + gutter), gutter + r * (ch + gutter)
+        canvas[y:y + ch, x:x + cw] = cv2.resize(to_rgb(tile), cell,
+                                                interpolation=cv2.INTER_AREA)
+        boxes.append((x, y, cw, ch))
+    return canvas, boxes
+
+
+@pytest.mark.parametrize("gutter", [0, 4])
+@pytest.mark.parametrize("n", [2, 3])
+def test_collage_is_split_into_its_cells(n: int, gutter: int) -> None:
+    tiles = [photo(name) for name in CATALOGUE_PHOTOS]
+    canvas, boxes = _grid(tiles, n, (280, 190), gutter)
+    gray, f = decoded(canvas)
+    cells = collage_cells(gray)
+    assert len(cells) == n * n, cells
+    for box in boxes:
+        assert max(box_iou(c, scaled(box, f)) for c in cells) >= 0.95, (box, cells)
+
+
+def test_side_by_side_pictures_are_two_cells() -> None:
+    left = cv2.resize(to_rgb(photo("astronaut")), (300, 300))
+    right = cv2.resize(to_rgb(photo("coffee")), (300, 300))
+    cells = collage_cells(decoded(np.hstack([left, right]))[0])
+    assert len(cells) == 2
+    assert box_iou(cells[0], (0, 0, 300, 300)) >= 0.95
+    assert box_iou(cells[1], (300, 0, 300, 300)) >= 0.95
+
+
+@pytest.mark.parametrize("name", CATALOGUE_PHOTOS)
+def test_plain_photos_are_no_collage(name: str) -> None:
+    assert collage_cells(decoded(photo(name), 90)[0]) == []

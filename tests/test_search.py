@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from helpers import box_iou, jpeg, mirror, photo, web_page
+from helpers import box_iou, jpeg, mirror, photo, to_rgb, web_page
 
+from echoimage.bench.hard import HARD_EDITS, collage, make_hard_query
+from echoimage.bench.transforms import transform_rng
 from echoimage.search.engine import SearchEngine
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
@@ -219,3 +221,59 @@ def test_a_recoloured_picture_in_a_page_is_judged_by_its_own_colours(built, engi
     top = engine.query_bytes(jpeg(page, 90), k=1, colour_sensitive=True).matches[0]
     assert top.url == built.catalogue.url("astronaut") and top.verdict is Verdict.DUPLICATE
     assert top.colour_distance is not None and top.colour_distance < 0.15
+
+
+def _bgr(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(to_rgb(rgb)[..., ::-1])
+
+
+def _strangers(n: int) -> list[np.ndarray]:
+    """n BGR pictures that are not in the catalogue: parts of three scikit-image photos."""
+    out = []
+    for name in ("immunohistochemistry", "gravel", "retina"):
+        arr = _bgr(getattr(skimage.data, name)())
+        h, w = arr.shape[:2]
+        out += [arr[: h // 2, : w // 2], arr[h // 2:, w // 2:], arr[h // 4: 3 * h // 4, :]]
+    return out[:n]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "coins", "grass"])
+def test_captioned_mirrored_turned_darkened_crop_is_found(built, engine, name: str) -> None:
+    """A 70% crop, mirrored, turned, darkened, with large meme text top and bottom, saved
+    at JPEG 40: the text takes the query's strongest keypoints, the wide round's reach
+    the photo. (Photos with texture enough: a clock face or a star field under all that
+    is still missed.)"""
+    edit = HARD_EDITS["compound_meme"]
+    for seed in range(2):
+        data = make_hard_query(_bgr(photo(name)), edit, transform_rng(0, seed, edit.name), [])
+        top = engine.query_bytes(data, k=3).matches[0]
+        assert top.url == built.catalogue.url(name) and top.duplicate, (seed, top.score)
+        assert top.transform is not None and top.transform["mirror"] is True
+        assert top.query_box is None  # the whole query, not a part of it
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket", "clock"])
+def test_photo_in_a_collage_is_found_in_its_cell(built, engine, name: str, n: int) -> None:
+    arr = _bgr(photo(name))
+    canvas, (x, y, w, h) = collage(arr, _strangers(n * n - 1), n, 300,
+                                   np.random.default_rng(n))
+    top = engine.query_bytes(jpeg(np.ascontiguousarray(canvas[..., ::-1]), 90), k=3).matches[0]
+    assert top.url == built.catalogue.url(name) and top.duplicate
+    # what matched is the photo's cell: the box of the view that found it, or (found from
+    # the whole collage) the inlier keypoints, which lie in the cell
+    if top.query_box is not None:
+        got = tuple(round(v) for v in top.query_box)
+        assert box_iou(got, (x, y, w, h)) >= 0.9, (got, (x, y, w, h))  # type: ignore[arg-type]
+    assert top.pairs is not None and len(top.pairs) >= 8
+    qx, qy = top.pairs[:, 0], top.pairs[:, 1]
+    inside = (qx >= x - 2) & (qx <= x + w + 2) & (qy >= y - 2) & (qy <= y + h + 2)
+    assert inside.mean() >= 0.9
+
+
+def test_a_collage_of_unrelated_photos_is_no_duplicate(engine) -> None:
+    parts = _strangers(9)
+    canvas, _ = collage(parts[0], parts[1:], 3, 300, np.random.default_rng(0))
+    res = engine.query_bytes(jpeg(np.ascontiguousarray(canvas[..., ::-1]), 90), k=5)
+    assert not any(m.duplicate for m in res.matches), [(Path(m.url).name, m.score)
+                                                       for m in res.matches]

@@ -118,6 +118,14 @@ def split_photos(files: Sequence[Path], seed: int, negatives_fraction: float
     return catalogue, negatives
 
 
+def query_subset(indexed: Sequence[int], seed: int, limit: int | None) -> list[int]:
+    """The catalogue photos to query: all of indexed, or a seeded subset of limit."""
+    if limit is None or limit >= len(indexed):
+        return list(indexed)
+    rng = np.random.default_rng([seed, 0x11A])
+    return sorted(rng.choice(indexed, size=limit, replace=False).tolist())
+
+
 def _read_bgr(path: Path) -> np.ndarray | None:
     img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
     return img

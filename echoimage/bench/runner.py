@@ -56,6 +56,7 @@ from echoimage.bench.context import (
     _photo,
     _QueryRec,
     _read_bgr,
+    query_subset,
     split_photos,
 )
 from echoimage.bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
@@ -462,10 +463,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
-    if limit is not None and limit < len(indexed):
-        rng = np.random.default_rng([seed, 0x11A])
-        indexed = sorted(rng.choice(indexed, size=limit, replace=False).tolist())
-    ctx.query_photos = indexed
+    ctx.query_photos = query_subset(indexed, seed, limit)
     transforms = list(TRANSFORMS.values())
 
     job = _padding_job(ctx, out_dir, scale, workers, progress) if scale else None

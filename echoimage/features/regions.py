@@ -38,6 +38,16 @@ def _iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
+def _reduced(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """gray shrunk (INTER_AREA) to at most side pixels each way, and the factor used."""
+    h, w = gray.shape
+    f = min(1.0, side / max(h, w))
+    if f >= 1:
+        return gray, 1.0
+    return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
+                      interpolation=cv2.INTER_AREA), f
+
+
 class _Steps:
     """Which neighbouring pixels of an image differ by more than STEP."""
 
@@ -253,9 +263,7 @@ def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
     if not 0 < min_area < max_area <= 1:
         raise ValueError("need 0 < min_area < max_area <= 1")
     h, w = gray.shape
-    f = min(1.0, 256 / max(h, w))
-    small = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
-                       interpolation=cv2.INTER_AREA) if f < 1 else gray
+    small, f = _reduced(gray, 256)
     sh, sw = small.shape
     st = _Steps(gray)
     pad = max(2, round(0.02 * max(sh, sw) / f))
@@ -278,3 +286,71 @@ def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
             break
     fitted.sort(key=lambda t: (-t[0], t[1]))
     return [b for _, _, b in fitted[:max_boxes]]
+
+
+#: fraction of a line's pixels that must step for it to count as a seam between cells
+SEAM_MIN = 0.6
+#: ...and by this much more than the median of the lines within SEAM_WINDOW of it
+SEAM_STANDOUT = 0.35
+SEAM_WINDOW = 8
+#: how far (of the side) a seam may sit from where an even grid puts it
+SEAM_SLACK = 0.025
+#: collages split into up to this many rows and columns
+MAX_GRID = 4
+
+
+def _seams(prof: np.ndarray, size: int) -> list[tuple[int, int]] | None:
+    """The bands of seam lines of the largest even split (2..MAX_GRID parts) whose every
+    inner boundary has a seam near it, as (first line, last line) per boundary with the
+    image's own edges (and a frame around the grid) as the outer bands; None without one."""
+    slack = max(2, round(SEAM_SLACK * size))
+    frame_at = max(2, round(SEAM_SLACK * size))
+    # a seam stands out from the lines around it (texture steps everywhere)
+    seam = prof >= SEAM_MIN
+    strong = np.flatnonzero(seam)
+    if len(strong):
+        padded = np.pad(prof, SEAM_WINDOW, mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * SEAM_WINDOW + 1)
+        seam[strong] = prof[strong] - np.median(windows[strong], axis=1) >= SEAM_STANDOUT
+
+    def band(lo: int, hi: int) -> tuple[int, int] | None:
+        hits = np.flatnonzero(seam[max(0, lo):min(size, hi) + 1]) + max(0, lo)
+        return (int(hits[0]), int(hits[-1])) if len(hits) else None
+
+    for n in range(MAX_GRID, 1, -1):
+        inner = [band(round(k * size / n) - slack, round(k * size / n) + slack)
+                 for k in range(1, n)]
+        if all(b is not None for b in inner):
+            top, bottom = band(1, frame_at), band(size - frame_at, size - 1)
+            first = (0, top[1]) if top else (0, 0)
+            last = (bottom[0], size) if bottom else (size, size)
+            return [first, *inner, last]  # type: ignore[list-item]
+    return None
+
+
+def collage_cells(gray: np.ndarray, min_side: float = 0.15) -> list[Box]:
+    """The cells of a collage: the query split along straight seams that cross it from
+    side to side at the places an even grid of 2 to MAX_GRID rows or columns puts them
+    (a gutter's two edges, or the step between two pictures). Each cell excludes the
+    gutters and a frame around the grid. Empty when neither rows nor columns split (an
+    ordinary photo), and cells under min_side of the query's side are left out."""
+    if gray.ndim != 2:
+        raise ValueError("collage_cells expects a 2-D grayscale array")
+    h, w = gray.shape
+    small, f = _reduced(gray, 512)
+    sh, sw = small.shape
+    if min(sh, sw) < 32:
+        return []
+    rowp, colp = _Steps(small).profiles(0, 0, sw, sh)
+    rows = _seams(rowp, sh) or [(0, 0), (sh, sh)]
+    cols = _seams(colp, sw) or [(0, 0), (sw, sw)]
+    if len(rows) == 2 and len(cols) == 2:
+        return []
+    cells: list[Box] = []
+    for (_, y0), (y1, _) in zip(rows, rows[1:], strict=False):
+        for (_, x0), (x1, _) in zip(cols, cols[1:], strict=False):
+            if y1 - y0 < min_side * sh or x1 - x0 < min_side * sw:
+                continue
+            bx, by = round(x0 / f), round(y0 / f)
+            cells.append((bx, by, min(w, round(x1 / f)) - bx, min(h, round(y1 / f)) - by))
+    return cells

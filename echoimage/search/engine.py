@@ -19,7 +19,7 @@ from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import orb_features
-from echoimage.features.regions import content_boxes
+from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -162,11 +162,7 @@ class SearchEngine:
         proposed: dict[int, list[Shortlisted]] = {}
         for c in chosen:
             proposed[c.id] = [c]
-        for v, view in enumerate(views[1:], 1):
-            for c in shortlist(snap.parts, view.small, s.box_k):
-                if c.hash_distance <= s.box_max_distance:
-                    proposed.setdefault(c.id, []).append(
-                        Shortlisted(c.id, c.hash_distance, c.orientation, v))
+        self._box_proposals(snap, views, 1, proposed)
         with self.sessions() as session:
             exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
             cands = repo.candidates(session, sorted(set(proposed) | exact_ids))
@@ -176,6 +172,16 @@ class SearchEngine:
         best = self._rerank(proposed, cands, views, img, exact_ids, {})
         lap("rerank_ms")
         votes: dict[int, int] = {}
+        if not _confident(best, s.duplicate_threshold):
+            # a collage: each cell is a view of its own, looked up by its hashes first
+            first = len(views)
+            views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s)
+                      for x, y, w, h in collage_cells(img.gray)]
+            fresh = self._box_proposals(snap, views, first, proposed)
+            self._load(cands, set(fresh))
+            lap("shortlist_ms")
+            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, {}))
+            lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
             # no hash neighbour is a copy: each view's own keypoints vote for images (a
             # crop, a picture inside a page), proposed as seen from the view that voted
@@ -202,6 +208,26 @@ class SearchEngine:
                 if props := self._propose(proposed, cands, views, i, 0, NAMES.index("mirror")):
                     fresh[i] = props
                     votes[i] = max(votes.get(i, 0), count)
+            lap("shortlist_ms")
+            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
+            lap("rerank_ms")
+        if not _confident(best, s.duplicate_threshold):
+            # overlaid text, stickers and borders have the strongest corners and take most
+            # of the query's keypoints: a wider set reaches the photo under them; it votes
+            # as it is and mirrored (a mirrored, turned crop with a caption)
+            wide = _View(img.gray, views[0].box, s, s.wide_orb_features,
+                         s.wide_rerank_descriptors)
+            views.append(wide)
+            w = len(views) - 1
+            fresh = {}
+            for mirror in (False, True):
+                wvotes = self._votes(snap, wide.orb(mirror).descriptors)
+                self._load(cands, set(wvotes))
+                orientation = NAMES.index("mirror") if mirror else None
+                for i, count in wvotes.items():
+                    if props := self._propose(proposed, cands, views, i, w, orientation):
+                        fresh.setdefault(i, []).extend(props)
+                        votes[i] = max(votes.get(i, 0), count)
             lap("shortlist_ms")
             _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
             lap("rerank_ms")
@@ -269,6 +295,21 @@ class SearchEngine:
                  0)
         sim = views[v].ssim_ref(NAMES.index(m.orientation)).compare(cands[m.id].thumbnail)
         return replace(m, ssim=sim)
+
+    def _box_proposals(self, snap: Snapshot, views: list[_View], first: int,
+                       proposed: dict[int, list[Shortlisted]]
+                       ) -> dict[int, list[Shortlisted]]:
+        """Propose the close hash neighbours (box_k, within box_max_distance) of views
+        first.. (content boxes, collage cells); returns what was added, by image."""
+        s = self.settings
+        fresh: dict[int, list[Shortlisted]] = {}
+        for v in range(first, len(views)):
+            for c in shortlist(snap.parts, views[v].small, s.box_k):
+                if c.hash_distance <= s.box_max_distance:
+                    sl = Shortlisted(c.id, c.hash_distance, c.orientation, v)
+                    proposed.setdefault(c.id, []).append(sl)
+                    fresh.setdefault(c.id, []).append(sl)
+        return fresh
 
     def _load(self, cands: dict[int, Candidate], ids: set[int]) -> None:
         """Read the candidates among ids not read yet (gone from the store: left out)."""
@@ -370,11 +411,14 @@ class SearchEngine:
 class _View:
     """The whole query or a content box of it, with features computed on first use."""
 
-    def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings) -> None:
+    def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings,
+                 features: int | None = None, head: int | None = None) -> None:
         self.gray = np.ascontiguousarray(gray)
         self.box = box
         self.small = hash_input(self.gray)
         self._settings = s
+        self._features = features or s.query_orb_features
+        self._head = head or s.rerank_descriptors
         self._thumb: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
         self._refs: dict[int, SsimReference] = {}
@@ -390,13 +434,13 @@ class _View:
         """ORB of the view, or of its mirror image (ORB is not mirror-invariant)."""
         if mirror not in self._orbs:
             gray = np.ascontiguousarray(self.gray[:, ::-1]) if mirror else self.gray
-            self._orbs[mirror] = orb_features(gray, self._settings.query_orb_features)
+            self._orbs[mirror] = orb_features(gray, self._features)
         return self._orbs[mirror]
 
     def orb_head(self, mirror: bool) -> OrbFeatures:
         """The first rerank_descriptors keypoints (spread over the view) for matching."""
         orb = self.orb(mirror)
-        n = self._settings.rerank_descriptors
+        n = self._head
         return orb if len(orb) <= n else OrbFeatures(orb.keypoints[:n], orb.descriptors[:n])
 
     def ssim_ref(self, o: int) -> SsimReference:
@@ -423,7 +467,8 @@ def _colour_part(img: DecodedImage, box: list[float] | None) -> np.ndarray:
 
 def _shown_box(view: _View, v: int, img: DecodedImage) -> list[float] | None:
     """The query_box of a match found through view v (None for the whole query)."""
-    return None if v == 0 else [round(z * img.scale, 1) for z in view.box]
+    whole = view.box == (0, 0, img.gray.shape[1], img.gray.shape[0])
+    return None if v == 0 or whole else [round(z * img.scale, 1) for z in view.box]
 
 
 def _keep_best(best: dict[int, Match], scored: dict[int, Match]) -> None:

@@ -1,0 +1,308 @@
+"""The hard suite: catalogue photos through the edits of `bench.hard`, held-out photos
+through the same edits as negatives, and where every miss was lost.
+
+`run_hard(photo_dir, out_dir, ...)` is the library function behind `scripts/bench_hard.py`
+(`make bench-hard`). It splits and indexes the photos as `bench.runner` does (the same
+split, the same catalogue for the same seed), then queries each catalogue photo (or a
+seeded subset) through each hard edit; collage partners are held-out photos, so rank 1 has
+one right answer. Each miss is put in one of three places: the original was never among
+the candidates re-ranked, it was re-ranked but out-ranked, or it came first but was not
+called a duplicate. Writes ``bench-hard.json`` and ``bench-hard.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echoimage.bench.context import (
+    _Ctx,
+    _list_photos,
+    _Log,
+    _machine,
+    _phase,
+    _photo,
+    _read_bgr,
+    query_subset,
+    split_photos,
+)
+from echoimage.bench.hard import HARD_EDITS, HardEdit, make_hard_query
+from echoimage.bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
+from echoimage.bench.report import _jsonable, markdown_table
+from echoimage.bench.transforms import transform_rng
+
+HARD_VERSION = 1
+
+#: where a miss was lost
+MISS_KINDS = ("never_reranked", "outranked", "not_duplicate")
+
+
+def traced_engine(settings: Any) -> Any:
+    """A SearchEngine that records the ids it re-ranks in `.reranked` (cleared by the
+    caller before each query), so a miss can be told apart from an out-ranking."""
+    from echoimage.search.engine import SearchEngine
+
+    class _Traced(SearchEngine):
+        reranked: set[int]
+
+        def _best(self, props: Any, cand: Any, *args: Any, **kwargs: Any) -> Any:
+            self.reranked.add(cand.id)
+            return super()._best(props, cand, *args, **kwargs)
+
+    engine = _Traced(settings)
+    engine.reranked = set()
+    return engine
+
+
+def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
+    """Store ids of the indexed images among urls."""
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+
+    engine = open_store(settings, create=False)
+    try:
+        with session_factory(engine)() as session:
+            known = repo.known_images(session)
+    finally:
+        engine.dispose()
+    return {u: k.id for u, k in known.items() if u in urls and k.status == "indexed"}
+
+
+def _ask(ctx: _Ctx, engine: Any, data: bytes) -> tuple[Any, float]:
+    """Decode as query_bytes does and run query_image: (result, query_image ms)."""
+    from echoimage.features.decode import decode_image
+
+    s = ctx.settings
+    img = decode_image(data, s.max_pixels, s.query_work_size)
+    engine.reranked.clear()
+    t0 = time.perf_counter()
+    res = engine.query_image(img, k=TOP_K, sha256=hashlib.sha256(data).hexdigest())
+    return res, (time.perf_counter() - t0) * 1000
+
+
+def _top(m: Any, truth: str | None) -> dict[str, Any]:
+    return {"url": Path(m.url).name, "correct": m.url == truth if truth else None,
+            "score": round(m.score, 4), "duplicate": m.duplicate,
+            "orb_inliers": m.orb_inliers, "hash_distance": m.hash_distance,
+            "orientation": m.orientation, "votes": m.votes}
+
+
+def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndarray]
+               ) -> list[dict[str, Any]]:
+    """Every query photo through every edit; partners drawn from the held-out pool."""
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    tick = ctx.log.loop("hard positives", len(ctx.query_photos) * len(edits))
+    for i in ctx.query_photos:
+        img, truth = _photo(ctx, i), ctx.urls[i]
+        for e in edits:
+            data = make_hard_query(img, e, transform_rng(ctx.seed, i, e.name), pool)
+            res, ms = _ask(ctx, engine, data)
+            rank = rank_of(truth, [m.url for m in res.matches])
+            top = res.matches[0] if res.matches else None
+            row: dict[str, Any] = {"edit": e.name, "photo": ctx.catalogue[i].name,
+                                   "rank": rank, "duplicate": bool(top and top.duplicate),
+                                   "score": top.score if top else 0.0, "ms": ms,
+                                   "timings": res.timings, "miss": None}
+            if rank != 1:
+                row["miss"] = "outranked" if ctx.url_ids[truth] in engine.reranked \
+                    else "never_reranked"
+            elif not row["duplicate"]:
+                row["miss"] = "not_duplicate"
+            if row["miss"]:
+                t = next((m for m in res.matches if m.url == truth), None)
+                row["top1"] = _top(top, truth) if top else None
+                row["truth"] = _top(t, truth) if t else None
+            rows.append(row)
+            tick(len(rows))
+        ctx.images.pop(i, None)
+    _phase(ctx, "hard_positives", t0)
+    return rows
+
+
+def _negatives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndarray],
+               names: list[str]) -> list[dict[str, Any]]:
+    """Every held-out photo through every edit (partners: the other held-out photos)."""
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    tick = ctx.log.loop("hard negatives", len(pool) * len(edits))
+    for j, img in enumerate(pool):
+        others = pool[:j] + pool[j + 1:]
+        for e in edits:
+            data = make_hard_query(img, e, transform_rng(ctx.seed, 1_000_000 + j, e.name),
+                                   others)
+            res, ms = _ask(ctx, engine, data)
+            top = res.matches[0] if res.matches else None
+            rows.append({"edit": e.name, "photo": names[j], "ms": ms,
+                         "score": top.score if top else 0.0,
+                         "duplicate": bool(top and top.duplicate),
+                         "top1": _top(top, None) if top else None})
+            tick(len(rows))
+    _phase(ctx, "hard_negatives", t0)
+    return rows
+
+
+def summarise(pos: Sequence[dict[str, Any]], neg: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Recall, where the misses were lost, the negatives' false-match rate and latency."""
+    ranks = [r["rank"] for r in pos]
+    ms = [r["ms"] for r in pos]
+    return {
+        "n": len(pos),
+        "recall_at_1": recall_at_k(ranks, 1) if ranks else None,
+        "recall_at_5": recall_at_k(ranks, TOP_K) if ranks else None,
+        "detected": rate(r["rank"] == 1 and r["duplicate"] for r in pos),
+        "misses": {k: sum(1 for r in pos if r["miss"] == k) for k in MISS_KINDS},
+        "negatives": len(neg),
+        "false_match_rate": rate(r["duplicate"] for r in neg),
+        "negative_max_score": round(max((r["score"] for r in neg), default=0.0), 4),
+        "query_ms": {"p50": percentile(ms, 50), "p95": percentile(ms, 95)},
+        "negative_query_ms_p50": percentile([r["ms"] for r in neg], 50),
+    }
+
+
+def render_hard_markdown(result: dict[str, Any]) -> str:
+    """bench-hard.md: one row per edit, the compound and overall summaries, the command."""
+    def f(v: float | None, d: int = 3) -> str:
+        return "–" if v is None else f"{v:.{d}f}"
+
+    rows = []
+    for name, r in [*result["edits"].items(), ("**compound**", result["summary"]["compound"]),
+                    ("**single**", result["summary"]["single"]),
+                    ("**all**", result["summary"]["all"])]:
+        m = r["misses"]
+        rows.append([name, r["n"], f(r["recall_at_1"]), f(r["recall_at_5"]), f(r["detected"]),
+                     f"{m['never_reranked']} / {m['outranked']} / {m['not_duplicate']}",
+                     r["negatives"], f(r["false_match_rate"]), f(r["negative_max_score"], 2),
+                     f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1)])
+    table = markdown_table(
+        ["edit", "queries", "r@1", "r@5", "r@1 dup", "missed: not re-ranked / out-ranked / "
+         "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms"], rows)
+    d = result["dataset"]
+    lines = [
+        "# EchoImage hard-edit benchmark", "",
+        f"{result['date']} · `{' '.join(result['command'])}`", "",
+        f"{d['catalogue']} catalogue photos ({d['indexed']} indexed; {result['entries']:,} "
+        f"entries searched), {d['query_photos']} "
+        f"queried through {len(result['edits'])} edits; {d['negatives']} held-out photos "
+        "through the same edits as negatives (collage partners are held-out photos).", "",
+        table, "",
+        "r@1 dup: the original first and called a duplicate. Misses: the original never "
+        "re-ranked / re-ranked but out-ranked / first but not a duplicate. FMR: held-out "
+        "queries whose top result is a duplicate. Latency: query_image (decoded → results).",
+        "", "## Edits", "",
+        *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], ""]
+    return "\n".join(lines)
+
+
+def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = None,
+             seed: int = 0, negatives_fraction: float = 0.2,
+             edits: Sequence[str] | None = None, negative_limit: int | None = None,
+             data_dir: str | Path | None = None, progress: bool = True,
+             command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the hard-edit benchmark on a folder of photos; write bench-hard.json and .md.
+
+    Args:
+        photo_dir: folder of photos (read, never copied).
+        out_dir: where the run writes ``data/`` (a fresh store), ``catalogue.txt``,
+            ``bench-hard.json`` and ``bench-hard.md``.
+        limit: query only this many catalogue photos (the seeded subset `bench` uses).
+        seed: seeds the split, the subset and every edit's parameters.
+        negatives_fraction: fraction of the photos held out (negatives, collage partners).
+        edits: names of the edits to run (default: all of HARD_EDITS).
+        negative_limit: query only the first N held-out photos as negatives (all are
+            still collage partners).
+        data_dir: query this existing data directory instead of building one (a store
+            padded by `echoimage bench`, under ``pad/scale-N``); it must hold this split's
+            catalogue photos, by their paths.
+        progress: progress lines on stderr.
+        command: the command line to record (default: sys.argv).
+    """
+    from echoimage.bench.runner import _build
+    from echoimage.config import Settings
+
+    photo_dir, out_dir = Path(photo_dir), Path(out_dir)
+    chosen = list(edits) if edits is not None else list(HARD_EDITS)
+    unknown = [n for n in chosen if n not in HARD_EDITS]
+    if unknown:
+        raise ValueError(f"unknown edits: {', '.join(unknown)}")
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be positive")
+    log = _Log(progress, "bench-hard")
+    started = datetime.now(UTC)
+    t_all = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _list_photos(photo_dir)
+    catalogue, held = split_photos(files, seed, negatives_fraction)
+    loaded = [(p.name, img) for p in held if (img := _read_bgr(p)) is not None]
+    names, pool = [n for n, _ in loaded], [img for _, img in loaded]
+    run = [HARD_EDITS[n] for n in chosen]
+    need = max(e.partners for e in run) + 1
+    if len(pool) < need:
+        raise ValueError(f"{len(pool)} held-out photos; the edits need at least {need}")
+    settings = Settings(data_dir=Path(data_dir) if data_dir else out_dir / "data",
+                        database_url=None)
+    ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
+               urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
+    log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
+    if data_dir is None:
+        build = _build(ctx, out_dir, catalogue)
+    else:
+        ctx.url_ids = _stored_ids(settings, set(ctx.urls))
+        build = {"indexed": len(ctx.url_ids), "seconds": None, "images_per_s": None,
+                 "data_dir": str(Path(data_dir).resolve())}
+    indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
+    if not indexed:
+        raise ValueError("no catalogue photo could be indexed")
+    ctx.query_photos = query_subset(indexed, seed, limit)
+    engine = traced_engine(settings)
+    entries = int(engine.size)
+    try:
+        pos = _positives(ctx, engine, run, pool)
+        n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
+        neg = _negatives(ctx, engine, run, pool[:n_neg] if n_neg < len(pool) else pool,
+                         names) if n_neg else []
+    finally:
+        engine.engine.dispose()
+    per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
+                             [r for r in neg if r["edit"] == e.name]) for e in run}
+    comp = {e.name for e in run if e.compound}
+    result: dict[str, Any] = {
+        "version": HARD_VERSION,
+        "date": started.isoformat(timespec="seconds"),
+        "command": list(command) if command is not None else list(sys.argv),
+        "machine": _machine(),
+        "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
+                   "negatives_fraction": negatives_fraction, "edits": chosen,
+                   "negative_limit": negative_limit, "k": TOP_K,
+                   "target_false_match_rate": TARGET_FMR},
+        "dataset": {"photos": len(files), "catalogue": len(catalogue),
+                    "indexed": len(ctx.url_ids), "query_photos": len(ctx.query_photos),
+                    "held_out": len(pool), "negatives": n_neg},
+        "build": {k: build.get(k) for k in ("indexed", "seconds", "images_per_s",
+                                             "data_dir")},
+        "entries": entries,
+        "descriptions": {e.name: e.description for e in run},
+        "edits": per,
+        "summary": {
+            "compound": summarise([r for r in pos if r["edit"] in comp],
+                                  [r for r in neg if r["edit"] in comp]),
+            "single": summarise([r for r in pos if r["edit"] not in comp],
+                                [r for r in neg if r["edit"] not in comp]),
+            "all": summarise(pos, neg)},
+        "missed": [{k: v for k, v in r.items() if k != "timings"} for r in pos if r["miss"]],
+        "false_matches": [r for r in neg if r["duplicate"]],
+        "phases": {**ctx.phases, "total": round(time.perf_counter() - t_all, 2)},
+    }
+    result = _jsonable(result)
+    (out_dir / "bench-hard.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "bench-hard.md").write_text(render_hard_markdown(result))
+    log(f"done in {result['phases']['total']:.0f}s: {out_dir / 'bench-hard.md'}")
+    return result
