@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # matched again with all of them
     rerank_keypoints: int = 500
     # when nothing is a duplicate yet: a wider set of query keypoints (text and stickers
-    # overlaid on a copy take the strongest corners) votes as it is and mirrored, and is
+    # overlaid on a copy take the strongest corners) votes mirrored, then as it is, and is
     # matched with its first wide_rerank_descriptors
     wide_orb_features: int = 1500
     wide_rerank_descriptors: int = 600

@@ -200,34 +200,19 @@ class SearchEngine:
             lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
             # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
-            # invariant), proposing images in the mirror orientation
-            mvotes = self._votes(snap, views[0].orb(True).descriptors)
-            self._load(cands, set(mvotes))
-            fresh = {}
-            for i, count in mvotes.items():
-                if props := self._propose(proposed, cands, views, i, 0, NAMES.index("mirror")):
-                    fresh[i] = props
-                    votes[i] = max(votes.get(i, 0), count)
+            # invariant), proposing images in the mirror orientation. Overlaid text,
+            # stickers and frames have the strongest corners and would take most of the
+            # view's keypoints: a wider set reaches the photo under them (a mirrored,
+            # turned crop under a caption)
+            views.append(_View(img.gray, views[0].box, s, s.wide_orb_features,
+                               s.wide_rerank_descriptors))
+            fresh = self._voted(snap, views, len(views) - 1, True, proposed, cands, votes)
             lap("shortlist_ms")
             _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
             lap("rerank_ms")
         if not _confident(best, s.duplicate_threshold):
-            # overlaid text, stickers and borders have the strongest corners and take most
-            # of the query's keypoints: a wider set reaches the photo under them; it votes
-            # as it is and mirrored (a mirrored, turned crop with a caption)
-            wide = _View(img.gray, views[0].box, s, s.wide_orb_features,
-                         s.wide_rerank_descriptors)
-            views.append(wide)
-            w = len(views) - 1
-            fresh = {}
-            for mirror in (False, True):
-                wvotes = self._votes(snap, wide.orb(mirror).descriptors)
-                self._load(cands, set(wvotes))
-                orientation = NAMES.index("mirror") if mirror else None
-                for i, count in wvotes.items():
-                    if props := self._propose(proposed, cands, views, i, w, orientation):
-                        fresh.setdefault(i, []).extend(props)
-                        votes[i] = max(votes.get(i, 0), count)
+            # the wide set as it is (text or stickers on a copy that is not mirrored)
+            fresh = self._voted(snap, views, len(views) - 1, False, proposed, cands, votes)
             lap("shortlist_ms")
             _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
             lap("rerank_ms")
@@ -325,6 +310,22 @@ class SearchEngine:
         voted = self.shards.vote(snap, descriptors, s.local_params, s.vote_n) \
             if self.shards is not None else snap.parts.vote(descriptors, s.local_params, s.vote_n)
         return {cv.id: cv.votes for cv in voted if cv.votes >= s.min_votes}
+
+    def _voted(self, snap: Snapshot, views: list[_View], v: int, mirror: bool,
+               proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
+               votes: dict[int, int]) -> dict[int, list[Shortlisted]]:
+        """The images view v's keypoints (mirrored or not) vote for, proposed from view v
+        (mirrored: in the mirror orientation); their votes are kept in votes. Returns
+        what was proposed."""
+        counted = self._votes(snap, views[v].orb(mirror).descriptors)
+        self._load(cands, set(counted))
+        orientation = NAMES.index("mirror") if mirror else None
+        fresh = {}
+        for i, count in counted.items():
+            if props := self._propose(proposed, cands, views, i, v, orientation):
+                fresh[i] = props
+                votes[i] = max(votes.get(i, 0), count)
+        return fresh
 
     @staticmethod
     def _propose(proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
