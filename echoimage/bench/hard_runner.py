@@ -76,12 +76,9 @@ def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
     return {u: k.id for u, k in known.items() if u in urls and k.status == "indexed"}
 
 
-def _ask(ctx: _Ctx, engine: Any, data: bytes) -> tuple[Any, float]:
+def _ask(engine: Any, data: bytes) -> tuple[Any, float]:
     """Decode as query_bytes does and run query_image: (result, query_image ms)."""
-    from echoimage.features.decode import decode_image
-
-    s = ctx.settings
-    img = decode_image(data, s.max_pixels, s.query_work_size)
+    img = engine.decode(data)
     engine.reranked.clear()
     t0 = time.perf_counter()
     res = engine.query_image(img, k=TOP_K, sha256=hashlib.sha256(data).hexdigest())
@@ -105,7 +102,7 @@ def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
         img, truth = _photo(ctx, i), ctx.urls[i]
         for e in edits:
             data = make_hard_query(img, e, transform_rng(ctx.seed, i, e.name), pool)
-            res, ms = _ask(ctx, engine, data)
+            res, ms = _ask(engine, data)
             rank = rank_of(truth, [m.url for m in res.matches])
             top = res.matches[0] if res.matches else None
             row: dict[str, Any] = {"edit": e.name, "photo": ctx.catalogue[i].name,
@@ -139,7 +136,7 @@ def _negatives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
         for e in edits:
             data = make_hard_query(img, e, transform_rng(ctx.seed, 1_000_000 + j, e.name),
                                    others)
-            res, ms = _ask(ctx, engine, data)
+            res, ms = _ask(engine, data)
             top = res.matches[0] if res.matches else None
             rows.append({"edit": e.name, "photo": names[j], "ms": ms,
                          "score": top.score if top else 0.0,

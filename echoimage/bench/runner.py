@@ -304,18 +304,14 @@ def _latency_sample(ctx: _Ctx, transforms: list[Transform], n: int, extra: bool 
 def _time_queries(ctx: _Ctx, engine: Any, sample: list[tuple[int, str, bytes]], label: str
                   ) -> dict[str, Any]:
     """query_image (decoded → results) and query_bytes (end to end) on the sample."""
-    from echoimage.features.decode import decode_image
-
-    s = ctx.settings
     for _, _, data in sample[:3]:  # warm-up: caches, lazy imports
         engine.query_bytes(data, k=TOP_K)
     img_ms, bytes_ms, decode_ms, hits = [], [], [], []
     stages: dict[str, list[float]] = {}
     tick = ctx.log.loop(f"latency {label}", len(sample))
-    work = getattr(s, "query_work_size", s.work_size)  # what query_bytes decodes with
     for n, (i, _, data) in enumerate(sample, 1):
         d0 = time.perf_counter()
-        dec = decode_image(data, s.max_pixels, work)
+        dec = engine.decode(data)  # as query_bytes decodes
         d1 = time.perf_counter()
         res = engine.query_image(dec, k=TOP_K, sha256=None)
         d2 = time.perf_counter()

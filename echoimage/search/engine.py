@@ -56,7 +56,7 @@ class QueryResult:
     @property
     def found(self) -> bool:
         """True when some match is a copy; False means "no copy found"."""
-        return any(m.verdict.is_copy for m in self.matches)
+        return bool(self.copies)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: found, the results in rank order, the timings."""
@@ -110,13 +110,18 @@ class SearchEngine:
                     ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
-        img = decode_image(data, self.settings.max_pixels, self.settings.query_work_size,
-                           self.settings.colour_size)
+        img = self.decode(data)
         t1 = time.perf_counter()
         res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
                                colour_sensitive=colour_sensitive)
         res.timings["decode_ms"] = (t1 - t0) * 1000
         return res
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Query bytes decoded as every query is: the indexer's decoder, at the query's
+        working size, with the colour version colour_distance reads."""
+        s = self.settings
+        return decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
 
     def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None,
                     colour_sensitive: bool | None = None) -> QueryResult:
