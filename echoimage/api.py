@@ -14,7 +14,6 @@ over it.
 from __future__ import annotations
 
 import io
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
     from echoimage.manage import RemoveReport
     from echoimage.pipeline import BuildSummary
     from echoimage.search.engine import QueryResult, SearchEngine
-
-log = logging.getLogger(__name__)
 
 #: what `Catalogue.query` accepts: a file path, an http(s) URL, encoded image bytes, a
 #: numpy array (H×W gray or H×W×3 RGB, uint8) or a Pillow image

@@ -374,7 +374,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
                disable=True if quiet or len(queries) < 2 else None, dynamic_ncols=True,
                leave=False)
     try:
-        for arg, res in catalogue.query_many(queries, k, colour_sensitive):
+        for arg, res in catalogue.query_many(queries, k):  # colour_sensitive: in settings
             q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
             bar.update(1)
             if isinstance(res, EchoImageError):

@@ -756,12 +756,11 @@ async def test_expired_results_page(env: Env) -> None:
 def test_query_cache_expires_and_bounds() -> None:
     now = [0.0]
     cache = QueryCache(ttl=10.0, max_entries=2, clock=lambda: now[0])
-    result = type("R", (), {"matches": []})()
-    img = type("I", (), {})()
-    a = cache.add("a", img, result, 1)  # type: ignore[arg-type]
-    b = cache.add("b", img, result, 1)  # type: ignore[arg-type]
+    result = type("R", (), {"matches": [], "image": type("I", (), {})()})()
+    a = cache.add("a", result, 1)  # type: ignore[arg-type]
+    b = cache.add("b", result, 1)  # type: ignore[arg-type]
     assert cache.get(a.token) is a  # a is now the most recently used
-    c = cache.add("c", img, result, 1)  # type: ignore[arg-type]
+    c = cache.add("c", result, 1)  # type: ignore[arg-type]
     assert cache.get(b.token) is None and len(cache) == 2
     now[0] = 9.0
     assert cache.get(c.token) is c

@@ -1,7 +1,7 @@
 """A short-lived in-memory cache of recent queries, for the match images and the results page.
 
-Each entry holds the decoded query (the grayscale working image, not the uploaded bytes) and
-its results under a random token. Entries expire after a TTL and the least recently used are
+Each entry holds a query's results, with its decoded image (the working image, not the
+uploaded bytes), under a random token. Entries expire after a TTL and the least recently used are
 dropped beyond a maximum count. Nothing is written to disk, and uploads never reach the
 catalogue.
 """
@@ -21,16 +21,22 @@ from echoimage.types import DecodedImage, Match
 
 @dataclass
 class CachedQuery:
-    """One answered query: its label (file name or URL), decoded image and results."""
+    """One answered query: its label (file name or URL) and results (with the decoded
+    image)."""
 
     token: str
     label: str
-    image: DecodedImage
     result: QueryResult
     k: int
     created: float
     _pngs: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def image(self) -> DecodedImage:
+        """The decoded query the engine searched (kept with its result)."""
+        assert self.result.image is not None
+        return self.result.image
 
     def match(self, image_id: int) -> Match | None:
         """The result for a catalogue image, if it is among this query's results."""
@@ -69,9 +75,9 @@ class QueryCache:
         """Seconds until entry expires (0 when it has)."""
         return max(0.0, entry.created + self.ttl - self._clock())
 
-    def add(self, label: str, image: DecodedImage, result: QueryResult, k: int) -> CachedQuery:
-        """Keep a query's image and results under a new random token."""
-        entry = CachedQuery(secrets.token_urlsafe(16), label, image, result, k, self._clock())
+    def add(self, label: str, result: QueryResult, k: int) -> CachedQuery:
+        """Keep a query's results (and its decoded image) under a new random token."""
+        entry = CachedQuery(secrets.token_urlsafe(16), label, result, k, self._clock())
         with self._lock:
             self._expire()
             self._entries[entry.token] = entry

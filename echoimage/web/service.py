@@ -154,8 +154,7 @@ class WebService:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
-        assert res.image is not None  # the engine keeps the decoded query
-        return self.cache.add(label, res.image, res, k)
+        return self.cache.add(label, res, k)
 
     async def fetch(self, url: str) -> FetchResult:
         """Fetch a query URL through the SSRF guard, within the time cap."""
