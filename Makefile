@@ -8,10 +8,10 @@ PHOTOS ?= ../shared/datasets/bsds500
 
 .PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-hard bench-cluster faults browser postgres clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml bench/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres,cluster]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres,cluster]' -e ./bench
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,11 +36,11 @@ postgres:
 	  || echo "warning: postgresql could not be installed"; }
 
 test: $(STAMP) browser postgres
-	$(BIN)/ruff check echoimage tests scripts
+	$(BIN)/ruff check echoimage bench tests scripts
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check echoimage tests scripts
+	$(BIN)/ruff check echoimage bench tests scripts
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out

@@ -690,7 +690,12 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool) -> None
     \b
         echoimage bench ../shared/datasets/bsds500 --out bench-out --limit 100 --no-scale
     """
-    from echoimage.bench import run_benchmark
+    try:
+        from echoimage_bench import run_benchmark
+    except ImportError as exc:
+        raise EchoImageError(
+            "the benchmark is not installed: it is the separate package in a checkout's "
+            "bench/ (`make venv` installs it, or pip install -e ./bench)") from exc
 
     kwargs: dict[str, Any] = {"limit": limit}
     if no_scale:

@@ -1,4 +1,4 @@
-"""The cluster benchmark (see echoimage/bench/cluster.py): PostgreSQL and a Dask cluster
+"""The cluster benchmark (see bench/echoimage_bench/cluster.py): PostgreSQL and a Dask cluster
 beside SQLite and the local process pool (build rate, recall, vote fan-out).
 
 Usage: scripts/bench_cluster.py PHOTO_DIR [--out bench-out] [--entries 100000]
@@ -21,7 +21,7 @@ def main() -> int:
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL server to use (default: start one for the run)")
     args = parser.parse_args()
-    from echoimage.bench.cluster import render_cluster_markdown, run_cluster_benchmark
+    from echoimage_bench.cluster import render_cluster_markdown, run_cluster_benchmark
 
     result = run_cluster_benchmark(args.photo_dir, args.out, database_url=args.database_url,
                                    entries=args.entries, reps=args.reps)

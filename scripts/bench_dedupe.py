@@ -1,4 +1,4 @@
-"""The de-duplication benchmark (see echoimage/bench/dedupe.py).
+"""The de-duplication benchmark (see bench/echoimage_bench/dedupe.py).
 
 Usage: scripts/bench_dedupe.py PHOTO_DIR [--out bench-out] [--scales 10000,100000]
 """
@@ -17,7 +17,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--scales", default="10000,100000")
     args = parser.parse_args()
-    from echoimage.bench.dedupe import run_dedupe_benchmark
+    from echoimage_bench.dedupe import run_dedupe_benchmark
 
     scales = tuple(int(s) for s in args.scales.split(",") if s)
     result = run_dedupe_benchmark(args.photo_dir, args.out, scales=scales)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the hard suite, print the markdown report."""
-    from echoimage.bench.hard import HARD_EDITS
+    from echoimage_bench.hard import HARD_EDITS
 
     parser = argparse.ArgumentParser(
         description="Hard-edit benchmark: index a folder of photos, query them through "
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
-    from echoimage.bench.hard_runner import render_hard_markdown, run_hard
     from echoimage.errors import EchoImageError
+    from echoimage_bench.hard_runner import render_hard_markdown, run_hard
 
     edits = [e.strip() for e in args.edits.split(",") if e.strip()] if args.edits else None
     try:

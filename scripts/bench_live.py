@@ -1,4 +1,4 @@
-"""The live-index benchmark (see echoimage/bench/live.py).
+"""The live-index benchmark (see bench/echoimage_bench/live.py).
 
 Usage: scripts/bench_live.py PHOTO_DIR [--out bench-out] [--entries 100000]
 """
@@ -18,7 +18,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--recall-photos", type=int, default=100)
     args = parser.parse_args()
-    from echoimage.bench.live import run_live_benchmark
+    from echoimage_bench.live import run_live_benchmark
 
     result = run_live_benchmark(args.photo_dir, args.out, entries=args.entries,
                                 recall_photos=args.recall_photos)

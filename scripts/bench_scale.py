@@ -1,4 +1,4 @@
-"""The scale benchmark (see echoimage/bench/scale.py): real photos among derived padding.
+"""The scale benchmark (see bench/echoimage_bench/scale.py): real photos among derived padding.
 
 Usage: scripts/bench_scale.py PHOTO_DIR [--out bench-out] [--scale 100000,1000000]
 """
@@ -27,7 +27,7 @@ def main() -> int:
         scales = tuple(int(s.replace("_", "")) for s in args.scale.split(",") if s.strip())
     except ValueError:
         parser.error(f"--scale: expected comma-separated integers: {args.scale!r}")
-    from echoimage.bench.scale import render_scale_markdown, run_scale_benchmark
+    from echoimage_bench.scale import render_scale_markdown, run_scale_benchmark
 
     result = run_scale_benchmark(args.photo_dir, args.out, scales=scales,
                                  photos=args.photos, query_photos=args.query_photos,

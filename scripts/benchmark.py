@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
-    from echoimage.bench import render_markdown, run_benchmark
     from echoimage.errors import EchoImageError
+    from echoimage_bench import render_markdown, run_benchmark
 
     try:
         result = run_benchmark(

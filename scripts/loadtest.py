@@ -40,7 +40,7 @@ SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick",
 
 def synthetic_image(seed: int) -> np.ndarray:
     """A seeded procedural BGR image in one of five sizes (the project's one generator)."""
-    from echoimage.bench.synthetic import synthetic_image as make
+    from echoimage_bench.synthetic import synthetic_image as make
 
     h, w = [(240, 320), (320, 240), (300, 300), (270, 480), (360, 480)][seed % 5]
     return make(seed, seed=7, size=(w, h), colour=True)

@@ -5,7 +5,7 @@ They are mutually unrelated, so a transformed copy of one of them has exactly on
 answer. Tests that change a store work on their own copy (`built_copy`) or data directory.
 
 Store back ends: tests of modules marked `stores` run once on SQLite and once on a real
-PostgreSQL server (`echoimage/bench/pgserver.py`, started once per session) through the
+PostgreSQL server (`tests/support/pgserver.py`, started once per session) through the
 `backend` fixture;
 `store_url` gives such a test its own empty database and points ECHOIMAGE_DATABASE_URL at
 it, so every Settings the test makes (and every CLI process it starts) uses it. Tests marked
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from helpers import CATALOGUE_PHOTOS, jpeg, photo, png, webp, write
 from sqlalchemy import make_url
+from support.pgserver import PgServer, PgUnavailable, start_server
 
-from echoimage.bench.pgserver import PgServer, PgUnavailable, start_server
 from echoimage.config import Settings
 from echoimage.pipeline import BuildSummary, build_index
 

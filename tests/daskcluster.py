@@ -1,4 +1,4 @@
-"""The Dask cluster of the tests (echoimage.bench.daskcluster): without Dask the tests
+"""The Dask cluster of the tests (support.daskcluster): without Dask the tests
 that need it are skipped, or fail under CI=true."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from echoimage.bench.daskcluster import DaskCluster, DaskUnavailable
+from support.daskcluster import DaskCluster, DaskUnavailable
 
 
 def start_cluster(workers: int, nanny: bool = True, log_dir: Path | None = None

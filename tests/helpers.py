@@ -278,7 +278,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def synthetic(seed: int, size: int = 300) -> np.ndarray:
     """A random but photo-like RGB image (the project's one procedural generator)."""
-    from echoimage.bench.synthetic import synthetic_image
+    from echoimage_bench.synthetic import synthetic_image
 
     bgr = synthetic_image(seed, seed=1, size=(size, size), colour=True)
     return np.ascontiguousarray(bgr[..., ::-1])

@@ -11,8 +11,8 @@ import pytest
 import skimage.data
 import sqlalchemy
 
-from echoimage.bench import baselines, context, metrics, padding, report, runner, transforms
-from echoimage.bench.transforms import TRANSFORMS, transform_rng
+from echoimage_bench import baselines, context, metrics, padding, report, runner, transforms
+from echoimage_bench.transforms import TRANSFORMS, transform_rng
 
 
 def _photo(h: int = 90, w: int = 120) -> np.ndarray:
@@ -304,7 +304,7 @@ def test_padding_key_tracks_what_the_rows_are_made_from():
 
 def test_scale_benchmark_end_to_end(tmp_path):
     """Photos among derived padding at two scales, each answered by a serving process."""
-    from echoimage.bench.scale import render_scale_markdown, run_scale_benchmark
+    from echoimage_bench.scale import render_scale_markdown, run_scale_benchmark
 
     photos, out = tmp_path / "photos", tmp_path / "out"
     _photos(photos)
@@ -336,10 +336,10 @@ def test_derived_rows_do_not_depend_on_the_worker_count(built, tmp_path):
     and is indexed like any row (change numbers, features that decode)."""
     import shutil
 
-    from echoimage.bench.derived import DERIVED_PREFIX, add_derived_rows
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
     from echoimage.store.models import FeatureRow, ImageRow
+    from echoimage_bench.derived import DERIVED_PREFIX, add_derived_rows
 
     rows = {}
     for workers in (1, 2):

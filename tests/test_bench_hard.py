@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from echoimage.bench import hard, hard_runner
-from echoimage.bench.hard import HARD_EDITS, make_hard_query
-from echoimage.bench.transforms import transform_rng
+from echoimage_bench import hard, hard_runner
+from echoimage_bench.hard import HARD_EDITS, make_hard_query
+from echoimage_bench.transforms import transform_rng
 
 
 def _bgr(rgb: np.ndarray, w: int = 160, h: int = 120) -> np.ndarray:

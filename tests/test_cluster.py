@@ -17,8 +17,8 @@ import pytest
 from daskcluster import start_cluster
 from helpers import crop, jpeg, mirror, synthetic, write
 from sqlalchemy import func, select
+from support.daskcluster import DaskCluster
 
-from echoimage.bench.daskcluster import DaskCluster
 from echoimage.config import Settings
 from echoimage.pipeline import build_index
 from echoimage.search.engine import SearchEngine

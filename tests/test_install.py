@@ -30,6 +30,13 @@ def test_wheel_installs_and_runs(tmp_path: Path, catalogue: Catalogue) -> None:
           "-w", dist, REPO], cwd=tmp_path)
     wheels = list(dist.glob("echoimage-*.whl"))
     assert len(wheels) == 1
+    import zipfile
+
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert any(n.startswith("echoimage/store/migrations/versions/") for n in names)
+    # the benchmark is a package of its own (bench/), not part of the wheel
+    assert not [n for n in names if "bench" in n.split("/")[0]], names
+    assert not [n for n in names if n.startswith("echoimage/bench")], names
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=tmp_path)
@@ -53,3 +60,11 @@ def test_wheel_installs_and_runs(tmp_path: Path, catalogue: Catalogue) -> None:
     found = _run([exe, "--data-dir", data, "query", "--json", query], cwd=tmp_path)
     top = json.loads(found.stdout)["results"][0]
     assert top["url"] == catalogue.url("coffee") and top["duplicate"]
+
+    # `echoimage bench` needs the benchmark package, which the wheel does not carry
+    proc = subprocess.run([str(exe), "bench", str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("Error: the benchmark is not installed: it is the separate "
+                                   "package in a checkout's bench/ (`make venv` installs it, "
+                                   "or pip install -e ./bench)"), proc.stderr

@@ -12,9 +12,9 @@ import pytest
 import skimage.data
 from helpers import box_iou, jpeg, mirror, photo, to_rgb, web_page
 
-from echoimage.bench.hard import HARD_EDITS, collage, make_hard_query
-from echoimage.bench.transforms import transform_rng
 from echoimage.search.engine import SearchEngine
+from echoimage_bench.hard import HARD_EDITS, collage, make_hard_query
+from echoimage_bench.transforms import transform_rng
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from helpers import jpeg, photo, png
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from support.pgserver import PASSWORD_ROLE, free_port
 
-from echoimage.bench.pgserver import PASSWORD_ROLE, free_port
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.errors import StoreError

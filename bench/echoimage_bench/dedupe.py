@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.baselines import PHASH_THRESHOLD
-from echoimage.bench.context import _list_photos, _Log, _read_bgr
-from echoimage.bench.derived import add_derived_rows
-from echoimage.bench.metrics import rate
-from echoimage.bench.padding import copy_sqlite
-from echoimage.bench.transforms import TRANSFORMS, make_query, transform_rng
+from echoimage_bench.baselines import PHASH_THRESHOLD
+from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.derived import add_derived_rows
+from echoimage_bench.metrics import rate
+from echoimage_bench.padding import copy_sqlite
+from echoimage_bench.transforms import TRANSFORMS, make_query, transform_rng
 
 CROP = "crop60_rand"
 

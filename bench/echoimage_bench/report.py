@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.baselines import PHASH_THRESHOLD
-from echoimage.bench.context import _QueryRec
-from echoimage.bench.metrics import TOP_K, percentile, quantiles, rate, recall_at_k
-from echoimage.bench.transforms import Transform
+from echoimage_bench.baselines import PHASH_THRESHOLD
+from echoimage_bench.context import _QueryRec
+from echoimage_bench.metrics import TOP_K, percentile, quantiles, rate, recall_at_k
+from echoimage_bench.transforms import Transform
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -241,7 +241,7 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"(top-1 correct and duplicate=True) {fmt_rate(cal['detected_at_current_main'])}",
               "", *_sweep_table(cal.get("sweep") or [])]
     if result.get("colour"):
-        from echoimage.bench.colour import render_colour  # (it builds on this module)
+        from echoimage_bench.colour import render_colour  # (it builds on this module)
 
         lines += render_colour(result["colour"])
     lines += ["", "## Misses", "", *_miss_lines(result),

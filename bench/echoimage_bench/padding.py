@@ -22,9 +22,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage.bench.context import _Ctx, _Log
-from echoimage.bench.memory import ProcessTreePeak, self_peak_rss_mb
-from echoimage.bench.synthetic import PAD_SIZE, synthetic_image
+from echoimage_bench.context import _Ctx, _Log
+from echoimage_bench.memory import ProcessTreePeak, self_peak_rss_mb
+from echoimage_bench.synthetic import PAD_SIZE, synthetic_image
 
 #: bump when `synthetic_image` or the padding rows change: invalidates cached padding
 PAD_VERSION = 4
@@ -149,11 +149,11 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     at every scale). Complete scales are recorded in ``pad.json`` and reused by later runs
     with the same key.
     """
-    from echoimage.bench.derived import add_derived_rows
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
     from echoimage.store import repo
     from echoimage.store.db import head_revision, open_store, session_factory
+    from echoimage_bench.derived import add_derived_rows
 
     log = _Log(job.progress, "bench pad")
     base = Settings(**job.settings)

@@ -32,11 +32,29 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.context import _list_photos, _Log
+from echoimage_bench.context import _list_photos, _Log
 
 
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def _test_support() -> Any:
+    """The test suite's service launchers (tests/support: a PostgreSQL server, a Dask
+    cluster); the cluster benchmark runs from a checkout."""
+    import importlib
+    import sys
+
+    tests = Path(__file__).resolve().parents[2] / "tests"
+    if not (tests / "support" / "pgserver.py").is_file():
+        raise RuntimeError("the cluster benchmark runs from a checkout of EchoImage: "
+                           f"{tests / 'support'} is missing")
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    support = importlib.import_module("support")
+    importlib.import_module("support.pgserver")
+    importlib.import_module("support.daskcluster")
+    return support
 
 
 def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
@@ -46,8 +64,10 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                           progress: bool = True) -> dict[str, Any]:
     """Run the cluster benchmark (see the module docstring); results also in
     out_dir/cluster.json and cluster.md."""
-    from echoimage.bench.daskcluster import DaskCluster
-    from echoimage.bench.scale import _summary, make_queries, split_catalogue
+    from echoimage_bench.scale import _summary, make_queries, split_catalogue
+
+    support = _test_support()
+    DaskCluster = support.daskcluster.DaskCluster  # noqa: N806
 
     log = _Log(progress, "bench cluster")
     out_dir = Path(out_dir)
@@ -66,9 +86,7 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
 
     server = None
     if database_url is None:
-        from echoimage.bench.pgserver import start_server
-
-        server = start_server()
+        server = support.pgserver.start_server()
         log(f"PostgreSQL started on port {server.port}")
     dask = DaskCluster(2, log_dir=work)
     log(f"Dask scheduler and 2 workers at {dask.address}")
@@ -172,8 +190,8 @@ def _build_rate(data_dir: Path, url: str, folder: Path, cluster: str | None) -> 
 
 def _answer(settings: Any, qdir: Path, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The top answer of every query (as the scale benchmark's serving probe records it)."""
-    from echoimage.bench.scale import answer_queries
     from echoimage.search.engine import SearchEngine
+    from echoimage_bench.scale import answer_queries
 
     engine = SearchEngine(settings, rebuild=True)
     out = answer_queries(engine, [(qdir / q["file"]).read_bytes() for q in queries], 1)
@@ -187,8 +205,6 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     import cv2
     from distributed import Client
 
-    from echoimage.bench.derived import add_derived_rows
-    from echoimage.bench.padding import copy_sqlite
     from echoimage.features.decode import decode_image
     from echoimage.features.orb import orb_features
     from echoimage.index.build import rebuild_index_files
@@ -196,6 +212,8 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     from echoimage.search.shards import ShardedVotes
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
+    from echoimage_bench.derived import add_derived_rows
+    from echoimage_bench.padding import copy_sqlite
 
     data_dir.mkdir(parents=True, exist_ok=True)
     src = catalogue_settings.data_dir / "echoimage.sqlite3"

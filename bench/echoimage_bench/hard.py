@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from echoimage.bench.transforms import (
+from echoimage_bench.transforms import (
     _check_bgr,
     _crop,
     _fit_text,

@@ -34,12 +34,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage.bench.context import _list_photos, _Log, _read_bgr
-from echoimage.bench.derived import add_derived_rows
-from echoimage.bench.memory import self_peak_rss_mb
-from echoimage.bench.metrics import percentile, rank_of, rate
-from echoimage.bench.synthetic import synthetic_image
-from echoimage.bench.transforms import TRANSFORMS, make_query, transform_rng
+from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.derived import add_derived_rows
+from echoimage_bench.memory import self_peak_rss_mb
+from echoimage_bench.metrics import percentile, rank_of, rate
+from echoimage_bench.synthetic import synthetic_image
+from echoimage_bench.transforms import TRANSFORMS, make_query, transform_rng
 
 TOP_K = 5
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from echoimage.bench.context import _QueryRec
-from echoimage.bench.metrics import quantiles, rate, recall_at_k
-from echoimage.bench.report import fmt_rate, markdown_table
-from echoimage.bench.transforms import Transform
+from echoimage_bench.context import _QueryRec
+from echoimage_bench.metrics import quantiles, rate, recall_at_k
+from echoimage_bench.report import fmt_rate, markdown_table
+from echoimage_bench.transforms import Transform
 
 #: the share of same-colour copies the calibrated threshold may call recoloured
 TARGET_FALSE_RECOLOURED = 0.01

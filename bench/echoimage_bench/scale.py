@@ -33,17 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.baselines import PHASH_THRESHOLD, hamming_topk
-from echoimage.bench.context import _list_photos, _Log, _read_bgr
-from echoimage.bench.memory import _rss_mb, status_kb
-from echoimage.bench.metrics import TOP_K, percentile, rate
-from echoimage.bench.transforms import (
+from echoimage.fetch.local import path_url
+from echoimage_bench.baselines import PHASH_THRESHOLD, hamming_topk
+from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.memory import _rss_mb, status_kb
+from echoimage_bench.metrics import TOP_K, percentile, rate
+from echoimage_bench.transforms import (
     NEGATIVE_TRANSFORMS,
     TRANSFORMS,
     make_query,
     transform_rng,
 )
-from echoimage.fetch.local import path_url
 
 
 def _mb(kb: int | None) -> float | None:
@@ -227,11 +227,11 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     """Run the scale benchmark (see the module docstring) at the catalogue's own size
     (the baseline) and at each scale; results also in out_dir/scale.json. The padded store
     lives in out_dir/scale-data (removed at the end unless keep)."""
-    from echoimage.bench.derived import add_derived_rows
     from echoimage.config import Settings
     from echoimage.pipeline import build_index
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
+    from echoimage_bench.derived import add_derived_rows
 
     log = _Log(progress, "bench scale")
     out_dir = Path(out_dir)
@@ -282,7 +282,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                 " serving process answering the queries")
             probe_out = work / f"probe-{scale}.json"
             probe_s, probe_mb = _timed_child(
-                [sys.executable, "-c", "import sys; from echoimage.bench.scale import "
+                [sys.executable, "-c", "import sys; from echoimage_bench.scale import "
                  "serve_probe; from pathlib import Path; serve_probe(Path(sys.argv[1]), "
                  "Path(sys.argv[2]), Path(sys.argv[3]))", str(data), str(qdir),
                  str(probe_out)], "serving process")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.context import (
+from echoimage_bench.context import (
     _Ctx,
     _list_photos,
     _Log,
@@ -34,10 +34,10 @@ from echoimage.bench.context import (
     query_subset,
     split_photos,
 )
-from echoimage.bench.hard import HARD_EDITS, HardEdit, make_hard_query
-from echoimage.bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
-from echoimage.bench.report import _jsonable, markdown_table
-from echoimage.bench.transforms import transform_rng
+from echoimage_bench.hard import HARD_EDITS, HardEdit, make_hard_query
+from echoimage_bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
+from echoimage_bench.report import _jsonable, markdown_table
+from echoimage_bench.transforms import transform_rng
 
 HARD_VERSION = 1
 
@@ -222,8 +222,8 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         progress: progress lines on stderr.
         command: the command line to record (default: sys.argv).
     """
-    from echoimage.bench.runner import _build
     from echoimage.config import Settings
+    from echoimage_bench.runner import _build
 
     photo_dir, out_dir = Path(photo_dir), Path(out_dir)
     chosen = list(edits) if edits is not None else list(HARD_EDITS)

@@ -11,9 +11,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage.bench.context import _Ctx, _phase, _photo
-from echoimage.bench.metrics import TOP_K, percentile, rank_of, recall_at_k
-from echoimage.bench.transforms import Transform, _check_bgr, make_query, transform_rng
+from echoimage_bench.context import _Ctx, _phase, _photo
+from echoimage_bench.metrics import TOP_K, percentile, rank_of, recall_at_k
+from echoimage_bench.transforms import Transform, _check_bgr, make_query, transform_rng
 
 PHASH_THRESHOLD = 10
 

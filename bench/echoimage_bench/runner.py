@@ -39,15 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from echoimage.bench.baselines import (
+from echoimage_bench.baselines import (
     PHASH_THRESHOLD,
     _load_hashes,
     _phash_latency,
     _phash_query,
     _seed_baseline,
 )
-from echoimage.bench.colour import colour_report
-from echoimage.bench.context import (
+from echoimage_bench.colour import colour_report
+from echoimage_bench.context import (
     _Ctx,
     _list_photos,
     _Log,
@@ -59,8 +59,8 @@ from echoimage.bench.context import (
     query_subset,
     split_photos,
 )
-from echoimage.bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
-from echoimage.bench.metrics import (
+from echoimage_bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
+from echoimage_bench.metrics import (
     TARGET_FMR,
     TOP_K,
     just_above,
@@ -70,7 +70,7 @@ from echoimage.bench.metrics import (
     rate,
     threshold_at_fmr,
 )
-from echoimage.bench.padding import (
+from echoimage_bench.padding import (
     PaddingJob,
     _padding_job,
     _padding_process,
@@ -78,7 +78,7 @@ from echoimage.bench.padding import (
     padding_cached,
     read_padding_meta,
 )
-from echoimage.bench.report import (
+from echoimage_bench.report import (
     _DIAG_NOTE,
     _jsonable,
     _notes,
@@ -86,7 +86,7 @@ from echoimage.bench.report import (
     _summarise,
     render_markdown,
 )
-from echoimage.bench.transforms import (
+from echoimage_bench.transforms import (
     NEGATIVE_TRANSFORMS,
     QUERY_QUALITY,
     RECOLOUR_TRANSFORMS,
