@@ -154,6 +154,10 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
     click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
                f"index entries: {summary.index_entries}")
+    from echoimage.catalogue import skipped_note
+
+    if note := skipped_note(summary.skipped):
+        click.echo(f"  {note}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:

@@ -42,7 +42,8 @@ class ScrapeFilters:
 
     skip_words: tuple[str, ...] = ("logo", "icon", "favicon", "category-menu", "sprite")
     extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif",
+        ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic",
+        ".heif",
     )
     keep_no_extension: bool = False
 

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from echoimage.features.decode import sniff_format
+from echoimage.features.sniff import sniff_format
 
 K = TypeVar("K")
 
@@ -32,7 +32,8 @@ UrlCheck = Callable[[str], Awaitable[str | None]]
 DEFAULT_USER_AGENT = (
     "EchoImage/0.1 (+https://github.com/echoimage/echoimage; image similarity indexer)"
 )
-_IMAGE_ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5"
+_IMAGE_ACCEPT = ("image/avif,image/webp,image/heic,image/heif,image/png,image/jpeg,image/*;q=0.9,"
+                 "*/*;q=0.5")
 _PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _SNIFF_BYTES = 16
