@@ -22,6 +22,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
+from echoimage.config import Settings
 from echoimage.features.sniff import sniff_format
 
 K = TypeVar("K")
@@ -29,9 +30,7 @@ K = TypeVar("K")
 #: hook that vets a URL before it is requested; returns a refusal reason or None
 UrlCheck = Callable[[str], Awaitable[str | None]]
 
-DEFAULT_USER_AGENT = (
-    "EchoImage/0.1 (+https://github.com/echoimage/echoimage; image similarity indexer)"
-)
+DEFAULT_USER_AGENT: str = Settings.model_fields["user_agent"].default
 _IMAGE_ACCEPT = ("image/avif,image/webp,image/heic,image/heif,image/png,image/jpeg,image/*;q=0.9,"
                  "*/*;q=0.5")
 _PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
