@@ -154,6 +154,10 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
     click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
                f"index entries: {summary.index_entries}")
+    from echoimage.catalogue import skipped_note
+
+    if note := skipped_note(summary.skipped):
+        click.echo(f"  {note}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:
@@ -612,16 +616,21 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
               default=Path("images.json"), show_default=True, help="Catalogue file to write.")
 @click.option("--add", is_flag=True, help="Merge into an existing --output instead of replacing.")
 @click.option("--skip-word", "skip_words", multiple=True,
-              help="Skip image URLs containing this word (repeatable; replaces the defaults: "
-                   "logo, icon, favicon, category-menu, sprite).")
+              help="Skip images whose file name has this word (repeatable; replaces the "
+                   "defaults: logo, icon, favicon, category-menu, sprite).")
 @click.option("--extension", "extensions", multiple=True,
               help="Keep only these extensions (repeatable, e.g. --extension .jpg).")
 @click.option("--keep-no-extension", is_flag=True, help="Keep image URLs with no extension.")
+@click.pass_context
 @handle_errors
-def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, add: bool,
-                     skip_words: tuple[str, ...], extensions: tuple[str, ...],
-                     keep_no_extension: bool) -> None:
-    """Collect <img> URLs (src, data-src, srcset) from PAGE_URLs into an images.json.
+def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,
+                     output: Path, add: bool, skip_words: tuple[str, ...],
+                     extensions: tuple[str, ...], keep_no_extension: bool) -> None:
+    """Collect the image URLs of PAGE_URLs into an images.json: <img>, <picture>, linked
+    full-size images, CSS backgrounds, og:image, video posters (see the README).
+
+    robots.txt is honoured, and requests to one host are ECHOIMAGE_SCRAPE_DELAY seconds
+    apart (1 by default).
 
     Example:
 
@@ -630,8 +639,10 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
     """
     import asyncio
 
+    from echoimage.fetch.client import FetchConfig
     from echoimage.scrape import ScrapeFilters, scrape, write_catalogue
 
+    settings = _settings(ctx)
     filters = ScrapeFilters()
     if skip_words:
         filters = ScrapeFilters(skip_words=tuple(w.lower() for w in skip_words),
@@ -641,7 +652,9 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
         filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
     if keep_no_extension:
         filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
-    report = asyncio.run(scrape(list(pages), follow_pages, filters))
+    report = asyncio.run(scrape(list(pages), follow_pages, filters,
+                                FetchConfig(user_agent=settings.user_agent),
+                                delay=settings.scrape_delay))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from echoimage import __version__
+
 if TYPE_CHECKING:
     from echoimage.index.local import LocalParams
 
@@ -112,6 +114,19 @@ class Settings(BaseSettings):
     http_timeout: float = 30.0
     http_concurrency: int = 32
     http_per_host: int = 8
+    # how EchoImage names itself to the sites it fetches from (robots.txt groups for
+    # "EchoImage" apply to it)
+    user_agent: str = f"EchoImage/{__version__} (+https://github.com/echoimage/echoimage)"
+    # the scraper: seconds between two requests to one host (a robots.txt Crawl-delay
+    # that asks for more is honoured)
+    scrape_delay: float = 1.0
+
+    @field_validator("scrape_delay")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k")
     @classmethod

@@ -107,6 +107,7 @@ class BuildSummary:
     #: recording them, processing, writing the index)
     work_items: int = 0
     work_seconds: float = 0.0
+    skipped: Counter[str] = field(default_factory=Counter)  # files a folder source passed over
 
     @property
     def work_rate(self) -> float:
@@ -131,7 +132,7 @@ class BuildSummary:
                 "work_items": self.work_items, "work_seconds": round(self.work_seconds, 3),
                 "work_rate": round(self.work_rate, 3),
                 "index_entries": self.index_entries, "index": self.index,
-                "sources": self.sources,
+                "sources": self.sources, "skipped": dict(self.skipped),
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
 
 
@@ -644,11 +645,13 @@ def _build(settings: Settings, engine: Engine,
            on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
     sessions = session_factory(engine)
     summary = BuildSummary(kind="build")
+    read = [(uri, kind, list(items), items) for uri, kind, items in resolved]  # all, first
     with recorded_run(sessions, summary, sources):
         work: dict[int, WorkItem] = {}
-        for uri, kind, items in resolved:
+        for uri, kind, items, listing in read:
             summary.sources.append(uri)
-            items = list(items)
+            if isinstance(listing, cat.FolderListing):
+                summary.skipped.update(listing.skipped)
             with sessions.begin() as session:
                 sid = repo.source_id(session, uri, kind)
                 for i in range(0, len(items), 1000):

@@ -124,6 +124,30 @@ def exif_rotated_jpeg(stored: np.ndarray, orientation: int = 6, quality: int = 9
     return encode(img, "JPEG", quality=quality, exif=exif.tobytes())
 
 
+def heic(arr: np.ndarray | Image.Image, quality: int = 90, **kw: object) -> bytes:
+    """HEIC bytes (HEVC in HEIF, an iPhone's photo format), written by pillow-heif."""
+    import pillow_heif
+
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, format="HEIF", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def avif(arr: np.ndarray | Image.Image, quality: int = 90, **kw: object) -> bytes:
+    """AVIF bytes, written by Pillow."""
+    return encode(arr, "AVIF", quality=quality, **kw)
+
+
+def exif_rotated(stored: np.ndarray, orientation: int, fmt: str, quality: int = 95) -> bytes:
+    """fmt ("HEIC" or "AVIF") bytes whose pixels are `stored` and whose EXIF says
+    Orientation=orientation (pillow-heif writes it as the HEIF rotation too, as a phone does)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    write = heic if fmt == "HEIC" else avif
+    return write(stored, quality=quality, exif=exif.tobytes())
+
+
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
     """One PNG chunk with its CRC."""
     return (struct.pack(">I", len(payload)) + kind + payload

@@ -23,11 +23,14 @@ import pytest
 from click.testing import CliRunner
 from helpers import (
     animated_gif,
+    avif,
     big_png,
     bomb_png,
     cmyk_jpeg,
     encode,
+    exif_rotated,
     exif_rotated_jpeg,
+    heic,
     jpeg,
     photo,
     png,
@@ -66,6 +69,10 @@ def _bomb() -> bytes:
 def _huge() -> bytes:
     row = (np.arange(HUGE_W) * 7 % 256).astype(np.uint8).tobytes()
     return big_png(HUGE_W, HUGE_H, row)
+
+
+def _half(data: bytes) -> bytes:
+    return data[:len(data) // 2]
 
 
 def _rgba_rocket() -> np.ndarray:
@@ -132,6 +139,21 @@ CASES = [
     Case("gray.jpg", lambda: jpeg(to_gray(photo("coffee"))), Status.INDEXED, like="coffee",
          size=(600, 400)),
     Case("huge.png", _huge, Status.INDEXED, size=(HUGE_W, HUGE_H)),
+    # HEIC (an iPhone's photos) and AVIF, upright and turned by their EXIF orientation
+    Case("photo.heic", lambda: heic(photo("coffee")), Status.INDEXED, like="coffee",
+         size=(600, 400)),
+    Case("exif6.heic", lambda: exif_rotated(rot90(photo("chelsea")), 6, "HEIC"),
+         Status.INDEXED, like="chelsea", size=(451, 300)),
+    Case("photo.avif", lambda: avif(photo("rocket")), Status.INDEXED, like="rocket",
+         size=(640, 427)),
+    Case("exif6.avif", lambda: exif_rotated(rot90(photo("coffee")), 6, "AVIF"),
+         Status.INDEXED, like="coffee", size=(600, 400)),
+    Case("truncated.heic", lambda: _half(heic(photo("clock"))), Status.DECODE_ERROR,
+         "HEIC"),
+    Case("corrupt.avif", lambda: _half(avif(photo("clock"))), Status.DECODE_ERROR, "AVIF"),
+    # a format no installed decoder reads: the reason names it
+    Case("photo.jxl", lambda: b"\xff\x0a" + _noise(3000, 3), Status.DECODE_ERROR,
+         "JPEG XL"),
 ]
 FAILURES = [c for c in CASES if not c.ok]
 VALID = [c for c in CASES if c.ok]
@@ -189,6 +211,7 @@ def test_importing_leaves_pillow_settings_alone() -> None:
         "import echoimage.web.app, echoimage.cli\n"
         "after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
         "assert before == after, (before, after)\n"
+        "assert 'HEIF' not in Image.OPEN, 'the HEIF opener was registered on import'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -325,6 +348,50 @@ def test_exif_orientation(orientation: int) -> None:
     if orientation != 1:  # the un-oriented pixels are clearly further away
         if stored.shape == shown.shape:
             assert np.abs(img.gray.astype(float) - stored).mean() > 10
+
+
+@pytest.mark.parametrize("fmt", ["HEIC", "AVIF"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_heic_and_avif_exif_orientation(fmt: str, orientation: int) -> None:
+    stored = to_gray(photo("chelsea"))[:300, :448]
+    img = decode_image(exif_rotated(np.stack([stored] * 3, axis=2), orientation, fmt, 100))
+    shown = _EXIF_DISPLAY[orientation](stored)
+    assert img.format == ("HEIF" if fmt == "HEIC" else "AVIF")
+    assert img.gray.shape == shown.shape
+    assert (img.width, img.height) == (shown.shape[1], shown.shape[0])
+    assert np.abs(img.gray.astype(float) - shown).mean() < 3
+    if orientation != 1 and stored.shape == shown.shape:
+        assert np.abs(img.gray.astype(float) - stored).mean() > 10
+
+
+def _on_a_heic(*lines: str) -> subprocess.CompletedProcess[bytes]:
+    """Run lines of Python in a new interpreter with a HEIC photo on its standard input."""
+    return subprocess.run([sys.executable, "-c", "\n".join(lines)],
+                          input=heic(photo("coffee")), capture_output=True, timeout=120)
+
+
+def test_heic_plugin_is_registered_at_the_first_decode_only() -> None:
+    proc = _on_a_heic("import sys",
+                      "from PIL import Image",
+                      "import echoimage.api, echoimage.features.decode as d",
+                      "assert 'HEIF' not in Image.OPEN",
+                      "d.decode_image(sys.stdin.buffer.read())",
+                      "assert 'HEIF' in Image.OPEN")
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_heic_without_its_plugin_says_so() -> None:
+    """Where pillow-heif is missing, a HEIC photo is refused in one line naming HEIC and what
+    reads it (not "unsupported or corrupt AVIF data")."""
+    proc = _on_a_heic("import sys",
+                      "sys.modules['pillow_heif'] = None",
+                      "from echoimage.features.decode import decode_image",
+                      "try:",
+                      "    decode_image(sys.stdin.buffer.read())",
+                      "except Exception as exc:",
+                      "    print(type(exc).__name__, exc)")
+    assert proc.stdout.decode().strip() == (
+        "DecodeError HEIC images cannot be read: pillow-heif is not installed"), proc.stderr
 
 
 def test_exif6_swaps_width_and_height() -> None:
@@ -518,7 +585,7 @@ def test_pillow_plugin_errors_are_decode_errors() -> None:
         assert "\n" not in str(err.value) and str(err.value)
 
 
-@pytest.mark.parametrize("line", ["~nosuchuser-xyz/a.jpg", "a\x00b.jpg", "http://[bad/a.jpg"])
+@pytest.mark.parametrize("line", ["~nosuchuser-xyz/a.jpg", "http://[bad/a.jpg"])
 def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
     """Lines that are neither a path nor a URL (found by the fuzzer) do not abort the
     catalogue: they are kept as written and refused per image when read."""
@@ -526,3 +593,12 @@ def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
 
     items = list(parse_catalogue(f"{line}\n/ok/b.jpg\n".encode(), "text", "t", "/base"))
     assert [it.url for it in items] == [line, "/ok/b.jpg"]
+
+
+def test_a_list_with_a_nul_byte_is_binary_data() -> None:
+    """A NUL byte (found by the fuzzer) makes the file binary data: refused in one line."""
+    from echoimage.catalogue import parse_catalogue
+    from echoimage.errors import CatalogueError
+
+    with pytest.raises(CatalogueError, match=r"^t: neither .* \(looks like binary data\)$"):
+        list(parse_catalogue(b"a\x00b.jpg\n/ok/b.jpg\n", "text", "t", "/base"))

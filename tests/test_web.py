@@ -30,7 +30,9 @@ from conftest import Built, write_catalogue
 from fastapi import FastAPI, HTTPException
 from helpers import (
     REPO,
+    avif,
     header_only_png,
+    heic,
     jpeg,
     photo,
     png,
@@ -76,6 +78,11 @@ def origin_app(internal_port: int) -> web.Application:
     @routes.get("/coffee.jpg")
     async def coffee(request: web.Request) -> web.Response:
         return web.Response(body=copy_of("coffee"), content_type="image/jpeg")
+
+    @routes.get("/coffee.heic")
+    async def coffee_heic(request: web.Request) -> web.Response:
+        return web.Response(body=heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0)),
+                            content_type="image/heic")
 
     @routes.get("/to-internal.jpg")
     async def to_internal(request: web.Request) -> web.Response:
@@ -230,6 +237,27 @@ async def test_mirrored_png_upload(env: Env) -> None:
     assert resp.status_code == 200, resp.text
     top = resp.json()["results"][0]
     assert top["url"] == env.url_of("astronaut") and top["orientation"].startswith("mirror")
+
+
+@module_loop
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+async def test_heic_and_avif_uploads(env: Env, fmt: str) -> None:
+    arr = rotate(resize(to_rgb(photo("rocket")), 0.6), 4.0)
+    data = heic(arr) if fmt == "heic" else avif(arr)
+    resp = await env.client.post("/api/search",
+                                 files={"file": (f"IMG.{fmt}", data, f"image/{fmt}")})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["format"] == ("HEIF" if fmt == "heic" else "AVIF")
+    assert body["results"][0]["url"] == env.url_of("rocket")
+    assert body["results"][0]["duplicate"] is True
+
+
+@module_loop
+async def test_heic_url_query(env: Env) -> None:
+    resp = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.heic"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["url"] == env.url_of("coffee")
 
 
 @module_loop

@@ -22,17 +22,17 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from echoimage.features.decode import sniff_format
+from echoimage.config import Settings
+from echoimage.features.sniff import sniff_format
 
 K = TypeVar("K")
 
 #: hook that vets a URL before it is requested; returns a refusal reason or None
 UrlCheck = Callable[[str], Awaitable[str | None]]
 
-DEFAULT_USER_AGENT = (
-    "EchoImage/0.1 (+https://github.com/echoimage/echoimage; image similarity indexer)"
-)
-_IMAGE_ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5"
+DEFAULT_USER_AGENT: str = Settings.model_fields["user_agent"].default
+_IMAGE_ACCEPT = ("image/avif,image/webp,image/heic,image/heif,image/png,image/jpeg,image/*;q=0.9,"
+                 "*/*;q=0.5")
 _PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _SNIFF_BYTES = 16

@@ -88,8 +88,10 @@ def _add_page(service: WebService, req: PageRequest) -> Any:
     def run(job: Job) -> None:
         from echoimage.scrape import scrape
 
+        s = service.settings
         report = asyncio.run(scrape([req.page_url], req.follow_pages,
-                                    fetcher=_guarded(service)))
+                                    fetcher_config=FetchConfig(user_agent=s.user_agent),
+                                    fetcher=_guarded(service), delay=s.scrape_delay))
         job.errors.extend(report.notes)
         if not report.images:
             raise CatalogueError(f"{req.page_url}: no image URLs found on "

@@ -27,7 +27,7 @@ from echoimage.errors import (
     IndexStaleError,
     StoreError,
 )
-from echoimage.features.decode import sniff_format
+from echoimage.features.sniff import sniff_format
 from echoimage.fetch.client import FetchStatus
 from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 FORM_OVERHEAD = 64 * 1024
 JSON_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
-SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF"
+SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC/HEIF or AVIF"
 _DIGITS = re.compile(r"[0-9]+")
 
 _FETCH_STATUS_CODES = {
