@@ -4,14 +4,18 @@ and without the peers' packages."""
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
 import skimage.data
+from helpers import bench_photo_folder
 
+from echoimage_bench import peer_suite, peers, runner
 from echoimage_bench import peer_transforms as pt
 from echoimage_bench.peer_transforms import PEER_TRANSFORMS
-from echoimage_bench.transforms import make_query, transform_rng
+from echoimage_bench.transforms import jpeg_roundtrip, make_query, transform_rng
 
 H, W = 90, 120
 
@@ -151,3 +155,138 @@ def test_heavy_noise_is_heavy_and_coarse():
     # drawn at a fifth of the size: neighbours are strongly correlated
     d = out[:, 1:] - out[:, :-1]
     assert d.std() < 0.5 * out.std()
+
+
+# --- the peers -------------------------------------------------------------------------
+
+def _copy_and_stranger() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo, a copy of it (half size, blurred, JPEG 60) and an unrelated photo (BGR)."""
+    img = _photo(240, 320)
+    small = cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA)
+    copy = jpeg_roundtrip(cv2.GaussianBlur(small, (0, 0), 1.0), 60)
+    other = np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (320, 240))[..., ::-1])
+    return img, copy, other
+
+
+def _bits_apart(a: bytes, b: bytes) -> int:
+    return int(np.unpackbits(np.bitwise_xor(np.frombuffer(a, np.uint8),
+                                            np.frombuffer(b, np.uint8))).sum())
+
+
+@pytest.mark.parametrize("factory", [peers.pdq_peer, peers.perception_phash_peer])
+def test_a_peer_matches_a_copy_and_not_a_stranger(factory):
+    peer = factory()
+    assert peer.bits == 256 and peer.version
+    img, copy, other = _copy_and_stranger()
+    h = peer.hash_bgr(img)
+    assert len(h) == 32 and h == peer.hash_bgr(img.copy())
+    assert _bits_apart(h, peer.hash_bgr(copy)) <= peer.threshold
+    assert _bits_apart(h, peer.hash_bgr(other)) > peer.threshold
+    with pytest.raises(ValueError):
+        peer.hash_bgr(img[..., 0])
+
+
+def test_the_peers_documented_rules():
+    assert peers.pdq_peer().threshold == 31  # Meta: distance <= 31 of 256 bits
+    phash = peers.perception_phash_peer()
+    assert phash.threshold == 51  # perception: distance / 256 < 0.2
+    assert 51 / 256 < peers.PHASH16_THRESHOLD <= 52 / 256
+
+
+def test_perception_phash_is_perceptions_own_hash():
+    """The adapter packs perception's own vector, bit for bit (RGB order)."""
+    from perception.hashers import PHash
+
+    img = _photo(120, 160)
+    vec = PHash(hash_size=16).compute(np.ascontiguousarray(img[..., ::-1]),
+                                      hash_format="vector")
+    assert peers.perception_phash_peer().hash_bgr(img) == np.packbits(vec).tobytes()
+
+
+def test_peer_index_search_is_an_exact_hamming_scan():
+    rng = np.random.default_rng(123)
+    codes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    index = peers.PeerIndex(256)
+    for n, c in enumerate(codes):
+        index.add(f"k{n}", c.tobytes())
+    q = codes[17].copy()
+    q[:3] ^= 0b1011  # 9 bits away from row 17
+    found = index.search(q.tobytes(), 5)
+    dist = np.unpackbits(np.bitwise_xor(codes, q), axis=1).sum(axis=1)
+    assert found[0] == ("k17", 9)
+    assert [d for _, d in found] == sorted(dist)[:5]
+    assert all(dist[int(k[1:])] == d for k, d in found)
+    assert peers.PeerIndex(256).search(q.tobytes(), 5) == []
+    with pytest.raises(ValueError):
+        index.add("short", b"\0" * 8)
+
+
+def test_load_peers_says_why_a_peer_is_skipped(monkeypatch):
+    loaded, skipped = peers.load_peers()
+    assert [p.name for p in loaded] == ["pdq", "perception_phash"] and skipped == {}
+    monkeypatch.setitem(sys.modules, "pdqhash", None)  # as if it were not installed
+    loaded, skipped = peers.load_peers()
+    assert [p.name for p in loaded] == ["perception_phash"]
+    assert set(skipped) == {"pdq"} and "not installed" in skipped["pdq"]
+    assert "pdqhash" in skipped["pdq"]
+
+
+def test_hamming_threshold_at_fmr():
+    f = peer_suite.hamming_threshold_at_fmr
+    dists = list(range(100, 200))  # 100 negatives, nearest 100 bits away
+    assert f(dists, 0.01) == 100  # lets exactly one through
+    assert f(dists, 0.0) == 99
+    assert f([5, 5, 5], 0.01) == 4
+    assert f([0, 9], 0.0) == -1
+    with pytest.raises(ValueError):
+        f([], 0.01)
+
+
+# --- the benchmark with and without the peers -------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("peers") / "photos"
+    bench_photo_folder(folder)
+    return folder
+
+
+def _run(photo_folder, out, limit):
+    return runner.run_benchmark(photo_folder, out, limit=limit, scale=(), seed_subset=(0, 0),
+                                latency_queries=2, progress=False, command=["test"])
+
+
+def test_benchmark_runs_beside_the_peers(photo_folder, tmp_path):
+    result = _run(photo_folder, tmp_path / "out", 2)
+    suite = result["peers"]
+    n_t = len(PEER_TRANSFORMS)
+    assert suite["copies"] == 2 * n_t and suite["negatives"] == 2 * n_t
+    assert suite["skipped"] == {}
+    assert list(suite["methods"]) == ["echoimage", "pdq", "perception_phash"]
+    for name, m in suite["methods"].items():
+        assert set(m["by_transform"]) == set(PEER_TRANSFORMS)
+        assert m["by_transform"]["noop"]["recall_at_1"] == 1.0, name
+        assert m["copy_query_ms"]["p50"] > 0 and m["no_copy_query_ms"]["p50"] > 0
+        # 22 negatives: a threshold at 1% false matches lets none through
+        assert m["false_match_rate_calibrated"] == 0.0, name
+    assert suite["methods"]["echoimage"]["by_transform"]["noop"]["recall_at_1_match"] == 1.0
+    pdq = suite["methods"]["pdq"]
+    assert pdq["documented_threshold"] == 31 and pdq["catalogue"]["entries"] == 10
+    assert pdq["by_transform"]["jpeg95"]["recall_at_1_match"] == 1.0
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "## Peers: perception's benchmark transforms" in md
+    assert "| PDQ (≤ 31) | PDQ @1% FMR |" in md and "perception PHash16 (≤ 51)" in md
+    assert "| ms per no-copy query (p50) |" in md and "Peers skipped" not in md
+
+
+def test_benchmark_without_the_peer_packages(photo_folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pdqhash", None)
+    monkeypatch.setitem(sys.modules, "perception", None)
+    monkeypatch.setitem(sys.modules, "perception.hashers", None)
+    result = _run(photo_folder, tmp_path / "out", 1)
+    suite = result["peers"]
+    assert list(suite["methods"]) == ["echoimage"]
+    assert set(suite["skipped"]) == {"pdq", "perception_phash"}
+    assert suite["methods"]["echoimage"]["by_transform"]["noop"]["recall_at_1"] == 1.0
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "Peers skipped: pdq: not installed" in md and "EchoImage (verdict)" in md
