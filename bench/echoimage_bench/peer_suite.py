@@ -28,6 +28,7 @@ from echoimage_bench.metrics import (
     TARGET_FMR,
     TOP_K,
     percentile,
+    quantiles,
     rank_of,
     rate,
     threshold_at_fmr,
@@ -189,6 +190,8 @@ def _method_report(name: str, queries: list[_Query], transforms: list[Transform]
         "by_transform": by_t,
         "negatives_by_transform": neg_by_t,
         "false_match_rate": rate(a.match for a in neg),
+        # the negatives' first results: scores (EchoImage) or distances (a peer)
+        "negative_top_quantiles": quantiles([a.top for a in neg], (0, 1, 50, 99, 100)),
         "calibrated_threshold": thr,
         "false_match_rate_calibrated": rate(calibrated(a) for a in neg) if neg else None,
         "copy_query_ms": {"p50": percentile([a.ms for a in pos], 50),
