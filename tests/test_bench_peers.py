@@ -290,3 +290,29 @@ def test_benchmark_without_the_peer_packages(photo_folder, tmp_path, monkeypatch
     assert suite["methods"]["echoimage"]["by_transform"]["noop"]["recall_at_1"] == 1.0
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "Peers skipped: pdq: not installed" in md and "EchoImage (verdict)" in md
+
+
+def test_suite_queries_are_copies_then_negatives_under_the_same_transforms(tmp_path):
+    from echoimage_bench.context import _Ctx, _Log
+
+    paths = []
+    for n, name in enumerate(("astronaut", "coffee", "chelsea")):
+        rgb = cv2.resize(getattr(skimage.data, name)(), (96, 72))
+        paths.append(tmp_path / f"{n}.jpg")
+        cv2.imwrite(str(paths[-1]), np.ascontiguousarray(rgb[..., ::-1]))
+    cat = paths[:2]
+
+    def queries():
+        ctx = _Ctx(log=_Log(False), seed=0, settings=None, catalogue=cat,
+                   urls=[str(p) for p in cat], url_ids={}, query_photos=[0, 1])
+        return list(peer_suite.suite_queries(ctx, list(PEER_TRANSFORMS.values()),
+                                             [paths[2]]))
+
+    got = queries()
+    n_t = len(PEER_TRANSFORMS)
+    assert len(got) == 3 * n_t
+    assert [q.truth for q in got[:2 * n_t]] == [str(cat[0])] * n_t + [str(cat[1])] * n_t
+    assert all(q.truth is None and q.photo == "2.jpg" for q in got[2 * n_t:])
+    assert [q.transform for q in got[2 * n_t:]] == list(PEER_TRANSFORMS)
+    assert [q.data for q in got] == [q.data for q in queries()]  # seeded
+    assert all(q.data[:3] == b"\xff\xd8\xff" for q in got)

@@ -16,6 +16,7 @@ a match.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,31 +129,48 @@ def _ask_all(engine: Any, peers: list[Peer], indexes: dict[str, PeerIndex], q: _
         q.answers[p.name] = _ask_peer(p, indexes[p.name], data, truth)
 
 
-def _sweep(ctx: _Ctx, engine: Any, peers: list[Peer], indexes: dict[str, PeerIndex],
-           transforms: list[Transform], negatives: list[Path]) -> list[_Query]:
-    t0 = time.perf_counter()
-    out: list[_Query] = []
-    tick = ctx.log.loop("peer suite", (len(ctx.query_photos) + len(negatives))
-                        * len(transforms))
+@dataclass(frozen=True)
+class SuiteQuery:
+    """One query of the peer suite: a copy of catalogue photo `truth` (a store URL), or,
+    with truth None, a held-out photo under the same transform (a negative)."""
+
+    transform: str
+    photo: str
+    truth: str | None
+    data: bytes
+
+
+def suite_queries(ctx: _Ctx, transforms: list[Transform], negatives: list[Path]
+                  ) -> Iterator[SuiteQuery]:
+    """The suite's queries in order: every queried catalogue photo under every transform,
+    then every held-out photo under the same transforms, each seeded by (seed, photo,
+    transform) as the other suites are."""
     for i in ctx.query_photos:
-        img, truth = _photo(ctx, i), ctx.urls[i]
+        img = _photo(ctx, i)
         for t in transforms:
-            q = _Query(t.name, ctx.catalogue[i].name, True)
-            _ask_all(engine, peers, indexes, q,
-                     make_query(img, t, transform_rng(ctx.seed, i, t.name)), truth)
-            out.append(q)
-            tick(len(out))
+            yield SuiteQuery(t.name, ctx.catalogue[i].name, ctx.urls[i],
+                             make_query(img, t, transform_rng(ctx.seed, i, t.name)))
         ctx.images.pop(i, None)
     for j, path in enumerate(negatives):
         img = _read_bgr(path)
         if img is None:
             continue
         for t in transforms:
-            q = _Query(t.name, path.name, False)
-            _ask_all(engine, peers, indexes, q,
-                     make_query(img, t, transform_rng(ctx.seed, 1_000_000 + j, t.name)), None)
-            out.append(q)
-            tick(len(out))
+            yield SuiteQuery(t.name, path.name, None,
+                             make_query(img, t, transform_rng(ctx.seed, 1_000_000 + j, t.name)))
+
+
+def _sweep(ctx: _Ctx, engine: Any, peers: list[Peer], indexes: dict[str, PeerIndex],
+           transforms: list[Transform], negatives: list[Path]) -> list[_Query]:
+    t0 = time.perf_counter()
+    out: list[_Query] = []
+    tick = ctx.log.loop("peer suite", (len(ctx.query_photos) + len(negatives))
+                        * len(transforms))
+    for sq in suite_queries(ctx, transforms, negatives):
+        q = _Query(sq.transform, sq.photo, sq.truth is not None)
+        _ask_all(engine, peers, indexes, q, sq.data, sq.truth)
+        out.append(q)
+        tick(len(out))
     _phase(ctx, "peer_suite", t0)
     return out
 
