@@ -244,6 +244,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         from echoimage_bench.colour import render_colour  # (it builds on this module)
 
         lines += render_colour(result["colour"])
+    if "peers" in result:
+        from echoimage_bench.peer_suite import render_peer_section  # (it builds on this module)
+
+        lines += render_peer_section(result["peers"])
     lines += ["", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",
