@@ -26,9 +26,9 @@ from echoimage.errors import EchoImageError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from echoimage.dedupe import DedupeResult
-    from echoimage.manage import RemoveReport
-    from echoimage.pipeline import BuildSummary
+    from echoimage.indexing.remove import RemoveReport
+    from echoimage.indexing.runs import BuildSummary
+    from echoimage.search.dedupe import DedupeResult
     from echoimage.search.engine import QueryResult, SearchEngine
 
 #: what `Catalogue.query` accepts: a file path, an http(s) URL, encoded image bytes, a
@@ -88,20 +88,20 @@ class Catalogue:
         """Index catalogue sources (folders, images.json/JSONL/CSV/text files, image files,
         URLs); incremental: indexed images are skipped, an interrupted build resumes. With
         sample (or no source on an empty store), the bundled sample catalogue too."""
-        from echoimage.pipeline import build_index
+        from echoimage.indexing.build import build_index
 
         return build_index(self.settings, [os.fspath(s) for s in sources], progress=progress,
                            sample=sample)
 
     def update(self, progress: bool = False) -> BuildSummary:
         """Re-read every recorded source: index new and changed images, drop vanished ones."""
-        from echoimage.update import update_index
+        from echoimage.indexing.update import update_index
 
         return update_index(self.settings, progress=progress)
 
     def remove(self, *images: str | int) -> RemoveReport:
         """Take images (ids or URLs/paths) out of the catalogue; the index follows."""
-        from echoimage.manage import remove_images
+        from echoimage.indexing.remove import remove_images
 
         return remove_images(self.settings, [str(i) for i in images])
 
@@ -144,7 +144,7 @@ class Catalogue:
                progress: Callable[[int], None] | None = None) -> DedupeResult:
         """Groups of duplicates among the catalogue's own images, each naming a keeper;
         with crops, images that are a part of another too (slower)."""
-        from echoimage.dedupe import find_duplicates
+        from echoimage.search.dedupe import find_duplicates
 
         engine = self._engine.engine if self._engine is not None else None
         return find_duplicates(self.settings, crops=crops, progress=progress, engine=engine)
@@ -152,7 +152,7 @@ class Catalogue:
     def status(self) -> dict[str, Any]:
         """Counts by status, the index's freshness and layout, sizes in bytes, recent runs
         and failures (what `echoimage index status --json` prints)."""
-        from echoimage.status import status_report
+        from echoimage.indexing.status import status_report
 
         return status_report(self.settings)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from echoimage.errors import CatalogueError
-from echoimage.fetch.local import local_path, path_url
+from echoimage.fetch.local import is_url, local_path, path_url
 from echoimage.types import CatalogueItem
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,6 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
     ".pgm", ".ppm", ".pnm", ".jfif",
 })
-
-
-def is_url(s: str) -> bool:
-    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
-    fetcher, with its reason)."""
-    return s[:8].lower().startswith(("http://", "https://"))
 
 
 def source_kind(source: str) -> str:

@@ -113,7 +113,7 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
     \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
     """
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
 
     settings = _with(_settings(ctx), workers=workers, cluster=cluster)
     summary = build_index(settings, list(sources), progress=not quiet, sample=sample)
@@ -134,7 +134,7 @@ def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: 
     \b
         echoimage --data-dir /srv/echoimage index update -q
     """
-    from echoimage.update import update_index
+    from echoimage.indexing.update import update_index
 
     summary = update_index(_with(_settings(ctx), cluster=cluster), progress=not quiet)
     _print_summary(summary, as_json)
@@ -208,7 +208,7 @@ def index_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     \b
         echoimage index verify --dry-run
     """
-    from echoimage.verify import verify_index
+    from echoimage.indexing.verify import verify_index
 
     report = verify_index(_settings(ctx), repair=not dry_run)
     if as_json:
@@ -246,7 +246,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage index status --json
     """
-    from echoimage.status import status_report
+    from echoimage.indexing.status import status_report
 
     report = status_report(_settings(ctx))
     if as_json:
@@ -456,7 +456,7 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     from tqdm import tqdm
 
-    from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
+    from echoimage.search.dedupe import CSV_FIELDS, csv_rows, find_duplicates
     from echoimage.store.db import open_store
 
     if as_json and as_csv:
@@ -549,7 +549,7 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage catalogue sources
     """
-    from echoimage.manage import list_sources
+    from echoimage.indexing.remove import list_sources
 
     infos = list_sources(_settings(ctx))
     if as_json:
@@ -584,7 +584,7 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
         echoimage catalogue remove 17 /photos/old.jpg
         echoimage catalogue remove --source /photos/archive
     """
-    from echoimage.manage import remove_images, remove_source
+    from echoimage.indexing.remove import remove_images, remove_source
 
     if bool(images) == bool(source):
         raise click.UsageError("give image ids or URLs, or --source SOURCE (not both)")

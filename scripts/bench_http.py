@@ -32,8 +32,8 @@ from pathlib import Path
 from aiohttp import web
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
-from echoimage.update import update_index
+from echoimage.indexing.build import build_index
+from echoimage.indexing.update import update_index
 
 EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 

@@ -44,7 +44,7 @@ def main() -> int:
     )
 
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
     from echoimage.search.engine import SearchEngine
 
     t0 = time.perf_counter()

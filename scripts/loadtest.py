@@ -109,7 +109,7 @@ def ensure_catalogue(data_dir: Path, images_dir: Path, entries: int, photos: Pat
     recent=0 the whole catalogue comes from one build.
     """
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
 
     reals = real_photos(photos, min(real, entries), images_dir / "real")
     syn = synthetic_set(max(0, entries - len(reals)), images_dir / "synthetic")

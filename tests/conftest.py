@@ -29,7 +29,8 @@ from sqlalchemy import make_url
 from support.pgserver import PgServer, PgUnavailable, start_server
 
 from echoimage.config import Settings
-from echoimage.pipeline import BuildSummary, build_index
+from echoimage.indexing.build import build_index
+from echoimage.indexing.runs import BuildSummary
 
 #: file format of each catalogue photo (the rest are JPEG)
 CATALOGUE_FORMATS = {"camera": "png", "moon": "png", "coins": "webp", "page": "png"}

@@ -29,7 +29,7 @@ from helpers import (
 
 from echoimage.catalogue import parse_catalogue
 from echoimage.errors import EchoImageError
-from echoimage.pipeline import FeatureParams, WorkResult, process_bytes
+from echoimage.indexing.work import FeatureParams, WorkResult, process_bytes
 from echoimage.scrape import decode_html, parse_page
 
 #: one input taking longer than this has hung

@@ -25,7 +25,7 @@ from conftest import Built
 from helpers import jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.web.app import create_app
 from echoimage.web.config import WebSettings
 

@@ -23,7 +23,7 @@ from helpers import (
 )
 
 from echoimage.cli import cli
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.sample import SAMPLE_NAMES
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -331,7 +331,7 @@ def test_a_run_that_ends_badly_says_why(tmp_path: Path, catalogue, store_url: st
         if how == "missing source":
             sources.append(str(missing))
         else:  # the last stage of the run: writing the index files
-            m.setattr("echoimage.pipeline.update_index_files",
+            m.setattr("echoimage.indexing.runner.update_index_files",
                       _boom if how == "a stage raises" else _ctrl_c)
         failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build",
                                           "-q", "--workers", "2", *sources])

@@ -20,13 +20,13 @@ from sqlalchemy import func, select
 from support.daskcluster import DaskCluster
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
+from echoimage.indexing.verify import verify_index
 from echoimage.search.engine import SearchEngine
 from echoimage.search.shards import ShardedVotes
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
-from echoimage.verify import verify_index
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import jpeg, photo, write
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 

@@ -42,7 +42,7 @@ from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.errors import DecodeError, ImageTooLargeError
 from echoimage.features.decode import decode_image
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -185,7 +185,7 @@ def test_importing_leaves_pillow_settings_alone() -> None:
     code = (
         "from PIL import Image, ImageFile\n"
         "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
-        "import echoimage.features.decode, echoimage.pipeline, echoimage.search.engine\n"
+        "import echoimage.features.decode, echoimage.indexing.build, echoimage.search.engine\n"
         "import echoimage.web.app, echoimage.cli\n"
         "after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
         "assert before == after, (before, after)\n"

@@ -37,12 +37,13 @@ from sqlalchemy import select
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import build_index, feature_key, feature_params
+from echoimage.indexing.build import build_index
+from echoimage.indexing.update import update_index
+from echoimage.indexing.work import FeatureParams
 from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
-from echoimage.update import update_index
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
@@ -307,7 +308,7 @@ def warm_forkserver() -> None:
     in-process tests below count requests deterministically.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["echoimage.pipeline"])
+    ctx.set_forkserver_preload(["echoimage.indexing.work"])
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         pool.submit(os.getpid).result(timeout=60)
 
@@ -603,14 +604,14 @@ def test_update_re_extracts_features_made_with_other_parameters(served: Served,
     old = settings.model_copy(update={"orb_features": 300})
     build_index(old, [served.catalogue_url], progress=False)
     assert {p for p, _ in feature_params_of(settings).values()} == {
-        feature_key(feature_params(old))}
+        FeatureParams.from_settings(old).key}
     served.reset_counts()
     upd = update_index(settings, progress=False)
     assert dict(upd.counts) == {"re-extracted": len(names)}, upd.as_dict()
     assert sum(served.conditional.values()) == 0
     assert served.image_hits() == Counter({f"/img/{n}.jpg": 1 for n in names})
     now = feature_params_of(settings)
-    assert {p for p, _ in now.values()} == {feature_key(feature_params(settings))}
+    assert {p for p, _ in now.values()} == {FeatureParams.from_settings(settings).key}
     assert all(now[u][1] > 300 for u in urls.values())  # textured photos: > 300 keypoints
     served.reset_counts()
     again = update_index(settings, progress=False)

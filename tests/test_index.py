@@ -28,7 +28,7 @@ from echoimage.index.binary import (
 from echoimage.index.build import index_params, misfit
 from echoimage.index.local import LAYOUT
 from echoimage.index.manifest import IndexManifest, read_manifest
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.search.engine import SearchEngine
 from echoimage.search.live import LiveIndex
 from echoimage.search.shortlist import shortlist

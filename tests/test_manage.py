@@ -16,7 +16,7 @@ from conftest import Built
 from helpers import jpeg, mirror, photo, png, rot90, synthetic, write
 
 from echoimage.cli import cli
-from echoimage.dedupe import find_duplicates, margins
+from echoimage.search.dedupe import find_duplicates, margins
 from echoimage.search.engine import SearchEngine
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]

@@ -20,7 +20,7 @@ from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, 
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory

@@ -42,7 +42,7 @@ from helpers import (
 )
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
+from echoimage.indexing.build import build_index
 from echoimage.store.db import open_store
 from echoimage.types import Match
 from echoimage.web.app import create_app

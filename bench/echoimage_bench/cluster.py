@@ -119,7 +119,7 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
 
         # --- recall: SQLite + local against PostgreSQL + cluster ----------------------------
         from echoimage.config import Settings
-        from echoimage.pipeline import build_index
+        from echoimage.indexing.build import build_index
 
         qdir = work / "queries"
         queries = make_queries(cat_photos, catalogue, held_out, qdir, query_photos, seed)
@@ -181,7 +181,7 @@ def _drop_schemas(url: str, made: list[str]) -> None:
 def _build_rate(data_dir: Path, url: str, folder: Path, cluster: str | None) -> float:
     """Images processed per second of one build of folder into the store at url."""
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
 
     settings = Settings(data_dir=data_dir, database_url=url, cluster=cluster)
     summary = build_index(settings, [str(folder)], progress=False)

@@ -98,9 +98,9 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
                          ) -> dict[str, Any]:
     """Plant, dedupe, score; then time per image at each scale (writes dedupe.json)."""
     from echoimage.config import Settings
-    from echoimage.dedupe import find_duplicates
     from echoimage.index.build import update_index_files
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
+    from echoimage.search.dedupe import find_duplicates
     from echoimage.store.db import open_store
 
     log = _Log(progress, "bench dedupe")
@@ -163,7 +163,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
         add_derived_rows(engine, have, scale - have, seed=seed + scale, progress=tick)
         update_index_files(s, engine)
         plain = find_duplicates(s, engine=engine)
-        from echoimage.dedupe import Deduper
+        from echoimage.search.dedupe import Deduper
 
         sample_ids = _sample_ids(engine, crops_sample, seed)
         t1 = time.perf_counter()

@@ -58,7 +58,7 @@ def _cli(data_dir: Path, *args: str | Path, timeout: float = 3600) -> tuple[floa
 def _startup_seconds(repeat: int = 3) -> float:
     """What a process pays before an update does anything: the interpreter and the imports
     of the update command (median of a few)."""
-    code = ("import echoimage.cli, echoimage.update, echoimage.pipeline, "
+    code = ("import echoimage.cli, echoimage.indexing.update, echoimage.indexing.build, "
             "echoimage.index.build, echoimage.store.db")
     times = []
     for _ in range(repeat):
@@ -173,7 +173,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     """Run the three stages (see the module docstring); writes out_dir/live.json."""
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
     from echoimage.search.engine import SearchEngine
     from echoimage.store.db import open_store
 

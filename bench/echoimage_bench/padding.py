@@ -99,9 +99,9 @@ def features_digest(feats: Iterable[Any]) -> str:
 
 def _probe_digest(settings: Any, seed: int) -> str:
     """Features the current code extracts from the first synthetic padding images."""
-    from echoimage.pipeline import feature_params
+    from echoimage.indexing.work import FeatureParams
 
-    params = feature_params(settings)
+    params = FeatureParams.from_settings(settings)
     return features_digest(_pad_features((i, seed, params))[3] for i in range(2))
 
 
@@ -231,10 +231,10 @@ def _padding_process(job: PaddingJob) -> None:
 
 def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int | None,
                  progress: bool) -> PaddingJob:
-    from echoimage.pipeline import feature_params
+    from echoimage.indexing.work import FeatureParams
 
     key = padding_key(_catalogue_digest(ctx.settings), _probe_digest(ctx.settings, ctx.seed),
-                      dataclasses.astuple(feature_params(ctx.settings)), ctx.seed)
+                      dataclasses.astuple(FeatureParams.from_settings(ctx.settings)), ctx.seed)
     return PaddingJob(
         base_db=ctx.settings.data_dir / "echoimage.sqlite3", pad_root=out_dir / "pad",
         scales=tuple(sorted(s for s in scales if s > len(ctx.url_ids))),

@@ -100,7 +100,8 @@ BENCH_VERSION = 1
 
 
 def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
-    from echoimage.pipeline import build_index, data_dir_size
+    from echoimage.indexing.build import build_index
+    from echoimage.indexing.status import data_dir_size
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 

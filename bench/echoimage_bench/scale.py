@@ -228,7 +228,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     (the baseline) and at each scale; results also in out_dir/scale.json. The padded store
     lives in out_dir/scale-data (removed at the end unless keep)."""
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
+    from echoimage.indexing.build import build_index
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
     from echoimage_bench.derived import add_derived_rows

@@ -17,6 +17,12 @@ from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 
+def is_url(s: str) -> bool:
+    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
+    fetcher, with its reason); anything else names a local file."""
+    return s[:8].lower().startswith(("http://", "https://"))
+
+
 def path_url(path: str | os.PathLike[str]) -> str:
     """The name the store records for a local file: its path, or a ``file://`` URL when
     the path is not valid UTF-8."""

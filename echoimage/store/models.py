@@ -123,8 +123,8 @@ class FeatureRow(Base):
     keypoints: Mapped[bytes] = mapped_column(LargeBinary)  # float32 N×5
     descriptors: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 N×32
     work_scale: Mapped[float] = mapped_column(Float)
-    # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
-    # (indexed: finding stale rows must not read the large rows themselves)
+    # extraction parameters (indexing.work.FeatureParams.key); rows made with others are
+    # re-extracted (indexed: finding stale rows must not read the large rows themselves)
     params: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # a small colour JPEG for display and a colour signature for colour_distance (NULL on
     # rows indexed before colour was kept: filled when the row is next extracted)

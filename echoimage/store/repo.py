@@ -254,7 +254,7 @@ class FeatureRecord:
     work_scale: float
     etag: str | None = None
     last_modified: str | None = None
-    params: str | None = None  # the extraction parameters (pipeline.feature_key)
+    params: str | None = None  # the extraction parameters (indexing.work.FeatureParams.key)
     colour_preview: bytes | None = None  # colour JPEG for display
     colour_signature: bytes | None = None  # see features.colour
 

@@ -72,7 +72,7 @@ async def _check_url(service: WebService, url: str) -> str:
 def _index_into(job: Job, service: WebService, uri: str, kind: str,
                 items: list[CatalogueItem]) -> None:
     """Index items as the source uri's, recording the outcome on the job."""
-    from echoimage.pipeline import index_items
+    from echoimage.indexing.build import index_items
 
     job.progress(0, len(items))
     summary = index_items(service.settings, uri, kind, items, fetcher=_guarded(service),
@@ -132,7 +132,7 @@ async def add_images(req: ImagesRequest, service: ServiceDep, _: AdminDep) -> JS
 async def delete_image(image_id: ImageIdDep, service: ServiceDep, _: AdminDep
                        ) -> dict[str, Any]:
     """Take an image out of the catalogue; the index follows at once."""
-    from echoimage.manage import remove_images
+    from echoimage.indexing.remove import remove_images
 
     report = await run_in_threadpool(remove_images, service.settings, [str(image_id)],
                                      service.engine.engine)

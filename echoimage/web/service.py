@@ -38,7 +38,7 @@ from echoimage.web.visual import (
 )
 
 if TYPE_CHECKING:
-    from echoimage.dedupe import DedupeResult
+    from echoimage.search.dedupe import DedupeResult
 
 T = TypeVar("T")
 
@@ -210,7 +210,7 @@ class WebService:
     def duplicates(self, crops: bool) -> tuple[DedupeResult | None, Job | None]:
         """The groups of duplicates as of the store's current change, or the job working
         them out (started if none is running)."""
-        from echoimage.dedupe import find_duplicates
+        from echoimage.search.dedupe import find_duplicates
 
         with self.engine.sessions() as session:
             seq = repo.current_seq(session)

@@ -14,15 +14,9 @@ import sys
 
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
-from echoimage.pipeline import (
-    BuildSummary,
-    WorkItem,
-    feature_key,
-    feature_params,
-    index_work,
-    recorded_run,
-    resolve_sources,
-)
+from echoimage.indexing.build import index_work, resolve_sources
+from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
 from echoimage.store.db import open_store, require_existing, session_factory
 from echoimage.store.models import RETRYABLE, Status
@@ -42,7 +36,7 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)
-        stale = repo.stale_feature_ids(session, feature_key(feature_params(settings)))
+        stale = repo.stale_feature_ids(session, FeatureParams.from_settings(settings).key)
     work: dict[int, WorkItem] = {}
     with recorded_run(sessions, summary, [u for u, _ in sources]):
         for uri, kind in sources:

@@ -3,12 +3,12 @@ sizes and recent runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from echoimage.config import Settings
 from echoimage.index.build import index_params, misfit
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import data_dir_size
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 
@@ -63,3 +63,15 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "runs": runs,
         "recent_failures": failures,
     }
+
+
+def data_dir_size(settings: Settings) -> dict[str, int]:
+    """Bytes on disk of the store file (SQLite) and the index directory."""
+    out = {}
+    db = settings.data_dir / "echoimage.sqlite3"
+    if not settings.database_url and db.exists():
+        out["store_file"] = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+    idx = Path(settings.index_dir)
+    out["index_files"] = sum(p.stat().st_size for p in idx.glob("*") if p.is_file()) \
+        if idx.exists() else 0
+    return out
