@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,17 @@ class CatalogueItem:
     url: str
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """A catalogue source as read: its uri as the store records it, its kind (dir, json,
+    jsonl, csv, text, image, url, or api/page for images added over the HTTP API) and its
+    items."""
+
+    uri: str
+    kind: str
+    items: Iterable[CatalogueItem]
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,21 @@ class Candidate:
     width: int
     height: int
     work_scale: float
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What the store keeps to show a catalogue image: its square grayscale thumbnail, its
+    original width and height (0 when unknown), its keypoints' scale (original pixels per
+    working-image pixel) and its colour preview (JPEG bytes; None for a row indexed before
+    colour was kept)."""
+
+    id: int
+    thumbnail: np.ndarray
+    width: int
+    height: int
+    work_scale: float
+    preview: bytes | None
 
 
 class Verdict(StrEnum):

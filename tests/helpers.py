@@ -25,6 +25,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
+from echoimage.api import Catalogue
+from echoimage.config import Settings
+from echoimage.indexing.runs import BuildSummary
+from echoimage.indexing.verify import VerifyReport
+from echoimage.search.dedupe import DedupeResult
+from echoimage.search.engine import SearchEngine
+from echoimage.store.db import open_store
 from echoimage.store.models import Status
 
 #: the repository's root (subprocesses run the package from here)
@@ -372,3 +379,33 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
     if not killed:
         assert proc.returncode == 0, log.read_text()[-2000:]
     return indexed_count(db) or 0, killed, log
+
+
+def build_index(settings: Settings, sources: list[str], progress: bool = False,
+                sample: bool = False) -> BuildSummary:
+    """`index build` through the library's door (a Catalogue of settings, closed after)."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.build(*sources, sample=sample, progress=progress)
+
+
+def update_index(settings: Settings, progress: bool = False) -> BuildSummary:
+    """`index update` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.update(progress=progress)
+
+
+def search_engine(settings: Settings, rebuild: bool = True) -> SearchEngine:
+    """A SearchEngine on the store of settings, opened for reading as a query opens it."""
+    return SearchEngine(settings, open_store(settings, create=False), rebuild=rebuild)
+
+
+def verify_index(settings: Settings, repair: bool = True) -> VerifyReport:
+    """`index verify` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.verify(repair)
+
+
+def find_duplicates(settings: Settings, crops: bool = False) -> DedupeResult:
+    """`dedupe` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.dedupe(crops)

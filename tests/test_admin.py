@@ -15,10 +15,9 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fastapi import FastAPI
-from helpers import jpeg, mirror, photo, synthetic
+from helpers import build_index, jpeg, mirror, photo, synthetic
 
 from echoimage.config import Settings
-from echoimage.indexing.build import build_index
 from echoimage.web.app import create_app
 from echoimage.web.config import WebSettings
 
@@ -198,7 +197,7 @@ async def test_urls_pass_the_ssrf_guard(admin: Admin) -> None:
 async def test_concurrent_jobs(admin: Admin) -> None:
     """Two jobs adding the same images at once: both finish, each image is in the store
     and in the index once."""
-    from echoimage.indexing.verify import verify_index
+    from helpers import verify_index
 
     urls = [f"{admin.shop}/img/p2.jpg", f"{admin.shop}/img/mirror.jpg"]
     before = (await admin.client.get("/api/stats")).json()["total_images"]

@@ -11,20 +11,21 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import URL_ENV
 from helpers import (
+    build_index,
     jpeg,
     mirror,
     photo,
     png,
     rot90,
+    search_engine,
     shrink,
     synthetic,
     tint,
     write,
 )
 
+from echoimage.catalogue.sample import SAMPLE_NAMES
 from echoimage.cli import cli
-from echoimage.indexing.build import build_index
-from echoimage.sample import SAMPLE_NAMES
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 
@@ -213,7 +214,6 @@ def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
     """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI, the library and the web
     settings alike."""
     from echoimage.config import Settings
-    from echoimage.search.engine import SearchEngine
     from echoimage.web.config import WebSettings
 
     good = str(catalogue.files["brick"])
@@ -225,7 +225,7 @@ def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
     assert WebSettings().max_k == 60 and Settings().max_k == 60
     monkeypatch.delenv("ECHOIMAGE_MAX_K")
     assert WebSettings().max_k == Settings().max_k == 50
-    engine = SearchEngine(Settings(data_dir=cli_built[0], database_url=module_store_url))
+    engine = search_engine(Settings(data_dir=cli_built[0], database_url=module_store_url))
     with pytest.raises(ValueError, match="between 1 and 50"):
         engine.query_bytes(catalogue.files["brick"].read_bytes(), 51)
 

@@ -25,6 +25,7 @@ from helpers import (
     animated_gif,
     big_png,
     bomb_png,
+    build_index,
     cmyk_jpeg,
     encode,
     exif_rotated_jpeg,
@@ -42,7 +43,6 @@ from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.errors import DecodeError, ImageTooLargeError
 from echoimage.features.decode import decode_image
-from echoimage.indexing.build import build_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -522,7 +522,7 @@ def test_pillow_plugin_errors_are_decode_errors() -> None:
 def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
     """Lines that are neither a path nor a URL (found by the fuzzer) do not abort the
     catalogue: they are kept as written and refused per image when read."""
-    from echoimage.catalogue import parse_catalogue
+    from echoimage.catalogue.sources import parse_catalogue
 
     items = list(parse_catalogue(f"{line}\n/ok/b.jpg\n".encode(), "text", "t", "/base"))
     assert [it.url for it in items] == [line, "/ok/b.jpg"]

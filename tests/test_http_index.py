@@ -31,14 +31,22 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from helpers import interrupted_build, jpeg, mirror, photo, store_snapshot, synthetic
+from helpers import (
+    build_index,
+    interrupted_build,
+    jpeg,
+    mirror,
+    photo,
+    search_engine,
+    store_snapshot,
+    synthetic,
+    update_index,
+)
 from sqlalchemy import select
 
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
-from echoimage.indexing.build import build_index
-from echoimage.indexing.update import update_index
 from echoimage.indexing.work import FeatureParams
 from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
@@ -430,7 +438,7 @@ def test_build_over_http(served: Served, settings: Settings) -> None:
     assert sum(served.conditional.values()) == 0  # a first build has no validators
 
     # (b) a transformed copy finds the HTTP image, by its URL
-    search = SearchEngine(settings)
+    search = search_engine(settings)
     assert search.size == n_good
     for name in ("astronaut", "chelsea"):
         matches = search.query_bytes(copy_of(name), 3).matches
@@ -463,7 +471,7 @@ def test_update_over_http(served: Served, settings: Settings) -> None:
     before = store_view(settings)
     blobs = feature_blobs(settings)
     # (e) a serving engine, made before any update and never recreated
-    search = SearchEngine(settings)
+    search = search_engine(settings)
     assert top_url(search, copy_of("rocket")) == urls["rocket"]
 
     # 1. nothing changed: one conditional request per image, every one a 304
@@ -536,7 +544,7 @@ def test_update_over_http(served: Served, settings: Settings) -> None:
     assert top_url(search, copy_of("astronaut")) == urls["astronaut"]
     assert search.size == len(UPDATE) - 2 + 1  # (refreshed by the queries)
     # and a fresh engine agrees
-    fresh = SearchEngine(settings)
+    fresh = search_engine(settings)
     assert fresh.size == search.size
     assert top_url(fresh, copy_of("coins")) == urls["coffee"]
 
@@ -579,7 +587,7 @@ def test_update_timeout_keeps_entry(served: Served, settings: Settings) -> None:
     assert all(view[u]["status"] == Status.INDEXED for u in urls.values())
     assert "timed out" in view[urls["clock"]]["reason"]
     served.delay = 0.0
-    assert top_url(SearchEngine(settings), copy_of("clock")) == urls["clock"]
+    assert top_url(search_engine(settings), copy_of("clock")) == urls["clock"]
 
 
 def feature_params_of(settings: Settings) -> dict[str, tuple[str | None, int]]:
@@ -639,11 +647,11 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
     they are and a serving engine keeps the snapshot it has (nothing reloaded)."""
     urls = {n: served.put(n, photo_jpeg(n)) for n in ("coffee", "clock", "rocket", "brick")}
     build_index(settings, [served.catalogue_url], progress=False)
-    search = SearchEngine(settings)
+    search = search_engine(settings)
     assert top_url(search, copy_of("clock")) == urls["clock"]
     before = search.live.snapshot()
     files = sorted(p.name for p in settings.index_dir.iterdir())
-    with session_factory(search.engine)() as s:
+    with session_factory(search.store)() as s:
         mark = repo.current_seq(s)
     same = update_index(settings, progress=False)
     assert dict(same.counts) == {"unchanged": 4}
@@ -651,7 +659,7 @@ def test_unchanged_update_leaves_serving_engine_alone(served: Served, settings: 
     assert top_url(search, copy_of("clock")) == urls["clock"]
     assert search.live.snapshot() is before
     assert sorted(p.name for p in settings.index_dir.iterdir()) == files
-    with session_factory(search.engine)() as s:
+    with session_factory(search.store)() as s:
         assert repo.changed_since(s, mark, 100) == []  # nothing changed
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import jpeg, mirror, synthetic
+from helpers import jpeg, mirror, search_engine, synthetic
 
 import echoimage.index.build as build_mod
 from echoimage.config import Settings
@@ -28,7 +28,6 @@ from echoimage.index.build import (
 from echoimage.index.local import is_two_level, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
-from echoimage.search.engine import SearchEngine
 from echoimage.search.live import LiveIndex
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -237,7 +236,7 @@ def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
         random_step(cat, rng, 5, step)
         update_index_files(settings, cat.engine)
     copy = oracle(settings, tmp_path, "oracle", copy_store)
-    live, fresh = SearchEngine(settings), SearchEngine(copy)
+    live, fresh = search_engine(settings), search_engine(copy)
     for which in sorted(set(cat.urls.values()))[:8]:
         arr = synthetic(1000 + which, 320)
         for query in (jpeg(arr[20:-40, 30:], 70), jpeg(mirror(arr), 80)):

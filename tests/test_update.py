@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import write_catalogue
+from helpers import build_index, update_index
 from sqlalchemy import select
 
-from echoimage.indexing.build import build_index
-from echoimage.indexing.update import update_index
 from echoimage.indexing.work import FeatureParams
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow

@@ -30,6 +30,7 @@ from conftest import Built, write_catalogue
 from fastapi import FastAPI, HTTPException
 from helpers import (
     REPO,
+    build_index,
     header_only_png,
     jpeg,
     photo,
@@ -42,14 +43,13 @@ from helpers import (
 )
 
 from echoimage.config import Settings
-from echoimage.indexing.build import build_index
+from echoimage.fetch.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
 from echoimage.store.db import open_store
 from echoimage.types import Match
 from echoimage.web.app import create_app
 from echoimage.web.cache import QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.inputs import parse_k
-from echoimage.web.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
 from echoimage.web.visual import match_image, restore_aspect
 
 pytestmark = pytest.mark.usefixtures("no_network")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from echoimage_bench.context import _list_photos, _Log
+from echoimage_bench.context import _list_photos, _Log, build_catalogue, search_engine
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -119,15 +119,14 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
 
         # --- recall: SQLite + local against PostgreSQL + cluster ----------------------------
         from echoimage.config import Settings
-        from echoimage.indexing.build import build_index
 
         qdir = work / "queries"
         queries = make_queries(cat_photos, catalogue, held_out, qdir, query_photos, seed)
         sqlite_settings = Settings(data_dir=work / "sqlite-local", database_url=None)
-        build_index(sqlite_settings, [str(catalogue)], progress=False)
+        build_catalogue(sqlite_settings, str(catalogue))
         pg_settings = Settings(data_dir=work / "pg-cluster", database_url=new_db(),
                                cluster=dask.address)
-        build_index(pg_settings, [str(catalogue)], progress=False)
+        build_catalogue(pg_settings, str(catalogue))
         result["recall"] = {}
         for name, s in (("sqlite+local", sqlite_settings),
                         ("postgresql+cluster", pg_settings.model_copy(
@@ -181,21 +180,19 @@ def _drop_schemas(url: str, made: list[str]) -> None:
 def _build_rate(data_dir: Path, url: str, folder: Path, cluster: str | None) -> float:
     """Images processed per second of one build of folder into the store at url."""
     from echoimage.config import Settings
-    from echoimage.indexing.build import build_index
 
     settings = Settings(data_dir=data_dir, database_url=url, cluster=cluster)
-    summary = build_index(settings, [str(folder)], progress=False)
+    summary = build_catalogue(settings, str(folder))
     return summary.processed / summary.seconds
 
 
 def _answer(settings: Any, qdir: Path, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The top answer of every query (as the scale benchmark's serving probe records it)."""
-    from echoimage.search.engine import SearchEngine
     from echoimage_bench.scale import answer_queries
 
-    engine = SearchEngine(settings, rebuild=True)
+    engine = search_engine(settings, rebuild=True)
     out = answer_queries(engine, [(qdir / q["file"]).read_bytes() for q in queries], 1)
-    engine.engine.dispose()
+    engine.store.dispose()
     return out
 
 
@@ -208,7 +205,6 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     from echoimage.features.decode import decode_image
     from echoimage.features.orb import orb_features
     from echoimage.index.build import rebuild_index_files
-    from echoimage.search.engine import SearchEngine
     from echoimage.search.shards import ShardedVotes
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
@@ -229,7 +225,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     engine.dispose()
     log(f"fan-out store: {entries:,} entries padded and indexed in "
         f"{time.perf_counter() - t0:.0f}s")
-    search = SearchEngine(settings, rebuild=False)
+    search = search_engine(settings, rebuild=False)
     snap = search.live.current()
     lp = settings.local_params
     cv2.setNumThreads(1)
@@ -274,7 +270,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
                 f"placed in {place_s:.0f}s")
             del sharded
             client.restart()  # drop the actors
-    search.engine.dispose()
+    search.store.dispose()
     return out
 
 

@@ -94,7 +94,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _list_photos(photo_dir: Path) -> list[Path]:
-    from echoimage.catalogue import IMAGE_EXTENSIONS
+    from echoimage.catalogue.sources import IMAGE_EXTENSIONS
 
     if not photo_dir.is_dir():
         raise ValueError(f"not a directory: {photo_dir}")
@@ -144,3 +144,22 @@ def _photo(ctx: _Ctx, i: int) -> np.ndarray:
 def _phase(ctx: _Ctx, name: str, t0: float) -> None:
     ctx.phases[name] = round(time.perf_counter() - t0, 2)
     ctx.log(f"{name} done in {ctx.phases[name]:.1f}s")
+
+
+def build_catalogue(settings: Any, *sources: str) -> Any:
+    """Index sources into the catalogue of settings, as `echoimage index build` does (no
+    progress bar); returns its BuildSummary."""
+    from echoimage.api import Catalogue
+
+    with Catalogue(settings) as catalogue:
+        return catalogue.build(*sources)
+
+
+def search_engine(settings: Any, rebuild: bool = True, background: bool = False) -> Any:
+    """A SearchEngine on the store of settings, opened for reading as a query opens it
+    (close it with `engine.store.dispose()`)."""
+    from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
+
+    return SearchEngine(settings, open_store(settings, create=False), rebuild=rebuild,
+                        background=background)

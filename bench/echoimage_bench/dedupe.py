@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from echoimage_bench.baselines import PHASH_THRESHOLD
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.context import _list_photos, _Log, _read_bgr, build_catalogue
 from echoimage_bench.derived import add_derived_rows
 from echoimage_bench.metrics import rate
 from echoimage_bench.padding import copy_sqlite
@@ -97,9 +97,9 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
                          crops_sample: int = 2000, seed: int = 0, progress: bool = True
                          ) -> dict[str, Any]:
     """Plant, dedupe, score; then time per image at each scale (writes dedupe.json)."""
+    from echoimage.api import Catalogue
     from echoimage.config import Settings
     from echoimage.index.build import update_index_files
-    from echoimage.indexing.build import build_index
     from echoimage.search.dedupe import find_duplicates
     from echoimage.store.db import open_store
 
@@ -127,7 +127,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     data_dir = work / "data"
     settings = Settings(data_dir=data_dir)
     t0 = time.perf_counter()
-    built = build_index(settings, [str(folder)], progress=False)
+    built = build_catalogue(settings, str(folder))
     log(f"{built.index_entries} images built in {time.perf_counter() - t0:.0f}s "
         f"({len(truth)} planted copies)")
     result: dict[str, Any] = {"photos": len(photos), "planted": len(truth),
@@ -135,7 +135,8 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     main_truth = [t for t in truth if t[2] != CROP]
     crop_copies = {b for _, b, name in truth if name == CROP}
     for mode in (False, True):
-        found = find_duplicates(settings, crops=mode)
+        with Catalogue(settings) as catalogue:
+            found = catalogue.dedupe(crops=mode)
         groups = [{m.url for m in g.members} for g in found.groups]
         key = "echoimage_crops" if mode else "echoimage"
         result[key] = {"main": _score(groups, main_truth, crop_copies),
@@ -162,7 +163,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
         tick = log.loop(f"padding to {scale:,}", scale - have)
         add_derived_rows(engine, have, scale - have, seed=seed + scale, progress=tick)
         update_index_files(s, engine)
-        plain = find_duplicates(s, engine=engine)
+        plain = find_duplicates(s, engine, False)
         from echoimage.search.dedupe import Deduper
 
         sample_ids = _sample_ids(engine, crops_sample, seed)

@@ -49,6 +49,7 @@ def traced_engine(settings: Any) -> Any:
     """A SearchEngine that records the ids it re-ranks in `.reranked` (cleared by the
     caller before each query), so a miss can be told apart from an out-ranking."""
     from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
 
     class _Traced(SearchEngine):
         reranked: set[int]
@@ -57,7 +58,7 @@ def traced_engine(settings: Any) -> Any:
             self.reranked.add(cand.id)
             return super()._best(props, cand, *args, **kwargs)
 
-    engine = _Traced(settings)
+    engine = _Traced(settings, open_store(settings, create=False))
     engine.reranked = set()
     return engine
 
@@ -267,7 +268,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         neg = _negatives(ctx, engine, run, pool[:n_neg] if n_neg < len(pool) else pool,
                          names) if n_neg else []
     finally:
-        engine.engine.dispose()
+        engine.store.dispose()
     per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
                              [r for r in neg if r["edit"] == e.name]) for e in run}
     comp = {e.name for e in run if e.compound}

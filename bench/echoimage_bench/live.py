@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.context import _list_photos, _Log, _read_bgr, build_catalogue, search_engine
 from echoimage_bench.derived import add_derived_rows
 from echoimage_bench.memory import self_peak_rss_mb
 from echoimage_bench.metrics import percentile, rank_of, rate
@@ -173,8 +173,6 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     """Run the three stages (see the module docstring); writes out_dir/live.json."""
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
-    from echoimage.indexing.build import build_index
-    from echoimage.search.engine import SearchEngine
     from echoimage.store.db import open_store
 
     log = _Log(progress, "bench live")
@@ -196,7 +194,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(data_dir=data)
-    build_index(settings, [str(folder)], progress=False)
+    build_catalogue(settings, str(folder))
     engine = open_store(settings)
     pad = entries - len(catalogue)
     tick = log.loop("derived padding", pad)
@@ -213,7 +211,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
 
     names = ["identity", "jpeg30", "mirror", "crop80", "rot90", "crop60_rand"]
     load_queries = [q for _, _, q in _queries(catalogue[200:230], names, seed)]
-    search = SearchEngine(settings, background=True)
+    search = search_engine(settings, background=True)
     load = _Load(search, load_queries)
     load.start()
     time.sleep(20)
@@ -275,12 +273,12 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     kept = catalogue[200:200 + recall_photos]
     qs = _queries(kept, list(TRANSFORMS), seed + 7)
     kept_urls = [urls[p.name] for p in kept]
-    live = SearchEngine(settings)
+    live = search_engine(settings)
     incremental = _recall(live, qs, kept_urls, log, "incremental")
     t0 = time.perf_counter()
     rebuilt2 = rebuild_index_files(settings, engine, "benchmark: fresh rebuild to compare")
     rebuild2_s = time.perf_counter() - t0
-    fresh = _recall(SearchEngine(settings), qs, kept_urls, log, "rebuilt")
+    fresh = _recall(search_engine(settings), qs, kept_urls, log, "rebuilt")
     diffs = {k: round(100 * (incremental[k] - fresh[k]), 2) for k in incremental}
     result["growth"] = {"updates": growth, "incremental_recall": incremental,
                         "rebuilt_recall": fresh, "difference_points": diffs,

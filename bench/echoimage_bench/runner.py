@@ -100,7 +100,7 @@ BENCH_VERSION = 1
 
 
 def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
-    from echoimage.indexing.build import build_index
+    from echoimage.api import Catalogue
     from echoimage.indexing.status import data_dir_size
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
@@ -112,8 +112,8 @@ def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
     listing = out_dir / "catalogue.txt"
     listing.write_text("".join(f"{p}\n" for p in catalogue))
     ctx.log(f"indexing {len(catalogue)} catalogue photos into {data_dir}")
-    with ProcessTreePeak() as peak:
-        summary = build_index(ctx.settings, [str(listing)], progress=False)
+    with ProcessTreePeak() as peak, Catalogue(ctx.settings) as built:
+        summary = built.build(str(listing))
     indexed = int(summary.counts.get("indexed", 0))
     engine = open_store(ctx.settings)
     with session_factory(engine)() as session:
@@ -433,6 +433,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     """
     from echoimage.config import Settings
     from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
 
     photo_dir, out_dir = Path(photo_dir), Path(out_dir)
     if limit is not None and limit < 1:
@@ -467,7 +468,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     todo = [s for s in job.scales if not padding_cached(job, s)] if job else []
     pad_proc = None
     pad_info: dict[str, Any] = {"built_scales": todo, "concurrent_with": None}
-    engine = SearchEngine(settings)
+    engine = SearchEngine(settings, open_store(settings, create=False))
     try:
         if todo and background_padding:
             mp = multiprocessing.get_context("forkserver")
@@ -510,7 +511,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         latency["catalogue"]["parts"] = _time_queries(ctx, engine, parts, "catalogue parts")
     phash_latency = _phash_latency(ctx, sample)
     _phase(ctx, "latency", t0)
-    engine.engine.dispose()
+    engine.store.dispose()
     rss_before_scale = self_peak_rss_mb()
 
     seed_res = _seed_baseline(ctx, transforms, seed_subset)

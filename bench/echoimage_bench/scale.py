@@ -35,7 +35,7 @@ import numpy as np
 
 from echoimage.fetch.local import path_url
 from echoimage_bench.baselines import PHASH_THRESHOLD, hamming_topk
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.context import _list_photos, _Log, _read_bgr, build_catalogue, search_engine
 from echoimage_bench.memory import _rss_mb, status_kb
 from echoimage_bench.metrics import TOP_K, percentile, rate
 from echoimage_bench.transforms import (
@@ -114,7 +114,6 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     from echoimage.config import Settings
     from echoimage.features.decode import decode_image
     from echoimage.features.hashes import hash_input, phash
-    from echoimage.search.engine import SearchEngine
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 
@@ -122,7 +121,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     settings = Settings(data_dir=data_dir)
     before = status_kb()
     t0 = time.perf_counter()
-    engine = SearchEngine(settings, rebuild=False)
+    engine = search_engine(settings, rebuild=False)
     load_s = time.perf_counter() - t0
     after_load = status_kb()
     blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
@@ -228,7 +227,6 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     (the baseline) and at each scale; results also in out_dir/scale.json. The padded store
     lives in out_dir/scale-data (removed at the end unless keep)."""
     from echoimage.config import Settings
-    from echoimage.indexing.build import build_index
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
     from echoimage_bench.derived import add_derived_rows
@@ -244,7 +242,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(data_dir=data)
     t0 = time.perf_counter()
-    summary = build_index(settings, [str(catalogue)], progress=False)
+    summary = build_catalogue(settings, str(catalogue))
     build_s = time.perf_counter() - t0
     log(f"catalogue: {summary.counts.get('indexed', 0)} photos indexed in {build_s:.1f}s")
     qdir = work / "queries"

@@ -50,7 +50,7 @@ class DaskBackend:
         """The work as shard tasks; their results (or what they wrote) handed back to the
         runner as they finish."""
         items = {w.image_id: w for w in work}
-        write = runner.engine.dialect.name != "sqlite"
+        write = runner.store.dialect.name != "sqlite"
         job = ShardJob(runner.params, runner.settings.model_dump(mode="json"), write)
         done = 0
         with (ClusterClient(self.address) as cluster,

@@ -93,7 +93,7 @@ def _noop(_: int) -> None:
 class Runner:
     """Runs the work set of one build or update through fetch, features and the store."""
 
-    def __init__(self, settings: Settings, engine: Engine, progress: bool,
+    def __init__(self, settings: Settings, store: Engine, progress: bool,
                  fetcher: FetcherFactory | None = None,
                  on_progress: Callable[[int, int], None] | None = None,
                  backend: Backend | None = None) -> None:
@@ -101,8 +101,8 @@ class Runner:
         self.fetcher = fetcher  # how URLs are fetched (default: a plain Fetcher)
         self.on_progress = on_progress  # (done, total) after each image
         self.backend = backend  # None: the runner's own process pool
-        self.engine = engine
-        self.sessions = session_factory(engine)
+        self.store = store
+        self.sessions = session_factory(store)
         self.progress = progress
         self.params = FeatureParams.from_settings(settings)
         self._since_flush = 0  # rows changed since the index files were last brought up
@@ -237,7 +237,7 @@ class Runner:
         self._since_flush += rows
         if self._since_flush >= self.settings.index_flush_rows:
             self._since_flush = 0
-            update_index_files(self.settings, self.engine, retrain=False)
+            update_index_files(self.settings, self.store, retrain=False)
 
     def handled(self, done: int, total: int) -> None:
         """done of the run's total images are handled (on_progress, if any)."""
@@ -249,6 +249,6 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     """Process the work items in id order, then bring the index files up to the store's
     last change."""
     runner.run(sorted(work, key=lambda w: w.image_id), summary)
-    report = update_index_files(runner.settings, runner.engine)
+    report = update_index_files(runner.settings, runner.store)
     summary.index_entries = report.images
     summary.index = report.as_dict()

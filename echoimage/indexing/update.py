@@ -12,27 +12,27 @@ from __future__ import annotations
 
 import sys
 
+from sqlalchemy import Engine
+
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
-from echoimage.indexing.build import index_work, resolve_sources
+from echoimage.indexing.build import SourceReader, index_work
 from echoimage.indexing.runs import BuildSummary, recorded_run
 from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
-from echoimage.store.db import open_store, require_existing, session_factory
+from echoimage.store.db import session_factory
 from echoimage.store.models import RETRYABLE, Status
-from echoimage.types import CatalogueItem
+from echoimage.types import CatalogueItem, SourceListing
 
 #: source kinds no catalogue file lists (images added over the HTTP API, pages scraped
 #: there): an update re-checks the images they hold and marks none gone for being unlisted
 HAND_LISTED = frozenset({"api", "page"})
 
 
-def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
-    """Re-read every recorded source and bring the store and the index up to date (a store
-    that does not exist is a StoreError: there is nothing to update)."""
-    require_existing(settings)
-    engine = open_store(settings)
-    sessions = session_factory(engine)
+def update_index(settings: Settings, store: Engine, reader: SourceReader, progress: bool
+                 ) -> BuildSummary:
+    """Re-read every recorded source and bring the store and the index up to date."""
+    sessions = session_factory(store)
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)
@@ -45,10 +45,10 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
                 # added over the HTTP API: no file lists them; their images are re-checked
                 with sessions() as session:
                     items = [CatalogueItem(u, uri) for u in repo.images_of_source(session, uri)]
-                resolved = [(uri, kind, items)]
+                listing = SourceListing(uri, kind, items)
             else:
                 try:
-                    resolved = list(resolve_sources(settings, [uri]))
+                    listing = reader.read(uri)
                 except CatalogueError as exc:
                     summary.counts["source-unreadable"] += 1
                     summary.failures.append((uri, "source-unreadable", str(exc)))
@@ -56,32 +56,31 @@ def update_index(settings: Settings, progress: bool = True) -> BuildSummary:
                         print(f"warning: {exc}; its images are kept as they are",
                               file=sys.stderr)
                     continue
-            for src_uri, kind, items in resolved:
-                items = list(items)
-                with sessions.begin() as session:
-                    sid = repo.source_id(session, src_uri, kind)
-                    repo.add_pending(session, items, sid)
-                    listed = {it.url for it in items}
-                    known = repo.known_images(session, list(listed))
-                    for url, k in repo.images_of_source(session, src_uri).items():
-                        if url not in listed and k.status != Status.GONE:
-                            repo.save_failure(session, k.id, Status.GONE,
-                                              "no longer in the catalogue")
-                            summary.counts["gone"] += 1
-                for k in known.values():
-                    if k.status == Status.GONE and k.url in listed:
-                        # back in the catalogue: fetch it again from scratch
-                        work[k.id] = WorkItem(k.id, k.url)
-                    elif k.status == Status.INDEXED and k.id in stale:
-                        # features made with other parameters (an older version, other
-                        # settings): fetched unconditionally and extracted again
-                        work[k.id] = WorkItem(k.id, k.url, was_indexed=True, reextract=True)
-                    elif k.status == Status.INDEXED:
-                        work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
-                                              was_indexed=True)
-                    elif k.status in RETRYABLE:
-                        work[k.id] = WorkItem(k.id, k.url)
-                    else:
-                        summary.counts[f"skipped ({k.status})"] += 1
-        index_work(settings, engine, work.values(), summary, progress)
+            items = list(listing.items)
+            with sessions.begin() as session:
+                sid = repo.source_id(session, listing.uri, listing.kind)
+                repo.add_pending(session, items, sid)
+                listed = {it.url for it in items}
+                known = repo.known_images(session, list(listed))
+                for url, k in repo.images_of_source(session, listing.uri).items():
+                    if url not in listed and k.status != Status.GONE:
+                        repo.save_failure(session, k.id, Status.GONE,
+                                          "no longer in the catalogue")
+                        summary.counts["gone"] += 1
+            for k in known.values():
+                if k.status == Status.GONE and k.url in listed:
+                    # back in the catalogue: fetch it again from scratch
+                    work[k.id] = WorkItem(k.id, k.url)
+                elif k.status == Status.INDEXED and k.id in stale:
+                    # features made with other parameters (an older version, other
+                    # settings): fetched unconditionally and extracted again
+                    work[k.id] = WorkItem(k.id, k.url, was_indexed=True, reextract=True)
+                elif k.status == Status.INDEXED:
+                    work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
+                                          was_indexed=True)
+                elif k.status in RETRYABLE:
+                    work[k.id] = WorkItem(k.id, k.url)
+                else:
+                    summary.counts[f"skipped ({k.status})"] += 1
+        index_work(settings, store, work.values(), summary, progress)
     return summary

@@ -38,7 +38,7 @@ from echoimage.index.build import snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb
 from echoimage.store import repo
 from echoimage.store.codec import decode_orb, decode_thumbnail
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
 from echoimage.types import OrbFeatures
 
@@ -235,11 +235,11 @@ class _UnionFind:
 class Deduper:
     """Finds the groups of one store (see the module docstring)."""
 
-    def __init__(self, settings: Settings, engine: Engine, crops: bool = False,
+    def __init__(self, settings: Settings, store: Engine, crops: bool,
                  only: set[int] | None = None) -> None:
         self.settings = settings
-        self.engine = engine
-        self.sessions = session_factory(engine)
+        self.store = store
+        self.sessions = session_factory(store)
         self.crops = crops
         self.only = only  # propose from these images only (the benchmark's timing samples)
         self.dhash: dict[int, bytes] = {}
@@ -260,7 +260,7 @@ class Deduper:
         """Propose, confirm and group; progress(images done) after each batch."""
         t0 = time.perf_counter()
         s = self.settings
-        with snapshot(self.engine) as session:
+        with snapshot(self.store) as session:
             seq = repo.current_seq(session)
             rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
                          r[4].isoformat() if r[4] else "", r[5], r[6])
@@ -279,7 +279,7 @@ class Deduper:
         if self.crops:
             from echoimage.search.live import LiveIndex
 
-            parts = LiveIndex(s, self.engine).snapshot().parts
+            parts = LiveIndex(s, self.store).snapshot().parts
         candidates: dict[tuple[int, int], tuple[int, str, int, int, int]] = {}
         done = 0
         proposing = rows if self.only is None else [r for r in rows if r.id in self.only]
@@ -473,17 +473,11 @@ def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
     return [Group(n, g.members, g.links) for n, g in enumerate(groups, 1)]
 
 
-def find_duplicates(settings: Settings, crops: bool = False,
-                    progress: Callable[[int], None] | None = None,
-                    engine: Engine | None = None) -> DedupeResult:
+def find_duplicates(settings: Settings, store: Engine, crops: bool,
+                    progress: Callable[[int], None] | None = None) -> DedupeResult:
     """The groups of duplicates among the catalogue's indexed images."""
-    eng = engine or open_store(settings, create=False)
-    try:
-        faiss.omp_set_num_threads(1)
-        return Deduper(settings, eng, crops).run(progress)
-    finally:
-        if engine is None:
-            eng.dispose()
+    faiss.omp_set_num_threads(1)
+    return Deduper(settings, store, crops).run(progress)
 
 
 def csv_rows(result: DedupeResult) -> Iterator[dict[str, Any]]:

@@ -27,7 +27,7 @@ from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
 from echoimage.store import repo
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 if TYPE_CHECKING:
@@ -74,12 +74,12 @@ class SearchEngine:
     a serving process (background=True) refreshes in a thread, so a query never waits.
     """
 
-    def __init__(self, settings: Settings, engine: Engine | None = None,
-                 rebuild: bool = True, background: bool = False) -> None:
+    def __init__(self, settings: Settings, store: Engine, rebuild: bool = True,
+                 background: bool = False) -> None:
         self.settings = settings
-        self.engine = engine or open_store(settings, create=False)
-        self.sessions = session_factory(self.engine)
-        self.live = LiveIndex(settings, self.engine, rebuild=rebuild, background=background)
+        self.store = store
+        self.sessions = session_factory(store)
+        self.live = LiveIndex(settings, store, rebuild=rebuild, background=background)
         self.cluster: ClusterClient | None = None
         self.shards: ShardedVotes | None = None
         if settings.cluster and settings.index_shards > 1:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from echoimage.catalogue import is_url
 from echoimage.config import Settings
 from echoimage.errors import FetchError, ImageTooLargeError
-from echoimage.fetch.local import LocalStatus, path_url, read_local
+from echoimage.fetch.local import LocalStatus, is_url, path_url, read_local
 
 
 def read_query(arg: str, settings: Settings) -> bytes:

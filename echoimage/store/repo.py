@@ -34,7 +34,6 @@ from echoimage.store.codec import (
     encode_orb,
     encode_preview,
     encode_thumbnail,
-    thumbnail_to_png,
 )
 from echoimage.store.models import (
     FeatureRow,
@@ -45,7 +44,7 @@ from echoimage.store.models import (
     Status,
     StoreInfo,
 )
-from echoimage.types import Candidate, CatalogueItem, ImageFeatures
+from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture
 
 log = logging.getLogger(__name__)
 
@@ -554,10 +553,19 @@ def image_info(session: Session, image_id: int) -> dict[str, Any] | None:
     }
 
 
-def thumbnail_png(session: Session, image_id: int) -> bytes | None:
-    """The stored thumbnail of an image as PNG bytes."""
-    data = session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
-    return thumbnail_to_png(data) if data is not None else None
+def picture(session: Session, image_id: int) -> Picture | None:
+    """The stored thumbnail, size, keypoint scale and colour preview of an image that has
+    features (an indexed one), or None."""
+    row = session.execute(
+        select(FeatureRow.thumbnail, FeatureRow.work_scale, FeatureRow.colour_preview,
+               ImageRow.width, ImageRow.height)
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(FeatureRow.image_id == image_id)).first()
+    if row is None:
+        return None
+    return Picture(image_id, decode_thumbnail(row.thumbnail), row.width or 0,
+                   row.height or 0, row.work_scale,
+                   bytes(row.colour_preview) if row.colour_preview is not None else None)
 
 
 def run_owner() -> str:

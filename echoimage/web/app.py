@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from echoimage.api import Catalogue
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
-from echoimage.store.db import open_store
 from echoimage.web import admin, pages, routes
 from echoimage.web.config import WebSettings
 from echoimage.web.docs import add_docs
@@ -122,7 +122,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
 
     The store is opened once first, so a missing or damaged catalogue is a one-line
     StoreError here rather than a failed application start-up."""
-    open_store(settings, create=False).dispose()
+    with Catalogue(settings) as catalogue:
+        catalogue.open_store()
     if warning := exposure_warning(host, WebSettings()):
         log.warning("%s", warning)
     app = create_app(settings)

@@ -19,6 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from echoimage.api import FetchStatus, sniff_format
 from echoimage.errors import (
     DecodeError,
     EchoImageError,
@@ -27,8 +28,6 @@ from echoimage.errors import (
     IndexStaleError,
     StoreError,
 )
-from echoimage.features.decode import sniff_format
-from echoimage.fetch.client import FetchStatus
 from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
 from echoimage.web.service import WebService

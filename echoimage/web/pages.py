@@ -35,7 +35,7 @@ def _form(service: WebService, error: HTTPException | None = None,
           inp: SearchInput | None = None) -> HTMLResponse:
     web = service.web
     body = render.search_page(
-        indexed=service.engine.size, max_k=web.max_k, k=inp.k if inp else web.default_k,
+        indexed=service.catalogue.size, max_k=web.max_k, k=inp.k if inp else web.default_k,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
         error=(error.status_code, str(error.detail)) if error else None,
         colour_sensitive=service.settings.colour_sensitive

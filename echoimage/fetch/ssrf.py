@@ -1,4 +1,5 @@
-"""Server-side request forgery guard for URL queries.
+"""Server-side request forgery guard for the fetches a server makes for its users (URL
+queries, pages and images added over the HTTP API).
 
 A URL query makes the server fetch a URL of the user's choosing, so every URL of the redirect
 chain is vetted before it is requested (`UrlPolicy.check`, the Fetcher's ``check_url`` hook):

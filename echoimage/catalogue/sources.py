@@ -174,3 +174,8 @@ def read_local_source(source: str) -> tuple[str, str, Iterator[CatalogueItem]]:
     except OSError as exc:
         raise CatalogueError(f"cannot read {source}: {exc.strerror}") from None
     return uri, kind, parse_catalogue(data, kind, uri, str(path.parent))
+
+
+def source_uri(ref: str) -> str:
+    """How the store names a source given as a URL or a (relative) path."""
+    return ref if is_url(ref) else path_url(_absolute(Path(ref)))
