@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import io
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from echoimage.fetch.client import FetchConfig as FetchConfig
     from echoimage.fetch.client import FetcherFactory
     from echoimage.fetch.client import FetchResult as FetchResult
-    from echoimage.fetch.client import FetchStatus as FetchStatus
     from echoimage.fetch.local import is_url as is_url
     from echoimage.fetch.local import path_url as path_url
     from echoimage.fetch.ssrf import AllowList as AllowList
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from echoimage.indexing.verify import VerifyReport
     from echoimage.search.dedupe import DedupeResult
     from echoimage.search.engine import QueryResult, SearchEngine
-    from echoimage.store.models import RunStatus as RunStatus
     from echoimage.store.repo import SourceInfo
 
 #: what `Catalogue.query` accepts: a file path, an http(s) URL, encoded image bytes, a
@@ -71,13 +70,11 @@ _EXPORTS = {
     "DEDUPE_CSV_FIELDS": ("echoimage.search.dedupe", "CSV_FIELDS"),
     "dedupe_csv_rows": ("echoimage.search.dedupe", "csv_rows"),
     "SourceInfo": ("echoimage.store.repo", "SourceInfo"),
-    "RunStatus": ("echoimage.store.models", "RunStatus"),
     "ScrapeFilters": ("echoimage.catalogue.scrape", "ScrapeFilters"),
     "ScrapeReport": ("echoimage.catalogue.scrape", "ScrapeReport"),
     "write_catalogue": ("echoimage.catalogue.scrape", "write_catalogue"),
     "FetchConfig": ("echoimage.fetch.client", "FetchConfig"),
     "FetchResult": ("echoimage.fetch.client", "FetchResult"),
-    "FetchStatus": ("echoimage.fetch.client", "FetchStatus"),
     "AllowList": ("echoimage.fetch.ssrf", "AllowList"),
     "UrlPolicy": ("echoimage.fetch.ssrf", "UrlPolicy"),
     "GuardedFetcher": ("echoimage.fetch.ssrf", "GuardedFetcher"),
@@ -124,6 +121,7 @@ class Catalogue:
         self._store: Engine | None = None
         self._writes = False  # the store was opened (or made ready) to be written
         self._search: SearchEngine | None = None
+        self._lock = threading.RLock()  # a server's threads open each once between them
 
     def __repr__(self) -> str:
         where = self.settings.database_url or str(self.settings.data_dir)
@@ -153,13 +151,14 @@ class Catalogue:
         """
         from echoimage.store import db
 
-        if self._store is None:
-            self._store = db.open_store(self.settings, create=create)
-            self._writes = create
-        elif create and not self._writes:
-            db.ready_to_write(self.settings, self._store)
-            self._writes = True
-        return self._store
+        with self._lock:
+            if self._store is None:
+                self._store = db.open_store(self.settings, create=create)
+                self._writes = create
+            elif create and not self._writes:
+                db.ready_to_write(self.settings, self._store)
+                self._writes = True
+            return self._store
 
     def upgrade(self) -> str:
         """Create or migrate the store's schema to the newest revision; returns it."""
@@ -177,9 +176,11 @@ class Catalogue:
         from echoimage.catalogue.reader import CatalogueReader
         from echoimage.indexing.build import build_index
 
-        return build_index(self.settings, self.open_store(create=True),
-                           [os.fspath(s) for s in sources], CatalogueReader(self.settings),
-                           progress, sample)
+        summary = build_index(self.settings, self.open_store(create=True),
+                              [os.fspath(s) for s in sources], CatalogueReader(self.settings),
+                              progress, sample)
+        self._changed()
+        return summary
 
     def update(self, progress: bool = False) -> BuildSummary:
         """Re-read every recorded source: index new and changed images, drop vanished ones
@@ -190,8 +191,10 @@ class Catalogue:
 
         if self._store is None:
             require_existing(self.settings)
-        return update_index(self.settings, self.open_store(create=True),
-                            CatalogueReader(self.settings), progress)
+        summary = update_index(self.settings, self.open_store(create=True),
+                               CatalogueReader(self.settings), progress)
+        self._changed()
+        return summary
 
     def add(self, items: Iterable[CatalogueItem], source: str = API_SOURCE,
             kind: str = "api", url_policy: UrlPolicy | None = None,
@@ -204,9 +207,11 @@ class Catalogue:
         from echoimage.indexing.build import index_items
 
         fetcher = _guarded(url_policy) if url_policy is not None else None
-        return index_items(self.settings, self.open_store(create=True),
-                           SourceListing(source, kind, list(items)), False, fetcher,
-                           on_progress)
+        summary = index_items(self.settings, self.open_store(create=True),
+                              SourceListing(source, kind, list(items)), False, fetcher,
+                              on_progress)
+        self._changed()
+        return summary
 
     def remove(self, *images: str | int) -> RemoveReport:
         """Take images (ids or URLs/paths) out of the catalogue; the index follows."""
@@ -256,29 +261,32 @@ class Catalogue:
     def search_engine(self) -> SearchEngine:
         """The search engine, loaded on first use (a StoreError naming where it looked when
         there is no catalogue there)."""
-        if self._search is None:
-            from echoimage.search.engine import SearchEngine
+        with self._lock:
+            if self._search is None:
+                from echoimage.search.engine import SearchEngine
 
-            self._search = SearchEngine(self.settings, self.open_store(),
-                                        background=self.serving)
-        return self._search
+                self._search = SearchEngine(self.settings, self.open_store(),
+                                            background=self.serving)
+            return self._search
 
     @property
     def size(self) -> int:
         """Indexed images in the index being searched (loading it on first use)."""
         return self.search_engine.size
 
-    def query(self, image: QueryInput, k: int = 5,
+    def query(self, image: QueryInput, k: int | None = None,
               colour_sensitive: bool | None = None) -> QueryResult:
-        """The k catalogue images most like image, best first, each with its verdict
+        """The k (default: the settings' default_k) catalogue images most like image, best
+        first, each with its verdict
         (`exact`, `duplicate`, `partial`, `recoloured`, `different`) and the evidence
         behind its score; `result.copies` are those that are copies, `result.found` says
         whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
-        query, and ValueError for k outside 1..max_k."""
-        return self.search_engine.query_bytes(query_bytes(image, self.settings), k,
+        query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
+        return self.search_engine.query_bytes(query_bytes(image, self.settings),
+                                              k or self.settings.default_k,
                                               colour_sensitive=colour_sensitive)
 
-    def query_many(self, images: Iterable[QueryInput], k: int = 5,
+    def query_many(self, images: Iterable[QueryInput], k: int | None = None,
                    colour_sensitive: bool | None = None,
                    ) -> Iterator[tuple[QueryInput, QueryResult | EchoImageError]]:
         """Query each image in turn: (image, its result or the EchoImageError that said why
@@ -364,16 +372,18 @@ class Catalogue:
 
 
 def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters | None = None,
-                 url_policy: UrlPolicy | None = None) -> ScrapeReport:
+                 url_policy: UrlPolicy | None = None, settings: Settings | None = None
+                 ) -> ScrapeReport:
     """Collect the image URLs of web pages (and of up to follow_pages same-site pages
-    linked from each), like `echoimage catalogue scrape`; every URL is fetched through
-    url_policy when given (a server's SSRF guard)."""
-    from echoimage.catalogue.scrape import scrape
+    linked from each), like `echoimage catalogue scrape`, with the fetch limits of settings;
+    every URL is fetched through url_policy when given (a server's SSRF guard)."""
+    from echoimage.catalogue.scrape import ScrapeFilters, scrape
+    from echoimage.fetch.client import FetchConfig
 
+    config = FetchConfig.from_settings(settings or Settings())
     fetcher = _guarded(url_policy) if url_policy is not None else None
-    if filters is None:
-        return asyncio.run(scrape(pages, follow_pages, fetcher=fetcher))
-    return asyncio.run(scrape(pages, follow_pages, filters, fetcher=fetcher))
+    return asyncio.run(scrape(pages, follow_pages, filters or ScrapeFilters(), config,
+                              fetcher))
 
 
 def _guarded(policy: UrlPolicy) -> FetcherFactory:

@@ -16,6 +16,7 @@ import click
 from echoimage.api import Catalogue
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
+from echoimage.types import Outcome
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -141,7 +142,7 @@ def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: 
     """
     summary = _catalogue(ctx, cluster=cluster).update(progress=not quiet)
     _print_summary(summary, as_json)
-    if summary.counts.get("source-unreadable"):
+    if summary.counts.get(Outcome.SOURCE_UNREADABLE):
         raise click.ClickException("some catalogue sources could not be read (see above); "
                                    "their images were kept as they were")
 
@@ -283,7 +284,7 @@ QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "ex
 
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
-    from echoimage.api import RunStatus
+    from echoimage.types import RunStatus
 
     counts = run["counts"]
     if counts:
@@ -299,8 +300,9 @@ def _run_counts(run: dict[str, Any]) -> str:
 
 @cli.command("query")
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", type=click.IntRange(1), default=5, show_default=True,
-              help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
+@click.option("-k", type=click.IntRange(1), default=None,
+              help="Results per query (default ECHOIMAGE_DEFAULT_K, 5; at most "
+                   "ECHOIMAGE_MAX_K, 50).")
 @click.option("--all", "show_all", is_flag=True,
               help="Text output: also list the results that are not copies.")
 @click.option("--colour-sensitive/--no-colour-sensitive", default=None,
@@ -315,7 +317,7 @@ def _run_counts(run: dict[str, Any]) -> str:
 @json_option
 @click.pass_context
 @handle_errors
-def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
+def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all: bool,
           colour_sensitive: bool | None, cluster: str | None, shards: int | None,
           as_csv: bool, quiet: bool, as_json: bool) -> None:
     """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
@@ -339,6 +341,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
         raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
                      colour_sensitive=colour_sensitive)
+    k = k or settings.default_k
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")
@@ -593,8 +596,10 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
 @click.option("--extension", "extensions", multiple=True,
               help="Keep only these extensions (repeatable, e.g. --extension .jpg).")
 @click.option("--keep-no-extension", is_flag=True, help="Keep image URLs with no extension.")
+@click.pass_context
 @handle_errors
-def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, add: bool,
+def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,
+                     output: Path, add: bool,
                      skip_words: tuple[str, ...], extensions: tuple[str, ...],
                      keep_no_extension: bool) -> None:
     """Collect <img> URLs (src, data-src, srcset) from PAGE_URLs into an images.json.
@@ -615,7 +620,7 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
         filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
     if keep_no_extension:
         filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
-    report = scrape_pages(list(pages), follow_pages, filters)
+    report = scrape_pages(list(pages), follow_pages, filters, settings=_settings(ctx))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)

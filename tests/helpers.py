@@ -27,12 +27,15 @@ from sqlalchemy.pool import NullPool
 
 from echoimage.api import Catalogue
 from echoimage.config import Settings
+from echoimage.features.decode import decode_image
+from echoimage.features.extract import extract_features
 from echoimage.indexing.runs import BuildSummary
 from echoimage.indexing.verify import VerifyReport
 from echoimage.search.dedupe import DedupeResult
 from echoimage.search.engine import SearchEngine
 from echoimage.store.db import open_store
 from echoimage.store.models import Status
+from echoimage.types import ImageFeatures
 
 #: the repository's root (subprocesses run the package from here)
 REPO = Path(__file__).resolve().parents[1]
@@ -409,3 +412,15 @@ def find_duplicates(settings: Settings, crops: bool = False) -> DedupeResult:
     """`dedupe` through the library's door."""
     with Catalogue(settings) as catalogue:
         return catalogue.dedupe(crops)
+
+
+#: the decoder's and the feature extractor's parameters as the indexer uses them (Settings)
+_DEFAULTS = Settings()
+MAX_PIXELS, WORK_SIZE = _DEFAULTS.max_pixels, _DEFAULTS.work_size
+THUMB_SIZE, ORB_FEATURES = _DEFAULTS.thumb_size, _DEFAULTS.orb_features
+
+
+def indexed_features(data: bytes, colour_size: int | None = None) -> ImageFeatures:
+    """The features of image bytes as the indexer extracts them (Settings' parameters)."""
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size)
+    return extract_features(img, THUMB_SIZE, ORB_FEATURES)

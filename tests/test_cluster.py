@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from support.daskcluster import DaskCluster
 
 from echoimage.config import Settings
+from echoimage.index.local import LocalParams
 from echoimage.search.shards import ShardedVotes
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -182,7 +183,7 @@ def test_sharded_votes_are_the_whole_index_votes(cluster: DaskCluster, ivf_store
     engine = search_engine(ivf_store)
     snap = engine.live.current()
     assert snap.quantizer is not None  # IVF: shards search the lists the client assigns
-    lp = ivf_store.local_params
+    lp = LocalParams.from_settings(ivf_store)
     rng = np.random.default_rng(shards)
     with Client(cluster.address) as client:
         sharded = ShardedVotes(client, ivf_store, shards)

@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy
-from helpers import build_index, jpeg, photo, search_engine, synthetic, to_gray, write
+from helpers import (
+    build_index,
+    indexed_features,
+    jpeg,
+    photo,
+    search_engine,
+    synthetic,
+    to_gray,
+    write,
+)
 
 from echoimage.errors import IndexStaleError
-from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, orient
-from echoimage.features.extract import extract_features
 from echoimage.features.hashes import hash_input, phash
 from echoimage.index.binary import (
     IndexFileDamaged,
@@ -26,7 +33,7 @@ from echoimage.index.binary import (
     write_index_file,
 )
 from echoimage.index.build import index_params, misfit
-from echoimage.index.local import LAYOUT
+from echoimage.index.local import LAYOUT, LocalParams
 from echoimage.index.manifest import IndexManifest, read_manifest
 from echoimage.search.live import LiveIndex
 from echoimage.search.shortlist import shortlist
@@ -225,7 +232,7 @@ def _index_new_image(settings, data: bytes, url: str) -> int:
             repo.add_pending(s, [CatalogueItem(url, "test")], None)
             image_id = repo.known_images(s, [url])[url].id
             repo.save_features(s, image_id, hashlib.sha256(data).hexdigest(), len(data),
-                               extract_features(decode_image(data)))
+                               indexed_features(data))
     finally:
         engine.dispose()
     return image_id
@@ -439,7 +446,8 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
     assert quantizer_of(base.local) is not None
     assert is_two_level(quantizer) == two_level
     if two_level:  # 4·√n lists
-        assert quantizer.ntotal == nlist_for(len(lids), s.local_params) > 4 * np.sqrt(len(lids)) - 1
+        lp = LocalParams.from_settings(s)
+        assert quantizer.ntotal == nlist_for(len(lids), lp) > 4 * np.sqrt(len(lids)) - 1
     assert np.array_equal(np.sort(local_ids(base.local)), np.sort(lids))
     engine = search_engine(s)
     top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]

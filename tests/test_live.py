@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import jpeg, mirror, search_engine, synthetic
+from helpers import MAX_PIXELS, WORK_SIZE, jpeg, mirror, search_engine, synthetic
 
 import echoimage.index.build as build_mod
 from echoimage.config import Settings
@@ -25,7 +25,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import is_two_level, probes
+from echoimage.index.local import LocalParams, is_two_level, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
 from echoimage.search.live import LiveIndex
@@ -46,7 +46,7 @@ def pool() -> list[tuple[bytes, ImageFeatures]]:
     out = []
     for i in range(POOL):
         data = jpeg(synthetic(1000 + i, 320), 90)
-        out.append((data, extract_features(decode_image(data), 256, 300)))
+        out.append((data, extract_features(decode_image(data, MAX_PIXELS, WORK_SIZE), 256, 300)))
     return out
 
 
@@ -118,7 +118,7 @@ def file_parts(settings: Settings) -> PartSet:
     manifest = read_manifest(settings.index_dir)
     assert manifest is not None
     parts, quantizer = load_parts(settings.index_dir, manifest)
-    return PartSet(parts, quantizer, probes(quantizer, settings.local_params))
+    return PartSet(parts, quantizer, probes(quantizer, LocalParams.from_settings(settings)))
 
 
 def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
@@ -131,7 +131,7 @@ def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
     ha, hb = a.search_hashes(codes, 7), b.search_hashes(codes, 7)
     for x, y in zip(ha.ids + ha.distances, hb.ids + hb.distances, strict=True):
         np.testing.assert_array_equal(x, y)
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     for part in b.parts:  # queries near stored descriptors, with bits flipped
         if part.local.ntotal == 0:
             continue

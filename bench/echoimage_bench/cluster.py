@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from echoimage_bench.context import _list_photos, _Log, build_catalogue, search_engine
+from echoimage_bench.context import Log, build_catalogue, list_photos, search_engine
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -64,19 +64,19 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                           progress: bool = True) -> dict[str, Any]:
     """Run the cluster benchmark (see the module docstring); results also in
     out_dir/cluster.json and cluster.md."""
-    from echoimage_bench.scale import _summary, make_queries, split_catalogue
+    from echoimage_bench.scale import answer_summary, make_queries, split_catalogue
 
     support = _test_support()
     DaskCluster = support.daskcluster.DaskCluster  # noqa: N806
 
-    log = _Log(progress, "bench cluster")
+    log = Log(progress, "bench cluster")
     out_dir = Path(out_dir)
     work = out_dir / "cluster-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cat_photos, held_out, catalogue = split_catalogue(photo_dir, photos, negatives, seed,
                                                       work / "catalogue")
-    all_photos = _list_photos(Path(photo_dir))
+    all_photos = list_photos(Path(photo_dir))
     many = work / "many"  # the build-rate catalogue: `copies` copies of every photo (files
     many.mkdir()          # of their own: a catalogue records a link as the file it names)
     for c in range(copies):
@@ -132,7 +132,7 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                         ("postgresql+cluster", pg_settings.model_copy(
                             update={"cluster": None}))):
             answers = _answer(s, qdir, queries)
-            summ = _summary(queries, answers)
+            summ = answer_summary(queries, answers)
             result["recall"][name] = summ
             log(f"{name}: whole R@1 {summ['whole']['recall_at_1']:.3f}, parts R@1 "
                 f"{summ['parts']['recall_at_1']:.3f}, FMR "
@@ -205,6 +205,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     from echoimage.features.decode import decode_image
     from echoimage.features.orb import orb_features
     from echoimage.index.build import rebuild_index_files
+    from echoimage.index.local import LocalParams
     from echoimage.search.shards import ShardedVotes
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
@@ -227,7 +228,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
         f"{time.perf_counter() - t0:.0f}s")
     search = search_engine(settings, rebuild=False)
     snap = search.live.current()
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     cv2.setNumThreads(1)
     descs = []
     for q in queries:

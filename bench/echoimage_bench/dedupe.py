@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from echoimage_bench.baselines import PHASH_THRESHOLD
-from echoimage_bench.context import _list_photos, _Log, _read_bgr, build_catalogue
+from echoimage_bench.context import Log, build_catalogue, list_photos, read_bgr
 from echoimage_bench.derived import add_derived_rows
 from echoimage_bench.metrics import rate
 from echoimage_bench.padding import copy_sqlite
@@ -103,13 +103,13 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     from echoimage.search.dedupe import find_duplicates
     from echoimage.store.db import open_store
 
-    log = _Log(progress, "bench dedupe")
+    log = Log(progress, "bench dedupe")
     out_dir = Path(out_dir)
     work = out_dir / "dedupe"
     shutil.rmtree(work, ignore_errors=True)
     folder = work / "catalogue"
     folder.mkdir(parents=True)
-    photos = _list_photos(Path(photo_dir))
+    photos = list_photos(Path(photo_dir))
     for p in photos:
         shutil.copy(p, folder / p.name)
     order = np.random.default_rng(seed).permutation(len(photos))
@@ -119,7 +119,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     plan += [(int(order[len(plan) + n]), CROP) for n in range(crops)]
     truth = []
     for i, name in plan:
-        img = _read_bgr(photos[i])
+        img = read_bgr(photos[i])
         data = make_query(img, TRANSFORMS[name], transform_rng(seed, i, name))
         copy = folder / f"{photos[i].stem}__{name}.jpg"
         copy.write_bytes(data)

@@ -9,7 +9,7 @@ from echoimage.catalogue.sources import parse_catalogue, read_local_source, sour
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
 from echoimage.fetch.local import is_url
-from echoimage.types import CatalogueItem, SourceListing
+from echoimage.types import CatalogueItem, FetchStatus, SourceListing
 
 
 class CatalogueReader:
@@ -36,8 +36,7 @@ class CatalogueReader:
             return SourceListing(url, "url", [CatalogueItem(url, url)])
         from echoimage.fetch.client import FetchConfig, fetch_bytes
 
-        res = fetch_bytes(url, FetchConfig(require_image=False,
-                                           max_bytes=self.settings.max_bytes))
-        if res.status != "ok" or res.data is None:
+        res = fetch_bytes(url, FetchConfig.from_settings(self.settings, require_image=False))
+        if res.status != FetchStatus.OK or res.data is None:
             raise CatalogueError(f"cannot fetch catalogue {url}: {res.reason or res.status}")
         return SourceListing(url, kind, list(parse_catalogue(res.data, kind, url, url)))

@@ -1,4 +1,5 @@
-"""Local files: how the store names them, and reading one safely.
+"""Local files: how the store names them (and tells them from URLs), and reading one
+safely.
 
 Only regular files (and symbolic links to them) are images. A named pipe, a socket or a
 device with an image's name is refused without being waited on: the file is opened with

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from echoimage.fetch.client import FetchConfig, Fetcher
+from echoimage.fetch.client import AddressRefused, FetchConfig, Fetcher
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -203,7 +203,7 @@ class GuardedResolver(AbstractResolver):
         addresses = [ip for r in results if (ip := _parse_ip(r["host"])) is not None]
         refusal = self.policy.refusal(host, port or None, addresses)
         if refusal is not None:
-            raise OSError(f"refused: {refusal}")
+            raise AddressRefused(f"refused: {refusal}")
         return results
 
     async def close(self) -> None:

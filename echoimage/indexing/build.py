@@ -19,8 +19,8 @@ from echoimage.indexing.runs import BuildSummary, recorded_run
 from echoimage.indexing.work import WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
-from echoimage.store.models import RETRYABLE, Status
-from echoimage.types import SourceListing
+from echoimage.store.models import RETRYABLE
+from echoimage.types import Outcome, SourceListing, Status
 
 if TYPE_CHECKING:
     from echoimage.fetch.client import FetcherFactory
@@ -108,8 +108,8 @@ def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
                 if k.status in RETRYABLE or k.status == Status.REMOVED:
                     work[k.id] = WorkItem(k.id, k.url)
                 elif k.status == Status.INDEXED:
-                    summary.counts["already-indexed"] += 1
+                    summary.counts[Outcome.ALREADY_INDEXED] += 1
                 else:
-                    summary.counts["known-failure"] += 1
+                    summary.counts[Outcome.KNOWN_FAILURE] += 1
         index_work(settings, store, work.values(), summary, progress, fetcher, on_progress)
     return summary

@@ -142,10 +142,8 @@ async def _fetch_and_process(items: list[WorkItem], params: FeatureParams,
     from echoimage.fetch.client import FetchConfig, Fetcher
 
     by_id = {w.image_id: w for w in items}
-    cfg = FetchConfig(max_bytes=settings.max_bytes, total_timeout=settings.http_timeout,
-                      concurrency=settings.http_concurrency, per_host=settings.http_per_host)
     results = []
-    async with Fetcher(cfg) as fetcher:
+    async with Fetcher(FetchConfig.from_settings(settings)) as fetcher:
         wanted = [(w.image_id, w.url, w.etag if w.was_indexed else None,
                    w.last_modified if w.was_indexed else None) for w in items]
         async for key, fres in fetcher.fetch_many(wanted):

@@ -28,7 +28,6 @@ from echoimage.fetch.local import file_marker, is_url
 from echoimage.index.build import update_index_files
 from echoimage.indexing.runs import BuildSummary, work_phase, write_results
 from echoimage.indexing.work import (
-    UNCHANGED,
     FeatureParams,
     WorkItem,
     WorkResult,
@@ -37,6 +36,7 @@ from echoimage.indexing.work import (
     process_path,
 )
 from echoimage.store.db import session_factory
+from echoimage.types import Outcome
 
 if TYPE_CHECKING:
     from echoimage.fetch.client import FetcherFactory
@@ -115,7 +115,7 @@ class Runner:
         if same:
             items = {w.image_id: w for w in same}
             for i in range(0, len(same), 1000):
-                self.write([WorkResult(w.image_id, UNCHANGED, etag=w.etag)
+                self.write([WorkResult(w.image_id, Outcome.UNCHANGED, etag=w.etag)
                             for w in same[i:i + 1000]], items, summary)
             done = set(items)
             work = [w for w in work if w.image_id not in done]
@@ -207,10 +207,7 @@ class Runner:
                        w.last_modified if w.was_indexed else None)
                       for w in work if is_url(w.url)]
             if remote:
-                cfg = FetchConfig(max_bytes=self.settings.max_bytes,
-                                  total_timeout=self.settings.http_timeout,
-                                  concurrency=self.settings.http_concurrency,
-                                  per_host=self.settings.http_per_host)
+                cfg = FetchConfig.from_settings(self.settings)
                 async with (self.fetcher or Fetcher)(cfg) as fetcher:
                     async for key, fres in fetcher.fetch_many(remote):
                         summary.net_wait_seconds += fres.wait_s

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.errors import EchoImageError
-from echoimage.indexing.work import UNCHANGED, WorkItem, WorkResult
+from echoimage.indexing.work import WorkItem, WorkResult
 from echoimage.store import repo
-from echoimage.store.models import TRANSIENT, RunStatus, Status
+from echoimage.store.models import TRANSIENT
+from echoimage.types import Outcome, RunStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +105,28 @@ def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
         records = []
         for r in results:
             item = items[r.image_id]
-            status = r.status
-            if status == Status.INDEXED and r.record is not None:
+            counted: str = r.status
+            kept = False  # a transient failure of an indexed image: its entry stays
+            if r.status == Status.INDEXED and r.record is not None:
                 records.append(r.record)
                 if item.reextract:
-                    status = "re-extracted"
+                    counted = Outcome.RE_EXTRACTED
                 elif item.was_indexed:
-                    status = "changed"
-            elif status == UNCHANGED:
+                    counted = Outcome.CHANGED
+            elif r.status == Outcome.UNCHANGED:
                 repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
-            elif item.was_indexed and status in TRANSIENT:
-                repo.note_attempt(session, r.image_id, r.reason or status)
-                status = f"kept ({status})"
+            elif item.was_indexed and r.status in TRANSIENT:
+                repo.note_attempt(session, r.image_id, r.reason or r.status)
+                counted, kept = Outcome.kept(r.status), True
                 summary.failures.append((item.url, r.status, r.reason or ""))
             else:
-                repo.save_failure(session, r.image_id, status, r.reason or status,
+                repo.save_failure(session, r.image_id, r.status, r.reason or r.status,
                                   r.sha256, r.nbytes)
-                summary.failures.append((item.url, status, r.reason or ""))
-            summary.counts[status] += 1
-            if r.sha256 is not None and r.status != UNCHANGED:
+                summary.failures.append((item.url, r.status, r.reason or ""))
+            summary.counts[counted] += 1
+            if r.sha256 is not None and r.status != Outcome.UNCHANGED:
                 summary.processed += 1
-            if r.status != UNCHANGED and not status.startswith("kept"):
+            if r.status != Outcome.UNCHANGED and not kept:
                 changed += 1
         repo.save_feature_records(session, records)
     return changed

@@ -21,8 +21,8 @@ from echoimage.indexing.runs import BuildSummary, recorded_run
 from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
-from echoimage.store.models import RETRYABLE, Status
-from echoimage.types import CatalogueItem, SourceListing
+from echoimage.store.models import RETRYABLE
+from echoimage.types import CatalogueItem, Outcome, SourceListing, Status
 
 #: source kinds no catalogue file lists (images added over the HTTP API, pages scraped
 #: there): an update re-checks the images they hold and marks none gone for being unlisted
@@ -50,8 +50,8 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                 try:
                     listing = reader.read(uri)
                 except CatalogueError as exc:
-                    summary.counts["source-unreadable"] += 1
-                    summary.failures.append((uri, "source-unreadable", str(exc)))
+                    summary.counts[Outcome.SOURCE_UNREADABLE] += 1
+                    summary.failures.append((uri, Outcome.SOURCE_UNREADABLE, str(exc)))
                     if progress:
                         print(f"warning: {exc}; its images are kept as they are",
                               file=sys.stderr)
@@ -66,7 +66,7 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                     if url not in listed and k.status != Status.GONE:
                         repo.save_failure(session, k.id, Status.GONE,
                                           "no longer in the catalogue")
-                        summary.counts["gone"] += 1
+                        summary.counts[Status.GONE] += 1
             for k in known.values():
                 if k.status == Status.GONE and k.url in listed:
                     # back in the catalogue: fetch it again from scratch
@@ -81,6 +81,6 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                 elif k.status in RETRYABLE:
                     work[k.id] = WorkItem(k.id, k.url)
                 else:
-                    summary.counts[f"skipped ({k.status})"] += 1
+                    summary.counts[Outcome.skipped(k.status)] += 1
         index_work(settings, store, work.values(), summary, progress)
     return summary

@@ -21,7 +21,7 @@ from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.index.binary import IndexFileDamaged, codes_of
 from echoimage.index.build import load_parts, misfit, rebuild_index_files, snapshot
-from echoimage.index.local import probes
+from echoimage.index.local import LocalParams, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
 from echoimage.store import repo
@@ -130,7 +130,8 @@ def verify_index(settings: Settings, store: Engine, repair: bool) -> VerifyRepor
         if report.files is None:
             try:
                 parts, quantizer = load_parts(settings.index_dir, manifest)
-                pset = PartSet(parts, quantizer, probes(quantizer, settings.local_params))
+                lp = LocalParams.from_settings(settings)
+                pset = PartSet(parts, quantizer, probes(quantizer, lp))
                 report.later_changes = sum(1 for r in rows if r.seq > manifest.seq)
                 _compare(report, pset, rows, manifest.seq, settings.local_per_image)
             except IndexFileDamaged as exc:

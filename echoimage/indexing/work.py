@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from echoimage.config import Settings
 from echoimage.errors import DecodeError, ImageTooLargeError, NotAnImageError
@@ -18,12 +18,12 @@ from echoimage.features.decode import decode_image, sniff_format
 from echoimage.features.extract import extract_features
 from echoimage.fetch.local import LocalStatus, file_marker, read_local
 from echoimage.store import repo
-from echoimage.store.models import Status
+from echoimage.types import FetchStatus, Outcome, Status
+
+if TYPE_CHECKING:
+    from echoimage.fetch.client import FetchResult
 
 log = logging.getLogger(__name__)
-
-UNCHANGED = "unchanged"
-
 
 @dataclass(frozen=True)
 class FeatureParams:
@@ -72,7 +72,7 @@ class WorkResult:
     """What the fetch and feature stages made of one catalogue image."""
 
     image_id: int
-    status: str
+    status: Status | Outcome  # Outcome.UNCHANGED or the image's new store status
     reason: str | None = None
     sha256: str | None = None
     nbytes: int | None = None
@@ -89,7 +89,7 @@ def process_bytes(image_id: int, data: bytes, params: FeatureParams,
     t0 = time.process_time()
     sha = hashlib.sha256(data).hexdigest()
     if known_sha256 is not None and sha == known_sha256:
-        return WorkResult(image_id, UNCHANGED, None, sha, len(data), etag, last_modified,
+        return WorkResult(image_id, Outcome.UNCHANGED, None, sha, len(data), etag, last_modified,
                           cpu_s=time.process_time() - t0)
     try:
         img = decode_image(data, params.max_pixels, params.work_size, params.colour_size)
@@ -122,7 +122,7 @@ def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkR
     status (never waited on)."""
     etag = file_marker(item.url)
     if item.was_indexed and etag is not None and etag == item.etag:
-        return WorkResult(item.image_id, UNCHANGED, etag=etag)
+        return WorkResult(item.image_id, Outcome.UNCHANGED, etag=etag)
     got = read_local(item.url, max_bytes)
     if got.data is None:
         if got.status == LocalStatus.NOT_FOUND:
@@ -139,22 +139,23 @@ _LOCAL_STATUS = {LocalStatus.NOT_A_FILE: Status.NOT_AN_IMAGE,
                  LocalStatus.UNREADABLE: Status.MISSING}
 
 
-def fetched_result(item: WorkItem, fres: Any) -> WorkResult | None:
+def fetched_result(item: WorkItem, fres: FetchResult) -> WorkResult | None:
     """The result of a fetch that brought no bytes to process (not modified, or failed);
     None when its bytes are to be processed."""
-    if fres.status == "ok" and fres.data is not None:
+    if fres.status == FetchStatus.OK and fres.data is not None:
         return None
-    if fres.status == "not-modified":
-        return WorkResult(item.image_id, UNCHANGED, etag=fres.etag,
+    if fres.status == FetchStatus.NOT_MODIFIED:
+        return WorkResult(item.image_id, Outcome.UNCHANGED, etag=fres.etag,
                           last_modified=fres.last_modified)
-    return WorkResult(item.image_id, fetch_to_store_status(fres.status),
+    return WorkResult(item.image_id, _STORE_STATUS.get(fres.status, Status.HTTP_ERROR),
                       fres.reason or fres.status)
 
 
-def fetch_to_store_status(status: str) -> str:
-    """Map a fetch status onto a store status."""
-    return {
-        "gone": Status.GONE, "timeout": Status.TIMEOUT, "too-large": Status.TOO_LARGE,
-        "not-an-image": Status.NOT_AN_IMAGE, "bad-url": Status.BAD_URL,
-        "redirect-loop": Status.REDIRECT_ERROR, "too-many-redirects": Status.REDIRECT_ERROR,
-    }.get(status, Status.HTTP_ERROR)
+#: the store status of a failed fetch (any other: http-error, retried by later runs)
+_STORE_STATUS = {
+    FetchStatus.GONE: Status.GONE, FetchStatus.TIMEOUT: Status.TIMEOUT,
+    FetchStatus.TOO_LARGE: Status.TOO_LARGE, FetchStatus.NOT_AN_IMAGE: Status.NOT_AN_IMAGE,
+    FetchStatus.BAD_URL: Status.BAD_URL, FetchStatus.REFUSED: Status.BAD_URL,
+    FetchStatus.REDIRECT_LOOP: Status.REDIRECT_ERROR,
+    FetchStatus.TOO_MANY_REDIRECTS: Status.REDIRECT_ERROR,
+}

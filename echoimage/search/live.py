@@ -31,7 +31,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import probes
+from echoimage.index.local import LocalParams, probes
 from echoimage.index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from echoimage.index.parts import Part, PartSet
 from echoimage.store import repo
@@ -173,9 +173,9 @@ class LiveIndex:
                 with snapshot(self.store) as session:
                     delta, seq = delta_part(session, files_seq, self.settings, quantizer)
             parts = (*file_parts, delta) if delta is not None else file_parts
-            new = Snapshot(PartSet(parts, quantizer,
-                                   probes(quantizer, self.settings.local_params)), seq,
-                           files_seq, file_parts, quantizer, manifest, key, time.time())
+            lp = LocalParams.from_settings(self.settings)
+            new = Snapshot(PartSet(parts, quantizer, probes(quantizer, lp)), seq, files_seq,
+                           file_parts, quantizer, manifest, key, time.time())
             self._snap = new
             if old is not None and (old.seq, old.manifest_key) != (new.seq, new.manifest_key):
                 log.info("index refreshed to change %d in %.0f ms (%d images, %d parts%s)",

@@ -50,7 +50,7 @@ class VoteShard:
         faiss.omp_set_num_threads(1)
         self.settings = Settings(**settings)
         self.shard, self.shards = shard, shards
-        self.params = self.settings.local_params
+        self.params = LocalParams.from_settings(self.settings)
         self.quantizer = faiss.deserialize_index_binary(np.frombuffer(quantizer, np.uint8)) \
             if quantizer is not None else None
         self.nprobe = probes(self.quantizer, self.params)
@@ -141,7 +141,7 @@ class ShardedVotes:
                    for i in range(self.shards)]
         self.actors = [f.result() for f in futures]
         self.quantizer, self.key = quantizer, key
-        self.nprobe = probes(quantizer, self.settings.local_params)
+        self.nprobe = probes(quantizer, LocalParams.from_settings(self.settings))
         log.info("%d index shards on %d workers", self.shards, len(workers))
 
     def vote(self, snap: Any, descriptors: np.ndarray, params: LocalParams, top: int

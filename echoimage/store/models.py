@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from echoimage.types import Status
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -32,32 +33,6 @@ class Base(DeclarativeBase):
     """Declarative base with a naming convention, so migrations name every constraint."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Status(StrEnum):
-    """Values of images.status."""
-
-    PENDING = "pending"
-    INDEXED = "indexed"
-    DECODE_ERROR = "decode-error"
-    NOT_AN_IMAGE = "not-an-image"
-    TOO_LARGE = "too-large"
-    MISSING = "missing"
-    HTTP_ERROR = "http-error"
-    GONE = "gone"
-    TIMEOUT = "timeout"
-    BAD_URL = "bad-url"
-    REDIRECT_ERROR = "redirect-error"
-    REMOVED = "removed"  # taken out of the catalogue by its owner (kept as a tombstone)
-
-
-class RunStatus(StrEnum):
-    """Values of runs.status."""
-
-    RUNNING = "running"
-    OK = "ok"
-    FAILED = "failed"  # it raised: runs.reason is the error's one line
-    INTERRUPTED = "interrupted"  # Ctrl-C, or found still running by a later run
 
 
 #: statuses a later run tries again

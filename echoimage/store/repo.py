@@ -35,16 +35,8 @@ from echoimage.store.codec import (
     encode_preview,
     encode_thumbnail,
 )
-from echoimage.store.models import (
-    FeatureRow,
-    ImageRow,
-    Run,
-    RunStatus,
-    Source,
-    Status,
-    StoreInfo,
-)
-from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture
+from echoimage.store.models import FeatureRow, ImageRow, Run, Source, StoreInfo
+from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture, RunStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -503,13 +495,6 @@ def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
         .where(FeatureRow.image_id.in_([int(i) for i in ids]),
                FeatureRow.colour_signature.is_not(None)))
     return {int(r[0]): bytes(r[1]) for r in rows}
-
-
-def colour_preview(session: Session, image_id: int) -> bytes | None:
-    """The stored colour preview (JPEG bytes) of an image, or None."""
-    data = session.scalar(select(FeatureRow.colour_preview)
-                          .where(FeatureRow.image_id == image_id))
-    return bytes(data) if data is not None else None
 
 
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:

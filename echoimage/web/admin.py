@@ -71,7 +71,8 @@ def _index_into(job: Job, service: WebService, uri: str, kind: str,
 
 def _add_page(service: WebService, req: PageRequest) -> Any:
     def run(job: Job) -> None:
-        report = scrape_pages([req.page_url], req.follow_pages, url_policy=service.policy)
+        report = scrape_pages([req.page_url], req.follow_pages, url_policy=service.policy,
+                              settings=service.settings)
         job.errors.extend(report.notes)
         if not report.images:
             raise CatalogueError(f"{req.page_url}: no image URLs found on "

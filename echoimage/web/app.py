@@ -31,9 +31,11 @@ STATIC = Path(__file__).parent / "static"
 def create_app(settings: Settings, web_settings: WebSettings | None = None) -> FastAPI:
     """The web page and the JSON API over the catalogue of `settings`.
 
-    The engine (index + store) is loaded once, when the app starts (its lifespan); it picks
-    up an index rebuilt by `echoimage index build/update` at the next query, without a
-    restart.
+    A serving `Catalogue` of settings (its store and search engine) is opened once, when
+    the app starts (its lifespan); its index follows the store's changes (an `echoimage
+    index build/update` run elsewhere too) in a background thread, without a restart. The
+    catalogue's own settings decide k (default_k, max_k) and every other catalogue limit;
+    web_settings only what the server adds (uploads, URL queries, tokens, threads).
     """
     web = web_settings or WebSettings()
 

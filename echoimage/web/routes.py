@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echoimage.errors import EchoImageError
-from echoimage.types import Picture
+from echoimage.types import Picture, Status
 from echoimage.web.cache import CachedQuery
 from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, require_reader
 from echoimage.web.inputs import http_error, run_search
@@ -146,7 +146,7 @@ def image(image_id: ImageIdDep, service: ServiceDep) -> dict[str, Any]:
     if info is None:
         raise HTTPException(404, f"no catalogue image has id {image_id}")
     info["thumbnail"] = (f"/api/images/{image_id}/thumbnail.png"
-                         if info["status"] == "indexed" else None)
+                         if info["status"] == Status.INDEXED else None)
     return info
 
 

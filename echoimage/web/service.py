@@ -24,13 +24,12 @@ from echoimage.api import (
     Catalogue,
     FetchConfig,
     FetchResult,
-    FetchStatus,
     GuardedFetcher,
     QueryResult,
     UrlPolicy,
 )
 from echoimage.config import Settings
-from echoimage.types import Match
+from echoimage.types import FetchStatus, Match
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
