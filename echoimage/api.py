@@ -283,7 +283,7 @@ class Catalogue:
         whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
         query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
         return self.search_engine.query_bytes(query_bytes(image, self.settings),
-                                              k or self.settings.default_k,
+                                              self.settings.default_k if k is None else k,
                                               colour_sensitive=colour_sensitive)
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,

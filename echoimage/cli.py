@@ -341,7 +341,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
         raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
                      colour_sensitive=colour_sensitive)
-    k = k or settings.default_k
+    k = settings.default_k if k is None else k
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import echoimage
-from echoimage.errors import FetchError
+from echoimage.errors import FetchError, QueryLimitError
 from tests.helpers import REPO, crop, jpeg, photo, png, resize, synthetic, to_rgb, write
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -103,8 +103,12 @@ def test_bad_queries_are_one_line_errors_and_the_rest_goes_on(catalogue, tmp_pat
     assert isinstance(errors[0], FetchError) and "no such file" in str(errors[0])
     assert all("\n" not in str(e) for e in errors)
     assert got[3][1].matches[0].verdict == "duplicate"
-    with pytest.raises(ValueError, match="max_k"):
+    with pytest.raises(QueryLimitError, match="max_k"):  # a ValueError too
         catalogue.query(good, k=catalogue.settings.max_k + 1)
+    with pytest.raises(ValueError, match="not 0"):
+        catalogue.query(good, k=0)
+    # default_k results, or as many as the catalogue holds (4)
+    assert len(catalogue.query(good).matches) == min(catalogue.settings.default_k, 4)
     with pytest.raises(TypeError, match="cannot query"):
         catalogue.query(3.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="uint8"):

@@ -25,6 +25,7 @@ from echoimage.types import Outcome, SourceListing, Status
 if TYPE_CHECKING:
     from echoimage.fetch.client import FetcherFactory
 
+
 class SourceReader(Protocol):
     """How the write side reads catalogue sources (`echoimage.catalogue.reader`)."""
 
