@@ -13,12 +13,20 @@ from typing import Any
 
 import click
 
+from echoimage.api import Catalogue
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
+from echoimage.types import Outcome
 
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.find_object(Settings) or Settings()
+
+
+def _catalogue(ctx: click.Context, **changes: Any) -> Catalogue:
+    """The catalogue of the command's settings (with the options that were given), closed
+    when the command ends."""
+    return ctx.with_resource(Catalogue(_with(_settings(ctx), **changes)))
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,10 +121,8 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
     \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
     """
-    from echoimage.pipeline import build_index
-
-    settings = _with(_settings(ctx), workers=workers, cluster=cluster)
-    summary = build_index(settings, list(sources), progress=not quiet, sample=sample)
+    summary = _catalogue(ctx, workers=workers, cluster=cluster).build(
+        *sources, sample=sample, progress=not quiet)
     _print_summary(summary, as_json)
 
 
@@ -134,11 +140,9 @@ def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: 
     \b
         echoimage --data-dir /srv/echoimage index update -q
     """
-    from echoimage.update import update_index
-
-    summary = update_index(_with(_settings(ctx), cluster=cluster), progress=not quiet)
+    summary = _catalogue(ctx, cluster=cluster).update(progress=not quiet)
     _print_summary(summary, as_json)
-    if summary.counts.get("source-unreadable"):
+    if summary.counts.get(Outcome.SOURCE_UNREADABLE):
         raise click.ClickException("some catalogue sources could not be read (see above); "
                                    "their images were kept as they were")
 
@@ -154,9 +158,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
     click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
                f"index entries: {summary.index_entries}")
-    from echoimage.catalogue import skipped_note
-
-    if note := skipped_note(summary.skipped):
+    if note := summary.skipped_note():
         click.echo(f"  {note}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
@@ -179,15 +181,7 @@ def index_rebuild(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage index rebuild
     """
-    from echoimage.index.build import rebuild_index_files
-    from echoimage.store.db import open_store
-
-    settings = _settings(ctx)
-    engine = open_store(settings, create=False)
-    try:
-        report = rebuild_index_files(settings, engine, "`echoimage index rebuild`")
-    finally:
-        engine.dispose()
+    report = _catalogue(ctx).rebuild("`echoimage index rebuild`")
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -212,9 +206,7 @@ def index_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     \b
         echoimage index verify --dry-run
     """
-    from echoimage.verify import verify_index
-
-    report = verify_index(_settings(ctx), repair=not dry_run)
+    report = _catalogue(ctx).verify(repair=not dry_run)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -250,9 +242,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage index status --json
     """
-    from echoimage.status import status_report
-
-    report = status_report(_settings(ctx))
+    report = _catalogue(ctx).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -296,7 +286,7 @@ QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "ex
 
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
-    from echoimage.store.models import RunStatus
+    from echoimage.types import RunStatus
 
     counts = run["counts"]
     if counts:
@@ -312,8 +302,9 @@ def _run_counts(run: dict[str, Any]) -> str:
 
 @cli.command("query")
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", type=click.IntRange(1), default=5, show_default=True,
-              help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
+@click.option("-k", type=click.IntRange(1), default=None,
+              help="Results per query (default ECHOIMAGE_DEFAULT_K, 5; at most "
+                   "ECHOIMAGE_MAX_K, 50).")
 @click.option("--all", "show_all", is_flag=True,
               help="Text output: also list the results that are not copies.")
 @click.option("--colour-sensitive/--no-colour-sensitive", default=None,
@@ -328,7 +319,7 @@ def _run_counts(run: dict[str, Any]) -> str:
 @json_option
 @click.pass_context
 @handle_errors
-def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
+def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all: bool,
           colour_sensitive: bool | None, cluster: str | None, shards: int | None,
           as_csv: bool, quiet: bool, as_json: bool) -> None:
     """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
@@ -346,13 +337,13 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
     """
     from tqdm import tqdm
 
-    from echoimage.api import Catalogue
-    from echoimage.fetch.local import path_url
+    from echoimage.api import path_url
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
                      colour_sensitive=colour_sensitive)
+    k = settings.default_k if k is None else k
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")
@@ -363,9 +354,9 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
         writer = csv.DictWriter(sys.stdout, fieldnames=QUERY_CSV_FIELDS, lineterminator="\n",
                                 extrasaction="ignore")
         writer.writeheader()
-    catalogue = Catalogue(settings)
+    catalogue = ctx.with_resource(Catalogue(settings))
     try:
-        catalogue.engine  # noqa: B018 - load the index once, before the first query
+        catalogue.search_engine  # noqa: B018 - load the index once, before the first query
     except EchoImageError as exc:
         if not as_json:
             raise
@@ -404,7 +395,6 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
                 click.echo("\n".join(_query_lines(q, res, show_all)))
     finally:
         bar.close()
-        catalogue.close()
     sys.stdout.flush()
     if failed:
         ctx.exit(1)
@@ -460,31 +450,26 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     from tqdm import tqdm
 
-    from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
-    from echoimage.store.db import open_store
+    from echoimage.api import DEDUPE_CSV_FIELDS, dedupe_csv_rows
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
-    settings = _settings(ctx)
-    engine = open_store(settings, create=False)  # a missing store: its message, no bar
-    try:
-        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
-                  dynamic_ncols=True) as bar:
-            def progress(done: int) -> None:
-                bar.update(done - bar.n)
+    catalogue = _catalogue(ctx)
+    catalogue.open_store()  # a missing store: its message, no bar
+    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+              dynamic_ncols=True) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
 
-            result = find_duplicates(settings, crops=crops, progress=progress,
-                                     engine=engine)
-    finally:
-        engine.dispose()
+        result = catalogue.dedupe(crops=crops, progress=progress)
     if as_json:
         for g in result.groups:
             click.echo(json.dumps(g.to_dict()))
         return
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=DEDUPE_CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(csv_rows(result))
+        writer.writerows(dedupe_csv_rows(result))
         return
     info = result.summary()
     click.echo(f"{info['groups']} groups of duplicates, {info['duplicates']} images to remove "
@@ -524,10 +509,7 @@ def db_upgrade(ctx: click.Context) -> None:
     \b
         ECHOIMAGE_DATABASE_URL=postgresql+psycopg://localhost/echo echoimage db upgrade
     """
-    from echoimage.store.db import current_revision, open_store
-
-    engine = open_store(_settings(ctx))
-    click.echo(f"store at revision {current_revision(engine)}")
+    click.echo(f"store at revision {_catalogue(ctx).upgrade()}")
 
 
 @cli.group()
@@ -553,9 +535,7 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage catalogue sources
     """
-    from echoimage.manage import list_sources
-
-    infos = list_sources(_settings(ctx))
+    infos = _catalogue(ctx).sources()
     if as_json:
         for info in infos:
             click.echo(json.dumps(info.__dict__))
@@ -588,13 +568,10 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
         echoimage catalogue remove 17 /photos/old.jpg
         echoimage catalogue remove --source /photos/archive
     """
-    from echoimage.manage import remove_images, remove_source
-
     if bool(images) == bool(source):
         raise click.UsageError("give image ids or URLs, or --source SOURCE (not both)")
-    settings = _settings(ctx)
-    report = remove_source(settings, source) if source else remove_images(settings,
-                                                                          list(images))
+    catalogue = _catalogue(ctx)
+    report = catalogue.remove_source(source) if source else catalogue.remove(*images)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -637,12 +614,8 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
     \b
         echoimage catalogue scrape https://example.org/gallery --follow-pages 5 --add
     """
-    import asyncio
+    from echoimage.api import ScrapeFilters, scrape_pages, write_catalogue
 
-    from echoimage.fetch.client import FetchConfig
-    from echoimage.scrape import ScrapeFilters, scrape, write_catalogue
-
-    settings = _settings(ctx)
     filters = ScrapeFilters()
     if skip_words:
         filters = ScrapeFilters(skip_words=tuple(w.lower() for w in skip_words),
@@ -652,9 +625,7 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
         filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
     if keep_no_extension:
         filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
-    report = asyncio.run(scrape(list(pages), follow_pages, filters,
-                                FetchConfig(user_agent=settings.user_agent),
-                                delay=settings.scrape_delay))
+    report = scrape_pages(list(pages), follow_pages, filters, settings=_settings(ctx))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)

@@ -37,5 +37,9 @@ class IndexStaleError(EchoImageError):
     """The shortlist index disagrees with the store and could not be rebuilt."""
 
 
+class QueryLimitError(EchoImageError, ValueError):
+    """A query asks for a number of results outside 1..max_k."""
+
+
 class EmptyCatalogueError(EchoImageError):
     """The store holds no indexed image to search."""

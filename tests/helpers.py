@@ -25,7 +25,17 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
+from echoimage.api import Catalogue
+from echoimage.config import Settings
+from echoimage.features.decode import decode_image
+from echoimage.features.extract import extract_features
+from echoimage.indexing.runs import BuildSummary
+from echoimage.indexing.verify import VerifyReport
+from echoimage.search.dedupe import DedupeResult
+from echoimage.search.engine import SearchEngine
+from echoimage.store.db import open_store
 from echoimage.store.models import Status
+from echoimage.types import ImageFeatures
 
 #: the repository's root (subprocesses run the package from here)
 REPO = Path(__file__).resolve().parents[1]
@@ -422,3 +432,45 @@ def bench_photo_folder(folder: Path) -> None:
     for name, rgb in images.items():
         cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(rgb[..., ::-1]),
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def build_index(settings: Settings, sources: list[str], progress: bool = False,
+                sample: bool = False) -> BuildSummary:
+    """`index build` through the library's door (a Catalogue of settings, closed after)."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.build(*sources, sample=sample, progress=progress)
+
+
+def update_index(settings: Settings, progress: bool = False) -> BuildSummary:
+    """`index update` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.update(progress=progress)
+
+
+def search_engine(settings: Settings, rebuild: bool = True) -> SearchEngine:
+    """A SearchEngine on the store of settings, opened for reading as a query opens it."""
+    return SearchEngine(settings, open_store(settings, create=False), rebuild=rebuild)
+
+
+def verify_index(settings: Settings, repair: bool = True) -> VerifyReport:
+    """`index verify` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.verify(repair)
+
+
+def find_duplicates(settings: Settings, crops: bool = False) -> DedupeResult:
+    """`dedupe` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.dedupe(crops)
+
+
+#: the decoder's and the feature extractor's parameters as the indexer uses them (Settings)
+_DEFAULTS = Settings()
+MAX_PIXELS, WORK_SIZE = _DEFAULTS.max_pixels, _DEFAULTS.work_size
+THUMB_SIZE, ORB_FEATURES = _DEFAULTS.thumb_size, _DEFAULTS.orb_features
+
+
+def indexed_features(data: bytes, colour_size: int | None = None) -> ImageFeatures:
+    """The features of image bytes as the indexer extracts them (Settings' parameters)."""
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size)
+    return extract_features(img, THUMB_SIZE, ORB_FEATURES)

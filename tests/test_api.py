@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import echoimage
-from echoimage.errors import FetchError
+from echoimage.errors import FetchError, QueryLimitError
 from tests.helpers import REPO, crop, jpeg, photo, png, resize, synthetic, to_rgb, write
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -103,8 +103,12 @@ def test_bad_queries_are_one_line_errors_and_the_rest_goes_on(catalogue, tmp_pat
     assert isinstance(errors[0], FetchError) and "no such file" in str(errors[0])
     assert all("\n" not in str(e) for e in errors)
     assert got[3][1].matches[0].verdict == "duplicate"
-    with pytest.raises(ValueError, match="max_k"):
+    with pytest.raises(QueryLimitError, match="max_k"):  # a ValueError too
         catalogue.query(good, k=catalogue.settings.max_k + 1)
+    with pytest.raises(ValueError, match="not 0"):
+        catalogue.query(good, k=0)
+    # default_k results, or as many as the catalogue holds (4)
+    assert len(catalogue.query(good).matches) == min(catalogue.settings.default_k, 4)
     with pytest.raises(TypeError, match="cannot query"):
         catalogue.query(3.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="uint8"):
@@ -142,6 +146,63 @@ def test_build_update_remove_then_query(tmp_path: Path, shop: Path) -> None:
         report = cat.remove(str(folder / "rocket.jpg"))
         assert len(report.removed) == 1
         assert not cat.query(copy).found
+
+
+def test_one_door_for_what_the_faces_do(tmp_path: Path, shop: Path) -> None:
+    """The catalogue's own methods behind the CLI and the web: sources, statistics, the
+    change number, pictures, adding items, verify, rebuild and removing a source, on one
+    store engine that a read opened and a write then made ready to write."""
+    from echoimage.types import CatalogueItem, Status
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("coffee", "rocket"):
+        write(folder / f"{name}.jpg", (shop / f"{name}.jpg").read_bytes())
+    with echoimage.open(tmp_path / "data", workers=1) as cat:
+        cat.build(folder)
+        store = cat.open_store()
+    with echoimage.open(tmp_path / "data", workers=1) as cat:
+        seq = cat.change_number()  # opens the store to read
+        store = cat.open_store()
+        [source] = cat.sources()
+        assert source.uri == str(folder.resolve()) and source.counts == {"indexed": 2}
+        stats = cat.stats()
+        assert stats["images"] == {"indexed": 2} and stats["index"]["entries"] == 2
+        picture = cat.picture(1)
+        assert picture is not None and picture.thumbnail.shape == (256, 256)
+        assert picture.preview is not None and picture.preview[:2] == b"\xff\xd8"
+        assert cat.picture(99) is None
+        extra = tmp_path / "extra.jpg"
+        write(extra, (shop / "astronaut.jpg").read_bytes())
+        added = cat.add([CatalogueItem(str(extra), "by hand")], source="by hand")
+        assert added.counts == {"indexed": 1} and cat.change_number() > seq
+        assert cat.open_store() is store  # the write used the engine the read opened
+        assert cat.size == 3  # the loaded index followed
+        assert cat.verify().ok and cat.rebuild().images == 3
+        removed = cat.remove_source(str(folder))  # a path names its source
+        assert len(removed.removed) == 2 and removed.source == source.uri
+        assert [s.uri for s in cat.sources()] == ["by hand"]
+        assert cat.image(1)["status"] == Status.REMOVED and cat.size == 1
+
+
+def test_importing_the_api_loads_neither_the_web_nor_the_benchmark() -> None:
+    """`import echoimage.api` stays light: no web server, no benchmark, no search engine
+    until one is used; every name it exports resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, echoimage.api as api\n"
+            "heavy = sorted(m for m in sys.modules if m.startswith(("
+            "'echoimage.web', 'echoimage_bench', 'echoimage.search', 'echoimage.indexing', "
+            "'fastapi', 'uvicorn', 'faiss')))\n"
+            "assert not heavy, heavy\n"
+            "missing = [n for n in api.__all__ if getattr(api, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert not any(m.startswith(('echoimage.web', 'echoimage_bench')) "
+            "for m in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
 
 
 def readme_python_example() -> str:

@@ -11,20 +11,21 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import URL_ENV
 from helpers import (
+    build_index,
     jpeg,
     mirror,
     photo,
     png,
     rot90,
+    search_engine,
     shrink,
     synthetic,
     tint,
     write,
 )
 
+from echoimage.catalogue.sample import SAMPLE_NAMES
 from echoimage.cli import cli
-from echoimage.pipeline import build_index
-from echoimage.sample import SAMPLE_NAMES
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 
@@ -210,11 +211,9 @@ def test_query_csv(catalogue, cli_built, tmp_path) -> None:
 
 def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
                             module_store_url: str | None) -> None:
-    """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI, the library and the web
-    settings alike."""
+    """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI and the library alike (the
+    web server reads the same Settings)."""
     from echoimage.config import Settings
-    from echoimage.search.engine import SearchEngine
-    from echoimage.web.config import WebSettings
 
     good = str(catalogue.files["brick"])
     over = run(cli_built[0], "query", "-k", "51", good)
@@ -222,10 +221,10 @@ def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
     assert run(cli_built[0], "query", "-k", "50", good).exit_code == 0
     monkeypatch.setenv("ECHOIMAGE_MAX_K", "60")
     assert run(cli_built[0], "query", "-k", "51", good).exit_code == 0
-    assert WebSettings().max_k == 60 and Settings().max_k == 60
+    assert Settings().max_k == 60
     monkeypatch.delenv("ECHOIMAGE_MAX_K")
-    assert WebSettings().max_k == Settings().max_k == 50
-    engine = SearchEngine(Settings(data_dir=cli_built[0], database_url=module_store_url))
+    assert Settings().max_k == 50
+    engine = search_engine(Settings(data_dir=cli_built[0], database_url=module_store_url))
     with pytest.raises(ValueError, match="between 1 and 50"):
         engine.query_bytes(catalogue.files["brick"].read_bytes(), 51)
 
@@ -341,7 +340,7 @@ def test_a_run_that_ends_badly_says_why(tmp_path: Path, catalogue, store_url: st
     sources = [str(catalogue.root)]
     with monkeypatch.context() as m:
         # the last stage of the run: writing the index files
-        m.setattr("echoimage.pipeline.update_index_files",
+        m.setattr("echoimage.indexing.runner.update_index_files",
                   _boom if how == "a stage raises" else _ctrl_c)
         failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build",
                                           "-q", "--workers", "2", *sources])

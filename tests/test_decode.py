@@ -1,6 +1,6 @@
 """Bad and unusual input, on the decoder itself, the index path and the query path.
 
-Index path: `pipeline.build_index` over a directory where every case sits beside good
+Index path: a build (`Catalogue.build`) over a directory where every case sits beside good
 images; a bad file ends with a non-indexed status and a one-line reason, the rest are
 indexed and the run does not raise. Query path: `echoimage query --json` with every case and
 good queries; a bad query prints `{"query", "error"}`, the others get results, exit code 1.
@@ -22,10 +22,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import (
+    MAX_PIXELS,
+    WORK_SIZE,
     animated_gif,
     avif,
     big_png,
     bomb_png,
+    build_index,
     cmyk_jpeg,
     encode,
     exif_rotated,
@@ -45,7 +48,6 @@ from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.errors import DecodeError, ImageTooLargeError
 from echoimage.features.decode import decode_image
-from echoimage.pipeline import build_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -173,14 +175,14 @@ def _one_line(msg: str) -> None:
 @pytest.mark.parametrize("case", FAILURES, ids=_ids(FAILURES))
 def test_decoder_rejects_with_one_line_reason(case: Case) -> None:
     with pytest.raises(DecodeError) as info:
-        decode_image(case.make())
+        decode_image(case.make(), MAX_PIXELS, WORK_SIZE)
     _one_line(str(info.value))
     assert case.reason in str(info.value)
 
 
 @pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
 def test_decoder_accepts(case: Case) -> None:
-    img = decode_image(case.make())
+    img = decode_image(case.make(), MAX_PIXELS, WORK_SIZE)
     assert (img.width, img.height) == case.size
     assert img.gray.dtype == np.uint8 and img.gray.ndim == 2
     assert max(img.gray.shape) == min(512, max(case.size))
@@ -191,14 +193,14 @@ def test_bomb_is_rejected_from_the_header() -> None:
     assert len(data) < 2_000_000  # 900 megapixels in under 2 MB
     t0 = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="too large"):
-        decode_image(data)
+        decode_image(data, MAX_PIXELS, WORK_SIZE)
     assert time.perf_counter() - t0 < 1.0  # no pixel was decoded
 
 
 def test_bomb_under_pillows_guard_is_refused_by_our_cap() -> None:
     data = big_png(9000, 9000, bytes(9000))  # 81 Mpixel: under Pillow's guard, over our cap
     with pytest.raises(ImageTooLargeError, match="9000x9000"):
-        decode_image(data)
+        decode_image(data, MAX_PIXELS, WORK_SIZE)
 
 
 def test_importing_leaves_pillow_settings_alone() -> None:
@@ -207,7 +209,7 @@ def test_importing_leaves_pillow_settings_alone() -> None:
     code = (
         "from PIL import Image, ImageFile\n"
         "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
-        "import echoimage.features.decode, echoimage.pipeline, echoimage.search.engine\n"
+        "import echoimage.features.decode, echoimage.indexing.build, echoimage.search.engine\n"
         "import echoimage.web.app, echoimage.cli\n"
         "after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
         "assert before == after, (before, after)\n"
@@ -223,7 +225,7 @@ def test_pillows_own_guard_is_a_too_large_error(monkeypatch: pytest.MonkeyPatch)
     data = png(photo("coffee"))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageTooLargeError, match="too large"):
-        decode_image(data)
+        decode_image(data, MAX_PIXELS, WORK_SIZE)
 
 
 def test_big_png_builder_is_a_real_png() -> None:
@@ -236,13 +238,13 @@ def test_big_png_builder_is_a_real_png() -> None:
 
 def test_pixel_cap_boundary() -> None:
     data = png(photo("coffee"))  # 600 x 400
-    assert decode_image(data, max_pixels=600 * 400).width == 600
+    assert decode_image(data, 600 * 400, WORK_SIZE).width == 600
     with pytest.raises(DecodeError, match="too large"):
-        decode_image(data, max_pixels=600 * 400 - 1)
+        decode_image(data, 600 * 400 - 1, WORK_SIZE)
 
 
 def test_huge_image_under_the_cap_is_decoded() -> None:
-    img = decode_image(_huge())
+    img = decode_image(_huge(), MAX_PIXELS, WORK_SIZE)
     assert (img.width, img.height) == (HUGE_W, HUGE_H)
     assert img.gray.shape == (round(HUGE_H * 512 / HUGE_W), 512)
     assert img.scale == pytest.approx(HUGE_W / 512)
@@ -250,7 +252,7 @@ def test_huge_image_under_the_cap_is_decoded() -> None:
 
 def test_animated_gif_uses_first_frame() -> None:
     data = _animated()
-    img = decode_image(data)
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE)
     assert img.frames == 3
     with Image.open(io.BytesIO(data)) as gif:
         first = np.asarray(gif.convert("L"))
@@ -259,13 +261,13 @@ def test_animated_gif_uses_first_frame() -> None:
 
 def test_16bit_png_scaled_to_8bit() -> None:
     cam = photo("camera")
-    img = decode_image(png16(cam.astype(np.uint16) * 257))
+    img = decode_image(png16(cam.astype(np.uint16) * 257), MAX_PIXELS, WORK_SIZE)
     assert np.abs(img.gray.astype(int) - cam).max() <= 1
 
 
 def test_dark_16bit_png_keeps_its_range() -> None:
     cam16 = photo("camera").astype(np.uint16)  # 16-bit values 0..255: almost black
-    img = decode_image(png16(cam16))
+    img = decode_image(png16(cam16), MAX_PIXELS, WORK_SIZE)
     expected = np.round(cam16 / 257.0)
     assert np.abs(img.gray.astype(float) - expected).max() <= 1
 
@@ -274,15 +276,16 @@ def test_cmyk_jpeg() -> None:
     rgb = photo("coffee")
     data = cmyk_jpeg(rgb)
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
-    assert (decode_image(data).width, decode_image(data).height) == (600, 400)
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE)
+    assert (img.width, img.height) == (600, 400)
     # compare at full size: a working size that keeps every pixel
-    full = decode_image(data, work_size=600)
+    full = decode_image(data, MAX_PIXELS, 600)
     assert np.abs(full.gray.astype(float) - to_gray(rgb)).mean() < 3
 
 
 def test_rgba_flattened_on_white() -> None:
     rgba = _rgba_rocket()
-    img = decode_image(png(rgba), work_size=640)
+    img = decode_image(png(rgba), MAX_PIXELS, 640)
     gray = to_gray(rgba[..., :3]).astype(float)
     assert (img.gray[40:, :48] == 255).all()  # transparent → white
     np.testing.assert_allclose(img.gray[40:, 48:], gray[40:, 48:], atol=1)  # opaque as is
@@ -294,14 +297,14 @@ def test_gray_alpha_png_flattened_on_white() -> None:
     cam = photo("camera")
     alpha = np.full(cam.shape, 255, np.uint8)
     alpha[100:200, 100:200] = 0
-    img = decode_image(png(Image.fromarray(np.dstack([cam, alpha]), "LA")))
+    img = decode_image(png(Image.fromarray(np.dstack([cam, alpha]), "LA")), MAX_PIXELS, WORK_SIZE)
     assert (img.gray[100:200, 100:200] == 255).all()
     np.testing.assert_array_equal(img.gray[300:], cam[300:])
 
 
 def test_palette_png() -> None:
     pal = Image.fromarray(photo("clock")).convert("P", palette=Image.Palette.ADAPTIVE)
-    img = decode_image(png(pal))
+    img = decode_image(png(pal), MAX_PIXELS, WORK_SIZE)
     np.testing.assert_allclose(img.gray, np.asarray(pal.convert("L")), atol=1)
 
 
@@ -311,14 +314,14 @@ def test_palette_png_with_transparent_index() -> None:
     pal = Image.fromarray(arr, "P")
     pal.putpalette([0, 0, 0, 10, 10, 10] + [0] * 762)
     pal.info["transparency"] = 1  # palette index 1 is transparent
-    img = decode_image(png(pal, transparency=1))
+    img = decode_image(png(pal, transparency=1), MAX_PIXELS, WORK_SIZE)
     assert (img.gray[:, :32] == 0).all()
     assert (img.gray[:, 32:] == 255).all()
 
 
 def test_grayscale_is_exact() -> None:
     cam = photo("camera")
-    img = decode_image(png(cam))
+    img = decode_image(png(cam), MAX_PIXELS, WORK_SIZE)
     assert img.format == "PNG" and img.frames == 1
     np.testing.assert_array_equal(img.gray, cam)
 
@@ -339,7 +342,7 @@ _EXIF_DISPLAY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 @pytest.mark.parametrize("orientation", sorted(_EXIF_DISPLAY))
 def test_exif_orientation(orientation: int) -> None:
     stored = to_gray(photo("chelsea"))[:, :448]  # 448 x 300, a multiple of the JPEG block
-    img = decode_image(exif_rotated_jpeg(stored, orientation, quality=100))
+    img = decode_image(exif_rotated_jpeg(stored, orientation, quality=100), MAX_PIXELS, WORK_SIZE)
     shown = _EXIF_DISPLAY[orientation](stored)
     assert img.gray.shape == shown.shape
     assert (img.width, img.height) == (shown.shape[1], shown.shape[0])
@@ -354,7 +357,8 @@ def test_exif_orientation(orientation: int) -> None:
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_heic_and_avif_exif_orientation(fmt: str, orientation: int) -> None:
     stored = to_gray(photo("chelsea"))[:300, :448]
-    img = decode_image(exif_rotated(np.stack([stored] * 3, axis=2), orientation, fmt, 100))
+    img = decode_image(exif_rotated(np.stack([stored] * 3, axis=2), orientation, fmt, 100),
+                       MAX_PIXELS, WORK_SIZE)
     shown = _EXIF_DISPLAY[orientation](stored)
     assert img.format == ("HEIF" if fmt == "HEIC" else "AVIF")
     assert img.gray.shape == shown.shape
@@ -375,7 +379,7 @@ def test_heic_plugin_is_registered_at_the_first_decode_only() -> None:
                       "from PIL import Image",
                       "import echoimage.api, echoimage.features.decode as d",
                       "assert 'HEIF' not in Image.OPEN",
-                      "d.decode_image(sys.stdin.buffer.read())",
+                      "d.decode_image(sys.stdin.buffer.read(), 64_000_000, 512)",
                       "assert 'HEIF' in Image.OPEN")
     assert proc.returncode == 0, proc.stderr.decode()
 
@@ -387,7 +391,7 @@ def test_heic_without_its_plugin_says_so() -> None:
                       "sys.modules['pillow_heif'] = None",
                       "from echoimage.features.decode import decode_image",
                       "try:",
-                      "    decode_image(sys.stdin.buffer.read())",
+                      "    decode_image(sys.stdin.buffer.read(), 64_000_000, 512)",
                       "except Exception as exc:",
                       "    print(type(exc).__name__, exc)")
     assert proc.stdout.decode().strip() == (
@@ -396,39 +400,39 @@ def test_heic_without_its_plugin_says_so() -> None:
 
 def test_exif6_swaps_width_and_height() -> None:
     stored = photo("coffee")  # 600 wide, 400 high as stored
-    img = decode_image(exif_rotated_jpeg(stored, 6))
+    img = decode_image(exif_rotated_jpeg(stored, 6), MAX_PIXELS, WORK_SIZE)
     assert (img.width, img.height) == (400, 600)
     assert img.gray.shape == (512, round(400 * 512 / 600))
 
 
 def test_nearly_square_jpeg_keeps_width_and_height() -> None:
     arr = np.asarray(Image.fromarray(photo("astronaut")).resize((2048, 2047)))
-    img = decode_image(jpeg(arr))
+    img = decode_image(jpeg(arr), MAX_PIXELS, WORK_SIZE)
     assert (img.width, img.height) == (2048, 2047)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 300), (300, 7)])
 def test_too_small(shape: tuple[int, int]) -> None:
     with pytest.raises(DecodeError, match="too small") as info:
-        decode_image(png(np.full(shape, 90, np.uint8)))
+        decode_image(png(np.full(shape, 90, np.uint8)), MAX_PIXELS, WORK_SIZE)
     _one_line(str(info.value))
 
 
 def test_smallest_accepted_image() -> None:
-    img = decode_image(png(np.arange(64, dtype=np.uint8).reshape(8, 8)))
+    img = decode_image(png(np.arange(64, dtype=np.uint8).reshape(8, 8)), MAX_PIXELS, WORK_SIZE)
     assert img.gray.shape == (8, 8)
 
 
 def test_other_formats() -> None:
     chelsea = photo("chelsea")
     for fmt in ("WEBP", "BMP", "TIFF", "GIF"):
-        img = decode_image(encode(chelsea, fmt))
+        img = decode_image(encode(chelsea, fmt), MAX_PIXELS, WORK_SIZE)
         assert img.format == fmt and (img.width, img.height) == (451, 300)
 
 
 def test_bad_work_size() -> None:
     with pytest.raises(ValueError):
-        decode_image(png(photo("camera")), work_size=8)
+        decode_image(png(photo("camera")), MAX_PIXELS, 8)
 
 
 # --- the index path ---------------------------------------------------------------------
@@ -581,7 +585,7 @@ def test_pillow_plugin_errors_are_decode_errors() -> None:
     cases = [gif[:108266], gif[:107496], bytes(tiff)]
     for data in cases:
         with pytest.raises(DecodeError) as err:
-            decode_image(data)
+            decode_image(data, MAX_PIXELS, WORK_SIZE)
         assert "\n" not in str(err.value) and str(err.value)
 
 
@@ -589,7 +593,7 @@ def test_pillow_plugin_errors_are_decode_errors() -> None:
 def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
     """Lines that are neither a path nor a URL (found by the fuzzer) do not abort the
     catalogue: they are kept as written and refused per image when read."""
-    from echoimage.catalogue import parse_catalogue
+    from echoimage.catalogue.sources import parse_catalogue
 
     items = list(parse_catalogue(f"{line}\n/ok/b.jpg\n".encode(), "text", "t", "/base"))
     assert [it.url for it in items] == [line, "/ok/b.jpg"]
@@ -597,7 +601,7 @@ def test_odd_catalogue_lines_are_kept_as_written(line: str) -> None:
 
 def test_a_list_with_a_nul_byte_is_binary_data() -> None:
     """A NUL byte (found by the fuzzer) makes the file binary data: refused in one line."""
-    from echoimage.catalogue import parse_catalogue
+    from echoimage.catalogue.sources import parse_catalogue
     from echoimage.errors import CatalogueError
 
     with pytest.raises(CatalogueError, match=r"^t: neither .* \(looks like binary data\)$"):

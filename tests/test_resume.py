@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, write
+from helpers import (
+    build_index,
+    interrupted_build,
+    jpeg,
+    mirror,
+    search_engine,
+    store_snapshot,
+    synthetic,
+    write,
+)
 
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import build_index
-from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -72,7 +79,7 @@ def test_resume_after_sigkill(tmp_path: Path, store_url: str | None) -> None:
     assert manifest is not None
     assert manifest.images == state.count == len(files) and manifest.seq == state.seq
 
-    search = SearchEngine(settings)
+    search = search_engine(settings)
     assert search.size == len(files)
     known_file = files[len(files) // 3]
     top = search.query_bytes(jpeg(mirror(synthetic(len(files) // 3)), 75), 3).matches[0]

@@ -15,10 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner, Result
 
-from echoimage.cli import cli
-from echoimage.errors import CatalogueError
-from echoimage.fetch.client import FetchConfig
-from echoimage.scrape import (
+from echoimage.catalogue.scrape import (
     ScrapeFilters,
     decode_html,
     largest_candidate,
@@ -27,6 +24,9 @@ from echoimage.scrape import (
     scrape,
     write_catalogue,
 )
+from echoimage.cli import cli
+from echoimage.errors import CatalogueError
+from echoimage.fetch.client import FetchConfig
 
 GIF_DATA_URI = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
 

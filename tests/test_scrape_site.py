@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
 from echoimage import __version__
+from echoimage.catalogue.scrape import scrape
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.fetch.client import FetchConfig
-from echoimage.scrape import scrape
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -136,7 +136,7 @@ def _colour_version(img: Image.Image, longest: int) -> np.ndarray:
     return rgb
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512,
+def decode_image(data: bytes, max_pixels: int, work_size: int,
                  colour_size: int | None = None) -> DecodedImage:
     """Decode image bytes to a grayscale working image whose longest side is <= work_size,
     and, with colour_size, an RGB version whose longest side is <= colour_size.

@@ -38,7 +38,7 @@ def spread_order(pts: np.ndarray, shape: tuple[int, int], grid: int = GRID) -> n
     return np.lexsort((np.arange(len(pts)), -pts[:, 4], rank_in_cell))
 
 
-def orb_features(gray: np.ndarray, nfeatures: int = 500) -> OrbFeatures:
+def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:
     """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("orb_features expects a 2-D uint8 grayscale array")

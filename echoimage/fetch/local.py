@@ -1,4 +1,5 @@
-"""Local files: how the store names them, and reading one safely.
+"""Local files: how the store names them (and tells them from URLs), and reading one
+safely.
 
 Only regular files (and symbolic links to them) are images. A named pipe, a socket or a
 device with an image's name is refused without being waited on: the file is opened with
@@ -15,6 +16,12 @@ import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes, urlsplit
+
+
+def is_url(s: str) -> bool:
+    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
+    fetcher, with its reason); anything else names a local file."""
+    return s[:8].lower().startswith(("http://", "https://"))
 
 
 def path_url(path: str | os.PathLike[str]) -> str:

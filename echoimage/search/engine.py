@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
-from echoimage.errors import EmptyCatalogueError
+from echoimage.errors import EmptyCatalogueError, QueryLimitError
 from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
@@ -21,13 +21,14 @@ from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import orb_features
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
+from echoimage.index.local import LocalParams
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim_counts
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
 from echoimage.store import repo
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 if TYPE_CHECKING:
@@ -74,12 +75,12 @@ class SearchEngine:
     a serving process (background=True) refreshes in a thread, so a query never waits.
     """
 
-    def __init__(self, settings: Settings, engine: Engine | None = None,
-                 rebuild: bool = True, background: bool = False) -> None:
+    def __init__(self, settings: Settings, store: Engine, rebuild: bool = True,
+                 background: bool = False) -> None:
         self.settings = settings
-        self.engine = engine or open_store(settings, create=False)
-        self.sessions = session_factory(self.engine)
-        self.live = LiveIndex(settings, self.engine, rebuild=rebuild, background=background)
+        self.store = store
+        self.sessions = session_factory(store)
+        self.live = LiveIndex(settings, store, rebuild=rebuild, background=background)
         self.cluster: ClusterClient | None = None
         self.shards: ShardedVotes | None = None
         if settings.cluster and settings.index_shards > 1:
@@ -106,7 +107,7 @@ class SearchEngine:
         """Number of indexed catalogue images."""
         return self.live.snapshot().size
 
-    def query_bytes(self, data: bytes, k: int = 5, colour_sensitive: bool | None = None
+    def query_bytes(self, data: bytes, k: int, colour_sensitive: bool | None = None
                     ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
@@ -123,7 +124,7 @@ class SearchEngine:
         s = self.settings
         return decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
 
-    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None,
+    def query_image(self, img: DecodedImage, k: int, sha256: str | None = None,
                     colour_sensitive: bool | None = None) -> QueryResult:
         """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash.
 
@@ -136,7 +137,8 @@ class SearchEngine:
         sensitive or not (None: Settings.colour_sensitive).
         """
         if not 1 <= k <= self.settings.max_k:
-            raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
+            raise QueryLimitError(f"k must be between 1 and {self.settings.max_k} (max_k), "
+                                  f"not {k}")
         # per calling thread (queries come from thread pools, e.g. the web server's): nested
         # OpenMP threads only oversubscribe the cores; a FAISS IVF vote search in a pool
         # thread left at the default cost ~3x more than with one thread
@@ -312,8 +314,9 @@ class SearchEngine:
         """Images with at least min_votes of these query descriptors among their near
         neighbours in the local-feature index (its top vote_n), with their votes."""
         s = self.settings
-        voted = self.shards.vote(snap, descriptors, s.local_params, s.vote_n) \
-            if self.shards is not None else snap.parts.vote(descriptors, s.local_params, s.vote_n)
+        lp = LocalParams.from_settings(s)
+        voted = self.shards.vote(snap, descriptors, lp, s.vote_n) \
+            if self.shards is not None else snap.parts.vote(descriptors, lp, s.vote_n)
         return {cv.id: cv.votes for cv in voted if cv.votes >= s.min_votes}
 
     def _voted(self, snap: Snapshot, views: list[_View], v: int, mirror: bool,

@@ -281,6 +281,19 @@ def _cannot_write(exc: StoreError) -> bool:
     return any(words in text for words in _CANNOT_WRITE)
 
 
+def _make_writable(settings: Settings, path: Path | None) -> None:
+    """The data and index directories made, and a SQLite store's directory writable (else a
+    StoreError: a read-only directory or mount)."""
+    try:
+        settings.ensure_dirs()
+    except OSError as exc:
+        raise StoreError(f"cannot create the data directory {settings.data_dir}: "
+                         f"{exc.strerror or exc}") from None
+    if path is not None and not os.access(path.parent, os.W_OK):
+        raise StoreError(f"cannot write the store in {path.parent} (a read-only "
+                         "directory or mount): this command writes the catalogue")
+
+
 def open_store(settings: Settings, migrate: bool = True, create: bool = True) -> Engine:
     """Engine for the settings' store; upgrades the schema when migrate is true.
 
@@ -289,14 +302,7 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     """
     shown, path = _store_url(settings)
     if create:
-        try:
-            settings.ensure_dirs()
-        except OSError as exc:
-            raise StoreError(f"cannot create the data directory {settings.data_dir}: "
-                             f"{exc.strerror or exc}") from None
-        if path is not None and not os.access(path.parent, os.W_OK):
-            raise StoreError(f"cannot write the store in {path.parent} (a read-only "
-                             "directory or mount): this command writes the catalogue")
+        _make_writable(settings, path)
     elif path is not None:
         _check_existing(path, settings)
     readonly = False
@@ -339,6 +345,18 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     if create and migrate:
         compact_rows(engine)
     return engine
+
+
+def ready_to_write(settings: Settings, engine: Engine) -> None:
+    """Make an engine that open_store opened for reading (create=False) fit for a command
+    that writes the catalogue, as open_store(create=True) would have opened it: the
+    directories made, a store that cannot be written refused, old rows converted."""
+    _, path = _store_url(settings)
+    _make_writable(settings, path)
+    if is_readonly(engine):  # opened so because it could not be written then
+        raise StoreError(f"the store {path} cannot be written (it was opened read-only): "
+                         "this command writes the catalogue")
+    compact_rows(engine)
 
 
 def compact_rows(engine: Engine, batch: int = 500) -> int:

@@ -34,18 +34,9 @@ from echoimage.store.codec import (
     encode_orb,
     encode_preview,
     encode_thumbnail,
-    thumbnail_to_png,
 )
-from echoimage.store.models import (
-    FeatureRow,
-    ImageRow,
-    Run,
-    RunStatus,
-    Source,
-    Status,
-    StoreInfo,
-)
-from echoimage.types import Candidate, CatalogueItem, ImageFeatures
+from echoimage.store.models import FeatureRow, ImageRow, Run, Source, StoreInfo
+from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture, RunStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +245,7 @@ class FeatureRecord:
     work_scale: float
     etag: str | None = None
     last_modified: str | None = None
-    params: str | None = None  # the extraction parameters (pipeline.feature_key)
+    params: str | None = None  # the extraction parameters (indexing.work.FeatureParams.key)
     colour_preview: bytes | None = None  # colour JPEG for display
     colour_signature: bytes | None = None  # see features.colour
 
@@ -506,13 +497,6 @@ def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
     return {int(r[0]): bytes(r[1]) for r in rows}
 
 
-def colour_preview(session: Session, image_id: int) -> bytes | None:
-    """The stored colour preview (JPEG bytes) of an image, or None."""
-    data = session.scalar(select(FeatureRow.colour_preview)
-                          .where(FeatureRow.image_id == image_id))
-    return bytes(data) if data is not None else None
-
-
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:
     """Indexed images whose source bytes have this sha256."""
     return list(session.scalars(
@@ -554,10 +538,19 @@ def image_info(session: Session, image_id: int) -> dict[str, Any] | None:
     }
 
 
-def thumbnail_png(session: Session, image_id: int) -> bytes | None:
-    """The stored thumbnail of an image as PNG bytes."""
-    data = session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
-    return thumbnail_to_png(data) if data is not None else None
+def picture(session: Session, image_id: int) -> Picture | None:
+    """The stored thumbnail, size, keypoint scale and colour preview of an image that has
+    features (an indexed one), or None."""
+    row = session.execute(
+        select(FeatureRow.thumbnail, FeatureRow.work_scale, FeatureRow.colour_preview,
+               ImageRow.width, ImageRow.height)
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(FeatureRow.image_id == image_id)).first()
+    if row is None:
+        return None
+    return Picture(image_id, decode_thumbnail(row.thumbnail), row.width or 0,
+                   row.height or 0, row.work_scale,
+                   bytes(row.colour_preview) if row.colour_preview is not None else None)
 
 
 def run_owner() -> str:

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from echoimage.errors import CatalogueError
 from echoimage.features.sniff import looks_like, sniff_format
-from echoimage.fetch.local import LocalStatus, local_path, path_url, read_local
+from echoimage.fetch.local import LocalStatus, is_url, local_path, path_url, read_local
 from echoimage.types import CatalogueItem
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,6 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
     ".heic", ".heif", ".hif", ".pgm", ".ppm", ".pnm", ".jfif",
 })
-
-
-def is_url(s: str) -> bool:
-    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
-    fetcher, with its reason)."""
-    return s[:8].lower().startswith(("http://", "https://"))
 
 
 #: bytes of a file read to tell what it is
@@ -150,19 +144,6 @@ class FolderListing:
                         continue
                 yield CatalogueItem(url, self.source)
 
-    def skipped_note(self) -> str | None:
-        """"2 files skipped: 1 SVG, 1 PDF", or None when nothing was skipped."""
-        return skipped_note(self.skipped)
-
-
-def skipped_note(skipped: Counter[str]) -> str | None:
-    """One line on the files a folder listing skipped, or None when it skipped none."""
-    total = sum(skipped.values())
-    if not total:
-        return None
-    kinds = ", ".join(f"{n} {kind}" for kind, n in
-                      sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{total} file{'s' if total != 1 else ''} skipped: {kinds}"
 
 
 def walk_dir(root: Path, source: str) -> FolderListing:
@@ -302,3 +283,8 @@ def read_local_source(source: str, max_bytes: int = 1 << 30
     hint = _EXTENSION_KINDS.get(path.suffix.lower())
     kind = content_kind(got.data, uri, hint)
     return uri, kind, list(parse_catalogue(got.data, kind, uri, str(path.parent)))
+
+
+def source_uri(ref: str) -> str:
+    """How the store names a source given as a URL or a (relative) path."""
+    return ref if is_url(ref) else path_url(_absolute(Path(ref)))

@@ -1,0 +1,119 @@
+"""`echoimage index build`: record catalogue sources' items and index them.
+
+Work is resumable: items are recorded as pending before any is processed, each batch of
+results is written in one transaction, and a re-run picks up what is still pending or
+retryable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import Engine
+
+from echoimage.config import Settings
+from echoimage.errors import CatalogueError
+from echoimage.indexing.runner import Backend, Runner, run_work
+from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.work import WorkItem
+from echoimage.store import repo
+from echoimage.store.db import session_factory
+from echoimage.store.models import RETRYABLE
+from echoimage.types import Outcome, SourceListing, Status
+
+if TYPE_CHECKING:
+    from echoimage.fetch.client import FetcherFactory
+
+
+class SourceReader(Protocol):
+    """How the write side reads catalogue sources (`echoimage.catalogue.reader`)."""
+
+    def read(self, source: str) -> SourceListing:
+        """A source's uri, kind and items (a CatalogueError when it cannot be read)."""
+
+    def sample(self) -> str:
+        """The bundled sample catalogue's source."""
+
+
+def backend_for(settings: Settings) -> Backend | None:
+    """The runner's backend for these settings: the Dask cluster's with ``cluster`` set,
+    else None (the runner's own process pool)."""
+    if not settings.cluster:
+        return None
+    from echoimage.indexing.dask_backend import DaskBackend
+
+    return DaskBackend(settings.cluster, settings.cluster_shard_size)
+
+
+def index_work(settings: Settings, store: Engine, work: Iterable[WorkItem],
+               summary: BuildSummary, progress: bool, fetcher: FetcherFactory | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Process the work items, then bring the index files up to the store's last change."""
+    runner = Runner(settings, store, progress, fetcher, on_progress, backend_for(settings))
+    run_work(runner, work, summary)
+
+
+def build_index(settings: Settings, store: Engine, sources: list[str], reader: SourceReader,
+                progress: bool, sample: bool = False, fetcher: FetcherFactory | None = None
+                ) -> BuildSummary:
+    """Index the catalogue sources: new, retryable and removed items (a removed image
+    named by a source built again comes back). With sample, or with no source on an empty
+    store, the bundled sample catalogue too; no source on a store that holds a catalogue is
+    a CatalogueError (it would quietly add the sample photos to it).
+
+    Already-indexed URLs are not fetched again (`index update` re-checks them).
+    """
+    if not sources and not sample:
+        with session_factory(store)() as session:
+            held = sum(repo.status_counts(session).values())
+        if held:
+            raise CatalogueError(
+                f"the store in {settings.data_dir} already holds a catalogue ({held} images):"
+                " give the SOURCEs to add, or --sample to add the bundled sample photos")
+    if sample:
+        sources = [*sources, reader.sample()]
+
+    def listings() -> Iterator[SourceListing]:  # read as the run goes
+        for source in sources or [reader.sample()]:
+            yield reader.read(source)
+
+    return _build(settings, store, listings(), sources, progress, fetcher)
+
+
+def index_items(settings: Settings, store: Engine, listing: SourceListing, progress: bool,
+                fetcher: FetcherFactory | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    """Record a listing's items as its source's and index them, as `build_index` does for a
+    source it reads itself (the HTTP API's way to add images); on_progress(done, total)
+    after each image."""
+    return _build(settings, store, [listing], [listing.uri], progress, fetcher, on_progress)
+
+
+def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
+           sources: list[str], progress: bool, fetcher: FetcherFactory | None,
+           on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    sessions = session_factory(store)
+    summary = BuildSummary(kind="build")
+    # every source is read before anything is recorded: one that cannot be read (or is no
+    # catalogue) stops the build with nothing written
+    read = [(listing, list(listing.items)) for listing in listings]
+    with recorded_run(sessions, summary, sources):
+        work: dict[int, WorkItem] = {}
+        for listing, items in read:
+            summary.sources.append(listing.uri)
+            summary.skipped.update(listing.skipped)
+            with sessions.begin() as session:
+                sid = repo.source_id(session, listing.uri, listing.kind)
+                for i in range(0, len(items), 1000):
+                    repo.add_pending(session, items[i:i + 1000], sid)
+                known = repo.known_images(session, [it.url for it in items])
+            for k in known.values():
+                if k.status in RETRYABLE or k.status == Status.REMOVED:
+                    work[k.id] = WorkItem(k.id, k.url)
+                elif k.status == Status.INDEXED:
+                    summary.counts[Outcome.ALREADY_INDEXED] += 1
+                else:
+                    summary.counts[Outcome.KNOWN_FAILURE] += 1
+        index_work(settings, store, work.values(), summary, progress, fetcher, on_progress)
+    return summary

@@ -1,0 +1,86 @@
+"""`echoimage index update`: the scheduled re-index of the recorded catalogue sources.
+
+New URLs are added; known ones are re-checked cheaply (local files by size and mtime, URLs
+with If-None-Match / If-Modified-Since); changed bytes are re-indexed; 404/410 or a URL gone
+from its catalogue is marked gone (kept in the store with the date, dropped from the
+index); transient failures keep the old entry. A source that cannot be read marks nothing
+gone. Images whose stored features were extracted with other parameters (an older version
+of EchoImage, other settings) are fetched again unconditionally and extracted again.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sqlalchemy import Engine
+
+from echoimage.config import Settings
+from echoimage.errors import CatalogueError
+from echoimage.indexing.build import SourceReader, index_work
+from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.work import FeatureParams, WorkItem
+from echoimage.store import repo
+from echoimage.store.db import session_factory
+from echoimage.store.models import RETRYABLE
+from echoimage.types import CatalogueItem, Outcome, SourceListing, Status
+
+#: source kinds no catalogue file lists (images added over the HTTP API, pages scraped
+#: there): an update re-checks the images they hold and marks none gone for being unlisted
+HAND_LISTED = frozenset({"api", "page"})
+
+
+def update_index(settings: Settings, store: Engine, reader: SourceReader, progress: bool
+                 ) -> BuildSummary:
+    """Re-read every recorded source and bring the store and the index up to date."""
+    sessions = session_factory(store)
+    summary = BuildSummary(kind="update")
+    with sessions() as session:
+        sources = repo.list_sources(session)
+        stale = repo.stale_feature_ids(session, FeatureParams.from_settings(settings).key)
+    work: dict[int, WorkItem] = {}
+    with recorded_run(sessions, summary, [u for u, _ in sources]):
+        for uri, kind in sources:
+            summary.sources.append(uri)
+            if kind in HAND_LISTED:
+                # added over the HTTP API: no file lists them; their images are re-checked
+                with sessions() as session:
+                    items = [CatalogueItem(u, uri) for u in repo.images_of_source(session, uri)]
+                listing = SourceListing(uri, kind, items)
+            else:
+                try:
+                    listing = reader.read(uri)
+                except CatalogueError as exc:
+                    summary.counts[Outcome.SOURCE_UNREADABLE] += 1
+                    summary.failures.append((uri, Outcome.SOURCE_UNREADABLE, str(exc)))
+                    if progress:
+                        print(f"warning: {exc}; its images are kept as they are",
+                              file=sys.stderr)
+                    continue
+            items = list(listing.items)
+            with sessions.begin() as session:
+                sid = repo.source_id(session, listing.uri, listing.kind)
+                repo.add_pending(session, items, sid)
+                listed = {it.url for it in items}
+                known = repo.known_images(session, list(listed))
+                for url, k in repo.images_of_source(session, listing.uri).items():
+                    if url not in listed and k.status != Status.GONE:
+                        repo.save_failure(session, k.id, Status.GONE,
+                                          "no longer in the catalogue")
+                        summary.counts[Status.GONE] += 1
+            for k in known.values():
+                if k.status == Status.GONE and k.url in listed:
+                    # back in the catalogue: fetch it again from scratch
+                    work[k.id] = WorkItem(k.id, k.url)
+                elif k.status == Status.INDEXED and k.id in stale:
+                    # features made with other parameters (an older version, other
+                    # settings): fetched unconditionally and extracted again
+                    work[k.id] = WorkItem(k.id, k.url, was_indexed=True, reextract=True)
+                elif k.status == Status.INDEXED:
+                    work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
+                                          was_indexed=True)
+                elif k.status in RETRYABLE:
+                    work[k.id] = WorkItem(k.id, k.url)
+                else:
+                    summary.counts[Outcome.skipped(k.status)] += 1
+        index_work(settings, store, work.values(), summary, progress)
+    return summary
