@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from echoimage.config import comma_separated
+
 
 class WebSettings(BaseSettings):
     """Limits and policy of the HTTP server.
@@ -49,9 +51,7 @@ class WebSettings(BaseSettings):
     @field_validator("url_allowlist", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
-        return value
+        return comma_separated(value)
 
     @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl")
     @classmethod
