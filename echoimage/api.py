@@ -478,6 +478,7 @@ class Catalogue:
         """Save targets as a named watch (replacing one of that name) for scan_watches
         and `echoimage scan --watches`; True when the name is new."""
         from echoimage.errors import ScanError
+        from echoimage.fetch.local import is_url
         from echoimage.store import scans
         from echoimage.store.db import require_existing, session_factory
 

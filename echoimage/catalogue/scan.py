@@ -326,7 +326,6 @@ class _Run:
         self.notes: list[str] = []
         self.next_start: dict[str, float] = {}
         self.last_flush = time.monotonic()
-        self.when = repo.now()
 
     # --- the store, in one thread ------------------------------------------------------------
 
@@ -457,8 +456,9 @@ class _Run:
         if not visit.read:
             self.report.failures.append(ItemFailure(rec.kind, rec.url, rec.status,
                                                     rec.reason or str(rec.status)))
+        when = repo.now()
         page_id, gone = await self._db(
-            lambda s: scans.save_page(s, rec, self.report.scan_id, self.watch_id, self.when))
+            lambda s: scans.save_page(s, rec, self.report.scan_id, self.watch_id, when))
         await self._gone(gone)
         fresh: list[str] = []
         for entry in visit.entries:
@@ -604,7 +604,7 @@ class _Run:
                 image.written = True
                 if r.status in (ScanStatus.OK, ScanStatus.UNCHANGED):
                     placements += [(p, r.url) for p in sorted(image.pages)]
-            scan_id, when = self.report.scan_id, self.when
+            scan_id, when = self.report.scan_id, repo.now()
 
             def write(session: Session) -> tuple[list[int], list[FindingInfo], list[FindingInfo]]:
                 ids, gone = scans.save_images(session, records, when) if records else ({}, [])
