@@ -29,7 +29,7 @@ from echoimage.api import (
     UrlPolicy,
 )
 from echoimage.config import Settings
-from echoimage.types import FetchStatus, Match
+from echoimage.types import FetchStatus, Match, Picture
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
@@ -184,29 +184,33 @@ class WebService:
             cand = self.catalogue.picture(match.id)
             if cand is None:
                 raise LookupError(match.id)
-            preview = preview_rgb(cand.preview)
-            qpicture = _query_picture(entry)
-            box = None
-            if match.query_box:  # a part of the query matched: outline it
-                f = entry.image.scale or 1.0
-                x, y, w, h = (round(v / f) for v in match.query_box)
-                box = (x, y, w, h)
-            width = cand.width or cand.thumbnail.shape[1]
-            height = cand.height or cand.thumbnail.shape[0]
-            scale = cand.work_scale or 1.0
-            catalogue = restore_aspect(cand.thumbnail, width, height,
-                                       max(16, round(max(width, height) / scale)))
-            catalogue = colourise(catalogue, preview)
-            region = None
-            if match.region:
-                region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qpicture, catalogue, match.pairs, region,
-                                          query_box=box))
+            return draw_match(_query_picture(entry), 1.0 / (entry.image.scale or 1.0),
+                              match.pairs, match.region, match.query_box, cand)
 
         try:
             return entry.png(f"match-{match.id}", make)
         except LookupError:
             return None
+
+    def finding_png(self, finding_id: int) -> bytes | None:
+        """The image a scan found (its stored picture) beside the catalogue image it
+        copies, with the keypoint pairs and region of the match; None for an unknown
+        finding, or one whose picture or catalogue image is no longer kept."""
+        found = self.catalogue.found_picture(finding_id)
+        if found is None or found.picture is None:
+            return None
+        cand = self.catalogue.picture(found.catalogue_id)
+        qpicture = preview_rgb(found.picture)
+        if cand is None or qpicture is None:
+            return None
+        pairs = None
+        if found.pairs is not None:  # query side: working pixels → picture pixels
+            pairs = found.pairs.astype(np.float64)
+            pairs[:, :2] *= found.scale
+        longest = max(found.width, found.height)
+        from_original = max(qpicture.shape[:2]) / longest if longest else found.scale
+        return draw_match(np.ascontiguousarray(qpicture[:, :, ::-1]), from_original, pairs,
+                          found.region, found.query_box, cand)
 
     # --- the catalogue's duplicates ------------------------------------------------------------
 
@@ -245,6 +249,28 @@ class WebService:
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
             "runs": runs,
         }
+
+
+def draw_match(query: np.ndarray, from_original: float, pairs: np.ndarray | None,
+               region: list[list[float]] | None, query_box: list[float] | None,
+               cand: Picture) -> bytes:
+    """PNG of query (its picture; from_original: its pixels per original pixel of the
+    query) beside the catalogue image cand (its thumbnail, in the colours of its preview),
+    with the keypoint pairs (query picture pixels, catalogue working pixels), the matched
+    region (catalogue original pixels) and the part of the query that matched
+    (query_box, original pixels)."""
+    box = None
+    if query_box:  # a part of the query matched: outline it
+        x, y, w, h = (round(v * from_original) for v in query_box)
+        box = (x, y, w, h)
+    width = cand.width or cand.thumbnail.shape[1]
+    height = cand.height or cand.thumbnail.shape[0]
+    scale = cand.work_scale or 1.0
+    catalogue = restore_aspect(cand.thumbnail, width, height,
+                               max(16, round(max(width, height) / scale)))
+    catalogue = colourise(catalogue, preview_rgb(cand.preview))
+    reg = np.asarray(region, np.float64) / scale if region else None
+    return encode_png(match_image(query, catalogue, pairs, reg, query_box=box))
 
 
 def _query_picture(entry: CachedQuery) -> np.ndarray:
