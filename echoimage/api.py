@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from echoimage.catalogue.scrape import ScrapeFilters, ScrapeReport
     from echoimage.catalogue.scrape import write_catalogue as write_catalogue
+    from echoimage.features.limits import agree_pillow_limit as agree_pillow_limit
     from echoimage.features.sniff import sniff_format as sniff_format
     from echoimage.fetch.client import FetchConfig as FetchConfig
     from echoimage.fetch.client import FetcherFactory
@@ -81,6 +82,7 @@ _EXPORTS = {
     "is_url": ("echoimage.fetch.local", "is_url"),
     "path_url": ("echoimage.fetch.local", "path_url"),
     "sniff_format": ("echoimage.features.sniff", "sniff_format"),
+    "agree_pillow_limit": ("echoimage.features.limits", "agree_pillow_limit"),
 }
 
 

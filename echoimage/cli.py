@@ -84,6 +84,9 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings(data_dir=data_dir) if data_dir else Settings()
     ctx.obj = settings
+    from echoimage.api import agree_pillow_limit
+
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
 
 
 @cli.group()

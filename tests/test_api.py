@@ -3,8 +3,6 @@ verdicts and metadata, errors that lose nothing, and the README's example run as
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -214,17 +212,34 @@ def readme_python_example() -> str:
     return found.group(1)
 
 
-def test_readme_python_example_runs_as_written(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    for var in ("ECHOIMAGE_DATA_DIR", "ECHOIMAGE_DATABASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(readme_python_example(), "README.md", "exec"), {})  # noqa: S102
-    lines = out.getvalue().splitlines()
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_readme_python_example_runs_as_written(tmp_path: Path, how: str) -> None:
+    """The README's example saved to a file and run as a script (no `__main__` guard), and
+    piped to `python -`: the feature workers never run the script again (they did, each
+    starting a build of its own, under multiprocessing's spawn and forkserver)."""
+    import os
+    import subprocess
+    import sys
+
+    example = tmp_path / "example.py"
+    example.write_text(readme_python_example(), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ECHOIMAGE_DATA_DIR", "ECHOIMAGE_DATABASE_URL")}
+    if how == "file":
+        proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    else:
+        proc = subprocess.run([sys.executable, "-"], cwd=tmp_path, env=env,
+                              input=example.read_text(), capture_output=True, text=True,
+                              timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # no warning, no second build's noise
+    lines = proc.stdout.splitlines()
     assert lines[0] == "20 images indexed"
     assert lines[1] == "copy found"
     assert lines[2].startswith("exact 1.0 ") and lines[2].endswith("coffee.jpg {}")
-    assert lines[-1].startswith("{'indexed': ")
+    assert lines[-1] == "{'indexed': 20}"
     assert (tmp_path / "shop-data" / "echoimage.sqlite3").exists()
+    with echoimage.open(tmp_path / "shop-data") as cat:
+        runs = cat.status()["runs"]
+    assert [(r["kind"], r["status"]) for r in runs] == [("build", "ok")]
