@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from echoimage.config import Settings
-from echoimage.errors import EchoImageError
+from echoimage.errors import (
+    EchoImageError,
+    EmptyCatalogueError,
+    QueryInputError,
+    SettingsError,
+)
 from echoimage.types import CatalogueItem, Picture, SourceListing
 
 if TYPE_CHECKING:
@@ -104,7 +109,23 @@ def open(location: str | os.PathLike[str] | None = None, **settings: Any) -> Cat
         where = os.fspath(location)
         key = "database_url" if "://" in where else "data_dir"
         settings = {key: where, **settings}
-    return Catalogue(Settings(**settings))
+    return Catalogue(make_settings(**settings))
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings from values and the environment (ECHOIMAGE_*); a value a setting cannot
+    take is a SettingsError naming it, in one line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+            for err in exc.errors())
+        raise SettingsError(f"invalid settings: {problems} (an argument, or ECHOIMAGE_"
+                            "<NAME> in the environment)") from None
 
 
 class Catalogue:
@@ -173,16 +194,31 @@ class Catalogue:
     def build(self, *sources: str | os.PathLike[str], sample: bool = False,
               progress: bool = False) -> BuildSummary:
         """Index catalogue sources (folders, images.json/JSONL/CSV/text files, image files,
-        URLs); incremental: indexed images are skipped, an interrupted build resumes. With
-        sample (or no source on an empty store), the bundled sample catalogue too."""
+        URLs, web pages); incremental: indexed images are skipped, an interrupted build
+        resumes. With sample (or no source on an empty store), the bundled sample
+        catalogue too. Every source is read first: one that cannot be read is a
+        CatalogueError, and nothing (no data directory, no store) is created."""
         from echoimage.catalogue.reader import CatalogueReader
-        from echoimage.indexing.build import build_index
+        from echoimage.indexing.build import build_index, check_no_source, read_sources
 
-        summary = build_index(self.settings, self.open_store(create=True),
-                              [os.fspath(s) for s in sources], CatalogueReader(self.settings),
-                              progress, sample)
+        if not sources and not sample:
+            check_no_source(self.settings, self._held())
+        listings = read_sources(CatalogueReader(self.settings),
+                                [os.fspath(s) for s in sources], sample)
+        summary = build_index(self.settings, self.open_store(create=True), listings,
+                              progress)
         self._changed()
         return summary
+
+    def _held(self) -> int:
+        """Images the store holds (0 when there is no store yet: none is created)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory, store_exists
+
+        if self._store is None and not store_exists(self.settings):
+            return 0
+        with session_factory(self.open_store())() as session:
+            return sum(repo.status_counts(session).values())
 
     def update(self, progress: bool = False) -> BuildSummary:
         """Re-read every recorded source: index new and changed images, drop vanished ones
@@ -284,9 +320,38 @@ class Catalogue:
         behind its score; `result.copies` are those that are copies, `result.found` says
         whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
         query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
-        return self.search_engine.query_bytes(query_bytes(image, self.settings),
-                                              self.settings.default_k if k is None else k,
-                                              colour_sensitive=colour_sensitive)
+        data = query_bytes(image, self.settings)
+        try:
+            return self.search_engine.query_bytes(
+                data, self.settings.default_k if k is None else k,
+                colour_sensitive=colour_sensitive)
+        except EmptyCatalogueError as exc:
+            raise EmptyCatalogueError(f"{exc}: {self._empty_hint()}") from None
+
+    def _empty_hint(self) -> str:
+        """What to do about a catalogue with nothing to search, from what it holds: never
+        a bare `index build` (on an empty store it adds the sample photos)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+        from echoimage.types import Status
+
+        with session_factory(self.open_store())() as session:
+            counts = repo.status_counts(session)
+        held = sum(counts.values())
+        add = ("add images with `echoimage index build SOURCE` (a folder, an images.json, "
+               "an image or page URL)")
+        if not held:
+            return f"it is empty; {add}"
+        if set(counts) == {Status.REMOVED}:
+            return f"its {held} images were all removed; {add}"
+        listed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        from echoimage.store.models import RETRYABLE
+
+        if any(status in RETRYABLE for status in counts):
+            return (f"none of its {held} images is indexed yet ({listed}): `echoimage index "
+                    "update` tries them again, `echoimage index status` says why they failed")
+        return f"none of its {held} images is indexed ({listed}): `echoimage index status` " \
+               "says why"
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,
                    colour_sensitive: bool | None = None,
@@ -413,7 +478,7 @@ def query_bytes(image: QueryInput, settings: Settings) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
-    raise TypeError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
+    raise QueryInputError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
                     "a numpy array or a Pillow image")
 
 
@@ -423,7 +488,7 @@ def _array_png(arr: np.ndarray) -> bytes:
 
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or \
             (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise TypeError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
+        raise QueryInputError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
                         f"not {arr.dtype} {arr.shape}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -431,9 +496,9 @@ def _array_png(arr: np.ndarray) -> bytes:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 array it accepts
-        raise TypeError("the query array could not be encoded")
+        raise QueryInputError("the query array could not be encoded")
     return buf.tobytes()
 
 
-__all__ = ["API_SOURCE", "Catalogue", "Picture", "QueryInput", "open", "query_bytes",
-           "scrape_pages", *_EXPORTS]
+__all__ = ["API_SOURCE", "Catalogue", "Picture", "QueryInput", "make_settings", "open",
+           "query_bytes", "scrape_pages", *_EXPORTS]

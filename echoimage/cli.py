@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from echoimage.api import Catalogue
+from echoimage.api import Catalogue, make_settings
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.types import Outcome
@@ -42,6 +42,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: what Ctrl-C prints, alone (exit status 130, as a shell reports SIGINT)
+INTERRUPTED = ("interrupted (Ctrl-C): nothing done so far is lost; run the same command "
+               "again to go on")
+
+
+class EchoImageGroup(click.Group):
+    """The command group: Ctrl-C ends a command with one line (not click's "Aborted!")."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED, err=True)
+            raise click.exceptions.Exit(130) from None
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 cluster_option = click.option(
     "--cluster", metavar="ADDRESS", default=None,
@@ -59,7 +75,7 @@ def _with(settings: Settings, **changes: Any) -> Settings:
     return settings.model_copy(update=given) if given else settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EchoImageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="ECHOIMAGE_DATA_DIR", default=None,
               help="Data directory (store, index, sample). Env: ECHOIMAGE_DATA_DIR; "
@@ -82,7 +98,10 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("alembic", "faiss"):  # their INFO lines are about their own loading
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
+    try:
+        settings = make_settings(data_dir=data_dir) if data_dir else make_settings()
+    except EchoImageError as exc:
+        raise click.ClickException(str(exc)) from None
     ctx.obj = settings
     from echoimage.api import agree_pillow_limit
 
@@ -459,7 +478,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
         raise click.UsageError("--json or --csv, not both")
     catalogue = _catalogue(ctx)
     catalogue.open_store()  # a missing store: its message, no bar
-    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+    # a bar on a terminal only (None: tqdm's tty check), never into logs or cron mail
+    with tqdm(unit="img", disable=True if quiet else None, file=sys.stderr, desc="dedupe",
               dynamic_ncols=True) as bar:
         def progress(done: int) -> None:
             bar.update(done - bar.n)

@@ -243,3 +243,52 @@ def test_readme_python_example_runs_as_written(tmp_path: Path, how: str) -> None
     with echoimage.open(tmp_path / "shop-data") as cat:
         runs = cat.status()["runs"]
     assert [(r["kind"], r["status"]) for r in runs] == [("build", "ok")]
+
+
+def test_every_api_error_is_an_echoimage_error(catalogue, tmp_path: Path) -> None:
+    """What a caller can get wrong is an EchoImageError with a one-line reason (and, where
+    it is one, still the ValueError or TypeError it used to be)."""
+    from echoimage.api import scrape_pages
+
+    good = png(to_rgb(photo("coffee")))
+    cases = {
+        "k=500": lambda: catalogue.query(good, k=500),
+        "k=0": lambda: catalogue.query(good, k=0),
+        "a float": lambda: catalogue.query(3.5),  # type: ignore[arg-type]
+        "a float array": lambda: catalogue.query(np.zeros((10, 10), np.float32)),
+        "max_k=0": lambda: echoimage.open(tmp_path, max_k=0),
+        "a negative delay": lambda: echoimage.open(tmp_path, scrape_delay=-1),
+        "follow -1": lambda: scrape_pages(["http://127.0.0.1:9/"], follow_pages=-1),
+        "a missing source": lambda: catalogue.build(tmp_path / "nowhere"),
+    }
+    for name, case in cases.items():
+        with pytest.raises(echoimage.EchoImageError) as err:
+            case()
+        assert "\n" not in str(err.value) and str(err.value), name
+    with pytest.raises(ValueError, match="max_k: Input should be|max_k: Value error"):
+        echoimage.open(tmp_path, max_k=0)
+    with pytest.raises(TypeError):
+        catalogue.query(3.5)  # type: ignore[arg-type]
+
+
+def test_an_empty_catalogue_hint_fits_it(tmp_path: Path) -> None:
+    """A catalogue with nothing to search says what to do about what it holds; it never
+    says to run a bare `index build` (on an empty store that adds the 20 sample photos)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with echoimage.open(tmp_path / "d1", workers=1) as cat:
+        cat.build(empty)
+        with pytest.raises(echoimage.EchoImageError) as err:
+            cat.query(png(synthetic(1)))
+    assert str(err.value) == (
+        "the catalogue has no indexed images: it is empty; add images with `echoimage index "
+        "build SOURCE` (a folder, an images.json, an image or page URL)")
+    broken = tmp_path / "broken"
+    write(broken / "a.jpg", b"not an image at all" * 10)
+    with echoimage.open(tmp_path / "d2", workers=1) as cat:
+        cat.build(broken)
+        with pytest.raises(echoimage.EchoImageError) as err:
+            cat.query(png(synthetic(1)))
+    assert str(err.value) == (
+        "the catalogue has no indexed images: none of its 1 images is indexed "
+        "(1 not-an-image): `echoimage index status` says why")

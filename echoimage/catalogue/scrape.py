@@ -683,9 +683,9 @@ async def scrape(pages: list[str], follow_pages: int = 0,
     all could be read. Images keep first-seen order with no duplicate URL.
     """
     if follow_pages < 0:
-        raise ValueError("follow_pages must not be negative")
+        raise CatalogueError(f"follow_pages must not be negative, not {follow_pages}")
     if delay < 0:
-        raise ValueError("delay must not be negative")
+        raise CatalogueError(f"the scrape delay must not be negative, not {delay}")
     images: list[dict[str, str]] = []
     seen_images: set[str] = set()
     seen_sheets: set[str] = set()

@@ -86,14 +86,15 @@ class BuildSummary:
 @contextmanager
 def work_phase(summary: BuildSummary, total: int, progress: bool, desc: str
                ) -> Iterator[Callable[[int], None]]:
-    """The processing phase of a run: a progress bar on stderr and the summary's
+    """The processing phase of a run: a progress bar on stderr (with progress, and only
+    when stderr is a terminal: never into a log or cron mail) and the summary's
     work_items and work_seconds, counted together (the bar's final rate is their ratio:
     smoothing=0 makes tqdm show the average since its start rather than a recent rate).
     Yields advance(n), to call as images are handled."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=desc,
-               dynamic_ncols=True, smoothing=0)
+    bar = tqdm(total=total, unit="img", disable=None if progress else True, file=sys.stderr,
+               desc=desc, dynamic_ncols=True, smoothing=0)
     t0 = time.time()  # tqdm's clock, started with the bar
 
     def advance(n: int) -> None:

@@ -245,6 +245,19 @@ def _store_url(settings: Settings) -> tuple[str, Path | None]:
     return shown, _sqlite_path(settings.db_url)
 
 
+def store_exists(settings: Settings) -> bool:
+    """Whether the settings' store exists (a SQLite file, or a database with the schema),
+    found without creating anything."""
+    _, path = _store_url(settings)
+    if path is not None:
+        return path.exists()
+    engine = make_engine(settings.db_url)
+    try:
+        return current_revision(engine) is not None
+    finally:
+        engine.dispose()
+
+
 def require_existing(settings: Settings) -> None:
     """For a command that changes a catalogue but never starts one (`index update`): a
     SQLite store must already exist, else a StoreError saying where it looked (and no data
