@@ -274,21 +274,20 @@ def test_every_api_error_is_an_echoimage_error(catalogue, tmp_path: Path) -> Non
 def test_an_empty_catalogue_hint_fits_it(tmp_path: Path) -> None:
     """A catalogue with nothing to search says what to do about what it holds; it never
     says to run a bare `index build` (on an empty store that adds the 20 sample photos)."""
+    def query_error(folder: Path) -> str:
+        with echoimage.open(tmp_path / folder.name / "data", workers=1) as cat:
+            cat.build(folder)
+            with pytest.raises(echoimage.EchoImageError) as err:
+                cat.query(png(synthetic(1)))
+        return str(err.value)
+
     empty = tmp_path / "empty"
     empty.mkdir()
-    with echoimage.open(tmp_path / "d1", workers=1) as cat:
-        cat.build(empty)
-        with pytest.raises(echoimage.EchoImageError) as err:
-            cat.query(png(synthetic(1)))
-    assert str(err.value) == (
+    assert query_error(empty) == (
         "the catalogue has no indexed images: it is empty; add images with `echoimage index "
         "build SOURCE` (a folder, an images.json, an image or page URL)")
     broken = tmp_path / "broken"
     write(broken / "a.jpg", b"not an image at all" * 10)
-    with echoimage.open(tmp_path / "d2", workers=1) as cat:
-        cat.build(broken)
-        with pytest.raises(echoimage.EchoImageError) as err:
-            cat.query(png(synthetic(1)))
-    assert str(err.value) == (
+    assert query_error(broken) == (
         "the catalogue has no indexed images: none of its 1 images is indexed "
         "(1 not-an-image): `echoimage index status` says why")
