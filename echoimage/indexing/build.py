@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
 from echoimage.indexing.runner import Backend, Runner, run_work
-from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.runs import BuildSummary, one_runner, recorded_run
 from echoimage.indexing.work import WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
@@ -106,7 +106,7 @@ def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
     summary = BuildSummary(kind="build")
     # every source is read before anything is recorded (see read_sources)
     read = [(listing, list(listing.items)) for listing in listings]
-    with recorded_run(sessions, summary, sources):
+    with one_runner(sessions, store), recorded_run(sessions, summary, sources):
         work: dict[int, WorkItem] = {}
         for listing, items in read:
             summary.sources.append(listing.uri)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.errors import EchoImageError
@@ -153,6 +154,27 @@ def run_end(exc: BaseException) -> tuple[RunStatus, str]:
     if isinstance(exc, EchoImageError) and text:
         return RunStatus.FAILED, text
     return RunStatus.FAILED, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def one_runner(sessions: sessionmaker[Session], store: Engine) -> Iterator[None]:
+    """The block runs as the catalogue's only runner: a build or update that finds another
+    going says so in one line (the log's warning) and waits for it to end, then does what
+    is left (so nothing is done twice and its counts are true)."""
+    from echoimage.store.db import run_lock
+
+    def waiting() -> None:
+        with sessions() as session:
+            going = [r for r in repo.recent_runs(session, 20)
+                     if r["status"] == RunStatus.RUNNING]
+        who = (f" (run {going[0]['id']}, {going[0]['kind']}"
+               + (f", {going[0]['process']}" if going[0]["process"] else "") + ")"
+               if going else "")
+        log.warning("another build or update of this catalogue is running%s: waiting for "
+                    "it to finish", who)
+
+    with run_lock(store, waiting):
+        yield
 
 
 @contextmanager

@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
 from echoimage.indexing.build import SourceReader, index_work
-from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.runs import BuildSummary, one_runner, recorded_run
 from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
@@ -33,6 +34,12 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                  ) -> BuildSummary:
     """Re-read every recorded source and bring the store and the index up to date."""
     sessions = session_factory(store)
+    with one_runner(sessions, store):
+        return _update(settings, store, sessions, reader, progress)
+
+
+def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
+            reader: SourceReader, progress: bool) -> BuildSummary:
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)

@@ -11,9 +11,12 @@ it read-only instead.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -256,6 +259,54 @@ def store_exists(settings: Settings) -> bool:
         return current_revision(engine) is not None
     finally:
         engine.dispose()
+
+
+#: PostgreSQL advisory lock of a catalogue's runner (a build or an update): held by one
+#: process at a time, for its whole run (the writers' lock is another key, per transaction)
+RUN_LOCK_KEY = 0x72756E6E  # "runn"
+
+
+@contextmanager
+def run_lock(store: Engine, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold the catalogue's run lock for the block: one build or update of a store at a
+    time, from any process or machine. When another holds it, waiting() is called once and
+    the block waits its turn (a holder that dies releases it: the kernel drops a dead
+    process's file lock, the server a dead connection's advisory lock). SQLite: an flock
+    on a file beside the store; PostgreSQL: a session-level advisory lock on a connection
+    kept for the block."""
+    path = _sqlite_path(str(store.url))
+    if path is not None:
+        lock_path = path.with_name(path.name + ".run-lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(f"cannot open the run lock {lock_path}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    if store.dialect.name != "postgresql":  # pragma: no cover - the two stores supported
+        yield
+        return
+    with store.connect() as conn:
+        got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({RUN_LOCK_KEY})").scalar()
+        conn.commit()
+        if not got:
+            waiting()
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({RUN_LOCK_KEY})")
+            conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({RUN_LOCK_KEY})")
+            conn.commit()
 
 
 def require_existing(settings: Settings) -> None:
