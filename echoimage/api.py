@@ -192,11 +192,13 @@ class Catalogue:
     # --- indexing ---------------------------------------------------------------------------
 
     def build(self, *sources: str | os.PathLike[str], sample: bool = False,
-              progress: bool = False) -> BuildSummary:
+              progress: bool = False, follow_pages: int | None = None) -> BuildSummary:
         """Index catalogue sources (folders, images.json/JSONL/CSV/text files, image files,
         URLs, web pages); incremental: indexed images are skipped, an interrupted build
         resumes. With sample (or no source on an empty store), the bundled sample
-        catalogue too. Every source is read first: one that cannot be read is a
+        catalogue too. A web page (a URL that is neither an image nor a catalogue file) is
+        a source itself: it is scraped, with up to follow_pages same-site pages, and every
+        update scrapes it again. Every source is read first: one that cannot be read is a
         CatalogueError, and nothing (no data directory, no store) is created."""
         from echoimage.catalogue.reader import CatalogueReader
         from echoimage.indexing.build import build_index, check_no_source, read_sources
@@ -204,7 +206,7 @@ class Catalogue:
         if not sources and not sample:
             check_no_source(self.settings, self._held())
         listings = read_sources(CatalogueReader(self.settings),
-                                [os.fspath(s) for s in sources], sample)
+                                [os.fspath(s) for s in sources], sample, follow_pages)
         summary = build_index(self.settings, self.open_store(create=True), listings,
                               progress)
         self._changed()
@@ -236,18 +238,21 @@ class Catalogue:
 
     def add(self, items: Iterable[CatalogueItem], source: str = API_SOURCE,
             kind: str = "api", url_policy: UrlPolicy | None = None,
-            on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+            on_progress: Callable[[int, int], None] | None = None,
+            follow_pages: int | None = None) -> BuildSummary:
         """Add items to the catalogue as source's (of kind: ``api`` for images added by
-        hand, ``page`` for a scraped page's) and index them; every URL is fetched through
-        url_policy when given (a server's SSRF guard); on_progress(done, total) after each
-        image. An update re-checks these images but never marks one gone for being
-        unlisted (no file lists them)."""
+        hand, ``page`` for a scraped page's, which followed follow_pages links) and index
+        them; every URL is fetched through url_policy when given (a server's SSRF guard);
+        on_progress(done, total) after each image. An update re-checks images added by
+        hand but never marks one gone for being unlisted (no file lists them); a page is
+        scraped again like a page built with `build`."""
         from echoimage.indexing.build import index_items
 
         fetcher = _guarded(url_policy) if url_policy is not None else None
         summary = index_items(self.settings, self.open_store(create=True),
-                              SourceListing(source, kind, list(items)), False, fetcher,
-                              on_progress)
+                              SourceListing(source, kind, list(items),
+                                            follow_pages=follow_pages),
+                              False, fetcher, on_progress)
         self._changed()
         return summary
 

@@ -123,6 +123,9 @@ def index() -> None:
 @click.argument("sources", nargs=-1)
 @click.option("--sample", is_flag=True,
               help="Also index the bundled sample catalogue (the default on an empty store).")
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=None,
+              help="A web page SOURCE: also scrape up to N same-site pages it links to "
+                   "(every update scrapes them again). Default 0.")
 @click.option("--workers", type=int, default=None,
               help="Feature worker processes (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -130,10 +133,15 @@ def index() -> None:
 @json_option
 @click.pass_context
 @handle_errors
-def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, workers: int | None,
-                quiet: bool, cluster: str | None, as_json: bool) -> None:
-    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, URLs.
+def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool,
+                follow_pages: int | None, workers: int | None, quiet: bool,
+                cluster: str | None, as_json: bool) -> None:
+    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, image URLs,
+    web pages.
 
+    A web page is a source itself: its images are scraped (robots.txt honoured, see
+    `catalogue scrape`), with up to --follow-pages same-site pages, and `index update`
+    scrapes them again (new images added, changed ones re-indexed, vanished ones gone).
     With no SOURCE on an empty store, the bundled sample catalogue is indexed (with
     --sample, on any store). Re-running is incremental: already indexed images are skipped
     and an interrupted build resumes.
@@ -142,9 +150,10 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
 
     \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
+        echoimage index build https://shop.example/products --follow-pages 20
     """
     summary = _catalogue(ctx, workers=workers, cluster=cluster).build(
-        *sources, sample=sample, progress=not quiet)
+        *sources, sample=sample, progress=not quiet, follow_pages=follow_pages)
     _print_summary(summary, as_json)
 
 
@@ -567,7 +576,9 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
         click.echo("no sources recorded")
     for info in infos:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(info.counts.items())) or "no images"
-        click.echo(f"{info.id}. {info.uri} ({info.kind}): {counts}")
+        kind = info.kind + (f", following {info.follow_pages} links"
+                            if info.follow_pages else "")
+        click.echo(f"{info.id}. {info.uri} ({kind}): {counts}")
 
 
 @catalogue.command("remove")

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 class SourceReader(Protocol):
     """How the write side reads catalogue sources (`echoimage.catalogue.reader`)."""
 
-    def read(self, source: str) -> SourceListing:
-        """A source's uri, kind and items (a CatalogueError when it cannot be read)."""
+    def read(self, source: str, kind: str | None = None, follow_pages: int | None = None
+             ) -> SourceListing:
+        """A source's uri, kind and items (a CatalogueError when it cannot be read); kind:
+        as recorded (an update's), follow_pages: the links a web page source follows."""
 
     def sample(self) -> str:
         """The bundled sample catalogue's source."""
@@ -55,15 +57,16 @@ def index_work(settings: Settings, store: Engine, work: Iterable[WorkItem],
     run_work(runner, work, summary)
 
 
-def read_sources(reader: SourceReader, sources: list[str], sample: bool
-                 ) -> list[SourceListing]:
+def read_sources(reader: SourceReader, sources: list[str], sample: bool,
+                 follow_pages: int | None = None) -> list[SourceListing]:
     """Every source read (listings with their items in a list), before anything is
     written or even created: one that cannot be read (or is no catalogue) is a
     CatalogueError, and a build that fails so leaves no data directory and no store. With
-    sample (or no source at all), the bundled sample catalogue too."""
+    sample (or no source at all), the bundled sample catalogue too; a web page source
+    follows follow_pages same-site links."""
     read = []
     for source in sources:
-        listing = reader.read(source)
+        listing = reader.read(source, follow_pages=follow_pages)
         read.append(replace(listing, items=list(listing.items)))
     if sample or not sources:  # written to the data directory: once the rest is read
         listing = reader.read(reader.sample())
@@ -112,7 +115,8 @@ def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
             summary.sources.append(listing.uri)
             summary.skipped.update(listing.skipped)
             with sessions.begin() as session:
-                sid = repo.source_id(session, listing.uri, listing.kind)
+                sid = repo.source_id(session, listing.uri, listing.kind,
+                                     listing.follow_pages)
                 for i in range(0, len(items), 1000):
                     repo.add_pending(session, items[i:i + 1000], sid)
                 known = repo.known_images(session, [it.url for it in items])
