@@ -469,7 +469,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
     """Find groups of duplicates among the catalogue's own images.
 
     Pairs are confirmed with the same evidence and threshold as a query (every
-    orientation); each group names a keeper: the most pixels, then the first indexed.
+    orientation); each group names a keeper: the most pixels of content (inside any
+    border), then the first indexed.
     With --json, one group per line; with --csv, one row per member.
 
     Example:
