@@ -433,6 +433,28 @@ class Catalogue:
         with session_factory(self.open_store())() as session:
             return repo.image_info(session, image_id)
 
+    def original(self, image_id: int, longest: int, url_policy: UrlPolicy | None = None
+                 ) -> np.ndarray | None:
+        """An indexed image at its own resolution (its longest side at most longest), in
+        colour (RGB), read again from its file or URL (through url_policy when given); None
+        when it cannot be read or is no longer what was indexed (other bytes): then only
+        what the store keeps (`picture`) can show it."""
+        import hashlib
+
+        from echoimage.features.decode import decode_image
+
+        info = self.image(image_id)
+        if info is None or info["sha256"] is None:
+            return None
+        data = _read_original(info["url"], self.settings, url_policy)
+        if data is None or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            return None
+        try:
+            img = decode_image(data, self.settings.max_pixels, max(16, longest), max(8, longest))
+        except EchoImageError:
+            return None
+        return img.colour
+
     def picture(self, image_id: int) -> Picture | None:
         """What the store keeps to show an indexed image: its grayscale thumbnail, size,
         keypoint scale and colour preview; None when it has none (not indexed)."""
@@ -441,6 +463,31 @@ class Catalogue:
 
         with session_factory(self.open_store())() as session:
             return repo.picture(session, image_id)
+
+
+def _read_original(url: str, settings: Settings, url_policy: UrlPolicy | None
+                   ) -> bytes | None:
+    """The bytes of a catalogue image's file or URL (a URL through url_policy when given),
+    or None when they cannot be read."""
+    from echoimage.fetch.local import is_url, read_local
+
+    if not is_url(url):
+        return read_local(url, settings.max_bytes).data
+    from echoimage.fetch.client import FetchConfig, Fetcher
+
+    async def one() -> bytes | None:
+        config = FetchConfig.from_settings(settings, total_timeout=min(
+            settings.http_timeout, ORIGINAL_TIMEOUT))
+        make = _guarded(url_policy) if url_policy is not None else Fetcher
+        async with make(config) as fetcher:
+            res = await fetcher.fetch(url)
+        return res.data if res.ok else None
+
+    return asyncio.run(one())
+
+
+#: seconds a picture's original may take to fetch before its stored preview is shown
+ORIGINAL_TIMEOUT = 10.0
 
 
 def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters | None = None,

@@ -291,3 +291,20 @@ def test_an_empty_catalogue_hint_fits_it(tmp_path: Path) -> None:
     assert query_error(broken) == (
         "the catalogue has no indexed images: none of its 1 images is indexed "
         "(1 not-an-image): `echoimage index status` says why")
+
+
+def test_original_is_the_image_as_it_was_indexed(tmp_path: Path, shop: Path) -> None:
+    """`original` reads an indexed image again at its own resolution (capped), in colour;
+    once its file holds other bytes (or is gone) it is None."""
+    folder = tmp_path / "photos"
+    path = write(folder / "coffee.jpg", (shop / "coffee.jpg").read_bytes())
+    with echoimage.open(tmp_path / "data", workers=1) as cat:
+        cat.build(folder)
+        full = cat.original(1, 4000)
+        assert full is not None and full.shape == (400, 600, 3)
+        small = cat.original(1, 300)
+        assert small is not None and small.shape == (200, 300, 3)
+        write(path, jpeg(to_rgb(photo("rocket"))))
+        assert cat.original(1, 4000) is None
+        path.unlink()
+        assert cat.original(1, 4000) is None and cat.original(99, 100) is None
