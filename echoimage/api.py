@@ -14,7 +14,6 @@ they need besides `Catalogue` are exported here).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import io
 import os
@@ -469,6 +468,8 @@ def _read_original(url: str, settings: Settings, url_policy: UrlPolicy | None
                    ) -> bytes | None:
     """The bytes of a catalogue image's file or URL (a URL through url_policy when given),
     or None when they cannot be read."""
+    import asyncio
+
     from echoimage.fetch.local import is_url, read_local
 
     if not is_url(url):
@@ -496,6 +497,8 @@ def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters
     """Collect the image URLs of web pages (and of up to follow_pages same-site pages
     linked from each), like `echoimage catalogue scrape`, with the fetch limits of settings;
     every URL is fetched through url_policy when given (a server's SSRF guard)."""
+    import asyncio
+
     from echoimage.catalogue.scrape import ScrapeFilters, scrape
     from echoimage.fetch.client import FetchConfig
 

@@ -12,25 +12,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
 from echoimage.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +146,45 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
-    """Alembic configuration pointing at the packaged migrations and the given URL."""
+    """Alembic configuration pointing at the packaged migrations and the given URL (Alembic
+    is imported here, by what migrates: a reader that finds the schema current never
+    imports it, which is a third of a query command's start-up)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(?:"([^"]*)"|None)', re.M)
+
+
+@functools.cache
 def head_revision() -> str:
-    """The newest migration revision the code knows."""
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration revision the code knows: the one no migration revises, read
+    from the migration files' `revision` and `down_revision` lines (the same as Alembic's
+    head, without importing Alembic: tests/test_migrations.py checks that they agree)."""
+    revisions, revised = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for key, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            (revisions if key == "revision" else revised).add(value)
+    heads = revisions - revised
+    if len(heads) != 1:  # pragma: no cover - a broken package
+        raise StoreError(f"the store's migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
+    """The revision the database is at, or None for an empty database (Alembic's
+    version table, read without Alembic)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if len(found) > 1:  # pragma: no cover - EchoImage's history has no branches
+        raise StoreError(f"the store's schema is at several revisions: {sorted(found)}")
+    return found[0] if found else None
 
 
 def _lock_schema(conn: Connection) -> None:
@@ -181,6 +204,8 @@ def _lock_schema(conn: Connection) -> None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the migrations up to revision on this engine's database, in one transaction
     (a run killed half way leaves the schema as it was)."""
+    from alembic import command
+
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as conn:
@@ -193,6 +218,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Run the migrations down to revision."""
+    from alembic import command
+
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         _lock_schema(conn)
