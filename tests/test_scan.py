@@ -531,3 +531,31 @@ def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite) -> N
     assert dupes == 0
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     assert third.returncode == 0, third.stderr.decode()[-2000:]
+
+
+def test_a_store_from_before_the_scans_is_upgraded(built_copy, site: ScanSite) -> None:
+    """A catalogue at schema 0007 (websites as sources, before the scans' tables) is
+    upgraded by the first scan: its images kept, the copies found."""
+    from sqlalchemy import inspect
+
+    from echoimage.store.db import current_revision, downgrade, head_revision, make_engine
+
+    settings = scan_settings(built_copy.settings)
+    engine = make_engine(settings.db_url)
+    try:
+        images = _count(settings.db_url, "SELECT count(*) FROM images")
+        downgrade(engine, "0007")
+        assert current_revision(engine) == "0007"
+        assert "findings" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    with Catalogue(settings) as cat:
+        report = cat.scan(site.url("/index.html"), follow_pages=5)
+    assert found(report) == EXPECTED
+    assert _count(settings.db_url, "SELECT count(*) FROM images") == images
+    engine = make_engine(settings.db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+

@@ -94,10 +94,16 @@ async def _visit(client: PoliteClient, url: str, target: str, known: KnownPage |
     found = [{"url": e["url"], "alt": e.get("alt", "")} for e in parsed.images]
     urls = {e["url"] for e in found}
     sheets = [(s, page_url) for s in parsed.stylesheets]
-    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes):
+    unread: list[str] = []  # the page, when one of its stylesheets may answer next time
+    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes, unread):
         if e["url"] not in urls:
             urls.add(e["url"])
             found.append({"url": e["url"], "alt": ""})
+    if unread and known is not None and known.images:  # keep what the unread sheet showed
+        for e in known.images:
+            if e["url"] not in urls:
+                urls.add(e["url"])
+                found.append(e)
     return Visit(PageRecord(url, "page", ScanStatus.OK, etag=result.etag,
                             last_modified=result.last_modified, sha256=sha, images=found,
                             links=parsed.links), target, found)

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from echoimage.api import Catalogue
+from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.web import admin, findings, pages, routes
@@ -130,6 +130,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
         catalogue.open_store()
     if warning := exposure_warning(host, WebSettings()):
         log.warning("%s", warning)
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
                 log_level="info", log_config=log_config())

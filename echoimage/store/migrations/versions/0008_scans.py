@@ -4,16 +4,16 @@ copies of catalogue images among them (scan_matches) and where they are shown (f
 first and last seen, gone, reported), named watches (watches, watch_pages) and the scans
 themselves (scans)
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
