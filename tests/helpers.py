@@ -16,8 +16,11 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -557,3 +560,38 @@ def run_on_pty(cmd: list[str]) -> tuple[str, str]:
     os.close(leader)
     return out, err.decode(errors="replace")
 
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(settings: Settings, web_settings: Any = None) -> Iterator[str]:
+    """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import uvicorn
+
+    from echoimage.web.app import create_app
+    from echoimage.web.config import WebSettings
+
+    port = free_port()
+    app = create_app(settings, web_settings or WebSettings())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

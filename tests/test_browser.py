@@ -11,22 +11,27 @@ import base64
 import io
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
 from conftest import Built
-from helpers import build_index, jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
+from helpers import (
+    build_index,
+    jpeg,
+    photo,
+    png,
+    resize,
+    rotate,
+    serving,
+    synthetic,
+    to_rgb,
+    write,
+)
 
 from echoimage.config import Settings
-from echoimage.web.app import create_app
-from echoimage.web.config import WebSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_network")]
 
@@ -45,34 +50,6 @@ def require_chromium() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread."""
-    port = free_port()
-    app = create_app(settings, WebSettings())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -559,3 +559,102 @@ def test_a_store_from_before_the_scans_is_upgraded(built_copy, site: ScanSite) -
     finally:
         engine.dispose()
 
+
+# --- the README's examples -----------------------------------------------------------------
+
+def readme_scan_section() -> tuple[list[list[str]], str]:
+    """The shell blocks (their lines, comments dropped) and the Python block of the
+    README's "Scan the web for copies of your catalogue"."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Scan the web for copies of your catalogue"):]
+    section = section[:section.index("\n## ", 5)]
+    shells = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        lines = [ln.split("  #")[0].strip() for ln in block.replace("\\\n", " ").splitlines()]
+        shells.append([ln for ln in lines if ln and not ln.startswith("#")])
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    assert len(shells) == 4 and python is not None
+    return shells, python.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_the_readmes_scan_examples_run_as_written(catalogue, site: ScanSite,
+                                                  receiver: tuple[Receiver, str],
+                                                  tmp_path: Path) -> None:
+    """The scan, watch and cron lines of the README, run by bash as written (the test site
+    for the example hosts, a temporary folder for ~ and /srv/echoimage, 127.0.0.1 allowed,
+    no politeness delays): copies found with exit status 3, none new then; a watch's new
+    finding delivered to its webhook, whose signature the README's receiver checks; the
+    cron script's one line for new findings."""
+    import csv
+    import shutil
+
+    (scan, watches, cron, _), python = readme_scan_section()
+    rec, hook = receiver
+    home, data = tmp_path / "home", tmp_path / "srv-echoimage"
+    shutil.copytree(catalogue.root, home / "photos")
+    site.routes["/products"] = site.routes["/"] = site.routes["/index.html"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOIMAGE_")}
+    env.update(HOME=str(home), ECHOIMAGE_DATA_DIR=str(data), ECHOIMAGE_SCRAPE_DELAY="0",
+               ECHOIMAGE_SCAN_ALLOWLIST="127.0.0.1", ECHOIMAGE_SCAN_IMAGE_DELAY="0",
+               ECHOIMAGE_WEBHOOK_SECRET="s3cret",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def bash(line: str, status: int = 0) -> str:
+        for example, here in (("https://shop.example", site.base), ("https://shop-a.example/",
+                              site.url("/products")), ("https://hooks.example/echoimage", hook),
+                              ("/srv/echoimage", str(data)), ("/opt/echoimage/", "")):
+            line = line.replace(example, here)
+        where = REPO if "scripts/" in line else tmp_path  # the scripts from the checkout
+        proc = subprocess.run(["bash", "-c", line], cwd=where, env=env, capture_output=True,
+                              text=True, timeout=600, stdin=subprocess.DEVNULL)
+        assert proc.returncode == status, (line, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    def stem(body: bytes) -> str:  # the catalogue photo a webhook's finding copies
+        return Path(json.loads(body)["catalogue"]["url"]).stem
+
+    def show_also(path: str, name: str) -> None:  # the site puts up one more copy
+        site.image(path, jpeg(resize(to_rgb(photo(name)), 0.6)))
+        site.page("/index.html", ["/img/coffee-mirror.jpg", "/img/other1.jpg", path],
+                  ["/page2.html"])
+        site.routes["/products"] = site.routes["/"] = site.routes["/index.html"]
+
+    build, first, again = scan
+    bash(build)
+    out = bash(first, status=3)
+    assert sum(line.startswith("NEW ") for line in out.splitlines()) >= 3
+    assert first.endswith("--follow-pages 20") and "findings.csv" in again
+    bash(again)
+    rows = list(csv.DictReader((tmp_path / "findings.csv").open()))
+    assert {Path(r["catalogue_url"]).stem for r in rows} == {"coffee", "rocket"}
+    assert {r["new"] for r in rows} == {"0"}
+
+    add, listing, scan_watches, remove = watches
+    bash(add)
+    assert f"shop-a: {site.url('/products')}, follows 50 pages, notifies {hook}" in bash(listing)
+    show_also("/img/astronaut-small.jpg", "astronaut")
+    assert "watch shop-a:" in bash(scan_watches, status=3)
+    delivered = len(rec.got)  # the copy on /products, and on /index.html linked from it
+    assert delivered == 2 and {stem(body) for body, _ in rec.got} == {"astronaut"}
+    namespace: dict[str, Any] = {}
+    exec(compile(python, "README.md", "exec"), namespace)
+    body, headers = rec.got[0]
+    assert namespace["from_echoimage"](body, headers[SIGNATURE_HEADER], "s3cret")
+    assert not namespace["from_echoimage"](body + b" ", headers[SIGNATURE_HEADER], "s3cret")
+    assert not namespace["from_echoimage"](body, headers[SIGNATURE_HEADER], "other")
+
+    run_script, *install = cron
+    assert run_script.startswith("ECHOIMAGE_DATA_DIR=/srv/echoimage scripts/scan-cron.sh")
+    assert bash(run_script) == ""  # nothing new: silent
+    show_also("/img/camera-small.jpg", "camera")
+    said = bash(run_script)
+    assert said.startswith("scan: new findings; see ") and len(said.splitlines()) == 1
+    assert {stem(body) for body, _ in rec.got[delivered:]} == {"camera"}
+    for word in (w for line in install for w in line.split() if w.startswith("scripts/")):
+        assert (REPO / word).is_file(), word  # the units the systemd lines install
+    assert "watch shop-a removed" in bash(remove)
+    assert "no watches" in bash(listing)

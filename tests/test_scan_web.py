@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import cv2
 import httpx
@@ -185,3 +186,56 @@ async def test_watch_scans_over_http(served: Served) -> None:
     unknown = await served.client.post("/api/scans", headers=AUTH, json={"watches": ["x"]})
     failed = await wait_job(served, unknown.json())
     assert failed["status"] == "failed" and "no watch named x" in failed["error"]
+
+
+@pytest.mark.slow
+def test_the_readmes_curl_lines_run_as_written(catalogue, tmp_path: Path) -> None:
+    """The README's curl lines for scans, against `echoimage serve` on a free port (the
+    test site for the example's host): the findings of a watch, a scan job started, then
+    its result."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    from helpers import ServerThread, serving
+    from test_scan import readme_scan_section
+
+    (*_, lines), _ = readme_scan_section()
+    findings, start, job_line = lines
+    site = ServerThread(site_app())
+    base = site.start()
+    settings = Settings(data_dir=tmp_path / "data", workers=1, scrape_delay=0.0,
+                        scan_image_delay=0.0, scan_allowlist=["127.0.0.1"])
+    try:
+        build_index(settings, [str(catalogue.root)], False)
+        with Catalogue(settings) as cat:
+            cat.add_watch("shop-a", f"{base}/a.html")
+            assert cat.scan_watches("shop-a")[0].new
+        web_settings = WebSettings(url_allowlist=["127.0.0.1"], api_token=TOKEN)
+        with serving(settings, web_settings) as server:
+            def curl(line: str) -> dict:
+                line = line.replace("http://127.0.0.1:8000", server).replace(
+                    "https://shop-b.example/", f"{base}/b.html")
+                proc = subprocess.run(["bash", "-c", line + " --fail-with-body -s"],
+                                      env={**os.environ, "TOKEN": TOKEN}, capture_output=True,
+                                      text=True, timeout=120)
+                assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
+                return json.loads(proc.stdout)
+
+            listed = curl(findings)
+            assert listed["total"] == 1 and listed["per_page"] == 20
+            assert listed["results"][0]["watches"] == ["shop-a"]
+            assert listed["results"][0]["links"]["match_image"].endswith("/match.png")
+            job = curl(start)
+            assert job["kind"] == "scan" and job["status"] in ("queued", "running", "done")
+            deadline = time.monotonic() + 120
+            while (done := curl(job_line.replace("JOB_ID", job["id"])))["status"] in (
+                    "queued", "running"):
+                assert time.monotonic() < deadline, done
+                time.sleep(0.2)
+            assert done["status"] == "done", done
+            assert {f["page"] for f in done["result"]["findings"]} == {f"{base}/b.html"}
+            assert len(done["result"]["findings"]) == 2
+    finally:
+        site.stop()
