@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="comparing threads of the scan and the engine alone "
                              "(default: one per core)")
+    parser.add_argument("--engine-images", type=int, default=None, metavar="N",
+                        help="the engine alone answers a seeded sample of N of the site's "
+                             "images in each of its two runs (default: all of them)")
     parser.add_argument("--data", type=Path, default=None,
                         help="use this data directory (kept from an earlier run with --keep: "
                              "OUT/scan-data) instead of indexing and padding a new one")
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             args.photo_dir, args.out, images=args.images, pages=args.pages,
             copies=args.copies, scale=args.scale, seed=args.seed, data_dir=args.data,
             threads=args.threads, keep=args.keep, progress=not args.quiet,
+            engine_images=args.engine_images,
             command=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:
         print(f"bench_scan: error: {exc}", file=sys.stderr)
