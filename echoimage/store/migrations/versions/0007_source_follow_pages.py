@@ -22,5 +22,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sources") as batch:
-        batch.drop_column("follow_pages")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite drops the column in place (3.35+): a batch copy of the table would drop
+        # `sources`, which the images' foreign key refuses while images point at it
+        op.execute("ALTER TABLE sources DROP COLUMN follow_pages")
+    else:
+        op.drop_column("sources", "follow_pages")
