@@ -22,9 +22,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # SQLite drops the column in place (3.35+): a batch copy of the table would drop
-        # `sources`, which the images' foreign key refuses while images point at it
-        op.execute("ALTER TABLE sources DROP COLUMN follow_pages")
-    else:
-        op.drop_column("sources", "follow_pages")
+    # ALTER TABLE ... DROP COLUMN in place (SQLite >= 3.35): a batch copy of `sources`
+    # would have to drop the table the images refer to, which its foreign keys forbid
+    op.drop_column("sources", "follow_pages")
