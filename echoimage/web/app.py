@@ -190,7 +190,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
                     "search_token": _secret(web.search_token)}})
         log.info("starting %d serving processes (%d queries at once each, %d waiting)",
                  workers, web.threads, web.max_waiting)
-        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **run)
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers,
+                    timeout_worker_healthcheck=web.worker_healthcheck_timeout, **run)
     finally:
         for key, value in saved.items():
             if value is None:

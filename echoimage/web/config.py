@@ -52,6 +52,10 @@ class WebSettings(BaseSettings):
     # serving processes (`echoimage serve`): each loads the index (memory-mapped: the
     # processes share its pages) and answers queries on its own; 0: one per usable core
     serve_workers: int = 0
+    # seconds the supervisor waits for a worker process to answer its health check
+    # (starting up included: importing OpenCV, FAISS and the rest takes seconds on a busy
+    # machine) before it restarts it
+    worker_healthcheck_timeout: int = 60
     # admission, per process: queries running at once (0: the cores each process has,
     # usable cores / serve_workers, at least 1), and queries let wait for one of them;
     # past that a search is refused at once with 503 and Retry-After
@@ -90,7 +94,7 @@ class WebSettings(BaseSettings):
         return value
 
     @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl",
-                     "metrics_interval", "retry_after")
+                     "metrics_interval", "retry_after", "worker_healthcheck_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
