@@ -273,10 +273,30 @@ async def answer(inp: SearchInput, service: WebService) -> CachedQuery:
         raise http_error(exc) from None
 
 
+async def drain(request: Request, service: WebService) -> None:
+    """Read and drop the rest of a refused request's body (at most what a search may
+    send), so that the client, still sending it, gets the answer rather than a reset
+    connection."""
+    limit = service.web.max_upload_bytes + FORM_OVERHEAD
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                break
+    except ClientDisconnect:
+        pass
+
+
 async def run_search(request: Request, service: WebService) -> CachedQuery:
-    """The whole search: refused at once when the server cannot take it; else read the
-    request, then answer it (the outcome is noted for the access log)."""
-    admit(service)
+    """The whole search: refused at once when the server cannot take it (the body read
+    and dropped); else read the request, then answer it (the outcome is noted for the
+    access log)."""
+    try:
+        admit(service)
+    except HTTPException:
+        await drain(request, service)
+        raise
     entry = await answer(await read_search_input(request, service), service)
     note_search(request, entry)
     return entry

@@ -65,37 +65,32 @@ class Metrics:
             "echoimage_search_refused",
             "Searches refused with 503 and Retry-After: busy (the queue was full) or "
             "loading (the index is not loaded yet)", ["reason"], registry=reg)
-        self.waiting = Gauge(
-            "echoimage_queries_waiting", "Searches waiting for a query thread",
-            registry=reg, multiprocess_mode="livesum")
-        self.running = Gauge(
-            "echoimage_queries_running", "Searches running", registry=reg,
-            multiprocess_mode="livesum")
-        self.capacity = Gauge(
-            "echoimage_queries_capacity", "Searches the server takes at once before "
-            "refusing: query threads plus queue places", registry=reg,
-            multiprocess_mode="livesum")
-        self.ready = Gauge(
-            "echoimage_ready_processes", "Serving processes with their index loaded",
-            registry=reg, multiprocess_mode="livesum")
-        self.index_seq = Gauge(
-            "echoimage_index_change_number",
-            "The store change number the index being searched includes (the lowest of "
-            "the serving processes)", registry=reg, multiprocess_mode="livemin")
-        self.store_seq = Gauge(
-            "echoimage_store_change_number", "The store's last change number",
-            registry=reg, multiprocess_mode="livemax")
-        self.lag = Gauge(
-            "echoimage_index_lag_changes",
-            "Store changes the index being searched does not include yet (the highest of "
-            "the serving processes)", registry=reg, multiprocess_mode="livemax")
-        self.lag_seconds = Gauge(
-            "echoimage_index_lag_seconds",
-            "Seconds a serving process has been behind the store (0 when it is current; "
-            "the highest of the processes)", registry=reg, multiprocess_mode="livemax")
-        self.entries = Gauge(
-            "echoimage_index_entries", "Images in the index being searched", registry=reg,
-            multiprocess_mode="livemax")
+        def gauge(name: str, doc: str, mode: str) -> Gauge:
+            """A gauge; mode says how the processes' values combine (see prometheus-client's
+            multiprocess mode)."""
+            return Gauge(name, doc, registry=reg, multiprocess_mode=mode)
+
+        self.waiting = gauge("echoimage_queries_waiting",
+                             "Searches waiting for a query thread", "livesum")
+        self.running = gauge("echoimage_queries_running", "Searches running", "livesum")
+        self.capacity = gauge("echoimage_queries_capacity",
+                              "Searches the server takes at once before refusing: query "
+                              "threads plus queue places", "livesum")
+        self.ready = gauge("echoimage_ready_processes",
+                           "Serving processes with their index loaded", "livesum")
+        self.index_seq = gauge("echoimage_index_change_number",
+                               "The store change number the index being searched includes "
+                               "(the lowest of the serving processes)", "livemin")
+        self.store_seq = gauge("echoimage_store_change_number",
+                               "The store's last change number", "livemax")
+        self.lag = gauge("echoimage_index_lag_changes",
+                         "Store changes the index being searched does not include yet (the "
+                         "highest of the serving processes)", "livemax")
+        self.lag_seconds = gauge("echoimage_index_lag_seconds",
+                                 "Seconds a serving process has been behind the store (0 when "
+                                 "it is current; the highest of the processes)", "livemax")
+        self.entries = gauge("echoimage_index_entries", "Images in the index being searched",
+                             "livemax")
         self.cache = Counter(
             "echoimage_query_cache_lookups",
             "Lookups of a recent query (results page, match images, /api/queries) by "

@@ -133,6 +133,8 @@ class ServerStats(BaseModel):
     running: int
     waiting: int
     query_threads: int
+    max_waiting: int
+    pid: int  # the serving process that answered (one of several with --workers)
     cached_queries: int
     cache_ttl_s: float
 
