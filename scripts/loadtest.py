@@ -46,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_ROUTE = "/api/search"
+WARM_UP = 8  # queries sent before the first level (not timed; /metrics counts them)
 
 
 # --- catalogue ------------------------------------------------------------------------------
@@ -277,6 +278,19 @@ def procs_cpu(pids: list[int]) -> float | None:
     return total
 
 
+def rss_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory (MB): its own (anonymous) and mapped files' pages."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
 def server_pids(root: int) -> list[int]:
     """The server's process and its worker processes (children of root)."""
     pids = [root]
@@ -407,6 +421,12 @@ def report(levels: list[Level], info: dict[str, Any]) -> str:
                  f"(difference {abs(counted - sent) / max(sent, 1):.2%}, target <= 1%); "
                  f"/healthz {info['healthz']}, /readyz {info['readyz_before']} while loading"
                  f" then {info['readyz']}")
+    if info.get("memory"):
+        own = [m.get("RssAnon", 0) for m in info["memory"]]
+        mapped = [m.get("RssFile", 0) for m in info["memory"]]
+        lines.append(f"Serving processes' memory at the end: {', '.join(f'{a:.0f}' for a in own)}"
+                     f" MB of their own, {', '.join(f'{f:.0f}' for f in mapped)} MB of mapped "
+                     "files (the index pages, shared)")
     if info.get("cpu_ms"):
         lines.append(f"Server CPU per accepted query at 16 clients: {info['cpu_ms']:.0f} ms "
                      f"(so {os.cpu_count()} cores like these give at most "
@@ -423,9 +443,10 @@ async def amain(args: argparse.Namespace) -> int:
     cat, held = await asyncio.to_thread(
         ensure_catalogue, data_dir, Path(args.photo_dir), args.entries, args.photos,
         args.negatives, args.seed, log)
-    total = args.queries * len(levels_wanted)
+    total = args.queries * len(levels_wanted) + WARM_UP
     queries = await asyncio.to_thread(make_queries, cat, held, data_dir / "catalogue",
                                       total, args.no_copy, args.seed)
+    warm, queries = queries[:WARM_UP], queries[WARM_UP:]
     log(f"{len(queries)} distinct queries made ({args.no_copy:.0%} no-copy)")
     if args.prepare_only:
         return 0
@@ -441,6 +462,7 @@ async def amain(args: argparse.Namespace) -> int:
         pids = server_pids(proc.pid) if proc else []
         log(f"server ready ({len(pids)} processes)")
         before = await scrape(url)
+        warm_up = await run_level(url, 2, warm, args.k, args.timeout, [])
         load = os.getloadavg()[0]
         levels = []
         for i, clients in enumerate(levels_wanted):
@@ -451,6 +473,7 @@ async def amain(args: argparse.Namespace) -> int:
                 f"{lv.pct(95):.0f} ms, refused {lv.refused}, timeouts {lv.timeouts}, "
                 f"errors {sum(lv.errors.values())}")
         after = await scrape(url)
+        memory = [rss_mb(pid) for pid in pids[1:] or pids]
         by = {lv.clients: lv for lv in levels}
         ref = by.get(16) or levels[-1]
         info = {
@@ -459,7 +482,8 @@ async def amain(args: argparse.Namespace) -> int:
             "no_copy": args.no_copy,
             "workers": f"{len(pids) - 1 if len(pids) > 1 else 1} worker process(es)"
                        if proc else url,
-            "sent": sum(lv.sent for lv in levels),
+            "sent": warm_up.sent + sum(lv.sent for lv in levels),
+            "memory": memory,
             "counted": searches_counted(after) - searches_counted(before),
             "cpu_ms": 1000 * ref.server_cpu / ref.done if ref.server_cpu and ref.done
             else None,
