@@ -14,7 +14,6 @@ they need besides `Catalogue` are exported here).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import io
 import os
@@ -26,7 +25,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from echoimage.config import Settings
-from echoimage.errors import EchoImageError
+from echoimage.errors import (
+    EchoImageError,
+    EmptyCatalogueError,
+    QueryInputError,
+    SettingsError,
+)
 from echoimage.types import CatalogueItem, Picture, SourceListing
 
 if TYPE_CHECKING:
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
     from echoimage.catalogue.scrape import ScrapeFilters, ScrapeReport
     from echoimage.catalogue.scrape import write_catalogue as write_catalogue
+    from echoimage.features.limits import agree_pillow_limit as agree_pillow_limit
     from echoimage.features.sniff import sniff_format as sniff_format
     from echoimage.fetch.client import FetchConfig as FetchConfig
     from echoimage.fetch.client import FetcherFactory
@@ -82,6 +87,7 @@ _EXPORTS = {
     "is_url": ("echoimage.fetch.local", "is_url"),
     "path_url": ("echoimage.fetch.local", "path_url"),
     "sniff_format": ("echoimage.features.sniff", "sniff_format"),
+    "agree_pillow_limit": ("echoimage.features.limits", "agree_pillow_limit"),
 }
 
 
@@ -103,7 +109,23 @@ def open(location: str | os.PathLike[str] | None = None, **settings: Any) -> Cat
         where = os.fspath(location)
         key = "database_url" if "://" in where else "data_dir"
         settings = {key: where, **settings}
-    return Catalogue(Settings(**settings))
+    return Catalogue(make_settings(**settings))
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings from values and the environment (ECHOIMAGE_*); a value a setting cannot
+    take is a SettingsError naming it, in one line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+            for err in exc.errors())
+        raise SettingsError(f"invalid settings: {problems} (an argument, or ECHOIMAGE_"
+                            "<NAME> in the environment)") from None
 
 
 @dataclass(frozen=True)
@@ -186,18 +208,35 @@ class Catalogue:
     # --- indexing ---------------------------------------------------------------------------
 
     def build(self, *sources: str | os.PathLike[str], sample: bool = False,
-              progress: bool = False) -> BuildSummary:
+              progress: bool = False, follow_pages: int | None = None) -> BuildSummary:
         """Index catalogue sources (folders, images.json/JSONL/CSV/text files, image files,
-        URLs); incremental: indexed images are skipped, an interrupted build resumes. With
-        sample (or no source on an empty store), the bundled sample catalogue too."""
+        URLs, web pages); incremental: indexed images are skipped, an interrupted build
+        resumes. With sample (or no source on an empty store), the bundled sample
+        catalogue too. A web page (a URL that is neither an image nor a catalogue file) is
+        a source itself: it is scraped, with up to follow_pages same-site pages, and every
+        update scrapes it again. Every source is read first: one that cannot be read is a
+        CatalogueError, and nothing (no data directory, no store) is created."""
         from echoimage.catalogue.reader import CatalogueReader
-        from echoimage.indexing.build import build_index
+        from echoimage.indexing.build import build_index, check_no_source, read_sources
 
-        summary = build_index(self.settings, self.open_store(create=True),
-                              [os.fspath(s) for s in sources], CatalogueReader(self.settings),
-                              progress, sample)
+        if not sources and not sample:
+            check_no_source(self.settings, self._held())
+        listings = read_sources(CatalogueReader(self.settings),
+                                [os.fspath(s) for s in sources], sample, follow_pages)
+        summary = build_index(self.settings, self.open_store(create=True), listings,
+                              progress)
         self._changed()
         return summary
+
+    def _held(self) -> int:
+        """Images the store holds (0 when there is no store yet: none is created)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory, store_exists
+
+        if self._store is None and not store_exists(self.settings):
+            return 0
+        with session_factory(self.open_store())() as session:
+            return sum(repo.status_counts(session).values())
 
     def update(self, progress: bool = False) -> BuildSummary:
         """Re-read every recorded source: index new and changed images, drop vanished ones
@@ -215,18 +254,21 @@ class Catalogue:
 
     def add(self, items: Iterable[CatalogueItem], source: str = API_SOURCE,
             kind: str = "api", url_policy: UrlPolicy | None = None,
-            on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+            on_progress: Callable[[int, int], None] | None = None,
+            follow_pages: int | None = None) -> BuildSummary:
         """Add items to the catalogue as source's (of kind: ``api`` for images added by
-        hand, ``page`` for a scraped page's) and index them; every URL is fetched through
-        url_policy when given (a server's SSRF guard); on_progress(done, total) after each
-        image. An update re-checks these images but never marks one gone for being
-        unlisted (no file lists them)."""
+        hand, ``page`` for a scraped page's, which followed follow_pages links) and index
+        them; every URL is fetched through url_policy when given (a server's SSRF guard);
+        on_progress(done, total) after each image. An update re-checks images added by
+        hand but never marks one gone for being unlisted (no file lists them); a page is
+        scraped again like a page built with `build`."""
         from echoimage.indexing.build import index_items
 
         fetcher = _guarded(url_policy) if url_policy is not None else None
         summary = index_items(self.settings, self.open_store(create=True),
-                              SourceListing(source, kind, list(items)), False, fetcher,
-                              on_progress)
+                              SourceListing(source, kind, list(items),
+                                            follow_pages=follow_pages),
+                              False, fetcher, on_progress)
         self._changed()
         return summary
 
@@ -311,9 +353,38 @@ class Catalogue:
         behind its score; `result.copies` are those that are copies, `result.found` says
         whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
         query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
-        return self.search_engine.query_bytes(query_bytes(image, self.settings),
-                                              self.settings.default_k if k is None else k,
-                                              colour_sensitive=colour_sensitive)
+        data = query_bytes(image, self.settings)
+        try:
+            return self.search_engine.query_bytes(
+                data, self.settings.default_k if k is None else k,
+                colour_sensitive=colour_sensitive)
+        except EmptyCatalogueError as exc:
+            raise EmptyCatalogueError(f"{exc}: {self._empty_hint()}") from None
+
+    def _empty_hint(self) -> str:
+        """What to do about a catalogue with nothing to search, from what it holds: never
+        a bare `index build` (on an empty store it adds the sample photos)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+        from echoimage.types import Status
+
+        with session_factory(self.open_store())() as session:
+            counts = repo.status_counts(session)
+        held = sum(counts.values())
+        add = ("add images with `echoimage index build SOURCE` (a folder, an images.json, "
+               "an image or page URL)")
+        if not held:
+            return f"it is empty; {add}"
+        if set(counts) == {Status.REMOVED}:
+            return f"its {held} images were all removed; {add}"
+        listed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        from echoimage.store.models import RETRYABLE
+
+        if any(status in RETRYABLE for status in counts):
+            return (f"none of its {held} images is indexed yet ({listed}): `echoimage index "
+                    "update` tries them again, `echoimage index status` says why they failed")
+        return f"none of its {held} images is indexed ({listed}): `echoimage index status` " \
+               "says why"
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,
                    colour_sensitive: bool | None = None,
@@ -390,6 +461,28 @@ class Catalogue:
         with session_factory(self.open_store())() as session:
             return repo.image_info(session, image_id)
 
+    def original(self, image_id: int, longest: int, url_policy: UrlPolicy | None = None
+                 ) -> np.ndarray | None:
+        """An indexed image at its own resolution (its longest side at most longest), in
+        colour (RGB), read again from its file or URL (through url_policy when given); None
+        when it cannot be read or is no longer what was indexed (other bytes): then only
+        what the store keeps (`picture`) can show it."""
+        import hashlib
+
+        from echoimage.features.decode import decode_image
+
+        info = self.image(image_id)
+        if info is None or info["sha256"] is None:
+            return None
+        data = _read_original(info["url"], self.settings, url_policy)
+        if data is None or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            return None
+        try:
+            img = decode_image(data, self.settings.max_pixels, max(16, longest), max(8, longest))
+        except EchoImageError:
+            return None
+        return img.colour
+
     def picture(self, image_id: int) -> Picture | None:
         """What the store keeps to show an indexed image: its grayscale thumbnail, size,
         keypoint scale and colour preview; None when it has none (not indexed)."""
@@ -400,12 +493,41 @@ class Catalogue:
             return repo.picture(session, image_id)
 
 
+def _read_original(url: str, settings: Settings, url_policy: UrlPolicy | None
+                   ) -> bytes | None:
+    """The bytes of a catalogue image's file or URL (a URL through url_policy when given),
+    or None when they cannot be read."""
+    import asyncio
+
+    from echoimage.fetch.local import is_url, read_local
+
+    if not is_url(url):
+        return read_local(url, settings.max_bytes).data
+    from echoimage.fetch.client import FetchConfig, Fetcher
+
+    async def one() -> bytes | None:
+        config = FetchConfig.from_settings(settings, total_timeout=min(
+            settings.http_timeout, ORIGINAL_TIMEOUT))
+        make = _guarded(url_policy) if url_policy is not None else Fetcher
+        async with make(config) as fetcher:
+            res = await fetcher.fetch(url)
+        return res.data if res.ok else None
+
+    return asyncio.run(one())
+
+
+#: seconds a picture's original may take to fetch before its stored preview is shown
+ORIGINAL_TIMEOUT = 10.0
+
+
 def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters | None = None,
                  url_policy: UrlPolicy | None = None, settings: Settings | None = None
                  ) -> ScrapeReport:
     """Collect the image URLs of web pages (and of up to follow_pages same-site pages
     linked from each), like `echoimage catalogue scrape`, with the fetch limits of settings;
     every URL is fetched through url_policy when given (a server's SSRF guard)."""
+    import asyncio
+
     from echoimage.catalogue.scrape import ScrapeFilters, scrape
     from echoimage.fetch.client import FetchConfig
 
@@ -440,7 +562,7 @@ def query_bytes(image: QueryInput, settings: Settings) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
-    raise TypeError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
+    raise QueryInputError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
                     "a numpy array or a Pillow image")
 
 
@@ -450,7 +572,7 @@ def _array_png(arr: np.ndarray) -> bytes:
 
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or \
             (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise TypeError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
+        raise QueryInputError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
                         f"not {arr.dtype} {arr.shape}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -458,9 +580,9 @@ def _array_png(arr: np.ndarray) -> bytes:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 array it accepts
-        raise TypeError("the query array could not be encoded")
+        raise QueryInputError("the query array could not be encoded")
     return buf.tobytes()
 
 
-__all__ = ["API_SOURCE", "Catalogue", "Picture", "QueryInput", "open", "query_bytes",
-           "scrape_pages", *_EXPORTS]
+__all__ = ["API_SOURCE", "Catalogue", "Picture", "QueryInput", "make_settings", "open",
+           "query_bytes", "scrape_pages", *_EXPORTS]

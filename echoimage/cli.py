@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from echoimage.api import Catalogue
+from echoimage.api import Catalogue, make_settings
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.types import Outcome
@@ -42,6 +42,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: what Ctrl-C prints, alone (exit status 130, as a shell reports SIGINT)
+INTERRUPTED = ("interrupted (Ctrl-C): nothing done so far is lost; run the same command "
+               "again to go on")
+
+
+class EchoImageGroup(click.Group):
+    """The command group: Ctrl-C ends a command with one line (not click's "Aborted!")."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED, err=True)
+            raise click.exceptions.Exit(130) from None
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 cluster_option = click.option(
     "--cluster", metavar="ADDRESS", default=None,
@@ -59,7 +75,7 @@ def _with(settings: Settings, **changes: Any) -> Settings:
     return settings.model_copy(update=given) if given else settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EchoImageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="ECHOIMAGE_DATA_DIR", default=None,
               help="Data directory (store, index, sample). Env: ECHOIMAGE_DATA_DIR; "
@@ -82,8 +98,14 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("alembic", "faiss"):  # their INFO lines are about their own loading
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
+    try:
+        settings = make_settings(data_dir=data_dir) if data_dir else make_settings()
+    except EchoImageError as exc:
+        raise click.ClickException(str(exc)) from None
     ctx.obj = settings
+    from echoimage.api import agree_pillow_limit
+
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
 
 
 @cli.group()
@@ -101,6 +123,9 @@ def index() -> None:
 @click.argument("sources", nargs=-1)
 @click.option("--sample", is_flag=True,
               help="Also index the bundled sample catalogue (the default on an empty store).")
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=None,
+              help="A web page SOURCE: also scrape up to N same-site pages it links to "
+                   "(every update scrapes them again). Default 0.")
 @click.option("--workers", type=int, default=None,
               help="Feature worker processes (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -108,10 +133,15 @@ def index() -> None:
 @json_option
 @click.pass_context
 @handle_errors
-def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, workers: int | None,
-                quiet: bool, cluster: str | None, as_json: bool) -> None:
-    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, URLs.
+def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool,
+                follow_pages: int | None, workers: int | None, quiet: bool,
+                cluster: str | None, as_json: bool) -> None:
+    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, image URLs,
+    web pages.
 
+    A web page is a source itself: its images are scraped (robots.txt honoured, see
+    `catalogue scrape`), with up to --follow-pages same-site pages, and `index update`
+    scrapes them again (new images added, changed ones re-indexed, vanished ones gone).
     With no SOURCE on an empty store, the bundled sample catalogue is indexed (with
     --sample, on any store). Re-running is incremental: already indexed images are skipped
     and an interrupted build resumes.
@@ -120,9 +150,10 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
 
     \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
+        echoimage index build https://shop.example/products --follow-pages 20
     """
     summary = _catalogue(ctx, workers=workers, cluster=cluster).build(
-        *sources, sample=sample, progress=not quiet)
+        *sources, sample=sample, progress=not quiet, follow_pages=follow_pages)
     _print_summary(summary, as_json)
 
 
@@ -438,7 +469,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
     """Find groups of duplicates among the catalogue's own images.
 
     Pairs are confirmed with the same evidence and threshold as a query (every
-    orientation); each group names a keeper: the most pixels, then the first indexed.
+    orientation); each group names a keeper: the most pixels of content (inside any
+    border), then the first indexed.
     With --json, one group per line; with --csv, one row per member.
 
     Example:
@@ -456,7 +488,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
         raise click.UsageError("--json or --csv, not both")
     catalogue = _catalogue(ctx)
     catalogue.open_store()  # a missing store: its message, no bar
-    with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
+    # a bar on a terminal only (None: tqdm's tty check), never into logs or cron mail
+    with tqdm(unit="img", disable=True if quiet else None, file=sys.stderr, desc="dedupe",
               dynamic_ncols=True) as bar:
         def progress(done: int) -> None:
             bar.update(done - bar.n)
@@ -544,7 +577,9 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
         click.echo("no sources recorded")
     for info in infos:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(info.counts.items())) or "no images"
-        click.echo(f"{info.id}. {info.uri} ({info.kind}): {counts}")
+        kind = info.kind + (f", following {info.follow_pages} links"
+                            if info.follow_pages else "")
+        click.echo(f"{info.id}. {info.uri} ({kind}): {counts}")
 
 
 @catalogue.command("remove")

@@ -23,8 +23,8 @@ class CatalogueItem:
 @dataclass(frozen=True)
 class SourceListing:
     """A catalogue source as read: its uri as the store records it, its kind (dir, json,
-    jsonl, csv, text, image, url, or api/page for images added over the HTTP API) and its
-    items."""
+    jsonl, csv, text, image, url, page: a web page scraped, or api for images added over
+    the HTTP API) and its items."""
 
     uri: str
     kind: str
@@ -32,6 +32,11 @@ class SourceListing:
     #: files a folder source passed over, by what they look like ("SVG", "PDF", ...),
     #: counted while its items are iterated
     skipped: Counter[str] = field(default_factory=Counter)
+    #: a web page source: the same-site links it follows (None for other kinds)
+    follow_pages: int | None = None
+    #: a web page source: pages that could not be read this time (a timeout, a 5xx): the
+    #: images last found on them are kept, not marked gone
+    unread_pages: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

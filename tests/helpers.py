@@ -371,10 +371,11 @@ def store_snapshot(settings, runs: int = 10) -> StoreSnapshot:
         engine.dispose()
 
 
-def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: float = 60.0
-                      ) -> tuple[int, bool, Path]:
-    """Start `echoimage index build SOURCE` in a subprocess, SIGKILL it (and its workers)
-    once a few batches but not all of its `total` images are indexed.
+def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: float = 60.0,
+                      sig: int = signal.SIGKILL) -> tuple[int, bool, Path]:
+    """Start `echoimage index build SOURCE` in a subprocess, send its session sig (SIGKILL:
+    the build and its workers die; SIGINT: Ctrl-C in a terminal) once a few batches but
+    not all of its `total` images are indexed.
 
     Returns (images indexed when it died, whether it was killed before finishing, its
     stderr log).
@@ -394,17 +395,19 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
         while proc.poll() is None and time.monotonic() < deadline:
             n = indexed_count(db)
             if n is not None and total // 6 <= n < total:
-                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, nothing else
+                os.killpg(proc.pid, sig)  # the build and its workers, nothing else
                 killed = True
                 break
             time.sleep(0.01)
     finally:
         if proc.poll() is None and not killed:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     assert time.monotonic() < deadline, "the build neither progressed nor finished"
     if not killed:
         assert proc.returncode == 0, log.read_text()[-2000:]
+    elif sig == signal.SIGINT:
+        assert proc.returncode == 130, log.read_text()[-2000:]
     return indexed_count(db) or 0, killed, log
 
 
@@ -474,3 +477,31 @@ def indexed_features(data: bytes, colour_size: int | None = None) -> ImageFeatur
     """The features of image bytes as the indexer extracts them (Settings' parameters)."""
     img = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size)
     return extract_features(img, THUMB_SIZE, ORB_FEATURES)
+
+
+def run_on_pty(cmd: list[str]) -> tuple[str, str]:
+    """Run cmd with its stderr on a terminal (a pty 100 columns wide) and its stdout on a
+    pipe; returns (stdout, what the terminal showed). The command must succeed."""
+    import fcntl
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+    # a new pty has no size, and tqdm would draw in 0 columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, cwd=REPO,
+                          env=dict(os.environ)) as proc:
+        os.close(follower)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the pty closed with the process
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.wait(timeout=300) == 0, err.decode(errors="replace")
+    os.close(leader)
+    return out, err.decode(errors="replace")

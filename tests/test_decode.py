@@ -228,6 +228,33 @@ def test_pillows_own_guard_is_a_too_large_error(monkeypatch: pytest.MonkeyPatch)
         decode_image(data, MAX_PIXELS, WORK_SIZE)
 
 
+def test_one_pixel_cap_one_message() -> None:
+    """An image over the cap gets the cap's message whichever check refused it: ours (81
+    Mpixel, under Pillow's default guard) or Pillow's (200 Mpixel, over it: it used to
+    say "Image size (200000000 pixels) exceeds limit of 178956970 pixels")."""
+    with pytest.raises(ImageTooLargeError) as first:
+        decode_image(big_png(9000, 9000, bytes(9000)), MAX_PIXELS, WORK_SIZE)
+    with pytest.raises(ImageTooLargeError) as second:
+        decode_image(big_png(20000, 10000, bytes(20000)), MAX_PIXELS, WORK_SIZE)
+    assert str(first.value) == ("image too large: 9000x9000 = 81,000,000 pixels exceeds "
+                                f"the cap of {MAX_PIXELS:,} (possible decompression bomb)")
+    assert str(second.value) == ("image too large: 200,000,000 pixels exceeds the cap of "
+                                 f"{MAX_PIXELS:,} (possible decompression bomb)")
+
+
+def test_the_entry_points_make_pillows_guard_agree(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """The command line sets Pillow's guard from Settings.max_pixels (importing does not:
+    see test_importing_leaves_pillow_settings_alone), so a cap raised above Pillow's
+    default lets such images through instead of Pillow refusing them."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored
+    monkeypatch.setenv("ECHOIMAGE_MAX_PIXELS", "250000000")
+    CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "none"), "index", "status"])
+    assert Image.MAX_IMAGE_PIXELS == 250_000_000
+    img = decode_image(big_png(20000, 10000, bytes(20000)), 250_000_000, WORK_SIZE)
+    assert (img.width, img.height) == (20000, 10000)
+
+
 def test_big_png_builder_is_a_real_png() -> None:
     row = (np.arange(3000) % 251).astype(np.uint8)
     with Image.open(io.BytesIO(big_png(3000, 2000, row.tobytes()))) as img:

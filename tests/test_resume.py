@@ -134,3 +134,35 @@ def status(data_dir: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "status", *args])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def test_ctrl_c_is_one_line_and_the_build_resumes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the build's process group, as a terminal sends it) ends the build
+    with one line on stderr (no "Aborted!", no traceback, no "coroutine ... was never
+    awaited"), exit status 130, the run recorded as interrupted; the same command then
+    finishes the job with nothing indexed twice."""
+    import signal
+
+    data_dir = tmp_path / "data"
+    root = tmp_path / "catalogue"
+    for attempt, n in enumerate((150, 600)):
+        files = make_catalogue(root, n)
+        before, interrupted, log = interrupted_build(data_dir, root, len(files),
+                                                     sig=signal.SIGINT)
+        if interrupted:
+            break
+        data_dir = tmp_path / f"data{attempt}"
+    assert interrupted, "could not interrupt the build mid-run"
+    lines = log.read_text().splitlines()
+    assert lines == ["interrupted (Ctrl-C): nothing done so far is lost; run the same "
+                     "command again to go on"], lines
+    assert 0 < before < len(files)
+    settings = Settings(data_dir=data_dir, workers=2)
+    runs = store_snapshot(settings, runs=10).runs
+    assert (runs[0]["status"], runs[0]["reason"]) == ("interrupted", "interrupted (Ctrl-C)")
+    summary = build_index(settings, [str(root)], progress=False)
+    assert summary.counts["already-indexed"] == before
+    assert summary.counts["already-indexed"] + summary.counts["indexed"] == len(files)
+    snap = store_snapshot(settings, runs=10)
+    assert snap.counts == {Status.INDEXED: len(files)}
+    assert len(snap.ids) == len(set(snap.ids.tolist())) == len(files)

@@ -1186,3 +1186,42 @@ async def test_colour_sensitive_search_and_preview(env: Env) -> None:
     spread = img.astype(int).max(axis=2) - img.astype(int).min(axis=2)
     assert spread.mean() > 20  # coffee is brown and red: a colour image, not a gray one
     assert (await env.client.get("/api/images/999999/preview")).status_code == 404
+
+
+@module_loop
+async def test_match_picture_from_the_real_resolution(env: Env) -> None:
+    """The catalogue side of a match picture is the image itself at its own resolution
+    (read again from its file: it is as it was indexed), not the stored 256 px thumbnail in
+    the 192 px preview's colours scaled up; a file that changed since falls back to them."""
+    import dataclasses
+
+    import cv2
+
+    body = (await upload(env, copy_of("coffee"), k="1")).json()
+    token, top = body["query_token"], body["results"][0]
+    service = env.app.state.service
+    entry = service.cache.get(token)
+    # no lines or region drawn over it, so that the picture itself can be compared
+    bare = dataclasses.replace(entry.match(top["id"]), pairs=None, region=None,
+                               query_box=None)
+    drawing = cv2.imdecode(np.frombuffer(
+        await asyncio.to_thread(service.match_png, entry, bare), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(top["url"], cv2.IMREAD_COLOR)
+    h = drawing.shape[0]
+    w = round(original.shape[1] * h / original.shape[0])
+    expected = cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA)
+    side = drawing[:, -w:].astype(np.float32)
+    error = float(np.abs(side - expected).mean())
+    assert error < 2.0, error
+    # the stored thumbnail scaled up is what a changed file gets (and much further off)
+    entry._pngs.clear()
+    real = service.catalogue.original
+    service.catalogue.original = lambda *a, **k: None
+    try:
+        fallback = cv2.imdecode(np.frombuffer(
+            await asyncio.to_thread(service.match_png, entry, bare), np.uint8),
+            cv2.IMREAD_COLOR)
+    finally:
+        service.catalogue.original = real
+    worse = float(np.abs(fallback[:, -w:].astype(np.float32) - expected).mean())
+    assert worse > 2 * error, (worse, error)

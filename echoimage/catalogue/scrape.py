@@ -134,11 +134,19 @@ class ParsedPage:
 
 @dataclass(frozen=True)
 class ScrapeReport:
-    """Images found (first-seen order, no duplicate URL), notes on skipped pages, pages read."""
+    """Images found (first-seen order, no duplicate URL), notes on skipped pages, pages read,
+    and pages that could not be read for a reason that may pass (a timeout, a 5xx, a
+    connection error): the images once found there may still be there."""
 
     images: list[dict[str, str]]
     notes: list[str]
     pages: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
+
+
+#: a page fetch that failed so may succeed next time (a 404 or 410 is the page gone)
+TRANSIENT_FETCH = frozenset({FetchStatus.HTTP_ERROR, FetchStatus.TIMEOUT,
+                             FetchStatus.CONNECTION_ERROR})
 
 
 def _extension(url: str) -> str:
@@ -643,9 +651,10 @@ def _got(url: str, result: FetchResult | None, notes: list[str]) -> bool:
 
 
 async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]],
-                             seen: set[str], filters: ScrapeFilters, notes: list[str]
-                             ) -> list[dict[str, str]]:
-    """Images of stylesheets [(url, page)] and of their @imports, each sheet read once."""
+                             seen: set[str], filters: ScrapeFilters, notes: list[str],
+                             unread: list[str]) -> list[dict[str, str]]:
+    """Images of stylesheets [(url, page)] and of their @imports, each sheet read once; the
+    page of a sheet that could not be read for a reason that may pass goes to unread."""
     images: list[dict[str, str]] = []
     level = [(u, p) for u, p in sheets if u not in seen]
     for _ in range(CSS_IMPORT_DEPTH + 1):
@@ -656,6 +665,8 @@ async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]]
         next_level: list[tuple[str, str]] = []
         for (url, page), res in zip(level, results, strict=True):
             if not _got(url, res, notes):
+                if res is not None and res.status in TRANSIENT_FETCH:
+                    unread.append(page)
                 continue
             if _mime(res.content_type) not in ("text/css", ""):
                 notes.append(f"{url}: skipped, not a stylesheet ({res.content_type})")
@@ -682,15 +693,55 @@ async def scrape(pages: list[str], follow_pages: int = 0,
     a page that cannot be read is a note, not an error; CatalogueError when no page at
     all could be read. Images keep first-seen order with no duplicate URL.
     """
+    _check(follow_pages, delay)
+    config = _page_config(fetcher_config)
+    async with (fetcher or Fetcher)(config) as pages_fetcher:
+        client = PoliteClient(pages_fetcher, delay, config.user_agent, [])
+        return await crawl(client, pages, follow_pages, filters)
+
+
+def _check(follow_pages: int, delay: float) -> None:
     if follow_pages < 0:
-        raise ValueError("follow_pages must not be negative")
+        raise CatalogueError(f"follow_pages must not be negative, not {follow_pages}")
     if delay < 0:
-        raise ValueError("delay must not be negative")
+        raise CatalogueError(f"the scrape delay must not be negative, not {delay}")
+
+
+async def page_or_file(url: str, follow_pages: int = 0,
+                       filters: ScrapeFilters = ScrapeFilters(),
+                       fetcher_config: FetchConfig | None = None,
+                       fetcher: Callable[[FetchConfig], Fetcher] | None = None, *,
+                       delay: float) -> ScrapeReport | FetchResult:
+    """A URL whose name does not say what it is, fetched once as the scraper fetches
+    (robots.txt, the delay, the user agent): an HTML page is scraped from there (with up
+    to follow_pages same-site pages), the ScrapeReport; anything else (an image, a
+    catalogue file) comes back as its FetchResult for the caller to read. CatalogueError
+    when robots.txt disallows the URL."""
+    from echoimage.features.sniff import sniff_format
+
+    _check(follow_pages, delay)
+    config = _page_config(fetcher_config)
+    async with (fetcher or Fetcher)(config) as pages_fetcher:
+        client = PoliteClient(pages_fetcher, delay, config.user_agent, [])
+        result = await client.get(url)
+        if result is None:
+            raise CatalogueError(f"{url}: disallowed by robots.txt for {config.user_agent}")
+        if not result.ok or result.data is None or sniff_format(result.data[:4096]) or \
+                _mime(result.content_type) not in _HTML_TYPES:
+            return result
+        return await crawl(client, [url], follow_pages, filters, {url: result})
+
+
+async def crawl(client: PoliteClient, pages: list[str], follow_pages: int,
+                filters: ScrapeFilters, fetched: dict[str, FetchResult] | None = None
+                ) -> ScrapeReport:
+    """The crawl of scrape() through client; fetched holds start pages already fetched."""
     images: list[dict[str, str]] = []
     seen_images: set[str] = set()
     seen_sheets: set[str] = set()
-    notes: list[str] = []
+    notes = client.notes
     read: list[str] = []
+    unread: list[str] = []
     visited: set[str] = set()
     budget: dict[int, int] = {}
     hosts: dict[int, set[str]] = {}
@@ -711,45 +762,49 @@ async def scrape(pages: list[str], follow_pages: int = 0,
                 seen_images.add(entry["url"])
                 images.append(entry)
 
-    config = _page_config(fetcher_config)
-    async with (fetcher or Fetcher)(config) as pages_fetcher:
-        client = PoliteClient(pages_fetcher, delay, config.user_agent, notes)
-        while level:
-            results = await asyncio.gather(*(client.get(url) for url, _ in level))
-            next_level: list[tuple[str, int]] = []
-            sheets: list[tuple[str, str]] = []
-            for (url, seed), result in zip(level, results, strict=True):
-                if not _got(url, result, notes):
+    async def get(url: str) -> FetchResult | None:
+        if fetched and url in fetched:
+            return fetched.pop(url)
+        return await client.get(url)
+
+    while level:
+        results = await asyncio.gather(*(get(url) for url, _ in level))
+        next_level: list[tuple[str, int]] = []
+        sheets: list[tuple[str, str]] = []
+        for (url, seed), result in zip(level, results, strict=True):
+            if not _got(url, result, notes):
+                if result is not None and result.status in TRANSIENT_FETCH:
+                    unread.append(url)
+                continue
+            if not _is_html(result.content_type):
+                notes.append(f"{url}: skipped, not an HTML page ({result.content_type})")
+                continue
+            page_url = result.final_url or url
+            visited.add(normalise(page_url, page_url) or page_url)
+            if (h := _host(page_url)) is not None:
+                hosts[seed].add(h)
+            parsed = parse_page(decode_html(result.data, result.content_type), page_url,
+                                filters)
+            read.append(page_url)
+            keep(parsed.images)
+            sheets += [(s, page_url) for s in parsed.stylesheets]
+            if not parsed.images and not parsed.stylesheets:
+                notes.append(f"{page_url}: no images found")
+            for link in parsed.links:
+                if budget[seed] <= 0:
+                    break
+                if _host(link) not in hosts[seed] or _extension(link) in filters.extensions:
                     continue
-                if not _is_html(result.content_type):
-                    notes.append(f"{url}: skipped, not an HTML page ({result.content_type})")
+                if link in visited:
                     continue
-                page_url = result.final_url or url
-                visited.add(normalise(page_url, page_url) or page_url)
-                if (h := _host(page_url)) is not None:
-                    hosts[seed].add(h)
-                parsed = parse_page(decode_html(result.data, result.content_type), page_url,
-                                    filters)
-                read.append(page_url)
-                keep(parsed.images)
-                sheets += [(s, page_url) for s in parsed.stylesheets]
-                if not parsed.images and not parsed.stylesheets:
-                    notes.append(f"{page_url}: no images found")
-                for link in parsed.links:
-                    if budget[seed] <= 0:
-                        break
-                    if _host(link) not in hosts[seed] or _extension(link) in filters.extensions:
-                        continue
-                    if link in visited:
-                        continue
-                    visited.add(link)
-                    budget[seed] -= 1
-                    next_level.append((link, seed))
-            keep(await _stylesheet_images(client, sheets, seen_sheets, filters, notes))
-            level = next_level
+                visited.add(link)
+                budget[seed] -= 1
+                next_level.append((link, seed))
+        keep(await _stylesheet_images(client, sheets, seen_sheets, filters, notes, unread))
+        level = next_level
     if not read:
         raise CatalogueError(f"no page could be read: {_summary(notes) or 'no page given'}")
-    return ScrapeReport(images=images, notes=notes, pages=read)
+    return ScrapeReport(images=images, notes=notes, pages=read, unread=unread)
 
 
 def _summary(notes: list[str], shown: int = 3) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import warnings
 
 import cv2
@@ -18,12 +19,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from echoimage.errors import DecodeError, ImageTooLargeError, NotAnImageError
+from echoimage.features.limits import agree_pillow_limit, too_large
 from echoimage.features.sniff import looks_like, sniff_format
 from echoimage.types import DecodedImage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["decode_image", "register_plugins", "sniff_format"]
+__all__ = ["agree_pillow_limit", "decode_image", "register_plugins", "sniff_format",
+           "too_large"]
 
 #: the formats that need a plugin, and what reads them
 _PLUGIN_FORMATS = {"HEIC": "pillow-heif", "HEIF": "pillow-heif"}
@@ -47,6 +50,21 @@ def register_plugins() -> frozenset[str]:
         pillow_heif.register_heif_opener()
         readable |= {"HEIC", "HEIF"}
     return frozenset(readable)
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb_message(exc: Image.DecompressionBombError, max_pixels: int) -> str:
+    """Pillow's own refusal, said as the cap's (or, when the host program set Pillow's
+    guard below the cap, naming that limit)."""
+    found = _BOMB_PIXELS.search(str(exc))
+    pixels = int(found.group(1)) if found else None
+    if pixels is not None and pixels <= max_pixels:
+        return (f"image too large: {pixels:,} pixels exceeds Pillow's limit in this program "
+                f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}), below the cap "
+                f"of {max_pixels:,}")
+    return too_large(pixels, max_pixels)
 
 
 def _unreadable(fmt: str) -> str | None:
@@ -144,7 +162,8 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
     Raises DecodeError with a one-line reason for empty, non-image, truncated, corrupt or
     over-large input (NotAnImageError and ImageTooLargeError for the first and the last).
     Pillow's own process-wide settings (its bomb guard, truncated-image loading) are left
-    as the host program set them; the pixel cap here is checked from the header first.
+    as the host program set them (see agree_pillow_limit); the pixel cap here is checked
+    from the header first, and a refusal by Pillow's guard is said as the cap's.
     """
     if work_size < 16:
         raise ValueError("work_size must be at least 16")
@@ -162,10 +181,7 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             if w <= 0 or h <= 0:
                 raise DecodeError(f"{fmt} image has no pixels ({w}x{h})")
             if w * h > max_pixels:
-                raise ImageTooLargeError(
-                    f"image too large: {w}x{h} = {w * h:,} pixels exceeds the cap of "
-                    f"{max_pixels:,} (possible decompression bomb)"
-                )
+                raise ImageTooLargeError(too_large(w * h, max_pixels, (w, h)))
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
                 img.seek(0)
@@ -200,8 +216,8 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             raise NotAnImageError("not an image") from None
         raise NotAnImageError(f"not an image (looks like {kind})") from None
     except Image.DecompressionBombError as exc:
-        # Pillow's own guard, where the host program set it below our cap
-        raise ImageTooLargeError(f"image too large: {exc}") from None
+        # Pillow's own guard (at twice the cap where an entry point made it agree)
+        raise ImageTooLargeError(_bomb_message(exc, max_pixels)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DecodeError(f"corrupt or truncated {_named(data)}image: {msg}") from None

@@ -7,7 +7,8 @@ retryable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
@@ -15,7 +16,7 @@ from sqlalchemy import Engine
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
 from echoimage.indexing.runner import Backend, Runner, run_work
-from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.runs import BuildSummary, one_runner, recorded_run
 from echoimage.indexing.work import WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 class SourceReader(Protocol):
     """How the write side reads catalogue sources (`echoimage.catalogue.reader`)."""
 
-    def read(self, source: str) -> SourceListing:
-        """A source's uri, kind and items (a CatalogueError when it cannot be read)."""
+    def read(self, source: str, kind: str | None = None, follow_pages: int | None = None
+             ) -> SourceListing:
+        """A source's uri, kind and items (a CatalogueError when it cannot be read); kind:
+        as recorded (an update's), follow_pages: the links a web page source follows."""
 
     def sample(self) -> str:
         """The bundled sample catalogue's source."""
@@ -54,31 +57,40 @@ def index_work(settings: Settings, store: Engine, work: Iterable[WorkItem],
     run_work(runner, work, summary)
 
 
-def build_index(settings: Settings, store: Engine, sources: list[str], reader: SourceReader,
-                progress: bool, sample: bool = False, fetcher: FetcherFactory | None = None
-                ) -> BuildSummary:
-    """Index the catalogue sources: new, retryable and removed items (a removed image
-    named by a source built again comes back). With sample, or with no source on an empty
-    store, the bundled sample catalogue too; no source on a store that holds a catalogue is
-    a CatalogueError (it would quietly add the sample photos to it).
+def read_sources(reader: SourceReader, sources: list[str], sample: bool,
+                 follow_pages: int | None = None) -> list[SourceListing]:
+    """Every source read (listings with their items in a list), before anything is
+    written or even created: one that cannot be read (or is no catalogue) is a
+    CatalogueError, and a build that fails so leaves no data directory and no store. With
+    sample (or no source at all), the bundled sample catalogue too; a web page source
+    follows follow_pages same-site links."""
+    read = []
+    for source in sources:
+        listing = reader.read(source, follow_pages=follow_pages)
+        read.append(replace(listing, items=list(listing.items)))
+    if sample or not sources:  # written to the data directory: once the rest is read
+        listing = reader.read(reader.sample())
+        read.append(replace(listing, items=list(listing.items)))
+    return read
+
+
+def check_no_source(settings: Settings, held: int) -> None:
+    """A build with no source adds the sample photos to an empty store only: on one that
+    holds a catalogue (held images) it would quietly add them, so it is a CatalogueError."""
+    if held:
+        raise CatalogueError(
+            f"the store in {settings.data_dir} already holds a catalogue ({held} images):"
+            " give the SOURCEs to add, or --sample to add the bundled sample photos")
+
+
+def build_index(settings: Settings, store: Engine, listings: list[SourceListing],
+                progress: bool, fetcher: FetcherFactory | None = None) -> BuildSummary:
+    """Index the sources' listings (from read_sources): new, retryable and removed items (a
+    removed image named by a source built again comes back).
 
     Already-indexed URLs are not fetched again (`index update` re-checks them).
     """
-    if not sources and not sample:
-        with session_factory(store)() as session:
-            held = sum(repo.status_counts(session).values())
-        if held:
-            raise CatalogueError(
-                f"the store in {settings.data_dir} already holds a catalogue ({held} images):"
-                " give the SOURCEs to add, or --sample to add the bundled sample photos")
-    if sample:
-        sources = [*sources, reader.sample()]
-
-    def listings() -> Iterator[SourceListing]:  # read as the run goes
-        for source in sources or [reader.sample()]:
-            yield reader.read(source)
-
-    return _build(settings, store, listings(), sources, progress, fetcher)
+    return _build(settings, store, listings, [it.uri for it in listings], progress, fetcher)
 
 
 def index_items(settings: Settings, store: Engine, listing: SourceListing, progress: bool,
@@ -95,16 +107,16 @@ def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
            on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
     sessions = session_factory(store)
     summary = BuildSummary(kind="build")
-    # every source is read before anything is recorded: one that cannot be read (or is no
-    # catalogue) stops the build with nothing written
+    # every source is read before anything is recorded (see read_sources)
     read = [(listing, list(listing.items)) for listing in listings]
-    with recorded_run(sessions, summary, sources):
+    with one_runner(sessions, store), recorded_run(sessions, summary, sources):
         work: dict[int, WorkItem] = {}
         for listing, items in read:
             summary.sources.append(listing.uri)
             summary.skipped.update(listing.skipped)
             with sessions.begin() as session:
-                sid = repo.source_id(session, listing.uri, listing.kind)
+                sid = repo.source_id(session, listing.uri, listing.kind,
+                                     listing.follow_pages)
                 for i in range(0, len(items), 1000):
                     repo.add_pending(session, items[i:i + 1000], sid)
                 known = repo.known_images(session, [it.url for it in items])

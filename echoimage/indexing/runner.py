@@ -9,17 +9,12 @@ can take the processing over: it is given the runner, and hands its results back
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import select
-import threading
-import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
-import cv2
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
@@ -32,6 +27,8 @@ from echoimage.indexing.work import (
     WorkItem,
     WorkResult,
     fetched_result,
+    init_worker,
+    noop,
     process_bytes,
     process_path,
 )
@@ -51,43 +48,6 @@ class Backend(Protocol):
     def run(self, runner: Runner, work: list[WorkItem], summary: BuildSummary) -> None:
         """Process work, handing results back with runner.write (or, where the backend
         wrote them itself, runner.changed) and progress with runner.handled."""
-
-
-def _exit_with(pid: int) -> None:
-    """Exit this worker as soon as process pid (the run that started it) is gone.
-
-    A pool worker's parent is the forkserver, which outlives a killed main process for as
-    long as its workers hold the pool's pipes: without this, kill -9 of a build would leave
-    the workers and the forkserver blocked forever. A pidfd becomes readable when the
-    process exits (no polling, no pid reuse); where there is none, poll once a second.
-    """
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(1)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        select.select([fd], [], [])
-        os._exit(1)
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:
-            pass
-
-
-def _init_worker(main_pid: int) -> None:
-    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True,
-                     name="exit-with-main").start()
-    cv2.setNumThreads(1)
-
-
-def _noop(_: int) -> None:
-    """A task that only makes the pool start a worker."""
 
 
 class Runner:
@@ -131,19 +91,28 @@ class Runner:
                 asyncio.run(self._run(inline, 1, work, summary))
             return
         workers = self.settings.workers or os.cpu_count() or 1
-        # forkserver: a plain fork after OpenCV has started its thread pool can deadlock
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["echoimage.indexing.work"])
+        from loky import ProcessPoolExecutor
+
+        # loky starts each worker as a new interpreter (fork + exec) that imports only the
+        # modules of the tasks it is given: never the calling script, so a script without a
+        # `__main__` guard builds as well as the command line (multiprocessing's spawn and
+        # forkserver run the script again in every worker); a plain fork after OpenCV has
+        # started its threads could deadlock
         try:
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(os.getpid(),)) as pool:
-                # start every worker now: spawning one later would stall the fetch loop
-                list(pool.map(_noop, range(workers)))
-                asyncio.run(self._run(pool, workers, work, summary))
-        except BrokenProcessPool:
+            pool = ProcessPoolExecutor(workers, initializer=init_worker,
+                                       initargs=(os.getpid(), self.params.max_pixels))
+        except OSError as exc:
+            raise EchoImageError(f"cannot start the feature workers: {exc}") from None
+        try:
+            # start every worker now: spawning one later would stall the fetch loop
+            list(pool.map(noop, range(workers)))
+            asyncio.run(self._run(pool, workers, work, summary))
+        except BrokenProcessPool as exc:
             raise EchoImageError(
-                "a feature worker died (killed, or out of memory): the images indexed so "
-                "far are saved; run the command again to go on") from None
+                f"a feature worker died ({worker_death(exc)}): the images indexed so far "
+                "are saved; run the command again to go on") from None
+        finally:
+            pool.shutdown(wait=True, kill_workers=True)
 
     async def _run(self, pool: Executor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
@@ -191,18 +160,20 @@ class Runner:
                         fres.etag, fres.last_modified, item.sha256 if item.was_indexed else None)
             on_result(res)
 
-        async def submit(coro: Any) -> None:
+        async def submit(job: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+            # the coroutine is made only once it is scheduled: one made and then abandoned
+            # by Ctrl-C while waiting for room would be "never awaited"
             nonlocal tasks
             while len(tasks) >= workers * 4:
                 done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     t.result()
-            tasks.add(asyncio.create_task(coro))
+            tasks.add(asyncio.create_task(job(*args)))
 
         try:
             for item in work:
                 if not is_url(item.url):
-                    await submit(do_local(item))
+                    await submit(do_local, item)
             remote = [(w.image_id, w.url, w.etag if w.was_indexed else None,
                        w.last_modified if w.was_indexed else None)
                       for w in work if is_url(w.url)]
@@ -211,12 +182,14 @@ class Runner:
                 async with (self.fetcher or Fetcher)(cfg) as fetcher:
                     async for key, fres in fetcher.fetch_many(remote):
                         summary.net_wait_seconds += fres.wait_s
-                        await submit(do_remote(items[key], fres))
+                        await submit(do_remote, items[key], fres)
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()
+            if tasks:  # let the cancelled ones finish (no "task was destroyed" warning)
+                await asyncio.gather(*tasks, return_exceptions=True)
             if pending:
                 self.write(pending, items, summary)
                 pending.clear()
@@ -249,3 +222,13 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     report = update_index_files(runner.settings, runner.store)
     summary.index_entries = report.images
     summary.index = report.as_dict()
+
+
+def worker_death(exc: BaseException) -> str:
+    """How a feature worker died, in a few words (from the pool's error)."""
+    text = str(exc)
+    for signal_name, what in (("SIGKILL", "killed: out of memory, or by kill -9"),
+                              ("SIGSEGV", "it crashed"), ("SIGTERM", "terminated")):
+        if signal_name in text:
+            return what
+    return "killed, or out of memory"

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.errors import EchoImageError
@@ -86,14 +87,15 @@ class BuildSummary:
 @contextmanager
 def work_phase(summary: BuildSummary, total: int, progress: bool, desc: str
                ) -> Iterator[Callable[[int], None]]:
-    """The processing phase of a run: a progress bar on stderr and the summary's
+    """The processing phase of a run: a progress bar on stderr (with progress, and only
+    when stderr is a terminal: never into a log or cron mail) and the summary's
     work_items and work_seconds, counted together (the bar's final rate is their ratio:
     smoothing=0 makes tqdm show the average since its start rather than a recent rate).
     Yields advance(n), to call as images are handled."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=desc,
-               dynamic_ncols=True, smoothing=0)
+    bar = tqdm(total=total, unit="img", disable=None if progress else True, file=sys.stderr,
+               desc=desc, dynamic_ncols=True, smoothing=0)
     t0 = time.time()  # tqdm's clock, started with the bar
 
     def advance(n: int) -> None:
@@ -152,6 +154,27 @@ def run_end(exc: BaseException) -> tuple[RunStatus, str]:
     if isinstance(exc, EchoImageError) and text:
         return RunStatus.FAILED, text
     return RunStatus.FAILED, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def one_runner(sessions: sessionmaker[Session], store: Engine) -> Iterator[None]:
+    """The block runs as the catalogue's only runner: a build or update that finds another
+    going says so in one line (the log's warning) and waits for it to end, then does what
+    is left (so nothing is done twice and its counts are true)."""
+    from echoimage.store.db import run_lock
+
+    def waiting() -> None:
+        with sessions() as session:
+            going = [r for r in repo.recent_runs(session, 20)
+                     if r["status"] == RunStatus.RUNNING]
+        who = (f" (run {going[0]['id']}, {going[0]['kind']}"
+               + (f", {going[0]['process']}" if going[0]["process"] else "") + ")"
+               if going else "")
+        log.warning("another build or update of this catalogue is running%s: waiting for "
+                    "it to finish", who)
+
+    with run_lock(store, waiting):
+        yield
 
 
 @contextmanager

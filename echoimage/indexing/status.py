@@ -57,7 +57,9 @@ def status_report(settings: Settings, store: Engine) -> dict[str, Any]:
         "counts": counts,
         "index": index,
         "bytes": sizes,
-        "sources": [{"uri": u, "kind": k} for u, k in sources],
+        "sources": [{"uri": s.uri, "kind": s.kind}
+                    | ({"follow_pages": s.follow_pages} if s.follow_pages is not None else {})
+                    for s in sources],
         "runs": runs,
         "recent_failures": failures,
     }

@@ -13,33 +13,43 @@ from __future__ import annotations
 import sys
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
 from echoimage.errors import CatalogueError
 from echoimage.indexing.build import SourceReader, index_work
-from echoimage.indexing.runs import BuildSummary, recorded_run
+from echoimage.indexing.runs import BuildSummary, one_runner, recorded_run
 from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
 from echoimage.store.models import RETRYABLE
+from echoimage.store.repo import KnownImage
 from echoimage.types import CatalogueItem, Outcome, SourceListing, Status
 
-#: source kinds no catalogue file lists (images added over the HTTP API, pages scraped
-#: there): an update re-checks the images they hold and marks none gone for being unlisted
-HAND_LISTED = frozenset({"api", "page"})
+#: source kinds no catalogue file lists (images added over the HTTP API): an update
+#: re-checks the images they hold and marks none gone for being unlisted (a web page source
+#: is scraped again: what it no longer shows is gone)
+HAND_LISTED = frozenset({"api"})
 
 
 def update_index(settings: Settings, store: Engine, reader: SourceReader, progress: bool
                  ) -> BuildSummary:
     """Re-read every recorded source and bring the store and the index up to date."""
     sessions = session_factory(store)
+    with one_runner(sessions, store):
+        return _update(settings, store, sessions, reader, progress)
+
+
+def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
+            reader: SourceReader, progress: bool) -> BuildSummary:
     summary = BuildSummary(kind="update")
     with sessions() as session:
         sources = repo.list_sources(session)
         stale = repo.stale_feature_ids(session, FeatureParams.from_settings(settings).key)
     work: dict[int, WorkItem] = {}
-    with recorded_run(sessions, summary, [u for u, _ in sources]):
-        for uri, kind in sources:
+    with recorded_run(sessions, summary, [s.uri for s in sources]):
+        for source in sources:
+            uri, kind = source.uri, source.kind
             summary.sources.append(uri)
             if kind in HAND_LISTED:
                 # added over the HTTP API: no file lists them; their images are re-checked
@@ -48,7 +58,7 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                 listing = SourceListing(uri, kind, items)
             else:
                 try:
-                    listing = reader.read(uri)
+                    listing = reader.read(uri, kind, source.follow_pages)
                 except CatalogueError as exc:
                     summary.counts[Outcome.SOURCE_UNREADABLE] += 1
                     summary.failures.append((uri, Outcome.SOURCE_UNREADABLE, str(exc)))
@@ -58,15 +68,19 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                     continue
             items = list(listing.items)
             with sessions.begin() as session:
-                sid = repo.source_id(session, listing.uri, listing.kind)
+                sid = repo.source_id(session, listing.uri, listing.kind, listing.follow_pages)
                 repo.add_pending(session, items, sid)
                 listed = {it.url for it in items}
                 known = repo.known_images(session, list(listed))
-                for url, k in repo.images_of_source(session, listing.uri).items():
-                    if url not in listed and k.status != Status.GONE:
-                        repo.save_failure(session, k.id, Status.GONE,
-                                          "no longer in the catalogue")
-                        summary.counts[Status.GONE] += 1
+                unlisted = {k.id: k for url, k in repo.images_of_source(session, uri).items()
+                            if url not in listed and k.status != Status.GONE}
+                for k in _kept_for_unread_pages(session, unlisted, listing):
+                    unlisted.pop(k)
+                for k in unlisted.values():
+                    repo.save_failure(session, k.id, Status.GONE,
+                                      "no longer on the page" if listing.kind == "page"
+                                      else "no longer in the catalogue")
+                    summary.counts[Status.GONE] += 1
             for k in known.values():
                 if k.status == Status.GONE and k.url in listed:
                     # back in the catalogue: fetch it again from scratch
@@ -84,3 +98,13 @@ def update_index(settings: Settings, store: Engine, reader: SourceReader, progre
                     summary.counts[Outcome.skipped(k.status)] += 1
         index_work(settings, store, work.values(), summary, progress)
     return summary
+
+
+def _kept_for_unread_pages(session: Session, unlisted: dict[int, KnownImage],
+                           listing: SourceListing) -> list[int]:
+    """Of a web page source's images no longer listed, those last found on a page that
+    could not be read this time (a timeout, a 5xx): they are kept, not marked gone."""
+    if not listing.unread_pages or not unlisted:
+        return []
+    found_on = repo.metadata_of(session, list(unlisted))
+    return [i for i, meta in found_on.items() if (meta or {}).get("page") in listing.unread_pages]

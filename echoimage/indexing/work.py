@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import select
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +28,49 @@ if TYPE_CHECKING:
     from echoimage.fetch.client import FetchResult
 
 log = logging.getLogger(__name__)
+
+
+def _exit_with(pid: int) -> None:
+    """Exit this worker as soon as process pid (the run that started it) is gone, so that
+    kill -9 of a build leaves no worker behind. A pidfd becomes readable when the process
+    exits (no polling, no pid reuse); where there is none, poll once a second."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
+
+
+def init_worker(main_pid: int, max_pixels: int) -> None:
+    """Start-up of a feature worker process: exit with the run, leave Ctrl-C to the run
+    (which stops the pool; a worker's own KeyboardInterrupt would print a traceback), one
+    OpenCV thread, and Pillow's bomb guard at the run's pixel cap (see decode)."""
+    import cv2
+
+    from echoimage.features.decode import agree_pillow_limit
+
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True,
+                     name="exit-with-main").start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+    agree_pillow_limit(max_pixels)
+
+
+def noop(_: int) -> None:
+    """A task that only makes the pool start a worker."""
+
 
 @dataclass(frozen=True)
 class FeatureParams:

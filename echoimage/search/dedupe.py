@@ -14,7 +14,9 @@ Pairs are proposed, confirmed and grouped:
   make it a duplicate) ORB matching of the stored keypoints with RANSAC; the fused score
   must reach `duplicate_threshold`.
 * **grouped** by union-find over confirmed pairs. Each group names a keeper: the member with
-  the most pixels, then the one indexed first, then the lowest id.
+  the most pixels of content (its pixels inside any flat border: a white-bordered copy is
+  not kept over its original), among those within KEEP_TOLERANCE of the most the one with
+  the least border, then the one indexed first, then the lowest id.
 
 Everything is read from the store and the index; no image is fetched or decoded again.
 """
@@ -22,7 +24,7 @@ Everything is read from the store and the index; no image is fetched or decoded 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -337,7 +339,10 @@ class Deduper:
                     joined.union(a, b)
             self._feats.clear()
         stages["confirm"] = time.perf_counter() - t2
-        groups = _group(links, by_id)
+        linked = sorted({i for ln in links for i in (ln.a, ln.b)})
+        content = {i: content_fraction(f.thumb) for i, f in self._features(linked).items()}
+        self._feats.clear()
+        groups = _group(links, by_id, content)
         return DedupeResult(groups, len(rows), seq, self.crops, len(candidates),
                             time.perf_counter() - t0, stages)
 
@@ -467,9 +472,36 @@ def _square(part: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(part, (side, side), interpolation=cv2.INTER_AREA)
 
 
-def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
-    """Union-find over links; the keeper (most pixels, then first indexed, then lowest
-    id) first; groups largest first."""
+#: content areas within this share of a group's largest count as the same (the border is
+#: found on the 256 px thumbnail): the one with the least border among them is kept
+KEEP_TOLERANCE = 0.1
+
+
+def content_fraction(thumb: np.ndarray) -> float:
+    """The share of an image inside its flat margins (1.0 when it has none)."""
+    box = margins(thumb)
+    if box is None:
+        return 1.0
+    h, w = thumb.shape
+    return box[2] * box[3] / float(w * h)
+
+
+def keeper_order(ids: Iterable[int], rows: dict[int, _Row], content: dict[int, float]
+                 ) -> list[int]:
+    """A group's members, the one to keep first: the most pixels of content (inside any
+    border), the least border among those within KEEP_TOLERANCE of the most, then the
+    first indexed, then the lowest id."""
+    def area(i: int) -> float:
+        return rows[i].width * rows[i].height * content.get(i, 1.0)
+
+    most = max(area(i) for i in ids)
+    return sorted(ids, key=lambda i: (area(i) < most * (1 - KEEP_TOLERANCE),
+                                      -content.get(i, 1.0), -area(i), rows[i].indexed_at, i))
+
+
+def _group(links: list[Link], rows: dict[int, _Row], content: dict[int, float]
+           ) -> list[Group]:
+    """Union-find over links; the keeper (keeper_order) first; groups largest first."""
     uf = _UnionFind()
     for ln in links:
         uf.union(ln.a, ln.b)
@@ -484,8 +516,7 @@ def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
                 best_link[i] = ln
     groups = []
     for root, ids in members.items():
-        order = sorted(ids, key=lambda i: (-rows[i].width * rows[i].height,
-                                           rows[i].indexed_at, i))
+        order = keeper_order(ids, rows, content)
         group_links = tuple(sorted((ln for ln in links if uf.find(ln.a) == root),
                                    key=lambda ln: (ln.a, ln.b)))
         ms = tuple(Member(i, rows[i].url, rows[i].width, rows[i].height, rows[i].indexed_at,

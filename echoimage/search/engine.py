@@ -145,8 +145,7 @@ class SearchEngine:
         faiss.omp_set_num_threads(1)
         snap = self.live.current()
         if snap.size == 0:
-            raise EmptyCatalogueError(
-                "the catalogue has no indexed images: run `echoimage index build` first")
+            raise EmptyCatalogueError("the catalogue has no indexed images")
         s = self.settings
         spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
         since = [time.perf_counter()]

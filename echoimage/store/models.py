@@ -51,6 +51,8 @@ class Source(Base):
     kind: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: a web page source: the same-site links followed when it is scraped (else NULL)
+    follow_pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ImageRow(Base):

@@ -144,24 +144,36 @@ def current_seq(session: Session) -> int:
     return int(session.scalar(select(StoreInfo.seq).where(StoreInfo.id == 1)) or 0)
 
 
-def source_id(session: Session, uri: str, kind: str) -> int:
-    """Id of a catalogue source, recorded on first use."""
+def source_id(session: Session, uri: str, kind: str, follow_pages: int | None = None) -> int:
+    """Id of a catalogue source, recorded on first use; a source read again records its
+    kind and follow_pages as read this time (a page URL once read as an image URL)."""
     lock_writes(session)
     ts = now()
     found = session.scalar(select(Source.id).where(Source.uri == uri))
     if found is None:  # (inserted only when missing: a conflict would use up an id)
         session.execute(insert_ignoring_duplicates(session, Source.__table__, "uri").values(
-            uri=uri, kind=kind, added_at=ts, last_read_at=ts))
+            uri=uri, kind=kind, added_at=ts, last_read_at=ts, follow_pages=follow_pages))
         found = session.scalar(select(Source.id).where(Source.uri == uri))
         assert found is not None
     else:
-        session.execute(update(Source).where(Source.id == found).values(last_read_at=ts))
+        session.execute(update(Source).where(Source.id == found).values(
+            last_read_at=ts, kind=kind, follow_pages=follow_pages))
     return int(found)
 
 
-def list_sources(session: Session) -> list[tuple[str, str]]:
-    """(uri, kind) of every recorded source, oldest first."""
-    return [(r.uri, r.kind) for r in session.execute(select(Source).order_by(Source.id)).scalars()]
+@dataclass(frozen=True)
+class RecordedSource:
+    """A recorded source as an update reads it again."""
+
+    uri: str
+    kind: str
+    follow_pages: int | None = None
+
+
+def list_sources(session: Session) -> list[RecordedSource]:
+    """Every recorded source, oldest first."""
+    return [RecordedSource(r.uri, r.kind, r.follow_pages)
+            for r in session.execute(select(Source).order_by(Source.id)).scalars()]
 
 
 def images_of_source(session: Session, uri: str) -> dict[str, KnownImage]:
@@ -708,6 +720,7 @@ class SourceInfo:
     added_at: str
     last_read_at: str | None
     counts: dict[str, int]
+    follow_pages: int | None = None  # a web page source: the same-site links it follows
 
 
 def source_infos(session: Session) -> list[SourceInfo]:
@@ -721,7 +734,7 @@ def source_infos(session: Session) -> list[SourceInfo]:
     for src in session.scalars(select(Source).order_by(Source.id)):
         out.append(SourceInfo(src.id, src.uri, src.kind, src.added_at.isoformat(),
                               src.last_read_at.isoformat() if src.last_read_at else None,
-                              counts.get(src.id, {})))
+                              counts.get(src.id, {}), src.follow_pages))
     return out
 
 

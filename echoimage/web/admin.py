@@ -56,12 +56,12 @@ async def _check_url(service: WebService, url: str) -> str:
 
 
 def _index_into(job: Job, service: WebService, uri: str, kind: str,
-                items: list[CatalogueItem]) -> None:
+                items: list[CatalogueItem], follow_pages: int | None = None) -> None:
     """Index items as the source uri's (every URL through the server's SSRF guard),
     recording the outcome on the job."""
     job.progress(0, len(items))
     summary = service.catalogue.add(items, uri, kind, url_policy=service.policy,
-                                    on_progress=job.progress)
+                                    on_progress=job.progress, follow_pages=follow_pages)
     job.counts = dict(summary.counts)
     job.errors.extend(f"{status}: {url}: {reason}" for url, status, reason in
                       summary.failures)
@@ -80,7 +80,7 @@ def _add_page(service: WebService, req: PageRequest) -> Any:
         items = [CatalogueItem(e["url"], req.page_url,
                                {k: v for k, v in e.items() if k != "url"})
                  for e in report.images]
-        _index_into(job, service, req.page_url, "page", items)
+        _index_into(job, service, req.page_url, "page", items, req.follow_pages)
         job.result["pages"] = report.pages
 
     return run

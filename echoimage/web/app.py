@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from echoimage.api import Catalogue
+from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.web import admin, pages, routes
@@ -95,8 +95,9 @@ def app_from_environment() -> FastAPI:
     """The application of a worker process of `serve` (uvicorn's factory): the settings
     `serve` put in ECHOIMAGE_SERVE_CONFIG."""
     config = json.loads(os.environ[CONFIG_ENV])
-    return create_app(Settings.model_validate(config["settings"]),
-                      WebSettings.model_validate(config["web"]))
+    settings = Settings.model_validate(config["settings"])
+    agree_pillow_limit(settings.max_pixels)  # a worker process is ours too: one pixel cap
+    return create_app(settings, WebSettings.model_validate(config["web"]))
 
 
 class LateResponseFilter(logging.Filter):
@@ -166,6 +167,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         catalogue.open_store()
     if warning := exposure_warning(host, web):
         log.warning("%s", warning)
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
     web = web.model_copy(update={"load_in_background": True})
     run: dict[str, Any] = {"host": host, "port": port, "server_header": False,
                            "access_log": web.access_log == AccessLog.TEXT,

@@ -296,13 +296,23 @@ class WebService:
             width = cand.width or cand.thumbnail.shape[1]
             height = cand.height or cand.thumbnail.shape[0]
             scale = cand.work_scale or 1.0
-            catalogue = restore_aspect(cand.thumbnail, width, height,
-                                       max(16, round(max(width, height) / scale)))
-            catalogue = colourise(catalogue, preview)
-            region = None
-            if match.region:
-                region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qpicture, catalogue, match.pairs, region,
+            work_longest = max(16, round(max(width, height) / scale))
+            # the image itself at its own resolution when it can still be read as it was
+            # indexed; else what the store keeps (the thumbnail in the preview's colours)
+            original = self.catalogue.original(match.id, ORIGINAL_LONGEST, self.policy)
+            if original is not None:
+                catalogue = np.ascontiguousarray(original[:, :, ::-1])  # RGB → BGR
+            else:
+                catalogue = colourise(restore_aspect(cand.thumbnail, width, height,
+                                                     work_longest), preview)
+            shown = max(catalogue.shape[:2])
+            region = pairs = None
+            if match.region:  # in the image's own pixels
+                region = np.asarray(match.region, np.float64) * (shown / max(width, height))
+            if match.pairs is not None:  # catalogue side in working-image pixels
+                pairs = np.array(match.pairs, np.float64).reshape(-1, 4)
+                pairs[:, 2:4] *= shown / work_longest
+            return encode_png(match_image(qpicture, catalogue, pairs, region,
                                           query_box=box))
 
         try:
@@ -348,6 +358,11 @@ class WebService:
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
             "runs": runs,
         }
+
+
+#: the longest side a match picture's catalogue image is read at (it is drawn 300 px high,
+#: up to 600 wide; twice that keeps it sharp on a high-density screen)
+ORIGINAL_LONGEST = 1200
 
 
 def _query_picture(entry: CachedQuery) -> np.ndarray:
