@@ -82,6 +82,9 @@ def origin_app(internal_port: int) -> web.Application:
     """The allow-listed "public" site: an image, redirects (to an internal port, to file://),
     a page, a 404, a slow answer and a body over the cap."""
     routes = web.RouteTableDef()
+    # encoded before the server listens: HEVC takes seconds on a busy machine, past the
+    # URL fetch's timeout
+    coffee_heic_bytes = heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0))
 
     @routes.get("/coffee.jpg")
     async def coffee(request: web.Request) -> web.Response:
@@ -89,8 +92,7 @@ def origin_app(internal_port: int) -> web.Application:
 
     @routes.get("/coffee.heic")
     async def coffee_heic(request: web.Request) -> web.Response:
-        return web.Response(body=heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0)),
-                            content_type="image/heic")
+        return web.Response(body=coffee_heic_bytes, content_type="image/heic")
 
     @routes.get("/to-internal.jpg")
     async def to_internal(request: web.Request) -> web.Response:
