@@ -376,6 +376,19 @@ def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
+def code_version() -> str:
+    """The commit the server's code is from (with "+ changes" when the tree differs)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} + changes" if dirty else commit
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def report(levels: list[Level], info: dict[str, Any]) -> str:
@@ -384,7 +397,7 @@ def report(levels: list[Level], info: dict[str, Any]) -> str:
         f"Catalogue: {info['entries']:,} entries ({info['photos']} photos, the rest derived "
         f"padding); {info['negatives']} held-out photos; server: {info['workers']}; "
         f"machine: {os.cpu_count()} cores, 1-minute load {info['load']:.2f} before the run; "
-        f"{info['no_copy']:.0%} no-copy queries, k={info['k']}.",
+        f"{info['no_copy']:.0%} no-copy queries, k={info['k']}; code at commit {info['commit']}.",
         "",
         "| clients | sent | accepted | refused (503) | timeouts | other errors | queries/s | "
         "p50 ms | p95 ms | p99 ms | copies first | no-copy answered so | server CPU ms/query |",
@@ -479,7 +492,7 @@ async def amain(args: argparse.Namespace) -> int:
         info = {
             "entries": int(sample(after, "echoimage_index_entries")) or args.entries,
             "photos": len(cat), "negatives": len(held), "load": load, "k": args.k,
-            "no_copy": args.no_copy,
+            "no_copy": args.no_copy, "commit": code_version(),
             "workers": f"{len(pids) - 1 if len(pids) > 1 else 1} worker process(es)"
                        if proc else url,
             "sent": warm_up.sent + sum(lv.sent for lv in levels),
