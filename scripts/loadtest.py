@@ -292,7 +292,8 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 
 def server_pids(root: int) -> list[int]:
-    """The server's process and its worker processes (children of root)."""
+    """The server's process and its children (the serving processes, and with several of
+    them multiprocessing's resource tracker)."""
     pids = [root]
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -302,6 +303,20 @@ def server_pids(root: int) -> list[int]:
         if int(fields[1]) == root:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def serving_pids(pids: list[int]) -> list[int]:
+    """Of the server's processes, those that answer requests: the workers uvicorn spawned,
+    or the one process when there are none."""
+    workers = []
+    for pid in pids[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(pid)
+    return workers or pids[:1]
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -486,15 +501,15 @@ async def amain(args: argparse.Namespace) -> int:
                 f"{lv.pct(95):.0f} ms, refused {lv.refused}, timeouts {lv.timeouts}, "
                 f"errors {sum(lv.errors.values())}")
         after = await scrape(url)
-        memory = [rss_mb(pid) for pid in pids[1:] or pids]
+        serving = serving_pids(pids)
+        memory = [rss_mb(pid) for pid in serving]
         by = {lv.clients: lv for lv in levels}
         ref = by.get(16) or levels[-1]
         info = {
             "entries": int(sample(after, "echoimage_index_entries")) or args.entries,
             "photos": len(cat), "negatives": len(held), "load": load, "k": args.k,
             "no_copy": args.no_copy, "commit": code_version(),
-            "workers": f"{len(pids) - 1 if len(pids) > 1 else 1} worker process(es)"
-                       if proc else url,
+            "workers": f"{len(serving)} serving process(es)" if proc else url,
             "sent": warm_up.sent + sum(lv.sent for lv in levels),
             "memory": memory,
             "counted": searches_counted(after) - searches_counted(before),

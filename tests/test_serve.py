@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import httpx
 import pytest
 from conftest import Built
 from fastapi import FastAPI
-from helpers import jpeg, photo, resize, rotate, to_rgb
+from helpers import free_port, jpeg, photo, resize, rotate, to_rgb
 
 from echoimage.config import Settings
 from echoimage.web.app import CONFIG_ENV, app_from_environment, create_app, serve
@@ -42,12 +41,6 @@ COPIES = ("coffee", "rocket", "camera", "astronaut", "chelsea", "moon")
 def copy_of(name: str) -> bytes:
     """A smaller, slightly turned, re-compressed copy of a catalogue photo."""
     return jpeg(rotate(resize(to_rgb(photo(name)), 0.7), 3.0), 80)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
