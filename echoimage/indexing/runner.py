@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -137,7 +138,7 @@ class Runner:
         def on_result(res: WorkResult) -> None:
             nonlocal done
             pending.append(res)
-            summary.cpu_seconds += res.cpu_s
+            summary.add_cpu(res)
             if len(pending) >= self.settings.batch_size:
                 self.write(pending, items, summary)
                 pending.clear()
@@ -219,7 +220,9 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     """Process the work items in id order, then bring the index files up to the store's
     last change."""
     runner.run(sorted(work, key=lambda w: w.image_id), summary)
+    t0 = time.process_time()
     report = update_index_files(runner.settings, runner.store)
+    summary.index_cpu_seconds += time.process_time() - t0
     summary.index_entries = report.images
     summary.index = report.as_dict()
 
