@@ -22,5 +22,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sources") as batch:
-        batch.drop_column("follow_pages")
+    # ALTER TABLE ... DROP COLUMN in place (SQLite since 3.35, PostgreSQL): batch mode's
+    # copy of the table would drop `sources`, which images' foreign keys refer to
+    op.drop_column("sources", "follow_pages")
