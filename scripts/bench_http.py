@@ -50,6 +50,8 @@ from echoimage.config import Settings
 from echoimage.features.orb import ORB_PARAMS
 
 EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+#: photos in the untimed warm-up builds (more than a run processes without its pool)
+WARM_UP = 6
 #: the order of a build's CPU split in the report
 STAGES = ("read", "sha256", "decode", "thumbnail", "hashes", "orb", "colour signature",
           "encode")
@@ -196,6 +198,22 @@ def timed_build(settings: Settings, source: str,
     }
 
 
+def warm_up(folder: Path, url: str) -> None:
+    """Builds of a few photos from the folder and from the server at url, untimed: the
+    modules a build imports on first use are then imported for every timed build alike."""
+    names = sorted(p.name for p in folder.iterdir())[:WARM_UP]
+    with tempfile.TemporaryDirectory(prefix="echoimage-bench-http-warm-") as tmp:
+        few = Path(tmp) / "photos"
+        few.mkdir()
+        for name in names:
+            (few / name).symlink_to((folder / name).resolve())
+        urls = Path(tmp) / "urls.txt"
+        urls.write_text("".join(f"{url}/img/{name}\n" for name in names))
+        for data, source in (("local", few), ("http", urls)):
+            with Catalogue(Settings(data_dir=Path(tmp) / data)) as catalogue:
+                catalogue.build(str(source))
+
+
 def run(photo_dir: Path, out: Path, delay_ms: float, repeat: int,
         limit: int | None = None) -> dict:
     """Run the reference and the three phases `repeat` times; return medians and runs."""
@@ -210,6 +228,7 @@ def run(photo_dir: Path, out: Path, delay_ms: float, repeat: int,
         for p in photos:  # the photos as their own folder (a limit takes the first N)
             (src / p.name).symlink_to(p.resolve())
         with Server(photos, delay_ms / 1000) as server:
+            warm_up(src, server.url)
             for r in range(repeat):
                 ref = reference_ms(blobs, settings.work_size, settings.orb_features, {})
                 ref_own = reference_ms(blobs, settings.work_size, settings.orb_features,

@@ -199,8 +199,8 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             oriented = ImageOps.exif_transpose(img)
             if oriented is not None:
                 img = oriented
-            if img.mode == "YCbCr":
-                gray = np.ascontiguousarray(np.asarray(img, dtype=np.uint8)[:, :, 0])
+            if img.mode == "YCbCr":  # its Y as a plane of its own (no 3-channel copy)
+                gray = np.asarray(img.getchannel(0), dtype=np.uint8)
             else:
                 gray = _to_gray(img)
             colour = None if colour_size is None else _colour_version(img, colour_size)
