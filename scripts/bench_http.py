@@ -132,28 +132,35 @@ class Server:
 
 
 def reference_ms(blobs: list[bytes], work_size: int, nfeatures: int,
-                 orb_params: dict[str, int]) -> float:
+                 orb_params: dict[str, int]) -> tuple[float, float]:
     """CPU ms per image of the bare decode + ORB: Pillow's decode to gray, scaled to the
-    working size (INTER_AREA), OpenCV's ORB with these settings; single-threaded."""
+    working size (INTER_AREA), OpenCV's ORB for nfeatures keypoints; single-threaded. With
+    OpenCV's default ORB settings, and with orb_params, image by image in turn (so that a
+    change in the machine's load falls on both alike)."""
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    orb = cv2.ORB_create(nfeatures=nfeatures, **orb_params)
+    orbs = (cv2.ORB_create(nfeatures=nfeatures), cv2.ORB_create(nfeatures, **orb_params))
+    spent = [0.0, 0.0]
 
-    def one(data: bytes) -> None:
+    def one(data: bytes, k: int) -> None:
+        t0 = time.process_time()
         gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
         f = work_size / max(gray.shape)
         if f < 1:
             size = (max(1, round(gray.shape[1] * f)), max(1, round(gray.shape[0] * f)))
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        orb.detectAndCompute(gray, None)
+        orbs[k].detectAndCompute(gray, None)
+        spent[k] += time.process_time() - t0
 
     try:
         for data in blobs[:5]:  # warm up (first calls, caches)
-            one(data)
-        t0 = time.process_time()
+            one(data, 0)
+            one(data, 1)
+        spent[:] = [0.0, 0.0]
         for data in blobs:
-            one(data)
-        return 1000 * (time.process_time() - t0) / len(blobs)
+            one(data, 0)
+            one(data, 1)
+        return 1000 * spent[0] / len(blobs), 1000 * spent[1] / len(blobs)
     finally:
         cv2.setNumThreads(threads)
 
@@ -230,9 +237,8 @@ def run(photo_dir: Path, out: Path, delay_ms: float, repeat: int,
         with Server(photos, delay_ms / 1000) as server:
             warm_up(src, server.url)
             for r in range(repeat):
-                ref = reference_ms(blobs, settings.work_size, settings.orb_features, {})
-                ref_own = reference_ms(blobs, settings.work_size, settings.orb_features,
-                                       ORB_PARAMS)
+                ref, ref_own = reference_ms(blobs, settings.work_size,
+                                            settings.orb_features, ORB_PARAMS)
                 work = Path(tempfile.mkdtemp(prefix="echoimage-bench-http-"))
                 try:
                     local = timed_build(Settings(data_dir=work / "local"), str(src))
