@@ -188,14 +188,16 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             if fmt == "JPEG":
                 # DCT-domain downscale: decodes at 1/2, 1/4 or 1/8 scale when that still
                 # leaves the working size, which is most of the decode cost for big photos.
-                # The size asked for is the working image's own, so a wide photo's short
-                # side does not hold the scale back (6000x4000: 750x500, not 1500x1000; a
-                # fifth less time). With colour, a colour JPEG is decoded to YCbCr: its Y
-                # is, bit for bit, what decoding to L gives, and Cb, Cr make the colour
-                # version.
+                # Both sides are kept at least the working size: asking only for the
+                # working image's own size (a 6000x4000 photo at 1/8, 750x500, instead of
+                # 1/4) decodes a fifth faster but leaves a blurrier working image (100
+                # bsds500 photos upscaled 9x, queried with their q50 originals: median
+                # SSIM 0.88 instead of 0.91). With colour, a colour JPEG is decoded to
+                # YCbCr: its Y is, bit for bit, what decoding to L gives, and Cb, Cr make
+                # the colour version.
                 gray_mode = "YCbCr" if colour_size is not None else "L"
                 img.draft(gray_mode if img.mode in ("L", "RGB", "YCbCr") else img.mode,
-                          _fit((w, h), work_size))
+                          (work_size, work_size))
             img.load()
             # EXIF orientations 5-8 turn the picture by a quarter: width and height swap
             swapped = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)

@@ -107,8 +107,10 @@ class Runner:
         except OSError as exc:
             raise EchoImageError(f"cannot start the feature workers: {exc}") from None
         try:
-            # start every worker now: spawning one later would stall the fetch loop
-            list(pool.map(noop, range(workers)))
+            # start every worker now (a first task makes loky start them all: one spawned
+            # later would stall the fetch loop) without waiting for them to be ready: the
+            # first fetches and the store go on while the workers import their modules
+            pool.submit(noop, 0)
             asyncio.run(self._run(pool, workers, work, summary))
         except BrokenProcessPool as exc:
             raise EchoImageError(

@@ -69,7 +69,7 @@ def init_worker(main_pid: int, max_pixels: int) -> None:
 
 
 def noop(_: int) -> None:
-    """A task that only makes the pool start a worker."""
+    """A task that only makes the pool start its workers."""
 
 
 @dataclass(frozen=True)
