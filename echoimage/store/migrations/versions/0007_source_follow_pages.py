@@ -22,6 +22,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # ALTER TABLE ... DROP COLUMN in place (SQLite since 3.35, PostgreSQL): batch mode's
-    # copy of the table would drop `sources`, which images' foreign keys refer to
+    # ALTER TABLE ... DROP COLUMN in place (SQLite >= 3.35): a batch copy of `sources`
+    # would have to drop the table the images refer to, which its foreign keys forbid
     op.drop_column("sources", "follow_pages")
