@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -46,6 +47,13 @@ CATALOGUE_PHOTOS: tuple[str, ...] = (
     "astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "moon",
     "page", "clock", "grass", "hubble_deep_field",
 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def extra_photos(*exclude: str) -> list[str]:

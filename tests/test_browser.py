@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,18 @@ from pathlib import Path
 import pytest
 import uvicorn
 from conftest import Built
-from helpers import build_index, jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
+from helpers import (
+    build_index,
+    free_port,
+    jpeg,
+    photo,
+    png,
+    resize,
+    rotate,
+    synthetic,
+    to_rgb,
+    write,
+)
 
 from echoimage.config import Settings
 from echoimage.web.app import create_app
@@ -45,12 +55,6 @@ def require_chromium() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
