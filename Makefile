@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-hard bench-scan bench-cluster faults browser postgres clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-scan bench-cluster faults browser postgres clean
 
 # The last step installs perception (the benchmark's peer) without its declared
 # opencv-contrib<5, whose cv2 would replace the pinned OpenCV 5: see bench/pyproject.toml
@@ -56,6 +56,14 @@ bench-quick: $(STAMP)
 
 bench-http: $(STAMP)
 	$(BIN)/python scripts/bench_http.py $(PHOTOS) --out bench-out
+
+# `echoimage serve` under 1, 4, 16 and 64 clients over a 100k-entry catalogue (70% no-copy)
+bench-load: $(STAMP)
+	$(BIN)/python scripts/loadtest.py $(PHOTOS) --out bench-out
+
+# one serving process's queries/s on 1 thread and on every core (how much holds the GIL)
+bench-threads: $(STAMP)
+	$(BIN)/python scripts/bench_threads.py $(PHOTOS)
 
 bench-live: $(STAMP)
 	$(BIN)/python scripts/bench_live.py $(PHOTOS) --out bench-out

@@ -19,6 +19,7 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -135,6 +136,22 @@ def make_settings(**values: Any) -> Settings:
             for err in exc.errors())
         raise SettingsError(f"invalid settings: {problems} (an argument, or ECHOIMAGE_"
                             "<NAME> in the environment)") from None
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """The index being searched beside the store: its change number, the store's, and
+    its size."""
+
+    seq: int  # the store change number the index being searched includes
+    store_seq: int  # the store's last change number
+    entries: int  # images in the index being searched
+    refreshed_at: float  # when it was loaded or last refreshed (time.time())
+
+    @property
+    def lag(self) -> int:
+        """Store changes the index does not include yet."""
+        return max(0, self.store_seq - self.seq)
 
 
 class Catalogue:
@@ -325,6 +342,18 @@ class Catalogue:
     def size(self) -> int:
         """Indexed images in the index being searched (loading it on first use)."""
         return self.search_engine.size
+
+    @property
+    def loaded(self) -> bool:
+        """True once the search engine (the index) is loaded."""
+        return self._search is not None
+
+    def index_state(self) -> IndexState:
+        """The index being searched beside the store's last change (loading the index on
+        first use); an index behind the store starts refreshing (in the background when
+        serving)."""
+        snap = self.search_engine.live.current()
+        return IndexState(snap.seq, self.change_number(), snap.size, snap.loaded_at)
 
     def query(self, image: QueryInput, k: int | None = None,
               colour_sensitive: bool | None = None) -> QueryResult:

@@ -919,13 +919,27 @@ def watch_remove(ctx: click.Context, name: str) -> None:
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Serving processes, sharing the memory-mapped index (default: one per "
+                   "core). Env: ECHOIMAGE_SERVE_WORKERS.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Queries each process runs at once (default: its share of the cores). "
+                   "Env: ECHOIMAGE_QUERY_THREADS.")
+@click.option("--queue", type=click.IntRange(0, 100_000), default=None,
+              help="Queries each process lets wait; past that a search gets 503 with "
+                   "Retry-After at once (default 8). Env: ECHOIMAGE_MAX_WAITING.")
+@click.option("--access-log", type=click.Choice(["json", "text", "off"]), default=None,
+              help="One JSON line per request (default), uvicorn's text line, or none. "
+                   "Env: ECHOIMAGE_ACCESS_LOG.")
 @cluster_option
 @shards_option
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
+def serve(ctx: click.Context, host: str, port: int, workers: int | None, threads: int | None,
+          queue: int | None, access_log: str | None, cluster: str | None,
           shards: int | None) -> None:
-    """Serve the web page and the JSON API (POST /api/search, docs at /docs).
+    """Serve the web page and the JSON API (POST /api/search, docs at /docs), with
+    /healthz, /readyz and /metrics for operations.
 
     It listens on 127.0.0.1 unless told otherwise. On another address without
     ECHOIMAGE_SEARCH_TOKEN it warns: anyone who reaches the port can search; put it behind
@@ -935,11 +949,16 @@ def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
 
     \b
         echoimage serve --port 8000
+        echoimage serve --workers 4 --queue 16 --port 8000
         ECHOIMAGE_SEARCH_TOKEN=s3cret echoimage serve --host 0.0.0.0 --port 8000
     """
     from echoimage.web.app import serve as run_server
+    from echoimage.web.config import WebSettings
 
-    run_server(_with(_settings(ctx), cluster=cluster, index_shards=shards), host, port)
+    given = {"serve_workers": workers, "query_threads": threads, "max_waiting": queue,
+             "access_log": access_log}
+    web = WebSettings(**{k: v for k, v in given.items() if v is not None})
+    run_server(_with(_settings(ctx), cluster=cluster, index_shards=shards), host, port, web)
 
 
 @cli.command("bench")

@@ -1,182 +1,175 @@
-"""Load benchmark of `echoimage serve`: N concurrent clients posting images to a real server.
+"""Load benchmark of `echoimage serve`: concurrent clients posting distinct images to a real
+server on 127.0.0.1, most of them finding no copy, as a real service's traffic does.
 
-Builds (or reuses) a catalogue of --entries images in --data-dir: real photos (BSDS500 when
-available, else scikit-image's) padded with procedurally generated synthetic images, indexes
-it with `build_index`, starts the server on 127.0.0.1 (or uses --url), then for each client
-count posts transformed copies of the real photos (every request a different image: resized,
-rotated, cropped, mirrored, re-compressed) and reports queries/s, latency percentiles, errors
-and whether the original came first. Nothing is cached across requests by the server other
-than its index; the queries differ anyway.
+1. **Catalogue**: a seeded split of a photo folder (BSDS500 by default): `--photos` photos
+   indexed as a folder catalogue, `--negatives` held out; then padded to `--entries` with
+   rows derived from the photos' (`echoimage_bench.derived`, as the scale benchmark pads)
+   and the index rebuilt. Kept in `--data-dir` and reused by later runs.
+2. **Queries**, made before any timing: copies (catalogue photos under the benchmark's
+   transforms, `echoimage_bench.transforms`) and no-copy queries (held-out photos under
+   the same transforms), `--no-copy` of them (70% by default), every request different
+   bytes (each (photo, transform) once, re-encoded at a quality of its own).
+3. **Load**: `echoimage serve --workers N` on 127.0.0.1 (or `--url`), then for each client
+   count in `--clients` (1, 4, 16, 64) `--queries` requests of the mix (each client posts,
+   waits for the answer, posts the next; a 503 is counted as a refusal and the client
+   waits its Retry-After). Reported per level: accepted queries/s, p50/p95/p99 of the
+   accepted ones, refusals (503 with Retry-After), timeouts and other errors, copies found
+   first, no-copy queries answered "no copy", server CPU per query. At the end /metrics is
+   scraped and its count of search requests compared with what the clients sent; /healthz
+   and /readyz are asked too.
 
 Example:
 
-    .venv/bin/python scripts/loadtest.py --entries 10000 --clients 1,4,16 --queries 300
+    .venv/bin/python scripts/loadtest.py ../shared/datasets/bsds500 --entries 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
-import statistics
+import random
+import re
+import shutil
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PHOTOS = ROOT.parent / "shared" / "datasets" / "bsds500"
-SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins",
-                  "moon", "page", "clock", "grass", "hubble_deep_field")
+SEARCH_ROUTE = "/api/search"
+WARM_UP = 8  # queries sent before the first level (not timed; /metrics counts them)
 
 
 # --- catalogue ------------------------------------------------------------------------------
 
-def synthetic_image(seed: int) -> np.ndarray:
-    """A seeded procedural BGR image in one of five sizes (the project's one generator)."""
-    from echoimage_bench.synthetic import synthetic_image as make
+def split(photo_dir: Path, photos: int, negatives: int, seed: int, catalogue: Path
+          ) -> tuple[list[Path], list[Path]]:
+    """The seeded split of the scale benchmark (the same photos for the same seed), linked
+    afresh into the directory catalogue."""
+    from echoimage_bench.scale import split_catalogue
 
-    h, w = [(240, 320), (320, 240), (300, 300), (270, 480), (360, 480)][seed % 5]
-    return make(seed, seed=7, size=(w, h), colour=True)
-
-
-def real_photos(photos: Path | None, limit: int, out: Path) -> list[Path]:
-    """Copy up to limit real photos into out (reused when already there)."""
-    out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out.glob("*.jpg"))
-    if len(existing) >= limit:
-        return existing[:limit]
-    if photos is not None and photos.is_dir():
-        for src in sorted(photos.glob("*.jpg"))[:limit]:
-            dst = out / src.name
-            if not dst.exists():
-                dst.write_bytes(src.read_bytes())
-    else:
-        import skimage.data
-
-        for name in SKIMAGE_PHOTOS[:limit]:
-            arr = getattr(skimage.data, name)()
-            if arr.dtype == bool:
-                arr = arr.astype(np.uint8) * 255
-            arr = arr[..., :3] if arr.ndim == 3 else cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
-            cv2.imwrite(str(out / f"{name}.jpg"), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return sorted(out.glob("*.jpg"))[:limit]
+    shutil.rmtree(catalogue, ignore_errors=True)
+    cat, held, _ = split_catalogue(photo_dir, photos, negatives, seed, catalogue)
+    return cat, held
 
 
-def synthetic_set(count: int, out: Path) -> list[Path]:
-    """Write count synthetic images into out (only the missing ones); their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    made = 0
-    paths = []
-    for i in range(count):
-        path = out / f"syn-{i:06d}.jpg"
-        paths.append(path)
-        if path.exists():
-            continue
-        cv2.imwrite(str(path), synthetic_image(i), [cv2.IMWRITE_JPEG_QUALITY, 88])
-        made += 1
-    if made:
-        print(f"wrote {made} synthetic images in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
-    return paths
-
-
-def indexed_count(settings: object) -> int:
-    """Images indexed in the store of settings (0 when there is no store yet)."""
-    from echoimage.store import repo
-    from echoimage.store.db import open_store, session_factory
-
-    if not (settings.data_dir / "echoimage.sqlite3").exists():  # type: ignore[attr-defined]
-        return 0
-    with session_factory(open_store(settings))() as session:  # type: ignore[arg-type]
-        return repo.store_state(session).count
-
-
-def ensure_catalogue(data_dir: Path, images_dir: Path, entries: int, photos: Path | None,
-                     real: int, recent: int, gap: float = 11.0) -> list[Path]:
-    """Index a catalogue of `entries` images in data_dir; returns its real photos.
-
-    The images are cached in images_dir. The last `recent` images are added by a second
-    build, `gap` seconds after the first, as a catalogue that grows over time is; with
-    recent=0 the whole catalogue comes from one build.
-    """
+def indexed_counts(data_dir: Path) -> tuple[int, int]:
+    """(images indexed in the store, entries of a usable index); (0, 0) when there is no
+    catalogue yet."""
     from echoimage.api import Catalogue
     from echoimage.config import Settings
+    from echoimage.errors import EchoImageError
 
-    reals = real_photos(photos, min(real, entries), images_dir / "real")
-    syn = synthetic_set(max(0, entries - len(reals)), images_dir / "synthetic")
-    paths = [str(p.resolve()) for p in reals + syn]
-    cut = len(paths) - min(recent, len(syn))
-    settings = Settings(data_dir=data_dir)
-    if indexed_count(settings) == len(paths):
-        print(f"catalogue of {len(paths)} images already indexed in {data_dir}", file=sys.stderr)
-        return reals
-    for batch, (lo, hi) in enumerate(((0, cut), (cut, len(paths))), 1):
-        if lo == hi:
-            continue
-        listing = data_dir / f"batch{batch}.txt"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        listing.write_text("\n".join(paths[lo:hi]) + "\n")
+    try:
+        with Catalogue(Settings(data_dir=data_dir)) as catalogue:
+            index = catalogue.status()["index"]
+    except (EchoImageError, KeyError, TypeError):
+        return 0, 0
+    usable = int(index.get("entries") or 0) if not index.get("unusable") else 0
+    return int(index.get("store_indexed") or 0), usable
+
+
+def ensure_catalogue(data_dir: Path, photo_dir: Path, entries: int, photos: int,
+                     negatives: int, seed: int, log: Any) -> tuple[list[Path], list[Path]]:
+    """A catalogue of `entries` in data_dir/data: the photos, then derived padding, then an
+    index rebuild (reused when it is there already). Returns (catalogue photos, held out)."""
+    from echoimage.api import Catalogue
+    from echoimage.config import Settings
+    from echoimage_bench.derived import add_derived_rows
+
+    data = data_dir / "data"
+    cat, held = split(photo_dir, photos, negatives, seed, data_dir / "catalogue")
+    stored, searchable = indexed_counts(data)
+    settings = Settings(data_dir=data)
+    if stored == searchable == entries:
+        log(f"catalogue of {entries:,} entries already indexed in {data}")
+        return cat, held
+    if stored == entries:  # the store is there, its index is not (or is out of date)
         t0 = time.perf_counter()
         with Catalogue(settings) as catalogue:
-            summary = catalogue.build(str(listing), progress=sys.stderr.isatty())
-        print(f"index batch {batch}: {dict(summary.counts)} in {time.perf_counter() - t0:.1f} s;"
-              f" {summary.index_entries} entries", file=sys.stderr)
-        if batch == 1 and summary.counts.get("indexed") and cut < len(paths):
-            time.sleep(gap)
-    return reals
+            catalogue.rebuild("load benchmark: the index was not usable")
+        log(f"index rebuilt in {time.perf_counter() - t0:.0f} s")
+        return cat, held
+    shutil.rmtree(data, ignore_errors=True)
+    t0 = time.perf_counter()
+    with Catalogue(settings) as catalogue:
+        summary = catalogue.build(str(data_dir / "catalogue"))
+        log(f"{summary.counts.get('indexed', 0)} photos indexed in "
+            f"{time.perf_counter() - t0:.0f} s")
+        n = summary.counts.get("indexed", 0)
+        if entries > n:
+            t0 = time.perf_counter()
+            add_derived_rows(catalogue.open_store(), n, entries - n, seed=seed,
+                             workers=os.cpu_count() or 1)
+            log(f"padded to {entries:,} entries in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        catalogue.rebuild("load benchmark padding")
+        log(f"index rebuilt in {time.perf_counter() - t0:.0f} s")
+    return cat, held
 
 
 # --- queries ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Query:
-    """One query: JPEG bytes of a transformed copy and the catalogue path it came from."""
+    """One request: JPEG bytes, the catalogue URL it should find first (None: no copy)."""
 
     data: bytes
-    expected: str
+    expected: str | None
     transform: str
 
 
-def make_query(path: Path, i: int) -> Query:
-    """A transformed copy of a real photo; the transform varies with i."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    rng = np.random.default_rng(1000 + i)
-    kind = i % 5
-    h, w = img.shape[:2]
-    if kind == 0:
-        f = rng.uniform(0.5, 0.9)
-        img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-        name = f"resize {f:.2f}"
-    elif kind == 1:
-        a = rng.uniform(-6, 6)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), a, 1.0)
-        img = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
-        name = f"rotate {a:.1f}"
-    elif kind == 2:
-        f = rng.uniform(0.75, 0.92)
-        dh, dw = int(h * (1 - f) / 2), int(w * (1 - f) / 2)
-        img = img[dh:h - dh, dw:w - dw]
-        name = f"crop {f:.2f}"
-    elif kind == 3:
-        img = np.ascontiguousarray(img[:, ::-1])
-        name = "mirror"
-    else:
-        img = np.clip(img.astype(np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20),
-                      0, 255).astype(np.uint8)
-        name = "brightness"
-    q = int(rng.integers(60, 92))
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
-    assert ok
-    return Query(buf.tobytes(), str(path.resolve()), f"{name}, q{q}")
+def make_queries(cat: list[Path], held: list[Path], catalogue: Path, count: int,
+                 no_copy: float, seed: int) -> list[Query]:
+    """count distinct queries, a `no_copy` share from held-out photos, in a seeded order:
+    each (photo, transform) at most once (re-encoded at a quality of its own), and no two
+    with the same bytes."""
+    from echoimage.fetch.local import path_url
+    from echoimage_bench.context import read_bgr
+    from echoimage_bench.transforms import TRANSFORMS, encode_jpeg, transform_rng
+
+    rng = random.Random(seed)
+    n_neg = round(count * no_copy)
+    wanted = {False: count - n_neg, True: n_neg}
+    pairs = {neg: [(p, t) for p in (held if neg else cat) for t in TRANSFORMS]
+             for neg in (False, True)}
+    for neg, n in wanted.items():
+        if n > len(pairs[neg]):
+            raise SystemExit(f"{n} {'no-copy' if neg else 'copy'} queries asked for, but "
+                             f"only {len(pairs[neg])} distinct ones can be made: fewer "
+                             "--queries or more photos")
+        rng.shuffle(pairs[neg])
+        pairs[neg] = pairs[neg][:n]
+    order = [True] * n_neg + [False] * (count - n_neg)
+    rng.shuffle(order)
+    images: dict[Path, np.ndarray] = {}
+    seen: set[str] = set()
+    out = []
+    for neg in order:
+        photo, name = pairs[neg].pop()
+        img = images.get(photo)
+        if img is None:
+            img = images[photo] = read_bgr(photo)
+        t = TRANSFORMS[name]
+        pixels = t.fn(img, transform_rng(seed, zlib.crc32(photo.name.encode()), name))
+        quality = max(20, min(95, t.quality + rng.randint(-8, 5)))
+        data = encode_jpeg(pixels, quality)
+        while (digest := hashlib.sha256(data).hexdigest()) in seen:
+            quality = quality - 1 if quality > 20 else 95
+            data = encode_jpeg(pixels, quality)
+        seen.add(digest)
+        truth = None if neg else path_url((catalogue / photo.name).resolve())
+        out.append(Query(data, truth, f"{name} q{quality}"))
+    return out
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -186,105 +179,176 @@ class Level:
     """What one client count measured."""
 
     clients: int
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # accepted (200) queries, seconds
+    refused: int = 0  # 503 with Retry-After
+    refused_without_retry_after: int = 0
+    timeouts: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    correct: int = 0
+    sent: int = 0
+    copies: int = 0
+    copies_first: int = 0
+    no_copy: int = 0
+    no_copy_clean: int = 0
     seconds: float = 0.0
     server_cpu: float | None = None
-    client_cpu: float = 0.0
-    server_ms: list[float] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
         return len(self.latencies)
 
     def pct(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        return float(np.percentile(np.array(self.latencies) * 1000, p))
+        return float(np.percentile(np.array(self.latencies) * 1000, p)) if self.latencies \
+            else float("nan")
+
+    @property
+    def qps(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
 
 
 async def post(session: aiohttp.ClientSession, url: str, q: Query, k: int
-               ) -> tuple[int, dict | str]:
+               ) -> tuple[int, dict[str, Any] | str, str | None]:
+    """POST one query: (status, JSON body or text, Retry-After)."""
     form = aiohttp.FormData()
     form.add_field("file", q.data, filename="query.jpg", content_type="image/jpeg")
     form.add_field("k", str(k))
-    async with session.post(f"{url}/api/search", data=form) as resp:
+    async with session.post(f"{url}{SEARCH_ROUTE}", data=form) as resp:
         body = await resp.read()
+        retry = resp.headers.get("Retry-After")
         if resp.status != 200:
-            return resp.status, body.decode("utf-8", "replace")[:200]
-        return resp.status, json.loads(body)
+            return resp.status, body.decode("utf-8", "replace")[:200], retry
+        return resp.status, json.loads(body), retry
 
 
-async def run_level(url: str, clients: int, queries: list[Query], start: int, count: int,
-                    k: int, server_pid: int | None) -> Level:
+async def run_level(url: str, clients: int, queries: list[Query], k: int, timeout: float,
+                    server_pids: list[int]) -> Level:
+    """`clients` concurrent clients sending `queries` between them (each once)."""
     level = Level(clients)
-    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        # warm-up (not timed): one query per client, from a separate part of the pool
-        await asyncio.gather(*(post(session, url, queries[(start - 1 - i) % len(queries)], k)
-                               for i in range(clients)))
-        next_i = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    todo = iter(queries)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as session:
 
         async def client() -> None:
-            nonlocal next_i
-            while next_i < count:
-                q = queries[(start + next_i) % len(queries)]
-                next_i += 1
+            for q in todo:
+                level.sent += 1
                 t0 = time.perf_counter()
                 try:
-                    status, body = await post(session, url, q, k)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    level.errors[type(exc).__name__] = level.errors.get(type(exc).__name__, 0) + 1
+                    status, body, retry = await post(session, url, q, k)
+                except TimeoutError:
+                    level.timeouts += 1
+                    continue
+                except aiohttp.ClientError as exc:
+                    name = type(exc).__name__
+                    level.errors[name] = level.errors.get(name, 0) + 1
                     continue
                 dt = time.perf_counter() - t0
+                if status == 503:
+                    level.refused += 1
+                    if retry is None:
+                        level.refused_without_retry_after += 1
+                    await asyncio.sleep(float(retry or 1))
+                    continue
                 if status != 200 or not isinstance(body, dict):
                     level.errors[str(status)] = level.errors.get(str(status), 0) + 1
                     continue
                 level.latencies.append(dt)
-                level.server_ms.append(sum(body.get("timings_ms", {}).values()))
+                for stage, ms in (body.get("timings_ms") or {}).items():
+                    level.stages.setdefault(stage, []).append(ms)
                 results = body.get("results") or []
-                if results and results[0]["url"] == q.expected:
-                    level.correct += 1
+                if q.expected is None:
+                    level.no_copy += 1
+                    level.no_copy_clean += not body.get("found")
+                else:
+                    level.copies += 1
+                    level.copies_first += bool(results and results[0]["url"] == q.expected)
 
-        cpu0, scpu0 = time.process_time(), proc_cpu(server_pid)
+        cpu0 = procs_cpu(server_pids)
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         level.seconds = time.perf_counter() - t0
-        level.client_cpu = time.process_time() - cpu0
-        scpu1 = proc_cpu(server_pid)
-        if scpu0 is not None and scpu1 is not None:
-            level.server_cpu = scpu1 - scpu0
+        cpu1 = procs_cpu(server_pids)
+        if cpu0 is not None and cpu1 is not None:
+            level.server_cpu = cpu1 - cpu0
     return level
 
 
-def proc_cpu(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), or None."""
-    if pid is None:
+def procs_cpu(pids: list[int]) -> float | None:
+    """User + system CPU seconds of processes and their children (Linux /proc), or None."""
+    if not pids:
         return None
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory (MB): its own (anonymous) and mapped files' pages."""
+    out = {}
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) / 1024
     except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pass
+    return out
 
 
-# --- server ----------------------------------------------------------------------------------
+def server_pids(root: int) -> list[int]:
+    """The server's process and its children (the serving processes, and with several of
+    them multiprocessing's resource tracker)."""
+    pids = [root]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            pids.append(int(stat.parent.name))
+    return pids
 
-def start_server(data_dir: Path, port: int, threads: int) -> subprocess.Popen:
-    code = ("import sys; from pathlib import Path; from echoimage.config import Settings; "
-            "from echoimage.web.app import serve; "
-            "serve(Settings(data_dir=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), "
-            "access_log=False)")
-    env = dict(os.environ)
+
+def serving_pids(pids: list[int]) -> list[int]:
+    """Of the server's processes, those that answer requests: the workers uvicorn spawned,
+    or the one process when there are none."""
+    workers = []
+    for pid in pids[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(pid)
+    return workers or pids[:1]
+
+
+# --- the server ---------------------------------------------------------------------------
+
+def start_server(data: Path, port: int, workers: int, threads: int, queue: int | None
+                 ) -> subprocess.Popen[bytes]:
+    """`echoimage serve` on 127.0.0.1 with its access log off."""
+    env = dict(os.environ, ECHOIMAGE_ACCESS_LOG="off")
     if threads:
         env["ECHOIMAGE_QUERY_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-c", code, str(data_dir), str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if queue is not None:
+        env["ECHOIMAGE_MAX_WAITING"] = str(queue)
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data), "serve",
+           "--host", "127.0.0.1", "--port", str(port)]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen | None, seconds: float = 300) -> dict:
+async def wait_ready(url: str, proc: subprocess.Popen[bytes] | None,
+                     seconds: float = 600) -> dict[str, int]:
+    """Poll /healthz and /readyz until ready; the status codes seen of each."""
+    seen = {"healthz": 0, "readyz_before": 0, "readyz": 0}
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         while True:
@@ -292,113 +356,234 @@ async def wait_healthy(url: str, proc: subprocess.Popen | None, seconds: float =
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise SystemExit(f"server exited with {proc.returncode}:\n{err[-3000:]}")
             try:
-                async with session.get(f"{url}/api/stats") as resp:
+                async with session.get(f"{url}/healthz") as resp:
+                    seen["healthz"] = resp.status
+                async with session.get(f"{url}/readyz") as resp:
                     if resp.status == 200:
-                        return await resp.json()
+                        seen["readyz"] = 200
+                        return seen
+                    seen["readyz_before"] = resp.status
             except aiohttp.ClientError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit("server did not become healthy")
-            await asyncio.sleep(0.25)
+                raise SystemExit("the server did not become ready")
+            await asyncio.sleep(0.2)
 
 
-# --- main ------------------------------------------------------------------------------------
+_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.eE+-]+)$')
 
-def report(levels: list[Level], stats: dict, args: argparse.Namespace, load: float) -> str:
+
+async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics: samples by (name, labels)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+    samples = {}
+    for line in text.splitlines():
+        if m := _SAMPLE.match(line):
+            labels = frozenset(tuple(part.split("=", 1)) for part in
+                               re.findall(r'\w+="[^"]*"', m.group(2)))
+            labels = frozenset((k, v.strip('"')) for k, v in labels)
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def searches_counted(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+    """Search requests the server counted, whatever their status."""
+    return sum(v for (name, labels), v in samples.items()
+               if name == "echoimage_http_requests_total"
+               and ("route", SEARCH_ROUTE) in labels)
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> float:
+    """The sum of a metric's samples over its labels."""
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def code_version() -> str:
+    """The commit the server's code is from (with "+ changes" when the tree differs)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} + changes" if dirty else commit
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def report(levels: list[Level], info: dict[str, Any]) -> str:
+    """The markdown table and the targets."""
     lines = [
-        f"Catalogue: {stats['index']['entries']:,} indexed entries"
-        + (f" (the last {args.recent} added by a later build)" if args.recent and not args.url
-           else "") + f"; server query threads: "
-        f"{stats['server']['query_threads']}; machine: {os.cpu_count()} cores; "
-        f"1-minute load average before the run: {load:.2f}; k={args.k}.",
+        f"Catalogue: {info['entries']:,} entries ({info['photos']} photos, the rest derived "
+        f"padding); {info['negatives']} held-out photos; server: {info['workers']}; "
+        f"machine: {os.cpu_count()} cores, 1-minute load {info['load']:.2f} before the run; "
+        f"{info['no_copy']:.0%} no-copy queries, k={info['k']}; code at commit {info['commit']}.",
         "",
-        "| clients | queries | errors | queries/s | p50 ms | p95 ms | p99 ms | top-1 correct "
-        "| server CPU ms/query | engine ms/query (wall) | client CPU ms/query |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | sent | accepted | refused (503) | timeouts | other errors | queries/s | "
+        "p50 ms | p95 ms | p99 ms | copies first | no-copy answered so | server CPU ms/query |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in levels:
-        errors = sum(lv.errors.values())
-        qps = lv.done / lv.seconds if lv.seconds else 0.0
-        cpu = (f"{1000 * lv.server_cpu / lv.done:.1f}" if lv.server_cpu is not None and lv.done
-               else "n/a")
-        server = f"{statistics.fmean(lv.server_ms):.1f}" if lv.server_ms else "n/a"
+        cpu = f"{1000 * lv.server_cpu / lv.done:.0f}" if lv.server_cpu and lv.done else "n/a"
         lines.append(
-            f"| {lv.clients} | {lv.done} | {errors} | {qps:.1f} | {lv.pct(50):.0f} | "
-            f"{lv.pct(95):.0f} | {lv.pct(99):.0f} | {lv.correct / max(lv.done, 1):.1%} | "
-            f"{cpu} | {server} | {1000 * lv.client_cpu / max(lv.done, 1):.1f} |")
+            f"| {lv.clients} | {lv.sent} | {lv.done} | {lv.refused} | {lv.timeouts} | "
+            f"{sum(lv.errors.values())} | {lv.qps:.2f} | {lv.pct(50):.0f} | {lv.pct(95):.0f} | "
+            f"{lv.pct(99):.0f} | {lv.copies_first}/{lv.copies} | "
+            f"{lv.no_copy_clean}/{lv.no_copy} | {cpu} |")
         if lv.errors:
-            lines.append(f"|  | errors: {lv.errors} | | | | | | | | | |")
+            lines.append(f"|  | errors: {lv.errors} |" + " |" * 11)
+    by = {lv.clients: lv for lv in levels}
+    lines.append("")
+    if 1 in by:
+        one = by[1]
+        stages = {s: float(np.median(v)) for s, v in one.stages.items()}
+        lines.append("One client, median stage times (ms): "
+                     + ", ".join(f"{s.removesuffix('_ms')} {v:.0f}" for s, v in stages.items()))
+    if 1 in by and 16 in by and by[1].qps:
+        lines.append(f"16 clients / 1 client: **{by[16].qps / by[1].qps:.2f}x** the "
+                     "queries/s (target >= 1.7x)")
+    if 16 in by and 64 in by and by[16].latencies and by[64].latencies:
+        lv = by[64]
+        lines.append(
+            f"64 clients: {lv.refused} refused with 503 ({lv.refused_without_retry_after} "
+            f"without Retry-After), {lv.timeouts} timeouts, {sum(lv.errors.values())} other "
+            f"errors; p95 of accepted {lv.pct(95):.0f} ms = **{lv.pct(95) / by[16].pct(95):.2f}x"
+            "** the 16-client p95 (target <= 1.5x)")
+    sent, counted = info["sent"], info["counted"]
+    lines.append(f"/metrics counted {counted:.0f} search requests; the clients sent {sent} "
+                 f"(difference {abs(counted - sent) / max(sent, 1):.2%}, target <= 1%); "
+                 f"/healthz {info['healthz']}, /readyz {info['readyz_before']} while loading"
+                 f" then {info['readyz']}")
+    if info.get("memory"):
+        own = [m.get("RssAnon", 0) for m in info["memory"]]
+        mapped = [m.get("RssFile", 0) for m in info["memory"]]
+        lines.append(f"Serving processes' memory at the end: {', '.join(f'{a:.0f}' for a in own)}"
+                     f" MB of their own, {', '.join(f'{f:.0f}' for f in mapped)} MB of mapped "
+                     "files (the index pages, shared)")
+    if info.get("cpu_ms"):
+        lines.append(f"Server CPU per accepted query at 16 clients: {info['cpu_ms']:.0f} ms "
+                     f"(so {os.cpu_count()} cores like these give at most "
+                     f"~{1000 * (os.cpu_count() or 1) / info['cpu_ms']:.1f} queries/s)")
     return "\n".join(lines)
 
 
 async def amain(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(f"loadtest: {msg}", file=sys.stderr, flush=True)
+
     data_dir = Path(args.data_dir).resolve()
-    images_dir = Path(args.images_dir).resolve() if args.images_dir else data_dir / "catalogue"
-    photos = Path(args.photos) if args.photos else (DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir()
-                                                    else None)
+    levels_wanted = [int(c) for c in args.clients.split(",")]
+    cat, held = await asyncio.to_thread(
+        ensure_catalogue, data_dir, Path(args.photo_dir), args.entries, args.photos,
+        args.negatives, args.seed, log)
+    total = args.queries * len(levels_wanted) + WARM_UP
+    queries = await asyncio.to_thread(make_queries, cat, held, data_dir / "catalogue",
+                                      total, args.no_copy, args.seed)
+    warm, queries = queries[:WARM_UP], queries[WARM_UP:]
+    log(f"{len(queries)} distinct queries made ({args.no_copy:.0%} no-copy)")
+    if args.prepare_only:
+        return 0
     proc = None
     if args.url:
         url = args.url.rstrip("/")
-        reals = real_photos(photos, args.real, images_dir / "real")
     else:
-        # build_index runs its own event loop: keep it off this one
-        reals = await asyncio.to_thread(ensure_catalogue, data_dir / "data", images_dir,
-                                        args.entries, photos, args.real, args.recent)
         url = f"http://127.0.0.1:{args.port}"
-        proc = start_server(data_dir / "data", args.port, args.threads)
+        proc = start_server(data_dir / "data", args.port, args.workers, args.threads,
+                            args.queue)
     try:
-        stats = await wait_healthy(url, proc)
-        pool = [make_query(p, i) for i, p in enumerate(reals)]
-        while len(pool) < args.pool:  # more variants of the same photos, still all different
-            i = len(pool)
-            pool.append(make_query(reals[i % len(reals)], i))
-        print(f"server up: {stats['index']['entries']} entries; {len(pool)} distinct queries",
-              file=sys.stderr)
-        levels = []
-        start = 0
+        seen = await wait_ready(url, proc)
+        pids = server_pids(proc.pid) if proc else []
+        log(f"server ready ({len(pids)} processes)")
+        before = await scrape(url)
+        warm_up = await run_level(url, 2, warm, args.k, args.timeout, [])
         load = os.getloadavg()[0]
-        for clients in [int(c) for c in args.clients.split(",")]:
-            lv = await run_level(url, clients, pool, start, args.queries, args.k,
-                                 proc.pid if proc else None)
-            start += args.queries + clients
+        levels = []
+        for i, clients in enumerate(levels_wanted):
+            chunk = queries[i * args.queries:(i + 1) * args.queries]
+            lv = await run_level(url, clients, chunk, args.k, args.timeout, pids)
             levels.append(lv)
-            print(f"{clients:>3} clients: {lv.done / lv.seconds:.1f} q/s, p50 {lv.pct(50):.0f} "
-                  f"ms, p95 {lv.pct(95):.0f} ms, errors {sum(lv.errors.values())}",
-                  file=sys.stderr)
-        table = report(levels, stats, args, load)
+            log(f"{clients:>3} clients: {lv.qps:.2f} q/s, p50 {lv.pct(50):.0f} ms, p95 "
+                f"{lv.pct(95):.0f} ms, refused {lv.refused}, timeouts {lv.timeouts}, "
+                f"errors {sum(lv.errors.values())}")
+        after = await scrape(url)
+        serving = serving_pids(pids)
+        memory = [rss_mb(pid) for pid in serving]
+        by = {lv.clients: lv for lv in levels}
+        ref = by.get(16) or levels[-1]
+        info = {
+            "entries": int(sample(after, "echoimage_index_entries")) or args.entries,
+            "photos": len(cat), "negatives": len(held), "load": load, "k": args.k,
+            "no_copy": args.no_copy, "commit": code_version(),
+            "workers": f"{len(serving)} serving process(es)" if proc else url,
+            "sent": warm_up.sent + sum(lv.sent for lv in levels),
+            "memory": memory,
+            "counted": searches_counted(after) - searches_counted(before),
+            "cpu_ms": 1000 * ref.server_cpu / ref.done if ref.server_cpu and ref.done
+            else None,
+            **seen,
+        }
+        table = report(levels, info)
         print(table)
         if args.out:
-            Path(args.out).write_text(table + "\n")
-        return 1 if any(lv.errors for lv in levels) else 0
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "loadtest.md").write_text(table + "\n")
+            (out / "loadtest.json").write_text(json.dumps({
+                "info": info, "levels": [
+                    {"clients": lv.clients, "sent": lv.sent, "accepted": lv.done,
+                     "refused": lv.refused, "timeouts": lv.timeouts, "errors": lv.errors,
+                     "qps": lv.qps, "p50_ms": lv.pct(50), "p95_ms": lv.pct(95),
+                     "p99_ms": lv.pct(99), "copies": lv.copies,
+                     "copies_first": lv.copies_first, "no_copy": lv.no_copy,
+                     "no_copy_clean": lv.no_copy_clean, "server_cpu_s": lv.server_cpu}
+                    for lv in levels]}, indent=2))
+        failed = any(lv.timeouts or lv.errors for lv in levels)
+        return 1 if failed else 0
     finally:
         if proc is not None:
             proc.terminate()
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
 
 def main() -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="use a running server instead of starting one")
+    parser.add_argument("photo_dir", help="folder of real photos (BSDS500: 500 photos)")
+    parser.add_argument("--url", help="load a running server instead of starting one (its "
+                                      "catalogue must be this one, in --data-dir)")
     parser.add_argument("--data-dir", default=str(ROOT / "bench-out" / "loadtest"),
-                        help="catalogue images and store (reused by later runs)")
-    parser.add_argument("--images-dir", help="where the catalogue images are cached "
-                                             "(default: DATA_DIR/catalogue)")
-    parser.add_argument("--recent", type=int, default=100,
-                        help="images added by a second, later build (0: one build)")
-    parser.add_argument("--entries", type=int, default=10_000, help="catalogue size")
-    parser.add_argument("--photos", help="folder of real photos (default: BSDS500 if present)")
-    parser.add_argument("--real", type=int, default=500, help="real photos in the catalogue")
-    parser.add_argument("--clients", default="1,4,16", help="client counts, comma-separated")
-    parser.add_argument("--queries", type=int, default=300, help="timed queries per level")
-    parser.add_argument("--pool", type=int, default=1000, help="distinct query images")
+                        help="the catalogue and its store (reused by later runs)")
+    parser.add_argument("--entries", type=int, default=100_000, help="catalogue size")
+    parser.add_argument("--photos", type=int, default=400, help="real photos in it")
+    parser.add_argument("--negatives", type=int, default=100,
+                        help="held-out photos (the no-copy queries)")
+    parser.add_argument("--no-copy", type=float, default=0.7,
+                        help="share of the queries that have no copy in the catalogue")
+    parser.add_argument("--clients", default="1,4,16,64", help="client counts, comma-separated")
+    parser.add_argument("--queries", type=int, default=200,
+                        help="requests per client count (each request a different image)")
     parser.add_argument("-k", type=int, default=5, help="results per query")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds a client waits for an answer before calling it a "
+                             "timeout")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="serving processes (default: the server's, one per core)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="server query threads (default: one per core)")
-    parser.add_argument("--out", help="also write the markdown table here")
+                        help="queries each process runs at once (default: the server's)")
+    parser.add_argument("--queue", type=int, default=None,
+                        help="queries each process lets wait (default: the server's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make the catalogue and the queries, then stop")
+    parser.add_argument("--out", help="also write loadtest.md and loadtest.json here")
     args = parser.parse_args()
     sys.exit(asyncio.run(amain(args)))
 

@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -52,6 +53,13 @@ CATALOGUE_PHOTOS: tuple[str, ...] = (
     "astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "moon",
     "page", "clock", "grass", "hubble_deep_field",
 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def extra_photos(*exclude: str) -> list[str]:
@@ -559,15 +567,6 @@ def run_on_pty(cmd: list[str]) -> tuple[str, str]:
         assert proc.wait(timeout=300) == 0, err.decode(errors="replace")
     os.close(leader)
     return out, err.decode(errors="replace")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 just now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

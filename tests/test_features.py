@@ -16,6 +16,7 @@ from helpers import (
     MAX_PIXELS,
     WORK_SIZE,
     extra_photos,
+    jpeg,
     jpeg_roundtrip,
     photo,
     png,
@@ -315,3 +316,30 @@ def test_orient_returns_contiguous_copy() -> None:
     for o in range(8):
         out = orient(a, o)
         assert out.flags["C_CONTIGUOUS"]
+
+
+def test_hashes_come_from_the_thumbnail_and_work_results_split_their_cpu_time() -> None:
+    """One resize chain: a reduced image's hashes are the thumbnail's; a work result's CPU
+    time is split by stage, the stages adding up to it (a failure's too)."""
+    from echoimage.indexing.work import FeatureParams, process_bytes
+    from echoimage.types import Status
+
+    settings = Settings()
+    data = jpeg(photo("astronaut"))
+    img = decode_image(data, settings.max_pixels, settings.work_size, settings.colour_size)
+    feats = extract_features(img, settings.thumb_size, settings.orb_features)
+    small = hash_input(feats.thumbnail)
+    assert (feats.phash, feats.dhash) == (phash(small), dhash(small))
+    direct = hash_input(img.gray)  # the image's own 32x32: all but the rounding alike
+    assert hamming(feats.phash, phash(direct)) <= 2
+
+    params = FeatureParams.from_settings(settings)
+    res = process_bytes(1, data, params)
+    assert res.status == Status.INDEXED and res.stages is not None
+    assert set(res.stages) == {"sha256", "decode", "thumbnail", "hashes", "orb",
+                               "colour signature", "encode"}
+    assert sum(res.stages.values()) == pytest.approx(res.cpu_s)
+    bad = process_bytes(2, b"plain text, not an image", params)
+    assert bad.status == Status.NOT_AN_IMAGE and bad.stages is not None
+    assert set(bad.stages) == {"sha256", "decode"}
+    assert sum(bad.stages.values()) == pytest.approx(bad.cpu_s)

@@ -82,6 +82,9 @@ def origin_app(internal_port: int) -> web.Application:
     """The allow-listed "public" site: an image, redirects (to an internal port, to file://),
     a page, a 404, a slow answer and a body over the cap."""
     routes = web.RouteTableDef()
+    # encoded before the server listens: HEVC takes seconds on a busy machine, past the
+    # URL fetch's timeout
+    coffee_heic_bytes = heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0))
 
     @routes.get("/coffee.jpg")
     async def coffee(request: web.Request) -> web.Response:
@@ -89,8 +92,7 @@ def origin_app(internal_port: int) -> web.Application:
 
     @routes.get("/coffee.heic")
     async def coffee_heic(request: web.Request) -> web.Response:
-        return web.Response(body=heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0)),
-                            content_type="image/heic")
+        return web.Response(body=coffee_heic_bytes, content_type="image/heic")
 
     @routes.get("/to-internal.jpg")
     async def to_internal(request: web.Request) -> web.Response:
@@ -1012,7 +1014,7 @@ def test_serve_runs_uvicorn(built: Built, fake_uvicorn: dict) -> None:
     from echoimage.web.app import serve
 
     port = free_port()
-    serve(built.settings, "127.0.0.1", port)
+    serve(built.settings, "127.0.0.1", port, WebSettings(serve_workers=1))
     assert fake_uvicorn["host"] == "127.0.0.1" and fake_uvicorn["port"] == port
     assert isinstance(fake_uvicorn["app"], FastAPI)
     assert json.dumps(fake_uvicorn["app"].openapi())  # the schema builds
@@ -1052,13 +1054,13 @@ def served(built_copy: Built, tmp_path: Path) -> Iterator[Served]:
     port = free_port()
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(built_copy.settings.data_dir),
-           "serve", "--port", str(port)]
+           "serve", "--workers", "1", "--port", str(port)]
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
     server = Served(port, proc, log)
     try:
-        deadline = time.monotonic() + 60
-        while "Uvicorn running" not in log.read_text():
+        deadline = time.monotonic() + 120
+        while "index loaded" not in log.read_text():
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.05)

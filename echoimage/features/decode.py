@@ -188,8 +188,13 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             if fmt == "JPEG":
                 # DCT-domain downscale: decodes at 1/2, 1/4 or 1/8 scale when that still
                 # leaves the working size, which is most of the decode cost for big photos.
-                # With colour, a colour JPEG is decoded to YCbCr: its Y is, bit for bit,
-                # what decoding to L gives, and Cb, Cr make the colour version.
+                # Both sides are kept at least the working size: asking only for the
+                # working image's own size (a 6000x4000 photo at 1/8, 750x500, instead of
+                # 1/4) decodes a fifth faster but leaves a blurrier working image (100
+                # bsds500 photos upscaled 9x, queried with their q50 originals: median
+                # SSIM 0.88 instead of 0.91). With colour, a colour JPEG is decoded to
+                # YCbCr: its Y is, bit for bit, what decoding to L gives, and Cb, Cr make
+                # the colour version.
                 gray_mode = "YCbCr" if colour_size is not None else "L"
                 img.draft(gray_mode if img.mode in ("L", "RGB", "YCbCr") else img.mode,
                           (work_size, work_size))
@@ -199,8 +204,8 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             oriented = ImageOps.exif_transpose(img)
             if oriented is not None:
                 img = oriented
-            if img.mode == "YCbCr":
-                gray = np.ascontiguousarray(np.asarray(img, dtype=np.uint8)[:, :, 0])
+            if img.mode == "YCbCr":  # its Y as a plane of its own (no 3-channel copy)
+                gray = np.asarray(img.getchannel(0), dtype=np.uint8)
             else:
                 gray = _to_gray(img)
             colour = None if colour_size is None else _colour_version(img, colour_size)

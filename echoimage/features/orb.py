@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -11,6 +13,10 @@ EMPTY_ORB = OrbFeatures(np.zeros((0, 5), np.float32), np.zeros((0, 32), np.uint8
 
 
 GRID = 4
+#: OpenCV ORB's settings besides the keypoint count: a lower FAST threshold than OpenCV's
+#: default (12 against 20) finds corners in low-contrast regions too, a narrower border
+#: (15 against 31) nearer the image's edges; they cost ~25% more time than the defaults
+ORB_PARAMS = {"fastThreshold": 12, "edgeThreshold": 15, "patchSize": 31}
 
 
 def spread_order(pts: np.ndarray, shape: tuple[int, int], grid: int = GRID) -> np.ndarray:
@@ -38,19 +44,29 @@ def spread_order(pts: np.ndarray, shape: tuple[int, int], grid: int = GRID) -> n
     return np.lexsort((np.arange(len(pts)), -pts[:, 4], rank_in_cell))
 
 
+def keypoint_rows(kps: Sequence[cv2.KeyPoint]) -> np.ndarray:
+    """OpenCV keypoints as float32 rows (x, y, size, angle, response): positions through
+    OpenCV's own converter, the other columns one attribute at a time (a tuple of five
+    attributes per keypoint costs six times as much at 1,500 keypoints)."""
+    pts = np.empty((len(kps), 5), np.float32)
+    pts[:, :2] = cv2.KeyPoint_convert(kps).reshape(-1, 2)
+    pts[:, 2] = [k.size for k in kps]
+    pts[:, 3] = [k.angle for k in kps]
+    pts[:, 4] = [k.response for k in kps]
+    return pts
+
+
 def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:
     """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("orb_features expects a 2-D uint8 grayscale array")
     if nfeatures < 1:
         raise ValueError("nfeatures must be positive")
-    orb = cv2.ORB_create(nfeatures=nfeatures, fastThreshold=12, edgeThreshold=15,
-                         patchSize=31)
+    orb = cv2.ORB_create(nfeatures=nfeatures, **ORB_PARAMS)
     kps, desc = orb.detectAndCompute(gray, None)
     if desc is None or not kps:
         return EMPTY_ORB
-    pts = np.array([(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in kps],
-                   dtype=np.float32)
+    pts = keypoint_rows(kps)
     order = spread_order(pts, gray.shape[:2])
     pts = pts[order]
     return OrbFeatures(np.ascontiguousarray(pts), np.ascontiguousarray(desc[order]))

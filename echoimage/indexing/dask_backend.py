@@ -126,7 +126,8 @@ def index_shard(items: list[WorkItem], job: ShardJob) -> ShardOutcome:
     remote = [w for w in items if is_url(w.url)]
     if remote:
         results += asyncio.run(_fetch_and_process(remote, job.params, settings, out.summary))
-    out.summary.cpu_seconds = sum(r.cpu_s for r in results)
+    for r in results:
+        out.summary.add_cpu(r)
     if not job.write:
         out.results = results
         return out

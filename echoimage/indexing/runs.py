@@ -47,6 +47,12 @@ class BuildSummary:
     work_seconds: float = 0.0
     #: files folder sources passed over, by what they look like ("SVG", "PDF", ...)
     skipped: Counter[str] = field(default_factory=Counter)
+    #: where the CPU time went: the feature workers' cpu_seconds by stage (read, sha256,
+    #: decode, thumbnail, hashes, orb, colour signature, encode), the store writes (the
+    #: thread that writes the batches) and the index files' update (the whole process)
+    stage_cpu: Counter[str] = field(default_factory=Counter)
+    store_cpu_seconds: float = 0.0
+    index_cpu_seconds: float = 0.0
 
     @property
     def work_rate(self) -> float:
@@ -60,13 +66,24 @@ class BuildSummary:
         self.failures.extend(other.failures)
         self.processed += other.processed
         self.cpu_seconds += other.cpu_seconds
+        self.stage_cpu.update(other.stage_cpu)
+        self.store_cpu_seconds += other.store_cpu_seconds
         self.net_wait_seconds += other.net_wait_seconds
+
+    def add_cpu(self, result: WorkResult) -> None:
+        """Count a work result's feature-worker CPU time, in all and by stage."""
+        self.cpu_seconds += result.cpu_s
+        if result.stages:
+            self.stage_cpu.update(result.stages)
 
     def as_dict(self) -> dict:
         """JSON-ready form."""
         return {"kind": self.kind, "counts": dict(self.counts), "processed": self.processed,
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
+                "stage_cpu": {k: round(v, 3) for k, v in self.stage_cpu.items()},
+                "store_cpu_seconds": round(self.store_cpu_seconds, 3),
+                "index_cpu_seconds": round(self.index_cpu_seconds, 3),
                 "net_wait_seconds": round(self.net_wait_seconds, 3),
                 "work_items": self.work_items, "work_seconds": round(self.work_seconds, 3),
                 "work_rate": round(self.work_rate, 3),
@@ -114,6 +131,7 @@ def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
     """Write a batch of results in one transaction and count them in the summary; returns
     how many image rows changed."""
     changed = 0
+    t0 = time.thread_time()
     with sessions.begin() as session:
         records = []
         for r in results:
@@ -142,6 +160,7 @@ def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
             if r.status != Outcome.UNCHANGED and not kept:
                 changed += 1
         repo.save_feature_records(session, records)
+    summary.store_cpu_seconds += time.thread_time() - t0
     return changed
 
 

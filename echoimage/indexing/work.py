@@ -16,15 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from echoimage.config import Settings
 from echoimage.errors import DecodeError, ImageTooLargeError, NotAnImageError
 from echoimage.features.decode import decode_image, sniff_format
-from echoimage.features.extract import extract_features
+from echoimage.features.extract import Stages, extract_features
 from echoimage.fetch.local import LocalStatus, file_marker, read_local
-from echoimage.store import repo
+from echoimage.store.codec import FeatureRecord, encode_features
 from echoimage.types import FetchStatus, Outcome, Status
 
 if TYPE_CHECKING:
+    from echoimage.config import Settings
     from echoimage.fetch.client import FetchResult
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def init_worker(main_pid: int, max_pixels: int) -> None:
 
 
 def noop(_: int) -> None:
-    """A task that only makes the pool start a worker."""
+    """A task that only makes the pool start its workers."""
 
 
 @dataclass(frozen=True)
@@ -125,43 +125,56 @@ class WorkResult:
     nbytes: int | None = None
     etag: str | None = None
     last_modified: str | None = None
-    record: repo.FeatureRecord | None = None
+    record: FeatureRecord | None = None
     cpu_s: float = 0.0
+    #: the feature worker's CPU seconds by stage (read, sha256, decode, thumbnail, hashes,
+    #: orb, colour signature, encode): they add up to cpu_s
+    stages: dict[str, float] | None = None
 
 
 def process_bytes(image_id: int, data: bytes, params: FeatureParams,
                   etag: str | None = None, last_modified: str | None = None,
-                  known_sha256: str | None = None) -> WorkResult:
-    """Decode bytes and extract features; a failure comes back as a status, never raised."""
-    t0 = time.process_time()
+                  known_sha256: str | None = None, stages: Stages | None = None
+                  ) -> WorkResult:
+    """Decode bytes and extract features; a failure comes back as a status, never raised.
+    The result's stages split its CPU time (from stages, if given: a caller's own laps
+    before this one)."""
+    stages = stages if stages is not None else Stages()
     sha = hashlib.sha256(data).hexdigest()
+    stages.lap("sha256")
+
+    def result(status: Status | Outcome, reason: str | None = None,
+               record: FeatureRecord | None = None) -> WorkResult:
+        return WorkResult(image_id, status, reason, sha, len(data), etag, last_modified,
+                          record, stages.total, stages.seconds)
+
     if known_sha256 is not None and sha == known_sha256:
-        return WorkResult(image_id, Outcome.UNCHANGED, None, sha, len(data), etag, last_modified,
-                          cpu_s=time.process_time() - t0)
+        return result(Outcome.UNCHANGED)
     try:
         img = decode_image(data, params.max_pixels, params.work_size, params.colour_size)
-        feats = extract_features(img, params.thumb_size, params.orb_features)
+        stages.lap("decode")
+        feats = extract_features(img, params.thumb_size, params.orb_features, stages)
     except DecodeError as exc:
+        stages.lap("decode")
         if isinstance(exc, ImageTooLargeError):
             status = Status.TOO_LARGE
         elif isinstance(exc, NotAnImageError) and sniff_format(data) is None:
             status = Status.NOT_AN_IMAGE
         else:
             status = Status.DECODE_ERROR
-        return WorkResult(image_id, status, str(exc), sha, len(data), etag, last_modified,
-                          cpu_s=time.process_time() - t0)
+        return result(status, str(exc))
     except Exception as exc:  # noqa: BLE001 - one image's surprise must not end the run
+        stages.lap("decode")
         log.warning("feature extraction failed on image %d: %s: %s", image_id,
                     type(exc).__name__, exc)
         log.debug("feature extraction failed on image %d", image_id, exc_info=True)
-        return WorkResult(image_id, Status.DECODE_ERROR,
-                          f"feature extraction failed: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                          sha, len(data), etag, last_modified, cpu_s=time.process_time() - t0)
-    record = repo.encode_features(image_id, sha, len(data), feats, etag, last_modified,
-                                  params.key, params.thumb_quality, params.colour_quality)
-    return WorkResult(image_id, Status.INDEXED, None, sha, len(data), etag, last_modified,
-                      record, cpu_s=time.process_time() - t0)
+        return result(Status.DECODE_ERROR,
+                      f"feature extraction failed: {type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+    record = encode_features(image_id, sha, len(data), feats, etag, last_modified,
+                             params.key, params.thumb_quality, params.colour_quality)
+    stages.lap("encode")
+    return result(Status.INDEXED, record=record)
 
 
 def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkResult:
@@ -170,14 +183,16 @@ def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkR
     etag = file_marker(item.url)
     if item.was_indexed and etag is not None and etag == item.etag:
         return WorkResult(item.image_id, Outcome.UNCHANGED, etag=etag)
+    stages = Stages()
     got = read_local(item.url, max_bytes)
+    stages.lap("read")
     if got.data is None:
         if got.status == LocalStatus.NOT_FOUND:
             status = Status.GONE if item.was_indexed else Status.MISSING
         else:
             status = _LOCAL_STATUS[got.status]
         return WorkResult(item.image_id, status, got.reason)
-    return process_bytes(item.image_id, got.data, params, etag, None, item.sha256)
+    return process_bytes(item.image_id, got.data, params, etag, None, item.sha256, stages)
 
 
 #: store status of a local file that could not be read (a missing one: see process_path)

@@ -20,10 +20,12 @@ A row keeps (since store row format 2, `store_info.row_format`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from echoimage.types import OrbFeatures
+from echoimage.types import ImageFeatures, OrbFeatures
 
 THUMB_QUALITY = 50
 #: fixed-point steps per working pixel of stored keypoint positions (working images are at
@@ -104,3 +106,46 @@ def compact_row(thumbnail: bytes, keypoints: bytes, descriptors: bytes
     thumb = thumbnail if thumb_done else encode_thumbnail(decode_thumbnail(thumbnail))
     kp = keypoints if kp_done else encode_orb(decode_orb(keypoints, descriptors))[0]
     return thumb, kp
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """An indexed image's features, encoded for the store (made in the feature workers)."""
+
+    image_id: int
+    sha256: str
+    nbytes: int
+    width: int
+    height: int
+    format: str
+    phash: bytes
+    dhash: bytes
+    thumbnail: bytes
+    thumb_size: int
+    n_keypoints: int
+    keypoints: bytes
+    descriptors: bytes
+    work_scale: float
+    etag: str | None = None
+    last_modified: str | None = None
+    params: str | None = None  # the extraction parameters (indexing.work.FeatureParams.key)
+    colour_preview: bytes | None = None  # colour JPEG for display
+    colour_signature: bytes | None = None  # see features.colour
+
+
+def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
+                    etag: str | None = None, last_modified: str | None = None,
+                    params: str | None = None, thumb_quality: int = THUMB_QUALITY,
+                    colour_quality: int = THUMB_QUALITY) -> FeatureRecord:
+    """Encode features for the store (JPEG thumbnail, keypoint positions, descriptors,
+    colour preview JPEG and signature: see above)."""
+    kp, desc = encode_orb(feats.orb)
+    preview = None if feats.colour is None else encode_preview(feats.colour, colour_quality)
+    return FeatureRecord(
+        image_id=image_id, sha256=sha256, nbytes=nbytes, width=feats.width,
+        height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
+        thumbnail=encode_thumbnail(feats.thumbnail, thumb_quality),
+        thumb_size=int(feats.thumbnail.shape[0]),
+        n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
+        work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified,
+        params=params, colour_preview=preview, colour_signature=feats.colour_signature)

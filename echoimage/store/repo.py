@@ -27,13 +27,11 @@ from sqlalchemy import Insert, Table, bindparam, case, func, insert, select, upd
 from sqlalchemy.orm import Session
 
 from echoimage.store.codec import (
-    THUMB_QUALITY,
+    FeatureRecord,
     compact_row,
     decode_orb,
     decode_thumbnail,
-    encode_orb,
-    encode_preview,
-    encode_thumbnail,
+    encode_features,
 )
 from echoimage.store.models import FeatureRow, ImageRow, Run, Source, StoreInfo
 from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture, RunStatus, Status
@@ -235,49 +233,6 @@ def add_pending(session: Session, items: Iterable[CatalogueItem], source: int | 
     table = ImageRow.__table__
     stmt = insert_ignoring_duplicates(session, table, "url").returning(table.c.id)
     return len(session.execute(stmt, rows).all())
-
-
-@dataclass(frozen=True)
-class FeatureRecord:
-    """An indexed image's features, encoded for the store (made in the feature workers)."""
-
-    image_id: int
-    sha256: str
-    nbytes: int
-    width: int
-    height: int
-    format: str
-    phash: bytes
-    dhash: bytes
-    thumbnail: bytes
-    thumb_size: int
-    n_keypoints: int
-    keypoints: bytes
-    descriptors: bytes
-    work_scale: float
-    etag: str | None = None
-    last_modified: str | None = None
-    params: str | None = None  # the extraction parameters (indexing.work.FeatureParams.key)
-    colour_preview: bytes | None = None  # colour JPEG for display
-    colour_signature: bytes | None = None  # see features.colour
-
-
-def encode_features(image_id: int, sha256: str, nbytes: int, feats: ImageFeatures,
-                    etag: str | None = None, last_modified: str | None = None,
-                    params: str | None = None, thumb_quality: int = THUMB_QUALITY,
-                    colour_quality: int = THUMB_QUALITY) -> FeatureRecord:
-    """Encode features for the store (JPEG thumbnail, keypoint positions, descriptors,
-    colour preview JPEG and signature: see store.codec)."""
-    kp, desc = encode_orb(feats.orb)
-    preview = None if feats.colour is None else encode_preview(feats.colour, colour_quality)
-    return FeatureRecord(
-        image_id=image_id, sha256=sha256, nbytes=nbytes, width=feats.width,
-        height=feats.height, format=feats.format[:16], phash=feats.phash, dhash=feats.dhash,
-        thumbnail=encode_thumbnail(feats.thumbnail, thumb_quality),
-        thumb_size=int(feats.thumbnail.shape[0]),
-        n_keypoints=len(feats.orb), keypoints=kp, descriptors=desc,
-        work_scale=float(feats.work_scale), etag=etag, last_modified=last_modified,
-        params=params, colour_preview=preview, colour_signature=feats.colour_signature)
 
 
 def save_features(session: Session, image_id: int, sha256: str, nbytes: int,

@@ -124,10 +124,10 @@ async def delete_image(image_id: ImageIdDep, service: ServiceDep, _: AdminDep
 @router.get("/api/jobs/{job_id}", dependencies=[Depends(require_reader)])
 async def job_status(job_id: str, service: ServiceDep) -> dict[str, Any]:
     """A background job: status, progress, counts, one-line errors and result."""
-    job = service.jobs.get(job_id)
-    if job is None:
+    record = service.jobs.record(job_id)
+    if record is None:
         raise HTTPException(404, f"no job {job_id[:64]!r} (jobs are kept for a while only)")
-    return job.as_dict()
+    return record
 
 
 @router.get("/api/duplicates", dependencies=[Depends(require_reader)])

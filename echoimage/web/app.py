@@ -1,9 +1,19 @@
-"""The FastAPI application: `create_app(settings)` and `serve(settings, host, port)`."""
+"""The FastAPI application: `create_app(settings)` and `serve(settings, host, port)`.
+
+`serve` runs one process, or with several workers uvicorn's supervisor of N processes on one
+listening socket: each builds its application with `app_from_environment` (the settings
+travel as JSON in ``ECHOIMAGE_SERVE_CONFIG``), loads the index (memory-mapped: the pages are
+shared) and refreshes it on its own, so no query waits for another process's Python.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,14 +28,19 @@ from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.web import admin, findings, pages, routes
-from echoimage.web.config import WebSettings
+from echoimage.web.config import AccessLog, WebSettings
 from echoimage.web.docs import add_docs
 from echoimage.web.inputs import http_error
+from echoimage.web.metrics import MULTIPROC_ENV
+from echoimage.web.observe import Observe
 from echoimage.web.service import WebService
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+
+#: the environment variable that carries the settings to the worker processes
+CONFIG_ENV = "ECHOIMAGE_SERVE_CONFIG"
 
 
 def create_app(settings: Settings, web_settings: WebSettings | None = None) -> FastAPI:
@@ -73,7 +88,18 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     app.include_router(findings.pages)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # every request is counted and timed, refusals and errors too
+    app.add_middleware(Observe, json_log=web.access_log == AccessLog.JSON)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The application of a worker process of `serve` (uvicorn's factory): the settings
+    `serve` put in ECHOIMAGE_SERVE_CONFIG."""
+    config = json.loads(os.environ[CONFIG_ENV])
+    settings = Settings.model_validate(config["settings"])
+    agree_pillow_limit(settings.max_pixels)  # a worker process is ours too: one pixel cap
+    return create_app(settings, WebSettings.model_validate(config["web"]))
 
 
 class LateResponseFilter(logging.Filter):
@@ -91,11 +117,18 @@ class LateResponseFilter(logging.Filter):
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging setup, with EchoImage's own INFO lines on the same stream and
-    uvicorn's late-response tracebacks dropped (LateResponseFilter)."""
+    """uvicorn's logging setup, with EchoImage's own INFO lines on the same stream,
+    uvicorn's late-response tracebacks dropped (LateResponseFilter), and the JSON access
+    log (``echoimage.access``) as bare lines on standard output."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["echoimage"] = {"handlers": ["default"], "level": "INFO",
                                       "propagate": False}
+    config["formatters"]["bare"] = {"format": "%(message)s"}
+    config["handlers"]["echoimage_access"] = {"formatter": "bare",
+                                              "class": "logging.StreamHandler",
+                                              "stream": "ext://sys.stdout"}
+    config["loggers"]["echoimage.access"] = {"handlers": ["echoimage_access"],
+                                             "level": "INFO", "propagate": False}
     config.setdefault("filters", {})["late_response"] = {
         "()": f"{__name__}.LateResponseFilter"}
     config["handlers"]["default"].setdefault("filters", []).append("late_response")
@@ -120,17 +153,57 @@ def exposure_warning(host: str, web: WebSettings) -> str | None:
             "on 127.0.0.1 behind a reverse proxy that controls access (see the README)")
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
-          access_log: bool = True) -> None:
-    """Run the server with uvicorn until interrupted (one process; queries use threads).
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          web: WebSettings | None = None) -> None:
+    """Run the server with uvicorn until interrupted: web.processes serving processes
+    (`serve_workers`; one per usable core by default), each taking web.threads queries
+    at once and letting web.max_waiting wait.
 
     The store is opened once first, so a missing or damaged catalogue is a one-line
-    StoreError here rather than a failed application start-up."""
+    StoreError here rather than a failed start of every process. The index loads after
+    the server listens (/readyz says when). With several processes their metrics meet in a
+    private directory (in memory, /dev/shm, where there is one), with the recent queries
+    and job records they share; it is removed when the server stops."""
+    web = web or WebSettings()
     with Catalogue(settings) as catalogue:
         catalogue.open_store()
-    if warning := exposure_warning(host, WebSettings()):
+    if warning := exposure_warning(host, web):
         log.warning("%s", warning)
     agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
-                log_level="info", log_config=log_config())
+    web = web.model_copy(update={"load_in_background": True})
+    run: dict[str, Any] = {"host": host, "port": port, "server_header": False,
+                           "access_log": web.access_log == AccessLog.TEXT,
+                           "log_level": "info", "log_config": log_config()}
+    workers = web.processes
+    if workers == 1:
+        uvicorn.run(create_app(settings, web), **run)
+        return
+    shm = Path("/dev/shm")
+    runtime = Path(tempfile.mkdtemp(prefix="echoimage-serve-",
+                                    dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
+                                    else None))
+    saved = {k: os.environ.get(k) for k in (MULTIPROC_ENV, CONFIG_ENV)}
+    try:
+        (runtime / "metrics").mkdir()
+        web = web.model_copy(update={"serve_workers": workers, "shared_dir": runtime / "shared"})
+        os.environ[MULTIPROC_ENV] = str(runtime / "metrics")
+        os.environ[CONFIG_ENV] = json.dumps({
+            "settings": settings.model_dump(mode="json"),
+            "web": {**web.model_dump(mode="json"),
+                    "api_token": _secret(web.api_token),
+                    "search_token": _secret(web.search_token)}})
+        log.info("starting %d serving processes (%d queries at once each, %d waiting)",
+                 workers, web.threads, web.max_waiting)
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers,
+                    timeout_worker_healthcheck=web.worker_healthcheck_timeout, **run)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -2,21 +2,34 @@
 
 Each entry holds a query's results, with its decoded image (the working image, not the
 uploaded bytes), under a random token. Entries expire after a TTL and the least recently used are
-dropped beyond a maximum count. Nothing is written to disk, and uploads never reach the
-catalogue.
+dropped beyond a maximum count. Uploads never reach the catalogue.
+
+With several serving processes (`echoimage serve --workers N`) the results page and the
+match images of a query may be asked of another process than the one that answered it: each
+entry is then also kept in a shared directory (``shared``: a private directory that `serve`
+makes in memory, /dev/shm, and removes when it stops), where the others find it. Alone, a
+process writes nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 import secrets
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from echoimage.api import QueryResult
 from echoimage.types import DecodedImage, Match
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +44,15 @@ class CachedQuery:
     created: float
     _pngs: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        state["_pngs"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @property
     def image(self) -> DecodedImage:
@@ -57,7 +79,8 @@ class QueryCache:
     """Token → CachedQuery with a TTL and an LRU bound; safe to use from several threads."""
 
     def __init__(self, ttl: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shared: Path | None = None,
+                 on_lookup: Callable[[str], None] | None = None) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("ttl must be positive and max_entries at least 1")
         self.ttl = ttl
@@ -65,6 +88,10 @@ class QueryCache:
         self._clock = clock
         self._entries: OrderedDict[str, CachedQuery] = OrderedDict()
         self._lock = threading.Lock()
+        self.shared = shared
+        self._on_lookup = on_lookup
+        if shared is not None:
+            shared.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def __len__(self) -> int:
         with self._lock:
@@ -80,25 +107,90 @@ class QueryCache:
         entry = CachedQuery(secrets.token_urlsafe(16), label, result, k, self._clock())
         with self._lock:
             self._expire()
-            self._entries[entry.token] = entry
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._keep(entry)
+        if self.shared is not None:
+            self._share(entry)
         return entry
 
+    def _keep(self, entry: CachedQuery) -> None:
+        self._entries[entry.token] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
     def get(self, token: str) -> CachedQuery | None:
-        """The live entry for token, or None when it is unknown or has expired."""
+        """The live entry for token, or None when it is unknown or has expired (another
+        process's entry is read from the shared directory)."""
         with self._lock:
             self._expire()
             entry = self._entries.get(token)
             if entry is not None:
                 self._entries.move_to_end(token)
-            return entry
+        result = "hit"
+        if entry is None and self.shared is not None:
+            entry = self._from_shared(token)
+            result = "shared"
+        if self._on_lookup is not None:
+            self._on_lookup(result if entry is not None else "miss")
+        return entry
+
+    # --- the shared directory -------------------------------------------------------------
+
+    def _path(self, token: str) -> Path | None:
+        assert self.shared is not None
+        if not token or not all(c.isalnum() or c in "-_" for c in token) or len(token) > 64:
+            return None  # not a token this cache made
+        return self.shared / token
+
+    def _share(self, entry: CachedQuery) -> None:
+        """Write entry where the other processes find it (atomically: temp file + rename)."""
+        assert self.shared is not None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.shared, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump((time.time(), entry), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.shared / entry.token)
+        except OSError as exc:  # a full /dev/shm: this process still has the entry
+            log.warning("cannot share query %s with the other processes: %s", entry.token,
+                        exc)
+
+    def _from_shared(self, token: str) -> CachedQuery | None:
+        path = self._path(token)
+        if path is None:
+            return None
+        try:
+            with path.open("rb") as f:
+                wall, entry = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+        age = time.time() - wall
+        if age >= self.ttl:
+            return None
+        entry.created = self._clock() - age  # on this process's clock
+        with self._lock:
+            self._keep(entry)
+        return entry
+
+    def _purge_shared(self) -> None:
+        assert self.shared is not None
+        cutoff = time.time() - self.ttl
+        try:
+            files = [(p.stat().st_mtime, p) for p in self.shared.iterdir()]
+        except OSError:
+            return
+        files.sort()
+        # expired ones, and the oldest beyond what every process could hold
+        excess = len(files) - self.max_entries * 8
+        for n, (mtime, p) in enumerate(files):
+            if mtime <= cutoff or n < excess:
+                p.unlink(missing_ok=True)
 
     def purge(self) -> None:
         """Drop expired entries now (the server calls this periodically, so an idle server
         does not keep the last queries past their TTL)."""
         with self._lock:
             self._expire()
+        if self.shared is not None:
+            self._purge_shared()
 
     def clear(self) -> None:
         """Forget every entry."""

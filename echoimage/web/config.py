@@ -8,12 +8,30 @@ adds what only `echoimage serve` needs.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echoimage.config import comma_separated
+
+
+class AccessLog(StrEnum):
+    """How the server logs each request."""
+
+    JSON = "json"  # one JSON object per line: timing, status, a search's outcome and stages
+    TEXT = "text"  # uvicorn's own line
+    OFF = "off"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class WebSettings(BaseSettings):
@@ -33,9 +51,31 @@ class WebSettings(BaseSettings):
     url_timeout: float = 10.0
     url_max_redirects: int = 5
 
-    # query execution: threads running queries at once, and queries allowed to wait
-    query_threads: int = 0  # 0: one per core
-    max_waiting: int = 64
+    # serving processes (`echoimage serve`): each loads the index (memory-mapped: the
+    # processes share its pages) and answers queries on its own; 0: one per usable core
+    serve_workers: int = 0
+    # seconds the supervisor waits for a worker process to answer its health check
+    # (starting up included: importing OpenCV, FAISS and the rest takes seconds on a busy
+    # machine) before it restarts it
+    worker_healthcheck_timeout: int = 60
+    # admission, per process: queries running at once (0: the cores each process has,
+    # usable cores / serve_workers, at least 1), and queries let wait for one of them;
+    # past that a search is refused at once with 503 and Retry-After
+    query_threads: int = 0
+    max_waiting: int = 8
+    retry_after: int = 1  # seconds a refused client is asked to wait
+    # /metrics (Prometheus text format); the index's change number and lag are read
+    # every metrics_interval seconds (which also starts a refresh of an idle process)
+    metrics: bool = True
+    metrics_interval: float = 5.0
+    access_log: AccessLog = AccessLog.JSON
+    # `echoimage serve` loads the index after it starts listening: /healthz answers at
+    # once, /readyz and searches say 503 until the index is loaded; False (create_app's
+    # default): the application's start-up waits for the load
+    load_in_background: bool = False
+    # where several processes of one server share recent queries and job records (set by
+    # `echoimage serve --workers N`; None: in this process's memory only)
+    shared_dir: Path | None = None
 
     # the short-lived in-memory cache of recent queries (for the match images)
     cache_ttl: float = 600.0
@@ -53,7 +93,8 @@ class WebSettings(BaseSettings):
     def _split(cls, value: object) -> object:
         return comma_separated(value)
 
-    @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl")
+    @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl",
+                     "metrics_interval", "retry_after", "worker_healthcheck_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -65,7 +106,7 @@ class WebSettings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("query_threads", "max_waiting", "url_max_redirects")
+    @field_validator("query_threads", "max_waiting", "url_max_redirects", "serve_workers")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:
@@ -73,6 +114,11 @@ class WebSettings(BaseSettings):
         return value
 
     @property
+    def processes(self) -> int:
+        """Serving processes (`serve_workers`, or one per usable core)."""
+        return self.serve_workers or usable_cores()
+
+    @property
     def threads(self) -> int:
-        """Queries that run at once (the query thread pool's size)."""
-        return self.query_threads or os.cpu_count() or 1
+        """Queries that run at once in one process (the query thread pool's size)."""
+        return self.query_threads or max(1, usable_cores() // self.processes)

@@ -32,7 +32,7 @@ from echoimage.errors import (
 from echoimage.types import FetchStatus
 from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
-from echoimage.web.service import WebService
+from echoimage.web.service import NotReady, ServerBusy, WebService
 
 logger = logging.getLogger(__name__)
 
@@ -242,19 +242,67 @@ async def fetch_query(service: WebService, url: str) -> bytes:
     raise HTTPException(code, f"cannot fetch {url}: {reason}")
 
 
+def refusal(service: WebService, exc: ServerBusy | NotReady) -> HTTPException:
+    """503 with Retry-After, closing the connection (the client's next try may reach a
+    process of the server with room, or a ready one)."""
+    headers = {"Retry-After": str(service.web.retry_after), "Connection": "close"}
+    if isinstance(exc, ServerBusy):
+        return HTTPException(503, "server busy: too many queries waiting; retry shortly",
+                             headers=headers)
+    return HTTPException(503, f"not ready: {exc}; retry shortly", headers=headers)
+
+
+def admit(service: WebService) -> None:
+    """Refuse a search at once (503) when the server cannot take it."""
+    try:
+        service.admit()
+    except (ServerBusy, NotReady) as exc:
+        raise refusal(service, exc) from None
+
+
 async def answer(inp: SearchInput, service: WebService) -> CachedQuery:
     """Fetch or take the bytes, check them, queue and search."""
-    if service.busy():
-        raise HTTPException(503, "server busy: too many queries waiting; retry shortly",
-                            headers={"Retry-After": "1"})
+    admit(service)
     data = inp.data if inp.data is not None else await fetch_query(service, inp.url or "")
     check_image_bytes(data)
     try:
         return await service.search(data, inp.label, inp.k, inp.colour_sensitive)
+    except (ServerBusy, NotReady) as exc:
+        raise refusal(service, exc) from None
     except EchoImageError as exc:
         raise http_error(exc) from None
 
 
+async def drain(request: Request, service: WebService) -> None:
+    """Read and drop the rest of a refused request's body (at most what a search may
+    send), so that the client, still sending it, gets the answer rather than a reset
+    connection."""
+    limit = service.web.max_upload_bytes + FORM_OVERHEAD
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                break
+    except ClientDisconnect:
+        pass
+
+
 async def run_search(request: Request, service: WebService) -> CachedQuery:
-    """The whole search: read the request, then answer it."""
-    return await answer(await read_search_input(request, service), service)
+    """The whole search: refused at once when the server cannot take it (the body read
+    and dropped); else read the request, then answer it (the outcome is noted for the
+    access log)."""
+    try:
+        admit(service)
+    except HTTPException:
+        await drain(request, service)
+        raise
+    entry = await answer(await read_search_input(request, service), service)
+    note_search(request, entry)
+    return entry
+
+
+def note_search(request: Request, entry: CachedQuery) -> None:
+    """What the access log says of a search: found or not, results, stage times."""
+    request.state.search = {"found": entry.result.found, "results": len(entry.result.matches),
+                            "k": entry.k, "stages_ms": entry.result.timings}

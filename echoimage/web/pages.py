@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from echoimage.web import render
 from echoimage.web.deps import ServiceDep, require_reader
-from echoimage.web.inputs import SearchInput, answer, read_search_input
+from echoimage.web.inputs import SearchInput, answer, note_search, read_search_input
 from echoimage.web.service import WebService
 
 #: the pages need no token unless the server has a search token (then, as the JSON API, a
@@ -41,7 +41,7 @@ def _form(service: WebService, error: HTTPException | None = None,
           inp: SearchInput | None = None) -> HTMLResponse:
     web, settings = service.web, service.settings
     body = render.search_page(
-        indexed=service.catalogue.size, max_k=settings.max_k,
+        indexed=service.index_size, max_k=settings.max_k,
         k=inp.k if inp else settings.default_k,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
         error=(error.status_code, str(error.detail)) if error else None,
@@ -69,6 +69,7 @@ async def search(request: Request, service: ServiceDep) -> Response:
         entry = await answer(inp, service)
     except HTTPException as exc:
         return _form(service, exc, inp)
+    note_search(request, entry)
     return RedirectResponse(f"/results/{entry.token}", status_code=303)
 
 

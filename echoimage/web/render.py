@@ -43,7 +43,7 @@ def page(title: str, body: str, footer: str = "") -> str:
                          "and are forgotten after a few minutes.")
 
 
-def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url: str = "",
+def search_page(*, indexed: int | None, max_k: int, k: int, max_upload_bytes: int, url: str = "",
                 error: tuple[int, str] | None = None, colour_sensitive: bool = False) -> str:
     """The search form, optionally with an error message above it."""
     err = ""
@@ -51,8 +51,12 @@ def search_page(*, indexed: int, max_k: int, k: int, max_upload_bytes: int, url:
         code, detail = error
         err = (f'<div class="error" role="alert"><strong>Search failed ({code}):</strong> '
                f"{esc(detail)}</div>")
-    catalogue = f"The catalogue holds {indexed:,} indexed images." if indexed else (
-        "The catalogue is empty: run <code>echoimage index build</code> first.")
+    if indexed is None:
+        catalogue = "The catalogue's index is loading: searches are taken once it is loaded."
+    elif indexed:
+        catalogue = f"The catalogue holds {indexed:,} indexed images."
+    else:
+        catalogue = "The catalogue is empty: run <code>echoimage index build</code> first."
     body = template("search.html").substitute(
         catalogue=catalogue, error=err, formats=esc(FORMATS),
         max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k,

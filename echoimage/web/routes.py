@@ -12,15 +12,17 @@ from echoimage.errors import EchoImageError
 from echoimage.types import Picture, Status
 from echoimage.web.cache import CachedQuery
 from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, require_reader
-from echoimage.web.inputs import http_error, run_search
+from echoimage.web.inputs import http_error, refusal, run_search
+from echoimage.web.metrics import CONTENT_TYPE
 from echoimage.web.schemas import (
     ErrorResponse,
     HealthResponse,
     ImageInfo,
+    ReadyResponse,
     SearchResponse,
     StatsResponse,
 )
-from echoimage.web.service import WebService
+from echoimage.web.service import NotReady, WebService
 from echoimage.web.visual import encode_png, restore_aspect
 
 #: the search and read API: open unless the server has a search token
@@ -187,6 +189,8 @@ def preview(image_id: ImageIdDep, service: ServiceDep) -> Response:
 async def stats(service: ServiceDep) -> dict[str, Any]:
     """Catalogue images by status, the loaded index (re-read if a newer one was written),
     and this server's query counters."""
+    if not service.ready:
+        raise refusal(service, NotReady(service.load_error or "the index is loading"))
     try:
         return await run_in_threadpool(service.stats)
     except EchoImageError as exc:
@@ -195,5 +199,38 @@ async def stats(service: ServiceDep) -> dict[str, Any]:
 
 @health_router.get("/health", response_model=HealthResponse, tags=["server"])
 async def health(service: ServiceDep) -> dict[str, Any]:
-    """Liveness: the engine is loaded; the size of its index."""
-    return {"status": "ok", "index_entries": service.catalogue.size}
+    """Liveness and the size of the index (null while it is loading)."""
+    return {"status": "ok", "index_entries": service.index_size}
+
+
+@health_router.get("/healthz", response_model=HealthResponse, tags=["server"])
+async def healthz(service: ServiceDep) -> dict[str, Any]:
+    """Liveness, for a load balancer or Kubernetes: the process answers (200 as soon as
+    it listens, while the index loads too)."""
+    return {"status": "ok", "index_entries": service.index_size}
+
+
+@health_router.get("/readyz", response_model=ReadyResponse,
+                   responses={503: {"model": ReadyResponse}}, tags=["server"])
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """Readiness: 200 once this process has loaded the index and takes searches; 503
+    (`loading`, or `failed` with the reason) before."""
+    if service.ready:
+        return JSONResponse({"status": "ready", "index_entries": service.index_size})
+    status = "failed" if service.load_error else "loading"
+    return JSONResponse({"status": status, "detail": service.load_error}, status_code=503,
+                        headers={"Retry-After": str(service.web.retry_after)})
+
+
+@health_router.get("/metrics", response_class=Response, tags=["server"],
+                   responses={200: {"content": {CONTENT_TYPE: {}},
+                                    "description": "Prometheus text format"}})
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics of every serving process: requests and latency by route, search
+    stages, found / no-copy counts, refusals, queue depth, the index's change number and
+    lag behind the store, query-cache lookups."""
+    if not service.web.metrics:
+        raise HTTPException(404, "Not Found")
+    await service.update_index_metrics()
+    body = await run_in_threadpool(service.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)

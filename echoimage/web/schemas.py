@@ -133,6 +133,8 @@ class ServerStats(BaseModel):
     running: int
     waiting: int
     query_threads: int
+    max_waiting: int
+    pid: int  # the serving process that answered (one of several with --workers)
     cached_queries: int
     cache_ttl_s: float
 
@@ -164,10 +166,19 @@ class StatsResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """Liveness and the size of the loaded index."""
+    """Liveness and the size of the loaded index (None while it is loading)."""
 
     status: str
-    index_entries: int
+    index_entries: int | None
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: `ready` once the index is loaded (200); `loading` or `failed` with the
+    reason (503) before."""
+
+    status: str
+    index_entries: int | None = None
+    detail: str | None = None
 
 
 class ErrorResponse(BaseModel):

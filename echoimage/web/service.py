@@ -3,13 +3,18 @@ its store and search engine), the query thread pool, the URL fetcher and the rec
 cache.
 
 Queries run in a bounded thread pool (OpenCV and FAISS release the GIL), so the event loop
-keeps serving while they run; when every thread is busy, queries wait on a semaphore, and
-past ``max_waiting`` waiting queries the server says it is busy instead of thrashing.
+keeps serving while they run. Admission is bounded: ``threads`` searches run at once and
+``max_waiting`` more may wait for a thread; past that a search is refused at once
+(`ServerBusy`: 503 with Retry-After) instead of waiting for seconds. With
+``load_in_background`` the index loads after the server starts listening: until it is
+loaded `ready` is False and searches are refused (`NotReady`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +34,12 @@ from echoimage.api import (
     UrlPolicy,
 )
 from echoimage.config import Settings
+from echoimage.errors import EchoImageError
 from echoimage.types import FetchStatus, Match, Picture
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
+from echoimage.web.metrics import Metrics
 from echoimage.web.visual import (
     colourise,
     encode_png,
@@ -46,7 +53,17 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 USER_AGENT = "EchoImage/0.1 (query fetch; +https://github.com/echoimage/echoimage)"
+
+
+class ServerBusy(Exception):
+    """Every query thread is taken and the queue is full: the search is refused."""
+
+
+class NotReady(Exception):
+    """The index is not loaded yet (or could not be loaded): the search is refused."""
 
 
 @dataclass
@@ -65,9 +82,13 @@ class WebService:
     def __init__(self, settings: Settings, web: WebSettings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.web = web
-        self.catalogue = catalogue  # its search engine loaded (index and store)
-        self.cache = QueryCache(web.cache_ttl, web.cache_entries)
-        self.jobs = JobManager(web.job_threads)
+        self.catalogue = catalogue  # its search engine loaded (index and store) once ready
+        self.metrics = Metrics()
+        shared = web.shared_dir
+        self.cache = QueryCache(web.cache_ttl, web.cache_entries,
+                                shared=shared / "queries" if shared else None,
+                                on_lookup=lambda result: self.metrics.cache.labels(result).inc())
+        self.jobs = JobManager(web.job_threads, shared=shared / "jobs" if shared else None)
         self._dedupe: dict[bool, DedupeResult] = {}  # by crops: the latest groups found
         self.threads = web.threads
         # FAISS's OpenMP thread count is per calling thread: SearchEngine.query_image sets
@@ -85,20 +106,78 @@ class WebService:
         )
         self.fetcher = GuardedFetcher(self.fetch_config, self.policy)
         self._old_cv2_threads: int | None = None
-        self._janitor: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False  # the index is loaded: searches are taken
+        self.load_error: str | None = None  # why the index could not be loaded
+        self._behind_since: float | None = None
+        self.metrics.capacity.set(self.threads + web.max_waiting)
 
     @classmethod
     async def start(cls, settings: Settings, web: WebSettings) -> WebService:
-        """Load the search engine (index + store) once, off the event loop, and open the
-        fetcher."""
+        """Open the fetcher and load the search engine (index + store) once, off the event
+        loop: before returning, or (load_in_background) after, while the server already
+        answers /healthz and /readyz."""
         catalogue = Catalogue(settings, serving=True)
-        await asyncio.to_thread(lambda: catalogue.search_engine)
         service = cls(settings, web, catalogue)
         service._old_cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
         await service.fetcher.__aenter__()
-        service._janitor = asyncio.create_task(service._purge_forever())
+        service._tasks.append(asyncio.create_task(service._purge_forever()))
+        if web.load_in_background:
+            service._tasks.append(asyncio.create_task(service._load()))
+        else:
+            await service._load()
+            if service.load_error is not None:
+                await service.close()
+                raise NotReady(service.load_error)
         return service
+
+    async def _load(self) -> None:
+        """Load the index; then keep the metrics of the index current."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(lambda: self.catalogue.search_engine)
+        except EchoImageError as exc:
+            self.load_error = str(exc)
+            log.error("the index could not be loaded: %s", exc)
+            return
+        except Exception as exc:  # a bug: not ready, and say why
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the index could not be loaded")
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("index loaded in %.1f s: %d entries (process %d)",
+                 time.perf_counter() - t0, self.catalogue.size, os.getpid())
+        if self.web.metrics:
+            self._tasks.append(asyncio.create_task(self._watch_index()))
+
+    async def _watch_index(self) -> None:
+        while True:
+            await self.update_index_metrics()
+            await asyncio.sleep(self.web.metrics_interval)
+
+    async def update_index_metrics(self) -> None:
+        """Read the index's change number and the store's into the metrics (a process
+        behind the store starts refreshing)."""
+        if not self.ready:
+            return
+        try:
+            state = await asyncio.to_thread(self.catalogue.index_state)
+        except EchoImageError as exc:
+            log.warning("cannot read the index's state: %s", exc)
+            return
+        m = self.metrics
+        m.index_seq.set(state.seq)
+        m.store_seq.set(state.store_seq)
+        m.lag.set(state.lag)
+        m.entries.set(state.entries)
+        now = time.monotonic()
+        if state.lag == 0:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
+        m.lag_seconds.set(0.0 if self._behind_since is None else now - self._behind_since)
 
     async def _purge_forever(self) -> None:
         interval = min(30.0, self.cache.ttl / 2)
@@ -108,8 +187,9 @@ class WebService:
 
     async def close(self) -> None:
         """Stop the pool, close the fetcher and the store connections."""
-        if self._janitor is not None:
-            self._janitor.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self.metrics.close()
         self.jobs.close()
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -118,25 +198,45 @@ class WebService:
         if self._old_cv2_threads is not None:
             cv2.setNumThreads(self._old_cv2_threads)
 
+    @property
+    def index_size(self) -> int | None:
+        """Indexed images in the index being searched; None while it is loading (never
+        waits for the load)."""
+        return self.catalogue.size if self.ready else None
+
     # --- running work off the event loop -------------------------------------------------
 
     def busy(self) -> bool:
         """True when every query thread is taken and the waiting line is full."""
         return self.counters.waiting >= self.web.max_waiting and self.slots.locked()
 
+    def admit(self) -> None:
+        """Refuse a search now if it cannot be taken: NotReady before the index is loaded,
+        ServerBusy when the queue is full."""
+        if not self.ready:
+            self.metrics.refused.labels("loading").inc()
+            raise NotReady(self.load_error or "the index is loading")
+        if self.busy():
+            self.metrics.refused.labels("busy").inc()
+            raise ServerBusy()
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(*args) in the query pool, waiting for a free thread first."""
-        c = self.counters
+        c, m = self.counters, self.metrics
         c.waiting += 1
+        m.waiting.inc()
         try:
             await self.slots.acquire()
         finally:
             c.waiting -= 1
+            m.waiting.dec()
         c.running += 1
+        m.running.inc()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         finally:
             c.running -= 1
+            m.running.dec()
             self.slots.release()
 
     # --- queries ---------------------------------------------------------------------------
@@ -152,12 +252,14 @@ class WebService:
 
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
+        self.admit()  # again: a URL query was fetched since the request was admitted
         try:
             res = await self.run(self._search, data, k, colour_sensitive)
         except Exception:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
+        self.metrics.observe_search(res.found, res.timings)
         return self.cache.add(label, res, k)
 
     async def fetch(self, url: str) -> FetchResult:
@@ -248,6 +350,7 @@ class WebService:
             "server": {"uptime_s": round(time.monotonic() - self.started, 3),
                        "queries": c.queries, "failed_queries": c.failed, "running": c.running,
                        "waiting": c.waiting, "query_threads": self.threads,
+                       "max_waiting": self.web.max_waiting, "pid": os.getpid(),
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
             "runs": runs,
         }
