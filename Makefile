@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-cluster faults browser postgres clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-scan bench-cluster faults browser postgres clean
 
 # The last step installs perception (the benchmark's peer) without its declared
 # opencv-contrib<5, whose cv2 would replace the pinned OpenCV 5: see bench/pyproject.toml
@@ -76,6 +76,9 @@ bench-scale: $(STAMP)
 
 bench-hard: $(STAMP)
 	$(BIN)/python scripts/bench_hard.py $(PHOTOS) --out bench-out --limit 100
+
+bench-scan: $(STAMP)
+	$(BIN)/python scripts/bench_scan.py $(PHOTOS) --out bench-out
 
 bench-cluster: $(STAMP) postgres
 	$(BIN)/python scripts/bench_cluster.py $(PHOTOS) --out bench-out

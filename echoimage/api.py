@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from sqlalchemy import Engine
 
+    from echoimage.catalogue.scan import ScanReport
     from echoimage.catalogue.scrape import ScrapeFilters, ScrapeReport
     from echoimage.catalogue.scrape import write_catalogue as write_catalogue
     from echoimage.features.limits import agree_pillow_limit as agree_pillow_limit
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from echoimage.search.dedupe import DedupeResult
     from echoimage.search.engine import QueryResult, SearchEngine
     from echoimage.store.repo import SourceInfo
+    from echoimage.store.scans import FindingGroup, FindingInfo, FoundPicture, WatchInfo
 
 #: what `Catalogue.query` accepts: a file path, an http(s) URL, encoded image bytes, a
 #: numpy array (H×W gray or H×W×3 RGB, uint8) or a Pillow image
@@ -88,6 +91,13 @@ _EXPORTS = {
     "path_url": ("echoimage.fetch.local", "path_url"),
     "sniff_format": ("echoimage.features.sniff", "sniff_format"),
     "agree_pillow_limit": ("echoimage.features.limits", "agree_pillow_limit"),
+    "ScanReport": ("echoimage.catalogue.scan", "ScanReport"),
+    "FindingInfo": ("echoimage.store.scans", "FindingInfo"),
+    "FindingGroup": ("echoimage.store.scans", "FindingGroup"),
+    "FoundPicture": ("echoimage.store.scans", "FoundPicture"),
+    "WatchInfo": ("echoimage.store.scans", "WatchInfo"),
+    "SIGNATURE_HEADER": ("echoimage.catalogue.notify", "SIGNATURE_HEADER"),
+    "verify_signature": ("echoimage.catalogue.notify", "verify"),
 }
 
 
@@ -491,6 +501,168 @@ class Catalogue:
 
         with session_factory(self.open_store())() as session:
             return repo.picture(session, image_id)
+
+    # --- scanning other people's pages for copies -------------------------------------------
+
+    def scan(self, *targets: str | os.PathLike[str], follow_pages: int = 0,
+             report_all: bool = False, notify: str | None = None,
+             url_policy: UrlPolicy | None = None,
+             on_finding: Callable[[FindingInfo], None] | None = None,
+             on_progress: Callable[[int, int], None] | None = None,
+             _watch: str | None = None) -> ScanReport:
+        """Look for copies of the catalogue's images on targets: page URLs (scraped, and up
+        to follow_pages pages of their site linked from each), lists of image URLs or paths,
+        images.json files and folders. Every copy is a finding remembered in the store; the
+        report lists the new ones (every one seen with report_all), those found gone, and
+        each page or image that could not be read with its status and reason. A re-scan
+        fetches and compares only what changed. notify: a webhook URL that receives each new
+        finding (signed with the webhook_secret setting). Every URL goes through url_policy
+        (default: the scan_allowlist setting's; private addresses refused)."""
+        from echoimage.catalogue.scan import ScanOptions
+
+        options = ScanOptions(follow_pages=follow_pages, report_all=report_all,
+                              notify=notify, watch=_watch)
+        return self._scanner(url_policy).scan([os.fspath(t) for t in targets], options,
+                                              on_finding, on_progress)
+
+    def scan_watches(self, *names: str, report_all: bool = False,
+                     url_policy: UrlPolicy | None = None,
+                     on_finding: Callable[[FindingInfo], None] | None = None,
+                     on_progress: Callable[[int, int], None] | None = None
+                     ) -> list[ScanReport]:
+        """Scan the named watches (all of them when none is named), one after the other,
+        each with its own targets, pages to follow and webhook. A name that is no watch is
+        a ScanError before anything is scanned."""
+        from echoimage.errors import ScanError
+
+        found = self.watches(*names)
+        missing = sorted(set(names) - {w.name for w in found})
+        if missing:
+            raise ScanError(f"no watch named {', '.join(missing)} (see `echoimage watch list`)")
+        return [self.scan(*w.targets, follow_pages=w.follow_pages, report_all=report_all,
+                          notify=w.notify, url_policy=url_policy, on_finding=on_finding,
+                          on_progress=on_progress, _watch=w.name) for w in found]
+
+    def _scanner(self, url_policy: UrlPolicy | None) -> Any:
+        from echoimage.catalogue.scan import Scanner
+        from echoimage.fetch.ssrf import AllowList, UrlPolicy
+        from echoimage.store.db import require_existing
+
+        if self._store is None:
+            require_existing(self.settings)
+        store = self.open_store(create=True)
+        if url_policy is None:
+            url_policy = UrlPolicy(AllowList.parse(self.settings.scan_allowlist))
+        return Scanner(self.settings, store, self.search_engine, url_policy)
+
+    def findings(self, watch: str | None = None, catalogue_image: int | None = None,
+                 since: str | datetime | None = None, include_gone: bool = False,
+                 page: int = 1, per_page: int = 50) -> tuple[int, list[FindingInfo]]:
+        """(how many, a page of) the findings of scans, newest first: of a watch, of a
+        catalogue image, first seen since a time (ISO 8601 or a datetime); those found
+        gone only with include_gone."""
+        from echoimage.store import scans
+
+        flt = _finding_filter(watch, catalogue_image, since, include_gone)
+        with self._reading() as session:
+            return scans.list_findings(session, flt, (max(1, page) - 1) * per_page, per_page)
+
+    def finding_groups(self, watch: str | None = None, catalogue_image: int | None = None,
+                       since: str | datetime | None = None, include_gone: bool = False,
+                       page: int = 1, per_page: int = 20, per_group: int = 12
+                       ) -> tuple[int, list[FindingGroup]]:
+        """The findings grouped by catalogue image, the image found newest first: (how many
+        catalogue images have findings, a page of groups of up to per_group findings)."""
+        from echoimage.store import scans
+
+        flt = _finding_filter(watch, catalogue_image, since, include_gone)
+        with self._reading() as session:
+            return scans.finding_groups(session, flt, (max(1, page) - 1) * per_page,
+                                        per_page, per_group)
+
+    def found_picture(self, finding_id: int) -> FoundPicture | None:
+        """The stored picture of a finding's image and its match (keypoint pairs, region),
+        for drawing it beside the catalogue image; None for an unknown finding."""
+        from echoimage.store import scans
+
+        with self._reading() as session:
+            return scans.found_picture(session, finding_id)
+
+    def recent_scans(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest scans, newest first: status, targets or watch, counts, duration."""
+        from echoimage.store import scans
+
+        with self._reading() as session:
+            return scans.recent_scans(session, limit)
+
+    def add_watch(self, name: str, *targets: str | os.PathLike[str], follow_pages: int = 0,
+                  notify: str | None = None) -> bool:
+        """Save targets as a named watch (replacing one of that name) for scan_watches
+        and `echoimage scan --watches`; True when the name is new."""
+        from echoimage.errors import ScanError
+        from echoimage.fetch.local import is_url
+        from echoimage.store import scans
+        from echoimage.store.db import require_existing, session_factory
+
+        name = name.strip()
+        if not name or len(name) > 128 or any(c.isspace() for c in name):
+            raise ScanError(f"a watch name is one word of at most 128 characters, not "
+                            f"{name[:40]!r}")
+        if not targets:
+            raise ScanError("a watch needs at least one target")
+        if follow_pages < 0:
+            raise ScanError("follow_pages must not be negative")
+        kept = [t if is_url(t) else _absolute_target(t) for t in map(os.fspath, targets)]
+        if self._store is None:
+            require_existing(self.settings)
+        with session_factory(self.open_store(create=True)).begin() as session:
+            return scans.add_watch(session, name, kept, follow_pages, notify)
+
+    def watches(self, *names: str) -> list[WatchInfo]:
+        """The watches (those named, all by name otherwise), each with its last scan and
+        how many findings its pages hold."""
+        from echoimage.store import scans
+
+        with self._reading() as session:
+            return scans.watches(session, list(names) if names else None)
+
+    def remove_watch(self, name: str) -> bool:
+        """Forget a watch (its findings stay); False when there is none of that name."""
+        from echoimage.store import scans
+        from echoimage.store.db import require_existing, session_factory
+
+        if self._store is None:
+            require_existing(self.settings)
+        with session_factory(self.open_store(create=True)).begin() as session:
+            return scans.remove_watch(session, name)
+
+    def _reading(self) -> Any:
+        """A session on the store, for reading."""
+        from echoimage.store.db import session_factory
+
+        return session_factory(self.open_store())()
+
+
+def _absolute_target(target: str) -> str:
+    """A local target as a watch keeps it: an absolute path (a watch runs from anywhere)."""
+    from pathlib import Path
+
+    return str(Path(target).expanduser().resolve())
+
+
+def _finding_filter(watch: str | None, catalogue_image: int | None,
+                    since: str | datetime | None, include_gone: bool) -> Any:
+    from echoimage.store.scans import FindingFilter
+
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"since must be an ISO 8601 time (2026-12-01 or "
+                             f"2026-12-01T10:00:00+00:00), not {since[:40]!r}") from None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return FindingFilter(watch, catalogue_image, since, include_gone)
 
 
 def _read_original(url: str, settings: Settings, url_policy: UrlPolicy | None

@@ -668,6 +668,254 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
     click.echo(f"{len(report.images)} image URLs from {len(report.pages)} pages; {outcome}")
 
 
+#: exit status of `echoimage scan` when it reported new findings (0: none; 1: it failed)
+SCAN_NEW_FINDINGS = 3
+
+#: columns of `scan --csv`
+SCAN_CSV_FIELDS = ["new", "verdict", "score", "catalogue_id", "catalogue_url", "page",
+                   "image", "first_seen", "last_seen", "gone_at", "gone_reason", "watches",
+                   "metadata", "region", "transform", "id"]
+
+
+def _finding_lines(f: Any) -> list[str]:
+    """A finding as text: what it is a copy of, where, and since when."""
+    meta = ", ".join(f"{k}: {v}" for k, v in f.metadata.items())
+    t = f.transform or {}
+    how = [w for w in (f.match.get("orientation") if f.match.get("orientation") not in
+                       (None, "identity") else None,
+                       f"covers {100 * t['covered_fraction']:.0f}%"
+                       if t.get("covered_fraction") is not None else None) if w]
+    head = "NEW " if f.new else "    "
+    lines = [f"{head}{f.verdict:10s} {f.score:.3f}  #{f.catalogue_id} {f.catalogue_url}"
+             + (f"  ({meta})" if meta else "")]
+    lines.append(f"      on {f.page}")
+    lines.append(f"      image {f.image}" + (f" ({', '.join(how)})" if how else ""))
+    seen = f"      first seen {_when(f.first_seen)}, last seen {_when(f.last_seen)}"
+    if f.gone_at is not None:
+        seen += f"; gone {_when(f.gone_at)}: {f.gone_reason}"
+    lines.append(seen)
+    return lines
+
+
+def _when(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t is not None else "-"
+
+
+def _finding_row(f: Any) -> dict[str, Any]:
+    d = f.to_dict()
+    return {"new": int(f.new), "verdict": f.verdict, "score": d["score"],
+            "catalogue_id": f.catalogue_id, "catalogue_url": f.catalogue_url,
+            "page": f.page, "image": f.image, "first_seen": d["first_seen"],
+            "last_seen": d["last_seen"], "gone_at": d["gone_at"] or "",
+            "gone_reason": f.gone_reason or "", "watches": " ".join(f.watches),
+            "metadata": json.dumps(f.metadata) if f.metadata else "",
+            "region": json.dumps(f.region) if f.region else "",
+            "transform": json.dumps(f.transform) if f.transform else "", "id": f.id}
+
+
+def _scan_summary(report: Any) -> list[str]:
+    """A scan's summary as text: pages and images by status, findings, speed, failures."""
+    def counts(c: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v:,}" for k, v in sorted(c.items())) or "none"
+
+    what = f"watch {report.watch}" if report.watch else f"scan {report.scan_id}"
+    lines = [f"{what}: {sum(report.pages.values()):,} pages ({counts(report.pages)}); "
+             f"{sum(report.images.values()):,} images ({counts(report.images)}); "
+             f"{len(report.new)} new findings, {report.seen} seen, {len(report.gone)} gone; "
+             f"{report.seconds:.1f} s, {report.images_per_s:.1f} images/s"]
+    if report.reason:
+        lines.append(f"  {report.status}: {report.reason}")
+    for f in report.gone:
+        lines.append(f"  gone: #{f.catalogue_id} {f.catalogue_url} on {f.page} "
+                     f"({f.image}): {f.gone_reason}")
+    for item in report.failures[:20]:
+        lines.append(f"  {item.status}: {item.kind} {item.url}: {item.reason}")
+    if len(report.failures) > 20:
+        lines.append(f"  … and {len(report.failures) - 20} more (--json lists them all)")
+    for item in report.undelivered[:5]:
+        lines.append(f"  webhook {item.url}: {item.reason}")
+    if report.undelivered:
+        lines.append(f"  {len(report.undelivered)} findings not delivered: the next scan "
+                     "reports them again")
+    return lines
+
+
+@cli.command("scan")
+@click.argument("targets", nargs=-1)
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Also scan up to N same-site pages linked from each page target.")
+@click.option("--watches", "all_watches", is_flag=True,
+              help="Scan every watch (see `echoimage watch`), each with its own targets.")
+@click.option("--watch", "watch_names", multiple=True, metavar="NAME",
+              help="Scan this watch (repeatable).")
+@click.option("--all", "report_all", is_flag=True,
+              help="Report every finding seen, not only the new ones.")
+@click.option("--notify", metavar="URL", default=None,
+              help="POST each new finding as JSON to this webhook, signed with "
+                   "ECHOIMAGE_WEBHOOK_SECRET (HMAC-SHA256 of the body).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: a header, a row per finding.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown on a terminal).")
+@json_option
+@click.pass_context
+@handle_errors
+def scan(ctx: click.Context, targets: tuple[str, ...], follow_pages: int, all_watches: bool,
+         watch_names: tuple[str, ...], report_all: bool, notify: str | None, as_csv: bool,
+         quiet: bool, as_json: bool) -> None:
+    """Find copies of the catalogue's images on TARGETS: page URLs, lists of image URLs,
+    images.json files, folders.
+
+    Every image found is fetched (robots.txt honoured; private addresses refused unless
+    ECHOIMAGE_SCAN_ALLOWLIST lets them through) and compared with the catalogue; each copy
+    is a finding, remembered, so a re-scan fetches only what changed and reports only new
+    findings (--all: every one). Pages and images that cannot be read are listed with
+    their reason; the scan goes on. With --json, one finding per line, then a summary line
+    {"summary": ...}.
+
+    Exit status: 0 no new finding, 3 new findings, 1 the scan failed (no target could be
+    read, no catalogue), 2 a usage error.
+
+    Example:
+
+    \b
+        echoimage scan https://shop.example/products --follow-pages 20
+        echoimage scan --watches --json
+    """
+    import csv
+
+    from tqdm import tqdm
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    if bool(targets) == bool(all_watches or watch_names):
+        raise click.UsageError("give TARGETS, or --watches / --watch NAME (not both)")
+    writer = None
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=SCAN_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+    catalogue = _catalogue(ctx)
+    bar = tqdm(unit="img", desc="scan", file=sys.stderr, disable=True if quiet else None,
+               dynamic_ncols=True, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def show(f: Any) -> None:
+        bar.clear()
+        if writer is not None:
+            writer.writerow(_finding_row(f))
+        elif as_json:
+            click.echo(json.dumps(f.to_dict()))
+        else:
+            click.echo("\n".join(_finding_lines(f)))
+
+    try:
+        if targets:
+            reports = [catalogue.scan(*targets, follow_pages=follow_pages,
+                                      report_all=report_all, notify=notify, on_finding=show,
+                                      on_progress=progress)]
+        else:
+            if notify or follow_pages:
+                raise click.UsageError("--notify and --follow-pages are a watch's own "
+                                       "(`echoimage watch add`)")
+            reports = catalogue.scan_watches(*watch_names, report_all=report_all,
+                                             on_finding=show, on_progress=progress)
+    finally:
+        bar.close()
+    for report in reports:
+        if as_json:
+            click.echo(json.dumps({"summary": report.as_dict()}))
+        else:
+            click.echo("\n".join(_scan_summary(report)), err=writer is not None)
+    sys.stdout.flush()
+    if not reports:
+        click.echo("no watches to scan (add one with `echoimage watch add`)", err=True)
+    if any(not r.ok for r in reports):
+        ctx.exit(1)
+    if any(r.new for r in reports):
+        ctx.exit(SCAN_NEW_FINDINGS)
+
+
+@cli.group()
+def watch() -> None:
+    """Named scan targets that `echoimage scan --watches` (and the cron script) run.
+
+    Example:
+
+    \b
+        echoimage watch add shop-a https://shop-a.example/ --follow-pages 50
+        echoimage scan --watches
+    """
+
+
+@watch.command("add")
+@click.argument("name")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Also scan up to N same-site pages linked from each page target.")
+@click.option("--notify", metavar="URL", default=None,
+              help="A webhook that receives each new finding of this watch (signed with "
+                   "ECHOIMAGE_WEBHOOK_SECRET).")
+@click.pass_context
+@handle_errors
+def watch_add(ctx: click.Context, name: str, targets: tuple[str, ...], follow_pages: int,
+              notify: str | None) -> None:
+    """Save TARGETS as the watch NAME (replacing a watch of that name).
+
+    Example:
+
+    \b
+        echoimage watch add shop-a https://shop-a.example/ --follow-pages 50
+    """
+    new = _catalogue(ctx).add_watch(name, *targets, follow_pages=follow_pages, notify=notify)
+    click.echo(f"watch {name} {'added' if new else 'replaced'}: {len(targets)} targets")
+
+
+@watch.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def watch_list(ctx: click.Context, as_json: bool) -> None:
+    """List the watches with their targets, last scan and findings.
+
+    Example:
+
+    \b
+        echoimage watch list --json
+    """
+    watches = _catalogue(ctx).watches()
+    if as_json:
+        for w in watches:
+            click.echo(json.dumps(w.to_dict()))
+        return
+    if not watches:
+        click.echo("no watches (add one with `echoimage watch add NAME TARGET...`)")
+    for w in watches:
+        last = w.last_scan
+        when = (f"last scan {last['started_at']} {last['status']}" if last else "never scanned")
+        extra = f", follows {w.follow_pages} pages" if w.follow_pages else ""
+        hook = f", notifies {w.notify}" if w.notify else ""
+        click.echo(f"{w.name}: {' '.join(w.targets)}{extra}{hook}; {when}; "
+                   f"{w.findings} findings")
+
+
+@watch.command("remove")
+@click.argument("name")
+@click.pass_context
+@handle_errors
+def watch_remove(ctx: click.Context, name: str) -> None:
+    """Forget the watch NAME (its findings stay).
+
+    Example:
+
+    \b
+        echoimage watch remove shop-a
+    """
+    if not _catalogue(ctx).remove_watch(name):
+        raise click.ClickException(f"no watch named {name}")
+    click.echo(f"watch {name} removed")
+
+
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")

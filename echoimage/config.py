@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _version() -> str:
@@ -15,6 +16,14 @@ def _version() -> str:
         return version("echoimage")
     except PackageNotFoundError:  # pragma: no cover - run from a bare source tree
         return "0"
+
+
+def comma_separated(value: object) -> object:
+    """A list setting given as one string (an environment variable): its comma- (or
+    semicolon-) separated parts, stripped, the empty ones dropped."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -140,7 +149,39 @@ class Settings(BaseSettings):
     # that asks for more is honoured)
     scrape_delay: float = 1.0
 
-    @field_validator("scrape_delay")
+    # scans (`echoimage scan`, echoimage.catalogue.scan): threads comparing scanned images
+    # with the catalogue (0: one per core), images fetched ahead of them, and the seconds
+    # between the starts of two image requests to one host (pages keep scrape_delay)
+    scan_threads: int = 0
+    scan_queue: int = 16
+    scan_image_delay: float = 0.05
+    # hosts (host, host:port), addresses or networks (10.1.0.0/16) scans may reach although
+    # they resolve to a loopback, private or otherwise non-public address (every other one
+    # is refused: a scanned page must not make EchoImage fetch from the inside); comma-
+    # separated in ECHOIMAGE_SCAN_ALLOWLIST
+    scan_allowlist: Annotated[list[str], NoDecode] = []
+    # the picture of a found image kept for the findings page: longest side, JPEG quality
+    scan_picture_size: int = 384
+    scan_picture_quality: int = 80
+    # webhooks (`scan --notify URL`, a watch's notify URL): every new finding is POSTed as
+    # JSON, signed with HMAC-SHA256 of the body under webhook_secret (the
+    # X-EchoImage-Signature-256 header), tried webhook_retries more times on a network
+    # error, a 429 or a 5xx, each try within webhook_timeout seconds
+    webhook_secret: SecretStr | None = None
+    webhook_retries: int = 3
+    webhook_timeout: float = 10.0
+
+    @field_validator("scan_allowlist", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return comma_separated(value)
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("scrape_delay", "scan_image_delay", "scan_threads", "webhook_retries")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -148,7 +189,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
-                     "default_k", "max_k")
+                     "default_k", "max_k", "scan_queue", "scan_picture_size",
+                     "webhook_timeout")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:

@@ -51,3 +51,7 @@ class SettingsError(EchoImageError, ValueError):
 
 class EmptyCatalogueError(EchoImageError):
     """The store holds no indexed image to search."""
+
+
+class ScanError(EchoImageError):
+    """A scan cannot run (nothing to scan, an empty catalogue, a webhook without a secret)."""

@@ -249,3 +249,42 @@ class Match:
             else round(self.colour_distance, 4),
             "metadata": self.metadata,
         }
+
+
+class ScanStatus(StrEnum):
+    """What became of a page or an image in a scan (echoimage.catalogue.scan): each one
+    that was not read has one of these with a one-line reason, and the scan goes on."""
+
+    OK = "ok"  # read (a page parsed; an image compared with the catalogue)
+    UNCHANGED = "unchanged"  # the same as last time (not modified, or the same bytes)
+    GONE = "gone"  # 404 or 410, or a local file no longer there: its findings are gone
+    DISALLOWED = "disallowed"  # robots.txt keeps EchoImage out
+    NOT_HTML = "not-html"  # a page target that is no HTML page (nor an image list)
+    NOT_AN_IMAGE = "not-an-image"
+    DECODE_ERROR = "decode-error"
+    TOO_LARGE = "too-large"
+    HTTP_ERROR = "http-error"
+    TIMEOUT = "timeout"
+    REDIRECT_ERROR = "redirect-error"  # a redirect loop or too many redirects
+    CONNECTION_ERROR = "connection-error"
+    BAD_URL = "bad-url"
+    REFUSED = "refused"  # the URL policy (SSRF guard) refused its address
+    UNREADABLE = "unreadable"  # a local file or list that cannot be read
+
+    @property
+    def transient(self) -> bool:
+        """True when a later scan may well read it: its findings are kept as they were."""
+        return self in (ScanStatus.HTTP_ERROR, ScanStatus.TIMEOUT,
+                        ScanStatus.CONNECTION_ERROR, ScanStatus.DISALLOWED)
+
+    @classmethod
+    def of_fetch(cls, status: str) -> ScanStatus:
+        """The scan status of a fetch's (FetchStatus)."""
+        return _FETCH_TO_SCAN.get(status) or cls(status)
+
+
+_FETCH_TO_SCAN = {
+    FetchStatus.NOT_MODIFIED: ScanStatus.UNCHANGED,
+    FetchStatus.REDIRECT_LOOP: ScanStatus.REDIRECT_ERROR,
+    FetchStatus.TOO_MANY_REDIRECTS: ScanStatus.REDIRECT_ERROR,
+}

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Scheduled re-index for cron or a systemd timer: `echoimage index update` under a lock.
+# Scheduled re-index for cron or a systemd timer: `echoimage index update` under a lock
+# (and, as scripts/scan-cron.sh, the scan of every watch: `echoimage scan --watches`).
 # Every recorded source is read again: folders and catalogue files, and web pages, which
 # are scraped again (new images indexed, changed ones re-indexed, vanished ones marked gone;
 # README, "Keep a website current").
 #
 #   ECHOIMAGE_DATA_DIR=/srv/echoimage scripts/reindex-cron.sh
 #   scripts/reindex-cron.sh /srv/echoimage          # the data directory as an argument
+#   ECHOIMAGE_CRON_JOB=scan scripts/reindex-cron.sh /srv/echoimage   # = scan-cron.sh
 #
 # * Runs never overlap: the script holds `flock -n` on "$DATA_DIR/reindex.lock" for the
 #   whole update. A run that finds the lock taken logs "previous run still going" and
@@ -24,6 +26,12 @@
 #   ECHOIMAGE_DATA_DIR              data directory (or the first argument); required
 #   ECHOIMAGE_BIN                   echoimage program (default: the repo's .venv/bin/echoimage)
 #   ECHOIMAGE_REINDEX_LOG           log file (default: "$DATA_DIR/reindex.log")
+#   ECHOIMAGE_CRON_JOB              update (the default) or scan: `echoimage scan --watches`,
+#                                   with its own lock and log ("$DATA_DIR/scan.lock",
+#                                   ECHOIMAGE_SCAN_LOG or "$DATA_DIR/scan.log"); a scan that
+#                                   found new findings (its exit status 3) succeeds and says
+#                                   so in one line on stdout (cron mails it; the journal
+#                                   keeps it)
 #   ECHOIMAGE_REINDEX_STUCK_AFTER   seconds after which a held lock counts as stuck
 #   ECHOIMAGE_*                     every other setting reaches echoimage as usual
 #                                   (e.g. ECHOIMAGE_DATABASE_URL, ECHOIMAGE_HTTP_TIMEOUT)
@@ -38,9 +46,16 @@ if [[ -z "$DATA_DIR" ]]; then
     exit 2
 fi
 ECHOIMAGE_BIN=${ECHOIMAGE_BIN:-$repo_dir/.venv/bin/echoimage}
-LOG_FILE=${ECHOIMAGE_REINDEX_LOG:-$DATA_DIR/reindex.log}
+case "${ECHOIMAGE_CRON_JOB:-update}" in
+    update) NAME=reindex; WHAT="index update"; ARGS=(index update -q --json)
+            LOG_FILE=${ECHOIMAGE_REINDEX_LOG:-$DATA_DIR/reindex.log} ;;
+    scan)   NAME=scan; WHAT="scan --watches"; ARGS=(scan --watches -q --json)
+            LOG_FILE=${ECHOIMAGE_SCAN_LOG:-$DATA_DIR/scan.log} ;;
+    *)      echo "usage: ECHOIMAGE_CRON_JOB is update or scan, not ${ECHOIMAGE_CRON_JOB}" >&2
+            exit 2 ;;
+esac
 STUCK_AFTER=${ECHOIMAGE_REINDEX_STUCK_AFTER:-86400}
-LOCK_FILE=$DATA_DIR/reindex.lock
+LOCK_FILE=$DATA_DIR/$NAME.lock
 
 mkdir -p -- "$DATA_DIR" "$(dirname -- "$LOG_FILE")"
 
@@ -49,7 +64,7 @@ log() { printf '%s [%s] %s\n' "$(stamp)" "$$" "$*" >>"$LOG_FILE"; }
 
 if ! command -v flock >/dev/null 2>&1; then
     log "FAILED: flock(1) not found (util-linux)"
-    echo "reindex: flock(1) not found" >&2
+    echo "$NAME: flock(1) not found" >&2
     exit 127
 fi
 
@@ -66,7 +81,7 @@ if ! flock -n 9; then
     fi
     if [[ -n "$age" && "$age" -gt "$STUCK_AFTER" ]]; then
         log "previous run still going after ${age} s (${holder:-holder unknown}): stuck? skipping"
-        echo "reindex: previous run has held $LOCK_FILE for ${age} s: stuck?" >&2
+        echo "$NAME: previous run has held $LOCK_FILE for ${age} s: stuck?" >&2
         exit 1
     fi
     log "previous run still going (${holder:-holder unknown}); skipping this one"
@@ -76,14 +91,14 @@ printf 'pid=%s started=%s epoch=%s\n' "$$" "$(stamp)" "$(printf '%(%s)T' -1)" >"
 
 if [[ ! -x "$ECHOIMAGE_BIN" ]]; then
     log "FAILED: echoimage program not found or not executable: $ECHOIMAGE_BIN (set ECHOIMAGE_BIN)"
-    echo "reindex: $ECHOIMAGE_BIN not found (set ECHOIMAGE_BIN)" >&2
+    echo "$NAME: $ECHOIMAGE_BIN not found (set ECHOIMAGE_BIN)" >&2
     exit 127
 fi
 
-log "start: $ECHOIMAGE_BIN --data-dir $DATA_DIR index update -q --json"
+log "start: $ECHOIMAGE_BIN --data-dir $DATA_DIR ${ARGS[*]}"
 started=$SECONDS
 set +e
-"$ECHOIMAGE_BIN" --data-dir "$DATA_DIR" index update -q --json </dev/null 2>&1 \
+"$ECHOIMAGE_BIN" --data-dir "$DATA_DIR" "${ARGS[@]}" </dev/null 2>&1 \
     | while IFS= read -r line || [[ -n "$line" ]]; do
         printf '%s [%s] %s\n' "$(stamp)" "$$" "$line"
       done >>"$LOG_FILE"
@@ -91,9 +106,14 @@ status=${PIPESTATUS[0]}
 set -e
 took=$(( SECONDS - started ))
 
+if [[ "$NAME" == scan && "$status" -eq 3 ]]; then  # new findings: news, not a failure
+    log "done: $WHAT ok in ${took} s: new findings"
+    echo "$NAME: new findings; see $LOG_FILE (or the server's /findings page)"
+    exit 0
+fi
 if [[ "$status" -ne 0 ]]; then
-    log "FAILED: index update exited with status $status after ${took} s"
-    echo "reindex: index update failed with status $status after ${took} s; see $LOG_FILE" >&2
+    log "FAILED: $WHAT exited with status $status after ${took} s"
+    echo "$NAME: $WHAT failed with status $status after ${took} s; see $LOG_FILE" >&2
     exit "$status"
 fi
-log "done: index update ok in ${took} s"
+log "done: $WHAT ok in ${took} s"

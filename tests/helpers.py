@@ -6,6 +6,7 @@ did not write itself and none reaches the network.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -13,14 +14,19 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import skimage.data
+from aiohttp import web
 from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -487,6 +493,54 @@ def indexed_features(data: bytes, colour_size: int | None = None) -> ImageFeatur
     return extract_features(img, THUMB_SIZE, ORB_FEATURES)
 
 
+class ServerThread:
+    """An aiohttp app on 127.0.0.1:<free port>, in a thread with its own event loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="http-test-server", daemon=True)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=0.5)
+        try:
+            self.loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.port = runner.addresses[0][1]
+        except BaseException as exc:  # reported to the starting thread
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(runner.cleanup())
+            self.loop.close()
+
+    def start(self) -> str:
+        """Start serving; returns the base URL."""
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("the test server did not start")
+        if self.error is not None:
+            raise RuntimeError("the test server did not start") from self.error
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the loop (in-flight handlers are cancelled) and wait for the thread."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the test server did not stop"
+
+
 def run_on_pty(cmd: list[str]) -> tuple[str, str]:
     """Run cmd with its stderr on a terminal (a pty 100 columns wide) and its stdout on a
     pipe; returns (stdout, what the terminal showed). The command must succeed."""
@@ -513,3 +567,30 @@ def run_on_pty(cmd: list[str]) -> tuple[str, str]:
         assert proc.wait(timeout=300) == 0, err.decode(errors="replace")
     os.close(leader)
     return out, err.decode(errors="replace")
+
+
+@contextmanager
+def serving(settings: Settings, web_settings: Any = None) -> Iterator[str]:
+    """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import uvicorn
+
+    from echoimage.web.app import create_app
+    from echoimage.web.config import WebSettings
+
+    port = free_port()
+    app = create_app(settings, web_settings or WebSettings())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

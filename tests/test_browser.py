@@ -11,32 +11,27 @@ import base64
 import io
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
 from conftest import Built
 from helpers import (
     build_index,
-    free_port,
     jpeg,
     photo,
     png,
     resize,
     rotate,
+    serving,
     synthetic,
     to_rgb,
     write,
 )
 
 from echoimage.config import Settings
-from echoimage.web.app import create_app
-from echoimage.web.config import WebSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_network")]
 
@@ -55,28 +50,6 @@ def require_chromium() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """`echoimage serve`'s app on a free 127.0.0.1 port, in a thread."""
-    port = free_port()
-    app = create_app(settings, WebSettings())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -410,3 +383,92 @@ def test_colour_sensitive_checkbox_and_colour_pictures(server: str, browser: obj
     assert dup[1] > dup[2] and rec[2] > rec[1]
     assert abs(dup - rec).sum() > 30
     page.close()
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The server on a small catalogue that a scan of a local site found copies of: a
+    mirrored coffee on two pages (one of them a watch's) and a cropped rocket."""
+    from aiohttp import web
+    from helpers import ServerThread, crop, mirror
+
+    from echoimage.api import Catalogue
+
+    root = tmp_path_factory.mktemp("scanned")
+    for name in ("coffee", "rocket", "astronaut"):
+        write(root / "catalogue" / f"{name}.jpg", jpeg(to_rgb(photo(name))))
+    images = {"/img/coffee.jpg": jpeg(mirror(to_rgb(photo("coffee")))),
+              "/img/rocket.jpg": jpeg(crop(to_rgb(photo("rocket")), 0.8)),
+              "/img/other.jpg": jpeg(synthetic(11))}
+    pages = {"/a.html": ["/img/coffee.jpg", "/img/other.jpg"],
+             "/b.html": ["/img/rocket.jpg", "/img/coffee.jpg"]}
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path in pages:
+            body = "".join(f'<img src="{i}">' for i in pages[request.path])
+            return web.Response(text=f"<html><body>{body}</body></html>",
+                                content_type="text/html")
+        if request.path in images:
+            return web.Response(body=images[request.path], content_type="image/jpeg")
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    site = ServerThread(app)
+    base = site.start()
+    settings = Settings(data_dir=root / "data", workers=1, scan_allowlist=["127.0.0.1"],
+                        scrape_delay=0.0, scan_image_delay=0.0)
+
+    def scan() -> None:
+        build_index(settings, [str(root / "catalogue")])
+        with Catalogue(settings) as cat:
+            cat.add_watch("shop-b", f"{base}/b.html")
+            cat.scan_watches()
+            cat.scan(f"{base}/a.html")
+
+    try:
+        with ThreadPoolExecutor(1) as pool:  # Playwright's sync API runs a loop here
+            pool.submit(scan).result()
+    finally:
+        site.stop()
+    with serving(settings) as url:
+        yield url, base
+
+
+def test_findings_page(scanned: tuple[str, str], browser: object) -> None:
+    """The findings page: a group per catalogue image (the one found newest first), each
+    finding with its match picture, its page link and when it was first and last seen;
+    the watch filter narrows it to the watch's pages."""
+    server, site = scanned
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    try:
+        page.goto(f"{server}/")
+        page.get_by_role("link", name="Findings").click()
+        page.wait_for_url(f"{server}/findings")
+        assert page.get_by_role("heading", name="Findings", level=1).is_visible()
+        groups = page.locator("section.finding-group")
+        assert groups.count() == 2
+        heads = [groups.nth(i).locator("h2").inner_text() for i in range(2)]
+        assert heads[0].endswith("coffee.jpg") and heads[1].endswith("rocket.jpg")
+        coffee = groups.nth(0).locator("li.finding")
+        assert coffee.count() == 2
+        wait_for_images(page)
+        for img in page.locator("li.finding img").all():
+            width = img.evaluate("i => i.naturalWidth")
+            height = img.evaluate("i => i.naturalHeight")
+            assert width > height > 0  # the found image beside the catalogue image
+        pages_linked = {a.get_attribute("href") for a in
+                        page.locator("li.finding p.source:not(.muted) a").all()}
+        assert pages_linked == {f"{site}/a.html", f"{site}/b.html"}
+        assert "first seen" in coffee.first.inner_text()
+        assert coffee.first.locator("time").count() == 2
+        page.select_option("select#watch", "shop-b")
+        page.get_by_role("button", name="Show").click()
+        page.wait_for_url("**/findings?watch=shop-b**")
+        assert page.locator("li.finding").count() == 2
+        assert {a.get_attribute("href") for a in
+                page.locator("li.finding p.source:not(.muted) a").all()} == {f"{site}/b.html"}
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "findings.png"), full_page=True)
+    finally:
+        page.close()

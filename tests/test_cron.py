@@ -26,6 +26,7 @@ from echoimage.store.db import open_store, session_factory
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "reindex-cron.sh"
+SCAN_SCRIPT = REPO / "scripts" / "scan-cron.sh"
 #: the script's own log format: "<ISO time> [<pid>] <text>"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[\d+\] (.*)$")
 
@@ -59,17 +60,17 @@ def base_env(data_dir: Path | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_script(env: dict[str, str], *args: str, timeout: float = 120
+def run_script(env: dict[str, str], *args: str, timeout: float = 120, script: Path = SCRIPT
                ) -> subprocess.CompletedProcess[str]:
     """Run the script with bash, from an unrelated directory (as cron does)."""
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, cwd="/", capture_output=True,
+    return subprocess.run(["bash", str(script), *args], env=env, cwd="/", capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def log_lines(data_dir: Path) -> list[str]:
+def log_lines(data_dir: Path, name: str = "reindex.log") -> list[str]:
     """The texts of the log's lines; every line must carry a timestamp and a pid."""
     out = []
-    for line in (data_dir / "reindex.log").read_text().splitlines():
+    for line in (data_dir / name).read_text().splitlines():
         m = LINE.match(line)
         assert m, f"log line without a timestamp: {line!r}"
         out.append(m.group(1))
@@ -239,3 +240,67 @@ def test_unparsable_database_url_is_one_line(data_dir: Path) -> None:
     assert lines[-1].startswith("FAILED: ")
     assert not any(t.startswith("Traceback") for t in lines)
     assert any(t.startswith("Error: ") for t in lines)
+
+
+
+def test_scan_script_runs_the_watches(data_dir: Path, tmp_path: Path) -> None:
+    """scripts/scan-cron.sh scans every watch under its own lock and log: new findings are
+    one line on stdout and exit 0, nothing new is silent, a failed scan exits non-zero."""
+    from helpers import mirror
+
+    from echoimage.api import Catalogue
+
+    assert SCAN_SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
+    assert os.access(SCAN_SCRIPT, os.X_OK)
+    downloads = tmp_path / "downloads"
+    write(downloads / "copy.jpg", jpeg(mirror(photo("coffee"))))
+    with Catalogue(Settings(data_dir=data_dir)) as cat:
+        cat.add_watch("downloads", downloads)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return run_script(base_env(data_dir), script=SCAN_SCRIPT)
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("scan: new findings; see ") and first.stderr == ""
+    lines = log_lines(data_dir, "scan.log")
+    assert "scan --watches -q --json" in lines[0]
+    assert lines[-1].startswith("done: scan --watches ok in ") and "new findings" in lines[-1]
+    found = [json.loads(t) for t in lines if t.startswith("{") and '"summary"' not in t]
+    assert [Path(f["catalogue"]["url"]).stem for f in found] == ["coffee"]
+    assert (data_dir / "scan.lock").exists() and not (data_dir / "reindex.log").exists()
+    second = run()
+    assert second.returncode == 0 and second.stdout == "" and second.stderr == ""
+    with Catalogue(Settings(data_dir=data_dir)) as cat:
+        cat.add_watch("downloads", tmp_path / "no-such-folder")
+    failed = run()
+    assert failed.returncode == 1 and "scan --watches failed with status 1" in failed.stderr
+    assert log_lines(data_dir, "scan.log")[-1].startswith("FAILED: scan --watches exited")
+    bad = run_script(base_env(data_dir, ECHOIMAGE_CRON_JOB="nope"))
+    assert bad.returncode == 2 and "ECHOIMAGE_CRON_JOB is update or scan" in bad.stderr
+
+
+def test_systemd_units_of_the_scan(tmp_path: Path) -> None:
+    """The scan's service runs scan-cron.sh and its timer starts the service; systemd's own
+    checker accepts both (and the re-index units), with the checkout for /opt/echoimage."""
+    import shutil
+
+    service = (REPO / "scripts" / "echoimage-scan.service").read_text()
+    timer = (REPO / "scripts" / "echoimage-scan.timer").read_text()
+    assert "ExecStart=/opt/echoimage/scripts/scan-cron.sh" in service
+    assert "Type=oneshot" in service and "Unit=echoimage-scan.service" in timer
+    assert "scan-cron.sh" in (REPO / "scripts" / "crontab.example").read_text()
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is missing: apt-get install systemd")
+        pytest.skip("systemd-analyze is missing")
+    units = []
+    for name in ("echoimage-scan.service", "echoimage-scan.timer",
+                 "echoimage-reindex.service", "echoimage-reindex.timer"):
+        text = (REPO / "scripts" / name).read_text().replace("/opt/echoimage/", f"{REPO}/")
+        text = re.sub(r"^(User|Group)=.*$", r"\1=root", text, flags=re.M)
+        units.append(str(write(tmp_path / name, text.encode())))
+    checked = subprocess.run([analyze, "verify", "--man=no", *units], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr

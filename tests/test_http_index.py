@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 from helpers import (
+    ServerThread,
     build_index,
     interrupted_build,
     jpeg,
@@ -243,54 +243,6 @@ def make_app(served: Served) -> web.Application:
     app = web.Application(middlewares=[count])
     app.add_routes(routes)
     return app
-
-
-class ServerThread:
-    """An aiohttp app on 127.0.0.1:<free port>, in a thread with its own event loop."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="http-test-server", daemon=True)
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.port = 0
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=0.5)
-        try:
-            self.loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            self.loop.run_until_complete(site.start())
-            self.port = runner.addresses[0][1]
-        except BaseException as exc:  # reported to the starting thread
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.run_until_complete(runner.cleanup())
-            self.loop.close()
-
-    def start(self) -> str:
-        """Start serving; returns the base URL."""
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("the test server did not start")
-        if self.error is not None:
-            raise RuntimeError("the test server did not start") from self.error
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """Stop the loop (in-flight handlers are cancelled) and wait for the thread."""
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "the test server did not stop"
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from echoimage.store.models import Base
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
-TABLES = {"sources", "images", "features", "runs", "store_info"}
+TABLES = {"sources", "images", "features", "runs", "store_info", "scan_pages", "scan_images",
+          "scan_matches", "findings", "watches", "watch_pages", "scans"}
 
 
 @pytest.fixture

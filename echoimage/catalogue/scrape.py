@@ -622,8 +622,10 @@ class PoliteClient:
             self._rules[site] = rules
             return rules
 
-    async def get(self, url: str) -> FetchResult | None:
-        """The fetch result of url, or None when robots.txt disallows it."""
+    async def get(self, url: str, etag: str | None = None,
+                  last_modified: str | None = None) -> FetchResult | None:
+        """The fetch result of url (conditional on the validators given), or None when
+        robots.txt disallows it."""
         if _host(url) is None or urlsplit(url).scheme not in ("http", "https"):
             return await self.fetcher.fetch(url)  # refused by the fetcher, with its reason
         site = _site(url)
@@ -633,7 +635,17 @@ class PoliteClient:
         if rules is not None and not rules.can_fetch(url, self.user_agent):
             return None
         async with self._turn(site):
-            return await self.fetcher.fetch(url)
+            return await self.fetcher.fetch(url, etag, last_modified)
+
+    async def allows(self, url: str) -> bool:
+        """Whether the robots.txt of url's site lets EchoImage fetch it (read once per
+        site; a site whose robots.txt cannot be fetched at all is not refused here: the
+        fetch itself then says why it fails). For what is fetched apart from get (images,
+        without the pages' delay)."""
+        if _host(url) is None or urlsplit(url).scheme not in ("http", "https"):
+            return True
+        rules = await self._robots(_site(url))
+        return not isinstance(rules, Protego) or rules.can_fetch(url, self.user_agent)
 
 
 # --- the crawl ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -145,3 +146,141 @@ class Run(Base):
     #: ("pid 1234 on HOST", see repo.run_owner), so that a run whose process is gone can be
     #: told from one still going
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# --- scans: other people's pages, the images they show, and the copies found there -------
+
+
+class ScanPage(Base):
+    """A page a scan read (or a list of images: a URL list, an images.json, a folder): what
+    it showed the last time, and how to tell whether it changed since."""
+
+    __tablename__ = "scan_pages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # page, list or folder
+    status: Mapped[str] = mapped_column(String(32))  # a ScanStatus
+    reason: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of the body last read
+    #: the image URLs it showed the last time it was read, in order
+    images: Mapped[list | None] = mapped_column(JSON)
+    #: its links to pages of the same site (what --follow-pages follows)
+    links: Mapped[list | None] = mapped_column(JSON)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ScanImage(Base):
+    """An image a scan found on a page: its validators and content hash (a re-scan fetches
+    and compares only what changed) and the catalogue change number it was compared with."""
+
+    __tablename__ = "scan_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    status: Mapped[str] = mapped_column(String(32))  # a ScanStatus
+    reason: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    #: the catalogue's change number when it was last compared with the catalogue (NULL:
+    #: never); a catalogue that changed since makes the next scan compare it again
+    queried_seq: Mapped[int | None] = mapped_column(BigInteger)
+    #: a small JPEG of it and its pixels per working-image pixel, kept while it holds a
+    #: copy (the findings page draws the match from it)
+    picture: Mapped[bytes | None] = mapped_column(LargeBinary)
+    picture_scale: Mapped[float | None] = mapped_column(Float)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ScanMatch(Base):
+    """A catalogue image a scanned image is a copy of, as its last comparison found."""
+
+    __tablename__ = "scan_matches"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("scan_images.id", ondelete="CASCADE"), primary_key=True)
+    catalogue_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float] = mapped_column(Float)
+    #: the match as `query --json` gives it (evidence, region, transform, query_box)
+    match: Mapped[dict] = mapped_column(JSON)
+    #: the keypoint pairs behind it: float32 N×4 (scanned image x, y in its working
+    #: pixels; catalogue x, y in the catalogue image's)
+    pairs: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Finding(Base):
+    """A copy of a catalogue image shown on a page: where, and since when."""
+
+    __tablename__ = "findings"
+    __table_args__ = (UniqueConstraint("page_id", "image_id", "catalogue_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # (page_id, image_id, catalogue_id) is unique: its index serves lookups by page
+    page_id: Mapped[int] = mapped_column(ForeignKey("scan_pages.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("scan_images.id", ondelete="CASCADE"),
+                                          index=True)
+    catalogue_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"),
+                                              index=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: when it was found gone (its page or image gone, the image no longer on the page or
+    #: no longer a copy) and why; NULL while it is there
+    gone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gone_reason: Mapped[str | None] = mapped_column(Text)
+    first_scan: Mapped[int | None] = mapped_column(Integer)
+    last_scan: Mapped[int | None] = mapped_column(Integer)
+    #: when a scan reported it (printed it, and delivered it to its webhook): NULL for a
+    #: finding no finished scan has reported yet
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Watch(Base):
+    """Named scan targets that `echoimage scan --watches` runs."""
+
+    __tablename__ = "watches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    targets: Mapped[list] = mapped_column(JSON)
+    follow_pages: Mapped[int] = mapped_column(Integer)
+    notify: Mapped[str | None] = mapped_column(String(2048))  # a webhook URL
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_scan: Mapped[int | None] = mapped_column(Integer)
+
+
+class WatchPage(Base):
+    """A page a watch's scans read (the findings of a watch are those on its pages)."""
+
+    __tablename__ = "watch_pages"
+
+    watch_id: Mapped[int] = mapped_column(ForeignKey("watches.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("scan_pages.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+class ScanRun(Base):
+    """One scan: its targets (or watch), status (a RunStatus) and counts."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    targets: Mapped[list] = mapped_column(JSON)
+    watch: Mapped[str | None] = mapped_column(String(128))
+    counts: Mapped[dict | None] = mapped_column(JSON)
+    #: why it failed or was interrupted; while it runs, the process doing it
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
-from echoimage.web import admin, pages, routes
+from echoimage.web import admin, findings, pages, routes
 from echoimage.web.config import AccessLog, WebSettings
 from echoimage.web.docs import add_docs
 from echoimage.web.inputs import http_error
@@ -84,6 +84,8 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     app.include_router(routes.health_router)
     app.include_router(admin.router)
     app.include_router(pages.router)
+    app.include_router(findings.router)
+    app.include_router(findings.pages)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # every request is counted and timed, refusals and errors too

@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from echoimage.config import comma_separated
+
 
 class AccessLog(StrEnum):
     """How the server logs each request."""
@@ -89,9 +91,7 @@ class WebSettings(BaseSettings):
     @field_validator("url_allowlist", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
-        return value
+        return comma_separated(value)
 
     @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl",
                      "metrics_interval", "retry_after", "worker_healthcheck_timeout")

@@ -31,6 +31,12 @@ def _html(body: str, status_code: int = 200, headers: dict[str, str] | None = No
                         headers={**SECURITY_HEADERS, **(headers or {})})
 
 
+def html_page(body: str, status_code: int = 200, headers: dict[str, str] | None = None
+              ) -> HTMLResponse:
+    """A whole page (render.page's) as a response with the pages' security headers."""
+    return _html(body, status_code, headers)
+
+
 def _form(service: WebService, error: HTTPException | None = None,
           inp: SearchInput | None = None) -> HTMLResponse:
     web, settings = service.web, service.settings

@@ -211,15 +211,20 @@ def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> st
         parts.append(f'<section class="group" aria-labelledby="g{g.number}">'
                      f'<h2 id="g{g.number}">Group {g.number} ({len(g.members)} images)</h2>'
                      f'<ol class="members">{"".join(items)}</ol></section>')
+    parts.append(pager("/duplicates", page_no, pages, "&amp;crops=true" if crops else ""))
+    return page("Duplicates – EchoImage", "".join(parts))
+
+
+def pager(path: str, page_no: int, pages: int, query: str = "") -> str:
+    """The Previous / page n of m / Next links of a paged page (query: its other
+    parameters, HTML-escaped, each after an &amp;)."""
     nav = []
-    flag = "&amp;crops=true" if crops else ""
     if page_no > 1:
-        nav.append(f'<a href="/duplicates?page={page_no - 1}{flag}">Previous</a>')
+        nav.append(f'<a href="{path}?page={page_no - 1}{query}">Previous</a>')
     nav.append(f"page {page_no} of {pages}")
     if page_no < pages:
-        nav.append(f'<a href="/duplicates?page={page_no + 1}{flag}">Next</a>')
-    parts.append(f'<nav class="pages" aria-label="Pages">{" ".join(nav)}</nav>')
-    return page("Duplicates – EchoImage", "".join(parts))
+        nav.append(f'<a href="{path}?page={page_no + 1}{query}">Next</a>')
+    return f'<nav class="pages" aria-label="Pages">{" ".join(nav)}</nav>'
 
 
 def computing_page(done: int, total: int | None) -> str:
@@ -227,3 +232,81 @@ def computing_page(done: int, total: int | None) -> str:
     of = f" of {total:,}" if total else ""
     return message_page("Finding duplicates…", f"{done:,}{of} images looked at so far. This "
                         "page reloads itself every few seconds.")
+
+
+def _time(t: Any) -> str:
+    """A time as a <time> element (UTC)."""
+    return (f'<time datetime="{esc(t.isoformat())}">'
+            f'{esc(t.strftime("%Y-%m-%d %H:%M UTC"))}</time>')
+
+
+def _finding(f: Any) -> str:
+    """One finding: the match picture, verdict and score, the page and the image, when."""
+    try:
+        label = VERDICT_LABELS[Verdict(f.verdict)]
+    except ValueError:
+        label = f.verdict
+    gone = (f'<p class="gone">Gone {_time(f.gone_at)}: {esc(f.gone_reason or "")}</p>'
+            if f.gone_at is not None else "")
+    new = '<span class="badge new">New</span> ' if f.new else ""
+    src = f"/api/findings/{f.id}/match.png"
+    return (f'<li class="finding{" is-gone" if f.gone_at else ""}" data-id="{f.id}" '
+            f'data-verdict="{esc(f.verdict)}">'
+            f'<figure class="match-view"><a href="{src}"><img src="{src}" loading="lazy" '
+            f'alt="{esc(f"The image found on {f.page} beside catalogue image {f.catalogue_id}")}">'
+            f"</a></figure>"
+            f'<p>{new}<span class="badge {esc(f.verdict)}">{esc(label)}</span> '
+            f'<span class="score-value">{f.score:.3f}</span></p>'
+            f'<p class="source">on {_source(f.page)}</p>'
+            f'<p class="source muted">image {_source(f.image)}</p>'
+            f'<p class="muted">first seen {_time(f.first_seen)}, last seen '
+            f"{_time(f.last_seen)}</p>{gone}</li>")
+
+
+def findings_page(groups: list[Any], total: int, page_no: int, per_page: int,
+                  watch: str | None, catalogue_image: int | None, gone: bool,
+                  watches: list[str]) -> str:
+    """What scans found: a page of catalogue images (the one found newest first), each
+    with its findings."""
+    pages = max(1, -(-total // per_page))
+    options = "".join(f'<option value="{esc(w)}"{" selected" if w == watch else ""}>'
+                      f"{esc(w)}</option>" for w in watches)
+    form = ('<form class="filters" method="get" action="/findings">'
+            '<label for="watch">Watch</label> <select id="watch" name="watch">'
+            f'<option value="">all</option>{options}</select> '
+            f'<label class="check"><input type="checkbox" name="gone" value="true"'
+            f'{" checked" if gone else ""}> include findings that are gone</label> '
+            '<button type="submit">Show</button></form>')
+    parts = ["<h1>Findings</h1>",
+             '<p class="lead">Copies of the catalogue\'s images that scans found on other '
+             "pages (<code>echoimage scan</code>, <code>echoimage scan --watches</code>), "
+             "the catalogue image found most recently first.</p>", form,
+             f'<p class="summary">{total:,} catalogue '
+             f"{'image has' if total == 1 else 'images have'} findings"
+             + (f" on the pages of watch {esc(watch)}" if watch else "") + ".</p>"]
+    if not groups:
+        parts.append('<p class="no-copy" role="status">No findings yet.</p>')
+    for g in groups:
+        more = ""
+        if g.total > len(g.findings) and catalogue_image is None:
+            more = (f'<p><a href="/findings?catalogue_image={g.catalogue_id}'
+                    f'{"&amp;gone=true" if gone else ""}">All {g.total} findings of this '
+                    "image</a></p>")
+        meta = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in g.metadata.items())
+        parts.append(
+            f'<section class="finding-group" data-catalogue-id="{g.catalogue_id}" '
+            f'aria-labelledby="c{g.catalogue_id}">'
+            f'<header class="finding-head"><div class="thumb"><img '
+            f'src="/api/images/{g.catalogue_id}/preview" loading="lazy" '
+            f'alt="Catalogue image {g.catalogue_id}"></div><div>'
+            f'<h2 id="c{g.catalogue_id}">#{g.catalogue_id} {_source(g.catalogue_url)}</h2>'
+            + (f'<p class="muted">{meta}</p>' if meta else "")
+            + f"<p>{g.total} finding{'s' if g.total != 1 else ''}</p></div></header>"
+            f'<ol class="findings">{"".join(_finding(f) for f in g.findings)}</ol>'
+            f"{more}</section>")
+    query = "".join(f"&amp;{k}={esc(v)}" for k, v in (("watch", watch),
+                                                       ("catalogue_image", catalogue_image),
+                                                       ("gone", "true" if gone else None))
+                    if v)
+    parts.append(pager("/findings", page_no, pages, query))
+    return page("Findings – EchoImage", "".join(parts))

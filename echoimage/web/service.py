@@ -35,7 +35,7 @@ from echoimage.api import (
 )
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
-from echoimage.types import FetchStatus, Match
+from echoimage.types import FetchStatus, Match, Picture
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
@@ -286,39 +286,35 @@ class WebService:
             cand = self.catalogue.picture(match.id)
             if cand is None:
                 raise LookupError(match.id)
-            preview = preview_rgb(cand.preview)
-            qpicture = _query_picture(entry)
-            box = None
-            if match.query_box:  # a part of the query matched: outline it
-                f = entry.image.scale or 1.0
-                x, y, w, h = (round(v / f) for v in match.query_box)
-                box = (x, y, w, h)
-            width = cand.width or cand.thumbnail.shape[1]
-            height = cand.height or cand.thumbnail.shape[0]
-            scale = cand.work_scale or 1.0
-            work_longest = max(16, round(max(width, height) / scale))
-            # the image itself at its own resolution when it can still be read as it was
-            # indexed; else what the store keeps (the thumbnail in the preview's colours)
             original = self.catalogue.original(match.id, ORIGINAL_LONGEST, self.policy)
-            if original is not None:
-                catalogue = np.ascontiguousarray(original[:, :, ::-1])  # RGB → BGR
-            else:
-                catalogue = colourise(restore_aspect(cand.thumbnail, width, height,
-                                                     work_longest), preview)
-            shown = max(catalogue.shape[:2])
-            region = pairs = None
-            if match.region:  # in the image's own pixels
-                region = np.asarray(match.region, np.float64) * (shown / max(width, height))
-            if match.pairs is not None:  # catalogue side in working-image pixels
-                pairs = np.array(match.pairs, np.float64).reshape(-1, 4)
-                pairs[:, 2:4] *= shown / work_longest
-            return encode_png(match_image(qpicture, catalogue, pairs, region,
-                                          query_box=box))
+            return draw_match(_query_picture(entry), 1.0 / (entry.image.scale or 1.0),
+                              match.pairs, match.region, match.query_box, cand, original)
 
         try:
             return entry.png(f"match-{match.id}", make)
         except LookupError:
             return None
+
+    def finding_png(self, finding_id: int) -> bytes | None:
+        """The image a scan found (its stored picture) beside the catalogue image it
+        copies, with the keypoint pairs and region of the match; None for an unknown
+        finding, or one whose picture or catalogue image is no longer kept."""
+        found = self.catalogue.found_picture(finding_id)
+        if found is None or found.picture is None:
+            return None
+        cand = self.catalogue.picture(found.catalogue_id)
+        qpicture = preview_rgb(found.picture)
+        if cand is None or qpicture is None:
+            return None
+        pairs = None
+        if found.pairs is not None:  # query side: working pixels → picture pixels
+            pairs = found.pairs.astype(np.float64)
+            pairs[:, :2] *= found.scale
+        longest = max(found.width, found.height)
+        from_original = max(qpicture.shape[:2]) / longest if longest else found.scale
+        original = self.catalogue.original(found.catalogue_id, ORIGINAL_LONGEST, self.policy)
+        return draw_match(np.ascontiguousarray(qpicture[:, :, ::-1]), from_original, pairs,
+                          found.region, found.query_box, cand, original)
 
     # --- the catalogue's duplicates ------------------------------------------------------------
 
@@ -363,6 +359,37 @@ class WebService:
 #: the longest side a match picture's catalogue image is read at (it is drawn 300 px high,
 #: up to 600 wide; twice that keeps it sharp on a high-density screen)
 ORIGINAL_LONGEST = 1200
+
+
+def draw_match(query: np.ndarray, from_original: float, pairs: Any,
+               region: list[list[float]] | None, query_box: list[float] | None,
+               cand: Picture, original: np.ndarray | None = None) -> bytes:
+    """PNG of query (its picture; from_original: its pixels per original pixel of the
+    query) beside the catalogue image cand, with the keypoint pairs (query picture pixels,
+    catalogue working pixels), the matched region (catalogue original pixels) and the part
+    of the query that matched (query_box, original pixels). The catalogue image is drawn
+    from original (it read again at its own resolution, RGB) when given, else from what
+    the store keeps (the thumbnail in the preview's colours)."""
+    box = None
+    if query_box:  # a part of the query matched: outline it
+        x, y, w, h = (round(v * from_original) for v in query_box)
+        box = (x, y, w, h)
+    width = cand.width or cand.thumbnail.shape[1]
+    height = cand.height or cand.thumbnail.shape[0]
+    work_longest = max(16, round(max(width, height) / (cand.work_scale or 1.0)))
+    if original is not None:
+        catalogue = np.ascontiguousarray(original[:, :, ::-1])  # RGB → BGR
+    else:
+        catalogue = colourise(restore_aspect(cand.thumbnail, width, height, work_longest),
+                              preview_rgb(cand.preview))
+    shown = max(catalogue.shape[:2])
+    reg = None
+    if region:  # in the image's own pixels
+        reg = np.asarray(region, np.float64) * (shown / max(width, height))
+    if pairs is not None:  # catalogue side in working-image pixels
+        pairs = np.array(pairs, np.float64).reshape(-1, 4)
+        pairs[:, 2:4] *= shown / work_longest
+    return encode_png(match_image(query, catalogue, pairs, reg, query_box=box))
 
 
 def _query_picture(entry: CachedQuery) -> np.ndarray:
