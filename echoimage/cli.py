@@ -287,7 +287,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 #: columns of `query --csv`
 QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "exact", "ssim",
                     "orb_inliers", "hash_distance", "orientation", "votes", "colour_distance",
-                    "id", "sha256", "metadata", "error"]
+                    "id", "sha256", "metadata", "error", "why"]
 
 
 def _run_counts(run: dict[str, Any]) -> str:
@@ -421,6 +421,8 @@ def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
         lines.append(f"  {rank}. {m.score:.3f} {m.verdict:10s} ssim={m.ssim:.3f} "
                      f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d}"
                      f"{colour} {m.orientation:13s} {m.url}")
+        if m.why:
+            lines.append(f"       {m.why}")
         if m.metadata:
             lines.append("       " + ", ".join(f"{key}: {v}" for key, v in m.metadata.items()))
     if others and not show_all:

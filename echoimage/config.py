@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     # (bsds500: ~4 KB per image; see echoimage/features/colour.py and README, "Colour")
     colour_size: int = 192
     colour_quality: int = 70
-    query_orb_features: int = 500  # per query view
+    # keypoints of the whole query, detected once: overlaid text, stickers and frames have
+    # the strongest corners and would take most of a smaller set (a spread prefix of these
+    # 1,500 reaches the photo under a caption); content boxes and collage cells take fewer
+    query_orb_features: int = 1500
+    box_orb_features: int = 500
 
     # the most results a query may ask for (CLI, HTTP API and library alike)
     max_k: int = 50
@@ -63,22 +67,33 @@ class Settings(BaseSettings):
     max_boxes: int = 3
     box_k: int = 4
     box_max_distance: int = 12
+    # an image voted for is re-ranked only with at least min_votes votes from one group of
+    # query keypoints (calibrated by scripts/bench_calibrate.py; README, "Scores")
     min_votes: int = 3
-    rerank_descriptors: int = 300  # query keypoints matched against each candidate
+    # query keypoints (a spread prefix) matched against each candidate: a hash neighbour,
+    # an image voted for
+    rerank_descriptors: int = 300
+    vote_rerank_descriptors: int = 600
     # catalogue keypoints (a spread prefix of the stored ones) a candidate is matched with;
-    # when no candidate reaches duplicate_threshold, the deep_rerank_n most promising are
-    # matched again with all of them
+    # when no candidate is a copy yet, the deep_rerank_n most promising are matched again
+    # with all of them
     rerank_keypoints: int = 500
-    # when nothing is a duplicate yet: a wider set of query keypoints (text and stickers
-    # overlaid on a copy take the strongest corners) votes mirrored, then as it is, and is
-    # matched with its first wide_rerank_descriptors
-    wide_orb_features: int = 1500
-    wide_rerank_descriptors: int = 600
     deep_rerank_n: int = 6
     ratio_test: float = 0.8
     ransac_px: float = 6.0
-    # calibrated by `echoimage bench` (see README, "Scores")
+    # a result with proof (same bytes, pHash within 5 bits, or 8 or more RANSAC inliers
+    # spread over the match) is a copy when its score, the probability that it is one,
+    # reaches this; chosen by scripts/bench_calibrate.py for a stated false-match rate
+    # (see echoimage.search.evidence and README, "Scores"). De-duplication compares its own
+    # fused score (search.rerank.fuse) with it too.
     duplicate_threshold: float = 0.5
+    # the cascade stops after its vote round unless some candidate has stop_inliers RANSAC
+    # inliers (a copy is still plausible: the deep round re-matches the most promising);
+    # calibrated by scripts/bench_calibrate.py (README, "Scores")
+    stop_inliers: int = 0
+    # a query whose contrast is crushed or that is very noisy gets a normalised view when
+    # the other rounds find no copy (echoimage.features.photometric)
+    normalise: bool = True
     # verdicts (see echoimage.search.verdict): a copy showing less than this fraction of
     # the catalogue image's area is called a `partial` copy
     partial_below: float = 0.5

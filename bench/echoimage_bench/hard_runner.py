@@ -12,7 +12,6 @@ called a duplicate. Writes ``bench-hard.json`` and ``bench-hard.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -37,29 +36,13 @@ from echoimage_bench.context import (
 from echoimage_bench.hard import HARD_EDITS, HardEdit, make_hard_query
 from echoimage_bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
 from echoimage_bench.report import _jsonable, markdown_table
+from echoimage_bench.trace import ask, diagnose, traced_engine, without_proof
 from echoimage_bench.transforms import transform_rng
 
 HARD_VERSION = 1
 
 #: where a miss was lost
 MISS_KINDS = ("never_reranked", "outranked", "not_duplicate")
-
-
-def traced_engine(settings: Any) -> Any:
-    """A SearchEngine that records the ids it re-ranks in `.reranked` (cleared by the
-    caller before each query), so a miss can be told apart from an out-ranking."""
-    from echoimage.search.engine import SearchEngine
-
-    class _Traced(SearchEngine):
-        reranked: set[int]
-
-        def _best(self, props: Any, cand: Any, *args: Any, **kwargs: Any) -> Any:
-            self.reranked.add(cand.id)
-            return super()._best(props, cand, *args, **kwargs)
-
-    engine = _Traced(settings)
-    engine.reranked = set()
-    return engine
 
 
 def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
@@ -78,18 +61,15 @@ def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
 
 def _ask(engine: Any, data: bytes) -> tuple[Any, float]:
     """Decode as query_bytes does and run query_image: (result, query_image ms)."""
-    img = engine.decode(data)
-    engine.reranked.clear()
-    t0 = time.perf_counter()
-    res = engine.query_image(img, k=TOP_K, sha256=hashlib.sha256(data).hexdigest())
-    return res, (time.perf_counter() - t0) * 1000
+    return ask(engine, data, TOP_K)
 
 
 def _top(m: Any, truth: str | None) -> dict[str, Any]:
     return {"url": Path(m.url).name, "correct": m.url == truth if truth else None,
             "score": round(m.score, 4), "duplicate": m.duplicate,
-            "orb_inliers": m.orb_inliers, "hash_distance": m.hash_distance,
-            "orientation": m.orientation, "votes": m.votes}
+            "orb_inliers": m.orb_inliers, "orb_matches": m.orb_matches,
+            "hash_distance": m.hash_distance, "orientation": m.orientation, "votes": m.votes,
+            "why": m.why}
 
 
 def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndarray]
@@ -108,9 +88,10 @@ def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
             row: dict[str, Any] = {"edit": e.name, "photo": ctx.catalogue[i].name,
                                    "rank": rank, "duplicate": bool(top and top.duplicate),
                                    "score": top.score if top else 0.0, "ms": ms,
-                                   "timings": res.timings, "miss": None}
+                                   "timings": res.timings, "rounds": res.rounds,
+                                   "without_proof": without_proof(res), "miss": None}
             if rank != 1:
-                row["miss"] = "outranked" if ctx.url_ids[truth] in engine.reranked \
+                row["miss"] = "outranked" if ctx.url_ids[truth] in engine.trace.reranked \
                     else "never_reranked"
             elif not row["duplicate"]:
                 row["miss"] = "not_duplicate"
@@ -118,6 +99,8 @@ def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
                 t = next((m for m in res.matches if m.url == truth), None)
                 row["top1"] = _top(top, truth) if top else None
                 row["truth"] = _top(t, truth) if t else None
+                if row["miss"] == "never_reranked":
+                    row["diagnosis"] = diagnose(engine, data, ctx.url_ids[truth])
             rows.append(row)
             tick(len(rows))
         ctx.images.pop(i, None)
@@ -141,6 +124,7 @@ def _negatives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
             rows.append({"edit": e.name, "photo": names[j], "ms": ms,
                          "score": top.score if top else 0.0,
                          "duplicate": bool(top and top.duplicate),
+                         "without_proof": without_proof(res), "rounds": res.rounds,
                          "top1": _top(top, None) if top else None})
             tick(len(rows))
     _phase(ctx, "hard_negatives", t0)
@@ -162,6 +146,7 @@ def summarise(pos: Sequence[dict[str, Any]], neg: Sequence[dict[str, Any]]) -> d
         "negative_max_score": round(max((r["score"] for r in neg), default=0.0), 4),
         "query_ms": {"p50": percentile(ms, 50), "p95": percentile(ms, 95)},
         "negative_query_ms_p50": percentile([r["ms"] for r in neg], 50),
+        "copies_without_proof": sum(r.get("without_proof", 0) for r in [*pos, *neg]),
     }
 
 
@@ -178,10 +163,11 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
         rows.append([name, r["n"], f(r["recall_at_1"]), f(r["recall_at_5"]), f(r["detected"]),
                      f"{m['never_reranked']} / {m['outranked']} / {m['not_duplicate']}",
                      r["negatives"], f(r["false_match_rate"]), f(r["negative_max_score"], 2),
-                     f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1)])
+                     f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1),
+                     f(r["negative_query_ms_p50"], 1)])
     table = markdown_table(
         ["edit", "queries", "r@1", "r@5", "r@1 dup", "missed: not re-ranked / out-ranked / "
-         "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms"], rows)
+         "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms", "neg p50 ms"], rows)
     d = result["dataset"]
     lines = [
         "# EchoImage hard-edit benchmark", "",
@@ -191,12 +177,41 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
         f"queried through {len(result['edits'])} edits; {d['negatives']} held-out photos "
         "through the same edits as negatives (collage partners are held-out photos).", "",
         table, "",
-        "r@1 dup: the original first and called a duplicate. Misses: the original never "
-        "re-ranked / re-ranked but out-ranked / first but not a duplicate. FMR: held-out "
-        "queries whose top result is a duplicate. Latency: query_image (decoded → results).",
+        "r@1 dup: the original first and called a copy. Misses: the original never "
+        "re-ranked / re-ranked but out-ranked / first but not a copy. FMR: held-out "
+        "queries whose top result is a copy. Latency: query_image (decoded → results), of "
+        "the copies and of the held-out queries (neg). Copy verdicts without proof (same "
+        f"bytes, a hash within 5 bits or geometric agreement): "
+        f"{result['summary']['all']['copies_without_proof']}.",
         "", "## Edits", "",
-        *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], ""]
+        *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], "",
+        "## Misses", "", *_miss_lines(result.get("missed", [])), ""]
     return "\n".join(lines)
+
+
+def _miss_lines(missed: Sequence[dict[str, Any]], limit: int = 60) -> list[str]:
+    """One line per miss: where it was lost and the original's evidence (re-ranked) or,
+    never re-ranked, its hash distance and the votes it got from each group of keypoints
+    (votes, rank among the images voted for)."""
+    if not missed:
+        return ["None."]
+    lines = []
+    for r in missed[:limit]:
+        t = r.get("truth")
+        if r["miss"] == "never_reranked":
+            d = r.get("diagnosis") or {}
+            votes = ", ".join(f"{k[6:]} {v[0]} (#{v[1]})" for k, v in d.items()
+                              if k.startswith("votes_"))
+            what = f"hash {d.get('hash_distance')} bits (#{d.get('hash_rank')}); votes: {votes}"
+        elif t is not None:
+            what = (f"original: {t['orb_inliers']} inliers of {t['orb_matches']} matches, "
+                    f"hash {t['hash_distance']}, votes {t['votes']}, score {t['score']}")
+        else:
+            what = "original out of the top results"
+        lines.append(f"* {r['edit']} {r['photo']}: {r['miss'].replace('_', ' ')}; {what}")
+    if len(missed) > limit:
+        lines.append(f"* … and {len(missed) - limit} more (bench-hard.json)")
+    return lines
 
 
 def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = None,

@@ -192,6 +192,18 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"p50 {fmt_ms(q['query_image_ms']['p50'])} / p95 "
                 f"{fmt_ms(q['query_image_ms']['p95'])}; r@1 on the sample "
                 f"{fmt_rate(q['recall_at_1'])}")
+        if r.get("no_copy"):
+            q = r["no_copy"]
+            ratio = q["query_image_ms"]["p50"] / r["query_image_ms"]["p50"] \
+                if r["query_image_ms"]["p50"] else None
+            lines.append(
+                f"  - no copy (held-out photos, negative transforms), {q['queries']} queries: "
+                f"query_image p50 {fmt_ms(q['query_image_ms']['p50'])} / p95 "
+                f"{fmt_ms(q['query_image_ms']['p95'])} ({ratio:.2f}× the whole-photo p50); "
+                f"called copies {fmt_rate(q['false_match_rate'])}; rounds p50 "
+                + ", ".join(f"{k} {v:.1f} ({100 * q['rounds_ran'][k]:.0f}%)"
+                            for k, v in q.get("rounds_ms_p50", {}).items() if v is not None)
+                + " ms (share of the queries that ran it)")
     for label, r in result["scale"].items():
         if "skipped" in r or "padding" not in r:
             lines.append(f"- **Scale {label}**: {r.get('skipped')}")
@@ -244,6 +256,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         from echoimage_bench.colour import render_colour  # (it builds on this module)
 
         lines += render_colour(result["colour"])
+    ev = result.get("evidence")
+    if ev:
+        lines += ["", f"Copy verdicts without proof (same bytes, a hash within 5 bits or "
+                      f"geometric agreement), over all {ev['queries']} queries: "
+                      f"**{ev['copies_without_proof']}**."]
     lines += ["", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",

@@ -1,0 +1,150 @@
+"""The decision: what proves a copy, and how sure a result's score is.
+
+A result is a copy only with **proof**, evidence that chance does not produce:
+
+* the same bytes as the catalogue image (`exact`);
+* a pHash within `NEAR_HASH` bits (of 64) in the orientation that matched;
+* geometric agreement: at least `MIN_INLIERS` keypoint matches that one RANSAC transform
+  of a copy explains (scale, turn, mirror, crop; no collapse, strong shear or perspective),
+  spread over the matched area rather than on a point or a line (`rerank.match_orb`).
+
+On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
+reached any of the three. SSIM, a distant hash and the number of matches move the
+confidence, never make a copy alone: two smooth unrelated photos reach SSIM 0.7.
+
+`score` is the probability that a result is a copy given its evidence: a logistic model
+over the features of `features`, fitted by `scripts/bench_calibrate.py` on seeded copies
+and held-out photos, with copies and non-copies weighted equally (a query that is a copy
+as often as not). Its coefficients are the versioned table `MODEL`. A result is a copy
+when it has proof and its score reaches `Settings.duplicate_threshold`, which the same
+command chooses for a stated false-match rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+#: RANSAC inliers that make geometric proof (chance gave at most 7 on the benchmark)
+MIN_INLIERS = 8
+#: pHash bits within which the hash alone is proof (at a million images some unrelated
+#: image is within 8 bits of ~2% of queries; copies only the hash finds are within 2)
+NEAR_HASH = 5
+#: SSIM counts as far as the hash supports it (see `ssim_support`)
+SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
+SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
+#: hash closeness counts from this many bits down
+HASH_REACH = 16.0
+
+
+class Proof(StrEnum):
+    """What proves a result a copy (NONE: nothing does)."""
+
+    SAME_BYTES = "same bytes"
+    GEOMETRY = "geometry"
+    NEAR_HASH = "near hash"
+    NONE = "none"
+
+
+def proof(exact: bool, inliers: int, hash_distance: int) -> Proof:
+    """The strongest proof among a result's evidence."""
+    if exact:
+        return Proof.SAME_BYTES
+    if inliers >= MIN_INLIERS:
+        return Proof.GEOMETRY
+    if 0 <= hash_distance <= NEAR_HASH:
+        return Proof.NEAR_HASH
+    return Proof.NONE
+
+
+def ssim_support(ssim: float, hash_distance: int) -> float:
+    """SSIM mapped to [0, 1] (0.5 → 0, 0.9 → 1), times the hash's support (full up to 16
+    bits, none from 22): smooth unrelated photos reach SSIM 0.7 with distant hashes."""
+    if math.isnan(ssim):
+        return 0.0
+    s = min(1.0, max(0.0, (ssim - SSIM_FLOOR) / SSIM_SPAN))
+    support = min(1.0, max(0.0, (SUPPORT_CEIL - hash_distance) / SUPPORT_SPAN))
+    return s * support
+
+
+def ssim_counts(hash_distance: int) -> bool:
+    """Whether SSIM can move the score of a candidate this far in pHash: if not, a
+    re-ranker may leave it out and compute it only for display."""
+    return hash_distance < SUPPORT_CEIL
+
+
+#: names of the model's inputs, in the order of `features`
+FEATURES = ("proof", "log_inliers", "inlier_ratio", "spread", "ssim", "hash")
+
+
+def features(exact: bool, inliers: int, matches: int, spread: float, ssim: float,
+             hash_distance: int) -> tuple[float, ...]:
+    """The model's inputs (FEATURES): proof (0/1), log(1 + inliers), inliers per
+    ratio-test match, spread of the inliers over the matched area, SSIM with the hash's
+    support, and hash closeness (1 at 0 bits, 0 from HASH_REACH)."""
+    p = 1.0 if proof(exact, inliers, hash_distance) is not Proof.NONE else 0.0
+    return (p, math.log1p(max(0, inliers)), inliers / matches if matches > 0 else 0.0,
+            min(1.0, max(0.0, spread)), ssim_support(ssim, hash_distance),
+            max(0.0, HASH_REACH - hash_distance) / HASH_REACH if hash_distance >= 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """A fitted logistic model of the evidence: P(copy) = 1 / (1 + exp(-(b + w · x)))."""
+
+    version: str
+    weights: tuple[float, ...]  # one per FEATURES
+    intercept: float
+    #: how it was fitted: command, date, copies and non-copies, the false-match rate
+    #: duplicate_threshold was chosen for
+    fitted: str
+
+    def probability(self, x: tuple[float, ...]) -> float:
+        """P(copy | evidence x) under equal priors."""
+        if len(x) != len(self.weights):
+            raise ValueError(f"the model takes {len(self.weights)} features, got {len(x)}")
+        z = self.intercept + sum(w * v for w, v in zip(self.weights, x, strict=True))
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+#: the model in use; rewritten by scripts/bench_calibrate.py --write
+MODEL = ScoreModel(
+    version="2026-12-06.0",
+    weights=(8.06, 0.97, 0.92, 1.14, 1.16, 4.85),
+    intercept=-7.01,
+    fitted="provisional: fitted on bsds500 (seed 0, 100 photos), to be refitted",
+)
+
+
+def score(exact: bool, inliers: int, matches: int, spread: float, ssim: float,
+          hash_distance: int, model: ScoreModel = MODEL) -> float:
+    """The probability that a result is a copy (1.0 for the same bytes)."""
+    if exact:
+        return 1.0
+    return model.probability(features(exact, inliers, matches, spread, ssim, hash_distance))
+
+
+def is_copy(exact: bool, inliers: int, hash_distance: int, score_value: float,
+            threshold: float) -> bool:
+    """Proof, and a score at the threshold."""
+    return exact or (proof(exact, inliers, hash_distance) is not Proof.NONE
+                     and score_value >= threshold)
+
+
+def why(exact: bool, inliers: int, hash_distance: int, spread: float, copy: bool,
+        mirror: bool = False) -> str:
+    """A few words on why a result is a copy, or why it is not."""
+    found = proof(exact, inliers, hash_distance)
+    if found is Proof.SAME_BYTES:
+        return "the same bytes"
+    if found is Proof.GEOMETRY:
+        where = f" over {round(100 * spread)}% of the match" if spread >= 0.01 else ""
+        turned = " (mirrored)" if mirror else ""
+        text = f"{inliers} keypoints agree on one transform{turned}{where}"
+        return text if copy else f"{text}, but the score is under the threshold"
+    if found is Proof.NEAR_HASH:
+        text = f"pHash {hash_distance} bits apart"
+        return text if copy else f"{text}, but the score is under the threshold"
+    return (f"no proof: {inliers} keypoints agree"
+            + (f", pHash {hash_distance} bits apart" if hash_distance >= 0 else ""))
