@@ -8,10 +8,13 @@ PHOTOS ?= ../shared/datasets/bsds500
 
 .PHONY: demo test venv lint bench bench-quick bench-http bench-live bench-dedupe bench-scale bench-hard bench-cluster faults browser postgres clean
 
+# The last step installs perception (the benchmark's peer) without its declared
+# opencv-contrib<5, whose cv2 would replace the pinned OpenCV 5: see bench/pyproject.toml
 $(STAMP): pyproject.toml bench/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres,cluster]' -e ./bench
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres,cluster]' -e './bench[peers]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt perception
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -683,9 +683,16 @@ def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
               default=Path("bench-out"), show_default=True, help="Output directory.")
 @click.option("--limit", type=int, default=None, help="Query only N catalogue photos.")
 @click.option("--no-scale", is_flag=True, help="Skip the 10k/100k padded-index timings.")
+@click.option("--no-peers", is_flag=True,
+              help="Skip the side-by-side run with PDQ and perception's PHash.")
 @handle_errors
-def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool) -> None:
+def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
+          no_peers: bool) -> None:
     """Run the copy-detection benchmark on a folder of photos; writes bench.json/bench.md.
+
+    Beside EchoImage it runs the peers that are installed (PDQ, perception's PHash; `make
+    venv` installs them) on the transforms of perception's benchmark, and says which it
+    skipped.
 
     Example:
 
@@ -693,17 +700,16 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool) -> None
         echoimage bench ../shared/datasets/bsds500 --out bench-out --limit 100 --no-scale
     """
     try:
-        from echoimage_bench import run_benchmark
+        from echoimage_bench import render_markdown, run_benchmark
     except ImportError as exc:
         raise EchoImageError(
             "the benchmark is not installed: it is the separate package in a checkout's "
             "bench/ (`make venv` installs it, or pip install -e ./bench)") from exc
 
-    kwargs: dict[str, Any] = {"limit": limit}
+    kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers}
     if no_scale:
         kwargs["scale"] = ()
-    report = run_benchmark(photo_dir, out, **kwargs)
-    click.echo(report.get("markdown", ""))
+    click.echo(render_markdown(run_benchmark(photo_dir, out, **kwargs)))
 
 
 def main() -> None:

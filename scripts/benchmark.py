@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="padding pool processes (default: CPU count)")
     parser.add_argument("--foreground-padding", action="store_true",
                         help="pad after the recall sweep instead of concurrently with it")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the side-by-side run with PDQ and perception's PHash")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             args.photo_dir, args.out, limit=args.limit, seed=args.seed,
             scale=() if args.no_scale else args.scale, seed_subset=args.seed_subset,
             latency_queries=args.latency_queries, workers=args.workers,
-            background_padding=not args.foreground_padding,
+            background_padding=not args.foreground_padding, peers=not args.no_peers,
             progress=not args.quiet, command=[sys.argv[0], *(argv if argv is not None
                                                              else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:

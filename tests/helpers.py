@@ -372,3 +372,29 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
     if not killed:
         assert proc.returncode == 0, log.read_text()[-2000:]
     return indexed_count(db) or 0, killed, log
+
+
+def bench_photo_folder(folder: Path) -> None:
+    """12 distinct photos from scikit-image's bundled data: whole, cropped or tinted."""
+    d = skimage.data
+    coffee, rocket = d.coffee(), d.rocket()
+
+    def gray(a: np.ndarray) -> np.ndarray:
+        return np.stack([a] * 3, axis=-1)
+
+    def tint(a: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
+        return np.clip(a.astype(np.float32) * np.array(rgb), 0, 255).astype(np.uint8)
+
+    images = {
+        "astronaut": d.astronaut(), "chelsea": d.chelsea(),
+        "coffee_left": coffee[:, :300], "coffee_right": tint(coffee[:, 300:], (0.8, 0.9, 1.2)),
+        "rocket_left": rocket[:, :320], "rocket_right": rocket[:, 320:],
+        "ihc": d.immunohistochemistry(), "hubble": d.hubble_deep_field()[:400, :600],
+        "camera": gray(d.camera()), "coins": gray(d.coins()),
+        "moon": tint(gray(d.moon()), (1.0, 0.85, 0.6)),
+        "retina": cv2.resize(d.retina(), (480, 480), interpolation=cv2.INTER_AREA),
+    }
+    folder.mkdir()
+    for name, rgb in images.items():
+        cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(rgb[..., ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])

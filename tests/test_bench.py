@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 import sqlalchemy
+from helpers import bench_photo_folder
 
 from echoimage_bench import baselines, context, metrics, padding, report, runner, transforms
 from echoimage_bench.transforms import TRANSFORMS, transform_rng
@@ -224,42 +225,18 @@ def test_seed_score_prefers_the_same_image():
     assert same.ssim > diff.ssim and same.hist > diff.hist
 
 
-def _photos(folder: Path) -> None:
-    """12 distinct photos from scikit-image's bundled data: whole, cropped or tinted."""
-    d = skimage.data
-    coffee, rocket = d.coffee(), d.rocket()
-
-    def gray(a: np.ndarray) -> np.ndarray:
-        return np.stack([a] * 3, axis=-1)
-
-    def tint(a: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
-        return np.clip(a.astype(np.float32) * np.array(rgb), 0, 255).astype(np.uint8)
-
-    images = {
-        "astronaut": d.astronaut(), "chelsea": d.chelsea(),
-        "coffee_left": coffee[:, :300], "coffee_right": tint(coffee[:, 300:], (0.8, 0.9, 1.2)),
-        "rocket_left": rocket[:, :320], "rocket_right": rocket[:, 320:],
-        "ihc": d.immunohistochemistry(), "hubble": d.hubble_deep_field()[:400, :600],
-        "camera": gray(d.camera()), "coins": gray(d.coins()),
-        "moon": tint(gray(d.moon()), (1.0, 0.85, 0.6)),
-        "retina": cv2.resize(d.retina(), (480, 480), interpolation=cv2.INTER_AREA),
-    }
-    folder.mkdir()
-    for name, rgb in images.items():
-        cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(rgb[..., ::-1]),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
-
-
 def test_run_benchmark_end_to_end(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
-    _photos(photos)
+    bench_photo_folder(photos)
     result = runner.run_benchmark(photos, out, limit=6, scale=(), seed_subset=(3, 1),
-                                 latency_queries=8, progress=False, command=["test"])
+                                 latency_queries=8, peers=False, progress=False,
+                                 command=["test"])
     on_disk = json.loads((out / "bench.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert {"version", "date", "command", "machine", "params", "dataset", "build",
             "transforms", "summary", "negatives", "calibration", "latency", "scale",
-            "baselines", "memory", "phases", "notes"} <= set(result)
+            "baselines", "peers", "memory", "phases", "notes"} <= set(result)
+    assert result["peers"] == {"ran": False}  # (tests/test_bench_peers.py runs them)
     assert result["dataset"]["catalogue"] == 10 and result["dataset"]["negatives"] == 2
     assert result["dataset"]["indexed"] == 10 and result["dataset"]["query_photos"] == 6
     assert set(result["transforms"]) == set(TRANSFORMS)
@@ -307,7 +284,7 @@ def test_scale_benchmark_end_to_end(tmp_path):
     from echoimage_bench.scale import render_scale_markdown, run_scale_benchmark
 
     photos, out = tmp_path / "photos", tmp_path / "out"
-    _photos(photos)
+    bench_photo_folder(photos)
     result = run_scale_benchmark(photos, out, scales=(200, 400), photos=10,
                                  query_photos=2, negatives=2, progress=False)
     assert json.loads((out / "scale.json").read_text()) == json.loads(json.dumps(result))
@@ -372,9 +349,10 @@ def test_run_benchmark_pads_with_derived_rows(tmp_path):
     """The scale phase pads copies of the catalogue store with derived rows, caches them
     and times the same queries on each padded store."""
     photos, out = tmp_path / "photos", tmp_path / "out"
-    _photos(photos)
+    bench_photo_folder(photos)
     kw = dict(limit=3, scale=(60, 90), seed_subset=(2, 1), latency_queries=4,
-              progress=False, command=["test"], workers=2, background_padding=False)
+              progress=False, command=["test"], workers=2, background_padding=False,
+              peers=False)
     result = runner.run_benchmark(photos, out, **kw)
     for scale in (60, 90):
         r = result["scale"][str(scale)]

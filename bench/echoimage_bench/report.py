@@ -261,6 +261,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Copy verdicts without proof (same bytes, a hash within 5 bits or "
                       f"geometric agreement), over all {ev['queries']} queries: "
                       f"**{ev['copies_without_proof']}**."]
+    if "peers" in result:
+        from echoimage_bench.peer_suite import render_peer_section  # (it builds on this module)
+
+        lines += render_peer_section(result["peers"])
     lines += ["", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",

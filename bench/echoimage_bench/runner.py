@@ -16,7 +16,10 @@
    sample of queries, at catalogue size and again after padding the store to each ``scale``
    with rows derived from the photos' (`bench.derived`; cached in ``out_dir/pad``);
 5. runs two baselines the same way: 64-bit pHash nearest neighbour over the stored hashes,
-   and the seed's brute-force SSIM + ORB + colour histogram score on a small subset.
+   and the seed's brute-force SSIM + ORB + colour histogram score on a small subset;
+6. puts EchoImage side by side with its peers (PDQ, perception's PHash; those installed)
+   on the transforms of perception's benchmark, copies and held-out negatives alike
+   (`bench.peer_suite`).
 
 Everything it finds is returned as a JSON-ready dict and written to ``out_dir/bench.json``;
 `render_markdown` turns it into the table written to ``out_dir/bench.md``. Progress goes to
@@ -78,6 +81,7 @@ from echoimage_bench.padding import (
     padding_cached,
     read_padding_meta,
 )
+from echoimage_bench.peer_suite import run_peer_suite
 from echoimage_bench.report import (
     _DIAG_NOTE,
     _jsonable,
@@ -435,8 +439,9 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                   seed: int = 0, scale: Sequence[int] = (10_000, 100_000),
                   seed_subset: tuple[int, int] = (40, 3), negatives_fraction: float = 0.2,
                   latency_queries: int = 200, workers: int | None = None,
-                  background_padding: bool = True, progress: bool = True,
-                  command: Sequence[str] | None = None) -> dict[str, Any]:
+                  background_padding: bool = True, peers: bool = True,
+                  progress: bool = True, command: Sequence[str] | None = None
+                  ) -> dict[str, Any]:
     """Run the copy-detection benchmark on a folder of photos; write bench.json and bench.md.
 
     Args:
@@ -527,6 +532,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         if pad_proc is not None and pad_proc.is_alive():
             pad_proc.terminate()
             pad_proc.join()
+    peer_res = run_peer_suite(ctx, engine, negatives) if peers else {"ran": False}
     neg_scores = neg.pop("_scores")
     thr = threshold_at_fmr(neg_scores, TARGET_FMR)
 
@@ -599,6 +605,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                    "limit": limit, "seed": seed, "scale": list(scale),
                    "seed_subset": list(seed_subset), "negatives_fraction": negatives_fraction,
                    "latency_queries": latency_queries, "query_jpeg_quality": QUERY_QUALITY,
+                   "peers": peers,
                    "k": TOP_K,
                    "settings": settings.model_dump(mode="json", exclude={"database_url"})},
         "dataset": {"photos": len(files), "catalogue": len(catalogue),
@@ -622,6 +629,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                                 "recall_at_1_main": s_main["phash"]["recall_at_1"],
                                 "recall_at_5_main": s_main["phash"]["recall_at_5"]},
                       "seed": seed_res},
+        "peers": peer_res,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "memory": {"self_peak_rss_mb": self_peak_rss_mb(),
                    "self_peak_rss_mb_before_scale": rss_before_scale,
