@@ -88,11 +88,13 @@ class Settings(BaseSettings):
     # fused score (search.rerank.fuse) with it too.
     duplicate_threshold: float = 0.5
     # the cascade stops after its vote round unless some candidate has stop_inliers RANSAC
-    # inliers (a copy is still plausible: the deep round re-matches the most promising);
-    # calibrated by scripts/bench_calibrate.py (README, "Scores")
+    # inliers or a pHash within stop_hash bits (a copy is still plausible: the deep round
+    # re-matches the most promising); calibrated by scripts/bench_calibrate.py (README,
+    # "Scores")
     stop_inliers: int = 0
-    # a query whose contrast is crushed or that is very noisy gets a normalised view when
-    # the other rounds find no copy (echoimage.features.photometric)
+    stop_hash: int = 64
+    # a query whose grey levels are crushed into a few gets a view with its histogram
+    # equalised when the other rounds find no copy (echoimage.features.photometric)
     normalise: bool = True
     # verdicts (see echoimage.search.verdict): a copy showing less than this fraction of
     # the catalogue image's area is called a `partial` copy

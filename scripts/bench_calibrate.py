@@ -1,12 +1,12 @@
 """Fit the evidence model, choose the duplicate threshold and calibrate the stop rule.
 
 Indexes a folder of photos (seed 1: not the split `echoimage bench` and bench_hard.py use),
-queries copies through every transform of the main and hard suites and held-out photos
-through their negative transforms with the full cascade, then fits the logistic model of
-the evidence (echoimage/search/evidence.py), picks the threshold for a false-match rate,
-checks the model's reliability on held-out photos and says what each stop rule would have
-cost. Writes calibrate.json and calibrate.md to --out; --write rewrites the model's table
-in echoimage/search/evidence.py. Example:
+queries copies through every transform of the main, hard and peer (perception's) suites
+and held-out photos through their negative transforms with the full cascade, then fits
+the logistic model of the evidence (echoimage/search/evidence.py), picks the threshold
+for a false-match rate, checks the model's reliability on held-out photos and says what
+each stop rule would have cost. Writes calibrate.json and calibrate.md to --out; --write
+rewrites the model's table in echoimage/search/evidence.py. Example:
 
     python scripts/bench_calibrate.py ../shared/datasets/bsds500 --out /tmp/calibrate --limit 100
 """
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="catalogue photos queried as copies (default: 100)")
     parser.add_argument("--negatives", type=int, default=None,
                         help="held-out photos queried as non-copies (default: all)")
-    parser.add_argument("--suites", default="main,hard",
-                        help="suites whose transforms are used (default: main,hard)")
+    parser.add_argument("--suites", default="main,hard,peers",
+                        help="suites whose transforms are used (default: main,hard,peers)")
     parser.add_argument("--target-fmr", type=float, default=0.001,
                         help="false-match rate the threshold is chosen for (default: 0.001)")
     parser.add_argument("--seed", type=int, default=1, help="RNG seed (default: 1)")

@@ -251,12 +251,24 @@ def test_run_benchmark_end_to_end(tmp_path):
     lat = result["latency"]["catalogue"]
     assert lat["queries"] == 8 and lat["query_image_ms"]["p50"] > 0
     assert lat["parts"]["queries"] == 4 and lat["parts"]["query_image_ms"]["p50"] > 0
+    # held-out photos, timed as no-copy queries, with the rounds their cascade ran
+    assert lat["no_copy"]["queries"] == 4 and lat["no_copy"]["query_image_ms"]["p50"] > 0
+    assert lat["no_copy"]["false_match_rate"] == 0.0
+    assert lat["no_copy"]["rounds_ran"]["hash"] == 1.0
+    assert "votes" in lat["no_copy"]["rounds_ran"]
+    # no copy verdict without proof, over every query of the run
+    assert result["evidence"] == {"copies_without_proof": 0,
+                                  "queries": 6 * len(TRANSFORMS)
+                                  + 6 * len(transforms.RECOLOUR_TRANSFORMS)
+                                  + 2 * len(transforms.NEGATIVE_TRANSFORMS)}
     assert result["scale"] == {}
     assert result["baselines"]["seed"]["extrapolated_s_per_query_at_1m"] > 0
     md = (out / "bench.md").read_text()
     assert md == report.render_markdown(result)
     assert "| jpeg30 | 6 | 1.000 |" in md and "screenshot (extra)" in md
     assert "parts of photos (extra transforms), 4 queries" in md
+    assert "no copy (held-out photos, negative transforms), 4 queries" in md
+    assert "Copy verdicts without proof" in md
     assert (out / "catalogue.txt").read_text().count("\n") == 10
 
 

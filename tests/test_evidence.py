@@ -13,16 +13,33 @@ import skimage.data
 from echoimage.features import photometric
 from echoimage.features.orb import mirror_features, orb_detect, orb_features
 from echoimage.search import evidence
-from echoimage.search.evidence import MODEL, Proof, ScoreModel
+from echoimage.search.evidence import MODEL, Evidence, Proof, ScoreModel
 from echoimage.search.rerank import match_orb, spread
 
 
+def ev(inliers: int = 0, matches: int = 0, hash_distance: int = 30, exact: bool = False,
+       spread: float = 0.0, ssim: float = float("nan")) -> Evidence:
+    return Evidence(exact, inliers, matches, spread, ssim, hash_distance)
+
+
 def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
-    assert evidence.proof(True, 0, 40) is Proof.SAME_BYTES
-    assert evidence.proof(False, evidence.MIN_INLIERS, 40) is Proof.GEOMETRY
-    assert evidence.proof(False, evidence.MIN_INLIERS - 1, 40) is Proof.NONE
-    assert evidence.proof(False, 0, evidence.NEAR_HASH) is Proof.NEAR_HASH
-    assert evidence.proof(False, 0, evidence.NEAR_HASH + 1) is Proof.NONE
+    assert ev(exact=True).proof() is Proof.SAME_BYTES
+    assert ev(evidence.MIN_INLIERS, 10).proof() is Proof.GEOMETRY
+    assert ev(evidence.MIN_INLIERS - 1, 7).proof() is Proof.NONE
+    assert ev(hash_distance=evidence.NEAR_HASH).proof() is Proof.NEAR_HASH
+    assert ev(hash_distance=evidence.NEAR_HASH + 1).proof() is Proof.NONE
+
+
+def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
+    """Chance agreement grows with the matches RANSAC chooses from: 8 of 10 is proof, 8 of
+    30 (what unrelated photos reach when all their keypoints are matched) is not."""
+    assert ev(8, 10).proof() is Proof.GEOMETRY
+    assert ev(8, 30).proof() is Proof.NONE
+    assert ev(12, 30).proof() is Proof.GEOMETRY
+    needed = [next(n for n in range(200) if ev(n, m).proof() is Proof.GEOMETRY)
+              for m in (5, 10, 20, 40, 100, 300)]
+    assert needed == sorted(needed) and needed[0] == evidence.MIN_INLIERS
+    assert needed[-1] == round(evidence.INLIER_FLOOR + evidence.INLIER_PER_MATCH * 300)
 
 
 @pytest.mark.parametrize("ssim,hash_distance", [(0.99, 6), (0.95, 12), (0.72, 16),
@@ -30,27 +47,27 @@ def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
 def test_ssim_and_a_distant_hash_never_make_a_copy(ssim: float, hash_distance: int) -> None:
     """Whatever the SSIM, the matches and the threshold: no proof, no copy."""
     for inliers in range(evidence.MIN_INLIERS):
-        p = evidence.score(False, inliers, 40, 0.0, ssim, hash_distance)
-        assert not evidence.is_copy(False, inliers, hash_distance, p, 0.0)
-        assert not evidence.is_copy(False, inliers, hash_distance, 1.0, 0.5)
+        e = ev(inliers, 40, hash_distance, ssim=ssim)
+        assert not evidence.is_copy(e, evidence.score(e), 0.0)
+        assert not evidence.is_copy(e, 1.0, 0.5)
 
 
 def test_the_score_is_the_models_probability_and_grows_with_the_evidence() -> None:
     assert len(MODEL.weights) == len(evidence.FEATURES)
-    assert evidence.score(True, 0, 0, 0.0, float("nan"), 30) == 1.0
-    x = evidence.features(False, 40, 50, 0.5, 0.8, 10)
-    z = MODEL.intercept + sum(w * v for w, v in zip(MODEL.weights, x, strict=True))
-    assert evidence.score(False, 40, 50, 0.5, 0.8, 10) == pytest.approx(1 / (1 + math.exp(-z)))
-    # more agreeing keypoints, a nearer hash, a higher SSIM: never a lower probability
-    # (the fit gives them positive weights)
-    assert all(w > 0 for w in MODEL.weights)
-    weak = evidence.score(False, 9, 40, 0.1, float("nan"), 30)
-    assert evidence.score(False, 60, 70, 0.1, float("nan"), 30) > weak
-    assert evidence.score(False, 9, 40, 0.1, 0.9, 10) > weak
+    assert evidence.score(ev(exact=True)) == 1.0
+    e = ev(40, 50, 10, spread=0.5, ssim=0.8)
+    z = MODEL.intercept + sum(w * v for w, v in zip(MODEL.weights, e.features(), strict=True))
+    assert evidence.score(e) == pytest.approx(1 / (1 + math.exp(-z)))
+    # more agreeing keypoints, a nearer hash: never a lower probability (the fit gives them
+    # positive weights)
+    proof, log_inliers, _, _, _, closeness = MODEL.weights
+    assert proof > 0 and log_inliers > 0 and closeness > 0
+    weak = evidence.score(ev(9, 12, spread=0.1))
+    assert evidence.score(ev(60, 70, spread=0.1)) > weak
     # proof moves the probability across the equal-priors boundary, chance evidence not
-    assert evidence.score(False, 7, 40, 0.0, float("nan"), 30) < 0.5
-    assert evidence.score(False, 8, 10, 0.2, float("nan"), 30) > 0.5
-    assert evidence.score(False, 0, 0, 0.0, 0.6, 4) > 0.5
+    assert evidence.score(ev(7, 40)) < 0.5
+    assert evidence.score(ev(8, 10, spread=0.2)) > 0.5
+    assert evidence.score(ev(hash_distance=4, ssim=0.6)) > 0.5
 
 
 def test_score_model_checks_its_input() -> None:
@@ -62,13 +79,15 @@ def test_score_model_checks_its_input() -> None:
 
 
 def test_why_says_what_proves_it_or_that_nothing_does() -> None:
-    assert evidence.why(True, 0, 30, 0.0, True) == "the same bytes"
-    assert evidence.why(False, 42, 20, 0.63, True, mirror=True) == \
+    assert evidence.why(ev(exact=True), True) == "the same bytes"
+    assert evidence.why(ev(42, 50, 20, spread=0.63), True, mirror=True) == \
         "42 keypoints agree on one transform (mirrored) over 63% of the match"
-    assert evidence.why(False, 0, 3, 0.0, True) == "pHash 3 bits apart"
-    assert evidence.why(False, 4, 18, 0.0, False) == \
-        "no proof: 4 keypoints agree, pHash 18 bits apart"
-    assert "under the threshold" in evidence.why(False, 9, 18, 0.1, False)
+    assert evidence.why(ev(hash_distance=3), True) == "pHash 3 bits apart"
+    assert evidence.why(ev(4, 11, 18), False) == \
+        "no proof: 4 of 11 keypoint matches agree, pHash 18 bits apart"
+    assert evidence.why(ev(hash_distance=18), False) == \
+        "no proof: no keypoint matches, pHash 18 bits apart"
+    assert "under the threshold" in evidence.why(ev(9, 10, 18, spread=0.1), False)
 
 
 def test_spread_is_the_inliers_hull_over_the_shared_area() -> None:
@@ -99,18 +118,19 @@ def test_mirror_features_from_one_detection_match_the_mirror_image() -> None:
     assert len(mirror_features(gray, kps[:100], 500)) <= 100
 
 
-def test_noise_and_contrast_estimates() -> None:
+def test_crushed_levels_are_told_and_equalised() -> None:
     gray = _gray("camera")
-    rng = np.random.default_rng(0)
-    noisy = np.clip(gray + rng.normal(0, 30, gray.shape), 0, 255).astype(np.uint8)
-    assert photometric.noise_sigma(gray) < 8
-    assert photometric.noise_sigma(noisy) == pytest.approx(30, rel=0.25)
-    white = (255 * (gray / 255.0) ** 0.1).astype(np.uint8)
-    assert photometric.contrast(white) < photometric.LOW_CONTRAST <= photometric.contrast(gray)
+    white = (255 * (gray / 255.0) ** 0.015).astype(np.uint8)  # near-white, a few levels
+    black = 255 - (255 * ((255 - gray) / 255.0) ** 0.015).astype(np.uint8)
+    assert photometric.level_entropy(gray) > photometric.CRUSHED_BITS
+    assert photometric.level_entropy(np.zeros((8, 8), np.uint8)) == 0.0
     assert not photometric.needs_normalising(gray)
-    assert photometric.needs_normalising(noisy) and photometric.needs_normalising(white)
-    assert photometric.contrast(photometric.normalised(white)) > photometric.LOW_CONTRAST
-    assert photometric.noise_sigma(photometric.normalised(noisy)) < \
-        photometric.noise_sigma(noisy)
+    for crushed in (white, black):
+        assert photometric.needs_normalising(crushed)
+        # equalised, the keypoints meet the original's again
+        before = match_orb(orb_features(crushed, 1500), orb_features(gray, 1500)).inliers
+        after = match_orb(orb_features(photometric.normalised(crushed), 1500),
+                          orb_features(gray, 1500)).inliers
+        assert after >= max(8, 3 * before)
     with pytest.raises(ValueError):
         photometric.normalised(np.zeros((4, 4, 3), np.uint8))

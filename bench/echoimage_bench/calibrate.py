@@ -5,14 +5,15 @@ benchmarks do (its own seed, 1 by default, so that the runs of `echoimage bench`
 `bench_hard.py`, seed 0, check the model on a split it was not fitted on), then queries
 
 * **copies**: each query photo through every transform of the suites (the main suite with
-  its colour variants, the hard edits), and
+  its colour variants, the hard edits, perception's transforms), and
 * **non-copies**: each held-out photo through the suites' negative transforms (the main
-  suite's six, every hard edit),
+  suite's six, every hard edit, every one of perception's),
 
 with the full cascade (no stop rule) through a traced engine that records every candidate
 it scored, in which round, and the state at the stop rule. From that:
 
-1. **the model**: a logistic regression (scikit-learn) of copy / not copy over the features
+1. **the model**: a logistic regression of copy / not copy, its weights non-negative, over
+   the features
    of `echoimage.search.evidence.features`, each query's original against every other
    candidate of every query, the two classes weighted equally; its coefficients become the
    versioned table `MODEL` (`--write` rewrites it in place);
@@ -62,10 +63,15 @@ from echoimage_bench.trace import ask, traced_engine, without_proof
 
 CALIBRATE_VERSION = 1
 
+#: the suites whose copies and non-copies the calibration queries
+SUITES = ("main", "hard", "peers")
+
 #: the rules tried: an image voted for is re-ranked with at least V votes (min_votes); the
-#: deep round runs when some candidate has I inliers (stop_inliers; None: never)
+#: deep round runs when some candidate has I inliers (stop_inliers) or a pHash within H bits
+#: (stop_hash; None: neither)
 MIN_VOTES = (2, 3, 4, 5, 6, 7, 8, 10, 12)
 STOP_INLIERS = (0, 3, 4, 5, 6, 7, None)
+STOP_HASH = (None, 6, 8, 10, 12, 14)
 #: the least min_votes of the calibration run (the rules above it are judged from it)
 CALIBRATION_MIN_VOTES = 2
 
@@ -82,7 +88,7 @@ class Query:
 
 
 def suite_queries(ctx: _Ctx, suites: Sequence[str], pool: list[np.ndarray],
-                  names: list[str], negatives: int
+                  names: list[str], held: list[Path], negatives: int
                   ) -> list[tuple[str, Callable[[], Iterator[Query]], int]]:
     """The copies and the non-copies of the suites, made lazily (seeded as the suites'
     own runners make them): (label, maker, how many) of each."""
@@ -123,12 +129,25 @@ def suite_queries(ctx: _Ctx, suites: Sequence[str], pool: list[np.ndarray],
                     yield Query("hard", e.name, names[j], None, make_hard_query(
                         img, e, transform_rng(seed, 1_000_000 + j, e.name), others))
 
+    def peers() -> Iterator[Query]:
+        from echoimage_bench.peer_suite import suite_queries as peer_queries
+        from echoimage_bench.peer_transforms import PEER_TRANSFORMS
+
+        for q in peer_queries(ctx, list(PEER_TRANSFORMS.values()), held[:negatives]):
+            yield Query("peers", q.transform, q.photo, q.truth, q.data)
+
     n_pos = (len(main) if "main" in suites else 0) + (len(HARD_EDITS) if "hard" in suites
                                                       else 0)
     n_neg = (len(NEGATIVE_TRANSFORMS) if "main" in suites else 0) + \
         (len(HARD_EDITS) if "hard" in suites else 0)
-    return [("copies", positives, n_pos * len(ctx.query_photos)),
-            ("non-copies", non_copies, n_neg * min(negatives, len(pool)))]
+    out = [("copies", positives, n_pos * len(ctx.query_photos)),
+           ("non-copies", non_copies, n_neg * min(negatives, len(pool)))]
+    if "peers" in suites:
+        from echoimage_bench.peer_transforms import PEER_TRANSFORMS
+
+        out.append(("peer suite", peers, len(PEER_TRANSFORMS)
+                    * (len(ctx.query_photos) + min(negatives, len(held)))))
+    return out
 
 
 def _record(q: Query, truth_id: int | None, res: Any, trace: Any, ms: float
@@ -148,9 +167,8 @@ def _record(q: Query, truth_id: int | None, res: Any, trace: Any, ms: float
             "copy": bool(m.duplicate), "score": m.score, "votes": m.votes,
             "inliers": m.orb_inliers, "hash": m.hash_distance,
             "voted_ms": voted_ms.get(i, 0.0),
-            "proof": str(evidence.proof(m.exact, m.orb_inliers, m.hash_distance)),
-            "features": list(evidence.features(m.exact, m.orb_inliers, m.orb_matches,
-                                               m.spread, m.ssim, m.hash_distance))})
+            "matches": m.orb_matches, "proof": str(evidence.Evidence.of(m).proof()),
+            "features": list(evidence.Evidence.of(m).features())})
     top = res.matches[0] if res.matches else None
     return {"suite": q.suite, "transform": q.transform, "photo": q.photo,
             "copy_query": q.truth is not None, "ms": ms, "rounds": dict(res.rounds),
@@ -175,14 +193,32 @@ def _samples(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray,
     return np.array(x, np.float64), np.array(y), np.array(f)
 
 
-def fit_model(x: np.ndarray, y: np.ndarray) -> tuple[tuple[float, ...], float]:
-    """Logistic regression of y on x, the classes weighted equally: (weights, intercept)."""
-    from sklearn.linear_model import LogisticRegression
+def fit_model(x: np.ndarray, y: np.ndarray, c: float = 1.0
+              ) -> tuple[tuple[float, ...], float]:
+    """Logistic regression of y on x with the two classes weighted equally and every
+    weight non-negative (more evidence never makes a copy less likely), L2-regularised as
+    scikit-learn's is at C = c: (weights, intercept). Minimised with SciPy's L-BFGS-B
+    (scikit-learn's logistic regression takes no bounds)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
 
     if len(set(y.tolist())) < 2:
         raise ValueError("the fit needs copies and non-copies")
-    lr = LogisticRegression(class_weight="balanced", C=1.0, max_iter=5000).fit(x, y)
-    return tuple(round(float(w), 4) for w in lr.coef_[0]), round(float(lr.intercept_[0]), 4)
+    n, k = x.shape
+    sample = np.where(y == 1, n / (2 * y.sum()), n / (2 * (n - y.sum())))
+    sign = 2.0 * y - 1.0
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:k], theta[k]
+        z = sign * (x @ w + b)
+        value = -float(sample @ log_expit(z)) + 0.5 * float(w @ w) / c
+        g = -sample * sign * expit(-z)
+        return value, np.concatenate([x.T @ g + w / c, [g.sum()]])
+
+    res = minimize(loss, np.zeros(k + 1), jac=True, method="L-BFGS-B",
+                   bounds=[(0.0, None)] * k + [(None, None)],
+                   options={"maxiter": 10_000})
+    return tuple(round(float(w), 4) for w in res.x[:k]), round(float(res.x[k]), 4)
 
 
 def reliability(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> list[dict[str, Any]]:
@@ -258,43 +294,49 @@ def choose_threshold(records: Sequence[dict[str, Any]], model: Any, target: floa
 
 
 def stop_rules(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rule of MIN_VOTES × STOP_INLIERS: the copies it would have lost (the original
-    first a copy when re-ranked from votes it would not have had enough of, or in the deep
-    round it would not have run) and the non-copy queries' p50 time with it (less the
-    re-ranking of the images it would not re-rank, and of the deep round it would skip)."""
+    """Every rule of MIN_VOTES × STOP_INLIERS × STOP_HASH: the copies it would have lost
+    (the original first a copy when re-ranked from votes it would not have had enough of,
+    or in the deep round it would not have run) and the non-copy queries' p50 time with it
+    (less the re-ranking of the images it would not re-rank, and the deep round it would
+    skip)."""
     pos = [r for r in records if r["copy_query"]]
     neg = [r for r in records if not r["copy_query"]]
 
     def truth(r: dict[str, Any]) -> dict[str, Any] | None:
         return next((c for c in r["candidates"] if c["truth"]), None)
 
-    def lost(r: dict[str, Any], v: int, i: int | None) -> bool:
+    def deep(r: dict[str, Any], i: int | None, h: int | None) -> bool:
+        _, inliers, near = r["stop"] or (0, 0, 64)
+        return (i is not None and inliers >= i) or (h is not None and near <= h)
+
+    def lost(r: dict[str, Any], v: int, i: int | None, h: int | None) -> bool:
         t = truth(r)
         if t is None or not t["copy"]:
             return False
         if t["round"] == "votes" and 0 < t["votes"] < v:  # proposed by votes, too few
             return True
-        return t["round"] == "deep" and (i is None or (r["stop"] or [0, 0])[1] < i)
+        return t["round"] == "deep" and not deep(r, i, h)
 
-    def saved(r: dict[str, Any], v: int, i: int | None) -> float:
+    def saved(r: dict[str, Any], v: int, i: int | None, h: int | None) -> float:
         ms = sum(c["voted_ms"] for c in r["candidates"] if 0 < c["votes"] < v)
-        deep = r["rounds"].get("deep")
-        if deep is not None and (i is None or (r["stop"] or [0, 0])[1] < i):
-            ms += deep
+        if "deep" in r["rounds"] and not deep(r, i, h):
+            ms += r["rounds"]["deep"]
         return ms
 
     out = []
     for v in MIN_VOTES:
         for i in STOP_INLIERS:
-            gone = [r for r in pos if lost(r, v, i)]
-            out.append({"min_votes": v, "stop_inliers": i, "copies_lost": len(gone),
-                        "copies_lost_by_transform": _count(f"{r['suite']}/{r['transform']}"
-                                                           for r in gone),
-                        "non_copy_p50_ms": percentile([r["ms"] - saved(r, v, i) for r in neg],
-                                                      50),
-                        "non_copies_deep": rate(
-                            "deep" in r["rounds"] and i is not None
-                            and (r["stop"] or [0, 0])[1] >= i for r in neg)})
+            for h in STOP_HASH:
+                gone = [r for r in pos if lost(r, v, i, h)]
+                out.append({
+                    "min_votes": v, "stop_inliers": i, "stop_hash": h,
+                    "copies_lost": len(gone),
+                    "copies_lost_by_transform": _count(f"{r['suite']}/{r['transform']}"
+                                                       for r in gone),
+                    "non_copy_p50_ms": percentile([r["ms"] - saved(r, v, i, h) for r in neg],
+                                                  50),
+                    "non_copies_deep": rate("deep" in r["rounds"] and deep(r, i, h)
+                                            for r in neg)})
     return out
 
 
@@ -344,7 +386,7 @@ def write_model(model: Any, path: Path | None = None) -> Path:
 
 def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 100,
                     negatives: int | None = None, seed: int = 1,
-                    suites: Sequence[str] = ("main", "hard"), target_fmr: float = 0.001,
+                    suites: Sequence[str] = SUITES, target_fmr: float = 0.001,
                     negatives_fraction: float = 0.2, write: bool = False,
                     progress: bool = True, command: Sequence[str] | None = None
                     ) -> dict[str, Any]:
@@ -358,7 +400,8 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         limit: catalogue photos queried as copies (a seeded subset); None: all.
         negatives: held-out photos queried as non-copies (None: all).
         seed: seeds the split, the subset and the edits (1: not the benchmarks' split).
-        suites: which suites' transforms to use ("main", "hard").
+        suites: which suites' transforms to use ("main", "hard", "peers": perception's
+            transforms, the held-out photos through the same ones).
         target_fmr: the false-match rate the threshold is chosen for.
         write: rewrite the MODEL table in echoimage/search/evidence.py.
         progress: progress lines on stderr.
@@ -368,7 +411,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     from echoimage.search.evidence import ScoreModel
     from echoimage_bench.runner import _build
 
-    unknown = [s for s in suites if s not in ("main", "hard")]
+    unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise ValueError(f"unknown suites: {', '.join(unknown)}")
     if not 0 < target_fmr < 1:
@@ -382,7 +425,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     catalogue, held = split_photos(files, seed, negatives_fraction)
     loaded = [(p.name, img) for p in held if (img := _read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
-    if len(pool) < 9:
+    if "hard" in suites and len(pool) < 9:
         raise ValueError(f"{len(pool)} held-out photos; the hard edits need at least 9")
     # the full cascade, votes re-ranked from CALIBRATION_MIN_VOTES: every rule is judged
     settings = Settings(data_dir=out_dir / "data", database_url=None, stop_inliers=0,
@@ -399,7 +442,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     engine = traced_engine(settings)
     records: list[dict[str, Any]] = []
     try:
-        for label, make, total in suite_queries(ctx, suites, pool, names, n_neg):
+        for label, make, total in suite_queries(ctx, suites, pool, names, held, n_neg):
             t0 = time.perf_counter()
             tick = ctx.log.loop(label, total)
             for n, q in enumerate(make(), 1):
@@ -431,6 +474,8 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "machine": _machine(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
+        "settings": {k: getattr(Settings(), k) for k in ("min_votes", "stop_inliers",
+                                                         "stop_hash", "duplicate_threshold")},
         "dataset": {"photos": len(files), "catalogue": len(catalogue), "held_out": len(pool),
                     "query_photos": len(ctx.query_photos), "copy_queries": len(pos),
                     "non_copy_queries": len(neg), "candidates": len(y),
@@ -467,6 +512,26 @@ def _feature_names() -> tuple[str, ...]:
     return FEATURES
 
 
+def _rule_table(result: dict[str, Any], f: Callable[..., str]) -> list[str]:
+    """The stop rules' table: V alone (the deep round always), then I × H at the setting's
+    V."""
+    v_now = result["settings"]["min_votes"]
+    rows = [r for r in result["stop_rules"]
+            if (r["stop_inliers"] == 0 and r["stop_hash"] is None)
+            or (r["min_votes"] == v_now and not (r["stop_inliers"] == 0
+                                                 and r["stop_hash"] is None))]
+
+    def rule(v: Any) -> str:
+        return "–" if v is None else str(v)
+
+    return [markdown_table(
+        ["V", "I", "H", "copies lost", "non-copies running deep", "non-copy p50 ms", "lost"],
+        [[r["min_votes"], rule(r["stop_inliers"]), rule(r["stop_hash"]), r["copies_lost"],
+          f(r["non_copies_deep"]), f(r["non_copy_p50_ms"], 1),
+          ", ".join(f"{k} {n}" for k, n in r["copies_lost_by_transform"].items())]
+         for r in rows])]
+
+
 def render_calibration_markdown(result: dict[str, Any]) -> str:
     """calibrate.md: the model, the threshold, the reliability, the stop rules, the rounds."""
     def f(v: Any, d: int = 3) -> str:
@@ -498,15 +563,13 @@ def render_calibration_markdown(result: dict[str, Any]) -> str:
                        [[f"{r['bin'][0]:.2f}–{r['bin'][1]:.2f}", r["candidates"], r["copies"],
                          f(r["mean_probability"]), f(r["weighted_share_of_copies"])]
                         for r in result["reliability"]]), "",
-        "## Stop rules (images voted for are re-ranked with V votes or more; the deep "
-        "round runs when some candidate has I inliers)", "",
-        markdown_table(["V (min_votes)", "I (stop_inliers)", "copies lost",
-                        "non-copies that run the deep round", "non-copy p50 ms", "lost"],
-                       [[r["min_votes"], "never" if r["stop_inliers"] is None
-                         else r["stop_inliers"], r["copies_lost"], f(r["non_copies_deep"]),
-                         f(r["non_copy_p50_ms"], 1),
-                         ", ".join(f"{k} {n}" for k, n in r["copies_lost_by_transform"].items())]
-                        for r in result["stop_rules"]]), "",
+        "## Stop rules", "",
+        "Images voted for are re-ranked with V votes or more (`min_votes`); the deep round "
+        "runs when some candidate has I inliers (`stop_inliers`) or a pHash within H bits "
+        "(`stop_hash`). Copies lost: found (rank 1 and a copy) with the full cascade, not "
+        "with the rule. First V with the deep round always run, then I and H with V at "
+        f"{result['settings']['min_votes']} (calibrate.json has every combination).", "",
+        *_rule_table(result, f), "",
         "## Where the time goes (full cascade)", ""]
     for kind, rt in result["round_times"].items():
         lines += [f"{kind}: {rt['queries']} queries, p50 {f(rt['p50_ms'], 1)} ms", "",

@@ -19,8 +19,9 @@ class Trace:
     scored: list[tuple[str, Any]] = field(default_factory=list)  # (round, Match)
     score_ms: list[float] = field(default_factory=list)  # the time of each of scored
     #: at the stop rule (after the vote round, no copy yet): the most votes one image got
-    #: from one group, and the most inliers of any candidate; None when it was not reached
-    stop: tuple[int, int] | None = None
+    #: from one group, the most inliers of any candidate and the nearest pHash; None when
+    #: it was not reached
+    stop: tuple[int, int, int] | None = None
 
     def best(self) -> dict[int, tuple[str, Any]]:
         """Per image: the round it was first called a copy in (or the round of its best
@@ -58,7 +59,8 @@ def traced_engine(settings: Any) -> Any:
 
         def _plausible(self, q: Any) -> bool:
             self.trace.stop = (max(q.votes.values(), default=0),
-                               max((m.orb_inliers for m in q.best.values()), default=0))
+                               max((m.orb_inliers for m in q.best.values()), default=0),
+                               min((m.hash_distance for m in q.best.values()), default=64))
             return super()._plausible(q)
 
     engine = _Traced(settings)
@@ -120,7 +122,7 @@ def diagnose(engine: Any, data: bytes, truth: int) -> dict[str, Any]:
 def without_proof(res: Any) -> int:
     """Results called copies without proof (same bytes, a hash within 5 bits or
     geometric agreement): never any."""
-    from echoimage.search.evidence import Proof, proof
+    from echoimage.search.evidence import Evidence, Proof
 
-    return sum(1 for m in res.matches if m.verdict.is_copy
-               and proof(m.exact, m.orb_inliers, m.hash_distance) is Proof.NONE)
+    return sum(1 for m in res.matches
+               if m.verdict.is_copy and Evidence.of(m).proof() is Proof.NONE)

@@ -13,10 +13,12 @@ detection.
    image, its content boxes and cells), each group proposing the images it votes for most
    (at least `min_votes`);
 3. **deep**: only while a copy is still plausible (some candidate has `stop_inliers`
-   inliers; `scripts/bench_calibrate.py` says what each rule costs), the most promising
-   candidates matched against all their stored keypoints;
-4. **normalised**: for a query whose contrast is crushed or that is very noisy
-   (`features.photometric`), the same hash and vote search on a normalised view.
+   inliers or a pHash within `stop_hash` bits; `scripts/bench_calibrate.py` says what
+   each rule costs), the most promising candidates matched with all the query's keypoints
+   against all their stored ones;
+4. **normalised**: for a query whose grey levels are crushed into a few (a strong gamma,
+   haze, low light: `features.photometric`), the same hash and vote search on a view with
+   its histogram equalised.
 
 `QueryResult.rounds` says how long each round that ran took (and the answer: SSIM,
 metadata and colour of the results shown).
@@ -284,21 +286,21 @@ class SearchEngine:
         self._rerank(q, fresh, self.settings.vote_rerank_descriptors)
 
     def _deep_round(self, q: _Query) -> None:
-        """The most promising candidates matched against all their stored keypoints (a
-        small crop may hold few of the strongest)."""
+        """The most promising candidates matched with all the query's keypoints against
+        all their stored ones (a small crop may hold few of the strongest; heavy noise
+        leaves few keypoints of the photo among many of its own)."""
         s = self.settings
         order = sorted(q.best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
                                                        m.hash_distance, m.id))
         _keep_best(q.best, {m.id: self._best(q, q.proposed[m.id], q.cands[m.id], None,
-                                             s.vote_rerank_descriptors)
-                            for m in order[:s.deep_rerank_n]
-                            if len(q.cands[m.id].orb) > s.rerank_keypoints})
+                                             s.query_orb_features)
+                            for m in order[:s.deep_rerank_n]})
         q.lap("rerank_ms")
 
     def _normalised_round(self, q: _Query) -> None:
-        """A normalised view of the whole query (contrast stretched, noise smoothed): its
-        hash neighbours and the images its keypoints (and its mirror's) vote for, as the
-        first rounds do."""
+        """A normalised view of the whole query (its histogram equalised): its hash
+        neighbours and the images its keypoints (and its mirror's) vote for, as the first
+        rounds do."""
         s = self.settings
         q.views.append(_View(normalised(q.img.gray), q.views[0].box, s, s.query_orb_features))
         v = len(q.views) - 1
@@ -318,11 +320,12 @@ class SearchEngine:
 
     def _plausible(self, q: _Query) -> bool:
         """Whether a copy is still plausible after the hash and vote rounds: some candidate
-        has stop_inliers inliers. Otherwise the cascade stops: the deep round found so few
-        copies among queries like these that it is not worth its time (README,
-        "Scores")."""
-        return max((m.orb_inliers for m in q.best.values()), default=0) >= \
-            self.settings.stop_inliers
+        has stop_inliers inliers, or a pHash within stop_hash bits. Otherwise the cascade
+        stops: the deep round found so few copies among queries like these that it is not
+        worth its time (README, "Scores")."""
+        s = self.settings
+        return any(m.orb_inliers >= s.stop_inliers or m.hash_distance <= s.stop_hash
+                   for m in q.best.values())
 
     # --- proposing -------------------------------------------------------------------------
 
@@ -469,9 +472,9 @@ class SearchEngine:
             reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
             trans = describe(om.homography, mirror, reg, cand, img.scale)
-        score = evidence.score(exact, om.inliers, om.matches, covered, sim, c.hash_distance)
-        copy = evidence.is_copy(exact, om.inliers, c.hash_distance, score,
-                                s.duplicate_threshold)
+        ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance)
+        score = evidence.score(ev)
+        copy = evidence.is_copy(ev, score, s.duplicate_threshold)
         return Match(
             id=cand.id, url=cand.url, score=score, duplicate=copy, exact=exact,
             ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
@@ -518,9 +521,8 @@ class SearchEngine:
                 dist = min(colour_distance(signature(b), sigs[m.id], covered) for b in boxes)
             m = replace(m, colour_distance=dist, metadata=meta.get(m.id, {}))
             m = replace(m, verdict=verdict(m, self.settings, colour_sensitive))
-            out.append(replace(m, why=evidence.why(
-                m.exact, m.orb_inliers, m.hash_distance, m.spread, m.duplicate,
-                bool((m.transform or {}).get("mirror")))))
+            out.append(replace(m, why=evidence.why(evidence.Evidence.of(m), m.duplicate,
+                                                   bool((m.transform or {}).get("mirror")))))
         return out
 
     def _with_ssim(self, m: Match, q: _Query) -> Match:

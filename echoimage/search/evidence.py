@@ -4,16 +4,17 @@ A result is a copy only with **proof**, evidence that chance does not produce:
 
 * the same bytes as the catalogue image (`exact`);
 * a pHash within `NEAR_HASH` bits (of 64) in the orientation that matched;
-* geometric agreement: at least `MIN_INLIERS` keypoint matches that one RANSAC transform
-  of a copy explains (scale, turn, mirror, crop; no collapse, strong shear or perspective),
-  spread over the matched area rather than on a point or a line (`rerank.match_orb`).
+* geometric agreement: keypoint matches that one RANSAC transform of a copy explains
+  (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
+  matched area rather than on a point or a line (`rerank.match_orb`), at least
+  `MIN_INLIERS` of them and more the more matches there are to choose from.
 
 On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
 reached any of the three. SSIM, a distant hash and the number of matches move the
 confidence, never make a copy alone: two smooth unrelated photos reach SSIM 0.7.
 
 `score` is the probability that a result is a copy given its evidence: a logistic model
-over the features of `features`, fitted by `scripts/bench_calibrate.py` on seeded copies
+over the features of `Evidence.features`, fitted by `scripts/bench_calibrate.py` on seeded copies
 and held-out photos, with copies and non-copies weighted equally (a query that is a copy
 as often as not). Its coefficients are the versioned table `MODEL`. A result is a copy
 when it has proof and its score reaches `Settings.duplicate_threshold`, which the same
@@ -25,13 +26,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-#: RANSAC inliers that make geometric proof (chance gave at most 7 on the benchmark)
+if TYPE_CHECKING:
+    from echoimage.types import Match
+
+#: geometric proof: at least MIN_INLIERS RANSAC inliers, and at least INLIER_FLOOR +
+#: INLIER_PER_MATCH × the ratio-test matches, since chance agreement grows with the
+#: matches (the form of Brown & Lowe's panorama test, n_i > 8 + 0.3 n_f; these constants
+#: from scripts/bench_calibrate.py: unrelated candidates reached 8-10 inliers among 11-34
+#: matches, none this line)
 MIN_INLIERS = 8
+INLIER_FLOOR, INLIER_PER_MATCH = 6.0, 0.2
 #: pHash bits within which the hash alone is proof (at a million images some unrelated
 #: image is within 8 bits of ~2% of queries; copies only the hash finds are within 2)
 NEAR_HASH = 5
-#: SSIM counts as far as the hash supports it (see `ssim_support`)
+#: SSIM counts as far as the hash supports it (see `Evidence.ssim_support`)
 SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
 SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
 #: hash closeness counts from this many bits down
@@ -47,46 +57,61 @@ class Proof(StrEnum):
     NONE = "none"
 
 
-def proof(exact: bool, inliers: int, hash_distance: int) -> Proof:
-    """The strongest proof among a result's evidence."""
-    if exact:
-        return Proof.SAME_BYTES
-    if inliers >= MIN_INLIERS:
-        return Proof.GEOMETRY
-    if 0 <= hash_distance <= NEAR_HASH:
-        return Proof.NEAR_HASH
-    return Proof.NONE
-
-
-def ssim_support(ssim: float, hash_distance: int) -> float:
-    """SSIM mapped to [0, 1] (0.5 → 0, 0.9 → 1), times the hash's support (full up to 16
-    bits, none from 22): smooth unrelated photos reach SSIM 0.7 with distant hashes."""
-    if math.isnan(ssim):
-        return 0.0
-    s = min(1.0, max(0.0, (ssim - SSIM_FLOOR) / SSIM_SPAN))
-    support = min(1.0, max(0.0, (SUPPORT_CEIL - hash_distance) / SUPPORT_SPAN))
-    return s * support
-
-
 def ssim_counts(hash_distance: int) -> bool:
     """Whether SSIM can move the score of a candidate this far in pHash: if not, a
     re-ranker may leave it out and compute it only for display."""
     return hash_distance < SUPPORT_CEIL
 
 
-#: names of the model's inputs, in the order of `features`
+#: names of the model's inputs, in the order of `Evidence.features`
 FEATURES = ("proof", "log_inliers", "inlier_ratio", "spread", "ssim", "hash")
 
 
-def features(exact: bool, inliers: int, matches: int, spread: float, ssim: float,
-             hash_distance: int) -> tuple[float, ...]:
-    """The model's inputs (FEATURES): proof (0/1), log(1 + inliers), inliers per
-    ratio-test match, spread of the inliers over the matched area, SSIM with the hash's
-    support, and hash closeness (1 at 0 bits, 0 from HASH_REACH)."""
-    p = 1.0 if proof(exact, inliers, hash_distance) is not Proof.NONE else 0.0
-    return (p, math.log1p(max(0, inliers)), inliers / matches if matches > 0 else 0.0,
-            min(1.0, max(0.0, spread)), ssim_support(ssim, hash_distance),
-            max(0.0, HASH_REACH - hash_distance) / HASH_REACH if hash_distance >= 0 else 0.0)
+@dataclass(frozen=True)
+class Evidence:
+    """What a candidate's comparison with the query found."""
+
+    exact: bool  # the same bytes
+    inliers: int  # RANSAC inliers of a plausible transform, spread (else at most 7)
+    matches: int  # ratio-test keypoint matches
+    spread: float  # the inliers' hull over the matched area, 0..1
+    ssim: float  # of the thumbnails in the matched orientation (NaN: not computed)
+    hash_distance: int  # pHash bits (of 64) in that orientation
+
+    @classmethod
+    def of(cls, m: Match) -> Evidence:
+        """The evidence of a result."""
+        return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance)
+
+    def proof(self) -> Proof:
+        """The strongest proof among the evidence."""
+        if self.exact:
+            return Proof.SAME_BYTES
+        if self.inliers >= max(MIN_INLIERS, INLIER_FLOOR + INLIER_PER_MATCH * self.matches):
+            return Proof.GEOMETRY
+        if 0 <= self.hash_distance <= NEAR_HASH:
+            return Proof.NEAR_HASH
+        return Proof.NONE
+
+    def ssim_support(self) -> float:
+        """SSIM mapped to [0, 1] (0.5 → 0, 0.9 → 1), times the hash's support (full up to
+        16 bits, none from 22): smooth unrelated photos reach SSIM 0.7 with distant
+        hashes."""
+        if math.isnan(self.ssim):
+            return 0.0
+        s = min(1.0, max(0.0, (self.ssim - SSIM_FLOOR) / SSIM_SPAN))
+        support = min(1.0, max(0.0, (SUPPORT_CEIL - self.hash_distance) / SUPPORT_SPAN))
+        return s * support
+
+    def features(self) -> tuple[float, ...]:
+        """The model's inputs (FEATURES): proof (0/1), log(1 + inliers), inliers per
+        ratio-test match, spread of the inliers over the matched area, SSIM with the hash's
+        support, and hash closeness (1 at 0 bits, 0 from HASH_REACH)."""
+        d = self.hash_distance
+        return (0.0 if self.proof() is Proof.NONE else 1.0, math.log1p(max(0, self.inliers)),
+                self.inliers / self.matches if self.matches > 0 else 0.0,
+                min(1.0, max(0.0, self.spread)), self.ssim_support(),
+                max(0.0, HASH_REACH - d) / HASH_REACH if d >= 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -117,34 +142,29 @@ MODEL = ScoreModel(
 )
 
 
-def score(exact: bool, inliers: int, matches: int, spread: float, ssim: float,
-          hash_distance: int, model: ScoreModel = MODEL) -> float:
+def score(ev: Evidence, model: ScoreModel = MODEL) -> float:
     """The probability that a result is a copy (1.0 for the same bytes)."""
-    if exact:
-        return 1.0
-    return model.probability(features(exact, inliers, matches, spread, ssim, hash_distance))
+    return 1.0 if ev.exact else model.probability(ev.features())
 
 
-def is_copy(exact: bool, inliers: int, hash_distance: int, score_value: float,
-            threshold: float) -> bool:
+def is_copy(ev: Evidence, score_value: float, threshold: float) -> bool:
     """Proof, and a score at the threshold."""
-    return exact or (proof(exact, inliers, hash_distance) is not Proof.NONE
-                     and score_value >= threshold)
+    return ev.exact or (ev.proof() is not Proof.NONE and score_value >= threshold)
 
 
-def why(exact: bool, inliers: int, hash_distance: int, spread: float, copy: bool,
-        mirror: bool = False) -> str:
+def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
     """A few words on why a result is a copy, or why it is not."""
-    found = proof(exact, inliers, hash_distance)
+    found = ev.proof()
     if found is Proof.SAME_BYTES:
         return "the same bytes"
     if found is Proof.GEOMETRY:
-        where = f" over {round(100 * spread)}% of the match" if spread >= 0.01 else ""
+        where = f" over {round(100 * ev.spread)}% of the match" if ev.spread >= 0.01 else ""
         turned = " (mirrored)" if mirror else ""
-        text = f"{inliers} keypoints agree on one transform{turned}{where}"
+        text = f"{ev.inliers} keypoints agree on one transform{turned}{where}"
         return text if copy else f"{text}, but the score is under the threshold"
     if found is Proof.NEAR_HASH:
-        text = f"pHash {hash_distance} bits apart"
+        text = f"pHash {ev.hash_distance} bits apart"
         return text if copy else f"{text}, but the score is under the threshold"
-    return (f"no proof: {inliers} keypoints agree"
-            + (f", pHash {hash_distance} bits apart" if hash_distance >= 0 else ""))
+    agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
+        "no keypoint matches"
+    return f"no proof: {agree}, pHash {ev.hash_distance} bits apart"
