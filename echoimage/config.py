@@ -87,10 +87,14 @@ class Settings(BaseSettings):
     # (see echoimage.search.evidence and README, "Scores"). De-duplication compares its own
     # fused score (search.rerank.fuse) with it too.
     duplicate_threshold: float = 0.5
-    # the cascade stops after its vote round unless some candidate has stop_inliers RANSAC
-    # inliers or a pHash within stop_hash bits (a copy is still plausible: the deep round
-    # re-matches the most promising); calibrated by scripts/bench_calibrate.py (README,
+    # the first vote search takes each group's first vote_probe_descriptors keypoints; the
+    # cascade stops after it unless some image got stop_votes votes or some candidate has
+    # stop_inliers RANSAC inliers or a pHash within stop_hash bits (a copy is still
+    # plausible: the next local_query_descriptors vote, then the deep round re-matches
+    # the promising candidates); calibrated by scripts/bench_calibrate.py (README,
     # "Scores")
+    vote_probe_descriptors: int = 64
+    stop_votes: int = 0
     stop_inliers: int = 0
     stop_hash: int = 64
     # a query whose grey levels are crushed into a few gets a view with its histogram

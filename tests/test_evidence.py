@@ -125,6 +125,12 @@ def test_crushed_levels_are_told_and_equalised() -> None:
     assert photometric.level_entropy(gray) > photometric.CRUSHED_BITS
     assert photometric.level_entropy(np.zeros((8, 8), np.uint8)) == 0.0
     assert not photometric.needs_normalising(gray)
+    page = np.full((200, 300), 240, np.uint8)  # few levels: a page, a sidebar, text
+    page[:, :60] = 110
+    page[50:70, 80:280] = 0
+    assert photometric.level_entropy(page) < photometric.CRUSHED_BITS
+    assert photometric.level_span(page) > photometric.CRUSHED_SPAN
+    assert not photometric.needs_normalising(page)
     for crushed in (white, black):
         assert photometric.needs_normalising(crushed)
         # equalised, the keypoints meet the original's again

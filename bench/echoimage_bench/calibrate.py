@@ -66,14 +66,14 @@ CALIBRATE_VERSION = 1
 #: the suites whose copies and non-copies the calibration queries
 SUITES = ("main", "hard", "peers")
 
-#: the rules tried: an image voted for is re-ranked with at least V votes (min_votes); the
-#: deep round runs when some candidate has I inliers (stop_inliers) or a pHash within H bits
-#: (stop_hash; None: neither)
-MIN_VOTES = (2, 3, 4, 5, 6, 7, 8, 10, 12)
-STOP_INLIERS = (0, 3, 4, 5, 6, 7, None)
-STOP_HASH = (None, 6, 8, 10, 12, 14)
-#: the least min_votes of the calibration run (the rules above it are judged from it)
-CALIBRATION_MIN_VOTES = 2
+#: the rules tried: after the first votes the cascade goes on when some image got V votes
+#: (stop_votes) or some candidate is promising: I inliers (stop_inliers) or a pHash within
+#: H bits (stop_hash); the deep round takes the promising ones (None: never)
+STOP_VOTES = (None, 4, 5, 6, 8, 10)
+STOP_INLIERS = (None, 4, 5, 6, 7)
+STOP_HASH = (None, 8, 10, 12, 14)
+#: rounds after the stop rule
+LATE_ROUNDS = ("more_votes", "deep")
 
 
 @dataclass(frozen=True)
@@ -158,21 +158,27 @@ def _record(q: Query, truth_id: int | None, res: Any, trace: Any, ms: float
 
     cands = []
     voted_ms: dict[int, float] = {}
+    deep_ms: dict[int, float] = {}
     for (rnd, m), took in zip(trace.scored, trace.score_ms, strict=True):
         if rnd in ("votes", "normalised") and m.votes:
             voted_ms[m.id] = voted_ms.get(m.id, 0.0) + took
+        if rnd == "deep":
+            deep_ms[m.id] = deep_ms.get(m.id, 0.0) + took
+    stop = trace.stop or {}
+    stop_votes = trace.stop_votes
     for i, (rnd, m) in trace.best().items():
         cands.append({
             "id": i, "truth": truth_id is not None and i == truth_id, "round": rnd,
             "copy": bool(m.duplicate), "score": m.score, "votes": m.votes,
             "inliers": m.orb_inliers, "hash": m.hash_distance,
-            "voted_ms": voted_ms.get(i, 0.0),
+            "voted_ms": voted_ms.get(i, 0.0), "deep_ms": deep_ms.get(i, 0.0),
+            "at_stop": list(stop[i]) if i in stop else None,
             "matches": m.orb_matches, "proof": str(evidence.Evidence.of(m).proof()),
             "features": list(evidence.Evidence.of(m).features())})
     top = res.matches[0] if res.matches else None
     return {"suite": q.suite, "transform": q.transform, "photo": q.photo,
             "copy_query": q.truth is not None, "ms": ms, "rounds": dict(res.rounds),
-            "stop": list(trace.stop) if trace.stop is not None else None,
+            "stop_votes": stop_votes,
             "rank1": bool(top is not None and truth_id is not None and top.id == truth_id),
             "found": bool(top is not None and top.duplicate),
             "shown_without_proof": without_proof(res),
@@ -294,49 +300,46 @@ def choose_threshold(records: Sequence[dict[str, Any]], model: Any, target: floa
 
 
 def stop_rules(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rule of MIN_VOTES × STOP_INLIERS × STOP_HASH: the copies it would have lost
-    (the original first a copy when re-ranked from votes it would not have had enough of,
-    or in the deep round it would not have run) and the non-copy queries' p50 time with it
-    (less the re-ranking of the images it would not re-rank, and the deep round it would
-    skip)."""
+    """Every rule of STOP_VOTES × STOP_INLIERS × STOP_HASH: the copies it would have lost
+    (the original first a copy in a round after the stop rule when the rule would have
+    stopped there, or in the deep round when it would not have been promising) and the
+    non-copy queries' p50 time with it (less the rounds it would have skipped)."""
     pos = [r for r in records if r["copy_query"]]
     neg = [r for r in records if not r["copy_query"]]
 
-    def truth(r: dict[str, Any]) -> dict[str, Any] | None:
-        return next((c for c in r["candidates"] if c["truth"]), None)
-
-    def deep(r: dict[str, Any], i: int | None, h: int | None) -> bool:
-        _, inliers, near = r["stop"] or (0, 0, 64)
+    def promising(c: dict[str, Any], i: int | None, h: int | None) -> bool:
+        inliers, near = c["at_stop"] or (0, 64)
         return (i is not None and inliers >= i) or (h is not None and near <= h)
 
-    def lost(r: dict[str, Any], v: int, i: int | None, h: int | None) -> bool:
-        t = truth(r)
-        if t is None or not t["copy"]:
-            return False
-        if t["round"] == "votes" and 0 < t["votes"] < v:  # proposed by votes, too few
-            return True
-        return t["round"] == "deep" and not deep(r, i, h)
+    def goes_on(r: dict[str, Any], v: int | None, i: int | None, h: int | None) -> bool:
+        return r["stop_votes"] is None or (v is not None and r["stop_votes"] >= v) or \
+            any(promising(c, i, h) for c in r["candidates"])
 
-    def saved(r: dict[str, Any], v: int, i: int | None, h: int | None) -> float:
-        ms = sum(c["voted_ms"] for c in r["candidates"] if 0 < c["votes"] < v)
-        if "deep" in r["rounds"] and not deep(r, i, h):
-            ms += r["rounds"]["deep"]
-        return ms
+    def lost(r: dict[str, Any], v: int | None, i: int | None, h: int | None) -> bool:
+        t = next((c for c in r["candidates"] if c["truth"]), None)
+        if t is None or not t["copy"] or t["round"] not in LATE_ROUNDS:
+            return False
+        return not goes_on(r, v, i, h) or (t["round"] == "deep" and not promising(t, i, h))
+
+    def saved(r: dict[str, Any], v: int | None, i: int | None, h: int | None) -> float:
+        if not goes_on(r, v, i, h):
+            return sum(r["rounds"].get(k, 0.0) for k in LATE_ROUNDS)
+        return sum(c["deep_ms"] for c in r["candidates"] if not promising(c, i, h))
 
     out = []
-    for v in MIN_VOTES:
+    for v in STOP_VOTES:
         for i in STOP_INLIERS:
             for h in STOP_HASH:
                 gone = [r for r in pos if lost(r, v, i, h)]
                 out.append({
-                    "min_votes": v, "stop_inliers": i, "stop_hash": h,
+                    "stop_votes": v, "stop_inliers": i, "stop_hash": h,
                     "copies_lost": len(gone),
                     "copies_lost_by_transform": _count(f"{r['suite']}/{r['transform']}"
                                                        for r in gone),
                     "non_copy_p50_ms": percentile([r["ms"] - saved(r, v, i, h) for r in neg],
                                                   50),
-                    "non_copies_deep": rate("deep" in r["rounds"] and deep(r, i, h)
-                                            for r in neg)})
+                    "non_copies_going_on": rate(r["stop_votes"] is not None
+                                                and goes_on(r, v, i, h) for r in neg)})
     return out
 
 
@@ -427,9 +430,9 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
     if "hard" in suites and len(pool) < 9:
         raise ValueError(f"{len(pool)} held-out photos; the hard edits need at least 9")
-    # the full cascade, votes re-ranked from CALIBRATION_MIN_VOTES: every rule is judged
-    settings = Settings(data_dir=out_dir / "data", database_url=None, stop_inliers=0,
-                        min_votes=CALIBRATION_MIN_VOTES)
+    # the full cascade (every candidate promising, so every rule can be judged)
+    settings = Settings(data_dir=out_dir / "data", database_url=None, stop_votes=0,
+                        stop_inliers=0)
     ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
                urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
@@ -474,7 +477,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "machine": _machine(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
-        "settings": {k: getattr(Settings(), k) for k in ("min_votes", "stop_inliers",
+        "settings": {k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
                                                          "stop_hash", "duplicate_threshold")},
         "dataset": {"photos": len(files), "catalogue": len(catalogue), "held_out": len(pool),
                     "query_photos": len(ctx.query_photos), "copy_queries": len(pos),
@@ -513,23 +516,30 @@ def _feature_names() -> tuple[str, ...]:
 
 
 def _rule_table(result: dict[str, Any], f: Callable[..., str]) -> list[str]:
-    """The stop rules' table: V alone (the deep round always), then I × H at the setting's
-    V."""
-    v_now = result["settings"]["min_votes"]
-    rows = [r for r in result["stop_rules"]
-            if (r["stop_inliers"] == 0 and r["stop_hash"] is None)
-            or (r["min_votes"] == v_now and not (r["stop_inliers"] == 0
-                                                 and r["stop_hash"] is None))]
+    """The stop rules' table: those on the frontier (no other rule both loses no more
+    copies and makes non-copies faster), and the setting's."""
+    rules = result["stop_rules"]
+    now = result["settings"]
+
+    def is_now(r: dict[str, Any]) -> bool:
+        return all(r[k] == now[k] for k in ("stop_votes", "stop_inliers", "stop_hash"))
+
+    frontier = [r for r in rules if is_now(r) or not any(
+        o["copies_lost"] <= r["copies_lost"] and o["non_copy_p50_ms"] < r["non_copy_p50_ms"]
+        or o["copies_lost"] < r["copies_lost"] and o["non_copy_p50_ms"] <= r["non_copy_p50_ms"]
+        for o in rules)]
+    frontier.sort(key=lambda r: (r["copies_lost"], r["non_copy_p50_ms"]))
 
     def rule(v: Any) -> str:
         return "–" if v is None else str(v)
 
     return [markdown_table(
-        ["V", "I", "H", "copies lost", "non-copies running deep", "non-copy p50 ms", "lost"],
-        [[r["min_votes"], rule(r["stop_inliers"]), rule(r["stop_hash"]), r["copies_lost"],
-          f(r["non_copies_deep"]), f(r["non_copy_p50_ms"], 1),
+        ["V", "I", "H", "copies lost", "non-copies going on", "non-copy p50 ms", "lost"],
+        [[rule(r["stop_votes"]) + (" (setting)" if is_now(r) else ""),
+          rule(r["stop_inliers"]), rule(r["stop_hash"]), r["copies_lost"],
+          f(r["non_copies_going_on"]), f(r["non_copy_p50_ms"], 1),
           ", ".join(f"{k} {n}" for k, n in r["copies_lost_by_transform"].items())]
-         for r in rows])]
+         for r in frontier])]
 
 
 def render_calibration_markdown(result: dict[str, Any]) -> str:
@@ -564,11 +574,12 @@ def render_calibration_markdown(result: dict[str, Any]) -> str:
                          f(r["mean_probability"]), f(r["weighted_share_of_copies"])]
                         for r in result["reliability"]]), "",
         "## Stop rules", "",
-        "Images voted for are re-ranked with V votes or more (`min_votes`); the deep round "
-        "runs when some candidate has I inliers (`stop_inliers`) or a pHash within H bits "
-        "(`stop_hash`). Copies lost: found (rank 1 and a copy) with the full cascade, not "
-        "with the rule. First V with the deep round always run, then I and H with V at "
-        f"{result['settings']['min_votes']} (calibrate.json has every combination).", "",
+        "After the first votes the cascade goes on when some image got V votes "
+        "(`stop_votes`) or some candidate is promising: I inliers (`stop_inliers`) or a "
+        "pHash within H bits (`stop_hash`); the deep round takes the promising ones. Copies "
+        "lost: called copies by the full cascade, not with the rule. The rules on the "
+        "frontier (none loses fewer copies and is faster) and the setting's; "
+        "calibrate.json has every one.", "",
         *_rule_table(result, f), "",
         "## Where the time goes (full cascade)", ""]
     for kind, rt in result["round_times"].items():

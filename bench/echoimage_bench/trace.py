@@ -18,10 +18,11 @@ class Trace:
     reranked: set[int] = field(default_factory=set)
     scored: list[tuple[str, Any]] = field(default_factory=list)  # (round, Match)
     score_ms: list[float] = field(default_factory=list)  # the time of each of scored
-    #: at the stop rule (after the vote round, no copy yet): the most votes one image got
-    #: from one group, the most inliers of any candidate and the nearest pHash; None when
-    #: it was not reached
-    stop: tuple[int, int, int] | None = None
+    #: at the stop rule (after the first votes, no copy yet): the most votes one image got
+    #: from one group; each candidate's inliers and pHash distance; None when it was not
+    #: reached
+    stop_votes: int | None = None
+    stop: dict[int, tuple[int, int]] | None = None
 
     def best(self) -> dict[int, tuple[str, Any]]:
         """Per image: the round it was first called a copy in (or the round of its best
@@ -58,9 +59,8 @@ def traced_engine(settings: Any) -> Any:
             return m
 
         def _plausible(self, q: Any) -> bool:
-            self.trace.stop = (max(q.votes.values(), default=0),
-                               max((m.orb_inliers for m in q.best.values()), default=0),
-                               min((m.hash_distance for m in q.best.values()), default=64))
+            self.trace.stop_votes = max(q.votes.values(), default=0)
+            self.trace.stop = {i: (m.orb_inliers, m.hash_distance) for i, m in q.best.items()}
             return super()._plausible(q)
 
     engine = _Traced(settings)

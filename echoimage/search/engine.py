@@ -12,10 +12,10 @@ detection.
    local-feature index for the keypoints of every view (the whole query, its mirror
    image, its content boxes and cells), each group proposing the images it votes for most
    (at least `min_votes`);
-3. **deep**: only while a copy is still plausible (some candidate has `stop_inliers`
-   inliers or a pHash within `stop_hash` bits; `scripts/bench_calibrate.py` says what
-   each rule costs), the most promising candidates matched with all the query's keypoints
-   against all their stored ones;
+3. **deep**: the candidates that are still plausible copies (`stop_inliers` inliers or a
+   pHash within `stop_hash` bits; `scripts/bench_calibrate.py` says what each rule
+   costs), the most promising first, matched with all the query's keypoints against all
+   their stored ones; with none, the cascade stops;
 4. **normalised**: for a query whose grey levels are crushed into a few (a strong gamma,
    haze, low light: `features.photometric`), the same hash and vote search on a view with
    its histogram equalised.
@@ -49,7 +49,6 @@ from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.local import Voted, count_votes
-from echoimage.index.parts import query_rows
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -68,7 +67,7 @@ log = logging.getLogger(__name__)
 
 #: the cascade's rounds, in the order they run; then the answer (SSIM, metadata and colour
 #: of the results shown)
-ROUNDS = ("hash", "votes", "deep", "normalised", "answer")
+ROUNDS = ("hash", "votes", "more_votes", "deep", "normalised", "answer")
 
 
 @dataclass
@@ -113,6 +112,9 @@ class _Query:
         self.cands: dict[int, Candidate] = {}
         self.best: dict[int, Match] = {}
         self.votes: dict[int, int] = {}  # the most votes each image got from one group
+        # the vote search's groups of keypoints (view, mirrored) and each one's hits so far
+        self.groups: list[tuple[int, bool]] = []
+        self.hits: dict[tuple[int, bool], tuple[np.ndarray, ...]] = {}
         self.spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
         self.rounds: dict[str, float] = {}
         self.round = ROUNDS[0]
@@ -218,8 +220,11 @@ class SearchEngine:
             q.round = "votes"
             self._vote_round(q)
         if not self._found(q) and self._plausible(q):
-            q.round = "deep"
-            self._deep_round(q)
+            q.round = "more_votes"
+            self._more_votes(q)
+            if not self._found(q) and (promising := self._promising(q)):
+                q.round = "deep"
+                self._deep_round(q, promising)
         if not self._found(q) and s.normalise and needs_normalising(img.gray):
             q.round = "normalised"
             self._normalised_round(q)
@@ -256,9 +261,9 @@ class SearchEngine:
 
     def _vote_round(self, q: _Query) -> None:
         """The cells of a collage become views, their close hash neighbours re-ranked
-        first; then one vote search for every view's keypoints and the whole query's
-        mirrored ones, each group proposing the images it votes for most (a mirror
-        fixed), matched with the first vote_rerank_descriptors."""
+        first; then one vote search for the first vote_probe_descriptors keypoints of every
+        view and of the mirrored whole query, each group proposing the images it votes for
+        most (a mirror fixed), matched with the first vote_rerank_descriptors."""
         s = self.settings
         first = len(q.views)
         q.views += [_View(q.img.gray[y:y + h, x:x + w], (x, y, w, h), s, s.box_orb_features)
@@ -271,27 +276,35 @@ class SearchEngine:
             self._rerank(q, cells, s.rerank_descriptors)
             if self._found(q):
                 return
-        groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
-        self._vote(q, groups)
+        q.groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
+        self._vote(q, q.groups, 0, s.vote_probe_descriptors)
 
-    def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]]) -> None:
-        """One vote search for the groups (view, mirrored); the images voted for are
+    def _more_votes(self, q: _Query) -> None:
+        """The same groups' next keypoints, up to local_query_descriptors each, vote too
+        (counted with the first): a crop of little texture, a copy under overlaid text."""
+        s = self.settings
+        self._vote(q, q.groups, s.vote_probe_descriptors, s.local_query_descriptors)
+
+    def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]], start: int, stop: int
+              ) -> None:
+        """Keypoints start..stop of each group (view, mirrored) vote, with the hits of the
+        keypoints before them kept from an earlier call; the images voted for are
         re-ranked."""
-        descs = [q.views[v].orb(mirror).descriptors for v, mirror in groups]
+        descs = [q.views[v].orb(mirror).descriptors[start:stop] for v, mirror in groups]
         q.lap("features_ms")
-        fresh = self._voted(q, groups, self._vote_groups(q.snap, descs))
+        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs))
         for i, m in q.best.items():
             q.best[i] = replace(m, votes=q.votes.get(i, 0))
         q.lap("shortlist_ms")
         self._rerank(q, fresh, self.settings.vote_rerank_descriptors)
 
-    def _deep_round(self, q: _Query) -> None:
-        """The most promising candidates matched with all the query's keypoints against
-        all their stored ones (a small crop may hold few of the strongest; heavy noise
-        leaves few keypoints of the photo among many of its own)."""
+    def _deep_round(self, q: _Query, promising: list[Match]) -> None:
+        """The most promising candidates (deep_rerank_n at most) matched with all the
+        query's keypoints against all their stored ones (a small crop may hold few of the
+        strongest; heavy noise leaves few keypoints of the photo among many of its own)."""
         s = self.settings
-        order = sorted(q.best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
-                                                       m.hash_distance, m.id))
+        order = sorted(promising, key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
+                                                 m.hash_distance, m.id))
         _keep_best(q.best, {m.id: self._best(q, q.proposed[m.id], q.cands[m.id], None,
                                              s.query_orb_features)
                             for m in order[:s.deep_rerank_n]})
@@ -310,7 +323,7 @@ class SearchEngine:
         q.lap("shortlist_ms")
         self._rerank(q, fresh, s.rerank_descriptors)
         if not self._found(q):
-            self._vote(q, [(v, False), (v, True)])
+            self._vote(q, [(v, False), (v, True)], 0, s.local_query_descriptors)
 
     # --- deciding --------------------------------------------------------------------------
 
@@ -319,13 +332,19 @@ class SearchEngine:
         return any(m.duplicate for m in q.best.values())
 
     def _plausible(self, q: _Query) -> bool:
-        """Whether a copy is still plausible after the hash and vote rounds: some candidate
-        has stop_inliers inliers, or a pHash within stop_hash bits. Otherwise the cascade
-        stops: the deep round found so few copies among queries like these that it is not
-        worth its time (README, "Scores")."""
+        """Whether a copy is still plausible after the first votes: some image got
+        stop_votes votes from one group, or some candidate is promising (`_promising`).
+        Otherwise the cascade stops: the later rounds found so few copies among the
+        queries like these that they are not worth their time (README, "Scores")."""
+        return max(q.votes.values(), default=0) >= self.settings.stop_votes or \
+            bool(self._promising(q))
+
+    def _promising(self, q: _Query) -> list[Match]:
+        """The candidates that are still plausible copies: stop_inliers inliers, or a pHash
+        within stop_hash bits."""
         s = self.settings
-        return any(m.orb_inliers >= s.stop_inliers or m.hash_distance <= s.stop_hash
-                   for m in q.best.values())
+        return [m for m in q.best.values()
+                if m.orb_inliers >= s.stop_inliers or m.hash_distance <= s.stop_hash]
 
     # --- proposing -------------------------------------------------------------------------
 
@@ -352,27 +371,34 @@ class SearchEngine:
             with self.sessions() as session:
                 q.cands.update(repo.candidates(session, missing))
 
-    def _vote_groups(self, snap: Snapshot, groups: Sequence[np.ndarray]
-                     ) -> list[list[Voted]]:
-        """One search of the local-feature index for several groups of query descriptors
-        (the first local_query_descriptors of each): per group, the vote_n images with the
-        most votes, at least min_votes."""
+    def _vote_groups(self, q: _Query, groups: Sequence[tuple[int, bool]],
+                     descs: Sequence[np.ndarray]) -> list[list[Voted]]:
+        """One search of the local-feature index for several groups of query descriptors;
+        per group, its hits added to those it had (q.hits), the vote_n images with the most
+        votes, at least min_votes."""
         s = self.settings
         params = s.local_params
-        rows = [query_rows(d, params) for d in groups]
+        rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
         bounds = np.cumsum([0] + [len(r) for r in rows])
-        if bounds[-1] == 0:
-            return [[] for _ in groups]
-        q = np.ascontiguousarray(np.concatenate(rows))
-        if self.shards is not None:
-            hits = self.shards.hits(snap, q, params)
-        else:
-            hits = snap.parts.hits(q, params, snap.parts.assign(q))
-        found, dists, ids = hits
+        if bounds[-1]:
+            found_q = np.ascontiguousarray(np.concatenate(rows))
+            if self.shards is not None:
+                found, dists, ids = self.shards.hits(q.snap, found_q, params)
+            else:
+                found, dists, ids = q.snap.parts.hits(found_q, params,
+                                                      q.snap.parts.assign(found_q))
         out = []
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            mine = (found >= lo) & (found < hi)
-            voted = count_votes(found[mine] - lo, dists[mine], ids[mine], params, s.vote_n)
+        for g, (lo, hi) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True),
+                               strict=True):
+            had = q.hits.get(g, (np.zeros(0, np.int64),) * 3)
+            if hi > lo:
+                mine = (found >= lo) & (found < hi)
+                # rows numbered after the group's earlier rows, so each counts once
+                offset = int(had[0].max()) + 1 if len(had[0]) else 0
+                new = (found[mine] - lo + offset, dists[mine], ids[mine])
+                had = tuple(np.concatenate([a, b]) for a, b in zip(had, new, strict=True))
+                q.hits[g] = had
+            voted = count_votes(*had, params, s.vote_n)
             out.append([c for c in voted if c.votes >= s.min_votes])
         return out
 
