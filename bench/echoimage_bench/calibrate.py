@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -380,9 +381,12 @@ def write_model(model: Any, path: Path | None = None) -> Path:
     if not block.search(text):
         raise ValueError(f"no MODEL table in {target}")
     weights = ", ".join(repr(w) for w in model.weights)
+    # the fit's description, in pieces short enough for a line each
+    pieces = textwrap.wrap(model.fitted, 80, drop_whitespace=False) or [""]
+    fitted = "\n".join(f"        {p!r}" for p in pieces)
     new = (f"MODEL = ScoreModel(\n    version={model.version!r},\n"
            f"    weights=({weights}),\n    intercept={model.intercept!r},\n"
-           f"    fitted={model.fitted!r},\n)\n")
+           f"    fitted=(\n{fitted}),\n)\n")
     target.write_text(block.sub(lambda _: new, text, count=1))
     return target
 
