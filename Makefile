@@ -38,12 +38,15 @@ postgres:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
 	  || echo "warning: postgresql could not be installed"; }
 
+# lint-imports: the layer contracts of pyproject.toml ([tool.importlinter])
 test: $(STAMP) browser postgres
 	$(BIN)/ruff check echoimage bench tests scripts
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check echoimage bench tests scripts
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py $(PHOTOS) --out bench-out

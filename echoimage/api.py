@@ -1,6 +1,7 @@
 """The public Python API: a `Catalogue` (opened with `echoimage.open`) builds, updates,
-queries, de-duplicates and reports on one store. The CLI and the web server are thin layers
-over it.
+queries, de-duplicates, repairs and reports on one store. It is the one door: the CLI and
+the web server are thin layers over it and import nothing below this module (the names
+they need besides `Catalogue` are exported here).
 
     import echoimage
 
@@ -13,27 +14,87 @@ over it.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from echoimage.config import Settings
-from echoimage.errors import EchoImageError
+from echoimage.errors import (
+    EchoImageError,
+    EmptyCatalogueError,
+    QueryInputError,
+    SettingsError,
+)
+from echoimage.types import CatalogueItem, Picture, SourceListing
 
 if TYPE_CHECKING:
     from PIL import Image
+    from sqlalchemy import Engine
 
-    from echoimage.dedupe import DedupeResult
-    from echoimage.manage import RemoveReport
-    from echoimage.pipeline import BuildSummary
+    from echoimage.catalogue.scrape import ScrapeFilters, ScrapeReport
+    from echoimage.catalogue.scrape import write_catalogue as write_catalogue
+    from echoimage.features.limits import agree_pillow_limit as agree_pillow_limit
+    from echoimage.features.sniff import sniff_format as sniff_format
+    from echoimage.fetch.client import FetchConfig as FetchConfig
+    from echoimage.fetch.client import FetcherFactory
+    from echoimage.fetch.client import FetchResult as FetchResult
+    from echoimage.fetch.local import is_url as is_url
+    from echoimage.fetch.local import path_url as path_url
+    from echoimage.fetch.ssrf import AllowList as AllowList
+    from echoimage.fetch.ssrf import GuardedFetcher as GuardedFetcher
+    from echoimage.fetch.ssrf import UrlPolicy
+    from echoimage.index.build import IndexReport
+    from echoimage.indexing.remove import RemoveReport
+    from echoimage.indexing.runs import BuildSummary
+    from echoimage.indexing.verify import VerifyReport
+    from echoimage.search.dedupe import DedupeResult
     from echoimage.search.engine import QueryResult, SearchEngine
+    from echoimage.store.repo import SourceInfo
 
 #: what `Catalogue.query` accepts: a file path, an http(s) URL, encoded image bytes, a
 #: numpy array (H×W gray or H×W×3 RGB, uint8) or a Pillow image
 QueryInput: TypeAlias = "str | os.PathLike[str] | bytes | np.ndarray | Image.Image"
+
+#: the source that images added by URL over the HTTP API belong to
+API_SOURCE = "api:images"
+
+#: names of the layers below, exported here (imported on first use, so that importing
+#: this module stays light): name → (module, name there)
+_EXPORTS = {
+    "QueryResult": ("echoimage.search.engine", "QueryResult"),
+    "BuildSummary": ("echoimage.indexing.runs", "BuildSummary"),
+    "RemoveReport": ("echoimage.indexing.remove", "RemoveReport"),
+    "VerifyReport": ("echoimage.indexing.verify", "VerifyReport"),
+    "IndexReport": ("echoimage.index.build", "IndexReport"),
+    "DedupeResult": ("echoimage.search.dedupe", "DedupeResult"),
+    "DEDUPE_CSV_FIELDS": ("echoimage.search.dedupe", "CSV_FIELDS"),
+    "dedupe_csv_rows": ("echoimage.search.dedupe", "csv_rows"),
+    "SourceInfo": ("echoimage.store.repo", "SourceInfo"),
+    "ScrapeFilters": ("echoimage.catalogue.scrape", "ScrapeFilters"),
+    "ScrapeReport": ("echoimage.catalogue.scrape", "ScrapeReport"),
+    "write_catalogue": ("echoimage.catalogue.scrape", "write_catalogue"),
+    "FetchConfig": ("echoimage.fetch.client", "FetchConfig"),
+    "FetchResult": ("echoimage.fetch.client", "FetchResult"),
+    "AllowList": ("echoimage.fetch.ssrf", "AllowList"),
+    "UrlPolicy": ("echoimage.fetch.ssrf", "UrlPolicy"),
+    "GuardedFetcher": ("echoimage.fetch.ssrf", "GuardedFetcher"),
+    "is_url": ("echoimage.fetch.local", "is_url"),
+    "path_url": ("echoimage.fetch.local", "path_url"),
+    "sniff_format": ("echoimage.features.sniff", "sniff_format"),
+    "agree_pillow_limit": ("echoimage.features.limits", "agree_pillow_limit"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'echoimage.api' has no attribute {name!r}")
 
 
 def open(location: str | os.PathLike[str] | None = None, **settings: Any) -> Catalogue:  # noqa: A001
@@ -47,14 +108,31 @@ def open(location: str | os.PathLike[str] | None = None, **settings: Any) -> Cat
         where = os.fspath(location)
         key = "database_url" if "://" in where else "data_dir"
         settings = {key: where, **settings}
-    return Catalogue(Settings(**settings))
+    return Catalogue(make_settings(**settings))
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings from values and the environment (ECHOIMAGE_*); a value a setting cannot
+    take is a SettingsError naming it, in one line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+            for err in exc.errors())
+        raise SettingsError(f"invalid settings: {problems} (an argument, or ECHOIMAGE_"
+                            "<NAME> in the environment)") from None
 
 
 class Catalogue:
-    """One store and its index: build, update, query, dedupe, status, remove.
+    """One store and its index: build, update, query, dedupe, verify, status, remove.
 
-    The search engine (the index files and the store connection) is loaded on the first
-    query and kept until `close`; a query after a build or update sees its changes. A
+    The catalogue owns one store engine (opened on first use; a command that only reads
+    never creates a store) and one search engine (the index files, loaded on the first
+    query), both kept until `close`; a query after a build or update sees its changes. A
     serving catalogue (the web server's) refreshes its index in a background thread, so a
     query never waits for a refresh.
     """
@@ -62,7 +140,10 @@ class Catalogue:
     def __init__(self, settings: Settings | None = None, serving: bool = False) -> None:
         self.settings = settings or Settings()
         self.serving = serving
-        self._engine: SearchEngine | None = None
+        self._store: Engine | None = None
+        self._writes = False  # the store was opened (or made ready) to be written
+        self._search: SearchEngine | None = None
+        self._lock = threading.RLock()  # a server's threads open each once between them
 
     def __repr__(self) -> str:
         where = self.settings.database_url or str(self.settings.data_dir)
@@ -75,59 +156,208 @@ class Catalogue:
         self.close()
 
     def close(self) -> None:
-        """Release the search engine (its store connections and cluster client)."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine.engine.dispose()
-            self._engine = None
+        """Release the search engine (its cluster client) and the store's connections."""
+        if self._search is not None:
+            self._search.close()
+            self._search = None
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
+    # --- the store --------------------------------------------------------------------------
+
+    def open_store(self, create: bool = False) -> Engine:
+        """The store's SQLAlchemy engine, opened on first use. Reading (create false)
+        never creates a store: a missing one is a StoreError that says where it looked;
+        create (a build) makes the data directory and the schema when they are missing.
+        """
+        from echoimage.store import db
+
+        with self._lock:
+            if self._store is None:
+                self._store = db.open_store(self.settings, create=create)
+                self._writes = create
+            elif create and not self._writes:
+                db.ready_to_write(self.settings, self._store)
+                self._writes = True
+            return self._store
+
+    def upgrade(self) -> str:
+        """Create or migrate the store's schema to the newest revision; returns it."""
+        from echoimage.store.db import current_revision
+
+        return current_revision(self.open_store(create=True)) or ""
 
     # --- indexing ---------------------------------------------------------------------------
 
     def build(self, *sources: str | os.PathLike[str], sample: bool = False,
-              progress: bool = False) -> BuildSummary:
+              progress: bool = False, follow_pages: int | None = None) -> BuildSummary:
         """Index catalogue sources (folders, images.json/JSONL/CSV/text files, image files,
-        URLs); incremental: indexed images are skipped, an interrupted build resumes. With
-        sample (or no source on an empty store), the bundled sample catalogue too."""
-        from echoimage.pipeline import build_index
+        URLs, web pages); incremental: indexed images are skipped, an interrupted build
+        resumes. With sample (or no source on an empty store), the bundled sample
+        catalogue too. A web page (a URL that is neither an image nor a catalogue file) is
+        a source itself: it is scraped, with up to follow_pages same-site pages, and every
+        update scrapes it again. Every source is read first: one that cannot be read is a
+        CatalogueError, and nothing (no data directory, no store) is created."""
+        from echoimage.catalogue.reader import CatalogueReader
+        from echoimage.indexing.build import build_index, check_no_source, read_sources
 
-        return build_index(self.settings, [os.fspath(s) for s in sources], progress=progress,
-                           sample=sample)
+        if not sources and not sample:
+            check_no_source(self.settings, self._held())
+        listings = read_sources(CatalogueReader(self.settings),
+                                [os.fspath(s) for s in sources], sample, follow_pages)
+        summary = build_index(self.settings, self.open_store(create=True), listings,
+                              progress)
+        self._changed()
+        return summary
+
+    def _held(self) -> int:
+        """Images the store holds (0 when there is no store yet: none is created)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory, store_exists
+
+        if self._store is None and not store_exists(self.settings):
+            return 0
+        with session_factory(self.open_store())() as session:
+            return sum(repo.status_counts(session).values())
 
     def update(self, progress: bool = False) -> BuildSummary:
-        """Re-read every recorded source: index new and changed images, drop vanished ones."""
-        from echoimage.update import update_index
+        """Re-read every recorded source: index new and changed images, drop vanished ones
+        (a catalogue that does not exist is a StoreError: there is nothing to update)."""
+        from echoimage.catalogue.reader import CatalogueReader
+        from echoimage.indexing.update import update_index
+        from echoimage.store.db import require_existing
 
-        return update_index(self.settings, progress=progress)
+        if self._store is None:
+            require_existing(self.settings)
+        summary = update_index(self.settings, self.open_store(create=True),
+                               CatalogueReader(self.settings), progress)
+        self._changed()
+        return summary
+
+    def add(self, items: Iterable[CatalogueItem], source: str = API_SOURCE,
+            kind: str = "api", url_policy: UrlPolicy | None = None,
+            on_progress: Callable[[int, int], None] | None = None,
+            follow_pages: int | None = None) -> BuildSummary:
+        """Add items to the catalogue as source's (of kind: ``api`` for images added by
+        hand, ``page`` for a scraped page's, which followed follow_pages links) and index
+        them; every URL is fetched through url_policy when given (a server's SSRF guard);
+        on_progress(done, total) after each image. An update re-checks images added by
+        hand but never marks one gone for being unlisted (no file lists them); a page is
+        scraped again like a page built with `build`."""
+        from echoimage.indexing.build import index_items
+
+        fetcher = _guarded(url_policy) if url_policy is not None else None
+        summary = index_items(self.settings, self.open_store(create=True),
+                              SourceListing(source, kind, list(items),
+                                            follow_pages=follow_pages),
+                              False, fetcher, on_progress)
+        self._changed()
+        return summary
 
     def remove(self, *images: str | int) -> RemoveReport:
         """Take images (ids or URLs/paths) out of the catalogue; the index follows."""
-        from echoimage.manage import remove_images
+        from echoimage.indexing.remove import remove_images
 
-        return remove_images(self.settings, [str(i) for i in images])
+        report = remove_images(self.settings, self.open_store(), [str(i) for i in images])
+        self._changed()
+        return report
+
+    def remove_source(self, source: str) -> RemoveReport:
+        """Take every image of a source (its URI, path or number: see `sources`) out of
+        the catalogue and forget the source, so that updates no longer read it."""
+        from echoimage.catalogue.sources import source_uri
+        from echoimage.indexing.remove import remove_source
+
+        report = remove_source(self.settings, self.open_store(), [source, source_uri(source)])
+        self._changed()
+        return report
+
+    def rebuild(self, reason: str = "asked for") -> IndexReport:
+        """Rebuild the index files from the store from scratch (retraining the quantizer);
+        never needed for correctness."""
+        from echoimage.index.build import rebuild_index_files
+
+        report = rebuild_index_files(self.settings, self.open_store(), reason)
+        self._changed()
+        return report
+
+    def verify(self, repair: bool = True) -> VerifyReport:
+        """Check that the store and the index files agree; repair what does not (unless
+        repair is false)."""
+        from echoimage.indexing.verify import verify_index
+
+        report = verify_index(self.settings, self.open_store(), repair)
+        self._changed()
+        return report
+
+    def _changed(self) -> None:
+        """The store or the index files changed: a loaded index follows at once (a
+        serving one refreshes in the background)."""
+        if self._search is not None:
+            self._search.live.current()
 
     # --- searching --------------------------------------------------------------------------
 
     @property
-    def engine(self) -> SearchEngine:
+    def search_engine(self) -> SearchEngine:
         """The search engine, loaded on first use (a StoreError naming where it looked when
         there is no catalogue there)."""
-        if self._engine is None:
-            from echoimage.search.engine import SearchEngine
+        with self._lock:
+            if self._search is None:
+                from echoimage.search.engine import SearchEngine
 
-            self._engine = SearchEngine(self.settings, background=self.serving)
-        return self._engine
+                self._search = SearchEngine(self.settings, self.open_store(),
+                                            background=self.serving)
+            return self._search
 
-    def query(self, image: QueryInput, k: int = 5,
+    @property
+    def size(self) -> int:
+        """Indexed images in the index being searched (loading it on first use)."""
+        return self.search_engine.size
+
+    def query(self, image: QueryInput, k: int | None = None,
               colour_sensitive: bool | None = None) -> QueryResult:
-        """The k catalogue images most like image, best first, each with its verdict
+        """The k (default: the settings' default_k) catalogue images most like image, best
+        first, each with its verdict
         (`exact`, `duplicate`, `partial`, `recoloured`, `different`) and the evidence
         behind its score; `result.copies` are those that are copies, `result.found` says
         whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
-        query, and ValueError for k outside 1..max_k."""
-        return self.engine.query_bytes(query_bytes(image, self.settings), k,
-                                       colour_sensitive=colour_sensitive)
+        query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
+        data = query_bytes(image, self.settings)
+        try:
+            return self.search_engine.query_bytes(
+                data, self.settings.default_k if k is None else k,
+                colour_sensitive=colour_sensitive)
+        except EmptyCatalogueError as exc:
+            raise EmptyCatalogueError(f"{exc}: {self._empty_hint()}") from None
 
-    def query_many(self, images: Iterable[QueryInput], k: int = 5,
+    def _empty_hint(self) -> str:
+        """What to do about a catalogue with nothing to search, from what it holds: never
+        a bare `index build` (on an empty store it adds the sample photos)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+        from echoimage.types import Status
+
+        with session_factory(self.open_store())() as session:
+            counts = repo.status_counts(session)
+        held = sum(counts.values())
+        add = ("add images with `echoimage index build SOURCE` (a folder, an images.json, "
+               "an image or page URL)")
+        if not held:
+            return f"it is empty; {add}"
+        if set(counts) == {Status.REMOVED}:
+            return f"its {held} images were all removed; {add}"
+        listed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        from echoimage.store.models import RETRYABLE
+
+        if any(status in RETRYABLE for status in counts):
+            return (f"none of its {held} images is indexed yet ({listed}): `echoimage index "
+                    "update` tries them again, `echoimage index status` says why they failed")
+        return f"none of its {held} images is indexed ({listed}): `echoimage index status` " \
+               "says why"
+
+    def query_many(self, images: Iterable[QueryInput], k: int | None = None,
                    colour_sensitive: bool | None = None,
                    ) -> Iterator[tuple[QueryInput, QueryResult | EchoImageError]]:
         """Query each image in turn: (image, its result or the EchoImageError that said why
@@ -144,25 +374,149 @@ class Catalogue:
                progress: Callable[[int], None] | None = None) -> DedupeResult:
         """Groups of duplicates among the catalogue's own images, each naming a keeper;
         with crops, images that are a part of another too (slower)."""
-        from echoimage.dedupe import find_duplicates
+        from echoimage.search.dedupe import find_duplicates
 
-        engine = self._engine.engine if self._engine is not None else None
-        return find_duplicates(self.settings, crops=crops, progress=progress, engine=engine)
+        return find_duplicates(self.settings, self.open_store(), crops, progress)
 
     def status(self) -> dict[str, Any]:
         """Counts by status, the index's freshness and layout, sizes in bytes, recent runs
         and failures (what `echoimage index status --json` prints)."""
-        from echoimage.status import status_report
+        from echoimage.indexing.status import status_report
 
-        return status_report(self.settings)
+        return status_report(self.settings, self.open_store())
+
+    def stats(self) -> dict[str, Any]:
+        """Images by status, the index being searched (its size, change number and parts;
+        a change of the store starts a background refresh when serving, and the answer
+        says what is searched now) and the latest indexing runs."""
+        from datetime import UTC, datetime
+
+        from echoimage.store import repo
+
+        snap = self.search_engine.live.current()
+        with self.search_engine.sessions() as session:
+            counts = repo.status_counts(session)
+            runs = repo.recent_runs(session)
+        return {
+            "images": counts,
+            "total_images": sum(counts.values()),
+            "index": {"entries": snap.size, "seq": snap.seq, "files_seq": snap.files_seq,
+                      "parts": len(snap.parts.parts),
+                      "refreshed_at": datetime.fromtimestamp(snap.loaded_at, UTC).isoformat(),
+                      "in_memory": snap.manifest is None},
+            "runs": runs,
+        }
+
+    def change_number(self) -> int:
+        """The store's last change number (each change to an image takes the next one)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+
+        with session_factory(self.open_store())() as session:
+            return repo.current_seq(session)
+
+    def sources(self) -> list[SourceInfo]:
+        """The recorded catalogue sources with their images' counts by status."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+
+        with session_factory(self.open_store())() as session:
+            return repo.source_infos(session)
 
     def image(self, image_id: int) -> dict[str, Any] | None:
         """One catalogue image's record: url, status, size, metadata, source; None if
         unknown."""
         from echoimage.store import repo
+        from echoimage.store.db import session_factory
 
-        with self.engine.sessions() as session:
+        with session_factory(self.open_store())() as session:
             return repo.image_info(session, image_id)
+
+    def original(self, image_id: int, longest: int, url_policy: UrlPolicy | None = None
+                 ) -> np.ndarray | None:
+        """An indexed image at its own resolution (its longest side at most longest), in
+        colour (RGB), read again from its file or URL (through url_policy when given); None
+        when it cannot be read or is no longer what was indexed (other bytes): then only
+        what the store keeps (`picture`) can show it."""
+        import hashlib
+
+        from echoimage.features.decode import decode_image
+
+        info = self.image(image_id)
+        if info is None or info["sha256"] is None:
+            return None
+        data = _read_original(info["url"], self.settings, url_policy)
+        if data is None or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            return None
+        try:
+            img = decode_image(data, self.settings.max_pixels, max(16, longest), max(8, longest))
+        except EchoImageError:
+            return None
+        return img.colour
+
+    def picture(self, image_id: int) -> Picture | None:
+        """What the store keeps to show an indexed image: its grayscale thumbnail, size,
+        keypoint scale and colour preview; None when it has none (not indexed)."""
+        from echoimage.store import repo
+        from echoimage.store.db import session_factory
+
+        with session_factory(self.open_store())() as session:
+            return repo.picture(session, image_id)
+
+
+def _read_original(url: str, settings: Settings, url_policy: UrlPolicy | None
+                   ) -> bytes | None:
+    """The bytes of a catalogue image's file or URL (a URL through url_policy when given),
+    or None when they cannot be read."""
+    import asyncio
+
+    from echoimage.fetch.local import is_url, read_local
+
+    if not is_url(url):
+        return read_local(url, settings.max_bytes).data
+    from echoimage.fetch.client import FetchConfig, Fetcher
+
+    async def one() -> bytes | None:
+        config = FetchConfig.from_settings(settings, total_timeout=min(
+            settings.http_timeout, ORIGINAL_TIMEOUT))
+        make = _guarded(url_policy) if url_policy is not None else Fetcher
+        async with make(config) as fetcher:
+            res = await fetcher.fetch(url)
+        return res.data if res.ok else None
+
+    return asyncio.run(one())
+
+
+#: seconds a picture's original may take to fetch before its stored preview is shown
+ORIGINAL_TIMEOUT = 10.0
+
+
+def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters | None = None,
+                 url_policy: UrlPolicy | None = None, settings: Settings | None = None
+                 ) -> ScrapeReport:
+    """Collect the image URLs of web pages (and of up to follow_pages same-site pages
+    linked from each), like `echoimage catalogue scrape`, with the fetch limits of settings;
+    every URL is fetched through url_policy when given (a server's SSRF guard)."""
+    import asyncio
+
+    from echoimage.catalogue.scrape import ScrapeFilters, scrape
+    from echoimage.fetch.client import FetchConfig
+
+    settings = settings or Settings()
+    config = FetchConfig.from_settings(settings)
+    fetcher = _guarded(url_policy) if url_policy is not None else None
+    return asyncio.run(scrape(pages, follow_pages, filters or ScrapeFilters(), config,
+                              fetcher, delay=settings.scrape_delay))
+
+
+def _guarded(policy: UrlPolicy) -> FetcherFactory:
+    """A fetcher factory whose fetchers go through the policy (`fetch.ssrf`)."""
+    from echoimage.fetch.ssrf import GuardedFetcher
+
+    def make(config: FetchConfig) -> GuardedFetcher:
+        return GuardedFetcher(config, policy)
+
+    return make
 
 
 def query_bytes(image: QueryInput, settings: Settings) -> bytes:
@@ -179,7 +533,7 @@ def query_bytes(image: QueryInput, settings: Settings) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
-    raise TypeError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
+    raise QueryInputError(f"cannot query a {type(image).__name__}: give a path, a URL, bytes, "
                     "a numpy array or a Pillow image")
 
 
@@ -189,7 +543,7 @@ def _array_png(arr: np.ndarray) -> bytes:
 
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or \
             (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise TypeError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
+        raise QueryInputError(f"a query array must be uint8 H×W, H×W×3 (RGB) or H×W×4 (RGBA), "
                         f"not {arr.dtype} {arr.shape}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -197,8 +551,9 @@ def _array_png(arr: np.ndarray) -> bytes:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 array it accepts
-        raise TypeError("the query array could not be encoded")
+        raise QueryInputError("the query array could not be encoded")
     return buf.tobytes()
 
 
-__all__ = ["Catalogue", "QueryInput", "open", "query_bytes"]
+__all__ = ["API_SOURCE", "Catalogue", "Picture", "QueryInput", "make_settings", "open",
+           "query_bytes", "scrape_pages", *_EXPORTS]

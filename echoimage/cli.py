@@ -13,12 +13,20 @@ from typing import Any
 
 import click
 
+from echoimage.api import Catalogue, make_settings
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
+from echoimage.types import Outcome
 
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.find_object(Settings) or Settings()
+
+
+def _catalogue(ctx: click.Context, **changes: Any) -> Catalogue:
+    """The catalogue of the command's settings (with the options that were given), closed
+    when the command ends."""
+    return ctx.with_resource(Catalogue(_with(_settings(ctx), **changes)))
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,6 +40,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
+
+
+#: what Ctrl-C prints, alone (exit status 130, as a shell reports SIGINT)
+INTERRUPTED = ("interrupted (Ctrl-C): nothing done so far is lost; run the same command "
+               "again to go on")
+
+
+class EchoImageGroup(click.Group):
+    """The command group: Ctrl-C ends a command with one line (not click's "Aborted!")."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED, err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -51,7 +75,7 @@ def _with(settings: Settings, **changes: Any) -> Settings:
     return settings.model_copy(update=given) if given else settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EchoImageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="ECHOIMAGE_DATA_DIR", default=None,
               help="Data directory (store, index, sample). Env: ECHOIMAGE_DATA_DIR; "
@@ -74,8 +98,14 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("alembic", "faiss"):  # their INFO lines are about their own loading
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
+    try:
+        settings = make_settings(data_dir=data_dir) if data_dir else make_settings()
+    except EchoImageError as exc:
+        raise click.ClickException(str(exc)) from None
     ctx.obj = settings
+    from echoimage.api import agree_pillow_limit
+
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
 
 
 @cli.group()
@@ -93,6 +123,9 @@ def index() -> None:
 @click.argument("sources", nargs=-1)
 @click.option("--sample", is_flag=True,
               help="Also index the bundled sample catalogue (the default on an empty store).")
+@click.option("--follow-pages", type=click.IntRange(0, 10_000), default=None,
+              help="A web page SOURCE: also scrape up to N same-site pages it links to "
+                   "(every update scrapes them again). Default 0.")
 @click.option("--workers", type=int, default=None,
               help="Feature worker processes (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -100,10 +133,15 @@ def index() -> None:
 @json_option
 @click.pass_context
 @handle_errors
-def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, workers: int | None,
-                quiet: bool, cluster: str | None, as_json: bool) -> None:
-    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, URLs.
+def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool,
+                follow_pages: int | None, workers: int | None, quiet: bool,
+                cluster: str | None, as_json: bool) -> None:
+    """Index catalogue SOURCES: directories, images.json/JSONL/CSV/text files, image URLs,
+    web pages.
 
+    A web page is a source itself: its images are scraped (robots.txt honoured, see
+    `catalogue scrape`), with up to --follow-pages same-site pages, and `index update`
+    scrapes them again (new images added, changed ones re-indexed, vanished ones gone).
     With no SOURCE on an empty store, the bundled sample catalogue is indexed (with
     --sample, on any store). Re-running is incremental: already indexed images are skipped
     and an interrupted build resumes.
@@ -112,11 +150,10 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool, work
 
     \b
         echoimage index build ./photos catalogue/images.json https://example.org/images.json
+        echoimage index build https://shop.example/products --follow-pages 20
     """
-    from echoimage.pipeline import build_index
-
-    settings = _with(_settings(ctx), workers=workers, cluster=cluster)
-    summary = build_index(settings, list(sources), progress=not quiet, sample=sample)
+    summary = _catalogue(ctx, workers=workers, cluster=cluster).build(
+        *sources, sample=sample, progress=not quiet, follow_pages=follow_pages)
     _print_summary(summary, as_json)
 
 
@@ -134,11 +171,9 @@ def index_update(ctx: click.Context, quiet: bool, cluster: str | None, as_json: 
     \b
         echoimage --data-dir /srv/echoimage index update -q
     """
-    from echoimage.update import update_index
-
-    summary = update_index(_with(_settings(ctx), cluster=cluster), progress=not quiet)
+    summary = _catalogue(ctx, cluster=cluster).update(progress=not quiet)
     _print_summary(summary, as_json)
-    if summary.counts.get("source-unreadable"):
+    if summary.counts.get(Outcome.SOURCE_UNREADABLE):
         raise click.ClickException("some catalogue sources could not be read (see above); "
                                    "their images were kept as they were")
 
@@ -154,6 +189,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
     click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
                f"index entries: {summary.index_entries}")
+    if note := summary.skipped_note():
+        click.echo(f"  {note}")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:
@@ -175,15 +212,7 @@ def index_rebuild(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage index rebuild
     """
-    from echoimage.index.build import rebuild_index_files
-    from echoimage.store.db import open_store
-
-    settings = _settings(ctx)
-    engine = open_store(settings, create=False)
-    try:
-        report = rebuild_index_files(settings, engine, "`echoimage index rebuild`")
-    finally:
-        engine.dispose()
+    report = _catalogue(ctx).rebuild("`echoimage index rebuild`")
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -208,9 +237,7 @@ def index_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     \b
         echoimage index verify --dry-run
     """
-    from echoimage.verify import verify_index
-
-    report = verify_index(_settings(ctx), repair=not dry_run)
+    report = _catalogue(ctx).verify(repair=not dry_run)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -246,9 +273,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage index status --json
     """
-    from echoimage.status import status_report
-
-    report = status_report(_settings(ctx))
+    report = _catalogue(ctx).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -292,7 +317,7 @@ QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "ex
 
 def _run_counts(run: dict[str, Any]) -> str:
     """A run's counts as text ("indexed: 20, not-an-image: 1"), or why there are none."""
-    from echoimage.store.models import RunStatus
+    from echoimage.types import RunStatus
 
     counts = run["counts"]
     if counts:
@@ -308,8 +333,9 @@ def _run_counts(run: dict[str, Any]) -> str:
 
 @cli.command("query")
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", type=click.IntRange(1), default=5, show_default=True,
-              help="Results per query (at most ECHOIMAGE_MAX_K, default 50).")
+@click.option("-k", type=click.IntRange(1), default=None,
+              help="Results per query (default ECHOIMAGE_DEFAULT_K, 5; at most "
+                   "ECHOIMAGE_MAX_K, 50).")
 @click.option("--all", "show_all", is_flag=True,
               help="Text output: also list the results that are not copies.")
 @click.option("--colour-sensitive/--no-colour-sensitive", default=None,
@@ -324,7 +350,7 @@ def _run_counts(run: dict[str, Any]) -> str:
 @json_option
 @click.pass_context
 @handle_errors
-def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
+def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all: bool,
           colour_sensitive: bool | None, cluster: str | None, shards: int | None,
           as_csv: bool, quiet: bool, as_json: bool) -> None:
     """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
@@ -342,13 +368,13 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
     """
     from tqdm import tqdm
 
-    from echoimage.api import Catalogue
-    from echoimage.fetch.local import path_url
+    from echoimage.api import path_url
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
     settings = _with(_settings(ctx), cluster=cluster, index_shards=shards,
                      colour_sensitive=colour_sensitive)
+    k = settings.default_k if k is None else k
     if k > settings.max_k:
         raise click.BadParameter(f"at most {settings.max_k} results per query (raise "
                                  "ECHOIMAGE_MAX_K for more)", param_hint="-k")
@@ -359,9 +385,9 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
         writer = csv.DictWriter(sys.stdout, fieldnames=QUERY_CSV_FIELDS, lineterminator="\n",
                                 extrasaction="ignore")
         writer.writeheader()
-    catalogue = Catalogue(settings)
+    catalogue = ctx.with_resource(Catalogue(settings))
     try:
-        catalogue.engine  # noqa: B018 - load the index once, before the first query
+        catalogue.search_engine  # noqa: B018 - load the index once, before the first query
     except EchoImageError as exc:
         if not as_json:
             raise
@@ -400,7 +426,6 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int, show_all: bool,
                 click.echo("\n".join(_query_lines(q, res, show_all)))
     finally:
         bar.close()
-        catalogue.close()
     sys.stdout.flush()
     if failed:
         ctx.exit(1)
@@ -446,7 +471,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
     """Find groups of duplicates among the catalogue's own images.
 
     Pairs are confirmed with the same evidence and threshold as a query (every
-    orientation); each group names a keeper: the most pixels, then the first indexed.
+    orientation); each group names a keeper: the most pixels of content (inside any
+    border), then the first indexed.
     With --json, one group per line; with --csv, one row per member.
 
     Example:
@@ -458,31 +484,27 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     from tqdm import tqdm
 
-    from echoimage.dedupe import CSV_FIELDS, csv_rows, find_duplicates
-    from echoimage.store.db import open_store
+    from echoimage.api import DEDUPE_CSV_FIELDS, dedupe_csv_rows
 
     if as_json and as_csv:
         raise click.UsageError("--json or --csv, not both")
-    settings = _settings(ctx)
-    engine = open_store(settings, create=False)  # a missing store: its message, no bar
-    try:
-        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="dedupe",
-                  dynamic_ncols=True) as bar:
-            def progress(done: int) -> None:
-                bar.update(done - bar.n)
+    catalogue = _catalogue(ctx)
+    catalogue.open_store()  # a missing store: its message, no bar
+    # a bar on a terminal only (None: tqdm's tty check), never into logs or cron mail
+    with tqdm(unit="img", disable=True if quiet else None, file=sys.stderr, desc="dedupe",
+              dynamic_ncols=True) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
 
-            result = find_duplicates(settings, crops=crops, progress=progress,
-                                     engine=engine)
-    finally:
-        engine.dispose()
+        result = catalogue.dedupe(crops=crops, progress=progress)
     if as_json:
         for g in result.groups:
             click.echo(json.dumps(g.to_dict()))
         return
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=DEDUPE_CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(csv_rows(result))
+        writer.writerows(dedupe_csv_rows(result))
         return
     info = result.summary()
     click.echo(f"{info['groups']} groups of duplicates, {info['duplicates']} images to remove "
@@ -522,10 +544,7 @@ def db_upgrade(ctx: click.Context) -> None:
     \b
         ECHOIMAGE_DATABASE_URL=postgresql+psycopg://localhost/echo echoimage db upgrade
     """
-    from echoimage.store.db import current_revision, open_store
-
-    engine = open_store(_settings(ctx))
-    click.echo(f"store at revision {current_revision(engine)}")
+    click.echo(f"store at revision {_catalogue(ctx).upgrade()}")
 
 
 @cli.group()
@@ -551,9 +570,7 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
     \b
         echoimage catalogue sources
     """
-    from echoimage.manage import list_sources
-
-    infos = list_sources(_settings(ctx))
+    infos = _catalogue(ctx).sources()
     if as_json:
         for info in infos:
             click.echo(json.dumps(info.__dict__))
@@ -562,7 +579,9 @@ def catalogue_sources(ctx: click.Context, as_json: bool) -> None:
         click.echo("no sources recorded")
     for info in infos:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(info.counts.items())) or "no images"
-        click.echo(f"{info.id}. {info.uri} ({info.kind}): {counts}")
+        kind = info.kind + (f", following {info.follow_pages} links"
+                            if info.follow_pages else "")
+        click.echo(f"{info.id}. {info.uri} ({kind}): {counts}")
 
 
 @catalogue.command("remove")
@@ -586,13 +605,10 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
         echoimage catalogue remove 17 /photos/old.jpg
         echoimage catalogue remove --source /photos/archive
     """
-    from echoimage.manage import remove_images, remove_source
-
     if bool(images) == bool(source):
         raise click.UsageError("give image ids or URLs, or --source SOURCE (not both)")
-    settings = _settings(ctx)
-    report = remove_source(settings, source) if source else remove_images(settings,
-                                                                          list(images))
+    catalogue = _catalogue(ctx)
+    report = catalogue.remove_source(source) if source else catalogue.remove(*images)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -614,25 +630,28 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
               default=Path("images.json"), show_default=True, help="Catalogue file to write.")
 @click.option("--add", is_flag=True, help="Merge into an existing --output instead of replacing.")
 @click.option("--skip-word", "skip_words", multiple=True,
-              help="Skip image URLs containing this word (repeatable; replaces the defaults: "
-                   "logo, icon, favicon, category-menu, sprite).")
+              help="Skip images whose file name has this word (repeatable; replaces the "
+                   "defaults: logo, icon, favicon, category-menu, sprite).")
 @click.option("--extension", "extensions", multiple=True,
               help="Keep only these extensions (repeatable, e.g. --extension .jpg).")
 @click.option("--keep-no-extension", is_flag=True, help="Keep image URLs with no extension.")
+@click.pass_context
 @handle_errors
-def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, add: bool,
-                     skip_words: tuple[str, ...], extensions: tuple[str, ...],
-                     keep_no_extension: bool) -> None:
-    """Collect <img> URLs (src, data-src, srcset) from PAGE_URLs into an images.json.
+def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,
+                     output: Path, add: bool, skip_words: tuple[str, ...],
+                     extensions: tuple[str, ...], keep_no_extension: bool) -> None:
+    """Collect the image URLs of PAGE_URLs into an images.json: <img>, <picture>, linked
+    full-size images, CSS backgrounds, og:image, video posters (see the README).
+
+    robots.txt is honoured, and requests to one host are ECHOIMAGE_SCRAPE_DELAY seconds
+    apart (1 by default).
 
     Example:
 
     \b
         echoimage catalogue scrape https://example.org/gallery --follow-pages 5 --add
     """
-    import asyncio
-
-    from echoimage.scrape import ScrapeFilters, scrape, write_catalogue
+    from echoimage.api import ScrapeFilters, scrape_pages, write_catalogue
 
     filters = ScrapeFilters()
     if skip_words:
@@ -643,7 +662,7 @@ def catalogue_scrape(pages: tuple[str, ...], follow_pages: int, output: Path, ad
         filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
     if keep_no_extension:
         filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
-    report = asyncio.run(scrape(list(pages), follow_pages, filters))
+    report = scrape_pages(list(pages), follow_pages, filters, settings=_settings(ctx))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)

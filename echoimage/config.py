@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from echoimage.index.local import LocalParams
+
+def _version() -> str:
+    """EchoImage's installed version (for the user agent)."""
+    try:
+        return version("echoimage")
+    except PackageNotFoundError:  # pragma: no cover - run from a bare source tree
+        return "0"
 
 
 class Settings(BaseSettings):
@@ -43,15 +48,14 @@ class Settings(BaseSettings):
     query_orb_features: int = 1500
     box_orb_features: int = 500
 
-    # the most results a query may ask for (CLI, HTTP API and library alike)
+    # results per query when none is asked for, and the most a query may ask for (CLI,
+    # HTTP API, web page and library alike)
+    default_k: int = 5
     max_k: int = 50
 
     # shortlist and re-rank
     shortlist_k: int = 32
     rerank_n: int = 5
-    max_hash_distance: int = 26
-    orientation_max_distance: int = 16
-    orientation_guess_distance: int = 22
     # local-feature shortlist (crops, borders, screenshots)
     local_per_image: int = 150
     local_flat_max: int = 20_000
@@ -66,7 +70,6 @@ class Settings(BaseSettings):
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3
     box_k: int = 4
-    box_max_distance: int = 12
     # an image voted for is re-ranked only with at least min_votes votes from one group of
     # query keypoints (calibrated by scripts/bench_calibrate.py; README, "Scores")
     min_votes: int = 3
@@ -111,13 +114,31 @@ class Settings(BaseSettings):
     # 0.25: 97.3% and 0.4% (README, "Colour")
     colour_sensitive: bool = False
     colour_threshold: float = 0.2
+
+    # --- hash distances: the one home of every pHash and dHash threshold ------------------
+    # Hamming distances between 64-bit hashes. A copy's pHash is near its original's (the
+    # copies only the hash finds, 128 px thumbnails, within 2 bits); chance neighbours come
+    # close as a catalogue grows (at a million images, some unrelated image within 8 bits of
+    # one query in ~2%), which is why no threshold here makes a copy by itself: they choose
+    # what is looked at. How the distance counts in the fused score (HASH_CEIL,
+    # SUPPORT_CEIL) is part of the calibrated score table in echoimage/search/rerank.py, not
+    # a setting.
+    # the query's shortlist: hash neighbours farther than this are not re-ranked
+    max_hash_distance: int = 26
+    # a candidate's nearest orientation is taken as fixed within orientation_max_distance;
+    # up to orientation_guess_distance the query as it is is tried too, past it only that
+    orientation_max_distance: int = 16
+    orientation_guess_distance: int = 22
+    # content boxes and collage cells propose their box_k nearest within this
+    box_max_distance: int = 12
     # dedupe: pHash bits within which a catalogue image's views propose a pair (the whole
     # image as it is: wide_radius; 14 found 4 in 5 of the 5° rotations against 3 in 5 at
     # 12, at 0.3 more candidates per image at 100k)
     dedupe_hash_radius: int = 12
     dedupe_wide_radius: int = 14
-    # ...and from 10 bits of pHash on, dHash within this (copies: ≤ 17; chance pHash
-    # neighbours: 19-31, median 25, on bsds500 and its padding)
+    # ...and from dedupe_dhash_from bits of pHash on, dHash within dedupe_dhash_max (copies:
+    # ≤ 17; chance pHash neighbours: 19-31, median 25, on bsds500 and its padding)
+    dedupe_dhash_from: int = 10
     dedupe_dhash_max: int = 18
 
     # indexing
@@ -134,26 +155,27 @@ class Settings(BaseSettings):
     http_timeout: float = 30.0
     http_concurrency: int = 32
     http_per_host: int = 8
+    # how EchoImage names itself to the sites it fetches from (robots.txt groups for
+    # "EchoImage" apply to it)
+    user_agent: str = f"EchoImage/{_version()} (+https://github.com/echoimage/echoimage)"
+    # the scraper: seconds between two requests to one host (a robots.txt Crawl-delay
+    # that asks for more is honoured)
+    scrape_delay: float = 1.0
 
-    @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k")
+    @field_validator("scrape_delay")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
+                     "default_k", "max_k")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be positive")
         return value
-
-    @property
-    def local_params(self) -> LocalParams:
-        """Parameters of the local-feature index."""
-        from echoimage.index.local import LocalParams
-
-        return LocalParams(per_image=self.local_per_image, flat_max=self.local_flat_max,
-                           nprobe=self.local_nprobe, wide_nprobe=self.local_wide_nprobe,
-                           query_descriptors=self.local_query_descriptors,
-                           neighbours=self.local_neighbours,
-                           max_distance=self.local_max_distance,
-                           min_lists=self.local_min_lists,
-                           flat_quantizer_max=self.local_flat_quantizer_max)
 
     @property
     def db_url(self) -> str:

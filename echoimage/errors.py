@@ -37,5 +37,17 @@ class IndexStaleError(EchoImageError):
     """The shortlist index disagrees with the store and could not be rebuilt."""
 
 
+class QueryLimitError(EchoImageError, ValueError):
+    """A query asks for a number of results outside 1..max_k."""
+
+
+class QueryInputError(EchoImageError, TypeError):
+    """A query given as something that is no image (a float, an array of another type)."""
+
+
+class SettingsError(EchoImageError, ValueError):
+    """A setting has a value it cannot take (`echoimage.open(max_k=0)`, ECHOIMAGE_*)."""
+
+
 class EmptyCatalogueError(EchoImageError):
     """The store holds no indexed image to search."""

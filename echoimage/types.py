@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,6 +18,25 @@ class CatalogueItem:
     url: str
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """A catalogue source as read: its uri as the store records it, its kind (dir, json,
+    jsonl, csv, text, image, url, page: a web page scraped, or api for images added over
+    the HTTP API) and its items."""
+
+    uri: str
+    kind: str
+    items: Iterable[CatalogueItem]
+    #: files a folder source passed over, by what they look like ("SVG", "PDF", ...),
+    #: counted while its items are iterated
+    skipped: Counter[str] = field(default_factory=Counter)
+    #: a web page source: the same-site links it follows (None for other kinds)
+    follow_pages: int | None = None
+    #: a web page source: pages that could not be read this time (a timeout, a 5xx): the
+    #: images last found on them are kept, not marked gone
+    unread_pages: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,89 @@ class Candidate:
     width: int
     height: int
     work_scale: float
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What the store keeps to show a catalogue image: its square grayscale thumbnail, its
+    original width and height (0 when unknown), its keypoints' scale (original pixels per
+    working-image pixel) and its colour preview (JPEG bytes; None for a row indexed before
+    colour was kept)."""
+
+    id: int
+    thumbnail: np.ndarray
+    width: int
+    height: int
+    work_scale: float
+    preview: bytes | None
+
+
+class Status(StrEnum):
+    """Values of images.status (what became of a catalogue image)."""
+
+    PENDING = "pending"
+    INDEXED = "indexed"
+    DECODE_ERROR = "decode-error"
+    NOT_AN_IMAGE = "not-an-image"
+    TOO_LARGE = "too-large"
+    MISSING = "missing"
+    HTTP_ERROR = "http-error"
+    GONE = "gone"
+    TIMEOUT = "timeout"
+    BAD_URL = "bad-url"
+    REDIRECT_ERROR = "redirect-error"
+    REMOVED = "removed"  # taken out of the catalogue by its owner (kept as a tombstone)
+
+
+class RunStatus(StrEnum):
+    """Values of runs.status (how an indexing run went)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"  # it raised: runs.reason is the error's one line
+    INTERRUPTED = "interrupted"  # Ctrl-C, or found still running by a later run
+
+
+class Outcome(StrEnum):
+    """What a build or update did with an image or a source besides giving an image a
+    store status (`Status`): the other keys of a run's counts."""
+
+    UNCHANGED = "unchanged"  # re-checked: the same bytes (or not modified)
+    CHANGED = "changed"  # indexed before, indexed again with new bytes
+    RE_EXTRACTED = "re-extracted"  # indexed before with other feature parameters
+    ALREADY_INDEXED = "already-indexed"  # a build: indexed before, not fetched again
+    KNOWN_FAILURE = "known-failure"  # a build: failed before for a lasting reason
+    SOURCE_UNREADABLE = "source-unreadable"  # an update: a source could not be read
+
+    @staticmethod
+    def kept(status: Status) -> str:
+        """The count of an indexed image whose re-check failed transiently (status): its
+        entry is kept."""
+        return f"kept ({status})"
+
+    @staticmethod
+    def skipped(status: Status) -> str:
+        """The count of an image an update leaves alone for its lasting status."""
+        return f"skipped ({status})"
+
+
+class FetchStatus(StrEnum):
+    """What became of one URL (FetchResult.status, echoimage.fetch.client)."""
+
+    OK = "ok"
+    NOT_MODIFIED = "not-modified"
+    GONE = "gone"
+    HTTP_ERROR = "http-error"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too-large"
+    NOT_AN_IMAGE = "not-an-image"
+    REDIRECT_LOOP = "redirect-loop"
+    TOO_MANY_REDIRECTS = "too-many-redirects"
+    CONNECTION_ERROR = "connection-error"
+    BAD_URL = "bad-url"
+    # the address the host resolved to when connecting was refused by a URL policy (the
+    # server's SSRF guard, echoimage.fetch.ssrf; the URL itself passed its check)
+    REFUSED = "refused"
 
 
 class Verdict(StrEnum):

@@ -31,9 +31,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from echoimage.api import Catalogue
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
-from echoimage.update import update_index
 
 EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -106,14 +105,13 @@ def run(photo_dir: Path, out: Path, delay_ms: float, repeat: int) -> dict:
         for r in range(repeat):
             work = Path(tempfile.mkdtemp(prefix="echoimage-bench-http-"))
             try:
-                local = build_index(Settings(data_dir=work / "local"), [str(photo_dir)],
-                                    progress=False)
-                http_settings = Settings(data_dir=work / "http")
-                http = build_index(http_settings, [f"{server.url}/images.json"],
-                                   progress=False)
-                before = dict(server.app["stats"])
-                upd = update_index(http_settings, progress=False)
-                after = dict(server.app["stats"])
+                with Catalogue(Settings(data_dir=work / "local")) as catalogue:
+                    local = catalogue.build(str(photo_dir))
+                with Catalogue(Settings(data_dir=work / "http")) as catalogue:
+                    http = catalogue.build(f"{server.url}/images.json")
+                    before = dict(server.app["stats"])
+                    upd = catalogue.update()
+                    after = dict(server.app["stats"])
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             runs.append({

@@ -43,9 +43,8 @@ def main() -> int:
         seed_images,
     )
 
+    from echoimage.api import Catalogue
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
-    from echoimage.search.engine import SearchEngine
 
     t0 = time.perf_counter()
     report: dict[str, object] = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -59,9 +58,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", workers=1)
-        build_index(settings, [], progress=False)  # the bundled sample catalogue
-        tally = FuzzTally()
-        fuzz(tally, "query", images, rng, args.inputs // 4, query_runner(SearchEngine(settings)))
+        with Catalogue(settings) as catalogue:
+            catalogue.build()  # the bundled sample catalogue
+            tally = FuzzTally()
+            fuzz(tally, "query", images, rng, args.inputs // 4,
+                 query_runner(catalogue.search_engine))
         report["query"] = tally.as_dict()
         print("query", report["query"], flush=True)
 

@@ -108,8 +108,8 @@ def ensure_catalogue(data_dir: Path, images_dir: Path, entries: int, photos: Pat
     build, `gap` seconds after the first, as a catalogue that grows over time is; with
     recent=0 the whole catalogue comes from one build.
     """
+    from echoimage.api import Catalogue
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
 
     reals = real_photos(photos, min(real, entries), images_dir / "real")
     syn = synthetic_set(max(0, entries - len(reals)), images_dir / "synthetic")
@@ -126,7 +126,8 @@ def ensure_catalogue(data_dir: Path, images_dir: Path, entries: int, photos: Pat
         data_dir.mkdir(parents=True, exist_ok=True)
         listing.write_text("\n".join(paths[lo:hi]) + "\n")
         t0 = time.perf_counter()
-        summary = build_index(settings, [str(listing)], progress=sys.stderr.isatty())
+        with Catalogue(settings) as catalogue:
+            summary = catalogue.build(str(listing), progress=sys.stderr.isatty())
         print(f"index batch {batch}: {dict(summary.counts)} in {time.perf_counter() - t0:.1f} s;"
               f" {summary.index_entries} entries", file=sys.stderr)
         if batch == 1 and summary.counts.get("indexed") and cut < len(paths):

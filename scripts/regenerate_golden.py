@@ -39,7 +39,7 @@ def golden_values() -> dict[str, Any]:
         "orb_keypoints": len(orb),
         "orb_keypoints_100": len(orb_features(cam, 100)),
         "orb_keypoints_96px": len(orb_features(cv2.resize(cam, (96, 96),
-                                                          interpolation=cv2.INTER_AREA))),
+                                                          interpolation=cv2.INTER_AREA), 500)),
         "thumbnail_mean": round(float(thumb.mean()), 4),
         "thumbnail_64_mean": round(float(thumbnail(cam, 64).mean()), 4),
         "versions": {"opencv": cv2.__version__, "numpy": np.__version__},

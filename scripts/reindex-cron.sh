@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Scheduled re-index for cron or a systemd timer: `echoimage index update` under a lock.
+# Every recorded source is read again: folders and catalogue files, and web pages, which
+# are scraped again (new images indexed, changed ones re-indexed, vanished ones marked gone;
+# README, "Keep a website current").
 #
 #   ECHOIMAGE_DATA_DIR=/srv/echoimage scripts/reindex-cron.sh
 #   scripts/reindex-cron.sh /srv/echoimage          # the data directory as an argument

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CATALOGUE_PHOTOS, jpeg, photo, png, webp, write
+from helpers import CATALOGUE_PHOTOS, build_index, jpeg, photo, png, webp, write
 from sqlalchemy import make_url
 from support.pgserver import PgServer, PgUnavailable, start_server
 
 from echoimage.config import Settings
-from echoimage.pipeline import BuildSummary, build_index
+from echoimage.indexing.runs import BuildSummary
 
 #: file format of each catalogue photo (the rest are JPEG)
 CATALOGUE_FORMATS = {"camera": "png", "moon": "png", "coins": "webp", "page": "png"}

@@ -27,10 +27,10 @@ from helpers import (
     webp,
 )
 
-from echoimage.catalogue import parse_catalogue
+from echoimage.catalogue.scrape import decode_html, parse_page
+from echoimage.catalogue.sources import parse_catalogue
 from echoimage.errors import EchoImageError
-from echoimage.pipeline import FeatureParams, WorkResult, process_bytes
-from echoimage.scrape import decode_html, parse_page
+from echoimage.indexing.work import FeatureParams, WorkResult, process_bytes
 
 #: one input taking longer than this has hung
 HANG_S = 10.0

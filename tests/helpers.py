@@ -25,7 +25,17 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
+from echoimage.api import Catalogue
+from echoimage.config import Settings
+from echoimage.features.decode import decode_image
+from echoimage.features.extract import extract_features
+from echoimage.indexing.runs import BuildSummary
+from echoimage.indexing.verify import VerifyReport
+from echoimage.search.dedupe import DedupeResult
+from echoimage.search.engine import SearchEngine
+from echoimage.store.db import open_store
 from echoimage.store.models import Status
+from echoimage.types import ImageFeatures
 
 #: the repository's root (subprocesses run the package from here)
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +132,30 @@ def exif_rotated_jpeg(stored: np.ndarray, orientation: int = 6, quality: int = 9
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(img, "JPEG", quality=quality, exif=exif.tobytes())
+
+
+def heic(arr: np.ndarray | Image.Image, quality: int = 90, **kw: object) -> bytes:
+    """HEIC bytes (HEVC in HEIF, an iPhone's photo format), written by pillow-heif."""
+    import pillow_heif
+
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, format="HEIF", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def avif(arr: np.ndarray | Image.Image, quality: int = 90, **kw: object) -> bytes:
+    """AVIF bytes, written by Pillow."""
+    return encode(arr, "AVIF", quality=quality, **kw)
+
+
+def exif_rotated(stored: np.ndarray, orientation: int, fmt: str, quality: int = 95) -> bytes:
+    """fmt ("HEIC" or "AVIF") bytes whose pixels are `stored` and whose EXIF says
+    Orientation=orientation (pillow-heif writes it as the HEIF rotation too, as a phone does)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    write = heic if fmt == "HEIC" else avif
+    return write(stored, quality=quality, exif=exif.tobytes())
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -337,10 +371,11 @@ def store_snapshot(settings, runs: int = 10) -> StoreSnapshot:
         engine.dispose()
 
 
-def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: float = 60.0
-                      ) -> tuple[int, bool, Path]:
-    """Start `echoimage index build SOURCE` in a subprocess, SIGKILL it (and its workers)
-    once a few batches but not all of its `total` images are indexed.
+def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: float = 60.0,
+                      sig: int = signal.SIGKILL) -> tuple[int, bool, Path]:
+    """Start `echoimage index build SOURCE` in a subprocess, send its session sig (SIGKILL:
+    the build and its workers die; SIGINT: Ctrl-C in a terminal) once a few batches but
+    not all of its `total` images are indexed.
 
     Returns (images indexed when it died, whether it was killed before finishing, its
     stderr log).
@@ -360,17 +395,19 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
         while proc.poll() is None and time.monotonic() < deadline:
             n = indexed_count(db)
             if n is not None and total // 6 <= n < total:
-                os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, nothing else
+                os.killpg(proc.pid, sig)  # the build and its workers, nothing else
                 killed = True
                 break
             time.sleep(0.01)
     finally:
         if proc.poll() is None and not killed:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     assert time.monotonic() < deadline, "the build neither progressed nor finished"
     if not killed:
         assert proc.returncode == 0, log.read_text()[-2000:]
+    elif sig == signal.SIGINT:
+        assert proc.returncode == 130, log.read_text()[-2000:]
     return indexed_count(db) or 0, killed, log
 
 
@@ -398,3 +435,73 @@ def bench_photo_folder(folder: Path) -> None:
     for name, rgb in images.items():
         cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(rgb[..., ::-1]),
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def build_index(settings: Settings, sources: list[str], progress: bool = False,
+                sample: bool = False) -> BuildSummary:
+    """`index build` through the library's door (a Catalogue of settings, closed after)."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.build(*sources, sample=sample, progress=progress)
+
+
+def update_index(settings: Settings, progress: bool = False) -> BuildSummary:
+    """`index update` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.update(progress=progress)
+
+
+def search_engine(settings: Settings, rebuild: bool = True) -> SearchEngine:
+    """A SearchEngine on the store of settings, opened for reading as a query opens it."""
+    return SearchEngine(settings, open_store(settings, create=False), rebuild=rebuild)
+
+
+def verify_index(settings: Settings, repair: bool = True) -> VerifyReport:
+    """`index verify` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.verify(repair)
+
+
+def find_duplicates(settings: Settings, crops: bool = False) -> DedupeResult:
+    """`dedupe` through the library's door."""
+    with Catalogue(settings) as catalogue:
+        return catalogue.dedupe(crops)
+
+
+#: the decoder's and the feature extractor's parameters as the indexer uses them (Settings)
+_DEFAULTS = Settings()
+MAX_PIXELS, WORK_SIZE = _DEFAULTS.max_pixels, _DEFAULTS.work_size
+THUMB_SIZE, ORB_FEATURES = _DEFAULTS.thumb_size, _DEFAULTS.orb_features
+
+
+def indexed_features(data: bytes, colour_size: int | None = None) -> ImageFeatures:
+    """The features of image bytes as the indexer extracts them (Settings' parameters)."""
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size)
+    return extract_features(img, THUMB_SIZE, ORB_FEATURES)
+
+
+def run_on_pty(cmd: list[str]) -> tuple[str, str]:
+    """Run cmd with its stderr on a terminal (a pty 100 columns wide) and its stdout on a
+    pipe; returns (stdout, what the terminal showed). The command must succeed."""
+    import fcntl
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+    # a new pty has no size, and tqdm would draw in 0 columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, cwd=REPO,
+                          env=dict(os.environ)) as proc:
+        os.close(follower)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the pty closed with the process
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.wait(timeout=300) == 0, err.decode(errors="replace")
+    os.close(leader)
+    return out, err.decode(errors="replace")

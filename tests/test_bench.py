@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 import skimage.data
 import sqlalchemy
-from helpers import bench_photo_folder
+from helpers import bench_photo_folder, indexed_features
 
-from echoimage_bench import baselines, context, metrics, padding, report, runner, transforms
+from echoimage_bench import (
+    baselines,
+    context,
+    formatting,
+    metrics,
+    padding,
+    report,
+    runner,
+    transforms,
+)
 from echoimage_bench.transforms import TRANSFORMS, transform_rng
 
 
@@ -183,15 +192,15 @@ def test_hamming_topk_matches_a_popcount_oracle():
 
 
 def test_markdown_table():
-    text = report.markdown_table(["name", "r@1"], [["a|b", "1.000"], ["c", "—"]])
+    text = formatting.markdown_table(["name", "r@1"], [["a|b", "1.000"], ["c", "—"]])
     lines = text.splitlines()
     assert lines[0] == "| name | r@1 |"
     assert lines[1] == "|:---|---:|"
     assert lines[2] == "| a\\|b | 1.000 |"
     assert len(lines) == 4
     with pytest.raises(ValueError):
-        report.markdown_table(["a", "b"], [["only one"]])
-    assert report.fmt_rate(None) == "—" and report.fmt_rate(0.5) == "0.500"
+        formatting.markdown_table(["a", "b"], [["only one"]])
+    assert formatting.fmt_rate(None) == "—" and formatting.fmt_rate(0.5) == "0.500"
 
 
 def test_split_photos_is_seeded_and_disjoint():
@@ -273,12 +282,10 @@ def test_run_benchmark_end_to_end(tmp_path):
 
 
 def test_padding_key_tracks_what_the_rows_are_made_from():
-    from echoimage.features.decode import decode_image
-    from echoimage.features.extract import extract_features
 
     def feats(i: int):
         ok, buf = cv2.imencode(".bmp", padding.synthetic_image(i))
-        return extract_features(decode_image(buf.tobytes()))
+        return indexed_features(buf.tobytes())
 
     d01 = padding.features_digest([feats(0), feats(1)])
     assert d01 == padding.features_digest([feats(0), feats(1)])

@@ -65,7 +65,7 @@ def test_collage_holds_the_photo_in_one_cell_and_the_partners_elsewhere(n, photo
     canvas, (x, y, w, h) = hard.collage(img, others, n, 100, np.random.default_rng(5))
     cell = canvas[y:y + h, x:x + w]
     assert (w, h) == (100, 75)
-    assert np.abs(cell.astype(int) - hard._resize(img, w, h).astype(int)).max() == 0
+    assert np.abs(cell.astype(int) - hard.resize_to(img, w, h).astype(int)).max() == 0
     # every other cell holds one of the partners, each once
     gut = max(2, 100 // 60)
     assert canvas.shape[:2] == (n * h + (n + 1) * gut, n * w + (n + 1) * gut)
@@ -77,7 +77,7 @@ def test_collage_holds_the_photo_in_one_cell_and_the_partners_elsewhere(n, photo
             continue
         tile = canvas[cy:cy + h, cx:cx + w]
         seen.append(next(i for i, o in enumerate(others)
-                         if np.array_equal(tile, hard._resize(o, w, h))))
+                         if np.array_equal(tile, hard.resize_to(o, w, h))))
     assert sorted(seen) == list(range(n * n - 1))
     with pytest.raises(ValueError):
         hard.collage(img, others[:-1], n, 100, np.random.default_rng(5))

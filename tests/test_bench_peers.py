@@ -293,7 +293,7 @@ def test_benchmark_without_the_peer_packages(photo_folder, tmp_path, monkeypatch
 
 
 def test_suite_queries_are_copies_then_negatives_under_the_same_transforms(tmp_path):
-    from echoimage_bench.context import _Ctx, _Log
+    from echoimage_bench.context import Log, RunContext
 
     paths = []
     for n, name in enumerate(("astronaut", "coffee", "chelsea")):
@@ -303,7 +303,7 @@ def test_suite_queries_are_copies_then_negatives_under_the_same_transforms(tmp_p
     cat = paths[:2]
 
     def queries():
-        ctx = _Ctx(log=_Log(False), seed=0, settings=None, catalogue=cat,
+        ctx = RunContext(log=Log(False), seed=0, settings=None, catalogue=cat,
                    urls=[str(p) for p in cat], url_ids={}, query_photos=[0, 1])
         return list(peer_suite.suite_queries(ctx, list(PEER_TRANSFORMS.values()),
                                              [paths[2]]))

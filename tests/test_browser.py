@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 from conftest import Built
-from helpers import jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
+from helpers import build_index, jpeg, photo, png, resize, rotate, synthetic, to_rgb, write
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
 from echoimage.web.app import create_app
 from echoimage.web.config import WebSettings
 

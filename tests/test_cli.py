@@ -11,20 +11,22 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import URL_ENV
 from helpers import (
+    build_index,
     jpeg,
     mirror,
     photo,
     png,
     rot90,
+    search_engine,
     shrink,
     synthetic,
     tint,
     write,
 )
 
+from echoimage.catalogue.sample import SAMPLE_NAMES
 from echoimage.cli import cli
-from echoimage.pipeline import build_index
-from echoimage.sample import SAMPLE_NAMES
+from echoimage.config import Settings
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 
@@ -212,11 +214,9 @@ def test_query_csv(catalogue, cli_built, tmp_path) -> None:
 
 def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
                             module_store_url: str | None) -> None:
-    """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI, the library and the web
-    settings alike."""
+    """max_k (ECHOIMAGE_MAX_K, default 50) caps k in the CLI and the library alike (the
+    web server reads the same Settings)."""
     from echoimage.config import Settings
-    from echoimage.search.engine import SearchEngine
-    from echoimage.web.config import WebSettings
 
     good = str(catalogue.files["brick"])
     over = run(cli_built[0], "query", "-k", "51", good)
@@ -224,10 +224,10 @@ def test_one_cap_on_results(catalogue, cli_built, monkeypatch,
     assert run(cli_built[0], "query", "-k", "50", good).exit_code == 0
     monkeypatch.setenv("ECHOIMAGE_MAX_K", "60")
     assert run(cli_built[0], "query", "-k", "51", good).exit_code == 0
-    assert WebSettings().max_k == 60 and Settings().max_k == 60
+    assert Settings().max_k == 60
     monkeypatch.delenv("ECHOIMAGE_MAX_K")
-    assert WebSettings().max_k == Settings().max_k == 50
-    engine = SearchEngine(Settings(data_dir=cli_built[0], database_url=module_store_url))
+    assert Settings().max_k == 50
+    engine = search_engine(Settings(data_dir=cli_built[0], database_url=module_store_url))
     with pytest.raises(ValueError, match="between 1 and 50"):
         engine.query_bytes(catalogue.files["brick"].read_bytes(), 51)
 
@@ -287,17 +287,20 @@ def test_readers_never_create_a_catalogue(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_summary_rate_is_the_progress_bars(tmp_path: Path, catalogue,
                                            store_url: str | None) -> None:
-    """`index build` prints the processing phase's images, seconds and rate; they are the
-    progress bar's final count and rate (tqdm's average, not a recent rate)."""
+    """`index build` on a terminal prints the processing phase's images, seconds and rate;
+    they are the progress bar's final count and rate (tqdm's average, not a recent rate)."""
     import re
+    import sys
 
-    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "index", "build",
-                                      str(catalogue.root), "--workers", "2"])
-    assert result.exit_code == 0, result.output
-    bars = re.findall(r"(\d+)/(\d+) \[[^\]]*?,\s*([\d.]+)img/s\]", result.stderr)
-    assert bars, result.stderr
+    from tests.helpers import run_on_pty
+
+    out, err = run_on_pty([sys.executable, "-m", "echoimage", "--data-dir",
+                           str(tmp_path / "d"), "index", "build", str(catalogue.root),
+                           "--workers", "2"])
+    bars = re.findall(r"(\d+)/(\d+) \[[^\]]*?,\s*([\d.]+)img/s\]", err)
+    assert bars, err
     bar_n, bar_total, bar_rate = int(bars[-1][0]), int(bars[-1][1]), float(bars[-1][2])
-    summary = result.stdout.strip().splitlines()[0]
+    summary = out.strip().splitlines()[0]
     got = re.search(r" in ([\d.]+) s \(processing phase: (\d+) images in ([\d.]+) s, "
                     r"([\d.]+) images/s\)", summary)
     assert got, summary
@@ -309,6 +312,26 @@ def test_summary_rate_is_the_progress_bars(tmp_path: Path, catalogue,
     assert work_s <= total_s  # the whole run also lists, records and writes the index
 
 
+def test_no_progress_bar_into_a_log(tmp_path: Path, catalogue) -> None:
+    """With stderr a file (a log, cron mail), builds, updates and dedupe draw no bar:
+    stderr stays empty, though -q was not given."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    data = str(tmp_path / "d")
+    for args in (["index", "build", str(catalogue.root), "--workers", "2"],
+                 ["index", "update"], ["dedupe"]):
+        log = tmp_path / "log.txt"
+        with open(log, "w") as err:
+            proc = subprocess.run([sys.executable, "-m", "echoimage", "--data-dir", data,
+                                   *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                                  timeout=300)
+        assert proc.returncode == 0, log.read_text()
+        assert log.read_text() == "", (args, log.read_text())
+
+
 def _boom(*args: object, **kwargs: object) -> None:
     raise RuntimeError("the index writer broke\nsecond line of the message")
 
@@ -317,8 +340,27 @@ def _ctrl_c(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt
 
 
+def test_a_source_that_cannot_be_read_records_nothing(tmp_path: Path, catalogue,
+                                                       store_url: str | None) -> None:
+    """Every source is read before anything is recorded: a good folder followed by a source
+    that is missing (or no catalogue) adds no image and no run."""
+    data_dir = tmp_path / "d"
+    missing = tmp_path / "no-such-folder"
+    failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build", "-q",
+                                      str(catalogue.root), str(missing)])
+    assert failed.exit_code != 0
+    assert failed.output.strip() == f"Error: catalogue source not found: {missing}"
+    # nothing at all was created: no data directory, no store (no schema in PostgreSQL)
+    from echoimage.store.db import store_exists
+
+    assert not data_dir.exists()
+    assert not store_exists(Settings(data_dir=data_dir))
+    alone = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build", "-q",
+                                     str(missing)])
+    assert alone.exit_code == 1 and not data_dir.exists()
+
+
 @pytest.mark.parametrize("how, status, reason", [
-    ("missing source", "failed", "catalogue source not found: {missing}"),
     ("a stage raises", "failed", "RuntimeError: the index writer broke"),
     ("Ctrl-C", "interrupted", "interrupted (Ctrl-C)"),
 ])
@@ -327,18 +369,14 @@ def test_a_run_that_ends_badly_says_why(tmp_path: Path, catalogue, store_url: st
                                         status: str, reason: str) -> None:
     """`index status` (text and --json) shows why a build failed or was interrupted."""
     data_dir = tmp_path / "d"
-    missing = tmp_path / "no-such-folder"
     sources = [str(catalogue.root)]
     with monkeypatch.context() as m:
-        if how == "missing source":
-            sources.append(str(missing))
-        else:  # the last stage of the run: writing the index files
-            m.setattr("echoimage.pipeline.update_index_files",
-                      _boom if how == "a stage raises" else _ctrl_c)
+        # the last stage of the run: writing the index files
+        m.setattr("echoimage.indexing.runner.update_index_files",
+                  _boom if how == "a stage raises" else _ctrl_c)
         failed = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "build",
                                           "-q", "--workers", "2", *sources])
     assert failed.exit_code != 0
-    reason = reason.format(missing=missing)
     report = json.loads(run(data_dir, "index", "status", "--json").output)
     last = report["runs"][0]
     assert (last["status"], last["reason"], last["process"]) == (status, reason, None)
@@ -604,46 +642,18 @@ def test_many_queries_show_a_progress_bar_on_a_terminal(catalogue, cli_built,
                                                         tmp_path: Path) -> None:
     """With stderr on a terminal, many queries show a bar there (stdout keeps only the
     answers); -q, or stderr not a terminal, shows none."""
-    import fcntl
-    import os
-    import pty
-    import struct
     import subprocess
     import sys
-    import termios
 
-    from tests.helpers import REPO
+    from tests.helpers import REPO, run_on_pty
 
     files = [str(catalogue.files[n]) for n in ("brick", "coffee", "rocket")]
     cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(cli_built[0]), "query",
            "--json", *files]
-
-    def run_on_pty(extra: list[str]) -> tuple[str, str]:
-        leader, follower = pty.openpty()
-        # a terminal 100 columns wide (a new pty has none, and tqdm draws in 0 columns)
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        env = dict(os.environ)
-        with subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=follower,
-                              cwd=REPO, env=env) as proc:
-            os.close(follower)
-            err = b""
-            while True:
-                try:
-                    chunk = os.read(leader, 4096)
-                except OSError:  # the pty closed with the process
-                    break
-                if not chunk:
-                    break
-                err += chunk
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            assert proc.wait(timeout=60) == 0
-        os.close(leader)
-        return out, err.decode(errors="replace")
-
-    out, err = run_on_pty([])
+    out, err = run_on_pty(cmd)
     assert [json.loads(line)["found"] for line in out.splitlines()] == [True] * 3
     assert "query:" in err and "/3 [" in err  # the bar, cleared at the end
-    _, quiet = run_on_pty(["-q"])
+    _, quiet = run_on_pty([*cmd, "-q"])
     assert "/3 [" not in quiet
     piped = subprocess.run(cmd, capture_output=True, cwd=REPO, text=True, check=True)
     assert "/3 [" not in piped.stderr

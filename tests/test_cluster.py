@@ -15,18 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daskcluster import start_cluster
-from helpers import crop, jpeg, mirror, synthetic, write
+from helpers import build_index, crop, jpeg, mirror, search_engine, synthetic, verify_index, write
 from sqlalchemy import func, select
 from support.daskcluster import DaskCluster
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
-from echoimage.search.engine import SearchEngine
+from echoimage.index.local import LocalParams
 from echoimage.search.shards import ShardedVotes
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
-from echoimage.verify import verify_index
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores, pytest.mark.slow]
 
@@ -83,7 +81,7 @@ def test_cluster_build_is_a_local_build(cluster: DaskCluster, tmp_path: Path,
     again = build_index(settings, [str(photos)], progress=False)
     assert again.counts == {"already-indexed": 10, "known-failure": 1}
     assert verify_index(settings).ok
-    engine = SearchEngine(settings)
+    engine = search_engine(settings)
     top = engine.query_bytes(jpeg(crop(synthetic(7004, 320), 0.7), 80), 1).matches[0]
     assert top.url == str((photos / "p004.jpg").resolve()) and top.duplicate
 
@@ -182,10 +180,10 @@ def test_sharded_votes_are_the_whole_index_votes(cluster: DaskCluster, ivf_store
     descriptors near stored ones and for random ones, and so are whole answers."""
     from distributed import Client
 
-    engine = SearchEngine(ivf_store)
+    engine = search_engine(ivf_store)
     snap = engine.live.current()
     assert snap.quantizer is not None  # IVF: shards search the lists the client assigns
-    lp = ivf_store.local_params
+    lp = LocalParams.from_settings(ivf_store)
     rng = np.random.default_rng(shards)
     with Client(cluster.address) as client:
         sharded = ShardedVotes(client, ivf_store, shards)
@@ -203,7 +201,7 @@ def test_sharded_votes_are_the_whole_index_votes(cluster: DaskCluster, ivf_store
             for q in (descs, noisy, rng.integers(0, 256, descs.shape, dtype=np.uint8)):
                 assert sharded.vote(snap, q, lp, 10) == snap.parts.vote(q, lp, 10)
         engine.shards = sharded
-        whole = SearchEngine(ivf_store)
+        whole = search_engine(ivf_store)
         for seed, frac in ((7003, 0.5), (7011, 0.4), (7020, 1.0)):
             data = jpeg(crop(synthetic(seed, 320), frac), 85)
             a, b = engine.query_bytes(data, 3), whole.query_bytes(data, 3)
@@ -218,7 +216,7 @@ def test_sharded_engine_stays_live(cluster: DaskCluster, tmp_path: Path,
     placed is found by its votes (the shards catch up with the change number)."""
     settings = copy_store(ivf_store, tmp_path / "copy").model_copy(
         update={"cluster": cluster.address, "index_shards": 2})
-    engine = SearchEngine(settings)
+    engine = search_engine(settings)
     try:
         assert engine.shards is not None
         new = tmp_path / "new"

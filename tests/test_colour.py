@@ -6,7 +6,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import cmyk_jpeg, exif_rotated_jpeg, jpeg, photo, png, png16
+from helpers import (
+    MAX_PIXELS,
+    WORK_SIZE,
+    cmyk_jpeg,
+    exif_rotated_jpeg,
+    indexed_features,
+    jpeg,
+    photo,
+    png,
+    png16,
+)
 from PIL import Image
 
 from echoimage.config import Settings
@@ -17,7 +27,6 @@ from echoimage.features.colour import (
     colour_signature,
 )
 from echoimage.features.decode import decode_image
-from echoimage.features.extract import extract_features
 from echoimage.store.codec import encode_preview
 
 SIZE = Settings().colour_size
@@ -26,7 +35,7 @@ COLOUR_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 def rgb_of(data: bytes) -> np.ndarray:
     """The decoder's colour version of image bytes."""
-    img = decode_image(data, colour_size=SIZE)
+    img = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size=SIZE)
     assert img.colour is not None
     return img.colour
 
@@ -51,7 +60,8 @@ def gray3(rgb: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", COLOUR_PHOTOS)
 def test_colour_version_leaves_the_gray_image_bit_for_bit(name: str) -> None:
     data = jpeg(photo(name))
-    plain, coloured = decode_image(data), decode_image(data, colour_size=SIZE)
+    plain = decode_image(data, MAX_PIXELS, WORK_SIZE)
+    coloured = decode_image(data, MAX_PIXELS, WORK_SIZE, colour_size=SIZE)
     assert plain.colour is None
     np.testing.assert_array_equal(plain.gray, coloured.gray)
     c = coloured.colour
@@ -64,7 +74,7 @@ def test_colour_version_leaves_the_gray_image_bit_for_bit(name: str) -> None:
 def test_colour_version_follows_exif_orientation() -> None:
     rgb = np.ascontiguousarray(photo("astronaut")[:, :400])  # 512 high, 400 wide
     stored = np.ascontiguousarray(np.rot90(rgb, 1))  # stored on its side; EXIF 6 turns it back
-    img = decode_image(exif_rotated_jpeg(stored, 6), colour_size=SIZE)
+    img = decode_image(exif_rotated_jpeg(stored, 6), MAX_PIXELS, WORK_SIZE, colour_size=SIZE)
     assert img.colour is not None and img.gray.shape == (512, 400)
     assert img.colour.shape == (SIZE, round(SIZE * 400 / 512), 3)
     upright = cv2.resize(rgb, (img.colour.shape[1], SIZE), interpolation=cv2.INTER_AREA)
@@ -92,9 +102,9 @@ def test_colour_version_of_other_modes() -> None:
 
 def test_features_carry_the_colour_and_its_signature() -> None:
     data = jpeg(photo("rocket"))
-    f = extract_features(decode_image(data, colour_size=SIZE))
+    f = indexed_features(data, SIZE)
     assert f.colour is not None and f.colour_signature == colour_signature(f.colour)
-    g = extract_features(decode_image(data))
+    g = indexed_features(data)
     assert g.colour is None and g.colour_signature is None
 
 

@@ -129,3 +129,54 @@ def test_a_build_beside_an_update(tmp_path: Path, store_url: str | None) -> None
                   "--workers", "1")
     finish(update, build)
     check_store(Settings(data_dir=data_dir), [p for d in dirs.values() for p in d])
+
+
+def test_one_runner_at_a_time(tmp_path: Path, store_url: str | None) -> None:
+    """Two `index update`s started while another run holds the catalogue: each says in one
+    line that it waits, then they run one after the other; 30 new images are extracted
+    once, and the counts are true (the first indexes 30, the second finds them unchanged:
+    before, both extracted them and both reported `indexed: 30`)."""
+    from echoimage.store.db import run_lock
+
+    root = tmp_path / "cat"
+    dirs = make_dirs(root, "a")
+    data_dir = tmp_path / "data"
+    finish(start(data_dir, "index", "build", str(root / "a"), "-q", "--workers", "1"))
+    new = [write(root / "a" / f"new{i:03d}.jpg", image_bytes(500 + i)) for i in range(30)]
+    settings = Settings(data_dir=data_dir)
+    engine = open_store(settings, create=False)
+    waits: list[int] = []
+    try:
+        with run_lock(engine, lambda: waits.append(1)):
+            assert waits == []  # nobody else holds it
+            logs = [tmp_path / f"update{n}.log" for n in range(2)]
+            env = {**os.environ, "ECHOIMAGE_BATCH_SIZE": "3"}
+            updates = []
+            for log in logs:
+                with open(log, "wb") as err:
+                    updates.append(subprocess.Popen(
+                        [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir),
+                         "index", "update", "--json"], cwd=REPO, env=env,
+                        stdout=subprocess.PIPE, stderr=err))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not all(
+                    b"waiting" in log.read_bytes() for log in logs):
+                assert all(p.poll() is None for p in updates)  # nothing runs meanwhile
+                time.sleep(0.1)
+        outs = []
+        for proc in updates:
+            out, _ = proc.communicate(timeout=180)
+            assert proc.returncode == 0
+            outs.append(json.loads(out))
+        errs = [log.read_text() for log in logs]
+    finally:
+        engine.dispose()
+    for err in errs:
+        assert err.startswith("echoimage: another build or update of this catalogue is "
+                              "running"), err
+        assert err.count("\n") == 1 and err.rstrip().endswith("waiting for it to finish"), err
+    counts = sorted((o["counts"] for o in outs), key=lambda c: -c.get("indexed", 0))
+    assert counts[0] == {"indexed": 30, "unchanged": PER_DIR}
+    assert counts[1] == {"unchanged": PER_DIR + 30}
+    assert sum(o["processed"] for o in outs) == 30  # each new image extracted once
+    check_store(settings, dirs["a"] + new)

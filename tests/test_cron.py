@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import jpeg, photo, write
+from helpers import build_index, jpeg, photo, write
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 

@@ -38,7 +38,7 @@ from fuzzing import (
     seed_catalogues,
     seed_images,
 )
-from helpers import REPO, jpeg, photo, png, synthetic, write
+from helpers import REPO, jpeg, photo, png, search_engine, synthetic, write
 
 #: a command that runs longer than this has hung
 HANG_S = 120
@@ -506,12 +506,10 @@ def test_fuzzed_images_through_the_indexer() -> None:
 
 
 def test_fuzzed_images_as_queries(built) -> None:
-    from echoimage.search.engine import SearchEngine
-
     seeds = list(seed_images().values())
     tally = FuzzTally()
     fuzz(tally, "query", seeds, np.random.default_rng(7), FUZZ_N // 3,
-         query_runner(SearchEngine(built.settings)))
+         query_runner(search_engine(built.settings)))
     _assert_clean(tally)
 
 

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 from helpers import (
+    MAX_PIXELS,
+    WORK_SIZE,
     extra_photos,
     jpeg_roundtrip,
     photo,
@@ -70,7 +72,7 @@ def test_golden_orb_counts() -> None:
     assert len(orb_features(CAMERA, 500)) == GOLDEN["orb_keypoints"]
     assert len(orb_features(CAMERA, 100)) == GOLDEN["orb_keypoints_100"]
     tiny = cv2.resize(CAMERA, (96, 96), interpolation=cv2.INTER_AREA)
-    assert len(orb_features(tiny)) == GOLDEN["orb_keypoints_96px"]
+    assert len(orb_features(tiny, 500)) == GOLDEN["orb_keypoints_96px"]
 
 
 def test_golden_thumbnail_means() -> None:
@@ -81,7 +83,7 @@ def test_golden_thumbnail_means() -> None:
 
 
 def test_extract_features_matches_golden_through_the_decoder() -> None:
-    feats = extract_features(decode_image(png(CAMERA)))
+    feats = extract_features(decode_image(png(CAMERA), MAX_PIXELS, WORK_SIZE), 256, 500)
     assert to_hex(feats.phash) == GOLDEN["phash"]
     assert to_hex(feats.dhash) == GOLDEN["dhash"]
     assert len(feats.orb) == GOLDEN["orb_keypoints"]
@@ -170,11 +172,11 @@ def test_hamming_is_symmetric_and_matches_popcount() -> None:
     lambda: phash(np.zeros((16, 16), np.float32)),
     lambda: dhash(np.zeros((32, 33), np.float32)),
     lambda: thumbnail(CAMERA, 7),
-    lambda: thumbnail(CAMERA.astype(np.float32)),
-    lambda: thumbnail(np.zeros((32, 32, 3), np.uint8)),
+    lambda: thumbnail(CAMERA.astype(np.float32), 256),
+    lambda: thumbnail(np.zeros((32, 32, 3), np.uint8), 256),
     lambda: orb_features(CAMERA, 0),
-    lambda: orb_features(CAMERA.astype(np.float32)),
-    lambda: orb_features(np.zeros((64, 64, 3), np.uint8)),
+    lambda: orb_features(CAMERA.astype(np.float32), 500),
+    lambda: orb_features(np.zeros((64, 64, 3), np.uint8), 500),
     lambda: orient(CAMERA, 8),
     lambda: orient(CAMERA, -1),
     lambda: ssim(np.zeros((16, 16), np.uint8), np.zeros((16, 17), np.uint8)),
@@ -200,13 +202,13 @@ def test_thumbnail_shape_and_dtype(shape: tuple[int, int]) -> None:
 
 
 def test_thumbnail_of_flat_image_is_flat() -> None:
-    t = thumbnail(np.full((100, 300), 77, np.uint8))
+    t = thumbnail(np.full((100, 300), 77, np.uint8), 256)
     assert (t == 77).all()
 
 
 def test_orb_on_flat_image_is_empty_not_none() -> None:
     for gray in (np.full((200, 200), 128, np.uint8), np.zeros((64, 64), np.uint8)):
-        orb = orb_features(gray)
+        orb = orb_features(gray, 500)
         assert orb is not None
         assert len(orb) == 0
         assert orb.keypoints.shape == (0, 5) and orb.keypoints.dtype == np.float32
@@ -234,7 +236,7 @@ def test_orb_shapes_and_pairing() -> None:
 
 
 def test_orb_is_deterministic() -> None:
-    a, b = orb_features(CAMERA), orb_features(CAMERA.copy())
+    a, b = orb_features(CAMERA, 500), orb_features(CAMERA.copy(), 500)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
     np.testing.assert_array_equal(a.descriptors, b.descriptors)
 
@@ -248,11 +250,11 @@ def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ssim_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
     rng = np.random.RandomState(123)
-    t_cam = thumbnail(CAMERA)
+    t_cam = thumbnail(CAMERA, 256)
     return [
         ("same", t_cam, t_cam.copy()),
-        ("jpeg30", t_cam, thumbnail(to_gray(jpeg_roundtrip(CAMERA, 30)))),
-        ("other", t_cam, thumbnail(to_gray(photo("astronaut")))),
+        ("jpeg30", t_cam, thumbnail(to_gray(jpeg_roundtrip(CAMERA, 30)), 256)),
+        ("other", t_cam, thumbnail(to_gray(photo("astronaut")), 256)),
         ("shifted", t_cam, np.roll(t_cam, 3, axis=1)),
         ("noise", rng.randint(0, 256, (64, 80)).astype(np.uint8),
          rng.randint(0, 256, (64, 80)).astype(np.uint8)),
@@ -267,8 +269,8 @@ def test_ssim_equals_skimage(label: str, a: np.ndarray, b: np.ndarray) -> None:
 
 
 def test_ssim_is_symmetric_and_bounded() -> None:
-    a = thumbnail(CAMERA)
-    b = thumbnail(to_gray(photo("coffee")))
+    a = thumbnail(CAMERA, 256)
+    b = thumbnail(to_gray(photo("coffee")), 256)
     assert ssim(a, b) == pytest.approx(ssim(b, a), abs=1e-6)
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-6)
     assert -1.0 <= ssim(a, b) < 0.5

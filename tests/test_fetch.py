@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
+from echoimage import __version__
 from echoimage.fetch.client import (
     RETRYABLE_STATUSES,
     FetchConfig,
@@ -249,7 +250,9 @@ async def test_ok_image_and_headers(site: Site) -> None:
     assert res.final_url == site.url("/img.png")
     assert res.attempts == 1 and res.reason is None
     assert 0 < res.wait_s <= res.elapsed_s
-    assert site.state.user_agents[0].startswith("EchoImage/0.1 (+https://github.com/")
+    # the settings' user agent: EchoImage and its version
+    assert site.state.user_agents[0] == f"EchoImage/{__version__} (+https://github.com/" \
+        "echoimage/echoimage)"
     jpg = await _fetch(site, "/img.jpg")
     assert jpg.status == "ok" and jpg.data == JPEG
 

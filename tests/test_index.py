@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy
-from helpers import jpeg, photo, synthetic, to_gray, write
+from helpers import (
+    build_index,
+    indexed_features,
+    jpeg,
+    photo,
+    search_engine,
+    synthetic,
+    to_gray,
+    write,
+)
 
 from echoimage.errors import IndexStaleError
-from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, orient
-from echoimage.features.extract import extract_features
 from echoimage.features.hashes import hash_input, phash
 from echoimage.index.binary import (
     IndexFileDamaged,
@@ -26,10 +33,8 @@ from echoimage.index.binary import (
     write_index_file,
 )
 from echoimage.index.build import index_params, misfit
-from echoimage.index.local import LAYOUT
+from echoimage.index.local import LAYOUT, LocalParams
 from echoimage.index.manifest import IndexManifest, read_manifest
-from echoimage.pipeline import build_index
-from echoimage.search.engine import SearchEngine
 from echoimage.search.live import LiveIndex
 from echoimage.search.shortlist import shortlist
 from echoimage.store import repo
@@ -227,7 +232,7 @@ def _index_new_image(settings, data: bytes, url: str) -> int:
             repo.add_pending(s, [CatalogueItem(url, "test")], None)
             image_id = repo.known_images(s, [url])[url].id
             repo.save_features(s, image_id, hashlib.sha256(data).hexdigest(), len(data),
-                               extract_features(decode_image(data)))
+                               indexed_features(data))
     finally:
         engine.dispose()
     return image_id
@@ -253,8 +258,8 @@ def test_engine_rebuilds_deleted_index(built_copy) -> None:
     s = built_copy.settings
     (s.index_dir / "manifest.json").unlink()
     with pytest.raises(IndexStaleError):
-        SearchEngine(s, rebuild=False)
-    engine = SearchEngine(s)
+        search_engine(s, rebuild=False)
+    engine = search_engine(s)
     assert engine.size == len(built_copy.catalogue.files)
     _assert_fresh_on_disk(s)
     top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
@@ -269,8 +274,8 @@ def test_engine_rebuilds_an_index_laid_out_otherwise(built_copy) -> None:
     manifest["params"]["layout"] = "ivf-4sqrt-train40"
     path.write_text(json.dumps(manifest))
     with pytest.raises(IndexStaleError):
-        SearchEngine(s, rebuild=False)
-    SearchEngine(s)
+        search_engine(s, rebuild=False)
+    search_engine(s)
     assert json.loads(path.read_text())["params"]["layout"] == LAYOUT
 
 
@@ -283,7 +288,7 @@ def test_engine_catches_up_with_a_store_changed_behind_its_back(built_copy, tmp_
     # memory (no rebuild needed, so it works even when rebuilding is not allowed)
     manifest = read_manifest(s.index_dir)
     assert manifest is not None and manifest.seq < _store_state(s).seq
-    engine = SearchEngine(s, rebuild=False)
+    engine = search_engine(s, rebuild=False)
     assert engine.size == len(built_copy.catalogue.files) + 1
     assert len(engine.live.snapshot().parts.parts) == 2  # the base and the delta
     top = engine.query_bytes(data, 1).matches[0]
@@ -296,7 +301,7 @@ def test_engine_writes_a_large_delta_to_the_files(built_copy, tmp_path, monkeypa
     url = str(write(tmp_path / "new.jpg", data))
     new_id = _index_new_image(s, data, url)
     monkeypatch.setattr(LiveIndex, "delta_max", 0)  # any change is worth a segment
-    engine = SearchEngine(s)
+    engine = search_engine(s)
     assert engine.size == len(built_copy.catalogue.files) + 1
     _assert_fresh_on_disk(s)  # (a small, flat index: rebuilt whole; a large one: a segment)
     assert len(engine.live.snapshot().parts.parts) == 1  # nothing left in memory
@@ -313,17 +318,17 @@ def test_engine_takes_an_old_index_put_back(built_copy, tmp_path) -> None:
     data = jpeg(synthetic(6))
     url = str(write(tmp_path / "new.jpg", data))
     _index_new_image(s, data, url)
-    SearchEngine(s)
+    search_engine(s)
     shutil.rmtree(s.index_dir)
     shutil.copytree(old, s.index_dir)
-    engine = SearchEngine(s)
+    engine = search_engine(s)
     assert engine.size == len(built_copy.catalogue.files) + 1
     assert engine.query_bytes(data, 1).matches[0].url == url
 
 
 def test_live_engine_picks_up_a_new_build(built_copy, tmp_path) -> None:
     s = built_copy.settings
-    engine = SearchEngine(s)
+    engine = search_engine(s)
     extra = tmp_path / "extra"
     data = jpeg(synthetic(7))
     write(extra / "seven.jpg", data)
@@ -335,7 +340,7 @@ def test_live_engine_picks_up_a_new_build(built_copy, tmp_path) -> None:
 
 def test_live_engine_never_answers_from_a_stale_index(built_copy, tmp_path) -> None:
     s = built_copy.settings
-    engine = SearchEngine(s)
+    engine = search_engine(s)
     data = jpeg(synthetic(8))
     url = str(write(tmp_path / "eight.jpg", data))
     new_id = _index_new_image(s, data, url)
@@ -441,9 +446,10 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
     assert quantizer_of(base.local) is not None
     assert is_two_level(quantizer) == two_level
     if two_level:  # 4·√n lists
-        assert quantizer.ntotal == nlist_for(len(lids), s.local_params) > 4 * np.sqrt(len(lids)) - 1
+        lp = LocalParams.from_settings(s)
+        assert quantizer.ntotal == nlist_for(len(lids), lp) > 4 * np.sqrt(len(lids)) - 1
     assert np.array_equal(np.sort(local_ids(base.local)), np.sort(lids))
-    engine = SearchEngine(s)
+    engine = search_engine(s)
     top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
     assert top.url == built_copy.catalogue.url("rocket")
     assert engine.live.current().parts.nprobe == (16 if two_level else 8)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import jpeg, mirror, synthetic
+from helpers import MAX_PIXELS, WORK_SIZE, jpeg, mirror, search_engine, synthetic
 
 import echoimage.index.build as build_mod
 from echoimage.config import Settings
@@ -25,10 +25,9 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import is_two_level, probes
+from echoimage.index.local import LocalParams, is_two_level, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
-from echoimage.search.engine import SearchEngine
 from echoimage.search.live import LiveIndex
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -47,7 +46,7 @@ def pool() -> list[tuple[bytes, ImageFeatures]]:
     out = []
     for i in range(POOL):
         data = jpeg(synthetic(1000 + i, 320), 90)
-        out.append((data, extract_features(decode_image(data), 256, 300)))
+        out.append((data, extract_features(decode_image(data, MAX_PIXELS, WORK_SIZE), 256, 300)))
     return out
 
 
@@ -119,7 +118,7 @@ def file_parts(settings: Settings) -> PartSet:
     manifest = read_manifest(settings.index_dir)
     assert manifest is not None
     parts, quantizer = load_parts(settings.index_dir, manifest)
-    return PartSet(parts, quantizer, probes(quantizer, settings.local_params))
+    return PartSet(parts, quantizer, probes(quantizer, LocalParams.from_settings(settings)))
 
 
 def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
@@ -132,7 +131,7 @@ def assert_same_answers(a: PartSet, b: PartSet, settings: Settings,
     ha, hb = a.search_hashes(codes, 7), b.search_hashes(codes, 7)
     for x, y in zip(ha.ids + ha.distances, hb.ids + hb.distances, strict=True):
         np.testing.assert_array_equal(x, y)
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     for part in b.parts:  # queries near stored descriptors, with bits flipped
         if part.local.ntotal == 0:
             continue
@@ -237,7 +236,7 @@ def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
         random_step(cat, rng, 5, step)
         update_index_files(settings, cat.engine)
     copy = oracle(settings, tmp_path, "oracle", copy_store)
-    live, fresh = SearchEngine(settings), SearchEngine(copy)
+    live, fresh = search_engine(settings), search_engine(copy)
     for which in sorted(set(cat.urls.values()))[:8]:
         arr = synthetic(1000 + which, 320)
         for query in (jpeg(arr[20:-40, 30:], 70), jpeg(mirror(arr), 80)):

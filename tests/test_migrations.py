@@ -62,6 +62,44 @@ def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
     assert schema_diff(engine) == []
 
 
+def test_revisions_read_without_alembic_agree_with_it(engine: Engine) -> None:
+    """head_revision and current_revision read the migration files and the version table
+    themselves (a query command does not import Alembic): they say what Alembic says, at
+    every revision of the history."""
+    from alembic.script import ScriptDirectory
+
+    from echoimage.store.db import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert head_revision() == script.get_current_head()
+    for rev in reversed([r.revision for r in script.walk_revisions()]):
+        upgrade(engine, rev)
+        with engine.connect() as conn:
+            alembic_says = MigrationContext.configure(conn).get_current_revision()
+        assert current_revision(engine) == alembic_says == rev
+
+
+def test_a_query_does_not_import_alembic(tmp_path: Path) -> None:
+    """Opening a current store to read (what a query does) imports no Alembic."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    store = tmp_path / "d"
+    upgrade_engine = open_store(Settings(data_dir=store))
+    upgrade_engine.dispose()
+    code = "\n".join([
+        "import sys",
+        "from echoimage.config import Settings",
+        "from echoimage.store.db import open_store",
+        f"open_store(Settings(data_dir={str(store)!r}), create=False).dispose()",
+        "assert not [m for m in sys.modules if m.startswith('alembic')]"])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_models_match_migrated_schema(engine: Engine) -> None:
     upgrade(engine)
     assert schema_diff(engine) == []

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from helpers import CATALOGUE_PHOTOS, box_iou, jpeg, photo, to_rgb, web_page
 
+from echoimage.config import Settings
 from echoimage.features.decode import decode_image
 from echoimage.features.regions import collage_cells, content_boxes
+
+#: the query cascade's number of content boxes
+MAX_BOXES = Settings().max_boxes
 
 
 def decoded(arr: np.ndarray, quality: int = 85) -> tuple[np.ndarray, float]:
@@ -25,7 +29,7 @@ def scaled(box: tuple[int, int, int, int], f: float) -> tuple[int, int, int, int
 
 @pytest.mark.parametrize("name", CATALOGUE_PHOTOS)
 def test_plain_photos_have_no_box(name: str) -> None:
-    assert content_boxes(decoded(photo(name), 90)[0]) == []
+    assert content_boxes(decoded(photo(name), 90)[0], MAX_BOXES) == []
 
 
 @pytest.mark.parametrize("pale_top", [0.0, 0.3])
@@ -36,7 +40,7 @@ def test_picture_in_a_page_is_boxed_tightly(name: str, seed: int, pale_top: floa
     its top rows are a flat band nearly the page's colour: the box is still the picture."""
     page, box = web_page(photo(name), seed, pale_top=pale_top)
     gray, f = decoded(page)
-    boxes = content_boxes(gray)
+    boxes = content_boxes(gray, MAX_BOXES)
     assert max((box_iou(b, scaled(box, f)) for b in boxes), default=0) >= 0.95, boxes
 
 
@@ -47,7 +51,7 @@ def test_picture_on_a_solid_border(name: str) -> None:
     py, px = h // 5, w // 5
     framed = cv2.copyMakeBorder(arr, py, py, px, px, cv2.BORDER_CONSTANT, value=(200, 30, 60))
     gray, f = decoded(framed)
-    boxes = content_boxes(gray)
+    boxes = content_boxes(gray, MAX_BOXES)
     assert boxes and box_iou(boxes[0], scaled((px, py, w, h), f)) >= 0.97, boxes
 
 
@@ -57,21 +61,21 @@ def test_two_pictures_in_a_page_get_a_box_each() -> None:
     page[40:440, 30:430] = cv2.resize(a, (400, 400))[:400, :400]
     page[100:400, 470:870] = cv2.resize(b, (400, 300))
     gray, f = decoded(page)
-    boxes = content_boxes(gray)
+    boxes = content_boxes(gray, MAX_BOXES)
     for want in ((30, 40, 400, 400), (470, 100, 400, 300)):
         assert max(box_iou(x, scaled(want, f)) for x in boxes) >= 0.95, boxes
 
 
 def test_a_page_of_text_and_buttons_has_no_box() -> None:
     page, _ = web_page(np.full((200, 200, 3), 245, np.uint8), 4)  # the "photo" is blank
-    assert content_boxes(decoded(page)[0]) == []
+    assert content_boxes(decoded(page)[0], MAX_BOXES) == []
 
 
 def test_bad_arguments_raise_value_error() -> None:
     with pytest.raises(ValueError):
-        content_boxes(np.zeros((10, 10, 3), np.uint8))
+        content_boxes(np.zeros((10, 10, 3), np.uint8), MAX_BOXES)
     with pytest.raises(ValueError):
-        content_boxes(np.zeros((10, 10), np.uint8), min_area=0.5, max_area=0.4)
+        content_boxes(np.zeros((10, 10), np.uint8), MAX_BOXES, min_area=0.5, max_area=0.4)
 
 
 def _grid(tiles: list[np.ndarray], n: int, cell: tuple[int, int], gutter: int

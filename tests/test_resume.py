@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import interrupted_build, jpeg, mirror, store_snapshot, synthetic, write
+from helpers import (
+    build_index,
+    interrupted_build,
+    jpeg,
+    mirror,
+    search_engine,
+    store_snapshot,
+    synthetic,
+    write,
+)
 
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import build_index
-from echoimage.search.engine import SearchEngine
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import Status
@@ -72,7 +79,7 @@ def test_resume_after_sigkill(tmp_path: Path, store_url: str | None) -> None:
     assert manifest is not None
     assert manifest.images == state.count == len(files) and manifest.seq == state.seq
 
-    search = SearchEngine(settings)
+    search = search_engine(settings)
     assert search.size == len(files)
     known_file = files[len(files) // 3]
     top = search.query_bytes(jpeg(mirror(synthetic(len(files) // 3)), 75), 3).matches[0]
@@ -127,3 +134,35 @@ def status(data_dir: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "index", "status", *args])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def test_ctrl_c_is_one_line_and_the_build_resumes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the build's process group, as a terminal sends it) ends the build
+    with one line on stderr (no "Aborted!", no traceback, no "coroutine ... was never
+    awaited"), exit status 130, the run recorded as interrupted; the same command then
+    finishes the job with nothing indexed twice."""
+    import signal
+
+    data_dir = tmp_path / "data"
+    root = tmp_path / "catalogue"
+    for attempt, n in enumerate((150, 600)):
+        files = make_catalogue(root, n)
+        before, interrupted, log = interrupted_build(data_dir, root, len(files),
+                                                     sig=signal.SIGINT)
+        if interrupted:
+            break
+        data_dir = tmp_path / f"data{attempt}"
+    assert interrupted, "could not interrupt the build mid-run"
+    lines = log.read_text().splitlines()
+    assert lines == ["interrupted (Ctrl-C): nothing done so far is lost; run the same "
+                     "command again to go on"], lines
+    assert 0 < before < len(files)
+    settings = Settings(data_dir=data_dir, workers=2)
+    runs = store_snapshot(settings, runs=10).runs
+    assert (runs[0]["status"], runs[0]["reason"]) == ("interrupted", "interrupted (Ctrl-C)")
+    summary = build_index(settings, [str(root)], progress=False)
+    assert summary.counts["already-indexed"] == before
+    assert summary.counts["already-indexed"] + summary.counts["indexed"] == len(files)
+    snap = store_snapshot(settings, runs=10)
+    assert snap.counts == {Status.INDEXED: len(files)}
+    assert len(snap.ids) == len(set(snap.ids.tolist())) == len(files)

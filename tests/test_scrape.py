@@ -15,10 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner, Result
 
-from echoimage.cli import cli
-from echoimage.errors import CatalogueError
-from echoimage.fetch.client import FetchConfig
-from echoimage.scrape import (
+from echoimage.catalogue.scrape import (
     ScrapeFilters,
     decode_html,
     largest_candidate,
@@ -27,6 +24,9 @@ from echoimage.scrape import (
     scrape,
     write_catalogue,
 )
+from echoimage.cli import cli
+from echoimage.errors import CatalogueError
+from echoimage.fetch.client import FetchConfig
 
 GIF_DATA_URI = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
 
@@ -50,7 +50,7 @@ INDEX = f"""<!DOCTYPE html>
   <img src="pic.jpg" alt="Pictured">
 </picture>
 <img src="doc.svg"><img src="/img/no-extension">
-<img src="category-menu/arrow.png"><img src="ui-sprite.png">
+<img src="img/category-menu-arrow.png"><img src="ui-sprite.png">
 <img src="photo1.jpg#again" alt="duplicate">
 <img src="/img/p-1280.jpg" alt="duplicate too">
 <p>Unclosed <b>markup <i>everywhere
@@ -114,36 +114,39 @@ CFG = FetchConfig(connect_timeout=1.0, read_timeout=2.0, total_timeout=5.0, retr
 
 
 async def test_scrape_one_page_extracts_and_filters(site: Site) -> None:
-    report = await scrape([site.url("/site/index.html")], fetcher_config=CFG)
+    report = await scrape([site.url("/site/index.html")], fetcher_config=CFG, delay=0)
     page = site.url("/site/index.html")
     assert report.images == [
         {"url": site.url("/assets/photo1.jpg"), "page": page, "alt": "First photo"},
         {"url": site.url("/img/p-1280.jpg"), "page": page, "alt": "Responsive"},
         {"url": site.url("/assets/lazy.png"), "page": page, "alt": "Lazy"},
         {"url": site.url("/img/lazier.webp"), "page": page, "alt": ""},
-        {"url": site.url("/assets/pic-2x.avif"), "page": page, "alt": "Pictured"},
+        # one image per <picture>: the largest of its sources and its <img>
         {"url": site.url("/assets/pic-b.webp"), "page": page, "alt": "Pictured"},
-        {"url": site.url("/assets/pic.jpg"), "page": page, "alt": "Pictured"},
+        {"url": site.url("/img/big.jpg"), "page": page, "alt": ""},  # a linked image
     ]
     assert report.pages == [page]
     assert report.notes == []
-    assert site.hits == ["/site/index.html"]  # follow_pages=0: no link followed
+    # follow_pages=0: no link followed; robots.txt read first
+    assert site.hits == ["/robots.txt", "/site/index.html"]
 
 
 async def test_follow_pages_breadth_first_with_broken_start_page(site: Site) -> None:
     report = await scrape([site.url("/site/index.html"), site.url("/site/missing.html")],
-                          follow_pages=1, fetcher_config=CFG)
+                          follow_pages=1, fetcher_config=CFG, delay=0)
     urls = [e["url"] for e in report.images]
     assert urls[-1] == site.url("/img/second.png")  # from the followed page, after page one
     assert urls.count(site.url("/assets/photo1.jpg")) == 1
     assert report.images[0]["alt"] == "First photo"  # first-seen entry wins
     assert report.notes == [f"{site.url('/site/missing.html')}: skipped, HTTP 404"]
     assert report.pages == [site.url("/site/index.html"), site.url("/site/page2.html")]
-    assert sorted(site.hits) == ["/site/index.html", "/site/missing.html", "/site/page2.html"]
+    assert sorted(site.hits) == ["/robots.txt", "/site/index.html", "/site/missing.html",
+                                 "/site/page2.html"]
 
 
 async def test_follow_links_notes_404_and_never_revisits(site: Site) -> None:
-    report = await scrape([site.url("/site/index.html")], follow_pages=5, fetcher_config=CFG)
+    report = await scrape([site.url("/site/index.html")], follow_pages=5, fetcher_config=CFG,
+                          delay=0)
     assert f"{site.url('/site/missing.html')}: skipped, HTTP 404" in report.notes
     assert site.url("/img/third.gif") in [e["url"] for e in report.images]
     assert site.hits.count("/site/index.html") == 1
@@ -154,7 +157,7 @@ async def test_follow_links_notes_404_and_never_revisits(site: Site) -> None:
 
 async def test_non_html_page_is_noted(site: Site) -> None:
     report = await scrape([site.url("/site/image.png"), "ftp://127.0.0.1/x",
-                           site.url("/site/page3.html")], fetcher_config=CFG)
+                           site.url("/site/page3.html")], fetcher_config=CFG, delay=0)
     assert [e["url"] for e in report.images] == [site.url("/img/third.gif")]
     assert report.notes[0].startswith(f"{site.url('/site/image.png')}: skipped, not an HTML")
     assert report.notes[1].startswith("ftp://127.0.0.1/x: skipped, bad-url")
@@ -171,7 +174,7 @@ async def test_scrape_fails_when_no_start_page_can_be_read(site: Site) -> None:
     refused = f"http://127.0.0.1:{closed_port()}/"
     with pytest.raises(CatalogueError) as err:
         await scrape([site.url("/site/missing.html"), site.url("/site/image.png"), refused],
-                     follow_pages=3, fetcher_config=CFG)
+                     follow_pages=3, fetcher_config=CFG, delay=0)
     message = str(err.value)
     assert message.startswith("no page could be read: ") and "\n" not in message
     assert f"{site.url('/site/missing.html')}: skipped, HTTP 404" in message
@@ -202,9 +205,24 @@ def test_filters() -> None:
     f = ScrapeFilters()
     assert f.accepts("https://x.invalid/photos/cat.jpeg?size=large")
     assert not f.accepts("https://x.invalid/brand/LOGO-dark.png")
-    assert not f.accepts("https://x.invalid/icons/x.png")
+    assert not f.accepts("https://x.invalid/img/social-icons.png")  # a plural
+    assert not f.accepts("https://x.invalid/img/headerLogo.webp")  # camelCase
+    assert not f.accepts("https://x.invalid/img/category-menu-arrow.png")  # two words
     assert not f.accepts("https://x.invalid/photo.svg")
     assert not f.accepts("https://x.invalid/photo")
+
+
+@pytest.mark.parametrize("url", [
+    "https://shop.example/img/silicone-case.jpg",  # "icon" inside a word
+    "https://shop.example/lexicon/entry.jpg",
+    "https://iconic-shop.example/products/bag.jpg",
+    "https://shop.example/icons/photo-of-a-lamp.jpg",  # folders are not the file's name
+    "https://shop.example/img/logotype-history.jpg",
+    "https://shop.example/img/menu-category.png",  # the words of category-menu, not in a row
+])
+def test_skip_words_match_the_file_names_words_only(url: str) -> None:
+    assert ScrapeFilters().accepts(url)
+    assert ScrapeFilters().skipped_by(url) is None
 
 
 def test_decode_html_charsets() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from helpers import box_iou, jpeg, mirror, photo, to_rgb, web_page
+from helpers import box_iou, jpeg, mirror, photo, search_engine, to_rgb, web_page
 
 from echoimage.search.engine import SearchEngine
 from echoimage_bench.hard import HARD_EDITS, collage, make_hard_query
@@ -25,7 +25,7 @@ TEXTURED = ("astronaut", "coffee", "brick", "coins", "moon", "grass")
 
 @pytest.fixture(scope="module")
 def engine(built) -> SearchEngine:
-    return SearchEngine(built.settings)
+    return search_engine(built.settings)
 
 
 def corners(x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_votes_propose_what_the_hash_shortlist_misses(built) -> None:
     settings = built.settings.model_copy(update={"rerank_n": 1, "max_hash_distance": 2})
     arr = photo("grass")
     h, w = arr.shape[:2]
-    res = SearchEngine(settings, rebuild=False).query_bytes(jpeg(arr[h // 2:, w // 2:], 90),
+    res = search_engine(settings, rebuild=False).query_bytes(jpeg(arr[h // 2:, w // 2:], 90),
                                                             k=1)
     top = res.matches[0]
     assert top.url == built.catalogue.url("grass")
@@ -122,7 +122,7 @@ def test_mirrored_crop_is_proposed_by_the_mirrored_query(built, name: str) -> No
     h, w = arr.shape[:2]
     x0, y0, cw, ch = w // 5, h // 2, round(0.4 * w), round(0.4 * h)
     data = jpeg(mirror(arr[y0:y0 + ch, x0:x0 + cw]), 90)
-    top = SearchEngine(settings, rebuild=False).query_bytes(data, k=1).matches[0]
+    top = search_engine(settings, rebuild=False).query_bytes(data, k=1).matches[0]
     assert top.url == built.catalogue.url(name) and top.duplicate
     assert top.orientation == "mirror" and top.transform["mirror"] is True
     assert top.votes >= 3

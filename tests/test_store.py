@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import jpeg, photo, png
+from helpers import (
+    indexed_features,
+    jpeg,
+    photo,
+    png,
+)
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from support.pgserver import PASSWORD_ROLE, free_port
@@ -18,8 +24,6 @@ from support.pgserver import PASSWORD_ROLE, free_port
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.errors import StoreError
-from echoimage.features.decode import decode_image
-from echoimage.features.extract import extract_features
 from echoimage.search.rerank import ssim
 from echoimage.store import repo
 from echoimage.store.codec import (
@@ -30,14 +34,14 @@ from echoimage.store.codec import (
     encode_thumbnail,
 )
 from echoimage.store.db import current_revision, head_revision, open_store, session_factory
-from echoimage.store.models import FeatureRow, Run, RunStatus, Status
-from echoimage.types import CatalogueItem, ImageFeatures
+from echoimage.store.models import FeatureRow, Run
+from echoimage.types import CatalogueItem, ImageFeatures, RunStatus, Status
 
 pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.stores]
 
 
 def features(data: bytes) -> ImageFeatures:
-    return extract_features(decode_image(data))
+    return indexed_features(data)
 
 
 @pytest.fixture(scope="module")
@@ -296,14 +300,18 @@ def test_store_state_is_stable_without_changes(sessions, feats) -> None:
 
 
 def test_runs_are_recorded(sessions) -> None:
+    t0 = time.time()
     with sessions.begin() as s:
         run = repo.start_run(s, "build", ["/c"])
+    time.sleep(0.2)  # the run's work
     with sessions.begin() as s:
         repo.finish_run(s, run, "ok", {"indexed": 3})
+    elapsed = time.time() - t0
     with sessions() as s:
         runs = repo.recent_runs(s)
     assert runs[0]["id"] == run and runs[0]["status"] == "ok"
-    assert runs[0]["counts"] == {"indexed": 3} and runs[0]["duration_s"] >= 0
+    # the duration is the run's: from its start to its end
+    assert runs[0]["counts"] == {"indexed": 3} and 0.2 <= runs[0]["duration_s"] <= elapsed
 
 
 def test_runs_found_running_say_why_they_were_interrupted(sessions) -> None:
@@ -457,15 +465,16 @@ def test_colour_round_trip_and_rows_from_before_colour(make_settings) -> None:
     engine = open_store(settings)
     sessions = session_factory(engine)
     data = jpeg(photo("astronaut"))
-    coloured = extract_features(decode_image(data, colour_size=settings.colour_size))
+    coloured = indexed_features(data, settings.colour_size)
     ids = add(sessions, "/c/a.jpg", "/c/b.jpg")
     index(sessions, ids["/c/a.jpg"], data, coloured)
     index(sessions, ids["/c/b.jpg"], data, features(data))  # no colour version
     with sessions() as s:
         sigs = repo.colour_signatures(s, list(ids.values()))
-        preview = repo.colour_preview(s, ids["/c/a.jpg"])
+        picture, gray = repo.picture(s, ids["/c/a.jpg"]), repo.picture(s, ids["/c/b.jpg"])
         sizes = repo.storage_bytes(s)
-        assert repo.colour_preview(s, ids["/c/b.jpg"]) is None
+    assert picture is not None and gray is not None and gray.preview is None
+    preview = picture.preview
     assert sigs == {ids["/c/a.jpg"]: coloured.colour_signature}
     assert preview is not None and preview[:2] == b"\xff\xd8"
     assert sizes["colour_previews"] == len(preview)
@@ -477,7 +486,8 @@ def test_colour_round_trip_and_rows_from_before_colour(make_settings) -> None:
     upgrade(engine)
     with sessions() as s:
         assert repo.colour_signatures(s, list(ids.values())) == {}
-        assert repo.colour_preview(s, ids["/c/a.jpg"]) is None
+        kept = repo.picture(s, ids["/c/a.jpg"])
+        assert kept is not None and kept.preview is None
         assert set(repo.candidates(s, list(ids.values()))) == set(ids.values())
         assert repo.storage_bytes(s)["colour_previews"] == 0
     engine.dispose()

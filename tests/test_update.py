@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import write_catalogue
+from helpers import build_index, update_index
 from sqlalchemy import select
 
-from echoimage.pipeline import build_index, feature_key, feature_params
+from echoimage.indexing.work import FeatureParams
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow
-from echoimage.update import update_index
 
 pytestmark = pytest.mark.stores
 
@@ -35,7 +35,7 @@ def test_local_update_re_extracts_only_rows_made_with_other_parameters(
                 progress=False)
     before = params_by_id(settings)
     # one row as the current parameters would have made it: left alone
-    current = feature_key(feature_params(settings))
+    current = FeatureParams.from_settings(settings).key
     keep = min(before)
     engine = open_store(settings)
     with session_factory(engine).begin() as s:

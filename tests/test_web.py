@@ -30,7 +30,10 @@ from conftest import Built, write_catalogue
 from fastapi import FastAPI, HTTPException
 from helpers import (
     REPO,
+    avif,
+    build_index,
     header_only_png,
+    heic,
     jpeg,
     photo,
     png,
@@ -42,14 +45,21 @@ from helpers import (
 )
 
 from echoimage.config import Settings
-from echoimage.pipeline import build_index
+from echoimage.errors import QueryLimitError
+from echoimage.fetch.client import FetchConfig, FetchResult
+from echoimage.fetch.ssrf import (
+    AllowList,
+    GuardedFetcher,
+    GuardedResolver,
+    UrlPolicy,
+    address_problem,
+)
 from echoimage.store.db import open_store
-from echoimage.types import Match
+from echoimage.types import FetchStatus, Match
 from echoimage.web.app import create_app
 from echoimage.web.cache import QueryCache
 from echoimage.web.config import WebSettings
-from echoimage.web.inputs import parse_k
-from echoimage.web.ssrf import AllowList, GuardedResolver, UrlPolicy, address_problem
+from echoimage.web.inputs import fetch_query, http_error, parse_k
 from echoimage.web.visual import match_image, restore_aspect
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -76,6 +86,11 @@ def origin_app(internal_port: int) -> web.Application:
     @routes.get("/coffee.jpg")
     async def coffee(request: web.Request) -> web.Response:
         return web.Response(body=copy_of("coffee"), content_type="image/jpeg")
+
+    @routes.get("/coffee.heic")
+    async def coffee_heic(request: web.Request) -> web.Response:
+        return web.Response(body=heic(rotate(resize(to_rgb(photo("coffee")), 0.6), 4.0)),
+                            content_type="image/heic")
 
     @routes.get("/to-internal.jpg")
     async def to_internal(request: web.Request) -> web.Response:
@@ -158,8 +173,7 @@ class Env:
 
 def web_settings(allow: list[str], **kw: object) -> WebSettings:
     values: dict[str, object] = dict(max_upload_bytes=MAX_UPLOAD, url_allowlist=allow,
-                                     url_timeout=1.5, cache_ttl=60.0, cache_entries=16,
-                                     max_k=20)
+                                     url_timeout=1.5, cache_ttl=60.0, cache_entries=16)
     values.update(kw)
     return WebSettings(**values)  # type: ignore[arg-type]
 
@@ -171,7 +185,8 @@ async def env(built: Built) -> AsyncIterator[Env]:
     await internal.start_server()
     origin = TestServer(origin_app(internal.port or 0), host="127.0.0.1")
     await origin.start_server()
-    app = create_app(built.settings, web_settings([f"127.0.0.1:{origin.port}"]))
+    app = create_app(built.settings.model_copy(update={"max_k": 20}),
+                     web_settings([f"127.0.0.1:{origin.port}"]))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
                                      base_url="http://testserver") as client:
@@ -233,9 +248,30 @@ async def test_mirrored_png_upload(env: Env) -> None:
 
 
 @module_loop
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+async def test_heic_and_avif_uploads(env: Env, fmt: str) -> None:
+    arr = rotate(resize(to_rgb(photo("rocket")), 0.6), 4.0)
+    data = heic(arr) if fmt == "heic" else avif(arr)
+    resp = await env.client.post("/api/search",
+                                 files={"file": (f"IMG.{fmt}", data, f"image/{fmt}")})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["format"] == ("HEIF" if fmt == "heic" else "AVIF")
+    assert body["results"][0]["url"] == env.url_of("rocket")
+    assert body["results"][0]["duplicate"] is True
+
+
+@module_loop
+async def test_heic_url_query(env: Env) -> None:
+    resp = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.heic"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["url"] == env.url_of("coffee")
+
+
+@module_loop
 async def test_default_k(env: Env) -> None:
     body = (await upload(env, copy_of("rocket"))).json()
-    assert len(body["results"]) == WebSettings().default_k
+    assert len(body["results"]) == Settings().default_k == 5
 
 
 @pytest.mark.parametrize("k", ["0", "-2", "abc", "21", "2.5", "+3", "1_0", "\u0663", "3e0",
@@ -265,7 +301,7 @@ async def test_json_k_must_be_a_json_integer(env: Env, k: str) -> None:
     assert text.startswith("bad JSON body: k: ") and "\n" not in text
 
 
-@pytest.mark.parametrize(("k", "expected"), [("null", WebSettings().default_k), ("1", 1),
+@pytest.mark.parametrize(("k", "expected"), [("null", Settings().default_k), ("1", 1),
                                              ("3", 3)])
 @module_loop
 async def test_json_k_integer_or_null(env: Env, k: str, expected: int) -> None:
@@ -289,6 +325,34 @@ async def test_json_k_over_the_maximum_is_422(env: Env) -> None:
     resp = await env.client.post("/api/search",
                                  json={"url": f"{env.origin}/coffee.jpg", "k": 21})
     assert resp.status_code == 422 and "k must be a whole number from 1 to 20" in detail(resp)
+
+
+async def test_the_apps_own_settings_cap_k(built: Built) -> None:
+    """The cap on k is the app's Settings (not the environment's): create_app(Settings(
+    max_k=10)) refuses k=50 with 422 and says why, on the API and on the page, and its
+    page offers at most 10."""
+    app = create_app(built.settings.model_copy(update={"max_k": 10, "default_k": 3}),
+                     web_settings([]))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://testserver") as client:
+        api = await client.post("/api/search", files={"file": ("q.jpg", copy_of("rocket"))},
+                                data={"k": "50"})
+        assert api.status_code == 422
+        assert detail(api) == "k must be a whole number from 1 to 10, not 50"
+        page = await client.post("/search", files={"file": ("q.jpg", copy_of("rocket"))},
+                                 data={"k": "50"})
+        assert page.status_code == 422 and "from 1 to 10, not 50" in page.text
+        form = (await client.get("/")).text
+        assert 'max="10"' in form and 'value="3"' in form
+        ok = await client.post("/api/search", files={"file": ("q.jpg", copy_of("rocket"))})
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+
+
+def test_a_query_over_the_engines_cap_is_a_4xx() -> None:
+    """Should a k past max_k reach the engine, its QueryLimitError is a 422 with the
+    engine's one-line reason, not a 500."""
+    err = http_error(QueryLimitError("k must be between 1 and 10 (max_k), not 50"))
+    assert err.status_code == 422 and err.detail == "k must be between 1 and 10 (max_k), not 50"
 
 
 @module_loop
@@ -508,6 +572,30 @@ async def test_dns_rebinding_is_stopped_at_connect_time() -> None:
     assert (await allowed.resolve("images.example.org", 80))[0]["host"] == "127.0.0.1"
 
 
+async def test_an_address_refused_at_connect_time_is_a_400() -> None:
+    """A URL whose check passed but whose host resolves to a forbidden address when the
+    fetcher connects (DNS rebinding) is a REFUSED fetch, not retried, and a URL query that
+    meets one is a 400 (the status is the fetch's, not a word found in its message)."""
+
+    class Rebound(UrlPolicy):
+        async def check(self, url: str) -> str | None:
+            return None  # what a check that saw a public address says
+
+    cfg = FetchConfig(retries=2, backoff_base=0.01)
+    async with GuardedFetcher(cfg, Rebound()) as fetcher:
+        res = await fetcher.fetch("http://localhost:9/a.jpg")
+    assert res.status == FetchStatus.REFUSED and res.attempts == 1, res
+    assert res.reason is not None and "loopback" in res.reason
+
+    class Service:
+        async def fetch(self, url: str) -> FetchResult:
+            return res
+
+    with pytest.raises(HTTPException) as err:
+        await fetch_query(Service(), "http://localhost:9/a.jpg")  # type: ignore[arg-type]
+    assert err.value.status_code == 400 and "loopback" in str(err.value.detail)
+
+
 @pytest.mark.parametrize("addr, problem", [
     ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
     ("192.168.1.1", "private"), ("169.254.169.254", "metadata"), ("169.254.1.1", "link-local"),
@@ -644,12 +732,16 @@ async def test_uploads_are_not_added_to_the_catalogue(env: Env) -> None:
 
 @module_loop
 async def test_stats_and_health(env: Env) -> None:
+    token = (await upload(env, copy_of("coffee"))).json()["query_token"]
     resp = await env.client.get("/api/stats")
     assert resp.status_code == 200
     stats = resp.json()
     n = len(env.built.catalogue.files)
     assert stats["images"] == {"indexed": n} and stats["index"]["entries"] == n
-    assert stats["server"]["query_threads"] >= 1 and stats["server"]["cached_queries"] >= 0
+    cache = env.app.state.service.cache  # the query just made is among those it counts
+    assert stats["server"]["query_threads"] == env.app.state.service.threads >= 1
+    assert cache.get(token) is not None
+    assert 1 <= stats["server"]["cached_queries"] == len(cache) <= cache.max_entries
     last = stats["runs"][0]  # the build that made the catalogue
     assert (last["kind"], last["status"], last["reason"]) == ("build", "ok", None)
     assert last["counts"] == {"indexed": n}
@@ -820,7 +912,9 @@ async def test_idle_server_forgets_queries_after_the_ttl(built: Built) -> None:
             token = resp.json()["query_token"]
             cache = app.state.service.cache
             assert token in cache._entries
-            await asyncio.sleep(0.8)  # no request in between: the janitor purges
+            deadline = time.monotonic() + 5.0  # no request in between: the janitor purges
+            while cache._entries and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             assert cache._entries == {}
 
 
@@ -830,8 +924,10 @@ async def test_queries_run_off_the_event_loop(env: Env) -> None:
     counters = env.app.state.service.counters
     searches = [asyncio.create_task(upload(env, copy_of(n, factor=0.9)))
                 for n in ("coffee", "rocket", "camera", "moon", "clock", "brick")]
-    while counters.running == 0:
+    deadline = time.monotonic() + 30
+    while counters.running == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.001)
+    assert counters.running, "no search started"
     health = await env.client.get("/health")
     assert health.status_code == 200
     assert counters.running + counters.waiting > 0  # answered while queries were in flight
@@ -863,16 +959,15 @@ async def test_new_index_is_picked_up_without_restart(tmp_path: Path) -> None:
             assert proc.returncode == 0, out.decode()
 
             # the first query after the build still answers (from the snapshot it has) and
-            # starts a background refresh; within 2 s the new images are answered
-            deadline = time.monotonic() + 2.0
-            while True:
-                after = (await client.post("/api/search", files={"file": (
-                    "q.jpg", copy_of("chelsea"), "image/jpeg")}, data={"k": "1"}))
-                assert after.status_code == 200
-                top = after.json()["results"][0]
-                if top["url"] == second.url("chelsea") or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
+            # starts a background refresh; once it is done, the new images are answered
+            first_after = (await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("chelsea"), "image/jpeg")}, data={"k": "1"}))
+            assert first_after.status_code == 200
+            live = app.state.service.catalogue.search_engine.live
+            await asyncio.to_thread(live.wait, 10.0)
+            after = (await client.post("/api/search", files={"file": (
+                "q.jpg", copy_of("chelsea"), "image/jpeg")}, data={"k": "1"}))
+            top = after.json()["results"][0]
             assert top["url"] == second.url("chelsea") and top["duplicate"] is True
             stats = (await client.get("/api/stats")).json()
             assert stats["index"]["entries"] == 5 and stats["total_images"] == 5
@@ -1091,3 +1186,42 @@ async def test_colour_sensitive_search_and_preview(env: Env) -> None:
     spread = img.astype(int).max(axis=2) - img.astype(int).min(axis=2)
     assert spread.mean() > 20  # coffee is brown and red: a colour image, not a gray one
     assert (await env.client.get("/api/images/999999/preview")).status_code == 404
+
+
+@module_loop
+async def test_match_picture_from_the_real_resolution(env: Env) -> None:
+    """The catalogue side of a match picture is the image itself at its own resolution
+    (read again from its file: it is as it was indexed), not the stored 256 px thumbnail in
+    the 192 px preview's colours scaled up; a file that changed since falls back to them."""
+    import dataclasses
+
+    import cv2
+
+    body = (await upload(env, copy_of("coffee"), k="1")).json()
+    token, top = body["query_token"], body["results"][0]
+    service = env.app.state.service
+    entry = service.cache.get(token)
+    # no lines or region drawn over it, so that the picture itself can be compared
+    bare = dataclasses.replace(entry.match(top["id"]), pairs=None, region=None,
+                               query_box=None)
+    drawing = cv2.imdecode(np.frombuffer(
+        await asyncio.to_thread(service.match_png, entry, bare), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(top["url"], cv2.IMREAD_COLOR)
+    h = drawing.shape[0]
+    w = round(original.shape[1] * h / original.shape[0])
+    expected = cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA)
+    side = drawing[:, -w:].astype(np.float32)
+    error = float(np.abs(side - expected).mean())
+    assert error < 2.0, error
+    # the stored thumbnail scaled up is what a changed file gets (and much further off)
+    entry._pngs.clear()
+    real = service.catalogue.original
+    service.catalogue.original = lambda *a, **k: None
+    try:
+        fallback = cv2.imdecode(np.frombuffer(
+            await asyncio.to_thread(service.match_png, entry, bare), np.uint8),
+            cv2.IMREAD_COLOR)
+    finally:
+        service.catalogue.original = real
+    worse = float(np.abs(fallback[:, -w:].astype(np.float32) - expected).mean())
+    assert worse > 2 * error, (worse, error)

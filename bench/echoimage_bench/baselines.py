@@ -11,10 +11,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage_bench.context import _Ctx, _phase, _photo
+from echoimage_bench.context import RunContext, catalogue_photo, end_phase
 from echoimage_bench.metrics import TOP_K, percentile, rank_of, recall_at_k
-from echoimage_bench.transforms import Transform, _check_bgr, make_query, transform_rng
+from echoimage_bench.transforms import Transform, check_bgr, make_query, transform_rng
 
+#: the pHash baseline's threshold: imagededup's default max_distance_threshold (10 bits), as
+#: its users run it (EchoImage's own hash distances are in echoimage.config.Settings)
 PHASH_THRESHOLD = 10
 
 
@@ -51,8 +53,8 @@ def seed_score(a: np.ndarray, b: np.ndarray, size: int = 256) -> SeedScore:
     """
     from skimage.metrics import structural_similarity
 
-    _check_bgr(a)
-    _check_bgr(b)
+    check_bgr(a)
+    check_bgr(b)
     x = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
     y = cv2.resize(b, (size, size), interpolation=cv2.INTER_AREA)
     sim = float(structural_similarity(x, y, channel_axis=2, data_range=255))
@@ -76,7 +78,8 @@ def seed_score(a: np.ndarray, b: np.ndarray, size: int = 256) -> SeedScore:
     return SeedScore((sim + ratio + hist) / 3, sim, ratio, hist)
 
 
-def _load_hashes(ctx: _Ctx) -> None:
+def load_hashes(ctx: RunContext) -> None:
+    """Read every indexed image's pHash into ctx (the pHash baseline's index)."""
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 
@@ -87,7 +90,7 @@ def _load_hashes(ctx: _Ctx) -> None:
     ctx.id_urls = {i: u for u, i in ctx.url_ids.items()}
 
 
-def _phash_query(ctx: _Ctx, gray: np.ndarray, truth: str | None
+def phash_query(ctx: RunContext, gray: np.ndarray, truth: str | None
                  ) -> tuple[int | None, int, int]:
     """pHash NN: (rank of truth in top-5, top-1 distance, distance to the truth)."""
     from echoimage.features.hashes import hash_input, phash
@@ -105,7 +108,7 @@ def _phash_query(ctx: _Ctx, gray: np.ndarray, truth: str | None
     return rank, int(dist[0]) if len(dist) else 64, truth_dist
 
 
-def _seed_baseline(ctx: _Ctx, transforms: list[Transform], subset: tuple[int, int]
+def seed_baseline(ctx: RunContext, transforms: list[Transform], subset: tuple[int, int]
                    ) -> dict[str, Any]:
     """The seed's brute force: every query against every image of a small catalogue subset."""
     t0 = time.perf_counter()
@@ -125,7 +128,7 @@ def _seed_baseline(ctx: _Ctx, transforms: list[Transform], subset: tuple[int, in
         ranks = []
         for c in chosen:
             i = cat_idx[c]
-            data = make_query(_photo(ctx, i), t, transform_rng(ctx.seed, i, t.name))
+            data = make_query(catalogue_photo(ctx, i), t, transform_rng(ctx.seed, i, t.name))
             q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             scores = []
             for j in cat_idx:
@@ -143,7 +146,7 @@ def _seed_baseline(ctx: _Ctx, transforms: list[Transform], subset: tuple[int, in
     for i in cat_idx:
         ctx.images.pop(i, None)
     ms = float(np.median(pair_ms)) if pair_ms else None
-    _phase(ctx, "seed_baseline", t0)
+    end_phase(ctx, "seed_baseline", t0)
     return {
         "catalogue_images": len(cat_idx), "queries_per_transform": per_t,
         "pairs": len(pair_ms),
@@ -157,7 +160,10 @@ def _seed_baseline(ctx: _Ctx, transforms: list[Transform], subset: tuple[int, in
     }
 
 
-def _phash_latency(ctx: _Ctx, sample: list[tuple[int, str, bytes]]) -> dict[str, Any]:
+def phash_baseline_latency(ctx: RunContext, sample: list[tuple[int, str, bytes]]
+                           ) -> dict[str, Any]:
+    """Latency of the pHash baseline on the sample, from the decoded image (hash, Hamming
+    scan)."""
     from echoimage.features.decode import decode_image
 
     s = ctx.settings
@@ -165,7 +171,7 @@ def _phash_latency(ctx: _Ctx, sample: list[tuple[int, str, bytes]]) -> dict[str,
     for _, _, data in sample:
         gray = decode_image(data, s.max_pixels, s.work_size).gray
         t0 = time.perf_counter()
-        _phash_query(ctx, gray, None)
+        phash_query(ctx, gray, None)
         ms.append((time.perf_counter() - t0) * 1000)
     return {"entries": int(len(ctx.phash_codes)), "query_ms_p50": percentile(ms, 50),
             "query_ms_p95": percentile(ms, 95),

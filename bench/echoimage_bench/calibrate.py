@@ -48,18 +48,18 @@ from typing import Any
 import numpy as np
 
 from echoimage_bench.context import (
-    _Ctx,
-    _list_photos,
-    _Log,
-    _machine,
-    _phase,
-    _photo,
-    _read_bgr,
+    Log,
+    RunContext,
+    catalogue_photo,
+    end_phase,
+    list_photos,
+    machine_info,
     query_subset,
+    read_bgr,
     split_photos,
 )
+from echoimage_bench.formatting import jsonable, markdown_table
 from echoimage_bench.metrics import TOP_K, percentile, rate
-from echoimage_bench.report import _jsonable, markdown_table
 from echoimage_bench.trace import ask, traced_engine, without_proof
 
 CALIBRATE_VERSION = 1
@@ -88,7 +88,7 @@ class Query:
     data: bytes
 
 
-def suite_queries(ctx: _Ctx, suites: Sequence[str], pool: list[np.ndarray],
+def suite_queries(ctx: RunContext, suites: Sequence[str], pool: list[np.ndarray],
                   names: list[str], held: list[Path], negatives: int
                   ) -> list[tuple[str, Callable[[], Iterator[Query]], int]]:
     """The copies and the non-copies of the suites, made lazily (seeded as the suites'
@@ -107,7 +107,7 @@ def suite_queries(ctx: _Ctx, suites: Sequence[str], pool: list[np.ndarray],
 
     def positives() -> Iterator[Query]:
         for i in ctx.query_photos:
-            img, truth, name = _photo(ctx, i), ctx.urls[i], ctx.catalogue[i].name
+            img, truth, name = catalogue_photo(ctx, i), ctx.urls[i], ctx.catalogue[i].name
             if "main" in suites:
                 for t in main:
                     yield Query("main", t.name, name, truth,
@@ -416,7 +416,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     """
     from echoimage.config import Settings
     from echoimage.search.evidence import ScoreModel
-    from echoimage_bench.runner import _build
+    from echoimage_bench.runner import build_phase
 
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -424,23 +424,23 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     if not 0 < target_fmr < 1:
         raise ValueError("target_fmr must be in (0, 1)")
     photo_dir, out_dir = Path(photo_dir), Path(out_dir)
-    log = _Log(progress, "calibrate")
+    log = Log(progress, "calibrate")
     started = datetime.now(UTC)
     t_all = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = _list_photos(photo_dir)
+    files = list_photos(photo_dir)
     catalogue, held = split_photos(files, seed, negatives_fraction)
-    loaded = [(p.name, img) for p in held if (img := _read_bgr(p)) is not None]
+    loaded = [(p.name, img) for p in held if (img := read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
     if "hard" in suites and len(pool) < 9:
         raise ValueError(f"{len(pool)} held-out photos; the hard edits need at least 9")
     # the full cascade (every candidate promising, so every rule can be judged)
     settings = Settings(data_dir=out_dir / "data", database_url=None, stop_votes=0,
                         stop_inliers=0)
-    ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
+    ctx = RunContext(log=log, seed=seed, settings=settings, catalogue=catalogue,
                urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
-    _build(ctx, out_dir, catalogue)
+    build_phase(ctx, out_dir, catalogue)
     indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
@@ -457,9 +457,9 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
                 truth = ctx.url_ids.get(q.truth) if q.truth else None
                 records.append(_record(q, truth, res, engine.trace, ms))
                 tick(n)
-            _phase(ctx, label.replace("-", "_"), t0)
+            end_phase(ctx, label.replace("-", "_"), t0)
     finally:
-        engine.engine.dispose()
+        engine.store.dispose()
     x, y, fold = _samples(records)
     weights, intercept = fit_model(x, y)
     pos, neg = [r for r in records if r["copy_query"]], [r for r in records
@@ -478,7 +478,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "version": CALIBRATE_VERSION,
         "date": started.isoformat(timespec="seconds"),
         "command": cmd,
-        "machine": _machine(),
+        "machine": machine_info(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
         "settings": {k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
@@ -505,9 +505,9 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     }
     if write:
         result["written_to"] = str(write_model(model))
-    result = _jsonable(result)
+    result = jsonable(result)
     (out_dir / "calibrate.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "calibrate-queries.json").write_text(json.dumps(_jsonable(records)))
+    (out_dir / "calibrate-queries.json").write_text(json.dumps(jsonable(records)))
     (out_dir / "calibrate.md").write_text(render_calibration_markdown(result))
     log(f"done in {result['phases']['total']:.0f}s: {out_dir / 'calibrate.md'}")
     return result

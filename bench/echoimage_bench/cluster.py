@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from echoimage_bench.context import _list_photos, _Log
+from echoimage_bench.context import Log, build_catalogue, list_photos, search_engine
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -64,19 +64,19 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                           progress: bool = True) -> dict[str, Any]:
     """Run the cluster benchmark (see the module docstring); results also in
     out_dir/cluster.json and cluster.md."""
-    from echoimage_bench.scale import _summary, make_queries, split_catalogue
+    from echoimage_bench.scale import answer_summary, make_queries, split_catalogue
 
     support = _test_support()
     DaskCluster = support.daskcluster.DaskCluster  # noqa: N806
 
-    log = _Log(progress, "bench cluster")
+    log = Log(progress, "bench cluster")
     out_dir = Path(out_dir)
     work = out_dir / "cluster-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cat_photos, held_out, catalogue = split_catalogue(photo_dir, photos, negatives, seed,
                                                       work / "catalogue")
-    all_photos = _list_photos(Path(photo_dir))
+    all_photos = list_photos(Path(photo_dir))
     many = work / "many"  # the build-rate catalogue: `copies` copies of every photo (files
     many.mkdir()          # of their own: a catalogue records a link as the file it names)
     for c in range(copies):
@@ -119,21 +119,20 @@ def run_cluster_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
 
         # --- recall: SQLite + local against PostgreSQL + cluster ----------------------------
         from echoimage.config import Settings
-        from echoimage.pipeline import build_index
 
         qdir = work / "queries"
         queries = make_queries(cat_photos, catalogue, held_out, qdir, query_photos, seed)
         sqlite_settings = Settings(data_dir=work / "sqlite-local", database_url=None)
-        build_index(sqlite_settings, [str(catalogue)], progress=False)
+        build_catalogue(sqlite_settings, str(catalogue))
         pg_settings = Settings(data_dir=work / "pg-cluster", database_url=new_db(),
                                cluster=dask.address)
-        build_index(pg_settings, [str(catalogue)], progress=False)
+        build_catalogue(pg_settings, str(catalogue))
         result["recall"] = {}
         for name, s in (("sqlite+local", sqlite_settings),
                         ("postgresql+cluster", pg_settings.model_copy(
                             update={"cluster": None}))):
             answers = _answer(s, qdir, queries)
-            summ = _summary(queries, answers)
+            summ = answer_summary(queries, answers)
             result["recall"][name] = summ
             log(f"{name}: whole R@1 {summ['whole']['recall_at_1']:.3f}, parts R@1 "
                 f"{summ['parts']['recall_at_1']:.3f}, FMR "
@@ -181,21 +180,19 @@ def _drop_schemas(url: str, made: list[str]) -> None:
 def _build_rate(data_dir: Path, url: str, folder: Path, cluster: str | None) -> float:
     """Images processed per second of one build of folder into the store at url."""
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
 
     settings = Settings(data_dir=data_dir, database_url=url, cluster=cluster)
-    summary = build_index(settings, [str(folder)], progress=False)
+    summary = build_catalogue(settings, str(folder))
     return summary.processed / summary.seconds
 
 
 def _answer(settings: Any, qdir: Path, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The top answer of every query (as the scale benchmark's serving probe records it)."""
-    from echoimage.search.engine import SearchEngine
     from echoimage_bench.scale import answer_queries
 
-    engine = SearchEngine(settings, rebuild=True)
+    engine = search_engine(settings, rebuild=True)
     out = answer_queries(engine, [(qdir / q["file"]).read_bytes() for q in queries], 1)
-    engine.engine.dispose()
+    engine.store.dispose()
     return out
 
 
@@ -208,7 +205,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     from echoimage.features.decode import decode_image
     from echoimage.features.orb import orb_features
     from echoimage.index.build import rebuild_index_files
-    from echoimage.search.engine import SearchEngine
+    from echoimage.index.local import LocalParams
     from echoimage.search.shards import ShardedVotes
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
@@ -229,9 +226,9 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
     engine.dispose()
     log(f"fan-out store: {entries:,} entries padded and indexed in "
         f"{time.perf_counter() - t0:.0f}s")
-    search = SearchEngine(settings, rebuild=False)
+    search = search_engine(settings, rebuild=False)
     snap = search.live.current()
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     cv2.setNumThreads(1)
     descs = []
     for q in queries:
@@ -274,7 +271,7 @@ def _fanout(catalogue_settings: Any, data_dir: Path, entries: int, dask: Any, qd
                 f"placed in {place_s:.0f}s")
             del sharded
             client.restart()  # drop the actors
-    search.engine.dispose()
+    search.store.dispose()
     return out
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from echoimage_bench.context import _QueryRec
+from echoimage_bench.context import QueryRecord
+from echoimage_bench.formatting import fmt_rate, markdown_table
 from echoimage_bench.metrics import quantiles, rate, recall_at_k
-from echoimage_bench.report import fmt_rate, markdown_table
 from echoimage_bench.transforms import Transform
 
 #: the share of same-colour copies the calibrated threshold may call recoloured
@@ -23,7 +23,7 @@ TARGET_FALSE_RECOLOURED = 0.01
 _GRID = [round(0.05 + 0.01 * i, 2) for i in range(91)]
 
 
-def called_recoloured(r: _QueryRec, threshold: float) -> bool:
+def called_recoloured(r: QueryRecord, threshold: float) -> bool:
     """Whether colour-sensitive mode calls this query's top result `recoloured` (it is the
     original, a duplicate, not the same bytes, and its colours are farther than
     threshold)."""
@@ -31,12 +31,12 @@ def called_recoloured(r: _QueryRec, threshold: float) -> bool:
             and r.top_colour > threshold)
 
 
-def recoloured_rate(recs: Sequence[_QueryRec], threshold: float) -> float | None:
+def recoloured_rate(recs: Sequence[QueryRecord], threshold: float) -> float | None:
     """Share of the queries whose top result is called recoloured at threshold."""
     return rate(called_recoloured(r, threshold) for r in recs)
 
 
-def calibrate(same: Sequence[_QueryRec], target: float = TARGET_FALSE_RECOLOURED
+def calibrate(same: Sequence[QueryRecord], target: float = TARGET_FALSE_RECOLOURED
               ) -> float | None:
     """The lowest threshold on the grid at which at most `target` of the same-colour
     copies are called recoloured (None without any)."""
@@ -45,7 +45,7 @@ def calibrate(same: Sequence[_QueryRec], target: float = TARGET_FALSE_RECOLOURED
     return next((t for t in _GRID if (recoloured_rate(same, t) or 0.0) <= target), None)
 
 
-def colour_report(recs: Sequence[_QueryRec], transforms: Sequence[Transform],
+def colour_report(recs: Sequence[QueryRecord], transforms: Sequence[Transform],
                   threshold: float, failures: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
     """Per transform: recall, the share called recoloured at `threshold` and the colour
@@ -53,7 +53,7 @@ def colour_report(recs: Sequence[_QueryRec], transforms: Sequence[Transform],
     whole photo, and as a part of it): the same at `threshold`, at the calibrated
     threshold, and over a sweep."""
     by_name = {t.name: t for t in transforms}
-    groups: dict[str, list[_QueryRec]] = {"recoloured": [], "same_colour": [],
+    groups: dict[str, list[QueryRecord]] = {"recoloured": [], "same_colour": [],
                                           "same_colour_parts": []}
     per: dict[str, Any] = {}
     for t in transforms:

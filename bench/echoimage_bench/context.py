@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 
-class _Log:
+class Log:
     """Progress lines on stderr, with the time since the start of the run."""
 
     def __init__(self, enabled: bool, prefix: str = "bench") -> None:
@@ -46,7 +46,7 @@ class _Log:
 
 
 @dataclass
-class _QueryRec:
+class QueryRecord:
     """One positive query of the recall sweep."""
 
     transform: str
@@ -65,10 +65,10 @@ class _QueryRec:
 
 
 @dataclass
-class _Ctx:
+class RunContext:
     """State shared by the phases of one run."""
 
-    log: _Log
+    log: Log
     seed: int
     settings: Any
     catalogue: list[Path]
@@ -82,7 +82,8 @@ class _Ctx:
     images: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """The machine and library versions a run's figures were measured with."""
     import faiss
     import skimage
     import sqlalchemy
@@ -94,8 +95,9 @@ def _machine() -> dict[str, Any]:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def _list_photos(photo_dir: Path) -> list[Path]:
-    from echoimage.catalogue import IMAGE_EXTENSIONS
+def list_photos(photo_dir: Path) -> list[Path]:
+    """The image files below photo_dir (by extension, not hidden), sorted."""
+    from echoimage.catalogue.sources import IMAGE_EXTENSIONS
 
     if not photo_dir.is_dir():
         raise ValueError(f"not a directory: {photo_dir}")
@@ -127,21 +129,43 @@ def query_subset(indexed: Sequence[int], seed: int, limit: int | None) -> list[i
     return sorted(rng.choice(indexed, size=limit, replace=False).tolist())
 
 
-def _read_bgr(path: Path) -> np.ndarray | None:
+def read_bgr(path: Path) -> np.ndarray | None:
+    """A photo as a BGR array (None when it cannot be decoded)."""
     img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
     return img
 
 
-def _photo(ctx: _Ctx, i: int) -> np.ndarray:
+def catalogue_photo(ctx: RunContext, i: int) -> np.ndarray:
+    """Catalogue photo i as a BGR array (read once, then kept in ctx)."""
     img = ctx.images.get(i)
     if img is None:
-        img = _read_bgr(ctx.catalogue[i])
+        img = read_bgr(ctx.catalogue[i])
         if img is None:
             raise ValueError(f"cannot read {ctx.catalogue[i]}")
         ctx.images[i] = img
     return img
 
 
-def _phase(ctx: _Ctx, name: str, t0: float) -> None:
+def end_phase(ctx: RunContext, name: str, t0: float) -> None:
+    """Record and log the seconds a phase took since t0."""
     ctx.phases[name] = round(time.perf_counter() - t0, 2)
     ctx.log(f"{name} done in {ctx.phases[name]:.1f}s")
+
+
+def build_catalogue(settings: Any, *sources: str) -> Any:
+    """Index sources into the catalogue of settings, as `echoimage index build` does (no
+    progress bar); returns its BuildSummary."""
+    from echoimage.api import Catalogue
+
+    with Catalogue(settings) as catalogue:
+        return catalogue.build(*sources)
+
+
+def search_engine(settings: Any, rebuild: bool = True, background: bool = False) -> Any:
+    """A SearchEngine on the store of settings, opened for reading as a query opens it
+    (close it with `engine.store.dispose()`)."""
+    from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
+
+    return SearchEngine(settings, open_store(settings, create=False), rebuild=rebuild,
+                        background=background)

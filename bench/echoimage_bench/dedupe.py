@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from echoimage_bench.baselines import PHASH_THRESHOLD
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.context import Log, build_catalogue, list_photos, read_bgr
 from echoimage_bench.derived import add_derived_rows
 from echoimage_bench.metrics import rate
 from echoimage_bench.padding import copy_sqlite
@@ -97,19 +97,19 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
                          crops_sample: int = 2000, seed: int = 0, progress: bool = True
                          ) -> dict[str, Any]:
     """Plant, dedupe, score; then time per image at each scale (writes dedupe.json)."""
+    from echoimage.api import Catalogue
     from echoimage.config import Settings
-    from echoimage.dedupe import find_duplicates
     from echoimage.index.build import update_index_files
-    from echoimage.pipeline import build_index
+    from echoimage.search.dedupe import find_duplicates
     from echoimage.store.db import open_store
 
-    log = _Log(progress, "bench dedupe")
+    log = Log(progress, "bench dedupe")
     out_dir = Path(out_dir)
     work = out_dir / "dedupe"
     shutil.rmtree(work, ignore_errors=True)
     folder = work / "catalogue"
     folder.mkdir(parents=True)
-    photos = _list_photos(Path(photo_dir))
+    photos = list_photos(Path(photo_dir))
     for p in photos:
         shutil.copy(p, folder / p.name)
     order = np.random.default_rng(seed).permutation(len(photos))
@@ -119,7 +119,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     plan += [(int(order[len(plan) + n]), CROP) for n in range(crops)]
     truth = []
     for i, name in plan:
-        img = _read_bgr(photos[i])
+        img = read_bgr(photos[i])
         data = make_query(img, TRANSFORMS[name], transform_rng(seed, i, name))
         copy = folder / f"{photos[i].stem}__{name}.jpg"
         copy.write_bytes(data)
@@ -127,7 +127,7 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     data_dir = work / "data"
     settings = Settings(data_dir=data_dir)
     t0 = time.perf_counter()
-    built = build_index(settings, [str(folder)], progress=False)
+    built = build_catalogue(settings, str(folder))
     log(f"{built.index_entries} images built in {time.perf_counter() - t0:.0f}s "
         f"({len(truth)} planted copies)")
     result: dict[str, Any] = {"photos": len(photos), "planted": len(truth),
@@ -135,7 +135,8 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
     main_truth = [t for t in truth if t[2] != CROP]
     crop_copies = {b for _, b, name in truth if name == CROP}
     for mode in (False, True):
-        found = find_duplicates(settings, crops=mode)
+        with Catalogue(settings) as catalogue:
+            found = catalogue.dedupe(crops=mode)
         groups = [{m.url for m in g.members} for g in found.groups]
         key = "echoimage_crops" if mode else "echoimage"
         result[key] = {"main": _score(groups, main_truth, crop_copies),
@@ -162,8 +163,8 @@ def run_dedupe_benchmark(photo_dir: str | Path, out_dir: str | Path, *, per_tran
         tick = log.loop(f"padding to {scale:,}", scale - have)
         add_derived_rows(engine, have, scale - have, seed=seed + scale, progress=tick)
         update_index_files(s, engine)
-        plain = find_duplicates(s, engine=engine)
-        from echoimage.dedupe import Deduper
+        plain = find_duplicates(s, engine, False)
+        from echoimage.search.dedupe import Deduper
 
         sample_ids = _sample_ids(engine, crops_sample, seed)
         t1 = time.perf_counter()

@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 
 from echoimage_bench.transforms import (
-    _check_bgr,
-    _crop,
-    _fit_text,
-    _levels,
-    _resize,
-    _text_line,
+    check_bgr,
+    crop_frac,
     encode_jpeg,
+    fit_text,
     jpeg_roundtrip,
+    levels,
+    resize_to,
+    text_line,
 )
 
 HardFn = Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], np.ndarray]
@@ -66,7 +66,7 @@ def meme_text(img: np.ndarray, rng: np.random.Generator, lines: int = 2,
     for k in range(lines):
         text = str(rng.choice(_MEME))
         thick = max(2, round(h * height / 10))
-        scale = _fit_text(text, 0.95 * w, h * height, thick)
+        scale = fit_text(text, 0.95 * w, h * height, thick)
         (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
         x = (w - tw) // 2
         y = th + max(2, h // 30) if k == 0 else h - base - max(2, h // 30)
@@ -164,7 +164,7 @@ def collage(img: np.ndarray, others: Sequence[np.ndarray], n: int, cell: int,
         r, c = divmod(k, n)
         x, y = gut + c * (cw + gut), gut + r * (ch + gut)
         src = img if k == at else next(rest)
-        canvas[y:y + ch, x:x + cw] = _resize(src, cw, ch)
+        canvas[y:y + ch, x:x + cw] = resize_to(src, cw, ch)
         if k == at:
             box = (x, y, cw, ch)
     return canvas, box
@@ -191,10 +191,10 @@ def h_compound_meme(img: np.ndarray, rng: np.random.Generator,
                     others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """70% crop off-centre, mirrored, turned 7-9°, darkened to 35-50% of its brightness,
     meme text top and bottom a quarter of the height each (then JPEG 40)."""
-    _check_bgr(img)
+    check_bgr(img)
     out = off_centre_crop(img, 0.7, rng)[:, ::-1]
     out = rotate_filled(out, float(rng.choice([-1, 1]) * rng.uniform(7, 9)), _colour(rng))
-    out = _levels(out, float(rng.uniform(0.35, 0.5)), 0)
+    out = levels(out, float(rng.uniform(0.35, 0.5)), 0)
     return meme_text(out, rng, height=0.25)
 
 
@@ -202,12 +202,12 @@ def h_compound_sticker(img: np.ndarray, rng: np.random.Generator,
                        others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """60-80% crop off-centre, mirrored half the time, turned 3-10°, brighter, hue turned
     10-40°, 3-5 stickers (then JPEG 50)."""
-    _check_bgr(img)
+    check_bgr(img)
     out = off_centre_crop(img, float(rng.uniform(0.6, 0.8)), rng)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     out = rotate_filled(out, float(rng.choice([-1, 1]) * rng.uniform(3, 10)), _colour(rng))
-    out = _levels(out, float(rng.uniform(1.1, 1.3)), float(rng.uniform(10, 30)))
+    out = levels(out, float(rng.uniform(1.1, 1.3)), float(rng.uniform(10, 30)))
     out = hue_shift(out, float(rng.choice([-1, 1]) * rng.uniform(10, 40)))
     return stickers(out, rng, int(rng.integers(3, 6)))
 
@@ -216,7 +216,7 @@ def h_compound_filter(img: np.ndarray, rng: np.random.Generator,
                       others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """75% crop off-centre, mirrored, sepia, vignette, one line of meme text a quarter of
     the height, a JPEG 60 round trip (then JPEG 40)."""
-    _check_bgr(img)
+    check_bgr(img)
     out = np.ascontiguousarray(off_centre_crop(img, 0.75, rng)[:, ::-1])
     out = vignette(sepia(out, float(rng.uniform(0.7, 1.0))), float(rng.uniform(0.4, 0.7)))
     return meme_text(jpeg_roundtrip(out, 60), rng, lines=1, height=0.25)
@@ -226,14 +226,14 @@ def h_compound_warp(img: np.ndarray, rng: np.random.Generator,
                     others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """80% crop off-centre, a perspective warp (corners in by up to 10%), noise σ 10, a
     caption line, darker or brighter (then JPEG 40)."""
-    _check_bgr(img)
+    check_bgr(img)
     out = perspective(off_centre_crop(img, 0.8, rng), rng, 0.1, _colour(rng))
-    out = _levels(out, float(rng.uniform(0.7, 1.3)), 0)
+    out = levels(out, float(rng.uniform(0.7, 1.3)), 0)
     noisy = out.astype(np.float32) + rng.normal(0, 10, out.shape).astype(np.float32)
     out = np.clip(noisy, 0, 255).astype(np.uint8)
     h, w = out.shape[:2]
-    text = _text_line(rng, 4)
-    scale = _fit_text(text, 0.9 * w, 0.1 * h, 2)
+    text = text_line(rng, 4)
+    scale = fit_text(text, 0.9 * w, 0.1 * h, 2)
     cv2.putText(out, text, (w // 20, h - h // 20), _FONT, scale, (255, 255, 255), 2,
                 cv2.LINE_AA)
     return out
@@ -242,28 +242,28 @@ def h_compound_warp(img: np.ndarray, rng: np.random.Generator,
 def h_collage2x2(img: np.ndarray, rng: np.random.Generator,
                  others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """A 2×2 collage, cells 60% of the photo's width: the photo and three unrelated ones."""
-    _check_bgr(img)
+    check_bgr(img)
     return collage(img, others, 2, round(0.6 * img.shape[1]), rng)[0]
 
 
 def h_collage3x3(img: np.ndarray, rng: np.random.Generator,
                  others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """A 3×3 collage, cells 45% of the photo's width: the photo and eight unrelated ones."""
-    _check_bgr(img)
+    check_bgr(img)
     return collage(img, others, 3, round(0.45 * img.shape[1]), rng)[0]
 
 
 def h_crop25(img: np.ndarray, rng: np.random.Generator,
              others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Half the width and half the height (a quarter of the area) at a random offset."""
-    _check_bgr(img)
-    return _crop(img, 0.5, rng)
+    check_bgr(img)
+    return crop_frac(img, 0.5, rng)
 
 
 def h_rotate(img: np.ndarray, rng: np.random.Generator,
              others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Turned 15-30° either way, the canvas grown to hold it, corners a flat colour."""
-    _check_bgr(img)
+    check_bgr(img)
     angle = float(rng.choice([-1, 1]) * rng.uniform(15, 30))
     return rotate_filled(img, angle, _colour(rng))
 
@@ -271,21 +271,21 @@ def h_rotate(img: np.ndarray, rng: np.random.Generator,
 def h_perspective(img: np.ndarray, rng: np.random.Generator,
                   others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """A perspective warp: each corner moved in by up to 20% of the width and height."""
-    _check_bgr(img)
+    check_bgr(img)
     return perspective(img, rng, 0.2, _colour(rng))
 
 
 def h_stickers(img: np.ndarray, rng: np.random.Generator,
                others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """6-10 stickers and shapes pasted over the photo."""
-    _check_bgr(img)
+    check_bgr(img)
     return stickers(img, rng, int(rng.integers(6, 11)))
 
 
 def h_noise(img: np.ndarray, rng: np.random.Generator,
             others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Gaussian noise σ 25 on every channel, and 2% salt and pepper."""
-    _check_bgr(img)
+    check_bgr(img)
     out = img.astype(np.float32) + rng.normal(0, 25, img.shape).astype(np.float32)
     out = np.clip(out, 0, 255).astype(np.uint8)
     salt = rng.random(img.shape[:2])
@@ -297,29 +297,29 @@ def h_noise(img: np.ndarray, rng: np.random.Generator,
 def h_tiny64(img: np.ndarray, rng: np.random.Generator,
              others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Longest side 64 px."""
-    _check_bgr(img)
+    check_bgr(img)
     f = 64 / max(img.shape[:2])
-    return _resize(img, img.shape[1] * f, img.shape[0] * f)
+    return resize_to(img, img.shape[1] * f, img.shape[0] * f)
 
 
 def h_hue(img: np.ndarray, rng: np.random.Generator,
           others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Every hue turned by 60-180° either way."""
-    _check_bgr(img)
+    check_bgr(img)
     return hue_shift(img, float(rng.choice([-1, 1]) * rng.uniform(60, 180)))
 
 
 def h_sepia(img: np.ndarray, rng: np.random.Generator,
             others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """A full sepia tone."""
-    _check_bgr(img)
+    check_bgr(img)
     return sepia(img)
 
 
 def h_vignette(img: np.ndarray, rng: np.random.Generator,
                others: Sequence[np.ndarray] = ()) -> np.ndarray:
     """A strong vignette: corners darkened by 60-90%."""
-    _check_bgr(img)
+    check_bgr(img)
     return vignette(img, float(rng.uniform(0.6, 0.9)))
 
 

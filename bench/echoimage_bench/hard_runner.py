@@ -23,19 +23,19 @@ from typing import Any
 import numpy as np
 
 from echoimage_bench.context import (
-    _Ctx,
-    _list_photos,
-    _Log,
-    _machine,
-    _phase,
-    _photo,
-    _read_bgr,
+    Log,
+    RunContext,
+    catalogue_photo,
+    end_phase,
+    list_photos,
+    machine_info,
     query_subset,
+    read_bgr,
     split_photos,
 )
+from echoimage_bench.formatting import jsonable, markdown_table
 from echoimage_bench.hard import HARD_EDITS, HardEdit, make_hard_query
 from echoimage_bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
-from echoimage_bench.report import _jsonable, markdown_table
 from echoimage_bench.trace import ask, diagnose, traced_engine, without_proof
 from echoimage_bench.transforms import transform_rng
 
@@ -72,14 +72,14 @@ def _top(m: Any, truth: str | None) -> dict[str, Any]:
             "why": m.why}
 
 
-def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndarray]
+def _positives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[np.ndarray]
                ) -> list[dict[str, Any]]:
     """Every query photo through every edit; partners drawn from the held-out pool."""
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     tick = ctx.log.loop("hard positives", len(ctx.query_photos) * len(edits))
     for i in ctx.query_photos:
-        img, truth = _photo(ctx, i), ctx.urls[i]
+        img, truth = catalogue_photo(ctx, i), ctx.urls[i]
         for e in edits:
             data = make_hard_query(img, e, transform_rng(ctx.seed, i, e.name), pool)
             res, ms = _ask(engine, data)
@@ -104,11 +104,11 @@ def _positives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
             rows.append(row)
             tick(len(rows))
         ctx.images.pop(i, None)
-    _phase(ctx, "hard_positives", t0)
+    end_phase(ctx, "hard_positives", t0)
     return rows
 
 
-def _negatives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndarray],
+def _negatives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[np.ndarray],
                names: list[str]) -> list[dict[str, Any]]:
     """Every held-out photo through every edit (partners: the other held-out photos)."""
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def _negatives(ctx: _Ctx, engine: Any, edits: list[HardEdit], pool: list[np.ndar
                          "without_proof": without_proof(res), "rounds": res.rounds,
                          "top1": _top(top, None) if top else None})
             tick(len(rows))
-    _phase(ctx, "hard_negatives", t0)
+    end_phase(ctx, "hard_negatives", t0)
     return rows
 
 
@@ -238,7 +238,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         command: the command line to record (default: sys.argv).
     """
     from echoimage.config import Settings
-    from echoimage_bench.runner import _build
+    from echoimage_bench.runner import build_phase
 
     photo_dir, out_dir = Path(photo_dir), Path(out_dir)
     chosen = list(edits) if edits is not None else list(HARD_EDITS)
@@ -247,13 +247,13 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         raise ValueError(f"unknown edits: {', '.join(unknown)}")
     if limit is not None and limit < 1:
         raise ValueError("limit must be positive")
-    log = _Log(progress, "bench-hard")
+    log = Log(progress, "bench-hard")
     started = datetime.now(UTC)
     t_all = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = _list_photos(photo_dir)
+    files = list_photos(photo_dir)
     catalogue, held = split_photos(files, seed, negatives_fraction)
-    loaded = [(p.name, img) for p in held if (img := _read_bgr(p)) is not None]
+    loaded = [(p.name, img) for p in held if (img := read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
     run = [HARD_EDITS[n] for n in chosen]
     need = max(e.partners for e in run) + 1
@@ -261,11 +261,11 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         raise ValueError(f"{len(pool)} held-out photos; the edits need at least {need}")
     settings = Settings(data_dir=Path(data_dir) if data_dir else out_dir / "data",
                         database_url=None)
-    ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
+    ctx = RunContext(log=log, seed=seed, settings=settings, catalogue=catalogue,
                urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
     if data_dir is None:
-        build = _build(ctx, out_dir, catalogue)
+        build = build_phase(ctx, out_dir, catalogue)
     else:
         ctx.url_ids = _stored_ids(settings, set(ctx.urls))
         build = {"indexed": len(ctx.url_ids), "seconds": None, "images_per_s": None,
@@ -282,7 +282,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         neg = _negatives(ctx, engine, run, pool[:n_neg] if n_neg < len(pool) else pool,
                          names) if n_neg else []
     finally:
-        engine.engine.dispose()
+        engine.store.dispose()
     per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
                              [r for r in neg if r["edit"] == e.name]) for e in run}
     comp = {e.name for e in run if e.compound}
@@ -290,7 +290,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         "version": HARD_VERSION,
         "date": started.isoformat(timespec="seconds"),
         "command": list(command) if command is not None else list(sys.argv),
-        "machine": _machine(),
+        "machine": machine_info(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "negatives_fraction": negatives_fraction, "edits": chosen,
                    "negative_limit": negative_limit, "k": TOP_K,
@@ -313,7 +313,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
         "false_matches": [r for r in neg if r["duplicate"]],
         "phases": {**ctx.phases, "total": round(time.perf_counter() - t_all, 2)},
     }
-    result = _jsonable(result)
+    result = jsonable(result)
     (out_dir / "bench-hard.json").write_text(json.dumps(result, indent=2))
     (out_dir / "bench-hard.md").write_text(render_hard_markdown(result))
     log(f"done in {result['phases']['total']:.0f}s: {out_dir / 'bench-hard.md'}")

@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
+from echoimage_bench.context import Log, build_catalogue, list_photos, read_bgr, search_engine
 from echoimage_bench.derived import add_derived_rows
 from echoimage_bench.memory import self_peak_rss_mb
 from echoimage_bench.metrics import percentile, rank_of, rate
@@ -58,7 +58,7 @@ def _cli(data_dir: Path, *args: str | Path, timeout: float = 3600) -> tuple[floa
 def _startup_seconds(repeat: int = 3) -> float:
     """What a process pays before an update does anything: the interpreter and the imports
     of the update command (median of a few)."""
-    code = ("import echoimage.cli, echoimage.update, echoimage.pipeline, "
+    code = ("import echoimage.cli, echoimage.indexing.update, echoimage.indexing.build, "
             "echoimage.index.build, echoimage.store.db")
     times = []
     for _ in range(repeat):
@@ -74,7 +74,7 @@ def _write_png(path: Path, gray: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def one_image_update(photos: list[Path], work: Path, size: int, log: _Log) -> dict[str, Any]:
+def one_image_update(photos: list[Path], work: Path, size: int, log: Log) -> dict[str, Any]:
     """Stage 1: a folder catalogue of `size` images, one image added, `index update`."""
     folder = work / "small-catalogue"
     shutil.rmtree(folder, ignore_errors=True)
@@ -148,7 +148,7 @@ class _Load:
 def _queries(photos: list[Path], names: list[str], seed: int) -> list[tuple[int, str, bytes]]:
     out = []
     for i, p in enumerate(photos):
-        img = _read_bgr(p)
+        img = read_bgr(p)
         if img is None:
             continue
         for name in names:
@@ -157,7 +157,7 @@ def _queries(photos: list[Path], names: list[str], seed: int) -> list[tuple[int,
 
 
 def _recall(engine: Any, queries: list[tuple[int, str, bytes]], urls: list[str],
-            log: _Log, label: str) -> dict[str, Any]:
+            log: Log, label: str) -> dict[str, Any]:
     per: dict[str, list[bool]] = {}
     tick = log.loop(f"recall {label}", len(queries))
     for n, (i, name, data) in enumerate(queries, 1):
@@ -173,15 +173,13 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     """Run the three stages (see the module docstring); writes out_dir/live.json."""
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
-    from echoimage.pipeline import build_index
-    from echoimage.search.engine import SearchEngine
     from echoimage.store.db import open_store
 
-    log = _Log(progress, "bench live")
+    log = Log(progress, "bench live")
     out_dir = Path(out_dir)
     work = out_dir / "live"
     work.mkdir(parents=True, exist_ok=True)
-    photos = _list_photos(Path(photo_dir))
+    photos = list_photos(Path(photo_dir))
     result: dict[str, Any] = {"entries": entries, "photos": len(photos),
                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     result["one_image_update"] = one_image_update(photos, work, small, log)
@@ -196,7 +194,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(data_dir=data)
-    build_index(settings, [str(folder)], progress=False)
+    build_catalogue(settings, str(folder))
     engine = open_store(settings)
     pad = entries - len(catalogue)
     tick = log.loop("derived padding", pad)
@@ -213,7 +211,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
 
     names = ["identity", "jpeg30", "mirror", "crop80", "rot90", "crop60_rand"]
     load_queries = [q for _, _, q in _queries(catalogue[200:230], names, seed)]
-    search = SearchEngine(settings, background=True)
+    search = search_engine(settings, background=True)
     load = _Load(search, load_queries)
     load.start()
     time.sleep(20)
@@ -224,7 +222,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     for p in held:  # 100 new
         shutil.copy(p, folder / p.name)
     for p in catalogue[:100]:  # 100 changed: a re-encoded 90% crop in place
-        img = _read_bgr(p)
+        img = read_bgr(p)
         h, w = img.shape[:2]
         ok, buf = cv2.imencode(".jpg", img[h // 20:h - h // 20, w // 20:w - w // 20],
                                [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -235,7 +233,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     wall, summary = _cli(data, "index", "update", "-q", "--json")
     t_end = time.time()
     during = load.between(t_start, t_end)
-    probe = make_query(_read_bgr(held[0]), TRANSFORMS["jpeg30"], transform_rng(seed, 0, "x"))
+    probe = make_query(read_bgr(held[0]), TRANSFORMS["jpeg30"], transform_rng(seed, 0, "x"))
     visible_s = None
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -275,12 +273,12 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     kept = catalogue[200:200 + recall_photos]
     qs = _queries(kept, list(TRANSFORMS), seed + 7)
     kept_urls = [urls[p.name] for p in kept]
-    live = SearchEngine(settings)
+    live = search_engine(settings)
     incremental = _recall(live, qs, kept_urls, log, "incremental")
     t0 = time.perf_counter()
     rebuilt2 = rebuild_index_files(settings, engine, "benchmark: fresh rebuild to compare")
     rebuild2_s = time.perf_counter() - t0
-    fresh = _recall(SearchEngine(settings), qs, kept_urls, log, "rebuilt")
+    fresh = _recall(search_engine(settings), qs, kept_urls, log, "rebuilt")
     diffs = {k: round(100 * (incremental[k] - fresh[k]), 2) for k in incremental}
     result["growth"] = {"updates": growth, "incremental_recall": incremental,
                         "rebuilt_recall": fresh, "difference_points": diffs,

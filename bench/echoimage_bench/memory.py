@@ -8,7 +8,8 @@ import resource
 import threading
 
 
-def _rss_mb(kb: float) -> float:
+def rss_mb(kb: float) -> float:
+    """KB as MB, rounded to 0.1."""
     return round(kb / 1024, 1)
 
 
@@ -28,12 +29,12 @@ def status_kb() -> dict[str, int]:
 
 def self_peak_rss_mb() -> float:
     """Peak RSS of this process (ru_maxrss), MB."""
-    return _rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def children_peak_rss_mb() -> float:
     """Largest peak RSS of any waited-for child (ru_maxrss of RUSAGE_CHILDREN), MB."""
-    return _rss_mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return rss_mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 class ProcessTreePeak:
@@ -110,6 +111,6 @@ class ProcessTreePeak:
 
     def as_dict(self) -> dict[str, float | int]:
         """JSON-ready peaks in MB."""
-        return {"max_single_child_mb": _rss_mb(self.max_child_kb),
-                "max_children_total_mb": _rss_mb(self.max_total_kb),
+        return {"max_single_child_mb": rss_mb(self.max_child_kb),
+                "max_children_total_mb": rss_mb(self.max_total_kb),
                 "processes_seen": self.processes}

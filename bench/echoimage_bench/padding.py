@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage_bench.context import _Ctx, _Log
+from echoimage_bench.context import Log, RunContext
 from echoimage_bench.memory import ProcessTreePeak, self_peak_rss_mb
 from echoimage_bench.synthetic import PAD_SIZE, synthetic_image
 
@@ -99,9 +99,9 @@ def features_digest(feats: Iterable[Any]) -> str:
 
 def _probe_digest(settings: Any, seed: int) -> str:
     """Features the current code extracts from the first synthetic padding images."""
-    from echoimage.pipeline import feature_params
+    from echoimage.indexing.work import FeatureParams
 
-    params = feature_params(settings)
+    params = FeatureParams.from_settings(settings)
     return features_digest(_pad_features((i, seed, params))[3] for i in range(2))
 
 
@@ -155,7 +155,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     from echoimage.store.db import head_revision, open_store, session_factory
     from echoimage_bench.derived import add_derived_rows
 
-    log = _Log(job.progress, "bench pad")
+    log = Log(job.progress, "bench pad")
     base = Settings(**job.settings)
     info: dict[int, dict[str, Any]] = {}
     prev: tuple[Path, int] | None = None  # (db, padding rows) of the last complete scale
@@ -219,7 +219,7 @@ def build_padding(job: PaddingJob) -> dict[int, dict[str, Any]]:
     return info
 
 
-def _padding_process(job: PaddingJob) -> None:
+def padding_process(job: PaddingJob) -> None:
     """Entry point of the background padding process."""
     import signal
 
@@ -229,12 +229,13 @@ def _padding_process(job: PaddingJob) -> None:
     build_padding(job)
 
 
-def _padding_job(ctx: _Ctx, out_dir: Path, scales: Sequence[int], workers: int | None,
+def padding_job(ctx: RunContext, out_dir: Path, scales: Sequence[int], workers: int | None,
                  progress: bool) -> PaddingJob:
-    from echoimage.pipeline import feature_params
+    """The padding job of this run: where the padded stores go and what they are made from."""
+    from echoimage.indexing.work import FeatureParams
 
     key = padding_key(_catalogue_digest(ctx.settings), _probe_digest(ctx.settings, ctx.seed),
-                      dataclasses.astuple(feature_params(ctx.settings)), ctx.seed)
+                      dataclasses.astuple(FeatureParams.from_settings(ctx.settings)), ctx.seed)
     return PaddingJob(
         base_db=ctx.settings.data_dir / "echoimage.sqlite3", pad_root=out_dir / "pad",
         scales=tuple(sorted(s for s in scales if s > len(ctx.url_ids))),

@@ -24,7 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from echoimage_bench.context import _Ctx, _phase, _photo, _read_bgr
+from echoimage_bench.context import RunContext, catalogue_photo, end_phase, read_bgr
+from echoimage_bench.formatting import fmt_rate, markdown_table
 from echoimage_bench.metrics import (
     TARGET_FMR,
     TOP_K,
@@ -40,7 +41,6 @@ from echoimage_bench.peer_transforms import (
     PERCEPTION_NAMES,
 )
 from echoimage_bench.peers import Peer, PeerIndex, load_peers
-from echoimage_bench.report import fmt_rate, markdown_table
 from echoimage_bench.transforms import Transform, make_query, transform_rng
 
 ECHOIMAGE = "echoimage"
@@ -101,7 +101,7 @@ def _ask_peer(peer: Peer, index: PeerIndex, data: bytes, truth: str | None) -> _
     return _Answer(rank, float(top), top <= peer.threshold, ms)
 
 
-def _hash_catalogue(ctx: _Ctx, peers: list[Peer]) -> tuple[dict[str, PeerIndex],
+def _hash_catalogue(ctx: RunContext, peers: list[Peer]) -> tuple[dict[str, PeerIndex],
                                                            dict[str, dict[str, Any]]]:
     """Each peer's index of the indexed catalogue photos, and its hashing time."""
     indexes = {p.name: PeerIndex(p.bits) for p in peers}
@@ -109,7 +109,7 @@ def _hash_catalogue(ctx: _Ctx, peers: list[Peer]) -> tuple[dict[str, PeerIndex],
     for url in ctx.urls:
         if url not in ctx.url_ids:
             continue
-        img = _read_bgr(Path(url))
+        img = read_bgr(Path(url))
         if img is None:
             continue
         for p in peers:
@@ -140,19 +140,19 @@ class SuiteQuery:
     data: bytes
 
 
-def suite_queries(ctx: _Ctx, transforms: list[Transform], negatives: list[Path]
+def suite_queries(ctx: RunContext, transforms: list[Transform], negatives: list[Path]
                   ) -> Iterator[SuiteQuery]:
     """The suite's queries in order: every queried catalogue photo under every transform,
     then every held-out photo under the same transforms, each seeded by (seed, photo,
     transform) as the other suites are."""
     for i in ctx.query_photos:
-        img = _photo(ctx, i)
+        img = catalogue_photo(ctx, i)
         for t in transforms:
             yield SuiteQuery(t.name, ctx.catalogue[i].name, ctx.urls[i],
                              make_query(img, t, transform_rng(ctx.seed, i, t.name)))
         ctx.images.pop(i, None)
     for j, path in enumerate(negatives):
-        img = _read_bgr(path)
+        img = read_bgr(path)
         if img is None:
             continue
         for t in transforms:
@@ -160,7 +160,7 @@ def suite_queries(ctx: _Ctx, transforms: list[Transform], negatives: list[Path]
                              make_query(img, t, transform_rng(ctx.seed, 1_000_000 + j, t.name)))
 
 
-def _sweep(ctx: _Ctx, engine: Any, peers: list[Peer], indexes: dict[str, PeerIndex],
+def _sweep(ctx: RunContext, engine: Any, peers: list[Peer], indexes: dict[str, PeerIndex],
            transforms: list[Transform], negatives: list[Path]) -> list[_Query]:
     t0 = time.perf_counter()
     out: list[_Query] = []
@@ -171,7 +171,7 @@ def _sweep(ctx: _Ctx, engine: Any, peers: list[Peer], indexes: dict[str, PeerInd
         _ask_all(engine, peers, indexes, q, sq.data, sq.truth)
         out.append(q)
         tick(len(out))
-    _phase(ctx, "peer_suite", t0)
+    end_phase(ctx, "peer_suite", t0)
     return out
 
 
@@ -225,7 +225,7 @@ def _method_report(name: str, queries: list[_Query], transforms: list[Transform]
     return out
 
 
-def run_peer_suite(ctx: _Ctx, engine: Any, negatives: list[Path],
+def run_peer_suite(ctx: RunContext, engine: Any, negatives: list[Path],
                    peer_names: list[str] | None = None) -> dict[str, Any]:
     """EchoImage and every installed peer over perception's transforms: the same copies
     (`ctx.query_photos`) and the same held-out negatives. JSON-ready."""
@@ -234,7 +234,7 @@ def run_peer_suite(ctx: _Ctx, engine: Any, negatives: list[Path],
         ctx.log(f"peer {name} skipped: {why}")
     t0 = time.perf_counter()
     indexes, build = _hash_catalogue(ctx, peers)
-    _phase(ctx, "peer_hashing", t0)
+    end_phase(ctx, "peer_hashing", t0)
     transforms = list(PEER_TRANSFORMS.values())
     queries = _sweep(ctx, engine, peers, indexes, transforms, negatives)
     methods = {ECHOIMAGE: _method_report(ECHOIMAGE, queries, transforms, None)}

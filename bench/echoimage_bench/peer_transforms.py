@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from echoimage_bench.transforms import Transform, TransformFn, _check_bgr, jpeg_roundtrip
+from echoimage_bench.transforms import Transform, TransformFn, check_bgr, jpeg_roundtrip
 
 #: perception saves every transformed photo with cv2.imwrite's default JPEG quality
 PEER_QUERY_QUALITY = 95
@@ -58,14 +58,14 @@ def pad_sides(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, 
 
 def p_noop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """No change (perception's noop; only the query's JPEG 95 encoding changes it)."""
-    _check_bgr(img)
+    check_bgr(img)
     return img.copy()
 
 
 def p_watermark(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The word TEST in black at 200/255 opacity near the bottom-left corner, 20% of the
     width across, strokes 5 px thick (perception's watermark)."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     (tw, th), _ = cv2.getTextSize("TEST", _FONT, 5, 5)
     k = 0.2 * w / tw
@@ -78,7 +78,7 @@ def p_watermark(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gaussian blur, σ drawn from 0-2, kernel int(3.5σ)·2 + 1 (albumentations'
     GaussianBlur(sigma_limit=2))."""
-    _check_bgr(img)
+    check_bgr(img)
     sigma = float(rng.uniform(0, 2))
     k = int(sigma * 3.5) * 2 + 1
     if k < 3:
@@ -89,7 +89,7 @@ def p_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_vignette(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Darker towards the edges: a Gaussian of σ half the height by half the width,
     1 at the centre, about 0.37 in the corners (perception's vignette)."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     mask = cv2.getGaussianKernel(h, h / 2) @ cv2.getGaussianKernel(w, w / 2).T
     mask /= mask.max()
@@ -99,28 +99,28 @@ def p_vignette(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_gamma_white(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gamma 0.01-0.02: the photo driven to near-white, its levels squeezed into the
     brightest ~15 (albumentations' RandomGamma(gamma_limit=2))."""
-    _check_bgr(img)
+    check_bgr(img)
     return cv2.LUT(img, _gamma_lut(float(rng.uniform(1, 2)) / 100))
 
 
 def p_gamma_black(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same gamma on the negative: the photo crushed to near-black, its levels squeezed
     into the darkest ~15 (the counterpart of gamma_white)."""
-    _check_bgr(img)
+    check_bgr(img)
     lut = _gamma_lut(float(rng.uniform(1, 2)) / 100)
     return cv2.LUT(img, np.ascontiguousarray(255 - lut[::-1]))
 
 
 def p_jpeg95(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A JPEG quality 95 round trip."""
-    _check_bgr(img)
+    check_bgr(img)
     return jpeg_roundtrip(img, 95)
 
 
 def p_pad(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Black borders of 20-200% of the side on each side, drawn per side, then resized back
     to the photo's size (albumentations' CropAndPad(percent=(0.2, 2)), keep_size)."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     top, right, bottom, left = pad_sides(h, w, rng)
     padded = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
@@ -131,7 +131,7 @@ def p_pad(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """5% of the height or width cut from each side, then resized back to the photo's size
     (albumentations' CropAndPad(percent=-0.05), keep_size)."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     dy, dx = int(CROP_FRACTION * h), int(CROP_FRACTION * w)
     return np.ascontiguousarray(_resize_to(img[dy:h - dy, dx:w - dx], w, h))
@@ -140,7 +140,7 @@ def p_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gaussian noise of σ 20-44% of 255 per channel, drawn at a fifth of the size and
     resized up (coarse grain), clipped (albumentations' GaussNoise(noise_scale_factor=0.2))."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     sigma = float(rng.uniform(0.2, 0.44)) * 255
     small = rng.normal(0, sigma, (max(1, int(h * 0.2)), max(1, int(w * 0.2)), 3))
@@ -151,7 +151,7 @@ def p_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def p_rotate(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Turned 4° anticlockwise about the centre, same size, black corners
     (albumentations' Affine(rotate=4))."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), ROTATE_DEGREES, 1.0)
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,

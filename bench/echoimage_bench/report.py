@@ -3,66 +3,37 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from echoimage_bench.baselines import PHASH_THRESHOLD
-from echoimage_bench.context import _QueryRec
+from echoimage_bench.colour import render_colour
+from echoimage_bench.context import QueryRecord
+from echoimage_bench.formatting import fmt_ms, fmt_rate, markdown_table
 from echoimage_bench.metrics import TOP_K, percentile, quantiles, rate, recall_at_k
 from echoimage_bench.transforms import Transform
 
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                   align: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table; align holds "l" or "r" per column (default: l then r)."""
-    if align is None:
-        align = ["l"] + ["r"] * (len(headers) - 1)
-    if len(align) != len(headers):
-        raise ValueError("align must have one entry per column")
-    for row in rows:
-        if len(row) != len(headers):
-            raise ValueError(f"row has {len(row)} cells, expected {len(headers)}")
-
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt_rate(x: float | None, digits: int = 3) -> str:
-    """A rate for a table cell; an em dash for None."""
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def fmt_ms(x: float | None) -> str:
-    """Milliseconds for a table cell."""
-    return "—" if x is None else f"{x:.1f} ms"
-
-
-_DIAG_NOTE = ("shortlist_miss: the original was neither in the hash shortlist's first rerank_n "
+DIAG_NOTE = ("shortlist_miss: the original was neither in the hash shortlist's first rerank_n "
               "(within max_hash_distance) nor voted by the local-feature index, so it was "
               "never re-ranked; rerank_miss: it was a candidate but scored below another "
               "image")
 
 
-def _per_transform(recs: list[_QueryRec], transforms: list[Transform], thr: float | None
+def per_transform_summary(recs: list[QueryRecord], transforms: list[Transform], thr: float | None
                    ) -> dict[str, dict[str, Any]]:
+    """The recall and detection figures of each transform's queries (summarise_records), with the
+    transform's kind."""
     out = {}
     for t in transforms:
         sub = [r for r in recs if r.transform == t.name]
-        out[t.name] = _summarise(sub, thr)
+        out[t.name] = summarise_records(sub, thr)
         out[t.name].update({"extra": t.extra, "quality": t.quality,
                             "description": t.description})
     return out
 
 
-def _summarise(sub: list[_QueryRec], thr: float | None) -> dict[str, Any]:
+def summarise_records(sub: list[QueryRecord], thr: float | None) -> dict[str, Any]:
+    """Recall@1/@5, detection (at thr too) and score and distance quantiles of a set of
+    positive queries, EchoImage's and the pHash baseline's."""
     ranks = [r.rank for r in sub]
     hits = [r for r in sub if r.rank == 1]
     return {
@@ -86,7 +57,8 @@ def _summarise(sub: list[_QueryRec], thr: float | None) -> dict[str, Any]:
     }
 
 
-def _notes(pad_info: dict[str, Any], scale_res: dict[str, Any]) -> list[str]:
+def run_notes(pad_info: dict[str, Any], scale_res: dict[str, Any]) -> list[str]:
+    """The report's notes on how this run's figures were made (latency phase, padding)."""
     notes = ["Latency figures come from a quiet phase: decode_image, then query_image "
              "(sha256=None) timed alone; query_bytes timed end to end on the same sample."]
     if any("padding" in v for v in scale_res.values()):
@@ -98,19 +70,6 @@ def _notes(pad_info: dict[str, Any], scale_res: dict[str, Any]) -> list[str]:
                      "and negatives, so their per-query times (query_bytes_ms_p50 per "
                      "transform) were taken under load.")
     return notes
-
-
-def _jsonable(x: Any) -> Any:
-    """Round floats, turn numpy scalars and non-finite floats into JSON values."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        return round(x, 4) if math.isfinite(x) else None
-    return x
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -253,8 +212,6 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"(top-1 correct and duplicate=True) {fmt_rate(cal['detected_at_current_main'])}",
               "", *_sweep_table(cal.get("sweep") or [])]
     if result.get("colour"):
-        from echoimage_bench.colour import render_colour  # (it builds on this module)
-
         lines += render_colour(result["colour"])
     ev = result.get("evidence")
     if ev:

@@ -44,24 +44,25 @@ import numpy as np
 
 from echoimage_bench.baselines import (
     PHASH_THRESHOLD,
-    _load_hashes,
-    _phash_latency,
-    _phash_query,
-    _seed_baseline,
+    load_hashes,
+    phash_baseline_latency,
+    phash_query,
+    seed_baseline,
 )
 from echoimage_bench.colour import colour_report
 from echoimage_bench.context import (
-    _Ctx,
-    _list_photos,
-    _Log,
-    _machine,
-    _phase,
-    _photo,
-    _QueryRec,
-    _read_bgr,
+    Log,
+    QueryRecord,
+    RunContext,
+    catalogue_photo,
+    end_phase,
+    list_photos,
+    machine_info,
     query_subset,
+    read_bgr,
     split_photos,
 )
+from echoimage_bench.formatting import jsonable
 from echoimage_bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
 from echoimage_bench.metrics import (
     TARGET_FMR,
@@ -75,20 +76,19 @@ from echoimage_bench.metrics import (
 )
 from echoimage_bench.padding import (
     PaddingJob,
-    _padding_job,
-    _padding_process,
     build_padding,
     padding_cached,
+    padding_job,
+    padding_process,
     read_padding_meta,
 )
 from echoimage_bench.peer_suite import run_peer_suite
 from echoimage_bench.report import (
-    _DIAG_NOTE,
-    _jsonable,
-    _notes,
-    _per_transform,
-    _summarise,
+    DIAG_NOTE,
+    per_transform_summary,
     render_markdown,
+    run_notes,
+    summarise_records,
 )
 from echoimage_bench.trace import without_proof
 from echoimage_bench.transforms import (
@@ -104,8 +104,11 @@ from echoimage_bench.transforms import (
 BENCH_VERSION = 1
 
 
-def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
-    from echoimage.pipeline import build_index, data_dir_size
+def build_phase(ctx: RunContext, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
+    """Index the catalogue photos into a fresh store (timed, with its peak memory and sizes);
+    records their store ids in ctx."""
+    from echoimage.api import Catalogue
+    from echoimage.indexing.status import data_dir_size
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 
@@ -116,8 +119,8 @@ def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
     listing = out_dir / "catalogue.txt"
     listing.write_text("".join(f"{p}\n" for p in catalogue))
     ctx.log(f"indexing {len(catalogue)} catalogue photos into {data_dir}")
-    with ProcessTreePeak() as peak:
-        summary = build_index(ctx.settings, [str(listing)], progress=False)
+    with ProcessTreePeak() as peak, Catalogue(ctx.settings) as built:
+        summary = built.build(str(listing))
     indexed = int(summary.counts.get("indexed", 0))
     engine = open_store(ctx.settings)
     with session_factory(engine)() as session:
@@ -150,11 +153,11 @@ def _build(ctx: _Ctx, out_dir: Path, catalogue: list[Path]) -> dict[str, Any]:
             "index_file_bytes_per_image": per(disk.get("index_files", 0)),
         },
     }
-    _phase(ctx, "build", t0)
+    end_phase(ctx, "build", t0)
     return out
 
 
-def _diagnose(ctx: _Ctx, engine: Any, data: bytes, truth: str) -> dict[str, Any]:
+def _diagnose(ctx: RunContext, engine: Any, data: bytes, truth: str) -> dict[str, Any]:
     """Why a query missed, from outside the engine: where its original stands in the hash
     shortlist (best of the 8 orientations, as the engine searches) and, when the engine
     has a local-feature index, whether the original gets enough votes. Never raises."""
@@ -177,12 +180,13 @@ def _diagnose(ctx: _Ctx, engine: Any, data: bytes, truth: str) -> dict[str, Any]
             "truth_hash_rank": hash_rank,
             "in_hash_rerank": d <= s.max_hash_distance and hash_rank <= s.rerank_n}
         live = getattr(engine, "live", None)
-        if live is not None and hasattr(s, "local_params"):
+        if live is not None:
             from echoimage.features.orb import orb_features
+            from echoimage.index.local import LocalParams
 
             voted = live.snapshot().parts.vote(
-                orb_features(img.gray, s.query_orb_features).descriptors, s.local_params,
-                getattr(s, "vote_n", 4))
+                orb_features(img.gray, s.query_orb_features).descriptors,
+                LocalParams.from_settings(s), getattr(s, "vote_n", 4))
             votes = {v.id: v.votes for v in voted}
             out["truth_votes"] = votes.get(ctx.url_ids[truth], 0)
             out["in_votes"] = out["truth_votes"] >= getattr(s, "min_votes", 1)
@@ -200,14 +204,14 @@ def _match_dict(m: Any, truth: str | None = None) -> dict[str, Any]:
             "hash_distance": m.hash_distance, "orientation": m.orientation}
 
 
-def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
-           ) -> tuple[list[_QueryRec], dict[str, Any]]:
+def _sweep(ctx: RunContext, engine: Any, transforms: list[Transform]
+           ) -> tuple[list[QueryRecord], dict[str, Any]]:
     """Recall sweep: every query photo under every transform, through query_bytes."""
     from echoimage.features.decode import decode_image
 
     t0 = time.perf_counter()
     s = ctx.settings
-    recs: list[_QueryRec] = []
+    recs: list[QueryRecord] = []
     failures: dict[str, dict[str, Any]] = {
         t.name: {"shortlist_miss": 0, "rerank_miss": 0, "undiagnosed": 0, "examples": []}
         for t in transforms}
@@ -215,7 +219,7 @@ def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
     tick = ctx.log.loop("recall sweep", total)
     done = 0
     for i in ctx.query_photos:
-        img = _photo(ctx, i)
+        img = catalogue_photo(ctx, i)
         truth = ctx.urls[i]
         for t in transforms:
             data = make_query(img, t, transform_rng(ctx.seed, i, t.name))
@@ -226,8 +230,8 @@ def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
             rank = rank_of(truth, ranked)
             top = res.matches[0] if res.matches else None
             gray = decode_image(data, s.max_pixels, s.work_size).gray
-            p_rank, p_top, p_truth = _phash_query(ctx, gray, truth)
-            recs.append(_QueryRec(t.name, i, rank, top.score if top else 0.0,
+            p_rank, p_top, p_truth = phash_query(ctx, gray, truth)
+            recs.append(QueryRecord(t.name, i, rank, top.score if top else 0.0,
                                   bool(top and top.duplicate), e2e,
                                   p_rank, p_top, p_truth,
                                   top.colour_distance if top else None,
@@ -238,7 +242,7 @@ def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
                 key = {True: "rerank_miss", False: "shortlist_miss"}.get(diag["reranked"],
                                                                           "undiagnosed")
                 f[key] += 1
-                f["diagnosis_note"] = _DIAG_NOTE
+                f["diagnosis_note"] = DIAG_NOTE
                 if len(f["examples"]) < 3:
                     truth_m = next((m for m in res.matches if m.url == truth), None)
                     f["examples"].append({
@@ -248,11 +252,11 @@ def _sweep(ctx: _Ctx, engine: Any, transforms: list[Transform]
             done += 1
             tick(done)
         ctx.images.pop(i, None)
-    _phase(ctx, "recall_sweep", t0)
+    end_phase(ctx, "recall_sweep", t0)
     return recs, failures
 
 
-def _negatives(ctx: _Ctx, engine: Any, negatives: list[Path]) -> dict[str, Any]:
+def _negatives(ctx: RunContext, engine: Any, negatives: list[Path]) -> dict[str, Any]:
     from echoimage.features.decode import decode_image
 
     t0 = time.perf_counter()
@@ -260,7 +264,7 @@ def _negatives(ctx: _Ctx, engine: Any, negatives: list[Path]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     tick = ctx.log.loop("negatives", len(negatives) * len(NEGATIVE_TRANSFORMS))
     for j, path in enumerate(negatives):
-        img = _read_bgr(path)
+        img = read_bgr(path)
         if img is None:
             continue
         for name in NEGATIVE_TRANSFORMS:
@@ -269,14 +273,14 @@ def _negatives(ctx: _Ctx, engine: Any, negatives: list[Path]) -> dict[str, Any]:
             res = engine.query_bytes(data, k=TOP_K)
             top = res.matches[0] if res.matches else None
             gray = decode_image(data, s.max_pixels, s.work_size).gray
-            _, p_top, _ = _phash_query(ctx, gray, None)
+            _, p_top, _ = phash_query(ctx, gray, None)
             rows.append({"photo": path.name, "transform": name,
                          "without_proof": without_proof(res),
                          "score": top.score if top else 0.0,
                          "duplicate": bool(top and top.duplicate), "phash_top_dist": p_top,
                          "top1": _match_dict(top) if top else None})
             tick(len(rows))
-    _phase(ctx, "negatives", t0)
+    end_phase(ctx, "negatives", t0)
     scores = [r["score"] for r in rows]
     by_t = {}
     for name in NEGATIVE_TRANSFORMS:
@@ -297,7 +301,7 @@ def _negatives(ctx: _Ctx, engine: Any, negatives: list[Path]) -> dict[str, Any]:
     }
 
 
-def _latency_sample(ctx: _Ctx, transforms: list[Transform], n: int, extra: bool = False
+def _latency_sample(ctx: RunContext, transforms: list[Transform], n: int, extra: bool = False
                     ) -> list[tuple[int, str]]:
     """A seeded sample of (photo, transform) over the main transforms, or the extra ones."""
     pairs = [(i, t.name) for t in transforms if t.extra == extra for i in ctx.query_photos]
@@ -308,7 +312,7 @@ def _latency_sample(ctx: _Ctx, transforms: list[Transform], n: int, extra: bool 
     return [pairs[k] for k in pick]
 
 
-def _no_copy_sample(ctx: _Ctx, negatives: list[Path], n: int
+def _no_copy_sample(ctx: RunContext, negatives: list[Path], n: int
                     ) -> list[tuple[int, str, bytes]]:
     """A seeded sample of n held-out photos under the negative transforms, as the negatives
     phase makes them: queries with no copy in the catalogue."""
@@ -319,14 +323,14 @@ def _no_copy_sample(ctx: _Ctx, negatives: list[Path], n: int
                                                      replace=False).tolist())]
     out = []
     for j, name in pairs:
-        img = _read_bgr(negatives[j])
+        img = read_bgr(negatives[j])
         if img is not None:
             out.append((j, name, make_query(img, TRANSFORMS[name],
                                             transform_rng(ctx.seed, 1_000_000 + j, name))))
     return out
 
 
-def _time_queries(ctx: _Ctx, engine: Any, sample: list[tuple[int, str, bytes]], label: str,
+def _time_queries(ctx: RunContext, engine: Any, sample: list[tuple[int, str, bytes]], label: str,
                   copies: bool = True) -> dict[str, Any]:
     """query_image (decoded → results) and query_bytes (end to end) on the sample: copies of
     catalogue photos (r@1 on the sample), or held-out photos (copies=False: the share
@@ -382,7 +386,7 @@ def _delta_info(engine: Any) -> dict[str, Any]:
                                      if p.name.startswith("delta"))}
 
 
-def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],
+def _scale(ctx: RunContext, job: PaddingJob, scales: Sequence[int],
            sample: list[tuple[int, str, bytes]], parts: list[tuple[int, str, bytes]],
            no_copy: list[tuple[int, str, bytes]], built: dict[str, Any]) -> dict[str, Any]:
     """Time the latency samples (main transforms; parts of photos; held-out photos) on
@@ -431,7 +435,7 @@ def _scale(ctx: _Ctx, job: PaddingJob, scales: Sequence[int],
                            "index_file_bytes": sum(p.stat().st_size for p in
                                                    settings.index_dir.glob("*")),
                            "padding": meta}
-    _phase(ctx, "scale", t0)
+    end_phase(ctx, "scale", t0)
     return out
 
 
@@ -470,6 +474,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     """
     from echoimage.config import Settings
     from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
 
     photo_dir, out_dir = Path(photo_dir), Path(out_dir)
     if limit is not None and limit < 1:
@@ -478,37 +483,37 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         raise ValueError("seed_subset values must be >= 0")
     if any(s < 1 for s in scale):
         raise ValueError("scale values must be positive")
-    log = _Log(progress)
-    machine = _machine()
+    log = Log(progress)
+    machine = machine_info()
     started = datetime.now(UTC)
     t_all = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = _list_photos(photo_dir)
+    files = list_photos(photo_dir)
     if len(files) < 2:
         raise ValueError(f"{photo_dir} holds {len(files)} photos; at least 2 are needed")
     catalogue, negatives = split_photos(files, seed, negatives_fraction)
     settings = Settings(data_dir=out_dir / "data", database_url=None)
-    ctx = _Ctx(log=log, seed=seed, settings=settings, catalogue=catalogue,
+    ctx = RunContext(log=log, seed=seed, settings=settings, catalogue=catalogue,
                urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(negatives)} negatives")
 
-    build = _build(ctx, out_dir, catalogue)
-    _load_hashes(ctx)
+    build = build_phase(ctx, out_dir, catalogue)
+    load_hashes(ctx)
     indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
     ctx.query_photos = query_subset(indexed, seed, limit)
     transforms = list(TRANSFORMS.values())
 
-    job = _padding_job(ctx, out_dir, scale, workers, progress) if scale else None
+    job = padding_job(ctx, out_dir, scale, workers, progress) if scale else None
     todo = [s for s in job.scales if not padding_cached(job, s)] if job else []
     pad_proc = None
     pad_info: dict[str, Any] = {"built_scales": todo, "concurrent_with": None}
-    engine = SearchEngine(settings)
+    engine = SearchEngine(settings, open_store(settings, create=False))
     try:
         if todo and background_padding:
             mp = multiprocessing.get_context("forkserver")
-            pad_proc = mp.Process(target=_padding_process, args=(job,),
+            pad_proc = mp.Process(target=padding_process, args=(job,),
                                   name="echoimage-bench-padding")
             pad_t0 = time.perf_counter()
             pad_proc.start()
@@ -537,7 +542,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     thr = threshold_at_fmr(neg_scores, TARGET_FMR)
 
     t0 = time.perf_counter()
-    samples = [[(i, name, make_query(_photo(ctx, i), TRANSFORMS[name],
+    samples = [[(i, name, make_query(catalogue_photo(ctx, i), TRANSFORMS[name],
                                      transform_rng(seed, i, name))) for i, name in pairs]
                for pairs in (_latency_sample(ctx, transforms, latency_queries),
                              _latency_sample(ctx, transforms, latency_queries // 2, True))]
@@ -550,12 +555,12 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
     if no_copy:
         latency["catalogue"]["no_copy"] = _time_queries(ctx, engine, no_copy,
                                                         "catalogue no copy", copies=False)
-    phash_latency = _phash_latency(ctx, sample)
-    _phase(ctx, "latency", t0)
-    engine.engine.dispose()
+    phash_latency = phash_baseline_latency(ctx, sample)
+    end_phase(ctx, "latency", t0)
+    engine.store.dispose()
     rss_before_scale = self_peak_rss_mb()
 
-    seed_res = _seed_baseline(ctx, transforms, seed_subset)
+    seed_res = seed_baseline(ctx, transforms, seed_subset)
     scale_res: dict[str, Any] = {}
     if job is not None:
         if todo and not background_padding:
@@ -565,13 +570,13 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         scale_res = _scale(ctx, job, list(scale), sample, parts, no_copy, pad_info)
     latency.update({k: v for k, v in scale_res.items() if "skipped" not in v})
 
-    per_t = _per_transform(recs, transforms, thr)
+    per_t = per_transform_summary(recs, transforms, thr)
     for name, r in per_t.items():
         r["seed"] = (seed_res.get("by_transform") or {}).get(name)
         r["failures"] = failures[name]
     main = [r for r in recs if not TRANSFORMS[r.transform].extra]
     extra = [r for r in recs if TRANSFORMS[r.transform].extra]
-    s_main = _summarise(main, thr)
+    s_main = summarise_records(main, thr)
     cal = {
         "target_false_match_rate": TARGET_FMR,
         "threshold": thr,
@@ -614,7 +619,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                     "queries": len(recs), "transforms": len(transforms)},
         "build": build,
         "transforms": per_t,
-        "summary": {"main": s_main, "extra": _summarise(extra, thr)},
+        "summary": {"main": s_main, "extra": summarise_records(extra, thr)},
         "negatives": neg,
         "evidence": {"copies_without_proof": sum(r.without_proof for r in recs + colour_recs)
                      + neg["copies_without_proof"],
@@ -635,9 +640,9 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                    "self_peak_rss_mb_before_scale": rss_before_scale,
                    "build_children": build["memory"]},
         "phases": {**ctx.phases, "total": round(time.perf_counter() - t_all, 2)},
-        "notes": _notes(pad_info, scale_res),
+        "notes": run_notes(pad_info, scale_res),
     }
-    result = _jsonable(result)
+    result = jsonable(result)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     (out_dir / "bench.md").write_text(render_markdown(result))
     log(f"done in {result['phases']['total']:.0f}s: {out_dir / 'bench.json'}, "

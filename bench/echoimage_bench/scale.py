@@ -35,8 +35,8 @@ import numpy as np
 
 from echoimage.fetch.local import path_url
 from echoimage_bench.baselines import PHASH_THRESHOLD, hamming_topk
-from echoimage_bench.context import _list_photos, _Log, _read_bgr
-from echoimage_bench.memory import _rss_mb, status_kb
+from echoimage_bench.context import Log, build_catalogue, list_photos, read_bgr, search_engine
+from echoimage_bench.memory import rss_mb, status_kb
 from echoimage_bench.metrics import TOP_K, percentile, rate
 from echoimage_bench.transforms import (
     NEGATIVE_TRANSFORMS,
@@ -47,7 +47,7 @@ from echoimage_bench.transforms import (
 
 
 def _mb(kb: int | None) -> float | None:
-    return _rss_mb(kb) if kb is not None else None
+    return rss_mb(kb) if kb is not None else None
 
 
 def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out: Path,
@@ -61,7 +61,7 @@ def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out:
                              replace=False).tolist())
     queries = []
     for p in pick:
-        img = _read_bgr(photos[p])
+        img = read_bgr(photos[p])
         truth = path_url((catalogue / photos[p].name).resolve())
         for t in TRANSFORMS.values():
             name = f"{p:04d}-{t.name}.jpg"
@@ -69,7 +69,7 @@ def make_queries(photos: list[Path], catalogue: Path, held_out: list[Path], out:
             queries.append({"file": name, "kind": "parts" if t.extra else "whole",
                             "transform": t.name, "truth": truth})
     for j, p in enumerate(held_out):
-        img = _read_bgr(p)
+        img = read_bgr(p)
         for name in NEGATIVE_TRANSFORMS:
             t = TRANSFORMS[name]
             f = f"negative-{j:04d}-{name}.jpg"
@@ -83,7 +83,7 @@ def split_catalogue(photo_dir: str | Path, photos: int, negatives: int, seed: in
     """The benchmark's seeded split of the photos: `photos` for the catalogue (linked into
     the directory catalogue) and `negatives` held out; (catalogue photos, held out,
     catalogue)."""
-    all_photos = _list_photos(Path(photo_dir))
+    all_photos = list_photos(Path(photo_dir))
     rng = np.random.default_rng([seed, 0xCA7])
     order = rng.permutation(len(all_photos))
     cat_photos = [all_photos[i] for i in sorted(order[:photos].tolist())]
@@ -115,7 +115,6 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     from echoimage.config import Settings
     from echoimage.features.decode import decode_image
     from echoimage.features.hashes import hash_input, phash
-    from echoimage.search.engine import SearchEngine
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 
@@ -123,7 +122,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     settings = Settings(data_dir=data_dir)
     before = status_kb()
     t0 = time.perf_counter()
-    engine = SearchEngine(settings, rebuild=False)
+    engine = search_engine(settings, rebuild=False)
     load_s = time.perf_counter() - t0
     after_load = status_kb()
     blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
@@ -159,7 +158,8 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
                       "after_queries": after_queries, "end": status_kb()}}))
 
 
-def _summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, Any]:
+def answer_summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency, stages and recall of the serving probe's answers, for whole photos and for parts."""
     out: dict[str, Any] = {}
     for kind in ("whole", "parts"):
         sel = [(q, a) for q, a in zip(queries, answers, strict=True) if q["kind"] == kind]
@@ -222,7 +222,7 @@ def _timed_child(cmd: list[str], what: str) -> tuple[float, float]:
             err.seek(0)
             tail = err.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
-    return time.perf_counter() - t0, _rss_mb(usage.ru_maxrss)
+    return time.perf_counter() - t0, rss_mb(usage.ru_maxrss)
 
 
 def _dir_bytes(path: Path, pattern: str = "*") -> int:
@@ -237,12 +237,11 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     (the baseline) and at each scale; results also in out_dir/scale.json. The padded store
     lives in out_dir/scale-data (removed at the end unless keep)."""
     from echoimage.config import Settings
-    from echoimage.pipeline import build_index
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
     from echoimage_bench.derived import add_derived_rows
 
-    log = _Log(progress, "bench scale")
+    log = Log(progress, "bench scale")
     out_dir = Path(out_dir)
     work = out_dir / "scale-work"
     shutil.rmtree(work, ignore_errors=True)
@@ -253,7 +252,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(data_dir=data)
     t0 = time.perf_counter()
-    summary = build_index(settings, [str(catalogue)], progress=False)
+    summary = build_catalogue(settings, str(catalogue))
     build_s = time.perf_counter() - t0
     log(f"catalogue: {summary.counts.get('indexed', 0)} photos indexed in {build_s:.1f}s")
     qdir = work / "queries"
@@ -315,7 +314,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                             "rss_anon_after_queries_mb": _mb(
                                 mem["after_queries"].get("RssAnon")),
                             "seconds": round(probe_s, 1)},
-                "echoimage": _summary(queries, probe["answers"]),
+                "echoimage": answer_summary(queries, probe["answers"]),
                 "phash": {**_phash_summary(queries, probe["phash"]),
                           "load_s": round(probe["phash_load_s"], 2)},
             }

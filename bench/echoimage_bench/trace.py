@@ -43,6 +43,7 @@ def traced_engine(settings: Any) -> Any:
     """A SearchEngine whose `.trace` holds the Trace of its last query (set a new one with
     `ask`)."""
     from echoimage.search.engine import SearchEngine
+    from echoimage.store.db import open_store
 
     class _Traced(SearchEngine):
         trace: Trace
@@ -63,7 +64,7 @@ def traced_engine(settings: Any) -> Any:
             self.trace.stop = {i: (m.orb_inliers, m.hash_distance) for i, m in q.best.items()}
             return super()._plausible(q)
 
-    engine = _Traced(settings)
+    engine = _Traced(settings, open_store(settings, create=False))
     engine.trace = Trace()
     return engine
 
@@ -90,6 +91,7 @@ def diagnose(engine: Any, data: bytes, truth: int) -> dict[str, Any]:
         from echoimage.features.hashes import hash_input, oriented_phashes
         from echoimage.features.orb import mirror_features, orb_detect
         from echoimage.features.photometric import normalised
+        from echoimage.index.local import LocalParams
 
         s = engine.settings
         img = engine.decode(data)
@@ -110,7 +112,7 @@ def diagnose(engine: Any, data: bytes, truth: int) -> dict[str, Any]:
             feats, kps = orb_detect(gray, n)
             mirrored = mirror_features(gray, kps[:s.vote_rerank_descriptors], n)
             for mirror, f in ((False, feats), (True, mirrored)):
-                voted = parts.vote(f.descriptors, s.local_params, 10_000)
+                voted = parts.vote(f.descriptors, LocalParams.from_settings(s), 10_000)
                 got = next((v.votes for v in voted if v.id == truth), 0)
                 rank = next((k for k, v in enumerate(voted, 1) if v.id == truth), None)
                 out[f"votes_{name}{'_mirrored' if mirror else ''}"] = [got, rank]

@@ -20,7 +20,8 @@ QUERY_QUALITY = 90
 NEGATIVE_TRANSFORMS = ("identity", "jpeg30", "mirror", "crop80", "crop40_rand", "screenshot")
 
 
-def _check_bgr(img: np.ndarray) -> None:
+def check_bgr(img: np.ndarray) -> None:
+    """Refuse anything but a BGR uint8 H×W×3 array of at least 8×8 pixels."""
     if not isinstance(img, np.ndarray):
         raise TypeError("transforms take a numpy array")
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -48,17 +49,19 @@ def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def _levels(img: np.ndarray, gain: float, bias: float) -> np.ndarray:
+def levels(img: np.ndarray, gain: float, bias: float) -> np.ndarray:
+    """img × gain + bias, clipped to 0..255."""
     return np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+def resize_to(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """img resized to w×h (area averaging down, cubic up)."""
     w, h = max(1, int(round(w))), max(1, int(round(h)))
     interp = cv2.INTER_AREA if w * h < img.shape[0] * img.shape[1] else cv2.INTER_CUBIC
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def _crop(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.ndarray:
+def crop_frac(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.ndarray:
     """A frac x frac (of width and height) crop: centred, or at a random offset with rng."""
     h, w = img.shape[:2]
     ch, cw = max(8, round(h * frac)), max(8, round(w * frac))
@@ -71,74 +74,74 @@ def _crop(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.n
 
 def t_identity(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The photo itself (only the query's q90 JPEG encoding changes it)."""
-    _check_bgr(img)
+    check_bgr(img)
     return img.copy()
 
 
 def t_jpeg30(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """JPEG quality 30 round trip (the query is then encoded at q30 too)."""
-    _check_bgr(img)
+    check_bgr(img)
     return jpeg_roundtrip(img, 30)
 
 
 def t_downscale50(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Half width and height (INTER_AREA)."""
-    _check_bgr(img)
-    return _resize(img, img.shape[1] * 0.5, img.shape[0] * 0.5)
+    check_bgr(img)
+    return resize_to(img, img.shape[1] * 0.5, img.shape[0] * 0.5)
 
 
 def t_thumb128(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Longest side 128 px."""
-    _check_bgr(img)
+    check_bgr(img)
     f = 128 / max(img.shape[:2])
-    return _resize(img, img.shape[1] * f, img.shape[0] * f)
+    return resize_to(img, img.shape[1] * f, img.shape[0] * f)
 
 
 def t_upscale2x(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Twice the width and height (INTER_CUBIC)."""
-    _check_bgr(img)
-    return _resize(img, img.shape[1] * 2, img.shape[0] * 2)
+    check_bgr(img)
+    return resize_to(img, img.shape[1] * 2, img.shape[0] * 2)
 
 
 def t_blur2(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gaussian blur, sigma 2."""
-    _check_bgr(img)
+    check_bgr(img)
     return cv2.GaussianBlur(img, (0, 0), 2.0)
 
 
 def t_brighter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """x1.3 + 30, clipped."""
-    _check_bgr(img)
-    return _levels(img, 1.3, 30)
+    check_bgr(img)
+    return levels(img, 1.3, 30)
 
 
 def t_darker(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """x0.6."""
-    _check_bgr(img)
-    return _levels(img, 0.6, 0)
+    check_bgr(img)
+    return levels(img, 0.6, 0)
 
 
 def t_grayscale(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Grayscale, kept as 3 equal channels."""
-    _check_bgr(img)
+    check_bgr(img)
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
 
 
 def t_mirror(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Left-right mirror."""
-    _check_bgr(img)
+    check_bgr(img)
     return np.ascontiguousarray(img[:, ::-1])
 
 
 def t_rot90(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A quarter turn anticlockwise (width and height swap)."""
-    _check_bgr(img)
+    check_bgr(img)
     return np.ascontiguousarray(np.rot90(img))
 
 
 def t_rot5(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """5 degrees anticlockwise about the centre, same size, black corners (not reflected)."""
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), 5.0, 1.0)
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
@@ -147,8 +150,8 @@ def t_rot5(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def t_crop80(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Centre crop of 80% of the width and 80% of the height (64% of the area)."""
-    _check_bgr(img)
-    return _crop(img, 0.8, None)
+    check_bgr(img)
+    return crop_frac(img, 0.8, None)
 
 
 def t_border20(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -157,21 +160,22 @@ def t_border20(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     The result is 1.4x the size and the photo is its middle 1/1.4 = 71% (51% of the area).
     The border colour is drawn from rng.
     """
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     colour = [int(v) for v in rng.integers(0, 256, 3)]
     py, px = round(0.2 * h), round(0.2 * w)
     return cv2.copyMakeBorder(img, py, py, px, px, cv2.BORDER_CONSTANT, value=colour)
 
 
-def _fit_text(text: str, max_w: float, max_h: float, thickness: int) -> float:
+def fit_text(text: str, max_w: float, max_h: float, thickness: int) -> float:
+    """The font scale at which text fits max_w × max_h pixels."""
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)
     return max(0.2, min(max_w / max(tw, 1), max_h / max(th + base, 1)))
 
 
 def t_banner15(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A semi-transparent (75% black) band over the bottom 15% of the height, white text."""
-    _check_bgr(img)
+    check_bgr(img)
     out = img.copy()
     h, w = img.shape[:2]
     bh = max(4, round(0.15 * h))
@@ -179,7 +183,7 @@ def t_banner15(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     band[:] = (band.astype(np.float32) * 0.25 + 20 * 0.75).astype(np.uint8)
     text = "SALE -50% | shop.example.com"
     thick = max(1, bh // 20)
-    scale = _fit_text(text, 0.9 * w, 0.6 * bh, thick)
+    scale = fit_text(text, 0.9 * w, 0.6 * bh, thick)
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     org = ((w - tw) // 2, h - (bh - th) // 2)
     cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
@@ -189,45 +193,46 @@ def t_banner15(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def t_stretch135(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Width x1.35, height unchanged (aspect change)."""
-    _check_bgr(img)
-    return _resize(img, img.shape[1] * 1.35, img.shape[0])
+    check_bgr(img)
+    return resize_to(img, img.shape[1] * 1.35, img.shape[0])
 
 
 def t_combo(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Centre crop 90%, then x1.1 + 15, then a JPEG q50 round trip (query encoded at q50)."""
-    _check_bgr(img)
-    return jpeg_roundtrip(_levels(_crop(img, 0.9, None), 1.1, 15), 50)
+    check_bgr(img)
+    return jpeg_roundtrip(levels(crop_frac(img, 0.9, None), 1.1, 15), 50)
 
 
 def t_crop60_rand(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """60% of the width and height (36% of the area) at a random offset."""
-    _check_bgr(img)
-    return _crop(img, 0.6, rng)
+    check_bgr(img)
+    return crop_frac(img, 0.6, rng)
 
 
 def t_crop40_rand(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """40% of the width and height (16% of the area) at a random offset."""
-    _check_bgr(img)
-    return _crop(img, 0.4, rng)
+    check_bgr(img)
+    return crop_frac(img, 0.4, rng)
 
 
 def t_crop60_rot90(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """crop60_rand, then a quarter turn anticlockwise."""
-    _check_bgr(img)
-    return np.ascontiguousarray(np.rot90(_crop(img, 0.6, rng)))
+    check_bgr(img)
+    return np.ascontiguousarray(np.rot90(crop_frac(img, 0.6, rng)))
 
 
 def t_crop60_mirror(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """crop60_rand, then mirrored left-right (a flipped re-upload)."""
-    _check_bgr(img)
-    return np.ascontiguousarray(_crop(img, 0.6, rng)[:, ::-1])
+    check_bgr(img)
+    return np.ascontiguousarray(crop_frac(img, 0.6, rng)[:, ::-1])
 
 
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "photo", "shared", "reply", "like",
           "view", "gallery", "profile", "settings", "upload", "today", "search", "home")
 
 
-def _text_line(rng: np.random.Generator, n: int) -> str:
+def text_line(rng: np.random.Generator, n: int) -> str:
+    """n filler words for a caption."""
     return " ".join(str(rng.choice(_WORDS)) for _ in range(n))
 
 
@@ -237,7 +242,7 @@ def t_screenshot(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     The page has a header bar, a sidebar with menu text, a few cards/buttons and lines of
     text, all drawn with cv2 (no other photos). The photo covers about 10% of the canvas.
     """
-    _check_bgr(img)
+    check_bgr(img)
     h, w = img.shape[:2]
     ch, cw = round(1.6 * h), round(1.6 * w)
     bg = int(rng.integers(225, 250))
@@ -246,12 +251,12 @@ def t_screenshot(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hdr, side = max(8, round(0.08 * ch)), max(8, round(0.18 * cw))
     accent = tuple(int(v) for v in rng.integers(40, 200, 3))
     cv2.rectangle(canvas, (0, 0), (cw, hdr), accent, -1)
-    s = _fit_text("Gallery", 0.3 * cw, 0.6 * hdr, 1)
+    s = fit_text("Gallery", 0.3 * cw, 0.6 * hdr, 1)
     cv2.putText(canvas, "Gallery", (side // 4, int(hdr * 0.75)), font, s, (255, 255, 255), 1,
                 cv2.LINE_AA)
     cv2.rectangle(canvas, (0, hdr), (side, ch), (bg - 25,) * 3, -1)
     line_h = max(10, hdr // 2)
-    s_small = _fit_text("settings", 0.7 * side, 0.6 * line_h, 1)
+    s_small = fit_text("settings", 0.7 * side, 0.6 * line_h, 1)
     for i in range(5):
         y = hdr + (i + 1) * 2 * line_h
         if y < ch:
@@ -270,10 +275,10 @@ def t_screenshot(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cv2.rectangle(canvas, (rx, ry), (rx + rw, ry + rh), (bg - 60,) * 3, 1)
     for _ in range(int(rng.integers(4, 9))):  # text lines
         tx, ty = int(rng.integers(x0, cw - margin)), int(rng.integers(y0 + line_h, ch))
-        cv2.putText(canvas, _text_line(rng, int(rng.integers(2, 6))), (tx, ty), font, s_small,
+        cv2.putText(canvas, text_line(rng, int(rng.integers(2, 6))), (tx, ty), font, s_small,
                     (40, 40, 40), 1, cv2.LINE_AA)
-    canvas[py:py + ph, px:px + pw] = _resize(img, pw, ph)[: ch - py, : cw - px]
-    cv2.putText(canvas, _text_line(rng, 3), (px, min(ch - 2, py + ph + line_h)), font, s_small,
+    canvas[py:py + ph, px:px + pw] = resize_to(img, pw, ph)[: ch - py, : cw - px]
+    cv2.putText(canvas, text_line(rng, 3), (px, min(ch - 2, py + ph + line_h)), font, s_small,
                 (90, 90, 90), 1, cv2.LINE_AA)
     return canvas
 
@@ -295,32 +300,32 @@ def _hue_shift(img: np.ndarray, degrees: float, mask: np.ndarray | None = None
 
 def t_hue60(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hue turned by 60 degrees (HSV), saturation and value kept."""
-    _check_bgr(img)
+    check_bgr(img)
     return _hue_shift(img, 60)
 
 
 def t_hue120(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hue turned by 120 degrees (HSV), saturation and value kept."""
-    _check_bgr(img)
+    check_bgr(img)
     return _hue_shift(img, 120)
 
 
 def t_hue180(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hue turned by 180 degrees (HSV), saturation and value kept."""
-    _check_bgr(img)
+    check_bgr(img)
     return _hue_shift(img, 180)
 
 
 def t_channel_swap(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Colour channels rotated: red becomes green, green blue, blue red."""
-    _check_bgr(img)
+    check_bgr(img)
     return np.ascontiguousarray(img[..., [1, 2, 0]])
 
 
 def t_recolour_object(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The photo's dominant saturated colour turned by 120 degrees of hue, the rest kept
     (a product photo in another colour variant)."""
-    _check_bgr(img)
+    check_bgr(img)
     hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL)
     hue, sat = hsv[..., 0].astype(np.float32), hsv[..., 1].astype(np.float32)
     weight = np.clip((sat - 40) / 40, 0, 1)

@@ -8,37 +8,85 @@ frame), CMYK, palette with transparency, 16-bit PNG/TIFF and EXIF orientation.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
+import re
 import warnings
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from echoimage.errors import DecodeError, ImageTooLargeError, NotAnImageError
+from echoimage.features.limits import agree_pillow_limit, too_large
+from echoimage.features.sniff import looks_like, sniff_format
 from echoimage.types import DecodedImage
 
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
+log = logging.getLogger(__name__)
+
+__all__ = ["agree_pillow_limit", "decode_image", "register_plugins", "sniff_format",
+           "too_large"]
+
+#: the formats that need a plugin, and what reads them
+_PLUGIN_FORMATS = {"HEIC": "pillow-heif", "HEIF": "pillow-heif"}
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the first bytes, or None if they are not a known image."""
-    for magic, name in _SIGNATURES:
-        if data.startswith(magic):
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[4:12] in (b"ftypavif", b"ftypavis", b"ftypheic", b"ftypmif1"):
-        return "AVIF"
+@functools.cache
+def register_plugins() -> frozenset[str]:
+    """Register the Pillow plugins for the formats Pillow does not read itself (HEIC/HEIF
+    through pillow-heif; AVIF is Pillow's own) and return the formats that can be read.
+
+    Called at the first decode, not on import: registering adds openers to Pillow's
+    process-wide registry, which a program that only imports EchoImage should not see
+    changed. Idempotent.
+    """
+    readable = {"AVIF"} if features.check("avif") else set()
+    try:
+        import pillow_heif
+    except ImportError:
+        log.warning("pillow-heif is not installed: HEIC/HEIF images cannot be read")
+    else:
+        pillow_heif.register_heif_opener()
+        readable |= {"HEIC", "HEIF"}
+    return frozenset(readable)
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb_message(exc: Image.DecompressionBombError, max_pixels: int) -> str:
+    """Pillow's own refusal, said as the cap's (or, when the host program set Pillow's
+    guard below the cap, naming that limit)."""
+    found = _BOMB_PIXELS.search(str(exc))
+    pixels = int(found.group(1)) if found else None
+    if pixels is not None and pixels <= max_pixels:
+        return (f"image too large: {pixels:,} pixels exceeds Pillow's limit in this program "
+                f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}), below the cap "
+                f"of {max_pixels:,}")
+    return too_large(pixels, max_pixels)
+
+
+def _unreadable(fmt: str) -> str | None:
+    """Why fmt cannot be read here, or None when it can (or is not a plugin format)."""
+    if fmt == "AVIF" and fmt not in register_plugins():
+        return "AVIF images cannot be read: this Pillow was built without AVIF support"
+    if fmt in _PLUGIN_FORMATS and fmt not in register_plugins():
+        return f"{fmt} images cannot be read: {_PLUGIN_FORMATS[fmt]} is not installed"
+    if fmt in ("JPEG XL", "JPEG 2000") and fmt.replace(" ", "").upper() not in _pillow_formats():
+        return f"{fmt} images cannot be read (no decoder for them is installed)"
     return None
+
+
+def _named(data: bytes) -> str:
+    """The format the bytes announce and a space ("HEIC "), or "" when they announce none."""
+    fmt = sniff_format(data)
+    return f"{fmt} " if fmt else ""
+
+
+def _pillow_formats() -> frozenset[str]:
+    """Names of the formats Pillow can open (JPEG2000, ...), spaces removed."""
+    return frozenset(f.replace(" ", "").upper() for f in Image.registered_extensions().values())
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -106,7 +154,7 @@ def _colour_version(img: Image.Image, longest: int) -> np.ndarray:
     return rgb
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512,
+def decode_image(data: bytes, max_pixels: int, work_size: int,
                  colour_size: int | None = None) -> DecodedImage:
     """Decode image bytes to a grayscale working image whose longest side is <= work_size,
     and, with colour_size, an RGB version whose longest side is <= colour_size.
@@ -114,7 +162,8 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
     Raises DecodeError with a one-line reason for empty, non-image, truncated, corrupt or
     over-large input (NotAnImageError and ImageTooLargeError for the first and the last).
     Pillow's own process-wide settings (its bomb guard, truncated-image loading) are left
-    as the host program set them; the pixel cap here is checked from the header first.
+    as the host program set them (see agree_pillow_limit); the pixel cap here is checked
+    from the header first, and a refusal by Pillow's guard is said as the cap's.
     """
     if work_size < 16:
         raise ValueError("work_size must be at least 16")
@@ -122,6 +171,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
         raise ValueError("colour_size must be at least 8")
     if not data:
         raise NotAnImageError("empty file")
+    register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,10 +181,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
             if w <= 0 or h <= 0:
                 raise DecodeError(f"{fmt} image has no pixels ({w}x{h})")
             if w * h > max_pixels:
-                raise ImageTooLargeError(
-                    f"image too large: {w}x{h} = {w * h:,} pixels exceeds the cap of "
-                    f"{max_pixels:,} (possible decompression bomb)"
-                )
+                raise ImageTooLargeError(too_large(w * h, max_pixels, (w, h)))
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
                 img.seek(0)
@@ -162,24 +209,25 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, work_size: int = 512
     except UnidentifiedImageError:
         what = sniff_format(data)
         if what is not None:
-            raise DecodeError(f"unsupported or corrupt {what} data") from None
-        head = data[:16].lstrip()
-        if head[:1] == b"<":
-            raise NotAnImageError("not an image (looks like HTML/XML)") from None
-        raise NotAnImageError("not an image") from None
+            raise DecodeError(_unreadable(what) or f"unsupported or corrupt {what} data"
+                              ) from None
+        kind = looks_like(data)
+        if kind in ("binary data", "text"):
+            raise NotAnImageError("not an image") from None
+        raise NotAnImageError(f"not an image (looks like {kind})") from None
     except Image.DecompressionBombError as exc:
-        # Pillow's own guard, where the host program set it below our cap
-        raise ImageTooLargeError(f"image too large: {exc}") from None
+        # Pillow's own guard (at twice the cap where an entry point made it agree)
+        raise ImageTooLargeError(_bomb_message(exc, max_pixels)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+        raise DecodeError(f"corrupt or truncated {_named(data)}image: {msg}") from None
     except MemoryError:
         raise ImageTooLargeError("image too large to decode in memory") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise IndexError, KeyError,
         # TypeError, struct.error... on damaged files: all of them mean a corrupt image
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise DecodeError(f"corrupt image ({type(exc).__name__}{': ' + msg if msg else ''})"
-                          ) from None
+        raise DecodeError(f"corrupt {_named(data)}image "
+                          f"({type(exc).__name__}{': ' + msg if msg else ''})") from None
 
     # original size after EXIF orientation (draft() may have reduced the decoded size)
     ow, oh = (h, w) if swapped else (w, h)

@@ -9,8 +9,7 @@ from echoimage.features.thumbnail import thumbnail
 from echoimage.types import DecodedImage, ImageFeatures
 
 
-def extract_features(img: DecodedImage, thumb_size: int = 256,
-                     nfeatures: int = 500) -> ImageFeatures:
+def extract_features(img: DecodedImage, thumb_size: int, nfeatures: int) -> ImageFeatures:
     """Thumbnail, ORB and hashes of a decoded image; its colour version and colour
     signature when it was decoded with one."""
     small = hash_input(img.gray)

@@ -63,7 +63,7 @@ def _spread_features(kps: Sequence[cv2.KeyPoint], desc: np.ndarray | None,
     return OrbFeatures(np.ascontiguousarray(pts[order]), np.ascontiguousarray(desc[order]))
 
 
-def orb_detect(gray: np.ndarray, nfeatures: int = 500
+def orb_detect(gray: np.ndarray, nfeatures: int
                ) -> tuple[OrbFeatures, tuple[cv2.KeyPoint, ...]]:
     """orb_features(), and the detected keypoints themselves in the same order (with their
     pyramid levels), from which mirror_features() computes the mirror image's."""
@@ -78,13 +78,13 @@ def orb_detect(gray: np.ndarray, nfeatures: int = 500
     return feats, tuple(kps[i] for i in order)
 
 
-def orb_features(gray: np.ndarray, nfeatures: int = 500) -> OrbFeatures:
+def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:
     """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
     return orb_detect(gray, nfeatures)[0]
 
 
 def mirror_features(gray: np.ndarray, keypoints: Sequence[cv2.KeyPoint],
-                    nfeatures: int = 500) -> OrbFeatures:
+                    nfeatures: int) -> OrbFeatures:
     """ORB of gray's mirror image from gray's own detection (orb_detect; pass a prefix of
     its keypoints for only those): the keypoints mirrored (x to width - 1 - x, angle to
     180 - angle, the same pyramid level), their descriptors computed on the mirrored

@@ -250,7 +250,7 @@ def _off_page_areas(small: np.ndarray) -> list[Box]:
     return _components(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))
 
 
-def content_boxes(gray: np.ndarray, max_boxes: int = 3, min_area: float = 0.02,
+def content_boxes(gray: np.ndarray, max_boxes: int, min_area: float = 0.02,
                   max_area: float = 0.85) -> list[Box]:
     """Up to max_boxes axis-aligned boxes of pictures pasted into the query: boxes with
     four straight edges first, then larger boxes first.

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 
-def thumbnail(gray: np.ndarray, size: int = 256) -> np.ndarray:
+def thumbnail(gray: np.ndarray, size: int) -> np.ndarray:
     """Resize a grayscale image to size x size (aspect ignored, so stretches still align)."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("thumbnail expects a 2-D uint8 grayscale array")

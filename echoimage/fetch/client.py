@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urljoin
@@ -22,37 +21,22 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from echoimage.features.decode import sniff_format
+from echoimage.config import Settings
+from echoimage.features.sniff import sniff_format
+from echoimage.types import FetchStatus
 
 K = TypeVar("K")
 
 #: hook that vets a URL before it is requested; returns a refusal reason or None
 UrlCheck = Callable[[str], Awaitable[str | None]]
 
-DEFAULT_USER_AGENT = (
-    "EchoImage/0.1 (+https://github.com/echoimage/echoimage; image similarity indexer)"
-)
-_IMAGE_ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5"
+DEFAULT_USER_AGENT: str = Settings.model_fields["user_agent"].default
+_IMAGE_ACCEPT = ("image/avif,image/webp,image/heic,image/heif,image/png,image/jpeg,image/*;q=0.9,"
+                 "*/*;q=0.5")
 _PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _SNIFF_BYTES = 16
 _REASON_MAX = 300
-
-
-class FetchStatus(StrEnum):
-    """Values of FetchResult.status."""
-
-    OK = "ok"
-    NOT_MODIFIED = "not-modified"
-    GONE = "gone"
-    HTTP_ERROR = "http-error"
-    TIMEOUT = "timeout"
-    TOO_LARGE = "too-large"
-    NOT_AN_IMAGE = "not-an-image"
-    REDIRECT_LOOP = "redirect-loop"
-    TOO_MANY_REDIRECTS = "too-many-redirects"
-    CONNECTION_ERROR = "connection-error"
-    BAD_URL = "bad-url"
 
 
 #: fetch statuses that a later run should try again (transient by nature)
@@ -66,27 +50,43 @@ def is_retryable_http(code: int) -> bool:
     return code in (408, 429) or 500 <= code <= 599
 
 
+#: the Settings a FetchConfig takes its limits from (see FetchConfig.from_settings)
+_SETTINGS = Settings.model_fields
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """Limits and policy of a Fetcher. Times are in seconds, sizes in bytes.
 
     The timeouts apply to each request (one redirect hop, one try); ``check_url`` is awaited
-    for the first URL and every redirect target and returns a refusal reason or None.
+    for the first URL and every redirect target and returns a refusal reason or None. The
+    limits that are settings (concurrency, per_host, total_timeout, max_bytes) default to
+    the defaults of `Settings` (``http_concurrency``, ``http_per_host``, ``http_timeout``,
+    ``max_bytes``); a run builds its config with `from_settings`.
     """
 
-    concurrency: int = 32
-    per_host: int = 8
+    concurrency: int = _SETTINGS["http_concurrency"].default
+    per_host: int = _SETTINGS["http_per_host"].default
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
-    total_timeout: float = 60.0
+    total_timeout: float = _SETTINGS["http_timeout"].default
     retries: int = 3
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     max_redirects: int = 5
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = _SETTINGS["max_bytes"].default
     user_agent: str = DEFAULT_USER_AGENT
     require_image: bool = True
     check_url: UrlCheck | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> FetchConfig:
+        """The fetch limits of settings (its max_bytes, http_timeout, http_concurrency,
+        http_per_host and user_agent), with changes (``require_image=False``, …)."""
+        return cls(**{"concurrency": settings.http_concurrency,
+                      "per_host": settings.http_per_host,
+                      "total_timeout": settings.http_timeout, "max_bytes": settings.max_bytes,
+                      "user_agent": settings.user_agent, **changes})
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "per_host", "max_bytes"):
@@ -142,6 +142,22 @@ class _Outcome:
     final_url: str | None = None
     retry: bool = False
     retry_after: float | None = None
+
+
+class AddressRefused(OSError):
+    """A URL policy refused the address a host resolved to (raised by a guarded resolver,
+    echoimage.fetch.ssrf; the fetch is then FetchStatus.REFUSED)."""
+
+
+def _refusal(exc: BaseException) -> AddressRefused | None:
+    """The AddressRefused behind a connection error (aiohttp wraps what its resolver
+    raised), or None."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, AddressRefused):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None
 
 
 def _one_line(text: str) -> str:
@@ -372,6 +388,10 @@ class Fetcher:
             return _Outcome(FetchStatus.CONNECTION_ERROR, f"TLS error: {_describe(exc)}",
                             final_url=url), None
         except (aiohttp.ClientError, OSError) as exc:
+            refused = _refusal(exc)
+            if refused is not None:
+                return _Outcome(FetchStatus.REFUSED, _one_line(str(refused)), final_url=url
+                                ), None
             return _Outcome(FetchStatus.CONNECTION_ERROR, _describe(exc), final_url=url,
                             retry=True), None
         finally:

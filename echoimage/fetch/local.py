@@ -1,4 +1,5 @@
-"""Local files: how the store names them, and reading one safely.
+"""Local files: how the store names them (and tells them from URLs), and reading one
+safely.
 
 Only regular files (and symbolic links to them) are images. A named pipe, a socket or a
 device with an image's name is refused without being waited on: the file is opened with
@@ -15,6 +16,12 @@ import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes, urlsplit
+
+
+def is_url(s: str) -> bool:
+    """True for http(s) URLs (well-formed or not: a malformed one is refused per image by the
+    fetcher, with its reason); anything else names a local file."""
+    return s[:8].lower().startswith(("http://", "https://"))
 
 
 def path_url(path: str | os.PathLike[str]) -> str:
@@ -68,8 +75,9 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
           (stat.S_ISBLK, "a block device"))
 
 
-def read_local(url: str, max_bytes: int) -> LocalRead:
-    """Read a regular file of at most max_bytes; never blocks on a special file."""
+def read_local(url: str, max_bytes: int, head: bool = False) -> LocalRead:
+    """Read a regular file of at most max_bytes; never blocks on a special file. With head,
+    only its first max_bytes are read (a longer file is no error)."""
     path = local_path(url)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -92,6 +100,8 @@ def read_local(url: str, max_bytes: int) -> LocalRead:
         if not stat.S_ISREG(st.st_mode):
             kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
             return LocalRead(None, LocalStatus.NOT_A_FILE, f"not a regular file: {kind}")
+        if head:
+            return LocalRead(os.read(fd, max_bytes))
         if st.st_size > max_bytes:
             return LocalRead(None, LocalStatus.TOO_LARGE,
                              f"file is {st.st_size:,} bytes, over the cap of {max_bytes:,}")

@@ -45,6 +45,7 @@ from echoimage.index.local import (
     DESC_BYTES,
     LAYOUT,
     TRAIN_PER_LIST,
+    LocalParams,
     empty_part,
     local_part,
     nlist_for,
@@ -56,6 +57,7 @@ from echoimage.index.manifest import (
     MANIFEST_NAME,
     FileRef,
     IndexManifest,
+    Layout,
     PartInfo,
     atomic_write_bytes,
     ensure_index_dir,
@@ -180,7 +182,7 @@ def read_part(directory: Path, info: PartInfo, mmap: bool = False) -> Part:
 
 def read_quantizer(directory: Path, manifest: IndexManifest) -> faiss.IndexBinary | None:
     """The trained quantizer of an IVF index (None for a flat one)."""
-    if manifest.layout != "ivf":
+    if manifest.layout != Layout.IVF:
         return None
     assert manifest.trained is not None
     return read_index_file(directory, FileRef(**manifest.trained["file"]))
@@ -196,7 +198,7 @@ def load_parts(directory: Path, manifest: IndexManifest,
     parts = tuple(cache[i.name] if i.name in cache else read_part(directory, i, mmap)
                   for i in manifest.parts)
     quantizer = None
-    if manifest.layout == "ivf":
+    if manifest.layout == Layout.IVF:
         quantizer = quantizer_of(parts[0].local)
     return parts, quantizer
 
@@ -347,7 +349,7 @@ def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
              quantizer: faiss.IndexBinary | None = None) -> IndexReport:
     """A full build from one snapshot of the store (caller holds the writer lock), with a
     new quantizer trained on it, or the one given (to compare with an incremental index)."""
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     directory = settings.index_dir
     gen = time.time_ns()
     state, base, quantizer = _whole(engine, lp, f"base-{gen}", quantizer)
@@ -367,8 +369,9 @@ def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
         last_retrain = previous.last_retrain
     manifest = IndexManifest(
         store_id=state.store_id, seq=state.seq, schema_revision=head_revision(),
-        images=state.count, params=index_params(settings), layout="ivf" if ivf else "flat",
-        base=info, trained=trained, last_retrain=last_retrain,
+        images=state.count, params=index_params(settings),
+        layout=Layout.IVF if ivf else Layout.FLAT, base=info, trained=trained,
+        last_retrain=last_retrain,
         last_compaction=previous.last_compaction if previous else None, updated_at=_now())
     write_manifest(directory, manifest)
     collect_garbage(directory, manifest.file_names())
@@ -408,11 +411,11 @@ def _files_present(directory: Path, manifest: IndexManifest) -> str | None:
 def _retrain_reason(manifest: IndexManifest, state: repo.StoreState, settings: Settings
                     ) -> str | None:
     """Why the quantizer no longer fits (None: it does)."""
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     per_image = manifest.base.descriptors / manifest.base.images if manifest.base.images \
         else float(lp.per_image)
     estimate = state.count * per_image
-    if manifest.layout == "flat":
+    if manifest.layout == Layout.FLAT:
         return "the index is flat (small): rebuilt whole" if estimate <= lp.flat_max \
             else "the catalogue outgrew the flat index"
     assert manifest.trained is not None
@@ -484,7 +487,7 @@ def update_index_files(settings: Settings, engine: Engine, retrain: bool = True
                 return IndexReport(IndexAction.UNCHANGED, state.seq, manifest.images,
                                    len(manifest.segments), time.perf_counter() - t0)
             why = _retrain_reason(manifest, state, settings)
-            if why and (retrain or manifest.layout == "flat"):
+            if why and (retrain or manifest.layout == Layout.FLAT):
                 return _rebuild(settings, engine, why, t0, manifest)
             changed, rows = changed_rows(session, manifest.seq, settings.local_per_image)
         if len(changed) > REBUILD_SHARE * max(state.count, manifest.images):
@@ -543,7 +546,7 @@ def _consolidate(directory: Path, manifest: IndexManifest, quantizer: faiss.Inde
 def in_memory_index(settings: Settings, engine: Engine) -> tuple[PartSet, int]:
     """The whole index built in memory from the store (for a store that cannot be
     written); (parts, the change number they include)."""
-    lp = settings.local_params
+    lp = LocalParams.from_settings(settings)
     state, part, quantizer = _whole(engine, lp, "memory", None)
     return PartSet((part,), quantizer, probes(quantizer, lp)), state.seq
 

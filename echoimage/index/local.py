@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from echoimage.config import Settings
+
 DESC_BITS = 256
 DESC_BYTES = DESC_BITS // 8
 TRAIN_PER_LIST = 20
@@ -38,8 +40,6 @@ NLIST_PER_SQRT = 2
 #: lists per √n once they are more than flat_quantizer_max (two-level quantizer)
 WIDE_NLIST_PER_SQRT = 4
 MAX_LISTS = 262_144
-#: above this many lists the quantizer is two-level (see the module docstring)
-FLAT_QUANTIZER_MAX = 8192
 #: how the index is laid out (lists per descriptor count, training, one IVF per part);
 #: recorded in the manifest so that index files laid out otherwise are rebuilt
 LAYOUT = f"ivf-{NLIST_PER_SQRT}sqrt-train{TRAIN_PER_LIST}-parts"
@@ -47,18 +47,28 @@ LAYOUT = f"ivf-{NLIST_PER_SQRT}sqrt-train{TRAIN_PER_LIST}-parts"
 
 @dataclass(frozen=True)
 class LocalParams:
-    """How the local index is built and searched."""
+    """How the local index is built and searched (from the ``local_*`` settings)."""
 
-    per_image: int = 150  # descriptors kept per catalogue image (a spread_order prefix)
-    flat_max: int = 20_000  # above this many descriptors, use IVF
-    nprobe: int = 8  # lists a query descriptor searches (flat quantizer)
-    wide_nprobe: int = 16  # the same, two-level quantizer (smaller lists)
-    query_descriptors: int = 200
-    neighbours: int = 2
-    max_distance: int = 48  # Hamming bits (of 256) for a neighbour to count as a vote
-    min_lists: int = 256  # the fewest IVF lists
-    flat_quantizer_max: int = FLAT_QUANTIZER_MAX  # more lists: a two-level quantizer
+    per_image: int  # descriptors kept per catalogue image (a spread_order prefix)
+    flat_max: int  # above this many descriptors, use IVF
+    nprobe: int  # lists a query descriptor searches (flat quantizer)
+    wide_nprobe: int  # the same, two-level quantizer (smaller lists)
+    query_descriptors: int
+    neighbours: int
+    max_distance: int  # Hamming bits (of 256) for a neighbour to count as a vote
+    min_lists: int  # the fewest IVF lists
+    flat_quantizer_max: int  # more lists: a two-level quantizer
     coarse_nprobe: int = 16  # coarse lists a two-level quantizer searches
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalParams:
+        """The local-feature index parameters of settings."""
+        s = settings
+        return cls(per_image=s.local_per_image, flat_max=s.local_flat_max,
+                   nprobe=s.local_nprobe, wide_nprobe=s.local_wide_nprobe,
+                   query_descriptors=s.local_query_descriptors,
+                   neighbours=s.local_neighbours, max_distance=s.local_max_distance,
+                   min_lists=s.local_min_lists, flat_quantizer_max=s.local_flat_quantizer_max)
 
 
 def is_two_level(quantizer: faiss.IndexBinary | None) -> bool:
@@ -169,21 +179,6 @@ def local_part(ids: np.ndarray, descs: np.ndarray,
         index.add_with_ids(np.ascontiguousarray(descs, np.uint8),
                            np.ascontiguousarray(ids, np.int64))
     return index
-
-
-def build_local_index(ids: np.ndarray, descs: np.ndarray, params: LocalParams,
-                      seed: int = 0) -> faiss.IndexBinary:
-    """A whole local index: flat up to flat_max descriptors, else IVF trained on them."""
-    check_descriptors(ids, descs)
-    quantizer = train_quantizer(descs, params, seed) if descs.shape[0] > params.flat_max \
-        else None
-    return local_part(ids, descs, quantizer)
-
-
-def set_nprobe(index: faiss.IndexBinary, nprobe: int) -> None:
-    """Set nprobe on an IVF index (no-op for flat indexes)."""
-    if isinstance(index, faiss.IndexBinaryIVF):
-        index.nprobe = min(nprobe, index.nlist)
 
 
 def local_ids(index: faiss.IndexBinary) -> np.ndarray:

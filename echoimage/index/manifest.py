@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 #: manifests of another format (or none) mean: rebuild
 FORMAT = 2
+
+
+class Layout(StrEnum):
+    """How the local-feature index is organised."""
+
+    FLAT = "flat"  # searched exhaustively (small catalogues)
+    IVF = "ivf"  # inverted lists under a trained quantizer
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class IndexManifest:
     schema_revision: str
     images: int  # live images (store's indexed images as of seq)
     params: dict[str, Any]  # what the index was built for (must match the settings)
-    layout: str  # "flat" or "ivf"
+    layout: Layout
     base: PartInfo
     segments: tuple[PartInfo, ...] = ()
     trained: dict[str, Any] | None = None  # IVF: descriptors, nlist, seq, at, file
@@ -97,6 +105,7 @@ class IndexManifest:
             files = {k: FileRef(**v) for k, v in d.pop("files").items()}
             return PartInfo(**d, files=files)
 
+        doc["layout"] = Layout(doc["layout"])
         doc["base"] = part(doc["base"])
         doc["segments"] = tuple(part(s) for s in doc["segments"])
         return cls(**doc)

@@ -39,7 +39,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
-from echoimage.errors import EmptyCatalogueError
+from echoimage.errors import EmptyCatalogueError, QueryLimitError
 from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
@@ -48,7 +48,7 @@ from echoimage.features.orb import mirror_features, orb_detect
 from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
-from echoimage.index.local import Voted, count_votes
+from echoimage.index.local import LocalParams, Voted, count_votes
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -56,7 +56,7 @@ from echoimage.search.rerank import SsimReference, match_orb, region, spread
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
 from echoimage.store import repo
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 from echoimage.types import Candidate, DecodedImage, Match, OrbFeatures
 
 if TYPE_CHECKING:
@@ -139,12 +139,12 @@ class SearchEngine:
     a serving process (background=True) refreshes in a thread, so a query never waits.
     """
 
-    def __init__(self, settings: Settings, engine: Engine | None = None,
-                 rebuild: bool = True, background: bool = False) -> None:
+    def __init__(self, settings: Settings, store: Engine, rebuild: bool = True,
+                 background: bool = False) -> None:
         self.settings = settings
-        self.engine = engine or open_store(settings, create=False)
-        self.sessions = session_factory(self.engine)
-        self.live = LiveIndex(settings, self.engine, rebuild=rebuild, background=background)
+        self.store = store
+        self.sessions = session_factory(store)
+        self.live = LiveIndex(settings, store, rebuild=rebuild, background=background)
         self.cluster: ClusterClient | None = None
         self.shards: ShardedVotes | None = None
         if settings.cluster and settings.index_shards > 1:
@@ -171,7 +171,7 @@ class SearchEngine:
         """Number of indexed catalogue images."""
         return self.live.snapshot().size
 
-    def query_bytes(self, data: bytes, k: int = 5, colour_sensitive: bool | None = None
+    def query_bytes(self, data: bytes, k: int, colour_sensitive: bool | None = None
                     ) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
@@ -188,7 +188,7 @@ class SearchEngine:
         s = self.settings
         return decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
 
-    def query_image(self, img: DecodedImage, k: int = 5, sha256: str | None = None,
+    def query_image(self, img: DecodedImage, k: int, sha256: str | None = None,
                     colour_sensitive: bool | None = None) -> QueryResult:
         """Run the cascade (see the module docstring); results de-duplicated by URL and
         content hash, copies first, then by score.
@@ -199,15 +199,15 @@ class SearchEngine:
         Settings.colour_sensitive), and a few words on why it is a copy or not.
         """
         if not 1 <= k <= self.settings.max_k:
-            raise ValueError(f"k must be between 1 and {self.settings.max_k} (max_k)")
+            raise QueryLimitError(f"k must be between 1 and {self.settings.max_k} (max_k), "
+                                  f"not {k}")
         # per calling thread (queries come from thread pools, e.g. the web server's): nested
         # OpenMP threads only oversubscribe the cores; a FAISS IVF vote search in a pool
         # thread left at the default cost ~3x more than with one thread
         faiss.omp_set_num_threads(1)
         snap = self.live.current()
         if snap.size == 0:
-            raise EmptyCatalogueError(
-                "the catalogue has no indexed images: run `echoimage index build` first")
+            raise EmptyCatalogueError("the catalogue has no indexed images")
         s = self.settings
         q = _Query(img, snap, set())
         q.views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s,
@@ -377,7 +377,7 @@ class SearchEngine:
         per group, its hits added to those it had (q.hits), the vote_n images with the most
         votes, at least min_votes."""
         s = self.settings
-        params = s.local_params
+        params = LocalParams.from_settings(s)
         rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
         bounds = np.cumsum([0] + [len(r) for r in rows])
         if bounds[-1]:

@@ -31,7 +31,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import probes
+from echoimage.index.local import LocalParams, probes
 from echoimage.index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from echoimage.index.parts import Part, PartSet
 from echoimage.store import repo
@@ -71,11 +71,11 @@ class LiveIndex:
     #: rather than hold them as a delta searched in memory
     delta_max = 1000
 
-    def __init__(self, settings: Settings, engine: Engine, rebuild: bool = True,
+    def __init__(self, settings: Settings, store: Engine, rebuild: bool = True,
                  background: bool = False) -> None:
         self.settings = settings
-        self.engine = engine
-        self.sessions = session_factory(engine)
+        self.store = store
+        self.sessions = session_factory(store)
         self.rebuild = rebuild
         self.background = background
         self._snap: Snapshot | None = None
@@ -163,19 +163,19 @@ class LiveIndex:
             else:
                 base = self._load_files(old)
             file_parts, quantizer, files_seq, manifest, key = base
-            with snapshot(self.engine) as session:
+            with snapshot(self.store) as session:
                 delta, seq = delta_part(session, files_seq, self.settings, quantizer)
             if delta is not None and len(delta.touched) > self.delta_max and \
-                    manifest is not None and self.rebuild and not is_readonly(self.engine):
+                    manifest is not None and self.rebuild and not is_readonly(self.store):
                 # far behind the store: bring the files up to date, then read them
                 self._write_files()
                 file_parts, quantizer, files_seq, manifest, key = self._load_files(old)
-                with snapshot(self.engine) as session:
+                with snapshot(self.store) as session:
                     delta, seq = delta_part(session, files_seq, self.settings, quantizer)
             parts = (*file_parts, delta) if delta is not None else file_parts
-            new = Snapshot(PartSet(parts, quantizer,
-                                   probes(quantizer, self.settings.local_params)), seq,
-                           files_seq, file_parts, quantizer, manifest, key, time.time())
+            lp = LocalParams.from_settings(self.settings)
+            new = Snapshot(PartSet(parts, quantizer, probes(quantizer, lp)), seq, files_seq,
+                           file_parts, quantizer, manifest, key, time.time())
             self._snap = new
             if old is not None and (old.seq, old.manifest_key) != (new.seq, new.manifest_key):
                 log.info("index refreshed to change %d in %.0f ms (%d images, %d parts%s)",
@@ -185,7 +185,7 @@ class LiveIndex:
 
     def _write_files(self) -> None:
         try:
-            update_index_files(self.settings, self.engine)
+            update_index_files(self.settings, self.store)
         except IndexFileError as exc:
             log.warning("%s: keeping the index in memory", exc)
 
@@ -216,7 +216,7 @@ class LiveIndex:
             if not self.rebuild:
                 raise IndexStaleError(f"the index files cannot be used ({why}): run "
                                       "`echoimage index update`")
-            if is_readonly(self.engine):
+            if is_readonly(self.store):
                 log.warning("the index files in %s cannot be used (%s) and the store is "
                             "read-only: searching an index rebuilt in memory; run `echoimage "
                             "index update` where the store can be written", directory, why)
@@ -224,9 +224,9 @@ class LiveIndex:
             try:
                 if damaged:
                     log.warning("%s: rebuilding the index from the store", why)
-                    rebuild_index_files(self.settings, self.engine, why)
+                    rebuild_index_files(self.settings, self.store, why)
                 else:  # missing or not for this store: the writer says what it does
-                    update_index_files(self.settings, self.engine)
+                    update_index_files(self.settings, self.store)
             except IndexFileError as exc:
                 log.warning("%s: searching an index rebuilt in memory", exc)
                 return self._in_memory()
@@ -234,6 +234,6 @@ class LiveIndex:
 
     def _in_memory(self) -> tuple[tuple[Part, ...], faiss.IndexBinary | None, int, None, None]:
         t0 = time.perf_counter()
-        pset, seq = in_memory_index(self.settings, self.engine)
+        pset, seq = in_memory_index(self.settings, self.store)
         log.info("index built in memory in %.1f s", time.perf_counter() - t0)
         return pset.parts, pset.quantizer, seq, None, None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from echoimage.catalogue import is_url
 from echoimage.config import Settings
 from echoimage.errors import FetchError, ImageTooLargeError
-from echoimage.fetch.local import LocalStatus, path_url, read_local
+from echoimage.fetch.local import LocalStatus, is_url, path_url, read_local
+from echoimage.types import FetchStatus
 
 
 def read_query(arg: str, settings: Settings) -> bytes:
@@ -13,9 +13,8 @@ def read_query(arg: str, settings: Settings) -> bytes:
     if is_url(arg):
         from echoimage.fetch.client import FetchConfig, fetch_bytes
 
-        res = fetch_bytes(arg, FetchConfig(max_bytes=settings.max_bytes,
-                                           total_timeout=settings.http_timeout))
-        if res.status != "ok" or res.data is None:
+        res = fetch_bytes(arg, FetchConfig.from_settings(settings))
+        if res.status != FetchStatus.OK or res.data is None:
             raise FetchError(f"cannot fetch {arg}: {res.reason or res.status}")
         return res.data
     got = read_local(arg, settings.max_bytes)

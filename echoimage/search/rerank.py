@@ -83,7 +83,7 @@ class OrbMatch:
     pairs: np.ndarray | None = None  # float32 N×4: inlier (qx, qy, cx, cy), working pixels
 
 
-def ratio_matches(query: np.ndarray, cand: np.ndarray, ratio: float = 0.8
+def ratio_matches(query: np.ndarray, cand: np.ndarray, ratio: float
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Lowe's ratio test on the two nearest catalogue descriptors of each query descriptor
     (Hamming), then one query descriptor per catalogue descriptor (the nearest; ties: the
@@ -110,8 +110,8 @@ def ratio_matches(query: np.ndarray, cand: np.ndarray, ratio: float = 0.8
     return rows[keep], train[keep]
 
 
-def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float = 0.8,
-              ransac_px: float = 6.0) -> OrbMatch:
+def match_orb(query: OrbFeatures, cand: OrbFeatures, ratio: float, ransac_px: float
+              ) -> OrbMatch:
     """k-NN (k=2) Hamming matching with Lowe's ratio test, one query keypoint per catalogue
     keypoint, then RANSAC (USAC) homography inliers; degenerate geometry counts as none."""
     if len(query) < 2 or len(cand) < 2:

@@ -50,11 +50,11 @@ class VoteShard:
         faiss.omp_set_num_threads(1)
         self.settings = Settings(**settings)
         self.shard, self.shards = shard, shards
-        self.params = self.settings.local_params
+        self.params = LocalParams.from_settings(self.settings)
         self.quantizer = faiss.deserialize_index_binary(np.frombuffer(quantizer, np.uint8)) \
             if quantizer is not None else None
         self.nprobe = probes(self.quantizer, self.params)
-        self.engine = open_store(self.settings, create=False)
+        self.store = open_store(self.settings, create=False)
         self.lock = threading.Lock()
         t0 = time.perf_counter()
         self.base = self._base()
@@ -68,7 +68,7 @@ class VoteShard:
         from echoimage.index.build import snapshot, stored_local
         from echoimage.store import repo
 
-        with snapshot(self.engine) as session:
+        with snapshot(self.store) as session:
             state = repo.store_state(session)
             ids, codes = repo.indexed_hashes(session)
             mine = _in(ids, self.shard, self.shards)
@@ -83,7 +83,7 @@ class VoteShard:
         from echoimage.index.build import changed_rows, rows_part, snapshot
         from echoimage.store import repo
 
-        with snapshot(self.engine) as session:
+        with snapshot(self.store) as session:
             now = repo.current_seq(session)
             if now <= self.seq:
                 return
@@ -141,7 +141,7 @@ class ShardedVotes:
                    for i in range(self.shards)]
         self.actors = [f.result() for f in futures]
         self.quantizer, self.key = quantizer, key
-        self.nprobe = probes(quantizer, self.settings.local_params)
+        self.nprobe = probes(quantizer, LocalParams.from_settings(self.settings))
         log.info("%d index shards on %d workers", self.shards, len(workers))
 
     def vote(self, snap: Any, descriptors: np.ndarray, params: LocalParams, top: int

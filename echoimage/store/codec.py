@@ -60,14 +60,6 @@ def is_compact_thumbnail(data: bytes) -> bool:
     return data[:2] == _JPEG
 
 
-def thumbnail_to_png(data: bytes) -> bytes:
-    """A stored thumbnail as PNG bytes (for the web page)."""
-    ok, buf = cv2.imencode(".png", decode_thumbnail(data))
-    if not ok:
-        raise ValueError("thumbnail could not be encoded")
-    return buf.tobytes()
-
-
 def encode_orb(orb: OrbFeatures) -> tuple[bytes, bytes]:
     """Keypoint positions (uint16 N×2, 1/64 pixel) and descriptors (uint8 N×32) as bytes."""
     xy = np.round(np.asarray(orb.keypoints, np.float64)[:, :2] * KP_SCALE)

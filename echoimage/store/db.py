@@ -11,23 +11,28 @@ it read-only instead.
 from __future__ import annotations
 
 import errno
+import fcntl
+import functools
 import logging
 import os
+import re
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from echoimage.config import Settings
 from echoimage.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -141,24 +146,45 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
-    """Alembic configuration pointing at the packaged migrations and the given URL."""
+    """Alembic configuration pointing at the packaged migrations and the given URL (Alembic
+    is imported here, by what migrates: a reader that finds the schema current never
+    imports it, which is a third of a query command's start-up)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(?:"([^"]*)"|None)', re.M)
+
+
+@functools.cache
 def head_revision() -> str:
-    """The newest migration revision the code knows."""
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration revision the code knows: the one no migration revises, read
+    from the migration files' `revision` and `down_revision` lines (the same as Alembic's
+    head, without importing Alembic: tests/test_migrations.py checks that they agree)."""
+    revisions, revised = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for key, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            (revisions if key == "revision" else revised).add(value)
+    heads = revisions - revised
+    if len(heads) != 1:  # pragma: no cover - a broken package
+        raise StoreError(f"the store's migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
+    """The revision the database is at, or None for an empty database (Alembic's
+    version table, read without Alembic)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if len(found) > 1:  # pragma: no cover - EchoImage's history has no branches
+        raise StoreError(f"the store's schema is at several revisions: {sorted(found)}")
+    return found[0] if found else None
 
 
 def _lock_schema(conn: Connection) -> None:
@@ -178,6 +204,8 @@ def _lock_schema(conn: Connection) -> None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the migrations up to revision on this engine's database, in one transaction
     (a run killed half way leaves the schema as it was)."""
+    from alembic import command
+
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as conn:
@@ -190,6 +218,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Run the migrations down to revision."""
+    from alembic import command
+
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         _lock_schema(conn)
@@ -245,6 +275,67 @@ def _store_url(settings: Settings) -> tuple[str, Path | None]:
     return shown, _sqlite_path(settings.db_url)
 
 
+def store_exists(settings: Settings) -> bool:
+    """Whether the settings' store exists (a SQLite file, or a database with the schema),
+    found without creating anything."""
+    _, path = _store_url(settings)
+    if path is not None:
+        return path.exists()
+    engine = make_engine(settings.db_url)
+    try:
+        return current_revision(engine) is not None
+    finally:
+        engine.dispose()
+
+
+#: PostgreSQL advisory lock of a catalogue's runner (a build or an update): held by one
+#: process at a time, for its whole run (the writers' lock is another key, per transaction)
+RUN_LOCK_KEY = 0x72756E6E  # "runn"
+
+
+@contextmanager
+def run_lock(store: Engine, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold the catalogue's run lock for the block: one build or update of a store at a
+    time, from any process or machine. When another holds it, waiting() is called once and
+    the block waits its turn (a holder that dies releases it: the kernel drops a dead
+    process's file lock, the server a dead connection's advisory lock). SQLite: an flock
+    on a file beside the store; PostgreSQL: a session-level advisory lock on a connection
+    kept for the block."""
+    path = _sqlite_path(str(store.url))
+    if path is not None:
+        lock_path = path.with_name(path.name + ".run-lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(f"cannot open the run lock {lock_path}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    if store.dialect.name != "postgresql":  # pragma: no cover - the two stores supported
+        yield
+        return
+    with store.connect() as conn:
+        got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({RUN_LOCK_KEY})").scalar()
+        conn.commit()
+        if not got:
+            waiting()
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({RUN_LOCK_KEY})")
+            conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({RUN_LOCK_KEY})")
+            conn.commit()
+
+
 def require_existing(settings: Settings) -> None:
     """For a command that changes a catalogue but never starts one (`index update`): a
     SQLite store must already exist, else a StoreError saying where it looked (and no data
@@ -281,6 +372,19 @@ def _cannot_write(exc: StoreError) -> bool:
     return any(words in text for words in _CANNOT_WRITE)
 
 
+def _make_writable(settings: Settings, path: Path | None) -> None:
+    """The data and index directories made, and a SQLite store's directory writable (else a
+    StoreError: a read-only directory or mount)."""
+    try:
+        settings.ensure_dirs()
+    except OSError as exc:
+        raise StoreError(f"cannot create the data directory {settings.data_dir}: "
+                         f"{exc.strerror or exc}") from None
+    if path is not None and not os.access(path.parent, os.W_OK):
+        raise StoreError(f"cannot write the store in {path.parent} (a read-only "
+                         "directory or mount): this command writes the catalogue")
+
+
 def open_store(settings: Settings, migrate: bool = True, create: bool = True) -> Engine:
     """Engine for the settings' store; upgrades the schema when migrate is true.
 
@@ -289,14 +393,7 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     """
     shown, path = _store_url(settings)
     if create:
-        try:
-            settings.ensure_dirs()
-        except OSError as exc:
-            raise StoreError(f"cannot create the data directory {settings.data_dir}: "
-                             f"{exc.strerror or exc}") from None
-        if path is not None and not os.access(path.parent, os.W_OK):
-            raise StoreError(f"cannot write the store in {path.parent} (a read-only "
-                             "directory or mount): this command writes the catalogue")
+        _make_writable(settings, path)
     elif path is not None:
         _check_existing(path, settings)
     readonly = False
@@ -339,6 +436,18 @@ def open_store(settings: Settings, migrate: bool = True, create: bool = True) ->
     if create and migrate:
         compact_rows(engine)
     return engine
+
+
+def ready_to_write(settings: Settings, engine: Engine) -> None:
+    """Make an engine that open_store opened for reading (create=False) fit for a command
+    that writes the catalogue, as open_store(create=True) would have opened it: the
+    directories made, a store that cannot be written refused, old rows converted."""
+    _, path = _store_url(settings)
+    _make_writable(settings, path)
+    if is_readonly(engine):  # opened so because it could not be written then
+        raise StoreError(f"the store {path} cannot be written (it was opened read-only): "
+                         "this command writes the catalogue")
+    compact_rows(engine)
 
 
 def compact_rows(engine: Engine, batch: int = 500) -> int:

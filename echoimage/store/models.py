@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from echoimage.types import Status
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -32,32 +33,6 @@ class Base(DeclarativeBase):
     """Declarative base with a naming convention, so migrations name every constraint."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Status(StrEnum):
-    """Values of images.status."""
-
-    PENDING = "pending"
-    INDEXED = "indexed"
-    DECODE_ERROR = "decode-error"
-    NOT_AN_IMAGE = "not-an-image"
-    TOO_LARGE = "too-large"
-    MISSING = "missing"
-    HTTP_ERROR = "http-error"
-    GONE = "gone"
-    TIMEOUT = "timeout"
-    BAD_URL = "bad-url"
-    REDIRECT_ERROR = "redirect-error"
-    REMOVED = "removed"  # taken out of the catalogue by its owner (kept as a tombstone)
-
-
-class RunStatus(StrEnum):
-    """Values of runs.status."""
-
-    RUNNING = "running"
-    OK = "ok"
-    FAILED = "failed"  # it raised: runs.reason is the error's one line
-    INTERRUPTED = "interrupted"  # Ctrl-C, or found still running by a later run
 
 
 #: statuses a later run tries again
@@ -76,6 +51,8 @@ class Source(Base):
     kind: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: a web page source: the same-site links followed when it is scraped (else NULL)
+    follow_pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ImageRow(Base):
@@ -123,8 +100,8 @@ class FeatureRow(Base):
     keypoints: Mapped[bytes] = mapped_column(LargeBinary)  # float32 N×5
     descriptors: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 N×32
     work_scale: Mapped[float] = mapped_column(Float)
-    # extraction parameters (pipeline.feature_key); rows made with others are re-extracted
-    # (indexed: finding stale rows must not read the large rows themselves)
+    # extraction parameters (indexing.work.FeatureParams.key); rows made with others are
+    # re-extracted (indexed: finding stale rows must not read the large rows themselves)
     params: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # a small colour JPEG for display and a colour signature for colour_distance (NULL on
     # rows indexed before colour was kept: filled when the row is next extracted)

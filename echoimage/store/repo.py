@@ -34,18 +34,9 @@ from echoimage.store.codec import (
     encode_orb,
     encode_preview,
     encode_thumbnail,
-    thumbnail_to_png,
 )
-from echoimage.store.models import (
-    FeatureRow,
-    ImageRow,
-    Run,
-    RunStatus,
-    Source,
-    Status,
-    StoreInfo,
-)
-from echoimage.types import Candidate, CatalogueItem, ImageFeatures
+from echoimage.store.models import FeatureRow, ImageRow, Run, Source, StoreInfo
+from echoimage.types import Candidate, CatalogueItem, ImageFeatures, Picture, RunStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -153,24 +144,36 @@ def current_seq(session: Session) -> int:
     return int(session.scalar(select(StoreInfo.seq).where(StoreInfo.id == 1)) or 0)
 
 
-def source_id(session: Session, uri: str, kind: str) -> int:
-    """Id of a catalogue source, recorded on first use."""
+def source_id(session: Session, uri: str, kind: str, follow_pages: int | None = None) -> int:
+    """Id of a catalogue source, recorded on first use; a source read again records its
+    kind and follow_pages as read this time (a page URL once read as an image URL)."""
     lock_writes(session)
     ts = now()
     found = session.scalar(select(Source.id).where(Source.uri == uri))
     if found is None:  # (inserted only when missing: a conflict would use up an id)
         session.execute(insert_ignoring_duplicates(session, Source.__table__, "uri").values(
-            uri=uri, kind=kind, added_at=ts, last_read_at=ts))
+            uri=uri, kind=kind, added_at=ts, last_read_at=ts, follow_pages=follow_pages))
         found = session.scalar(select(Source.id).where(Source.uri == uri))
         assert found is not None
     else:
-        session.execute(update(Source).where(Source.id == found).values(last_read_at=ts))
+        session.execute(update(Source).where(Source.id == found).values(
+            last_read_at=ts, kind=kind, follow_pages=follow_pages))
     return int(found)
 
 
-def list_sources(session: Session) -> list[tuple[str, str]]:
-    """(uri, kind) of every recorded source, oldest first."""
-    return [(r.uri, r.kind) for r in session.execute(select(Source).order_by(Source.id)).scalars()]
+@dataclass(frozen=True)
+class RecordedSource:
+    """A recorded source as an update reads it again."""
+
+    uri: str
+    kind: str
+    follow_pages: int | None = None
+
+
+def list_sources(session: Session) -> list[RecordedSource]:
+    """Every recorded source, oldest first."""
+    return [RecordedSource(r.uri, r.kind, r.follow_pages)
+            for r in session.execute(select(Source).order_by(Source.id)).scalars()]
 
 
 def images_of_source(session: Session, uri: str) -> dict[str, KnownImage]:
@@ -254,7 +257,7 @@ class FeatureRecord:
     work_scale: float
     etag: str | None = None
     last_modified: str | None = None
-    params: str | None = None  # the extraction parameters (pipeline.feature_key)
+    params: str | None = None  # the extraction parameters (indexing.work.FeatureParams.key)
     colour_preview: bytes | None = None  # colour JPEG for display
     colour_signature: bytes | None = None  # see features.colour
 
@@ -506,13 +509,6 @@ def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
     return {int(r[0]): bytes(r[1]) for r in rows}
 
 
-def colour_preview(session: Session, image_id: int) -> bytes | None:
-    """The stored colour preview (JPEG bytes) of an image, or None."""
-    data = session.scalar(select(FeatureRow.colour_preview)
-                          .where(FeatureRow.image_id == image_id))
-    return bytes(data) if data is not None else None
-
-
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:
     """Indexed images whose source bytes have this sha256."""
     return list(session.scalars(
@@ -554,10 +550,19 @@ def image_info(session: Session, image_id: int) -> dict[str, Any] | None:
     }
 
 
-def thumbnail_png(session: Session, image_id: int) -> bytes | None:
-    """The stored thumbnail of an image as PNG bytes."""
-    data = session.scalar(select(FeatureRow.thumbnail).where(FeatureRow.image_id == image_id))
-    return thumbnail_to_png(data) if data is not None else None
+def picture(session: Session, image_id: int) -> Picture | None:
+    """The stored thumbnail, size, keypoint scale and colour preview of an image that has
+    features (an indexed one), or None."""
+    row = session.execute(
+        select(FeatureRow.thumbnail, FeatureRow.work_scale, FeatureRow.colour_preview,
+               ImageRow.width, ImageRow.height)
+        .join(ImageRow, ImageRow.id == FeatureRow.image_id)
+        .where(FeatureRow.image_id == image_id)).first()
+    if row is None:
+        return None
+    return Picture(image_id, decode_thumbnail(row.thumbnail), row.width or 0,
+                   row.height or 0, row.work_scale,
+                   bytes(row.colour_preview) if row.colour_preview is not None else None)
 
 
 def run_owner() -> str:
@@ -715,6 +720,7 @@ class SourceInfo:
     added_at: str
     last_read_at: str | None
     counts: dict[str, int]
+    follow_pages: int | None = None  # a web page source: the same-site links it follows
 
 
 def source_infos(session: Session) -> list[SourceInfo]:
@@ -728,7 +734,7 @@ def source_infos(session: Session) -> list[SourceInfo]:
     for src in session.scalars(select(Source).order_by(Source.id)):
         out.append(SourceInfo(src.id, src.uri, src.kind, src.added_at.isoformat(),
                               src.last_read_at.isoformat() if src.last_read_at else None,
-                              counts.get(src.id, {})))
+                              counts.get(src.id, {}), src.follow_pages))
     return out
 
 

@@ -8,7 +8,6 @@ as URL queries. Reading (jobs, duplicates) is open unless the server has a searc
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -16,19 +15,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
-from echoimage.catalogue import is_url
+from echoimage.api import API_SOURCE, is_url, scrape_pages
 from echoimage.errors import CatalogueError
-from echoimage.fetch.client import FetchConfig, Fetcher
 from echoimage.types import CatalogueItem
 from echoimage.web.deps import AdminDep, ImageIdDep, ServiceDep, require_reader
 from echoimage.web.jobs import Job
 from echoimage.web.service import WebService
-from echoimage.web.ssrf import GuardedFetcher
 
 router = APIRouter(tags=["catalogue"])
-
-#: the source that images added by URL over the API belong to
-API_SOURCE = "api:images"
 
 
 class PageRequest(BaseModel):
@@ -49,14 +43,6 @@ class ImagesRequest(BaseModel):
     urls: list[str] = Field(min_length=1, description="http(s) image URLs")
 
 
-def _guarded(service: WebService) -> Any:
-    """A fetcher factory for jobs: the server's SSRF policy on every connection."""
-    def make(config: FetchConfig) -> Fetcher:
-        return GuardedFetcher(config, service.policy)
-
-    return make
-
-
 async def _check_url(service: WebService, url: str) -> str:
     """The URL, stripped, if the SSRF policy lets it be fetched (400 or 422 if not; the
     fetcher checks again at every connection and redirect)."""
@@ -70,13 +56,12 @@ async def _check_url(service: WebService, url: str) -> str:
 
 
 def _index_into(job: Job, service: WebService, uri: str, kind: str,
-                items: list[CatalogueItem]) -> None:
-    """Index items as the source uri's, recording the outcome on the job."""
-    from echoimage.pipeline import index_items
-
+                items: list[CatalogueItem], follow_pages: int | None = None) -> None:
+    """Index items as the source uri's (every URL through the server's SSRF guard),
+    recording the outcome on the job."""
     job.progress(0, len(items))
-    summary = index_items(service.settings, uri, kind, items, fetcher=_guarded(service),
-                          on_progress=job.progress)
+    summary = service.catalogue.add(items, uri, kind, url_policy=service.policy,
+                                    on_progress=job.progress, follow_pages=follow_pages)
     job.counts = dict(summary.counts)
     job.errors.extend(f"{status}: {url}: {reason}" for url, status, reason in
                       summary.failures)
@@ -86,10 +71,8 @@ def _index_into(job: Job, service: WebService, uri: str, kind: str,
 
 def _add_page(service: WebService, req: PageRequest) -> Any:
     def run(job: Job) -> None:
-        from echoimage.scrape import scrape
-
-        report = asyncio.run(scrape([req.page_url], req.follow_pages,
-                                    fetcher=_guarded(service)))
+        report = scrape_pages([req.page_url], req.follow_pages, url_policy=service.policy,
+                              settings=service.settings)
         job.errors.extend(report.notes)
         if not report.images:
             raise CatalogueError(f"{req.page_url}: no image URLs found on "
@@ -97,7 +80,7 @@ def _add_page(service: WebService, req: PageRequest) -> Any:
         items = [CatalogueItem(e["url"], req.page_url,
                                {k: v for k, v in e.items() if k != "url"})
                  for e in report.images]
-        _index_into(job, service, req.page_url, "page", items)
+        _index_into(job, service, req.page_url, "page", items, req.follow_pages)
         job.result["pages"] = report.pages
 
     return run
@@ -132,13 +115,9 @@ async def add_images(req: ImagesRequest, service: ServiceDep, _: AdminDep) -> JS
 async def delete_image(image_id: ImageIdDep, service: ServiceDep, _: AdminDep
                        ) -> dict[str, Any]:
     """Take an image out of the catalogue; the index follows at once."""
-    from echoimage.manage import remove_images
-
-    report = await run_in_threadpool(remove_images, service.settings, [str(image_id)],
-                                     service.engine.engine)
+    report = await run_in_threadpool(service.catalogue.remove, image_id)
     if report.unknown:
         raise HTTPException(404, f"no catalogue image has id {image_id}")
-    service.engine.live.current()  # the index follows at once (refresh in the background)
     return report.as_dict()
 
 

@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
-from echoimage.store.db import open_store
 from echoimage.web import admin, pages, routes
 from echoimage.web.config import WebSettings
 from echoimage.web.docs import add_docs
@@ -31,9 +31,11 @@ STATIC = Path(__file__).parent / "static"
 def create_app(settings: Settings, web_settings: WebSettings | None = None) -> FastAPI:
     """The web page and the JSON API over the catalogue of `settings`.
 
-    The engine (index + store) is loaded once, when the app starts (its lifespan); it picks
-    up an index rebuilt by `echoimage index build/update` at the next query, without a
-    restart.
+    A serving `Catalogue` of settings (its store and search engine) is opened once, when
+    the app starts (its lifespan); its index follows the store's changes (an `echoimage
+    index build/update` run elsewhere too) in a background thread, without a restart. The
+    catalogue's own settings decide k (default_k, max_k) and every other catalogue limit;
+    web_settings only what the server adds (uploads, URL queries, tokens, threads).
     """
     web = web_settings or WebSettings()
 
@@ -122,9 +124,11 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *,
 
     The store is opened once first, so a missing or damaged catalogue is a one-line
     StoreError here rather than a failed application start-up."""
-    open_store(settings, create=False).dispose()
+    with Catalogue(settings) as catalogue:
+        catalogue.open_store()
     if warning := exposure_warning(host, WebSettings()):
         log.warning("%s", warning)
+    agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, access_log=access_log, server_header=False,
                 log_level="info", log_config=log_config())

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from echoimage.search.engine import QueryResult
+from echoimage.api import QueryResult
 from echoimage.types import DecodedImage, Match
 
 

@@ -1,7 +1,8 @@
 """Settings of the web server only (environment variables ``ECHOIMAGE_*``).
 
-The engine's settings (data directory, store, feature and decoder limits) stay in
-`echoimage.config.Settings`; this class adds what only `echoimage serve` needs.
+The catalogue's settings (data directory, store, feature and decoder limits, how many
+results a query gets: default_k and max_k) stay in `echoimage.config.Settings`; this class
+adds what only `echoimage serve` needs.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from echoimage.config import Settings
 
 
 class WebSettings(BaseSettings):
@@ -31,11 +30,6 @@ class WebSettings(BaseSettings):
     url_allowlist: Annotated[list[str], NoDecode] = []
     url_timeout: float = 10.0
     url_max_redirects: int = 5
-
-    # results
-    default_k: int = 5
-    # the cap is the engine's (Settings.max_k, ECHOIMAGE_MAX_K): one default, one variable
-    max_k: int = Field(default_factory=lambda: Settings().max_k)
 
     # query execution: threads running queries at once, and queries allowed to wait
     query_threads: int = 0  # 0: one per core
@@ -59,8 +53,7 @@ class WebSettings(BaseSettings):
             return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("max_upload_bytes", "url_timeout", "default_k", "max_k",
-                     "cache_entries", "cache_ttl")
+    @field_validator("max_upload_bytes", "url_timeout", "cache_entries", "cache_ttl")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Generator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
-from sqlalchemy.orm import Session
 
 from echoimage.web.cache import CachedQuery
 from echoimage.web.service import WebService
@@ -19,15 +17,6 @@ def get_service(request: Request) -> WebService:
 
 
 ServiceDep = Annotated[WebService, Depends(get_service)]
-
-
-def get_session(service: ServiceDep) -> Generator[Session]:
-    """A store session for the duration of one request."""
-    with service.engine.sessions() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_cached_query(token: str, service: ServiceDep) -> CachedQuery:
@@ -90,4 +79,3 @@ def require_reader(request: Request, service: ServiceDep) -> None:
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
-ReaderDep = Annotated[None, Depends(require_reader)]

@@ -19,16 +19,17 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from echoimage.api import sniff_format
 from echoimage.errors import (
     DecodeError,
     EchoImageError,
     EmptyCatalogueError,
     FetchError,
     IndexStaleError,
+    QueryLimitError,
     StoreError,
 )
-from echoimage.features.decode import sniff_format
-from echoimage.fetch.client import FetchStatus
+from echoimage.types import FetchStatus
 from echoimage.web.cache import CachedQuery
 from echoimage.web.schemas import SearchRequest
 from echoimage.web.service import WebService
@@ -39,11 +40,12 @@ logger = logging.getLogger(__name__)
 FORM_OVERHEAD = 64 * 1024
 JSON_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
-SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF"
+SUPPORTED = "JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC/HEIF or AVIF"
 _DIGITS = re.compile(r"[0-9]+")
 
 _FETCH_STATUS_CODES = {
     FetchStatus.BAD_URL: 400,
+    FetchStatus.REFUSED: 400,  # the SSRF guard refused the address the host resolved to
     FetchStatus.TOO_LARGE: 413,
     FetchStatus.NOT_AN_IMAGE: 415,
     FetchStatus.TIMEOUT: 504,
@@ -65,6 +67,8 @@ def http_error(exc: EchoImageError) -> HTTPException:
     """The HTTP form of a domain error."""
     if isinstance(exc, DecodeError):
         return HTTPException(422, f"cannot decode the image: {exc}")
+    if isinstance(exc, QueryLimitError):
+        return HTTPException(422, str(exc))
     if isinstance(exc, FetchError):
         return HTTPException(502, str(exc))
     if isinstance(exc, EmptyCatalogueError | IndexStaleError | StoreError):
@@ -169,7 +173,8 @@ async def _read_form(request: Request, media: str, cap: int) -> FormData:
 
 async def read_search_input(request: Request, service: WebService) -> SearchInput:
     """Parse POST /api/search or the page's form: multipart/urlencoded fields or JSON."""
-    web = service.web
+    web, most = service.web, service.settings.max_k
+    default = service.settings.default_k
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
         declared = _declared_length(request)
@@ -185,14 +190,14 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         url = req.url.strip()
         if not url:
             raise HTTPException(400, "give a URL")
-        return SearchInput(None, url, parse_k(req.k, web.default_k, web.max_k), url,
+        return SearchInput(None, url, parse_k(req.k, default, most), url,
                            req.colour_sensitive)
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
                                  "or a JSON body {\"url\": ..., \"k\": ..., "
                                  "\"colour_sensitive\": ...}")
     form = await _read_form(request, media, web.max_upload_bytes)
-    k = parse_k(form.get("k"), web.default_k, web.max_k)
+    k = parse_k(form.get("k"), default, most)
     sensitive = parse_flag(form.get("colour_sensitive"))
     raw_url = form.get("url")
     url = raw_url.strip() if isinstance(raw_url, str) else ""
@@ -234,8 +239,6 @@ async def fetch_query(service: WebService, url: str) -> bytes:
         return res.data
     reason = res.reason or res.status
     code = _FETCH_STATUS_CODES.get(res.status, 502)
-    if res.status == FetchStatus.CONNECTION_ERROR and "refused: " in reason:
-        code = 400  # the resolver's SSRF guard refused the address it was given
     raise HTTPException(code, f"cannot fetch {url}: {reason}")
 
 

@@ -46,6 +46,12 @@ class Job:
     errors: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # why the whole job failed (one line)
+    finished: threading.Event = field(default_factory=threading.Event, repr=False,
+                                      compare=False)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the job is done or failed (at most timeout seconds); True if it is."""
+        return self.finished.wait(timeout)
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Record progress (from the job's thread)."""
@@ -100,6 +106,7 @@ class JobManager:
             log.exception("job %s (%s) failed", job.id, job.kind)
         finally:
             job.finished_at = time.time()
+            job.finished.set()
 
     def get(self, job_id: str) -> Job | None:
         """A job by id (None if unknown or forgotten)."""

@@ -33,12 +33,13 @@ def _html(body: str, status_code: int = 200, headers: dict[str, str] | None = No
 
 def _form(service: WebService, error: HTTPException | None = None,
           inp: SearchInput | None = None) -> HTMLResponse:
-    web = service.web
+    web, settings = service.web, service.settings
     body = render.search_page(
-        indexed=service.engine.size, max_k=web.max_k, k=inp.k if inp else web.default_k,
+        indexed=service.catalogue.size, max_k=settings.max_k,
+        k=inp.k if inp else settings.default_k,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
         error=(error.status_code, str(error.detail)) if error else None,
-        colour_sensitive=service.settings.colour_sensitive
+        colour_sensitive=settings.colour_sensitive
         if inp is None or inp.colour_sensitive is None else inp.colour_sensitive)
     if error is None:
         return _html(body)

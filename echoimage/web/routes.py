@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echoimage.errors import EchoImageError
-from echoimage.store import repo
+from echoimage.types import Picture, Status
 from echoimage.web.cache import CachedQuery
-from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, SessionDep, require_reader
+from echoimage.web.deps import CachedQueryDep, ImageIdDep, ServiceDep, require_reader
 from echoimage.web.inputs import http_error, run_search
 from echoimage.web.schemas import (
     ErrorResponse,
@@ -142,30 +140,30 @@ def _private(service: WebService) -> dict[str, str]:
 
 @router.get("/api/images/{image_id}", response_model=ImageInfo, responses=_errors(404),
             tags=["catalogue"])
-def image(image_id: ImageIdDep, session: SessionDep) -> dict[str, Any]:
+def image(image_id: ImageIdDep, service: ServiceDep) -> dict[str, Any]:
     """Metadata, provenance and indexing status of a catalogue image."""
-    info = repo.image_info(session, image_id)
+    info = service.catalogue.image(image_id)
     if info is None:
         raise HTTPException(404, f"no catalogue image has id {image_id}")
     info["thumbnail"] = (f"/api/images/{image_id}/thumbnail.png"
-                         if info["status"] == "indexed" else None)
+                         if info["status"] == Status.INDEXED else None)
     return info
 
 
 @router.get("/api/images/{image_id}/thumbnail.png", response_class=Response,
             responses={**PNG, **_errors(404)}, tags=["catalogue"])
-def thumbnail(image_id: ImageIdDep, session: SessionDep) -> Response:
+def thumbnail(image_id: ImageIdDep, service: ServiceDep) -> Response:
     """The stored grayscale thumbnail of an indexed image, at the image's aspect ratio
     (longest side 256). Served from the store, so it shows even when the source is down."""
-    stored = repo.thumbnail_png(session, image_id)
-    info = repo.image_info(session, image_id) if stored is not None else None
-    if stored is None or info is None:
+    return _thumbnail(image_id, service.catalogue.picture(image_id))
+
+
+def _thumbnail(image_id: int, picture: Picture | None) -> Response:
+    if picture is None:
         raise HTTPException(404, f"no thumbnail: image {image_id} is not indexed")
-    thumb = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if thumb is None:
-        raise HTTPException(500, f"the stored thumbnail of image {image_id} is corrupt")
-    if info["width"] and info["height"]:
-        thumb = restore_aspect(thumb, info["width"], info["height"], max(thumb.shape))
+    thumb = picture.thumbnail
+    if picture.width and picture.height:
+        thumb = restore_aspect(thumb, picture.width, picture.height, max(thumb.shape))
     return Response(encode_png(thumb), media_type="image/png",
                     headers={"Cache-Control": "public, max-age=300"})
 
@@ -174,13 +172,13 @@ def thumbnail(image_id: ImageIdDep, session: SessionDep) -> Response:
             responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
                              "description": "a JPEG (colour) or PNG (gray) image"},
                        **_errors(404)}, tags=["catalogue"])
-def preview(image_id: ImageIdDep, session: SessionDep) -> Response:
+def preview(image_id: ImageIdDep, service: ServiceDep) -> Response:
     """The stored colour preview of an indexed image (JPEG, longest side colour_size);
     the grayscale thumbnail for an image indexed before colour was kept."""
-    data = repo.colour_preview(session, image_id)
-    if data is None:
-        return thumbnail(image_id, session)
-    return Response(data, media_type="image/jpeg",
+    picture = service.catalogue.picture(image_id)
+    if picture is None or picture.preview is None:
+        return _thumbnail(image_id, picture)
+    return Response(picture.preview, media_type="image/jpeg",
                     headers={"Cache-Control": "public, max-age=300"})
 
 
@@ -198,4 +196,4 @@ async def stats(service: ServiceDep) -> dict[str, Any]:
 @health_router.get("/health", response_model=HealthResponse, tags=["server"])
 async def health(service: ServiceDep) -> dict[str, Any]:
     """Liveness: the engine is loaded; the size of its index."""
-    return {"status": "ok", "index_entries": service.engine.size}
+    return {"status": "ok", "index_entries": service.catalogue.size}

@@ -1,5 +1,6 @@
-"""What the routes call: one `WebService` per process owns the engine, the query thread pool,
-the URL fetcher and the recent-query cache.
+"""What the routes call: one `WebService` per process owns the catalogue (`echoimage.api`,
+its store and search engine), the query thread pool, the URL fetcher and the recent-query
+cache.
 
 Queries run in a bounded thread pool (OpenCV and FAISS release the GIL), so the event loop
 keeps serving while they run; when every thread is busy, queries wait on a semaphore, and
@@ -13,22 +14,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
 
-from echoimage.api import Catalogue
+from echoimage.api import (
+    AllowList,
+    Catalogue,
+    FetchConfig,
+    FetchResult,
+    GuardedFetcher,
+    QueryResult,
+    UrlPolicy,
+)
 from echoimage.config import Settings
-from echoimage.fetch.client import FetchConfig, FetchResult, FetchStatus
-from echoimage.search.engine import QueryResult
-from echoimage.store import repo
-from echoimage.types import Match
+from echoimage.types import FetchStatus, Match
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
-from echoimage.web.ssrf import AllowList, GuardedFetcher, UrlPolicy
 from echoimage.web.visual import (
     colourise,
     encode_png,
@@ -38,7 +42,7 @@ from echoimage.web.visual import (
 )
 
 if TYPE_CHECKING:
-    from echoimage.dedupe import DedupeResult
+    from echoimage.api import DedupeResult
 
 T = TypeVar("T")
 
@@ -61,8 +65,7 @@ class WebService:
     def __init__(self, settings: Settings, web: WebSettings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.web = web
-        self.catalogue = catalogue
-        self.engine = catalogue.engine  # loaded: its store sessions and live index
+        self.catalogue = catalogue  # its search engine loaded (index and store)
         self.cache = QueryCache(web.cache_ttl, web.cache_entries)
         self.jobs = JobManager(web.job_threads)
         self._dedupe: dict[bool, DedupeResult] = {}  # by crops: the latest groups found
@@ -86,9 +89,10 @@ class WebService:
 
     @classmethod
     async def start(cls, settings: Settings, web: WebSettings) -> WebService:
-        """Load the engine (index + store) once, off the event loop, and open the fetcher."""
+        """Load the search engine (index + store) once, off the event loop, and open the
+        fetcher."""
         catalogue = Catalogue(settings, serving=True)
-        await asyncio.to_thread(lambda: catalogue.engine)
+        await asyncio.to_thread(lambda: catalogue.search_engine)
         service = cls(settings, web, catalogue)
         service._old_cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
@@ -177,11 +181,10 @@ class WebService:
         None if the catalogue image is gone."""
 
         def make() -> bytes:
-            with self.engine.sessions() as session:
-                cand = repo.candidates(session, [match.id]).get(match.id)
-                preview = preview_rgb(repo.colour_preview(session, match.id))
+            cand = self.catalogue.picture(match.id)
             if cand is None:
                 raise LookupError(match.id)
+            preview = preview_rgb(cand.preview)
             qpicture = _query_picture(entry)
             box = None
             if match.query_box:  # a part of the query matched: outline it
@@ -191,13 +194,23 @@ class WebService:
             width = cand.width or cand.thumbnail.shape[1]
             height = cand.height or cand.thumbnail.shape[0]
             scale = cand.work_scale or 1.0
-            catalogue = restore_aspect(cand.thumbnail, width, height,
-                                       max(16, round(max(width, height) / scale)))
-            catalogue = colourise(catalogue, preview)
-            region = None
-            if match.region:
-                region = np.asarray(match.region, np.float64) / scale
-            return encode_png(match_image(qpicture, catalogue, match.pairs, region,
+            work_longest = max(16, round(max(width, height) / scale))
+            # the image itself at its own resolution when it can still be read as it was
+            # indexed; else what the store keeps (the thumbnail in the preview's colours)
+            original = self.catalogue.original(match.id, ORIGINAL_LONGEST, self.policy)
+            if original is not None:
+                catalogue = np.ascontiguousarray(original[:, :, ::-1])  # RGB → BGR
+            else:
+                catalogue = colourise(restore_aspect(cand.thumbnail, width, height,
+                                                     work_longest), preview)
+            shown = max(catalogue.shape[:2])
+            region = pairs = None
+            if match.region:  # in the image's own pixels
+                region = np.asarray(match.region, np.float64) * (shown / max(width, height))
+            if match.pairs is not None:  # catalogue side in working-image pixels
+                pairs = np.array(match.pairs, np.float64).reshape(-1, 4)
+                pairs[:, 2:4] *= shown / work_longest
+            return encode_png(match_image(qpicture, catalogue, pairs, region,
                                           query_box=box))
 
         try:
@@ -210,10 +223,7 @@ class WebService:
     def duplicates(self, crops: bool) -> tuple[DedupeResult | None, Job | None]:
         """The groups of duplicates as of the store's current change, or the job working
         them out (started if none is running)."""
-        from echoimage.dedupe import find_duplicates
-
-        with self.engine.sessions() as session:
-            seq = repo.current_seq(session)
+        seq = self.catalogue.change_number()
         cached = self._dedupe.get(crops)
         if cached is not None and cached.seq == seq:
             return cached, None
@@ -221,8 +231,7 @@ class WebService:
         job = self.jobs.find("dedupe", params)
         if job is None:
             def run(job: Job) -> None:
-                result = find_duplicates(self.settings, crops, job.progress,
-                                         self.engine.engine)
+                result = self.catalogue.dedupe(crops, job.progress)
                 self._dedupe[crops] = result
                 job.result = result.summary()
 
@@ -235,24 +244,22 @@ class WebService:
         """Catalogue counts by status, the index being served, this server's counters and
         the latest indexing runs (a change of the store starts a background refresh; the
         answer says what is served now)."""
-        snap = self.engine.live.current()
-        with self.engine.sessions() as session:
-            counts = repo.status_counts(session)
-            runs = repo.recent_runs(session)
+        stats = self.catalogue.stats()
+        runs = stats.pop("runs")
         c = self.counters
         return {
-            "images": counts,
-            "total_images": sum(counts.values()),
-            "index": {"entries": snap.size, "seq": snap.seq, "files_seq": snap.files_seq,
-                      "parts": len(snap.parts.parts),
-                      "refreshed_at": datetime.fromtimestamp(snap.loaded_at, UTC).isoformat(),
-                      "in_memory": snap.manifest is None},
+            **stats,
             "server": {"uptime_s": round(time.monotonic() - self.started, 3),
                        "queries": c.queries, "failed_queries": c.failed, "running": c.running,
                        "waiting": c.waiting, "query_threads": self.threads,
                        "cached_queries": len(self.cache), "cache_ttl_s": self.cache.ttl},
             "runs": runs,
         }
+
+
+#: the longest side a match picture's catalogue image is read at (it is drawn 300 px high,
+#: up to 600 wide; twice that keeps it sharp on a high-density screen)
+ORIGINAL_LONGEST = 1200
 
 
 def _query_picture(entry: CachedQuery) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Server-side request forgery guard for URL queries.
+"""Server-side request forgery guard for the fetches a server makes for its users (URL
+queries, pages and images added over the HTTP API).
 
 A URL query makes the server fetch a URL of the user's choosing, so every URL of the redirect
 chain is vetted before it is requested (`UrlPolicy.check`, the Fetcher's ``check_url`` hook):
@@ -25,7 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from echoimage.fetch.client import FetchConfig, Fetcher
+from echoimage.fetch.client import AddressRefused, FetchConfig, Fetcher
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -202,7 +203,7 @@ class GuardedResolver(AbstractResolver):
         addresses = [ip for r in results if (ip := _parse_ip(r["host"])) is not None]
         refusal = self.policy.refusal(host, port or None, addresses)
         if refusal is not None:
-            raise OSError(f"refused: {refusal}")
+            raise AddressRefused(f"refused: {refusal}")
         return results
 
     async def close(self) -> None:

@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine
 
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.index.binary import IndexFileDamaged, codes_of
 from echoimage.index.build import load_parts, misfit, rebuild_index_files, snapshot
-from echoimage.index.local import probes
+from echoimage.index.local import LocalParams, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
 from echoimage.store import repo
-from echoimage.store.db import is_readonly, open_store, session_factory
+from echoimage.store.db import is_readonly, session_factory
 
 #: ids listed at most per problem in the report
 SAMPLE = 10
@@ -108,59 +109,56 @@ def _compare(report: VerifyReport, pset: PartSet, rows: list[repo.IndexedRow],
     report.add(WRONG_LOCAL, wrong_local)
 
 
-def verify_index(settings: Settings, repair: bool = True) -> VerifyReport:
+def verify_index(settings: Settings, store: Engine, repair: bool) -> VerifyReport:
     """Check the store and the index files against each other; repair unless told not to."""
     t0 = time.perf_counter()
     report = VerifyReport()
-    engine = open_store(settings, create=False)
-    try:
-        with snapshot(engine) as session:
-            state = repo.store_state(session)
-            rows = repo.indexed_rows(session)
-            orphans = repo.orphan_feature_ids(session)
-        report.store_seq, report.store_indexed = state.seq, state.count
-        broken = [r.id for r in rows if r.phash is None]
-        report.add("indexed in the store without features", broken)
-        report.add("not indexed but with features in the store", orphans)
-        manifest = read_manifest(settings.index_dir)
-        if manifest is None:
-            report.files = "there is no index"
-        else:
-            report.index_seq = manifest.seq
-            report.files = misfit(manifest, state, settings)
-            if report.files is None:
-                try:
-                    parts, quantizer = load_parts(settings.index_dir, manifest)
-                    pset = PartSet(parts, quantizer, probes(quantizer, settings.local_params))
-                    report.later_changes = sum(1 for r in rows if r.seq > manifest.seq)
-                    _compare(report, pset, rows, manifest.seq, settings.local_per_image)
-                except IndexFileDamaged as exc:
-                    report.files = str(exc)
-        store_fix = []
-        if broken:
-            store_fix.append(f"send {len(broken)} indexed images without features back to "
-                             "pending (indexed again by the next update)")
-        if orphans:
-            store_fix.append(f"drop the features of {len(orphans)} images that are not "
-                             "indexed")
-        index_wrong = report.files is not None or bool(set(report.counts) & INDEX_PROBLEMS)
-        # a store repair changes rows the index holds: the index is rebuilt after it
-        actions = store_fix + (["rebuild the index files from the store"]
-                               if index_wrong or store_fix else [])
-        if not repair:
-            report.would_repair = actions
-        elif actions:
-            if is_readonly(engine):
-                raise EchoImageError("the store is read-only: `index verify` found problems "
-                                     "it cannot repair here (run it where the store can be "
-                                     "written, or with --dry-run)")
-            if store_fix:
-                with session_factory(engine).begin() as s:
-                    repo.requeue(s, broken, "requeued by index verify: features were missing")
-                    repo.drop_features(s, orphans)
-            rebuild_index_files(settings, engine, "index verify found problems")
-            report.repaired = actions
-    finally:
-        engine.dispose()
+    with snapshot(store) as session:
+        state = repo.store_state(session)
+        rows = repo.indexed_rows(session)
+        orphans = repo.orphan_feature_ids(session)
+    report.store_seq, report.store_indexed = state.seq, state.count
+    broken = [r.id for r in rows if r.phash is None]
+    report.add("indexed in the store without features", broken)
+    report.add("not indexed but with features in the store", orphans)
+    manifest = read_manifest(settings.index_dir)
+    if manifest is None:
+        report.files = "there is no index"
+    else:
+        report.index_seq = manifest.seq
+        report.files = misfit(manifest, state, settings)
+        if report.files is None:
+            try:
+                parts, quantizer = load_parts(settings.index_dir, manifest)
+                lp = LocalParams.from_settings(settings)
+                pset = PartSet(parts, quantizer, probes(quantizer, lp))
+                report.later_changes = sum(1 for r in rows if r.seq > manifest.seq)
+                _compare(report, pset, rows, manifest.seq, settings.local_per_image)
+            except IndexFileDamaged as exc:
+                report.files = str(exc)
+    store_fix = []
+    if broken:
+        store_fix.append(f"send {len(broken)} indexed images without features back to "
+                         "pending (indexed again by the next update)")
+    if orphans:
+        store_fix.append(f"drop the features of {len(orphans)} images that are not "
+                         "indexed")
+    index_wrong = report.files is not None or bool(set(report.counts) & INDEX_PROBLEMS)
+    # a store repair changes rows the index holds: the index is rebuilt after it
+    actions = store_fix + (["rebuild the index files from the store"]
+                           if index_wrong or store_fix else [])
+    if not repair:
+        report.would_repair = actions
+    elif actions:
+        if is_readonly(store):
+            raise EchoImageError("the store is read-only: `index verify` found problems "
+                                 "it cannot repair here (run it where the store can be "
+                                 "written, or with --dry-run)")
+        if store_fix:
+            with session_factory(store).begin() as s:
+                repo.requeue(s, broken, "requeued by index verify: features were missing")
+                repo.drop_features(s, orphans)
+        rebuild_index_files(settings, store, "index verify found problems")
+        report.repaired = actions
     report.seconds = time.perf_counter() - t0
     return report

@@ -14,7 +14,9 @@ Pairs are proposed, confirmed and grouped:
   make it a duplicate) ORB matching of the stored keypoints with RANSAC; the fused score
   must reach `duplicate_threshold`.
 * **grouped** by union-find over confirmed pairs. Each group names a keeper: the member with
-  the most pixels, then the one indexed first, then the lowest id.
+  the most pixels of content (its pixels inside any flat border: a white-bordered copy is
+  not kept over its original), among those within KEEP_TOLERANCE of the most the one with
+  the least border, then the one indexed first, then the lowest id.
 
 Everything is read from the store and the index; no image is fetched or decoded again.
 """
@@ -22,8 +24,9 @@ Everything is read from the store and the index; no image is fetched or decoded 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import faiss
@@ -35,25 +38,47 @@ from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import dhash, hamming, hash_input, oriented_phashes, phash
 from echoimage.index.binary import build_binary_index
 from echoimage.index.build import snapshot
+from echoimage.index.local import LocalParams
 from echoimage.search.rerank import SsimReference, fuse, match_orb
 from echoimage.store import repo
 from echoimage.store.codec import decode_orb, decode_thumbnail
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 from echoimage.store.models import FeatureRow, ImageRow, Status
 from echoimage.types import OrbFeatures
 
 #: images whose features are read and hashed together
 BATCH = 256
-#: pHash distances from which a proposal also needs its dHash within dedupe_dhash_max
-DHASH_FROM = 10
 #: the quick ORB check: the first keypoints of one image against the first of the other;
 #: below QUICK_CLOSE inliers the pair is not a copy, between that and a duplicate's count
 #: the full match decides (copies match 130-220 of 300 keypoints, unrelated images < 10)
 QUICK_QUERY, QUICK_CAND, QUICK_CLOSE = 100, 250, 8
 #: the least share of an image's keypoint area its ORB matches must span to count
 MIN_COVER = 0.25
-#: the views an image is proposed from, and how each is named in a link's evidence
-VIEW_NAMES = ("whole", "central-crop", "inside-border", "votes")
+
+
+class View(StrEnum):
+    """What of an image proposed a pair (a link's `via`), most trusted first."""
+
+    WHOLE = "whole"  # the whole thumbnail, in any orientation
+    CENTRAL_CROP = "central-crop"  # its central 80% (the other image is a crop of it)
+    INSIDE_BORDER = "inside-border"  # what is inside its flat margins (the other is framed)
+    VOTES = "votes"  # its descriptors' votes (the other is a part of it)
+
+
+#: a view's rank when two propose the same pair (the first is kept)
+_RANK = {view: n for n, view in enumerate(View)}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Why a pair is a candidate: origin's view, turned by orientation, is within distance
+    pHash bits of the other image (64 for votes: no hash), or has its votes."""
+
+    distance: int
+    view: View
+    orientation: int
+    origin: int
+    votes: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +92,7 @@ class Link:
     ssim: float
     orb_inliers: int
     orientation: str
-    via: str  # the view that proposed it (VIEW_NAMES)
+    via: View  # what proposed it
     votes: int = 0
 
     def evidence(self) -> dict[str, Any]:
@@ -189,27 +214,29 @@ def margins(thumb: np.ndarray, flat: float = 6.0, least: int = 8
     return x, y, ww, hh
 
 
-def view_pixels(thumb: np.ndarray) -> dict[str, np.ndarray]:
+def view_pixels(thumb: np.ndarray) -> dict[View, np.ndarray]:
     """The parts of a thumbnail an image is proposed from: whole, its central 80%, and
     (when it has flat margins) what is inside them."""
     h, w = thumb.shape
     cy, cx = h // 10, w // 10
-    out = {"whole": thumb, "central-crop": np.ascontiguousarray(thumb[cy:h - cy, cx:w - cx])}
+    out = {View.WHOLE: thumb,
+           View.CENTRAL_CROP: np.ascontiguousarray(thumb[cy:h - cy, cx:w - cx])}
     box = margins(thumb)
     if box is not None:
         x, y, bw, bh = box
-        out["inside-border"] = np.ascontiguousarray(thumb[y:y + bh, x:x + bw])
+        out[View.INSIDE_BORDER] = np.ascontiguousarray(thumb[y:y + bh, x:x + bw])
     return out
 
 
-def _views(thumb: np.ndarray) -> list[tuple[str, list[bytes], list[bytes]]]:
-    """(view name, its pHash and dHash per orientation searched: all 8 for the whole
+def _views(thumb: np.ndarray) -> list[tuple[View, list[bytes], list[bytes]]]:
+    """(view, its pHash and dHash per orientation searched: all 8 for the whole
     thumbnail, the view as it is for its parts)."""
     out = []
-    for name, px in view_pixels(thumb).items():
+    for view, px in view_pixels(thumb).items():
         small = hash_input(px)
-        turns = range(8) if name == "whole" else range(1)
-        out.append((name, oriented_phashes(small) if name == "whole" else [phash(small)],
+        whole = view == View.WHOLE
+        turns = range(8) if whole else range(1)
+        out.append((view, oriented_phashes(small) if whole else [phash(small)],
                     [dhash(orient(small, o)) for o in turns]))
     return out
 
@@ -235,11 +262,11 @@ class _UnionFind:
 class Deduper:
     """Finds the groups of one store (see the module docstring)."""
 
-    def __init__(self, settings: Settings, engine: Engine, crops: bool = False,
+    def __init__(self, settings: Settings, store: Engine, crops: bool,
                  only: set[int] | None = None) -> None:
         self.settings = settings
-        self.engine = engine
-        self.sessions = session_factory(engine)
+        self.store = store
+        self.sessions = session_factory(store)
         self.crops = crops
         self.only = only  # propose from these images only (the benchmark's timing samples)
         self.dhash: dict[int, bytes] = {}
@@ -260,7 +287,7 @@ class Deduper:
         """Propose, confirm and group; progress(images done) after each batch."""
         t0 = time.perf_counter()
         s = self.settings
-        with snapshot(self.engine) as session:
+        with snapshot(self.store) as session:
             seq = repo.current_seq(session)
             rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
                          r[4].isoformat() if r[4] else "", r[5], r[6])
@@ -279,8 +306,8 @@ class Deduper:
         if self.crops:
             from echoimage.search.live import LiveIndex
 
-            parts = LiveIndex(s, self.engine).snapshot().parts
-        candidates: dict[tuple[int, int], tuple[int, str, int, int, int]] = {}
+            parts = LiveIndex(s, self.store).snapshot().parts
+        candidates: dict[tuple[int, int], Proposal] = {}
         done = 0
         proposing = rows if self.only is None else [r for r in rows if r.id in self.only]
         for lo in range(0, len(proposing), BATCH):
@@ -298,27 +325,29 @@ class Deduper:
         joined = _UnionFind()
         # nearest pHashes first; a pair whose images are already in one group needs no
         # confirming (a cluster of n near-identical images costs ~n confirmations, not n²)
-        pairs = sorted(candidates.items(), key=lambda kv: (kv[1][0], kv[0]))
+        pairs = sorted(candidates.items(), key=lambda kv: (kv[1].distance, kv[0]))
         for lo in range(0, len(pairs), BATCH):
             chunk = [(k, v) for k, v in pairs[lo:lo + BATCH]
                      if joined.find(k[0]) != joined.find(k[1])]
             self._features(sorted({i for (a, b), _ in chunk for i in (a, b)}))
-            for (a, b), (d, view, o, origin, votes) in chunk:
+            for (a, b), proposal in chunk:
                 if joined.find(a) == joined.find(b):
                     continue
-                link = self._confirm(a, b, d, view, o, origin, votes)
+                link = self._confirm(a, b, proposal)
                 if link is not None and link.score >= s.duplicate_threshold:
                     links.append(link)
                     joined.union(a, b)
             self._feats.clear()
         stages["confirm"] = time.perf_counter() - t2
-        groups = _group(links, by_id)
+        linked = sorted({i for ln in links for i in (ln.a, ln.b)})
+        content = {i: content_fraction(f.thumb) for i, f in self._features(linked).items()}
+        self._feats.clear()
+        groups = _group(links, by_id, content)
         return DedupeResult(groups, len(rows), seq, self.crops, len(candidates),
                             time.perf_counter() - t0, stages)
 
     def _propose(self, index: Any, batch: list[_Row], feats: dict[int, _Feats],
-                 candidates: dict[tuple[int, int], tuple[int, str, int, int, int]],
-                 parts: Any) -> None:
+                 candidates: dict[tuple[int, int], Proposal], parts: Any) -> None:
         """Candidate pairs of a batch of images: pHash range search of their views (and,
         with crops, votes of their descriptors)."""
         s = self.settings
@@ -335,7 +364,7 @@ class Deduper:
         # every other code (turned, mirrored, parts) proposes only near pHashes
         for wide in (True, False):
             chosen = [n for n, (_, view, o, _) in enumerate(owners)
-                      if (view == "whole" and o == 0) == wide]
+                      if (view == View.WHOLE and o == 0) == wide]
             if not chosen:
                 continue
             q = np.frombuffer(b"".join(queries[n] for n in chosen), np.uint8).reshape(-1, 8)
@@ -349,35 +378,36 @@ class Deduper:
                         continue
                     # a pHash this far off is a copy only when the dHash agrees too: a
                     # copy's is within 17 bits, a chance neighbour's ~25 (bsds500)
-                    if d >= DHASH_FROM and hamming(dcode, self.dhash[other]) > \
+                    if d >= s.dedupe_dhash_from and hamming(dcode, self.dhash[other]) > \
                             s.dedupe_dhash_max:
                         continue
-                    _offer(candidates, owner, other, d, view, o, 0)
+                    _offer(candidates, other, Proposal(d, view, o, owner))
         if parts is not None:
-            lp = s.local_params
+            lp = LocalParams.from_settings(s)
             for r in batch:
                 f = feats.get(r.id)
                 if f is None or not len(f.orb):
                     continue
                 for v in parts.vote(f.orb.descriptors[:lp.query_descriptors], lp, s.vote_n):
                     if v.id != r.id and v.votes >= s.min_votes:
-                        _offer(candidates, r.id, v.id, 64, "votes", 0, v.votes)
+                        _offer(candidates, v.id, Proposal(64, View.VOTES, 0, r.id, v.votes))
 
-    def _confirm(self, a: int, b: int, d: int, view: str, o: int, origin: int, votes: int
-                 ) -> Link | None:
+    def _confirm(self, a: int, b: int, proposal: Proposal) -> Link | None:
         """The query's evidence for a pair: origin's view (turned by o) against the other.
 
         Cheapest evidence first: SSIM (only where it can decide: the hash must support it),
         then ORB on a first few keypoints, then (when that is close) on as many as a query
         matches. A copy matches hundreds of keypoints; unrelated images a handful."""
         s = self.settings
+        d, view, o, origin = proposal.distance, proposal.view, proposal.orientation, \
+            proposal.origin
         other = b if origin == a else a
         feats = self._features([origin, other])
         if origin not in feats or other not in feats:
             return None  # changed since it was proposed
         fo, ft = feats[origin], feats[other]
         sim = 0.0
-        if view != "votes" and fuse(1.0, 0, d) >= s.duplicate_threshold and \
+        if view != View.VOTES and fuse(1.0, 0, d) >= s.duplicate_threshold and \
                 d <= s.dedupe_hash_radius:
             part = view_pixels(fo.thumb).get(view, fo.thumb)
             thumb = part if part.shape == fo.thumb.shape else _square(part,
@@ -390,7 +420,7 @@ class Deduper:
             full = (s.rerank_descriptors, s.rerank_keypoints)
             # a part of another image (votes): all its keypoints, no quick check (the part
             # may hold few of the other's first keypoints)
-            steps = [(s.rerank_descriptors, None)] if view == "votes" else [
+            steps = [(s.rerank_descriptors, None)] if view == View.VOTES else [
                 (QUICK_QUERY, QUICK_CAND), full]
             for n_query, n_cand in steps:
                 inliers = self._orb(fo, ft, n_query, n_cand)
@@ -398,7 +428,7 @@ class Deduper:
                 if score >= s.duplicate_threshold or inliers < QUICK_CLOSE:
                     break
         return Link(origin, other, score, d if d <= 64 else -1, sim, inliers, NAMES[o], view,
-                    votes)
+                    proposal.votes)
 
     def _orb(self, fo: _Feats, ft: _Feats, n_query: int, n_cand: int | None) -> int:
         """RANSAC inliers of fo's first n_query keypoints against ft's first n_cand (all:
@@ -411,13 +441,11 @@ class Deduper:
         return om.inliers if _covers(om.pairs, head.keypoints, cand.keypoints) else 0
 
 
-def _offer(candidates: dict[tuple[int, int], tuple[int, str, int, int, int]], origin: int,
-           other: int, d: int, view: str, o: int, votes: int) -> None:
-    """Keep the best proposal of each pair (nearest hash; the whole view first)."""
-    key = (min(origin, other), max(origin, other))
-    new = (d, view, o, origin, votes)
+def _offer(candidates: dict[tuple[int, int], Proposal], other: int, new: Proposal) -> None:
+    """Keep the best proposal of each pair (nearest hash; the most trusted view first)."""
+    key = (min(new.origin, other), max(new.origin, other))
     old = candidates.get(key)
-    if old is None or (d, VIEW_NAMES.index(view)) < (old[0], VIEW_NAMES.index(old[1])):
+    if old is None or (new.distance, _RANK[new.view]) < (old.distance, _RANK[old.view]):
         candidates[key] = new
 
 
@@ -444,9 +472,36 @@ def _square(part: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(part, (side, side), interpolation=cv2.INTER_AREA)
 
 
-def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
-    """Union-find over links; the keeper (most pixels, then first indexed, then lowest
-    id) first; groups largest first."""
+#: content areas within this share of a group's largest count as the same (the border is
+#: found on the 256 px thumbnail): the one with the least border among them is kept
+KEEP_TOLERANCE = 0.1
+
+
+def content_fraction(thumb: np.ndarray) -> float:
+    """The share of an image inside its flat margins (1.0 when it has none)."""
+    box = margins(thumb)
+    if box is None:
+        return 1.0
+    h, w = thumb.shape
+    return box[2] * box[3] / float(w * h)
+
+
+def keeper_order(ids: Iterable[int], rows: dict[int, _Row], content: dict[int, float]
+                 ) -> list[int]:
+    """A group's members, the one to keep first: the most pixels of content (inside any
+    border), the least border among those within KEEP_TOLERANCE of the most, then the
+    first indexed, then the lowest id."""
+    def area(i: int) -> float:
+        return rows[i].width * rows[i].height * content.get(i, 1.0)
+
+    most = max(area(i) for i in ids)
+    return sorted(ids, key=lambda i: (area(i) < most * (1 - KEEP_TOLERANCE),
+                                      -content.get(i, 1.0), -area(i), rows[i].indexed_at, i))
+
+
+def _group(links: list[Link], rows: dict[int, _Row], content: dict[int, float]
+           ) -> list[Group]:
+    """Union-find over links; the keeper (keeper_order) first; groups largest first."""
     uf = _UnionFind()
     for ln in links:
         uf.union(ln.a, ln.b)
@@ -461,8 +516,7 @@ def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
                 best_link[i] = ln
     groups = []
     for root, ids in members.items():
-        order = sorted(ids, key=lambda i: (-rows[i].width * rows[i].height,
-                                           rows[i].indexed_at, i))
+        order = keeper_order(ids, rows, content)
         group_links = tuple(sorted((ln for ln in links if uf.find(ln.a) == root),
                                    key=lambda ln: (ln.a, ln.b)))
         ms = tuple(Member(i, rows[i].url, rows[i].width, rows[i].height, rows[i].indexed_at,
@@ -473,17 +527,11 @@ def _group(links: list[Link], rows: dict[int, _Row]) -> list[Group]:
     return [Group(n, g.members, g.links) for n, g in enumerate(groups, 1)]
 
 
-def find_duplicates(settings: Settings, crops: bool = False,
-                    progress: Callable[[int], None] | None = None,
-                    engine: Engine | None = None) -> DedupeResult:
+def find_duplicates(settings: Settings, store: Engine, crops: bool,
+                    progress: Callable[[int], None] | None = None) -> DedupeResult:
     """The groups of duplicates among the catalogue's indexed images."""
-    eng = engine or open_store(settings, create=False)
-    try:
-        faiss.omp_set_num_threads(1)
-        return Deduper(settings, eng, crops).run(progress)
-    finally:
-        if engine is None:
-            eng.dispose()
+    faiss.omp_set_num_threads(1)
+    return Deduper(settings, store, crops).run(progress)
 
 
 def csv_rows(result: DedupeResult) -> Iterator[dict[str, Any]]:

@@ -3,29 +3,27 @@ sizes and recent runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine
 
 from echoimage.config import Settings
 from echoimage.index.build import index_params, misfit
 from echoimage.index.manifest import read_manifest
-from echoimage.pipeline import data_dir_size
 from echoimage.store import repo
-from echoimage.store.db import open_store, session_factory
+from echoimage.store.db import session_factory
 
 
-def status_report(settings: Settings) -> dict[str, Any]:
+def status_report(settings: Settings, store: Engine) -> dict[str, Any]:
     """Everything `echoimage index status` shows, as a JSON-ready dict."""
-    engine = open_store(settings, create=False)
-    try:
-        with session_factory(engine)() as session:
-            counts = repo.status_counts(session)
-            state = repo.store_state(session)
-            sizes = repo.storage_bytes(session)
-            runs = repo.recent_runs(session)
-            failures = repo.failure_reasons(session)
-            sources = repo.list_sources(session)
-    finally:
-        engine.dispose()
+    with session_factory(store)() as session:
+        counts = repo.status_counts(session)
+        state = repo.store_state(session)
+        sizes = repo.storage_bytes(session)
+        runs = repo.recent_runs(session)
+        failures = repo.failure_reasons(session)
+        sources = repo.list_sources(session)
     manifest = read_manifest(settings.index_dir)
     sizes.update(data_dir_size(settings))
     if sizes.get("images") and "store_file" in sizes:
@@ -55,11 +53,25 @@ def status_report(settings: Settings) -> dict[str, Any]:
             "last_compaction": manifest.last_compaction,
         })
     return {
-        "store": engine.url.render_as_string(hide_password=True),
+        "store": store.url.render_as_string(hide_password=True),
         "counts": counts,
         "index": index,
         "bytes": sizes,
-        "sources": [{"uri": u, "kind": k} for u, k in sources],
+        "sources": [{"uri": s.uri, "kind": s.kind}
+                    | ({"follow_pages": s.follow_pages} if s.follow_pages is not None else {})
+                    for s in sources],
         "runs": runs,
         "recent_failures": failures,
     }
+
+
+def data_dir_size(settings: Settings) -> dict[str, int]:
+    """Bytes on disk of the store file (SQLite) and the index directory."""
+    out = {}
+    db = settings.data_dir / "echoimage.sqlite3"
+    if not settings.database_url and db.exists():
+        out["store_file"] = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+    idx = Path(settings.index_dir)
+    out["index_files"] = sum(p.stat().st_size for p in idx.glob("*") if p.is_file()) \
+        if idx.exists() else 0
+    return out

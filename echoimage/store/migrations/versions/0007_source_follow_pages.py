@@ -1,0 +1,26 @@
+"""sources.follow_pages: how many same-site links a web page source follows when it is
+scraped (NULL for the other kinds of source), so that `index update` scrapes it again as
+it was built.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("sources") as batch:
+        batch.add_column(sa.Column("follow_pages", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("sources") as batch:
+        batch.drop_column("follow_pages")
