@@ -704,14 +704,15 @@ def serve(ctx: click.Context, host: str, port: int, cluster: str | None,
 @click.option("--no-scale", is_flag=True, help="Skip the 10k/100k padded-index timings.")
 @click.option("--no-peers", is_flag=True,
               help="Skip the side-by-side run with PDQ and perception's PHash.")
+@click.option("--no-hard", is_flag=True, help="Skip the hard edits (memes, collages, ...).")
 @handle_errors
 def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
-          no_peers: bool) -> None:
+          no_peers: bool, no_hard: bool) -> None:
     """Run the copy-detection benchmark on a folder of photos; writes bench.json/bench.md.
 
     Beside EchoImage it runs the peers that are installed (PDQ, perception's PHash; `make
     venv` installs them) on the transforms of perception's benchmark, and says which it
-    skipped.
+    skipped; then the hard edits on the same catalogue and held-out photos.
 
     Example:
 
@@ -725,7 +726,7 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
             "the benchmark is not installed: it is the separate package in a checkout's "
             "bench/ (`make venv` installs it, or pip install -e ./bench)") from exc
 
-    kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers}
+    kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers, "hard": not no_hard}
     if no_scale:
         kwargs["scale"] = ()
     click.echo(render_markdown(run_benchmark(photo_dir, out, **kwargs)))

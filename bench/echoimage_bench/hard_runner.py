@@ -150,24 +150,74 @@ def summarise(pos: Sequence[dict[str, Any]], neg: Sequence[dict[str, Any]]) -> d
     }
 
 
-def render_hard_markdown(result: dict[str, Any]) -> str:
-    """bench-hard.md: one row per edit, the compound and overall summaries, the command."""
+def hard_edits_need(edits: Sequence[str]) -> int:
+    """Held-out photos the edits need (collage partners, and one to edit)."""
+    return max(HARD_EDITS[n].partners for n in edits) + 1
+
+
+def run_hard_suite(ctx: RunContext, pool: list[np.ndarray], names: list[str],
+                   edits: Sequence[str], negatives: int) -> dict[str, Any]:
+    """The hard edits on ctx's catalogue (its store, `ctx.query_photos`) and the first
+    `negatives` held-out photos of pool (all of them collage partners): per edit and over
+    the compound, single and all edits, recall, where misses were lost and false matches.
+    JSON-ready but for numpy scalars."""
+    run = [HARD_EDITS[n] for n in edits]
+    engine = traced_engine(ctx.settings)
+    entries = int(engine.size)
+    try:
+        pos = _positives(ctx, engine, run, pool)
+        neg = _negatives(ctx, engine, run, pool[:negatives], names) if negatives else []
+    finally:
+        engine.store.dispose()
+    per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
+                             [r for r in neg if r["edit"] == e.name]) for e in run}
+    comp = {e.name for e in run if e.compound}
+    return {
+        "entries": entries,
+        "descriptions": {e.name: e.description for e in run},
+        "edits": per,
+        "summary": {
+            "compound": summarise([r for r in pos if r["edit"] in comp],
+                                  [r for r in neg if r["edit"] in comp]),
+            "single": summarise([r for r in pos if r["edit"] not in comp],
+                                [r for r in neg if r["edit"] not in comp]),
+            "all": summarise(pos, neg)},
+        "missed": [{k: v for k, v in r.items() if k != "timings"} for r in pos if r["miss"]],
+        "false_matches": [r for r in neg if r["duplicate"]],
+    }
+
+
+def hard_table(suite: dict[str, Any]) -> str:
+    """The hard edits' table: one row per edit, then the compound, single and all rows."""
     def f(v: float | None, d: int = 3) -> str:
         return "–" if v is None else f"{v:.{d}f}"
 
     rows = []
-    for name, r in [*result["edits"].items(), ("**compound**", result["summary"]["compound"]),
-                    ("**single**", result["summary"]["single"]),
-                    ("**all**", result["summary"]["all"])]:
+    for name, r in [*suite["edits"].items(), ("**compound**", suite["summary"]["compound"]),
+                    ("**single**", suite["summary"]["single"]),
+                    ("**all**", suite["summary"]["all"])]:
         m = r["misses"]
         rows.append([name, r["n"], f(r["recall_at_1"]), f(r["recall_at_5"]), f(r["detected"]),
                      f"{m['never_reranked']} / {m['outranked']} / {m['not_duplicate']}",
                      r["negatives"], f(r["false_match_rate"]), f(r["negative_max_score"], 2),
                      f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1),
                      f(r["negative_query_ms_p50"], 1)])
-    table = markdown_table(
+    return markdown_table(
         ["edit", "queries", "r@1", "r@5", "r@1 dup", "missed: not re-ranked / out-ranked / "
          "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms", "neg p50 ms"], rows)
+
+
+#: what the hard table's columns mean
+HARD_TABLE_NOTE = (
+    "r@1 dup: the original first and called a copy. Misses: the original never "
+    "re-ranked / re-ranked but out-ranked / first but not a copy. FMR: held-out "
+    "queries whose top result is a copy. Latency: query_image (decoded → results), of "
+    "the copies and of the held-out queries (neg).")
+
+
+def render_hard_markdown(result: dict[str, Any]) -> str:
+    """bench-hard.md: one row per edit, the compound and overall summaries, the command."""
+    table = hard_table(result)
     d = result["dataset"]
     lines = [
         "# EchoImage hard-edit benchmark", "",
@@ -177,19 +227,15 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
         f"queried through {len(result['edits'])} edits; {d['negatives']} held-out photos "
         "through the same edits as negatives (collage partners are held-out photos).", "",
         table, "",
-        "r@1 dup: the original first and called a copy. Misses: the original never "
-        "re-ranked / re-ranked but out-ranked / first but not a copy. FMR: held-out "
-        "queries whose top result is a copy. Latency: query_image (decoded → results), of "
-        "the copies and of the held-out queries (neg). Copy verdicts without proof (same "
-        f"bytes, a hash within 5 bits or geometric agreement): "
-        f"{result['summary']['all']['copies_without_proof']}.",
+        f"{HARD_TABLE_NOTE} Copy verdicts without proof (same bytes, a hash within 5 bits "
+        f"or geometric agreement): {result['summary']['all']['copies_without_proof']}.",
         "", "## Edits", "",
         *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], "",
-        "## Misses", "", *_miss_lines(result.get("missed", [])), ""]
+        "## Misses", "", *miss_lines(result.get("missed", [])), ""]
     return "\n".join(lines)
 
 
-def _miss_lines(missed: Sequence[dict[str, Any]], limit: int = 60) -> list[str]:
+def miss_lines(missed: Sequence[dict[str, Any]], limit: int = 60) -> list[str]:
     """One line per miss: where it was lost and the original's evidence (re-ranked) or,
     never re-ranked, its hash distance and the votes it got from each group of keypoints
     (votes, rank among the images voted for)."""
@@ -255,8 +301,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
     catalogue, held = split_photos(files, seed, negatives_fraction)
     loaded = [(p.name, img) for p in held if (img := read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
-    run = [HARD_EDITS[n] for n in chosen]
-    need = max(e.partners for e in run) + 1
+    need = hard_edits_need(chosen)
     if len(pool) < need:
         raise ValueError(f"{len(pool)} held-out photos; the edits need at least {need}")
     settings = Settings(data_dir=Path(data_dir) if data_dir else out_dir / "data",
@@ -274,18 +319,8 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
     ctx.query_photos = query_subset(indexed, seed, limit)
-    engine = traced_engine(settings)
-    entries = int(engine.size)
-    try:
-        pos = _positives(ctx, engine, run, pool)
-        n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
-        neg = _negatives(ctx, engine, run, pool[:n_neg] if n_neg < len(pool) else pool,
-                         names) if n_neg else []
-    finally:
-        engine.store.dispose()
-    per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
-                             [r for r in neg if r["edit"] == e.name]) for e in run}
-    comp = {e.name for e in run if e.compound}
+    n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
+    suite = run_hard_suite(ctx, pool, names, chosen, n_neg)
     result: dict[str, Any] = {
         "version": HARD_VERSION,
         "date": started.isoformat(timespec="seconds"),
@@ -300,17 +335,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
                     "held_out": len(pool), "negatives": n_neg},
         "build": {k: build.get(k) for k in ("indexed", "seconds", "images_per_s",
                                              "data_dir")},
-        "entries": entries,
-        "descriptions": {e.name: e.description for e in run},
-        "edits": per,
-        "summary": {
-            "compound": summarise([r for r in pos if r["edit"] in comp],
-                                  [r for r in neg if r["edit"] in comp]),
-            "single": summarise([r for r in pos if r["edit"] not in comp],
-                                [r for r in neg if r["edit"] not in comp]),
-            "all": summarise(pos, neg)},
-        "missed": [{k: v for k, v in r.items() if k != "timings"} for r in pos if r["miss"]],
-        "false_matches": [r for r in neg if r["duplicate"]],
+        **suite,
         "phases": {**ctx.phases, "total": round(time.perf_counter() - t_all, 2)},
     }
     result = jsonable(result)

@@ -63,6 +63,8 @@ from echoimage_bench.context import (
     split_photos,
 )
 from echoimage_bench.formatting import jsonable
+from echoimage_bench.hard import HARD_EDITS
+from echoimage_bench.hard_runner import hard_edits_need, run_hard_suite
 from echoimage_bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
 from echoimage_bench.metrics import (
     TARGET_FMR,
@@ -297,8 +299,45 @@ def _negatives(ctx: RunContext, engine: Any, negatives: list[Path]) -> dict[str,
         "phash_threshold": PHASH_THRESHOLD,
         "score_quantiles": quantiles(scores, (0, 50, 90, 95, 99, 100)),
         "by_transform": by_t, "highest_scoring": worst, "_scores": scores,
+        "false_matches": sum(r["duplicate"] for r in rows),
         "copies_without_proof": sum(r["without_proof"] for r in rows),
     }
+
+
+def _hard_suite(ctx: RunContext, negatives: list[Path]) -> dict[str, Any]:
+    """The hard edits (every one) on the run's catalogue and held-out photos."""
+    loaded = [(p.name, img) for p in negatives if (img := read_bgr(p)) is not None]
+    names, pool = [n for n, _ in loaded], [img for _, img in loaded]
+    need = hard_edits_need(list(HARD_EDITS))
+    if len(pool) < need:
+        ctx.log(f"hard edits skipped: {len(pool)} held-out photos, they need {need}")
+        return {"ran": False, "skipped": f"{len(pool)} held-out photos; the hard edits "
+                                         f"need at least {need}"}
+    return {"ran": True, **run_hard_suite(ctx, pool, names, list(HARD_EDITS), len(pool))}
+
+
+def evidence_summary(recs: Sequence[QueryRecord], neg: dict[str, Any],
+                     peer_res: dict[str, Any], hard_res: dict[str, Any]) -> dict[str, Any]:
+    """Over every suite that ran: copy verdicts without proof (never any), and the
+    held-out queries called copies (false matches)."""
+    suites = {"main": {"n": neg["n"], "false_matches": neg["false_matches"]}}
+    unproven = sum(r.without_proof for r in recs) + neg["copies_without_proof"]
+    queries = len(recs) + neg["n"]
+    if peer_res.get("methods"):
+        suites["peers"] = {"n": peer_res["negatives"],
+                           "false_matches": len(peer_res["echoimage_false_matches"])}
+        unproven += peer_res["echoimage_copies_without_proof"]
+        queries += peer_res["copies"] + peer_res["negatives"]
+    if hard_res.get("ran"):
+        every = hard_res["summary"]["all"]
+        suites["hard"] = {"n": every["negatives"], "false_matches": len(hard_res["false_matches"])}
+        unproven += every["copies_without_proof"]
+        queries += every["n"] + every["negatives"]
+    n = sum(v["n"] for v in suites.values())
+    fm = sum(v["false_matches"] for v in suites.values())
+    return {"copies_without_proof": unproven, "queries": queries, "negatives": suites,
+            "all_negatives": {"n": n, "false_matches": fm,
+                              "false_match_rate": fm / n if n else None}}
 
 
 def _latency_sample(ctx: RunContext, transforms: list[Transform], n: int, extra: bool = False
@@ -443,7 +482,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                   seed: int = 0, scale: Sequence[int] = (10_000, 100_000),
                   seed_subset: tuple[int, int] = (40, 3), negatives_fraction: float = 0.2,
                   latency_queries: int = 200, workers: int | None = None,
-                  background_padding: bool = True, peers: bool = True,
+                  background_padding: bool = True, peers: bool = True, hard: bool = True,
                   progress: bool = True, command: Sequence[str] | None = None
                   ) -> dict[str, Any]:
     """Run the copy-detection benchmark on a folder of photos; write bench.json and bench.md.
@@ -466,6 +505,9 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         background_padding: build missing padding in a separate process while the recall
             sweep runs (the sweep's own timings are then taken under load; the latency
             figures come from a quiet phase either way). False pads after the sweep.
+        peers: run PDQ and perception's PHash beside EchoImage on perception's transforms.
+        hard: run the hard edits (echoimage_bench.hard) on the same catalogue and held-out
+            photos.
         progress: progress lines on stderr.
         command: the command line to record (default: sys.argv).
 
@@ -538,6 +580,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
             pad_proc.terminate()
             pad_proc.join()
     peer_res = run_peer_suite(ctx, engine, negatives) if peers else {"ran": False}
+    hard_res = _hard_suite(ctx, negatives) if hard else {"ran": False}
     neg_scores = neg.pop("_scores")
     thr = threshold_at_fmr(neg_scores, TARGET_FMR)
 
@@ -621,9 +664,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         "transforms": per_t,
         "summary": {"main": s_main, "extra": summarise_records(extra, thr)},
         "negatives": neg,
-        "evidence": {"copies_without_proof": sum(r.without_proof for r in recs + colour_recs)
-                     + neg["copies_without_proof"],
-                     "queries": len(recs) + len(colour_recs) + neg["n"]},
+        "evidence": evidence_summary(recs + colour_recs, neg, peer_res, hard_res),
         "calibration": cal,
         "colour": colour_report(recs + colour_recs, transforms + recolour,
                                 settings.colour_threshold, colour_failures),
@@ -635,6 +676,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                                 "recall_at_5_main": s_main["phash"]["recall_at_5"]},
                       "seed": seed_res},
         "peers": peer_res,
+        "hard": hard_res,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "memory": {"self_peak_rss_mb": self_peak_rss_mb(),
                    "self_peak_rss_mb_before_scale": rss_before_scale,
