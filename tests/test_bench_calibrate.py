@@ -56,7 +56,9 @@ def test_write_model_rewrites_only_the_table(tmp_path: Path) -> None:
     copy = tmp_path / "evidence.py"
     shutil.copy(evidence.__file__, copy)
     before = copy.read_text()
-    model = evidence.ScoreModel("2099-01-01.1", (1.5, 0.25, 0.5, 0.75, 1.0, 2.0), -3.5,
+    rule = evidence.ProofRule(min_inliers=9, inlier_floor=5.5, inlier_per_match=0.25,
+                              near_hash=4)
+    model = evidence.ScoreModel("2099-01-01.1", rule, (1.5, 0.25, 0.5, 0.75, 1.0, 2.0), -3.5,
                                 "a test fit")
     calibrate.write_model(model, copy)
     after = copy.read_text()
@@ -68,9 +70,10 @@ def test_write_model_rewrites_only_the_table(tmp_path: Path) -> None:
     namespace: dict[str, object] = {}
     exec(compile(after, str(copy), "exec"), namespace)  # noqa: S102 - the written module runs
     written = namespace["MODEL"]
-    got = (written.version, written.weights, written.intercept,  # type: ignore[attr-defined]
-           written.fitted)  # type: ignore[attr-defined]
-    assert got == (model.version, model.weights, model.intercept, model.fitted)
+    got = (written.version, repr(written.rule), written.weights,  # type: ignore[attr-defined]
+           written.intercept, written.fitted)  # type: ignore[attr-defined]
+    assert got == (model.version, repr(model.rule), model.weights, model.intercept,
+                   model.fitted)
     (tmp_path / "other.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="no MODEL"):
         calibrate.write_model(model, tmp_path / "other.py")

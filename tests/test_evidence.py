@@ -26,10 +26,10 @@ def ev(inliers: int = 0, matches: int = 0, hash_distance: int = 30, exact: bool 
 
 def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
     assert ev(exact=True).proof() is Proof.SAME_BYTES
-    assert ev(evidence.MIN_INLIERS, 10).proof() is Proof.GEOMETRY
-    assert ev(evidence.MIN_INLIERS - 1, 7).proof() is Proof.NONE
-    assert ev(hash_distance=evidence.NEAR_HASH).proof() is Proof.NEAR_HASH
-    assert ev(hash_distance=evidence.NEAR_HASH + 1).proof() is Proof.NONE
+    assert ev(MODEL.rule.min_inliers, 10).proof() is Proof.GEOMETRY
+    assert ev(MODEL.rule.min_inliers - 1, 7).proof() is Proof.NONE
+    assert ev(hash_distance=MODEL.rule.near_hash).proof() is Proof.NEAR_HASH
+    assert ev(hash_distance=MODEL.rule.near_hash + 1).proof() is Proof.NONE
 
 
 def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
@@ -40,15 +40,15 @@ def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
     assert ev(12, 30).proof() is Proof.GEOMETRY
     needed = [next(n for n in range(200) if ev(n, m).proof() is Proof.GEOMETRY)
               for m in (5, 10, 20, 40, 100, 300)]
-    assert needed == sorted(needed) and needed[0] == evidence.MIN_INLIERS
-    assert needed[-1] == round(evidence.INLIER_FLOOR + evidence.INLIER_PER_MATCH * 300)
+    assert needed == sorted(needed) and needed[0] == MODEL.rule.min_inliers
+    assert needed[-1] == round(MODEL.rule.inlier_floor + MODEL.rule.inlier_per_match * 300)
 
 
 @pytest.mark.parametrize("ssim,hash_distance", [(0.99, 6), (0.95, 12), (0.72, 16),
                                                 (1.0, 30)])
 def test_ssim_and_a_distant_hash_never_make_a_copy(ssim: float, hash_distance: int) -> None:
     """Whatever the SSIM, the matches and the threshold: no proof, no copy."""
-    for inliers in range(evidence.MIN_INLIERS):
+    for inliers in range(MODEL.rule.min_inliers):
         e = ev(inliers, 40, hash_distance, ssim=ssim)
         assert not evidence.is_copy(e, evidence.score(e), 0.0)
         assert not evidence.is_copy(e, 1.0, 0.5)
@@ -73,7 +73,7 @@ def test_the_score_is_the_models_probability_and_grows_with_the_evidence() -> No
 
 
 def test_score_model_checks_its_input() -> None:
-    model = ScoreModel("t", (1.0, 2.0), -1.0, "test")
+    model = ScoreModel("t", MODEL.rule, (1.0, 2.0), -1.0, "test")
     assert model.probability((0.0, 0.0)) == pytest.approx(1 / (1 + math.e))
     assert model.probability((-1e6, 0.0)) == 0.0
     with pytest.raises(ValueError, match="features"):
@@ -102,10 +102,12 @@ def test_spread_is_the_inliers_hull_over_the_shared_area() -> None:
     assert spread(pts[:2], h, (100, 100), (200.0, 200.0)) == 0.0
 
 
+S = Settings()
+
+
 def _inliers(query: OrbFeatures, cand: OrbFeatures) -> int:
     """RANSAC inliers of query's keypoints on cand's, with the default settings."""
-    s = Settings()
-    return match_orb(query, cand, s.ratio_test, s.ransac_px).inliers
+    return match_orb(query, cand, S.ratio_test, S.ransac_px).inliers
 
 
 def _gray(name: str) -> np.ndarray:
@@ -130,17 +132,18 @@ def test_crushed_levels_are_told_and_equalised() -> None:
     gray = _gray("camera")
     white = (255 * (gray / 255.0) ** 0.015).astype(np.uint8)  # near-white, a few levels
     black = 255 - (255 * ((255 - gray) / 255.0) ** 0.015).astype(np.uint8)
-    assert photometric.level_entropy(gray) > photometric.CRUSHED_BITS
+    assert photometric.level_entropy(gray) > S.crushed_bits
     assert photometric.level_entropy(np.zeros((8, 8), np.uint8)) == 0.0
-    assert not photometric.needs_normalising(gray)
+    assert not photometric.needs_normalising(gray, S.crushed_bits, S.crushed_span)
     page = np.full((200, 300), 240, np.uint8)  # few levels: a page, a sidebar, text
     page[:, :60] = 110
     page[50:70, 80:280] = 0
-    assert photometric.level_entropy(page) < photometric.CRUSHED_BITS
-    assert photometric.level_span(page) > photometric.CRUSHED_SPAN
-    assert not photometric.needs_normalising(page)
+    assert photometric.level_entropy(page) < S.crushed_bits
+    assert photometric.level_span(page) > S.crushed_span
+    assert not photometric.needs_normalising(page, S.crushed_bits, S.crushed_span)
     for crushed in (white, black):
-        assert photometric.needs_normalising(crushed)
+        assert photometric.needs_normalising(crushed, S.crushed_bits,
+                                                   S.crushed_span)
         # equalised, the keypoints meet the original's again
         before = _inliers(orb_features(crushed, 1500), orb_features(gray, 1500))
         after = _inliers(orb_features(photometric.normalised(crushed), 1500),

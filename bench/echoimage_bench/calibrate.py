@@ -232,7 +232,7 @@ def reliability(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> list[dict[str
     """The model fitted on one half of the photos, judged on the other (both ways): per
     bin of probability, the candidates, the copies among them and, with the classes
     weighted equally as in the fit, their share against the mean probability."""
-    from echoimage.search.evidence import ScoreModel
+    from echoimage.search.evidence import MODEL, ScoreModel
 
     edges = (0.0, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 1.0000001)
     rows = {k: [0, 0, 0.0, 0.0, 0.0] for k in range(len(edges) - 1)}
@@ -241,7 +241,7 @@ def reliability(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> list[dict[str
         if len(set(y[train].tolist())) < 2 or not test.any():
             continue
         w, b = fit_model(x[train], y[train])
-        model = ScoreModel("check", w, b, "")
+        model = ScoreModel("check", MODEL.rule, w, b, "")
         p = np.array([model.probability(tuple(v)) for v in x[test]])
         yt = y[test]
         wpos = len(yt) / max(1, 2 * int(yt.sum()))
@@ -385,6 +385,7 @@ def write_model(model: Any, path: Path | None = None) -> Path:
     pieces = textwrap.wrap(model.fitted, 80, drop_whitespace=False) or [""]
     fitted = "\n".join(f"        {p!r}" for p in pieces)
     new = (f"MODEL = ScoreModel(\n    version={model.version!r},\n"
+           f"    rule={model.rule!r},\n"
            f"    weights=({weights}),\n    intercept={model.intercept!r},\n"
            f"    fitted=(\n{fitted}),\n)\n")
     target.write_text(block.sub(lambda _: new, text, count=1))
@@ -415,7 +416,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         command: the command line to record (default: sys.argv).
     """
     from echoimage.config import Settings
-    from echoimage.search.evidence import ScoreModel
+    from echoimage.search.evidence import MODEL, ScoreModel
     from echoimage_bench.runner import build_phase
 
     unknown = [s for s in suites if s not in SUITES]
@@ -466,10 +467,10 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
                                                          if not r["copy_query"]]
     date = started.date().isoformat()
     cmd = list(command) if command is not None else list(sys.argv)
-    provisional = ScoreModel(f"{date}.1", weights, intercept, "")
+    provisional = ScoreModel(f"{date}.1", MODEL.rule, weights, intercept, "")
     chosen = choose_threshold(records, provisional, target_fmr)
     model = ScoreModel(
-        f"{date}.1", weights, intercept,
+        f"{date}.1", MODEL.rule, weights, intercept,
         f"{' '.join(Path(c).name if k == 0 else c for k, c in enumerate(cmd))} ({date}; "
         f"{len(pos)} copy and {len(neg)} non-copy queries, {int(y.sum())} originals and "
         f"{int((1 - y).sum())} other candidates; threshold {chosen['threshold']} for a "

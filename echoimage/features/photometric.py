@@ -18,13 +18,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-#: a query whose grey-level histogram has less entropy than this (bits), and whose middle
-#: 90% of pixels spans fewer grey levels than CRUSHED_SPAN, is crushed (a screenshot of a
-#: page has few levels too, but from dark text to a light page: bsds500 pasted into the
-#: benchmark's pages spans 146 levels at the median; gamma to near-white 8, haze 48)
-CRUSHED_BITS = 5.0
-CRUSHED_SPAN = 100
-
 
 def _check(gray: np.ndarray) -> None:
     if not isinstance(gray, np.ndarray) or gray.ndim != 2 or gray.dtype != np.uint8:
@@ -48,9 +41,11 @@ def level_span(gray: np.ndarray) -> int:
     return int(np.searchsorted(cum, 0.95 * cum[-1]) - np.searchsorted(cum, 0.05 * cum[-1]))
 
 
-def needs_normalising(gray: np.ndarray) -> bool:
-    """True for a query whose grey levels are crushed into a few (see the module)."""
-    return level_entropy(gray) < CRUSHED_BITS and level_span(gray) < CRUSHED_SPAN
+def needs_normalising(gray: np.ndarray, max_bits: float, max_span: int) -> bool:
+    """True for a query whose grey levels are crushed into a few: the entropy of its
+    histogram under max_bits and the middle 90% of its pixels spanning fewer than
+    max_span levels (Settings.crushed_bits, crushed_span)."""
+    return level_entropy(gray) < max_bits and level_span(gray) < max_span
 
 
 def normalised(gray: np.ndarray) -> np.ndarray:

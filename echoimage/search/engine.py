@@ -225,7 +225,8 @@ class SearchEngine:
             if not self._found(q) and (promising := self._promising(q)):
                 q.round = "deep"
                 self._deep_round(q, promising)
-        if not self._found(q) and s.normalise and needs_normalising(img.gray):
+        if not self._found(q) and s.normalise and needs_normalising(img.gray, s.crushed_bits,
+                                                                    s.crushed_span):
             q.round = "normalised"
             self._normalised_round(q)
         q.round = "answer"

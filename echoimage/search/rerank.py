@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from echoimage.search.evidence import (
-    MIN_INLIERS,
+    MODEL,
     SSIM_FLOOR,
     SSIM_SPAN,
     SUPPORT_CEIL,
@@ -28,7 +28,7 @@ from echoimage.types import OrbFeatures
 
 ORB_FLOOR, ORB_SPAN = 7.0, 24.0
 HASH_CEIL, HASH_SPAN = 10.0, 10.0
-MIN_MATCHES = MIN_INLIERS
+MIN_MATCHES = MODEL.rule.min_inliers  # fewer matches can never be proof
 
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
