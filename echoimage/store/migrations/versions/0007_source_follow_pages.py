@@ -22,5 +22,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sources") as batch:
-        batch.drop_column("follow_pages")
+    # ALTER TABLE ... DROP COLUMN in place (SQLite >= 3.35): a batch copy of `sources`
+    # would have to drop the table the images refer to, which its foreign keys forbid
+    op.drop_column("sources", "follow_pages")
