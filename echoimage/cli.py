@@ -312,7 +312,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 #: columns of `query --csv`
 QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "exact", "ssim",
                     "orb_inliers", "hash_distance", "orientation", "votes", "colour_distance",
-                    "id", "sha256", "metadata", "error"]
+                    "id", "sha256", "metadata", "error", "why"]
 
 
 def _run_counts(run: dict[str, Any]) -> str:
@@ -446,6 +446,8 @@ def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
         lines.append(f"  {rank}. {m.score:.3f} {m.verdict:10s} ssim={m.ssim:.3f} "
                      f"orb_inliers={m.orb_inliers:<3d} hash={m.hash_distance:<2d}"
                      f"{colour} {m.orientation:13s} {m.url}")
+        if m.why:
+            lines.append(f"       {m.why}")
         if m.metadata:
             lines.append("       " + ", ".join(f"{key}: {v}" for key, v in m.metadata.items()))
     if others and not show_all:
@@ -969,14 +971,15 @@ def serve(ctx: click.Context, host: str, port: int, workers: int | None, threads
 @click.option("--no-scale", is_flag=True, help="Skip the 10k/100k padded-index timings.")
 @click.option("--no-peers", is_flag=True,
               help="Skip the side-by-side run with PDQ and perception's PHash.")
+@click.option("--no-hard", is_flag=True, help="Skip the hard edits (memes, collages, ...).")
 @handle_errors
 def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
-          no_peers: bool) -> None:
+          no_peers: bool, no_hard: bool) -> None:
     """Run the copy-detection benchmark on a folder of photos; writes bench.json/bench.md.
 
     Beside EchoImage it runs the peers that are installed (PDQ, perception's PHash; `make
     venv` installs them) on the transforms of perception's benchmark, and says which it
-    skipped.
+    skipped; then the hard edits on the same catalogue and held-out photos.
 
     Example:
 
@@ -990,7 +993,7 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
             "the benchmark is not installed: it is the separate package in a checkout's "
             "bench/ (`make venv` installs it, or pip install -e ./bench)") from exc
 
-    kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers}
+    kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers, "hard": not no_hard}
     if no_scale:
         kwargs["scale"] = ()
     click.echo(render_markdown(run_benchmark(photo_dir, out, **kwargs)))

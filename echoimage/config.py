@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     # (bsds500: ~4 KB per image; see echoimage/features/colour.py and README, "Colour")
     colour_size: int = 192
     colour_quality: int = 70
-    query_orb_features: int = 500  # per query view
+    # keypoints of the whole query, detected once: overlaid text, stickers and frames have
+    # the strongest corners and would take most of a smaller set (a spread prefix of these
+    # 1,500 reaches the photo under a caption); content boxes and collage cells take fewer
+    query_orb_features: int = 1500
+    box_orb_features: int = 500
 
     # results per query when none is asked for, and the most a query may ask for (CLI,
     # HTTP API, web page and library alike)
@@ -75,22 +79,46 @@ class Settings(BaseSettings):
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3
     box_k: int = 4
+    # an image voted for is re-ranked only with at least min_votes votes from one group of
+    # query keypoints (calibrated by scripts/bench_calibrate.py; README, "Scores")
     min_votes: int = 3
-    rerank_descriptors: int = 300  # query keypoints matched against each candidate
+    # query keypoints (a spread prefix) matched against each candidate: a hash neighbour,
+    # an image voted for
+    rerank_descriptors: int = 300
+    vote_rerank_descriptors: int = 600
     # catalogue keypoints (a spread prefix of the stored ones) a candidate is matched with;
-    # when no candidate reaches duplicate_threshold, the deep_rerank_n most promising are
-    # matched again with all of them
+    # when no candidate is a copy yet, the deep_rerank_n most promising are matched again
+    # with all of them
     rerank_keypoints: int = 500
-    # when nothing is a duplicate yet: a wider set of query keypoints (text and stickers
-    # overlaid on a copy take the strongest corners) votes mirrored, then as it is, and is
-    # matched with its first wide_rerank_descriptors
-    wide_orb_features: int = 1500
-    wide_rerank_descriptors: int = 600
     deep_rerank_n: int = 6
     ratio_test: float = 0.8
     ransac_px: float = 6.0
-    # calibrated by `echoimage bench` (see README, "Scores")
+    # a result with proof (same bytes, pHash within 5 bits, or 8 or more RANSAC inliers
+    # spread over the match) is a copy when its score, the probability that it is one,
+    # reaches this; chosen by scripts/bench_calibrate.py for a stated false-match rate
+    # (see echoimage.search.evidence and README, "Scores"). De-duplication compares its own
+    # fused score (search.rerank.fuse) with it too.
     duplicate_threshold: float = 0.5
+    # the first vote search takes each group's first vote_probe_descriptors keypoints; the
+    # cascade stops after it unless some image got stop_votes votes or some candidate has
+    # stop_inliers RANSAC inliers or a pHash within stop_hash bits (in the hash block below;
+    # a copy is still plausible: the next local_query_descriptors vote, then the deep round
+    # re-matches the promising candidates). scripts/bench_calibrate.py on bsds500 (5,300
+    # copies, 3,200 held-out queries): these lose 14 copies that the full cascade finds
+    # (0.26%) and let 27% of the held-out queries go on (README, "Scores")
+    vote_probe_descriptors: int = 64
+    stop_votes: int = 5
+    stop_inliers: int = 5
+    # a query whose grey levels are crushed into a few gets a view with its histogram
+    # equalised when the other rounds find no copy (echoimage.features.photometric): the
+    # entropy of its histogram under crushed_bits and the middle 90% of its pixels spanning
+    # fewer than crushed_span levels (bsds500: 7.3 bits at the median, 4.9 at the 1st
+    # percentile; perception's gamma 0.01-0.02, 4.5 at most. A screenshot of a page has few
+    # levels too but a wide span: bsds500 in the benchmark's pages 146 levels at the
+    # median; gamma to near-white 8, haze 48)
+    normalise: bool = True
+    crushed_bits: float = 5.0
+    crushed_span: int = 100
     # verdicts (see echoimage.search.verdict): a copy showing less than this fraction of
     # the catalogue image's area is called a `partial` copy
     partial_below: float = 0.5
@@ -107,9 +135,10 @@ class Settings(BaseSettings):
     # copies only the hash finds, 128 px thumbnails, within 2 bits); chance neighbours come
     # close as a catalogue grows (at a million images, some unrelated image within 8 bits of
     # one query in ~2%), which is why no threshold here makes a copy by itself: they choose
-    # what is looked at. How the distance counts in the fused score (HASH_CEIL,
-    # SUPPORT_CEIL) is part of the calibrated score table in echoimage/search/rerank.py, not
-    # a setting.
+    # what is looked at. The distance within which a hash alone proves a copy (5 bits) is
+    # part of the versioned evidence model (echoimage/search/evidence.py, MODEL.rule), and
+    # how the distance counts in a score is part of its features and of the fused score's
+    # table (echoimage/search/rerank.py), not a setting.
     # the query's shortlist: hash neighbours farther than this are not re-ranked
     max_hash_distance: int = 26
     # a candidate's nearest orientation is taken as fixed within orientation_max_distance;
@@ -118,6 +147,8 @@ class Settings(BaseSettings):
     orientation_guess_distance: int = 22
     # content boxes and collage cells propose their box_k nearest within this
     box_max_distance: int = 12
+    # the stop rule (stop_votes above): a candidate within this is still a plausible copy
+    stop_hash: int = 14
     # dedupe: pHash bits within which a catalogue image's views propose a pair (the whole
     # image as it is: wide_radius; 14 found 4 in 5 of the 5° rotations against 3 in 5 at
     # 12, at 0.3 more candidates per image at 100k)

@@ -200,7 +200,8 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Match:
-    """One ranked result of a query, with the evidence behind its score."""
+    """One ranked result of a query, with the evidence behind its score (the probability
+    that it is a copy, see echoimage.search.evidence)."""
 
     id: int
     url: str
@@ -225,6 +226,10 @@ class Match:
     # the keypoint pairs behind orb_inliers: float32 N×4 (query x, y in the query's working
     # pixels; catalogue x, y in its working pixels), for drawing the match
     pairs: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # how much of the matched area the inliers span, 0..1 (0 without geometric agreement)
+    spread: float = 0.0
+    # a few words on why the result is a copy, or why not (see echoimage.search.evidence)
+    why: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""
@@ -248,6 +253,7 @@ class Match:
             "colour_distance": None if self.colour_distance is None
             else round(self.colour_distance, 4),
             "metadata": self.metadata,
+            "why": self.why,
         }
 
 

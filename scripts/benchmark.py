@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pad after the recall sweep instead of concurrently with it")
     parser.add_argument("--no-peers", action="store_true",
                         help="skip the side-by-side run with PDQ and perception's PHash")
+    parser.add_argument("--no-hard", action="store_true",
+                        help="skip the hard edits (memes, collages, compound copies)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             scale=() if args.no_scale else args.scale, seed_subset=args.seed_subset,
             latency_queries=args.latency_queries, workers=args.workers,
             background_padding=not args.foreground_padding, peers=not args.no_peers,
-            progress=not args.quiet, command=[sys.argv[0], *(argv if argv is not None
-                                                             else sys.argv[1:])])
+            hard=not args.no_hard, progress=not args.quiet,
+            command=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 1

@@ -260,12 +260,29 @@ def test_run_benchmark_end_to_end(tmp_path):
     lat = result["latency"]["catalogue"]
     assert lat["queries"] == 8 and lat["query_image_ms"]["p50"] > 0
     assert lat["parts"]["queries"] == 4 and lat["parts"]["query_image_ms"]["p50"] > 0
+    # held-out photos, timed as no-copy queries, with the rounds their cascade ran
+    assert lat["no_copy"]["queries"] == 4 and lat["no_copy"]["query_image_ms"]["p50"] > 0
+    assert lat["no_copy"]["false_match_rate"] == 0.0
+    assert lat["no_copy"]["rounds_ran"]["hash"] == 1.0
+    assert "votes" in lat["no_copy"]["rounds_ran"]
+    # no copy verdict without proof, over every query of the run; false matches over every
+    # suite's held-out queries (two held-out photos: too few for the hard edits)
+    main_neg = 2 * len(transforms.NEGATIVE_TRANSFORMS)
+    assert result["evidence"] == {
+        "copies_without_proof": 0,
+        "queries": 6 * len(TRANSFORMS) + 6 * len(transforms.RECOLOUR_TRANSFORMS) + main_neg,
+        "negatives": {"main": {"n": main_neg, "false_matches": 0}},
+        "all_negatives": {"n": main_neg, "false_matches": 0, "false_match_rate": 0.0}}
+    assert result["hard"]["ran"] is False and "need at least" in result["hard"]["skipped"]
     assert result["scale"] == {}
     assert result["baselines"]["seed"]["extrapolated_s_per_query_at_1m"] > 0
     md = (out / "bench.md").read_text()
     assert md == report.render_markdown(result)
     assert "| jpeg30 | 6 | 1.000 |" in md and "screenshot (extra)" in md
     assert "parts of photos (extra transforms), 4 queries" in md
+    assert "no copy (held-out photos, negative transforms), 4 queries" in md
+    assert "Copy verdicts without proof" in md
+    assert f"over every suite: **0 of {main_neg}** (0.00%; main 0 of {main_neg})" in md
     assert (out / "catalogue.txt").read_text().count("\n") == 10
 
 
@@ -370,3 +387,26 @@ def test_run_benchmark_pads_with_derived_rows(tmp_path):
     again = runner.run_benchmark(photos, out, **kw)
     assert all(again["scale"][s]["padding"]["cached"] for s in ("60", "90"))
     assert "derived entries" in (out / "bench.md").read_text()
+
+
+def test_evidence_summary_counts_every_suite():
+    recs = [context.QueryRecord("jpeg30", i, 1, 0.99, True, 40.0, 1, 2, 2) for i in range(2)]
+    neg = {"n": 10, "false_matches": 0, "copies_without_proof": 0}
+    peers = {"methods": {"echoimage": {}}, "copies": 4, "negatives": 20,
+             "echoimage_false_matches": [{"transform": "blur", "photo": "x.jpg",
+                                          "score": 0.7}],
+             "echoimage_copies_without_proof": 0}
+    hard = {"ran": True, "false_matches": [],
+            "summary": {"all": {"n": 6, "negatives": 30, "copies_without_proof": 0}}}
+    ev = runner.evidence_summary(recs, neg, peers, hard)
+    assert ev["queries"] == 2 + 10 + 24 + 36 and ev["copies_without_proof"] == 0
+    assert ev["negatives"] == {"main": {"n": 10, "false_matches": 0},
+                               "peers": {"n": 20, "false_matches": 1},
+                               "hard": {"n": 30, "false_matches": 0}}
+    assert ev["all_negatives"] == {"n": 60, "false_matches": 1, "false_match_rate": 1 / 60}
+    # suites that did not run count nothing
+    alone = runner.evidence_summary(recs, neg, {"ran": False}, {"ran": False})
+    assert set(alone["negatives"]) == {"main"} and alone["queries"] == 12
+    md = "\n".join(report._evidence_lines(ev))
+    assert ("over every suite: **1 of 60** (1.67%; main 0 of 10, peers 1 of 20, hard 0 of "
+            "30)") in md

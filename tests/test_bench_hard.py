@@ -152,6 +152,12 @@ def test_run_hard_end_to_end(tmp_path):
     assert result["summary"]["compound"]["n"] == 3
     assert result["summary"]["all"]["n"] == 12
     assert all(m["miss"] in hard_runner.MISS_KINDS for m in result["missed"])
+    # no copy verdict without proof; a miss never re-ranked says why
+    assert result["summary"]["all"]["copies_without_proof"] == 0
+    for m in result["missed"]:
+        if m["miss"] == "never_reranked":
+            assert {"hash_distance", "hash_rank", "votes_whole",
+                    "votes_whole_mirrored"} <= set(m["diagnosis"])
     md = (out / "bench-hard.md").read_text()
     assert md == hard_runner.render_hard_markdown(result)
     assert "| hue | 3 | 1.000 |" in md and "**compound**" in md

@@ -151,10 +151,12 @@ def test_query_text_output(catalogue, cli_built) -> None:
     lines = result.output.splitlines()
     assert lines[0] == f"{catalogue.files['brick']}: 1 copy found"
     assert " exact " in lines[1] and catalogue.url("brick") in lines[1]
+    assert lines[2] == "       the same bytes"  # why it is a copy
     # the other result is not a copy: folded into one line, listed with --all
-    assert lines[2].startswith("  (1 nearest image is not a copy") and len(lines) == 3
-    listed = run(cli_built[0], "query", "-k", "2", "--all", str(catalogue.files["brick"]))
-    assert " different " in listed.output.splitlines()[2]
+    assert lines[3].startswith("  (1 nearest image is not a copy") and len(lines) == 4
+    listed = run(cli_built[0], "query", "-k", "2", "--all",
+                 str(catalogue.files["brick"])).output.splitlines()
+    assert " different " in listed[3] and listed[4].startswith("       no proof: ")
 
 
 def test_query_with_no_copy_says_so(cli_built, tmp_path) -> None:

@@ -61,6 +61,7 @@ class QueryRecord:
     # the top result's colour_distance and exactness (colour-sensitive verdicts)
     top_colour: float | None = None
     top_exact: bool = False
+    without_proof: int = 0  # results called copies without proof (never any)
 
 
 @dataclass

@@ -57,15 +57,16 @@ def rotate_filled(img: np.ndarray, angle: float, fill: tuple[int, int, int],
                           borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
 
-def meme_text(img: np.ndarray, rng: np.random.Generator, lines: int = 2) -> np.ndarray:
+def meme_text(img: np.ndarray, rng: np.random.Generator, lines: int = 2,
+              height: float = 1 / 6) -> np.ndarray:
     """Large white capitals with a black outline across the top (and bottom) of the image,
-    each line up to 95% of the width and about a sixth of the height."""
+    each line up to 95% of the width and about `height` of the image's height."""
     out = img.copy()
     h, w = img.shape[:2]
     for k in range(lines):
         text = str(rng.choice(_MEME))
-        thick = max(2, round(h / 60))
-        scale = fit_text(text, 0.95 * w, h / 6, thick)
+        thick = max(2, round(h * height / 10))
+        scale = fit_text(text, 0.95 * w, h * height, thick)
         (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
         x = (w - tw) // 2
         y = th + max(2, h // 30) if k == 0 else h - base - max(2, h // 30)
@@ -169,24 +170,40 @@ def collage(img: np.ndarray, others: Sequence[np.ndarray], n: int, cell: int,
     return canvas, box
 
 
+def off_centre_crop(img: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    """A frac × frac crop (of width and height) pushed towards a corner: its offset is in
+    the outer quarter of the possible offsets each way, so its centre is off the photo's
+    by at least half of what the crop allows."""
+    h, w = img.shape[:2]
+    ch, cw = max(8, round(h * frac)), max(8, round(w * frac))
+
+    def offset(room: int) -> int:
+        at = float(rng.uniform(0.0, 0.25))
+        return int(round((at if rng.random() < 0.5 else 1.0 - at) * room))
+
+    y, x = offset(h - ch), offset(w - cw)
+    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+
+
 # --- the edits ------------------------------------------------------------------------
 
 def h_compound_meme(img: np.ndarray, rng: np.random.Generator,
                     others: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """70% crop, mirrored, turned 5-10°, darkened, meme text top and bottom (then JPEG 40)."""
+    """70% crop off-centre, mirrored, turned 7-9°, darkened to 35-50% of its brightness,
+    meme text top and bottom a quarter of the height each (then JPEG 40)."""
     check_bgr(img)
-    out = crop_frac(img, 0.7, rng)[:, ::-1]
-    out = rotate_filled(out, float(rng.choice([-1, 1]) * rng.uniform(5, 10)), _colour(rng))
-    out = levels(out, float(rng.uniform(0.6, 0.8)), 0)
-    return meme_text(out, rng)
+    out = off_centre_crop(img, 0.7, rng)[:, ::-1]
+    out = rotate_filled(out, float(rng.choice([-1, 1]) * rng.uniform(7, 9)), _colour(rng))
+    out = levels(out, float(rng.uniform(0.35, 0.5)), 0)
+    return meme_text(out, rng, height=0.25)
 
 
 def h_compound_sticker(img: np.ndarray, rng: np.random.Generator,
                        others: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """60-80% crop, mirrored half the time, turned 3-10°, brighter, hue turned 10-40°,
-    3-5 stickers (then JPEG 50)."""
+    """60-80% crop off-centre, mirrored half the time, turned 3-10°, brighter, hue turned
+    10-40°, 3-5 stickers (then JPEG 50)."""
     check_bgr(img)
-    out = crop_frac(img, float(rng.uniform(0.6, 0.8)), rng)
+    out = off_centre_crop(img, float(rng.uniform(0.6, 0.8)), rng)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     out = rotate_filled(out, float(rng.choice([-1, 1]) * rng.uniform(3, 10)), _colour(rng))
@@ -197,20 +214,20 @@ def h_compound_sticker(img: np.ndarray, rng: np.random.Generator,
 
 def h_compound_filter(img: np.ndarray, rng: np.random.Generator,
                       others: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """75% crop, mirrored, sepia, vignette, one line of meme text, a JPEG 60 round trip
-    (then JPEG 40)."""
+    """75% crop off-centre, mirrored, sepia, vignette, one line of meme text a quarter of
+    the height, a JPEG 60 round trip (then JPEG 40)."""
     check_bgr(img)
-    out = np.ascontiguousarray(crop_frac(img, 0.75, rng)[:, ::-1])
+    out = np.ascontiguousarray(off_centre_crop(img, 0.75, rng)[:, ::-1])
     out = vignette(sepia(out, float(rng.uniform(0.7, 1.0))), float(rng.uniform(0.4, 0.7)))
-    return meme_text(jpeg_roundtrip(out, 60), rng, lines=1)
+    return meme_text(jpeg_roundtrip(out, 60), rng, lines=1, height=0.25)
 
 
 def h_compound_warp(img: np.ndarray, rng: np.random.Generator,
                     others: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """80% crop, a perspective warp (corners in by up to 10%), noise σ 10, a caption line,
-    darker or brighter (then JPEG 40)."""
+    """80% crop off-centre, a perspective warp (corners in by up to 10%), noise σ 10, a
+    caption line, darker or brighter (then JPEG 40)."""
     check_bgr(img)
-    out = perspective(crop_frac(img, 0.8, rng), rng, 0.1, _colour(rng))
+    out = perspective(off_centre_crop(img, 0.8, rng), rng, 0.1, _colour(rng))
     out = levels(out, float(rng.uniform(0.7, 1.3)), 0)
     noisy = out.astype(np.float32) + rng.normal(0, 10, out.shape).astype(np.float32)
     out = np.clip(noisy, 0, 255).astype(np.uint8)

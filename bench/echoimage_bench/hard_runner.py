@@ -12,7 +12,6 @@ called a duplicate. Writes ``bench-hard.json`` and ``bench-hard.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -37,30 +36,13 @@ from echoimage_bench.context import (
 from echoimage_bench.formatting import jsonable, markdown_table
 from echoimage_bench.hard import HARD_EDITS, HardEdit, make_hard_query
 from echoimage_bench.metrics import TARGET_FMR, TOP_K, percentile, rank_of, rate, recall_at_k
+from echoimage_bench.trace import ask, diagnose, traced_engine, without_proof
 from echoimage_bench.transforms import transform_rng
 
 HARD_VERSION = 1
 
 #: where a miss was lost
 MISS_KINDS = ("never_reranked", "outranked", "not_duplicate")
-
-
-def traced_engine(settings: Any) -> Any:
-    """A SearchEngine that records the ids it re-ranks in `.reranked` (cleared by the
-    caller before each query), so a miss can be told apart from an out-ranking."""
-    from echoimage.search.engine import SearchEngine
-    from echoimage.store.db import open_store
-
-    class _Traced(SearchEngine):
-        reranked: set[int]
-
-        def _best(self, props: Any, cand: Any, *args: Any, **kwargs: Any) -> Any:
-            self.reranked.add(cand.id)
-            return super()._best(props, cand, *args, **kwargs)
-
-    engine = _Traced(settings, open_store(settings, create=False))
-    engine.reranked = set()
-    return engine
 
 
 def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
@@ -79,18 +61,15 @@ def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
 
 def _ask(engine: Any, data: bytes) -> tuple[Any, float]:
     """Decode as query_bytes does and run query_image: (result, query_image ms)."""
-    img = engine.decode(data)
-    engine.reranked.clear()
-    t0 = time.perf_counter()
-    res = engine.query_image(img, k=TOP_K, sha256=hashlib.sha256(data).hexdigest())
-    return res, (time.perf_counter() - t0) * 1000
+    return ask(engine, data, TOP_K)
 
 
 def _top(m: Any, truth: str | None) -> dict[str, Any]:
     return {"url": Path(m.url).name, "correct": m.url == truth if truth else None,
             "score": round(m.score, 4), "duplicate": m.duplicate,
-            "orb_inliers": m.orb_inliers, "hash_distance": m.hash_distance,
-            "orientation": m.orientation, "votes": m.votes}
+            "orb_inliers": m.orb_inliers, "orb_matches": m.orb_matches,
+            "hash_distance": m.hash_distance, "orientation": m.orientation, "votes": m.votes,
+            "why": m.why}
 
 
 def _positives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[np.ndarray]
@@ -109,9 +88,10 @@ def _positives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[n
             row: dict[str, Any] = {"edit": e.name, "photo": ctx.catalogue[i].name,
                                    "rank": rank, "duplicate": bool(top and top.duplicate),
                                    "score": top.score if top else 0.0, "ms": ms,
-                                   "timings": res.timings, "miss": None}
+                                   "timings": res.timings, "rounds": res.rounds,
+                                   "without_proof": without_proof(res), "miss": None}
             if rank != 1:
-                row["miss"] = "outranked" if ctx.url_ids[truth] in engine.reranked \
+                row["miss"] = "outranked" if ctx.url_ids[truth] in engine.trace.reranked \
                     else "never_reranked"
             elif not row["duplicate"]:
                 row["miss"] = "not_duplicate"
@@ -119,6 +99,8 @@ def _positives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[n
                 t = next((m for m in res.matches if m.url == truth), None)
                 row["top1"] = _top(top, truth) if top else None
                 row["truth"] = _top(t, truth) if t else None
+                if row["miss"] == "never_reranked":
+                    row["diagnosis"] = diagnose(engine, data, ctx.url_ids[truth])
             rows.append(row)
             tick(len(rows))
         ctx.images.pop(i, None)
@@ -142,6 +124,7 @@ def _negatives(ctx: RunContext, engine: Any, edits: list[HardEdit], pool: list[n
             rows.append({"edit": e.name, "photo": names[j], "ms": ms,
                          "score": top.score if top else 0.0,
                          "duplicate": bool(top and top.duplicate),
+                         "without_proof": without_proof(res), "rounds": res.rounds,
                          "top1": _top(top, None) if top else None})
             tick(len(rows))
     end_phase(ctx, "hard_negatives", t0)
@@ -163,26 +146,78 @@ def summarise(pos: Sequence[dict[str, Any]], neg: Sequence[dict[str, Any]]) -> d
         "negative_max_score": round(max((r["score"] for r in neg), default=0.0), 4),
         "query_ms": {"p50": percentile(ms, 50), "p95": percentile(ms, 95)},
         "negative_query_ms_p50": percentile([r["ms"] for r in neg], 50),
+        "copies_without_proof": sum(r.get("without_proof", 0) for r in [*pos, *neg]),
     }
 
 
-def render_hard_markdown(result: dict[str, Any]) -> str:
-    """bench-hard.md: one row per edit, the compound and overall summaries, the command."""
+def hard_edits_need(edits: Sequence[str]) -> int:
+    """Held-out photos the edits need (collage partners, and one to edit)."""
+    return max(HARD_EDITS[n].partners for n in edits) + 1
+
+
+def run_hard_suite(ctx: RunContext, pool: list[np.ndarray], names: list[str],
+                   edits: Sequence[str], negatives: int) -> dict[str, Any]:
+    """The hard edits on ctx's catalogue (its store, `ctx.query_photos`) and the first
+    `negatives` held-out photos of pool (all of them collage partners): per edit and over
+    the compound, single and all edits, recall, where misses were lost and false matches.
+    JSON-ready but for numpy scalars."""
+    run = [HARD_EDITS[n] for n in edits]
+    engine = traced_engine(ctx.settings)
+    entries = int(engine.size)
+    try:
+        pos = _positives(ctx, engine, run, pool)
+        neg = _negatives(ctx, engine, run, pool[:negatives], names) if negatives else []
+    finally:
+        engine.store.dispose()
+    per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
+                             [r for r in neg if r["edit"] == e.name]) for e in run}
+    comp = {e.name for e in run if e.compound}
+    return {
+        "entries": entries,
+        "descriptions": {e.name: e.description for e in run},
+        "edits": per,
+        "summary": {
+            "compound": summarise([r for r in pos if r["edit"] in comp],
+                                  [r for r in neg if r["edit"] in comp]),
+            "single": summarise([r for r in pos if r["edit"] not in comp],
+                                [r for r in neg if r["edit"] not in comp]),
+            "all": summarise(pos, neg)},
+        "missed": [{k: v for k, v in r.items() if k != "timings"} for r in pos if r["miss"]],
+        "false_matches": [r for r in neg if r["duplicate"]],
+    }
+
+
+def hard_table(suite: dict[str, Any]) -> str:
+    """The hard edits' table: one row per edit, then the compound, single and all rows."""
     def f(v: float | None, d: int = 3) -> str:
         return "–" if v is None else f"{v:.{d}f}"
 
     rows = []
-    for name, r in [*result["edits"].items(), ("**compound**", result["summary"]["compound"]),
-                    ("**single**", result["summary"]["single"]),
-                    ("**all**", result["summary"]["all"])]:
+    for name, r in [*suite["edits"].items(), ("**compound**", suite["summary"]["compound"]),
+                    ("**single**", suite["summary"]["single"]),
+                    ("**all**", suite["summary"]["all"])]:
         m = r["misses"]
         rows.append([name, r["n"], f(r["recall_at_1"]), f(r["recall_at_5"]), f(r["detected"]),
                      f"{m['never_reranked']} / {m['outranked']} / {m['not_duplicate']}",
                      r["negatives"], f(r["false_match_rate"]), f(r["negative_max_score"], 2),
-                     f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1)])
-    table = markdown_table(
+                     f(r["query_ms"]["p50"], 1), f(r["query_ms"]["p95"], 1),
+                     f(r["negative_query_ms_p50"], 1)])
+    return markdown_table(
         ["edit", "queries", "r@1", "r@5", "r@1 dup", "missed: not re-ranked / out-ranked / "
-         "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms"], rows)
+         "not dup", "negatives", "FMR", "neg max", "p50 ms", "p95 ms", "neg p50 ms"], rows)
+
+
+#: what the hard table's columns mean
+HARD_TABLE_NOTE = (
+    "r@1 dup: the original first and called a copy. Misses: the original never "
+    "re-ranked / re-ranked but out-ranked / first but not a copy. FMR: held-out "
+    "queries whose top result is a copy. Latency: query_image (decoded → results), of "
+    "the copies and of the held-out queries (neg).")
+
+
+def render_hard_markdown(result: dict[str, Any]) -> str:
+    """bench-hard.md: one row per edit, the compound and overall summaries, the command."""
+    table = hard_table(result)
     d = result["dataset"]
     lines = [
         "# EchoImage hard-edit benchmark", "",
@@ -192,12 +227,37 @@ def render_hard_markdown(result: dict[str, Any]) -> str:
         f"queried through {len(result['edits'])} edits; {d['negatives']} held-out photos "
         "through the same edits as negatives (collage partners are held-out photos).", "",
         table, "",
-        "r@1 dup: the original first and called a duplicate. Misses: the original never "
-        "re-ranked / re-ranked but out-ranked / first but not a duplicate. FMR: held-out "
-        "queries whose top result is a duplicate. Latency: query_image (decoded → results).",
+        f"{HARD_TABLE_NOTE} Copy verdicts without proof (same bytes, a hash within 5 bits "
+        f"or geometric agreement): {result['summary']['all']['copies_without_proof']}.",
         "", "## Edits", "",
-        *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], ""]
+        *[f"* **{n}**: {e}" for n, e in result["descriptions"].items()], "",
+        "## Misses", "", *miss_lines(result.get("missed", [])), ""]
     return "\n".join(lines)
+
+
+def miss_lines(missed: Sequence[dict[str, Any]], limit: int = 60) -> list[str]:
+    """One line per miss: where it was lost and the original's evidence (re-ranked) or,
+    never re-ranked, its hash distance and the votes it got from each group of keypoints
+    (votes, rank among the images voted for)."""
+    if not missed:
+        return ["None."]
+    lines = []
+    for r in missed[:limit]:
+        t = r.get("truth")
+        if r["miss"] == "never_reranked":
+            d = r.get("diagnosis") or {}
+            votes = ", ".join(f"{k[6:]} {v[0]} (#{v[1]})" for k, v in d.items()
+                              if k.startswith("votes_"))
+            what = f"hash {d.get('hash_distance')} bits (#{d.get('hash_rank')}); votes: {votes}"
+        elif t is not None:
+            what = (f"original: {t['orb_inliers']} inliers of {t['orb_matches']} matches, "
+                    f"hash {t['hash_distance']}, votes {t['votes']}, score {t['score']}")
+        else:
+            what = "original out of the top results"
+        lines.append(f"* {r['edit']} {r['photo']}: {r['miss'].replace('_', ' ')}; {what}")
+    if len(missed) > limit:
+        lines.append(f"* … and {len(missed) - limit} more (bench-hard.json)")
+    return lines
 
 
 def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = None,
@@ -241,8 +301,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
     catalogue, held = split_photos(files, seed, negatives_fraction)
     loaded = [(p.name, img) for p in held if (img := read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
-    run = [HARD_EDITS[n] for n in chosen]
-    need = max(e.partners for e in run) + 1
+    need = hard_edits_need(chosen)
     if len(pool) < need:
         raise ValueError(f"{len(pool)} held-out photos; the edits need at least {need}")
     settings = Settings(data_dir=Path(data_dir) if data_dir else out_dir / "data",
@@ -260,18 +319,8 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
     ctx.query_photos = query_subset(indexed, seed, limit)
-    engine = traced_engine(settings)
-    entries = int(engine.size)
-    try:
-        pos = _positives(ctx, engine, run, pool)
-        n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
-        neg = _negatives(ctx, engine, run, pool[:n_neg] if n_neg < len(pool) else pool,
-                         names) if n_neg else []
-    finally:
-        engine.store.dispose()
-    per = {e.name: summarise([r for r in pos if r["edit"] == e.name],
-                             [r for r in neg if r["edit"] == e.name]) for e in run}
-    comp = {e.name for e in run if e.compound}
+    n_neg = len(pool) if negative_limit is None else min(negative_limit, len(pool))
+    suite = run_hard_suite(ctx, pool, names, chosen, n_neg)
     result: dict[str, Any] = {
         "version": HARD_VERSION,
         "date": started.isoformat(timespec="seconds"),
@@ -286,17 +335,7 @@ def run_hard(photo_dir: str | Path, out_dir: str | Path, *, limit: int | None = 
                     "held_out": len(pool), "negatives": n_neg},
         "build": {k: build.get(k) for k in ("indexed", "seconds", "images_per_s",
                                              "data_dir")},
-        "entries": entries,
-        "descriptions": {e.name: e.description for e in run},
-        "edits": per,
-        "summary": {
-            "compound": summarise([r for r in pos if r["edit"] in comp],
-                                  [r for r in neg if r["edit"] in comp]),
-            "single": summarise([r for r in pos if r["edit"] not in comp],
-                                [r for r in neg if r["edit"] not in comp]),
-            "all": summarise(pos, neg)},
-        "missed": [{k: v for k, v in r.items() if k != "timings"} for r in pos if r["miss"]],
-        "false_matches": [r for r in neg if r["duplicate"]],
+        **suite,
         "phases": {**ctx.phases, "total": round(time.perf_counter() - t_all, 2)},
     }
     result = jsonable(result)

@@ -41,6 +41,7 @@ from echoimage_bench.peer_transforms import (
     PERCEPTION_NAMES,
 )
 from echoimage_bench.peers import Peer, PeerIndex, load_peers
+from echoimage_bench.trace import without_proof
 from echoimage_bench.transforms import Transform, make_query, transform_rng
 
 ECHOIMAGE = "echoimage"
@@ -56,6 +57,7 @@ class _Answer:
     top: float
     match: bool
     ms: float
+    without_proof: int = 0  # EchoImage: results called copies without proof (never any)
 
 
 @dataclass
@@ -86,7 +88,8 @@ def _ask_echoimage(engine: Any, data: bytes, truth: str | None) -> _Answer:
     ms = (time.perf_counter() - t0) * 1000
     top = res.matches[0] if res.matches else None
     rank = rank_of(truth, [m.url for m in res.matches]) if truth is not None else None
-    return _Answer(rank, top.score if top else 0.0, bool(top and top.verdict.is_copy), ms)
+    return _Answer(rank, top.score if top else 0.0, bool(top and top.verdict.is_copy), ms,
+                   without_proof(res))
 
 
 def _ask_peer(peer: Peer, index: PeerIndex, data: bytes, truth: str | None) -> _Answer:
@@ -260,6 +263,8 @@ def run_peer_suite(ctx: RunContext, engine: Any, negatives: list[Path],
         "skipped": skipped,
         "echoimage_misses": misses,
         "echoimage_false_matches": false,
+        "echoimage_copies_without_proof": sum(q.answers[ECHOIMAGE].without_proof
+                                              for q in queries),
     }
 
 

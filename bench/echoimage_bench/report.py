@@ -72,6 +72,34 @@ def run_notes(pad_info: dict[str, Any], scale_res: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _evidence_lines(ev: dict[str, Any]) -> list[str]:
+    """Copy verdicts without proof, and false matches over every suite's negatives."""
+    lines = [f"Copy verdicts without proof (same bytes, a hash within 5 bits or geometric "
+             f"agreement), over all {ev['queries']} queries: **{ev['copies_without_proof']}**."]
+    every = ev.get("all_negatives")
+    if every:
+        per = ", ".join(f"{k} {v['false_matches']} of {v['n']}"
+                        for k, v in ev["negatives"].items())
+        lines.append(f"False matches (held-out queries whose top result is called a copy) "
+                     f"over every suite: **{every['false_matches']} of {every['n']}** "
+                     f"({_pct(every['false_match_rate'])}; {per}).")
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    """A rate as a percentage with two decimals; an em dash for None."""
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _hard_lines(hard: dict[str, Any]) -> list[str]:
+    """The hard edits' section: the table, and the misses."""
+    from echoimage_bench.hard_runner import HARD_TABLE_NOTE, hard_table, miss_lines
+
+    return ["", "## Hard edits", "", f"{hard['entries']:,} entries searched.", "",
+            hard_table(hard), "", HARD_TABLE_NOTE, "", "### Hard misses", "",
+            *miss_lines(hard.get("missed", []))]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The benchmark's markdown report: the per-transform table and summary lines."""
     d = result["dataset"]
@@ -151,6 +179,18 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"p50 {fmt_ms(q['query_image_ms']['p50'])} / p95 "
                 f"{fmt_ms(q['query_image_ms']['p95'])}; r@1 on the sample "
                 f"{fmt_rate(q['recall_at_1'])}")
+        if r.get("no_copy"):
+            q = r["no_copy"]
+            ratio = q["query_image_ms"]["p50"] / r["query_image_ms"]["p50"] \
+                if r["query_image_ms"]["p50"] else None
+            lines.append(
+                f"  - no copy (held-out photos, negative transforms), {q['queries']} queries: "
+                f"query_image p50 {fmt_ms(q['query_image_ms']['p50'])} / p95 "
+                f"{fmt_ms(q['query_image_ms']['p95'])} ({ratio:.2f}× the whole-photo p50); "
+                f"called copies {fmt_rate(q['false_match_rate'])}; rounds p50 "
+                + ", ".join(f"{k} {v:.1f} ({100 * q['rounds_ran'][k]:.0f}%)"
+                            for k, v in q.get("rounds_ms_p50", {}).items() if v is not None)
+                + " ms (share of the queries that ran it)")
     for label, r in result["scale"].items():
         if "skipped" in r or "padding" not in r:
             lines.append(f"- **Scale {label}**: {r.get('skipped')}")
@@ -201,10 +241,15 @@ def render_markdown(result: dict[str, Any]) -> str:
               "", *_sweep_table(cal.get("sweep") or [])]
     if result.get("colour"):
         lines += render_colour(result["colour"])
+    ev = result.get("evidence")
+    if ev:
+        lines += ["", *_evidence_lines(ev)]
     if "peers" in result:
         from echoimage_bench.peer_suite import render_peer_section  # (it builds on this module)
 
         lines += render_peer_section(result["peers"])
+    if (result.get("hard") or {}).get("ran"):
+        lines += _hard_lines(result["hard"])
     lines += ["", "## Misses", "", *_miss_lines(result),
               "", "## Notes", "", *[f"- {n}" for n in result.get("notes", [])],
               "", "## Phases", "",

@@ -63,6 +63,8 @@ from echoimage_bench.context import (
     split_photos,
 )
 from echoimage_bench.formatting import jsonable
+from echoimage_bench.hard import HARD_EDITS
+from echoimage_bench.hard_runner import hard_edits_need, run_hard_suite
 from echoimage_bench.memory import ProcessTreePeak, children_peak_rss_mb, self_peak_rss_mb
 from echoimage_bench.metrics import (
     TARGET_FMR,
@@ -90,6 +92,7 @@ from echoimage_bench.report import (
     run_notes,
     summarise_records,
 )
+from echoimage_bench.trace import without_proof
 from echoimage_bench.transforms import (
     NEGATIVE_TRANSFORMS,
     QUERY_QUALITY,
@@ -234,7 +237,7 @@ def _sweep(ctx: RunContext, engine: Any, transforms: list[Transform]
                                   bool(top and top.duplicate), e2e,
                                   p_rank, p_top, p_truth,
                                   top.colour_distance if top else None,
-                                  bool(top and top.exact)))
+                                  bool(top and top.exact), without_proof(res)))
             if rank != 1:
                 diag = _diagnose(ctx, engine, data, truth)
                 f = failures[t.name]
@@ -274,6 +277,7 @@ def _negatives(ctx: RunContext, engine: Any, negatives: list[Path]) -> dict[str,
             gray = decode_image(data, s.max_pixels, s.work_size).gray
             _, p_top, _ = phash_query(ctx, gray, None)
             rows.append({"photo": path.name, "transform": name,
+                         "without_proof": without_proof(res),
                          "score": top.score if top else 0.0,
                          "duplicate": bool(top and top.duplicate), "phash_top_dist": p_top,
                          "top1": _match_dict(top) if top else None})
@@ -295,7 +299,45 @@ def _negatives(ctx: RunContext, engine: Any, negatives: list[Path]) -> dict[str,
         "phash_threshold": PHASH_THRESHOLD,
         "score_quantiles": quantiles(scores, (0, 50, 90, 95, 99, 100)),
         "by_transform": by_t, "highest_scoring": worst, "_scores": scores,
+        "false_matches": sum(r["duplicate"] for r in rows),
+        "copies_without_proof": sum(r["without_proof"] for r in rows),
     }
+
+
+def _hard_suite(ctx: RunContext, negatives: list[Path]) -> dict[str, Any]:
+    """The hard edits (every one) on the run's catalogue and held-out photos."""
+    loaded = [(p.name, img) for p in negatives if (img := read_bgr(p)) is not None]
+    names, pool = [n for n, _ in loaded], [img for _, img in loaded]
+    need = hard_edits_need(list(HARD_EDITS))
+    if len(pool) < need:
+        ctx.log(f"hard edits skipped: {len(pool)} held-out photos, they need {need}")
+        return {"ran": False, "skipped": f"{len(pool)} held-out photos; the hard edits "
+                                         f"need at least {need}"}
+    return {"ran": True, **run_hard_suite(ctx, pool, names, list(HARD_EDITS), len(pool))}
+
+
+def evidence_summary(recs: Sequence[QueryRecord], neg: dict[str, Any],
+                     peer_res: dict[str, Any], hard_res: dict[str, Any]) -> dict[str, Any]:
+    """Over every suite that ran: copy verdicts without proof (never any), and the
+    held-out queries called copies (false matches)."""
+    suites = {"main": {"n": neg["n"], "false_matches": neg["false_matches"]}}
+    unproven = sum(r.without_proof for r in recs) + neg["copies_without_proof"]
+    queries = len(recs) + neg["n"]
+    if peer_res.get("methods"):
+        suites["peers"] = {"n": peer_res["negatives"],
+                           "false_matches": len(peer_res["echoimage_false_matches"])}
+        unproven += peer_res["echoimage_copies_without_proof"]
+        queries += peer_res["copies"] + peer_res["negatives"]
+    if hard_res.get("ran"):
+        every = hard_res["summary"]["all"]
+        suites["hard"] = {"n": every["negatives"], "false_matches": len(hard_res["false_matches"])}
+        unproven += every["copies_without_proof"]
+        queries += every["n"] + every["negatives"]
+    n = sum(v["n"] for v in suites.values())
+    fm = sum(v["false_matches"] for v in suites.values())
+    return {"copies_without_proof": unproven, "queries": queries, "negatives": suites,
+            "all_negatives": {"n": n, "false_matches": fm,
+                              "false_match_rate": fm / n if n else None}}
 
 
 def _latency_sample(ctx: RunContext, transforms: list[Transform], n: int, extra: bool = False
@@ -309,13 +351,35 @@ def _latency_sample(ctx: RunContext, transforms: list[Transform], n: int, extra:
     return [pairs[k] for k in pick]
 
 
-def _time_queries(ctx: RunContext, engine: Any, sample: list[tuple[int, str, bytes]], label: str
-                  ) -> dict[str, Any]:
-    """query_image (decoded → results) and query_bytes (end to end) on the sample."""
+def _no_copy_sample(ctx: RunContext, negatives: list[Path], n: int
+                    ) -> list[tuple[int, str, bytes]]:
+    """A seeded sample of n held-out photos under the negative transforms, as the negatives
+    phase makes them: queries with no copy in the catalogue."""
+    pairs = [(j, name) for name in NEGATIVE_TRANSFORMS for j in range(len(negatives))]
+    if n < len(pairs):
+        rng = np.random.default_rng([ctx.seed, 0x0C0])
+        pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), size=n,
+                                                     replace=False).tolist())]
+    out = []
+    for j, name in pairs:
+        img = read_bgr(negatives[j])
+        if img is not None:
+            out.append((j, name, make_query(img, TRANSFORMS[name],
+                                            transform_rng(ctx.seed, 1_000_000 + j, name))))
+    return out
+
+
+def _time_queries(ctx: RunContext, engine: Any, sample: list[tuple[int, str, bytes]], label: str,
+                  copies: bool = True) -> dict[str, Any]:
+    """query_image (decoded → results) and query_bytes (end to end) on the sample: copies of
+    catalogue photos (r@1 on the sample), or held-out photos (copies=False: the share
+    called a copy); the p50 of each stage, and of each round of the cascade over the
+    queries that ran it."""
     for _, _, data in sample[:3]:  # warm-up: caches, lazy imports
         engine.query_bytes(data, k=TOP_K)
     img_ms, bytes_ms, decode_ms, hits = [], [], [], []
     stages: dict[str, list[float]] = {}
+    rounds: dict[str, list[float]] = {}
     tick = ctx.log.loop(f"latency {label}", len(sample))
     for n, (i, _, data) in enumerate(sample, 1):
         d0 = time.perf_counter()
@@ -330,11 +394,16 @@ def _time_queries(ctx: RunContext, engine: Any, sample: list[tuple[int, str, byt
         bytes_ms.append((d3 - d2) * 1000)
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
-        hits.append(bool(res.matches) and res.matches[0].url == ctx.urls[i])
+        for k, v in getattr(res, "rounds", {}).items():
+            rounds.setdefault(k, []).append(v)
+        hits.append(bool(res.matches) and res.matches[0].url == ctx.urls[i] if copies
+                    else res.found)
         tick(n)
     return {
         "entries": int(engine.size), "queries": len(sample), **_delta_info(engine),
-        "recall_at_1": rate(hits),
+        ("recall_at_1" if copies else "false_match_rate"): rate(hits),
+        "rounds_ms_p50": {k: percentile(v, 50) for k, v in rounds.items()},
+        "rounds_ran": {k: len(v) / len(sample) for k, v in rounds.items()},
         "query_image_ms": {"p50": percentile(img_ms, 50), "p95": percentile(img_ms, 95),
                            "mean": float(np.mean(img_ms))},
         "query_bytes_ms": {"p50": percentile(bytes_ms, 50), "p95": percentile(bytes_ms, 95),
@@ -358,9 +427,9 @@ def _delta_info(engine: Any) -> dict[str, Any]:
 
 def _scale(ctx: RunContext, job: PaddingJob, scales: Sequence[int],
            sample: list[tuple[int, str, bytes]], parts: list[tuple[int, str, bytes]],
-           built: dict[str, Any]) -> dict[str, Any]:
-    """Time the latency samples (main transforms; parts of photos) on each padded store
-    (padding must be complete)."""
+           no_copy: list[tuple[int, str, bytes]], built: dict[str, Any]) -> dict[str, Any]:
+    """Time the latency samples (main transforms; parts of photos; held-out photos) on
+    each padded store (padding must be complete)."""
     from echoimage.search.engine import SearchEngine
     from echoimage.store.db import open_store
 
@@ -387,6 +456,9 @@ def _scale(ctx: RunContext, job: PaddingJob, scales: Sequence[int],
             res = _time_queries(ctx, search, sample, f"{scale:,}")
             if parts:
                 res["parts"] = _time_queries(ctx, search, parts, f"{scale:,} parts")
+            if no_copy:
+                res["no_copy"] = _time_queries(ctx, search, no_copy, f"{scale:,} no copy",
+                                               copies=False)
         except Exception as exc:  # one broken scale must not lose the whole run
             ctx.log(f"scale {scale:,}: failed: {type(exc).__name__}: {exc}")
             out[str(scale)] = {"skipped": f"engine failed at this scale: "
@@ -410,7 +482,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                   seed: int = 0, scale: Sequence[int] = (10_000, 100_000),
                   seed_subset: tuple[int, int] = (40, 3), negatives_fraction: float = 0.2,
                   latency_queries: int = 200, workers: int | None = None,
-                  background_padding: bool = True, peers: bool = True,
+                  background_padding: bool = True, peers: bool = True, hard: bool = True,
                   progress: bool = True, command: Sequence[str] | None = None
                   ) -> dict[str, Any]:
     """Run the copy-detection benchmark on a folder of photos; write bench.json and bench.md.
@@ -433,6 +505,9 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         background_padding: build missing padding in a separate process while the recall
             sweep runs (the sweep's own timings are then taken under load; the latency
             figures come from a quiet phase either way). False pads after the sweep.
+        peers: run PDQ and perception's PHash beside EchoImage on perception's transforms.
+        hard: run the hard edits (echoimage_bench.hard) on the same catalogue and held-out
+            photos.
         progress: progress lines on stderr.
         command: the command line to record (default: sys.argv).
 
@@ -505,6 +580,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
             pad_proc.terminate()
             pad_proc.join()
     peer_res = run_peer_suite(ctx, engine, negatives) if peers else {"ran": False}
+    hard_res = _hard_suite(ctx, negatives) if hard else {"ran": False}
     neg_scores = neg.pop("_scores")
     thr = threshold_at_fmr(neg_scores, TARGET_FMR)
 
@@ -514,10 +590,14 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                for pairs in (_latency_sample(ctx, transforms, latency_queries),
                              _latency_sample(ctx, transforms, latency_queries // 2, True))]
     sample, parts = samples
+    no_copy = _no_copy_sample(ctx, negatives, latency_queries // 2)
     ctx.images.clear()
     latency = {"catalogue": _time_queries(ctx, engine, sample, "catalogue")}
     if parts:
         latency["catalogue"]["parts"] = _time_queries(ctx, engine, parts, "catalogue parts")
+    if no_copy:
+        latency["catalogue"]["no_copy"] = _time_queries(ctx, engine, no_copy,
+                                                        "catalogue no copy", copies=False)
     phash_latency = phash_baseline_latency(ctx, sample)
     end_phase(ctx, "latency", t0)
     engine.store.dispose()
@@ -530,7 +610,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
             t0 = time.perf_counter()
             build_padding(job)
             ctx.phases["padding_wall"] = round(time.perf_counter() - t0, 2)
-        scale_res = _scale(ctx, job, list(scale), sample, parts, pad_info)
+        scale_res = _scale(ctx, job, list(scale), sample, parts, no_copy, pad_info)
     latency.update({k: v for k, v in scale_res.items() if "skipped" not in v})
 
     per_t = per_transform_summary(recs, transforms, thr)
@@ -584,6 +664,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
         "transforms": per_t,
         "summary": {"main": s_main, "extra": summarise_records(extra, thr)},
         "negatives": neg,
+        "evidence": evidence_summary(recs + colour_recs, neg, peer_res, hard_res),
         "calibration": cal,
         "colour": colour_report(recs + colour_recs, transforms + recolour,
                                 settings.colour_threshold, colour_failures),
@@ -595,6 +676,7 @@ def run_benchmark(photo_dir: str | Path, out_dir: str | Path, *, limit: int | No
                                 "recall_at_5_main": s_main["phash"]["recall_at_5"]},
                       "seed": seed_res},
         "peers": peer_res,
+        "hard": hard_res,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "memory": {"self_peak_rss_mb": self_peak_rss_mb(),
                    "self_peak_rss_mb_before_scale": rss_before_scale,

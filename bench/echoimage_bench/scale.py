@@ -104,7 +104,8 @@ def answer_queries(engine: Any, blobs: list[bytes], k: int) -> list[dict[str, An
         top = res.matches[0] if res.matches else None
         answers.append({"ms": ms, "top": top.url if top else None,
                         "duplicate": bool(top and top.duplicate),
-                        "score": top.score if top else 0.0, "stages": res.timings})
+                        "score": top.score if top else 0.0, "stages": res.timings,
+                        "rounds": getattr(res, "rounds", {})})
     return answers
 
 
@@ -178,8 +179,16 @@ def answer_summary(queries: list[dict[str, Any]], answers: list[dict[str, Any]])
                      "stage_ms_p50": {k: percentile(v, 50) for k, v in stages.items()},
                      "recall_at_1_by_transform": {k: rate(v) for k, v in by_t.items()}}
     neg = [a for q, a in zip(queries, answers, strict=True) if q["kind"] == "negative"]
-    out["negatives"] = {"queries": len(neg), "false_match_rate": rate(a["duplicate"]
-                                                                      for a in neg)}
+    ms = [a["ms"] for a in neg]
+    rounds: dict[str, list[float]] = {}
+    for a in neg:
+        for k, v in a.get("rounds", {}).items():
+            rounds.setdefault(k, []).append(v)
+    out["negatives"] = {"queries": len(neg),
+                        "false_match_rate": rate(a["duplicate"] for a in neg),
+                        "ms_p50": percentile(ms, 50), "ms_p95": percentile(ms, 95),
+                        "rounds_ms_p50": {k: percentile(v, 50) for k, v in rounds.items()},
+                        "rounds_ran": {k: len(v) / len(neg) for k, v in rounds.items()}}
     return out
 
 
@@ -346,6 +355,9 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
         lambda r: f"{e('whole', 'ms_p50')(r):.0f} / {e('whole', 'ms_p95')(r):.0f}")
     row("part-of-photo query p50 / p95 (ms)",
         lambda r: f"{e('parts', 'ms_p50')(r):.0f} / {e('parts', 'ms_p95')(r):.0f}")
+    row("no-copy query p50 / p95 (ms; × whole-photo p50)",
+        lambda r: f"{e('negatives', 'ms_p50')(r):.0f} / {e('negatives', 'ms_p95')(r):.0f} "
+                  f"({e('negatives', 'ms_p50')(r) / e('whole', 'ms_p50')(r):.2f}×)")
     row("recall@1 whole photos (pHash)",
         lambda r: f"{e('whole', 'recall_at_1')(r):.3f} ({ph('whole', 'recall_at_1')(r):.3f})")
     row("recall@1 parts of photos (pHash)",

@@ -56,17 +56,58 @@ def keypoint_rows(kps: Sequence[cv2.KeyPoint]) -> np.ndarray:
     return pts
 
 
-def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:
-    """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
+def _orb(nfeatures: int) -> cv2.ORB:
+    return cv2.ORB_create(nfeatures=nfeatures, **ORB_PARAMS)
+
+
+def _check(gray: np.ndarray, nfeatures: int) -> None:
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("orb_features expects a 2-D uint8 grayscale array")
     if nfeatures < 1:
         raise ValueError("nfeatures must be positive")
-    orb = cv2.ORB_create(nfeatures=nfeatures, **ORB_PARAMS)
-    kps, desc = orb.detectAndCompute(gray, None)
+
+
+def _spread_features(kps: Sequence[cv2.KeyPoint], desc: np.ndarray | None,
+                     shape: tuple[int, int]) -> OrbFeatures:
+    """Keypoints and descriptors as OrbFeatures, in spread_order()."""
     if desc is None or not kps:
         return EMPTY_ORB
     pts = keypoint_rows(kps)
+    order = spread_order(pts, shape)
+    return OrbFeatures(np.ascontiguousarray(pts[order]), np.ascontiguousarray(desc[order]))
+
+
+def orb_detect(gray: np.ndarray, nfeatures: int
+               ) -> tuple[OrbFeatures, tuple[cv2.KeyPoint, ...]]:
+    """orb_features(), and the detected keypoints themselves in the same order (with their
+    pyramid levels), from which mirror_features() computes the mirror image's."""
+    _check(gray, nfeatures)
+    kps, desc = _orb(nfeatures).detectAndCompute(gray, None)
+    if desc is None or not kps:
+        return EMPTY_ORB, ()
+    pts = keypoint_rows(kps)
     order = spread_order(pts, gray.shape[:2])
-    pts = pts[order]
-    return OrbFeatures(np.ascontiguousarray(pts), np.ascontiguousarray(desc[order]))
+    feats = OrbFeatures(np.ascontiguousarray(pts[order]), np.ascontiguousarray(desc[order]))
+    return feats, tuple(kps[i] for i in order)
+
+
+def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:
+    """Up to nfeatures ORB keypoints in spread_order(); an empty set for flat images."""
+    return orb_detect(gray, nfeatures)[0]
+
+
+def mirror_features(gray: np.ndarray, keypoints: Sequence[cv2.KeyPoint],
+                    nfeatures: int) -> OrbFeatures:
+    """ORB of gray's mirror image from gray's own detection (orb_detect; pass a prefix of
+    its keypoints for only those): the keypoints mirrored (x to width - 1 - x, angle to
+    180 - angle, the same pyramid level), their descriptors computed on the mirrored
+    pixels (ORB descriptors are not mirror-invariant; detection nearly is). A fraction of
+    the cost of detecting again: no detection, descriptors only for the keypoints given."""
+    _check(gray, nfeatures)
+    if not keypoints:
+        return EMPTY_ORB
+    w = gray.shape[1]
+    mirrored = [cv2.KeyPoint(w - 1 - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0,
+                             k.response, k.octave, k.class_id) for k in keypoints]
+    kps, desc = _orb(nfeatures).compute(np.ascontiguousarray(gray[:, ::-1]), mirrored)
+    return _spread_features(kps, desc, gray.shape[:2])

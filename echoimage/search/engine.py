@@ -1,13 +1,39 @@
-"""SearchEngine: loads the shortlist index and the store once; answers many queries."""
+"""SearchEngine: loads the shortlist index and the store once; answers many queries.
+
+A query runs a cascade of rounds, each only while no candidate is a copy yet
+(`search.evidence`: proof, and a score at `duplicate_threshold`). The whole query's
+keypoints are detected once (1,500, so that overlaid text cannot take them all); every
+round uses a prefix of them, and its mirror image's descriptors come from the same
+detection.
+
+1. **hash**: the pHash neighbours of the whole query (8 orientations) and of its content
+   boxes, and any image with the same bytes;
+2. **votes**: the cells of a collage, by their hashes; then one search of the
+   local-feature index for the keypoints of every view (the whole query, its mirror
+   image, its content boxes and cells), each group proposing the images it votes for most
+   (at least `min_votes`);
+3. **deep**: the candidates that are still plausible copies (`stop_inliers` inliers or a
+   pHash within `stop_hash` bits; `scripts/bench_calibrate.py` says what each rule
+   costs), the most promising first, matched with all the query's keypoints against all
+   their stored ones; with none, the cascade stops;
+4. **normalised**: for a query whose grey levels are crushed into a few (a strong gamma,
+   haze, low light: `features.photometric`), the same hash and vote search on a view with
+   its histogram equalised.
+
+`QueryResult.rounds` says how long each round that ran took (and the answer: SSIM,
+metadata and colour of the results shown).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import faiss
 import numpy as np
 from sqlalchemy import Engine
@@ -18,13 +44,15 @@ from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
-from echoimage.features.orb import orb_features
+from echoimage.features.orb import mirror_features, orb_detect
+from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
-from echoimage.index.local import LocalParams
+from echoimage.index.local import LocalParams, Voted, count_votes
+from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
-from echoimage.search.rerank import SsimReference, fuse, match_orb, region, ssim_counts
+from echoimage.search.rerank import SsimReference, match_orb, region, spread
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
 from echoimage.store import repo
@@ -37,17 +65,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the cascade's rounds, in the order they run; then the answer (SSIM, metadata and colour
+#: of the results shown)
+ROUNDS = ("hash", "votes", "more_votes", "deep", "normalised", "answer")
+
 
 @dataclass
 class QueryResult:
-    """Ranked matches of one query (each with its verdict), plus timings in milliseconds
-    and the decoded query image."""
+    """Ranked matches of one query (each with its verdict), timings in milliseconds (per
+    stage, and per round of the cascade that ran) and the decoded query image."""
 
     matches: list[Match]
     timings: dict[str, float] = field(default_factory=dict)
     width: int = 0
     height: int = 0
     image: DecodedImage | None = field(default=None, repr=False)
+    rounds: dict[str, float] = field(default_factory=dict)
 
     @property
     def copies(self) -> list[Match]:
@@ -60,9 +93,40 @@ class QueryResult:
         return bool(self.copies)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: found, the results in rank order, the timings."""
+        """JSON-ready form: found, the results in rank order, the timings and rounds."""
         return {"found": self.found, "results": [m.to_dict() for m in self.matches],
-                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
+                "timings": {k: round(v, 2) for k, v in self.timings.items()},
+                "rounds": {k: round(v, 2) for k, v in self.rounds.items()}}
+
+
+class _Query:
+    """One query on its way through the cascade: its views, what was proposed and scored,
+    and the time each stage and round took."""
+
+    def __init__(self, img: DecodedImage, snap: Snapshot, exact_ids: set[int]) -> None:
+        self.img = img
+        self.snap = snap
+        self.exact_ids = exact_ids
+        self.views: list[_View] = []
+        self.proposed: dict[int, list[Shortlisted]] = {}
+        self.cands: dict[int, Candidate] = {}
+        self.best: dict[int, Match] = {}
+        self.votes: dict[int, int] = {}  # the most votes each image got from one group
+        # the vote search's groups of keypoints (view, mirrored) and each one's hits so far
+        self.groups: list[tuple[int, bool]] = []
+        self.hits: dict[tuple[int, bool], tuple[np.ndarray, ...]] = {}
+        self.spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
+        self.rounds: dict[str, float] = {}
+        self.round = ROUNDS[0]
+        self._since = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the last lap to a stage and to the current round."""
+        now = time.perf_counter()
+        ms = (now - self._since) * 1000
+        self.spent[stage] += ms
+        self.rounds[self.round] = self.rounds.get(self.round, 0.0) + ms
+        self._since = now
 
 
 class SearchEngine:
@@ -126,15 +190,13 @@ class SearchEngine:
 
     def query_image(self, img: DecodedImage, k: int, sha256: str | None = None,
                     colour_sensitive: bool | None = None) -> QueryResult:
-        """Shortlist, re-rank and fuse; results de-duplicated by URL and content hash.
+        """Run the cascade (see the module docstring); results de-duplicated by URL and
+        content hash, copies first, then by score.
 
-        The shortlist is the union of: the pHash neighbours of the whole query in all 8
-        orientations; the images its ORB descriptors vote for; the pHash neighbours of each
-        content box (a picture inside a border, a screenshot, a captioned copy); and any
-        image with the same sha256 (an exact copy). Each result shown gets its catalogue
-        entry's metadata, its colour_distance (when the query has a colour version and the
-        catalogue row a signature) and its verdict (echoimage.search.verdict), colour-
-        sensitive or not (None: Settings.colour_sensitive).
+        Each result shown gets its catalogue entry's metadata, its colour_distance (when
+        the query has a colour version and the catalogue row a signature), its verdict
+        (echoimage.search.verdict), colour-sensitive or not (None:
+        Settings.colour_sensitive), and a few words on why it is a copy or not.
         """
         if not 1 <= k <= self.settings.max_k:
             raise QueryLimitError(f"k must be between 1 and {self.settings.max_k} (max_k), "
@@ -147,108 +209,320 @@ class SearchEngine:
         if snap.size == 0:
             raise EmptyCatalogueError("the catalogue has no indexed images")
         s = self.settings
-        spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
-        since = [time.perf_counter()]
+        q = _Query(img, snap, set())
+        q.views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s,
+                         s.query_orb_features)]
+        q.views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s, s.box_orb_features)
+                    for x, y, w, h in content_boxes(img.gray, s.max_boxes)]
+        q.lap("features_ms")
+        self._hash_round(q, k, sha256)
+        if not self._found(q):
+            q.round = "votes"
+            self._vote_round(q)
+        if not self._found(q) and self._plausible(q):
+            q.round = "more_votes"
+            self._more_votes(q)
+            if not self._found(q) and (promising := self._promising(q)):
+                q.round = "deep"
+                self._deep_round(q, promising)
+        if not self._found(q) and s.normalise and needs_normalising(img.gray, s.crushed_bits,
+                                                                    s.crushed_span):
+            q.round = "normalised"
+            self._normalised_round(q)
+        q.round = "answer"
+        matches = sorted(q.best.values(), key=_rank)
+        shown = [self._with_ssim(m, q) for m in _dedupe(matches)[:k]]
+        shown = sorted(self._described(shown, q, colour_sensitive), key=_rank)
+        q.lap("rerank_ms")
+        return QueryResult(shown, q.spent, width=img.width, height=img.height, image=img,
+                           rounds=q.rounds)
 
-        def lap(stage: str) -> None:
-            now = time.perf_counter()
-            spent[stage] += (now - since[0]) * 1000
-            since[0] = now
+    # --- the rounds ------------------------------------------------------------------------
 
-        views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s)]
-        views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s)
-                  for x, y, w, h in content_boxes(img.gray, s.max_boxes)]
-        lap("features_ms")
-
-        n = max(s.rerank_n, k)
-        listed = shortlist(snap.parts, views[0].small, s.shortlist_k)
-        chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][:n]
+    def _hash_round(self, q: _Query, k: int, sha256: str | None) -> None:
+        """The whole query's hash neighbours (up to rerank_n within max_hash_distance, k
+        at least), the content boxes' close ones, and the images with the same bytes."""
+        s = self.settings
+        listed = shortlist(q.snap.parts, q.views[0].small, s.shortlist_k)
+        chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][
+            :max(s.rerank_n, k)]
         if len(chosen) < k:
             chosen = listed[:k]
-        proposed: dict[int, list[Shortlisted]] = {}
         for c in chosen:
-            proposed[c.id] = [c]
-        self._box_proposals(snap, views, 1, proposed)
+            q.proposed[c.id] = [c]
+        self._box_proposals(q, 1)
         with self.sessions() as session:
-            exact_ids = set(repo.ids_by_sha256(session, sha256)) if sha256 else set()
-            cands = repo.candidates(session, sorted(set(proposed) | exact_ids))
-        for i in sorted(exact_ids - set(proposed)):
-            self._propose(proposed, cands, views, i, 0)
-        lap("shortlist_ms")
-        best = self._rerank(proposed, cands, views, img, exact_ids, {})
-        lap("rerank_ms")
-        votes: dict[int, int] = {}
-        if not _confident(best, s.duplicate_threshold):
-            # a collage: each cell is a view of its own, looked up by its hashes first
-            first = len(views)
-            views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s)
-                      for x, y, w, h in collage_cells(img.gray)]
-            fresh = self._box_proposals(snap, views, first, proposed)
-            self._load(cands, set(fresh))
-            lap("shortlist_ms")
-            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, {}))
-            lap("rerank_ms")
-        if not _confident(best, s.duplicate_threshold):
-            # no hash neighbour is a copy: each view's own keypoints vote for images (a
-            # crop, a picture inside a page), proposed as seen from the view that voted
-            vote_view: dict[int, int] = {}
-            for v, view in enumerate(views):
-                for i, count in self._votes(snap, view.orb(False).descriptors).items():
-                    if count > votes.get(i, 0):
-                        votes[i], vote_view[i] = count, v
-            self._load(cands, set(votes))
-            for i, m in best.items():
-                best[i] = replace(m, votes=votes.get(i, 0))
-            fresh = {i: props for i, v in vote_view.items()
-                     if (props := self._propose(proposed, cands, views, i, v))}
-            lap("shortlist_ms")
-            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
-            lap("rerank_ms")
-        if not _confident(best, s.duplicate_threshold):
-            # a mirrored crop: the mirrored query's keypoints vote (ORB is not mirror-
-            # invariant), proposing images in the mirror orientation. Overlaid text,
-            # stickers and frames have the strongest corners and would take most of the
-            # view's keypoints: a wider set reaches the photo under them (a mirrored,
-            # turned crop under a caption)
-            views.append(_View(img.gray, views[0].box, s, s.wide_orb_features,
-                               s.wide_rerank_descriptors))
-            fresh = self._voted(snap, views, len(views) - 1, True, proposed, cands, votes)
-            lap("shortlist_ms")
-            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
-            lap("rerank_ms")
-        if not _confident(best, s.duplicate_threshold):
-            # the wide set as it is (text or stickers on a copy that is not mirrored)
-            fresh = self._voted(snap, views, len(views) - 1, False, proposed, cands, votes)
-            lap("shortlist_ms")
-            _keep_best(best, self._rerank(fresh, cands, views, img, exact_ids, votes))
-            lap("rerank_ms")
-        if not _confident(best, s.duplicate_threshold):
-            # match the most promising against all their stored keypoints (a small crop
-            # may hold few of the strongest)
-            order = sorted(best.values(), key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
-                                                         m.hash_distance, m.id))
-            _keep_best(best, {m.id: self._best(proposed[m.id], cands[m.id], views, img,
-                                               m.id in exact_ids, m.votes, None)
-                              for m in order[:s.deep_rerank_n]
-                              if len(cands[m.id].orb) > s.rerank_keypoints})
-            lap("rerank_ms")
-        matches = sorted(best.values(),
-                         key=lambda m: (not m.exact, -m.score, m.hash_distance, m.id))
-        shown = [self._with_ssim(m, cands, views, img) for m in _dedupe(matches)[:k]]
-        shown = self._described(shown, img, views, colour_sensitive)
-        lap("rerank_ms")
-        return QueryResult(shown, spent, width=img.width, height=img.height, image=img)
+            if sha256:
+                q.exact_ids = set(repo.ids_by_sha256(session, sha256))
+            q.cands = repo.candidates(session, sorted(set(q.proposed) | q.exact_ids))
+        for i in sorted(q.exact_ids - set(q.proposed)):
+            self._propose(q, i, 0)
+        q.lap("shortlist_ms")
+        self._rerank(q, q.proposed, s.rerank_descriptors)
 
-    def _described(self, shown: list[Match], img: DecodedImage, views: list[_View],
-                   colour_sensitive: bool | None) -> list[Match]:
-        """The shown matches with their catalogue entries' metadata, colour_distance and
-        verdict.
+    def _vote_round(self, q: _Query) -> None:
+        """The cells of a collage become views, their close hash neighbours re-ranked
+        first; then one vote search for the first vote_probe_descriptors keypoints of every
+        view and of the mirrored whole query, each group proposing the images it votes for
+        most (a mirror fixed), matched with the first vote_rerank_descriptors."""
+        s = self.settings
+        first = len(q.views)
+        q.views += [_View(q.img.gray[y:y + h, x:x + w], (x, y, w, h), s, s.box_orb_features)
+                    for x, y, w, h in collage_cells(q.img.gray)]
+        q.lap("features_ms")
+        if len(q.views) > first:
+            cells = self._box_proposals(q, first)
+            self._load(q, set(cells))
+            q.lap("shortlist_ms")
+            self._rerank(q, cells, s.rerank_descriptors)
+            if self._found(q):
+                return
+        q.groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
+        self._vote(q, q.groups, 0, s.vote_probe_descriptors)
+
+    def _more_votes(self, q: _Query) -> None:
+        """The same groups' next keypoints, up to local_query_descriptors each, vote too
+        (counted with the first): a crop of little texture, a copy under overlaid text."""
+        s = self.settings
+        self._vote(q, q.groups, s.vote_probe_descriptors, s.local_query_descriptors)
+
+    def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]], start: int, stop: int
+              ) -> None:
+        """Keypoints start..stop of each group (view, mirrored) vote, with the hits of the
+        keypoints before them kept from an earlier call; the images voted for are
+        re-ranked."""
+        descs = [q.views[v].orb(mirror).descriptors[start:stop] for v, mirror in groups]
+        q.lap("features_ms")
+        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs))
+        for i, m in q.best.items():
+            q.best[i] = replace(m, votes=q.votes.get(i, 0))
+        q.lap("shortlist_ms")
+        self._rerank(q, fresh, self.settings.vote_rerank_descriptors)
+
+    def _deep_round(self, q: _Query, promising: list[Match]) -> None:
+        """The most promising candidates (deep_rerank_n at most) matched with all the
+        query's keypoints against all their stored ones (a small crop may hold few of the
+        strongest; heavy noise leaves few keypoints of the photo among many of its own)."""
+        s = self.settings
+        order = sorted(promising, key=lambda m: (-m.score, -m.orb_inliers, -m.votes,
+                                                 m.hash_distance, m.id))
+        _keep_best(q.best, {m.id: self._best(q, q.proposed[m.id], q.cands[m.id], None,
+                                             s.query_orb_features)
+                            for m in order[:s.deep_rerank_n]})
+        q.lap("rerank_ms")
+
+    def _normalised_round(self, q: _Query) -> None:
+        """A normalised view of the whole query (its histogram equalised): its hash
+        neighbours and the images its keypoints (and its mirror's) vote for, as the first
+        rounds do."""
+        s = self.settings
+        q.views.append(_View(normalised(q.img.gray), q.views[0].box, s, s.query_orb_features))
+        v = len(q.views) - 1
+        q.lap("features_ms")
+        fresh = self._box_proposals(q, v, s.max_hash_distance)
+        self._load(q, set(fresh))
+        q.lap("shortlist_ms")
+        self._rerank(q, fresh, s.rerank_descriptors)
+        if not self._found(q):
+            self._vote(q, [(v, False), (v, True)], 0, s.local_query_descriptors)
+
+    # --- deciding --------------------------------------------------------------------------
+
+    def _found(self, q: _Query) -> bool:
+        """True when some candidate is already a copy."""
+        return any(m.duplicate for m in q.best.values())
+
+    def _plausible(self, q: _Query) -> bool:
+        """Whether a copy is still plausible after the first votes: some image got
+        stop_votes votes from one group, or some candidate is promising (`_promising`).
+        Otherwise the cascade stops: the later rounds found so few copies among the
+        queries like these that they are not worth their time (README, "Scores")."""
+        return max(q.votes.values(), default=0) >= self.settings.stop_votes or \
+            bool(self._promising(q))
+
+    def _promising(self, q: _Query) -> list[Match]:
+        """The candidates that are still plausible copies: stop_inliers inliers, or a pHash
+        within stop_hash bits."""
+        s = self.settings
+        return [m for m in q.best.values()
+                if m.orb_inliers >= s.stop_inliers or m.hash_distance <= s.stop_hash]
+
+    # --- proposing -------------------------------------------------------------------------
+
+    def _box_proposals(self, q: _Query, first: int, within: int | None = None
+                       ) -> dict[int, list[Shortlisted]]:
+        """Propose the close hash neighbours (box_k, within box_max_distance unless said
+        otherwise) of views first.. (content boxes, collage cells); returns what was added,
+        by image."""
+        s = self.settings
+        within = s.box_max_distance if within is None else within
+        fresh: dict[int, list[Shortlisted]] = {}
+        for v in range(first, len(q.views)):
+            for c in shortlist(q.snap.parts, q.views[v].small, s.box_k):
+                if c.hash_distance <= within:
+                    sl = Shortlisted(c.id, c.hash_distance, c.orientation, v)
+                    q.proposed.setdefault(c.id, []).append(sl)
+                    fresh.setdefault(c.id, []).append(sl)
+        return fresh
+
+    def _load(self, q: _Query, ids: set[int]) -> None:
+        """Read the candidates among ids not read yet (gone from the store: left out)."""
+        missing = sorted(ids - set(q.cands))
+        if missing:
+            with self.sessions() as session:
+                q.cands.update(repo.candidates(session, missing))
+
+    def _vote_groups(self, q: _Query, groups: Sequence[tuple[int, bool]],
+                     descs: Sequence[np.ndarray]) -> list[list[Voted]]:
+        """One search of the local-feature index for several groups of query descriptors;
+        per group, its hits added to those it had (q.hits), the vote_n images with the most
+        votes, at least min_votes."""
+        s = self.settings
+        params = LocalParams.from_settings(s)
+        rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
+        bounds = np.cumsum([0] + [len(r) for r in rows])
+        if bounds[-1]:
+            found_q = np.ascontiguousarray(np.concatenate(rows))
+            if self.shards is not None:
+                found, dists, ids = self.shards.hits(q.snap, found_q, params)
+            else:
+                found, dists, ids = q.snap.parts.hits(found_q, params,
+                                                      q.snap.parts.assign(found_q))
+        out = []
+        for g, (lo, hi) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True),
+                               strict=True):
+            had = q.hits.get(g, (np.zeros(0, np.int64),) * 3)
+            if hi > lo:
+                mine = (found >= lo) & (found < hi)
+                # rows numbered after the group's earlier rows, so each counts once
+                offset = int(had[0].max()) + 1 if len(had[0]) else 0
+                new = (found[mine] - lo + offset, dists[mine], ids[mine])
+                had = tuple(np.concatenate([a, b]) for a, b in zip(had, new, strict=True))
+                q.hits[g] = had
+            voted = count_votes(*had, params, s.vote_n)
+            out.append([c for c in voted if c.votes >= s.min_votes])
+        return out
+
+    def _voted(self, q: _Query, groups: Sequence[tuple[int, bool]],
+               voted: Sequence[list[Voted]]) -> dict[int, list[Shortlisted]]:
+        """Propose the images the groups (view, mirrored) voted for, each from the group
+        that gave it the most votes as it is, and from the one that did mirrored (in the
+        mirror orientation: a symmetric texture votes both ways); their votes are kept in
+        q.votes. Returns what was proposed."""
+        top: dict[tuple[int, bool], tuple[int, int]] = {}
+        for (v, mirror), vs in zip(groups, voted, strict=True):
+            for c in vs:
+                q.votes[c.id] = max(q.votes.get(c.id, 0), c.votes)
+                if (c.id, mirror) not in top or c.votes > top[c.id, mirror][0]:
+                    top[c.id, mirror] = (c.votes, v)
+        self._load(q, {i for i, _ in top})
+        fresh: dict[int, list[Shortlisted]] = {}
+        for (i, mirror), (_, v) in top.items():
+            if props := self._propose(q, i, v, NAMES.index("mirror") if mirror else None):
+                fresh.setdefault(i, []).extend(props)
+        return fresh
+
+    @staticmethod
+    def _propose(q: _Query, i: int, v: int, orientation: int | None = None
+                 ) -> list[Shortlisted]:
+        """Propose image i as seen from view v, unless already proposed so. Without an
+        orientation, the one its hash is nearest in (a guess); with one, that orientation
+        fixed (known from elsewhere, as a mirror from mirrored votes). Returns what was
+        added."""
+        fixed = orientation is not None
+        if i not in q.cands or any(c.view == v and c.fixed == fixed
+                                   for c in q.proposed.get(i, [])):
+            return []
+        codes = q.views[v].oriented()
+        if orientation is None:
+            d, o = min((hamming(h, q.cands[i].phash), o) for o, h in enumerate(codes))
+        else:
+            d, o = hamming(codes[orientation], q.cands[i].phash), orientation
+        q.proposed.setdefault(i, []).append(Shortlisted(i, d, o, v, fixed=fixed))
+        return [q.proposed[i][-1]]
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def _rerank(self, q: _Query, proposed: dict[int, list[Shortlisted]], head: int) -> None:
+        """Score each proposed image (still in the store) with its strongest keypoints,
+        against the query's first `head`; each image keeps its best match so far."""
+        _keep_best(q.best, {i: self._best(q, props, q.cands[i],
+                                          self.settings.rerank_keypoints, head)
+                            for i, props in proposed.items() if i in q.cands})
+        q.lap("rerank_ms")
+
+    def _orientations(self, c: Shortlisted) -> list[Shortlisted]:
+        """The orientations to score a proposal in. A near hash fixes the orientation; a
+        far one hardly does: try the query as it is too (ORB is rotation-invariant; only a
+        mirror needs the flipped query), and past orientation_guess_distance only that."""
+        s = self.settings
+        if c.fixed or c.orientation == 0 or c.hash_distance <= s.orientation_max_distance:
+            return [c]
+        as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
+        far = c.hash_distance > s.orientation_guess_distance
+        return [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
+
+    def _best(self, q: _Query, props: list[Shortlisted], cand: Candidate,
+              keypoints: int | None, head: int) -> Match:
+        """The best-scoring of a candidate's proposals, each in its orientations."""
+        scored = [self._score(q, t, cand, keypoints, head)
+                  for c in props for t in self._orientations(c)]
+        return max(scored, key=_strength)
+
+    def _score(self, q: _Query, c: Shortlisted, cand: Candidate, keypoints: int | None,
+               head: int) -> Match:
+        """Score one proposal: SSIM (where it can count), ORB of the view's first `head`
+        keypoints against the candidate's first `keypoints` stored ones (all when None),
+        the spread of the inliers and the hash distance, made a probability by
+        search.evidence."""
+        s = self.settings
+        view, img = q.views[c.view], q.img
+        exact = cand.id in q.exact_ids
+        mirror = is_mirror(c.orientation)
+        sim = view.ssim_ref(c.orientation).compare(cand.thumbnail) \
+            if evidence.ssim_counts(c.hash_distance) else float("nan")
+        orb = cand.orb
+        if keypoints is not None and len(orb) > keypoints:
+            orb = OrbFeatures(orb.keypoints[:keypoints], orb.descriptors[:keypoints])
+        om = match_orb(view.orb_head(mirror, head), orb, s.ratio_test, s.ransac_px)
+        reg = trans = pairs = None
+        covered = 0.0
+        if om.pairs is not None:  # in the whole query's working pixels
+            covered = spread(om.pairs[:, :2], om.homography, view.gray.shape,
+                             (cand.width / cand.work_scale, cand.height / cand.work_scale))
+            pairs = om.pairs.copy()
+            if mirror:  # matched on the mirrored view: flip x back
+                pairs[:, 0] = view.gray.shape[1] - 1 - pairs[:, 0]
+            pairs[:, 0] += view.box[0]
+            pairs[:, 1] += view.box[1]
+        if om.homography is not None:
+            reg = region(om.homography, view.gray.shape, cand.work_scale,
+                         (cand.width, cand.height))
+            trans = describe(om.homography, mirror, reg, cand, img.scale)
+        ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance)
+        score = evidence.score(ev)
+        copy = evidence.is_copy(ev, score, s.duplicate_threshold)
+        return Match(
+            id=cand.id, url=cand.url, score=score, duplicate=copy, exact=exact,
+            ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
+            hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
+            sha256=cand.sha256, region=reg, transform=trans, votes=q.votes.get(cand.id, 0),
+            query_box=_shown_box(view, c.view, img), pairs=pairs, spread=covered,
+        )
+
+    # --- the answer ------------------------------------------------------------------------
+
+    def _described(self, shown: list[Match], q: _Query, colour_sensitive: bool | None
+                   ) -> list[Match]:
+        """The shown matches with their catalogue entries' metadata, colour_distance,
+        verdict and why.
 
         The query's colours are those of the part that matched (query_box), or else the
         nearest of the whole query's and its content boxes' (a picture inside a border or
         a page keeps its colours, the page around it does not count). A match covering
         only part of the catalogue image is compared as such (see colour_distance).
         """
+        img = q.img
         sigs: dict[int, bytes] = {}
         ids = [m.id for m in shown]
         with self.sessions() as session:
@@ -270,165 +544,43 @@ class SearchEngine:
                 covered = float((m.transform or {}).get("covered_fraction") or 1.0)
                 covered = min(1.0, max(covered, 0.01))
                 boxes = [m.query_box] if m.query_box else \
-                    [_shown_box(v, i, img) for i, v in enumerate(views)]
+                    [_shown_box(v, i, img) for i, v in enumerate(q.views)]
                 dist = min(colour_distance(signature(b), sigs[m.id], covered) for b in boxes)
             m = replace(m, colour_distance=dist, metadata=meta.get(m.id, {}))
-            out.append(replace(m, verdict=verdict(m, self.settings, colour_sensitive)))
+            m = replace(m, verdict=verdict(m, self.settings, colour_sensitive))
+            out.append(replace(m, why=evidence.why(evidence.Evidence.of(m), m.duplicate,
+                                                   bool((m.transform or {}).get("mirror")))))
         return out
 
-    @staticmethod
-    def _with_ssim(m: Match, cands: dict[int, Candidate], views: list[_View],
-                   img: DecodedImage) -> Match:
-        """m with its SSIM, if scoring left it out (it could not change the score)."""
+    def _with_ssim(self, m: Match, q: _Query) -> Match:
+        """m with its SSIM, if scoring left it out (where it cannot move the score; shown
+        all the same)."""
         if not np.isnan(m.ssim):
             return m
-        v = next((i for i, view in enumerate(views) if _shown_box(view, i, img) == m.query_box),
-                 0)
-        sim = views[v].ssim_ref(NAMES.index(m.orientation)).compare(cands[m.id].thumbnail)
+        v = next((i for i, view in enumerate(q.views)
+                  if _shown_box(view, i, q.img) == m.query_box), 0)
+        sim = q.views[v].ssim_ref(NAMES.index(m.orientation)).compare(
+            q.cands[m.id].thumbnail)
         return replace(m, ssim=sim)
-
-    def _box_proposals(self, snap: Snapshot, views: list[_View], first: int,
-                       proposed: dict[int, list[Shortlisted]]
-                       ) -> dict[int, list[Shortlisted]]:
-        """Propose the close hash neighbours (box_k, within box_max_distance) of views
-        first.. (content boxes, collage cells); returns what was added, by image."""
-        s = self.settings
-        fresh: dict[int, list[Shortlisted]] = {}
-        for v in range(first, len(views)):
-            for c in shortlist(snap.parts, views[v].small, s.box_k):
-                if c.hash_distance <= s.box_max_distance:
-                    sl = Shortlisted(c.id, c.hash_distance, c.orientation, v)
-                    proposed.setdefault(c.id, []).append(sl)
-                    fresh.setdefault(c.id, []).append(sl)
-        return fresh
-
-    def _load(self, cands: dict[int, Candidate], ids: set[int]) -> None:
-        """Read the candidates among ids not read yet (gone from the store: left out)."""
-        missing = sorted(ids - set(cands))
-        if missing:
-            with self.sessions() as session:
-                cands.update(repo.candidates(session, missing))
-
-    def _votes(self, snap: Snapshot, descriptors: np.ndarray) -> dict[int, int]:
-        """Images with at least min_votes of these query descriptors among their near
-        neighbours in the local-feature index (its top vote_n), with their votes."""
-        s = self.settings
-        lp = LocalParams.from_settings(s)
-        voted = self.shards.vote(snap, descriptors, lp, s.vote_n) \
-            if self.shards is not None else snap.parts.vote(descriptors, lp, s.vote_n)
-        return {cv.id: cv.votes for cv in voted if cv.votes >= s.min_votes}
-
-    def _voted(self, snap: Snapshot, views: list[_View], v: int, mirror: bool,
-               proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
-               votes: dict[int, int]) -> dict[int, list[Shortlisted]]:
-        """The images view v's keypoints (mirrored or not) vote for, proposed from view v
-        (mirrored: in the mirror orientation); their votes are kept in votes. Returns
-        what was proposed."""
-        counted = self._votes(snap, views[v].orb(mirror).descriptors)
-        self._load(cands, set(counted))
-        orientation = NAMES.index("mirror") if mirror else None
-        fresh = {}
-        for i, count in counted.items():
-            if props := self._propose(proposed, cands, views, i, v, orientation):
-                fresh[i] = props
-                votes[i] = max(votes.get(i, 0), count)
-        return fresh
-
-    @staticmethod
-    def _propose(proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
-                 views: list[_View], i: int, v: int, orientation: int | None = None
-                 ) -> list[Shortlisted]:
-        """Propose image i as seen from view v, unless already proposed so. Without an
-        orientation, the one its hash is nearest in (a guess); with one, that orientation
-        fixed (known from elsewhere, as a mirror from mirrored votes). Returns what was
-        added."""
-        fixed = orientation is not None
-        if i not in cands or any(c.view == v and c.fixed == fixed
-                                 for c in proposed.get(i, [])):
-            return []
-        codes = views[v].oriented()
-        if orientation is None:
-            d, o = min((hamming(h, cands[i].phash), o) for o, h in enumerate(codes))
-        else:
-            d, o = hamming(codes[orientation], cands[i].phash), orientation
-        proposed.setdefault(i, []).append(Shortlisted(i, d, o, v, fixed=fixed))
-        return [proposed[i][-1]]
-
-    def _rerank(self, proposed: dict[int, list[Shortlisted]], cands: dict[int, Candidate],
-                views: list[_View], img: DecodedImage, exact_ids: set[int],
-                votes: dict[int, int]) -> dict[int, Match]:
-        """Score each proposed image (still in the store) with its strongest keypoints."""
-        return {i: self._best(props, cands[i], views, img, i in exact_ids, votes.get(i, 0),
-                              self.settings.rerank_keypoints)
-                for i, props in proposed.items() if i in cands}
-
-    def _orientations(self, c: Shortlisted) -> list[Shortlisted]:
-        """The orientations to score a proposal in. A near hash fixes the orientation; a
-        far one hardly does: try the query as it is too (ORB is rotation-invariant; only a
-        mirror needs the flipped query), and past orientation_guess_distance only that."""
-        s = self.settings
-        if c.fixed or c.orientation == 0 or c.hash_distance <= s.orientation_max_distance:
-            return [c]
-        as_is = Shortlisted(c.id, c.hash_distance, 0, c.view)
-        far = c.hash_distance > s.orientation_guess_distance
-        return [as_is] if far or not is_mirror(c.orientation) else [as_is, c]
-
-    def _best(self, props: list[Shortlisted], cand: Candidate, views: list[_View],
-              img: DecodedImage, exact: bool, votes: int, keypoints: int | None) -> Match:
-        """The best-scoring of a candidate's proposals, each in its orientations."""
-        scored = [self._score(t, cand, views[t.view], img, exact, votes, keypoints)
-                  for c in props for t in self._orientations(c)]
-        return max(scored, key=lambda m: (m.score, m.orb_inliers))
-
-    def _score(self, c: Shortlisted, cand: Candidate, view: _View, img: DecodedImage,
-               exact: bool, votes: int, keypoints: int | None = None) -> Match:
-        """Score one proposal: SSIM, ORB against the candidate's first `keypoints` stored
-        keypoints (all when None) and the hash distance, fused."""
-        s = self.settings
-        mirror = is_mirror(c.orientation)
-        # SSIM only where it can count (computed for display at the end otherwise)
-        sim = view.ssim_ref(c.orientation).compare(cand.thumbnail) \
-            if ssim_counts(c.hash_distance) else float("nan")
-        orb = cand.orb
-        if keypoints is not None and len(orb) > keypoints:
-            orb = OrbFeatures(orb.keypoints[:keypoints], orb.descriptors[:keypoints])
-        om = match_orb(view.orb_head(mirror), orb, s.ratio_test, s.ransac_px)
-        score = 1.0 if exact else fuse(sim, om.inliers, c.hash_distance)
-        reg = trans = pairs = None
-        if om.pairs is not None:  # in the whole query's working pixels
-            pairs = om.pairs.copy()
-            if mirror:  # matched on the mirrored view: flip x back
-                pairs[:, 0] = view.gray.shape[1] - 1 - pairs[:, 0]
-            pairs[:, 0] += view.box[0]
-            pairs[:, 1] += view.box[1]
-        if om.homography is not None:
-            reg = region(om.homography, view.gray.shape, cand.work_scale,
-                         (cand.width, cand.height))
-            trans = describe(om.homography, mirror, reg, cand, img.scale)
-        box = _shown_box(view, c.view, img)
-        return Match(
-            id=cand.id, url=cand.url, score=score,
-            duplicate=exact or score >= s.duplicate_threshold, exact=exact,
-            ssim=sim, orb_matches=om.matches, orb_inliers=om.inliers,
-            hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
-            sha256=cand.sha256, region=reg, transform=trans, votes=votes, query_box=box,
-            pairs=pairs,
-        )
 
 
 class _View:
-    """The whole query or a content box of it, with features computed on first use."""
+    """The whole query, a part of it (a content box, a collage cell) or another version of
+    it (normalised), with features computed on first use: `features` keypoints, detected
+    once; the mirror image's descriptors of the first `mirrored` of them."""
 
     def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings,
-                 features: int | None = None, head: int | None = None) -> None:
+                 features: int) -> None:
         self.gray = np.ascontiguousarray(gray)
         self.box = box
         self.small = hash_input(self.gray)
         self._settings = s
-        self._features = features or s.query_orb_features
-        self._head = head or s.rerank_descriptors
+        self._features = features
+        self._mirrored = max(s.vote_rerank_descriptors, s.rerank_descriptors,
+                             s.local_query_descriptors)
         self._thumb: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
+        self._keypoints: tuple[cv2.KeyPoint, ...] = ()
         self._refs: dict[int, SsimReference] = {}
         self._oriented: list[bytes] | None = None
 
@@ -439,16 +591,19 @@ class _View:
         return self._oriented
 
     def orb(self, mirror: bool) -> OrbFeatures:
-        """ORB of the view, or of its mirror image (ORB is not mirror-invariant)."""
-        if mirror not in self._orbs:
-            gray = np.ascontiguousarray(self.gray[:, ::-1]) if mirror else self.gray
-            self._orbs[mirror] = orb_features(gray, self._features)
+        """ORB of the view (spread order), or of its mirror image (ORB is not
+        mirror-invariant): the keypoints are detected once, the mirror's descriptors
+        computed for the first of them."""
+        if False not in self._orbs:
+            self._orbs[False], self._keypoints = orb_detect(self.gray, self._features)
+        if mirror and True not in self._orbs:
+            self._orbs[True] = mirror_features(self.gray, self._keypoints[:self._mirrored],
+                                               self._features)
         return self._orbs[mirror]
 
-    def orb_head(self, mirror: bool) -> OrbFeatures:
-        """The first rerank_descriptors keypoints (spread over the view) for matching."""
+    def orb_head(self, mirror: bool, n: int) -> OrbFeatures:
+        """The first n keypoints (spread over the view) for matching."""
         orb = self.orb(mirror)
-        n = self._head
         return orb if len(orb) <= n else OrbFeatures(orb.keypoints[:n], orb.descriptors[:n])
 
     def ssim_ref(self, o: int) -> SsimReference:
@@ -479,15 +634,21 @@ def _shown_box(view: _View, v: int, img: DecodedImage) -> list[float] | None:
     return None if v == 0 or whole else [round(z * img.scale, 1) for z in view.box]
 
 
+def _strength(m: Match) -> tuple[bool, float, int]:
+    """Which of two matches of one image is the better: a copy, then the higher score,
+    then more inliers."""
+    return m.duplicate, m.score, m.orb_inliers
+
+
+def _rank(m: Match) -> tuple[bool, bool, float, int, int]:
+    """Result order: the same bytes, then copies, then by score, hash distance and id."""
+    return not m.exact, not m.duplicate, -m.score, m.hash_distance, m.id
+
+
 def _keep_best(best: dict[int, Match], scored: dict[int, Match]) -> None:
     """Merge new scores into best: each image keeps its better match."""
     for i, m in scored.items():
-        best[i] = max(best[i], m, key=lambda x: (x.score, x.orb_inliers)) if i in best else m
-
-
-def _confident(best: dict[int, Match], threshold: float) -> bool:
-    """True when some candidate is already a duplicate."""
-    return any(m.exact or m.score >= threshold for m in best.values())
+        best[i] = max(best[i], m, key=_strength) if i in best else m
 
 
 def _dedupe(matches: list[Match]) -> list[Match]:

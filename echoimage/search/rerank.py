@@ -1,18 +1,12 @@
-"""Pure re-ranking: SSIM on thumbnails, ORB ratio-test matching, RANSAC geometry.
+"""Pure re-ranking: SSIM on thumbnails, ORB ratio-test matching, RANSAC geometry, and how
+far the geometric evidence spreads over the matched area.
 
-The fused score is the strongest of three pieces of evidence, each mapped to [0, 1]:
+What the evidence makes of a candidate (proof, score, verdict) is `search.evidence`'s.
+`fuse` is the older fused score that de-duplication (`echoimage.dedupe`) still confirms
+pairs with: the strongest of three pieces of evidence, each mapped to [0, 1]:
     orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)      geometric agreement of keypoints
     hash  = clip((HASH_CEIL - distance) / HASH_SPAN)    pHash Hamming distance (of 64 bits)
     ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN) * clip((SUPPORT_CEIL - distance) / SUPPORT_SPAN)
-SSIM counts only as far as the hash supports it: smooth, featureless photos (sky, fog,
-microscopy) reach SSIM 0.8 with unrelated images, but then their hashes disagree.
-The hash alone makes a duplicate (0.5) at 5 bits or fewer: at a million images some
-unrelated image is within 8 bits of one query in ~2% (an orientation of a 64-bit pHash;
-the benchmark's held-out photos at 1M), and with the old ceiling of 9 bits those chance
-neighbours were called duplicates and stopped the search before the local-feature votes
-that find crops. Copies that only the hash finds (128 px thumbnails) are within 2 bits.
-Unrelated photos stay near 0 on all three; `echoimage bench` reports the distributions and
-picks the `duplicate` threshold (README, "Scores").
 """
 
 from __future__ import annotations
@@ -23,13 +17,18 @@ import cv2
 import faiss
 import numpy as np
 
+from echoimage.search.evidence import (
+    MODEL,
+    SSIM_FLOOR,
+    SSIM_SPAN,
+    SUPPORT_CEIL,
+    SUPPORT_SPAN,
+)
 from echoimage.types import OrbFeatures
 
 ORB_FLOOR, ORB_SPAN = 7.0, 24.0
-SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
 HASH_CEIL, HASH_SPAN = 10.0, 10.0
-SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
-MIN_MATCHES = 8
+MIN_MATCHES = MODEL.rule.min_inliers  # fewer matches can never be proof
 
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
@@ -169,14 +168,34 @@ def _spread(q_in: np.ndarray, q_all: np.ndarray, c_in: np.ndarray, c_all: np.nda
                 and c_span[0] * c_span[1] >= 0.002 * c_full[0] * c_full[1])
 
 
-def ssim_counts(hash_distance: int) -> bool:
-    """Whether SSIM can add to the score of a candidate this far in pHash (`fuse`): if
-    not, a re-ranker may leave it out of the ranking and compute it only for display."""
-    return hash_distance < SUPPORT_CEIL
+def spread(q_in: np.ndarray, h: np.ndarray, view_shape: tuple[int, int],
+           cand_shape: tuple[float, float]) -> float:
+    """How much of the matched area the inliers span: the area of their convex hull in the
+    query view over the area the query view and the catalogue image share under the
+    transform h (query view pixels → catalogue working pixels), in [0, 1]. 0 when the
+    shared area cannot be told (a degenerate transform)."""
+    if len(q_in) < 3:
+        return 0.0
+    vh, vw = view_shape
+    cw, ch = cand_shape
+    view = np.float32([[0, 0], [vw, 0], [vw, vh], [0, vh]])
+    frame = np.float32([[0, 0], [cw, 0], [cw, ch], [0, ch]]).reshape(-1, 1, 2)
+    try:
+        back = cv2.perspectiveTransform(frame, np.linalg.inv(h)).reshape(-1, 2)
+    except np.linalg.LinAlgError:
+        return 0.0
+    if not np.all(np.isfinite(back)):
+        return 0.0
+    shared, _ = cv2.intersectConvexConvex(view, np.ascontiguousarray(back, np.float32))
+    if shared <= 1.0:
+        return 0.0
+    hull = cv2.contourArea(cv2.convexHull(np.ascontiguousarray(q_in, np.float32)))
+    return float(min(1.0, hull / shared))
 
 
 def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
-    """Fused score in [0, 1]: the strongest of the three mapped components."""
+    """De-duplication's fused score in [0, 1]: the strongest of the three mapped
+    components (see the module docstring)."""
     orb_part = np.clip((inliers - ORB_FLOOR) / ORB_SPAN, 0.0, 1.0)
     support = np.clip((SUPPORT_CEIL - hash_distance) / SUPPORT_SPAN, 0.0, 1.0)
     ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0) * support

@@ -148,16 +148,25 @@ class ShardedVotes:
              ) -> list[Voted]:
         """The vote of the whole index for the snapshot snap (its quantizer, its change
         number)."""
-        if _quantizer_key(snap) != self.key:
-            self.place(snap)
         if len(descriptors) == 0 or top <= 0:
             return []
-        q = query_rows(descriptors, params)
+        return count_votes(*self.hits(snap, query_rows(descriptors, params), params),
+                           params, top)
+
+    def hits(self, snap: Any, q: np.ndarray, params: LocalParams
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each query row's nearest entries of the whole index (rows, distances, ids), as
+        many as a vote counts, for the snapshot snap: what `count_votes` takes."""
+        if _quantizer_key(snap) != self.key:
+            self.place(snap)
+        if len(q) == 0:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
         assigned = assign_lists(self.quantizer, q, self.nprobe)
         futures = [a.nearest(q, assigned, snap.seq) for a in self.actors]
         found = [f.result() for f in futures]
         rows, dists, ids = (np.concatenate([f[j] for f in found]) for j in range(3))
-        return count_votes(rows, dists, ids, params, top)
+        return rows, dists, ids
 
 
 def _quantizer_key(snap: Any) -> str:

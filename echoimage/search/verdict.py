@@ -7,9 +7,10 @@ from echoimage.types import Match, Verdict
 
 
 def verdict(m: Match, settings: Settings, colour_sensitive: bool | None = None) -> Verdict:
-    """exact (same bytes); different (below duplicate_threshold); recoloured (colour-
-    sensitive only: colour_distance above colour_threshold); partial (the copy shows less
-    than partial_below of the catalogue image's area); otherwise duplicate."""
+    """exact (same bytes); different (not a copy: no proof, or a score under
+    duplicate_threshold, see echoimage.search.evidence); recoloured (colour-sensitive
+    only: colour_distance above colour_threshold); partial (the copy shows less than
+    partial_below of the catalogue image's area); otherwise duplicate."""
     if m.exact:
         return Verdict.EXACT
     if not m.duplicate:

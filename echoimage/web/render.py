@@ -126,13 +126,13 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
         caption = (f"Lines join the {m.orb_inliers} matched keypoints (RANSAC inliers); the "
                    "orange outline is where the query lies in the catalogue image.")
     elif m.orb_matches:
-        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry; the score "
-                   "rests on SSIM and the hash.")
+        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry: SSIM and "
+                   "the hash alone never make a copy.")
     else:
-        caption = "No keypoint matches; the score rests on SSIM and the hash."
+        caption = "No keypoint matches: SSIM and the hash alone never make a copy."
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
-        metadata=_metadata(m), score=f"{m.score:.3f}",
+        metadata=_metadata(m), score=f"{m.score:.3f}", why=esc(m.why),
         threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/preview",
         colour_distance=_colour(m),
         source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,

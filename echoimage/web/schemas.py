@@ -27,8 +27,10 @@ class MatchOut(BaseModel):
 
     id: int
     url: str
-    score: float = Field(description="fused score in [0, 1]")
-    duplicate: bool
+    score: float = Field(description="the probability that it is a copy, given its evidence")
+    duplicate: bool = Field(description="a copy: proof (the same bytes, a pHash within 5 "
+                                        "bits or geometric agreement) and a score at the "
+                                        "threshold")
     exact: bool = Field(description="same bytes (sha256) as the query")
     ssim: float
     orb_matches: int
@@ -50,6 +52,7 @@ class MatchOut(BaseModel):
                           "were kept")
     metadata: dict[str, Any] = Field(default_factory=dict,
                                      description="the catalogue entry's extra keys")
+    why: str = Field("", description="a few words on why it is a copy, or why not")
 
 
 class SearchRequest(BaseModel):

@@ -1,0 +1,196 @@
+"""The decision: what proves a copy, and how sure a result's score is.
+
+A result is a copy only with **proof**, evidence that chance does not produce:
+
+* the same bytes as the catalogue image (`exact`);
+* a pHash within `ProofRule.near_hash` bits (of 64) in the orientation that matched;
+* geometric agreement: keypoint matches that one RANSAC transform of a copy explains
+  (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
+  matched area rather than on a point or a line (`rerank.match_orb`), at least
+  `ProofRule.min_inliers` of them and more the more matches there are to choose from.
+
+On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
+reached any of the three. SSIM, a distant hash and the number of matches move the
+confidence, never make a copy alone: two smooth unrelated photos reach SSIM 0.7.
+
+`score` is the probability that a result is a copy given its evidence: a logistic model
+over the features of `Evidence.features`, fitted by `scripts/bench_calibrate.py` on seeded copies
+and held-out photos, with copies and non-copies weighted equally (a query that is a copy
+as often as not). Its coefficients and the proof rule it was fitted with are the versioned
+table `MODEL`. A result is a copy
+when it has proof and its score reaches `Settings.duplicate_threshold`, which the same
+command chooses for a stated false-match rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from echoimage.types import Match
+
+#: how the model's inputs are scaled (part of the features' definition, like the fused
+#: score's table in search/rerank.py):
+#: SSIM counts as far as the hash supports it (see `Evidence.ssim_support`)
+SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
+SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
+#: hash closeness counts from this many bits down
+HASH_REACH = 16.0
+
+
+class Proof(StrEnum):
+    """What proves a result a copy (NONE: nothing does)."""
+
+    SAME_BYTES = "same bytes"
+    GEOMETRY = "geometry"
+    NEAR_HASH = "near hash"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ProofRule:
+    """What proves a copy besides the same bytes (part of the versioned MODEL table).
+
+    Geometric proof: at least `min_inliers` RANSAC inliers, and at least `inlier_floor` +
+    `inlier_per_match` × the ratio-test matches, since chance agreement grows with the
+    matches (the form of Brown & Lowe's panorama test, n_i > 8 + 0.3 n_f; the constants in
+    MODEL from scripts/bench_calibrate.py: unrelated candidates reached 8-10 inliers among
+    11-34 matches, none on its line). A hash: within
+    `near_hash` pHash bits (at a million images some unrelated image is within 8 bits of
+    ~2% of queries; copies only the hash finds are within 2).
+    """
+
+    min_inliers: int
+    inlier_floor: float
+    inlier_per_match: float
+    near_hash: int
+
+    def geometric(self, inliers: int, matches: int) -> bool:
+        """Whether this many inliers among this many matches are geometric proof."""
+        return inliers >= max(self.min_inliers,
+                              self.inlier_floor + self.inlier_per_match * matches)
+
+
+def ssim_counts(hash_distance: int) -> bool:
+    """Whether SSIM can move the score of a candidate this far in pHash: if not, a
+    re-ranker may leave it out and compute it only for display."""
+    return hash_distance < SUPPORT_CEIL
+
+
+#: names of the model's inputs, in the order of `Evidence.features`
+FEATURES = ("proof", "log_inliers", "inlier_ratio", "spread", "ssim", "hash")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a candidate's comparison with the query found."""
+
+    exact: bool  # the same bytes
+    inliers: int  # RANSAC inliers of a plausible transform, spread (else at most 7)
+    matches: int  # ratio-test keypoint matches
+    spread: float  # the inliers' hull over the matched area, 0..1
+    ssim: float  # of the thumbnails in the matched orientation (NaN: not computed)
+    hash_distance: int  # pHash bits (of 64) in that orientation
+
+    @classmethod
+    def of(cls, m: Match) -> Evidence:
+        """The evidence of a result."""
+        return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance)
+
+    def proof(self, rule: ProofRule | None = None) -> Proof:
+        """The strongest proof among the evidence (by MODEL's rule unless given one)."""
+        rule = rule or MODEL.rule
+        if self.exact:
+            return Proof.SAME_BYTES
+        if rule.geometric(self.inliers, self.matches):
+            return Proof.GEOMETRY
+        if 0 <= self.hash_distance <= rule.near_hash:
+            return Proof.NEAR_HASH
+        return Proof.NONE
+
+    def ssim_support(self) -> float:
+        """SSIM mapped to [0, 1] (0.5 → 0, 0.9 → 1), times the hash's support (full up to
+        16 bits, none from 22): smooth unrelated photos reach SSIM 0.7 with distant
+        hashes."""
+        if math.isnan(self.ssim):
+            return 0.0
+        s = min(1.0, max(0.0, (self.ssim - SSIM_FLOOR) / SSIM_SPAN))
+        support = min(1.0, max(0.0, (SUPPORT_CEIL - self.hash_distance) / SUPPORT_SPAN))
+        return s * support
+
+    def features(self, rule: ProofRule | None = None) -> tuple[float, ...]:
+        """The model's inputs (FEATURES): proof (0/1, by rule: MODEL's unless given),
+        log(1 + inliers), inliers per ratio-test match, spread of the inliers over the
+        matched area, SSIM with the hash's support, and hash closeness (1 at 0 bits, 0
+        from HASH_REACH)."""
+        d = self.hash_distance
+        return (0.0 if self.proof(rule) is Proof.NONE else 1.0, math.log1p(max(0, self.inliers)),
+                self.inliers / self.matches if self.matches > 0 else 0.0,
+                min(1.0, max(0.0, self.spread)), self.ssim_support(),
+                max(0.0, HASH_REACH - d) / HASH_REACH if d >= 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """A fitted logistic model of the evidence: P(copy) = 1 / (1 + exp(-(b + w · x)))."""
+
+    version: str
+    #: what proves a copy; the model's first input, so fitted with it
+    rule: ProofRule
+    weights: tuple[float, ...]  # one per FEATURES
+    intercept: float
+    #: how it was fitted: command, date, copies and non-copies, the false-match rate
+    #: duplicate_threshold was chosen for
+    fitted: str
+
+    def probability(self, x: tuple[float, ...]) -> float:
+        """P(copy | evidence x) under equal priors."""
+        if len(x) != len(self.weights):
+            raise ValueError(f"the model takes {len(self.weights)} features, got {len(x)}")
+        z = self.intercept + sum(w * v for w, v in zip(self.weights, x, strict=True))
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+#: the model in use; rewritten by scripts/bench_calibrate.py --write
+MODEL = ScoreModel(
+    version='2026-12-06.1',
+    rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5),
+    weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
+    intercept=-8.3292,
+    fitted=(
+        'bench_calibrate.py ../shared/datasets/bsds500 --out bench-out --limit 100 '
+        '(2026-12-06; 5300 copy and 3200 non-copy queries, 5279 originals and 73232 other'
+        ' candidates; threshold 0.5 for a false-match rate <= 0.001: 0.0000)'),
+)
+
+
+def score(ev: Evidence, model: ScoreModel = MODEL) -> float:
+    """The probability that a result is a copy (1.0 for the same bytes)."""
+    return 1.0 if ev.exact else model.probability(ev.features(model.rule))
+
+
+def is_copy(ev: Evidence, score_value: float, threshold: float, model: ScoreModel = MODEL
+            ) -> bool:
+    """Proof (by the model's rule), and a score at the threshold."""
+    return ev.exact or (ev.proof(model.rule) is not Proof.NONE and score_value >= threshold)
+
+
+def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
+    """A few words on why a result is a copy, or why it is not."""
+    found = ev.proof()
+    if found is Proof.SAME_BYTES:
+        return "the same bytes"
+    if found is Proof.GEOMETRY:
+        where = f" over {round(100 * ev.spread)}% of the match" if ev.spread >= 0.01 else ""
+        turned = " (mirrored)" if mirror else ""
+        text = f"{ev.inliers} keypoints agree on one transform{turned}{where}"
+        return text if copy else f"{text}, but the score is under the threshold"
+    if found is Proof.NEAR_HASH:
+        text = f"pHash {ev.hash_distance} bits apart"
+        return text if copy else f"{text}, but the score is under the threshold"
+    agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
+        "no keypoint matches"
+    return f"no proof: {agree}, pHash {ev.hash_distance} bits apart"

@@ -1,0 +1,153 @@
+"""The decision: a copy only with proof (same bytes, a near hash, geometric agreement), a
+score that is the fitted model's probability, and words on why; the photometric view."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from echoimage.config import Settings
+from echoimage.features import photometric
+from echoimage.features.orb import mirror_features, orb_detect, orb_features
+from echoimage.search import evidence
+from echoimage.search.evidence import MODEL, Evidence, Proof, ScoreModel
+from echoimage.search.rerank import match_orb, spread
+from echoimage.types import OrbFeatures
+
+
+def ev(inliers: int = 0, matches: int = 0, hash_distance: int = 30, exact: bool = False,
+       spread: float = 0.0, ssim: float = float("nan")) -> Evidence:
+    return Evidence(exact, inliers, matches, spread, ssim, hash_distance)
+
+
+def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
+    assert ev(exact=True).proof() is Proof.SAME_BYTES
+    assert ev(MODEL.rule.min_inliers, 10).proof() is Proof.GEOMETRY
+    assert ev(MODEL.rule.min_inliers - 1, 7).proof() is Proof.NONE
+    assert ev(hash_distance=MODEL.rule.near_hash).proof() is Proof.NEAR_HASH
+    assert ev(hash_distance=MODEL.rule.near_hash + 1).proof() is Proof.NONE
+
+
+def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
+    """Chance agreement grows with the matches RANSAC chooses from: 8 of 10 is proof, 8 of
+    30 (what unrelated photos reach when all their keypoints are matched) is not."""
+    assert ev(8, 10).proof() is Proof.GEOMETRY
+    assert ev(8, 30).proof() is Proof.NONE
+    assert ev(12, 30).proof() is Proof.GEOMETRY
+    needed = [next(n for n in range(200) if ev(n, m).proof() is Proof.GEOMETRY)
+              for m in (5, 10, 20, 40, 100, 300)]
+    assert needed == sorted(needed) and needed[0] == MODEL.rule.min_inliers
+    assert needed[-1] == round(MODEL.rule.inlier_floor + MODEL.rule.inlier_per_match * 300)
+
+
+@pytest.mark.parametrize("ssim,hash_distance", [(0.99, 6), (0.95, 12), (0.72, 16),
+                                                (1.0, 30)])
+def test_ssim_and_a_distant_hash_never_make_a_copy(ssim: float, hash_distance: int) -> None:
+    """Whatever the SSIM, the matches and the threshold: no proof, no copy."""
+    for inliers in range(MODEL.rule.min_inliers):
+        e = ev(inliers, 40, hash_distance, ssim=ssim)
+        assert not evidence.is_copy(e, evidence.score(e), 0.0)
+        assert not evidence.is_copy(e, 1.0, 0.5)
+
+
+def test_the_score_is_the_models_probability_and_grows_with_the_evidence() -> None:
+    assert len(MODEL.weights) == len(evidence.FEATURES)
+    assert evidence.score(ev(exact=True)) == 1.0
+    e = ev(40, 50, 10, spread=0.5, ssim=0.8)
+    z = MODEL.intercept + sum(w * v for w, v in zip(MODEL.weights, e.features(), strict=True))
+    assert evidence.score(e) == pytest.approx(1 / (1 + math.exp(-z)))
+    # more agreeing keypoints, a nearer hash: never a lower probability (the fit gives them
+    # positive weights)
+    proof, log_inliers, _, _, _, closeness = MODEL.weights
+    assert proof > 0 and log_inliers > 0 and closeness > 0
+    weak = evidence.score(ev(9, 12, spread=0.1))
+    assert evidence.score(ev(60, 70, spread=0.1)) > weak
+    # proof moves the probability across the equal-priors boundary, chance evidence not
+    assert evidence.score(ev(7, 40)) < 0.5
+    assert evidence.score(ev(8, 10, spread=0.2)) > 0.5
+    assert evidence.score(ev(hash_distance=4, ssim=0.6)) > 0.5
+
+
+def test_score_model_checks_its_input() -> None:
+    model = ScoreModel("t", MODEL.rule, (1.0, 2.0), -1.0, "test")
+    assert model.probability((0.0, 0.0)) == pytest.approx(1 / (1 + math.e))
+    assert model.probability((-1e6, 0.0)) == 0.0
+    with pytest.raises(ValueError, match="features"):
+        model.probability((1.0,))
+
+
+def test_why_says_what_proves_it_or_that_nothing_does() -> None:
+    assert evidence.why(ev(exact=True), True) == "the same bytes"
+    assert evidence.why(ev(42, 50, 20, spread=0.63), True, mirror=True) == \
+        "42 keypoints agree on one transform (mirrored) over 63% of the match"
+    assert evidence.why(ev(hash_distance=3), True) == "pHash 3 bits apart"
+    assert evidence.why(ev(4, 11, 18), False) == \
+        "no proof: 4 of 11 keypoint matches agree, pHash 18 bits apart"
+    assert evidence.why(ev(hash_distance=18), False) == \
+        "no proof: no keypoint matches, pHash 18 bits apart"
+    assert "under the threshold" in evidence.why(ev(9, 10, 18, spread=0.1), False)
+
+
+def test_spread_is_the_inliers_hull_over_the_shared_area() -> None:
+    h = np.eye(3)
+    pts = np.float32([[0, 0], [50, 0], [50, 50], [0, 50]])
+    # the query (100×100) lies wholly in the catalogue image: the hull is a quarter
+    assert spread(pts, h, (100, 100), (200.0, 200.0)) == pytest.approx(0.25)
+    # the catalogue image covers only the query's left half: half of it is the hull
+    assert spread(pts, h, (100, 100), (50.0, 100.0)) == pytest.approx(0.5)
+    assert spread(pts[:2], h, (100, 100), (200.0, 200.0)) == 0.0
+
+
+S = Settings()
+
+
+def _inliers(query: OrbFeatures, cand: OrbFeatures) -> int:
+    """RANSAC inliers of query's keypoints on cand's, with the default settings."""
+    return match_orb(query, cand, S.ratio_test, S.ransac_px).inliers
+
+
+def _gray(name: str) -> np.ndarray:
+    arr = getattr(skimage.data, name)()
+    return arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+
+
+def test_mirror_features_from_one_detection_match_the_mirror_image() -> None:
+    gray = _gray("astronaut")
+    feats, kps = orb_detect(gray, 500)
+    assert len(kps) == len(feats)
+    assert np.allclose([k.pt for k in kps], feats.keypoints[:, :2])  # the same order
+    assert np.array_equal(feats.descriptors, orb_features(gray, 500).descriptors)
+    mirrored = mirror_features(gray, kps, 500)
+    truth = orb_features(np.ascontiguousarray(gray[:, ::-1]), 500)
+    assert _inliers(mirrored, truth) >= 0.8 * len(truth)
+    assert _inliers(feats, truth) < 30  # ORB itself is not mirror-invariant
+    assert len(mirror_features(gray, kps[:100], 500)) <= 100
+
+
+def test_crushed_levels_are_told_and_equalised() -> None:
+    gray = _gray("camera")
+    white = (255 * (gray / 255.0) ** 0.015).astype(np.uint8)  # near-white, a few levels
+    black = 255 - (255 * ((255 - gray) / 255.0) ** 0.015).astype(np.uint8)
+    assert photometric.level_entropy(gray) > S.crushed_bits
+    assert photometric.level_entropy(np.zeros((8, 8), np.uint8)) == 0.0
+    assert not photometric.needs_normalising(gray, S.crushed_bits, S.crushed_span)
+    page = np.full((200, 300), 240, np.uint8)  # few levels: a page, a sidebar, text
+    page[:, :60] = 110
+    page[50:70, 80:280] = 0
+    assert photometric.level_entropy(page) < S.crushed_bits
+    assert photometric.level_span(page) > S.crushed_span
+    assert not photometric.needs_normalising(page, S.crushed_bits, S.crushed_span)
+    for crushed in (white, black):
+        assert photometric.needs_normalising(crushed, S.crushed_bits,
+                                                   S.crushed_span)
+        # equalised, the keypoints meet the original's again
+        before = _inliers(orb_features(crushed, 1500), orb_features(gray, 1500))
+        after = _inliers(orb_features(photometric.normalised(crushed), 1500),
+                         orb_features(gray, 1500))
+        assert after >= max(8, 3 * before)
+    with pytest.raises(ValueError):
+        photometric.normalised(np.zeros((4, 4, 3), np.uint8))
