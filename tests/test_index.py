@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -195,6 +196,37 @@ def test_damaged_index_files_are_refused(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(IndexFileDamaged, match="cannot read"):
         read_index_file(tmp_path, ref)
+
+
+def test_a_mapped_file_as_written_is_not_read_whole(tmp_path: Path, monkeypatch) -> None:
+    """A mapped index file with its recorded size and modification time is taken as
+    written (hashing would read it all); a changed one, or one read without mapping, is
+    checked byte for byte."""
+    from echoimage.index import binary
+
+    xb, ids, xq = make_binary_dataset(300, 10)
+    path = tmp_path / "h.faissbin"
+    ref = write_index_file(build_binary_index(ids, xb), path)
+    assert ref.mtime_ns == path.stat().st_mtime_ns
+    hashed = []
+    real = binary.hashlib.sha256
+
+    def counting():  # noqa: ANN202
+        hashed.append(1)
+        return real()
+
+    monkeypatch.setattr(binary.hashlib, "sha256", counting)
+    assert search(read_index_file(tmp_path, ref, mmap=True), xq, 3).ids
+    assert not hashed
+    read_index_file(tmp_path, ref)
+    assert len(hashed) == 1
+    read_index_file(tmp_path, dataclasses.replace(ref, mtime_ns=None), mmap=True)
+    assert len(hashed) == 2  # a manifest from before mtimes were recorded
+    good = path.read_bytes()
+    path.write_bytes(good[:-3] + bytes(b ^ 0xFF for b in good[-3:]))
+    os.utime(path, ns=(ref.mtime_ns + 10**9, ref.mtime_ns + 10**9))
+    with pytest.raises(IndexFileDamaged, match="checksum"):
+        read_index_file(tmp_path, ref, mmap=True)
 
 
 def test_manifest_round_trip_and_refusals(built) -> None:

@@ -40,11 +40,13 @@ class Layout(StrEnum):
 
 @dataclass(frozen=True)
 class FileRef:
-    """One file of the index: its name in the index directory, checksum and size."""
+    """One file of the index: its name in the index directory, checksum and size, and its
+    modification time when written (None in manifests from before it was recorded)."""
 
     name: str
     sha256: str
     bytes: int
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
