@@ -10,7 +10,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
+from support.pgserver import free_port  # noqa: F401 (the tests take it from here)
 
 from echoimage.api import Catalogue
 from echoimage.config import Settings
@@ -53,13 +53,6 @@ CATALOGUE_PHOTOS: tuple[str, ...] = (
     "astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "moon",
     "page", "clock", "grass", "hubble_deep_field",
 )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extra_photos(*exclude: str) -> list[str]:

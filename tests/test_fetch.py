@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers import free_port
 from PIL import Image
 
 from echoimage import __version__
@@ -400,10 +400,7 @@ async def test_check_url_hook_vets_every_hop(site: Site) -> None:
 
 
 async def test_connection_refused_is_retried_connection_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    res = await _fetch_url(f"http://127.0.0.1:{port}/img.png")
+    res = await _fetch_url(f"http://127.0.0.1:{free_port()}/img.png")
     assert res.status == "connection-error" and res.attempts == 3 and res.retryable
 
 

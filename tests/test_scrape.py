@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner, Result
+from helpers import free_port
 
 from echoimage.catalogue.scrape import (
     ScrapeFilters,
@@ -163,15 +163,8 @@ async def test_non_html_page_is_noted(site: Site) -> None:
     assert report.notes[1].startswith("ftp://127.0.0.1/x: skipped, bad-url")
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (connections to it are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_scrape_fails_when_no_start_page_can_be_read(site: Site) -> None:
-    refused = f"http://127.0.0.1:{closed_port()}/"
+    refused = f"http://127.0.0.1:{free_port()}/"
     with pytest.raises(CatalogueError) as err:
         await scrape([site.url("/site/missing.html"), site.url("/site/image.png"), refused],
                      follow_pages=3, fetcher_config=CFG, delay=0)
@@ -321,7 +314,7 @@ async def test_cli_scrape_that_finds_nothing_keeps_the_file(site: Site, tmp_path
     target = tmp_path / "images.json"
     target.write_text('[{"url": "https://x.invalid/a.jpg"}]\n')
     before = target.stat()
-    url = f"http://127.0.0.1:{closed_port()}/" if path == "refused" else site.url(path)
+    url = f"http://127.0.0.1:{free_port()}/" if path == "refused" else site.url(path)
     result = await scrape_cli(url, "-o", str(target), *(["--add"] if add else []))
     assert result.exit_code != 0, result.output
     error = [line for line in result.output.splitlines() if line.startswith("Error: ")]

@@ -32,6 +32,7 @@ from helpers import (
     REPO,
     avif,
     build_index,
+    free_port,
     header_only_png,
     heic,
     jpeg,
@@ -992,12 +993,6 @@ async def test_empty_catalogue_is_503(tmp_path: Path) -> None:
 
 
 # --- serve() -----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
