@@ -9,6 +9,8 @@ each stop rule would have cost. Writes calibrate.json and calibrate.md to --out;
 rewrites the model's table in echoimage/search/evidence.py. Example:
 
     python scripts/bench_calibrate.py ../shared/datasets/bsds500 --out /tmp/calibrate --limit 100
+    python scripts/bench_calibrate.py ../shared/datasets/bsds500 --out /tmp/cal100k \\
+        --data /tmp/lt/100k/data --limit 20 --negatives 40
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="suites whose transforms are used (default: main,hard,peers)")
     parser.add_argument("--target-fmr", type=float, default=0.001,
                         help="false-match rate the threshold is chosen for (default: 0.001)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="calibrate on this existing (padded) catalogue, only read: its "
+                             "photos are those of PHOTO_DIR whose names it holds, the rest "
+                             "held out (default: index a seeded split into OUT/data)")
     parser.add_argument("--seed", type=int, default=1, help="RNG seed (default: 1)")
     parser.add_argument("--write", action="store_true",
                         help="rewrite the model table in echoimage/search/evidence.py")
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             args.photo_dir, args.out, limit=args.limit, negatives=args.negatives,
             seed=args.seed, suites=[s.strip() for s in args.suites.split(",") if s.strip()],
             target_fmr=args.target_fmr, write=args.write, progress=not args.quiet,
+            data_dir=args.data,
             command=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:
         print(f"bench_calibrate: error: {exc}", file=sys.stderr)

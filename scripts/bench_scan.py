@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                              "images in each of its two runs (default: all of them)")
     parser.add_argument("--data", type=Path, default=None,
                         help="use this data directory (kept from an earlier run with --keep: "
-                             "OUT/scan-data) instead of indexing and padding a new one")
+                             "OUT/scan-data, or the load benchmark's DIR/data) instead of "
+                             "indexing and padding a new one; its photos are the catalogue, "
+                             "the rest held out")
     parser.add_argument("--keep", action="store_true",
                         help="keep the padded data directory (OUT/scan-data) for --data")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed (default: 0)")

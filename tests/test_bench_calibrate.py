@@ -50,6 +50,19 @@ def test_run_calibration_end_to_end(tmp_path: Path) -> None:
     assert set(result["round_times"]["non_copies"]["rounds"]) >= {"hash", "votes", "answer"}
     with pytest.raises(ValueError, match="unknown suites"):
         calibrate.run_calibration(photos, out, suites=["nope"], progress=False)
+    # an existing catalogue, only read: its photos are the catalogue, whatever the seed
+    before = sorted(p.name for p in (out / "data").rglob("*"))
+    again = calibrate.run_calibration(photos, tmp_path / "again", limit=2, negatives=1,
+                                      seed=5, suites=["main"], progress=False,
+                                      data_dir=out / "data")
+    assert again["params"]["data_dir"] == str((out / "data").resolve())
+    assert again["dataset"]["catalogue"] == d["catalogue"]
+    assert again["dataset"]["entries"] == d["catalogue"]
+    assert again["recall"]["rank1"] == 1.0
+    assert sorted(p.name for p in (out / "data").rglob("*")) == before
+    with pytest.raises(ValueError, match="holds no catalogue"):
+        calibrate.run_calibration(photos, tmp_path / "x", data_dir=tmp_path / "none",
+                                  progress=False)
 
 
 def test_write_model_rewrites_only_the_table(tmp_path: Path) -> None:

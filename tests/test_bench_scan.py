@@ -50,3 +50,10 @@ def test_scan_benchmark_end_to_end(tmp_path: Path) -> None:
                                data_dir=out / "scan-data", threads=2, progress=False)
     assert again["catalogue"] == {"reused": str((out / "scan-data").resolve())}
     assert again["entries"] == 30 and again["scan"]["found"] == scan["found"]
+    # a data directory of another split (as the load benchmark leaves): its own photos are
+    # the catalogue whatever the seed, the rest held out
+    other = run_scan_benchmark(photos, tmp_path / "other", images=12, pages=3, copies=4,
+                               data_dir=out / "scan-data", threads=2, progress=False,
+                               seed=7, engine_images=2)
+    assert other["scan"]["copies"] == 4 and other["scan"]["found"] >= 3
+    assert other["scan"]["wrong"] == 0

@@ -57,6 +57,7 @@ from echoimage_bench.context import (
     query_subset,
     read_bgr,
     split_photos,
+    stored_photos,
 )
 from echoimage_bench.formatting import jsonable, markdown_table
 from echoimage_bench.metrics import TOP_K, percentile, rate
@@ -396,8 +397,8 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
                     negatives: int | None = None, seed: int = 1,
                     suites: Sequence[str] = SUITES, target_fmr: float = 0.001,
                     negatives_fraction: float = 0.2, write: bool = False,
-                    progress: bool = True, command: Sequence[str] | None = None
-                    ) -> dict[str, Any]:
+                    progress: bool = True, command: Sequence[str] | None = None,
+                    data_dir: str | Path | None = None) -> dict[str, Any]:
     """Fit the evidence model, choose the threshold, calibrate the stop rule; write
     calibrate.json and calibrate.md (see the module docstring).
 
@@ -414,6 +415,10 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         write: rewrite the MODEL table in echoimage/search/evidence.py.
         progress: progress lines on stderr.
         command: the command line to record (default: sys.argv).
+        data_dir: calibrate on this existing catalogue (a padded one, as the load and
+            scan benchmarks leave) instead of indexing a new one: its photos are the
+            photo_dir photos whose file names it holds, the rest are held out; it is only
+            read. None: index the seeded split into out_dir/data.
     """
     from echoimage.config import Settings
     from echoimage.search.evidence import MODEL, ScoreModel
@@ -430,24 +435,37 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
     t_all = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = list_photos(photo_dir)
-    catalogue, held = split_photos(files, seed, negatives_fraction)
+    stored: dict[str, tuple[int, str]] = {}
+    if data_dir is not None:
+        stored = stored_photos(Path(data_dir))
+        catalogue = [p for p in files if p.name in stored]
+        held = [p for p in files if p.name not in stored]
+        if not catalogue:
+            raise ValueError(f"{data_dir} holds none of the photos of {photo_dir}")
+    else:
+        catalogue, held = split_photos(files, seed, negatives_fraction)
     loaded = [(p.name, img) for p in held if (img := read_bgr(p)) is not None]
     names, pool = [n for n, _ in loaded], [img for _, img in loaded]
     if "hard" in suites and len(pool) < 9:
         raise ValueError(f"{len(pool)} held-out photos; the hard edits need at least 9")
     # the full cascade (every candidate promising, so every rule can be judged)
-    settings = Settings(data_dir=out_dir / "data", database_url=None, stop_votes=0,
-                        stop_inliers=0)
+    settings = Settings(data_dir=Path(data_dir) if data_dir is not None else out_dir / "data",
+                        database_url=None, stop_votes=0, stop_inliers=0)
     ctx = RunContext(log=log, seed=seed, settings=settings, catalogue=catalogue,
-               urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
+                     urls=[str(p) for p in catalogue], url_ids={}, query_photos=[])
     log(f"{len(files)} photos: {len(catalogue)} catalogue, {len(pool)} held out")
-    build_phase(ctx, out_dir, catalogue)
+    if data_dir is None:
+        build_phase(ctx, out_dir, catalogue)
+    else:  # the store's own URLs
+        ctx.urls = [stored[p.name][1] for p in catalogue]
+        ctx.url_ids = {stored[p.name][1]: stored[p.name][0] for p in catalogue}
     indexed = [i for i, u in enumerate(ctx.urls) if u in ctx.url_ids]
     if not indexed:
         raise ValueError("no catalogue photo could be indexed")
     ctx.query_photos = query_subset(indexed, seed, limit)
     n_neg = len(pool) if negatives is None else min(negatives, len(pool))
     engine = traced_engine(settings)
+    engine_size = engine.size
     records: list[dict[str, Any]] = []
     try:
         for label, make, total in suite_queries(ctx, suites, pool, names, held, n_neg):
@@ -481,10 +499,12 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "command": cmd,
         "machine": machine_info(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
+                   "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                    "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
         "settings": {k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
                                                          "stop_hash", "duplicate_threshold")},
         "dataset": {"photos": len(files), "catalogue": len(catalogue), "held_out": len(pool),
+                    "entries": engine_size,
                     "query_photos": len(ctx.query_photos), "copy_queries": len(pos),
                     "non_copy_queries": len(neg), "candidates": len(y),
                     "originals": int(y.sum())},

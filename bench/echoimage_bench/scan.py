@@ -7,7 +7,8 @@ bench-scan`):
 1. **catalogue**: the photos are split as the other benchmarks split them (a seeded 20%
    held out); the catalogue photos are indexed, and the store is padded with derived rows
    (`derived.add_derived_rows`) to `scale` entries and its index rebuilt (or an existing
-   padded data directory is reused: `data_dir`).
+   padded data directory is reused: `data_dir`, whatever split made it, such as the load
+   benchmark's: its photos are the catalogue, the rest are held out).
 2. **the site**: `copies` images are edited copies of catalogue photos (each a different
    photo, edits taken in turn from the main transforms of `transforms` and the hard edits
    of `hard`), the rest (`images - copies`) are held-out photos under the main
@@ -43,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from echoimage_bench.context import Log, list_photos, machine_info, read_bgr, split_photos
+from echoimage_bench.context import (
+    Log,
+    list_photos,
+    machine_info,
+    read_bgr,
+    split_photos,
+    stored_photos,
+)
 from echoimage_bench.formatting import jsonable, markdown_table
 from echoimage_bench.hard import HARD_EDITS, make_hard_query
 from echoimage_bench.transforms import TRANSFORMS, make_query, transform_rng
@@ -85,9 +93,11 @@ def _page_html(n: int, names: Sequence[str], rng: np.random.Generator) -> str:
 
 
 def make_site(site: Path, catalogue: list[Path], held: list[Path], *, images: int,
-              pages: int, copies: int, seed: int, log: Log) -> dict[str, Any]:
+              pages: int, copies: int, seed: int, log: Log,
+              urls: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the site (see the module); returns its truth: for each image path, the
-    catalogue photo it copies (its store URL) or None, and its edit."""
+    catalogue photo it copies (its store URL: urls by file name, else its resolved path)
+    or None, and its edit."""
     if copies > len(catalogue):
         raise ValueError(f"{copies} copies need as many catalogue photos ({len(catalogue)})")
     if images < copies or pages < 1:
@@ -114,7 +124,8 @@ def make_site(site: Path, catalogue: list[Path], held: list[Path], *, images: in
         erng = transform_rng(seed, i, f"scan-{name}")
         data = make_query(img, TRANSFORMS[name], erng) if kind == "main" else \
             make_hard_query(img, HARD_EDITS[name], erng, pool)
-        put(data, {"truth": str(catalogue[i].resolve()), "kind": kind, "edit": name})
+        url = (urls or {}).get(catalogue[i].name) or str(catalogue[i].resolve())
+        put(data, {"truth": url, "kind": kind, "edit": name})
     whole = list(TRANSFORMS)
     for j in range(images - copies):
         h = j % len(held)
@@ -292,10 +303,11 @@ def run_scan_benchmark(photo_dir: str | Path, out_dir: str | Path, *, images: in
                        engine_images: int | None = None,
                        command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the scan benchmark (see the module); results also in out_dir/scan.json and
-    scan.md. data_dir: an existing data directory holding this split's catalogue photos
-    (padded already), used as it is; else one is made in out_dir/scan-data (removed at
-    the end unless keep). engine_images: the engine alone answers a seeded sample of this
-    many of the site's images in each of its two runs (default: all of them)."""
+    scan.md. data_dir: an existing data directory holding catalogue photos (padded
+    already; of any split: its photos are the catalogue, the rest held out), used as it
+    is; else one is made in out_dir/scan-data (removed at the end unless keep).
+    engine_images: the engine alone answers a seeded sample of this many of the site's
+    images in each of its two runs (default: all of them)."""
     from echoimage.api import Catalogue
     from echoimage.config import Settings
 
@@ -304,7 +316,15 @@ def run_scan_benchmark(photo_dir: str | Path, out_dir: str | Path, *, images: in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = list_photos(Path(photo_dir))
-    catalogue, held = split_photos(files, seed, 0.2)
+    urls: dict[str, str] = {}
+    if data_dir is not None:  # the catalogue's own photos, whatever split made it
+        urls = {name: url for name, (_, url) in stored_photos(Path(data_dir)).items()}
+        catalogue = [p for p in files if p.name in urls]
+        held = [p for p in files if p.name not in urls]
+        if not catalogue:
+            raise ValueError(f"{data_dir} holds none of the photos of {photo_dir}")
+    else:
+        catalogue, held = split_photos(files, seed, 0.2)
     threads = threads or os.cpu_count() or 1
     data = Path(data_dir) if data_dir else out_dir / "scan-data"
     settings = Settings(data_dir=data, database_url=None, scan_threads=threads,
@@ -319,7 +339,7 @@ def run_scan_benchmark(photo_dir: str | Path, out_dir: str | Path, *, images: in
                 raise ValueError(f"{data} holds no catalogue")
     site = out_dir / "scan-site"
     truth = make_site(site, catalogue, held, images=images, pages=pages, copies=copies,
-                      seed=seed, log=log)
+                      seed=seed, log=log, urls=urls)
     blobs = [(site / p.lstrip("/")).read_bytes() for p in truth]
     sample = sorted(np.random.default_rng([seed, 0xE9]).choice(
         len(blobs), size=min(engine_images or len(blobs), len(blobs)), replace=False).tolist())
@@ -403,6 +423,11 @@ def _clear_scans(cat: Any) -> None:
             session.query(table).delete()
 
 
+def _or_dash(v: float | None, digits: int) -> str:
+    """v to digits places; a dash where there was nothing to measure (no copy sampled)."""
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def render_scan_markdown(result: dict[str, Any]) -> str:
     """The README's table of a scan benchmark result."""
     t, s, e, r = result["targets"], result["scan"], result["engine"], result["rescan"]
@@ -418,7 +443,7 @@ def render_scan_markdown(result: dict[str, Any]) -> str:
          f"{t['throughput_ratio']:.2f} ({s['images_per_s']:.2f} / {e['images_per_s']:.2f} "
          "images/s)", "≥ 0.8"],
         [f"engine alone ({p.get('engine_images', p['images']):,} of the images): recall / "
-         "precision", f"{e['recall']:.3f} / {e['precision']:.4f}", ""],
+         "precision", f"{_or_dash(e['recall'], 3)} / {_or_dash(e['precision'], 4)}", ""],
     ]
     head = (f"{p['images']:,} images over {p['pages']} pages ({p['copies']} copies), "
             f"{result.get('entries', 0):,} catalogue entries, {p['threads']} threads")
