@@ -121,24 +121,29 @@ def split_photos(files: Sequence[Path], seed: int, negatives_fraction: float
     return catalogue, negatives
 
 
-def stored_photos(data_dir: Path) -> dict[str, tuple[int, str]]:
-    """File name → (store id, URL) of the indexed photos of an existing catalogue (its
-    padding, rows with no file behind them, left out)."""
-    from echoimage.config import Settings
+def indexed_images(settings: Any) -> dict[str, int]:
+    """URL → store id of every indexed image of settings' store."""
     from echoimage.store import repo
     from echoimage.store.db import open_store, session_factory
 
-    settings = Settings(data_dir=data_dir, database_url=None)
-    if not (data_dir / "echoimage.sqlite3").exists():
-        raise ValueError(f"{data_dir} holds no catalogue")
     engine = open_store(settings, create=False)
     try:
         with session_factory(engine)() as session:
             known = repo.known_images(session)
     finally:
         engine.dispose()
-    return {u.rsplit("/", 1)[-1]: (k.id, u) for u, k in known.items()
-            if k.status == "indexed" and "://" not in u}
+    return {u: k.id for u, k in known.items() if k.status == "indexed"}
+
+
+def stored_photos(data_dir: Path) -> dict[str, tuple[int, str]]:
+    """File name → (store id, URL) of the indexed photos of an existing catalogue (its
+    padding, rows with no file behind them, left out)."""
+    from echoimage.config import Settings
+
+    if not (data_dir / "echoimage.sqlite3").exists():
+        raise ValueError(f"{data_dir} holds no catalogue")
+    known = indexed_images(Settings(data_dir=data_dir, database_url=None))
+    return {u.rsplit("/", 1)[-1]: (i, u) for u, i in known.items() if "://" not in u}
 
 
 def query_subset(indexed: Sequence[int], seed: int, limit: int | None) -> list[int]:

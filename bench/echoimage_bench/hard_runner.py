@@ -27,6 +27,7 @@ from echoimage_bench.context import (
     RunContext,
     catalogue_photo,
     end_phase,
+    indexed_images,
     list_photos,
     machine_info,
     query_subset,
@@ -47,16 +48,7 @@ MISS_KINDS = ("never_reranked", "outranked", "not_duplicate")
 
 def _stored_ids(settings: Any, urls: set[str]) -> dict[str, int]:
     """Store ids of the indexed images among urls."""
-    from echoimage.store import repo
-    from echoimage.store.db import open_store, session_factory
-
-    engine = open_store(settings, create=False)
-    try:
-        with session_factory(engine)() as session:
-            known = repo.known_images(session)
-    finally:
-        engine.dispose()
-    return {u: k.id for u, k in known.items() if u in urls and k.status == "indexed"}
+    return {u: i for u, i in indexed_images(settings).items() if u in urls}
 
 
 def _ask(engine: Any, data: bytes) -> tuple[Any, float]:
