@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # copies, 3,200 held-out queries): these lose 14 copies that the full cascade finds
     # (0.26%) and let 27% of the held-out queries go on (README, "Scores")
     vote_probe_descriptors: int = 64
+    # ...probing this share of the IVF lists a vote search probes (the nearest ones; a
+    # catalogue past local_flat_max descriptors): the first votes are every query's cost,
+    # and most of it is the scan of the lists
+    vote_probe_lists: float = 1.0
     stop_votes: int = 5
     stop_inliers: int = 5
     # a query whose grey levels are crushed into a few gets a view with its histogram
@@ -147,8 +151,16 @@ class Settings(BaseSettings):
     orientation_guess_distance: int = 22
     # content boxes and collage cells propose their box_k nearest within this
     box_max_distance: int = 12
-    # the stop rule (stop_votes above): a candidate within this is still a plausible copy
+    # the stop rule (stop_votes above): a candidate within stop_hash bits is still a
+    # plausible copy in a catalogue of up to ~3,000 entries (stop_hash_entries, to the
+    # nearest tenfold), stop_hash_per_decade bits fewer for each tenfold beyond: chance
+    # neighbours come closer as a catalogue grows. scripts/bench_calibrate.py: the nearest
+    # pHash of a held-out query's views was 14-20 bits away (median 16) among 400 entries,
+    # 10-16 (median 12) among 100,000, where 14 bits let 99.9% of them go on and 10 bits
+    # 30%, at 6 copies lost of 1,060 (README, "Scores")
     stop_hash: int = 14
+    stop_hash_entries: int = 1000
+    stop_hash_per_decade: int = 2
     # dedupe: pHash bits within which a catalogue image's views propose a pair (the whole
     # image as it is: wide_radius; 14 found 4 in 5 of the 5° rotations against 3 in 5 at
     # 12, at 0.3 more candidates per image at 100k)
@@ -212,7 +224,8 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("scrape_delay", "scan_image_delay", "scan_threads", "webhook_retries")
+    @field_validator("scrape_delay", "scan_image_delay", "scan_threads", "webhook_retries",
+                     "stop_hash_per_decade")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -221,7 +234,7 @@ class Settings(BaseSettings):
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
                      "default_k", "max_k", "scan_queue", "scan_picture_size",
-                     "webhook_timeout")
+                     "webhook_timeout", "stop_hash_entries")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:

@@ -151,3 +151,18 @@ def test_crushed_levels_are_told_and_equalised() -> None:
         assert after >= max(8, 3 * before)
     with pytest.raises(ValueError):
         photometric.normalised(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
+    from echoimage.search.engine import stop_hash_for
+
+    s = Settings()
+    got = {n: stop_hash_for(s, n) for n in (0, 1, 400, 3_000, 10_000, 100_000, 1_000_000)}
+    assert got == {0: 14, 1: 14, 400: 14, 3_000: 14, 10_000: 12, 100_000: 10,
+                   1_000_000: 8}
+    assert stop_hash_for(Settings(stop_hash_per_decade=0), 10**7) == 14
+    assert stop_hash_for(Settings(stop_hash_entries=10, stop_hash=12), 1_000) == 8
+    with pytest.raises(ValueError):
+        Settings(stop_hash_entries=0)
+    with pytest.raises(ValueError):
+        Settings(stop_hash_per_decade=-1)

@@ -421,6 +421,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
             read. None: index the seeded split into out_dir/data.
     """
     from echoimage.config import Settings
+    from echoimage.search.engine import stop_hash_for
     from echoimage.search.evidence import MODEL, ScoreModel
     from echoimage_bench.runner import build_phase
 
@@ -501,8 +502,10 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                    "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
-        "settings": {k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
-                                                         "stop_hash", "duplicate_threshold")},
+        # the rule the engine applies at this catalogue's size (stop_hash: stop_hash_for)
+        "settings": {**{k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
+                                                            "duplicate_threshold")},
+                     "stop_hash": stop_hash_for(Settings(), engine_size)},
         "dataset": {"photos": len(files), "catalogue": len(catalogue), "held_out": len(pool),
                     "entries": engine_size,
                     "query_photos": len(ctx.query_photos), "copy_queries": len(pos),
@@ -601,7 +604,9 @@ def render_calibration_markdown(result: dict[str, Any]) -> str:
         "## Stop rules", "",
         "After the first votes the cascade goes on when some image got V votes "
         "(`stop_votes`) or some candidate is promising: I inliers (`stop_inliers`) or a "
-        "pHash within H bits (`stop_hash`); the deep round takes the promising ones. Copies "
+        "pHash within H bits (`stop_hash`, fewer in a large catalogue: the setting's H is "
+        f"{result['settings']['stop_hash']} at {result['dataset']['entries']:,} entries); "
+        "the deep round takes the promising ones. Copies "
         "lost: called copies by the full cascade, not with the rule. The rules on the "
         "frontier (none loses fewer copies and is faster) and the setting's; "
         "calibrate.json has every one.", "",

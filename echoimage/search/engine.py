@@ -13,9 +13,10 @@ detection.
    image, its content boxes and cells), each group proposing the images it votes for most
    (at least `min_votes`);
 3. **deep**: the candidates that are still plausible copies (`stop_inliers` inliers or a
-   pHash within `stop_hash` bits; `scripts/bench_calibrate.py` says what each rule
-   costs), the most promising first, matched with all the query's keypoints against all
-   their stored ones; with none, the cascade stops;
+   pHash within `stop_hash` bits, fewer in a large catalogue: `stop_hash_for`;
+   `scripts/bench_calibrate.py` says what each rule costs), the most promising first,
+   matched with all the query's keypoints against all their stored ones; with none, the
+   cascade stops;
 4. **normalised**: for a query whose grey levels are crushed into a few (a strong gamma,
    haze, low light: `features.photometric`), the same hash and vote search on a view with
    its histogram equalised.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -127,6 +129,16 @@ class _Query:
         self.spent[stage] += ms
         self.rounds[self.round] = self.rounds.get(self.round, 0.0) + ms
         self._since = now
+
+
+def stop_hash_for(settings: Settings, entries: int) -> int:
+    """The stop rule's pHash distance in a catalogue of `entries`: stop_hash up to
+    stop_hash_entries (to the nearest tenfold), stop_hash_per_decade bits fewer for each
+    tenfold beyond (14 bits up to ~3,000 entries, 12 to ~30,000, 10 to ~300,000, 8 to
+    ~3M with the defaults)."""
+    s = settings
+    decades = max(0, round(math.log10(max(entries, 1) / s.stop_hash_entries)))
+    return s.stop_hash - s.stop_hash_per_decade * decades
 
 
 class SearchEngine:
@@ -278,7 +290,7 @@ class SearchEngine:
             if self._found(q):
                 return
         q.groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
-        self._vote(q, q.groups, 0, s.vote_probe_descriptors)
+        self._vote(q, q.groups, 0, s.vote_probe_descriptors, s.vote_probe_lists)
 
     def _more_votes(self, q: _Query) -> None:
         """The same groups' next keypoints, up to local_query_descriptors each, vote too
@@ -286,14 +298,15 @@ class SearchEngine:
         s = self.settings
         self._vote(q, q.groups, s.vote_probe_descriptors, s.local_query_descriptors)
 
-    def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]], start: int, stop: int
-              ) -> None:
+    def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]], start: int, stop: int,
+              lists: float = 1.0) -> None:
         """Keypoints start..stop of each group (view, mirrored) vote, with the hits of the
         keypoints before them kept from an earlier call; the images voted for are
-        re-ranked."""
+        re-ranked. lists: the share of the IVF lists a vote search probes that these
+        probe (the nearest first)."""
         descs = [q.views[v].orb(mirror).descriptors[start:stop] for v, mirror in groups]
         q.lap("features_ms")
-        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs))
+        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs, lists))
         for i, m in q.best.items():
             q.best[i] = replace(m, votes=q.votes.get(i, 0))
         q.lap("shortlist_ms")
@@ -342,10 +355,11 @@ class SearchEngine:
 
     def _promising(self, q: _Query) -> list[Match]:
         """The candidates that are still plausible copies: stop_inliers inliers, or a pHash
-        within stop_hash bits."""
+        nearer than chance neighbours come in a catalogue of this size (`stop_hash_for`)."""
         s = self.settings
+        near = stop_hash_for(s, q.snap.size)
         return [m for m in q.best.values()
-                if m.orb_inliers >= s.stop_inliers or m.hash_distance <= s.stop_hash]
+                if m.orb_inliers >= s.stop_inliers or m.hash_distance <= near]
 
     # --- proposing -------------------------------------------------------------------------
 
@@ -373,10 +387,11 @@ class SearchEngine:
                 q.cands.update(repo.candidates(session, missing))
 
     def _vote_groups(self, q: _Query, groups: Sequence[tuple[int, bool]],
-                     descs: Sequence[np.ndarray]) -> list[list[Voted]]:
-        """One search of the local-feature index for several groups of query descriptors;
-        per group, its hits added to those it had (q.hits), the vote_n images with the most
-        votes, at least min_votes."""
+                     descs: Sequence[np.ndarray], lists: float = 1.0) -> list[list[Voted]]:
+        """One search of the local-feature index for several groups of query descriptors
+        (probing `lists` of the IVF lists a search probes, the nearest first); per group,
+        its hits added to those it had (q.hits), the vote_n images with the most votes, at
+        least min_votes."""
         s = self.settings
         params = LocalParams.from_settings(s)
         rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
@@ -386,8 +401,12 @@ class SearchEngine:
             if self.shards is not None:
                 found, dists, ids = self.shards.hits(q.snap, found_q, params)
             else:
-                found, dists, ids = q.snap.parts.hits(found_q, params,
-                                                      q.snap.parts.assign(found_q))
+                assigned = q.snap.parts.assign(found_q)
+                if assigned is not None and lists < 1.0:
+                    n = max(1, round(assigned[1].shape[1] * lists))
+                    assigned = (np.ascontiguousarray(assigned[0][:, :n]),
+                                np.ascontiguousarray(assigned[1][:, :n]))
+                found, dists, ids = q.snap.parts.hits(found_q, params, assigned)
         out = []
         for g, (lo, hi) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True),
                                strict=True):
