@@ -252,6 +252,14 @@ def test_misfit(built) -> None:
     assert "another store" in misfit(manifest, dataclasses.replace(state, store_id="x"), s)
     other = s.model_copy(update={"local_per_image": 100})
     assert "other parameters" in misfit(manifest, state, other)
+    # files written before a migration that changed nothing they read (the scan tables)
+    # still serve; before one that changed the feature rows, or by newer code, they do not
+    for rev, fits in (("0006", True), ("0007", True), ("0005", True), ("0004", False),
+                      ("0001", False), ("9999", False)):
+        at = dataclasses.replace(manifest, schema_revision=rev)
+        assert (misfit(at, state, s) is None) is fits, rev
+        if not fits:
+            assert "another schema revision" in misfit(at, state, s)
 
 
 # --- the engine never answers from a stale index ----------------------------------------

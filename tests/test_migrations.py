@@ -80,6 +80,26 @@ def test_revisions_read_without_alembic_agree_with_it(engine: Engine) -> None:
         assert current_revision(engine) == alembic_says == rev
 
 
+def test_index_revision_reads_what_each_migration_says() -> None:
+    """index_revision skips the migrations that say the index files read nothing they
+    change, as their modules (loaded by Alembic) say it."""
+    from alembic.script import ScriptDirectory
+
+    from echoimage.store.db import _migrations, alembic_config, index_revision
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    said = {r.revision: bool(getattr(r.module, "index_unchanged", False))
+            for r in script.walk_revisions()}
+    assert said == {rev: m.index_unchanged for rev, m in _migrations().items()}
+    assert said["0008"] and not said["0001"]
+    for rev in said:
+        got = index_revision(rev)
+        assert got is not None and not said[got] and got <= rev
+        assert all(said[r] for r in said if got < r <= rev)
+    assert index_revision() == index_revision(head_revision())
+    assert index_revision("no-such-revision") is None
+
+
 def test_a_query_does_not_import_alembic(tmp_path: Path) -> None:
     """Opening a current store to read (what a query does) imports no Alembic."""
     import subprocess

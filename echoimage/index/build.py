@@ -67,7 +67,7 @@ from echoimage.index.manifest import (
 )
 from echoimage.index.parts import Part, PartSet
 from echoimage.store import repo
-from echoimage.store.db import head_revision, session_factory
+from echoimage.store.db import head_revision, index_revision, session_factory
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def misfit(manifest: IndexManifest, state: repo.StoreState, settings: Settings) 
     if manifest.seq > state.seq:
         return ("they are newer than the store (as after restoring an older backup of "
                 "the store)")
-    if manifest.schema_revision != head_revision():
+    built_for = index_revision(manifest.schema_revision)
+    if built_for is None or built_for != index_revision():
         return "they were built for another schema revision"
     if manifest.params != index_params(settings):
         return "they were built with other parameters"

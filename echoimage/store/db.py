@@ -19,6 +19,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -158,21 +159,51 @@ def alembic_config(url: str) -> Config:
 
 
 _REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(?:"([^"]*)"|None)', re.M)
+_INDEX_UNCHANGED = re.compile(r"^index_unchanged\s*=\s*True\b", re.M)
+
+
+@dataclass(frozen=True)
+class _Migration:
+    down: str | None
+    index_unchanged: bool  # the index files read nothing it changes
+
+
+@functools.cache
+def _migrations() -> dict[str, _Migration]:
+    """Every migration the code knows, by revision, read from the migration files'
+    `revision`, `down_revision` and `index_unchanged` lines (without importing Alembic)."""
+    out = {}
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        found = dict(_REVISION.findall(text))
+        if "revision" in found:
+            out[found["revision"]] = _Migration(found.get("down_revision") or None,
+                                                bool(_INDEX_UNCHANGED.search(text)))
+    return out
 
 
 @functools.cache
 def head_revision() -> str:
-    """The newest migration revision the code knows: the one no migration revises, read
-    from the migration files' `revision` and `down_revision` lines (the same as Alembic's
-    head, without importing Alembic: tests/test_migrations.py checks that they agree)."""
-    revisions, revised = set(), set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for key, value in _REVISION.findall(path.read_text(encoding="utf-8")):
-            (revisions if key == "revision" else revised).add(value)
-    heads = revisions - revised
+    """The newest migration revision the code knows: the one no migration revises (the
+    same as Alembic's head: tests/test_migrations.py checks that they agree)."""
+    known = _migrations()
+    heads = set(known) - {m.down for m in known.values()}
     if len(heads) != 1:  # pragma: no cover - a broken package
         raise StoreError(f"the store's migrations have {len(heads)} heads: {sorted(heads)}")
     return heads.pop()
+
+
+def index_revision(revision: str | None = None) -> str | None:
+    """The revision the index files of a store at `revision` (default: the head) depend
+    on: the newest at or before it whose migration changed what they read (a migration
+    saying `index_unchanged = True`, such as one adding the scan tables, does not). Index
+    files written at any revision with the same index revision still serve; None for a
+    revision the code does not know (written by newer code)."""
+    known = _migrations()
+    rev: str | None = head_revision() if revision is None else revision
+    while rev is not None and rev in known and known[rev].index_unchanged:
+        rev = known[rev].down
+    return rev if rev is None or rev in known else None
 
 
 def current_revision(engine: Engine) -> str | None:

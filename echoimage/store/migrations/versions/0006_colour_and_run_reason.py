@@ -14,6 +14,9 @@ revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+# the index files read nothing this changes (the colour columns, runs.reason): index files written
+# at the revision before still serve (echoimage.store.db.index_revision)
+index_unchanged = True
 
 
 def upgrade() -> None:
