@@ -972,19 +972,41 @@ def serve(ctx: click.Context, host: str, port: int, workers: int | None, threads
 @click.option("--no-peers", is_flag=True,
               help="Skip the side-by-side run with PDQ and perception's PHash.")
 @click.option("--no-hard", is_flag=True, help="Skip the hard edits (memes, collages, ...).")
+@click.option("--scan", is_flag=True,
+              help="Run the scan benchmark instead: a site of copies and held-out photos on "
+                   "127.0.0.1 scanned against the catalogue padded to --scan-scale entries "
+                   "(scan.json/scan.md).")
+@click.option("--scan-scale", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Scan benchmark: catalogue entries after padding.")
+@click.option("--scan-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None,
+              help="Scan benchmark: an existing padded data directory (the load benchmark's "
+                   "DIR/data), its photos the catalogue and the rest held out.")
+@click.option("--scan-site", type=(click.IntRange(min=1), click.IntRange(min=1),
+                                   click.IntRange(min=0)),
+              default=(2000, 100, 200), show_default=True, metavar="IMAGES PAGES COPIES",
+              help="Scan benchmark: the site's images, pages and copies among the images.")
+@click.option("--scan-engine-images", type=click.IntRange(min=1), default=300,
+              show_default=True,
+              help="Scan benchmark: the site images the engine alone answers (a seeded "
+                   "sample) for the throughput baseline.")
 @handle_errors
 def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
-          no_peers: bool, no_hard: bool) -> None:
+          no_peers: bool, no_hard: bool, scan: bool, scan_scale: int,
+          scan_data: Path | None, scan_site: tuple[int, int, int],
+          scan_engine_images: int) -> None:
     """Run the copy-detection benchmark on a folder of photos; writes bench.json/bench.md.
 
     Beside EchoImage it runs the peers that are installed (PDQ, perception's PHash; `make
     venv` installs them) on the transforms of perception's benchmark, and says which it
-    skipped; then the hard edits on the same catalogue and held-out photos.
+    skipped; then the hard edits on the same catalogue and held-out photos. With --scan,
+    the scan benchmark instead (scripts/bench_scan.py has the same, and more options).
 
-    Example:
+    Examples:
 
     \b
         echoimage bench ../shared/datasets/bsds500 --out bench-out --limit 100 --no-scale
+        echoimage bench ../shared/datasets/bsds500 --out bench-out --scan --scan-scale 10000
     """
     try:
         from echoimage_bench import render_markdown, run_benchmark
@@ -993,6 +1015,18 @@ def bench(photo_dir: Path, out: Path, limit: int | None, no_scale: bool,
             "the benchmark is not installed: it is the separate package in a checkout's "
             "bench/ (`make venv` installs it, or pip install -e ./bench)") from exc
 
+    if scan:
+        from echoimage_bench.scan import render_scan_markdown, run_scan_benchmark
+
+        images, pages, copies = scan_site
+        try:
+            result = run_scan_benchmark(
+                photo_dir, out, images=images, pages=pages, copies=copies, scale=scan_scale,
+                data_dir=scan_data, engine_images=scan_engine_images)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(render_scan_markdown(result))
+        return
     kwargs: dict[str, Any] = {"limit": limit, "peers": not no_peers, "hard": not no_hard}
     if no_scale:
         kwargs["scale"] = ()

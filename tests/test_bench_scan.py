@@ -17,7 +17,8 @@ from echoimage_bench.scan import render_scan_markdown, run_scan_benchmark
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_network")]
 
 
-def test_scan_benchmark_end_to_end(tmp_path: Path) -> None:
+def _photos(folder: Path) -> Path:
+    """Twelve scikit-image photos as JPEGs in folder."""
     d = skimage.data
     rgb = {"astronaut": d.astronaut(), "chelsea": d.chelsea(), "coffee": d.coffee(),
            "rocket": d.rocket(), "ihc": d.immunohistochemistry(),
@@ -25,10 +26,33 @@ def test_scan_benchmark_end_to_end(tmp_path: Path) -> None:
            "coins": np.stack([d.coins()] * 3, -1), "camera": np.stack([d.camera()] * 3, -1),
            "brick": np.stack([d.brick()] * 3, -1), "grass": np.stack([d.grass()] * 3, -1),
            "page": np.stack([d.page()] * 3, -1), "moon": np.stack([d.moon()] * 3, -1)}
-    photos = tmp_path / "photos"
-    photos.mkdir()
+    folder.mkdir()
     for name, a in rgb.items():
-        cv2.imwrite(str(photos / f"{name}.jpg"), np.ascontiguousarray(a[..., ::-1]))
+        cv2.imwrite(str(folder / f"{name}.jpg"), np.ascontiguousarray(a[..., ::-1]))
+    return folder
+
+
+def test_scan_benchmark_from_the_bench_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from echoimage.cli import cli
+
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", str(photos), "--out", str(out), "--scan",
+                                   "--scan-scale", "30", "--scan-site", "12", "3", "4",
+                                   "--scan-engine-images", "6"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "scan.json").read_text())
+    assert res.stdout.strip() == render_scan_markdown(result).strip()
+    assert result["entries"] == 30 and result["scan"]["copies"] == 4
+    assert result["params"]["engine_images"] == 6 and not (out / "bench.json").exists()
+    bad = CliRunner().invoke(cli, ["bench", str(photos), "--out", str(out), "--scan",
+                                   "--scan-scale", "30", "--scan-site", "12", "3", "40"])
+    assert bad.exit_code == 2 and "copies need as many catalogue photos" in bad.output
+
+
+def test_scan_benchmark_end_to_end(tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos")
     out = tmp_path / "out"
     result = run_scan_benchmark(photos, out, images=12, pages=3, copies=4, scale=30,
                                 threads=2, engine_images=6, keep=True, progress=False,
