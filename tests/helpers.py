@@ -401,7 +401,8 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             n = indexed_count(db)
-            if n is not None and total // 6 <= n < total:
+            # well before the end: the signal must not find a build that has just finished
+            if n is not None and total // 6 <= n <= total // 2:
                 os.killpg(proc.pid, sig)  # the build and its workers, nothing else
                 killed = True
                 break
@@ -414,7 +415,7 @@ def interrupted_build(data_dir: Path, source: Path | str, total: int, timeout: f
     if not killed:
         assert proc.returncode == 0, log.read_text()[-2000:]
     elif sig == signal.SIGINT:
-        assert proc.returncode == 130, log.read_text()[-2000:]
+        assert proc.returncode == 130, (proc.returncode, log.read_text()[-2000:])
     return indexed_count(db) or 0, killed, log
 
 

@@ -166,3 +166,37 @@ def test_ctrl_c_is_one_line_and_the_build_resumes(tmp_path: Path) -> None:
     snap = store_snapshot(settings, runs=10)
     assert snap.counts == {Status.INDEXED: len(files)}
     assert len(snap.ids) == len(set(snap.ids.tolist())) == len(files)
+
+
+def test_the_pool_shutdown_race_after_ctrl_c_is_not_reported() -> None:
+    """After Ctrl-C, loky's manager thread may fail a work item asyncio already cancelled
+    (InvalidStateError) and log it with a traceback: dropped while the pool shuts down,
+    and only that."""
+    import logging
+    from concurrent.futures import InvalidStateError
+
+    from echoimage.indexing.runner import _quiet_cancelled_race
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("concurrent.futures")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        def report(exc: BaseException) -> None:
+            try:
+                raise exc
+            except BaseException:
+                logger.critical("Exception in executor manager thread:", exc_info=True)
+
+        with _quiet_cancelled_race():
+            report(InvalidStateError("CANCELLED: <Future state=cancelled>"))
+            report(RuntimeError("something else"))
+        report(InvalidStateError("outside the shutdown"))
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Exception in executor manager thread:"] * 2

@@ -9,10 +9,11 @@ can take the processing over: it is given the runner, and hands its results back
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -117,7 +118,8 @@ class Runner:
                 f"a feature worker died ({worker_death(exc)}): the images indexed so far "
                 "are saved; run the command again to go on") from None
         finally:
-            pool.shutdown(wait=True, kill_workers=True)
+            with _quiet_cancelled_race():
+                pool.shutdown(wait=True, kill_workers=True)
 
     async def _run(self, pool: Executor, workers: int, work: list[WorkItem],
                    summary: BuildSummary) -> None:
@@ -232,6 +234,29 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     summary.index_entries = report.images
     summary.index = report.as_dict()
 
+
+
+class _CancelledRaceFilter(logging.Filter):
+    """Drops loky's report of its manager thread failing a future that asyncio has already
+    cancelled (InvalidStateError): after Ctrl-C the run's tasks cancel their pending work
+    items while the pool shuts down and fails them too; nothing is lost, the run is
+    recorded as interrupted, and the report would only print a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InvalidStateError)
+
+
+@contextmanager
+def _quiet_cancelled_race() -> Iterator[None]:
+    """While a pool shuts down: `_CancelledRaceFilter` on concurrent.futures' logger."""
+    logger = logging.getLogger("concurrent.futures")
+    quiet = _CancelledRaceFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 @contextmanager
 def one_faiss_thread() -> Iterator[None]:
