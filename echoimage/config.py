@@ -232,6 +232,13 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return value
 
+    @field_validator("vote_probe_lists")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be a share: more than 0, at most 1")
+        return value
+
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
                      "default_k", "max_k", "scan_queue", "scan_picture_size",
                      "webhook_timeout", "stop_hash_entries")

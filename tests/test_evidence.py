@@ -166,3 +166,11 @@ def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
         Settings(stop_hash_entries=0)
     with pytest.raises(ValueError):
         Settings(stop_hash_per_decade=-1)
+
+
+def test_the_first_votes_probe_a_share_of_the_lists() -> None:
+    assert Settings().vote_probe_lists == 1.0
+    assert Settings(vote_probe_lists=0.5).vote_probe_lists == 0.5
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            Settings(vote_probe_lists=bad)

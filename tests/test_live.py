@@ -311,3 +311,32 @@ def test_searching_processes_map_large_parts(cat: Catalogue, monkeypatch: pytest
                           faiss.OnDiskInvertedLists)
     assert_same_answers(mapped, read, cat.settings, np.random.default_rng(3),
                         indexed_ids(cat))
+
+
+def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vote_probe_lists: the first vote search probes that share of the lists (the nearest
+    ones, at least one), every later one all of them; the default probes all."""
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(cat.settings, cat.engine)
+    widths: list[int] = []
+    real = PartSet.hits
+
+    def hits(self: PartSet, q, params, assigned):  # type: ignore[no-untyped-def]
+        widths.append(assigned[1].shape[1])
+        return real(self, q, params, assigned)
+
+    monkeypatch.setattr(PartSet, "hits", hits)
+    other = jpeg(synthetic(5000, 320), 85)  # no copy: every vote round runs
+    seen = {}
+    for share in (1.0, 0.5, 0.25):
+        widths.clear()
+        engine = search_engine(cat.settings.model_copy(update={"vote_probe_lists": share,
+                                                                "stop_votes": 0}))
+        engine.query_bytes(other, 5)
+        seen[share] = list(widths)
+    nprobe = cat.settings.local_nprobe
+    assert seen[1.0][0] == nprobe and seen[0.5][0] == nprobe // 2 and seen[0.25][0] == 1
+    for share in seen:  # the second votes (and the normalised view's) probe every list
+        assert len(seen[share]) >= 2 and set(seen[share][1:]) == {nprobe}
