@@ -200,3 +200,36 @@ def test_the_pool_shutdown_race_after_ctrl_c_is_not_reported() -> None:
     finally:
         logger.removeHandler(handler)
     assert seen == ["Exception in executor manager thread:"] * 2
+
+
+def test_a_ctrl_c_is_never_lost_by_the_async_phase() -> None:
+    """run_interruptibly: a SIGINT cancels the run's task and ends in KeyboardInterrupt,
+    also when the task swallows the cancellation and returns; without one, the result."""
+    import asyncio
+    import os
+    import signal
+
+    from echoimage.indexing.runner import run_interruptibly
+
+    async def stubborn() -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return "finished anyway"
+        return "not interrupted"
+
+    async def plain() -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(5)
+        return "not interrupted"
+
+    async def quiet() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    for coro in (stubborn, plain):
+        with pytest.raises(KeyboardInterrupt):
+            run_interruptibly(coro())
+    assert run_interruptibly(quiet()) == "done"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
