@@ -52,7 +52,7 @@ from echoimage_bench.context import (
     split_photos,
     stored_photos,
 )
-from echoimage_bench.formatting import jsonable, markdown_table
+from echoimage_bench.formatting import fmt_rate, jsonable, markdown_table
 from echoimage_bench.hard import HARD_EDITS, make_hard_query
 from echoimage_bench.transforms import TRANSFORMS, make_query, transform_rng
 
@@ -423,11 +423,6 @@ def _clear_scans(cat: Any) -> None:
             session.query(table).delete()
 
 
-def _or_dash(v: float | None, digits: int) -> str:
-    """v to digits places; a dash where there was nothing to measure (no copy sampled)."""
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def render_scan_markdown(result: dict[str, Any]) -> str:
     """The README's table of a scan benchmark result."""
     t, s, e, r = result["targets"], result["scan"], result["engine"], result["rescan"]
@@ -443,7 +438,7 @@ def render_scan_markdown(result: dict[str, Any]) -> str:
          f"{t['throughput_ratio']:.2f} ({s['images_per_s']:.2f} / {e['images_per_s']:.2f} "
          "images/s)", "≥ 0.8"],
         [f"engine alone ({p.get('engine_images', p['images']):,} of the images): recall / "
-         "precision", f"{_or_dash(e['recall'], 3)} / {_or_dash(e['precision'], 4)}", ""],
+         "precision", f"{fmt_rate(e['recall'])} / {fmt_rate(e['precision'], 4)}", ""],
     ]
     head = (f"{p['images']:,} images over {p['pages']} pages ({p['copies']} copies), "
             f"{result.get('entries', 0):,} catalogue entries, {p['threads']} threads")
