@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     # (0.26%) and let 27% of the held-out queries go on (README, "Scores")
     vote_probe_descriptors: int = 64
     # ...probing this share of the IVF lists a vote search probes (the nearest ones; a
-    # catalogue past local_flat_max descriptors): the first votes are every query's cost,
-    # and most of it is the scan of the lists
+    # catalogue past local_flat_max descriptors, searched here, not in a cluster's
+    # shards): the first votes are every query's cost, and most of it is the scan of the
+    # lists
     vote_probe_lists: float = 1.0
     stop_votes: int = 5
     stop_inliers: int = 5

@@ -237,7 +237,6 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     summary.index = report.as_dict()
 
 
-
 T = TypeVar("T")
 
 
@@ -306,6 +305,7 @@ def _quiet_cancelled_race() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
+
 
 @contextmanager
 def one_faiss_thread() -> Iterator[None]:
