@@ -23,6 +23,7 @@ from helpers import (
     write,
 )
 
+from echoimage.config import Settings
 from echoimage.errors import IndexStaleError
 from echoimage.features.dihedral import NAMES, orient
 from echoimage.features.hashes import hash_input, phash
@@ -122,6 +123,44 @@ def test_search_matches_brute_force(k: int, dups: int) -> None:
     assert sum(nearest) == len(xq) // 2
     recall = knn_intersection_measure(got_ids, ref_ids)  # ties make it < 1 legitimately
     assert recall > (0.99 if k == 1 else 0.5)
+
+
+@pytest.mark.parametrize("nprobe", [3, 40])  # 40 > the 32 lists: empty probes (-1) too
+def test_local_neighbours_scan_by_list_finds_each_rows_hits(nprobe: int) -> None:
+    """neighbours() scans an IVF part list by list (a query's rows share lists): each row
+    gets exactly the entries within max_distance in the lists it was assigned, as a search
+    of that row alone finds them."""
+    import faiss
+
+    from echoimage.index.local import (
+        LocalParams,
+        local_part,
+        neighbours,
+        quantizer_of,
+        train_quantizer,
+    )
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 256, (64, 32), dtype=np.uint8)  # 64 clusters of descriptors
+    flips = rng.random((64 * 40, 256)) < 0.08  # ~20 bits from their cluster's centre
+    xb = np.packbits(np.unpackbits(np.repeat(base, 40, axis=0), axis=1) ^ flips, axis=1)
+    ids = np.arange(len(xb), dtype=np.int64)  # one per entry: its row of xb
+    params = dataclasses.replace(LocalParams.from_settings(Settings()), min_lists=32)
+    part = local_part(ids, xb, train_quantizer(xb, params))
+    xq = np.ascontiguousarray(xb[rng.choice(len(xb), 50, replace=False)])
+    assigned = quantizer_of(part).search(xq, nprobe)
+    rows, dists, found = neighbours(part, xq, params, assigned)
+    assert len(rows) > 50
+    lists = part.invlists
+    for r in range(len(xq)):
+        member = np.concatenate([
+            faiss.rev_swig_ptr(lists.get_ids(int(li)), lists.list_size(int(li))).astype(np.int64)
+            for li in assigned[1][r] if li >= 0])
+        d = np.unpackbits(xb[member] ^ xq[r], axis=1).sum(axis=1)
+        near = d <= params.max_distance
+        want = sorted(zip(d[near].tolist(), member[near].tolist(), strict=True))
+        got = sorted(zip(dists[rows == r].tolist(), found[rows == r].tolist(), strict=True))
+        assert got == want
 
 
 def test_exact_duplicates_are_found_at_distance_zero() -> None:

@@ -201,6 +201,23 @@ class Voted:
     votes: int
 
 
+def list_order(dq: np.ndarray, iq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A query's (row, list) pairs ordered by list, as one-probe searches: (the row of
+    each, its list as an n×1 array, its quantizer distance as an n×1 array); the empty
+    probes (list -1) left out.
+
+    FAISS scans the lists query row by query row; a query's rows share many lists (at
+    100k images half the lists a vote search probes were probed by another of its rows),
+    and scanned one after another each such list is read from memory once, then from the
+    cache (the vote search at 100k: ~20% less time, the same hits)."""
+    lists = iq.ravel()
+    rows = np.repeat(np.arange(iq.shape[0], dtype=np.int64), iq.shape[1])
+    keep = np.flatnonzero(lists >= 0)
+    order = keep[np.argsort(lists[keep], kind="stable")]
+    return (rows[order], np.ascontiguousarray(lists[order].reshape(-1, 1), np.int64),
+            np.ascontiguousarray(dq.ravel()[order].reshape(-1, 1)))
+
+
 def neighbours(index: faiss.IndexBinary, q: np.ndarray, params: LocalParams,
                assigned: tuple[np.ndarray, np.ndarray] | None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,12 +234,17 @@ def neighbours(index: faiss.IndexBinary, q: np.ndarray, params: LocalParams,
     if isinstance(index, faiss.IndexBinaryIVF):
         if assigned is None:
             raise ValueError("an IVF part needs the query's list assignment")
-        dq, iq = assigned
-        index.nprobe = iq.shape[1]
-        lims, dist, ids = index.range_search_preassigned(q, radius, iq, dq)
+        by_list, lists, dq = list_order(*assigned)
+        if len(by_list) == 0:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        index.nprobe = 1  # every caller alike: the probes are the pairs' rows
+        lims, dist, ids = index.range_search_preassigned(
+            np.ascontiguousarray(q[by_list]), radius, lists, dq)
     else:
+        by_list = np.arange(len(q), dtype=np.int64)
         lims, dist, ids = index.range_search(q, radius)
-    rows = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
+    rows = np.repeat(by_list, np.diff(lims).astype(np.int64))
     dist = np.asarray(dist).astype(np.int64)
     keep = dist <= params.max_distance
     return rows[keep], dist[keep], np.asarray(ids, np.int64)[keep]
