@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from echoimage.aio import run_interruptibly
 from echoimage.config import Settings
 from echoimage.errors import (
     EchoImageError,
@@ -698,16 +699,14 @@ def scrape_pages(pages: list[str], follow_pages: int = 0, filters: ScrapeFilters
     """Collect the image URLs of web pages (and of up to follow_pages same-site pages
     linked from each), like `echoimage catalogue scrape`, with the fetch limits of settings;
     every URL is fetched through url_policy when given (a server's SSRF guard)."""
-    import asyncio
-
     from echoimage.catalogue.scrape import ScrapeFilters, scrape
     from echoimage.fetch.client import FetchConfig
 
     settings = settings or Settings()
     config = FetchConfig.from_settings(settings)
     fetcher = _guarded(url_policy) if url_policy is not None else None
-    return asyncio.run(scrape(pages, follow_pages, filters or ScrapeFilters(), config,
-                              fetcher, delay=settings.scrape_delay))
+    return run_interruptibly(scrape(pages, follow_pages, filters or ScrapeFilters(), config,
+                                    fetcher, delay=settings.scrape_delay))
 
 
 def _guarded(policy: UrlPolicy) -> FetcherFactory:

@@ -209,7 +209,7 @@ def test_a_ctrl_c_is_never_lost_by_the_async_phase() -> None:
     import os
     import signal
 
-    from echoimage.indexing.runner import run_interruptibly
+    from echoimage.aio import run_interruptibly
 
     async def stubborn() -> str:
         os.kill(os.getpid(), signal.SIGINT)

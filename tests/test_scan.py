@@ -475,10 +475,12 @@ def _count(url: str, sql: str) -> int:
 
 
 @pytest.mark.slow
-def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite) -> None:
-    """kill -9 in the middle of a scan; the same command run again finishes it: every
-    finding once, those the killed run found reported too, the killed scan recorded as
-    interrupted; a third run has nothing new."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite, sig: int) -> None:
+    """kill -9 (or Ctrl-C: exit 130 and one line) in the middle of a scan; the same
+    command run again finishes it: every finding once, those the killed run found
+    reported too, the killed scan recorded as interrupted; a third run has nothing
+    new."""
     names = ["coffee", "rocket", "astronaut", "camera", "clock", "coins"]
     images = []
     for n, name in enumerate(names):
@@ -499,14 +501,20 @@ def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite) -> N
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if _count(db, "SELECT count(*) FROM findings") >= 2:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, sig)
                 break
             time.sleep(0.02)
+        proc.wait(60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    err = proc.stderr.read().decode()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    else:
+        assert proc.returncode == 130, (proc.returncode, err[-2000:])
+        assert "Traceback" not in err and "interrupted" in err, err[-2000:]
     before = _count(db, "SELECT count(*) FROM findings")
     assert 2 <= before < len(names)
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)

@@ -5,12 +5,12 @@ and the bundled sample catalogue."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import posixpath
 from typing import Any
 from urllib.parse import urlsplit
 
+from echoimage.aio import run_interruptibly
 from echoimage.catalogue.sample import ensure_sample
 from echoimage.catalogue.sources import (
     IMAGE_EXTENSIONS,
@@ -92,9 +92,10 @@ class CatalogueReader:
         config = FetchConfig.from_settings(self.settings)
         delay = self.settings.scrape_delay
         if find_out:
-            return asyncio.run(page_or_file(url, follow_pages, ScrapeFilters(), config,
-                                            delay=delay))
-        return asyncio.run(scrape([url], follow_pages, ScrapeFilters(), config, delay=delay))
+            return run_interruptibly(page_or_file(url, follow_pages, ScrapeFilters(), config,
+                                                  delay=delay))
+        return run_interruptibly(scrape([url], follow_pages, ScrapeFilters(), config,
+                                        delay=delay))
 
     @staticmethod
     def _scraped(url: str, follow_pages: int, report: Any) -> SourceListing:

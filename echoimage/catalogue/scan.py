@@ -40,6 +40,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from echoimage.aio import run_interruptibly
 from echoimage.catalogue.crawl import Visit, crawl, failed_visit
 from echoimage.catalogue.notify import Webhook
 from echoimage.catalogue.scrape import PAGE_MAX_BYTES, PoliteClient, ScrapeFilters
@@ -270,7 +271,7 @@ class Scanner:
         cv2.setNumThreads(1)  # each comparing thread is one core's worth
         try:
             run = _Run(self, report, options, watch_id, on_finding, on_progress)
-            asyncio.run(run.run())
+            run_interruptibly(run.run())
         except BaseException as exc:
             report.status, report.reason = run_end(exc)
             report.seconds = time.perf_counter() - t0

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Executor, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import faiss
 from sqlalchemy import Engine
 
+from echoimage.aio import run_interruptibly
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.fetch.local import file_marker, is_url
@@ -235,53 +234,6 @@ def run_work(runner: Runner, work: Iterable[WorkItem], summary: BuildSummary) ->
     summary.index_cpu_seconds += time.process_time() - t0
     summary.index_entries = report.images
     summary.index = report.as_dict()
-
-
-T = TypeVar("T")
-
-
-def run_interruptibly(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run(coro), except that a Ctrl-C (SIGINT in the main thread) while it runs
-    always ends in KeyboardInterrupt. asyncio.run's own handler cancels the main task and
-    raises KeyboardInterrupt only if that cancellation is what ends it; a run whose task
-    ended otherwise lost the Ctrl-C and went on to the end. Here the signal cancels the
-    task and is remembered, however the task then ends; a second one stops at once."""
-    interrupted = False
-
-    async def main() -> T:
-        nonlocal interrupted
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            if interrupted:  # a second Ctrl-C: stop waiting for the clean-up
-                raise KeyboardInterrupt
-            interrupted = True
-            if task is not None:
-                task.cancel()
-
-        watching = threading.current_thread() is threading.main_thread()
-        if watching:
-            try:
-                loop.add_signal_handler(signal.SIGINT, on_sigint)
-            except (NotImplementedError, RuntimeError, ValueError):
-                watching = False
-        try:
-            return await coro
-        finally:
-            if watching:
-                loop.remove_signal_handler(signal.SIGINT)
-
-    try:
-        result = asyncio.run(main())
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
 
 
 class _CancelledRaceFilter(logging.Filter):
