@@ -107,11 +107,15 @@ class Settings(BaseSettings):
     # copies, 3,200 held-out queries): these lose 14 copies that the full cascade finds
     # (0.26%) and let 27% of the held-out queries go on (README, "Scores")
     vote_probe_descriptors: int = 64
-    # ...probing this share of the IVF lists a vote search probes (the nearest ones; a
-    # catalogue past local_flat_max descriptors, searched here, not in a cluster's
-    # shards): the first votes are every query's cost, and most of it is the scan of the
-    # lists
-    vote_probe_lists: float = 1.0
+    # ...probing this share of the IVF lists a vote search probes (the nearest ones) in a
+    # catalogue of vote_probe_lists_entries or more (an IVF index searched here, not in a
+    # cluster's shards; smaller ones probe every list): the first votes are every no-copy
+    # query's cost, and most of it is the scan of the lists. scripts/bench_calibrate.py
+    # --data: half the lists lost no copy at 10k and 100k entries and cut the held-out
+    # queries' vote round by a third at 10k; among 400 entries it lost 3 more of 1,590
+    # (README, "Scores")
+    vote_probe_lists: float = 0.5
+    vote_probe_lists_entries: int = 10_000
     stop_votes: int = 5
     stop_inliers: int = 5
     # a query whose grey levels are crushed into a few gets a view with its histogram
@@ -242,7 +246,7 @@ class Settings(BaseSettings):
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
                      "default_k", "max_k", "scan_queue", "scan_picture_size",
-                     "webhook_timeout", "stop_hash_entries")
+                     "webhook_timeout", "stop_hash_entries", "vote_probe_lists_entries")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:

@@ -169,8 +169,17 @@ def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
 
 
 def test_the_first_votes_probe_a_share_of_the_lists() -> None:
-    assert Settings().vote_probe_lists == 1.0
-    assert Settings(vote_probe_lists=0.5).vote_probe_lists == 0.5
+    """Half the lists from 10,000 entries on by default, every list below."""
+    from echoimage.search.engine import probe_share_for
+
+    s = Settings()
+    assert (s.vote_probe_lists, s.vote_probe_lists_entries) == (0.5, 10_000)
+    assert [probe_share_for(s, n) for n in (0, 400, 9_999, 10_000, 10**6)] == \
+        [1.0, 1.0, 1.0, 0.5, 0.5]
+    assert probe_share_for(Settings(vote_probe_lists=1.0), 10**6) == 1.0
+    assert probe_share_for(Settings(vote_probe_lists_entries=100), 400) == 0.5
     for bad in (0, -0.5, 1.5):
         with pytest.raises(ValueError):
             Settings(vote_probe_lists=bad)
+    with pytest.raises(ValueError):
+        Settings(vote_probe_lists_entries=0)

@@ -316,7 +316,8 @@ def test_searching_processes_map_large_parts(cat: Catalogue, monkeypatch: pytest
 def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """vote_probe_lists: the first vote search probes that share of the lists (the nearest
-    ones, at least one), every later one all of them; the default probes all."""
+    ones, at least one) in a catalogue of vote_probe_lists_entries or more, every later one
+    all of them; a smaller catalogue probes all."""
     for i in range(30):
         cat.add(f"/cat/first-{i}.jpg", i)
     update_index_files(cat.settings, cat.engine)
@@ -330,13 +331,15 @@ def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,
     monkeypatch.setattr(PartSet, "hits", hits)
     other = jpeg(synthetic(5000, 320), 85)  # no copy: every vote round runs
     seen = {}
-    for share in (1.0, 0.5, 0.25):
+    size = search_engine(cat.settings).size
+    for share, entries in ((1.0, 1), (0.5, size), (0.25, size), (0.5, size + 1)):
         widths.clear()
-        engine = search_engine(cat.settings.model_copy(update={"vote_probe_lists": share,
-                                                                "stop_votes": 0}))
+        engine = search_engine(cat.settings.model_copy(update={
+            "vote_probe_lists": share, "vote_probe_lists_entries": entries,
+            "stop_votes": 0}))
         engine.query_bytes(other, 5)
-        seen[share] = list(widths)
+        seen[share, entries] = list(widths)
     nprobe = cat.settings.local_nprobe
-    assert seen[1.0][0] == nprobe and seen[0.5][0] == nprobe // 2 and seen[0.25][0] == 1
-    for share in seen:  # the second votes (and the normalised view's) probe every list
-        assert len(seen[share]) >= 2 and set(seen[share][1:]) == {nprobe}
+    assert [seen[k][0] for k in seen] == [nprobe, nprobe // 2, 1, nprobe]
+    for k in seen:  # the second votes (and the normalised view's) probe every list
+        assert len(seen[k]) >= 2 and set(seen[k][1:]) == {nprobe}

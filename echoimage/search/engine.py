@@ -141,6 +141,13 @@ def stop_hash_for(settings: Settings, entries: int) -> int:
     return s.stop_hash - s.stop_hash_per_decade * decades
 
 
+def probe_share_for(settings: Settings, entries: int) -> float:
+    """The share of its IVF lists the first vote search probes in a catalogue of
+    `entries`: vote_probe_lists from vote_probe_lists_entries on, every list below."""
+    s = settings
+    return s.vote_probe_lists if entries >= s.vote_probe_lists_entries else 1.0
+
+
 class SearchEngine:
     """Answers queries from the store and its live index (`search.live.LiveIndex`).
 
@@ -275,8 +282,9 @@ class SearchEngine:
     def _vote_round(self, q: _Query) -> None:
         """The cells of a collage become views, their close hash neighbours re-ranked
         first; then one vote search for the first vote_probe_descriptors keypoints of every
-        view and of the mirrored whole query, each group proposing the images it votes for
-        most (a mirror fixed), matched with the first vote_rerank_descriptors."""
+        view and of the mirrored whole query (probing a share of the lists in a large
+        catalogue: `probe_share_for`), each group proposing the images it votes for most (a
+        mirror fixed), matched with the first vote_rerank_descriptors."""
         s = self.settings
         first = len(q.views)
         q.views += [_View(q.img.gray[y:y + h, x:x + w], (x, y, w, h), s, s.box_orb_features)
@@ -290,7 +298,8 @@ class SearchEngine:
             if self._found(q):
                 return
         q.groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
-        self._vote(q, q.groups, 0, s.vote_probe_descriptors, s.vote_probe_lists)
+        self._vote(q, q.groups, 0, s.vote_probe_descriptors,
+                   probe_share_for(s, q.snap.size))
 
     def _more_votes(self, q: _Query) -> None:
         """The same groups' next keypoints, up to local_query_descriptors each, vote too
