@@ -108,12 +108,11 @@ class Settings(BaseSettings):
     # (0.26%) and let 27% of the held-out queries go on (README, "Scores")
     vote_probe_descriptors: int = 64
     # ...probing this share of the IVF lists a vote search probes (the nearest ones) in a
-    # catalogue of vote_probe_lists_entries or more (an IVF index searched here, not in a
-    # cluster's shards; smaller ones probe every list): the first votes are every no-copy
-    # query's cost, and most of it is the scan of the lists. scripts/bench_calibrate.py
-    # --data: half the lists lost no copy at 10k and 100k entries and cut the held-out
-    # queries' vote round by a third at 10k; among 400 entries it lost 3 more of 1,590
-    # (README, "Scores")
+    # catalogue of vote_probe_lists_entries or more (smaller ones probe every list): the
+    # first votes are every no-copy query's cost, and most of it is the scan of the lists.
+    # scripts/bench_calibrate.py --data: half the lists lost no copy at 10k and 100k
+    # entries and cut the held-out queries' vote round by a third at 10k; among 400
+    # entries it lost 3 more of 1,590 (README, "Scores")
     vote_probe_lists: float = 0.5
     vote_probe_lists_entries: int = 10_000
     stop_votes: int = 5

@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from support.daskcluster import DaskCluster
 
 from echoimage.config import Settings
-from echoimage.index.local import LocalParams
+from echoimage.index.local import LocalParams, count_votes
+from echoimage.index.parts import nearest_lists, query_rows
 from echoimage.search.shards import ShardedVotes
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -200,13 +201,25 @@ def test_sharded_votes_are_the_whole_index_votes(cluster: DaskCluster, ivf_store
                              & rng.integers(0, 256, descs.shape, dtype=np.uint8))
             for q in (descs, noisy, rng.integers(0, 256, descs.shape, dtype=np.uint8)):
                 assert sharded.vote(snap, q, lp, 10) == snap.parts.vote(q, lp, 10)
+                # probing half the lists (vote_probe_lists): half of each row's, the same
+                rows = query_rows(q, lp)
+                half = nearest_lists(snap.parts.assign(rows), 0.5)
+                assert half is not None and half[1].shape[1] == lp.nprobe // 2
+                assert count_votes(*sharded.hits(snap, rows, lp, 0.5), lp, 10) == \
+                    count_votes(*snap.parts.hits(rows, lp, half), lp, 10)
         engine.shards = sharded
         whole = search_engine(ivf_store)
+        # and with the first votes probing half the lists (vote_probe_lists)
+        half = ivf_store.model_copy(update={"vote_probe_lists": 0.5,
+                                            "vote_probe_lists_entries": 1})
+        engine_half, whole_half = search_engine(half), search_engine(half)
+        engine_half.shards = ShardedVotes(client, half, shards)
         for seed, frac in ((7003, 0.5), (7011, 0.4), (7020, 1.0)):
             data = jpeg(crop(synthetic(seed, 320), frac), 85)
-            a, b = engine.query_bytes(data, 3), whole.query_bytes(data, 3)
-            assert [(m.id, m.score, m.votes) for m in a.matches] == \
-                [(m.id, m.score, m.votes) for m in b.matches]
+            for x, y in ((engine, whole), (engine_half, whole_half)):
+                a, b = x.query_bytes(data, 3), y.query_bytes(data, 3)
+                assert [(m.id, m.score, m.votes) for m in a.matches] == \
+                    [(m.id, m.score, m.votes) for m in b.matches]
 
 
 def test_sharded_engine_stays_live(cluster: DaskCluster, tmp_path: Path,

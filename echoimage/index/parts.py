@@ -134,6 +134,16 @@ def assign_lists(quantizer: faiss.IndexBinary | None, q: np.ndarray, nprobe: int
     return quantizer.search(q, nprobe) if quantizer is not None else None
 
 
+def nearest_lists(assigned: tuple[np.ndarray, np.ndarray] | None, share: float
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Of an assignment (distances, lists; nearest first), the nearest `share` of each
+    row's lists (at least one)."""
+    if assigned is None or share >= 1.0:
+        return assigned
+    n = max(1, round(assigned[1].shape[1] * share))
+    return np.ascontiguousarray(assigned[0][:, :n]), np.ascontiguousarray(assigned[1][:, :n])
+
+
 def query_rows(descriptors: np.ndarray, params: LocalParams) -> np.ndarray:
     """The query descriptors a vote searches with (the first query_descriptors)."""
     return np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)

@@ -51,6 +51,7 @@ from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.local import LocalParams, Voted, count_votes
+from echoimage.index.parts import nearest_lists
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -408,13 +409,9 @@ class SearchEngine:
         if bounds[-1]:
             found_q = np.ascontiguousarray(np.concatenate(rows))
             if self.shards is not None:
-                found, dists, ids = self.shards.hits(q.snap, found_q, params)
+                found, dists, ids = self.shards.hits(q.snap, found_q, params, lists)
             else:
-                assigned = q.snap.parts.assign(found_q)
-                if assigned is not None and lists < 1.0:
-                    n = max(1, round(assigned[1].shape[1] * lists))
-                    assigned = (np.ascontiguousarray(assigned[0][:, :n]),
-                                np.ascontiguousarray(assigned[1][:, :n]))
+                assigned = nearest_lists(q.snap.parts.assign(found_q), lists)
                 found, dists, ids = q.snap.parts.hits(found_q, params, assigned)
         out = []
         for g, (lo, hi) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True),

@@ -22,7 +22,14 @@ import faiss
 import numpy as np
 
 from echoimage.index.local import LocalParams, Voted, count_votes, probes
-from echoimage.index.parts import Part, PartSet, assign_lists, nearest_per_row, query_rows
+from echoimage.index.parts import (
+    Part,
+    PartSet,
+    assign_lists,
+    nearest_lists,
+    nearest_per_row,
+    query_rows,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -153,16 +160,17 @@ class ShardedVotes:
         return count_votes(*self.hits(snap, query_rows(descriptors, params), params),
                            params, top)
 
-    def hits(self, snap: Any, q: np.ndarray, params: LocalParams
+    def hits(self, snap: Any, q: np.ndarray, params: LocalParams, lists: float = 1.0
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each query row's nearest entries of the whole index (rows, distances, ids), as
-        many as a vote counts, for the snapshot snap: what `count_votes` takes."""
+        many as a vote counts, for the snapshot snap: what `count_votes` takes. lists: the
+        share of its lists each row probes (the nearest)."""
         if _quantizer_key(snap) != self.key:
             self.place(snap)
         if len(q) == 0:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        assigned = assign_lists(self.quantizer, q, self.nprobe)
+        assigned = nearest_lists(assign_lists(self.quantizer, q, self.nprobe), lists)
         futures = [a.nearest(q, assigned, snap.seq) for a in self.actors]
         found = [f.result() for f in futures]
         rows, dists, ids = (np.concatenate([f[j] for f in found]) for j in range(3))
