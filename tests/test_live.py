@@ -28,6 +28,7 @@ from echoimage.index.build import (
 from echoimage.index.local import LocalParams, is_two_level, probes
 from echoimage.index.manifest import read_manifest
 from echoimage.index.parts import PartSet
+from echoimage.search.engine import SearchEngine
 from echoimage.search.live import LiveIndex
 from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
@@ -311,6 +312,60 @@ def test_searching_processes_map_large_parts(cat: Catalogue, monkeypatch: pytest
                           faiss.OnDiskInvertedLists)
     assert_same_answers(mapped, read, cat.settings, np.random.default_rng(3),
                         indexed_ids(cat))
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_a_query_that_goes_on_searches_every_list_of_its_first_keypoints(
+        cat: Catalogue, monkeypatch: pytest.MonkeyPatch, share: float) -> None:
+    """After first votes that probed half their lists, the second votes search the first
+    keypoints' other lists: over both, every (keypoint, list) of a full search once; with
+    every list probed, the next keypoints. Either way the hits kept are a full search's,
+    each keypoint's under its own row."""
+    from collections import Counter
+
+    for i in range(30):
+        cat.add(f"/cat/other-{i}.jpg", i)
+    update_index_files(cat.settings, cat.engine)
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+    real = PartSet.hits
+
+    def hits(self: PartSet, q, params, assigned):  # type: ignore[no-untyped-def]
+        calls.append((q.copy(), assigned[1].copy()))
+        return real(self, q, params, assigned)
+
+    monkeypatch.setattr(PartSet, "hits", hits)
+    queries = []
+    more_votes = SearchEngine._more_votes
+
+    def keep(self: SearchEngine, q) -> None:  # type: ignore[no-untyped-def]
+        queries.append(q)
+        more_votes(self, q)
+
+    monkeypatch.setattr(SearchEngine, "_more_votes", keep)
+    settings = cat.settings.model_copy(update={
+        "vote_probe_lists": share, "vote_probe_lists_entries": 1, "stop_votes": 0})
+    engine = search_engine(settings)
+    engine.query_bytes(jpeg(synthetic(5001, 320), 85), 5)  # no copy: every round runs
+    assert len(calls) >= 2 and len(queries) == 1
+    # the whole query's hits, kept over both searches: a full search's, row for row
+    q = queries[0]
+    descs = np.ascontiguousarray(
+        q.views[0].orb(False).descriptors[:settings.local_query_descriptors])
+    parts, params = q.snap.parts, LocalParams.from_settings(settings)
+    want = sorted(zip(*(a.tolist() for a in real(parts, descs, params,
+                                                 parts.assign(descs))), strict=True))
+    assert sorted(zip(*(a.tolist() for a in q.hits[0, False]), strict=True)) == want
+    if share == 1.0:
+        return
+    (q1, l1), (q2, l2) = calls[:2]
+    nprobe = cat.settings.local_nprobe
+    assert l1.shape[1] == nprobe // 2
+    searched = Counter((d.tobytes(), int(li)) for ds, ls in ((q1, l1), (q2, l2))
+                       for d, row in zip(ds, ls, strict=True) for li in row if li >= 0)
+    full = engine.live.current().parts.assign(q2)[1]
+    assert full.shape[1] == nprobe
+    assert searched == Counter((d.tobytes(), int(li)) for d, row in zip(q2, full, strict=True)
+                               for li in row if li >= 0)
 
 
 def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,

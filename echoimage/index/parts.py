@@ -144,6 +144,19 @@ def nearest_lists(assigned: tuple[np.ndarray, np.ndarray] | None, share: float
     return np.ascontiguousarray(assigned[0][:, :n]), np.ascontiguousarray(assigned[1][:, :n])
 
 
+def without_probed(assigned: tuple[np.ndarray, np.ndarray] | None,
+                   probed: tuple[np.ndarray, int] | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """An assignment without what an earlier search probed: probed = (rows, n), the
+    nearest n lists of those rows (a boolean mask) left out (-1: not searched)."""
+    if assigned is None or probed is None or not probed[0].any():
+        return assigned
+    rows, n = probed
+    lists = assigned[1].copy()
+    lists[rows, :n] = -1
+    return assigned[0], lists
+
+
 def query_rows(descriptors: np.ndarray, params: LocalParams) -> np.ndarray:
     """The query descriptors a vote searches with (the first query_descriptors)."""
     return np.ascontiguousarray(descriptors[: params.query_descriptors], dtype=np.uint8)

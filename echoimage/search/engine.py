@@ -50,8 +50,8 @@ from echoimage.features.orb import mirror_features, orb_detect
 from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
-from echoimage.index.local import LocalParams, Voted, count_votes
-from echoimage.index.parts import nearest_lists
+from echoimage.index.local import LocalParams, Voted, count_votes, probes
+from echoimage.index.parts import nearest_lists, without_probed
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -118,6 +118,8 @@ class _Query:
         # the vote search's groups of keypoints (view, mirrored) and each one's hits so far
         self.groups: list[tuple[int, bool]] = []
         self.hits: dict[tuple[int, bool], tuple[np.ndarray, ...]] = {}
+        # lists the first vote search probed of each row, when not all (vote_probe_lists)
+        self.probed = 0
         self.spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
         self.rounds: dict[str, float] = {}
         self.round = ROUNDS[0]
@@ -304,19 +306,27 @@ class SearchEngine:
 
     def _more_votes(self, q: _Query) -> None:
         """The same groups' next keypoints, up to local_query_descriptors each, vote too
-        (counted with the first): a crop of little texture, a copy under overlaid text."""
+        (counted with the first): a crop of little texture, a copy under overlaid text.
+        Where the first votes probed only the nearest of their lists, the first keypoints
+        search their other lists now, so a query that goes on has every list's votes."""
         s = self.settings
-        self._vote(q, q.groups, s.vote_probe_descriptors, s.local_query_descriptors)
+        if q.probed:
+            self._vote(q, q.groups, 0, s.local_query_descriptors,
+                       probed=(s.vote_probe_descriptors, q.probed))
+        else:
+            self._vote(q, q.groups, s.vote_probe_descriptors, s.local_query_descriptors)
 
     def _vote(self, q: _Query, groups: Sequence[tuple[int, bool]], start: int, stop: int,
-              lists: float = 1.0) -> None:
+              lists: float = 1.0, probed: tuple[int, int] | None = None) -> None:
         """Keypoints start..stop of each group (view, mirrored) vote, with the hits of the
         keypoints before them kept from an earlier call; the images voted for are
         re-ranked. lists: the share of the IVF lists a vote search probes that these
-        probe (the nearest first)."""
+        probe (the nearest first); probed = (k, n): the first k keypoints of each group
+        probed their nearest n lists already, and search only the others."""
         descs = [q.views[v].orb(mirror).descriptors[start:stop] for v, mirror in groups]
         q.lap("features_ms")
-        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs, lists))
+        fresh = self._voted(q, groups, self._vote_groups(q, groups, descs, start, lists,
+                                                         probed))
         for i, m in q.best.items():
             q.best[i] = replace(m, votes=q.votes.get(i, 0))
         q.lap("shortlist_ms")
@@ -397,21 +407,30 @@ class SearchEngine:
                 q.cands.update(repo.candidates(session, missing))
 
     def _vote_groups(self, q: _Query, groups: Sequence[tuple[int, bool]],
-                     descs: Sequence[np.ndarray], lists: float = 1.0) -> list[list[Voted]]:
+                     descs: Sequence[np.ndarray], start: int, lists: float = 1.0,
+                     probed: tuple[int, int] | None = None) -> list[list[Voted]]:
         """One search of the local-feature index for several groups of query descriptors
-        (probing `lists` of the IVF lists a search probes, the nearest first); per group,
+        (each group's from its keypoint `start` on; probing `lists` of the IVF lists a
+        search probes, the nearest first, less what `probed` says was searched); per group,
         its hits added to those it had (q.hits), the vote_n images with the most votes, at
-        least min_votes."""
+        least min_votes. A partial first search is remembered in q.probed."""
         s = self.settings
         params = LocalParams.from_settings(s)
         rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
         bounds = np.cumsum([0] + [len(r) for r in rows])
+        if lists < 1.0 and q.snap.quantizer is not None:
+            q.probed = max(1, round(probes(q.snap.quantizer, params) * lists))
+        done = None
+        if probed is not None:
+            done = (np.concatenate([start + np.arange(len(r)) < probed[0] for r in rows]),
+                    probed[1])
         if bounds[-1]:
             found_q = np.ascontiguousarray(np.concatenate(rows))
             if self.shards is not None:
-                found, dists, ids = self.shards.hits(q.snap, found_q, params, lists)
+                found, dists, ids = self.shards.hits(q.snap, found_q, params, lists, done)
             else:
-                assigned = nearest_lists(q.snap.parts.assign(found_q), lists)
+                assigned = without_probed(
+                    nearest_lists(q.snap.parts.assign(found_q), lists), done)
                 found, dists, ids = q.snap.parts.hits(found_q, params, assigned)
         out = []
         for g, (lo, hi) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True),
@@ -419,9 +438,9 @@ class SearchEngine:
             had = q.hits.get(g, (np.zeros(0, np.int64),) * 3)
             if hi > lo:
                 mine = (found >= lo) & (found < hi)
-                # rows numbered after the group's earlier rows, so each counts once
-                offset = int(had[0].max()) + 1 if len(had[0]) else 0
-                new = (found[mine] - lo + offset, dists[mine], ids[mine])
+                # a row is its keypoint's number in the group, in every search: a keypoint
+                # searched again (in other lists) keeps its row, and votes once
+                new = (found[mine] - lo + start, dists[mine], ids[mine])
                 had = tuple(np.concatenate([a, b]) for a, b in zip(had, new, strict=True))
                 q.hits[g] = had
             voted = count_votes(*had, params, s.vote_n)

@@ -29,6 +29,7 @@ from echoimage.index.parts import (
     nearest_lists,
     nearest_per_row,
     query_rows,
+    without_probed,
 )
 
 if TYPE_CHECKING:
@@ -160,17 +161,20 @@ class ShardedVotes:
         return count_votes(*self.hits(snap, query_rows(descriptors, params), params),
                            params, top)
 
-    def hits(self, snap: Any, q: np.ndarray, params: LocalParams, lists: float = 1.0
+    def hits(self, snap: Any, q: np.ndarray, params: LocalParams, lists: float = 1.0,
+             probed: tuple[np.ndarray, int] | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each query row's nearest entries of the whole index (rows, distances, ids), as
         many as a vote counts, for the snapshot snap: what `count_votes` takes. lists: the
-        share of its lists each row probes (the nearest)."""
+        share of its lists each row probes (the nearest); probed: lists an earlier search
+        probed, left out (`without_probed`)."""
         if _quantizer_key(snap) != self.key:
             self.place(snap)
         if len(q) == 0:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        assigned = nearest_lists(assign_lists(self.quantizer, q, self.nprobe), lists)
+        assigned = without_probed(
+            nearest_lists(assign_lists(self.quantizer, q, self.nprobe), lists), probed)
         futures = [a.nearest(q, assigned, snap.seq) for a in self.actors]
         found = [f.result() for f in futures]
         rows, dists, ids = (np.concatenate([f[j] for f in found]) for j in range(3))
