@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy
 from helpers import (
     build_index,
+    crop,
     indexed_features,
     jpeg,
     photo,
@@ -532,3 +533,7 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
     top = engine.query_bytes(jpeg(photo("rocket"), 70), 1).matches[0]
     assert top.url == built_copy.catalogue.url("rocket")
     assert engine.live.current().parts.nprobe == (16 if two_level else 8)
+    # a part of the photo, found by its votes with the first search probing half the lists
+    half = search_engine(s.model_copy(update={"vote_probe_lists_entries": 1}))
+    part = half.query_bytes(jpeg(crop(photo("rocket"), 0.5), 85), 1).matches[0]
+    assert part.url == built_copy.catalogue.url("rocket") and part.duplicate
