@@ -11,7 +11,9 @@ detection.
 2. **votes**: the cells of a collage, by their hashes; then one search of the
    local-feature index for the keypoints of every view (the whole query, its mirror
    image, its content boxes and cells), each group proposing the images it votes for most
-   (at least `min_votes`);
+   (at least `min_votes`); in a large catalogue it probes the nearest share of each
+   keypoint's lists (`probe_share_for`), and a query that goes on searches the rest with
+   its next keypoints;
 3. **deep**: the candidates that are still plausible copies (`stop_inliers` inliers or a
    pHash within `stop_hash` bits, fewer in a large catalogue: `stop_hash_for`;
    `scripts/bench_calibrate.py` says what each rule costs), the most promising first,
