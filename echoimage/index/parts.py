@@ -134,13 +134,19 @@ def assign_lists(quantizer: faiss.IndexBinary | None, q: np.ndarray, nprobe: int
     return quantizer.search(q, nprobe) if quantizer is not None else None
 
 
+def probe_count(nprobe: int, share: float) -> int:
+    """How many of a row's nprobe lists a search probing `share` of them probes (the
+    nearest; at least one)."""
+    return nprobe if share >= 1.0 else max(1, round(nprobe * share))
+
+
 def nearest_lists(assigned: tuple[np.ndarray, np.ndarray] | None, share: float
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """Of an assignment (distances, lists; nearest first), the nearest `share` of each
-    row's lists (at least one)."""
+    row's lists (`probe_count`)."""
     if assigned is None or share >= 1.0:
         return assigned
-    n = max(1, round(assigned[1].shape[1] * share))
+    n = probe_count(assigned[1].shape[1], share)
     return np.ascontiguousarray(assigned[0][:, :n]), np.ascontiguousarray(assigned[1][:, :n])
 
 

@@ -52,8 +52,8 @@ from echoimage.features.orb import mirror_features, orb_detect
 from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
-from echoimage.index.local import LocalParams, Voted, count_votes, probes
-from echoimage.index.parts import nearest_lists, without_probed
+from echoimage.index.local import LocalParams, Voted, count_votes
+from echoimage.index.parts import nearest_lists, probe_count, without_probed
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -120,7 +120,8 @@ class _Query:
         # the vote search's groups of keypoints (view, mirrored) and each one's hits so far
         self.groups: list[tuple[int, bool]] = []
         self.hits: dict[tuple[int, bool], tuple[np.ndarray, ...]] = {}
-        # lists the first vote search probed of each row, when not all (vote_probe_lists)
+        # lists the first vote search probed of each row, when not all (vote_probe_lists;
+        # set by the votes round, read by the next)
         self.probed = 0
         self.spent = {"features_ms": 0.0, "shortlist_ms": 0.0, "rerank_ms": 0.0}
         self.rounds: dict[str, float] = {}
@@ -303,8 +304,10 @@ class SearchEngine:
             if self._found(q):
                 return
         q.groups = [(v, False) for v in range(len(q.views))] + [(0, True)]
-        self._vote(q, q.groups, 0, s.vote_probe_descriptors,
-                   probe_share_for(s, q.snap.size))
+        share = probe_share_for(s, q.snap.size)
+        if share < 1.0 and q.snap.quantizer is not None:  # IVF lists, not all probed
+            q.probed = probe_count(q.snap.parts.nprobe, share)
+        self._vote(q, q.groups, 0, s.vote_probe_descriptors, share)
 
     def _more_votes(self, q: _Query) -> None:
         """The same groups' next keypoints, up to local_query_descriptors each, vote too
@@ -415,13 +418,11 @@ class SearchEngine:
         (each group's from its keypoint `start` on; probing `lists` of the IVF lists a
         search probes, the nearest first, less what `probed` says was searched); per group,
         its hits added to those it had (q.hits), the vote_n images with the most votes, at
-        least min_votes. A partial first search is remembered in q.probed."""
+        least min_votes."""
         s = self.settings
         params = LocalParams.from_settings(s)
         rows = [np.ascontiguousarray(d, np.uint8) for d in descs]
         bounds = np.cumsum([0] + [len(r) for r in rows])
-        if lists < 1.0 and q.snap.quantizer is not None:
-            q.probed = max(1, round(probes(q.snap.quantizer, params) * lists))
         done = None
         if probed is not None:
             done = (np.concatenate([start + np.arange(len(r)) < probed[0] for r in rows]),
