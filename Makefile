@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= echoimage-data
 PHOTOS ?= ../shared/datasets/bsds500
+# processes the test suite runs in (pytest-xdist; much of it waits on servers and
+# subprocesses, so two overlap well on two cores)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-scan bench-cluster faults browser postgres clean
 
@@ -42,7 +45,7 @@ postgres:
 test: $(STAMP) browser postgres
 	$(BIN)/ruff check echoimage bench tests scripts
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check echoimage bench tests scripts
