@@ -326,10 +326,18 @@ def test_scale_benchmark_end_to_end(tmp_path):
         assert r["phash"]["whole"]["recall_at_1"] is not None
         assert r["serving"]["peak_rss_mb"] > 50 and r["index_rebuild_peak_rss_mb"] > 50
         assert r["store_bytes_per_image"] > r["feature_bytes_per_image"] > 1000
+        lists = r["ivf_lists"]  # 10 photos' keypoints are a flat index, 200 entries' not
+        if scale == "10":
+            assert lists is None
+        else:
+            assert lists["lists"] >= 256 and lists["mean_list"] > 0
+            assert lists["scanned_p50"] > 0 and lists["probed_x"] > 0
+            assert lists["entry_x"] >= 1.0  # the mean list as an entry sees it, at least
     assert not (out / "scale-data").exists()
     md = render_scale_markdown(result)
     assert "| | 10 | 200 | 400 |" in md and "serving process" in md
     assert "largest recall@1 drop" in md
+    assert "first votes: entries scanned" in md
 
 
 def test_derived_rows_do_not_depend_on_the_worker_count(built, tmp_path):

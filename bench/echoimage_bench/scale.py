@@ -15,7 +15,11 @@
    RSS; anonymous and file-backed RSS: large index parts are memory-mapped), beside the
    pHash baseline (nearest 64-bit pHash by a numpy Hamming scan of the same store, the
    imagehash/imagededup way) answered in the same process. The catalogue-alone run is the
-   baseline the scales are compared with, in the same run.
+   baseline the scales are compared with, in the same run. The serving process also
+   measures how crowded the IVF lists are that the no-copy queries' first votes scan
+   (`list_crowding`): padding rows are not photos, and where the lists a photo's keypoints
+   fall into hold more entries than the lists an entry sits in, the first vote search
+   scans more than it would among photos.
 3. store bytes (file size, feature bytes per image) and index bytes.
 """
 
@@ -109,6 +113,48 @@ def answer_queries(engine: Any, blobs: list[bytes], k: int) -> list[dict[str, An
     return answers
 
 
+def list_crowding(engine: Any, blobs: list[bytes]) -> dict[str, float] | None:
+    """How crowded the IVF lists are that these queries' first votes scan: the entries a
+    query's first vote search scans (median; the first vote_probe_descriptors keypoints of
+    the whole query and of its mirror image, in the share of their lists the first votes
+    probe: `probe_share_for`; content boxes and collage cells left out), the mean size of
+    the lists probed, and that of the lists the stored entries sit in (FAISS's imbalance
+    factor), both as multiples of the mean list. Among photos queried with photos the two
+    are alike; None for a flat index."""
+    import faiss
+
+    from echoimage.features.orb import mirror_features, orb_detect
+    from echoimage.index.parts import nearest_lists
+    from echoimage.search.engine import probe_share_for
+
+    s = engine.settings
+    snap = engine.live.current()
+    ivf = [p.local for p in snap.parts.parts if isinstance(p.local, faiss.IndexBinaryIVF)]
+    if snap.quantizer is None or not ivf or not blobs:
+        return None
+    sizes = np.zeros(ivf[0].nlist, np.float64)
+    for index in ivf:
+        sizes += [index.invlists.list_size(i) for i in range(index.nlist)]
+    mean = sizes.mean()
+    n = s.vote_probe_descriptors
+    probed, scanned = [], []
+    for data in blobs:
+        gray = engine.decode(data).gray
+        orb, keypoints = orb_detect(gray, s.query_orb_features)
+        mirror = mirror_features(gray, keypoints[:n], s.query_orb_features)
+        rows = np.ascontiguousarray(np.concatenate([orb.descriptors[:n],
+                                                    mirror.descriptors[:n]]), np.uint8)
+        lists = nearest_lists(snap.parts.assign(rows), probe_share_for(s, snap.size))[1]
+        mine = sizes[lists[lists >= 0]]
+        probed.append(mine)
+        scanned.append(float(mine.sum()))
+    every = np.concatenate(probed)
+    return {"lists": int(len(sizes)), "mean_list": round(float(mean), 1),
+            "scanned_p50": percentile(scanned, 50),
+            "probed_x": round(float(every.mean() / mean), 2),
+            "entry_x": round(float((sizes ** 2).sum() / sizes.sum() / mean), 2)}
+
+
 def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     """A serving process: load the engine, answer every query of query_dir/queries.json
     (EchoImage, then the pHash baseline), write latencies, answers and memory to out."""
@@ -130,6 +176,8 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
         engine.query_bytes(data, k=TOP_K)
     answers = answer_queries(engine, blobs, TOP_K)
     after_queries = status_kb()
+    crowding = list_crowding(engine, [b for q, b in zip(queries, blobs, strict=True)
+                                      if q["kind"] == "negative"])
     # the pHash baseline: every indexed image's pHash in memory, a numpy Hamming scan
     store = open_store(settings, create=False)
     t = time.perf_counter()
@@ -153,7 +201,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
         b["top"] = urls[b["id"]]
     out.write_text(json.dumps({
         "entries": engine.size, "load_s": load_s, "answers": answers, "phash": base,
-        "phash_load_s": hash_load_s,
+        "phash_load_s": hash_load_s, "lists": crowding,
         "memory_kb": {"before_load": before, "after_load": after_load,
                       "after_queries": after_queries, "end": status_kb()}}))
 
@@ -306,6 +354,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
                 "feature_bytes_per_image": sizes["features_per_image"],
                 "index_file_bytes": _dir_bytes(settings.index_dir),
                 "engine_load_s": round(probe["load_s"], 2),
+                "ivf_lists": probe["lists"],
                 "serving": {"peak_rss_mb": probe_mb,
                             "rss_mb": _mb(mem["end"].get("VmRSS")),
                             "rss_anon_mb": _mb(mem["end"].get("RssAnon")),
@@ -380,6 +429,10 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
     row("stages p50, whole photos: features / shortlist / re-rank (ms)",
         lambda r: " / ".join(f"{e('whole', 'stage_ms_p50')(r).get(k, 0):.1f}"
                              for k in ("features_ms", "shortlist_ms", "rerank_ms")))
+    row("no-copy queries' first votes: entries scanned p50; lists probed / lists entries "
+        "sit in (× mean list)",
+        lambda r: f"{r['ivf_lists']['scanned_p50']:,.0f}; {r['ivf_lists']['probed_x']:.2f}× / "
+                  f"{r['ivf_lists']['entry_x']:.2f}×")
     row("padding (rows/s)", lambda r: r["padding_rows_per_s"])
     row("index rebuild (s; peak RSS MB)",
         lambda r: f"{r['index_rebuild_s']:.0f}; {r['index_rebuild_peak_rss_mb']:.0f}")
