@@ -356,3 +356,22 @@ def test_serve_workers_get_the_settings(built: Built, fake_uvicorn: dict,
     # the server stopped: the environment is as it was, the shared directory gone
     assert os.environ.get(CONFIG_ENV) is None and os.environ.get(MULTIPROC_ENV) is None
     assert not web.shared_dir.parent.exists()
+
+
+def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
+    """A scrape that finds the metrics file of a process still starting (created, not yet
+    sized) reports the others' metrics instead of failing."""
+    script = (
+        "import os, sys\n"
+        f"os.environ[{MULTIPROC_ENV!r}] = sys.argv[1]\n"
+        "from echoimage.web.metrics import Metrics\n"
+        "m = Metrics()\n"
+        "m.searches.labels('found').inc()\n"
+        "open(os.path.join(sys.argv[1], 'gauge_livesum_999999.db'), 'wb').close()\n"
+        "sys.stdout.write(m.render().decode())\n")
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    out = subprocess.run([sys.executable, "-c", script, str(shared)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'echoimage_searches_total{result="found"} 1.0' in out.stdout

@@ -9,8 +9,9 @@ application's own registry. Nothing is registered in prometheus-client's global 
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,6 +32,23 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
                    10.0, 30.0)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+
+class _FilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus-client's multiprocess collector, leaving out the files it cannot read yet
+    or any more: a starting process creates its file before it sizes it, and one read at 0
+    bytes fails the whole scrape (prometheus/client_python#1199); a process's file may go
+    between the listing and the read."""
+
+    def collect(self) -> Iterable:
+        files = []
+        for name in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except OSError:
+                continue
+        return self.merge(files, accumulate=True)
 
 
 def multiprocess_dir() -> str | None:
@@ -108,7 +126,7 @@ class Metrics:
         mode)."""
         if self.shared:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.shared)
+            _FilesCollector(registry, path=self.shared)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
