@@ -15,7 +15,9 @@
    RSS; anonymous and file-backed RSS: large index parts are memory-mapped), beside the
    pHash baseline (nearest 64-bit pHash by a numpy Hamming scan of the same store, the
    imagehash/imagededup way) answered in the same process. The catalogue-alone run is the
-   baseline the scales are compared with, in the same run. The serving process also
+   baseline the scales are compared with, in the same run. The queries are asked in a
+   seeded shuffled order, so that whole-photo, part-of-photo and no-copy queries share
+   the machine's drift over the run alike. The serving process also
    measures how crowded the IVF lists are that the no-copy queries' first votes scan
    (`list_crowding`): padding rows are not photos, and where the lists a photo's keypoints
    fall into hold more entries than the lists an entry sits in, the first vote search
@@ -98,18 +100,26 @@ def split_catalogue(photo_dir: str | Path, photos: int, negatives: int, seed: in
     return cat_photos, held_out, catalogue
 
 
-def answer_queries(engine: Any, blobs: list[bytes], k: int) -> list[dict[str, Any]]:
-    """Each query's latency, top answer (URL, duplicate, score) and stage times."""
-    answers = []
-    for data in blobs:
+def answer_queries(engine: Any, blobs: list[bytes], k: int, seed: int | None = None
+                   ) -> list[dict[str, Any]]:
+    """Each query's latency, top answer (URL, duplicate, score) and stage times, in the
+    order of blobs. With a seed the queries are asked in a seeded shuffled order: the
+    machine's speed drifts over a run, and asked in turn (copies first, the no-copy
+    queries last) the kinds would each get a different part of the drift."""
+    order = list(range(len(blobs)))
+    if seed is not None:
+        order = np.random.default_rng([seed, 0x0DE5]).permutation(len(blobs)).tolist()
+    answers: list[dict[str, Any]] = [{} for _ in blobs]
+    for i in order:
+        data = blobs[i]
         t = time.perf_counter()
         res = engine.query_bytes(data, k=k)
         ms = (time.perf_counter() - t) * 1000
         top = res.matches[0] if res.matches else None
-        answers.append({"ms": ms, "top": top.url if top else None,
-                        "duplicate": bool(top and top.duplicate),
-                        "score": top.score if top else 0.0, "stages": res.timings,
-                        "rounds": getattr(res, "rounds", {})})
+        answers[i] = {"ms": ms, "top": top.url if top else None,
+                      "duplicate": bool(top and top.duplicate),
+                      "score": top.score if top else 0.0, "stages": res.timings,
+                      "rounds": getattr(res, "rounds", {})}
     return answers
 
 
@@ -174,7 +184,7 @@ def serve_probe(data_dir: Path, query_dir: Path, out: Path) -> None:
     blobs = [(query_dir / q["file"]).read_bytes() for q in queries]
     for data in blobs[:3]:  # warm-up: lazy imports, caches
         engine.query_bytes(data, k=TOP_K)
-    answers = answer_queries(engine, blobs, TOP_K)
+    answers = answer_queries(engine, blobs, TOP_K, seed=0)
     after_queries = status_kb()
     crowding = list_crowding(engine, [b for q, b in zip(queries, blobs, strict=True)
                                       if q["kind"] == "negative"])
