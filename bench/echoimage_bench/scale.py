@@ -17,11 +17,11 @@
    imagehash/imagededup way) answered in the same process. The catalogue-alone run is the
    baseline the scales are compared with, in the same run. The queries are asked in a
    seeded shuffled order, so that whole-photo, part-of-photo and no-copy queries share
-   the machine's drift over the run alike. The serving process also
-   measures how crowded the IVF lists are that the no-copy queries' first votes scan
-   (`list_crowding`): padding rows are not photos, and where the lists a photo's keypoints
-   fall into hold more entries than the lists an entry sits in, the first vote search
-   scans more than it would among photos.
+   the machine's drift over the run alike. The serving process also measures how crowded
+   the IVF lists are that the no-copy queries' first votes scan (`list_crowding`):
+   padding rows are not photos, and where the lists a photo's keypoints fall into hold
+   more entries than the lists an entry sits in, the first vote search scans more than it
+   would among photos.
 3. store bytes (file size, feature bytes per image) and index bytes.
 """
 
@@ -133,9 +133,8 @@ def list_crowding(engine: Any, blobs: list[bytes]) -> dict[str, float] | None:
     are alike; None for a flat index."""
     import faiss
 
-    from echoimage.features.orb import mirror_features, orb_detect
     from echoimage.index.parts import nearest_lists
-    from echoimage.search.engine import probe_share_for
+    from echoimage.search.engine import _View, probe_share_for
 
     s = engine.settings
     snap = engine.live.current()
@@ -149,11 +148,10 @@ def list_crowding(engine: Any, blobs: list[bytes]) -> dict[str, float] | None:
     n = s.vote_probe_descriptors
     probed, scanned = [], []
     for data in blobs:
-        gray = engine.decode(data).gray
-        orb, keypoints = orb_detect(gray, s.query_orb_features)
-        mirror = mirror_features(gray, keypoints[:n], s.query_orb_features)
-        rows = np.ascontiguousarray(np.concatenate([orb.descriptors[:n],
-                                                    mirror.descriptors[:n]]), np.uint8)
+        gray = engine.decode(data).gray  # the whole query's view, as the cascade makes it
+        view = _View(gray, (0, 0, gray.shape[1], gray.shape[0]), s, s.query_orb_features)
+        rows = np.ascontiguousarray(np.concatenate([view.orb(False).descriptors[:n],
+                                                    view.orb(True).descriptors[:n]]), np.uint8)
         lists = nearest_lists(snap.parts.assign(rows), probe_share_for(s, snap.size))[1]
         mine = sizes[lists[lists >= 0]]
         probed.append(mine)
