@@ -69,12 +69,14 @@ class Settings(BaseSettings):
     local_per_image: int = 150
     local_flat_max: int = 20_000
     local_nprobe: int = 8
-    local_wide_nprobe: int = 16  # lists searched when there are more than 8,192 (1M images)
+    local_wide_nprobe: int = 16  # lists searched under a two-level quantizer
     local_query_descriptors: int = 200
     local_max_distance: int = 48
     local_neighbours: int = 2
     local_min_lists: int = 256
-    local_flat_quantizer_max: int = 8192  # more IVF lists: a two-level quantizer
+    # IVF lists up to which the quantizer is flat (2·√n lists, local_nprobe searched);
+    # beyond, two-level (4·√n lists, local_wide_nprobe): 0, every IVF index
+    local_flat_quantizer_max: int = 0
     vote_n: int = 4
     # content boxes (a picture inside a border, a screenshot or a captioned copy)
     max_boxes: int = 3

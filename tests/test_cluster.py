@@ -169,7 +169,7 @@ def ivf_store(tmp_path_factory: pytest.TempPathFactory, module_store_url: str | 
     photos = folder(root / "photos", 40)
     settings = Settings(data_dir=root / "data", database_url=module_store_url, workers=2,
                         orb_features=300, local_flat_max=500, local_min_lists=16,
-                        local_nprobe=4)
+                        local_nprobe=4, local_wide_nprobe=4)
     build_index(settings, [str(photos)], progress=False)
     return settings
 

@@ -164,6 +164,34 @@ def test_local_neighbours_scan_by_list_finds_each_rows_hits(nprobe: int) -> None
         assert got == want
 
 
+def test_the_quantizer_trains_on_one_faiss_thread(monkeypatch) -> None:
+    """k-means is many short parallel loops, whose OpenMP threads spin while they wait for
+    a core on a busy machine: the quantizer trains on one thread whoever asks for it, and
+    the caller's setting comes back."""
+    import faiss
+    import faiss.contrib.clustering as clustering
+
+    from echoimage.index.local import LocalParams, is_two_level, train_quantizer
+
+    seen: list[int] = []
+    real = clustering.two_level_clustering
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(faiss.omp_get_max_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clustering, "two_level_clustering", spy)
+    xb = np.random.default_rng(3).integers(0, 256, (3000, 32), dtype=np.uint8)
+    params = dataclasses.replace(LocalParams.from_settings(Settings()), min_lists=32)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        assert is_two_level(train_quantizer(xb, params))
+        assert seen == [1] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_exact_duplicates_are_found_at_distance_zero() -> None:
     xb, ids, _ = make_binary_dataset(500, 2, dups=50)
     hits = search(build_binary_index(ids, xb), xb[:50], 2)
@@ -486,16 +514,17 @@ def test_rebuild_streams_the_store_into_the_index(built_copy, monkeypatch, exact
     """A rebuild reads the local descriptors piece by piece and trains on a sample of
     images (a large store estimates its descriptor count from that sample): the index holds
     exactly the store's prefixes, and a query still finds its photo through the IVF index
-    (with a flat quantizer, or a two-level one when the lists are many)."""
+    (with the default two-level quantizer, or a flat one when settings ask for it)."""
     from echoimage.index import build
     from echoimage.index.build import load_parts, rebuild_index_files, training_sample
     from echoimage.index.local import is_two_level, local_ids, nlist_for, quantizer_of
 
     if not exact_count:
         monkeypatch.setattr(build, "EXACT_COUNT_MAX", 1)
-    s = built_copy.settings.model_copy(update={
-        "local_flat_max": 1000, "local_min_lists": 16,
-        "local_flat_quantizer_max": 8 if two_level else 8192})
+    update: dict[str, int] = {"local_flat_max": 1000, "local_min_lists": 16}
+    if not two_level:  # a flat quantizer: the default up to 8,192 lists before
+        update["local_flat_quantizer_max"] = 8192
+    s = built_copy.settings.model_copy(update=update)
     engine = open_store(s)
     try:
         with session_factory(engine)() as session:

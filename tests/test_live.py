@@ -52,9 +52,10 @@ def pool() -> list[tuple[bytes, ImageFeatures]]:
 
 
 def ivf_settings(data_dir: Path) -> Settings:
-    """An IVF local index from a few thousand descriptors (16+ lists), one worker."""
+    """An IVF local index from a few thousand descriptors (16+ lists, 4 searched), one
+    worker."""
     return Settings(data_dir=data_dir, workers=1, orb_features=300, local_flat_max=500,
-                    local_min_lists=16, local_nprobe=4)
+                    local_min_lists=16, local_nprobe=4, local_wide_nprobe=4)
 
 
 class Catalogue:
@@ -183,11 +184,11 @@ def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_incremental_updates_answer_like_a_rebuild(tmp_path: Path, cat: Catalogue, seed: int,
                                                    two_level: bool, small_merges: None,
                                                    copy_store) -> None:
-    """Also with a two-level quantizer (many lists): its parts are IVF indexes over copies
-    of it, merged and compacted like the others."""
+    """With the default two-level quantizer and with a flat one (local_flat_quantizer_max
+    set): the parts are IVF indexes over copies of it, merged and compacted alike."""
     rng = np.random.default_rng(seed)
-    if two_level:
-        cat.settings = cat.settings.model_copy(update={"local_flat_quantizer_max": 8})
+    if not two_level:
+        cat.settings = cat.settings.model_copy(update={"local_flat_quantizer_max": 8192})
     settings = cat.settings
     for i in range(30):
         cat.add(f"/cat/first-{i}.jpg", i % POOL)
@@ -358,7 +359,7 @@ def test_a_query_that_goes_on_searches_every_list_of_its_first_keypoints(
     if share == 1.0:
         return
     (q1, l1), (q2, l2) = calls[:2]
-    nprobe = cat.settings.local_nprobe
+    nprobe = engine.live.current().parts.nprobe
     assert l1.shape[1] == nprobe // 2
     searched = Counter((d.tobytes(), int(li)) for ds, ls in ((q1, l1), (q2, l2))
                        for d, row in zip(ds, ls, strict=True) for li in row if li >= 0)
@@ -394,7 +395,7 @@ def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,
             "stop_votes": 0}))
         engine.query_bytes(other, 5)
         seen[share, entries] = list(widths)
-    nprobe = cat.settings.local_nprobe
+    nprobe = search_engine(cat.settings).live.current().parts.nprobe
     assert [seen[k][0] for k in seen] == [nprobe, nprobe // 2, 1, nprobe]
     for k in seen:  # the second votes (and the normalised view's) probe every list
         assert len(seen[k]) >= 2 and set(seen[k][1:]) == {nprobe}

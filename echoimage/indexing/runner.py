@@ -18,7 +18,6 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-import faiss
 from sqlalchemy import Engine
 
 from echoimage.aio import run_interruptibly
@@ -26,6 +25,7 @@ from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.fetch.local import file_marker, is_url
 from echoimage.index.build import update_index_files
+from echoimage.index.local import one_faiss_thread
 from echoimage.indexing.runs import BuildSummary, work_phase, write_results
 from echoimage.indexing.work import (
     FeatureParams,
@@ -257,20 +257,6 @@ def _quiet_cancelled_race() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-@contextmanager
-def one_faiss_thread() -> Iterator[None]:
-    """FAISS's OpenMP at one thread in the calling thread while the block runs (as for
-    queries and dedupe). Training and filling the local-feature index of 200 bsds500
-    photos took 0.6 s of CPU with one thread, 2.5-3.4 s with two on a busy 2-core machine:
-    OpenMP's threads spin while they wait for a core."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def worker_death(exc: BaseException) -> str:
