@@ -226,6 +226,36 @@ def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue,
         assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
 
 
+def test_a_background_refresh_runs_faiss_on_one_thread(cat: Catalogue,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serving process's refresh thread assigns the store's new rows to lists on one
+    FAISS thread, as its queries run: OpenMP threads spinning for a core would take it from
+    the queries being answered."""
+    import faiss
+
+    import echoimage.search.live as live_mod
+
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(cat.settings, cat.engine)
+    seen: list[int] = []
+    real = live_mod.delta_part
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(faiss.omp_get_max_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(live_mod, "delta_part", spy)
+    live = LiveIndex(cat.settings, cat.engine, background=True)
+    before = live.snapshot().seq
+    seen.clear()
+    cat.add("/cat/later.jpg", 30)
+    live.current()  # stale: a refresh starts in the background
+    live.wait()
+    assert live.snapshot().seq > before
+    assert seen and set(seen) == {1}
+
+
 def test_engine_answers_like_a_rebuilt_engine(tmp_path: Path, cat: Catalogue,
                                               small_merges: None, copy_store) -> None:
     """End to end: transformed copies of catalogue images get the same ranked results."""

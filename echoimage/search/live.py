@@ -132,6 +132,9 @@ class LiveIndex:
             self._thread.start()
 
     def _background_refresh(self) -> None:
+        # one FAISS thread, as queries have: OpenMP threads that spin for a core while the
+        # delta's rows are assigned to lists take it from the queries being answered
+        faiss.omp_set_num_threads(1)
         while True:
             try:
                 self.refresh()
