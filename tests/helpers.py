@@ -445,6 +445,22 @@ def bench_photo_folder(folder: Path) -> None:
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def faiss_threads_of(monkeypatch: Any, owner: object, name: str) -> list[int]:
+    """Patch owner.name (a function) to record FAISS's OpenMP thread count of the calling
+    thread at each call; the list of counts fills as it is called."""
+    import faiss
+
+    seen: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(faiss.omp_get_max_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return seen
+
+
 def build_index(settings: Settings, sources: list[str], progress: bool = False,
                 sample: bool = False) -> BuildSummary:
     """`index build` through the library's door (a Catalogue of settings, closed after)."""

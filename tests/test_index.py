@@ -15,6 +15,7 @@ import sqlalchemy
 from helpers import (
     build_index,
     crop,
+    faiss_threads_of,
     indexed_features,
     jpeg,
     photo,
@@ -173,14 +174,7 @@ def test_the_quantizer_trains_on_one_faiss_thread(monkeypatch) -> None:
 
     from echoimage.index.local import LocalParams, is_two_level, train_quantizer
 
-    seen: list[int] = []
-    real = clustering.two_level_clustering
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(faiss.omp_get_max_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(clustering, "two_level_clustering", spy)
+    seen = faiss_threads_of(monkeypatch, clustering, "two_level_clustering")
     xb = np.random.default_rng(3).integers(0, 256, (3000, 32), dtype=np.uint8)
     params = dataclasses.replace(LocalParams.from_settings(Settings()), min_lists=32)
     before = faiss.omp_get_max_threads()

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MAX_PIXELS, WORK_SIZE, jpeg, mirror, search_engine, synthetic
+from helpers import (
+    MAX_PIXELS,
+    WORK_SIZE,
+    faiss_threads_of,
+    jpeg,
+    mirror,
+    search_engine,
+    synthetic,
+)
 
 import echoimage.index.build as build_mod
 from echoimage.config import Settings
@@ -231,21 +239,12 @@ def test_a_background_refresh_runs_faiss_on_one_thread(cat: Catalogue,
     """A serving process's refresh thread assigns the store's new rows to lists on one
     FAISS thread, as its queries run: OpenMP threads spinning for a core would take it from
     the queries being answered."""
-    import faiss
-
     import echoimage.search.live as live_mod
 
     for i in range(30):
         cat.add(f"/cat/first-{i}.jpg", i)
     update_index_files(cat.settings, cat.engine)
-    seen: list[int] = []
-    real = live_mod.delta_part
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(faiss.omp_get_max_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(live_mod, "delta_part", spy)
+    seen = faiss_threads_of(monkeypatch, live_mod, "delta_part")
     live = LiveIndex(cat.settings, cat.engine, background=True)
     before = live.snapshot().seq
     seen.clear()
