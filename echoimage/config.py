@@ -179,6 +179,10 @@ class Settings(BaseSettings):
 
     # indexing
     workers: int = 0
+    # the niceness the feature workers of a build or an update add to their own (0-19; 0:
+    # none): a server on the same machine answers first, and the workers take the cores
+    # it leaves idle (an idle machine gives them the same time)
+    worker_nice: int = 10
     # a Dask cluster for builds, updates and the sharded vote search: tcp://HOST:8786, or
     # local:N for a LocalCluster of N worker processes (see echoimage.cluster)
     cluster: str | None = None
@@ -236,6 +240,13 @@ class Settings(BaseSettings):
     def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must not be negative")
+        return value
+
+    @field_validator("worker_nice")
+    @classmethod
+    def _niceness(cls, value: int) -> int:
+        if not 0 <= value <= 19:
+            raise ValueError("must be a niceness from 0 to 19")
         return value
 
     @field_validator("vote_probe_lists")

@@ -180,3 +180,50 @@ def test_one_runner_at_a_time(tmp_path: Path, store_url: str | None) -> None:
     assert counts[1] == {"unchanged": PER_DIR + 30}
     assert sum(o["processed"] for o in outs) == 30  # each new image extracted once
     check_store(settings, dirs["a"] + new)
+
+
+def _niceness(pid: int) -> int:
+    """A process's niceness (field 19 of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _feature_workers(parent: int) -> dict[int, int]:
+    """The loky feature workers the process `parent` started: pid → niceness."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"popen_loky" in cmd:
+                out[int(entry.name)] = _niceness(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return out
+
+
+@pytest.mark.parametrize("nice", [None, 0])
+def test_the_feature_workers_yield_to_a_server(tmp_path: Path, nice: int | None) -> None:
+    """A build's feature workers run worker_nice (10 unless set) nicer than the command,
+    so that a server on the machine answers first; the command itself does not."""
+    dirs = make_dirs(tmp_path / "cat", "ab")
+    env = {**os.environ}
+    if nice is not None:
+        env["ECHOIMAGE_WORKER_NICE"] = str(nice)
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(tmp_path / "data"), "index",
+           "build", str(tmp_path / "cat"), "-q", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    seen: dict[int, int] = {}
+    own = _niceness(proc.pid)
+    while proc.poll() is None:
+        seen.update(_feature_workers(proc.pid))
+        time.sleep(0.01)
+    finish(proc)
+    assert _niceness(os.getpid()) == own
+    assert len(seen) == 2, seen
+    want = own if nice == 0 else min(own + 10, 19)
+    assert set(seen.values()) == {want}, (own, seen)
+    check_store(Settings(data_dir=tmp_path / "data"), [p for d in dirs.values() for p in d])

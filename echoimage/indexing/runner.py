@@ -105,7 +105,8 @@ class Runner:
         # started its threads could deadlock
         try:
             pool = ProcessPoolExecutor(workers, initializer=init_worker,
-                                       initargs=(os.getpid(), self.params.max_pixels))
+                                       initargs=(os.getpid(), self.params.max_pixels,
+                                                 self.settings.worker_nice))
         except OSError as exc:
             raise EchoImageError(f"cannot start the feature workers: {exc}") from None
         try:

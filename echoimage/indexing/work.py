@@ -53,10 +53,11 @@ def _exit_with(pid: int) -> None:
             pass
 
 
-def init_worker(main_pid: int, max_pixels: int) -> None:
+def init_worker(main_pid: int, max_pixels: int, nice: int = 0) -> None:
     """Start-up of a feature worker process: exit with the run, leave Ctrl-C to the run
     (which stops the pool; a worker's own KeyboardInterrupt would print a traceback), one
-    OpenCV thread, and Pillow's bomb guard at the run's pixel cap (see decode)."""
+    OpenCV thread, Pillow's bomb guard at the run's pixel cap (see decode), and `nice`
+    added to its niceness (Settings.worker_nice: a server on the machine answers first)."""
     import cv2
 
     from echoimage.features.decode import agree_pillow_limit
@@ -66,6 +67,11 @@ def init_worker(main_pid: int, max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     agree_pillow_limit(max_pixels)
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError as exc:  # a container may forbid it: the worker runs as it is
+            log.debug("cannot lower the feature worker's priority: %s", exc)
 
 
 def noop(_: int) -> None:
