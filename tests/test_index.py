@@ -165,6 +165,49 @@ def test_local_neighbours_scan_by_list_finds_each_rows_hits(nprobe: int) -> None
         assert got == want
 
 
+def test_known_lists_build_the_part_the_quantizer_would() -> None:
+    """local_part with each row's list given (`ListMemo`) holds what it holds when the
+    quantizer assigns them; the memo assigns only rows it has not seen at that change
+    number, and forgets everything under another quantizer."""
+    import faiss
+
+    from echoimage.index.local import ListMemo, LocalParams, local_part, train_quantizer
+
+    rng = np.random.default_rng(5)
+    xb = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    params = dataclasses.replace(LocalParams.from_settings(Settings()), min_lists=32)
+    quantizer = train_quantizer(xb, params)
+    counts = np.array([100, 250, 150], np.int64)
+    ids = np.repeat(np.array([7, 8, 9], np.int64), counts)
+    descs = xb[:500]
+    memo = ListMemo()
+    lists = memo.lists(quantizer, [(7, 1), (8, 2), (9, 3)], counts, descs)
+    assert memo.assigned == 500
+
+    def contents(index) -> list[tuple[int, int, bytes]]:
+        inv = index.invlists
+        return sorted(
+            (li, int(i), bytes(c)) for li in range(index.nlist) for i, c in zip(
+                faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)),
+                faiss.rev_swig_ptr(inv.get_codes(li), inv.list_size(li) * 32).reshape(-1, 32),
+                strict=True))
+
+    assert contents(local_part(ids, descs, quantizer, lists)) == \
+        contents(local_part(ids, descs, quantizer))
+    # image 8 gone, 9 changed (change 4), 10 new: only 9's and 10's rows are assigned
+    more = np.concatenate([xb[:100], xb[600:700], xb[900:950]])
+    again = memo.lists(quantizer, [(7, 1), (9, 4), (10, 5)], np.array([100, 100, 50]), more)
+    assert memo.assigned == 650
+    assert np.array_equal(again[:100], lists[:100])
+    assert np.array_equal(again, memo.lists(quantizer, [(7, 1), (9, 4), (10, 5)],
+                                            np.array([100, 100, 50]), more))
+    assert memo.assigned == 650
+    memo.lists(train_quantizer(xb, params, seed=1), [(7, 1)], np.array([100]), xb[:100])
+    assert memo.assigned == 750
+    with pytest.raises(ValueError, match="rows"):
+        memo.lists(quantizer, [(7, 1)], np.array([99]), xb[:100])
+
+
 def test_the_quantizer_trains_on_one_faiss_thread(monkeypatch) -> None:
     """k-means is many short parallel loops, whose OpenMP threads spin while they wait for
     a core on a busy machine: the quantizer trains on one thread whoever asks for it, and

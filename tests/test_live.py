@@ -234,6 +234,42 @@ def test_in_memory_delta_answers_like_a_rebuild(tmp_path: Path, cat: Catalogue,
         assert_same_answers(snap.parts, file_parts(copy), settings, rng, indexed_ids(cat))
 
 
+def test_a_refresh_assigns_only_the_rows_new_since_the_last(cat: Catalogue) -> None:
+    """A serving process rebuilds its delta at every change of the store: the rows the last
+    delta held keep their lists (`ListMemo`), a changed image's new rows are assigned again,
+    and the delta is the one a fresh assignment gives."""
+    for i in range(30):
+        cat.add(f"/cat/first-{i}.jpg", i)
+    update_index_files(cat.settings, cat.engine)
+    live = LiveIndex(cat.settings, cat.engine)
+    rows = [len(cat.pool[i][1].orb.descriptors[:cat.settings.local_per_image])
+            for i in range(POOL)]
+    start = live._memo.assigned
+    cat.add("/cat/a.jpg", 30)
+    cat.add("/cat/b.jpg", 31)
+    live.refresh()
+    assert live._memo.assigned - start == rows[30] + rows[31]
+    cat.add("/cat/c.jpg", 32)
+    live.refresh()
+    assert live._memo.assigned - start == rows[30] + rows[31] + rows[32]
+    cat.add("/cat/a.jpg", 33)  # changed: other features under the same URL
+    live.refresh()
+    assert live._memo.assigned - start == rows[30] + rows[31] + rows[32] + rows[33]
+    delta = live.snapshot().parts.parts[-1].local
+    fresh = LiveIndex(cat.settings, cat.engine).snapshot().parts.parts[-1].local
+    assert delta.ntotal == fresh.ntotal == rows[31] + rows[32] + rows[33]
+    assert list_contents(delta) == list_contents(fresh)
+
+
+def list_contents(index) -> list[tuple[int, int]]:
+    """(list, id) of every entry of an IVF index, sorted."""
+    import faiss
+
+    lists = index.invlists
+    return sorted((li, int(i)) for li in range(index.nlist)
+                  for i in faiss.rev_swig_ptr(lists.get_ids(li), lists.list_size(li)))
+
+
 def test_a_background_refresh_runs_faiss_on_one_thread(cat: Catalogue,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A serving process's refresh thread assigns the store's new rows to lists on one

@@ -45,6 +45,7 @@ from echoimage.index.local import (
     DESC_BYTES,
     LAYOUT,
     TRAIN_PER_LIST,
+    ListMemo,
     LocalParams,
     empty_part,
     local_part,
@@ -243,6 +244,9 @@ class _Rows:
     local_ids: np.ndarray
     descs: np.ndarray
     touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: per image of ids, when read as changed rows: its change number and its descriptors
+    seqs: np.ndarray | None = None
+    counts: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -322,10 +326,17 @@ def stored_local(session: Any, per_image: int, quantizer: faiss.IndexBinary | No
     return local
 
 
-def rows_part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None) -> Part:
-    """A part holding these rows (IVF over the quantizer, or flat)."""
+def rows_part(name: str, seq: int, rows: _Rows, quantizer: faiss.IndexBinary | None,
+              memo: ListMemo | None = None) -> Part:
+    """A part holding these rows (IVF over the quantizer, or flat); memo: the lists of the
+    rows it saw before are taken from it (changed rows only)."""
+    lists = None
+    if memo is not None and quantizer is not None and rows.seqs is not None \
+            and rows.counts is not None:
+        keys = list(zip(rows.ids.tolist(), rows.seqs.tolist(), strict=True))
+        lists = memo.lists(quantizer, keys, rows.counts, rows.descs)
     return Part(name, seq, build_binary_index(rows.ids, rows.codes),
-                local_part(rows.local_ids, rows.descs, quantizer), rows.touched)
+                local_part(rows.local_ids, rows.descs, quantizer, lists), rows.touched)
 
 
 def changed_rows(session: Any, after: int, per_image: int) -> tuple[list[repo.ChangedImage],
@@ -339,10 +350,12 @@ def changed_rows(session: Any, after: int, per_image: int) -> tuple[list[repo.Ch
     ids = np.array([c.id for c in live], np.int64)
     codes = np.frombuffer(b"".join(c.phash for c in live), np.uint8).reshape(-1, 8)
     blobs = [descs.get(c.id, b"") for c in live]
-    lids = np.repeat(ids, [len(b) // DESC_BYTES for b in blobs])
+    counts = np.array([len(b) // DESC_BYTES for b in blobs], np.int64)
+    lids = np.repeat(ids, counts)
     arr = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, DESC_BYTES)
     touched = np.array(sorted(c.id for c in changed), np.int64)
-    return changed, _Rows(ids, codes, lids, arr, touched)
+    seqs = np.array([c.seq for c in live], np.int64)
+    return changed, _Rows(ids, codes, lids, arr, touched, seqs, counts)
 
 
 def _rebuild(settings: Settings, engine: Engine, reason: str, t0: float,
@@ -553,11 +566,13 @@ def in_memory_index(settings: Settings, engine: Engine) -> tuple[PartSet, int]:
 
 
 def delta_part(session: Any, after: int, settings: Settings,
-               quantizer: faiss.IndexBinary | None) -> tuple[Part | None, int]:
+               quantizer: faiss.IndexBinary | None, memo: ListMemo | None = None
+               ) -> tuple[Part | None, int]:
     """The store rows changed after change number `after` as one in-memory part (None if
-    none), and the store's last change number, read in the same transaction."""
+    none), and the store's last change number, read in the same transaction; memo: the
+    lists of the rows the last delta held (`ListMemo`)."""
     seq = repo.current_seq(session)
     if seq == after:
         return None, seq
     _, rows = changed_rows(session, after, settings.local_per_image)
-    return rows_part(f"delta-{seq}", seq, rows, quantizer), seq
+    return rows_part(f"delta-{seq}", seq, rows, quantizer, memo), seq

@@ -46,10 +46,11 @@ class PartSet:
         self.nprobe = min(nprobe, quantizer.ntotal) if quantizer is not None else nprobe
         shadowed, superseded = [], []
         later = np.zeros(0, np.int64)
-        for part in reversed(parts):
+        for n, part in enumerate(reversed(parts)):
             shadowed.append(part.ids[np.isin(part.ids, later, assume_unique=True)])
             superseded.append(later)
-            later = np.union1d(later, np.union1d(part.touched, part.ids))
+            if n < len(parts) - 1:  # nothing is older than the oldest part
+                later = np.union1d(later, np.union1d(part.touched, part.ids))
         #: per part, the ids of its images that newer parts replace or remove
         self.shadowed = tuple(reversed(shadowed))
         #: per part, every id newer parts replace, remove or hold (its local entries of

@@ -31,7 +31,7 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import LocalParams, probes
+from echoimage.index.local import ListMemo, LocalParams, probes
 from echoimage.index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from echoimage.index.parts import Part, PartSet
 from echoimage.store import repo
@@ -83,6 +83,8 @@ class LiveIndex:
         self._kick_lock = threading.Lock()
         self._again = False
         self._thread: threading.Thread | None = None
+        # the delta's rows keep their IVF lists from one refresh to the next
+        self._memo = ListMemo()
         self.refresh()
 
     # --- reading ---------------------------------------------------------------------------
@@ -167,14 +169,16 @@ class LiveIndex:
                 base = self._load_files(old)
             file_parts, quantizer, files_seq, manifest, key = base
             with snapshot(self.store) as session:
-                delta, seq = delta_part(session, files_seq, self.settings, quantizer)
+                delta, seq = delta_part(session, files_seq, self.settings, quantizer,
+                                        self._memo)
             if delta is not None and len(delta.touched) > self.delta_max and \
                     manifest is not None and self.rebuild and not is_readonly(self.store):
                 # far behind the store: bring the files up to date, then read them
                 self._write_files()
                 file_parts, quantizer, files_seq, manifest, key = self._load_files(old)
                 with snapshot(self.store) as session:
-                    delta, seq = delta_part(session, files_seq, self.settings, quantizer)
+                    delta, seq = delta_part(session, files_seq, self.settings, quantizer,
+                                        self._memo)
             parts = (*file_parts, delta) if delta is not None else file_parts
             lp = LocalParams.from_settings(self.settings)
             new = Snapshot(PartSet(parts, quantizer, probes(quantizer, lp)), seq, files_seq,
