@@ -12,7 +12,10 @@ process sees meanwhile.
    baseline; a serving engine (background refresh) answers queries in a thread, idle and
    while `echoimage index update` runs in another process after the folder changed; the
    update's time and breakdown, query latency idle and during the update, errors, and how
-   long after the update the new images are answered;
+   long after the update the new images are answered; with `update_rounds`, further
+   updates of the same kind (the last round's new images removed, other versions of the
+   held-out photos added, the 100 changed again), each with the feature workers' niceness
+   of `worker_nice` in turn, their latency pooled by niceness;
 3. **growth**: ten updates that add 2% of the catalogue each (derived rows, 20% in all),
    each followed by the index update; recall@1 of the photos under every transform with
    that incrementally maintained index, then after a full rebuild (retrained quantizer) of
@@ -22,6 +25,7 @@ process sees meanwhile.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,11 +48,14 @@ from echoimage_bench.transforms import TRANSFORMS, make_query, transform_rng
 TOP_K = 5
 
 
-def _cli(data_dir: Path, *args: str | Path, timeout: float = 3600) -> tuple[float, dict]:
-    """Run `echoimage --data-dir DATA ARGS --json` in a subprocess: (seconds, its JSON)."""
+def _cli(data_dir: Path, *args: str | Path, timeout: float = 3600,
+         env: dict[str, str] | None = None) -> tuple[float, dict]:
+    """Run `echoimage --data-dir DATA ARGS --json` in a subprocess (with env added to its
+    environment): (seconds, its JSON)."""
     cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), *map(str, args)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, args))} failed: {proc.stderr[-2000:]}")
@@ -139,8 +146,13 @@ class _Load:
             self.thread.join(60)
 
     def between(self, t0: float, t1: float) -> dict[str, Any]:
-        ms = [m for t, m, _ in self.samples if t0 <= t <= t1]
-        bad = sum(1 for t, _, ok in self.samples if t0 <= t <= t1 and not ok)
+        return self.within([(t0, t1)])
+
+    def within(self, windows: list[tuple[float, float]]) -> dict[str, Any]:
+        """Queries, errors, p50 and p95 of the queries answered in any of the windows."""
+        ms = [m for t, m, _ in self.samples if any(t0 <= t <= t1 for t0, t1 in windows)]
+        bad = sum(1 for t, _, ok in self.samples
+                  if not ok and any(t0 <= t <= t1 for t0, t1 in windows))
         return {"queries": len(ms), "errors": bad, "p50_ms": percentile(ms, 50),
                 "p95_ms": percentile(ms, 95)}
 
@@ -169,8 +181,12 @@ def _recall(engine: Any, queries: list[tuple[int, str, bytes]], urls: list[str],
 
 def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: int = 100_000,
                        small: int = 850, recall_photos: int = 100, seed: int = 0,
+                       update_rounds: int = 1, worker_nice: list[int] | None = None,
                        progress: bool = True) -> dict[str, Any]:
-    """Run the three stages (see the module docstring); writes out_dir/live.json."""
+    """Run the three stages (see the module docstring); writes out_dir/live.json.
+    update_rounds: stage 2's update that many times (other changes each time: its query
+    latency pooled over more queries); worker_nice: the feature workers' niceness of each
+    round in turn (ECHOIMAGE_WORKER_NICE; default: the setting's)."""
     from echoimage.config import Settings
     from echoimage.index.build import rebuild_index_files
     from echoimage.store.db import open_store
@@ -229,10 +245,17 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
         (folder / p.name).write_bytes(buf.tobytes())
     for p in catalogue[100:200]:  # 100 removed
         (folder / p.name).unlink()
+    nices = list(worker_nice) if worker_nice else [None]
+
+    def nice_env(r: int) -> dict[str, str]:
+        n = nices[r % len(nices)]
+        return {} if n is None else {"ECHOIMAGE_WORKER_NICE": str(n)}
+
     t_start = time.time()
-    wall, summary = _cli(data, "index", "update", "-q", "--json")
+    wall, summary = _cli(data, "index", "update", "-q", "--json", env=nice_env(0))
     t_end = time.time()
     during = load.between(t_start, t_end)
+    windows = [((idle_end - 15, idle_end), (t_start, t_end), nices[0], wall)]
     probe = make_query(read_bgr(held[0]), TRANSFORMS["jpeg30"], transform_rng(seed, 0, "x"))
     visible_s = None
     deadline = time.time() + 60
@@ -243,15 +266,53 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
             break
         time.sleep(0.05)
     time.sleep(5)
-    load.finish()
     after = load.between(t_end + 3, time.time())
+    added = [folder / p.name for p in held]
+    for r in range(1, update_rounds):  # the same kind of update again: other changes
+        time.sleep(10)
+        idle_end = time.time()
+        for f in added:  # 100 removed: the last round's new images
+            f.unlink()
+        added = []
+        for p in held:  # 100 new: other versions of the held-out photos
+            img = read_bgr(p)
+            h = img.shape[0]
+            ok, buf = cv2.imencode(".jpg", img[h * (r % 4) // 40:],
+                                   [cv2.IMWRITE_JPEG_QUALITY, 88])
+            added.append(folder / f"r{r}-{p.name}")
+            added[-1].write_bytes(buf.tobytes())
+        for p in catalogue[:100]:  # 100 changed: another crop in place
+            img = read_bgr(p)
+            h, w = img.shape[:2]
+            dy, dx = h * (1 + r % 7) // 40, w * (1 + r % 7) // 40
+            ok, buf = cv2.imencode(".jpg", img[dy:h - dy, dx:w - dx],
+                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
+            (folder / p.name).write_bytes(buf.tobytes())
+        t0 = time.time()
+        secs, _ = _cli(data, "index", "update", "-q", "--json", env=nice_env(r))
+        windows.append(((idle_end - 10, idle_end), (t0, time.time()), nices[r % len(nices)],
+                        secs))
+        log(f"update round {r + 1}: {secs:.1f}s wall; query p95 idle "
+            f"{load.between(*windows[-1][0])['p95_ms']:.0f} ms, during "
+            f"{load.between(*windows[-1][1])['p95_ms']:.0f} ms")
+    load.finish()
+    rounds = [{"worker_nice": n, "wall_s": secs, "idle": load.between(*i),
+               "during_update": load.between(*d)} for i, d, n, secs in windows]
+    by_nice = {}
+    for n in dict.fromkeys(nices):
+        idle_n = load.within([i for i, _, m, _ in windows if m == n])
+        during_n = load.within([d for _, d, m, _ in windows if m == n])
+        by_nice[str("setting" if n is None else n)] = {
+            "rounds": sum(1 for *_, m, _ in windows if m == n), "idle": idle_n,
+            "during_update": during_n,
+            "p95_ratio": during_n["p95_ms"] / idle_n["p95_ms"] if idle_n["p95_ms"] else None}
     result["update_100_100_100"] = {
         "wall_s": wall, "update_s": summary["seconds"], "counts": summary["counts"],
         "processed": summary["processed"], "worker_cpu_s": summary["cpu_seconds"],
         "index": summary["index"], "startup_s": result["one_image_update"]["startup_s"],
         "idle": idle, "during_update": during, "after_update": after,
         "new_state_answered_after_s": visible_s, "errors": load.errors[:5],
-        "error_count": len(load.errors)}
+        "error_count": len(load.errors), "rounds": rounds, "by_worker_nice": by_nice}
     log(f"update 100/100/100: {wall:.1f}s wall ({summary['index']['action']} in "
         f"{summary['index']['seconds']:.2f}s); query p95 idle {idle['p95_ms']:.0f} ms, "
         f"during {during['p95_ms']} ms; new state answered {visible_s}s after")
