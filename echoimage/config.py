@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     # first votes are every no-copy query's cost, and most of it is the scan of the lists.
     # scripts/bench_calibrate.py --data: half the lists lost no copy at 10k and 100k
     # entries and cut the held-out queries' vote round by a third at 10k; among 400
-    # entries it lost 3 more of 1,590 (README, "Scores")
+    # entries it lost 3 more of 1,590 (README, "Scores"). A query that goes on searches
+    # the first keypoints' other lists, and the same share of its next keypoints' lists
     vote_probe_lists: float = 0.5
     vote_probe_lists_entries: int = 10_000
     stop_votes: int = 5

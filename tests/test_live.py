@@ -384,9 +384,10 @@ def test_searching_processes_map_large_parts(cat: Catalogue, monkeypatch: pytest
 def test_a_query_that_goes_on_searches_every_list_of_its_first_keypoints(
         cat: Catalogue, monkeypatch: pytest.MonkeyPatch, share: float) -> None:
     """After first votes that probed half their lists, the second votes search the first
-    keypoints' other lists: over both, every (keypoint, list) of a full search once; with
-    every list probed, the next keypoints. Either way the hits kept are a full search's,
-    each keypoint's under its own row."""
+    keypoints' other lists and the next keypoints' nearest half: over both, every list of
+    the first keypoints once, the nearest half of the next ones'; with every list probed,
+    the next keypoints' every list. Either way each keypoint's hits are kept under its own
+    row."""
     from collections import Counter
 
     for i in range(30):
@@ -418,20 +419,34 @@ def test_a_query_that_goes_on_searches_every_list_of_its_first_keypoints(
     descs = np.ascontiguousarray(
         q.views[0].orb(False).descriptors[:settings.local_query_descriptors])
     parts, params = q.snap.parts, LocalParams.from_settings(settings)
-    want = sorted(zip(*(a.tolist() for a in real(parts, descs, params,
-                                                 parts.assign(descs))), strict=True))
+    nprobe = parts.nprobe
+    first = settings.vote_probe_descriptors
+    full = parts.assign(descs)
+    lists = full[1].copy()
+    if share < 1.0:
+        lists[first:, nprobe // 2:] = -1  # the next keypoints: their nearest half
+    want = sorted(zip(*(a.tolist() for a in real(parts, descs, params, (full[0], lists))),
+                      strict=True))
     assert sorted(zip(*(a.tolist() for a in q.hits[0, False]), strict=True)) == want
     if share == 1.0:
         return
     (q1, l1), (q2, l2) = calls[:2]
-    nprobe = engine.live.current().parts.nprobe
     assert l1.shape[1] == nprobe // 2
     searched = Counter((d.tobytes(), int(li)) for ds, ls in ((q1, l1), (q2, l2))
                        for d, row in zip(ds, ls, strict=True) for li in row if li >= 0)
-    full = engine.live.current().parts.assign(q2)[1]
-    assert full.shape[1] == nprobe
-    assert searched == Counter((d.tobytes(), int(li)) for d, row in zip(q2, full, strict=True)
-                               for li in row if li >= 0)
+    every = parts.assign(q2)[1]
+    assert every.shape[1] == nprobe
+    # q2 holds each group's keypoints in turn, its first `first` of them first
+    expected: Counter[tuple[bytes, int]] = Counter()
+    k = 0
+    for v, flipped in q.groups:
+        n = len(q.views[v].orb(flipped).descriptors[:settings.local_query_descriptors])
+        for r in range(n):
+            row = every[k + r] if r < first else every[k + r][:nprobe // 2]
+            expected.update((q2[k + r].tobytes(), int(li)) for li in row if li >= 0)
+        k += n
+    assert k == len(q2)
+    assert searched == expected
 
 
 def test_the_first_votes_probe_their_share_of_the_lists(cat: Catalogue,

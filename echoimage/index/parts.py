@@ -151,16 +151,18 @@ def nearest_lists(assigned: tuple[np.ndarray, np.ndarray] | None, share: float
     return np.ascontiguousarray(assigned[0][:, :n]), np.ascontiguousarray(assigned[1][:, :n])
 
 
-def without_probed(assigned: tuple[np.ndarray, np.ndarray] | None,
-                   probed: tuple[np.ndarray, int] | None
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
-    """An assignment without what an earlier search probed: probed = (rows, n), the
-    nearest n lists of those rows (a boolean mask) left out (-1: not searched)."""
-    if assigned is None or probed is None or not probed[0].any():
+def next_probes(assigned: tuple[np.ndarray, np.ndarray] | None,
+                probed: tuple[np.ndarray, int] | None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The lists a search after one that probed the nearest n lists of some rows probes:
+    probed = (rows, n), those rows (a boolean mask) search their other lists, the rows
+    new since search their nearest n as those did (-1: not searched)."""
+    if assigned is None or probed is None:
         return assigned
     rows, n = probed
     lists = assigned[1].copy()
     lists[rows, :n] = -1
+    lists[~rows, n:] = -1
     return assigned[0], lists
 
 

@@ -12,8 +12,8 @@ detection.
    local-feature index for the keypoints of every view (the whole query, its mirror
    image, its content boxes and cells), each group proposing the images it votes for most
    (at least `min_votes`); in a large catalogue it probes the nearest share of each
-   keypoint's lists (`probe_share_for`), and a query that goes on searches the rest with
-   its next keypoints;
+   keypoint's lists (`probe_share_for`), and a query that goes on searches the rest of
+   them, and its next keypoints' nearest share;
 3. **deep**: the candidates that are still plausible copies (`stop_inliers` inliers or a
    pHash within `stop_hash` bits, fewer in a large catalogue: `stop_hash_for`;
    `scripts/bench_calibrate.py` says what each rule costs), the most promising first,
@@ -53,7 +53,7 @@ from echoimage.features.photometric import needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.local import LocalParams, Voted, count_votes
-from echoimage.index.parts import nearest_lists, probe_count, without_probed
+from echoimage.index.parts import nearest_lists, next_probes, probe_count
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
@@ -313,7 +313,10 @@ class SearchEngine:
         """The same groups' next keypoints, up to local_query_descriptors each, vote too
         (counted with the first): a crop of little texture, a copy under overlaid text.
         Where the first votes probed only the nearest of their lists, the first keypoints
-        search their other lists now, so a query that goes on has every list's votes."""
+        search their other lists now, so that a query that goes on has every list's votes
+        for them, and the next keypoints search the same share of theirs, the nearest
+        (scripts/bench_calibrate.py --data at 100k: the same copies found, the non-copies'
+        second votes ~30% faster; README, "Scores")."""
         s = self.settings
         if q.probed:
             self._vote(q, q.groups, 0, s.local_query_descriptors,
@@ -327,7 +330,8 @@ class SearchEngine:
         keypoints before them kept from an earlier call; the images voted for are
         re-ranked. lists: the share of the IVF lists a vote search probes that these
         probe (the nearest first); probed = (k, n): the first k keypoints of each group
-        probed their nearest n lists already, and search only the others."""
+        probed their nearest n lists already, and search only the others; the next ones
+        search their nearest n (`next_probes`)."""
         descs = [q.views[v].orb(mirror).descriptors[start:stop] for v, mirror in groups]
         q.lap("features_ms")
         fresh = self._voted(q, groups, self._vote_groups(q, groups, descs, start, lists,
@@ -416,7 +420,8 @@ class SearchEngine:
                      probed: tuple[int, int] | None = None) -> list[list[Voted]]:
         """One search of the local-feature index for several groups of query descriptors
         (each group's from its keypoint `start` on; probing `lists` of the IVF lists a
-        search probes, the nearest first, less what `probed` says was searched); per group,
+        search probes, the nearest first, or, after an earlier search (`probed`), the
+        lists `next_probes` says); per group,
         its hits added to those it had (q.hits), the vote_n images with the most votes, at
         least min_votes."""
         s = self.settings
@@ -432,7 +437,7 @@ class SearchEngine:
             if self.shards is not None:
                 found, dists, ids = self.shards.hits(q.snap, found_q, params, lists, done)
             else:
-                assigned = without_probed(
+                assigned = next_probes(
                     nearest_lists(q.snap.parts.assign(found_q), lists), done)
                 found, dists, ids = q.snap.parts.hits(found_q, params, assigned)
         out = []

@@ -28,8 +28,8 @@ from echoimage.index.parts import (
     assign_lists,
     nearest_lists,
     nearest_per_row,
+    next_probes,
     query_rows,
-    without_probed,
 )
 
 if TYPE_CHECKING:
@@ -166,14 +166,14 @@ class ShardedVotes:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each query row's nearest entries of the whole index (rows, distances, ids), as
         many as a vote counts, for the snapshot snap: what `count_votes` takes. lists: the
-        share of its lists each row probes (the nearest); probed: lists an earlier search
-        probed, left out (`without_probed`)."""
+        share of its lists each row probes (the nearest); probed: what an earlier search
+        probed, so that these rows probe what `next_probes` says."""
         if _quantizer_key(snap) != self.key:
             self.place(snap)
         if len(q) == 0:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        assigned = without_probed(
+        assigned = next_probes(
             nearest_lists(assign_lists(self.quantizer, q, self.nprobe), lists), probed)
         futures = [a.nearest(q, assigned, snap.seq) for a in self.actors]
         found = [f.result() for f in futures]
