@@ -171,7 +171,8 @@ def test_known_lists_build_the_part_the_quantizer_would() -> None:
     number, and forgets everything under another quantizer."""
     import faiss
 
-    from echoimage.index.local import ListMemo, LocalParams, local_part, train_quantizer
+    from echoimage.index.local import LocalParams, local_part, train_quantizer
+    from echoimage.index.parts import ListMemo
 
     rng = np.random.default_rng(5)
     xb = rng.integers(0, 256, (3000, 32), dtype=np.uint8)

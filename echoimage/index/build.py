@@ -45,7 +45,6 @@ from echoimage.index.local import (
     DESC_BYTES,
     LAYOUT,
     TRAIN_PER_LIST,
-    ListMemo,
     LocalParams,
     empty_part,
     local_part,
@@ -66,7 +65,7 @@ from echoimage.index.manifest import (
     read_manifest,
     write_manifest,
 )
-from echoimage.index.parts import Part, PartSet
+from echoimage.index.parts import ListMemo, Part, PartSet
 from echoimage.store import repo
 from echoimage.store.db import head_revision, index_revision, session_factory
 

@@ -211,51 +211,6 @@ def local_part(ids: np.ndarray, descs: np.ndarray, quantizer: faiss.IndexBinary 
     return index
 
 
-def assign(quantizer: faiss.IndexBinary, descs: np.ndarray) -> np.ndarray:
-    """The IVF list of each descriptor row (as an IVF index's add assigns it)."""
-    if not len(descs):
-        return np.zeros(0, np.int64)
-    _, lists = quantizer.search(np.ascontiguousarray(descs, np.uint8), 1)
-    return lists.ravel().astype(np.int64)
-
-
-class ListMemo:
-    """The IVF lists of the local descriptors of images as they were at a change number,
-    kept from one delta to the next.
-
-    A serving process rebuilds its delta of changed store rows at every change of the
-    store (`search.live`); assigning their descriptors to lists is most of that work, and
-    grows with the delta. With the memo, an image row the last delta held keeps its lists
-    and only the rows new since are assigned. It holds the last delta's rows only, and
-    forgets them when the quantizer is another one."""
-
-    def __init__(self) -> None:
-        self._quantizer: faiss.IndexBinary | None = None
-        self._lists: dict[tuple[int, int], np.ndarray] = {}
-        self.assigned = 0  # descriptor rows assigned by the quantizer (all calls)
-
-    def lists(self, quantizer: faiss.IndexBinary, keys: list[tuple[int, int]],
-              counts: np.ndarray, descs: np.ndarray) -> np.ndarray:
-        """The list of every row of descs: keys[i] = (image id, change number) owns the
-        next counts[i] rows."""
-        if quantizer is not self._quantizer:
-            self._quantizer, self._lists = quantizer, {}
-        bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        if bounds[-1] != len(descs):
-            raise ValueError(f"counts cover {bounds[-1]} rows, not {len(descs)}")
-        new = [i for i, k in enumerate(keys) if k not in self._lists]
-        if new:
-            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in new])
-            found = assign(quantizer, descs[rows])
-            self.assigned += len(rows)
-            cut = np.cumsum([bounds[i + 1] - bounds[i] for i in new])[:-1]
-            for i, got in zip(new, np.split(found, cut), strict=True):
-                self._lists[keys[i]] = got
-        self._lists = {k: self._lists[k] for k in keys}
-        out = [self._lists[k] for k in keys]
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
 def local_ids(index: faiss.IndexBinary) -> np.ndarray:
     """The image id of every entry of a local index (any order)."""
     if isinstance(index, faiss.IndexBinaryIVF):

@@ -135,6 +135,46 @@ def assign_lists(quantizer: faiss.IndexBinary | None, q: np.ndarray, nprobe: int
     return quantizer.search(q, nprobe) if quantizer is not None else None
 
 
+class ListMemo:
+    """The IVF lists of the local descriptors of images as they were at a change number,
+    kept from one delta to the next.
+
+    A serving process rebuilds its delta of changed store rows at every change of the
+    store (`search.live`); assigning their descriptors to lists is most of that work, and
+    grows with the delta. With the memo, an image row the last delta held keeps its lists
+    and only the rows new since are assigned. It holds the last delta's rows only, and
+    forgets them when the quantizer is another one."""
+
+    def __init__(self) -> None:
+        self._quantizer: faiss.IndexBinary | None = None
+        self._lists: dict[tuple[int, int], np.ndarray] = {}
+        self.assigned = 0  # descriptor rows assigned by the quantizer (all calls)
+
+    def lists(self, quantizer: faiss.IndexBinary, keys: list[tuple[int, int]],
+              counts: np.ndarray, descs: np.ndarray) -> np.ndarray:
+        """The list of every row of descs: keys[i] = (image id, change number) owns the
+        next counts[i] rows."""
+        if quantizer is not self._quantizer:
+            self._quantizer, self._lists = quantizer, {}
+        bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        if bounds[-1] != len(descs):
+            raise ValueError(f"counts cover {bounds[-1]} rows, not {len(descs)}")
+        new = [i for i, k in enumerate(keys) if k not in self._lists]
+        if new:
+            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in new])
+            found = rows  # (empty: no descriptors to assign)
+            if len(rows):  # each row's nearest list, as an IVF index's add assigns it
+                _, nearest = quantizer.search(np.ascontiguousarray(descs[rows], np.uint8), 1)
+                found = nearest.ravel().astype(np.int64)
+            self.assigned += len(rows)
+            cut = np.cumsum([bounds[i + 1] - bounds[i] for i in new])[:-1]
+            for i, got in zip(new, np.split(found, cut), strict=True):
+                self._lists[keys[i]] = got
+        self._lists = {k: self._lists[k] for k in keys}
+        out = [self._lists[k] for k in keys]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def probe_count(nprobe: int, share: float) -> int:
     """How many of a row's nprobe lists a search probing `share` of them probes (the
     nearest; at least one)."""

@@ -31,9 +31,9 @@ from echoimage.index.build import (
     snapshot,
     update_index_files,
 )
-from echoimage.index.local import ListMemo, LocalParams, probes
+from echoimage.index.local import LocalParams, probes
 from echoimage.index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
-from echoimage.index.parts import Part, PartSet
+from echoimage.index.parts import ListMemo, Part, PartSet
 from echoimage.store import repo
 from echoimage.store.db import is_readonly, session_factory
 
@@ -178,7 +178,7 @@ class LiveIndex:
                 file_parts, quantizer, files_seq, manifest, key = self._load_files(old)
                 with snapshot(self.store) as session:
                     delta, seq = delta_part(session, files_seq, self.settings, quantizer,
-                                        self._memo)
+                                            self._memo)
             parts = (*file_parts, delta) if delta is not None else file_parts
             lp = LocalParams.from_settings(self.settings)
             new = Snapshot(PartSet(parts, quantizer, probes(quantizer, lp)), seq, files_seq,
