@@ -182,10 +182,10 @@ def test_one_runner_at_a_time(tmp_path: Path, store_url: str | None) -> None:
     check_store(settings, dirs["a"] + new)
 
 
-def _niceness(pid: int) -> int:
-    """A process's niceness (field 19 of /proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[16])
+def _stat(pid: int) -> tuple[int, int]:
+    """A process's parent pid and niceness (fields 4 and 19 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[16])
 
 
 def _feature_workers(parent: int) -> dict[int, int]:
@@ -195,10 +195,9 @@ def _feature_workers(parent: int) -> dict[int, int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"popen_loky" in cmd:
-                out[int(entry.name)] = _niceness(int(entry.name))
+            ppid, nice = _stat(int(entry.name))
+            if ppid == parent and b"popen_loky" in (entry / "cmdline").read_bytes():
+                out[int(entry.name)] = nice
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
     return out
@@ -217,12 +216,19 @@ def test_the_feature_workers_yield_to_a_server(tmp_path: Path, nice: int | None)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     seen: dict[int, int] = {}
-    own = _niceness(proc.pid)
+    command: set[int] = set()  # the command's own niceness while its workers ran
     while proc.poll() is None:
-        seen.update(_feature_workers(proc.pid))
+        workers = _feature_workers(proc.pid)
+        try:
+            if workers:
+                command.add(_stat(proc.pid)[1])
+        except OSError:
+            break  # it ended meanwhile
+        seen.update(workers)
         time.sleep(0.01)
     finish(proc)
-    assert _niceness(os.getpid()) == own
+    own = _stat(os.getpid())[1]
+    assert command == {own}, command
     assert len(seen) == 2, seen
     want = own if nice == 0 else min(own + 10, 19)
     assert set(seen.values()) == {want}, (own, seen)
