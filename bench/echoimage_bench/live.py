@@ -157,6 +157,23 @@ class _Load:
                 "p95_ms": percentile(ms, 95)}
 
 
+def _write_crop(src: Path, dst: Path, quality: int, *, top: float = 0.0,
+                margin: float = 0.0) -> None:
+    """src without `margin` of each side (and `top` more of its top), as a JPEG of that
+    quality at dst."""
+    img = read_bgr(src)
+    h, w = img.shape[:2]
+    def cut(n: int, share: float) -> int:  # floor(n × share), as n × k // d would give
+        return int(n * share + 1e-9)
+
+    dy, dx = cut(h, margin), cut(w, margin)
+    ok, buf = cv2.imencode(".jpg", img[dy + cut(h, top):h - dy, dx:w - dx],
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"cannot encode a crop of {src}")
+    dst.write_bytes(buf.tobytes())
+
+
 def _queries(photos: list[Path], names: list[str], seed: int) -> list[tuple[int, str, bytes]]:
     out = []
     for i, p in enumerate(photos):
@@ -238,11 +255,7 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
     for p in held:  # 100 new
         shutil.copy(p, folder / p.name)
     for p in catalogue[:100]:  # 100 changed: a re-encoded 90% crop in place
-        img = read_bgr(p)
-        h, w = img.shape[:2]
-        ok, buf = cv2.imencode(".jpg", img[h // 20:h - h // 20, w // 20:w - w // 20],
-                               [cv2.IMWRITE_JPEG_QUALITY, 85])
-        (folder / p.name).write_bytes(buf.tobytes())
+        _write_crop(p, folder / p.name, 85, margin=1 / 20)
     for p in catalogue[100:200]:  # 100 removed
         (folder / p.name).unlink()
     nices = list(worker_nice) if worker_nice else [None]
@@ -275,19 +288,10 @@ def run_live_benchmark(photo_dir: str | Path, out_dir: str | Path, *, entries: i
             f.unlink()
         added = []
         for p in held:  # 100 new: other versions of the held-out photos
-            img = read_bgr(p)
-            h = img.shape[0]
-            ok, buf = cv2.imencode(".jpg", img[h * (r % 4) // 40:],
-                                   [cv2.IMWRITE_JPEG_QUALITY, 88])
             added.append(folder / f"r{r}-{p.name}")
-            added[-1].write_bytes(buf.tobytes())
+            _write_crop(p, added[-1], 88, top=(r % 4) / 40)
         for p in catalogue[:100]:  # 100 changed: another crop in place
-            img = read_bgr(p)
-            h, w = img.shape[:2]
-            dy, dx = h * (1 + r % 7) // 40, w * (1 + r % 7) // 40
-            ok, buf = cv2.imencode(".jpg", img[dy:h - dy, dx:w - dx],
-                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
-            (folder / p.name).write_bytes(buf.tobytes())
+            _write_crop(p, folder / p.name, 85, margin=(1 + r % 7) / 40)
         t0 = time.time()
         secs, _ = _cli(data, "index", "update", "-q", "--json", env=nice_env(r))
         windows.append(((idle_end - 10, idle_end), (t0, time.time()), nices[r % len(nices)],
