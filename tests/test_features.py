@@ -7,6 +7,7 @@ when a change is meant to change them.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -43,7 +44,7 @@ from echoimage.features.hashes import (
 )
 from echoimage.features.orb import EMPTY_ORB, orb_features
 from echoimage.features.thumbnail import thumbnail
-from echoimage.search.rerank import ssim
+from echoimage.search.rerank import SsimReference, ssim
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden.json").read_text())
 
@@ -275,6 +276,18 @@ def test_ssim_is_symmetric_and_bounded() -> None:
     assert ssim(a, b) == pytest.approx(ssim(b, a), abs=1e-6)
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-6)
     assert -1.0 <= ssim(a, b) < 0.5
+
+
+def test_ssim_compares_alike_in_threads_and_across_shapes() -> None:
+    """compare works in per-thread scratch planes: threads comparing at once and shapes
+    changing between calls give exactly the values of one-at-a-time calls."""
+    pairs = [(a, b) for _, a, b in _ssim_pairs()] * 6
+    refs = [SsimReference(a) for a, _ in pairs]
+    serial = [r.compare(b) for r, (_, b) in zip(refs, pairs, strict=True)]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda i: refs[i].compare(pairs[i][1]), range(len(pairs))))
+    assert threaded == serial
+    assert serial[:7] == [ssim(a, b) for _, a, b in _ssim_pairs()]
 
 
 # --- dihedral orientations --------------------------------------------------------------
