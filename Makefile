@@ -9,7 +9,7 @@ PHOTOS ?= ../shared/datasets/bsds500
 # subprocesses, so two overlap well on two cores)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-scan bench-cluster faults browser postgres clean
+.PHONY: demo test venv lint bench bench-quick bench-http bench-load bench-threads bench-live bench-dedupe bench-scale bench-hard bench-scan bench-products bench-cluster faults browser postgres clean
 
 # The last step installs perception (the benchmark's peer) without its declared
 # opencv-contrib<5, whose cv2 would replace the pinned OpenCV 5: see bench/pyproject.toml
@@ -76,6 +76,10 @@ bench-dedupe: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python scripts/bench_scale.py $(PHOTOS) --out bench-out
+
+# different products photographed alike (synthetic shots): every copy verdict is false
+bench-products: $(STAMP)
+	$(BIN)/python scripts/bench_products.py --out bench-out
 
 bench-hard: $(STAMP)
 	$(BIN)/python scripts/bench_hard.py $(PHOTOS) --out bench-out --limit 100

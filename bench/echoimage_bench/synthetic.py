@@ -1,5 +1,6 @@
-"""The one synthetic-image generator of the project (padding, the load test, the tests):
-procedural images that are never photos, deterministic in their index and seed."""
+"""The one synthetic-image generator of the project (padding, the load test, the tests,
+the product shots): procedural images that are never photos, deterministic in their index
+and seed."""
 
 from __future__ import annotations
 
@@ -49,3 +50,38 @@ def synthetic_image(index: int, seed: int = 0, size: tuple[int, int] = PAD_SIZE,
     gains = np.random.default_rng([seed, index, 0xC010]).uniform(0.55, 1.15, 3)
     return np.clip(img[..., None].astype(np.float32) * gains.astype(np.float32), 0,
                    255).astype(np.uint8)
+
+
+#: letters of the labels' words
+LETTERS = list("ABCDEFGHKMNPRSTUVXYZ")
+#: product shots are this many pixels square
+PRODUCT_SIDE = 480
+
+
+def product_shot(index: int, seed: int = 0, label: bool = True) -> np.ndarray:
+    """A BGR product shot, deterministic in (index, seed, label): a box or a round object
+    of its own size and colour centred (give or take 15 px) on a white background, with a
+    label of 3-7 words and stripes in colours of their own unless label is False."""
+    rng = np.random.default_rng([seed, index, 0x5B07])
+    img = np.full((PRODUCT_SIDE, PRODUCT_SIDE, 3), 248, np.uint8)
+    cx, cy = (PRODUCT_SIDE // 2 + int(d) for d in rng.integers(-15, 15, 2))
+    ax, ay = (int(d) for d in rng.integers(90, 170, 2))
+    colour = tuple(int(c) for c in rng.integers(30, 200, 3))
+    if rng.random() < 0.5:
+        cv2.ellipse(img, (cx, cy), (ax, ay), 0, 0, 360, colour, -1)
+    else:
+        cv2.rectangle(img, (cx - ax, cy - ay), (cx + ax, cy + ay), colour, -1)
+    if not label:
+        return img
+    for _ in range(int(rng.integers(3, 8))):
+        ink = tuple(int(c) for c in rng.integers(0, 255, 3))
+        x = cx + int(rng.integers(-ax // 2, ax // 3)) - ax // 3
+        y = cy + int(rng.integers(-ay // 2, ay // 2))
+        if rng.random() < 0.5:
+            word = "".join(rng.choice(LETTERS, 4))
+            cv2.putText(img, word, (x, y), cv2.FONT_HERSHEY_SIMPLEX,
+                        float(rng.uniform(0.6, 1.4)), ink, 2)
+        else:
+            cv2.rectangle(img, (x, y), (x + 2 * (ax // 3), y + int(rng.integers(4, 14))), ink,
+                          -1)
+    return img
