@@ -130,6 +130,16 @@ class Settings(BaseSettings):
     normalise: bool = True
     crushed_bits: float = 5.0
     crushed_span: int = 100
+    # a pHash within the model's few bits proves a copy by itself only where the query's
+    # own detail cannot: a view at most hash_proof_max_side pixels on its longest side (in
+    # the query's own pixels), one whose grey levels are crushed (above), or a query
+    # drowned in colour noise (its colour channels' fine differences, median absolute,
+    # at least noisy_chroma: bsds500 at most 5, under perception's heavy noise 21.6 and
+    # more). A larger, clean view must agree geometrically too: different products
+    # photographed alike hash within 5 bits (README, "Products photographed alike").
+    # noisy_chroma 0 counts every query as noisy: a near hash proves a copy by itself again
+    hash_proof_max_side: int = 320
+    noisy_chroma: float = 12.0
     # verdicts (see echoimage.search.verdict): a copy showing less than this fraction of
     # the catalogue image's area is called a `partial` copy
     partial_below: float = 0.5
@@ -236,7 +246,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("scrape_delay", "scan_image_delay", "scan_threads", "webhook_retries",
-                     "stop_hash_per_decade")
+                     "stop_hash_per_decade", "hash_proof_max_side", "noisy_chroma")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

@@ -230,6 +230,9 @@ class Match:
     spread: float = 0.0
     # a few words on why the result is a copy, or why not (see echoimage.search.evidence)
     why: str = ""
+    # whether a near hash could prove this copy by itself (the query's view too small,
+    # crushed or noisy for geometric agreement; see echoimage.search.evidence.Evidence)
+    hash_alone: bool = field(default=True, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""

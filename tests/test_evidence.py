@@ -22,8 +22,8 @@ from echoimage_bench.synthetic import product_shot
 
 
 def ev(inliers: int = 0, matches: int = 0, hash_distance: int = 30, exact: bool = False,
-       spread: float = 0.0, ssim: float = float("nan")) -> Evidence:
-    return Evidence(exact, inliers, matches, spread, ssim, hash_distance)
+       spread: float = 0.0, ssim: float = float("nan"), hash_alone: bool = True) -> Evidence:
+    return Evidence(exact, inliers, matches, spread, ssim, hash_distance, hash_alone)
 
 
 def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
@@ -32,6 +32,9 @@ def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
     assert ev(MODEL.rule.min_inliers - 1, 7).proof() is Proof.NONE
     assert ev(hash_distance=MODEL.rule.near_hash).proof() is Proof.NEAR_HASH
     assert ev(hash_distance=MODEL.rule.near_hash + 1).proof() is Proof.NONE
+    # a near hash of a query with the detail to agree geometrically proves nothing alone
+    assert ev(hash_distance=0, hash_alone=False).proof() is Proof.NONE
+    assert ev(MODEL.rule.min_inliers, 10, 0, hash_alone=False).proof() is Proof.GEOMETRY
 
 
 def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
@@ -92,6 +95,9 @@ def test_why_says_what_proves_it_or_that_nothing_does() -> None:
     assert evidence.why(ev(hash_distance=18), False) == \
         "no proof: no keypoint matches, pHash 18 bits apart"
     assert "under the threshold" in evidence.why(ev(9, 10, 18, spread=0.1), False)
+    assert evidence.why(ev(3, 12, 2, hash_alone=False), False) == (
+        "no proof: 3 of 12 keypoint matches agree; pHash 2 bits apart, which proves a copy "
+        "only of a small, crushed or noisy query")
 
 
 def test_spread_is_the_inliers_hull_over_the_shared_area() -> None:
@@ -153,6 +159,67 @@ def test_crushed_levels_are_told_and_equalised() -> None:
         assert after >= max(8, 3 * before)
     with pytest.raises(ValueError):
         photometric.normalised(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_colour_noise_is_told_from_a_photo_and_from_grey() -> None:
+    photo_rgb = skimage.data.astronaut()
+    s = Settings()
+    assert photometric.chroma_noise(np.dstack([photo_rgb[..., 1]] * 3)) == 0.0
+    clean = photometric.chroma_noise(cv2.resize(photo_rgb, (192, 192)))
+    rng = np.random.default_rng(0)
+    grain = cv2.resize(rng.normal(0, 0.3 * 255, (40, 40, 3)).astype(np.float32), (192, 192))
+    noisy = np.clip(cv2.resize(photo_rgb, (192, 192)) + grain, 0, 255).astype(np.uint8)
+    assert clean < s.noisy_chroma <= photometric.chroma_noise(noisy)
+    for bad in (np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+                np.zeros((0, 0, 3), np.uint8)):
+        with pytest.raises(ValueError):
+            photometric.chroma_noise(bad)
+
+
+def test_a_near_hash_proves_only_what_the_query_cannot_show(tmp_path: Path) -> None:
+    """Different products photographed alike hash within a few bits: a full-size, clean
+    query of another product is no copy by its whole hash (a real copy of it agrees
+    geometrically), while a small copy, whose detail cannot agree, still is. (A content
+    box of the query, the product alone, can be small enough to be proven by its hash, and
+    a light product on white looks like a photo whose levels were crushed: README,
+    "Limits".)"""
+    import echoimage
+    from echoimage.features.hashes import hamming, hash_input, oriented_phashes, phash
+
+    def near(query: np.ndarray, code: bytes) -> bool:  # in some orientation, as the engine
+        small = hash_input(cv2.cvtColor(query, cv2.COLOR_BGR2GRAY))
+        return min(hamming(h, code) for h in oriented_phashes(small)) <= MODEL.rule.near_hash
+
+    (tmp_path / "shop").mkdir()
+    shots = {i: product_shot(i, seed=7) for i in range(40)}
+    for i, img in shots.items():
+        cv2.imwrite(str(tmp_path / "shop" / f"p{i:02d}.jpg"), img)
+    cat = echoimage.open(tmp_path / "data")
+    cat.build(str(tmp_path / "shop"))
+    hashes = {i: phash(hash_input(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)))
+              for i, img in shots.items()}
+    s = Settings()
+    clean = [q for q in range(40, 100) if not photometric.needs_normalising(  # see below
+        cv2.cvtColor(product_shot(q, seed=7), cv2.COLOR_BGR2GRAY), s.crushed_bits,
+        s.crushed_span)]
+    alike = [(q, i) for q in clean for i in hashes if near(product_shot(q, seed=7), hashes[i])]
+    assert len(alike) >= 3  # the layout alone brings them this near
+    told = 0
+    for q in sorted({q for q, _ in alike}):
+        res = cat.query(cv2.imencode(".jpg", product_shot(q, seed=7))[1].tobytes(), k=10)
+        for m in res.matches:
+            if m.query_box is None and m.hash_distance <= MODEL.rule.near_hash:
+                assert Evidence.of(m).proof() is not Proof.NEAR_HASH, m.why
+                told += "only of a small, crushed or noisy query" in m.why
+    assert told >= 3
+    _, i = alike[0]
+    small = cv2.resize(shots[i], (96, 96), interpolation=cv2.INTER_AREA)
+    top = cat.query(cv2.imencode(".png", small)[1].tobytes()).matches[0]
+    assert top.url.endswith(f"p{i:02d}.jpg") and top.duplicate
+    same = cat.query(cv2.imencode(".jpg", shots[i], [cv2.IMWRITE_JPEG_QUALITY, 60])[1]
+                     .tobytes()).matches[0]
+    assert same.url.endswith(f"p{i:02d}.jpg") and same.duplicate
+    assert Evidence.of(same).proof() is Proof.GEOMETRY
 
 
 def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:

@@ -52,3 +52,18 @@ def normalised(gray: np.ndarray) -> np.ndarray:
     """gray with its histogram equalised."""
     _check(gray)
     return cv2.equalizeHist(np.ascontiguousarray(gray))
+
+
+def chroma_noise(rgb: np.ndarray) -> float:
+    """How much colour noise an RGB image carries: the median absolute fine detail (what a
+    Gaussian blur of sigma 3 takes away) of its red and blue channels minus its green.
+    A photo's colour channels move together (bsds500 at 192 px: 1.0-5.0, 0 for a grey
+    image); noise drawn per channel does not (perception's heavy noise: 21.6-47)."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ValueError("chroma_noise takes an HxWx3 RGB array")
+    c = rgb.astype(np.float32)
+    fine = []
+    for k in (0, 2):
+        d = c[..., k] - c[..., 1]
+        fine.append(np.abs(d - cv2.GaussianBlur(d, (0, 0), 3)).ravel())
+    return float(np.median(np.concatenate(fine)))

@@ -49,7 +49,7 @@ from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import hamming, hash_input, oriented_phashes
 from echoimage.features.orb import mirror_features, orb_detect
-from echoimage.features.photometric import needs_normalising, normalised
+from echoimage.features.photometric import chroma_noise, needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
 from echoimage.features.thumbnail import thumbnail
 from echoimage.index.local import LocalParams, Voted, count_votes
@@ -127,6 +127,30 @@ class _Query:
         self.rounds: dict[str, float] = {}
         self.round = ROUNDS[0]
         self._since = time.perf_counter()
+        self._noisy: bool | None = None
+        self._hash_alone: dict[int, bool] = {}
+
+    def hash_alone(self, v: int, s: Settings) -> bool:
+        """Whether a near hash may prove a copy seen from view v by itself: the view is at
+        most hash_proof_max_side of the query's own pixels, its grey levels are crushed
+        (or it is their normalised view), or the query is drowned in colour noise. Any
+        other view has the detail to agree geometrically with a real copy."""
+        if v not in self._hash_alone:
+            view = self.views[v]
+            small = max(view.gray.shape) * max(1.0, self.img.scale) <= s.hash_proof_max_side
+            self._hash_alone[v] = (small or view.normalised
+                                   or needs_normalising(view.gray, s.crushed_bits,
+                                                        s.crushed_span)
+                                   or self.noisy(s))
+        return self._hash_alone[v]
+
+    def noisy(self, s: Settings) -> bool:
+        """Whether the query is drowned in colour noise (`photometric.chroma_noise`)."""
+        if self._noisy is None:
+            colour = self.img.colour
+            self._noisy = colour is not None and min(colour.shape[:2]) > 1 and \
+                chroma_noise(colour) >= s.noisy_chroma
+        return self._noisy
 
     def lap(self, stage: str) -> None:
         """Charge the time since the last lap to a stage and to the current round."""
@@ -358,7 +382,8 @@ class SearchEngine:
         neighbours and the images its keypoints (and its mirror's) vote for, as the first
         rounds do."""
         s = self.settings
-        q.views.append(_View(normalised(q.img.gray), q.views[0].box, s, s.query_orb_features))
+        q.views.append(_View(normalised(q.img.gray), q.views[0].box, s, s.query_orb_features,
+                             normalised=True))
         v = len(q.views) - 1
         q.lap("features_ms")
         fresh = self._box_proposals(q, v, s.max_hash_distance)
@@ -551,7 +576,9 @@ class SearchEngine:
             reg = region(om.homography, view.gray.shape, cand.work_scale,
                          (cand.width, cand.height))
             trans = describe(om.homography, mirror, reg, cand, img.scale)
-        ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance)
+        alone = q.hash_alone(c.view, s)
+        ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
+                               alone)
         score = evidence.score(ev)
         copy = evidence.is_copy(ev, score, s.duplicate_threshold)
         return Match(
@@ -560,6 +587,7 @@ class SearchEngine:
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
             sha256=cand.sha256, region=reg, transform=trans, votes=q.votes.get(cand.id, 0),
             query_box=_shown_box(view, c.view, img), pairs=pairs, spread=covered,
+            hash_alone=alone,
         )
 
     # --- the answer ------------------------------------------------------------------------
@@ -622,9 +650,10 @@ class _View:
     once; the mirror image's descriptors of the first `mirrored` of them."""
 
     def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings,
-                 features: int) -> None:
+                 features: int, normalised: bool = False) -> None:
         self.gray = np.ascontiguousarray(gray)
         self.box = box
+        self.normalised = normalised  # the query's levels equalised (it was crushed)
         self.small = hash_input(self.gray)
         self._settings = s
         self._features = features

@@ -60,7 +60,9 @@ class ProofRule:
     MODEL from scripts/bench_calibrate.py: unrelated candidates reached 8-10 inliers among
     11-34 matches, none on its line). A hash: within
     `near_hash` pHash bits (at a million images some unrelated image is within 8 bits of
-    ~2% of queries; copies only the hash finds are within 2).
+    ~2% of queries; copies only the hash finds are within 2), for a query that cannot show
+    its own detail (`Evidence.hash_alone`: different products photographed alike hash
+    within 5 bits too).
     """
 
     min_inliers: int
@@ -94,11 +96,15 @@ class Evidence:
     spread: float  # the inliers' hull over the matched area, 0..1
     ssim: float  # of the thumbnails in the matched orientation (NaN: not computed)
     hash_distance: int  # pHash bits (of 64) in that orientation
+    # whether a near hash may prove a copy by itself: the query's view is too small,
+    # crushed or noisy for its own detail to agree geometrically (Settings.hash_proof_*)
+    hash_alone: bool = True
 
     @classmethod
     def of(cls, m: Match) -> Evidence:
         """The evidence of a result."""
-        return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance)
+        return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance,
+                   m.hash_alone)
 
     def proof(self, rule: ProofRule | None = None) -> Proof:
         """The strongest proof among the evidence (by MODEL's rule unless given one)."""
@@ -107,7 +113,7 @@ class Evidence:
             return Proof.SAME_BYTES
         if rule.geometric(self.inliers, self.matches):
             return Proof.GEOMETRY
-        if 0 <= self.hash_distance <= rule.near_hash:
+        if self.hash_alone and 0 <= self.hash_distance <= rule.near_hash:
             return Proof.NEAR_HASH
         return Proof.NONE
 
@@ -193,4 +199,7 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
         return text if copy else f"{text}, but the score is under the threshold"
     agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
         "no keypoint matches"
+    if not ev.hash_alone and 0 <= ev.hash_distance <= MODEL.rule.near_hash:
+        return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, which proves a "
+                "copy only of a small, crushed or noisy query")
     return f"no proof: {agree}, pHash {ev.hash_distance} bits apart"
