@@ -49,40 +49,40 @@ def run_products(out_dir: str | Path, *, catalogue: int = 150, queries: int = 15
 
         shutil.rmtree(data)
     t0 = time.perf_counter()
-    cat = echoimage.open(data)
-    cat.build(str(shots))
-    build_s = time.perf_counter() - t0
-    log(f"{catalogue} product shots indexed in {build_s:.1f}s")
-    called: list[dict[str, Any]] = []
-    hit_queries = 0
-    ms: list[float] = []
-    tick = log.loop("queries", queries)
-    for n in range(queries):
-        i = catalogue + n
-        _, enc = cv2.imencode(".jpg", product_shot(i, seed, label),
-                               [cv2.IMWRITE_JPEG_QUALITY, 90])
-        t = time.perf_counter()
-        res = cat.query(enc.tobytes())
-        ms.append((time.perf_counter() - t) * 1000)
-        hit_queries += bool(res.copies)
-        for m in res.copies:
-            called.append({"query": i, "match": Path(m.url).name, "verdict": m.verdict.value,
-                           "proof": Evidence.of(m).proof().value, "score": round(m.score, 4),
-                           "hash_distance": m.hash_distance, "inliers": m.orb_inliers,
-                           "matches": m.orb_matches, "spread": round(m.spread, 3),
-                           "why": m.why})
-        tick(n + 1)
-    result = {
-        "catalogue": catalogue, "queries": queries, "seed": seed, "label": label,
-        "indexed": int(cat.status()["counts"].get("indexed", 0)), "build_s": round(build_s, 2),
-        "machine": machine_info(),
-        "queries_with_copies": hit_queries,
-        "false_copy_results": len(called),
-        "by_verdict": dict(Counter(c["verdict"] for c in called)),
-        "by_proof": dict(Counter(c["proof"] for c in called)),
-        "query_ms_p50": round(float(np.median(ms)), 1),
-        "called": called,
-    }
+    with echoimage.open(data) as cat:
+        cat.build(str(shots))
+        build_s = time.perf_counter() - t0
+        log(f"{catalogue} product shots indexed in {build_s:.1f}s")
+        called: list[dict[str, Any]] = []
+        hit_queries = 0
+        ms: list[float] = []
+        tick = log.loop("queries", queries)
+        for n in range(queries):
+            i = catalogue + n
+            _, enc = cv2.imencode(".jpg", product_shot(i, seed, label),
+                                   [cv2.IMWRITE_JPEG_QUALITY, 90])
+            t = time.perf_counter()
+            res = cat.query(enc.tobytes())
+            ms.append((time.perf_counter() - t) * 1000)
+            hit_queries += bool(res.copies)
+            for m in res.copies:
+                called.append({"query": i, "match": Path(m.url).name, "verdict": m.verdict.value,
+                               "proof": Evidence.of(m).proof().value, "score": round(m.score, 4),
+                               "hash_distance": m.hash_distance, "inliers": m.orb_inliers,
+                               "matches": m.orb_matches, "spread": round(m.spread, 3),
+                               "why": m.why})
+            tick(n + 1)
+        result = {
+            "catalogue": catalogue, "queries": queries, "seed": seed, "label": label,
+            "indexed": int(cat.status()["counts"].get("indexed", 0)), "build_s": round(build_s, 2),
+            "machine": machine_info(),
+            "queries_with_copies": hit_queries,
+            "false_copy_results": len(called),
+            "by_verdict": dict(Counter(c["verdict"] for c in called)),
+            "by_proof": dict(Counter(c["proof"] for c in called)),
+            "query_ms_p50": round(float(np.median(ms)), 1),
+            "called": called,
+        }
     (root / "products.json").write_text(json.dumps(result, indent=1))
     return result
 

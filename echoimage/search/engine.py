@@ -138,7 +138,7 @@ class _Query:
         if v not in self._hash_alone:
             view = self.views[v]
             small = max(view.gray.shape) * max(1.0, self.img.scale) <= s.hash_proof_max_side
-            self._hash_alone[v] = (small or view.normalised
+            self._hash_alone[v] = (small or view.is_normalised
                                    or needs_normalising(view.gray, s.crushed_bits,
                                                         s.crushed_span)
                                    or self.noisy(s))
@@ -383,7 +383,7 @@ class SearchEngine:
         rounds do."""
         s = self.settings
         q.views.append(_View(normalised(q.img.gray), q.views[0].box, s, s.query_orb_features,
-                             normalised=True))
+                             is_normalised=True))
         v = len(q.views) - 1
         q.lap("features_ms")
         fresh = self._box_proposals(q, v, s.max_hash_distance)
@@ -650,10 +650,10 @@ class _View:
     once; the mirror image's descriptors of the first `mirrored` of them."""
 
     def __init__(self, gray: np.ndarray, box: tuple[int, int, int, int], s: Settings,
-                 features: int, normalised: bool = False) -> None:
+                 features: int, is_normalised: bool = False) -> None:
         self.gray = np.ascontiguousarray(gray)
         self.box = box
-        self.normalised = normalised  # the query's levels equalised (it was crushed)
+        self.is_normalised = is_normalised  # the query's levels equalised (it was crushed)
         self.small = hash_input(self.gray)
         self._settings = s
         self._features = features

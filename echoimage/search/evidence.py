@@ -3,7 +3,9 @@
 A result is a copy only with **proof**, evidence that chance does not produce:
 
 * the same bytes as the catalogue image (`exact`);
-* a pHash within `ProofRule.near_hash` bits (of 64) in the orientation that matched;
+* a pHash within `ProofRule.near_hash` bits (of 64) in the orientation that matched, for
+  a query that cannot show its own detail (`Evidence.hash_alone`: small, crushed or noisy;
+  different products photographed alike hash within a few bits too);
 * geometric agreement: keypoint matches that one RANSAC transform of a copy explains
   (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
   matched area rather than on a point or a line (`rerank.match_orb`), at least
@@ -162,14 +164,16 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-06.1',
+    version='2026-12-07.1',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
         'bench_calibrate.py ../shared/datasets/bsds500 --out bench-out --limit 100 '
         '(2026-12-06; 5300 copy and 3200 non-copy queries, 5279 originals and 73232 other'
-        ' candidates; threshold 0.5 for a false-match rate <= 0.001: 0.0000)'),
+        ' candidates; threshold 0.5 for a false-match rate <= 0.001: 0.0000)'
+        ' Version 2026-12-07.1: the same weights; a near hash proves a copy by itself only'
+        ' for a small, crushed or noisy query (Settings.hash_proof_max_side, noisy_chroma)'),
 )
 
 

@@ -126,10 +126,11 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
         caption = (f"Lines join the {m.orb_inliers} matched keypoints (RANSAC inliers); the "
                    "orange outline is where the query lies in the catalogue image.")
     elif m.orb_matches:
-        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry: SSIM and "
-                   "the hash alone never make a copy.")
+        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry: SSIM never "
+                   "makes a copy, a near hash only of a small, crushed or noisy query.")
     else:
-        caption = "No keypoint matches: SSIM and the hash alone never make a copy."
+        caption = ("No keypoint matches: SSIM never makes a copy, a near hash only of a small, "
+                   "crushed or noisy query.")
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
         metadata=_metadata(m), score=f"{m.score:.3f}", why=esc(m.why),

@@ -29,7 +29,8 @@ class MatchOut(BaseModel):
     url: str
     score: float = Field(description="the probability that it is a copy, given its evidence")
     duplicate: bool = Field(description="a copy: proof (the same bytes, a pHash within 5 "
-                                        "bits or geometric agreement) and a score at the "
+                                        "bits of a small, crushed or noisy query, or "
+                                        "geometric agreement) and a score at the "
                                         "threshold")
     exact: bool = Field(description="same bytes (sha256) as the query")
     ssim: float
