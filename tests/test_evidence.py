@@ -22,7 +22,7 @@ from echoimage_bench.synthetic import product_shot
 
 
 def ev(inliers: int = 0, matches: int = 0, hash_distance: int = 30, exact: bool = False,
-       spread: float = 0.0, ssim: float = float("nan"), hash_alone: bool = True) -> Evidence:
+       spread: float = 0.5, ssim: float = float("nan"), hash_alone: bool = True) -> Evidence:
     return Evidence(exact, inliers, matches, spread, ssim, hash_distance, hash_alone)
 
 
@@ -35,6 +35,10 @@ def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
     # a near hash of a query with the detail to agree geometrically proves nothing alone
     assert ev(hash_distance=0, hash_alone=False).proof() is Proof.NONE
     assert ev(MODEL.rule.min_inliers, 10, 0, hash_alone=False).proof() is Proof.GEOMETRY
+    # inliers clustered on a point of the match (a word two labels share) prove nothing
+    assert ev(40, 45, spread=MODEL.rule.min_spread / 2).proof() is Proof.NONE
+    assert ev(40, 45, spread=MODEL.rule.min_spread).proof() is Proof.GEOMETRY
+    assert 0 < MODEL.rule.min_spread <= 0.0127  # the least spread of a real copy calibrated
 
 
 def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:

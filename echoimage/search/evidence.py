@@ -8,8 +8,9 @@ A result is a copy only with **proof**, evidence that chance does not produce:
   different products photographed alike hash within a few bits too);
 * geometric agreement: keypoint matches that one RANSAC transform of a copy explains
   (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
-  matched area rather than on a point or a line (`rerank.match_orb`), at least
-  `ProofRule.min_inliers` of them and more the more matches there are to choose from.
+  matched area rather than on a point or a line (`rerank.match_orb`; their hull at least
+  `ProofRule.min_spread` of the area the two share), at least `ProofRule.min_inliers` of
+  them and more the more matches there are to choose from.
 
 On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
 reached any of the three. SSIM, a distant hash and the number of matches move the
@@ -60,22 +61,28 @@ class ProofRule:
     `inlier_per_match` × the ratio-test matches, since chance agreement grows with the
     matches (the form of Brown & Lowe's panorama test, n_i > 8 + 0.3 n_f; the constants in
     MODEL from scripts/bench_calibrate.py: unrelated candidates reached 8-10 inliers among
-    11-34 matches, none on its line). A hash: within
-    `near_hash` pHash bits (at a million images some unrelated image is within 8 bits of
-    ~2% of queries; copies only the hash finds are within 2), for a query that cannot show
-    its own detail (`Evidence.hash_alone`: different products photographed alike hash
-    within 5 bits too).
+    11-34 matches, none on its line), their hull covering at least `min_spread` of the
+    matched area (real copies down to 0.0127 in the calibration at 400 entries, 0.018 at
+    100,000; different products photographed alike share a word of their labels, 0-0.01).
+    A hash: within `near_hash` pHash bits (at a million images some unrelated image is
+    within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
+    that cannot show its own detail (`Evidence.hash_alone`: different products
+    photographed alike hash within 5 bits too).
     """
 
     min_inliers: int
     inlier_floor: float
     inlier_per_match: float
     near_hash: int
+    #: the least share of the matched area the inliers' hull must cover (inliers on one
+    #: word of a label are no proof that the picture is a copy)
+    min_spread: float = 0.0
 
-    def geometric(self, inliers: int, matches: int) -> bool:
-        """Whether this many inliers among this many matches are geometric proof."""
-        return inliers >= max(self.min_inliers,
-                              self.inlier_floor + self.inlier_per_match * matches)
+    def geometric(self, inliers: int, matches: int, spread: float = 1.0) -> bool:
+        """Whether this many inliers among this many matches, their hull covering this
+        share of the matched area, are geometric proof."""
+        return spread >= self.min_spread and inliers >= max(
+            self.min_inliers, self.inlier_floor + self.inlier_per_match * matches)
 
 
 def ssim_counts(hash_distance: int) -> bool:
@@ -113,7 +120,7 @@ class Evidence:
         rule = rule or MODEL.rule
         if self.exact:
             return Proof.SAME_BYTES
-        if rule.geometric(self.inliers, self.matches):
+        if rule.geometric(self.inliers, self.matches, self.spread):
             return Proof.GEOMETRY
         if self.hash_alone and 0 <= self.hash_distance <= rule.near_hash:
             return Proof.NEAR_HASH
@@ -165,7 +172,8 @@ class ScoreModel:
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
     version='2026-12-07.1',
-    rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5),
+    rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
+                   min_spread=0.01),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
@@ -173,7 +181,8 @@ MODEL = ScoreModel(
         '(2026-12-06; 5300 copy and 3200 non-copy queries, 5279 originals and 73232 other'
         ' candidates; threshold 0.5 for a false-match rate <= 0.001: 0.0000)'
         ' Version 2026-12-07.1: the same weights; a near hash proves a copy by itself only'
-        ' for a small, crushed or noisy query (Settings.hash_proof_max_side, noisy_chroma)'),
+        ' for a small, crushed or noisy query (Settings.hash_proof_max_side, noisy_chroma),'
+        ' and inliers are proof only spread over 1% of the matched area or more'),
 )
 
 
