@@ -138,10 +138,8 @@ class _Query:
         if v not in self._hash_alone:
             view = self.views[v]
             small = max(view.gray.shape) * max(1.0, self.img.scale) <= s.hash_proof_max_side
-            self._hash_alone[v] = (small or view.is_normalised
-                                   or needs_normalising(view.gray, s.crushed_bits,
-                                                        s.crushed_span)
-                                   or self.noisy(s))
+            self._hash_alone[v] = small or view.is_normalised or view.crushed() \
+                or self.noisy(s)
         return self._hash_alone[v]
 
     def noisy(self, s: Settings) -> bool:
@@ -274,8 +272,7 @@ class SearchEngine:
             if not self._found(q) and (promising := self._promising(q)):
                 q.round = "deep"
                 self._deep_round(q, promising)
-        if not self._found(q) and s.normalise and needs_normalising(img.gray, s.crushed_bits,
-                                                                    s.crushed_span):
+        if not self._found(q) and s.normalise and q.views[0].crushed():
             q.round = "normalised"
             self._normalised_round(q)
         q.round = "answer"
@@ -654,6 +651,7 @@ class _View:
         self.gray = np.ascontiguousarray(gray)
         self.box = box
         self.is_normalised = is_normalised  # the query's levels equalised (it was crushed)
+        self._crushed: bool | None = None
         self.small = hash_input(self.gray)
         self._settings = s
         self._features = features
@@ -686,6 +684,14 @@ class _View:
         """The first n keypoints (spread over the view) for matching."""
         orb = self.orb(mirror)
         return orb if len(orb) <= n else OrbFeatures(orb.keypoints[:n], orb.descriptors[:n])
+
+    def crushed(self) -> bool:
+        """Whether the view's grey levels are crushed into a few (`needs_normalising`),
+        told once: the normalised round and the hash's proof both ask."""
+        if self._crushed is None:
+            s = self._settings
+            self._crushed = needs_normalising(self.gray, s.crushed_bits, s.crushed_span)
+        return self._crushed
 
     def ssim_ref(self, o: int) -> SsimReference:
         """SSIM reference of the view's thumbnail turned by orientation o."""

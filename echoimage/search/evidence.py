@@ -122,9 +122,14 @@ class Evidence:
             return Proof.SAME_BYTES
         if rule.geometric(self.inliers, self.matches, self.spread):
             return Proof.GEOMETRY
-        if self.hash_alone and 0 <= self.hash_distance <= rule.near_hash:
+        if self.hash_alone and self.near_hash(rule):
             return Proof.NEAR_HASH
         return Proof.NONE
+
+    def near_hash(self, rule: ProofRule | None = None) -> bool:
+        """Whether the pHash is within the rule's near_hash bits (proof of a copy only where
+        `hash_alone`)."""
+        return 0 <= self.hash_distance <= (rule or MODEL.rule).near_hash
 
     def ssim_support(self) -> float:
         """SSIM mapped to [0, 1] (0.5 → 0, 0.9 → 1), times the hash's support (full up to
@@ -212,7 +217,7 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
         return text if copy else f"{text}, but the score is under the threshold"
     agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
         "no keypoint matches"
-    if not ev.hash_alone and 0 <= ev.hash_distance <= MODEL.rule.near_hash:
+    if not ev.hash_alone and ev.near_hash():
         return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, which proves a "
                 "copy only of a small, crushed or noisy query")
     return f"no proof: {agree}, pHash {ev.hash_distance} bits apart"

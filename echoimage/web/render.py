@@ -120,17 +120,19 @@ def _transform(m: Match) -> str:
     return f'<div class="wide"><dt>Geometry</dt><dd>{", ".join(parts)}</dd></div>'
 
 
+#: what a result without geometric agreement cannot be made a copy by
+_NO_PROOF = "SSIM never makes a copy, a near hash only of a small, crushed or noisy query."
+
+
 def card(rank: int, m: Match, token: str, threshold: float) -> str:
     """One result card."""
     if m.region is not None:
         caption = (f"Lines join the {m.orb_inliers} matched keypoints (RANSAC inliers); the "
                    "orange outline is where the query lies in the catalogue image.")
     elif m.orb_matches:
-        caption = (f"{m.orb_matches} keypoint matches but no consistent geometry: SSIM never "
-                   "makes a copy, a near hash only of a small, crushed or noisy query.")
+        caption = f"{m.orb_matches} keypoint matches but no consistent geometry: {_NO_PROOF}"
     else:
-        caption = ("No keypoint matches: SSIM never makes a copy, a near hash only of a small, "
-                   "crushed or noisy query.")
+        caption = f"No keypoint matches: {_NO_PROOF}"
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
         metadata=_metadata(m), score=f"{m.score:.3f}", why=esc(m.why),
