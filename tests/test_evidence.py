@@ -37,6 +37,9 @@ def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
     assert ev(MODEL.rule.min_inliers, 10, 0, hash_alone=False).proof() is Proof.GEOMETRY
     # inliers clustered on a point of the match (a word two labels share) prove nothing
     assert ev(40, 45, spread=MODEL.rule.min_spread / 2).proof() is Proof.NONE
+    # ...unless nearly every match agrees (a crop of little texture)
+    assert ev(21, 21, spread=MODEL.rule.min_spread / 2).proof() is Proof.GEOMETRY
+    assert ev(19, 25, spread=MODEL.rule.min_spread / 2).proof() is Proof.NONE
     assert ev(40, 45, spread=MODEL.rule.min_spread).proof() is Proof.GEOMETRY
     assert 0 < MODEL.rule.min_spread <= 0.0127  # the least spread of a real copy calibrated
 
