@@ -233,6 +233,9 @@ class Match:
     # whether a near hash could prove this copy by itself (the query's view too small,
     # crushed or noisy for geometric agreement; see echoimage.search.evidence.Evidence)
     hash_alone: bool = field(default=True, compare=False, repr=False)
+    # the share of the catalogue image's detail the query, aligned by the inliers'
+    # transform, shows flat (NaN: not told; see echoimage.search.rerank.missing_detail)
+    missing: float = field(default=float("nan"), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""

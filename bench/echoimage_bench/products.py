@@ -70,6 +70,7 @@ def run_products(out_dir: str | Path, *, catalogue: int = 150, queries: int = 15
                                "proof": Evidence.of(m).proof().value, "score": round(m.score, 4),
                                "hash_distance": m.hash_distance, "inliers": m.orb_inliers,
                                "matches": m.orb_matches, "spread": round(m.spread, 3),
+                               "missing": None if np.isnan(m.missing) else round(m.missing, 3),
                                "why": m.why})
             tick(n + 1)
         result = {

@@ -57,7 +57,13 @@ from echoimage.index.parts import nearest_lists, next_probes, probe_count
 from echoimage.search import evidence
 from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
-from echoimage.search.rerank import SsimReference, match_orb, region, spread
+from echoimage.search.rerank import (
+    SsimReference,
+    match_orb,
+    missing_detail,
+    region,
+    spread,
+)
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
 from echoimage.store import repo
@@ -574,8 +580,15 @@ class SearchEngine:
                          (cand.width, cand.height))
             trans = describe(om.homography, mirror, reg, cand, img.scale)
         alone = q.hash_alone(c.view, s)
+        missing = float("nan")  # told only where it decides: inliers that would be proof
+        if om.homography is not None and evidence.MODEL.rule.geometric(om.inliers, om.matches,
+                                                                        covered):
+            missing = missing_detail(view.mirrored() if mirror else view.gray,
+                                     om.homography, cand.thumbnail,
+                                     (cand.width / cand.work_scale,
+                                      cand.height / cand.work_scale))
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
-                               alone)
+                               alone, missing)
         score = evidence.score(ev)
         copy = evidence.is_copy(ev, score, s.duplicate_threshold)
         return Match(
@@ -584,7 +597,7 @@ class SearchEngine:
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
             sha256=cand.sha256, region=reg, transform=trans, votes=q.votes.get(cand.id, 0),
             query_box=_shown_box(view, c.view, img), pairs=pairs, spread=covered,
-            hash_alone=alone,
+            hash_alone=alone, missing=missing,
         )
 
     # --- the answer ------------------------------------------------------------------------
@@ -658,6 +671,7 @@ class _View:
         self._mirrored = max(s.vote_rerank_descriptors, s.rerank_descriptors,
                              s.local_query_descriptors)
         self._thumb: np.ndarray | None = None
+        self._flipped: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
         self._keypoints: tuple[cv2.KeyPoint, ...] = ()
         self._refs: dict[int, SsimReference] = {}
@@ -684,6 +698,13 @@ class _View:
         """The first n keypoints (spread over the view) for matching."""
         orb = self.orb(mirror)
         return orb if len(orb) <= n else OrbFeatures(orb.keypoints[:n], orb.descriptors[:n])
+
+    def mirrored(self) -> np.ndarray:
+        """The view's grey pixels mirrored left to right (the frame of its mirror's
+        keypoints)."""
+        if self._flipped is None:
+            self._flipped = np.ascontiguousarray(self.gray[:, ::-1])
+        return self._flipped
 
     def crushed(self) -> bool:
         """Whether the view's grey levels are crushed into a few (`needs_normalising`),

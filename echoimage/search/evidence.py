@@ -10,7 +10,10 @@ A result is a copy only with **proof**, evidence that chance does not produce:
   (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
   matched area rather than on a point or a line (`rerank.match_orb`; their hull at least
   `ProofRule.min_spread` of the area the two share), at least `ProofRule.min_inliers` of
-  them and more the more matches there are to choose from.
+  them and more the more matches there are to choose from, where the query, aligned by
+  that transform, does not show flat what the catalogue image has detail in (at most
+  `ProofRule.max_missing` of it: a sticker hides some; different products of one shape
+  agree on their outline and differ in their labels).
 
 On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
 reached any of the three. SSIM, a distant hash and the number of matches move the
@@ -65,7 +68,11 @@ class ProofRule:
     matched area (real copies down to 0.0127 in the calibration at 400 entries, 0.018 at
     100,000; different products photographed alike share a word of their labels, 0-0.01)
     unless `clustered_ratio` of the matches are inliers (a 40% crop of the scale benchmark:
-    21 of 21 over 0.84%; the products' clustered ones at most 19 of 25).
+    21 of 21 over 0.84%; the products' clustered ones at most 19 of 25), and the query
+    aligned by their transform shows flat at most `max_missing` of the catalogue image's
+    blocks with detail in the shared area (`rerank.missing_detail`; the calibration's
+    copies at most 0.056 under stickers, 0.081 under a near-black gamma, 0.164 at 100,000
+    entries, which its hash proves instead; product shots of one shape 0.04-0.8).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
     that cannot show its own detail (`Evidence.hash_alone`: different products
@@ -82,12 +89,18 @@ class ProofRule:
     #: ...unless at least this share of the ratio-test matches are inliers (a crop of
     #: little texture: every match agrees; a word two labels share: the rest disagree)
     clustered_ratio: float = 1.0
+    #: the most of the catalogue image's detail the aligned query may show flat (a copy
+    #: hides detail only under an overlay of one colour)
+    max_missing: float = 1.0
 
-    def geometric(self, inliers: int, matches: int, spread: float = 1.0) -> bool:
+    def geometric(self, inliers: int, matches: int, spread: float = 1.0,
+                  missing: float = float("nan")) -> bool:
         """Whether this many inliers among this many matches, their hull covering this
-        share of the matched area, are geometric proof."""
+        share of the matched area, the query showing this share of the catalogue image's
+        detail flat (NaN: not told), are geometric proof."""
         spread_enough = spread >= self.min_spread or inliers >= self.clustered_ratio * matches
-        return spread_enough and inliers >= max(
+        shown = not missing > self.max_missing
+        return spread_enough and shown and inliers >= max(
             self.min_inliers, self.inlier_floor + self.inlier_per_match * matches)
 
 
@@ -114,19 +127,22 @@ class Evidence:
     # whether a near hash may prove a copy by itself: the query's view is too small,
     # crushed or noisy for its own detail to agree geometrically (Settings.hash_proof_*)
     hash_alone: bool = True
+    # the share of the catalogue image's detail the query, aligned by the inliers'
+    # transform, shows flat (rerank.missing_detail; NaN: not told)
+    missing: float = float("nan")
 
     @classmethod
     def of(cls, m: Match) -> Evidence:
         """The evidence of a result."""
         return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance,
-                   m.hash_alone)
+                   m.hash_alone, m.missing)
 
     def proof(self, rule: ProofRule | None = None) -> Proof:
         """The strongest proof among the evidence (by MODEL's rule unless given one)."""
         rule = rule or MODEL.rule
         if self.exact:
             return Proof.SAME_BYTES
-        if rule.geometric(self.inliers, self.matches, self.spread):
+        if rule.geometric(self.inliers, self.matches, self.spread, self.missing):
             return Proof.GEOMETRY
         if self.hash_alone and self.near_hash(rule):
             return Proof.NEAR_HASH
@@ -182,9 +198,9 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.1',
+    version='2026-12-07.2',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
-                   min_spread=0.01, clustered_ratio=0.9),
+                   min_spread=0.01, clustered_ratio=0.9, max_missing=0.1),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
@@ -194,7 +210,9 @@ MODEL = ScoreModel(
         ' Version 2026-12-07.1: the same weights; a near hash proves a copy by itself only'
         ' for a small, crushed or noisy query (Settings.hash_proof_max_side, noisy_chroma),'
         ' and inliers are proof only spread over 1% of the matched area or more, or when'
-        ' they are 90% of the matches'),
+        ' they are 90% of the matches. Version 2026-12-07.2: and only where the query,'
+        ' aligned by their transform, shows at most 10% of the catalogue image\'s detail'
+        ' flat'),
 )
 
 
@@ -224,6 +242,10 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
         return text if copy else f"{text}, but the score is under the threshold"
     agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
         "no keypoint matches"
+    if ev.missing > MODEL.rule.max_missing and MODEL.rule.geometric(ev.inliers, ev.matches,
+                                                                      ev.spread):
+        return (f"no proof: {ev.inliers} keypoints agree on one transform, but the query shows"
+                f" {round(100 * ev.missing)}% of the catalogue image's detail flat")
     if not ev.hash_alone and ev.near_hash():
         return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, which proves a "
                 "copy only of a small, crushed or noisy query")
