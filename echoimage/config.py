@@ -96,10 +96,11 @@ class Settings(BaseSettings):
     ratio_test: float = 0.8
     ransac_px: float = 6.0
     # a result with proof (same bytes, pHash within 5 bits of a small, crushed or noisy
-    # query, or 8 or more RANSAC inliers spread over the match) is a copy when its score,
+    # query, or 8 or more RANSAC inliers spread over the match; either leaving the
+    # catalogue image's detail shown) is a copy when its score,
     # the probability that it is one, reaches this; chosen by scripts/bench_calibrate.py
     # for a stated false-match rate (see echoimage.search.evidence and README, "Scores").
-    # De-duplication compares its own fused score (search.rerank.fuse) with it too.
+    # De-duplication decides its pairs the same way.
     duplicate_threshold: float = 0.5
     # the first vote search takes each group's first vote_probe_descriptors keypoints; the
     # cascade stops after it unless some image got stop_votes votes or some candidate has
@@ -158,9 +159,8 @@ class Settings(BaseSettings):
     # one query in ~2%), which is why no threshold here makes a copy by itself: they choose
     # what is looked at. The distance within which a hash alone proves a copy (5 bits) is
     # part of the versioned evidence model (echoimage/search/evidence.py, MODEL.rule), and
-    # how the distance counts in a score is part of its features and of the fused score's
-    # table (echoimage/search/rerank.py), not a setting; which queries it may prove alone
-    # is (hash_proof_max_side, noisy_chroma above).
+    # how the distance counts in a score is part of its features, not a setting; which
+    # queries it may prove alone is (hash_proof_max_side, noisy_chroma above).
     # the query's shortlist: hash neighbours farther than this are not re-ranked
     max_hash_distance: int = 26
     # a candidate's nearest orientation is taken as fixed within orientation_max_distance;

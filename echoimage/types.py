@@ -231,10 +231,12 @@ class Match:
     # a few words on why the result is a copy, or why not (see echoimage.search.evidence)
     why: str = ""
     # whether a near hash could prove this copy by itself (the query's view too small,
-    # crushed or noisy for geometric agreement; see echoimage.search.evidence.Evidence)
+    # crushed or noisy for geometric agreement, and not flat where the catalogue image
+    # has detail; see echoimage.search.evidence.Evidence)
     hash_alone: bool = field(default=True, compare=False, repr=False)
-    # the share of the catalogue image's detail the query, aligned by the inliers'
-    # transform, shows flat (NaN: not told; see echoimage.search.rerank.missing_detail)
+    # the share of the catalogue image's detail the query shows flat, aligned by the
+    # inliers' transform or else by the hash (NaN: not told; see
+    # echoimage.search.rerank.missing_detail)
     missing: float = field(default=float("nan"), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

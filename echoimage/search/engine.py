@@ -580,13 +580,25 @@ class SearchEngine:
                          (cand.width, cand.height))
             trans = describe(om.homography, mirror, reg, cand, img.scale)
         alone = q.hash_alone(c.view, s)
+        # the detail the query shows, in its own levels (equalising a crushed query
+        # turns its flat black into flat grey: the normalised view is told by the whole)
+        shown = q.views[0] if view.is_normalised else view
         missing = float("nan")  # told only where it decides: inliers that would be proof
         if om.homography is not None and evidence.MODEL.rule.geometric(om.inliers, om.matches,
                                                                         covered):
-            missing = missing_detail(view.mirrored() if mirror else view.gray,
+            missing = missing_detail(shown.mirrored() if mirror else shown.gray,
                                      om.homography, cand.thumbnail,
                                      (cand.width / cand.work_scale,
                                       cand.height / cand.work_scale))
+        rule = evidence.MODEL.rule
+        if alone and 0 <= c.hash_distance <= rule.near_hash and \
+                not rule.geometric(om.inliers, om.matches, covered, missing):
+            # the hash aligns the two as wholes (in its orientation): a query that shows
+            # flat what the catalogue image has detail in is another picture of its layout
+            t = float(cand.thumbnail.shape[0])
+            missing = missing_detail(shown.thumb(c.orientation), np.eye(3), cand.thumbnail,
+                                     (t, t))
+            alone = not missing > rule.max_missing
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
                                alone, missing)
         score = evidence.score(ev)
@@ -671,6 +683,7 @@ class _View:
         self._mirrored = max(s.vote_rerank_descriptors, s.rerank_descriptors,
                              s.local_query_descriptors)
         self._thumb: np.ndarray | None = None
+        self._turned: dict[int, np.ndarray] = {}
         self._flipped: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
         self._keypoints: tuple[cv2.KeyPoint, ...] = ()
@@ -714,12 +727,18 @@ class _View:
             self._crushed = needs_normalising(self.gray, s.crushed_bits, s.crushed_span)
         return self._crushed
 
+    def thumb(self, o: int) -> np.ndarray:
+        """The view's thumbnail turned by orientation o (as its hash and SSIM see it)."""
+        if o not in self._turned:
+            if self._thumb is None:
+                self._thumb = thumbnail(self.gray, self._settings.thumb_size)
+            self._turned[o] = np.ascontiguousarray(orient(self._thumb, o))
+        return self._turned[o]
+
     def ssim_ref(self, o: int) -> SsimReference:
         """SSIM reference of the view's thumbnail turned by orientation o."""
         if o not in self._refs:
-            if self._thumb is None:
-                self._thumb = thumbnail(self.gray, self._settings.thumb_size)
-            self._refs[o] = SsimReference(orient(self._thumb, o))
+            self._refs[o] = SsimReference(self.thumb(o))
         return self._refs[o]
 
 

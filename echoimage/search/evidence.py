@@ -5,7 +5,9 @@ A result is a copy only with **proof**, evidence that chance does not produce:
 * the same bytes as the catalogue image (`exact`);
 * a pHash within `ProofRule.near_hash` bits (of 64) in the orientation that matched, for
   a query that cannot show its own detail (`Evidence.hash_alone`: small, crushed or noisy;
-  different products photographed alike hash within a few bits too);
+  different products photographed alike hash within a few bits too) and, laid on the
+  catalogue image as the hash aligns them, shows at most `ProofRule.max_missing` of its
+  detail flat;
 * geometric agreement: keypoint matches that one RANSAC transform of a copy explains
   (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
   matched area rather than on a point or a line (`rerank.match_orb`; their hull at least
@@ -38,8 +40,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from echoimage.types import Match
 
-#: how the model's inputs are scaled (part of the features' definition, like the fused
-#: score's table in search/rerank.py):
+#: how the model's inputs are scaled (part of the features' definition):
 #: SSIM counts as far as the hash supports it (see `Evidence.ssim_support`)
 SSIM_FLOOR, SSIM_SPAN = 0.5, 0.4
 SUPPORT_CEIL, SUPPORT_SPAN = 22.0, 6.0
@@ -71,12 +72,13 @@ class ProofRule:
     21 of 21 over 0.84%; the products' clustered ones at most 19 of 25), and the query
     aligned by their transform shows flat at most `max_missing` of the catalogue image's
     blocks with detail in the shared area (`rerank.missing_detail`; the calibration's
-    copies at most 0.056 under stickers, 0.081 under a near-black gamma, 0.164 at 100,000
-    entries, which its hash proves instead; product shots of one shape 0.04-0.8).
+    copies at most 0.056, under stickers; product shots of one shape 0.04-0.8).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
     that cannot show its own detail (`Evidence.hash_alone`: different products
-    photographed alike hash within 5 bits too).
+    photographed alike hash within 5 bits too) and does not show flat more than
+    `max_missing` of the catalogue image's detail as the hash aligns the two (the
+    calibration's copies at most 0.006).
     """
 
     min_inliers: int
@@ -125,10 +127,12 @@ class Evidence:
     ssim: float  # of the thumbnails in the matched orientation (NaN: not computed)
     hash_distance: int  # pHash bits (of 64) in that orientation
     # whether a near hash may prove a copy by itself: the query's view is too small,
-    # crushed or noisy for its own detail to agree geometrically (Settings.hash_proof_*)
+    # crushed or noisy for its own detail to agree geometrically (Settings.hash_proof_*),
+    # and does not show the catalogue image's detail flat where the hash lays it
     hash_alone: bool = True
-    # the share of the catalogue image's detail the query, aligned by the inliers'
-    # transform, shows flat (rerank.missing_detail; NaN: not told)
+    # the share of the catalogue image's detail the query shows flat, aligned by the
+    # inliers' transform (or else as the hash aligns them) (rerank.missing_detail; NaN:
+    # not told)
     missing: float = float("nan")
 
     @classmethod
@@ -198,7 +202,7 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.2',
+    version='2026-12-07.3',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
                    min_spread=0.01, clustered_ratio=0.9, max_missing=0.1),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
@@ -212,7 +216,8 @@ MODEL = ScoreModel(
         ' and inliers are proof only spread over 1% of the matched area or more, or when'
         ' they are 90% of the matches. Version 2026-12-07.2: and only where the query,'
         ' aligned by their transform, shows at most 10% of the catalogue image\'s detail'
-        ' flat'),
+        ' flat. Version 2026-12-07.3: a near hash, too, only where the query, laid on the'
+        ' catalogue image as the hash aligns them, shows at most 10% of its detail flat'),
 )
 
 
@@ -247,6 +252,9 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
         return (f"no proof: {ev.inliers} keypoints agree on one transform, but the query shows"
                 f" {round(100 * ev.missing)}% of the catalogue image's detail flat")
     if not ev.hash_alone and ev.near_hash():
+        if ev.missing > MODEL.rule.max_missing:
+            return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, but the query "
+                    f"shows {round(100 * ev.missing)}% of the catalogue image's detail flat")
         return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, which proves a "
                 "copy only of a small, crushed or noisy query")
     return f"no proof: {agree}, pHash {ev.hash_distance} bits apart"

@@ -30,7 +30,8 @@ class MatchOut(BaseModel):
     score: float = Field(description="the probability that it is a copy, given its evidence")
     duplicate: bool = Field(description="a copy: proof (the same bytes, a pHash within 5 "
                                         "bits of a small, crushed or noisy query, or "
-                                        "geometric agreement) and a score at the "
+                                        "geometric agreement; either showing the "
+                                        "catalogue image's detail) and a score at the "
                                         "threshold")
     exact: bool = Field(description="same bytes (sha256) as the query")
     ssim: float
