@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -517,9 +518,10 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
         for m in g.members[1:]:
             ln = m.link
             assert ln is not None
-            click.echo(f"  #{m.id} {m.url} ({m.width}x{m.height}) score {ln.score:.3f}: "
-                       f"hash {ln.hash_distance}, ssim {ln.ssim:.3f}, orb {ln.orb_inliers}, "
-                       f"{ln.orientation}, via {ln.via}")
+            sim = "-" if math.isnan(ln.ssim) else f"{ln.ssim:.3f}"
+            click.echo(f"  #{m.id} {m.url} ({m.width}x{m.height}) score {ln.score:.3f} by "
+                       f"{ln.proof}: hash {ln.hash_distance}, ssim {sim}, orb {ln.orb_inliers}"
+                       f", {ln.orientation}, via {ln.via}")
 
 
 @cli.group()

@@ -49,7 +49,7 @@ def test_proof_is_the_same_bytes_a_near_hash_or_geometry() -> None:
     assert ev(40, 45, missing=MODEL.rule.max_missing + 0.01).proof() is Proof.NONE
     assert ev(40, 45, missing=MODEL.rule.max_missing).proof() is Proof.GEOMETRY
     assert ev(40, 45).proof() is Proof.GEOMETRY  # NaN: not told
-    assert 0.056 < MODEL.rule.max_missing < 0.2  # a real copy calibrated showed 0.056
+    assert 0.071 < MODEL.rule.max_missing < 0.2  # a real copy calibrated showed 0.071
 
 
 def test_geometric_proof_needs_more_inliers_among_more_matches() -> None:
@@ -142,6 +142,14 @@ def test_missing_detail_is_the_catalogue_detail_the_query_shows_flat() -> None:
     # the query a crop of the middle, at its own pixels: h moves it into place
     shift = np.float64([[1, 0, 128], [0, 1, 128], [0, 0, 1]])
     assert missing_detail(cam[128:384, 128:384], shift, thumb, size) == 0.0
+    # a plain grey query laid on a texture: all the detail it covers is flat, wherever its
+    # outline falls on the blocks (its edge continued outward under the blur, not black)
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (512, 512)).astype(np.uint8), (0, 0), 2)
+    texture = thumbnail(cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX), 256)
+    for dx in range(20, 36):
+        at = np.float64([[1, 0, 100 + dx], [0, 1, 100], [0, 0, 1]])
+        assert missing_detail(np.full((200, 200), 128, np.uint8), at, texture, size) == 1.0
     stuck = cam.copy()
     stuck[200:328, 200:328] = 128  # a grey sticker over 1/16 of it
     assert 0.03 < missing_detail(stuck, h, thumb, size) <= MODEL.rule.max_missing

@@ -9,10 +9,14 @@ Pairs are proposed, confirmed and grouped:
   `dedupe_wide_radius` of the whole image as it is: a slightly rotated copy) is a
   candidate. With `crops`, each image's stored descriptors also vote in the local-feature
   index, as a query's do, proposing the images it may be a part of.
-* **confirmed** with the query's evidence and threshold: the pHash distance, SSIM of the
-  two stored thumbnails turned to the matching orientation, and (when those do not yet
-  make it a duplicate) ORB matching of the stored keypoints with RANSAC; the fused score
-  must reach `duplicate_threshold`.
+* **confirmed** with the query's evidence and decision (`search.evidence`): a pair is a
+  copy only with proof, the same bytes, a pHash within 5 bits where one of the two cannot
+  show its own detail (origin's view or the other image at most `hash_proof_max_side`
+  pixels, or the levels of one crushed where the other's are not) and the view does not
+  show the other's detail flat, or geometric agreement (RANSAC inliers of the stored
+  keypoints, of the two thumbnails' for a mirrored pair, spread over the match and
+  leaving the other's detail shown), and a score (the model's probability, SSIM of the
+  two thumbnails in the matching orientation among its inputs) at `duplicate_threshold`.
 * **grouped** by union-find over confirmed pairs. Each group names a keeper: the member with
   the most pixels of content (its pixels inside any flat border: a white-bordered copy is
   not kept over its original), among those within KEEP_TOLERANCE of the most the one with
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -36,10 +40,13 @@ from sqlalchemy import Engine, select
 from echoimage.config import Settings
 from echoimage.features.dihedral import NAMES, is_mirror, orient
 from echoimage.features.hashes import dhash, hamming, hash_input, oriented_phashes, phash
+from echoimage.features.orb import orb_detect
+from echoimage.features.photometric import needs_normalising
 from echoimage.index.binary import build_binary_index
 from echoimage.index.build import snapshot
 from echoimage.index.local import LocalParams
-from echoimage.search.rerank import SsimReference, fuse, match_orb
+from echoimage.search import evidence
+from echoimage.search.rerank import SsimReference, match_orb, missing_detail, spread
 from echoimage.store import repo
 from echoimage.store.codec import decode_orb, decode_thumbnail
 from echoimage.store.db import session_factory
@@ -54,6 +61,9 @@ BATCH = 256
 QUICK_QUERY, QUICK_CAND, QUICK_CLOSE = 100, 250, 8
 #: the least share of an image's keypoint area its ORB matches must span to count
 MIN_COVER = 0.25
+#: keypoints detected on each of two thumbnails to match a mirrored pair (the stored
+#: descriptors are not mirror-invariant)
+MIRROR_KEYPOINTS = 500
 
 
 class View(StrEnum):
@@ -89,17 +99,20 @@ class Link:
     b: int
     score: float
     hash_distance: int
-    ssim: float
+    ssim: float  # NaN: not computed (the hashes too far apart for it to count)
     orb_inliers: int
     orientation: str
     via: View  # what proposed it
     votes: int = 0
+    proof: evidence.Proof = evidence.Proof.NONE  # what proves it a copy
 
     def evidence(self) -> dict[str, Any]:
         """The evidence as a JSON-ready dict."""
         return {"score": round(self.score, 4), "hash_distance": self.hash_distance,
-                "ssim": round(self.ssim, 4), "orb_inliers": self.orb_inliers,
-                "orientation": self.orientation, "via": self.via, "votes": self.votes}
+                "ssim": None if np.isnan(self.ssim) else round(self.ssim, 4),
+                "orb_inliers": self.orb_inliers,
+                "orientation": self.orientation, "via": self.via, "votes": self.votes,
+                "proof": self.proof.value}
 
 
 @dataclass(frozen=True)
@@ -180,14 +193,17 @@ class _Row:
     indexed_at: str
     phash: bytes
     dhash: bytes
+    sha256: str | None = None
 
 
 @dataclass
 class _Feats:
-    """An image's stored thumbnail and keypoints, read when needed."""
+    """An image's stored thumbnail and keypoints (in working pixels, `work_scale` original
+    pixels each), read when needed."""
 
     thumb: np.ndarray
     orb: OrbFeatures
+    work_scale: float = 1.0
 
 
 def margins(thumb: np.ndarray, flat: float = 6.0, least: int = 8
@@ -270,7 +286,12 @@ class Deduper:
         self.crops = crops
         self.only = only  # propose from these images only (the benchmark's timing samples)
         self.dhash: dict[int, bytes] = {}
+        self.rows: dict[int, _Row] = {}
         self._feats: dict[int, _Feats] = {}
+        # per image and view, for the run: whether its levels are crushed
+        self._crushed_views: dict[tuple[int, View], bool] = {}
+        # per image and orientation: its thumbnail's keypoints, as long as its features
+        self._thumb_orbs: dict[tuple[int, int], OrbFeatures] = {}
 
     def _features(self, ids: list[int]) -> dict[int, _Feats]:
         """Stored thumbnails and keypoints of ids (cached for this run)."""
@@ -278,9 +299,11 @@ class Deduper:
         if missing:
             with self.sessions() as s:
                 for r in s.execute(select(FeatureRow.image_id, FeatureRow.thumbnail,
-                                          FeatureRow.keypoints, FeatureRow.descriptors)
+                                          FeatureRow.keypoints, FeatureRow.descriptors,
+                                          FeatureRow.work_scale)
                                    .where(FeatureRow.image_id.in_(missing))):
-                    self._feats[r[0]] = _Feats(decode_thumbnail(r[1]), decode_orb(r[2], r[3]))
+                    self._feats[r[0]] = _Feats(decode_thumbnail(r[1]), decode_orb(r[2], r[3]),
+                                               float(r[4] or 1.0))
         return {i: self._feats[i] for i in ids if i in self._feats}
 
     def run(self, progress: Callable[[int], None] | None = None) -> DedupeResult:
@@ -290,13 +313,14 @@ class Deduper:
         with snapshot(self.store) as session:
             seq = repo.current_seq(session)
             rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
-                         r[4].isoformat() if r[4] else "", r[5], r[6])
+                         r[4].isoformat() if r[4] else "", r[5], r[6], r[7])
                     for r in session.execute(
                         select(ImageRow.id, ImageRow.url, ImageRow.width, ImageRow.height,
-                               ImageRow.indexed_at, FeatureRow.phash, FeatureRow.dhash)
+                               ImageRow.indexed_at, FeatureRow.phash, FeatureRow.dhash,
+                               ImageRow.sha256)
                         .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
                         .where(ImageRow.status == Status.INDEXED).order_by(ImageRow.id))]
-        by_id = {r.id: r for r in rows}
+        by_id = self.rows = {r.id: r for r in rows}
         self.dhash = {r.id: r.dhash for r in rows}
         ids = np.array([r.id for r in rows], np.int64)
         codes = np.frombuffer(b"".join(r.phash for r in rows), np.uint8).reshape(-1, 8)
@@ -334,10 +358,11 @@ class Deduper:
                 if joined.find(a) == joined.find(b):
                     continue
                 link = self._confirm(a, b, proposal)
-                if link is not None and link.score >= s.duplicate_threshold:
+                if link is not None:
                     links.append(link)
                     joined.union(a, b)
             self._feats.clear()
+            self._thumb_orbs.clear()
         stages["confirm"] = time.perf_counter() - t2
         linked = sorted({i for ln in links for i in (ln.a, ln.b)})
         content = {i: content_fraction(f.thumb) for i, f in self._features(linked).items()}
@@ -393,52 +418,140 @@ class Deduper:
                         _offer(candidates, v.id, Proposal(64, View.VOTES, 0, r.id, v.votes))
 
     def _confirm(self, a: int, b: int, proposal: Proposal) -> Link | None:
-        """The query's evidence for a pair: origin's view (turned by o) against the other.
+        """The pair as a query would find it: origin's view (turned by o) against the
+        other, a copy only with proof and a score at the threshold (`search.evidence`);
+        None when it is not one.
 
-        Cheapest evidence first: SSIM (only where it can decide: the hash must support it),
-        then ORB on a first few keypoints, then (when that is close) on as many as a query
+        Cheapest evidence first: the bytes, the hash, SSIM (where it can count), then ORB
+        on a first few keypoints, then (when that is close) on as many as a query
         matches. A copy matches hundreds of keypoints; unrelated images a handful."""
         s = self.settings
         d, view, o, origin = proposal.distance, proposal.view, proposal.orientation, \
             proposal.origin
         other = b if origin == a else a
         feats = self._features([origin, other])
-        if origin not in feats or other not in feats:
-            return None  # changed since it was proposed
+        if origin not in feats or other not in feats or origin not in self.rows or \
+                other not in self.rows:
+            return None  # changed since it was proposed (or indexed since rows were read)
         fo, ft = feats[origin], feats[other]
-        sim = 0.0
-        if view != View.VOTES and fuse(1.0, 0, d) >= s.duplicate_threshold and \
-                d <= s.dedupe_hash_radius:
-            part = view_pixels(fo.thumb).get(view, fo.thumb)
-            thumb = part if part.shape == fo.thumb.shape else _square(part,
-                                                                        fo.thumb.shape[0])
-            sim = SsimReference(orient(thumb, o)).compare(ft.thumb)
-        inliers = 0
-        score = fuse(sim, 0, d)
-        if score < s.duplicate_threshold and not is_mirror(o):
-            # ORB is rotation-invariant; it cannot help a mirror (stored descriptors)
+        ro, rt = self.rows[origin], self.rows[other]
+        part = view_pixels(fo.thumb).get(view, fo.thumb) if view != View.VOTES else fo.thumb
+        sim = missing = float("nan")
+        near = 0 <= d <= evidence.MODEL.rule.near_hash
+        alone = near and self._hash_alone(ro, rt, fo, ft, part, view)
+        if view != View.VOTES and (evidence.ssim_counts(d) or alone):
+            turned = np.ascontiguousarray(orient(
+                part if part.shape == fo.thumb.shape else _square(part, fo.thumb.shape[0]), o))
+            if evidence.ssim_counts(d):
+                sim = SsimReference(turned).compare(ft.thumb)
+            if alone:
+                # as a query's: the hash aligns the two as wholes; a view that shows flat
+                # what the other has detail in is another picture of the same layout
+                t = float(ft.thumb.shape[0])
+                missing = missing_detail(turned, np.eye(3), ft.thumb, (t, t))
+                alone = not missing > evidence.MODEL.rule.max_missing
+        ev = evidence.Evidence(
+            exact=bool(ro.sha256) and ro.sha256 == rt.sha256, inliers=0, matches=0,
+            spread=0.0, ssim=sim, hash_distance=d, hash_alone=alone, missing=missing)
+        score = evidence.score(ev)
+        if not evidence.is_copy(ev, score, s.duplicate_threshold):
             full = (s.rerank_descriptors, s.rerank_keypoints)
             # a part of another image (votes): all its keypoints, no quick check (the part
             # may hold few of the other's first keypoints)
             steps = [(s.rerank_descriptors, None)] if view == View.VOTES else [
                 (QUICK_QUERY, QUICK_CAND), full]
+            if is_mirror(o):  # the stored descriptors cannot match a mirror image
+                steps = [(MIRROR_KEYPOINTS, None)]
             for n_query, n_cand in steps:
-                inliers = self._orb(fo, ft, n_query, n_cand)
-                score = fuse(sim, inliers, d)
-                if score >= s.duplicate_threshold or inliers < QUICK_CLOSE:
+                ev = self._geometry(ev, (ro, fo), (rt, ft), o, n_query, n_cand)
+                score = evidence.score(ev)
+                if evidence.is_copy(ev, score, s.duplicate_threshold) or \
+                        ev.inliers < QUICK_CLOSE:
                     break
-        return Link(origin, other, score, d if d <= 64 else -1, sim, inliers, NAMES[o], view,
-                    proposal.votes)
+        if not evidence.is_copy(ev, score, s.duplicate_threshold):
+            return None
+        return Link(origin, other, score, d if d <= 64 else -1, sim, ev.inliers, NAMES[o],
+                    view, proposal.votes, ev.proof())
 
-    def _orb(self, fo: _Feats, ft: _Feats, n_query: int, n_cand: int | None) -> int:
-        """RANSAC inliers of fo's first n_query keypoints against ft's first n_cand (all:
-        None), counted only when they span enough of one image (see _covers)."""
+    def _hash_alone(self, ro: _Row, rt: _Row, fo: _Feats, ft: _Feats, part: np.ndarray,
+                    view: View) -> bool:
+        """Whether a near hash may prove the pair a copy by itself, as it may a query's:
+        one of the two cannot show its own detail (origin's view at most
+        hash_proof_max_side of its pixels, or the other image; the levels of one crushed
+        where the other's are not). Noise is not told (its colour is not read);
+        noisy_chroma 0 lets the hash prove any pair, as it does any query."""
         s = self.settings
-        head = OrbFeatures(fo.orb.keypoints[:n_query], fo.orb.descriptors[:n_query])
-        cand = ft.orb if n_cand is None else OrbFeatures(ft.orb.keypoints[:n_cand],
-                                                         ft.orb.descriptors[:n_cand])
+        if s.noisy_chroma <= 0:
+            return True
+        share = max(part.shape[0] / fo.thumb.shape[0], part.shape[1] / fo.thumb.shape[1])
+        sides = [side for side in (max(ro.width, ro.height) * share, max(rt.width, rt.height))
+                 if side > 0]  # 0: not known
+        if sides and min(sides) <= s.hash_proof_max_side:
+            return True
+        return self._crushed(ro.id, view, part) != self._crushed(rt.id, View.WHOLE, ft.thumb)
+
+    def _crushed(self, i: int, view: View, pixels: np.ndarray) -> bool:
+        """Whether image i's view (these pixels of its thumbnail) has crushed levels."""
+        if (i, view) not in self._crushed_views:
+            s = self.settings
+            self._crushed_views[i, view] = needs_normalising(pixels, s.crushed_bits,
+                                                             s.crushed_span)
+        return self._crushed_views[i, view]
+
+    def _thumb_orb(self, i: int, thumb: np.ndarray, o: int, n: int) -> OrbFeatures:
+        """ORB of image i's thumbnail turned by o (n keypoints), for mirrored pairs."""
+        if (i, o) not in self._thumb_orbs:
+            self._thumb_orbs[i, o] = orb_detect(np.ascontiguousarray(orient(thumb, o)), n)[0]
+        return self._thumb_orbs[i, o]
+
+    def _geometry(self, ev: evidence.Evidence, origin: tuple[_Row, _Feats],
+                  other: tuple[_Row, _Feats], o: int, n_query: int, n_cand: int | None
+                  ) -> evidence.Evidence:
+        """ev with the geometric evidence of origin's first n_query keypoints against the
+        other's first n_cand (all: None): RANSAC inliers (of a pair not near in pHash,
+        counted only when they span enough of one image: _covers), their spread and the
+        other's detail they leave flat. A mirrored pair (orientation o) is matched on the
+        two thumbnails, origin's mirrored."""
+        s = self.settings
+        (ro, fo), (rt, ft) = origin, other
+        t = float(fo.thumb.shape[0])
+        if is_mirror(o):
+            view = np.ascontiguousarray(orient(fo.thumb, o))
+            head = self._thumb_orb(ro.id, fo.thumb, o, n_query)
+            cand = self._thumb_orb(rt.id, ft.thumb, 0, n_query)
+            own, frame, to_own = (t, t), (t, t), np.eye(3)
+        else:
+            known = _frame(ro, fo), _frame(rt, ft)
+            if known[0] is None or known[1] is None:  # keypoints in frames not known
+                return replace(ev, inliers=0, matches=0, spread=0.0)
+            own, frame = known
+            view = fo.thumb
+            head = OrbFeatures(fo.orb.keypoints[:n_query], fo.orb.descriptors[:n_query])
+            cand = ft.orb if n_cand is None else OrbFeatures(ft.orb.keypoints[:n_cand],
+                                                             ft.orb.descriptors[:n_cand])
+            to_own = np.diag([own[0] / t, own[1] / t, 1.0])  # thumbnail → working pixels
         om = match_orb(head, cand, s.ratio_test, s.ransac_px)
-        return om.inliers if _covers(om.pairs, head.keypoints, cand.keypoints) else 0
+        # two images near in pHash are held to the query's rule (spread, detail shown);
+        # others must match over a real share of one of them too: a distant hash may
+        # have only an overlay in common (_covers)
+        if om.homography is None or not (
+                ev.near_hash() or _covers(om.pairs, head.keypoints, cand.keypoints)):
+            return replace(ev, inliers=0, matches=om.matches, spread=0.0)
+        covered = spread(om.pairs[:, :2], om.homography, (round(own[1]), round(own[0])),
+                         frame)
+        missing = float("nan")
+        if evidence.MODEL.rule.geometric(om.inliers, om.matches, covered):
+            missing = missing_detail(view, om.homography @ to_own, ft.thumb, frame)
+        return replace(ev, inliers=om.inliers, matches=om.matches, spread=covered,
+                       missing=missing)
+
+
+def _frame(row: _Row, f: _Feats) -> tuple[float, float] | None:
+    """An image's working frame (width, height), in which its stored keypoints lie; None
+    when its size is not known."""
+    if not row.width or not row.height or not f.work_scale > 0:
+        return None
+    return row.width / f.work_scale, row.height / f.work_scale
 
 
 def _offer(candidates: dict[tuple[int, int], Proposal], other: int, new: Proposal) -> None:
@@ -543,8 +656,9 @@ def csv_rows(result: DedupeResult) -> Iterator[dict[str, Any]]:
             yield {"group": g.number, "id": m.id, "url": m.url, "keep": m.keep,
                    "width": m.width, "height": m.height, "linked_to": linked,
                    **{k: ev.get(k, "") for k in ("score", "hash_distance", "ssim",
-                                                  "orb_inliers", "orientation", "via")}}
+                                                  "orb_inliers", "orientation", "via",
+                                                  "proof")}}
 
 
 CSV_FIELDS = ("group", "id", "url", "keep", "width", "height", "linked_to", "score",
-              "hash_distance", "ssim", "orb_inliers", "orientation", "via")
+              "hash_distance", "ssim", "orb_inliers", "orientation", "via", "proof")

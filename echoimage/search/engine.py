@@ -596,9 +596,11 @@ class SearchEngine:
             # the hash aligns the two as wholes (in its orientation): a query that shows
             # flat what the catalogue image has detail in is another picture of its layout
             t = float(cand.thumbnail.shape[0])
-            missing = missing_detail(shown.thumb(c.orientation), np.eye(3), cand.thumbnail,
-                                     (t, t))
-            alone = not missing > rule.max_missing
+            flat = missing_detail(shown.thumb(c.orientation), np.eye(3), cand.thumbnail,
+                                  (t, t))
+            alone = not flat > rule.max_missing
+            if math.isnan(missing):  # the inliers' own, where told, stays theirs
+                missing = flat
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
                                alone, missing)
         score = evidence.score(ev)

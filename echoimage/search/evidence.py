@@ -72,7 +72,7 @@ class ProofRule:
     21 of 21 over 0.84%; the products' clustered ones at most 19 of 25), and the query
     aligned by their transform shows flat at most `max_missing` of the catalogue image's
     blocks with detail in the shared area (`rerank.missing_detail`; the calibration's
-    copies at most 0.056, under stickers; product shots of one shape 0.04-0.8).
+    copies at most 0.071, under stickers; product shots of one shape 0.04-0.8).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
     that cannot show its own detail (`Evidence.hash_alone`: different products

@@ -2,12 +2,8 @@
 the geometric evidence spreads over the matched area, and how much of the catalogue
 image's detail the aligned query shows flat (`missing_detail`).
 
-What the evidence makes of a candidate (proof, score, verdict) is `search.evidence`'s.
-`fuse` is the older fused score that de-duplication (`echoimage.dedupe`) still confirms
-pairs with: the strongest of three pieces of evidence, each mapped to [0, 1]:
-    orb   = clip((inliers - ORB_FLOOR) / ORB_SPAN)      geometric agreement of keypoints
-    hash  = clip((HASH_CEIL - distance) / HASH_SPAN)    pHash Hamming distance (of 64 bits)
-    ssim  = clip((ssim - SSIM_FLOOR) / SSIM_SPAN) * clip((SUPPORT_CEIL - distance) / SUPPORT_SPAN)
+What the evidence makes of a candidate (proof, score, verdict) is `search.evidence`'s,
+for queries and de-duplication (`search.dedupe`) alike.
 """
 
 from __future__ import annotations
@@ -19,17 +15,9 @@ import cv2
 import faiss
 import numpy as np
 
-from echoimage.search.evidence import (
-    MODEL,
-    SSIM_FLOOR,
-    SSIM_SPAN,
-    SUPPORT_CEIL,
-    SUPPORT_SPAN,
-)
+from echoimage.search.evidence import MODEL
 from echoimage.types import OrbFeatures
 
-ORB_FLOOR, ORB_SPAN = 7.0, 24.0
-HASH_CEIL, HASH_SPAN = 10.0, 10.0
 MIN_MATCHES = MODEL.rule.min_inliers  # fewer matches can never be proof
 
 #: `missing_detail`'s blocks: side in thumbnail pixels; a catalogue block has detail from
@@ -240,16 +228,19 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
     catalogue working pixels, whose frame is cand_size = (width, height)), then, over the
     thumbnail's DETAIL_BLOCK blocks inside the shared area that have detail, those where
     the query is flat. A copy hides detail only under an overlay of one colour (stickers
-    hid at most 5.6% in the calibration's edits); different products of one shape sharing
+    hid at most 7.1% in the calibration's edits); different products of one shape sharing
     their outline (or a word of their labels) show plain surfaces where the other's label
     is. Where the query is flat near black or white (CLIPPED) it tells nothing: a copy
     whose levels were crushed has lost its detail there, and a black bar hides what it
     covers. NaN when fewer than MIN_DETAIL blocks can tell, or h is degenerate."""
     t = thumb.shape[0]
+    n = t // DETAIL_BLOCK
     cw, ch = cand_size
     a = np.diag([t / cw, t / ch, 1.0]) @ h
+    if n < 1 or not np.all(np.isfinite(a)):
+        return float("nan")
     det = float(np.linalg.det(a[:2, :2]))
-    if not np.all(np.isfinite(a)) or abs(det) < 1e-12:
+    if abs(det) < 1e-12:
         return float("nan")
     scale = float(np.sqrt(abs(det)))
     src = view
@@ -260,7 +251,10 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
         a = a @ np.diag([src.shape[1] / smaller.shape[1], src.shape[0] / smaller.shape[0],
                          1.0])
         src, scale = smaller, scale * 2
-    q = cv2.warpPerspective(src, a, (t, t), flags=cv2.INTER_LINEAR, borderValue=0)
+    # the query's edge pixels continued outward: black there would bleed into the blocks
+    # along its outline through the blur, and make them look detailed
+    q = cv2.warpPerspective(src, a, (t, t), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
     sh, sw = src.shape[:2]
     corners = np.float32([[0, 0], [sw, 0], [sw, sh], [0, sh]]).reshape(-1, 1, 2)
     outline = cv2.perspectiveTransform(corners, a).reshape(-1, 2)
@@ -269,7 +263,6 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
     inside = np.zeros((t, t), np.uint8)
     outline = np.clip(np.round(outline), -4 * t, 5 * t).astype(np.int32)
     cv2.fillConvexPoly(inside, outline, 255)
-    n = t // DETAIL_BLOCK
     side = n * DETAIL_BLOCK
 
     def mean_std(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,16 +280,6 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
     if int(detail.sum()) < MIN_DETAIL:
         return float("nan")
     return float((detail & flat).sum() / detail.sum())
-
-
-def fuse(ssim_value: float, inliers: int, hash_distance: int) -> float:
-    """De-duplication's fused score in [0, 1]: the strongest of the three mapped
-    components (see the module docstring)."""
-    orb_part = np.clip((inliers - ORB_FLOOR) / ORB_SPAN, 0.0, 1.0)
-    support = np.clip((SUPPORT_CEIL - hash_distance) / SUPPORT_SPAN, 0.0, 1.0)
-    ssim_part = np.clip((ssim_value - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0) * support
-    hash_part = np.clip((HASH_CEIL - hash_distance) / HASH_SPAN, 0.0, 1.0)
-    return float(max(orb_part, ssim_part, hash_part))
 
 
 def region(h: np.ndarray, query_shape: tuple[int, int], cand_scale: float,

@@ -202,9 +202,11 @@ def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> st
                 note = "keep"
             else:
                 ln = m.link
-                note = (f"score {ln.score:.3f} &middot; hash {ln.hash_distance} &middot; "
-                        f"ssim {ln.ssim:.3f} &middot; orb {ln.orb_inliers} &middot; "
-                        f"{esc(ln.orientation)} &middot; via {esc(ln.via)}")
+                sim = "-" if ln.ssim != ln.ssim else f"{ln.ssim:.3f}"  # NaN: not computed
+                note = (f"score {ln.score:.3f} by {esc(ln.proof)} &middot; hash "
+                        f"{ln.hash_distance} &middot; ssim {sim} &middot; orb "
+                        f"{ln.orb_inliers} &middot; {esc(ln.orientation)} &middot; via "
+                        f"{esc(ln.via)}")
             items.append(
                 f'<li class="member{" keep" if m.keep else ""}" data-id="{m.id}">'
                 f'<div class="thumb"><img src="/api/images/{m.id}/preview" '
