@@ -238,6 +238,9 @@ class Match:
     # inliers' transform or else by the hash (NaN: not told; see
     # echoimage.search.rerank.missing_detail)
     missing: float = field(default=float("nan"), compare=False, repr=False)
+    # bits of the 256-bit fine hash apart, told for a noisy query only (-1: not told; see
+    # echoimage.features.hashes.fine_hash)
+    fine_distance: int = field(default=-1, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""

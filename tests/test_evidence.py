@@ -307,6 +307,45 @@ def test_which_queries_a_near_hash_may_prove_alone(tmp_path: Path) -> None:
             assert top.hash_alone is alone, name
 
 
+def test_a_noisy_copy_is_proven_by_the_fine_hash(tmp_path: Path) -> None:
+    """Heavy colour noise (perception's: sigma 44% of 255 per channel, coarse grain) moves a
+    photo's pHash out of the near-hash bits, and leaves no keypoints to agree; the 256-bit
+    fine hash of the two thumbnails stays near, and proves a noisy query's copy. A clean
+    query is never judged by it."""
+    import echoimage
+    from echoimage.features.hashes import fine_hash, hamming
+
+    photos = {n: cv2.cvtColor(getattr(skimage.data, n)(), cv2.COLOR_RGB2BGR)
+              for n in ("coffee", "astronaut", "chelsea")}
+    (tmp_path / "cat").mkdir()
+    for n, img in photos.items():
+        cv2.imwrite(str(tmp_path / "cat" / f"{n}.png"), img)
+    coffee = photos["coffee"]
+    h, w = coffee.shape[:2]
+    grain = np.random.default_rng(0).normal(0, 0.44 * 255, (h // 5, w // 5, 3))
+    noisy = np.clip(coffee + cv2.resize(grain.astype(np.float32), (w, h)), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    thumbs = {n: thumbnail(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), 256)
+              for n, img in photos.items()}
+    assert len(fine_hash(thumbs["coffee"])) == 32
+    near = hamming(fine_hash(thumbnail(cv2.cvtColor(noisy, cv2.COLOR_BGR2GRAY), 256)),
+                   fine_hash(thumbs["coffee"]))
+    far = min(hamming(fine_hash(thumbs["coffee"]), fine_hash(thumbs[n]))
+              for n in ("astronaut", "chelsea"))
+    assert near <= MODEL.rule.fine_near < far
+    with echoimage.open(tmp_path / "data") as cat:
+        cat.build(str(tmp_path / "cat"))
+        top = cat.query(cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+                        .tobytes()).matches[0]
+        assert top.url.endswith("coffee.png") and top.duplicate, top.why
+        assert top.hash_distance > MODEL.rule.near_hash and top.orb_inliers < 8
+        assert 0 <= top.fine_distance <= MODEL.rule.fine_near
+        assert top.why.startswith("256-bit hash") and "noisy" in top.why
+        clean = cat.query(cv2.imencode(".jpg", coffee, [cv2.IMWRITE_JPEG_QUALITY, 60])[1]
+                          .tobytes()).matches[0]
+        assert clean.duplicate and clean.fine_distance == -1
+
+
 def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
     from echoimage.search.engine import stop_hash_for
 

@@ -177,7 +177,8 @@ def _record(q: Query, truth_id: int | None, res: Any, trace: Any, ms: float
             "at_stop": list(stop[i]) if i in stop else None,
             "matches": m.orb_matches, "proof": str(evidence.Evidence.of(m).proof()),
             "features": list(evidence.Evidence.of(m).features()),
-            "missing": None if np.isnan(m.missing) else round(m.missing, 3)})
+            "missing": None if np.isnan(m.missing) else round(m.missing, 3),
+            "fine": m.fine_distance})
     top = res.matches[0] if res.matches else None
     return {"suite": q.suite, "transform": q.transform, "photo": q.photo,
             "copy_query": q.truth is not None, "ms": ms, "rounds": dict(res.rounds),

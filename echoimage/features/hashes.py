@@ -1,4 +1,5 @@
-"""64-bit perceptual hashes (pHash, dHash) as bytes, computed with OpenCV + numpy.
+"""64-bit perceptual hashes (pHash, dHash) as bytes, computed with OpenCV + numpy, and a
+finer 256-bit one of a thumbnail (`fine_hash`).
 
 pHash follows imagehash.phash (32x32 input, 2-D DCT, top-left 8x8 against its median),
 dHash follows imagehash.dhash (9x8 input, horizontal gradient signs). Bits are packed
@@ -41,6 +42,19 @@ def dhash(small: np.ndarray) -> bytes:
 def oriented_phashes(small: np.ndarray) -> list[bytes]:
     """pHash of the 32x32 hash input in each of the eight dihedral orientations."""
     return [phash(orient(small, o)) for o in range(8)]
+
+
+def fine_hash(thumb: np.ndarray) -> bytes:
+    """256 bits of a grayscale thumbnail: its 2-D DCT at 64x64, the top-left 16x16 against
+    their median. Heavy noise moves it less, for its length, than the 64-bit pHash: a noisy
+    copy's is within 41 of 256 bits of its original's at the median (bsds500 under
+    perception's heavy noise, 70 at most), where no two of bsds500's photos come within
+    82 in any orientation; but different products photographed alike come within 10."""
+    if thumb.ndim != 2:
+        raise ValueError("fine_hash expects a 2-D grayscale array")
+    small = cv2.resize(thumb, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:16, :16]
+    return np.packbits((low > np.median(low)).ravel()).tobytes()
 
 
 def hamming(a: bytes, b: bytes) -> int:

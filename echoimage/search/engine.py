@@ -47,7 +47,7 @@ from echoimage.errors import EmptyCatalogueError, QueryLimitError
 from echoimage.features.colour import colour_distance, colour_signature
 from echoimage.features.decode import decode_image
 from echoimage.features.dihedral import NAMES, is_mirror, orient
-from echoimage.features.hashes import hamming, hash_input, oriented_phashes
+from echoimage.features.hashes import fine_hash, hamming, hash_input, oriented_phashes
 from echoimage.features.orb import mirror_features, orb_detect
 from echoimage.features.photometric import chroma_noise, needs_normalising, normalised
 from echoimage.features.regions import collage_cells, content_boxes
@@ -135,6 +135,7 @@ class _Query:
         self._since = time.perf_counter()
         self._noisy: bool | None = None
         self._hash_alone: dict[int, bool] = {}
+        self._fine: dict[int, bytes] = {}
 
     def hash_alone(self, v: int, s: Settings) -> bool:
         """Whether a near hash may prove a copy seen from view v by itself: the view is at
@@ -147,6 +148,12 @@ class _Query:
             self._hash_alone[v] = small or view.is_normalised or view.crushed() \
                 or self.noisy(s)
         return self._hash_alone[v]
+
+    def fine_of(self, cand: Candidate) -> bytes:
+        """The catalogue image's `fine_hash`, of its stored thumbnail (once per query)."""
+        if cand.id not in self._fine:
+            self._fine[cand.id] = fine_hash(cand.thumbnail)
+        return self._fine[cand.id]
 
     def noisy(self, s: Settings) -> bool:
         """Whether the query is drowned in colour noise (`photometric.chroma_noise`)."""
@@ -601,8 +608,15 @@ class SearchEngine:
             alone = not flat > rule.max_missing
             if math.isnan(missing):  # the inliers' own, where told, stays theirs
                 missing = flat
+        fine = -1
+        if alone and rule.fine_near >= 0 and q.noisy(s) and \
+                not 0 <= c.hash_distance <= rule.near_hash and \
+                not rule.geometric(om.inliers, om.matches, covered, missing):
+            # heavy noise moves the 64-bit pHash a few bits too far: the finer hash of the
+            # two thumbnails (in the orientation that matched) still tells its copies
+            fine = hamming(fine_hash(shown.thumb(c.orientation)), q.fine_of(cand))
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
-                               alone, missing)
+                               alone, missing, fine)
         score = evidence.score(ev)
         copy = evidence.is_copy(ev, score, s.duplicate_threshold)
         return Match(
@@ -611,7 +625,7 @@ class SearchEngine:
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
             sha256=cand.sha256, region=reg, transform=trans, votes=q.votes.get(cand.id, 0),
             query_box=_shown_box(view, c.view, img), pairs=pairs, spread=covered,
-            hash_alone=alone, missing=missing,
+            hash_alone=alone, missing=missing, fine_distance=fine,
         )
 
     # --- the answer ------------------------------------------------------------------------

@@ -7,7 +7,8 @@ A result is a copy only with **proof**, evidence that chance does not produce:
   a query that cannot show its own detail (`Evidence.hash_alone`: small, crushed or noisy;
   different products photographed alike hash within a few bits too) and, laid on the
   catalogue image as the hash aligns them, shows at most `ProofRule.max_missing` of its
-  detail flat;
+  detail flat; for a query drowned in colour noise, the 256-bit fine hash of the two
+  thumbnails within `ProofRule.fine_near` bits does as well;
 * geometric agreement: keypoint matches that one RANSAC transform of a copy explains
   (scale, turn, mirror, crop; no collapse, strong shear or perspective), spread over the
   matched area rather than on a point or a line (`rerank.match_orb`; their hull at least
@@ -78,7 +79,10 @@ class ProofRule:
     that cannot show its own detail (`Evidence.hash_alone`: different products
     photographed alike hash within 5 bits too) and does not show flat more than
     `max_missing` of the catalogue image's detail as the hash aligns the two (the
-    calibration's copies at most 0.006).
+    calibration's copies at most 0.006). For a noisy query the 256-bit fine hash
+    (`features.hashes.fine_hash`) within `fine_near` bits proves as a near pHash does
+    (heavy-noise copies within 70; noisy held-out queries 94 or more from every
+    candidate, at 400 and 100,000 entries).
     """
 
     min_inliers: int
@@ -94,6 +98,9 @@ class ProofRule:
     #: the most of the catalogue image's detail the aligned query may show flat (a copy
     #: hides detail only under an overlay of one colour)
     max_missing: float = 1.0
+    #: a noisy query's 256-bit fine hash within this many bits proves a copy as a near
+    #: pHash does (-1: never)
+    fine_near: int = -1
 
     def geometric(self, inliers: int, matches: int, spread: float = 1.0,
                   missing: float = float("nan")) -> bool:
@@ -134,12 +141,15 @@ class Evidence:
     # inliers' transform (or else as the hash aligns them) (rerank.missing_detail; NaN:
     # not told)
     missing: float = float("nan")
+    # bits of the 256-bit fine hash apart (features.hashes.fine_hash), told for a noisy
+    # query only (-1: not told)
+    fine_distance: int = -1
 
     @classmethod
     def of(cls, m: Match) -> Evidence:
         """The evidence of a result."""
         return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance,
-                   m.hash_alone, m.missing)
+                   m.hash_alone, m.missing, m.fine_distance)
 
     def proof(self, rule: ProofRule | None = None) -> Proof:
         """The strongest proof among the evidence (by MODEL's rule unless given one)."""
@@ -148,9 +158,13 @@ class Evidence:
             return Proof.SAME_BYTES
         if rule.geometric(self.inliers, self.matches, self.spread, self.missing):
             return Proof.GEOMETRY
-        if self.hash_alone and self.near_hash(rule):
+        if self.hash_alone and (self.near_hash(rule) or self.near_fine(rule)):
             return Proof.NEAR_HASH
         return Proof.NONE
+
+    def near_fine(self, rule: ProofRule | None = None) -> bool:
+        """Whether the fine hash (told for a noisy query) is within the rule's fine_near."""
+        return 0 <= self.fine_distance <= (rule or MODEL.rule).fine_near
 
     def near_hash(self, rule: ProofRule | None = None) -> bool:
         """Whether the pHash is within the rule's near_hash bits (proof of a copy only where
@@ -202,9 +216,9 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.3',
+    version='2026-12-07.4',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
-                   min_spread=0.01, clustered_ratio=0.9, max_missing=0.1),
+                   min_spread=0.01, clustered_ratio=0.9, max_missing=0.1, fine_near=72),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
@@ -217,7 +231,9 @@ MODEL = ScoreModel(
         ' they are 90% of the matches. Version 2026-12-07.2: and only where the query,'
         ' aligned by their transform, shows at most 10% of the catalogue image\'s detail'
         ' flat. Version 2026-12-07.3: a near hash, too, only where the query, laid on the'
-        ' catalogue image as the hash aligns them, shows at most 10% of its detail flat'),
+        ' catalogue image as the hash aligns them, shows at most 10% of its detail flat.'
+        ' Version 2026-12-07.4: a noisy query\'s 256-bit fine hash within 72 bits proves a'
+        ' copy as a near pHash does'),
 )
 
 
@@ -243,7 +259,8 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
         text = f"{ev.inliers} keypoints agree on one transform{turned}{where}"
         return text if copy else f"{text}, but the score is under the threshold"
     if found is Proof.NEAR_HASH:
-        text = f"pHash {ev.hash_distance} bits apart"
+        text = f"pHash {ev.hash_distance} bits apart" if ev.near_hash() else \
+            f"256-bit hash {ev.fine_distance} bits apart (a noisy query)"
         return text if copy else f"{text}, but the score is under the threshold"
     agree = f"{ev.inliers} of {ev.matches} keypoint matches agree" if ev.matches else \
         "no keypoint matches"
