@@ -46,7 +46,13 @@ from echoimage.index.binary import build_binary_index
 from echoimage.index.build import snapshot
 from echoimage.index.local import LocalParams
 from echoimage.search import evidence
-from echoimage.search.rerank import SsimReference, match_orb, missing_detail, spread
+from echoimage.search.rerank import (
+    SsimReference,
+    match_orb,
+    missing_detail,
+    missing_under_hash,
+    spread,
+)
 from echoimage.store import repo
 from echoimage.store.codec import decode_orb, decode_thumbnail
 from echoimage.store.db import session_factory
@@ -447,8 +453,7 @@ class Deduper:
             if alone:
                 # as a query's: the hash aligns the two as wholes; a view that shows flat
                 # what the other has detail in is another picture of the same layout
-                t = float(ft.thumb.shape[0])
-                missing = missing_detail(turned, np.eye(3), ft.thumb, (t, t))
+                missing = missing_under_hash(turned, ft.thumb)
                 alone = not missing > evidence.MODEL.rule.max_missing
         ev = evidence.Evidence(
             exact=bool(ro.sha256) and ro.sha256 == rt.sha256, inliers=0, matches=0,

@@ -61,6 +61,7 @@ from echoimage.search.rerank import (
     SsimReference,
     match_orb,
     missing_detail,
+    missing_under_hash,
     region,
     spread,
 )
@@ -590,31 +591,27 @@ class SearchEngine:
         # the detail the query shows, in its own levels (equalising a crushed query
         # turns its flat black into flat grey: the normalised view is told by the whole)
         shown = q.views[0] if view.is_normalised else view
+        rule = evidence.MODEL.rule
         missing = float("nan")  # told only where it decides: inliers that would be proof
-        if om.homography is not None and evidence.MODEL.rule.geometric(om.inliers, om.matches,
-                                                                        covered):
+        if om.homography is not None and rule.geometric(om.inliers, om.matches, covered):
             missing = missing_detail(shown.mirrored() if mirror else shown.gray,
                                      om.homography, cand.thumbnail,
                                      (cand.width / cand.work_scale,
                                       cand.height / cand.work_scale))
-        rule = evidence.MODEL.rule
-        if alone and 0 <= c.hash_distance <= rule.near_hash and \
-                not rule.geometric(om.inliers, om.matches, covered, missing):
+        proven = rule.geometric(om.inliers, om.matches, covered, missing)
+        near = 0 <= c.hash_distance <= rule.near_hash
+        if alone and near and not proven:
             # the hash aligns the two as wholes (in its orientation): a query that shows
             # flat what the catalogue image has detail in is another picture of its layout
-            t = float(cand.thumbnail.shape[0])
-            flat = missing_detail(shown.thumb(c.orientation), np.eye(3), cand.thumbnail,
-                                  (t, t))
+            flat = missing_under_hash(shown.thumb(c.orientation), cand.thumbnail)
             alone = not flat > rule.max_missing
             if math.isnan(missing):  # the inliers' own, where told, stays theirs
                 missing = flat
         fine = -1
-        if alone and rule.fine_near >= 0 and q.noisy(s) and \
-                not 0 <= c.hash_distance <= rule.near_hash and \
-                not rule.geometric(om.inliers, om.matches, covered, missing):
+        if alone and rule.fine_near >= 0 and q.noisy(s) and not near and not proven:
             # heavy noise moves the 64-bit pHash a few bits too far: the finer hash of the
             # two thumbnails (in the orientation that matched) still tells its copies
-            fine = hamming(fine_hash(shown.thumb(c.orientation)), q.fine_of(cand))
+            fine = hamming(shown.fine(c.orientation), q.fine_of(cand))
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
                                alone, missing, fine)
         score = evidence.score(ev)
@@ -700,6 +697,7 @@ class _View:
                              s.local_query_descriptors)
         self._thumb: np.ndarray | None = None
         self._turned: dict[int, np.ndarray] = {}
+        self._fines: dict[int, bytes] = {}
         self._flipped: np.ndarray | None = None
         self._orbs: dict[bool, OrbFeatures] = {}
         self._keypoints: tuple[cv2.KeyPoint, ...] = ()
@@ -750,6 +748,12 @@ class _View:
                 self._thumb = thumbnail(self.gray, self._settings.thumb_size)
             self._turned[o] = np.ascontiguousarray(orient(self._thumb, o))
         return self._turned[o]
+
+    def fine(self, o: int) -> bytes:
+        """The `fine_hash` of the view's thumbnail turned by orientation o."""
+        if o not in self._fines:
+            self._fines[o] = fine_hash(self.thumb(o))
+        return self._fines[o]
 
     def ssim_ref(self, o: int) -> SsimReference:
         """SSIM reference of the view's thumbnail turned by orientation o."""

@@ -282,6 +282,14 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
     return float((detail & flat).sum() / detail.sum())
 
 
+def missing_under_hash(query_thumb: np.ndarray, thumb: np.ndarray) -> float:
+    """`missing_detail` of two same-size thumbnails laid on each other as a hash aligns
+    them (the query's turned to the orientation that matched): the share of the catalogue
+    thumbnail's detail the query's shows flat."""
+    t = float(thumb.shape[0])
+    return missing_detail(query_thumb, np.eye(3), thumb, (t, t))
+
+
 def region(h: np.ndarray, query_shape: tuple[int, int], cand_scale: float,
            cand_size: tuple[int, int]) -> list[list[float]]:
     """The query's outline mapped into the candidate's original pixel coordinates."""
