@@ -346,6 +346,28 @@ def test_a_noisy_copy_is_proven_by_the_fine_hash(tmp_path: Path) -> None:
         assert clean.duplicate and clean.fine_distance == -1
 
 
+def test_a_fine_hash_proof_scores_as_a_near_hash_at_its_bound() -> None:
+    """A noisy copy proven by its fine hash has a pHash 10-20 bits away and nothing
+    geometric: its score takes the fine hash's closeness (its bound as the pHash's), and
+    reaches the threshold; a fine hash past the bound neither proves nor counts."""
+    rule = MODEL.rule
+    thr = Settings().duplicate_threshold
+    base = dict(exact=False, inliers=0, matches=2, spread=0.0, ssim=0.2, hash_distance=16)
+    at_bound = Evidence(**base, fine_distance=rule.fine_near)
+    near_ph = Evidence(**{**base, "hash_distance": rule.near_hash})
+    assert at_bound.proof() is Proof.NEAR_HASH
+    assert evidence.score(at_bound) == pytest.approx(evidence.score(near_ph))
+    assert evidence.is_copy(at_bound, evidence.score(at_bound), thr)
+    closer = Evidence(**base, fine_distance=rule.fine_near // 2)
+    assert evidence.score(closer) > evidence.score(at_bound)
+    past = Evidence(**base, fine_distance=rule.fine_near + 2)
+    untold = Evidence(**base)
+    assert past.proof() is Proof.NONE
+    assert evidence.score(past) == evidence.score(untold) < thr
+    unknown = Evidence(**{**base, "hash_distance": -1}, fine_distance=rule.fine_near)
+    assert evidence.score(unknown) == pytest.approx(evidence.score(near_ph))
+
+
 def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
     from echoimage.search.engine import stop_hash_for
 

@@ -185,8 +185,14 @@ class Evidence:
         """The model's inputs (FEATURES): proof (0/1, by rule: MODEL's unless given),
         log(1 + inliers), inliers per ratio-test match, spread of the inliers over the
         matched area, SSIM with the hash's support, and hash closeness (1 at 0 bits, 0
-        from HASH_REACH)."""
-        d = self.hash_distance
+        from HASH_REACH). A fine hash that proves a noisy query a copy counts in the hash
+        closeness as a pHash scaled by near_hash / fine_near (its bound as the pHash's):
+        noise moves the pHash of a copy 10-20 bits."""
+        rule = rule or MODEL.rule
+        d: float = self.hash_distance
+        if self.near_fine(rule):
+            fine = self.fine_distance * rule.near_hash / rule.fine_near
+            d = fine if d < 0 else min(d, fine)
         return (0.0 if self.proof(rule) is Proof.NONE else 1.0, math.log1p(max(0, self.inliers)),
                 self.inliers / self.matches if self.matches > 0 else 0.0,
                 min(1.0, max(0.0, self.spread)), self.ssim_support(),
@@ -216,7 +222,7 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.4',
+    version='2026-12-07.5',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
                    min_spread=0.01, clustered_ratio=0.9, max_missing=0.1, fine_near=72),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
@@ -233,7 +239,8 @@ MODEL = ScoreModel(
         ' flat. Version 2026-12-07.3: a near hash, too, only where the query, laid on the'
         ' catalogue image as the hash aligns them, shows at most 10% of its detail flat.'
         ' Version 2026-12-07.4: a noisy query\'s 256-bit fine hash within 72 bits proves a'
-        ' copy as a near pHash does'),
+        ' copy as a near pHash does. Version 2026-12-07.5: and counts in the hash closeness'
+        ' as a pHash of its distance times 5/72 (its bound as the pHash\'s)'),
 )
 
 
