@@ -241,6 +241,9 @@ class Match:
     # bits of the 256-bit fine hash apart, told for a noisy query only (-1: not told; see
     # echoimage.features.hashes.fine_hash)
     fine_distance: int = field(default=-1, compare=False, repr=False)
+    # the share of the inliers inside their hull, off its outline (NaN: not told; see
+    # echoimage.search.rerank.interior)
+    interior: float = field(default=float("nan"), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's field order."""

@@ -178,7 +178,8 @@ def _record(q: Query, truth_id: int | None, res: Any, trace: Any, ms: float
             "matches": m.orb_matches, "proof": str(evidence.Evidence.of(m).proof()),
             "features": list(evidence.Evidence.of(m).features()),
             "missing": None if np.isnan(m.missing) else round(m.missing, 3),
-            "fine": m.fine_distance})
+            "interior": None if np.isnan(m.interior) else round(m.interior, 3),
+            "spread": round(m.spread, 4), "fine": m.fine_distance})
     top = res.matches[0] if res.matches else None
     return {"suite": q.suite, "transform": q.transform, "photo": q.photo,
             "copy_query": q.truth is not None, "ms": ms, "rounds": dict(res.rounds),

@@ -71,6 +71,8 @@ def run_products(out_dir: str | Path, *, catalogue: int = 150, queries: int = 15
                                "hash_distance": m.hash_distance, "inliers": m.orb_inliers,
                                "matches": m.orb_matches, "spread": round(m.spread, 3),
                                "missing": None if np.isnan(m.missing) else round(m.missing, 3),
+                               "interior": None if np.isnan(m.interior)
+                               else round(m.interior, 3),
                                "why": m.why})
             tick(n + 1)
         result = {

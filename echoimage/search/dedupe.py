@@ -48,6 +48,7 @@ from echoimage.index.local import LocalParams
 from echoimage.search import evidence
 from echoimage.search.rerank import (
     SsimReference,
+    interior,
     match_orb,
     missing_detail,
     missing_under_hash,
@@ -544,11 +545,12 @@ class Deduper:
             return replace(ev, inliers=0, matches=om.matches, spread=0.0)
         covered = spread(om.pairs[:, :2], om.homography, (round(own[1]), round(own[0])),
                          frame)
-        missing = float("nan")
+        missing = inside = float("nan")
         if evidence.MODEL.rule.geometric(om.inliers, om.matches, covered):
             missing = missing_detail(view, om.homography @ to_own, ft.thumb, frame)
+            inside = interior(om.pairs[:, :2])
         return replace(ev, inliers=om.inliers, matches=om.matches, spread=covered,
-                       missing=missing)
+                       missing=missing, interior=inside)
 
 
 def _frame(row: _Row, f: _Feats) -> tuple[float, float] | None:

@@ -59,6 +59,7 @@ from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import (
     SsimReference,
+    interior,
     match_orb,
     missing_detail,
     missing_under_hash,
@@ -592,13 +593,15 @@ class SearchEngine:
         # turns its flat black into flat grey: the normalised view is told by the whole)
         shown = q.views[0] if view.is_normalised else view
         rule = evidence.MODEL.rule
-        missing = float("nan")  # told only where it decides: inliers that would be proof
+        # told only where they decide: inliers that would be proof
+        missing = inside = float("nan")
         if om.homography is not None and rule.geometric(om.inliers, om.matches, covered):
             missing = missing_detail(shown.mirrored() if mirror else shown.gray,
                                      om.homography, cand.thumbnail,
                                      (cand.width / cand.work_scale,
                                       cand.height / cand.work_scale))
-        proven = rule.geometric(om.inliers, om.matches, covered, missing)
+            inside = interior(om.pairs[:, :2])
+        proven = rule.geometric(om.inliers, om.matches, covered, missing, inside)
         near = 0 <= c.hash_distance <= rule.near_hash
         if alone and near and not proven:
             # the hash aligns the two as wholes (in its orientation): a query that shows
@@ -613,7 +616,7 @@ class SearchEngine:
             # two thumbnails (in the orientation that matched) still tells its copies
             fine = hamming(shown.fine(c.orientation), q.fine_of(cand))
         ev = evidence.Evidence(exact, om.inliers, om.matches, covered, sim, c.hash_distance,
-                               alone, missing, fine)
+                               alone, missing, fine, inside)
         score = evidence.score(ev)
         copy = evidence.is_copy(ev, score, s.duplicate_threshold)
         return Match(
@@ -622,7 +625,7 @@ class SearchEngine:
             hash_distance=c.hash_distance, orientation=NAMES[c.orientation],
             sha256=cand.sha256, region=reg, transform=trans, votes=q.votes.get(cand.id, 0),
             query_box=_shown_box(view, c.view, img), pairs=pairs, spread=covered,
-            hash_alone=alone, missing=missing, fine_distance=fine,
+            hash_alone=alone, missing=missing, fine_distance=fine, interior=inside,
         )
 
     # --- the answer ------------------------------------------------------------------------

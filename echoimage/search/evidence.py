@@ -16,7 +16,9 @@ A result is a copy only with **proof**, evidence that chance does not produce:
   them and more the more matches there are to choose from, where the query, aligned by
   that transform, does not show flat what the catalogue image has detail in (at most
   `ProofRule.max_missing` of it: a sticker hides some; different products of one shape
-  agree on their outline and differ in their labels).
+  agree on their outline and differ in their labels), and, where they span a large share
+  of it (`ProofRule.ring_spread`), not all on the outline of their hull (a silhouette
+  traced alone: `rerank.interior`).
 
 On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
 reached any of the three. SSIM, a distant hash and the number of matches move the
@@ -73,7 +75,11 @@ class ProofRule:
     21 of 21 over 0.84%; the products' clustered ones at most 19 of 25), and the query
     aligned by their transform shows flat at most `max_missing` of the catalogue image's
     blocks with detail in the shared area (`rerank.missing_detail`; the calibration's
-    copies at most 0.071, under stickers; product shots of one shape 0.04-0.8).
+    copies at most 0.071, under stickers; product shots of one shape 0.04-0.8), and,
+    where their hull covers `ring_spread` of the matched area or more, not all of them on
+    its outline (`rerank.interior`: products of one shape agree on their silhouette alone,
+    over 13-34% of the match; of the calibration's geometric copies at 400 entries, one
+    in 1,508 had no inlier inside its hull, over 6%).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
     that cannot show its own detail (`Evidence.hash_alone`: different products
@@ -101,15 +107,22 @@ class ProofRule:
     #: a noisy query's 256-bit fine hash within this many bits proves a copy as a near
     #: pHash does (-1: never)
     fine_near: int = -1
+    #: inliers whose hull covers at least this share of the matched area are proof only
+    #: with one of them inside the hull, off its outline (`rerank.interior`): alone on
+    #: the outline they trace a shape's silhouette, which different products share (over
+    #: 1: never)
+    ring_spread: float = 2.0
 
     def geometric(self, inliers: int, matches: int, spread: float = 1.0,
-                  missing: float = float("nan")) -> bool:
+                  missing: float = float("nan"), interior: float = float("nan")) -> bool:
         """Whether this many inliers among this many matches, their hull covering this
         share of the matched area, the query showing this share of the catalogue image's
-        detail flat (NaN: not told), are geometric proof."""
+        detail flat, this share of them inside their hull (NaN: not told), are geometric
+        proof."""
         spread_enough = spread >= self.min_spread or inliers >= self.clustered_ratio * matches
         shown = not missing > self.max_missing
-        return spread_enough and shown and inliers >= max(
+        outline = spread >= self.ring_spread and interior == 0.0
+        return spread_enough and shown and not outline and inliers >= max(
             self.min_inliers, self.inlier_floor + self.inlier_per_match * matches)
 
 
@@ -144,19 +157,23 @@ class Evidence:
     # bits of the 256-bit fine hash apart (features.hashes.fine_hash), told for a noisy
     # query only (-1: not told)
     fine_distance: int = -1
+    # the share of the inliers inside their hull, off its outline (rerank.interior; NaN:
+    # not told)
+    interior: float = float("nan")
 
     @classmethod
     def of(cls, m: Match) -> Evidence:
         """The evidence of a result."""
         return cls(m.exact, m.orb_inliers, m.orb_matches, m.spread, m.ssim, m.hash_distance,
-                   m.hash_alone, m.missing, m.fine_distance)
+                   m.hash_alone, m.missing, m.fine_distance, m.interior)
 
     def proof(self, rule: ProofRule | None = None) -> Proof:
         """The strongest proof among the evidence (by MODEL's rule unless given one)."""
         rule = rule or MODEL.rule
         if self.exact:
             return Proof.SAME_BYTES
-        if rule.geometric(self.inliers, self.matches, self.spread, self.missing):
+        if rule.geometric(self.inliers, self.matches, self.spread, self.missing,
+                          self.interior):
             return Proof.GEOMETRY
         if self.hash_alone and (self.near_hash(rule) or self.near_fine(rule)):
             return Proof.NEAR_HASH
@@ -222,9 +239,10 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.5',
+    version='2026-12-07.6',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
-                   min_spread=0.01, clustered_ratio=0.9, max_missing=0.1, fine_near=72),
+                   min_spread=0.01, clustered_ratio=0.9, max_missing=0.1, fine_near=72,
+                   ring_spread=0.1),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
@@ -240,7 +258,9 @@ MODEL = ScoreModel(
         ' catalogue image as the hash aligns them, shows at most 10% of its detail flat.'
         ' Version 2026-12-07.4: a noisy query\'s 256-bit fine hash within 72 bits proves a'
         ' copy as a near pHash does. Version 2026-12-07.5: and counts in the hash closeness'
-        ' as a pHash of its distance times 5/72 (its bound as the pHash\'s)'),
+        ' as a pHash of its distance times 5/72 (its bound as the pHash\'s). Version'
+        ' 2026-12-07.6: inliers whose hull covers 10% of the matched area or more prove a'
+        ' copy only with one of them inside the hull, off its outline'),
 )
 
 
@@ -275,6 +295,10 @@ def why(ev: Evidence, copy: bool, mirror: bool = False) -> str:
                                                                       ev.spread):
         return (f"no proof: {ev.inliers} keypoints agree on one transform, but the query shows"
                 f" {round(100 * ev.missing)}% of the catalogue image's detail flat")
+    if ev.interior == 0.0 and MODEL.rule.geometric(ev.inliers, ev.matches, ev.spread,
+                                                   ev.missing):
+        return (f"no proof: {ev.inliers} keypoints agree on one transform, but all on the"
+                " outline of the shape they span (a silhouette two products can share)")
     if not ev.hash_alone and ev.near_hash():
         if ev.missing > MODEL.rule.max_missing:
             return (f"no proof: {agree}; pHash {ev.hash_distance} bits apart, but the query "

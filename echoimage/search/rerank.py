@@ -28,6 +28,10 @@ MIN_MATCHES = MODEL.rule.min_inliers  # fewer matches can never be proof
 #: MIN_DETAIL blocks with detail cannot tell
 DETAIL_BLOCK, DETAIL, FLAT, CLIPPED, MIN_DETAIL = 16, 6.0, 1.5, 24, 4
 
+#: `interior`: an inlier is inside its hull when farther from the hull's outline than this
+#: share of the hull's scale (the square root of its area)
+INTERIOR_TOL = 0.05
+
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 
@@ -219,6 +223,35 @@ def spread(q_in: np.ndarray, h: np.ndarray, view_shape: tuple[int, int],
         return 0.0
     hull = cv2.contourArea(cv2.convexHull(np.ascontiguousarray(q_in, np.float32)))
     return float(min(1.0, hull / shared))
+
+
+def interior(q_in: np.ndarray) -> float:
+    """The share of the inliers inside their convex hull, farther than INTERIOR_TOL of the
+    hull's scale from its outline. Inliers on one shape's silhouette (two products of one
+    outline, a round tin, a box: their labels differ) all lie on the outline; a copy's lie
+    over the picture (of the calibration's geometric copies at 400 entries, one in 1,508
+    had none inside, over 6% of the match). NaN with fewer than 3 inliers or a hull of no
+    area."""
+    if len(q_in) < 3:
+        return float("nan")
+    pts = np.asarray(q_in, np.float64).reshape(-1, 2)
+    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    area = cv2.contourArea(hull.astype(np.float32))
+    if len(hull) < 3 or area <= 0:
+        return float("nan")
+    # each point's distance to every edge's line, positive on the hull's side (the hull
+    # is convex: a point's distance to its outline is the least of them)
+    a, b = hull, np.roll(hull, -1, axis=0)
+    edge = b - a
+    length = np.maximum(np.hypot(edge[:, 0], edge[:, 1]), 1e-12)
+
+    def side(p: np.ndarray) -> np.ndarray:
+        return (edge[None, :, 0] * (p[:, None, 1] - a[None, :, 1])
+                - edge[None, :, 1] * (p[:, None, 0] - a[None, :, 0])) / length[None, :]
+
+    inward = np.sign(side(hull.mean(axis=0, keepdims=True)))
+    depth = (side(pts) * inward).min(axis=1)
+    return float(np.mean(depth > INTERIOR_TOL * np.sqrt(area)))
 
 
 def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
