@@ -3,6 +3,7 @@ score that is the fitted model's probability, and words on why; the photometric 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -366,6 +367,11 @@ def test_a_fine_hash_proof_scores_as_a_near_hash_at_its_bound() -> None:
     assert evidence.score(past) == evidence.score(untold) < thr
     unknown = Evidence(**{**base, "hash_distance": -1}, fine_distance=rule.fine_near)
     assert evidence.score(unknown) == pytest.approx(evidence.score(near_ph))
+    # where the hash may not prove alone, the fine hash neither proves nor counts
+    shown = Evidence(**base, hash_alone=False, fine_distance=rule.fine_near // 2)
+    assert shown.proof() is Proof.NONE and evidence.score(shown) == evidence.score(untold)
+    exact_only = dataclasses.replace(rule, fine_near=0)  # a bound of 0 bits: no division
+    assert Evidence(**base, fine_distance=0).features(exact_only)[-1] == 1.0
 
 
 def test_the_stop_rules_hash_distance_shrinks_as_the_catalogue_grows() -> None:
@@ -458,7 +464,7 @@ def test_interior_is_the_share_of_inliers_off_their_hulls_outline() -> None:
         want = np.mean([cv2.pointPolygonTest(hull, (float(x), float(y)), True) > tol
                         for x, y in pts])
         assert interior(pts) == pytest.approx(want)
-        assert interior(pts[:, ::-1]) == pytest.approx(want)  # either winding
+        assert interior(pts[::-1]) == pytest.approx(want)  # in any order
     assert math.isnan(interior(ring[:2]))
     assert math.isnan(interior(np.array([[0, 0], [1, 1], [2, 2.0], [3, 3]])))
 

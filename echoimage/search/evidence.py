@@ -78,7 +78,7 @@ class ProofRule:
     copies at most 0.071, under stickers; product shots of one shape 0.04-0.8), and,
     where their hull covers `ring_spread` of the matched area or more, not all of them on
     its outline (`rerank.interior`: products of one shape agree on their silhouette alone,
-    over 13-34% of the match; of the calibration's geometric copies at 400 entries, one
+    over 13-35% of the match; of the calibration's geometric copies at 400 entries, one
     in 1,508 had no inlier inside its hull, over 6%).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
@@ -207,8 +207,9 @@ class Evidence:
         noise moves the pHash of a copy 10-20 bits."""
         rule = rule or MODEL.rule
         d: float = self.hash_distance
-        if self.near_fine(rule):
-            fine = self.fine_distance * rule.near_hash / rule.fine_near
+        if self.hash_alone and self.near_fine(rule):  # the fine hash proves the copy
+            fine = self.fine_distance * rule.near_hash / rule.fine_near \
+                if rule.fine_near > 0 else 0.0
             d = fine if d < 0 else min(d, fine)
         return (0.0 if self.proof(rule) is Proof.NONE else 1.0, math.log1p(max(0, self.inliers)),
                 self.inliers / self.matches if self.matches > 0 else 0.0,
