@@ -475,6 +475,9 @@ def test_inliers_all_on_a_silhouette_are_no_proof_over_a_large_share() -> None:
     assert not rule.geometric(16, 40, 0.3, 0.0, 0.0)
     assert not rule.geometric(16, 40, rule.ring_spread, 0.0, 0.0)
     assert rule.geometric(16, 40, rule.ring_spread - 0.01, 0.0, 0.0)  # a cluster's hull
+    few = rule.ring_inliers - 2  # of a few inliers, all may lie on the outline by chance
+    assert rule.geometric(few, 20, 0.3, 0.0, 0.0)
+    assert not rule.geometric(rule.ring_inliers, 20, 0.3, 0.0, 0.0)
     assert rule.geometric(16, 40, 0.3, 0.0, float("nan"))  # not told
     ev = Evidence(False, 16, 40, 0.3, 0.2, 20, True, 0.05, -1, 0.0)
     assert ev.proof() is Proof.NONE

@@ -17,8 +17,8 @@ A result is a copy only with **proof**, evidence that chance does not produce:
   that transform, does not show flat what the catalogue image has detail in (at most
   `ProofRule.max_missing` of it: a sticker hides some; different products of one shape
   agree on their outline and differ in their labels), and, where they span a large share
-  of it (`ProofRule.ring_spread`), not all on the outline of their hull (a silhouette
-  traced alone: `rerank.interior`).
+  of it (`ProofRule.ring_spread`) with enough of them (`ProofRule.ring_inliers`), not
+  all on the outline of their hull (a silhouette traced alone: `rerank.interior`).
 
 On the benchmark's held-out photos (`scripts/bench_calibrate.py`) no unrelated candidate
 reached any of the three. SSIM, a distant hash and the number of matches move the
@@ -76,10 +76,12 @@ class ProofRule:
     aligned by their transform shows flat at most `max_missing` of the catalogue image's
     blocks with detail in the shared area (`rerank.missing_detail`; the calibration's
     copies at most 0.071, under stickers; product shots of one shape 0.04-0.8), and,
-    where their hull covers `ring_spread` of the matched area or more, not all of them on
-    its outline (`rerank.interior`: products of one shape agree on their silhouette alone,
-    over 13-35% of the match; of the calibration's geometric copies at 400 entries, one
-    in 1,508 had no inlier inside its hull, over 6%).
+    where there are `ring_inliers` or more and their hull covers `ring_spread` of the
+    matched area or more, not all of them on its outline (`rerank.interior`: products of
+    one shape agree on their silhouette alone, 14-20 inliers over 13-35% of the match; of
+    the calibration's geometric copies at 400 entries, one in 1,508 had no inlier inside
+    its hull, 10 over 6%, and in `echoimage bench --limit 60` a copy under a near-white
+    gamma had 10 so, over a larger share).
     A hash: within `near_hash` pHash bits (at a million images some unrelated image is
     within 8 bits of ~2% of queries; copies only the hash finds are within 2), for a query
     that cannot show its own detail (`Evidence.hash_alone`: different products
@@ -110,8 +112,11 @@ class ProofRule:
     #: inliers whose hull covers at least this share of the matched area are proof only
     #: with one of them inside the hull, off its outline (`rerank.interior`): alone on
     #: the outline they trace a shape's silhouette, which different products share (over
-    #: 1: never)
+    #: 1: never)...
     ring_spread: float = 2.0
+    #: ...where there are at least this many of them (of a few, all may lie on the
+    #: outline by chance: a copy under a near-white gamma had 10 so)
+    ring_inliers: int = 0
 
     def geometric(self, inliers: int, matches: int, spread: float = 1.0,
                   missing: float = float("nan"), interior: float = float("nan")) -> bool:
@@ -121,7 +126,8 @@ class ProofRule:
         proof."""
         spread_enough = spread >= self.min_spread or inliers >= self.clustered_ratio * matches
         shown = not missing > self.max_missing
-        outline = spread >= self.ring_spread and interior == 0.0
+        outline = spread >= self.ring_spread and inliers >= self.ring_inliers and \
+            interior == 0.0
         return spread_enough and shown and not outline and inliers >= max(
             self.min_inliers, self.inlier_floor + self.inlier_per_match * matches)
 
@@ -240,10 +246,10 @@ class ScoreModel:
 
 #: the model in use; rewritten by scripts/bench_calibrate.py --write
 MODEL = ScoreModel(
-    version='2026-12-07.6',
+    version='2026-12-07.7',
     rule=ProofRule(min_inliers=8, inlier_floor=6.0, inlier_per_match=0.2, near_hash=5,
                    min_spread=0.01, clustered_ratio=0.9, max_missing=0.1, fine_near=72,
-                   ring_spread=0.1),
+                   ring_spread=0.1, ring_inliers=12),
     weights=(6.4443, 1.8128, 1.8738, 2.0317, 0.0087, 13.6968),
     intercept=-8.3292,
     fitted=(
@@ -261,7 +267,8 @@ MODEL = ScoreModel(
         ' copy as a near pHash does. Version 2026-12-07.5: and counts in the hash closeness'
         ' as a pHash of its distance times 5/72 (its bound as the pHash\'s). Version'
         ' 2026-12-07.6: inliers whose hull covers 10% of the matched area or more prove a'
-        ' copy only with one of them inside the hull, off its outline'),
+        ' copy only with one of them inside the hull, off its outline. Version'
+        ' 2026-12-07.7: that, only where there are 12 inliers or more'),
 )
 
 
