@@ -234,11 +234,12 @@ def interior(q_in: np.ndarray) -> float:
     area."""
     if len(q_in) < 3:
         return float("nan")
-    pts = np.asarray(q_in, np.float64).reshape(-1, 2)
-    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-    area = cv2.contourArea(hull.astype(np.float32))
-    if len(hull) < 3 or area <= 0:
+    outline = cv2.convexHull(np.ascontiguousarray(q_in, np.float32).reshape(-1, 1, 2))
+    area = cv2.contourArea(outline)
+    if len(outline) < 3 or area <= 0:
         return float("nan")
+    pts = np.asarray(q_in, np.float64).reshape(-1, 2)
+    hull = outline.reshape(-1, 2).astype(np.float64)
     # each point's distance to every edge's line, positive on the hull's side (the hull
     # is convex: a point's distance to its outline is the least of them)
     a, b = hull, np.roll(hull, -1, axis=0)
