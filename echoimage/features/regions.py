@@ -48,6 +48,21 @@ def _reduced(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
                       interpolation=cv2.INTER_AREA), f
 
 
+def _share(line: np.ndarray) -> float:
+    """The share of a boolean line that is set, a Python float (NaN when empty, as its
+    mean): counted, not averaged in floating point (the same value, ~2x faster)."""
+    return int(np.count_nonzero(line)) / line.size if line.size else float("nan")
+
+
+def _shares(mask: np.ndarray, axis: int) -> np.ndarray:
+    """mask.mean(axis) of a 2-D boolean mask, its set cells counted in integers and divided
+    once: the same float64 values (a sum of ones is exact), in well under half the time."""
+    n = mask.shape[axis]
+    if n == 0:
+        return mask.mean(axis=axis)  # NaNs, as before
+    return mask.sum(axis=axis, dtype=np.int32) / n
+
+
 class _Steps:
     """Which neighbouring pixels of an image differ by more than STEP."""
 
@@ -61,21 +76,37 @@ class _Steps:
         """Fraction of x0..x1 with a step between rows y-1 and y (0 on the image edge)."""
         if not 0 < y < self.h or x1 <= x0:
             return 0.0
-        return float(self.rows[y - 1, x0:x1].mean())
+        return _share(self.rows[y - 1, x0:x1])
 
     def vline(self, x: int, y0: int, y1: int) -> float:
         """Fraction of y0..y1 with a step between columns x-1 and x (0 on the image edge)."""
         if not 0 < x < self.w or y1 <= y0:
             return 0.0
-        return float(self.cols[y0:y1, x - 1].mean())
+        return _share(self.cols[y0:y1, x - 1])
 
     def profiles(self, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
         """Edge strength of every horizontal line y across x0..x1 (index y, 0..h) and of
         every vertical line x across y0..y1 (index x, 0..w); 0 on the image's edges."""
         rowp = np.zeros(self.h + 1)
-        rowp[1:self.h] = self.rows[:, x0:x1].mean(axis=1)
+        rowp[1:self.h] = _shares(self.rows[:, x0:x1], 1)
         colp = np.zeros(self.w + 1)
-        colp[1:self.w] = self.cols[y0:y1].mean(axis=0)
+        colp[1:self.w] = _shares(self.cols[y0:y1], 0)
+        return rowp, colp
+
+    def near_profiles(self, x0: int, y0: int, x1: int, y1: int, pad: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """profiles(), measured only within pad of the box's sides (0 elsewhere): all
+        that snapping the sides reads, at a fraction of the cost."""
+        rowp = np.zeros(self.h + 1)
+        for y in (y0, y1):
+            lo, hi = max(y - pad, 1), min(y + pad, self.h - 1)
+            if hi >= lo:
+                rowp[lo:hi + 1] = _shares(self.rows[lo - 1:hi, x0:x1], 1)
+        colp = np.zeros(self.w + 1)
+        for x in (x0, x1):
+            lo, hi = max(x - pad, 1), min(x + pad, self.w - 1)
+            if hi >= lo:
+                colp[lo:hi + 1] = _shares(self.cols[y0:y1, lo - 1:hi], 0)
         return rowp, colp
 
     def vsteps(self, x: int) -> np.ndarray:
@@ -113,7 +144,7 @@ def _snap(prof: np.ndarray, pos: int, lo: int, hi: int) -> int:
 def _snap_sides(st: _Steps, x0: int, y0: int, x1: int, y1: int, pad: int
                 ) -> tuple[int, int, int, int]:
     """Every side of a box moved to the strongest straight step within pad of it."""
-    rowp, colp = st.profiles(x0, y0, x1, y1)
+    rowp, colp = st.near_profiles(x0, y0, x1, y1, pad)
     y0, y1 = _snap(rowp, y0, y0 - pad, y0 + pad), _snap(rowp, y1, y1 - pad, y1 + pad)
     x0, x1 = _snap(colp, x0, x0 - pad, x0 + pad), _snap(colp, x1, x1 - pad, x1 + pad)
     return x0, y0, x1, y1
@@ -211,43 +242,57 @@ def _margin_areas(small: np.ndarray) -> list[Box]:
     return found
 
 
-def _dense_areas(small: np.ndarray) -> list[Box]:
-    """Areas of dense texture (in small's pixels)."""
+#: a box's least width, height and area (in a map's pixels), below which an area is no
+#: candidate: (0, 0, 0) keeps every one
+Least = tuple[float, float, float]
+
+
+def _dense_areas(small: np.ndarray, least: Least = (0, 0, 0)) -> list[Box]:
+    """Areas of dense texture (in small's pixels), those under `least` left out."""
     sh, sw = small.shape
     grad = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     k = max(5, round(min(sh, sw) * 0.04)) | 1
     dense = (cv2.blur((grad > 8).astype(np.float32), (k, k)) > 0.55).astype(np.uint8)
     dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
-    return _components(dense)
+    return _components(dense, least)
 
 
-def _components(mask: np.ndarray) -> list[Box]:
+def _components(mask: np.ndarray, least: Least = (0, 0, 0)) -> list[Box]:
     """Boxes of a mask's connected areas, largest first, each trimmed of the rows and
-    columns it only touches (a line of text or an outline running into it)."""
+    columns it only touches (a line of text or an outline running into it). Areas whose
+    box is under `least` before trimming are left out (trimming only shrinks a box)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     found: list[Box] = []
     for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []:
         x, y, bw, bh = (int(v) for v in stats[i, :4])
+        if _under(bw, bh, least):
+            continue
         comp = labels[y:y + bh, x:x + bw] == i
         for _ in range(2):
-            keep = np.flatnonzero((cc := comp.mean(axis=0)) >= 0.5 * cc.max())
+            keep = np.flatnonzero((cc := _shares(comp, 0)) >= 0.5 * cc.max())
             comp, x = comp[:, keep[0]:keep[-1] + 1], x + int(keep[0])
-            keep = np.flatnonzero((rr := comp.mean(axis=1)) >= 0.5 * rr.max())
+            keep = np.flatnonzero((rr := _shares(comp, 1)) >= 0.5 * rr.max())
             comp, y = comp[keep[0]:keep[-1] + 1], y + int(keep[0])
         found.append((x, y, comp.shape[1], comp.shape[0]))
     return found
 
 
-def _off_page_areas(small: np.ndarray) -> list[Box]:
+def _under(bw: int, bh: int, least: Least) -> bool:
+    """Whether a bw x bh box is narrower, lower or smaller than `least` allows."""
+    return bw < least[0] or bh < least[1] or bw * bh < least[2]
+
+
+def _off_page_areas(small: np.ndarray, least: Least = (0, 0, 0)) -> list[Box]:
     """Solid areas that differ from a flat page colour (dark or flat pictures, whose
-    texture map is empty), in small's pixels; none when no colour covers a fifth of the
-    image."""
+    texture map is empty), in small's pixels, those under `least` left out; none when
+    no colour covers a fifth of the image."""
     hist = np.bincount(small.ravel(), minlength=256)
     page = int(np.argmax(hist))
     if hist[max(0, page - 2):page + 3].sum() < 0.2 * small.size:
         return []
     mask = (np.abs(small.astype(np.int16) - page) > 12).astype(np.uint8)
-    return _components(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))
+    return _components(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)),
+                       least)
 
 
 def content_boxes(gray: np.ndarray, max_boxes: int, min_area: float = 0.02,
@@ -269,8 +314,10 @@ def content_boxes(gray: np.ndarray, max_boxes: int, min_area: float = 0.02,
     pad = max(2, round(0.02 * max(sh, sw) / f))
     total = float(h * w)
     fitted: list[tuple[int, int, Box]] = []  # (edges, -area, box)
-    for x, y, bw, bh in _dense_areas(small) + _off_page_areas(small) + _margin_areas(small):
-        if bw < 0.08 * sw or bh < 0.08 * sh or bw * bh < 0.5 * min_area * sh * sw:
+    least = (0.08 * sw, 0.08 * sh, 0.5 * min_area * sh * sw)
+    for x, y, bw, bh in (_dense_areas(small, least) + _off_page_areas(small, least)
+                         + _margin_areas(small)):
+        if _under(bw, bh, least):
             continue
         fit = _fit(st, (x / f, y / f, (x + bw) / f, (y + bh) / f), pad)
         if fit is None:
