@@ -51,5 +51,19 @@ def test_bench_http_reports_rates_cpu_split_and_ratios(tmp_path: Path) -> None:
                         and not k.startswith("worker other"))
     assert worker_stages == pytest.approx(run["local"]["worker_task_cpu_ms_per_image"],
                                           rel=1e-6)
+    # a further image: the whole build beyond a build of its first half, per photo more
+    half = run["half"]
+    assert half["images"] == n // 2 and half["counts"] == {"indexed": n // 2}
+    further = run["further"]
+    assert further["images"] == n - n // 2
+    assert further["cpu_ms_per_image"] == pytest.approx(
+        (run["local"]["cpu_ms_per_image"] * n - half["cpu_ms_per_image"] * (n // 2))
+        / (n - n // 2))
+    assert sum(further["cpu_split_ms"].values()) == pytest.approx(
+        further["cpu_ms_per_image"], rel=1e-6)
+    assert run["tail_reference_ms"] > 0
+    assert run["further_over_reference"] == pytest.approx(
+        further["cpu_ms_per_image"] / run["tail_reference_ms"])
     md = (out / "bench-http.md").read_text()
     assert "× reference" in md and "of local" in md and "worker orb" in md
+    assert "a further image" in md and "| further image |" in md

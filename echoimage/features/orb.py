@@ -88,7 +88,7 @@ def orb_detect(gray: np.ndarray, nfeatures: int
     pts = keypoint_rows(kps)
     order = spread_order(pts, gray.shape[:2])
     feats = OrbFeatures(np.ascontiguousarray(pts[order]), np.ascontiguousarray(desc[order]))
-    return feats, tuple(kps[i] for i in order)
+    return feats, tuple([kps[i] for i in order.tolist()])
 
 
 def orb_features(gray: np.ndarray, nfeatures: int) -> OrbFeatures:

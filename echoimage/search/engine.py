@@ -373,7 +373,8 @@ class SearchEngine:
         fresh = self._voted(q, groups, self._vote_groups(q, groups, descs, start, lists,
                                                          probed))
         for i, m in q.best.items():
-            q.best[i] = replace(m, votes=q.votes.get(i, 0))
+            if m.votes != (votes := q.votes.get(i, 0)):
+                q.best[i] = replace(m, votes=votes)
         q.lap("shortlist_ms")
         self._rerank(q, fresh, self.settings.vote_rerank_descriptors)
 
