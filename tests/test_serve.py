@@ -13,12 +13,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -27,9 +29,17 @@ from fastapi import FastAPI
 from helpers import free_port, jpeg, photo, resize, rotate, to_rgb
 
 from echoimage.config import Settings
-from echoimage.web.app import CONFIG_ENV, app_from_environment, create_app, serve
+from echoimage.web.app import (
+    CONFIG_ENV,
+    app_from_environment,
+    create_app,
+    run_processes,
+    serve,
+    tcp_listener,
+)
 from echoimage.web.config import WebSettings
 from echoimage.web.metrics import MULTIPROC_ENV
+from echoimage.web.service import Counters, WebService
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -326,6 +336,7 @@ def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict:
             seen["worker_app"] = app_from_environment()
 
     monkeypatch.setattr("echoimage.web.app.uvicorn.run", run)
+    monkeypatch.setattr("echoimage.web.app.run_processes", run)
     return seen
 
 
@@ -375,3 +386,80 @@ def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'echoimage_searches_total{result="found"} 1.0' in out.stdout
+
+
+def _accepted_nodelay(listener: socket.socket) -> int:
+    """TCP_NODELAY of a connection accepted by an asyncio server on listener (as uvicorn's
+    worker processes serve the socket they are given)."""
+    found: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            found.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        for _ in range(200):
+            if found:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    return found[0]
+
+
+def test_a_shared_listener_is_made_one_whose_connections_send_at_once() -> None:
+    """uvicorn binds the socket of several worker processes without its protocol number
+    (uvicorn issue #3149), and asyncio leaves Nagle's algorithm on for what it accepts:
+    each answer on a kept-alive connection then waits ~40 ms for the client's delayed
+    ACK. tcp_listener makes it a TCP socket; its connections get TCP_NODELAY."""
+    raw = socket.socket(family=socket.AF_INET)  # as uvicorn's Config.bind_socket makes it
+    raw.bind(("127.0.0.1", 0))
+    raw.listen()
+    fixed = tcp_listener(raw)
+    assert fixed.proto == socket.IPPROTO_TCP and fixed.getsockname()[0] == "127.0.0.1"
+    assert _accepted_nodelay(fixed) == 1
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not TCP: as it is
+    assert tcp_listener(unix) is unix
+    unix.close()
+
+
+def test_run_processes_hands_uvicorns_supervisor_a_tcp_listener(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    class Supervisor:
+        def __init__(self, config: object, sockets: list[socket.socket]) -> None:
+            seen.update(config=config, sockets=sockets)
+
+        def run(self) -> None:
+            sock = seen["sockets"][0]
+            seen["proto"], seen["port"] = sock.proto, sock.getsockname()[1]
+            seen["nodelay"] = _accepted_nodelay(sock)
+
+    monkeypatch.setattr("echoimage.web.app.Multiprocess", Supervisor)
+    port = free_port()
+    run_processes("echoimage.web.app:app_from_environment", factory=True, workers=2,
+                  host="127.0.0.1", port=port)
+    assert seen["config"].workers == 2 and seen["port"] == port
+    assert seen["proto"] == socket.IPPROTO_TCP and seen["nodelay"] == 1
+    assert seen["sockets"][0].fileno() == -1  # closed when the supervisor returns
+
+
+def test_a_busy_process_of_several_closes_an_answered_connection() -> None:
+    """With several serving processes, a search answered while others wait in this
+    process closes its connection, so that the client's next one may go to a process
+    that is free; alone, or with nobody waiting, a process keeps it."""
+    def sheds(shared: Path | None, waiting: int) -> bool:
+        web = WebSettings(shared_dir=shared)
+        return WebService.sheds(SimpleNamespace(web=web, counters=Counters(waiting=waiting)))
+
+    assert sheds(Path("/dev/shm/x"), 1) and sheds(Path("/dev/shm/x"), 5)
+    assert not sheds(Path("/dev/shm/x"), 0)
+    assert not sheds(None, 3)

@@ -1002,6 +1002,7 @@ def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
         seen.update(kw, app=app)
 
     monkeypatch.setattr("echoimage.web.app.uvicorn.run", run)
+    monkeypatch.setattr("echoimage.web.app.run_processes", run)  # several processes
     yield seen
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from uvicorn.supervisors import Multiprocess
 
 from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
@@ -153,6 +155,35 @@ def exposure_warning(host: str, web: WebSettings) -> str | None:
             "on 127.0.0.1 behind a reverse proxy that controls access (see the README)")
 
 
+def tcp_listener(sock: socket.socket) -> socket.socket:
+    """A listening TCP socket as one that says it is TCP (its protocol number set), the
+    same socket otherwise.
+
+    asyncio turns Nagle's algorithm off (TCP_NODELAY) only on accepted sockets that say
+    so, and they take it from their listener. uvicorn binds the socket its worker
+    processes share without it (uvicorn issue #3149): every answer on a kept-alive
+    connection then waited for the client's delayed ACK, ~40 ms on Linux, a search's
+    latency doubled and one client per process was all a process could serve."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and \
+            sock.type == socket.SOCK_STREAM and sock.proto != socket.IPPROTO_TCP:
+        return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP,
+                             fileno=sock.detach())
+    return sock
+
+
+def run_processes(app: str, **kwargs: Any) -> None:
+    """uvicorn.run with several worker processes (kwargs as its), on uvicorn's own
+    listening socket made a TCP one (`tcp_listener`)."""
+    config = uvicorn.Config(app, **kwargs)
+    sock = tcp_listener(config.bind_socket())
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           web: WebSettings | None = None) -> None:
     """Run the server with uvicorn until interrupted: web.processes serving processes
@@ -194,8 +225,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
                     "search_token": _secret(web.search_token)}})
         log.info("starting %d serving processes (%d queries at once each, %d waiting)",
                  workers, web.threads, web.max_waiting)
-        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers,
-                    timeout_worker_healthcheck=web.worker_healthcheck_timeout, **run)
+        run_processes(f"{__name__}:app_from_environment", factory=True, workers=workers,
+                      timeout_worker_healthcheck=web.worker_healthcheck_timeout, **run)
     finally:
         for key, value in saved.items():
             if value is None:

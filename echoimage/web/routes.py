@@ -101,7 +101,8 @@ async def search(request: Request, service: ServiceDep) -> JSONResponse:
     seconds, for the match images.
     """
     entry = await run_search(request, service)
-    return JSONResponse(search_response(entry, service))
+    return JSONResponse(search_response(entry, service),
+                        headers={"Connection": "close"} if service.sheds() else None)
 
 
 @router.get("/api/queries/{token}", response_model=SearchResponse, responses=_errors(404),
