@@ -454,12 +454,41 @@ def test_run_processes_hands_uvicorns_supervisor_a_tcp_listener(
 
 def test_a_busy_process_of_several_closes_an_answered_connection() -> None:
     """With several serving processes, a search answered while others wait in this
-    process closes its connection, so that the client's next one may go to a process
-    that is free; alone, or with nobody waiting, a process keeps it."""
-    def sheds(shared: Path | None, waiting: int) -> bool:
-        web = WebSettings(shared_dir=shared)
-        return WebService.sheds(SimpleNamespace(web=web, counters=Counters(waiting=waiting)))
+    process, when another process holds fewer searches, closes its connection, so that
+    the client's next one may go to that process; alone, with nobody waiting, or with
+    every other process as busy, a process keeps it."""
+    def sheds(least: int | None, running: int, waiting: int, several: bool = True) -> bool:
+        loads = SimpleNamespace(least_other=lambda: least) if several else None
+        return WebService.sheds(SimpleNamespace(
+            loads=loads, counters=Counters(running=running, waiting=waiting)))
 
-    assert sheds(Path("/dev/shm/x"), 1) and sheds(Path("/dev/shm/x"), 5)
-    assert not sheds(Path("/dev/shm/x"), 0)
-    assert not sheds(None, 3)
+    assert sheds(0, 1, 2) and sheds(5, 1, 8)
+    assert not sheds(0, 1, 0)  # nobody waits here
+    assert not sheds(3, 1, 2) and not sheds(7, 1, 6)  # the others are as busy
+    assert not sheds(None, 1, 3)  # no other process (yet)
+    assert not sheds(0, 1, 3, several=False)  # one process
+
+
+def test_processes_read_each_others_searches(tmp_path: Path) -> None:
+    """Each process publishes its searches in a file of its own; another reads the fewest
+    any live process holds, and forgets (and removes) a process that is gone."""
+    from echoimage.web.balance import Loads
+
+    folder = tmp_path / "loads"
+    me = Loads(folder, rescan=0)
+    assert me.least_other() is None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        them = Loads(folder, rescan=0, pid=other.pid)
+        them.publish(3)
+        me.publish(9)
+        assert me.least_other() == 3 and them.least_other() == 9
+        them.publish(0)
+        assert me.least_other() == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert me.least_other() is None  # gone: forgotten, its file removed
+    assert sorted(p.name for p in folder.iterdir()) == [str(os.getpid())]
+    me.close()
+    assert not any(folder.iterdir())

@@ -36,6 +36,7 @@ from echoimage.api import (
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
 from echoimage.types import FetchStatus, Match, Picture
+from echoimage.web.balance import Loads
 from echoimage.web.cache import CachedQuery, QueryCache
 from echoimage.web.config import WebSettings
 from echoimage.web.jobs import Job, JobManager
@@ -89,6 +90,8 @@ class WebService:
                                 shared=shared / "queries" if shared else None,
                                 on_lookup=lambda result: self.metrics.cache.labels(result).inc())
         self.jobs = JobManager(web.job_threads, shared=shared / "jobs" if shared else None)
+        # how busy the other serving processes are (with several): `sheds`
+        self.loads = Loads(shared / "loads") if shared else None
         self._dedupe: dict[bool, DedupeResult] = {}  # by crops: the latest groups found
         self.threads = web.threads
         # FAISS's OpenMP thread count is per calling thread: SearchEngine.query_image sets
@@ -191,6 +194,8 @@ class WebService:
             task.cancel()
         self.metrics.close()
         self.jobs.close()
+        if self.loads is not None:
+            self.loads.close()
         await self.fetcher.__aexit__(None, None, None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.cache.clear()
@@ -212,12 +217,20 @@ class WebService:
 
     def sheds(self) -> bool:
         """Whether an answered search's connection is to be closed: with several serving
-        processes, while searches wait in this one. A kept-alive connection stays with the
-        process that accepted it, and a burst of new ones may all go to one process (it
-        accepts every connection waiting when it wakes) while another idles; a client
-        whose connection is closed connects again, and the process free to accept first
-        takes it (scripts/loadtest.py, 4 clients: 1.6x the queries/s)."""
-        return self.web.shared_dir is not None and self.counters.waiting > 0
+        processes, when searches wait in this one and another process holds fewer
+        searches than this one (`echoimage.web.balance`). A kept-alive connection stays
+        with the process that accepted it, and a burst of new ones may all go to one
+        process while another idles; a client whose connection is closed connects again,
+        and a process free to accept takes it."""
+        c = self.counters
+        if self.loads is None or c.waiting == 0:
+            return False
+        least = self.loads.least_other()
+        return least is not None and least < c.running + c.waiting
+
+    def _publish(self) -> None:
+        if self.loads is not None:
+            self.loads.publish(self.counters.running + self.counters.waiting)
 
     def admit(self) -> None:
         """Refuse a search now if it cannot be taken: NotReady before the index is loaded,
@@ -234,6 +247,7 @@ class WebService:
         c, m = self.counters, self.metrics
         c.waiting += 1
         m.waiting.inc()
+        self._publish()
         try:
             await self.slots.acquire()
         finally:
@@ -241,12 +255,14 @@ class WebService:
             m.waiting.dec()
         c.running += 1
         m.running.inc()
+        self._publish()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         finally:
             c.running -= 1
             m.running.dec()
             self.slots.release()
+            self._publish()
 
     # --- queries ---------------------------------------------------------------------------
 
