@@ -247,14 +247,13 @@ def run(photo_dir: Path, out: Path, delay_ms: float, repeat: int,
         limit: int | None = None) -> dict:
     """Run the reference and the three phases `repeat` times; return medians and runs."""
     photos = sorted(p for p in photo_dir.iterdir() if p.suffix.lower() in EXTS)[:limit]
-    if not photos:
-        sys.exit(f"no photos in {photo_dir}")
+    if len(photos) < 2:
+        sys.exit(f"fewer than 2 photos in {photo_dir} (a further image needs a first half)")
     settings = Settings()
     blobs = [p.read_bytes() for p in photos]
     half = len(photos) // 2
     src = Path(tempfile.mkdtemp(prefix="echoimage-bench-http-src-"))
-    first = src.with_name(src.name + "-half")
-    first.mkdir()
+    first = Path(tempfile.mkdtemp(prefix="echoimage-bench-http-half-"))
     runs = []
     try:
         for i, p in enumerate(photos):  # the photos as their own folder (a limit takes

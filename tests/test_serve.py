@@ -441,12 +441,12 @@ def test_run_processes_hands_uvicorns_supervisor_a_tcp_listener(
         def run(self) -> None:
             sock = seen["sockets"][0]
             seen["proto"], seen["port"] = sock.proto, sock.getsockname()[1]
-            seen["nodelay"] = _accepted_nodelay(sock)
+            seen["nodelay"] = _accepted_nodelay(sock.dup())  # (the probe closes its own)
 
     monkeypatch.setattr("echoimage.web.app.Multiprocess", Supervisor)
     port = free_port()
     run_processes("echoimage.web.app:app_from_environment", factory=True, workers=2,
-                  host="127.0.0.1", port=port)
+                  host="127.0.0.1", port=port, log_config=None)
     assert seen["config"].workers == 2 and seen["port"] == port
     assert seen["proto"] == socket.IPPROTO_TCP and seen["nodelay"] == 1
     assert seen["sockets"][0].fileno() == -1  # closed when the supervisor returns
@@ -477,18 +477,33 @@ def test_processes_read_each_others_searches(tmp_path: Path) -> None:
     folder = tmp_path / "loads"
     me = Loads(folder, rescan=0)
     assert me.least_other() is None
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    others = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+              for _ in range(2)]
     try:
-        them = Loads(folder, rescan=0, pid=other.pid)
+        them = Loads(folder, rescan=0, pid=others[0].pid)
+        assert me.least_other() is None  # it takes no searches yet (its index loading)
         them.publish(3)
         me.publish(9)
         assert me.least_other() == 3 and them.least_other() == 9
         them.publish(0)
         assert me.least_other() == 0
+        them.publish(None)
+        assert me.least_other() is None
+        them.publish(2)
+        # a file still being written (empty) is passed over until it is whole
+        late = folder / str(others[1].pid)
+        late.write_bytes(b"")
+        assert me.least_other() == 2
+        late.write_bytes((1).to_bytes(8, "little", signed=True))
+        assert me.least_other() == 1
     finally:
-        other.kill()
-        other.wait()
-    assert me.least_other() is None  # gone: forgotten, its file removed
+        for proc in others:
+            proc.kill()
+            proc.wait()
+    assert me.least_other() is None  # gone: forgotten, their files removed
     assert sorted(p.name for p in folder.iterdir()) == [str(os.getpid())]
+    them.close()
     me.close()
     assert not any(folder.iterdir())
+    me.publish(4)  # closed: says nothing, reads nothing
+    assert me.least_other() is None

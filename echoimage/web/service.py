@@ -150,6 +150,7 @@ class WebService:
             return
         self.ready = True
         self.metrics.ready.set(1)
+        self._publish()
         log.info("index loaded in %.1f s: %d entries (process %d)",
                  time.perf_counter() - t0, self.catalogue.size, os.getpid())
         if self.web.metrics:
@@ -229,8 +230,10 @@ class WebService:
         return least is not None and least < c.running + c.waiting
 
     def _publish(self) -> None:
+        """Publish the queries this process holds (none taken before its index loads)."""
         if self.loads is not None:
-            self.loads.publish(self.counters.running + self.counters.waiting)
+            c = self.counters
+            self.loads.publish(c.running + c.waiting if self.ready else None)
 
     def admit(self) -> None:
         """Refuse a search now if it cannot be taken: NotReady before the index is loaded,
@@ -250,9 +253,13 @@ class WebService:
         self._publish()
         try:
             await self.slots.acquire()
-        finally:
+        except BaseException:  # the wait cancelled: one query fewer held
             c.waiting -= 1
             m.waiting.dec()
+            self._publish()
+            raise
+        c.waiting -= 1
+        m.waiting.dec()
         c.running += 1
         m.running.inc()
         self._publish()
