@@ -357,18 +357,21 @@ class Catalogue:
         return IndexState(snap.seq, self.change_number(), snap.size, snap.loaded_at)
 
     def query(self, image: QueryInput, k: int | None = None,
-              colour_sensitive: bool | None = None) -> QueryResult:
+              colour_sensitive: bool | None = None, copies_only: bool = False
+              ) -> QueryResult:
         """The k (default: the settings' default_k) catalogue images most like image, best
         first, each with its verdict
         (`exact`, `duplicate`, `partial`, `recoloured`, `different`) and the evidence
         behind its score; `result.copies` are those that are copies, `result.found` says
-        whether there is any. Raises an EchoImageError (one-line reason) for an unreadable
-        query, and QueryLimitError (a ValueError too) for k outside 1..max_k."""
+        whether there is any. copies_only: the copies alone (at most k; none when it finds
+        none), which spares scoring the nearest images to show them. Raises an
+        EchoImageError (one-line reason) for an unreadable query, and QueryLimitError (a
+        ValueError too) for k outside 1..max_k."""
         data = query_bytes(image, self.settings)
         try:
             return self.search_engine.query_bytes(
                 data, self.settings.default_k if k is None else k,
-                colour_sensitive=colour_sensitive)
+                colour_sensitive=colour_sensitive, copies_only=copies_only)
         except EmptyCatalogueError as exc:
             raise EmptyCatalogueError(f"{exc}: {self._empty_hint()}") from None
 
@@ -398,13 +401,13 @@ class Catalogue:
                "says why"
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,
-                   colour_sensitive: bool | None = None,
+                   colour_sensitive: bool | None = None, copies_only: bool = False,
                    ) -> Iterator[tuple[QueryInput, QueryResult | EchoImageError]]:
         """Query each image in turn: (image, its result or the EchoImageError that said why
         it could not be searched), so one bad query does not stop the rest."""
         for image in images:
             try:
-                yield image, self.query(image, k, colour_sensitive)
+                yield image, self.query(image, k, colour_sensitive, copies_only)
             except EchoImageError as exc:
                 yield image, exc
 

@@ -342,6 +342,9 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.option("--colour-sensitive/--no-colour-sensitive", default=None,
               help="Call a copy in clearly different colours `recoloured`, not `duplicate` "
                    "(its verdict; see colour_distance). Env: ECHOIMAGE_COLOUR_SENSITIVE.")
+@click.option("--copies-only", is_flag=True,
+              help="Answer with the copies alone, not the nearest images that are not "
+                   "copies (faster: they are not scored to be shown).")
 @cluster_option
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
@@ -352,13 +355,14 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all: bool,
-          colour_sensitive: bool | None, cluster: str | None, shards: int | None,
-          as_csv: bool, quiet: bool, as_json: bool) -> None:
+          colour_sensitive: bool | None, copies_only: bool, cluster: str | None,
+          shards: int | None, as_csv: bool, quiet: bool, as_json: bool) -> None:
     """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
 
     Each result has a verdict: exact, duplicate, partial (a part of the catalogue
     image), recoloured (with --colour-sensitive) or different (not a copy: listed only
-    with --all, or in --json/--csv). A query with no copy says "no copy found". With
+    with --all, or in --json/--csv; none with --copies-only). A query with no copy says
+    "no copy found". With
     --json, one JSON object per query per line, in input order. Exit status 1 if any query
     failed.
 
@@ -401,7 +405,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                disable=True if quiet or len(queries) < 2 else None, dynamic_ncols=True,
                leave=False)
     try:
-        for arg, res in catalogue.query_many(queries, k):  # colour_sensitive: in settings
+        # colour_sensitive: in settings
+        for arg, res in catalogue.query_many(queries, k, copies_only=copies_only):
             q = path_url(arg)  # printable: a name that is not UTF-8 as a file:// URL
             bar.update(1)
             if isinstance(res, EchoImageError):

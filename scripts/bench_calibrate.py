@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                              "photos are those of PHOTO_DIR whose names it holds, the rest "
                              "held out (default: index a seeded split into OUT/data)")
     parser.add_argument("--seed", type=int, default=1, help="RNG seed (default: 1)")
+    parser.add_argument("--copies-only", action="store_true",
+                        help="query for copies only, as `query --copies-only` and scans do")
     parser.add_argument("--write", action="store_true",
                         help="rewrite the model table in echoimage/search/evidence.py")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             args.photo_dir, args.out, limit=args.limit, negatives=args.negatives,
             seed=args.seed, suites=[s.strip() for s in args.suites.split(",") if s.strip()],
             target_fmr=args.target_fmr, write=args.write, progress=not args.quiet,
-            data_dir=args.data,
+            data_dir=args.data, copies_only=args.copies_only,
             command=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     except (EchoImageError, ValueError) as exc:
         print(f"bench_calibrate: error: {exc}", file=sys.stderr)

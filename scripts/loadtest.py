@@ -16,7 +16,8 @@ server on 127.0.0.1, most of them finding no copy, as a real service's traffic d
    accepted ones, refusals (503 with Retry-After), timeouts and other errors, copies found
    first, no-copy queries answered "no copy", server CPU per query. At the end /metrics is
    scraped and its count of search requests compared with what the clients sent; /healthz
-   and /readyz are asked too.
+   and /readyz are asked too. `--copies-only` asks for the copies alone (the search API's
+   `copies_only`), as a client that wants no nearest images does.
 
 Example:
 
@@ -206,12 +207,14 @@ class Level:
         return self.done / self.seconds if self.seconds else 0.0
 
 
-async def post(session: aiohttp.ClientSession, url: str, q: Query, k: int
+async def post(session: aiohttp.ClientSession, url: str, q: Query, fields: dict[str, str]
                ) -> tuple[int, dict[str, Any] | str, str | None]:
-    """POST one query: (status, JSON body or text, Retry-After)."""
+    """POST one query with the form's other fields (k, copies_only): (status, JSON body or
+    text, Retry-After)."""
     form = aiohttp.FormData()
     form.add_field("file", q.data, filename="query.jpg", content_type="image/jpeg")
-    form.add_field("k", str(k))
+    for name, value in fields.items():
+        form.add_field(name, value)
     async with session.post(f"{url}{SEARCH_ROUTE}", data=form) as resp:
         body = await resp.read()
         retry = resp.headers.get("Retry-After")
@@ -220,8 +223,8 @@ async def post(session: aiohttp.ClientSession, url: str, q: Query, k: int
         return resp.status, json.loads(body), retry
 
 
-async def run_level(url: str, clients: int, queries: list[Query], k: int, timeout: float,
-                    server_pids: list[int]) -> Level:
+async def run_level(url: str, clients: int, queries: list[Query], fields: dict[str, str],
+                    timeout: float, server_pids: list[int]) -> Level:
     """`clients` concurrent clients sending `queries` between them (each once)."""
     level = Level(clients)
     connector = aiohttp.TCPConnector(limit=clients)
@@ -234,7 +237,7 @@ async def run_level(url: str, clients: int, queries: list[Query], k: int, timeou
                 level.sent += 1
                 t0 = time.perf_counter()
                 try:
-                    status, body, retry = await post(session, url, q, k)
+                    status, body, retry = await post(session, url, q, fields)
                 except TimeoutError:
                     level.timeouts += 1
                     continue
@@ -421,7 +424,9 @@ def report(levels: list[Level], info: dict[str, Any]) -> str:
         f"Catalogue: {info['entries']:,} entries ({info['photos']} photos, the rest derived "
         f"padding); {info['negatives']} held-out photos; server: {info['workers']}; "
         f"machine: {os.cpu_count()} cores, 1-minute load {info['load']:.2f} before the run; "
-        f"{info['no_copy']:.0%} no-copy queries, k={info['k']}; code at commit {info['commit']}.",
+        f"{info['no_copy']:.0%} no-copy queries, k={info['k']}"
+        f"{', copies only' if info.get('copies_only') else ''}; code at commit "
+        f"{info['commit']}.",
         "",
         "| clients | sent | accepted | refused (503) | timeouts | other errors | queries/s | "
         "p50 ms | p95 ms | p99 ms | copies first | no-copy answered so | server CPU ms/query |",
@@ -499,12 +504,15 @@ async def amain(args: argparse.Namespace) -> int:
         pids = server_pids(proc.pid) if proc else []
         log(f"server ready ({len(pids)} processes)")
         before = await scrape(url)
-        warm_up = await run_level(url, 2, warm, args.k, args.timeout, [])
+        fields = {"k": str(args.k)}
+        if args.copies_only:
+            fields["copies_only"] = "true"
+        warm_up = await run_level(url, 2, warm, fields, args.timeout, [])
         load = os.getloadavg()[0]
         levels = []
         for i, clients in enumerate(levels_wanted):
             chunk = queries[i * args.queries:(i + 1) * args.queries]
-            lv = await run_level(url, clients, chunk, args.k, args.timeout, pids)
+            lv = await run_level(url, clients, chunk, fields, args.timeout, pids)
             levels.append(lv)
             log(f"{clients:>3} clients: {lv.qps:.2f} q/s, p50 {lv.pct(50):.0f} ms, p95 "
                 f"{lv.pct(95):.0f} ms, refused {lv.refused}, timeouts {lv.timeouts}, "
@@ -517,6 +525,7 @@ async def amain(args: argparse.Namespace) -> int:
         info = {
             "entries": int(sample(after, "echoimage_index_entries")) or args.entries,
             "photos": len(cat), "negatives": len(held), "load": load, "k": args.k,
+            "copies_only": args.copies_only,
             "no_copy": args.no_copy, "commit": code_version(),
             "workers": f"{len(serving)} serving process(es)" if proc else url,
             "sent": warm_up.sent + sum(lv.sent for lv in levels),
@@ -570,6 +579,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200,
                         help="requests per client count (each request a different image)")
     parser.add_argument("-k", type=int, default=5, help="results per query")
+    parser.add_argument("--copies-only", action="store_true",
+                        help="ask for the copies alone (copies_only), not the nearest images")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds a client waits for an answer before calling it a "
                              "timeout")

@@ -51,11 +51,14 @@ def test_run_calibration_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown suites"):
         calibrate.run_calibration(photos, out, suites=["nope"], progress=False)
     # an existing catalogue, only read: its photos are the catalogue, whatever the seed
+    # (queried for copies only: the same copies found)
     before = sorted(p.name for p in (out / "data").rglob("*"))
     again = calibrate.run_calibration(photos, tmp_path / "again", limit=2, negatives=1,
                                       seed=5, suites=["main"], progress=False,
-                                      data_dir=out / "data")
+                                      data_dir=out / "data", copies_only=True)
     assert again["params"]["data_dir"] == str((out / "data").resolve())
+    assert again["params"]["copies_only"] is True and not result["params"]["copies_only"]
+    assert "Queries for copies only." in calibrate.render_calibration_markdown(again)
     assert again["dataset"]["catalogue"] == d["catalogue"]
     assert again["dataset"]["entries"] == d["catalogue"]
     assert again["recall"]["rank1"] == 1.0

@@ -174,6 +174,24 @@ def test_query_with_no_copy_says_so(cli_built, tmp_path) -> None:
     assert {r["verdict"] for r in out["results"]} == {"different"}
 
 
+def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
+    """--copies-only answers with the copies alone: none for an unrelated image (found:
+    false, no results), the copy alone for a copy, in text, --json and --csv."""
+    unrelated = write(tmp_path / "unrelated.png", png(synthetic(7, 320)))
+    copy = write(tmp_path / "copy.jpg", jpeg(photo("coffee")[40:, 30:], 85))
+    out = json_lines(run(cli_built[0], "query", "--json", "--copies-only", str(unrelated),
+                         str(copy)))
+    assert out[0]["found"] is False and out[0]["results"] == []
+    assert out[1]["found"] is True and [r["url"] for r in out[1]["results"]] == \
+        [catalogue.url("coffee")]
+    text = run(cli_built[0], "query", "--copies-only", str(unrelated), str(copy)).output
+    assert text.splitlines() == [f"{unrelated}: no copy found", f"{copy}: 1 copy found",
+                                 *text.splitlines()[2:]]
+    assert "nearest" not in text and catalogue.url("coffee") in text.splitlines()[2]
+    rows = run(cli_built[0], "query", "--csv", "--copies-only", str(copy)).output
+    assert len(rows.splitlines()) == 2 and catalogue.url("coffee") in rows.splitlines()[1]
+
+
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
     missing = str(tmp_path / "missing.jpg")
     good = str(catalogue.files["astronaut"])

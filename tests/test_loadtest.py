@@ -14,14 +14,16 @@ from helpers import REPO, bench_photo_folder, free_port
 
 
 @pytest.mark.slow
-def test_loadtest_runs_and_counts_what_it_sent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copies_only", [False, True])
+def test_loadtest_runs_and_counts_what_it_sent(tmp_path: Path, copies_only: bool) -> None:
     photos = tmp_path / "photos"
     bench_photo_folder(photos)
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "scripts" / "loadtest.py"), str(photos),
            "--data-dir", str(tmp_path / "lt"), "--entries", "9", "--photos", "9",
            "--negatives", "3", "--clients", "1,3", "--queries", "12", "--workers", "2",
-           "--port", str(free_port()), "--out", str(out)]
+           "--port", str(free_port()), "--out", str(out)] + \
+        (["--copies-only"] if copies_only else [])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "loadtest.json").read_text())
@@ -40,3 +42,4 @@ def test_loadtest_runs_and_counts_what_it_sent(tmp_path: Path) -> None:
     assert info["workers"] == "2 serving process(es)" and len(info["memory"]) == 2
     table = (out / "loadtest.md").read_text()
     assert "| clients | sent | accepted |" in table and "code at commit" in table
+    assert info["copies_only"] is copies_only and ("copies only" in table) is copies_only

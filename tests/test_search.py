@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import skimage.data
-from helpers import box_iou, jpeg, mirror, photo, search_engine, to_rgb, web_page
+from helpers import box_iou, crop, jpeg, mirror, photo, search_engine, shrink, to_rgb, web_page
 
-from echoimage.search.engine import SearchEngine
+from echoimage.search.engine import QueryResult, SearchEngine, stop_hash_for
 from echoimage_bench.hard import HARD_EDITS, collage, make_hard_query
 from echoimage_bench.transforms import transform_rng
 
@@ -87,6 +88,57 @@ def test_screenshot_region_is_the_whole_catalogue_image(built, engine, name: str
     assert err <= 0.03 * np.hypot(pw, ph), top.region
     assert top.transform["covered_fraction"] >= 0.9
     assert top.transform["scale"] == pytest.approx(2.0, rel=0.1)  # shown at half size
+
+
+def test_a_query_for_copies_only_scores_only_neighbours_nearer_than_chance(
+        built, engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the hash round scores the whole query's k nearest hashes, to show k
+    results. A query for its copies only is answered with them alone, and its hash round
+    scores only the neighbours as near as chance ones come in a catalogue of this size (a
+    copy among the farther ones agrees geometrically: the votes find it); a query whose
+    keypoints say little (drowned in colour noise, or its grey levels crushed into a few)
+    has them scored up to max_hash_distance. The copies are the same either way."""
+    scored: list[tuple[str, int, int]] = []
+    rerank = SearchEngine._rerank
+
+    def spy(self, q, proposed, head) -> None:
+        scored.extend((q.round, c.view, c.hash_distance)
+                      for props in proposed.values() for c in props)
+        rerank(self, q, proposed, head)
+
+    def hash_round(data: bytes, copies_only: bool) -> tuple[list[int], QueryResult]:
+        scored.clear()
+        res = engine.query_bytes(data, k=5, copies_only=copies_only)
+        return [d for r, v, d in scored if r == "hash" and v == 0], res
+
+    monkeypatch.setattr(SearchEngine, "_rerank", spy)
+    s = built.settings
+    reach = stop_hash_for(s, engine.size)
+    arr = skimage.data.retina()  # not in the catalogue: 1411x1411, detail everywhere
+    whole, res = hash_round(jpeg(arr, 85), False)
+    assert not res.found and len(res.matches) == 5 and len(whole) >= 5
+    assert any(d > reach for d in whole), whole  # the 5 nearest are farther than chance
+    whole, res = hash_round(jpeg(arr, 85), True)
+    assert not res.found and res.matches == [] and res.to_dict()["results"] == []
+    assert all(d <= reach for d in whole), whole
+    h, w = arr.shape[:2]
+    grain = np.random.default_rng(0).normal(0, 0.44 * 255, (h // 5, w // 5, 3))
+    noisy = np.clip(arr + cv2.resize(grain.astype(np.float32), (w, h)), 0, 255)
+    gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+    dark = (255 * (gray / 255.0) ** 3).astype(np.uint8)  # a near-black gamma
+    for data in (jpeg(noisy.astype(np.uint8), 90), jpeg(dark, 90)):
+        whole, res = hash_round(data, True)
+        assert not res.found and res.matches == []
+        assert any(reach < d <= s.max_hash_distance for d in whole), whole
+    for name in ("astronaut", "coffee"):
+        for copy in (shrink(photo(name), 400), crop(photo(name), 0.6), mirror(photo(name))):
+            data = jpeg(copy, 80)
+            shown = engine.query_bytes(data, k=5)
+            alone = engine.query_bytes(data, k=5, copies_only=True)
+            assert len(shown.matches) == 5 and shown.copies
+            assert [m.url for m in alone.matches] == [m.url for m in shown.copies]
+            assert alone.matches[0].url == built.catalogue.url(name)
+            assert all(m.verdict.is_copy for m in alone.matches)
 
 
 @pytest.mark.parametrize("other", ["immunohistochemistry", "gravel", "retina"])

@@ -1187,6 +1187,29 @@ async def test_colour_sensitive_search_and_preview(env: Env) -> None:
 
 
 @module_loop
+async def test_a_search_for_copies_only(env: Env) -> None:
+    """copies_only in the form and in JSON: the copies alone (none for an unrelated
+    image, which shows its nearest images by default); a value that is no flag is 422."""
+    unrelated = png(synthetic(11, 320))
+    shown = await upload(env, unrelated)
+    assert shown.status_code == 200 and shown.json()["results"]
+    alone = await upload(env, unrelated, copies_only="true")
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["found"] is False and alone.json()["results"] == []
+    copy = await upload(env, jpeg(photo("coffee")[40:, 30:], 85), copies_only="on")
+    assert [r["url"] for r in copy.json()["results"]] == [env.url_of("coffee")]
+    bad = await upload(env, unrelated, copies_only="maybe")
+    assert bad.status_code == 422 and detail(bad) == "copies_only must be true or false"
+    resp = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
+                                                      "copies_only": True})
+    assert resp.status_code == 200, resp.text
+    assert [r["verdict"] for r in resp.json()["results"]] == ["duplicate"]
+    bad = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
+                                                     "copies_only": "yes"})
+    assert bad.status_code == 422
+
+
+@module_loop
 async def test_match_picture_from_the_real_resolution(env: Env) -> None:
     """The catalogue side of a match picture is the image itself at its own resolution
     (read again from its file: it is as it was indexed), not the stored 256 px thumbnail in

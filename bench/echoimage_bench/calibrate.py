@@ -401,7 +401,8 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
                     suites: Sequence[str] = SUITES, target_fmr: float = 0.001,
                     negatives_fraction: float = 0.2, write: bool = False,
                     progress: bool = True, command: Sequence[str] | None = None,
-                    data_dir: str | Path | None = None) -> dict[str, Any]:
+                    data_dir: str | Path | None = None, copies_only: bool = False
+                    ) -> dict[str, Any]:
     """Fit the evidence model, choose the threshold, calibrate the stop rule; write
     calibrate.json and calibrate.md (see the module docstring).
 
@@ -422,6 +423,9 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
             scan benchmarks leave) instead of indexing a new one: its photos are the
             photo_dir photos whose file names it holds, the rest are held out; it is only
             read. None: index the seeded split into out_dir/data.
+        copies_only: query for copies only (`SearchEngine.query_image`'s copies_only: the
+            hash round scores the neighbours nearer than chance only, nothing is scored
+            to fill the answer).
     """
     from echoimage.config import Settings
     from echoimage.search.engine import stop_hash_for
@@ -476,7 +480,7 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
             t0 = time.perf_counter()
             tick = ctx.log.loop(label, total)
             for n, q in enumerate(make(), 1):
-                res, ms = ask(engine, q.data, TOP_K)
+                res, ms = ask(engine, q.data, TOP_K, copies_only)
                 truth = ctx.url_ids.get(q.truth) if q.truth else None
                 records.append(_record(q, truth, res, engine.trace, ms))
                 tick(n)
@@ -504,7 +508,8 @@ def run_calibration(photo_dir: str | Path, out_dir: str | Path, *, limit: int | 
         "machine": machine_info(),
         "params": {"photo_dir": str(photo_dir.resolve()), "limit": limit, "seed": seed,
                    "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-                   "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr},
+                   "negatives": n_neg, "suites": list(suites), "target_fmr": target_fmr,
+                   "copies_only": copies_only},
         # the rule the engine applies at this catalogue's size (stop_hash: stop_hash_for)
         "settings": {**{k: getattr(Settings(), k) for k in ("stop_votes", "stop_inliers",
                                                             "duplicate_threshold")},
@@ -585,7 +590,8 @@ def render_calibration_markdown(result: dict[str, Any]) -> str:
         f"{d['catalogue']} catalogue photos, {d['query_photos']} queried through every "
         f"transform ({d['copy_queries']} copy queries), {d['held_out']} held out "
         f"({d['non_copy_queries']} non-copy queries); {d['candidates']} candidates scored, "
-        f"{d['originals']} of them originals.", "",
+        f"{d['originals']} of them originals."
+        + (" Queries for copies only." if result["params"].get("copies_only") else ""), "",
         "## Model", "",
         markdown_table(["feature", "weight"],
                        [*zip(m["features"], [f(w, 4) for w in m["weights"]], strict=True),

@@ -19,9 +19,10 @@ bench-scan`):
    127.0.0.1 with ETag and Last-Modified (304s).
 3. **the engine alone** (the baseline, in the same process, with the same threads as the
    scan): every site image's bytes, read from disk, through `SearchEngine.query_bytes`
-   (images/s); then **the scan** of the index page with `--follow-pages` reaching every
-   page (images/s; findings recall and precision against the truth); then **a re-scan**
-   of the unchanged site (seconds, against the first scan's). The politeness delays are
+   for its copies only, as the scan asks (images/s); then **the scan** of the index page
+   with `--follow-pages` reaching every page (images/s; findings recall and precision
+   against the truth); then **a re-scan** of the unchanged site (seconds, against the
+   first scan's). The politeness delays are
    0 for this local site (`scrape_delay`, `scan_image_delay`).
 
 Writes scan.json and scan.md to out_dir.
@@ -250,7 +251,8 @@ def engine_rate(engine: Any, blobs: list[bytes], threads: int, k: int
     catalogue URLs it was found a copy of, or the error's text)."""
     def one(data: bytes) -> Any:
         try:
-            return [m.url for m in engine.query_bytes(data, k).copies]
+            # for copies only, as the scan asks
+            return [m.url for m in engine.query_bytes(data, k, copies_only=True).copies]
         except Exception as exc:  # a decode error is an answer too
             return f"{type(exc).__name__}: {exc}"
 

@@ -69,13 +69,14 @@ def traced_engine(settings: Any) -> Any:
     return engine
 
 
-def ask(engine: Any, data: bytes, k: int) -> tuple[Any, float]:
-    """Decode as query_bytes does and run query_image with a fresh trace: (result,
-    query_image ms)."""
+def ask(engine: Any, data: bytes, k: int, copies_only: bool = False) -> tuple[Any, float]:
+    """Decode as query_bytes does and run query_image (for copies only, if said) with a
+    fresh trace: (result, query_image ms)."""
     img = engine.decode(data)
     engine.trace = Trace()
     t0 = time.perf_counter()
-    res = engine.query_image(img, k=k, sha256=hashlib.sha256(data).hexdigest())
+    res = engine.query_image(img, k=k, sha256=hashlib.sha256(data).hexdigest(),
+                             copies_only=copies_only)
     return res, (time.perf_counter() - t0) * 1000
 
 

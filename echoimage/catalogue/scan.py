@@ -557,7 +557,8 @@ class _Run:
         base = {"etag": f.etag, "last_modified": f.last_modified, "sha256": f.sha256,
                 "queried_seq": self.seq}
         try:
-            res = self.scanner.engine.query_bytes(f.data, self.k)
+            # only the copies are kept: the nearest images are not scored to be shown
+            res = self.scanner.engine.query_bytes(f.data, self.k, copies_only=True)
         except DecodeError as exc:
             return ImageRecord(f.url, _decode_status(exc), _one_line(str(exc)), copies=[],
                                **base)

@@ -23,6 +23,13 @@ detection.
    haze, low light: `features.photometric`), the same hash and vote search on a view with
    its histogram equalised.
 
+An answer shows the k best-scoring images, copies first: the hash round scores the whole
+query's k nearest hashes at least, so that there are k to show. A query that asks for its
+copies only (`copies_only`) is answered with them alone, and its hash round scores only
+the neighbours nearer than chance ones come in a catalogue of its size
+(`SearchEngine.hash_reach`): at 100,000 entries a no-copy query's nearest hashes are
+chance neighbours, and scoring them to show them was a sixth of its time.
+
 `QueryResult.rounds` says how long each round that ran took (and the answer: SSIM,
 metadata and colour of the results shown).
 """
@@ -233,14 +240,14 @@ class SearchEngine:
         """Number of indexed catalogue images."""
         return self.live.snapshot().size
 
-    def query_bytes(self, data: bytes, k: int, colour_sensitive: bool | None = None
-                    ) -> QueryResult:
+    def query_bytes(self, data: bytes, k: int, colour_sensitive: bool | None = None,
+                    copies_only: bool = False) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
         img = self.decode(data)
         t1 = time.perf_counter()
         res = self.query_image(img, k, sha256=hashlib.sha256(data).hexdigest(),
-                               colour_sensitive=colour_sensitive)
+                               colour_sensitive=colour_sensitive, copies_only=copies_only)
         res.timings["decode_ms"] = (t1 - t0) * 1000
         return res
 
@@ -251,9 +258,11 @@ class SearchEngine:
         return decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
 
     def query_image(self, img: DecodedImage, k: int, sha256: str | None = None,
-                    colour_sensitive: bool | None = None) -> QueryResult:
+                    colour_sensitive: bool | None = None, copies_only: bool = False
+                    ) -> QueryResult:
         """Run the cascade (see the module docstring); results de-duplicated by URL and
-        content hash, copies first, then by score.
+        content hash, copies first, then by score; with copies_only, the copies alone
+        (none for a query that finds none).
 
         Each result shown gets its catalogue entry's metadata, its colour_distance (when
         the query has a colour version and the catalogue row a signature), its verdict
@@ -277,7 +286,7 @@ class SearchEngine:
         q.views += [_View(img.gray[y:y + h, x:x + w], (x, y, w, h), s, s.box_orb_features)
                     for x, y, w, h in content_boxes(img.gray, s.max_boxes)]
         q.lap("features_ms")
-        self._hash_round(q, k, sha256)
+        self._hash_round(q, k, sha256, copies_only)
         if not self._found(q):
             q.round = "votes"
             self._vote_round(q)
@@ -292,6 +301,8 @@ class SearchEngine:
             self._normalised_round(q)
         q.round = "answer"
         matches = sorted(q.best.values(), key=_rank)
+        if copies_only:
+            matches = [m for m in matches if m.exact or m.duplicate]
         shown = [self._with_ssim(m, q) for m in _dedupe(matches)[:k]]
         shown = sorted(self._described(shown, q, colour_sensitive), key=_rank)
         q.lap("rerank_ms")
@@ -300,14 +311,16 @@ class SearchEngine:
 
     # --- the rounds ------------------------------------------------------------------------
 
-    def _hash_round(self, q: _Query, k: int, sha256: str | None) -> None:
+    def _hash_round(self, q: _Query, k: int, sha256: str | None, copies_only: bool = False
+                    ) -> None:
         """The whole query's hash neighbours (up to rerank_n within max_hash_distance, k
-        at least), the content boxes' close ones, and the images with the same bytes."""
+        at least, to be shown; for copies only, those within `hash_reach`), the content
+        boxes' close ones, and the images with the same bytes."""
         s = self.settings
         listed = shortlist(q.snap.parts, q.views[0].small, s.shortlist_k)
-        chosen = [c for c in listed if c.hash_distance <= s.max_hash_distance][
-            :max(s.rerank_n, k)]
-        if len(chosen) < k:
+        reach = self.hash_reach(q) if copies_only else s.max_hash_distance
+        chosen = [c for c in listed if c.hash_distance <= reach][:max(s.rerank_n, k)]
+        if len(chosen) < k and not copies_only:
             chosen = listed[:k]
         for c in chosen:
             q.proposed[c.id] = [c]
@@ -320,6 +333,20 @@ class SearchEngine:
             self._propose(q, i, 0)
         q.lap("shortlist_ms")
         self._rerank(q, q.proposed, s.rerank_descriptors)
+
+    def hash_reach(self, q: _Query) -> int:
+        """How far in pHash bits the hash round of a query for copies only scores the
+        whole query's neighbours: as near as chance neighbours come in a catalogue of
+        this size (`stop_hash_for`); farther ones are as near as unrelated images are,
+        and a copy among them is proven by geometry, which the vote search finds, or by a
+        near hash, which is nearer. A query whose keypoints say little has them scored as
+        far as max_hash_distance: one drowned in colour noise (`_Query.noisy`: the noise
+        moves its pHash 10-20 bits from its original, and the finer hash proves such a
+        copy), or whose grey levels are crushed into a few (`_View.crushed`)."""
+        s = self.settings
+        if q.noisy(s) or q.views[0].crushed():
+            return s.max_hash_distance
+        return min(s.max_hash_distance, stop_hash_for(s, q.snap.size))
 
     def _vote_round(self, q: _Query) -> None:
         """The cells of a collage become views, their close hash neighbours re-ranked

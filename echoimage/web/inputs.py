@@ -61,6 +61,7 @@ class SearchInput:
     k: int
     label: str
     colour_sensitive: bool | None = None  # None: the server's setting
+    copies_only: bool = False  # the copies alone, not the nearest images
 
 
 def http_error(exc: EchoImageError) -> HTTPException:
@@ -109,9 +110,10 @@ def _declared_length(request: Request) -> int | None:
         raise HTTPException(400, "malformed Content-Length header") from None
 
 
-def parse_flag(value: object) -> bool | None:
-    """A form checkbox or field: absent or "" is None (the default); "on", "true", "1" and
-    "yes" are True, "off", "false", "0" and "no" False; anything else is refused (422)."""
+def parse_flag(value: object, name: str = "colour_sensitive") -> bool | None:
+    """A form checkbox or field called name: absent or "" is None (the default); "on",
+    "true", "1" and "yes" are True, "off", "false", "0" and "no" False; anything else is
+    refused (422)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     text = value.strip().lower() if isinstance(value, str) else None
@@ -119,7 +121,7 @@ def parse_flag(value: object) -> bool | None:
         return True
     if text in ("off", "false", "0", "no"):
         return False
-    raise HTTPException(422, "colour_sensitive must be true or false")
+    raise HTTPException(422, f"{name} must be true or false")
 
 
 def parse_k(value: object, default: int, most: int) -> int:
@@ -191,7 +193,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         if not url:
             raise HTTPException(400, "give a URL")
         return SearchInput(None, url, parse_k(req.k, default, most), url,
-                           req.colour_sensitive)
+                           req.colour_sensitive, req.copies_only)
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
                                  "or a JSON body {\"url\": ..., \"k\": ..., "
@@ -199,6 +201,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
     form = await _read_form(request, media, web.max_upload_bytes)
     k = parse_k(form.get("k"), default, most)
     sensitive = parse_flag(form.get("colour_sensitive"))
+    copies_only = bool(parse_flag(form.get("copies_only"), "copies_only"))
     raw_url = form.get("url")
     url = raw_url.strip() if isinstance(raw_url, str) else ""
     upload = form.get("file")
@@ -217,8 +220,8 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
     if data is None and not url:
         raise HTTPException(400, "give an image file (field 'file') or its URL (field 'url')")
     if data is not None:
-        return SearchInput(data, None, k, label, sensitive)
-    return SearchInput(None, url, k, url, sensitive)
+        return SearchInput(data, None, k, label, sensitive, copies_only)
+    return SearchInput(None, url, k, url, sensitive, copies_only)
 
 
 def check_image_bytes(data: bytes) -> None:
@@ -266,7 +269,8 @@ async def answer(inp: SearchInput, service: WebService) -> CachedQuery:
     data = inp.data if inp.data is not None else await fetch_query(service, inp.url or "")
     check_image_bytes(data)
     try:
-        return await service.search(data, inp.label, inp.k, inp.colour_sensitive)
+        return await service.search(data, inp.label, inp.k, inp.colour_sensitive,
+                                    inp.copies_only)
     except (ServerBusy, NotReady) as exc:
         raise refusal(service, exc) from None
     except EchoImageError as exc:

@@ -50,13 +50,17 @@ _SEARCH_BODY: dict[str, Any] = {
                     "k": {"type": "integer", "minimum": 1, "description": "results wanted"},
                     "colour_sensitive": {"type": "boolean",
                                          "description": "call recoloured copies so"},
+                    "copies_only": {"type": "boolean",
+                                    "description": "the copies alone, not the nearest "
+                                                   "images (faster)"},
                 },
             }},
             "application/json": {"schema": {
                 "type": "object", "required": ["url"],
                 "properties": {"url": {"type": "string"},
                                "k": {"type": "integer", "minimum": 1},
-                               "colour_sensitive": {"type": "boolean"}},
+                               "colour_sensitive": {"type": "boolean"},
+                               "copies_only": {"type": "boolean"}},
             }},
         },
     }

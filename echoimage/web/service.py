@@ -273,20 +273,23 @@ class WebService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    def _search(self, data: bytes, k: int, colour_sensitive: bool | None) -> QueryResult:
-        res = self.catalogue.query(data, k, colour_sensitive)
+    def _search(self, data: bytes, k: int, colour_sensitive: bool | None,
+                copies_only: bool = False) -> QueryResult:
+        res = self.catalogue.query(data, k, colour_sensitive, copies_only)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return res
 
     async def search(self, data: bytes, label: str, k: int,
-                     colour_sensitive: bool | None = None) -> CachedQuery:
-        """Decode and search in the pool; the answer is cached under a new token.
+                     colour_sensitive: bool | None = None, copies_only: bool = False
+                     ) -> CachedQuery:
+        """Decode and search in the pool (copies_only: see `Catalogue.query`); the answer
+        is cached under a new token.
 
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         self.admit()  # again: a URL query was fetched since the request was admitted
         try:
-            res = await self.run(self._search, data, k, colour_sensitive)
+            res = await self.run(self._search, data, k, colour_sensitive, copies_only)
         except Exception:
             self.counters.failed += 1
             raise
