@@ -60,7 +60,7 @@ bench-quick: $(STAMP)
 bench-http: $(STAMP)
 	$(BIN)/python scripts/bench_http.py $(PHOTOS) --out bench-out
 
-# `echoimage serve` under 1, 4, 16 and 64 clients over a 100k-entry catalogue (70% no-copy)
+# `echoimage serve` under 1, 4, 8, 16 and 64 clients over a 100k-entry catalogue (70% no-copy)
 bench-load: $(STAMP)
 	$(BIN)/python scripts/loadtest.py $(PHOTOS) --out bench-out
 

@@ -10,7 +10,7 @@ server on 127.0.0.1, most of them finding no copy, as a real service's traffic d
    the same transforms), `--no-copy` of them (70% by default), every request different
    bytes (each (photo, transform) once, re-encoded at a quality of its own).
 3. **Load**: `echoimage serve --workers N` on 127.0.0.1 (or `--url`), then for each client
-   count in `--clients` (1, 4, 16, 64) `--queries` requests of the mix (each client posts,
+   count in `--clients` (1, 4, 8, 16, 64) `--queries` requests of the mix (each client posts,
    waits for the answer, posts the next; a 503 is counted as a refusal and the client
    waits its Retry-After). Reported per level: accepted queries/s, p50/p95/p99 of the
    accepted ones, refusals (503 with Retry-After), timeouts and other errors, copies found
@@ -418,6 +418,9 @@ def code_version() -> str:
 
 # --- report ------------------------------------------------------------------------------------
 
+#: the latency a level's p95 must stay under for its queries/s to count toward the target
+P95_TARGET_MS = 300
+
 def report(levels: list[Level], info: dict[str, Any]) -> str:
     """The markdown table and the targets."""
     lines = [
@@ -458,6 +461,12 @@ def report(levels: list[Level], info: dict[str, Any]) -> str:
             f"without Retry-After), {lv.timeouts} timeouts, {sum(lv.errors.values())} other "
             f"errors; p95 of accepted {lv.pct(95):.0f} ms = **{lv.pct(95) / by[16].pct(95):.2f}x"
             "** the 16-client p95 (target <= 1.5x)")
+    under = [lv for lv in levels if lv.latencies and lv.pct(95) < P95_TARGET_MS]
+    if under:
+        lv = max(under, key=lambda lv: lv.qps)
+        lines.append(f"Most queries/s with p95 < {P95_TARGET_MS} ms: **{lv.qps:.2f}** at "
+                     f"{lv.clients} clients (p95 {lv.pct(95):.0f} ms; target >= 60 at "
+                     "100,000 entries)")
     sent, counted = info["sent"], info["counted"]
     lines.append(f"/metrics counted {counted:.0f} search requests; the clients sent {sent} "
                  f"(difference {abs(counted - sent) / max(sent, 1):.2%}, target <= 1%); "
@@ -575,7 +584,8 @@ def main() -> None:
                         help="held-out photos (the no-copy queries)")
     parser.add_argument("--no-copy", type=float, default=0.7,
                         help="share of the queries that have no copy in the catalogue")
-    parser.add_argument("--clients", default="1,4,16,64", help="client counts, comma-separated")
+    parser.add_argument("--clients", default="1,4,8,16,64",
+                        help="client counts, comma-separated")
     parser.add_argument("--queries", type=int, default=200,
                         help="requests per client count (each request a different image)")
     parser.add_argument("-k", type=int, default=5, help="results per query")
