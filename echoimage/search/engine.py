@@ -669,11 +669,13 @@ class SearchEngine:
         only part of the catalogue image is compared as such (see colour_distance).
         """
         img = q.img
+        if not shown:  # no store read for an answer of nothing (copies only, none found)
+            return []
         sigs: dict[int, bytes] = {}
         ids = [m.id for m in shown]
         with self.sessions() as session:
             meta = repo.metadata_of(session, ids)
-            if img.colour is not None and shown:
+            if img.colour is not None:
                 sigs = repo.colour_signatures(session, ids)
         own: dict[tuple[float, ...] | None, bytes] = {}
 
