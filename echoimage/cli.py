@@ -349,7 +349,8 @@ def _run_counts(run: dict[str, Any]) -> str:
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
               help="Print CSV: a header, then a row per result (rank 0 and the error for a "
-                   "failed query).")
+                   "failed query; rank 0 alone for one with no result, as with "
+                   "--copies-only and no copy).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown on a terminal).")
 @json_option
 @click.pass_context
@@ -420,6 +421,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                     click.echo(f"{q}: error: {res}", err=True)
                 continue
             if writer is not None:
+                if not res.matches:  # copies only, none found: the query is still listed
+                    writer.writerow({"query": q, "rank": 0})
                 for rank, m in enumerate(res.matches, 1):
                     row = m.to_dict()
                     row["metadata"] = json.dumps(row["metadata"]) if row["metadata"] else ""

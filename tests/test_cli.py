@@ -188,8 +188,11 @@ def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
     assert text.splitlines() == [f"{unrelated}: no copy found", f"{copy}: 1 copy found",
                                  *text.splitlines()[2:]]
     assert "nearest" not in text and catalogue.url("coffee") in text.splitlines()[2]
-    rows = run(cli_built[0], "query", "--csv", "--copies-only", str(copy)).output
-    assert len(rows.splitlines()) == 2 and catalogue.url("coffee") in rows.splitlines()[1]
+    rows = run(cli_built[0], "query", "--csv", "--copies-only", str(unrelated),
+               str(copy)).output.splitlines()
+    assert len(rows) == 3 and rows[1].startswith(f"{unrelated},0,")
+    assert set(rows[1].split(",")[2:]) == {""}  # listed, with no result and no error
+    assert rows[2].startswith(f"{copy},1,") and catalogue.url("coffee") in rows[2]
 
 
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:

@@ -130,6 +130,7 @@ def test_a_query_for_copies_only_scores_only_neighbours_nearer_than_chance(
         whole, res = hash_round(data, True)
         assert not res.found and res.matches == []
         assert any(reach < d <= s.max_hash_distance for d in whole), whole
+    farther = []  # copies whose original is farther in pHash than the reach
     for name in ("astronaut", "coffee"):
         for copy in (shrink(photo(name), 400), crop(photo(name), 0.6), mirror(photo(name))):
             data = jpeg(copy, 80)
@@ -139,6 +140,8 @@ def test_a_query_for_copies_only_scores_only_neighbours_nearer_than_chance(
             assert [m.url for m in alone.matches] == [m.url for m in shown.copies]
             assert alone.matches[0].url == built.catalogue.url(name)
             assert all(m.verdict.is_copy for m in alone.matches)
+            farther += [m for m in alone.matches if m.hash_distance > reach]
+    assert farther and all(m.votes >= s.min_votes for m in farther)  # found by the votes
 
 
 @pytest.mark.parametrize("other", ["immunohistochemistry", "gravel", "retina"])

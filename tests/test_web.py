@@ -1207,6 +1207,9 @@ async def test_a_search_for_copies_only(env: Env) -> None:
     bad = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
                                                      "copies_only": "yes"})
     assert bad.status_code == 422
+    unset = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
+                                                       "copies_only": None, "k": 3})
+    assert unset.status_code == 200 and len(unset.json()["results"]) == 3  # the default
 
 
 @module_loop

@@ -27,7 +27,7 @@ An answer shows the k best-scoring images, copies first: the hash round scores t
 query's k nearest hashes at least, so that there are k to show. A query that asks for its
 copies only (`copies_only`) is answered with them alone, and its hash round scores only
 the neighbours nearer than chance ones come in a catalogue of its size
-(`SearchEngine.hash_reach`): at 100,000 entries a no-copy query's nearest hashes are
+(`SearchEngine._hash_reach`): at 100,000 entries a no-copy query's nearest hashes are
 chance neighbours, and scoring them to show them was a sixth of its time.
 
 `QueryResult.rounds` says how long each round that ran took (and the answer: SSIM,
@@ -314,11 +314,11 @@ class SearchEngine:
     def _hash_round(self, q: _Query, k: int, sha256: str | None, copies_only: bool = False
                     ) -> None:
         """The whole query's hash neighbours (up to rerank_n within max_hash_distance, k
-        at least, to be shown; for copies only, those within `hash_reach`), the content
+        at least, to be shown; for copies only, those within `_hash_reach`), the content
         boxes' close ones, and the images with the same bytes."""
         s = self.settings
         listed = shortlist(q.snap.parts, q.views[0].small, s.shortlist_k)
-        reach = self.hash_reach(q) if copies_only else s.max_hash_distance
+        reach = self._hash_reach(q) if copies_only else s.max_hash_distance
         chosen = [c for c in listed if c.hash_distance <= reach][:max(s.rerank_n, k)]
         if len(chosen) < k and not copies_only:
             chosen = listed[:k]
@@ -334,7 +334,7 @@ class SearchEngine:
         q.lap("shortlist_ms")
         self._rerank(q, q.proposed, s.rerank_descriptors)
 
-    def hash_reach(self, q: _Query) -> int:
+    def _hash_reach(self, q: _Query) -> int:
         """How far in pHash bits the hash round of a query for copies only scores the
         whole query's neighbours: as near as chance neighbours come in a catalogue of
         this size (`stop_hash_for`); farther ones are as near as unrelated images are,

@@ -193,7 +193,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         if not url:
             raise HTTPException(400, "give a URL")
         return SearchInput(None, url, parse_k(req.k, default, most), url,
-                           req.colour_sensitive, req.copies_only)
+                           req.colour_sensitive, bool(req.copies_only))
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
                                  "or a JSON body {\"url\": ..., \"k\": ..., "

@@ -97,9 +97,11 @@ async def search(request: Request, service: ServiceDep) -> JSONResponse:
     """Search the catalogue for copies of an image.
 
     Send ``multipart/form-data`` with a ``file`` (the image) or a ``url`` field, and
-    optionally ``k`` and ``colour_sensitive``; or a JSON body ``{"url": ..., "k": ...,
-    "colour_sensitive": ...}``. Colour-sensitive, a copy whose ``colour_distance`` passes
-    the server's colour threshold has the verdict ``recoloured`` instead of ``duplicate``.
+    optionally ``k``, ``colour_sensitive`` and ``copies_only``; or a JSON body ``{"url":
+    ..., "k": ..., "colour_sensitive": ..., "copies_only": ...}``. Colour-sensitive, a
+    copy whose ``colour_distance`` passes the server's colour threshold has the verdict
+    ``recoloured`` instead of ``duplicate``. Copies only, the ``results`` are the copies
+    alone (none when none is found), not the nearest images too, and the search is faster.
     The ``results`` have the schema of ``echoimage query --json``. The uploaded image is
     not added to the catalogue; it is kept (decoded, in memory) only for ``expires_in_s``
     seconds, for the match images.

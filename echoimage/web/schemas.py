@@ -66,9 +66,9 @@ class SearchRequest(BaseModel):
     colour_sensitive: StrictBool | None = Field(
         None, description="call copies in clearly different colours `recoloured` (default: "
                           "the server's ECHOIMAGE_COLOUR_SENSITIVE)")
-    copies_only: StrictBool = Field(
-        False, description="answer with the copies alone, not the nearest images that are "
-                           "not copies (faster)")
+    copies_only: StrictBool | None = Field(
+        None, description="answer with the copies alone, not the nearest images that are "
+                          "not copies (faster; default: false)")
 
 
 class SearchLinks(BaseModel):
