@@ -188,6 +188,38 @@ def test_no_copy_found(server: str, browser: object, tmp_path: Path) -> None:
     page.close()
 
 
+def test_copies_only_checkbox(server: str, browser: object, built: Built,
+                              tmp_path: Path) -> None:
+    """"Copies only" on the form: an image with no copy gets the plain note and no cards
+    (no nearest images folded away); a copy gets its one card; the box stays as it was
+    set when the form comes back with an error."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+
+    def search(path: Path) -> None:
+        page.goto(server + "/")
+        page.set_input_files("#file", str(path))
+        box = page.locator("#copies_only")
+        assert box.is_visible() and not box.is_checked()
+        box.check()
+        page.click("button[type=submit]")
+
+    search(write(tmp_path / "unrelated.png", png(synthetic(7))))
+    page.wait_for_url("**/results/*")
+    assert page.locator(".summary").inner_text().strip() == "No copy found."
+    assert page.locator(".no-copy").is_visible()
+    assert page.locator("li.card").count() == 0
+    assert page.locator("details.others").count() == 0
+    search(write(tmp_path / "copy.jpg", jpeg(to_rgb(photo("coffee"))[30:, 20:], 85)))
+    page.wait_for_url("**/results/*")
+    cards = page.locator("li.card")
+    assert cards.count() == 1 and cards.first.is_visible()
+    assert cards.first.locator(".source").inner_text().strip() == built.catalogue.url("coffee")
+    search(write(tmp_path / "empty.jpg", b""))  # refused: the form again, the box kept
+    assert page.locator(".error").is_visible()
+    assert page.locator("#copies_only").is_checked()
+    page.close()
+
+
 def test_cards_show_catalogue_metadata(shop: str, browser: object, tmp_path: Path) -> None:
     """The images.json entry's extra keys are on the result card; a URL among them and the
     image's own http URL are links."""

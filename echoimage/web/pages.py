@@ -46,7 +46,8 @@ def _form(service: WebService, error: HTTPException | None = None,
         max_upload_bytes=web.max_upload_bytes, url=(inp.url or "") if inp else "",
         error=(error.status_code, str(error.detail)) if error else None,
         colour_sensitive=settings.colour_sensitive
-        if inp is None or inp.colour_sensitive is None else inp.colour_sensitive)
+        if inp is None or inp.colour_sensitive is None else inp.colour_sensitive,
+        copies_only=inp is not None and inp.copies_only)
     if error is None:
         return _html(body)
     return _html(body, error.status_code, error.headers)

@@ -44,7 +44,8 @@ def page(title: str, body: str, footer: str = "") -> str:
 
 
 def search_page(*, indexed: int | None, max_k: int, k: int, max_upload_bytes: int, url: str = "",
-                error: tuple[int, str] | None = None, colour_sensitive: bool = False) -> str:
+                error: tuple[int, str] | None = None, colour_sensitive: bool = False,
+                copies_only: bool = False) -> str:
     """The search form, optionally with an error message above it."""
     err = ""
     if error is not None:
@@ -60,7 +61,8 @@ def search_page(*, indexed: int | None, max_k: int, k: int, max_upload_bytes: in
     body = template("search.html").substitute(
         catalogue=catalogue, error=err, formats=esc(FORMATS),
         max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k,
-        colour_checked=" checked" if colour_sensitive else "")
+        colour_checked=" checked" if colour_sensitive else "",
+        copies_checked=" checked" if copies_only else "")
     title = "EchoImage: find copies of an image"
     return page(f"Error – {title}" if error else title, body)
 
