@@ -357,14 +357,15 @@ class Catalogue:
         return IndexState(snap.seq, self.change_number(), snap.size, snap.loaded_at)
 
     def query(self, image: QueryInput, k: int | None = None,
-              colour_sensitive: bool | None = None, copies_only: bool = False
+              colour_sensitive: bool | None = None, copies_only: bool | None = None
               ) -> QueryResult:
         """The k (default: the settings' default_k) catalogue images most like image, best
         first, each with its verdict
         (`exact`, `duplicate`, `partial`, `recoloured`, `different`) and the evidence
         behind its score; `result.copies` are those that are copies, `result.found` says
-        whether there is any. copies_only: the copies alone (at most k; none when it finds
-        none), which spares scoring the nearest images to show them. Raises an
+        whether there is any. copies_only (None: the settings' copies_only): the copies
+        alone (at most k; none when it finds none), which spares scoring the nearest
+        images to show them. Raises an
         EchoImageError (one-line reason) for an unreadable query, and QueryLimitError (a
         ValueError too) for k outside 1..max_k."""
         data = query_bytes(image, self.settings)
@@ -401,7 +402,7 @@ class Catalogue:
                "says why"
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,
-                   colour_sensitive: bool | None = None, copies_only: bool = False,
+                   colour_sensitive: bool | None = None, copies_only: bool | None = None,
                    ) -> Iterator[tuple[QueryInput, QueryResult | EchoImageError]]:
         """Query each image in turn: (image, its result or the EchoImageError that said why
         it could not be searched), so one bad query does not stop the rest."""

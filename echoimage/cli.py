@@ -342,9 +342,10 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.option("--colour-sensitive/--no-colour-sensitive", default=None,
               help="Call a copy in clearly different colours `recoloured`, not `duplicate` "
                    "(its verdict; see colour_distance). Env: ECHOIMAGE_COLOUR_SENSITIVE.")
-@click.option("--copies-only", is_flag=True,
+@click.option("--copies-only/--no-copies-only", default=None,
               help="Answer with the copies alone, not the nearest images that are not "
-                   "copies (faster: they are not scored to be shown).")
+                   "copies (faster: they are not scored to be shown). Env: "
+                   "ECHOIMAGE_COPIES_ONLY.")
 @cluster_option
 @shards_option
 @click.option("--csv", "as_csv", is_flag=True,
@@ -356,7 +357,7 @@ def _run_counts(run: dict[str, Any]) -> str:
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all: bool,
-          colour_sensitive: bool | None, copies_only: bool, cluster: str | None,
+          colour_sensitive: bool | None, copies_only: bool | None, cluster: str | None,
           shards: int | None, as_csv: bool, quiet: bool, as_json: bool) -> None:
     """Find copies of each IMAGE_OR_URL in the catalogue (the index loads once).
 

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # 0.25: 97.3% and 0.4% (README, "Colour")
     colour_sensitive: bool = False
     colour_threshold: float = 0.2
+    # answers: the copies alone, not the nearest images that are not copies too (faster:
+    # they are not scored to be shown; SearchEngine.query_image); a query may say otherwise
+    copies_only: bool = False
 
     # --- hash distances: the one home of every pHash and dHash threshold ------------------
     # Hamming distances between 64-bit hashes. A copy's pHash is near its original's (the

@@ -193,6 +193,13 @@ def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
     assert len(rows) == 3 and rows[1].startswith(f"{unrelated},0,")
     assert set(rows[1].split(",")[2:]) == {""}  # listed, with no result and no error
     assert rows[2].startswith(f"{copy},1,") and catalogue.url("coffee") in rows[2]
+    # ECHOIMAGE_COPIES_ONLY makes it the default; --no-copies-only asks for the nearest
+    env = {"ECHOIMAGE_COPIES_ONLY": "1"}
+    out = json_lines(run(cli_built[0], "query", "--json", str(unrelated), env=env))
+    assert out[0]["results"] == []
+    out = json_lines(run(cli_built[0], "query", "--json", "--no-copies-only",
+                         str(unrelated), env=env))
+    assert len(out[0]["results"]) == 5 and out[0]["found"] is False
 
 
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:

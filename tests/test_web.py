@@ -1210,6 +1210,36 @@ async def test_a_search_for_copies_only(env: Env) -> None:
     unset = await env.client.post("/api/search", json={"url": f"{env.origin}/coffee.jpg",
                                                        "copies_only": None, "k": 3})
     assert unset.status_code == 200 and len(unset.json()["results"]) == 3  # the default
+    # the page sends a hidden "off" and, when checked, the box's "on" after it: the last
+    for values, results in ((["off", "on"], 0), (["off"], 5)):
+        resp = await upload(env, unrelated, copies_only=values)  # type: ignore[arg-type]
+        assert resp.status_code == 200 and len(resp.json()["results"]) == results
+
+
+@module_loop
+async def test_a_server_that_answers_with_copies_only(env: Env) -> None:
+    """ECHOIMAGE_COPIES_ONLY (Settings.copies_only) makes copies only the server's
+    default: a search that says nothing gets the copies alone, one that says false the
+    nearest images too; the page's box starts checked."""
+    settings = env.built.settings.model_copy(update={"copies_only": True})
+    app = create_app(settings, web_settings([]))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://testserver") as client:
+            unrelated = png(synthetic(11, 320))
+
+            async def search(**fields: str) -> list[dict[str, object]]:
+                resp = await client.post("/api/search", data=fields,
+                                         files={"file": ("q.png", unrelated, "image/png")})
+                assert resp.status_code == 200, resp.text
+                return resp.json()["results"]
+
+            assert await search() == []
+            assert len(await search(copies_only="false")) == 5
+            assert await search(copies_only="true") == []
+            page = (await client.get("/")).text
+            assert 'id="copies_only" name="copies_only" type="checkbox"\n' \
+                   '                      value="on" checked>' in page
 
 
 @module_loop

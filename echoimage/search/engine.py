@@ -241,7 +241,7 @@ class SearchEngine:
         return self.live.snapshot().size
 
     def query_bytes(self, data: bytes, k: int, colour_sensitive: bool | None = None,
-                    copies_only: bool = False) -> QueryResult:
+                    copies_only: bool | None = None) -> QueryResult:
         """Decode the query bytes with the indexer's decoder and search."""
         t0 = time.perf_counter()
         img = self.decode(data)
@@ -258,11 +258,11 @@ class SearchEngine:
         return decode_image(data, s.max_pixels, s.query_work_size, s.colour_size)
 
     def query_image(self, img: DecodedImage, k: int, sha256: str | None = None,
-                    colour_sensitive: bool | None = None, copies_only: bool = False
+                    colour_sensitive: bool | None = None, copies_only: bool | None = None
                     ) -> QueryResult:
         """Run the cascade (see the module docstring); results de-duplicated by URL and
-        content hash, copies first, then by score; with copies_only, the copies alone
-        (none for a query that finds none).
+        content hash, copies first, then by score; with copies_only (None:
+        Settings.copies_only), the copies alone (none for a query that finds none).
 
         Each result shown gets its catalogue entry's metadata, its colour_distance (when
         the query has a colour version and the catalogue row a signature), its verdict
@@ -280,6 +280,7 @@ class SearchEngine:
         if snap.size == 0:
             raise EmptyCatalogueError("the catalogue has no indexed images")
         s = self.settings
+        copies_only = s.copies_only if copies_only is None else copies_only
         q = _Query(img, snap, set())
         q.views = [_View(img.gray, (0, 0, img.gray.shape[1], img.gray.shape[0]), s,
                          s.query_orb_features)]

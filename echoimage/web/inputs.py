@@ -61,7 +61,7 @@ class SearchInput:
     k: int
     label: str
     colour_sensitive: bool | None = None  # None: the server's setting
-    copies_only: bool = False  # the copies alone, not the nearest images
+    copies_only: bool | None = None  # the copies alone (None: the server's setting)
 
 
 def http_error(exc: EchoImageError) -> HTTPException:
@@ -113,7 +113,9 @@ def _declared_length(request: Request) -> int | None:
 def parse_flag(value: object, name: str = "colour_sensitive") -> bool | None:
     """A form checkbox or field called name: absent or "" is None (the default); "on",
     "true", "1" and "yes" are True, "off", "false", "0" and "no" False; anything else is
-    refused (422)."""
+    refused (422). (A field sent twice is its last value, as the form reads it: the
+    search page sends a hidden "off" before each box, which a checked box's "on"
+    follows.)"""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     text = value.strip().lower() if isinstance(value, str) else None
@@ -193,7 +195,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         if not url:
             raise HTTPException(400, "give a URL")
         return SearchInput(None, url, parse_k(req.k, default, most), url,
-                           req.colour_sensitive, bool(req.copies_only))
+                           req.colour_sensitive, req.copies_only)
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send multipart/form-data with a 'file' or 'url' field, "
                                  "or a JSON body {\"url\": ..., \"k\": ..., "
@@ -201,7 +203,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
     form = await _read_form(request, media, web.max_upload_bytes)
     k = parse_k(form.get("k"), default, most)
     sensitive = parse_flag(form.get("colour_sensitive"))
-    copies_only = bool(parse_flag(form.get("copies_only"), "copies_only"))
+    copies_only = parse_flag(form.get("copies_only"), "copies_only")
     raw_url = form.get("url")
     url = raw_url.strip() if isinstance(raw_url, str) else ""
     upload = form.get("file")

@@ -47,7 +47,8 @@ def _form(service: WebService, error: HTTPException | None = None,
         error=(error.status_code, str(error.detail)) if error else None,
         colour_sensitive=settings.colour_sensitive
         if inp is None or inp.colour_sensitive is None else inp.colour_sensitive,
-        copies_only=inp is not None and inp.copies_only)
+        copies_only=settings.copies_only
+        if inp is None or inp.copies_only is None else inp.copies_only)
     if error is None:
         return _html(body)
     return _html(body, error.status_code, error.headers)

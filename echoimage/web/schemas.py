@@ -68,7 +68,7 @@ class SearchRequest(BaseModel):
                           "the server's ECHOIMAGE_COLOUR_SENSITIVE)")
     copies_only: StrictBool | None = Field(
         None, description="answer with the copies alone, not the nearest images that are "
-                          "not copies (faster; default: false)")
+                          "not copies (faster; default: the server's ECHOIMAGE_COPIES_ONLY)")
 
 
 class SearchLinks(BaseModel):

@@ -274,13 +274,13 @@ class WebService:
     # --- queries ---------------------------------------------------------------------------
 
     def _search(self, data: bytes, k: int, colour_sensitive: bool | None,
-                copies_only: bool = False) -> QueryResult:
+                copies_only: bool | None = None) -> QueryResult:
         res = self.catalogue.query(data, k, colour_sensitive, copies_only)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return res
 
     async def search(self, data: bytes, label: str, k: int,
-                     colour_sensitive: bool | None = None, copies_only: bool = False
+                     colour_sensitive: bool | None = None, copies_only: bool | None = None
                      ) -> CachedQuery:
         """Decode and search in the pool (copies_only: see `Catalogue.query`); the answer
         is cached under a new token.
