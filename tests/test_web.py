@@ -1186,10 +1186,17 @@ async def test_colour_sensitive_search_and_preview(env: Env) -> None:
     assert (await env.client.get("/api/images/999999/preview")).status_code == 404
 
 
+def _copies_only_searches(metrics: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("echoimage_searches_copies_only_total"))
+
+
 @module_loop
 async def test_a_search_for_copies_only(env: Env) -> None:
     """copies_only in the form and in JSON: the copies alone (none for an unrelated
-    image, which shows its nearest images by default); a value that is no flag is 422."""
+    image, which shows its nearest images by default); a value that is no flag is 422;
+    /metrics counts the searches answered so."""
+    before = _copies_only_searches((await env.client.get("/metrics")).text)
     unrelated = png(synthetic(11, 320))
     shown = await upload(env, unrelated)
     assert shown.status_code == 200 and shown.json()["results"]
@@ -1214,6 +1221,8 @@ async def test_a_search_for_copies_only(env: Env) -> None:
     for values, results in ((["off", "on"], 0), (["off"], 5)):
         resp = await upload(env, unrelated, copies_only=values)  # type: ignore[arg-type]
         assert resp.status_code == 200 and len(resp.json()["results"]) == results
+    # alone: the unrelated image, the copy, the JSON query, the page's checked box
+    assert _copies_only_searches((await env.client.get("/metrics")).text) == before + 4
 
 
 @module_loop
@@ -1237,6 +1246,8 @@ async def test_a_server_that_answers_with_copies_only(env: Env) -> None:
             assert await search() == []
             assert len(await search(copies_only="false")) == 5
             assert await search(copies_only="true") == []
+            metrics = (await client.get("/metrics")).text
+            assert _copies_only_searches(metrics) == 2  # the setting's and the asked
             page = (await client.get("/")).text
             assert 'id="copies_only" name="copies_only" type="checkbox"\n' \
                    '                      value="on" checked>' in page

@@ -79,6 +79,9 @@ class Metrics:
         self.searches = Counter(
             "echoimage_searches", "Searches answered, by result: found (some result is a "
             "copy) or no_copy", ["result"], registry=reg)
+        self.copies_only = Counter(
+            "echoimage_searches_copies_only", "Searches answered with their copies alone "
+            "(copies_only; counted in echoimage_searches_total too)", registry=reg)
         self.refused = Counter(
             "echoimage_search_refused",
             "Searches refused with 503 and Retry-After: busy (the queue was full) or "
@@ -115,9 +118,13 @@ class Metrics:
             "result: hit, shared (found in another process's record) or miss",
             ["result"], registry=reg)
 
-    def observe_search(self, found: bool, timings_ms: Mapping[str, float]) -> None:
-        """Count an answered search and its stage times."""
+    def observe_search(self, found: bool, timings_ms: Mapping[str, float],
+                       copies_only: bool = False) -> None:
+        """Count an answered search (and whether it asked for copies only) and its stage
+        times."""
         self.searches.labels("found" if found else "no_copy").inc()
+        if copies_only:
+            self.copies_only.inc()
         for stage, ms in timings_ms.items():
             self.stages.labels(stage.removesuffix("_ms")).observe(ms / 1000)
 

@@ -294,7 +294,8 @@ class WebService:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
-        self.metrics.observe_search(res.found, res.timings)
+        alone = self.settings.copies_only if copies_only is None else copies_only
+        self.metrics.observe_search(res.found, res.timings, alone)
         return self.cache.add(label, res, k)
 
     async def fetch(self, url: str) -> FetchResult:
