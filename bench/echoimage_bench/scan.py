@@ -22,8 +22,8 @@ bench-scan`):
    for its copies only, as the scan asks (images/s); then **the scan** of the index page
    with `--follow-pages` reaching every page (images/s; findings recall and precision
    against the truth); then **a re-scan** of the unchanged site (seconds, against the
-   first scan's). The politeness delays are
-   0 for this local site (`scrape_delay`, `scan_image_delay`).
+   first scan's). The politeness delays are 0 for this local site (`scrape_delay`,
+   `scan_image_delay`).
 
 Writes scan.json and scan.md to out_dir.
 """

@@ -28,7 +28,7 @@ query's k nearest hashes at least, so that there are k to show. A query that ask
 copies only (`copies_only`) is answered with them alone, and its hash round scores only
 the neighbours nearer than chance ones come in a catalogue of its size
 (`SearchEngine._hash_reach`): at 100,000 entries a no-copy query's nearest hashes are
-chance neighbours, and scoring them to show them was a sixth of its time.
+chance neighbours, and scoring them to show them took about a fifth of a query's CPU.
 
 `QueryResult.rounds` says how long each round that ran took (and the answer: SSIM,
 metadata and colour of the results shown).

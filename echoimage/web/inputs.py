@@ -110,7 +110,7 @@ def _declared_length(request: Request) -> int | None:
         raise HTTPException(400, "malformed Content-Length header") from None
 
 
-def parse_flag(value: object, name: str = "colour_sensitive") -> bool | None:
+def parse_flag(value: object, name: str) -> bool | None:
     """A form checkbox or field called name: absent or "" is None (the default); "on",
     "true", "1" and "yes" are True, "off", "false", "0" and "no" False; anything else is
     refused (422). (A field sent twice is its last value, as the form reads it: the
@@ -202,7 +202,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
                                  "\"colour_sensitive\": ...}")
     form = await _read_form(request, media, web.max_upload_bytes)
     k = parse_k(form.get("k"), default, most)
-    sensitive = parse_flag(form.get("colour_sensitive"))
+    sensitive = parse_flag(form.get("colour_sensitive"), "colour_sensitive")
     copies_only = parse_flag(form.get("copies_only"), "copies_only")
     raw_url = form.get("url")
     url = raw_url.strip() if isinstance(raw_url, str) else ""

@@ -274,7 +274,7 @@ class WebService:
     # --- queries ---------------------------------------------------------------------------
 
     def _search(self, data: bytes, k: int, colour_sensitive: bool | None,
-                copies_only: bool | None = None) -> QueryResult:
+                copies_only: bool) -> QueryResult:
         res = self.catalogue.query(data, k, colour_sensitive, copies_only)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return res
@@ -288,13 +288,13 @@ class WebService:
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         self.admit()  # again: a URL query was fetched since the request was admitted
+        alone = self.settings.copies_only if copies_only is None else copies_only
         try:
-            res = await self.run(self._search, data, k, colour_sensitive, copies_only)
+            res = await self.run(self._search, data, k, colour_sensitive, alone)
         except Exception:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
-        alone = self.settings.copies_only if copies_only is None else copies_only
         self.metrics.observe_search(res.found, res.timings, alone)
         return self.cache.add(label, res, k)
 
