@@ -430,7 +430,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                     writer.writerow({"query": q, "rank": rank, **row})
             elif as_json:
                 click.echo(json.dumps({"query": q, "found": res.found,
-                                       "results": [m.to_dict() for m in res.matches]}))
+                                       "results": [m.to_dict() for m in res.matches],
+                                       "copies_only": res.copies_only}))
             else:
                 bar.clear()
                 click.echo("\n".join(_query_lines(q, res, show_all)))

@@ -184,6 +184,7 @@ def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
     assert out[0]["found"] is False and out[0]["results"] == []
     assert out[1]["found"] is True and [r["url"] for r in out[1]["results"]] == \
         [catalogue.url("coffee")]
+    assert [o["copies_only"] for o in out] == [True, True]
     text = run(cli_built[0], "query", "--copies-only", str(unrelated), str(copy)).output
     assert text.splitlines() == [f"{unrelated}: no copy found", f"{copy}: 1 copy found",
                                  *text.splitlines()[2:]]
@@ -200,6 +201,7 @@ def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
     out = json_lines(run(cli_built[0], "query", "--json", "--no-copies-only",
                          str(unrelated), env=env))
     assert len(out[0]["results"]) == 5 and out[0]["found"] is False
+    assert out[0]["copies_only"] is False
 
 
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:

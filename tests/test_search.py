@@ -117,9 +117,11 @@ def test_a_query_for_copies_only_scores_only_neighbours_nearer_than_chance(
     arr = skimage.data.retina()  # not in the catalogue: 1411x1411, detail everywhere
     whole, res = hash_round(jpeg(arr, 85), False)
     assert not res.found and len(res.matches) == 5 and len(whole) >= 5
+    assert not res.copies_only
     assert any(d > reach for d in whole), whole  # the 5 nearest are farther than chance
     whole, res = hash_round(jpeg(arr, 85), True)
     assert not res.found and res.matches == [] and res.to_dict()["results"] == []
+    assert res.copies_only and res.to_dict()["copies_only"] is True
     assert all(d <= reach for d in whole), whole
     h, w = arr.shape[:2]
     grain = np.random.default_rng(0).normal(0, 0.44 * 255, (h // 5, w // 5, 3))

@@ -182,10 +182,12 @@ def test_two_workers_answer_count_and_log_every_search(two_workers: Server) -> N
     n = len(COPIES)
     assert value(after, "echoimage_http_requests_total", route="/api/search", status="200") == n
     assert value(after, "echoimage_http_requests_total", route="/api/search", status="415") == 2
-    assert value(after, "echoimage_searches_total", result="found") == n
+    assert value(after, "echoimage_searches_total", result="found", mode="full") == n
     assert value(after, "echoimage_searches_total", result="no_copy") == 0
+    assert value(after, "echoimage_searches_total", mode="copies_only") == 0
     for stage in ("decode", "features", "shortlist", "rerank"):
-        assert value(after, "echoimage_search_stage_seconds_count", stage=stage) == n
+        assert value(after, "echoimage_search_stage_seconds_count", stage=stage,
+                     mode="full") == n
     assert value(after, "echoimage_http_request_duration_seconds_count",
                  route="/api/search") == n + 2
     assert value(after, "echoimage_query_cache_lookups_total") >= 4 * n
@@ -205,6 +207,7 @@ def test_two_workers_answer_count_and_log_every_search(two_workers: Server) -> N
         assert line["method"] == "POST" and line["ms"] > 0
         if line["status"] == 200:
             assert line["search"]["found"] is True
+            assert line["search"]["copies_only"] is False
             assert set(line["search"]["stages_ms"]) >= {"decode_ms", "rerank_ms"}
     assert "Traceback" not in server.err.read_text()
 
@@ -377,7 +380,7 @@ def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
         f"os.environ[{MULTIPROC_ENV!r}] = sys.argv[1]\n"
         "from echoimage.web.metrics import Metrics\n"
         "m = Metrics()\n"
-        "m.searches.labels('found').inc()\n"
+        "m.observe_search(True, {}, False)\n"
         "open(os.path.join(sys.argv[1], 'gauge_livesum_999999.db'), 'wb').close()\n"
         "sys.stdout.write(m.render().decode())\n")
     shared = tmp_path / "metrics"
@@ -385,7 +388,7 @@ def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script, str(shared)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert 'echoimage_searches_total{result="found"} 1.0' in out.stdout
+    assert 'echoimage_searches_total{mode="full",result="found"} 1.0' in out.stdout
 
 
 def _accepted_nodelay(listener: socket.socket) -> int:

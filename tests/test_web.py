@@ -1186,9 +1186,11 @@ async def test_colour_sensitive_search_and_preview(env: Env) -> None:
     assert (await env.client.get("/api/images/999999/preview")).status_code == 404
 
 
-def _copies_only_searches(metrics: str) -> float:
+def _searches(metrics: str, mode: str, name: str = "echoimage_searches_total") -> float:
+    """The searches /metrics counts in a mode (full or copies_only), found or not (or,
+    with name, a stage histogram's count)."""
     return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith("echoimage_searches_copies_only_total"))
+               if line.startswith(name + "{") and f'mode="{mode}"' in line)
 
 
 @module_loop
@@ -1196,13 +1198,14 @@ async def test_a_search_for_copies_only(env: Env) -> None:
     """copies_only in the form and in JSON: the copies alone (none for an unrelated
     image, which shows its nearest images by default); a value that is no flag is 422;
     /metrics counts the searches answered so."""
-    before = _copies_only_searches((await env.client.get("/metrics")).text)
+    before = (await env.client.get("/metrics")).text
     unrelated = png(synthetic(11, 320))
     shown = await upload(env, unrelated)
     assert shown.status_code == 200 and shown.json()["results"]
     alone = await upload(env, unrelated, copies_only="true")
     assert alone.status_code == 200, alone.text
     assert alone.json()["found"] is False and alone.json()["results"] == []
+    assert alone.json()["copies_only"] is True and shown.json()["copies_only"] is False
     copy = await upload(env, jpeg(photo("coffee")[40:, 30:], 85), copies_only="on")
     assert [r["url"] for r in copy.json()["results"]] == [env.url_of("coffee")]
     bad = await upload(env, unrelated, copies_only="maybe")
@@ -1221,8 +1224,14 @@ async def test_a_search_for_copies_only(env: Env) -> None:
     for values, results in ((["off", "on"], 0), (["off"], 5)):
         resp = await upload(env, unrelated, copies_only=values)  # type: ignore[arg-type]
         assert resp.status_code == 200 and len(resp.json()["results"]) == results
-    # alone: the unrelated image, the copy, the JSON query, the page's checked box
-    assert _copies_only_searches((await env.client.get("/metrics")).text) == before + 4
+    # alone: the unrelated image, the copy, the JSON query, the page's checked box; in
+    # full: the first, the null, the unchecked box; each with its stage times by mode
+    after = (await env.client.get("/metrics")).text
+    for mode, n in (("copies_only", 4), ("full", 3)):
+        assert _searches(after, mode) == _searches(before, mode) + n
+        stages = [_searches(m, mode, "echoimage_search_stage_seconds_count")
+                  for m in (before, after)]
+        assert stages[1] - stages[0] == 4 * n  # decode, features, shortlist, rerank
 
 
 @module_loop
@@ -1247,7 +1256,8 @@ async def test_a_server_that_answers_with_copies_only(env: Env) -> None:
             assert len(await search(copies_only="false")) == 5
             assert await search(copies_only="true") == []
             metrics = (await client.get("/metrics")).text
-            assert _copies_only_searches(metrics) == 2  # the setting's and the asked
+            assert _searches(metrics, "copies_only") == 2  # the setting's and the asked
+            assert _searches(metrics, "full") == 1
             page = (await client.get("/")).text
             assert 'id="copies_only" name="copies_only" type="checkbox"\n' \
                    '                      value="on" checked>' in page

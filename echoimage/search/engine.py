@@ -93,7 +93,8 @@ ROUNDS = ("hash", "votes", "more_votes", "deep", "normalised", "answer")
 @dataclass
 class QueryResult:
     """Ranked matches of one query (each with its verdict), timings in milliseconds (per
-    stage, and per round of the cascade that ran) and the decoded query image."""
+    stage, and per round of the cascade that ran), the decoded query image and whether
+    the matches are the copies alone (copies_only)."""
 
     matches: list[Match]
     timings: dict[str, float] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class QueryResult:
     height: int = 0
     image: DecodedImage | None = field(default=None, repr=False)
     rounds: dict[str, float] = field(default_factory=dict)
+    copies_only: bool = False
 
     @property
     def copies(self) -> list[Match]:
@@ -113,8 +115,10 @@ class QueryResult:
         return bool(self.copies)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: found, the results in rank order, the timings and rounds."""
+        """JSON-ready form: found, the results in rank order, whether they are the copies
+        alone, the timings and rounds."""
         return {"found": self.found, "results": [m.to_dict() for m in self.matches],
+                "copies_only": self.copies_only,
                 "timings": {k: round(v, 2) for k, v in self.timings.items()},
                 "rounds": {k: round(v, 2) for k, v in self.rounds.items()}}
 
@@ -308,7 +312,7 @@ class SearchEngine:
         shown = sorted(self._described(shown, q, colour_sensitive), key=_rank)
         q.lap("rerank_ms")
         return QueryResult(shown, q.spent, width=img.width, height=img.height, image=img,
-                           rounds=q.rounds)
+                           rounds=q.rounds, copies_only=copies_only)
 
     # --- the rounds ------------------------------------------------------------------------
 

@@ -309,6 +309,8 @@ async def run_search(request: Request, service: WebService) -> CachedQuery:
 
 
 def note_search(request: Request, entry: CachedQuery) -> None:
-    """What the access log says of a search: found or not, results, stage times."""
-    request.state.search = {"found": entry.result.found, "results": len(entry.result.matches),
-                            "k": entry.k, "stages_ms": entry.result.timings}
+    """What the access log says of a search: found or not, results, copies only or not,
+    stage times."""
+    res = entry.result
+    request.state.search = {"found": res.found, "results": len(res.matches), "k": entry.k,
+                            "copies_only": res.copies_only, "stages_ms": res.timings}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +23,14 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+
+class SearchMode(StrEnum):
+    """The `mode` label of the search metrics."""
+
+    FULL = "full"  # the k nearest images, each scored
+    COPIES_ONLY = "copies_only"  # the copies alone
+
 
 #: the environment variable prometheus-client's multiprocess mode reads
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -75,13 +84,12 @@ class Metrics:
         self.stages = Histogram(
             "echoimage_search_stage_seconds",
             "Time a search spent in each stage of the query (decode, features, shortlist, "
-            "rerank)", ["stage"], buckets=STAGE_BUCKETS, registry=reg)
+            "rerank), by mode: full (the k nearest, scored) or copies_only",
+            ["stage", "mode"], buckets=STAGE_BUCKETS, registry=reg)
         self.searches = Counter(
             "echoimage_searches", "Searches answered, by result: found (some result is a "
-            "copy) or no_copy", ["result"], registry=reg)
-        self.copies_only = Counter(
-            "echoimage_searches_copies_only", "Searches answered with their copies alone "
-            "(copies_only; counted in echoimage_searches_total too)", registry=reg)
+            "copy) or no_copy, and by mode: full or copies_only", ["result", "mode"],
+            registry=reg)
         self.refused = Counter(
             "echoimage_search_refused",
             "Searches refused with 503 and Retry-After: busy (the queue was full) or "
@@ -119,14 +127,13 @@ class Metrics:
             ["result"], registry=reg)
 
     def observe_search(self, found: bool, timings_ms: Mapping[str, float],
-                       copies_only: bool = False) -> None:
-        """Count an answered search (and whether it asked for copies only) and its stage
-        times."""
-        self.searches.labels("found" if found else "no_copy").inc()
-        if copies_only:
-            self.copies_only.inc()
+                       copies_only: bool) -> None:
+        """Count an answered search and its stage times, by its mode (a search for copies
+        only skips scoring what only fills the answer: its stages take less)."""
+        mode = SearchMode.COPIES_ONLY if copies_only else SearchMode.FULL
+        self.searches.labels("found" if found else "no_copy", mode).inc()
         for stage, ms in timings_ms.items():
-            self.stages.labels(stage.removesuffix("_ms")).observe(ms / 1000)
+            self.stages.labels(stage.removesuffix("_ms"), mode).observe(ms / 1000)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format (every process's, in multiprocess

@@ -4,7 +4,7 @@ is JSON, logged as one JSON object per line on the ``echoimage.access`` logger:
     {"ts": "2026-12-06T08:01:02.345Z", "pid": 4121, "method": "POST",
      "path": "/api/search", "route": "/api/search", "status": 200, "ms": 212.4,
      "client": "127.0.0.1", "bytes": 1873, "search": {"found": false, "results": 5,
-     "k": 5, "stages_ms": {"features_ms": 9.1, "shortlist_ms": 60.2, ...}}}
+     "k": 5, "copies_only": false, "stages_ms": {"features_ms": 9.1, "shortlist_ms": 60.2, ...}}}
 
 A pure ASGI middleware: it sees the status as the response starts and the time when it
 ends; the route is the matched route's template (``/api/images/{image_id}``), so the

@@ -79,6 +79,7 @@ def search_response(entry: CachedQuery, service: WebService) -> dict[str, Any]:
         "query": entry.label,
         "found": entry.result.found,
         "results": [m.to_dict() for m in entry.result.matches],
+        "copies_only": entry.result.copies_only,
         "query_token": t,
         "expires_in_s": round(service.cache.expires_in(entry), 1),
         "width": img.width, "height": img.height, "format": img.format,

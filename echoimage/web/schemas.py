@@ -88,6 +88,8 @@ class SearchResponse(BaseModel):
     found: bool = Field(description="true when some result is a copy (verdict other than "
                                     "different); false: no copy found")
     results: list[MatchOut]
+    copies_only: bool = Field(description="true: the results are the copies alone (none "
+                                          "when no copy was found); false: the k nearest")
     query_token: str = Field(description="names this query in /api/matches/{token}/{id}.png")
     expires_in_s: float
     width: int

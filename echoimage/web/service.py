@@ -295,7 +295,7 @@ class WebService:
             self.counters.failed += 1
             raise
         self.counters.queries += 1
-        self.metrics.observe_search(res.found, res.timings, alone)
+        self.metrics.observe_search(res.found, res.timings, res.copies_only)
         return self.cache.add(label, res, k)
 
     async def fetch(self, url: str) -> FetchResult:
