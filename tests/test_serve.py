@@ -39,7 +39,7 @@ from echoimage.web.app import (
 )
 from echoimage.web.config import WebSettings
 from echoimage.web.metrics import MULTIPROC_ENV
-from echoimage.web.service import Counters, WebService
+from echoimage.web.service import Counters, NotReady, WebService
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -309,6 +309,35 @@ async def _ask(app: FastAPI, *paths: str) -> list[httpx.Response]:
             return [await client.get(p) for p in paths]
 
 
+def test_a_server_that_cannot_start_leaves_nothing_open(tmp_path: Path, monkeypatch) -> None:
+    """A process that cannot start, its index not loading (loading before it serves) or
+    anything failing before, says why and leaves nothing behind: its load file in the
+    shared folder is gone (the others would count it), its threads stopped (closed)."""
+    from echoimage.fetch.ssrf import GuardedFetcher
+
+    shared = tmp_path / "shared"
+    web = WebSettings(shared_dir=shared, load_in_background=False)
+    closed: list[WebService] = []
+    close = WebService.close
+
+    async def spy(self: WebService) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(WebService, "close", spy)
+    with pytest.raises(NotReady, match="no catalogue"):
+        asyncio.run(WebService.start(Settings(data_dir=tmp_path / "nothing"), web))
+    assert list((shared / "loads").iterdir()) == [] and len(closed) == 1
+
+    async def fails(self: GuardedFetcher) -> GuardedFetcher:
+        raise OSError("no sockets left")
+
+    monkeypatch.setattr(GuardedFetcher, "__aenter__", fails)
+    with pytest.raises(OSError, match="no sockets left"):
+        asyncio.run(WebService.start(Settings(data_dir=tmp_path / "nothing"), web))
+    assert list((shared / "loads").iterdir()) == [] and len(closed) == 2
+
+
 def test_healthz_and_readyz_over_http(built: Built, tmp_path: Path) -> None:
     """A loaded server is alive and ready; one whose catalogue is missing is alive, not
     ready (with the reason), and refuses searches with 503 and Retry-After."""
@@ -472,40 +501,63 @@ def test_a_busy_process_of_several_closes_an_answered_connection() -> None:
     assert not sheds(0, 1, 3, several=False)  # one process
 
 
+_LOADS_CHILD = """
+import sys
+from pathlib import Path
+from echoimage.web.balance import Loads
+loads = Loads(Path(sys.argv[1]), rescan=0)
+print("ready", flush=True)
+for line in sys.stdin:
+    loads.publish(None if line.strip() == "none" else int(line))
+    print(loads.least_other(), flush=True)
+"""
+
+
 def test_processes_read_each_others_searches(tmp_path: Path) -> None:
     """Each process publishes its searches in a file of its own; another reads the fewest
-    any live process holds, and forgets (and removes) a process that is gone."""
+    any live process holds, and forgets (and removes) a process that is gone: killed, or
+    whose pid another process has taken since."""
     from echoimage.web.balance import Loads
 
     folder = tmp_path / "loads"
     me = Loads(folder, rescan=0)
     assert me.least_other() is None
-    others = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    others = [subprocess.Popen([sys.executable, "-c", _LOADS_CHILD, str(folder)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
               for _ in range(2)]
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def tell(proc: subprocess.Popen[str], queries: int | None) -> str:
+        """Have another process publish; what it reads of the others."""
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{'none' if queries is None else queries}\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
     try:
-        them = Loads(folder, rescan=0, pid=others[0].pid)
-        assert me.least_other() is None  # it takes no searches yet (its index loading)
-        them.publish(3)
-        me.publish(9)
-        assert me.least_other() == 3 and them.least_other() == 9
-        them.publish(0)
-        assert me.least_other() == 0
-        them.publish(None)
-        assert me.least_other() is None
-        them.publish(2)
-        # a file still being written (empty) is passed over until it is whole
-        late = folder / str(others[1].pid)
-        late.write_bytes(b"")
-        assert me.least_other() == 2
-        late.write_bytes((1).to_bytes(8, "little", signed=True))
-        assert me.least_other() == 1
-    finally:
         for proc in others:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert me.least_other() is None  # they take no searches yet (their index loading)
+        me.publish(9)
+        assert tell(others[0], 3) == "9" and me.least_other() == 3
+        assert tell(others[1], 5) == "3" and me.least_other() == 3
+        assert tell(others[0], 0) == "5" and me.least_other() == 0
+        assert tell(others[0], None) == "5" and me.least_other() == 5
+        # a file left by a process that died, whose pid another process has now: no lock
+        taken = folder / str(stranger.pid)
+        taken.write_bytes((1).to_bytes(8, "little", signed=True))
+        assert me.least_other() == 5 and not taken.exists()
+        assert tell(others[0], 2) == "5" and me.least_other() == 2
+        others[0].kill()  # kill -9: its lock goes with it
+        others[0].wait()
+        assert me.least_other() == 5
+        assert not (folder / str(others[0].pid)).exists()
+    finally:
+        for proc in (*others, stranger):
             proc.kill()
             proc.wait()
     assert me.least_other() is None  # gone: forgotten, their files removed
     assert sorted(p.name for p in folder.iterdir()) == [str(os.getpid())]
-    them.close()
     me.close()
     assert not any(folder.iterdir())
     me.publish(4)  # closed: says nothing, reads nothing

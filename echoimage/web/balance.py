@@ -12,6 +12,7 @@ yet (its index still loading) publishes that it does not, and draws no connectio
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -23,33 +24,40 @@ _SLOT = struct.Struct("<q")
 NOT_TAKING = -1
 
 
-def _alive(pid: int) -> bool:
+def _held(fd: int) -> bool:
+    """Whether the process that wrote a load file still holds its lock (a process's lock
+    goes with it, however it ends, and a new process that took its pid has no such lock)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process with that pid: alive
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 class Loads:
     """This process's searches, published in folder/<pid>, and the other live processes'.
 
-    The set of other processes is read again at most every `rescan` seconds (uvicorn
-    restarts a process that dies, under a new pid); a file whose process is gone is
-    removed."""
+    Each process holds an exclusive lock on its file while it lives: a file nobody holds is
+    a gone process's (uvicorn restarts a process that dies, under a new pid, and the old pid
+    may go to any other process) and is removed. The set of other processes is read again
+    at most every `rescan` seconds."""
 
-    def __init__(self, folder: Path, rescan: float = 1.0, pid: int | None = None) -> None:
+    def __init__(self, folder: Path, rescan: float = 1.0) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = folder
         self.rescan = rescan
-        self.pid = os.getpid() if pid is None else pid  # (another: a test's stand-in)
+        self.pid = os.getpid()
         self._path = folder / str(self.pid)
-        self._path.write_bytes(_SLOT.pack(NOT_TAKING))
-        with self._path.open("r+b") as f:
-            self._own: mmap.mmap | None = mmap.mmap(f.fileno(), _SLOT.size)
-        self._others: dict[int, mmap.mmap] = {}
+        # written and locked under another name, then renamed: the others never see the
+        # file unlocked (which would say its process is gone) or not yet whole
+        new = folder / f".{self.pid}.new"
+        self._fd: int | None = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(self._fd, _SLOT.pack(NOT_TAKING))
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        os.replace(new, self._path)
+        self._own: mmap.mmap | None = mmap.mmap(self._fd, _SLOT.size)
+        self._others: dict[int, tuple[int, mmap.mmap]] = {}  # pid: (fd, mapping)
         self._scanned = float("-inf")
 
     def publish(self, queries: int | None) -> None:
@@ -67,8 +75,14 @@ class Loads:
         if now - self._scanned >= self.rescan:
             self._scan()
             self._scanned = now
-        held = [n for m in self._others.values() if (n := _SLOT.unpack_from(m, 0)[0]) >= 0]
+        held = [n for _, m in self._others.values()
+                if (n := _SLOT.unpack_from(m, 0)[0]) >= 0]
         return min(held, default=None)
+
+    def _forget(self, pid: int) -> None:
+        fd, m = self._others.pop(pid)
+        m.close()
+        os.close(fd)
 
     def _scan(self) -> None:
         try:
@@ -76,27 +90,34 @@ class Loads:
         except OSError:
             return
         found = {int(n) for n in names if n.isdecimal() and int(n) != self.pid}
-        for pid in list(self._others):
-            if pid not in found or not _alive(pid):
-                self._others.pop(pid).close()
+        for pid, (fd, _) in list(self._others.items()):
+            if pid not in found or not _held(fd):
+                self._forget(pid)
         for pid in sorted(found - set(self._others)):
             path = self.folder / str(pid)
-            if not _alive(pid):
-                path.unlink(missing_ok=True)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:  # gone since the listing
                 continue
             try:
-                with path.open("rb") as f:
-                    self._others[pid] = mmap.mmap(f.fileno(), _SLOT.size,
-                                                  access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # gone, or not yet written
-                continue
+                if not _held(fd):
+                    if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not a new one since
+                        path.unlink(missing_ok=True)
+                    os.close(fd)
+                    continue
+                self._others[pid] = (fd, mmap.mmap(fd, _SLOT.size, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):  # not a load file
+                os.close(fd)
 
     def close(self) -> None:
         """Stop publishing: this process's file is removed."""
-        for m in self._others.values():
-            m.close()
-        self._others.clear()
+        for pid in list(self._others):
+            self._forget(pid)
         if self._own is not None:
+            self.publish(None)  # for whoever reads it before it is gone
             self._own.close()
             self._own = None
-        self._path.unlink(missing_ok=True)
+            self._path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -121,18 +121,25 @@ class WebService:
         loop: before returning, or (load_in_background) after, while the server already
         answers /healthz and /readyz."""
         catalogue = Catalogue(settings, serving=True)
-        service = cls(settings, web, catalogue)
-        service._old_cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
-        await service.fetcher.__aenter__()
-        service._tasks.append(asyncio.create_task(service._purge_forever()))
-        if web.load_in_background:
-            service._tasks.append(asyncio.create_task(service._load()))
-        else:
-            await service._load()
-            if service.load_error is not None:
-                await service.close()
-                raise NotReady(service.load_error)
+        try:
+            service = cls(settings, web, catalogue)
+        except BaseException:
+            catalogue.close()
+            raise
+        try:  # whatever fails, what was opened is closed (the load file, the threads)
+            service._old_cv2_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)  # process-wide: OpenCV's own pool would oversubscribe too
+            await service.fetcher.__aenter__()
+            service._tasks.append(asyncio.create_task(service._purge_forever()))
+            if web.load_in_background:
+                service._tasks.append(asyncio.create_task(service._load()))
+            else:
+                await service._load()
+                if service.load_error is not None:
+                    raise NotReady(service.load_error)
+        except BaseException:
+            await service.close()
+            raise
         return service
 
     async def _load(self) -> None:
