@@ -48,11 +48,10 @@ from echoimage.index.local import LocalParams
 from echoimage.search import evidence
 from echoimage.search.rerank import (
     SsimReference,
-    interior,
     match_orb,
-    missing_detail,
     missing_under_hash,
     spread,
+    told_detail,
 )
 from echoimage.store import repo
 from echoimage.store.codec import decode_orb, decode_thumbnail
@@ -545,10 +544,8 @@ class Deduper:
             return replace(ev, inliers=0, matches=om.matches, spread=0.0)
         covered = spread(om.pairs[:, :2], om.homography, (round(own[1]), round(own[0])),
                          frame)
-        missing = inside = float("nan")
-        if evidence.MODEL.rule.geometric(om.inliers, om.matches, covered):
-            missing = missing_detail(view, om.homography @ to_own, ft.thumb, frame)
-            inside = interior(om.pairs[:, :2])
+        missing, inside = told_detail(om, covered, view, om.homography @ to_own, ft.thumb,
+                                      frame)
         return replace(ev, inliers=om.inliers, matches=om.matches, spread=covered,
                        missing=missing, interior=inside)
 

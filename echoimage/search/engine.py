@@ -66,12 +66,11 @@ from echoimage.search.explain import describe
 from echoimage.search.live import LiveIndex, Snapshot
 from echoimage.search.rerank import (
     SsimReference,
-    interior,
     match_orb,
-    missing_detail,
     missing_under_hash,
     region,
     spread,
+    told_detail,
 )
 from echoimage.search.shortlist import Shortlisted, shortlist
 from echoimage.search.verdict import verdict
@@ -626,14 +625,13 @@ class SearchEngine:
         # turns its flat black into flat grey: the normalised view is told by the whole)
         shown = q.views[0] if view.is_normalised else view
         rule = evidence.MODEL.rule
-        # told only where they decide: inliers that would be proof
         missing = inside = float("nan")
-        if om.homography is not None and rule.geometric(om.inliers, om.matches, covered):
-            missing = missing_detail(shown.mirrored() if mirror else shown.gray,
-                                     om.homography, cand.thumbnail,
-                                     (cand.width / cand.work_scale,
-                                      cand.height / cand.work_scale))
-            inside = interior(om.pairs[:, :2])
+        if om.homography is not None:
+            missing, inside = told_detail(om, covered,
+                                          shown.mirrored() if mirror else shown.gray,
+                                          om.homography, cand.thumbnail,
+                                          (cand.width / cand.work_scale,
+                                           cand.height / cand.work_scale))
         proven = rule.geometric(om.inliers, om.matches, covered, missing, inside)
         near = 0 <= c.hash_distance <= rule.near_hash
         if alone and near and not proven:

@@ -316,6 +316,16 @@ def missing_detail(view: np.ndarray, h: np.ndarray, thumb: np.ndarray,
     return float((detail & flat).sum() / detail.sum())
 
 
+def told_detail(om: OrbMatch, covered: float, view: np.ndarray, h: np.ndarray,
+                thumb: np.ndarray, cand_size: tuple[float, float]) -> tuple[float, float]:
+    """`missing_detail` and `interior` of a match, told only where they decide: where its
+    inliers (spanning `covered`) would be proof by themselves; (NaN, NaN) elsewhere. h maps
+    view pixels to the catalogue image's working pixels (see missing_detail)."""
+    if om.pairs is None or not MODEL.rule.geometric(om.inliers, om.matches, covered):
+        return float("nan"), float("nan")
+    return missing_detail(view, h, thumb, cand_size), interior(om.pairs[:, :2])
+
+
 def missing_under_hash(query_thumb: np.ndarray, thumb: np.ndarray) -> float:
     """`missing_detail` of two same-size thumbnails laid on each other as a hash aligns
     them (the query's turned to the orientation that matched): the share of the catalogue
