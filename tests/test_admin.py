@@ -217,6 +217,12 @@ async def test_concurrent_jobs(admin: Admin) -> None:
 
 @module_loop
 async def test_duplicates_api_and_page(admin: Admin) -> None:
+    """The catalogue's duplicates (a mirrored copy among them) over the API and the page.
+    The product and its mirrored copy are added here too (already there when the tests
+    before ran in this process: the test runner may give them to another one)."""
+    add = await admin.client.post("/api/catalogue/images", headers=AUTH, json={"urls": [
+        f"{admin.shop}/img/p0.jpg", f"{admin.shop}/img/mirror.jpg"]})
+    assert (await wait_job(admin, add.json()))["status"] == "done"
     resp = await admin.client.get("/api/duplicates", params={"per_page": 5})
     if resp.status_code == 202:  # worked out in a job: wait for it, then ask again
         job = resp.json()["job"]
