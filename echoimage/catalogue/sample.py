@@ -39,8 +39,9 @@ def ensure_sample(directory: Path) -> Path:
         img = _load(name)
         if img is None:
             continue
-        if img.dtype != np.uint8:
-            img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        if img.dtype != np.uint8:  # (the horse is a boolean mask: stretched as numbers)
+            img = cv2.normalize(img.astype(np.float32), None, 0, 255,
+                                cv2.NORM_MINMAX).astype(np.uint8)
         if img.ndim == 3:
             img = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2BGR)
         tmp = path.with_suffix(".tmp.jpg")
