@@ -75,6 +75,20 @@ def test_anything_else_is_refused_in_one_line(tmp_path: Path, name: str, data: b
     assert not (tmp_path / "d").exists()  # nothing recorded, not even a store
 
 
+def test_an_empty_file_named_as_an_image_is_refused(tmp_path: Path) -> None:
+    """An empty photo.jpg is an image that was not written, not an empty catalogue; an
+    empty list of images is a catalogue with nothing in it yet."""
+    source = write(tmp_path / "photo.jpg", b"")
+    result = run(tmp_path / "d", "index", "build", "-q", str(source))
+    assert result.exit_code == 1
+    assert result.output == f"Error: {source}: an empty file (not an image)\n"
+    assert not (tmp_path / "d").exists()
+    listed = write(tmp_path / "urls.txt", b"")
+    result = run(tmp_path / "d", "index", "build", "-q", "--json", str(listed))
+    assert result.exit_code == 0, result.output
+    assert status(tmp_path / "d")["sources"][0]["kind"] == "text"
+
+
 @pytest.mark.parametrize("text, line", [
     ("# Notes\nBuy milk.\nphotos/a.jpg\n", 2),
     ("https://shop.example/a.jpg\nhello world\n", 2),

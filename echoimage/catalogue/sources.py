@@ -280,6 +280,10 @@ def read_local_source(source: str, max_bytes: int = 1 << 30
     got = read_local(uri, max_bytes) if head.data is not None else head
     if got.data is None:
         raise CatalogueError(f"cannot read {source}: {got.reason}")
+    if not got.data and path.suffix.lower() in IMAGE_EXTENSIONS:
+        # an empty list of images is a catalogue (with nothing in it yet); an empty file
+        # named as an image is an image that was not written
+        raise CatalogueError(f"{source}: an empty file (not an image)")
     hint = _EXTENSION_KINDS.get(path.suffix.lower())
     kind = content_kind(got.data, uri, hint)
     return uri, kind, list(parse_catalogue(got.data, kind, uri, str(path.parent)))
