@@ -192,6 +192,9 @@ def _print_summary(summary: Any, as_json: bool) -> None:
                f"index entries: {summary.index_entries}")
     if note := summary.skipped_note():
         click.echo(f"  {note}")
+    if counts.get(Outcome.KNOWN_FAILURE):
+        click.echo("  known failures (failed before) are left as they were: `echoimage "
+                   "index update` indexes those whose bytes have changed since")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:

@@ -482,6 +482,9 @@ def test_rerun_with_known_failure_processes_nothing(make_settings, tmp_path) -> 
     assert first.counts == {"indexed": 1, "decode-error": 1}
     again = build_index(settings, [str(root)], progress=False)
     assert again.counts == {"already-indexed": 1, "known-failure": 1}
+    text = run(settings.data_dir, "index", "build", "-q", str(root)).output.splitlines()
+    assert text[1] == ("  known failures (failed before) are left as they were: `echoimage "
+                       "index update` indexes those whose bytes have changed since")
 
 
 def test_processed_excludes_known_failures(make_settings, tmp_path) -> None:

@@ -412,6 +412,29 @@ def test_build_over_http(served: Served, settings: Settings) -> None:
 
 # --- (c), (d), (e): update over HTTP ----------------------------------------------------------
 
+def test_update_checks_an_image_that_failed_for_its_bytes_again(served: Served,
+                                                                settings: Settings) -> None:
+    """A served image that cannot be decoded is asked for again by each update, with the
+    validators of the bytes that failed: a 304 leaves the failure as it was (nothing
+    downloaded); new bytes are indexed."""
+    whole = photo_jpeg("rocket")
+    url = served.put("rocket", whole[:3000])  # cut short
+    served.put("coffee", photo_jpeg("coffee"))
+    first = build_index(settings, [served.catalogue_url], progress=False)
+    assert dict(first.counts) == {Status.INDEXED: 1, Status.DECODE_ERROR: 1}
+    served.reset_counts()
+    same = update_index(settings, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, f"skipped ({Status.DECODE_ERROR})": 1}
+    assert served.answered_304 == Counter({"/img/rocket.jpg": 1, "/img/coffee.jpg": 1})
+    served.put("rocket", whole)
+    served.reset_counts()
+    fixed = update_index(settings, progress=False)
+    assert dict(fixed.counts) == {"unchanged": 1, Status.INDEXED: 1}, fixed.as_dict()
+    assert served.conditional["/img/rocket.jpg"] == 1
+    assert not served.answered_304["/img/rocket.jpg"]  # asked with the old ETag: got 200
+    assert top_url(search_engine(settings), copy_of("rocket")) == url
+
+
 #: photos of the update test; each is served at /img/<name>.jpg
 UPDATE = ("astronaut", "coffee", "chelsea", "rocket", "brick", "clock")
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 from conftest import write_catalogue
-from helpers import build_index, update_index
+from helpers import (
+    build_index,
+    crop,
+    jpeg,
+    photo,
+    search_engine,
+    update_index,
+    write,
+)
 from sqlalchemy import select
 
 from echoimage.indexing.work import FeatureParams
@@ -50,3 +58,35 @@ def test_local_update_re_extracts_only_rows_made_with_other_parameters(
     assert after[keep][1] == before[keep][1]  # not extracted again: still 300 keypoints
     assert all(after[i][1] > before[i][1] for i in after if i != keep)
     assert dict(update_index(settings, progress=False).counts) == {"unchanged": 4}
+
+
+def test_an_image_that_failed_for_its_bytes_is_indexed_once_they_change(
+        make_settings, tmp_path: Path) -> None:
+    """A truncated photo or a text file named as an image fails for its bytes; a later build
+    leaves it be (a known failure), an update checks it again: as it was, it stays a
+    failure without being read (its file's marker is the same); fixed, it is indexed."""
+    root = tmp_path / "photos"
+    good = jpeg(photo("coffee"), 90)
+    write(root / "coffee.jpg", good)
+    broken = write(root / "rocket.jpg", jpeg(photo("rocket"), 90)[:3000])  # truncated
+    notes = write(root / "notes.jpg", b"not a photo: the caption of rocket.jpg\n")
+    settings = make_settings()
+    first = build_index(settings, [str(root)], progress=False)
+    assert dict(first.counts) == {"indexed": 1, "decode-error": 1, "not-an-image": 1}
+    again = build_index(settings, [str(root)], progress=False)
+    assert dict(again.counts) == {"already-indexed": 1, "known-failure": 2}
+    same = update_index(settings, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, "skipped (decode-error)": 1,
+                                 "skipped (not-an-image)": 1}, same.as_dict()
+    assert same.processed == 0 and same.failures == []
+    notes.write_bytes(notes.read_bytes())  # written again, the same bytes: read, not failed
+    broken.write_bytes(jpeg(photo("rocket"), 90))  # the whole photo now
+    fixed = update_index(settings, progress=False)
+    assert dict(fixed.counts) == {"unchanged": 1, "indexed": 1,
+                                  "skipped (not-an-image)": 1}, fixed.as_dict()
+    assert fixed.failures == [] and fixed.index_entries == 2
+    top = search_engine(settings).query_bytes(jpeg(crop(photo("rocket"), 0.7), 80),
+                                              1).matches[0]
+    assert top.url == str(broken.resolve()) and top.duplicate
+    assert dict(update_index(settings, progress=False).counts) == {
+        "unchanged": 2, "skipped (not-an-image)": 1}

@@ -146,13 +146,15 @@ def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
                     counted = Outcome.CHANGED
             elif r.status == Outcome.UNCHANGED:
                 repo.mark_unchanged(session, r.image_id, r.etag, r.last_modified)
+                if item.recheck is not None:  # the bytes that failed, as they were
+                    counted = Outcome.skipped(item.recheck)
             elif item.was_indexed and r.status in TRANSIENT:
                 repo.note_attempt(session, r.image_id, r.reason or r.status)
                 counted, kept = Outcome.kept(r.status), True
                 summary.failures.append((item.url, r.status, r.reason or ""))
             else:
                 repo.save_failure(session, r.image_id, r.status, r.reason or r.status,
-                                  r.sha256, r.nbytes)
+                                  r.sha256, r.nbytes, r.etag, r.last_modified)
                 summary.failures.append((item.url, r.status, r.reason or ""))
             summary.counts[counted] += 1
             if r.sha256 is not None and r.status != Outcome.UNCHANGED:

@@ -22,7 +22,7 @@ from echoimage.indexing.runs import BuildSummary, one_runner, recorded_run
 from echoimage.indexing.work import FeatureParams, WorkItem
 from echoimage.store import repo
 from echoimage.store.db import session_factory
-from echoimage.store.models import RETRYABLE
+from echoimage.store.models import RECHECKED, RETRYABLE
 from echoimage.store.repo import KnownImage
 from echoimage.types import CatalogueItem, Outcome, SourceListing, Status
 
@@ -94,6 +94,9 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
                                           was_indexed=True)
                 elif k.status in RETRYABLE:
                     work[k.id] = WorkItem(k.id, k.url)
+                elif k.status in RECHECKED:  # indexed once its bytes change
+                    work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
+                                          recheck=Status(k.status))
                 else:
                     summary.counts[Outcome.skipped(k.status)] += 1
         index_work(settings, store, work.values(), summary, progress)

@@ -118,6 +118,13 @@ class WorkItem:
     sha256: str | None = None  # known content hash: same bytes → "unchanged", no feature work
     was_indexed: bool = False
     reextract: bool = False  # its stored features were made with other parameters
+    recheck: Status | None = None  # it failed for its bytes (RECHECKED): checked again
+
+    @property
+    def known(self) -> bool:
+        """Whether etag, last_modified and sha256 are those of bytes already processed
+        (indexed, or failed for themselves): the same bytes again are "unchanged"."""
+        return self.was_indexed or self.recheck is not None
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,7 @@ def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkR
     """Read a local file and process it; a missing, unreadable or special file is a
     status (never waited on)."""
     etag = file_marker(item.url)
-    if item.was_indexed and etag is not None and etag == item.etag:
+    if item.known and etag is not None and etag == item.etag:
         return WorkResult(item.image_id, Outcome.UNCHANGED, etag=etag)
     stages = Stages()
     got = read_local(item.url, max_bytes)

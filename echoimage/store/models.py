@@ -38,6 +38,9 @@ class Base(DeclarativeBase):
 
 #: statuses a later run tries again
 RETRYABLE = frozenset({Status.PENDING, Status.HTTP_ERROR, Status.TIMEOUT, Status.MISSING})
+#: failures of an image's bytes: `index update` checks them again (conditionally, as it
+#: does indexed images) and indexes the image once its bytes change
+RECHECKED = frozenset({Status.DECODE_ERROR, Status.NOT_AN_IMAGE, Status.TOO_LARGE})
 #: transient failures: an image indexed before keeps its old entry
 TRANSIENT = frozenset({Status.HTTP_ERROR, Status.TIMEOUT})
 

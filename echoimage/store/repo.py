@@ -303,8 +303,11 @@ def note_attempt(session: Session, image_id: int, reason: str) -> None:
 
 
 def save_failure(session: Session, image_id: int, status: str, reason: str,
-                 sha256: str | None = None, nbytes: int | None = None) -> None:
-    """Record why an image could not be indexed; its old features (if any) are dropped."""
+                 sha256: str | None = None, nbytes: int | None = None,
+                 etag: str | None = None, last_modified: str | None = None) -> None:
+    """Record why an image could not be indexed; its old features (if any) are dropped.
+    Bytes that failed (sha256 given) keep their validators, for `index update` to check
+    them again conditionally."""
     if status == Status.INDEXED:
         raise ValueError("a failure cannot have status 'indexed'")
     lock_writes(session)
@@ -314,7 +317,8 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
                                   indexed_at=None, attempts=ImageRow.attempts + 1,
                                   seq=next_seq(session))
     if sha256 is not None:
-        values.update(sha256=sha256, nbytes=nbytes)
+        values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
+                      last_modified=_validator(last_modified, _MAX_LAST_MODIFIED))
     if status == Status.GONE:
         values["gone_at"] = ts
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
