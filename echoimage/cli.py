@@ -486,7 +486,7 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     Pairs are confirmed with the same evidence and threshold as a query (every
     orientation); each group names a keeper: the most pixels of content (inside any
-    border), then the first indexed.
+    border), then the largest file (the better encoded), then the first indexed.
     With --json, one group per line; with --csv, one row per member.
 
     Example:

@@ -200,6 +200,7 @@ class _Row:
     phash: bytes
     dhash: bytes
     sha256: str | None = None
+    nbytes: int = 0  # the file's size
 
 
 @dataclass
@@ -319,11 +320,11 @@ class Deduper:
         with snapshot(self.store) as session:
             seq = repo.current_seq(session)
             rows = [_Row(r[0], r[1], int(r[2] or 0), int(r[3] or 0),
-                         r[4].isoformat() if r[4] else "", r[5], r[6], r[7])
+                         r[4].isoformat() if r[4] else "", r[5], r[6], r[7], int(r[8] or 0))
                     for r in session.execute(
                         select(ImageRow.id, ImageRow.url, ImageRow.width, ImageRow.height,
                                ImageRow.indexed_at, FeatureRow.phash, FeatureRow.dhash,
-                               ImageRow.sha256)
+                               ImageRow.sha256, ImageRow.nbytes)
                         .join(FeatureRow, FeatureRow.image_id == ImageRow.id)
                         .where(ImageRow.status == Status.INDEXED).order_by(ImageRow.id))]
         by_id = self.rows = {r.id: r for r in rows}
@@ -592,6 +593,9 @@ def _square(part: np.ndarray, side: int) -> np.ndarray:
 #: content areas within this share of a group's largest count as the same (the border is
 #: found on the 256 px thumbnail): the one with the least border among them is kept
 KEEP_TOLERANCE = 0.1
+#: borders within this share of the image of the least count as the same: a copy's JPEG
+#: noise moves a border's edge on the thumbnail by a pixel or two
+BORDER_TOLERANCE = 0.02
 
 
 def content_fraction(thumb: np.ndarray) -> float:
@@ -606,14 +610,22 @@ def content_fraction(thumb: np.ndarray) -> float:
 def keeper_order(ids: Iterable[int], rows: dict[int, _Row], content: dict[int, float]
                  ) -> list[int]:
     """A group's members, the one to keep first: the most pixels of content (inside any
-    border), the least border among those within KEEP_TOLERANCE of the most, then the
-    first indexed, then the lowest id."""
+    border); among those within KEEP_TOLERANCE of the most, the least border (within
+    BORDER_TOLERANCE), then the most pixels, then the most bytes (of two alike, the one
+    encoded better: a lossless original over its low-quality JPEG), then the first
+    indexed, then the lowest id."""
+    ids = list(ids)
+
     def area(i: int) -> float:
         return rows[i].width * rows[i].height * content.get(i, 1.0)
 
     most = max(area(i) for i in ids)
-    return sorted(ids, key=lambda i: (area(i) < most * (1 - KEEP_TOLERANCE),
-                                      -content.get(i, 1.0), -area(i), rows[i].indexed_at, i))
+    near = [i for i in ids if area(i) >= most * (1 - KEEP_TOLERANCE)]
+    least = max(content.get(i, 1.0) for i in near)  # the least border
+    return sorted(ids, key=lambda i: (i not in near,
+                                      content.get(i, 1.0) < least - BORDER_TOLERANCE,
+                                      -rows[i].width * rows[i].height, -rows[i].nbytes,
+                                      rows[i].indexed_at, i))
 
 
 def _group(links: list[Link], rows: dict[int, _Row], content: dict[int, float]
