@@ -48,8 +48,13 @@ INTERRUPTED = ("interrupted (Ctrl-C): nothing done so far is lost; run the same 
                "again to go on")
 
 
+#: the options of `echoimage` itself, given before the command
+GLOBAL_OPTIONS = ("--data-dir", "--verbose", "-v")
+
+
 class EchoImageGroup(click.Group):
-    """The command group: Ctrl-C ends a command with one line (not click's "Aborted!")."""
+    """The command group: Ctrl-C ends a command with one line (not click's "Aborted!"); an
+    option of `echoimage` itself given after the command says where it goes."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -57,6 +62,13 @@ class EchoImageGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             raise click.exceptions.Exit(130) from None
+        except click.NoSuchOption as exc:
+            if exc.option_name in GLOBAL_OPTIONS and exc.ctx is not None:
+                given = exc.option_name + (" DIR" if exc.option_name == "--data-dir" else "")
+                command = exc.ctx.command_path.removeprefix(ctx.command_path).strip()
+                exc.message = (f"{exc.option_name} goes before the command: "
+                               f"echoimage {given} {command} ...")
+            raise
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -422,7 +434,8 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                     click.echo(json.dumps({"query": q, "error": str(res)}))
                 else:
                     bar.clear()
-                    click.echo(f"{q}: error: {res}", err=True)
+                    why = str(res).removeprefix(f"{q}: ")  # the query is named once
+                    click.echo(f"{q}: error: {why}", err=True)
                 continue
             if writer is not None:
                 if not res.matches:  # copies only, none found: the query is still listed
@@ -521,9 +534,9 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
         writer.writerows(dedupe_csv_rows(result))
         return
     info = result.summary()
+    cost = f", {info['ms_per_image']:.2f} ms per image" if info["images"] else ""
     click.echo(f"{info['groups']} groups of duplicates, {info['duplicates']} images to remove "
-               f"of {info['images']} ({info['seconds']:.1f} s, {info['ms_per_image']:.2f} ms "
-               "per image)")
+               f"of {info['images']} ({info['seconds']:.1f} s{cost})")
     for g in result.groups:
         k = g.keeper
         click.echo(f"group {g.number} ({len(g.members)} images): keep #{k.id} {k.url} "
@@ -628,7 +641,8 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
         click.echo(json.dumps(report.as_dict()))
     else:
         what = f" of source {report.source}" if report.source else ""
-        click.echo(f"removed {len(report.removed)} images{what}")
+        n = len(report.removed)
+        click.echo(f"removed {n} image{'' if n == 1 else 's'}{what}")
         for ref in report.already:
             click.echo(f"  already removed: {ref}")
         for ref in report.unknown:

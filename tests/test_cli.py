@@ -215,6 +215,11 @@ def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
     assert set(out[0]) == {"query", "error"} and "no such file" in out[0]["error"]
     assert out[1]["results"][0]["exact"] is True
     assert "error" in out[2]
+    text = CliRunner().invoke(cli, ["--data-dir", str(cli_built[0]), "query", missing,
+                                    str(tmp_path)])
+    assert text.exit_code == 1
+    assert f"{tmp_path}: error: not a regular file: a directory" in text.output.splitlines()
+    assert f"{missing}: error: no such file" in text.output
 
 
 def test_query_csv(catalogue, cli_built, tmp_path) -> None:
@@ -494,6 +499,18 @@ def test_processed_excludes_known_failures(make_settings, tmp_path) -> None:
     settings = make_settings()
     build_index(settings, [str(root)], progress=False)
     assert build_index(settings, [str(root)], progress=False).processed == 0
+
+
+def test_an_option_of_echoimage_after_the_command_says_where_it_goes(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["query", "--data-dir", str(tmp_path), "x.jpg"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == \
+        "Error: --data-dir goes before the command: echoimage --data-dir DIR query ..."
+    result = CliRunner().invoke(cli, ["index", "build", "-v", str(tmp_path)])
+    assert result.output.splitlines()[-1] == \
+        "Error: -v goes before the command: echoimage -v index build ..."
+    result = CliRunner().invoke(cli, ["query", "--colour", str(tmp_path)])
+    assert result.exit_code == 2 and "goes before" not in result.output  # not echoimage's
 
 
 def test_missing_source_is_a_one_line_error(tmp_path) -> None:
