@@ -328,7 +328,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
 #: columns of `query --csv`
 QUERY_CSV_FIELDS = ["query", "rank", "verdict", "url", "score", "duplicate", "exact", "ssim",
                     "orb_inliers", "hash_distance", "orientation", "votes", "colour_distance",
-                    "id", "sha256", "metadata", "error", "why"]
+                    "id", "sha256", "metadata", "error", "why", "also_at"]
 
 
 def _run_counts(run: dict[str, Any]) -> str:
@@ -443,6 +443,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                 for rank, m in enumerate(res.matches, 1):
                     row = m.to_dict()
                     row["metadata"] = json.dumps(row["metadata"]) if row["metadata"] else ""
+                    row["also_at"] = json.dumps(row["also_at"]) if row["also_at"] else ""
                     writer.writerow({"query": q, "rank": rank, **row})
             elif as_json:
                 click.echo(json.dumps({"query": q, "found": res.found,
@@ -477,6 +478,8 @@ def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
             lines.append(f"       {m.why}")
         if m.metadata:
             lines.append("       " + ", ".join(f"{key}: {v}" for key, v in m.metadata.items()))
+        for url in m.also_at:
+            lines.append(f"       the same file also at {url}")
     if others and not show_all:
         best = max(m.score for m in others)
         what = "image is not a copy" if len(others) == 1 else "images are not copies"

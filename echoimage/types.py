@@ -230,6 +230,9 @@ class Match:
     spread: float = 0.0
     # a few words on why the result is a copy, or why not (see echoimage.search.evidence)
     why: str = ""
+    # of a copy, the other catalogue entries with the same bytes (their URLs): results are
+    # one per content, so these are not results of their own
+    also_at: list[str] = field(default_factory=list)
     # whether a near hash could prove this copy by itself (the query's view too small,
     # crushed or noisy for geometric agreement, and not flat where the catalogue image
     # has detail; see echoimage.search.evidence.Evidence)
@@ -268,6 +271,7 @@ class Match:
             else round(self.colour_distance, 4),
             "metadata": self.metadata,
             "why": self.why,
+            "also_at": self.also_at,
         }
 
 

@@ -204,6 +204,33 @@ def test_query_copies_only(catalogue, cli_built, tmp_path) -> None:
     assert out[0]["copies_only"] is False
 
 
+def test_a_copy_names_the_other_entries_with_its_bytes(tmp_path: Path) -> None:
+    """Results are one per content: a copy of a file kept in two places is one result,
+    which names the other place (also_at), in text, --json and --csv."""
+    import csv
+    import io
+
+    data = jpeg(photo("coffee"), 90)
+    first = write(tmp_path / "photos" / "coffee.jpg", data)
+    second = write(tmp_path / "photos" / "archive" / "coffee-2019.jpg", data)
+    write(tmp_path / "photos" / "rocket.jpg", jpeg(photo("rocket"), 90))
+    d = tmp_path / "data"
+    assert run(d, "index", "build", "-q", str(tmp_path / "photos")).exit_code == 0
+    query = write(tmp_path / "q.jpg", jpeg(mirror(photo("coffee")[20:, 30:]), 80))
+    out = json_lines(run(d, "query", "--json", "-k", "3", str(query)))[0]
+    top, others = out["results"][0], out["results"][1:]
+    # one of the two is the result, the other its also_at
+    assert sorted([top["url"], *top["also_at"]]) == sorted([str(first.resolve()),
+                                                            str(second.resolve())])
+    assert len(top["also_at"]) == 1
+    assert top["duplicate"] and len(out["results"]) == 2  # one result per content
+    assert others[0]["also_at"] == [] and not others[0]["duplicate"]
+    text = run(d, "query", str(query)).output.splitlines()
+    assert text[-2] == f"       the same file also at {top['also_at'][0]}"
+    rows = list(csv.DictReader(io.StringIO(run(d, "query", "--csv", str(query)).output)))
+    assert json.loads(rows[0]["also_at"]) == top["also_at"] and rows[1]["also_at"] == ""
+
+
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
     missing = str(tmp_path / "missing.jpg")
     good = str(catalogue.files["astronaut"])

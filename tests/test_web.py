@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -838,6 +838,23 @@ async def test_page_escapes_what_users_control(env: Env) -> None:
                                                             "image/jpeg")})
     page = await env.client.get(resp.headers["location"])
     assert "<script>alert" not in page.text and "&lt;script&gt;" in page.text
+
+
+def test_a_card_names_the_other_entries_with_the_same_file() -> None:
+    """A copy's card lists its also_at (links for URLs, escaped); a card without shows
+    nothing of it."""
+    from echoimage.types import Match, Verdict
+    from echoimage.web.render import card
+
+    m = Match(id=3, url="https://shop.example/a.jpg", score=1.0, duplicate=True, exact=False,
+              ssim=0.9, orb_matches=40, orb_inliers=30, hash_distance=2, orientation="none",
+              sha256="ab", verdict=Verdict.DUPLICATE,
+              also_at=["https://shop.example/old/a.jpg", "/srv/<archive>/a.jpg"])
+    html = card(1, m, "tok", 0.5)
+    assert 'class="also-at">The same file also at:' in html
+    assert 'href="https://shop.example/old/a.jpg"' in html
+    assert "/srv/&lt;archive&gt;/a.jpg" in html and "<archive>" not in html
+    assert "also-at" not in card(1, replace(m, also_at=[]), "tok", 0.5)
 
 
 @module_loop

@@ -664,7 +664,7 @@ class SearchEngine:
     def _described(self, shown: list[Match], q: _Query, colour_sensitive: bool | None
                    ) -> list[Match]:
         """The shown matches with their catalogue entries' metadata, colour_distance,
-        verdict and why.
+        verdict and why, and each copy's other entries with the same bytes (also_at).
 
         The query's colours are those of the part that matched (query_box), or else the
         nearest of the whole query's and its content boxes' (a picture inside a border or
@@ -676,10 +676,12 @@ class SearchEngine:
             return []
         sigs: dict[int, bytes] = {}
         ids = [m.id for m in shown]
+        shas = sorted({m.sha256 for m in shown if m.sha256 and (m.duplicate or m.exact)})
         with self.sessions() as session:
             meta = repo.metadata_of(session, ids)
             if img.colour is not None:
                 sigs = repo.colour_signatures(session, ids)
+            same = repo.with_bytes(session, shas)  # a copy's other entries (see _dedupe)
         own: dict[tuple[float, ...] | None, bytes] = {}
 
         def signature(box: list[float] | None) -> bytes:
@@ -697,7 +699,8 @@ class SearchEngine:
                 boxes = [m.query_box] if m.query_box else \
                     [_shown_box(v, i, img) for i, v in enumerate(q.views)]
                 dist = min(colour_distance(signature(b), sigs[m.id], covered) for b in boxes)
-            m = replace(m, colour_distance=dist, metadata=meta.get(m.id, {}))
+            also = [url for i, url in same.get(m.sha256, []) if i != m.id]
+            m = replace(m, colour_distance=dist, metadata=meta.get(m.id, {}), also_at=also)
             m = replace(m, verdict=verdict(m, self.settings, colour_sensitive))
             out.append(replace(m, why=evidence.why(evidence.Evidence.of(m), m.duplicate,
                                                    bool((m.transform or {}).get("mirror")))))

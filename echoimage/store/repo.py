@@ -443,6 +443,10 @@ _CANDIDATES = (
 _METADATA = select(ImageRow.id, ImageRow.meta).where(ImageRow.id.in_(_IDS))
 _SIGNATURES = (select(FeatureRow.image_id, FeatureRow.colour_signature)
                .where(FeatureRow.image_id.in_(_IDS), FeatureRow.colour_signature.is_not(None)))
+_SAME_BYTES = (select(ImageRow.sha256, ImageRow.id, ImageRow.url)
+               .where(ImageRow.sha256.in_(bindparam("shas", expanding=True)),
+                      ImageRow.status == Status.INDEXED)
+               .order_by(ImageRow.id))
 _BY_SHA256 = (select(ImageRow.id)
               .where(ImageRow.sha256 == bindparam("sha256"), ImageRow.status == Status.INDEXED)
               .order_by(ImageRow.id))
@@ -477,6 +481,15 @@ def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
         return {}
     rows = session.execute(_SIGNATURES, {"ids": [int(i) for i in ids]})
     return {int(r[0]): bytes(r[1]) for r in rows}
+
+
+def with_bytes(session: Session, shas: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """The indexed images whose bytes have each sha256: (id, url) in id order, by sha256."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    if shas:
+        for sha, i, url in session.execute(_SAME_BYTES, {"shas": list(shas)}):
+            out.setdefault(sha, []).append((int(i), url))
+    return out
 
 
 def ids_by_sha256(session: Session, sha256: str) -> list[int]:

@@ -96,6 +96,14 @@ def _metadata(m: Match) -> str:
     return f'<dl class="metadata">{"".join(rows)}</dl>'
 
 
+def _also_at(m: Match) -> str:
+    """The other catalogue entries with the same file, as a list (nothing when none)."""
+    if not m.also_at:
+        return ""
+    items = "".join(f"<li>{_source(url)}</li>" for url in m.also_at)
+    return f'<div class="also-at">The same file also at:<ul>{items}</ul></div>'
+
+
 def _colour(m: Match) -> str:
     """The card's colour distance (or why there is none)."""
     if m.colour_distance is None:
@@ -137,7 +145,7 @@ def card(rank: int, m: Match, token: str, threshold: float) -> str:
         caption = f"No keypoint matches: {_NO_PROOF}"
     return template("card.html").substitute(
         rank=rank, id=m.id, verdict_key=str(m.verdict), verdict=VERDICT_LABELS[m.verdict],
-        metadata=_metadata(m), score=f"{m.score:.3f}", why=esc(m.why),
+        metadata=_metadata(m), also_at=_also_at(m), score=f"{m.score:.3f}", why=esc(m.why),
         threshold=f"{threshold:g}", thumb_src=f"/api/images/{m.id}/preview",
         colour_distance=_colour(m),
         source=_source(m.url), ssim=f"{m.ssim:.3f}", inliers=m.orb_inliers,

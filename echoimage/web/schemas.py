@@ -55,6 +55,9 @@ class MatchOut(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict,
                                      description="the catalogue entry's extra keys")
     why: str = Field("", description="a few words on why it is a copy, or why not")
+    also_at: list[str] = Field(default_factory=list,
+                               description="of a copy, the other catalogue entries with the "
+                                           "same bytes (results are one per content)")
 
 
 class SearchRequest(BaseModel):
