@@ -112,7 +112,8 @@ CASES = [
          "corrupt"),
     Case("corrupt-png.png", lambda: b"\x89PNG\r\n\x1a\n" + _noise(4000, 1),
          Status.DECODE_ERROR, "corrupt"),
-    Case("garbage.png", lambda: _noise(4000, 2), Status.NOT_AN_IMAGE, "not an image"),
+    Case("garbage.png", lambda: _noise(4000, 2), Status.NOT_AN_IMAGE,
+         "not an image (no image format known)"),
     Case("truncated.jpg", lambda: jpeg(photo("coffee"))[:20000], Status.DECODE_ERROR,
          "truncated"),
     Case("empty.jpg", lambda: b"", Status.NOT_AN_IMAGE, "empty"),
@@ -120,7 +121,7 @@ CASES = [
     Case("html.jpg", lambda: b"<!DOCTYPE html>\n<html><body><h1>404 Not Found</h1>"
          b"</body></html>\n", Status.NOT_AN_IMAGE, "not an image"),
     Case("notes.jpg", lambda: b"shopping list\n- eggs\n- milk\n" * 20, Status.NOT_AN_IMAGE,
-         "not an image"),
+         "not an image (looks like text)"),
     Case("tiny.png", lambda: png(np.full((1, 1, 3), 200, np.uint8)), Status.DECODE_ERROR,
          "too small"),
     Case("animated.gif", _animated, Status.INDEXED, like="chelsea", size=(451, 300)),

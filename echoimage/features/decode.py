@@ -217,8 +217,8 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             raise DecodeError(_unreadable(what) or f"unsupported or corrupt {what} data"
                               ) from None
         kind = looks_like(data)
-        if kind in ("binary data", "text"):
-            raise NotAnImageError("not an image") from None
+        if kind == "binary data":
+            raise NotAnImageError("not an image (no image format known)") from None
         raise NotAnImageError(f"not an image (looks like {kind})") from None
     except Image.DecompressionBombError as exc:
         # Pillow's own guard (at twice the cap where an entry point made it agree)
