@@ -1,6 +1,6 @@
-"""The README's command lines as written: every `echoimage …` line in its shell blocks names
-commands and options that exist and parses; those that only read a catalogue run on a
-built one. (The Python example runs in tests/test_api.py.)"""
+"""The README's command lines as written (and BENCHMARKS.md's): every `echoimage …` line in
+their shell blocks names commands and options that exist and parses; those that only read
+a catalogue run on a built one. (The Python example runs in tests/test_api.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ READERS = {("index", "status"), ("index", "verify"), ("dedupe",), ("catalogue", 
 def readme_commands() -> list[list[str]]:
     """The argument lists of the README's `echoimage` command lines (environment
     assignments, comments, redirections and `.venv/bin/` left out)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = "".join((REPO / name).read_text(encoding="utf-8")
+                   for name in ("README.md", "BENCHMARKS.md"))
     found = []
     for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
