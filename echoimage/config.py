@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     # drowned in colour noise (its colour channels' fine differences, median absolute,
     # at least noisy_chroma: bsds500 at most 5, under perception's heavy noise 21.6 and
     # more). A larger, clean view must agree geometrically too: different products
-    # photographed alike hash within 5 bits (README, "Products photographed alike").
+    # photographed alike hash within 5 bits (BENCHMARKS.md, "Products photographed alike").
     # noisy_chroma 0 counts every query as noisy: a near hash proves a copy by itself again
     hash_proof_max_side: int = 320
     noisy_chroma: float = 12.0

@@ -392,7 +392,7 @@ def run_scale_benchmark(photo_dir: str | Path, out_dir: str | Path, *,
 
 
 def render_scale_markdown(result: dict[str, Any]) -> str:
-    """The README's table of a scale benchmark result."""
+    """The table of a scale benchmark result (BENCHMARKS.md, "One million images")."""
     rows = ["| | " + " | ".join(f"{int(s):,}" for s in result["scales"]) + " |",
             "|---|" + "---:|" * len(result["scales"])]
 

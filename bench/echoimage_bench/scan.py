@@ -426,7 +426,7 @@ def _clear_scans(cat: Any) -> None:
 
 
 def render_scan_markdown(result: dict[str, Any]) -> str:
-    """The README's table of a scan benchmark result."""
+    """The table of a scan benchmark result (BENCHMARKS.md, "Scanning a site for copies")."""
     t, s, e, r = result["targets"], result["scan"], result["engine"], result["rescan"]
     p = result["params"]
     rows = [
