@@ -68,6 +68,7 @@ class EchoImageGroup(click.Group):
                 command = exc.ctx.command_path.removeprefix(ctx.command_path).strip()
                 exc.message = (f"{exc.option_name} goes before the command: "
                                f"echoimage {given} {command} ...")
+                exc.possibilities = None  # type: ignore[misc]  # not the command's options
             raise
 
 
@@ -206,7 +207,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(f"  {note}")
     if counts.get(Outcome.KNOWN_FAILURE):
         click.echo("  known failures (failed before) are left as they were: `echoimage "
-                   "index update` indexes those whose bytes have changed since")
+                   "index update` checks again those that failed for their bytes")
     for url, status, reason in summary.failures[:20]:
         click.echo(f"  {status}: {url}: {reason}")
     if len(summary.failures) > 20:
@@ -434,8 +435,7 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
                     click.echo(json.dumps({"query": q, "error": str(res)}))
                 else:
                     bar.clear()
-                    why = str(res).removeprefix(f"{q}: ")  # the query is named once
-                    click.echo(f"{q}: error: {why}", err=True)
+                    click.echo(f"{q}: error: {_named_once(str(res), q)}", err=True)
                 continue
             if writer is not None:
                 if not res.matches:  # copies only, none found: the query is still listed
@@ -457,6 +457,12 @@ def query(ctx: click.Context, queries: tuple[str, ...], k: int | None, show_all:
     sys.stdout.flush()
     if failed:
         ctx.exit(1)
+
+
+def _named_once(reason: str, q: str) -> str:
+    """A query's error without the query's own name, which the line gives first
+    ("q: x", "no such file: q", "cannot fetch q: x")."""
+    return reason.removeprefix(f"{q}: ").removesuffix(f": {q}").replace(f" {q}: ", ": ", 1)
 
 
 def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
@@ -502,7 +508,8 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
 
     Pairs are confirmed with the same evidence and threshold as a query (every
     orientation); each group names a keeper: the most pixels of content (inside any
-    border), then the largest file (the better encoded), then the first indexed.
+    border), then the least border, the most pixels, the largest file (the better
+    encoded), the first indexed.
     With --json, one group per line; with --csv, one row per member.
 
     Example:

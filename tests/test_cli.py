@@ -246,7 +246,7 @@ def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:
                                     str(tmp_path)])
     assert text.exit_code == 1
     assert f"{tmp_path}: error: not a regular file: a directory" in text.output.splitlines()
-    assert f"{missing}: error: no such file" in text.output
+    assert f"{missing}: error: no such file\n" in text.output
 
 
 def test_query_csv(catalogue, cli_built, tmp_path) -> None:
@@ -516,7 +516,7 @@ def test_rerun_with_known_failure_processes_nothing(make_settings, tmp_path) -> 
     assert again.counts == {"already-indexed": 1, "known-failure": 1}
     text = run(settings.data_dir, "index", "build", "-q", str(root)).output.splitlines()
     assert text[1] == ("  known failures (failed before) are left as they were: `echoimage "
-                       "index update` indexes those whose bytes have changed since")
+                       "index update` checks again those that failed for their bytes")
 
 
 def test_processed_excludes_known_failures(make_settings, tmp_path) -> None:
@@ -536,6 +536,9 @@ def test_an_option_of_echoimage_after_the_command_says_where_it_goes(tmp_path) -
     result = CliRunner().invoke(cli, ["index", "build", "-v", str(tmp_path)])
     assert result.output.splitlines()[-1] == \
         "Error: -v goes before the command: echoimage -v index build ..."
+    result = CliRunner().invoke(cli, ["dedupe", "--verbose"])  # no "Did you mean --crops?"
+    assert result.output.splitlines()[-1] == \
+        "Error: --verbose goes before the command: echoimage --verbose dedupe ..."
     result = CliRunner().invoke(cli, ["query", "--colour", str(tmp_path)])
     assert result.exit_code == 2 and "goes before" not in result.output  # not echoimage's
 

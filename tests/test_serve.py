@@ -309,6 +309,33 @@ async def _ask(app: FastAPI, *paths: str) -> list[httpx.Response]:
             return [await client.get(p) for p in paths]
 
 
+def test_a_process_gone_while_the_load_folder_is_gone_is_forgotten(tmp_path: Path) -> None:
+    """The folder of load files removed under the processes: those known are still told
+    alive or gone by their locks (a dead one's last count is not kept)."""
+    import shutil
+
+    from echoimage.web.balance import Loads
+
+    folder = tmp_path / "loads"
+    me = Loads(folder, rescan=0)
+    child = subprocess.Popen([sys.executable, "-c", _LOADS_CHILD, str(folder)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("3\n")
+        child.stdin.flush()
+        child.stdout.readline()
+        assert me.least_other() == 3
+        shutil.rmtree(folder)
+        assert me.least_other() == 3  # alive: its lock is held
+    finally:
+        child.kill()
+        child.wait()
+    assert me.least_other() is None
+    me.close()
+
+
 def test_a_server_that_cannot_start_leaves_nothing_open(tmp_path: Path, monkeypatch) -> None:
     """A process that cannot start, its index not loading (loading before it serves) or
     anything failing before, says why and leaves nothing behind: its load file in the

@@ -254,6 +254,25 @@ def test_ids_by_sha256(sessions, feats) -> None:
         assert repo.ids_by_sha256(s, "0" * 64) == []
 
 
+def test_with_bytes_gives_the_first_entries_of_each_content(sessions, feats) -> None:
+    """with_bytes: the indexed entries of each sha256, in id order, at most `most` of each
+    (a placeholder kept under thousands of URLs does not fill an answer)."""
+    data, f = feats["coffee"]
+    urls = [f"/c/coffee-{n}.jpg" for n in range(4)]
+    ids = add(sessions, *urls, "/c/camera.png", "/c/pending.jpg")
+    for url in urls:
+        index(sessions, ids[url], data, f)
+    index(sessions, ids["/c/camera.png"], *feats["camera"])
+    coffee, camera = (hashlib.sha256(d).hexdigest() for d in (data, feats["camera"][0]))
+    with sessions() as s:
+        both = repo.with_bytes(s, [coffee, camera, "0" * 64])
+        assert both == {coffee: [(ids[u], u) for u in urls],
+                        camera: [(ids["/c/camera.png"], "/c/camera.png")]}
+        assert repo.with_bytes(s, [coffee], most=2) == {
+            coffee: [(ids[u], u) for u in urls[:2]]}
+        assert repo.with_bytes(s, []) == {}
+
+
 def test_store_state_tracks_the_indexed_set(sessions, feats) -> None:
     with sessions() as s:
         empty = repo.store_state(s)

@@ -90,3 +90,22 @@ def test_an_image_that_failed_for_its_bytes_is_indexed_once_they_change(
     assert top.url == str(broken.resolve()) and top.duplicate
     assert dict(update_index(settings, progress=False).counts) == {
         "unchanged": 2, "skipped (not-an-image)": 1}
+
+
+def test_an_image_too_large_to_read_is_indexed_once_it_is_back(make_settings,
+                                                               tmp_path: Path) -> None:
+    """An indexed file that grows past max_bytes fails without being read: the validators
+    and sha256 of the bytes indexed before are forgotten with it, so the same bytes back
+    are indexed again (not taken for the failure, unchanged)."""
+    root = tmp_path / "photos"
+    good = jpeg(photo("coffee"), 90)
+    f = write(root / "coffee.jpg", good)
+    settings = make_settings(max_bytes=len(good) + 10)
+    assert dict(build_index(settings, [str(root)], progress=False).counts) == {"indexed": 1}
+    f.write_bytes(good + bytes(100))
+    grown = update_index(settings, progress=False)
+    assert dict(grown.counts) == {"too-large": 1}, grown.as_dict()
+    f.write_bytes(good)
+    back = update_index(settings, progress=False)
+    assert dict(back.counts) == {"indexed": 1}, back.as_dict()
+    assert back.index_entries == 1

@@ -620,7 +620,7 @@ def keeper_order(ids: Iterable[int], rows: dict[int, _Row], content: dict[int, f
         return rows[i].width * rows[i].height * content.get(i, 1.0)
 
     most = max(area(i) for i in ids)
-    near = [i for i in ids if area(i) >= most * (1 - KEEP_TOLERANCE)]
+    near = {i for i in ids if area(i) >= most * (1 - KEEP_TOLERANCE)}
     least = max(content.get(i, 1.0) for i in near)  # the least border
     return sorted(ids, key=lambda i: (i not in near,
                                       content.get(i, 1.0) < least - BORDER_TOLERANCE,

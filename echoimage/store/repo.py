@@ -307,7 +307,8 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
                  etag: str | None = None, last_modified: str | None = None) -> None:
     """Record why an image could not be indexed; its old features (if any) are dropped.
     Bytes that failed (sha256 given) keep their validators, for `index update` to check
-    them again conditionally."""
+    them again conditionally; a failure without bytes (too large to read, not fetched)
+    forgets those of the bytes before, which no longer stand for the image."""
     if status == Status.INDEXED:
         raise ValueError("a failure cannot have status 'indexed'")
     lock_writes(session)
@@ -316,9 +317,11 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
     values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
                                   indexed_at=None, attempts=ImageRow.attempts + 1,
                                   seq=next_seq(session))
-    if sha256 is not None:
-        values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
-                      last_modified=_validator(last_modified, _MAX_LAST_MODIFIED))
+    if sha256 is None:
+        etag = last_modified = None
+    values.update(sha256=sha256, nbytes=nbytes if sha256 is not None else None,
+                  etag=_validator(etag, _MAX_ETAG),
+                  last_modified=_validator(last_modified, _MAX_LAST_MODIFIED))
     if status == Status.GONE:
         values["gone_at"] = ts
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
@@ -443,10 +446,20 @@ _CANDIDATES = (
 _METADATA = select(ImageRow.id, ImageRow.meta).where(ImageRow.id.in_(_IDS))
 _SIGNATURES = (select(FeatureRow.image_id, FeatureRow.colour_signature)
                .where(FeatureRow.image_id.in_(_IDS), FeatureRow.colour_signature.is_not(None)))
-_SAME_BYTES = (select(ImageRow.sha256, ImageRow.id, ImageRow.url)
-               .where(ImageRow.sha256.in_(bindparam("shas", expanding=True)),
-                      ImageRow.status == Status.INDEXED)
-               .order_by(ImageRow.id))
+#: the most entries `with_bytes` gives for one sha256 (a placeholder image a site uses for
+#: thousands of products would fill every answer that shows it)
+SAME_BYTES_MAX = 20
+_SAME_BYTES_RANKED = (
+    select(ImageRow.sha256, ImageRow.id, ImageRow.url,
+           func.row_number().over(partition_by=ImageRow.sha256, order_by=ImageRow.id)
+           .label("n"))
+    .where(ImageRow.sha256.in_(bindparam("shas", expanding=True)),
+           ImageRow.status == Status.INDEXED)
+    .subquery())
+_SAME_BYTES = (select(_SAME_BYTES_RANKED.c.sha256, _SAME_BYTES_RANKED.c.id,
+                      _SAME_BYTES_RANKED.c.url)
+               .where(_SAME_BYTES_RANKED.c.n <= bindparam("most"))
+               .order_by(_SAME_BYTES_RANKED.c.id))
 _BY_SHA256 = (select(ImageRow.id)
               .where(ImageRow.sha256 == bindparam("sha256"), ImageRow.status == Status.INDEXED)
               .order_by(ImageRow.id))
@@ -483,11 +496,13 @@ def colour_signatures(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
     return {int(r[0]): bytes(r[1]) for r in rows}
 
 
-def with_bytes(session: Session, shas: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
-    """The indexed images whose bytes have each sha256: (id, url) in id order, by sha256."""
+def with_bytes(session: Session, shas: Sequence[str], most: int = SAME_BYTES_MAX
+               ) -> dict[str, list[tuple[int, str]]]:
+    """The indexed images whose bytes have each sha256: (id, url), the first `most` in id
+    order, by sha256."""
     out: dict[str, list[tuple[int, str]]] = {}
     if shas:
-        for sha, i, url in session.execute(_SAME_BYTES, {"shas": list(shas)}):
+        for sha, i, url in session.execute(_SAME_BYTES, {"shas": list(shas), "most": most}):
             out.setdefault(sha, []).append((int(i), url))
     return out
 

@@ -52,11 +52,18 @@ class Loads:
         # written and locked under another name, then renamed: the others never see the
         # file unlocked (which would say its process is gone) or not yet whole
         new = folder / f".{self.pid}.new"
-        self._fd: int | None = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(self._fd, _SLOT.pack(NOT_TAKING))
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        os.replace(new, self._path)
-        self._own: mmap.mmap | None = mmap.mmap(self._fd, _SLOT.size)
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, _SLOT.pack(NOT_TAKING))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.replace(new, self._path)
+            self._own: mmap.mmap | None = mmap.mmap(fd, _SLOT.size)
+        except BaseException:  # a full disk, say: nothing left behind
+            os.close(fd)
+            new.unlink(missing_ok=True)
+            self._path.unlink(missing_ok=True)
+            raise
+        self._fd: int | None = fd
         self._others: dict[int, tuple[int, mmap.mmap]] = {}  # pid: (fd, mapping)
         self._scanned = float("-inf")
 
@@ -86,12 +93,12 @@ class Loads:
 
     def _scan(self) -> None:
         try:
-            names = [p.name for p in self.folder.iterdir()]
-        except OSError:
-            return
-        found = {int(n) for n in names if n.isdecimal() and int(n) != self.pid}
+            names: list[str] | None = [p.name for p in self.folder.iterdir()]
+        except OSError:  # the folder gone: the processes known are still told by their locks
+            names = None
+        found = {int(n) for n in names or () if n.isdecimal() and int(n) != self.pid}
         for pid, (fd, _) in list(self._others.items()):
-            if pid not in found or not _held(fd):
+            if (names is not None and pid not in found) or not _held(fd):
                 self._forget(pid)
         for pid in sorted(found - set(self._others)):
             path = self.folder / str(pid)

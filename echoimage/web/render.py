@@ -201,8 +201,9 @@ def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> st
     parts = [f"<h1>Duplicates in the catalogue</h1><p>{len(groups):,} groups, "
              f"{result.duplicates:,} images that copy another, of {result.images:,} indexed "
              f"images{' (parts of images included)' if crops else ''}. The keeper of each "
-             "group has the most pixels of content (inside any border), then the largest "
-             "file (the better encoded), then was indexed first.</p>"]
+             "group has the most pixels of content (inside any border), then the least "
+             "border, the most pixels, the largest file (the better encoded), and was "
+             "indexed first.</p>"]
     if not groups:
         parts.append("<p>No duplicates found.</p>")
     for g in shown:

@@ -138,7 +138,10 @@ class WebService:
                 if service.load_error is not None:
                     raise NotReady(service.load_error)
         except BaseException:
-            await service.close()
+            try:
+                await service.close()
+            except Exception:  # the first error is the one to tell
+                log.exception("closing the server that failed to start")
             raise
         return service
 
