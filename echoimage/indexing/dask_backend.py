@@ -145,8 +145,7 @@ async def _fetch_and_process(items: list[WorkItem], params: FeatureParams,
     by_id = {w.image_id: w for w in items}
     results = []
     async with Fetcher(FetchConfig.from_settings(settings)) as fetcher:
-        wanted = [(w.image_id, w.url, w.etag if w.known else None,
-                   w.last_modified if w.known else None) for w in items]
+        wanted = [(w.image_id, w.url, w.etag, w.last_modified) for w in items]
         async for key, fres in fetcher.fetch_many(wanted):
             summary.net_wait_seconds += fres.wait_s
             item = by_id[key]
@@ -154,7 +153,7 @@ async def _fetch_and_process(items: list[WorkItem], params: FeatureParams,
             if res is None:
                 res = process_bytes(item.image_id, fres.data, params, fres.etag,
                                     fres.last_modified,
-                                    item.sha256 if item.known else None)
+                                    item.sha256)
             results.append(res)
     return results
 

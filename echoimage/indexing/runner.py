@@ -75,7 +75,7 @@ class Runner:
     def run(self, work: list[WorkItem], summary: BuildSummary) -> None:
         """Process the work items; results are written in batched transactions."""
         # a local file whose size and mtime are as recorded needs no worker at all
-        same = [w for w in work if w.known and not is_url(w.url)
+        same = [w for w in work if not is_url(w.url)
                 and w.etag is not None and file_marker(w.url) == w.etag]
         if same:
             items = {w.image_id: w for w in same}
@@ -166,7 +166,7 @@ class Runner:
                 async with cpu_slots:
                     res = await loop.run_in_executor(
                         pool, process_bytes, item.image_id, fres.data, self.params,
-                        fres.etag, fres.last_modified, item.sha256 if item.known else None)
+                        fres.etag, fres.last_modified, item.sha256)
             on_result(res)
 
         async def submit(job: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -183,8 +183,7 @@ class Runner:
             for item in work:
                 if not is_url(item.url):
                     await submit(do_local, item)
-            remote = [(w.image_id, w.url, w.etag if w.known else None,
-                       w.last_modified if w.known else None)
+            remote = [(w.image_id, w.url, w.etag, w.last_modified)
                       for w in work if is_url(w.url)]
             if remote:
                 cfg = FetchConfig.from_settings(self.settings)

@@ -109,7 +109,9 @@ class FeatureParams:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One catalogue image to (re)index, with what the store already knows of it."""
+    """One catalogue image to (re)index, with what the store already knows of it: the
+    validators and sha256 of the bytes last processed (indexed, or failed for
+    themselves), given only where those stand for the image (None: fetched in full)."""
 
     image_id: int
     url: str
@@ -119,12 +121,6 @@ class WorkItem:
     was_indexed: bool = False
     reextract: bool = False  # its stored features were made with other parameters
     recheck: Status | None = None  # it failed for its bytes (RECHECKED): checked again
-
-    @property
-    def known(self) -> bool:
-        """Whether etag, last_modified and sha256 are those of bytes already processed
-        (indexed, or failed for themselves): the same bytes again are "unchanged"."""
-        return self.was_indexed or self.recheck is not None
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkR
     """Read a local file and process it; a missing, unreadable or special file is a
     status (never waited on)."""
     etag = file_marker(item.url)
-    if item.known and etag is not None and etag == item.etag:
+    if etag is not None and etag == item.etag:
         return WorkResult(item.image_id, Outcome.UNCHANGED, etag=etag)
     stages = Stages()
     got = read_local(item.url, max_bytes)

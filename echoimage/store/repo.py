@@ -317,10 +317,9 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
     values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
                                   indexed_at=None, attempts=ImageRow.attempts + 1,
                                   seq=next_seq(session))
-    if sha256 is None:
-        etag = last_modified = None
-    values.update(sha256=sha256, nbytes=nbytes if sha256 is not None else None,
-                  etag=_validator(etag, _MAX_ETAG),
+    if sha256 is None:  # no bytes read: nothing of the bytes before stands for the image
+        nbytes = etag = last_modified = None
+    values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
                   last_modified=_validator(last_modified, _MAX_LAST_MODIFIED))
     if status == Status.GONE:
         values["gone_at"] = ts

@@ -284,7 +284,7 @@ class WebService:
     # --- queries ---------------------------------------------------------------------------
 
     def _search(self, data: bytes, k: int, colour_sensitive: bool | None,
-                copies_only: bool) -> QueryResult:
+                copies_only: bool | None) -> QueryResult:
         res = self.catalogue.query(data, k, colour_sensitive, copies_only)
         res.timings = {key: round(v, 2) for key, v in res.timings.items()}
         return res
@@ -298,9 +298,8 @@ class WebService:
         Raises DecodeError, EmptyCatalogueError and other EchoImageErrors for the edge to map.
         """
         self.admit()  # again: a URL query was fetched since the request was admitted
-        alone = self.settings.copies_only if copies_only is None else copies_only
         try:
-            res = await self.run(self._search, data, k, colour_sensitive, alone)
+            res = await self.run(self._search, data, k, colour_sensitive, copies_only)
         except Exception:
             self.counters.failed += 1
             raise
