@@ -14,7 +14,12 @@ class NotAnImageError(DecodeError):
 
 
 class ImageTooLargeError(DecodeError):
-    """The image has more pixels or bytes than the caps allow (possible decompression bomb)."""
+    """The image has more pixels or bytes than the caps allow (possible decompression bomb).
+    size: its (width, height) where the header told them (over the pixel cap)."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class CatalogueError(EchoImageError):

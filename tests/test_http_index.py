@@ -435,6 +435,28 @@ def test_update_checks_an_image_that_failed_for_its_bytes_again(served: Served,
     assert top_url(search_engine(settings), copy_of("rocket")) == url
 
 
+def test_update_fetches_an_image_over_the_pixel_cap_again_once_the_cap_allows_it(
+        served: Served, settings: Settings) -> None:
+    """A served photo refused over the pixel cap is asked for conditionally while the cap
+    is below its size (a 304, nothing downloaded); once the cap allows it, the next update
+    asks without validators and indexes it."""
+    url = served.put("rocket", photo_jpeg("rocket"))  # 640x427
+    served.put("coffee", photo_jpeg("coffee"))
+    tight = settings.model_copy(update={"max_pixels": 250_000})
+    first = build_index(tight, [served.catalogue_url], progress=False)
+    assert dict(first.counts) == {Status.INDEXED: 1, Status.TOO_LARGE: 1}, first.as_dict()
+    served.reset_counts()
+    same = update_index(tight, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, f"skipped ({Status.TOO_LARGE})": 1}
+    assert served.answered_304 == Counter({"/img/rocket.jpg": 1, "/img/coffee.jpg": 1})
+    served.reset_counts()
+    raised = update_index(settings, progress=False)
+    assert dict(raised.counts) == {"unchanged": 1, Status.INDEXED: 1}, raised.as_dict()
+    assert served.image_hits()["/img/rocket.jpg"] == 1
+    assert not served.conditional["/img/rocket.jpg"]  # fetched from scratch
+    assert top_url(search_engine(settings), copy_of("rocket")) == url
+
+
 #: photos of the update test; each is served at /img/<name>.jpg
 UPDATE = ("astronaut", "coffee", "chelsea", "rocket", "brick", "clock")
 

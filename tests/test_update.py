@@ -109,3 +109,33 @@ def test_an_image_too_large_to_read_is_indexed_once_it_is_back(make_settings,
     back = update_index(settings, progress=False)
     assert dict(back.counts) == {"indexed": 1}, back.as_dict()
     assert back.index_entries == 1
+
+
+def test_an_image_over_the_pixel_cap_is_indexed_once_the_cap_allows_it(
+        make_settings, tmp_path: Path) -> None:
+    """A photo refused over ECHOIMAGE_MAX_PIXELS stays refused, unread, while the cap is
+    below its size (its file's marker unchanged); once the cap is raised to its size, the
+    next update reads it again and indexes it (before, its unchanged bytes kept it
+    refused for good). A cap lowered again leaves the indexed image as it is."""
+    root = tmp_path / "photos"
+    write(root / "coffee.jpg", jpeg(photo("coffee"), 90))  # 600x400
+    big = write(root / "rocket.jpg", jpeg(photo("rocket"), 90))  # 640x427
+    tight = make_settings(max_pixels=250_000)
+    first = build_index(tight, [str(root)], progress=False)
+    assert dict(first.counts) == {"indexed": 1, "too-large": 1}, first.as_dict()
+    assert "640x427 = 273,280 pixels exceeds the cap of 250,000" in first.failures[0][2]
+    same = update_index(tight, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, "skipped (too-large)": 1}, same.as_dict()
+    assert same.processed == 0
+    still = update_index(tight.model_copy(update={"max_pixels": 273_279}),
+                         progress=False)
+    assert dict(still.counts) == {"unchanged": 1, "skipped (too-large)": 1}, still.as_dict()
+    assert still.processed == 0  # raised, but not to its size: not read
+    raised = tight.model_copy(update={"max_pixels": 273_280})
+    now = update_index(raised, progress=False)
+    assert dict(now.counts) == {"unchanged": 1, "indexed": 1}, now.as_dict()
+    assert now.failures == [] and now.index_entries == 2
+    top = search_engine(raised).query_bytes(jpeg(crop(photo("rocket"), 0.7), 80),
+                                            1).matches[0]
+    assert top.url == str(big.resolve()) and top.duplicate
+    assert dict(update_index(raised, progress=False).counts) == {"unchanged": 2}

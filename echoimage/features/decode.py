@@ -181,7 +181,7 @@ def decode_image(data: bytes, max_pixels: int, work_size: int,
             if w <= 0 or h <= 0:
                 raise DecodeError(f"{fmt} image has no pixels ({w}x{h})")
             if w * h > max_pixels:
-                raise ImageTooLargeError(too_large(w * h, max_pixels, (w, h)))
+                raise ImageTooLargeError(too_large(w * h, max_pixels, (w, h)), (w, h))
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
                 img.seek(0)

@@ -154,7 +154,7 @@ def write_results(sessions: sessionmaker[Session], results: list[WorkResult],
                 summary.failures.append((item.url, r.status, r.reason or ""))
             else:
                 repo.save_failure(session, r.image_id, r.status, r.reason or r.status,
-                                  r.sha256, r.nbytes, r.etag, r.last_modified)
+                                  r.sha256, r.nbytes, r.etag, r.last_modified, r.size)
                 summary.failures.append((item.url, r.status, r.reason or ""))
             summary.counts[counted] += 1
             if r.sha256 is not None and r.status != Outcome.UNCHANGED:

@@ -10,6 +10,7 @@ of EchoImage, other settings) are fetched again unconditionally and extracted ag
 
 from __future__ import annotations
 
+import math
 import sys
 
 from sqlalchemy import Engine
@@ -93,6 +94,10 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
                     work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
                                           was_indexed=True)
                 elif k.status in RETRYABLE:
+                    work[k.id] = WorkItem(k.id, k.url)
+                elif k.status == Status.TOO_LARGE and (k.pixels() or math.inf) <= \
+                        settings.max_pixels:
+                    # refused over a pixel cap since raised: fetched again from scratch
                     work[k.id] = WorkItem(k.id, k.url)
                 elif k.status in RECHECKED:  # indexed once its bytes change
                     work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,

@@ -139,6 +139,9 @@ class WorkResult:
     #: the feature worker's CPU seconds by stage (read, sha256, decode, thumbnail, hashes,
     #: orb, colour signature, encode): they add up to cpu_s
     stages: dict[str, float] | None = None
+    #: an image refused over the pixel cap: its (width, height), for `index update` to
+    #: fetch it again once the cap allows it
+    size: tuple[int, int] | None = None
 
 
 def process_bytes(image_id: int, data: bytes, params: FeatureParams,
@@ -153,9 +156,10 @@ def process_bytes(image_id: int, data: bytes, params: FeatureParams,
     stages.lap("sha256")
 
     def result(status: Status | Outcome, reason: str | None = None,
-               record: FeatureRecord | None = None) -> WorkResult:
+               record: FeatureRecord | None = None,
+               size: tuple[int, int] | None = None) -> WorkResult:
         return WorkResult(image_id, status, reason, sha, len(data), etag, last_modified,
-                          record, stages.total, stages.seconds)
+                          record, stages.total, stages.seconds, size)
 
     if known_sha256 is not None and sha == known_sha256:
         return result(Outcome.UNCHANGED)
@@ -166,12 +170,10 @@ def process_bytes(image_id: int, data: bytes, params: FeatureParams,
     except DecodeError as exc:
         stages.lap("decode")
         if isinstance(exc, ImageTooLargeError):
-            status = Status.TOO_LARGE
-        elif isinstance(exc, NotAnImageError) and sniff_format(data) is None:
-            status = Status.NOT_AN_IMAGE
-        else:
-            status = Status.DECODE_ERROR
-        return result(status, str(exc))
+            return result(Status.TOO_LARGE, str(exc), size=exc.size)
+        if isinstance(exc, NotAnImageError) and sniff_format(data) is None:
+            return result(Status.NOT_AN_IMAGE, str(exc))
+        return result(Status.DECODE_ERROR, str(exc))
     except Exception as exc:  # noqa: BLE001 - one image's surprise must not end the run
         stages.lap("decode")
         log.warning("feature extraction failed on image %d: %s: %s", image_id,

@@ -67,6 +67,12 @@ class KnownImage:
     etag: str | None
     last_modified: str | None
     source_id: int | None
+    width: int | None = None
+    height: int | None = None
+
+    def pixels(self) -> int | None:
+        """Its width x height, where known (indexed, or refused over the pixel cap)."""
+        return self.width * self.height if self.width and self.height else None
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ def images_of_source(session: Session, uri: str) -> dict[str, KnownImage]:
 def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[str, KnownImage]:
     """Known images by URL (all of them, or those among urls)."""
     stmt = select(ImageRow.id, ImageRow.url, ImageRow.status, ImageRow.sha256, ImageRow.etag,
-                  ImageRow.last_modified, ImageRow.source_id)
+                  ImageRow.last_modified, ImageRow.source_id, ImageRow.width, ImageRow.height)
     out: dict[str, KnownImage] = {}
     if urls is None:
         for row in session.execute(stmt):
@@ -304,11 +310,14 @@ def note_attempt(session: Session, image_id: int, reason: str) -> None:
 
 def save_failure(session: Session, image_id: int, status: str, reason: str,
                  sha256: str | None = None, nbytes: int | None = None,
-                 etag: str | None = None, last_modified: str | None = None) -> None:
+                 etag: str | None = None, last_modified: str | None = None,
+                 size: tuple[int, int] | None = None) -> None:
     """Record why an image could not be indexed; its old features (if any) are dropped.
     Bytes that failed (sha256 given) keep their validators, for `index update` to check
     them again conditionally; a failure without bytes (too large to read, not fetched)
-    forgets those of the bytes before, which no longer stand for the image."""
+    forgets those of the bytes before, which no longer stand for the image. size: the
+    (width, height) of bytes refused over the pixel cap (`index update` fetches them
+    again once the cap allows them); the width and height of the bytes before go."""
     if status == Status.INDEXED:
         raise ValueError("a failure cannot have status 'indexed'")
     lock_writes(session)
@@ -319,8 +328,10 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
                                   seq=next_seq(session))
     if sha256 is None:  # no bytes read: nothing of the bytes before stands for the image
         nbytes = etag = last_modified = None
+    width, height = size if size is not None and sha256 is not None else (None, None)
     values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
-                  last_modified=_validator(last_modified, _MAX_LAST_MODIFIED))
+                  last_modified=_validator(last_modified, _MAX_LAST_MODIFIED),
+                  width=width, height=height)
     if status == Status.GONE:
         values["gone_at"] = ts
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**values))
