@@ -457,6 +457,37 @@ def test_update_fetches_an_image_over_the_pixel_cap_again_once_the_cap_allows_it
     assert top_url(search_engine(settings), copy_of("rocket")) == url
 
 
+def test_update_asks_for_a_refused_body_conditionally(served: Served,
+                                                     settings: Settings) -> None:
+    """A body refused before it was read whole (a page served as image/jpeg, told by its
+    first bytes; one over the byte cap, by its Content-Length) keeps the validators the
+    server gave it: an update asks with them, and a 304 leaves the failure as it was,
+    nothing downloaded. New bytes are indexed; a body over the cap is fetched again from
+    scratch once the cap allows its size."""
+    page = b"<!doctype html><html><head><title>Not found</title></head><body>" + \
+        b"<p>this product is gone</p>" * 40 + b"</body></html>"
+    url = served.put("rocket", page)
+    coffee = photo_jpeg("coffee")
+    served.put("coffee", coffee)
+    tight = settings.model_copy(update={"max_bytes": len(coffee) - 1})
+    first = build_index(tight, [served.catalogue_url], progress=False)
+    assert dict(first.counts) == {Status.NOT_AN_IMAGE: 1, Status.TOO_LARGE: 1}, \
+        first.as_dict()
+    served.reset_counts()
+    same = update_index(tight, progress=False)
+    assert dict(same.counts) == {f"skipped ({Status.NOT_AN_IMAGE})": 1,
+                                 f"skipped ({Status.TOO_LARGE})": 1}, same.as_dict()
+    assert same.failures == []
+    assert served.answered_304 == Counter({"/img/rocket.jpg": 1, "/img/coffee.jpg": 1})
+    served.put("rocket", photo_jpeg("rocket"))
+    served.reset_counts()
+    raised = update_index(settings, progress=False)
+    assert dict(raised.counts) == {Status.INDEXED: 2}, raised.as_dict()
+    assert served.conditional["/img/rocket.jpg"] == 1  # asked with the page's ETag: a 200
+    assert not served.conditional["/img/coffee.jpg"]  # the cap allows it: from scratch
+    assert top_url(search_engine(settings), copy_of("rocket")) == url
+
+
 #: photos of the update test; each is served at /img/<name>.jpg
 UPDATE = ("astronaut", "coffee", "chelsea", "rocket", "brick", "clock")
 

@@ -139,3 +139,26 @@ def test_an_image_over_the_pixel_cap_is_indexed_once_the_cap_allows_it(
                                             1).matches[0]
     assert top.url == str(big.resolve()) and top.duplicate
     assert dict(update_index(raised, progress=False).counts) == {"unchanged": 2}
+
+
+def test_a_file_over_the_byte_cap_is_indexed_once_the_cap_allows_it(
+        make_settings, tmp_path: Path) -> None:
+    """A file over ECHOIMAGE_MAX_BYTES is refused unread; an update leaves it so without
+    reading it while its marker and the cap stay, and indexes it once the cap allows
+    its size."""
+    root = tmp_path / "photos"
+    data = jpeg(photo("rocket"), 90)
+    big = write(root / "rocket.jpg", data)
+    write(root / "coffee.jpg", jpeg(photo("coffee"), 40))
+    tight = make_settings(max_bytes=len(data) - 1)
+    first = build_index(tight, [str(root)], progress=False)
+    assert dict(first.counts) == {"indexed": 1, "too-large": 1}, first.as_dict()
+    same = update_index(tight, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, "skipped (too-large)": 1}, same.as_dict()
+    assert same.processed == 0
+    raised = tight.model_copy(update={"max_bytes": len(data)})
+    now = update_index(raised, progress=False)
+    assert dict(now.counts) == {"unchanged": 1, "indexed": 1}, now.as_dict()
+    top = search_engine(raised).query_bytes(jpeg(crop(photo("rocket"), 0.7), 80),
+                                            1).matches[0]
+    assert top.url == str(big.resolve()) and top.duplicate

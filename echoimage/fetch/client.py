@@ -116,6 +116,8 @@ class FetchResult:
     attempts: int = 0  # tries of the whole chain: 1 + retries used
     elapsed_s: float = 0.0
     wait_s: float = 0.0  # time spent in requests and body reads, not in backoff sleeps
+    #: a body over the cap (too-large): its size as declared, or at least what was read
+    nbytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,7 @@ class _Outcome:
     final_url: str | None = None
     retry: bool = False
     retry_after: float | None = None
+    nbytes: int | None = None  # a body over the cap: its declared size, or what was read
 
 
 class AddressRefused(OSError):
@@ -297,6 +300,7 @@ class Fetcher:
             attempts=attempts,
             elapsed_s=time.monotonic() - start,
             wait_s=waited[0],
+            nbytes=out.nbytes,
         )
 
     async def _chain(self, url: str, headers: dict[str, str], waited: list[float]) -> _Outcome:
@@ -406,7 +410,7 @@ class Fetcher:
             resp.close()
             return _Outcome(FetchStatus.TOO_LARGE,
                             f"Content-Length {declared:,} exceeds the cap of {cap:,} bytes",
-                            **common)
+                            nbytes=declared, **common)
         buf = bytearray()
         sniffed = not cfg.require_image
         async for chunk in resp.content.iter_any():
@@ -414,7 +418,8 @@ class Fetcher:
             if len(buf) > cap:
                 resp.close()  # drop the connection rather than drain the rest
                 return _Outcome(FetchStatus.TOO_LARGE,
-                                f"body exceeds the cap of {cap:,} bytes", **common)
+                                f"body exceeds the cap of {cap:,} bytes", nbytes=len(buf),
+                                **common)
             if not sniffed and len(buf) >= _SNIFF_BYTES:
                 sniffed = True
                 if sniff_format(bytes(buf[:_SNIFF_BYTES])) is None:

@@ -68,6 +68,7 @@ class LocalRead:
     data: bytes | None
     status: LocalStatus | None = None
     reason: str = ""
+    size: int | None = None  # a file over the cap: its size (at least)
 
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
@@ -104,14 +105,15 @@ def read_local(url: str, max_bytes: int, head: bool = False) -> LocalRead:
             return LocalRead(os.read(fd, max_bytes))
         if st.st_size > max_bytes:
             return LocalRead(None, LocalStatus.TOO_LARGE,
-                             f"file is {st.st_size:,} bytes, over the cap of {max_bytes:,}")
+                             f"file is {st.st_size:,} bytes, over the cap of {max_bytes:,}",
+                             st.st_size)
         chunks = []
         total = 0
         while chunk := os.read(fd, 1 << 20):
             total += len(chunk)
             if total > max_bytes:  # grew while being read
                 return LocalRead(None, LocalStatus.TOO_LARGE,
-                                 f"file is over the cap of {max_bytes:,} bytes")
+                                 f"file is over the cap of {max_bytes:,} bytes", total)
             chunks.append(chunk)
         return LocalRead(b"".join(chunks))
     except OSError as exc:

@@ -95,9 +95,8 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
                                           was_indexed=True)
                 elif k.status in RETRYABLE:
                     work[k.id] = WorkItem(k.id, k.url)
-                elif k.status == Status.TOO_LARGE and (k.pixels() or math.inf) <= \
-                        settings.max_pixels:
-                    # refused over a pixel cap since raised: fetched again from scratch
+                elif k.status == Status.TOO_LARGE and _allowed_now(k, settings):
+                    # refused over a cap since raised: fetched again from scratch
                     work[k.id] = WorkItem(k.id, k.url)
                 elif k.status in RECHECKED:  # indexed once its bytes change
                     work[k.id] = WorkItem(k.id, k.url, k.etag, k.last_modified, k.sha256,
@@ -106,6 +105,15 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
                     summary.counts[Outcome.skipped(k.status)] += 1
         index_work(settings, store, work.values(), summary, progress)
     return summary
+
+
+def _allowed_now(k: KnownImage, settings: Settings) -> bool:
+    """Whether the caps now allow an image refused as too large: bytes read (a sha256)
+    were refused over the pixel cap, for their width x height; bytes not read whole, over
+    the byte cap, for their size (at least). Unknown, it is not told."""
+    if k.sha256 is not None:
+        return (k.pixels() or math.inf) <= settings.max_pixels
+    return (k.nbytes if k.nbytes is not None else math.inf) <= settings.max_bytes
 
 
 def _kept_for_unread_pages(session: Session, unlisted: dict[int, KnownImage],

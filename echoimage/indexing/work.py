@@ -202,6 +202,8 @@ def process_path(item: WorkItem, params: FeatureParams, max_bytes: int) -> WorkR
             status = Status.GONE if item.was_indexed else Status.MISSING
         else:
             status = _LOCAL_STATUS[got.status]
+        if status == Status.TOO_LARGE:  # its size, and the marker of the file refused
+            return WorkResult(item.image_id, status, got.reason, nbytes=got.size, etag=etag)
         return WorkResult(item.image_id, status, got.reason)
     return process_bytes(item.image_id, got.data, params, etag, None, item.sha256, stages)
 
@@ -220,8 +222,14 @@ def fetched_result(item: WorkItem, fres: FetchResult) -> WorkResult | None:
     if fres.status == FetchStatus.NOT_MODIFIED:
         return WorkResult(item.image_id, Outcome.UNCHANGED, etag=fres.etag,
                           last_modified=fres.last_modified)
-    return WorkResult(item.image_id, _STORE_STATUS.get(fres.status, Status.HTTP_ERROR),
-                      fres.reason or fres.status)
+    status = _STORE_STATUS.get(fres.status, Status.HTTP_ERROR)
+    if status in (Status.NOT_AN_IMAGE, Status.TOO_LARGE):
+        # refused for the bytes the server has now: their validators, for an update to ask
+        # again conditionally (and a body over the cap, its size)
+        return WorkResult(item.image_id, status, fres.reason or fres.status,
+                          nbytes=fres.nbytes, etag=fres.etag,
+                          last_modified=fres.last_modified)
+    return WorkResult(item.image_id, status, fres.reason or fres.status)
 
 
 #: the store status of a failed fetch (any other: http-error, retried by later runs)

@@ -69,6 +69,7 @@ class KnownImage:
     source_id: int | None
     width: int | None = None
     height: int | None = None
+    nbytes: int | None = None
 
     def pixels(self) -> int | None:
         """Its width x height, where known (indexed, or refused over the pixel cap)."""
@@ -195,7 +196,8 @@ def images_of_source(session: Session, uri: str) -> dict[str, KnownImage]:
 def known_images(session: Session, urls: Sequence[str] | None = None) -> dict[str, KnownImage]:
     """Known images by URL (all of them, or those among urls)."""
     stmt = select(ImageRow.id, ImageRow.url, ImageRow.status, ImageRow.sha256, ImageRow.etag,
-                  ImageRow.last_modified, ImageRow.source_id, ImageRow.width, ImageRow.height)
+                  ImageRow.last_modified, ImageRow.source_id, ImageRow.width, ImageRow.height,
+                  ImageRow.nbytes)
     out: dict[str, KnownImage] = {}
     if urls is None:
         for row in session.execute(stmt):
@@ -313,11 +315,11 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
                  etag: str | None = None, last_modified: str | None = None,
                  size: tuple[int, int] | None = None) -> None:
     """Record why an image could not be indexed; its old features (if any) are dropped.
-    Bytes that failed (sha256 given) keep their validators, for `index update` to check
-    them again conditionally; a failure without bytes (too large to read, not fetched)
-    forgets those of the bytes before, which no longer stand for the image. size: the
-    (width, height) of bytes refused over the pixel cap (`index update` fetches them
-    again once the cap allows them); the width and height of the bytes before go."""
+    The failure's own sha256, size and validators are kept as given (bytes refused:
+    for `index update` to check them again conditionally), and none given are none:
+    nothing of the bytes before stands for the image. size: the (width, height) of
+    bytes refused over the pixel cap (`index update` fetches them again once the cap
+    allows them); nbytes of a file refused over the byte cap: its size (at least)."""
     if status == Status.INDEXED:
         raise ValueError("a failure cannot have status 'indexed'")
     lock_writes(session)
@@ -326,8 +328,6 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
     values: dict[str, Any] = dict(status=status, reason=reason[:2000], updated_at=ts,
                                   indexed_at=None, attempts=ImageRow.attempts + 1,
                                   seq=next_seq(session))
-    if sha256 is None:  # no bytes read: nothing of the bytes before stands for the image
-        nbytes = etag = last_modified = None
     width, height = size if size is not None and sha256 is not None else (None, None)
     values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
                   last_modified=_validator(last_modified, _MAX_LAST_MODIFIED),
