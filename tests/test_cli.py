@@ -478,6 +478,26 @@ def test_index_status_text(catalogue, cli_built) -> None:
     assert "build ok" in result.output and f"indexed: {len(catalogue.files)}" in result.output
 
 
+def test_an_update_that_cannot_read_a_source_says_so_in_its_run(tmp_path: Path) -> None:
+    """A source gone from where it was (a folder moved) fails the update's command and
+    keeps its images; the run's line in `index status` (and its reason in --json) says
+    which source and why, not a plain "ok"."""
+    photos = tmp_path / "photos"
+    write(photos / "a.jpg", jpeg(photo("astronaut"), 90))
+    data_dir = tmp_path / "data"
+    assert run(data_dir, "index", "build", str(photos), "-q").exit_code == 0
+    photos.rename(tmp_path / "moved")
+    result = run(data_dir, "index", "update", "-q")
+    assert result.exit_code == 1 and "could not be read" in result.output, result.output
+    status = run(data_dir, "index", "status")
+    line = next(x for x in status.output.splitlines() if x.startswith("run 2 update"))
+    assert line.endswith("1 source could not be read, their images kept as they were: "
+                         f"catalogue source not found: {photos.resolve()}"), line
+    report = json.loads(run(data_dir, "index", "status", "--json").output)
+    assert report["counts"] == {"indexed": 1}
+    assert report["runs"][0]["reason"].startswith("1 source could not be read")
+
+
 def test_run_counts_text() -> None:
     from echoimage.cli import _run_counts
 

@@ -201,8 +201,9 @@ def one_runner(sessions: sessionmaker[Session], store: Engine) -> Iterator[None]
 @contextmanager
 def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
                  sources: list[str]) -> Iterator[None]:
-    """Record a run in the store: 'running' while the block runs, then 'ok', or 'failed' /
-    'interrupted' with the reason (run_end), with the summary's counts and duration."""
+    """Record a run in the store: 'running' while the block runs, then 'ok' (with the
+    sources it could not read, if any: unread_sources), or 'failed' / 'interrupted' with
+    the reason (run_end), with the summary's counts and duration."""
     t0 = time.perf_counter()
     with sessions.begin() as session:
         run_id = repo.start_run(session, summary.kind, sources)
@@ -219,4 +220,20 @@ def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
         raise
     summary.seconds = time.perf_counter() - t0
     with sessions.begin() as session:
-        repo.finish_run(session, run_id, RunStatus.OK, dict(summary.counts))
+        repo.finish_run(session, run_id, RunStatus.OK, dict(summary.counts),
+                        unread_sources(summary))
+
+
+def unread_sources(summary: BuildSummary) -> str | None:
+    """What a run that finished says of the sources it could not read (an update keeps
+    their images as they were), in one line: the first, and how many more; None when it
+    read them all."""
+    unread = [(uri, why) for uri, status, why in summary.failures
+              if status == Outcome.SOURCE_UNREADABLE]
+    if not unread:
+        return None
+    uri, why = unread[0]
+    more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
+    n = "1 source" if len(unread) == 1 else f"{len(unread)} sources"
+    said = why if uri in why else f"{uri}: {why}"
+    return f"{n} could not be read, their images kept as they were: {said}{more}"

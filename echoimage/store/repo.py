@@ -620,7 +620,7 @@ def start_run(session: Session, kind: str, sources: list[str]) -> int:
 def finish_run(session: Session, run_id: int, status: RunStatus, counts: dict[str, int],
                reason: str | None = None) -> None:
     """Record the end of an indexing run with its counts per state and, when it ended
-    badly, why."""
+    badly or left a source unread, why."""
     session.execute(update(Run).where(Run.id == run_id).values(
         finished_at=now(), status=status, counts=counts, reason=reason))
 
