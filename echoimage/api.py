@@ -557,7 +557,8 @@ class Catalogue:
             require_existing(self.settings)
         store = self.open_store(create=True)
         if url_policy is None:
-            url_policy = UrlPolicy(AllowList.parse(self.settings.scan_allowlist))
+            url_policy = UrlPolicy(AllowList.parse(self.settings.scan_allowlist),
+                                   hint="ECHOIMAGE_SCAN_ALLOWLIST lets a scan reach it")
         return Scanner(self.settings, store, self.search_engine, url_policy)
 
     def findings(self, watch: str | None = None, catalogue_image: int | None = None,
@@ -604,6 +605,7 @@ class Catalogue:
                   notify: str | None = None) -> bool:
         """Save targets as a named watch (replacing one of that name) for scan_watches
         and `echoimage scan --watches`; True when the name is new."""
+        from echoimage.catalogue.notify import NO_SECRET
         from echoimage.errors import ScanError
         from echoimage.fetch.local import is_url
         from echoimage.store import scans
@@ -617,6 +619,8 @@ class Catalogue:
             raise ScanError("a watch needs at least one target")
         if follow_pages < 0:
             raise ScanError("follow_pages must not be negative")
+        if notify and self.settings.webhook_secret is None:  # refused now, not by cron later
+            raise ScanError(NO_SECRET)
         kept = [t if is_url(t) else _absolute_target(t) for t in map(os.fspath, targets)]
         if self._store is None:
             require_existing(self.settings)

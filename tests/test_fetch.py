@@ -26,6 +26,7 @@ from echoimage.fetch.client import (
     parse_retry_after,
     url_problem,
 )
+from echoimage.fetch.ssrf import UrlPolicy
 
 ETAG = '"v1"'
 LAST_MODIFIED = "Wed, 01 Jan 2025 00:00:00 GMT"
@@ -445,3 +446,20 @@ def test_statuses_and_config_validation() -> None:
         FetchConfig(concurrency=0)
     with pytest.raises(ValueError):
         FetchConfig(read_timeout=0)
+
+
+@pytest.mark.parametrize("url,told", [
+    ("127.0.0.1:8101", "unsupported scheme '127.0.0.1': only http and https are fetched "
+                       "(for a web address, write http://127.0.0.1:8101)"),
+    ("localhost:8080/a.jpg", "(for a web address, write http://localhost:8080/a.jpg)"),
+    ("shop.example/p.html", "unsupported scheme '(none)': only http and https are fetched "
+                            "(for a web address, write http://shop.example/p.html)"),
+    ("ftp://shop.example/a.jpg", "unsupported scheme 'ftp': only http and https are fetched"),
+])
+def test_an_address_without_its_scheme_is_told_how_to_write_it(url: str, told: str) -> None:
+    """A host written without http:// (yarl reads "127.0.0.1" as its scheme) is told what
+    to write, by the fetcher's check and by the scan's policy alike; another scheme is
+    not."""
+    for said in (url_problem(url), asyncio.run(UrlPolicy().check(url))):
+        assert said is not None and said.endswith(told), said
+        assert ("write http://" in said) == ("://" not in url)

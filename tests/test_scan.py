@@ -272,13 +272,14 @@ def test_catalogue_changes_make_the_next_scan_compare_again(built_copy, site: Sc
 
 def test_private_addresses_are_refused_unless_allowed(built_copy, site: ScanSite) -> None:
     """Without the allow-list a scan does not fetch from 127.0.0.1: the scan fails with
-    the reason, and the site saw no request."""
+    the reason, which says how to allow it, and the site saw no request."""
     settings = scan_settings(built_copy.settings, scan_allowlist=[])
     with Catalogue(settings) as cat:
         report = cat.scan(site.url("/index.html"))
     assert not report.ok and site.requests == []
     assert report.failures[0].status in (ScanStatus.BAD_URL, ScanStatus.REFUSED)
-    assert "loopback" in report.reason
+    assert "127.0.0.1 is a loopback address (ECHOIMAGE_SCAN_ALLOWLIST lets a scan reach " \
+        "it)" in report.reason, report.reason
 
 
 def test_lists_folders_and_images_json(built_copy, site: ScanSite, tmp_path: Path) -> None:
@@ -368,11 +369,15 @@ def test_webhook_signed_retried_and_delivered_again(built_copy, site: ScanSite,
                                                     receiver: tuple[Receiver, str]) -> None:
     """Each new finding is POSTed as JSON with an HMAC-SHA256 signature of the body; a 503
     is tried again; findings the receiver never took are reported and delivered again by
-    the next scan; a webhook without a secret is refused before anything is scanned."""
+    the next scan; a webhook without a secret is refused before anything is scanned, and
+    so is a watch that would notify one (not only later, by its scheduled scan)."""
     rec, hook = receiver
     with Catalogue(scan_settings(built_copy.settings)) as cat:
         with pytest.raises(ScanError, match="ECHOIMAGE_WEBHOOK_SECRET"):
             cat.scan(site.url("/page2.html"), notify=hook)
+        with pytest.raises(ScanError, match="ECHOIMAGE_WEBHOOK_SECRET"):
+            cat.add_watch("unsigned", site.url("/page2.html"), notify=hook)
+        assert cat.watches("unsigned") == []
     settings = scan_settings(built_copy.settings, webhook_secret=SecretStr("s3cret"),
                              webhook_retries=2)
     rec.statuses = [503, 200, 400]

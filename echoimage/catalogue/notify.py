@@ -28,6 +28,9 @@ from echoimage.fetch.ssrf import UrlPolicy
 #: the header that carries the body's signature
 SIGNATURE_HEADER = "X-EchoImage-Signature-256"
 
+#: why a webhook cannot be used (or saved with a watch) without a secret
+NO_SECRET = "a webhook needs a secret to sign its deliveries: set ECHOIMAGE_WEBHOOK_SECRET"
+
 
 def sign(secret: str, body: bytes) -> str:
     """The signature header's value for body: ``sha256=<hex HMAC-SHA256>``."""

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from echoimage.aio import run_interruptibly
 from echoimage.catalogue.crawl import Visit, crawl, failed_visit
-from echoimage.catalogue.notify import Webhook
+from echoimage.catalogue.notify import NO_SECRET, Webhook
 from echoimage.catalogue.scrape import PAGE_MAX_BYTES, PoliteClient, ScrapeFilters
 from echoimage.catalogue.sources import (
     FolderListing,
@@ -260,8 +260,7 @@ class Scanner:
                             "build` first")
         secret = self.settings.webhook_secret
         if options.notify and secret is None:
-            raise ScanError("a webhook needs a secret to sign its deliveries: set "
-                            "ECHOIMAGE_WEBHOOK_SECRET")
+            raise ScanError(NO_SECRET)
         report = ScanReport(targets=list(targets), watch=options.watch)
         with self.sessions.begin() as session:
             report.scan_id = scans.start_scan(session, list(targets), options.watch)

@@ -147,6 +147,17 @@ class _Outcome:
     nbytes: int | None = None  # a body over the cap: its declared size, or what was read
 
 
+def scheme_refusal(url: str, scheme: str) -> str:
+    """Why a URL of this scheme is not fetched; a host written without its scheme
+    (``127.0.0.1:8101``, ``shop.example/a.jpg``, where yarl reads a scheme or none) is
+    told what it was taken for."""
+    said = f"unsupported scheme {scheme or '(none)'!r}: only http and https are fetched"
+    head = url.split("/", 1)[0]
+    if "://" not in url and ("." in head or head.partition(":")[0] == "localhost"):
+        said += f" (for a web address, write http://{url})"
+    return said
+
+
 class AddressRefused(OSError):
     """A URL policy refused the address a host resolved to (raised by a guarded resolver,
     echoimage.fetch.ssrf; the fetch is then FetchStatus.REFUSED)."""
@@ -185,7 +196,7 @@ def url_problem(url: str) -> str | None:
         return _one_line(f"malformed URL ({exc})")
     scheme = parsed.scheme.lower()
     if scheme not in ("http", "https"):
-        return f"unsupported scheme {scheme or '(none)'!r}: only http and https are fetched"
+        return scheme_refusal(url.strip(), scheme)
     host = parsed.raw_host
     if not host or any(c.isspace() for c in host):
         return "malformed URL (no valid host)"

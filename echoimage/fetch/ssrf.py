@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from echoimage.fetch.client import AddressRefused, FetchConfig, Fetcher
+from echoimage.fetch.client import AddressRefused, FetchConfig, Fetcher, scheme_refusal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -137,10 +137,12 @@ class AllowList:
 
 
 class UrlPolicy:
-    """Vets URLs and resolved addresses for server-side fetches."""
+    """Vets URLs and resolved addresses for server-side fetches. hint: said after a
+    refused address (how the operator allows it, where that is theirs to say)."""
 
-    def __init__(self, allow: AllowList | None = None) -> None:
+    def __init__(self, allow: AllowList | None = None, hint: str = "") -> None:
         self.allow = allow or AllowList()
+        self.hint = hint
 
     def refusal(self, host: str, port: int | None, addresses: Iterable[IPAddress]) -> str | None:
         """Why host:port must not be fetched given its addresses, or None."""
@@ -152,9 +154,10 @@ class UrlPolicy:
         for ip in addresses:
             problem = address_problem(ip)
             if problem is not None and not self.allow.permits_address(ip):
+                hint = f" ({self.hint})" if self.hint else ""
                 if str(ip) == host.strip("[]"):
-                    return f"{ip} is a {problem}"
-                return f"{host} resolves to {ip}, a {problem}"
+                    return f"{ip} is a {problem}{hint}"
+                return f"{host} resolves to {ip}, a {problem}{hint}"
         return None
 
     async def check(self, url: str) -> str | None:
@@ -168,7 +171,7 @@ class UrlPolicy:
             return "malformed URL"
         scheme = (parsed.scheme or "").lower()
         if scheme not in _DEFAULT_PORTS:
-            return f"unsupported scheme {scheme or '(none)'!r}: only http and https are fetched"
+            return scheme_refusal(url, scheme)
         host = parsed.raw_host or ""
         if not host:
             return "URL has no host"
