@@ -17,7 +17,7 @@ import click
 from echoimage.api import Catalogue, make_settings
 from echoimage.config import Settings
 from echoimage.errors import EchoImageError
-from echoimage.types import Outcome
+from echoimage.types import Outcome, counted
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -199,7 +199,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     counts = dict(summary.counts)
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing to do"
     # the processing phase's rate is the progress bar's final one (see work_phase)
-    work = (f"processing phase: {summary.work_items} images in {summary.work_seconds:.2f} s, "
+    work = (f"processing phase: {counted(summary.work_items, 'image')} in "
+            f"{summary.work_seconds:.2f} s, "
             f"{summary.work_rate:.1f} images/s" if summary.work_items else "nothing processed")
     click.echo(f"{summary.kind}: {parts} in {summary.seconds:.1f} s ({work}); "
                f"index entries: {summary.index_entries}")
@@ -545,8 +546,9 @@ def dedupe(ctx: click.Context, crops: bool, as_csv: bool, quiet: bool, as_json: 
         return
     info = result.summary()
     cost = f", {info['ms_per_image']:.2f} ms per image" if info["images"] else ""
-    click.echo(f"{info['groups']} groups of duplicates, {info['duplicates']} images to remove "
-               f"of {info['images']} ({info['seconds']:.1f} s{cost})")
+    click.echo(f"{counted(info['groups'], 'group')} of duplicates, "
+               f"{counted(info['duplicates'], 'image')} to remove of {info['images']} "
+               f"({info['seconds']:.1f} s{cost})")
     for g in result.groups:
         k = g.keeper
         click.echo(f"group {g.number} ({len(g.members)} images): keep #{k.id} {k.url} "
@@ -909,7 +911,8 @@ def watch_add(ctx: click.Context, name: str, targets: tuple[str, ...], follow_pa
         echoimage watch add shop-a https://shop-a.example/ --follow-pages 50
     """
     new = _catalogue(ctx).add_watch(name, *targets, follow_pages=follow_pages, notify=notify)
-    click.echo(f"watch {name} {'added' if new else 'replaced'}: {len(targets)} targets")
+    click.echo(f"watch {name} {'added' if new else 'replaced'}: "
+               f"{counted(len(targets), 'target')}")
 
 
 @watch.command("list")
@@ -934,10 +937,10 @@ def watch_list(ctx: click.Context, as_json: bool) -> None:
     for w in watches:
         last = w.last_scan
         when = (f"last scan {last['started_at']} {last['status']}" if last else "never scanned")
-        extra = f", follows {w.follow_pages} pages" if w.follow_pages else ""
+        extra = f", follows {counted(w.follow_pages, 'page')}" if w.follow_pages else ""
         hook = f", notifies {w.notify}" if w.notify else ""
         click.echo(f"{w.name}: {' '.join(w.targets)}{extra}{hook}; {when}; "
-                   f"{w.findings} findings")
+                   f"{counted(w.findings, 'finding')}")
 
 
 @watch.command("remove")

@@ -312,3 +312,9 @@ _FETCH_TO_SCAN = {
     FetchStatus.REDIRECT_LOOP: ScanStatus.REDIRECT_ERROR,
     FetchStatus.TOO_MANY_REDIRECTS: ScanStatus.REDIRECT_ERROR,
 }
+
+
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """n and its noun, singular for one: "1 page", "3 pages", "2 copies" (nouns: the
+    plural where it is not noun + "s")."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"

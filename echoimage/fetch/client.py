@@ -23,7 +23,7 @@ from yarl import URL
 
 from echoimage.config import Settings
 from echoimage.features.sniff import sniff_format
-from echoimage.types import FetchStatus
+from echoimage.types import FetchStatus, counted
 
 K = TypeVar("K")
 
@@ -349,7 +349,7 @@ class Fetcher:
             if key in seen:
                 return _Outcome(FetchStatus.REDIRECT_LOOP,
                                 _one_line(f"redirect loop: {current} redirects back to "
-                                          f"{target} (after {hops} redirects)"),
+                                          f"{target} (after {counted(hops, 'redirect')})"),
                                 http_status=out.http_status, final_url=target)
             if hops > cfg.max_redirects:
                 return _Outcome(FetchStatus.TOO_MANY_REDIRECTS,
