@@ -171,7 +171,7 @@ def test_no_copy_found(server: str, browser: object, tmp_path: Path) -> None:
     page.click("button[type=submit]")
     page.wait_for_url("**/results/*")
     note = page.locator(".no-copy")
-    assert note.is_visible() and note.inner_text().startswith("No copy found.")
+    assert note.is_visible() and note.inner_text().startswith("None: no catalogue image is a copy")
     assert page.locator(".summary").inner_text().strip() == "No copy found."
     cards = page.locator("li.card")
     assert cards.count() == 5

@@ -125,6 +125,8 @@ async def test_a_scan_job_then_its_findings(served: Served) -> None:
     job = await wait_job(served, resp.json())
     assert job["status"] == "done", job
     assert job["counts"]["findings new"] == 3 and job["counts"]["images ok"] == 3
+    made, ended = (datetime.fromisoformat(job[k]) for k in ("created_at", "finished_at"))
+    assert made.tzinfo is not None and made <= ended  # ISO 8601 times, as the rest give
     assert len(job["result"]["findings"]) == 3
 
     listed = (await served.client.get("/api/findings")).json()
@@ -147,7 +149,11 @@ async def test_a_scan_job_then_its_findings(served: Served) -> None:
     assert (await served.client.get("/api/findings", params={"watch": "none"})).json()[
         "total"] == 0
     bad = await served.client.get("/api/findings", params={"since": "yesterday"})
-    assert bad.status_code == 422
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("since: "), bad.text
+    past = await served.client.get("/api/findings", params={"per_page": 999})
+    assert past.json() == {"detail": "per_page: Input should be less than or equal to 200"}
+    said = (await served.client.get("/openapi.json")).json()["components"]["schemas"]
+    assert said["HTTPValidationError"]["properties"]["detail"]["type"] == "string"
 
     png = await served.client.get(rocket["links"]["match_image"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

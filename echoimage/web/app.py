@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from uvicorn.supervisors import Multiprocess
@@ -32,7 +33,7 @@ from echoimage.errors import EchoImageError
 from echoimage.web import admin, findings, pages, routes
 from echoimage.web.config import AccessLog, WebSettings
 from echoimage.web.docs import add_docs
-from echoimage.web.inputs import http_error
+from echoimage.web.inputs import http_error, invalid
 from echoimage.web.metrics import MULTIPROC_ENV
 from echoimage.web.observe import Observe
 from echoimage.web.service import WebService
@@ -82,6 +83,14 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
         err = http_error(exc)
         return JSONResponse({"detail": err.detail}, status_code=err.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def _unreadable(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # a parameter FastAPI could not read (a page past the last, a bad date): one line,
+        # as every other error says it
+        return JSONResponse({"detail": invalid(exc.errors())}, status_code=422)
+
+    _one_line_422s(app)
+
     app.include_router(routes.router)
     app.include_router(routes.health_router)
     app.include_router(admin.router)
@@ -93,6 +102,26 @@ def create_app(settings: Settings, web_settings: WebSettings | None = None) -> F
     # every request is counted and timed, refusals and errors too
     app.add_middleware(Observe, json_log=web.access_log == AccessLog.JSON)
     return app
+
+
+def _one_line_422s(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what a 422 holds: {"detail": one line}, not FastAPI's
+    list of errors (see create_app's handler)."""
+    made = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = made().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError", "type": "object",
+                    "properties": {"detail": {"title": "Detail", "type": "string"}},
+                    "required": ["detail"]}
+                schemas.pop("ValidationError", None)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_environment() -> FastAPI:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
@@ -75,6 +76,15 @@ def http_error(exc: EchoImageError) -> HTTPException:
     if isinstance(exc, EmptyCatalogueError | IndexStaleError | StoreError):
         return HTTPException(503, str(exc))
     return HTTPException(500, str(exc))
+
+
+def invalid(errors: Sequence[Any]) -> str:
+    """pydantic's validation errors as the one line of a 422: where the first is, and
+    what (``per_page: Input should be less than or equal to 200``)."""
+    err = errors[0]
+    where = ".".join(str(p) for p in err["loc"] if p not in ("query", "path")) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {err['msg']}{more}"
 
 
 def _too_large(cap: int) -> HTTPException:
@@ -188,9 +198,7 @@ async def read_search_input(request: Request, service: WebService) -> SearchInpu
         try:
             req = SearchRequest.model_validate_json(body)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            raise HTTPException(422, f"bad JSON body: {where}: {err['msg']}") from None
+            raise HTTPException(422, f"bad JSON body: {invalid(exc.errors())}") from None
         url = req.url.strip()
         if not url:
             raise HTTPException(400, "give a URL")

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,18 @@ class Job:
             self.on_change(self)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (times in ISO 8601, UTC, as the rest of the API gives them)."""
         return {"id": self.id, "kind": self.kind, "status": str(self.status),
-                "params": self.params, "created_at": self.created_at,
-                "started_at": self.started_at, "finished_at": self.finished_at,
+                "params": self.params, "created_at": _iso(self.created_at),
+                "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
                 "progress": {"done": self.done, "total": self.total},
                 "counts": self.counts, "errors": self.errors[:50],
                 "error": self.error, "result": self.result}
+
+
+def _iso(t: float | None) -> str | None:
+    """A time.time() value in ISO 8601, UTC."""
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 class JobManager:

@@ -172,8 +172,9 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
         cards = "\n".join(card(i, m, entry.token, threshold) for i, m in copies)
         listing = f'<ol class="grid copies">\n{cards}\n</ol>'
     else:
-        listing = ('<p class="no-copy" role="status"><strong>No copy found.</strong> No '
-                   "catalogue image is a copy of this one (or of a part of it).</p>")
+        # under "Copies in the catalogue" (the query's caption says "No copy found.")
+        listing = ('<p class="no-copy" role="status"><strong>None:</strong> no catalogue '
+                   "image is a copy of this one (or of a part of it).</p>")
     if others:
         cards = "\n".join(card(i, m, entry.token, threshold) for i, m in others)
         n = len(others)
