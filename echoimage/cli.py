@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
                f"index entries: {summary.index_entries}")
     if note := summary.skipped_note():
         click.echo(f"  {note}")
+    for note in summary.notes:
+        click.echo(f"  note: {note}")
     if counts.get(Outcome.KNOWN_FAILURE):
         click.echo("  known failures (failed before) are left as they were: `echoimage "
                    "index update` checks again those that failed for their bytes")
@@ -674,8 +677,12 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
               help="Skip images whose file name has this word (repeatable; replaces the "
                    "defaults: logo, icon, favicon, category-menu, sprite).")
 @click.option("--extension", "extensions", multiple=True,
-              help="Keep only these extensions (repeatable, e.g. --extension .jpg).")
-@click.option("--keep-no-extension", is_flag=True, help="Keep image URLs with no extension.")
+              help="Keep only image URLs with these extensions, or with none (repeatable, "
+                   "e.g. --extension .jpg); by default an image reference is kept whatever "
+                   "its extension.")
+@click.option("--keep-no-extension", is_flag=True,
+              help="Also take a link with no extension around an <img> (<a href=/cdn/full/1>) "
+                   "for an image of its own; by default such links are counted in a note.")
 @click.pass_context
 @handle_errors
 def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,
@@ -684,8 +691,9 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
     """Collect the image URLs of PAGE_URLs into an images.json: <img>, <picture>, linked
     full-size images, CSS backgrounds, og:image, video posters (see the README).
 
-    robots.txt is honoured, and requests to one host are ECHOIMAGE_SCRAPE_DELAY seconds
-    apart (1 by default).
+    An image reference is kept whatever its URL's extension, or none (/cdn/img123); a
+    link (<a href>) is an image when its extension is an image's. robots.txt is honoured,
+    and requests to one host are ECHOIMAGE_SCRAPE_DELAY seconds apart (1 by default).
 
     Example:
 
@@ -694,15 +702,12 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
     """
     from echoimage.api import ScrapeFilters, scrape_pages, write_catalogue
 
-    filters = ScrapeFilters()
+    filters = ScrapeFilters(keep_no_extension=keep_no_extension)
     if skip_words:
-        filters = ScrapeFilters(skip_words=tuple(w.lower() for w in skip_words),
-                                extensions=filters.extensions)
+        filters = replace(filters, skip_words=tuple(w.lower() for w in skip_words))
     if extensions:
         exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-        filters = ScrapeFilters(skip_words=filters.skip_words, extensions=exts)
-    if keep_no_extension:
-        filters = ScrapeFilters(filters.skip_words, filters.extensions, True)
+        filters = replace(filters, extensions=exts)
     report = scrape_pages(list(pages), follow_pages, filters, settings=_settings(ctx))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -775,6 +780,10 @@ def _scan_summary(report: Any) -> list[str]:
         lines.append(f"  {item.status}: {item.kind} {item.url}: {item.reason}")
     if len(report.failures) > 20:
         lines.append(f"  … and {len(report.failures) - 20} more (--json lists them all)")
+    for note in report.notes[:20]:
+        lines.append(f"  note: {note}")
+    if len(report.notes) > 20:
+        lines.append(f"  … and {len(report.notes) - 20} more notes (--json lists them all)")
     for item in report.undelivered[:5]:
         lines.append(f"  webhook {item.url}: {item.reason}")
     if report.undelivered:

@@ -30,6 +30,7 @@ from helpers import (
     mirror,
     photo,
     resize,
+    rot90,
     store_url,
     synthetic,
     to_rgb,
@@ -466,6 +467,90 @@ def test_cli_watches(built_copy, site: ScanSite) -> None:
     assert gone.exit_code == 1 and "no watch named solo" in gone.output
     unknown = run_cli(["scan", "--watch", "solo"], s)
     assert unknown.exit_code == 1 and "no watch named solo" in unknown.output
+
+
+# --- image URLs with no extension ------------------------------------------------------------
+
+def cdn_site(site: ScanSite) -> None:
+    """Pages whose images a CDN serves at URLs with no extension: a turned copy of the
+    coffee photo alone on /pages/cdn2.html; on /pages/cdn.html with unrelated photos, each
+    referred to another way, and links (with no extension) to pages."""
+    site.image("/cdn/img123", jpeg(rot90(to_rgb(photo("coffee")))))
+    for i, path in enumerate(["/cdn/og", "/cdn/bg", "/cdn/lazy", "/cdn/pic", "/cdn/thumb7"]):
+        site.image(path, jpeg(synthetic(10 + i)))
+    site.page("/pages/cdn2.html", ["/cdn/img123"])
+    site.routes["/pages/cdn.html"] = Route(b"""<!doctype html><html><head>
+<meta property="og:image" content="/cdn/og"></head><body>
+<div style="background-image: url(/cdn/bg)"></div>
+<img src="/cdn/img123" alt="Turned">
+<img src="/cdn/placeholder" data-src="/cdn/lazy">
+<picture><source srcset="/cdn/pic?w=800 800w, /cdn/pic?w=1600 1600w"><img src="/cdn/pic?w=400">
+</picture>
+<a href="/product/7"><img src="/cdn/thumb7" alt="Seven"></a>
+<a href="/pages/about">About us</a>
+</body></html>""")
+    site.page("/pages/about", [])
+    site.page("/product/7", ["/cdn/thumb7"])
+
+
+#: the image paths of /pages/cdn.html
+CDN_IMAGES = {"/cdn/og", "/cdn/bg", "/cdn/img123", "/cdn/lazy", "/cdn/pic?w=1600",
+              "/cdn/thumb7"}
+#: its note: the link around an <img> with no extension is not taken for an image
+CDN_NOTE = "1 link around images skipped: no image extension"
+
+
+def test_images_with_no_extension_are_scanned(built_copy, site: ScanSite) -> None:
+    """A page whose image URL has no extension (as on image CDNs) is scanned like any
+    other: its turned copy of a catalogue photo is found; links with no extension are
+    pages, never fetched as images, and the one around an <img> is a note."""
+    cdn_site(site)
+    s = built_copy.settings
+    run = run_cli(["scan", "-q", site.url("/pages/cdn2.html")], s)
+    assert run.exit_code == 3, run.output
+    assert "1 pages (ok: 1); 1 images (ok: 1); 1 new findings" in run.output
+    assert f"image {site.url('/cdn/img123')}" in run.output
+    assert built_copy.catalogue.url("coffee") in run.output
+    start = len(site.requests)
+    page = site.url("/pages/cdn.html")
+    shown = run_cli(["scan", "-q", page], s)
+    assert shown.exit_code == 3, shown.output  # the turned coffee on this page too
+    # the turned coffee was compared on /pages/cdn2.html: unchanged
+    assert f"1 pages (ok: 1); {len(CDN_IMAGES)} images (ok: {len(CDN_IMAGES) - 1}, " \
+        "unchanged: 1); 1 new findings" in shown.output
+    assert f"  note: {page}: {CDN_NOTE}" in shown.output.splitlines()
+    asked = {path for path, _, _ in site.since(start)}
+    assert asked == {"/robots.txt", "/pages/cdn.html"} | {p.split("?")[0] for p in CDN_IMAGES}
+    with Catalogue(scan_settings(s)) as cat:
+        report = cat.scan(page, report_all=True)
+        assert found(report) == {("pages/cdn.html", "cdn/img123", "coffee")}
+        assert report.images == {ScanStatus.UNCHANGED: len(CDN_IMAGES)}
+        assert report.notes == [] and report.as_dict()["notes"] == []  # not parsed again
+
+
+def test_images_with_no_extension_are_scraped_and_built(make_settings, site: ScanSite,
+                                                        tmp_path: Path) -> None:
+    """`catalogue scrape` lists a CDN page's images with no extension and `index build
+    PAGE_URL` indexes them, each saying what it passed over; a query finds the copy."""
+    cdn_site(site)
+    page = site.url("/pages/cdn.html")
+    target = tmp_path / "images.json"
+    scraped = CliRunner().invoke(cli, ["catalogue", "scrape", page, "-o", str(target)],
+                                 env={"ECHOIMAGE_SCRAPE_DELAY": "0"}, catch_exceptions=False)
+    assert scraped.exit_code == 0, scraped.output
+    assert {e["url"] for e in json.loads(target.read_text())} == \
+        {site.url(p) for p in CDN_IMAGES}
+    assert f"note: {page}: {CDN_NOTE}" in scraped.stderr
+    s = make_settings()
+    built = run_cli(["index", "build", "-q", page], s, ECHOIMAGE_DATABASE_URL=s.database_url)
+    assert built.exit_code == 0, built.output
+    assert f"indexed: {len(CDN_IMAGES)}" in built.output
+    assert f"  note: {page}: {CDN_NOTE}" in built.output
+    coffee = write(tmp_path / "coffee.jpg", jpeg(to_rgb(photo("coffee"))))
+    query = run_cli(["query", "--json", str(coffee)], s, ECHOIMAGE_DATABASE_URL=s.database_url)
+    assert query.exit_code == 0, query.output
+    top = json.loads(query.output)["results"][0]
+    assert top["url"] == site.url("/cdn/img123") and top["verdict"] == "duplicate"
 
 
 def _count(url: str, sql: str) -> int:

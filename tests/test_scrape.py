@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from helpers import free_port
 
 from echoimage.catalogue.scrape import (
+    ExtensionSkip,
     ScrapeFilters,
     decode_html,
     largest_candidate,
@@ -72,10 +73,35 @@ PAGE2 = """<html><body>
 
 PAGE3 = '<html><body><img src="/img/third.gif"></body></html>'
 
-#: a page whose only images are filtered out (a logo, an SVG, a data: URI)
+#: a page whose only images are filtered out (a logo, a sprite, a data: URI)
 NO_IMAGES = f"""<html><body><p>Nothing to see.</p>
-<img src="/img/site-logo.png"><img src="drawing.svg"><img src="{GIF_DATA_URI}">
+<img src="/img/site-logo.png"><img src="ui-sprite"><img src="{GIF_DATA_URI}">
 </body></html>"""
+
+#: a page whose images are on a CDN that names them with no extension, one in each way a
+#: page refers to an image; its links have no extension either, but are pages
+CDN_PAGE = f"""<!doctype html><html><head>
+<meta property="og:image" content="/cdn/og">
+<link rel="preload" as="image" href="/cdn/hero">
+<style>.banner {{ background-image: url(/cdn/banner) }}</style>
+</head><body>
+<div style="background: url('/cdn/inline') center"></div>
+<div data-bg="/cdn/lazy-bg"></div>
+<img src="/cdn/img123" alt="Plain">
+<img src="{GIF_DATA_URI}" data-src="/cdn/lazy">
+<img src="/cdn/p?w=400" srcset="/cdn/p?w=400 400w, /cdn/p?w=1200 1200w">
+<picture><source srcset="/cdn/pic/800 800w, /cdn/pic/1600 1600w"><img src="/cdn/pic/400"></picture>
+<video poster="/cdn/poster"></video>
+<a href="/product/7"><img src="/cdn/thumb7" alt="Seven"></a>
+<a href="/about">About us</a>
+<a href="/"><img src="/cdn/brand"></a>
+<a href="/files/full.png">the full size</a>
+</body></html>"""
+
+#: the image URLs of CDN_PAGE (paths), in page order
+CDN_IMAGES = ["/cdn/og", "/cdn/hero", "/cdn/banner", "/cdn/inline", "/cdn/lazy-bg",
+              "/cdn/img123", "/cdn/lazy", "/cdn/p?w=1200", "/cdn/pic/1600", "/cdn/poster",
+              "/cdn/thumb7", "/cdn/brand", "/files/full.png"]
 
 
 @dataclass
@@ -93,7 +119,7 @@ class Site:
 async def site(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Site:
     hits: list[str] = []
     pages = {"/site/index.html": INDEX, "/site/page2.html": PAGE2, "/site/page3.html": PAGE3,
-             "/site/empty.html": NO_IMAGES}
+             "/site/empty.html": NO_IMAGES, "/site/cdn.html": CDN_PAGE}
 
     async def handler(request: web.Request) -> web.StreamResponse:
         hits.append(request.path)
@@ -123,6 +149,9 @@ async def test_scrape_one_page_extracts_and_filters(site: Site) -> None:
         {"url": site.url("/img/lazier.webp"), "page": page, "alt": ""},
         # one image per <picture>: the largest of its sources and its <img>
         {"url": site.url("/assets/pic-b.webp"), "page": page, "alt": "Pictured"},
+        # an <img> is an image whatever its extension, or none
+        {"url": site.url("/assets/doc.svg"), "page": page, "alt": ""},
+        {"url": site.url("/img/no-extension"), "page": page, "alt": ""},
         {"url": site.url("/img/big.jpg"), "page": page, "alt": ""},  # a linked image
     ]
     assert report.pages == [page]
@@ -174,13 +203,47 @@ async def test_scrape_fails_when_no_start_page_can_be_read(site: Site) -> None:
     assert "not an HTML page" in message and refused in message
 
 
-def test_parse_page_base_and_keep_no_extension() -> None:
+def test_parse_page_base_and_no_extension() -> None:
     html = '<base href="https://cdn.example.invalid/i/"><img src="a"><img src="b.JPG">'
-    parsed = parse_page(html, "https://example.invalid/p", ScrapeFilters(keep_no_extension=True))
-    assert [e["url"] for e in parsed.images] == ["https://cdn.example.invalid/i/a",
-                                                 "https://cdn.example.invalid/i/b.JPG"]
-    strict = parse_page(html, "https://example.invalid/p")
-    assert [e["url"] for e in strict.images] == ["https://cdn.example.invalid/i/b.JPG"]
+    for filters in (ScrapeFilters(), ScrapeFilters(keep_no_extension=True),
+                    ScrapeFilters(extensions=(".jpg",))):
+        parsed = parse_page(html, "https://example.invalid/p", filters)
+        assert [e["url"] for e in parsed.images] == ["https://cdn.example.invalid/i/a",
+                                                     "https://cdn.example.invalid/i/b.JPG"]
+        assert not parsed.skipped
+
+
+def test_image_references_with_no_extension_are_images_links_are_pages() -> None:
+    """Every way a page refers to an image keeps a URL with no extension; a link with none
+    is a page (not followed here, not an image), and one around an <img> is counted."""
+    page = "https://shop.example.invalid/cdn.html"
+    parsed = parse_page(CDN_PAGE, page)
+    assert [e["url"] for e in parsed.images] == \
+        ["https://shop.example.invalid" + p for p in CDN_IMAGES]
+    assert parsed.images[5]["alt"] == "Plain" and parsed.images[10]["alt"] == "Seven"
+    assert parsed.skipped == {ExtensionSkip.LINK_NO_EXTENSION: 1}  # /product/7, not / nor /about
+    assert {"https://shop.example.invalid/product/7",
+            "https://shop.example.invalid/about"} <= set(parsed.links)
+
+
+def test_keep_no_extension_takes_links_around_images() -> None:
+    page = "https://shop.example.invalid/cdn.html"
+    parsed = parse_page(CDN_PAGE, page, ScrapeFilters(keep_no_extension=True))
+    urls = [e["url"].removeprefix("https://shop.example.invalid") for e in parsed.images]
+    assert urls == CDN_IMAGES[:10] + ["/product/7"] + CDN_IMAGES[10:]  # and its thumbnail
+    assert parsed.images[10]["alt"] == "Seven" and not parsed.skipped
+    assert "/about" not in urls and "/" not in urls  # no <img> inside; not a file
+
+
+def test_extensions_keep_only_those_and_say_what_they_passed_over() -> None:
+    html = ('<img src="/a.jpg"><img src="/b.png"><img src="/c"><img src="/d.svg" '
+            'srcset="/d.jpg 2x"><a href="/e.png">full size</a><img src="/site-logo.gif">')
+    parsed = parse_page(html, "https://x.invalid/p", ScrapeFilters(extensions=(".jpg",)))
+    assert [e["url"] for e in parsed.images] == ["https://x.invalid/a.jpg",
+                                                 "https://x.invalid/c",
+                                                 "https://x.invalid/d.jpg"]
+    # /b.png and the link to /e.png; the logo is skipped for its name, not its extension
+    assert parsed.skipped == {ExtensionSkip.EXTENSION_NOT_KEPT: 2}
 
 
 def test_srcset_parsing() -> None:
@@ -201,8 +264,11 @@ def test_filters() -> None:
     assert not f.accepts("https://x.invalid/img/social-icons.png")  # a plural
     assert not f.accepts("https://x.invalid/img/headerLogo.webp")  # camelCase
     assert not f.accepts("https://x.invalid/img/category-menu-arrow.png")  # two words
-    assert not f.accepts("https://x.invalid/photo.svg")
-    assert not f.accepts("https://x.invalid/photo")
+    # an image reference is an image whatever its extension, or none
+    assert f.accepts("https://x.invalid/photo.svg") and f.accepts("https://x.invalid/photo")
+    only = ScrapeFilters(extensions=(".jpg",))
+    assert only.accepts("https://x.invalid/photo") and only.accepts("https://x.invalid/a.jpg")
+    assert not only.accepts("https://x.invalid/photo.svg")
 
 
 @pytest.mark.parametrize("url", [
@@ -323,6 +389,36 @@ async def test_cli_scrape_that_finds_nothing_keeps_the_file(site: Site, tmp_path
     assert target.read_text() == '[{"url": "https://x.invalid/a.jpg"}]\n'
     assert target.stat().st_ino == before.st_ino
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.json"]
+
+
+async def test_scrape_of_images_with_no_extension(site: Site) -> None:
+    report = await scrape([site.url("/site/cdn.html")], fetcher_config=CFG, delay=0)
+    assert [e["url"] for e in report.images] == [site.url(p) for p in CDN_IMAGES]
+    assert report.notes == [f"{site.url('/site/cdn.html')}: 1 link around images skipped: "
+                            "no image extension"]
+    assert report.skipped == {ExtensionSkip.LINK_NO_EXTENSION: 1}
+    assert site.hits == ["/robots.txt", "/site/cdn.html"]  # no link taken for an image
+
+
+async def test_cli_scrape_of_images_with_no_extension(site: Site, tmp_path: Path) -> None:
+    target = tmp_path / "images.json"
+    result = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert [e["url"] for e in json.loads(target.read_text())] == \
+        [site.url(p) for p in CDN_IMAGES]
+    assert f"note: {site.url('/site/cdn.html')}: 1 link around images skipped: no image " \
+        "extension" in result.stderr
+    assert f"{len(CDN_IMAGES)} image URLs from 1 pages" in result.stdout
+    taken = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target),
+                             "--keep-no-extension")
+    assert taken.exit_code == 0 and "note:" not in taken.stderr, taken.output
+    assert site.url("/product/7") in [e["url"] for e in json.loads(target.read_text())]
+    only = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target), "--extension",
+                            "jpg")
+    assert [e["url"] for e in json.loads(target.read_text())] == \
+        [site.url(p) for p in CDN_IMAGES if "." not in p]
+    assert "1 link around images skipped: no image extension; 1 image URL skipped: " \
+        "extension not kept" in only.stderr, only.output
 
 
 async def test_cli_scrape_writes_and_adds(site: Site, tmp_path: Path) -> None:

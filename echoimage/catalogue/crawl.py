@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echoimage.catalogue.scrape import (
+    ExtensionSkip,
     PoliteClient,
     ScrapeFilters,
     _extension,
@@ -25,6 +27,7 @@ from echoimage.catalogue.scrape import (
     _stylesheet_images,
     decode_html,
     normalise,
+    page_note,
     parse_page,
 )
 from echoimage.features.sniff import sniff_format
@@ -91,11 +94,15 @@ async def _visit(client: PoliteClient, url: str, target: str, known: KnownPage |
                                                                       ScanStatus.UNCHANGED):
         return _unchanged(url, target, known, result.etag, result.last_modified)
     parsed = parse_page(decode_html(result.data, result.content_type), page_url, filters)
+    if note := page_note(page_url, parsed):
+        notes.append(note)
     found = [{"url": e["url"], "alt": e.get("alt", "")} for e in parsed.images]
     urls = {e["url"] for e in found}
     sheets = [(s, page_url) for s in parsed.stylesheets]
     unread: list[str] = []  # the page, when one of its stylesheets may answer next time
-    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes, unread):
+    passed: Counter[ExtensionSkip] = Counter()
+    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes, unread,
+                                      passed):
         if e["url"] not in urls:
             urls.add(e["url"])
             found.append({"url": e["url"], "alt": ""})
@@ -153,7 +160,7 @@ async def crawl(start: str, follow_pages: int, filters: ScrapeFilters, client: P
             for link in visit.record.links or []:
                 if budget <= 0:
                     break
-                if _host(link) not in hosts or _extension(link) in filters.extensions \
+                if _host(link) not in hosts or _extension(link) in filters.link_extensions \
                         or link in visited:
                     continue
                 visited.add(link)

@@ -113,7 +113,8 @@ class ItemFailure:
 class ScanReport:
     """What a scan did and found: pages and images by status, the findings it reports
     (new ones; every one seen with report_all) and those it found gone, what it could not
-    read, and how fast it went."""
+    read, notes on its pages (robots.txt's delay, a stylesheet skipped, image references
+    passed over for their extension), and how fast it went."""
 
     scan_id: int = 0
     targets: list[str] = field(default_factory=list)
@@ -131,6 +132,7 @@ class ScanReport:
     seen: int = 0  # findings seen (new or not)
     delivered: int = 0  # new findings the webhook took
     undelivered: list[ItemFailure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def new(self) -> list[FindingInfo]:
@@ -166,7 +168,7 @@ class ScanReport:
                 "images_per_s": round(self.images_per_s, 2),
                 "delivered": self.delivered,
                 "undelivered": [f.to_dict() for f in self.undelivered],
-                "failures": [f.to_dict() for f in self.failures]}
+                "failures": [f.to_dict() for f in self.failures], "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ class _Run:
         self.emitted: set[int] = set()
         self.seen: set[int] = set()
         self.done = 0
-        self.notes: list[str] = []
+        self.notes = report.notes
         self.next_start: dict[str, float] = {}
         self.last_flush = time.monotonic()
 

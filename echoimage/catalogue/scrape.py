@@ -9,7 +9,10 @@ markup, streaming, no document tree) and CSS with ``tinycss2``. What is found on
   ``data-echo``), else ``src``;
 * ``<picture>``: one image for all its ``<source>``s and its ``<img>`` fallback, the largest;
 * ``<a href="….jpg">``: the linked full-size image, one image with the ``<img>`` inside the
-  link (its thumbnail), the full size first;
+  link (its thumbnail), the full size first; a link is an image only when its file name has
+  an image's extension (``sources.IMAGE_EXTENSIONS``), since most links are pages; one with no
+  extension around an ``<img>`` (``<a href="/cdn/full/123">``) is counted in the notes,
+  or taken as an image of its own with ``ScrapeFilters.keep_no_extension``;
 * ``<video poster>``, ``<link rel=preload as=image>`` (``imagesrcset`` too),
   ``<link rel=image_src>``, Open Graph and Twitter images (``og:image``,
   ``og:image:secure_url``, ``og:image:url``, ``twitter:image``);
@@ -17,6 +20,12 @@ markup, streaming, no document tree) and CSS with ``tinycss2``. What is found on
   ``background-image`` of ``style`` attributes, ``<style>`` blocks and linked stylesheets
   (with their ``@import``s), and the lazy loaders' ``data-bg``/``data-background-image``
   and ``data-bgset``.
+
+Every other reference says "image" by where it stands, so its URL is kept whatever its
+extension, or none (``/cdn/img123``, ``photo.php?id=3``; what is no image EchoImage reads
+is refused when fetched, with its reason), unless ``ScrapeFilters.extensions`` names the
+only extensions to keep. What is passed over for its extension is counted in a note of
+the page (``ExtensionSkip``), never dropped silently.
 
 URLs are resolved against the page (or the stylesheet), normalised (scheme and host in
 lower case, default port and dot segments dropped, percent-encoding made uniform) and
@@ -35,9 +44,11 @@ import os
 import posixpath
 import re
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -47,6 +58,7 @@ import tinycss2
 from protego import Protego
 from yarl import URL
 
+from echoimage.catalogue.sources import IMAGE_EXTENSIONS
 from echoimage.errors import CatalogueError
 from echoimage.fetch.client import FetchConfig, Fetcher, FetchResult, FetchStatus
 
@@ -75,6 +87,26 @@ META_IMAGES = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image
 CSS_IMAGE_PROPERTIES = ("background", "background-image")
 
 
+class ExtensionSkip(StrEnum):
+    """Why a URL a page offers as an image was passed over for its extension."""
+
+    #: a link with no extension around an <img> (a page, or an image on a CDN)
+    LINK_NO_EXTENSION = "link-no-extension"
+    #: an image URL whose extension ScrapeFilters.extensions does not keep
+    EXTENSION_NOT_KEPT = "extension-not-kept"
+
+
+def skip_note(skipped: Counter[ExtensionSkip]) -> str | None:
+    """"3 links around images skipped: no image extension", or None when none was."""
+    parts = []
+    if n := skipped[ExtensionSkip.LINK_NO_EXTENSION]:
+        parts.append(f"{n} link{'s' if n != 1 else ''} around images skipped: "
+                     "no image extension")
+    if n := skipped[ExtensionSkip.EXTENSION_NOT_KEPT]:
+        parts.append(f"{n} image URL{'s' if n != 1 else ''} skipped: extension not kept")
+    return "; ".join(parts) or None
+
+
 def words(text: str) -> list[str]:
     """The lower-case words of a name: split at punctuation, digits and camelCase."""
     return [w.lower() for w in _WORDS.findall(text)]
@@ -84,6 +116,12 @@ def words(text: str) -> list[str]:
 class ScrapeFilters:
     """Which image URLs to keep: by the words of the file name and by its extension.
 
+    An image reference (an ``<img>``, a CSS background, an og:image...) is kept whatever
+    its extension, or none, unless extensions names the only ones to keep (a URL with no
+    extension is still kept). A link (``<a href>``) is an image when its extension is one
+    of IMAGE_EXTENSIONS or of extensions; with keep_no_extension, a link with no extension
+    around an ``<img>`` is an image too (one of its own: the ``<img>`` stays one).
+
     A skip word (``logo``; ``category-menu``, several words in a row) skips an image whose
     file name has it among its words (``site-logo.png``, ``siteLogo.png``, ``logos.png``),
     not one whose URL merely contains its letters (``silicone-case.jpg``, ``/lexicon/``,
@@ -91,11 +129,13 @@ class ScrapeFilters:
     """
 
     skip_words: tuple[str, ...] = ("logo", "icon", "favicon", "category-menu", "sprite")
-    extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic",
-        ".heif",
-    )
+    extensions: tuple[str, ...] | None = None
     keep_no_extension: bool = False
+
+    @property
+    def link_extensions(self) -> frozenset[str]:
+        """The extensions that make a link an image's (and keep it from being followed)."""
+        return IMAGE_EXTENSIONS.union(self.extensions or ())
 
     def skipped_by(self, url: str) -> str | None:
         """The skip word url's file name has, or None."""
@@ -111,14 +151,14 @@ class ScrapeFilters:
                     return skip
         return None
 
-    def accepts(self, url: str) -> bool:
-        """True when url names an image worth cataloguing."""
-        if self.skipped_by(url) is not None:
-            return False
+    def extension_kept(self, url: str) -> bool:
+        """False when extensions is given and url has an extension not among them."""
         ext = _extension(url)
-        if not ext:
-            return self.keep_no_extension
-        return ext in self.extensions
+        return not ext or self.extensions is None or ext in self.extensions
+
+    def accepts(self, url: str) -> bool:
+        """True when url, an image reference, names an image worth cataloguing."""
+        return self.skipped_by(url) is None and self.extension_kept(url)
 
 
 @dataclass(frozen=True)
@@ -130,18 +170,22 @@ class ParsedPage:
     links: list[str]
     base_url: str
     stylesheets: list[str] = field(default_factory=list)
+    #: what was passed over for its extension (see ExtensionSkip)
+    skipped: Counter[ExtensionSkip] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
 class ScrapeReport:
     """Images found (first-seen order, no duplicate URL), notes on skipped pages, pages read,
-    and pages that could not be read for a reason that may pass (a timeout, a 5xx, a
-    connection error): the images once found there may still be there."""
+    pages that could not be read for a reason that may pass (a timeout, a 5xx, a
+    connection error): the images once found there may still be there, and what all pages
+    and stylesheets passed over for its extension (each page's count is also a note)."""
 
     images: list[dict[str, str]]
     notes: list[str]
     pages: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)
+    skipped: Counter[ExtensionSkip] = field(default_factory=Counter)
 
 
 #: a page fetch that failed so may succeed next time (a 404 or 410 is the page gone)
@@ -322,6 +366,7 @@ class _Group:
     urls: list[str] = field(default_factory=list)
     alt: str = ""
     lead: list[str] = field(default_factory=list)  # before the srcsets (a linked full size)
+    bare: bool = False  # a link with no extension around an <img>: an image or a page
 
     def candidates(self) -> list[str]:
         return self.lead + ranked(self.srcsets) + self.urls
@@ -339,6 +384,8 @@ class _PageParser(HTMLParser):
         self.stylesheets: list[str] = []
         self._pictures: list[_Group] = []  # open <picture>s
         self._anchor: _Group | None = None  # an open <a> to an image, until its <img>
+        self._bare: str | None = None  # an open <a> with no extension, until its <img>
+        self._bare_group: _Group | None = None  # its group, once an <img> came inside
         self._og: _Group | None = None  # the last og:image (its :url/:secure_url join it)
         self._style: list[str] | None = None  # text of an open <style>
 
@@ -374,14 +421,25 @@ class _PageParser(HTMLParser):
 
     def _start_a(self, a: dict[str, str]) -> None:
         self._anchor = None
+        self._bare = self._bare_group = None
         href = a.get("href", "")
         if not href:
             return
         self.links.append(href)
         if self.image_link(href):
             self._anchor = self._add(_Group(lead=[href]))
+        elif not _extension(href):
+            self._bare = href
+
+    def _around_image(self) -> None:
+        """An <img> or <picture> inside an open link with no extension: the link becomes a
+        group of its own (kept or counted by parse_page), before the image's."""
+        if self._bare is not None:
+            self._bare_group = self._add(_Group(urls=[self._bare], bare=True))
+            self._bare = None
 
     def _start_picture(self, a: dict[str, str]) -> None:
+        self._around_image()
         group = self._anchor or self._add(_Group())
         self._anchor = None
         self._pictures.append(group)
@@ -395,12 +453,15 @@ class _PageParser(HTMLParser):
         if self._pictures:
             group = self._pictures[-1]
         else:
+            self._around_image()
             group = self._anchor or self._add(_Group())
             self._anchor = None
         for key in SRCSET_ATTRIBUTES:
             group.srcsets += parse_srcset(a.get(key, ""))
         group.urls += [a[key] for key in SRC_ATTRIBUTES if a.get(key)]
         group.alt = group.alt or " ".join(a.get("alt", "").split())
+        if self._bare_group is not None:
+            self._bare_group.alt = self._bare_group.alt or group.alt
 
     def _start_video(self, a: dict[str, str]) -> None:
         if a.get("poster"):
@@ -443,6 +504,7 @@ class _PageParser(HTMLParser):
             self._pictures.pop()
         elif tag == "a":
             self._anchor = None
+            self._bare = self._bare_group = None
         elif tag == "style" and self._style is not None:
             self._css("".join(self._style), inline=False)
             self._style = None
@@ -464,21 +526,32 @@ def normalise(raw: str, base: str) -> str | None:
     return str(url.with_fragment(None))
 
 
-def _pick(groups: Iterable[list[str]], base: str, filters: ScrapeFilters) -> Iterable[str]:
-    """Of each group, the first candidate that resolves and that filters accept."""
+def _pick(groups: Iterable[list[str]], base: str, filters: ScrapeFilters,
+          skipped: Counter[ExtensionSkip]) -> list[str]:
+    """Of each group, the first candidate that resolves and that filters accept; a group
+    left with none because of an extension filters do not keep is counted in skipped."""
+    picked: list[str] = []
     for cands in groups:
+        by_extension = False
         for raw in cands:
             url = normalise(raw, base)
-            if url is not None and filters.accepts(url):
-                yield url
+            if url is None:
+                continue
+            if filters.accepts(url):
+                picked.append(url)
                 break
+            by_extension |= filters.skipped_by(url) is None
+        else:
+            if by_extension:
+                skipped[ExtensionSkip.EXTENSION_NOT_KEPT] += 1
+    return picked
 
 
 def parse_page(html: str, page_url: str, filters: ScrapeFilters | None = None) -> ParsedPage:
     """Image entries (``{"url", "page", "alt"}``), http(s) links and stylesheets of one
     HTML page (the stylesheets' images are found by scrape(), which reads them)."""
     filters = filters or ScrapeFilters()
-    parser = _PageParser(lambda href: _extension(href) in filters.extensions)
+    parser = _PageParser(lambda href: _extension(href) in filters.link_extensions)
     parser.feed(html)
     parser.close()
     if parser._style is not None:  # a <style> never closed
@@ -488,13 +561,22 @@ def parse_page(html: str, page_url: str, filters: ScrapeFilters | None = None) -
         base = normalise(parser.base, page_url) or page_url
     images: list[dict[str, str]] = []
     seen: set[str] = set()
+    skipped: Counter[ExtensionSkip] = Counter()
+    itself = normalise(page_url, page_url)
     for group in parser.groups:
-        for url in _pick([group.candidates()], base, filters):
+        if group.bare:  # a link with no extension around an <img>: an image, or a page?
+            url = normalise(group.urls[0], base)
+            if url is None or url == itself or not posixpath.basename(urlsplit(url).path):
+                continue  # not a file: the page itself, a folder, a site's root
+            if not filters.keep_no_extension:
+                skipped[ExtensionSkip.LINK_NO_EXTENSION] += 1
+                continue
+        for url in _pick([group.candidates()], base, filters, skipped):
             if url not in seen:
                 seen.add(url)
                 images.append({"url": url, "page": page_url, "alt": group.alt})
     return ParsedPage(images=images, links=_unique(parser.links, base), base_url=base,
-                      stylesheets=_unique(parser.stylesheets, base))
+                      stylesheets=_unique(parser.stylesheets, base), skipped=skipped)
 
 
 def _unique(raws: Iterable[str], base: str) -> list[str]:
@@ -664,9 +746,11 @@ def _got(url: str, result: FetchResult | None, notes: list[str]) -> bool:
 
 async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]],
                              seen: set[str], filters: ScrapeFilters, notes: list[str],
-                             unread: list[str]) -> list[dict[str, str]]:
+                             unread: list[str], skipped: Counter[ExtensionSkip]
+                             ) -> list[dict[str, str]]:
     """Images of stylesheets [(url, page)] and of their @imports, each sheet read once; the
-    page of a sheet that could not be read for a reason that may pass goes to unread."""
+    page of a sheet that could not be read for a reason that may pass goes to unread;
+    what a sheet passes over for its extension is a note, and counted in skipped."""
     images: list[dict[str, str]] = []
     level = [(u, p) for u, p in sheets if u not in seen]
     for _ in range(CSS_IMPORT_DEPTH + 1):
@@ -685,8 +769,12 @@ async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]]
                 continue
             base = res.final_url or url
             groups, imports = css_images(decode_html(res.data, res.content_type))
+            passed: Counter[ExtensionSkip] = Counter()
             images += [{"url": u, "page": page, "alt": ""}
-                       for u in _pick(groups, base, filters)]
+                       for u in _pick(groups, base, filters, passed)]
+            if note := skip_note(passed):
+                notes.append(f"{url}: {note}")
+                skipped.update(passed)
             next_level += [(u, page) for u in _unique(imports, base) if u not in seen]
         level = next_level
     return images
@@ -754,6 +842,7 @@ async def crawl(client: PoliteClient, pages: list[str], follow_pages: int,
     notes = client.notes
     read: list[str] = []
     unread: list[str] = []
+    skipped: Counter[ExtensionSkip] = Counter()
     visited: set[str] = set()
     budget: dict[int, int] = {}
     hosts: dict[int, set[str]] = {}
@@ -800,23 +889,34 @@ async def crawl(client: PoliteClient, pages: list[str], follow_pages: int,
             read.append(page_url)
             keep(parsed.images)
             sheets += [(s, page_url) for s in parsed.stylesheets]
-            if not parsed.images and not parsed.stylesheets:
-                notes.append(f"{page_url}: no images found")
+            skipped.update(parsed.skipped)
+            if note := page_note(page_url, parsed):
+                notes.append(note)
             for link in parsed.links:
                 if budget[seed] <= 0:
                     break
-                if _host(link) not in hosts[seed] or _extension(link) in filters.extensions:
+                if _host(link) not in hosts[seed] or _extension(link) in filters.link_extensions:
                     continue
                 if link in visited:
                     continue
                 visited.add(link)
                 budget[seed] -= 1
                 next_level.append((link, seed))
-        keep(await _stylesheet_images(client, sheets, seen_sheets, filters, notes, unread))
+        keep(await _stylesheet_images(client, sheets, seen_sheets, filters, notes, unread,
+                                      skipped))
         level = next_level
     if not read:
         raise CatalogueError(f"no page could be read: {_summary(notes) or 'no page given'}")
-    return ScrapeReport(images=images, notes=notes, pages=read, unread=unread)
+    return ScrapeReport(images=images, notes=notes, pages=read, unread=unread, skipped=skipped)
+
+
+def page_note(page_url: str, parsed: ParsedPage) -> str | None:
+    """The note of a parsed page that shows no image, or passed some over for their
+    extension (None when neither)."""
+    passed = skip_note(parsed.skipped)
+    if not parsed.images and not parsed.stylesheets:
+        return f"{page_url}: no images found" + (f" ({passed})" if passed else "")
+    return f"{page_url}: {passed}" if passed else None
 
 
 def _summary(notes: list[str], shown: int = 3) -> str:
