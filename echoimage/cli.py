@@ -207,8 +207,6 @@ def _print_summary(summary: Any, as_json: bool) -> None:
                f"index entries: {summary.index_entries}")
     if note := summary.skipped_note():
         click.echo(f"  {note}")
-    for note in summary.notes:
-        click.echo(f"  note: {note}")
     if counts.get(Outcome.KNOWN_FAILURE):
         click.echo("  known failures (failed before) are left as they were: `echoimage "
                    "index update` checks again those that failed for their bytes")
@@ -682,7 +680,7 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
                    "its extension.")
 @click.option("--keep-no-extension", is_flag=True,
               help="Also take a link with no extension around an <img> (<a href=/cdn/full/1>) "
-                   "for an image of its own; by default such links are counted in a note.")
+                   "for an image of its own; by default it is a page.")
 @click.pass_context
 @handle_errors
 def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,

@@ -37,9 +37,6 @@ class SourceListing:
     #: a web page source: pages that could not be read this time (a timeout, a 5xx): the
     #: images last found on them are kept, not marked gone
     unread_pages: frozenset[str] = frozenset()
-    #: what the run that reads the source should say about it (image references a web
-    #: page source passed over for their extension)
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -100,19 +100,14 @@ class CatalogueReader:
     @staticmethod
     def _scraped(url: str, follow_pages: int, report: Any) -> SourceListing:
         """A scraped page's listing: each image with the page it was found on (and its
-        alt text) as metadata, and a note of what its pages passed over for their
-        extension."""
-        from echoimage.catalogue.scrape import skip_note
-
+        alt text) as metadata."""
         for note in report.notes:
             log.info("%s", note)
         items = [CatalogueItem(e["url"], url, {k: v for k, v in e.items()
                                                 if k != "url" and v})
                  for e in report.images]
-        passed = skip_note(report.skipped)
         return SourceListing(url, PAGE, items, follow_pages=follow_pages,
-                             unread_pages=frozenset(report.unread),
-                             notes=(f"{url}: {passed}",) if passed else ())
+                             unread_pages=frozenset(report.unread))
 
 
 def _image_name(url: str) -> bool:

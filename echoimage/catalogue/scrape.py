@@ -10,9 +10,10 @@ markup, streaming, no document tree) and CSS with ``tinycss2``. What is found on
 * ``<picture>``: one image for all its ``<source>``s and its ``<img>`` fallback, the largest;
 * ``<a href="….jpg">``: the linked full-size image, one image with the ``<img>`` inside the
   link (its thumbnail), the full size first; a link is an image only when its file name has
-  an image's extension (``sources.IMAGE_EXTENSIONS``), since most links are pages; one with no
-  extension around an ``<img>`` (``<a href="/cdn/full/123">``) is counted in the notes,
-  or taken as an image of its own with ``ScrapeFilters.keep_no_extension``;
+  an image's extension (``sources.IMAGE_EXTENSIONS``), since most links are pages (a
+  product's, around its thumbnail); one with no extension around an ``<img>``
+  (``<a href="/cdn/full/123">``) is taken as an image of its own with
+  ``ScrapeFilters.keep_no_extension``;
 * ``<video poster>``, ``<link rel=preload as=image>`` (``imagesrcset`` too),
   ``<link rel=image_src>``, Open Graph and Twitter images (``og:image``,
   ``og:image:secure_url``, ``og:image:url``, ``twitter:image``);
@@ -24,8 +25,8 @@ markup, streaming, no document tree) and CSS with ``tinycss2``. What is found on
 Every other reference says "image" by where it stands, so its URL is kept whatever its
 extension, or none (``/cdn/img123``, ``photo.php?id=3``; what is no image EchoImage reads
 is refused when fetched, with its reason), unless ``ScrapeFilters.extensions`` names the
-only extensions to keep. What is passed over for its extension is counted in a note of
-the page (``ExtensionSkip``), never dropped silently.
+only extensions to keep: what that passes over is counted in a note of the page
+(``ExtensionSkip``), never dropped silently.
 
 URLs are resolved against the page (or the stylesheet), normalised (scheme and host in
 lower case, default port and dot segments dropped, percent-encoding made uniform) and
@@ -61,6 +62,7 @@ from yarl import URL
 from echoimage.catalogue.sources import IMAGE_EXTENSIONS
 from echoimage.errors import CatalogueError
 from echoimage.fetch.client import FetchConfig, Fetcher, FetchResult, FetchStatus
+from echoimage.types import counted
 
 #: pages are HTML, not images: a smaller cap than the image fetcher's
 PAGE_MAX_BYTES = 10 * 1024 * 1024
@@ -90,21 +92,14 @@ CSS_IMAGE_PROPERTIES = ("background", "background-image")
 class ExtensionSkip(StrEnum):
     """Why a URL a page offers as an image was passed over for its extension."""
 
-    #: a link with no extension around an <img> (a page, or an image on a CDN)
-    LINK_NO_EXTENSION = "link-no-extension"
     #: an image URL whose extension ScrapeFilters.extensions does not keep
     EXTENSION_NOT_KEPT = "extension-not-kept"
 
 
 def skip_note(skipped: Counter[ExtensionSkip]) -> str | None:
-    """"3 links around images skipped: no image extension", or None when none was."""
-    parts = []
-    if n := skipped[ExtensionSkip.LINK_NO_EXTENSION]:
-        parts.append(f"{n} link{'s' if n != 1 else ''} around images skipped: "
-                     "no image extension")
-    if n := skipped[ExtensionSkip.EXTENSION_NOT_KEPT]:
-        parts.append(f"{n} image URL{'s' if n != 1 else ''} skipped: extension not kept")
-    return "; ".join(parts) or None
+    """"2 image URLs skipped: extension not kept", or None when none was."""
+    n = skipped[ExtensionSkip.EXTENSION_NOT_KEPT]
+    return f"{counted(n, 'image URL')} skipped: extension not kept" if n else None
 
 
 def words(text: str) -> list[str]:
@@ -564,13 +559,11 @@ def parse_page(html: str, page_url: str, filters: ScrapeFilters | None = None) -
     skipped: Counter[ExtensionSkip] = Counter()
     itself = normalise(page_url, page_url)
     for group in parser.groups:
-        if group.bare:  # a link with no extension around an <img>: an image, or a page?
+        if group.bare:  # a link with no extension around an <img>: a page, mostly
             url = normalise(group.urls[0], base)
-            if url is None or url == itself or not posixpath.basename(urlsplit(url).path):
-                continue  # not a file: the page itself, a folder, a site's root
-            if not filters.keep_no_extension:
-                skipped[ExtensionSkip.LINK_NO_EXTENSION] += 1
-                continue
+            if not filters.keep_no_extension or url is None or url == itself \
+                    or not posixpath.basename(urlsplit(url).path):
+                continue  # a page, or not a file: the page itself, a folder, a site's root
         for url in _pick([group.candidates()], base, filters, skipped):
             if url not in seen:
                 seen.add(url)

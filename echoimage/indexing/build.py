@@ -114,7 +114,6 @@ def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
         for listing, items in read:
             summary.sources.append(listing.uri)
             summary.skipped.update(listing.skipped)
-            summary.notes.extend(listing.notes)
             with sessions.begin() as session:
                 sid = repo.source_id(session, listing.uri, listing.kind,
                                      listing.follow_pages)

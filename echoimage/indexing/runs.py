@@ -47,8 +47,6 @@ class BuildSummary:
     work_seconds: float = 0.0
     #: files folder sources passed over, by what they look like ("SVG", "PDF", ...)
     skipped: Counter[str] = field(default_factory=Counter)
-    #: what the sources' readers said (image references a web page passed over)
-    notes: list[str] = field(default_factory=list)
     #: where the CPU time went: the feature workers' cpu_seconds by stage (read, sha256,
     #: decode, thumbnail, hashes, orb, colour signature, encode), the store writes (the
     #: thread that writes the batches) and the index files' update (the whole process)
@@ -90,7 +88,7 @@ class BuildSummary:
                 "work_items": self.work_items, "work_seconds": round(self.work_seconds, 3),
                 "work_rate": round(self.work_rate, 3),
                 "index_entries": self.index_entries, "index": self.index,
-                "sources": self.sources, "skipped": dict(self.skipped), "notes": self.notes,
+                "sources": self.sources, "skipped": dict(self.skipped),
                 "failures": [{"url": u, "status": s, "reason": r} for u, s, r in self.failures]}
 
     def skipped_note(self) -> str | None:

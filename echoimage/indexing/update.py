@@ -68,7 +68,6 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
                               file=sys.stderr)
                     continue
             items = list(listing.items)
-            summary.notes.extend(listing.notes)
             with sessions.begin() as session:
                 sid = repo.source_id(session, listing.uri, listing.kind, listing.follow_pages)
                 repo.add_pending(session, items, sid)
