@@ -383,8 +383,9 @@ def test_webhook_signed_retried_and_delivered_again(built_copy, site: ScanSite,
                              webhook_retries=2)
     rec.statuses = [503, 200, 400]
     with Catalogue(settings) as cat:
-        first = cat.scan(site.url("/page2.html"), notify=hook)
-        assert len(first.new) == 2 and first.delivered == 1
+        shown: list[Any] = []  # as the command line prints them
+        first = cat.scan(site.url("/page2.html"), notify=hook, on_finding=shown.append)
+        assert len(first.new) == 2 and len(shown) == 2 and first.delivered == 1
         assert len(first.undelivered) == 1 and "HTTP 400" in first.undelivered[0].reason
         bodies = [json.loads(b) for b, _ in rec.got]
         for body, headers in rec.got:
@@ -396,9 +397,52 @@ def test_webhook_signed_retried_and_delivered_again(built_copy, site: ScanSite,
             built_copy.catalogue.url("coffee"), built_copy.catalogue.url("rocket")}
         assert all(b["new"] and b["page"] == site.url("/page2.html") for b in bodies)
         n = len(rec.got)
-        second = cat.scan(site.url("/page2.html"), notify=hook)
+        second = cat.scan(site.url("/page2.html"), notify=hook, on_finding=shown.append)
         assert len(second.new) == 1 and second.delivered == 1 and len(rec.got) == n + 1
         assert cat.scan(site.url("/page2.html"), notify=hook).new == []
+
+
+def many_copies(site: ScanSite) -> list[str]:
+    """A page of six mirrored catalogue photos among six unrelated ones, each answering
+    after 0.3 s (so that a scan asking two at a time finds them one by one); returns the
+    catalogue photos' names."""
+    names = ["coffee", "rocket", "astronaut", "camera", "clock", "coins"]
+    images = []
+    for n, name in enumerate(names):
+        site.image(f"/img/c{n}.jpg", jpeg(mirror(to_rgb(photo(name)))), delay=0.3)
+        site.image(f"/img/o{n}.jpg", jpeg(synthetic(20 + n)), delay=0.3)
+        images += [f"/img/c{n}.jpg", f"/img/o{n}.jpg"]
+    site.page("/many.html", images)
+    return names
+
+
+def test_a_stopped_scan_does_not_report_its_findings_again(built_copy, site: ScanSite
+                                                           ) -> None:
+    """Ctrl-C once a scan has shown two new findings: run again, the scan reports as new
+    only the findings the stopped one did not show (those it showed are seen, not new),
+    and a third run has nothing new."""
+    names = many_copies(site)
+    settings = scan_settings(built_copy.settings, batch_size=1, http_per_host=2)
+    shown: list[Any] = []
+
+    def show(f: Any) -> None:
+        shown.append(f)
+        if len(shown) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    with Catalogue(settings) as cat:
+        with pytest.raises(KeyboardInterrupt):
+            cat.scan(site.url("/many.html"), on_finding=show)
+        assert all(f.new for f in shown) and 2 <= len(shown) < len(names)
+        again: list[Any] = []
+        second = cat.scan(site.url("/many.html"), on_finding=again.append)
+        assert {f.id for f in second.new} == {f.id for f in again}
+        assert sorted(Path(f.catalogue_url).stem for f in shown + second.new) == sorted(names)
+        assert second.seen == len(names) and len(second.new) == len(names) - len(shown)
+        assert second.counts()["findings new"] == len(names) - len(shown)
+        assert [s["status"] for s in cat.recent_scans()][:2] == ["ok", "interrupted"]
+        third = cat.scan(site.url("/many.html"), on_finding=again.append)
+        assert third.new == [] and third.seen == len(names)
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -570,17 +614,11 @@ def _count(url: str, sql: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite, sig: int) -> None:
-    """kill -9 (or Ctrl-C: exit 130 and one line) in the middle of a scan; the same
-    command run again finishes it: every finding once, those the killed run found
-    reported too, the killed scan recorded as interrupted; a third run has nothing
-    new."""
-    names = ["coffee", "rocket", "astronaut", "camera", "clock", "coins"]
-    images = []
-    for n, name in enumerate(names):
-        site.image(f"/img/c{n}.jpg", jpeg(mirror(to_rgb(photo(name)))), delay=0.3)
-        site.image(f"/img/o{n}.jpg", jpeg(synthetic(20 + n)), delay=0.3)
-        images += [f"/img/c{n}.jpg", f"/img/o{n}.jpg"]
-    site.page("/many.html", images)
+    """kill -9 (or Ctrl-C: exit 130 and one line) once a scan has printed new findings;
+    the same command run again finishes it: every finding once, those the killed run
+    printed and recorded as reported not new again, the others new (none lost), the
+    killed scan recorded as interrupted; a third run has nothing new."""
+    names = many_copies(site)
     data_dir = built_copy.settings.data_dir
     db = store_url(data_dir)
     env = {**os.environ, "ECHOIMAGE_SCAN_ALLOWLIST": "127.0.0.1", "ECHOIMAGE_SCRAPE_DELAY": "0",
@@ -591,9 +629,10 @@ def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite, sig:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
+    reported_sql = "SELECT count(*) FROM findings WHERE reported_at IS NOT NULL"
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if _count(db, "SELECT count(*) FROM findings") >= 2:
+            if _count(db, reported_sql) >= 2:
                 os.killpg(proc.pid, sig)
                 break
             time.sleep(0.02)
@@ -608,20 +647,34 @@ def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite, sig:
     else:
         assert proc.returncode == 130, (proc.returncode, err[-2000:])
         assert "Traceback" not in err and "interrupted" in err, err[-2000:]
+    printed = {r["id"] for r in map(json.loads, proc.stdout.read().decode().splitlines())
+               if "summary" not in r}
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        reported = set(conn.scalars(select(Finding.id).where(Finding.reported_at.is_not(None))))
+    engine.dispose()
+    assert 2 <= len(reported) and reported <= printed  # nothing reported unprinted
+    if sig == signal.SIGINT:
+        assert printed == reported
     before = _count(db, "SELECT count(*) FROM findings")
     assert 2 <= before < len(names)
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     assert again.returncode == 3, again.stderr.decode()[-2000:]
     rows = [json.loads(line) for line in again.stdout.decode().splitlines()]
     findings = [r for r in rows if "summary" not in r]
-    assert sorted(Path(r["catalogue"]["url"]).stem for r in findings) == sorted(names)
     assert all(r["new"] for r in findings)
-    summary = rows[-1]["summary"]
-    assert summary["images"].get("unchanged", 0) >= 1  # what the killed run had done
     with Catalogue(built_copy.settings) as cat:
-        assert cat.findings()[0] == len(names)
+        every = cat.findings()[1]
+        assert len(every) == len(names)
+        assert sorted(Path(f.catalogue_url).stem for f in every) == sorted(names)
         statuses = [s["status"] for s in cat.recent_scans()]
         assert statuses[:2] == ["ok", "interrupted"]
+    # new again: exactly what the killed run had not reported; printed by one run or both
+    assert {r["id"] for r in findings} == {f.id for f in every} - reported
+    assert printed | {r["id"] for r in findings} == {f.id for f in every}
+    summary = rows[-1]["summary"]
+    assert summary["new"] == len(names) - len(reported) and summary["seen"] == len(names)
+    assert summary["images"].get("unchanged", 0) >= 1  # what the killed run had done
     engine = create_engine(db)
     with engine.connect() as conn:
         dupes = conn.execute(select(func.count()).select_from(

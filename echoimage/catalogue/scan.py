@@ -18,7 +18,11 @@ modification time, unless the catalogue changed since (new catalogue images may 
 Every page or image that cannot be read is recorded with a status (`types.ScanStatus`) and
 a one-line reason, and the scan goes on. A scan that is stopped (Ctrl-C, kill -9) keeps
 what it recorded; run again, it goes on with what it did not reach and reports the findings
-it had not reported. Findings are unique per (page, image, catalogue image).
+it had not reported. A new finding handed out as it is found (on_finding: the command line
+prints it) is recorded as reported right after, so it is not new for the next scan even if
+this one is stopped; killed in between, it is reported again (never lost). With a webhook a
+finding is reported once the webhook took it, at the end of the scan. Findings are unique
+per (page, image, catalogue image).
 """
 
 from __future__ import annotations
@@ -251,9 +255,10 @@ class Scanner:
              on_finding: Callable[[FindingInfo], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> ScanReport:
         """Scan targets (page URLs, lists, images.json files, folders); see the module.
-        on_finding(finding) is called for each finding reported as it is recorded,
-        on_progress(images done, images found) as images are handled. The scan is recorded
-        in the store (running, then ok, failed or interrupted)."""
+        on_finding(finding) is called for each finding reported as it is recorded (a new
+        one is then recorded as reported: see the module), on_progress(images done, images
+        found) as images are handled. The scan is recorded in the store (running, then ok,
+        failed or interrupted)."""
         if not targets:
             raise ScanError("nothing to scan: give a page URL, a list of images, an "
                             "images.json or a folder")
@@ -323,6 +328,7 @@ class _Run:
         self.pending: list[ImageRecord] = []
         self.links: list[tuple[int, str]] = []  # (page id, image url) of written images
         self.emitted: set[int] = set()
+        self.reported: set[int] = set()  # new findings shown and recorded as reported
         self.seen: set[int] = set()
         self.done = 0
         self.notes = report.notes
@@ -331,13 +337,16 @@ class _Run:
 
     # --- the store, in one thread ------------------------------------------------------------
 
-    async def _db(self, fn: Callable[[Session], T]) -> T:
-        """fn(session) in the store thread, in a transaction of its own."""
+    async def _db(self, fn: Callable[[Session], T], surely: bool = False) -> T:
+        """fn(session) in the store thread, in a transaction of its own; surely: done even
+        when the scan is cancelled (Ctrl-C) before the store thread comes to it (the end
+        of the run waits for the store thread)."""
         def call() -> T:
             with self.scanner.sessions.begin() as session:
                 return fn(session)
 
-        return await asyncio.get_running_loop().run_in_executor(self.db, call)
+        done = asyncio.get_running_loop().run_in_executor(self.db, call)
+        return await (asyncio.shield(done) if surely else done)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -623,6 +632,7 @@ class _Run:
         self.seen.update(seen)
         self.report.seen = len(self.seen)
         await self._gone_infos(gone)
+        shown: list[int] = []
         for info in infos:
             if info.id in self.emitted or not (info.new or self.options.report_all):
                 continue
@@ -630,6 +640,15 @@ class _Run:
             self.report.findings.append(info)
             if self.on_finding is not None:
                 self.on_finding(info)
+                if info.new:
+                    shown.append(info.id)
+        if shown and not self.options.notify:
+            # shown as they are found: reported now, so that a scan stopped before its end
+            # (Ctrl-C, kill -9) does not show them as new again; with a webhook a finding
+            # is reported once the webhook took it (_deliver)
+            self.reported.update(shown)
+            when = repo.now()
+            await self._db(lambda s: scans.mark_reported(s, shown, when), surely=True)
 
     async def _gone(self, ids: list[int]) -> None:
         if ids:
@@ -669,5 +688,7 @@ class _Run:
                 oks = await asyncio.gather(*(send(i) for i in new))
             delivered = [i for i, ok in zip(new, oks, strict=True) if ok]
             self.report.delivered = len(delivered)
-        when = repo.now()
-        await self._db(lambda s: scans.mark_reported(s, delivered, when))
+        delivered = [i for i in delivered if i not in self.reported]
+        if delivered:
+            when = repo.now()
+            await self._db(lambda s: scans.mark_reported(s, delivered, when), surely=True)

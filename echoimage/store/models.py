@@ -243,8 +243,8 @@ class Finding(Base):
     gone_reason: Mapped[str | None] = mapped_column(Text)
     first_scan: Mapped[int | None] = mapped_column(Integer)
     last_scan: Mapped[int | None] = mapped_column(Integer)
-    #: when a scan reported it (printed it, and delivered it to its webhook): NULL for a
-    #: finding no finished scan has reported yet
+    #: when a scan reported it (printed it as it was found or, with a webhook, delivered
+    #: it; without either, at the scan's end): NULL for a finding no scan has reported yet
     reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
