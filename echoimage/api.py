@@ -18,6 +18,7 @@ import importlib
 import io
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,10 +233,11 @@ class Catalogue:
 
         if not sources and not sample:
             check_no_source(self.settings, self._held())
+        t0 = time.perf_counter()
         listings = read_sources(CatalogueReader(self.settings),
                                 [os.fspath(s) for s in sources], sample, follow_pages)
         summary = build_index(self.settings, self.open_store(create=True), listings,
-                              progress)
+                              time.perf_counter() - t0, progress)
         self._changed()
         return summary
 

@@ -41,9 +41,12 @@ from helpers import (
     store_snapshot,
     synthetic,
     update_index,
+    write,
 )
 from sqlalchemy import select
 
+from echoimage.api import Catalogue
+from echoimage.catalogue.reader import CatalogueReader
 from echoimage.cli import cli
 from echoimage.config import Settings
 from echoimage.index.manifest import read_manifest
@@ -101,6 +104,9 @@ class Served:
     answered_304: Counter[str] = field(default_factory=Counter)
     flaky_failures: int = 2
     slow_s: float = SLOW_S  # how long /slow.jpg takes to answer
+    catalogue_delay: float = 0.0  # seconds before answering /images.json
+    pages: int = 0  # /pages/<n>.html for n < pages: image /img/p<n>.jpg, a link to the next
+    page_delay: float = 0.0  # seconds before answering a page
     base: str = ""
 
     def url(self, name: str) -> str:
@@ -166,8 +172,21 @@ def make_app(served: Served) -> web.Application:
 
     @routes.get("/images.json")
     async def images_json(request: web.Request) -> web.StreamResponse:
+        if served.catalogue_delay:
+            await asyncio.sleep(served.catalogue_delay)
         return web.Response(body=json.dumps(served.catalogue).encode(),
                             content_type="application/json")
+
+    @routes.get("/pages/{n:\\d+}.html")
+    async def page(request: web.Request) -> web.StreamResponse:
+        n = int(request.match_info["n"])
+        if served.page_delay:
+            await asyncio.sleep(served.page_delay)
+        if n >= served.pages:
+            return web.Response(status=404, text="no such page")
+        more = f'<a href="/pages/{n + 1}.html">next</a>' if n + 1 < served.pages else ""
+        return web.Response(text=f'<!doctype html><html><body><img src="/img/p{n}.jpg">{more}'
+                                 "</body></html>", content_type="text/html")
 
     @routes.get("/img/{name}.jpg")
     async def image(request: web.Request) -> web.StreamResponse:
@@ -408,6 +427,62 @@ def test_build_over_http(served: Served, settings: Settings) -> None:
     assert served.hits == Counter({"/images.json": 1, "/slow.jpg": 1})
     assert store_view(settings)[served.base + "/slow.jpg"]["reason"] is None
     assert top_url(search, copy_of("camera")) == served.base + "/slow.jpg"
+
+
+# --- a build's duration --------------------------------------------------------------------
+
+#: a build's slow sources: a web page source of PAGES pages, one linked from the other, each
+#: answering after PAGE_S seconds; a catalogue file, or a folder's listing, taking READ_S
+PAGES, PAGE_S = 5, 0.3
+READ_S = PAGES * PAGE_S
+
+
+@pytest.mark.parametrize("kind", ["page", "catalogue", "folder"])
+def test_a_builds_duration_is_the_whole_run(served: Served, settings: Settings,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            kind: str) -> None:
+    """A build's duration counts the reading of its sources, done before anything is
+    recorded (pages scraped one after another, a catalogue file answering slowly, a folder
+    listed slowly), as an update's does: its seconds, and the run `index status` shows,
+    cover the reading and the processing phase; so does the duration of a build
+    interrupted after the reading."""
+    quick = settings.model_copy(update={"scrape_delay": 0.0, "http_timeout": 10 * READ_S})
+    for i in range(PAGES):
+        served.put(f"p{i}", synthetic_jpeg(300 + i), listed=kind == "catalogue")
+    follow_pages = None
+    if kind == "page":
+        served.pages, served.page_delay, follow_pages = PAGES, PAGE_S, PAGES
+        source = served.base + "/pages/0.html"
+    elif kind == "catalogue":
+        served.catalogue_delay = READ_S
+        source = served.catalogue_url
+    else:
+        folder = tmp_path / "folder"
+        for i in range(PAGES):
+            write(folder / f"p{i}.jpg", synthetic_jpeg(300 + i))
+        source = str(folder)
+        read = CatalogueReader.read
+
+        def slow_read(self: CatalogueReader, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(READ_S)
+            return read(self, *args, **kwargs)
+
+        monkeypatch.setattr(CatalogueReader, "read", slow_read)
+    with Catalogue(quick) as cat:
+        summary = cat.build(source, follow_pages=follow_pages)
+        assert summary.counts == {Status.INDEXED: PAGES}, summary.as_dict()
+        assert summary.seconds >= READ_S + summary.work_seconds, summary.as_dict()
+        [run] = cat.status()["runs"][:1]
+        assert run["status"] == "ok" and run["duration_s"] >= READ_S, run
+
+        def interrupted(*args: Any, **kwargs: Any) -> None:
+            raise KeyboardInterrupt  # Ctrl-C once the sources are read and recorded
+
+        monkeypatch.setattr("echoimage.indexing.build.index_work", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cat.build(source, follow_pages=follow_pages)
+        [run] = cat.status()["runs"][:1]
+        assert run["status"] == "interrupted" and run["duration_s"] >= READ_S, run
 
 
 # --- (c), (d), (e): update over HTTP ----------------------------------------------------------

@@ -84,13 +84,16 @@ def check_no_source(settings: Settings, held: int) -> None:
 
 
 def build_index(settings: Settings, store: Engine, listings: list[SourceListing],
-                progress: bool, fetcher: FetcherFactory | None = None) -> BuildSummary:
-    """Index the sources' listings (from read_sources): new, retryable and removed items (a
-    removed image named by a source built again comes back).
+                read_seconds: float, progress: bool, fetcher: FetcherFactory | None = None
+                ) -> BuildSummary:
+    """Index the sources' listings (from read_sources, which took read_seconds: they are
+    part of the run's duration): new, retryable and removed items (a removed image named by
+    a source built again comes back).
 
     Already-indexed URLs are not fetched again (`index update` re-checks them).
     """
-    return _build(settings, store, listings, [it.uri for it in listings], progress, fetcher)
+    return _build(settings, store, listings, [it.uri for it in listings], read_seconds,
+                  progress, fetcher)
 
 
 def index_items(settings: Settings, store: Engine, listing: SourceListing, progress: bool,
@@ -99,17 +102,19 @@ def index_items(settings: Settings, store: Engine, listing: SourceListing, progr
     """Record a listing's items as its source's and index them, as `build_index` does for a
     source it reads itself (the HTTP API's way to add images); on_progress(done, total)
     after each image."""
-    return _build(settings, store, [listing], [listing.uri], progress, fetcher, on_progress)
+    return _build(settings, store, [listing], [listing.uri], 0.0, progress, fetcher,
+                  on_progress)
 
 
 def _build(settings: Settings, store: Engine, listings: Iterable[SourceListing],
-           sources: list[str], progress: bool, fetcher: FetcherFactory | None,
+           sources: list[str], read_seconds: float, progress: bool,
+           fetcher: FetcherFactory | None,
            on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
     sessions = session_factory(store)
     summary = BuildSummary(kind="build")
     # every source is read before anything is recorded (see read_sources)
     read = [(listing, list(listing.items)) for listing in listings]
-    with one_runner(sessions, store), recorded_run(sessions, summary, sources):
+    with one_runner(sessions, store), recorded_run(sessions, summary, sources, read_seconds):
         work: dict[int, WorkItem] = {}
         for listing, items in read:
             summary.sources.append(listing.uri)

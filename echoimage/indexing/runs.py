@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -200,16 +201,21 @@ def one_runner(sessions: sessionmaker[Session], store: Engine) -> Iterator[None]
 
 @contextmanager
 def recorded_run(sessions: sessionmaker[Session], summary: BuildSummary,
-                 sources: list[str]) -> Iterator[None]:
+                 sources: list[str], earlier: float) -> Iterator[None]:
     """Record a run in the store: 'running' while the block runs, then 'ok' (with the
     sources it could not read, if any: unread_sources), or 'failed' / 'interrupted' with
-    the reason (run_end), with the summary's counts and duration."""
-    t0 = time.perf_counter()
+    the reason (run_end), with the summary's counts and duration. The duration (the
+    summary's seconds, and the recorded start to the recorded end) is the whole run: the
+    block and the earlier seconds the run spent before it could be recorded (a build
+    reads its sources before anything is created)."""
+    t0 = time.perf_counter() - earlier
     with sessions.begin() as session:
-        run_id = repo.start_run(session, summary.kind, sources)
+        run_id = repo.start_run(session, summary.kind, sources,
+                                repo.now() - timedelta(seconds=earlier))
     try:
         yield
     except BaseException as exc:
+        summary.seconds = time.perf_counter() - t0
         status, reason = run_end(exc)
         try:
             with sessions.begin() as session:

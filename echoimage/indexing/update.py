@@ -48,7 +48,7 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
         sources = repo.list_sources(session)
         stale = repo.stale_feature_ids(session, FeatureParams.from_settings(settings).key)
     work: dict[int, WorkItem] = {}
-    with recorded_run(sessions, summary, [s.uri for s in sources]):
+    with recorded_run(sessions, summary, [s.uri for s in sources], 0.0):
         for source in sources:
             uri, kind = source.uri, source.kind
             summary.sources.append(uri)

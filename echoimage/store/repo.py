@@ -593,13 +593,15 @@ def owner_gone(owner: str | None) -> bool | None:
     return False
 
 
-def start_run(session: Session, kind: str, sources: list[str]) -> int:
-    """Record the start of an indexing run. Runs still 'running' are marked 'interrupted'
-    with the reason: their process is gone (killed, the machine stopped), or it was still
-    going (it then records 'ok' or 'failed' over that when it ends;
-    `scripts/reindex-cron.sh` never overlaps its own runs)."""
-    run = Run(kind=kind, started_at=now(), status=RunStatus.RUNNING, sources=sources,
-              reason=run_owner())
+def start_run(session: Session, kind: str, sources: list[str],
+              started_at: datetime | None = None) -> int:
+    """Record the start of an indexing run (at started_at when it began before it could be
+    recorded, now otherwise). Runs still 'running' are marked 'interrupted' with the reason:
+    their process is gone (killed, the machine stopped), or it was still going (it then
+    records 'ok' or 'failed' over that when it ends; `scripts/reindex-cron.sh` never
+    overlaps its own runs)."""
+    run = Run(kind=kind, started_at=started_at or now(), status=RunStatus.RUNNING,
+              sources=sources, reason=run_owner())
     session.add(run)
     session.flush()
     for other in session.scalars(select(Run).where(Run.status == RunStatus.RUNNING,
