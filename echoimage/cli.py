@@ -670,7 +670,11 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
               help="Also follow up to N same-site links per start page.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("images.json"), show_default=True, help="Catalogue file to write.")
-@click.option("--add", is_flag=True, help="Merge into an existing --output instead of replacing.")
+@click.option("--add", is_flag=True, help="Merge into an existing --output: its entries (and "
+              "your edits) stay, new image URLs are appended.")
+@click.option("--replace", "replace_file", is_flag=True,
+              help="Replace an existing --output (without --add or --replace, an existing "
+                   "file is refused).")
 @click.option("--skip-word", "skip_words", multiple=True,
               help="Skip images whose file name has this word (repeatable; replaces the "
                    "defaults: logo, icon, favicon, category-menu, sprite).")
@@ -684,7 +688,7 @@ def catalogue_remove(ctx: click.Context, images: tuple[str, ...], source: str | 
 @click.pass_context
 @handle_errors
 def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: int,
-                     output: Path, add: bool, skip_words: tuple[str, ...],
+                     output: Path, add: bool, replace_file: bool, skip_words: tuple[str, ...],
                      extensions: tuple[str, ...], keep_no_extension: bool) -> None:
     """Collect the image URLs of PAGE_URLs into an images.json: <img>, <picture>, linked
     full-size images, CSS backgrounds, og:image, video posters (see the README).
@@ -700,6 +704,12 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
     """
     from echoimage.api import ScrapeFilters, scrape_pages, write_catalogue
 
+    if add and replace_file:
+        raise click.UsageError("give --add or --replace, not both")
+    if output.exists() and not (add or replace_file):
+        # refused before any page is read: the file may hold edits and metadata
+        raise click.ClickException(f"{output} exists: --add merges the new image URLs into "
+                                   "it, --replace replaces it (its edits are lost)")
     filters = ScrapeFilters(keep_no_extension=keep_no_extension)
     if skip_words:
         filters = replace(filters, skip_words=tuple(w.lower() for w in skip_words))

@@ -381,7 +381,7 @@ async def test_cli_scrape_that_finds_nothing_keeps_the_file(site: Site, tmp_path
     target.write_text('[{"url": "https://x.invalid/a.jpg"}]\n')
     before = target.stat()
     url = f"http://127.0.0.1:{free_port()}/" if path == "refused" else site.url(path)
-    result = await scrape_cli(url, "-o", str(target), *(["--add"] if add else []))
+    result = await scrape_cli(url, "-o", str(target), "--add" if add else "--replace")
     assert result.exit_code != 0, result.output
     error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(error) == 1 and ("no page could be read" in error[0]
@@ -406,12 +406,12 @@ async def test_cli_scrape_of_images_with_no_extension(site: Site, tmp_path: Path
         [site.url(p) for p in CDN_IMAGES]
     assert "note:" not in result.stderr, result.stderr
     assert f"{len(CDN_IMAGES)} image URLs from 1 pages" in result.stdout
-    taken = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target),
+    taken = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target), "--replace",
                              "--keep-no-extension")
     assert taken.exit_code == 0 and "note:" not in taken.stderr, taken.output
     assert site.url("/product/7") in [e["url"] for e in json.loads(target.read_text())]
-    only = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target), "--extension",
-                            "jpg")
+    only = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target), "--replace",
+                            "--extension", "jpg")
     assert [e["url"] for e in json.loads(target.read_text())] == \
         [site.url(p) for p in CDN_IMAGES if "." not in p]
     assert f"note: {site.url('/site/cdn.html')}: 1 image URL skipped: extension not kept" \
@@ -428,3 +428,15 @@ async def test_cli_scrape_writes_and_adds(site: Site, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "0 new" in result.output and "unchanged" in result.output
     assert target.stat().st_mtime_ns == before.st_mtime_ns
+    # an existing file (maybe edited) is neither replaced nor read over without being asked
+    asked = len(site.hits)
+    again = await scrape_cli(site.url("/site/page3.html"), "-o", str(target))
+    assert again.exit_code == 1 and again.output == (
+        f"Error: {target} exists: --add merges the new image URLs into it, --replace "
+        "replaces it (its edits are lost)\n"), again.output
+    assert len(site.hits) == asked and target.stat().st_mtime_ns == before.st_mtime_ns
+    both = await scrape_cli(site.url("/site/page3.html"), "-o", str(target), "--add",
+                            "--replace")
+    assert both.exit_code == 2 and "not both" in both.output
+    replaced = await scrape_cli(site.url("/site/page3.html"), "-o", str(target), "--replace")
+    assert replaced.exit_code == 0 and "1 new in" in replaced.output, replaced.output
