@@ -721,7 +721,8 @@ def catalogue_scrape(ctx: click.Context, pages: tuple[str, ...], follow_pages: i
         click.echo(f"note: {note}", err=True)
     added = write_catalogue(report.images, output, add)
     outcome = f"{added} new in {output}" if added else f"0 new; {output} unchanged"
-    click.echo(f"{len(report.images)} image URLs from {len(report.pages)} pages; {outcome}")
+    click.echo(f"{counted(len(report.images), 'image URL')} from "
+               f"{counted(len(report.pages), 'page')}; {outcome}")
 
 
 #: exit status of `echoimage scan` when it reported new findings (0: none; 1: it failed)
@@ -775,9 +776,10 @@ def _scan_summary(report: Any) -> list[str]:
         return ", ".join(f"{k}: {v:,}" for k, v in sorted(c.items())) or "none"
 
     what = f"watch {report.watch}" if report.watch else f"scan {report.scan_id}"
-    lines = [f"{what}: {sum(report.pages.values()):,} pages ({counts(report.pages)}); "
-             f"{sum(report.images.values()):,} images ({counts(report.images)}); "
-             f"{len(report.new)} new findings, {report.seen} seen, {len(report.gone)} gone; "
+    lines = [f"{what}: {counted(sum(report.pages.values()), 'page')} "
+             f"({counts(report.pages)}); {counted(sum(report.images.values()), 'image')} "
+             f"({counts(report.images)}); {counted(len(report.new), 'new finding')}, "
+             f"{report.seen} seen, {len(report.gone)} gone; "
              f"{report.seconds:.1f} s, {report.images_per_s:.1f} images/s"]
     if report.reason:
         lines.append(f"  {report.status}: {report.reason}")

@@ -552,7 +552,7 @@ def test_images_with_no_extension_are_scanned(built_copy, site: ScanSite) -> Non
     s = built_copy.settings
     run = run_cli(["scan", "-q", site.url("/pages/cdn2.html")], s)
     assert run.exit_code == 3, run.output
-    assert "1 pages (ok: 1); 1 images (ok: 1); 1 new findings" in run.output
+    assert "1 page (ok: 1); 1 image (ok: 1); 1 new finding," in run.output
     assert f"image {site.url('/cdn/img123')}" in run.output
     assert built_copy.catalogue.url("coffee") in run.output
     start = len(site.requests)
@@ -560,8 +560,8 @@ def test_images_with_no_extension_are_scanned(built_copy, site: ScanSite) -> Non
     shown = run_cli(["scan", "-q", page], s)
     assert shown.exit_code == 3, shown.output  # the turned coffee on this page too
     # the turned coffee was compared on /pages/cdn2.html: unchanged
-    assert f"1 pages (ok: 1); {len(CDN_IMAGES)} images (ok: {len(CDN_IMAGES) - 1}, " \
-        "unchanged: 1); 1 new findings" in shown.output
+    assert f"1 page (ok: 1); {len(CDN_IMAGES)} images (ok: {len(CDN_IMAGES) - 1}, " \
+        "unchanged: 1); 1 new finding," in shown.output
     assert "note:" not in shown.output, shown.output
     asked = {path for path, _, _ in site.since(start)}
     assert asked == {"/robots.txt", "/pages/cdn.html"} | {p.split("?")[0] for p in CDN_IMAGES}

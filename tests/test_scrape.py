@@ -405,7 +405,7 @@ async def test_cli_scrape_of_images_with_no_extension(site: Site, tmp_path: Path
     assert [e["url"] for e in json.loads(target.read_text())] == \
         [site.url(p) for p in CDN_IMAGES]
     assert "note:" not in result.stderr, result.stderr
-    assert f"{len(CDN_IMAGES)} image URLs from 1 pages" in result.stdout
+    assert f"{len(CDN_IMAGES)} image URLs from 1 page;" in result.stdout
     taken = await scrape_cli(site.url("/site/cdn.html"), "-o", str(target), "--replace",
                              "--keep-no-extension")
     assert taken.exit_code == 0 and "note:" not in taken.stderr, taken.output
