@@ -170,6 +170,9 @@ def index_build(ctx: click.Context, sources: tuple[str, ...], sample: bool,
     summary = _catalogue(ctx, workers=workers, cluster=cluster).build(
         *sources, sample=sample, progress=not quiet, follow_pages=follow_pages)
     _print_summary(summary, as_json)
+    if not summary.index_entries and summary.failures:  # a cron job must not call it done
+        raise click.ClickException("no image could be indexed: the catalogue is empty "
+                                   "(the failures are above)")
 
 
 @index.command("update")

@@ -498,6 +498,22 @@ def test_an_update_that_cannot_read_a_source_says_so_in_its_run(tmp_path: Path) 
     assert report["runs"][0]["reason"].startswith("1 source could not be read")
 
 
+def test_a_build_that_indexes_nothing_fails(tmp_path: Path) -> None:
+    """Every image failing leaves an empty catalogue: the build says so and exits 1 (a
+    cron job would otherwise take it for done); with one good image it is an ordinary
+    build with a failure."""
+    photos = tmp_path / "photos"
+    write(photos / "notes.jpg", b"the captions, not a photo\n")
+    data_dir = tmp_path / "data"
+    empty = run(data_dir, "index", "build", str(photos), "-q")
+    assert empty.exit_code == 1, empty.output
+    assert empty.output.splitlines()[-1] == ("Error: no image could be indexed: the "
+                                             "catalogue is empty (the failures are above)")
+    write(photos / "a.jpg", jpeg(photo("astronaut"), 90))
+    one = run(data_dir, "index", "build", str(photos), "-q")
+    assert one.exit_code == 0 and "index entries: 1" in one.output, one.output
+
+
 def test_run_counts_text() -> None:
     from echoimage.cli import _run_counts
 
