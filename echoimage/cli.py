@@ -869,6 +869,7 @@ def scan(ctx: click.Context, targets: tuple[str, ...], follow_pages: int, all_wa
         bar.clear()
         if writer is not None:
             writer.writerow(_finding_row(f))
+            sys.stdout.flush()  # written before the scan records it as reported
         elif as_json:
             click.echo(json.dumps(f.to_dict()))
         else:

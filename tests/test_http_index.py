@@ -548,6 +548,14 @@ def test_update_asks_for_a_refused_body_conditionally(served: Served,
     first = build_index(tight, [served.catalogue_url], progress=False)
     assert dict(first.counts) == {Status.NOT_AN_IMAGE: 1, Status.TOO_LARGE: 1}, \
         first.as_dict()
+    engine = open_store(settings)
+    with session_factory(engine)() as s:
+        kept = {k.url: (k.etag, k.last_modified) for k in repo.known_images(s).values()}
+    engine.dispose()
+    # the ETag only: a page's Last-Modified (an error page's is now) would make an older
+    # image answer If-Modified-Since with a 304
+    assert kept == {url: (etag_of(page), None),
+                    served.url("coffee"): (etag_of(coffee), None)}
     served.reset_counts()
     same = update_index(tight, progress=False)
     assert dict(same.counts) == {f"skipped ({Status.NOT_AN_IMAGE})": 1,

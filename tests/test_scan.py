@@ -6,7 +6,9 @@ watches, webhooks, lists and folders, and the command line's output and exit sta
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
+import io
 import json
 import os
 import signal
@@ -685,6 +687,45 @@ def test_killed_scan_resumes_without_duplicates(built_copy, site: ScanSite, sig:
     assert dupes == 0
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     assert third.returncode == 0, third.stderr.decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_a_killed_csv_scan_has_written_what_it_reported(built_copy, site: ScanSite,
+                                                        tmp_path: Path) -> None:
+    """`scan --csv >> findings.csv` (a file: Python buffers it) killed with kill -9 once
+    findings are recorded as reported: each of them is in the file (written before it was
+    recorded), so none is lost to the next run."""
+    many_copies(site)
+    data_dir = built_copy.settings.data_dir
+    db = store_url(data_dir)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(ECHOIMAGE_SCAN_ALLOWLIST="127.0.0.1", ECHOIMAGE_SCRAPE_DELAY="0",
+               ECHOIMAGE_SCAN_IMAGE_DELAY="0", ECHOIMAGE_HTTP_PER_HOST="2",
+               ECHOIMAGE_BATCH_SIZE="1")
+    cmd = [sys.executable, "-m", "echoimage", "--data-dir", str(data_dir), "scan", "-q",
+           "--csv", site.url("/many.html")]
+    out = tmp_path / "findings.csv"
+    with open(out, "ab") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 120
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _count(db, "SELECT count(*) FROM findings "
+                              "WHERE reported_at IS NOT NULL") >= 2:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        reported = set(conn.scalars(select(Finding.id).where(Finding.reported_at.is_not(None))))
+    engine.dispose()
+    written = {int(r["id"]) for r in csv.DictReader(io.StringIO(out.read_text()))}
+    assert len(reported) >= 2 and reported <= written, (reported, written)
 
 
 def test_a_store_from_before_the_scans_is_upgraded(built_copy, site: ScanSite) -> None:

@@ -16,9 +16,11 @@ from helpers import (
     update_index,
     write,
 )
+from PIL import Image
 from sqlalchemy import select
 
 from echoimage.indexing.work import FeatureParams
+from echoimage.store import repo
 from echoimage.store.db import open_store, session_factory
 from echoimage.store.models import FeatureRow
 
@@ -162,3 +164,46 @@ def test_a_file_over_the_byte_cap_is_indexed_once_the_cap_allows_it(
     top = search_engine(raised).query_bytes(jpeg(crop(photo("rocket"), 0.7), 80),
                                             1).matches[0]
     assert top.url == str(big.resolve()) and top.duplicate
+
+
+def test_an_image_over_twice_the_pixel_cap_is_indexed_once_the_cap_allows_it(
+        make_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over twice the cap, Pillow's own guard (which the feature workers set to the cap)
+    refuses an image before its width and height are known: such a refusal is read again
+    by each update, and indexed once the cap allows it."""
+    root = tmp_path / "photos"
+    write(root / "rocket.jpg", jpeg(photo("rocket"), 90))  # 640x427, over 2 x 130,000
+    tight = make_settings(max_pixels=130_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 130_000)  # as agree_pillow_limit sets it
+    first = build_index(tight, [str(root)], progress=False)
+    assert dict(first.counts) == {"too-large": 1}, first.as_dict()
+    assert first.failures[0][2] == ("image too large: 273,280 pixels exceeds the cap of "
+                                    "130,000 (possible decompression bomb)")
+    again = update_index(tight, progress=False)
+    assert dict(again.counts) == {"too-large": 1}, again.as_dict()  # read again: unknown
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000)
+    now = update_index(tight.model_copy(update={"max_pixels": 300_000}), progress=False)
+    assert dict(now.counts) == {"indexed": 1}, now.as_dict()
+
+
+def test_a_failure_too_large_for_the_store_columns_is_kept_as_at_least(
+        make_settings, tmp_path: Path) -> None:
+    """A file of 3 GB (sparse) is refused unread; its size does not fit PostgreSQL's
+    32-bit column: the run records it as at least 2**31 - 1 bytes instead of failing."""
+    root = tmp_path / "photos"
+    write(root / "coffee.jpg", jpeg(photo("coffee"), 90))
+    with open(root / "huge.jpg", "wb") as f:
+        f.truncate(3_000_000_000)
+    settings = make_settings()
+    built = build_index(settings, [str(root)], progress=False)
+    assert dict(built.counts) == {"indexed": 1, "too-large": 1}, built.as_dict()
+    assert "3,000,000,000 bytes" in built.failures[0][2]
+    engine = open_store(settings)
+    try:
+        with session_factory(engine)() as s:
+            known = repo.known_images(s)[str((root / "huge.jpg").resolve())]
+    finally:
+        engine.dispose()
+    assert known.nbytes == 2**31 - 1 and known.sha256 is None
+    same = update_index(settings, progress=False)
+    assert dict(same.counts) == {"unchanged": 1, "skipped (too-large)": 1}, same.as_dict()

@@ -152,8 +152,8 @@ def scheme_refusal(url: str, scheme: str) -> str:
     (``127.0.0.1:8101``, ``shop.example/a.jpg``, where yarl reads a scheme or none) is
     told what it was taken for."""
     said = f"unsupported scheme {scheme or '(none)'!r}: only http and https are fetched"
-    head = url.split("/", 1)[0]
-    if "://" not in url and ("." in head or head.partition(":")[0] == "localhost"):
+    host = scheme or url.split("/", 1)[0]  # "127.0.0.1" of 127.0.0.1:8101, not "mailto"
+    if "://" not in url and ("." in host or host == "localhost"):
         said += f" (for a web address, write http://{url})"
     return said
 

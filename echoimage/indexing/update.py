@@ -108,11 +108,13 @@ def _update(settings: Settings, store: Engine, sessions: sessionmaker[Session],
 
 
 def _allowed_now(k: KnownImage, settings: Settings) -> bool:
-    """Whether the caps now allow an image refused as too large: bytes read (a sha256)
-    were refused over the pixel cap, for their width x height; bytes not read whole, over
-    the byte cap, for their size (at least). Unknown, it is not told."""
+    """Whether the caps may now allow an image refused as too large: bytes read (a sha256)
+    were refused over the pixel cap, for their width x height (unknown, when Pillow's own
+    guard refused them or memory ran out: they are read again); bytes not read whole, over
+    the byte cap, for their size (at least; unknown, they were refused before it was
+    kept and are fetched without validators anyway)."""
     if k.sha256 is not None:
-        return (k.pixels() or math.inf) <= settings.max_pixels
+        return (k.pixels() or 0) <= settings.max_pixels
     return (k.nbytes if k.nbytes is not None else math.inf) <= settings.max_bytes
 
 

@@ -224,11 +224,12 @@ def fetched_result(item: WorkItem, fres: FetchResult) -> WorkResult | None:
                           last_modified=fres.last_modified)
     status = _STORE_STATUS.get(fres.status, Status.HTTP_ERROR)
     if status in (Status.NOT_AN_IMAGE, Status.TOO_LARGE):
-        # refused for the bytes the server has now: their validators, for an update to ask
-        # again conditionally (and a body over the cap, its size)
+        # refused for the bytes the server has now: their ETag, for an update to ask again
+        # conditionally (and a body over the cap, its size). Not their Last-Modified: a
+        # page served instead of an image (an error page, dated now) would make the image
+        # itself, older, answer 304 until it changed
         return WorkResult(item.image_id, status, fres.reason or fres.status,
-                          nbytes=fres.nbytes, etag=fres.etag,
-                          last_modified=fres.last_modified)
+                          nbytes=fres.nbytes, etag=fres.etag)
     return WorkResult(item.image_id, status, fres.reason or fres.status)
 
 

@@ -45,6 +45,10 @@ _MAX_ETAG = ImageRow.__table__.c.etag.type.length
 _MAX_LAST_MODIFIED = ImageRow.__table__.c.last_modified.type.length
 
 
+#: the largest value of an Integer column (PostgreSQL's are 32-bit)
+INT32_MAX = 2**31 - 1
+
+
 def now() -> datetime:
     """The current time in UTC."""
     return datetime.now(UTC)
@@ -329,6 +333,10 @@ def save_failure(session: Session, image_id: int, status: str, reason: str,
                                   indexed_at=None, attempts=ImageRow.attempts + 1,
                                   seq=next_seq(session))
     width, height = size if size is not None and sha256 is not None else (None, None)
+    # a refused file's size or a crafted header's may not fit the 32-bit columns: kept
+    # as what they are at least
+    nbytes, width, height = (None if v is None else min(v, INT32_MAX)
+                             for v in (nbytes, width, height))
     values.update(sha256=sha256, nbytes=nbytes, etag=_validator(etag, _MAX_ETAG),
                   last_modified=_validator(last_modified, _MAX_LAST_MODIFIED),
                   width=width, height=height)
