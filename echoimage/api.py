@@ -127,8 +127,15 @@ def open(location: str | os.PathLike[str] | None = None, **settings: Any) -> Cat
 def make_settings(**values: Any) -> Settings:
     """Settings from values and the environment (ECHOIMAGE_*); a value a setting cannot
     take is a SettingsError naming it, in one line."""
+    import difflib
+
     from pydantic import ValidationError
 
+    for name in values:
+        if name not in Settings.model_fields:  # a typo would be dropped without a word
+            near = difflib.get_close_matches(name, list(Settings.model_fields), 1)
+            raise SettingsError(f"no setting is called {name!r}"
+                                + (f": did you mean {near[0]!r}?" if near else ""))
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -383,10 +390,11 @@ class Catalogue:
         a bare `index build` (on an empty store it adds the sample photos)."""
         from echoimage.store import repo
         from echoimage.store.db import session_factory
-        from echoimage.types import Status
+        from echoimage.types import RunStatus, Status, counted
 
         with session_factory(self.open_store())() as session:
             counts = repo.status_counts(session)
+            last = repo.recent_runs(session, 1)
         held = sum(counts.values())
         add = ("add images with `echoimage index build SOURCE` (a folder, an images.json, "
                "an image or page URL)")
@@ -395,13 +403,18 @@ class Catalogue:
         if set(counts) == {Status.REMOVED}:
             return f"its {held} images were all removed; {add}"
         listed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        none = f"none of its {counted(held, 'image')} is indexed"
+        if last and last[0]["status"] == RunStatus.RUNNING:  # its images come as it goes
+            run = last[0]
+            return (f"{none} yet ({listed}): run {run['id']} ({run['kind']}, "
+                    f"{run['process']}) is indexing them; search again in a moment "
+                    "(`echoimage index status` shows how far it is)")
         from echoimage.store.models import RETRYABLE
 
         if any(status in RETRYABLE for status in counts):
-            return (f"none of its {held} images is indexed yet ({listed}): `echoimage index "
-                    "update` tries them again, `echoimage index status` says why they failed")
-        return f"none of its {held} images is indexed ({listed}): `echoimage index status` " \
-               "says why"
+            return (f"{none} yet ({listed}): `echoimage index update` tries them again, "
+                    "`echoimage index status` says why they failed")
+        return f"{none} ({listed}): `echoimage index status` says why"
 
     def query_many(self, images: Iterable[QueryInput], k: int | None = None,
                    colour_sensitive: bool | None = None, copies_only: bool | None = None,

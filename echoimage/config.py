@@ -250,7 +250,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("scrape_delay", "scan_image_delay", "scan_threads", "webhook_retries",
-                     "stop_hash_per_decade", "hash_proof_max_side", "noisy_chroma")
+                     "stop_hash_per_decade", "hash_proof_max_side", "noisy_chroma", "workers")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -273,7 +273,8 @@ class Settings(BaseSettings):
 
     @field_validator("max_pixels", "max_bytes", "thumb_size", "work_size", "shortlist_k",
                      "default_k", "max_k", "scan_queue", "scan_picture_size",
-                     "webhook_timeout", "stop_hash_entries", "vote_probe_lists_entries")
+                     "webhook_timeout", "stop_hash_entries", "vote_probe_lists_entries",
+                     "batch_size", "http_concurrency", "http_per_host")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import echoimage
-from echoimage.errors import FetchError, QueryLimitError
+from echoimage.errors import FetchError, QueryLimitError, SettingsError
 from tests.helpers import REPO, crop, jpeg, photo, png, resize, synthetic, to_rgb, write
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -44,6 +44,21 @@ def test_open_names_a_data_dir_or_a_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     assert echoimage.open(url).settings.database_url == url
     assert echoimage.open(tmp_path, max_k=7).settings.max_k == 7
+
+
+def test_a_setting_that_is_not_one_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A misspelt keyword would be dropped without a word: it is a SettingsError naming
+    the setting meant; so is a negative number of workers (which the pool refused with a
+    traceback), given or from the environment."""
+    with pytest.raises(SettingsError) as typo:
+        echoimage.open(tmp_path, colour_sensitve=True)
+    assert str(typo.value) == "no setting is called 'colour_sensitve': did you mean " \
+        "'colour_sensitive'?"
+    with pytest.raises(SettingsError, match="workers: .*must not be negative"):
+        echoimage.open(tmp_path, workers=-3)
+    monkeypatch.setenv("ECHOIMAGE_WORKERS", "-3")
+    with pytest.raises(SettingsError, match="workers: .*must not be negative"):
+        echoimage.open(tmp_path)
 
 
 def test_every_query_input_finds_the_same_copy(catalogue, shop: Path) -> None:
@@ -289,8 +304,23 @@ def test_an_empty_catalogue_hint_fits_it(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     write(broken / "a.jpg", b"not an image at all" * 10)
     assert query_error(broken) == (
-        "the catalogue has no indexed images: none of its 1 images is indexed "
+        "the catalogue has no indexed images: none of its 1 image is indexed "
         "(1 not-an-image): `echoimage index status` says why")
+    # a build going on (recorded by a live process: this one) is indexing them
+    from echoimage.store import repo
+    from echoimage.store.db import open_store, session_factory
+    from echoimage.types import CatalogueItem
+
+    with echoimage.open(tmp_path / "broken" / "data") as cat:
+        with session_factory(open_store(cat.settings)).begin() as session:
+            repo.add_pending(session, [CatalogueItem(str(broken / "b.jpg"), "x")], None)
+            run = repo.start_run(session, "build", [str(broken)])
+        with pytest.raises(echoimage.EchoImageError) as err:
+            cat.query(png(synthetic(1)))
+    assert str(err.value) == (
+        "the catalogue has no indexed images: none of its 2 images is indexed yet (1 "
+        f"not-an-image, 1 pending): run {run} (build, {repo.run_owner()}) is indexing them; "
+        "search again in a moment (`echoimage index status` shows how far it is)")
 
 
 def test_original_is_the_image_as_it_was_indexed(tmp_path: Path, shop: Path) -> None:

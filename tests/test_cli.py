@@ -21,6 +21,7 @@ from helpers import (
     shrink,
     synthetic,
     tint,
+    to_rgb,
     write,
 )
 
@@ -229,6 +230,23 @@ def test_a_copy_names_the_other_entries_with_its_bytes(tmp_path: Path) -> None:
     assert text[-2] == f"       the same file also at {top['also_at'][0]}"
     rows = list(csv.DictReader(io.StringIO(run(d, "query", "--csv", str(query)).output)))
     assert json.loads(rows[0]["also_at"]) == top["also_at"] and rows[1]["also_at"] == ""
+
+
+def test_k_results_though_entries_share_their_bytes(tmp_path: Path) -> None:
+    """-k 6 on a catalogue of 6 contents in 8 files (the copy's bytes in three places):
+    six results, one per content, though the query's nearest hashes are three files with
+    one content (before, four results)."""
+    data = jpeg(photo("coffee"), 90)
+    for where in ("coffee.jpg", "a/coffee.jpg", "b/coffee.jpg"):
+        write(tmp_path / "photos" / where, data)
+    for name in ("astronaut", "chelsea", "rocket", "brick", "camera"):
+        write(tmp_path / "photos" / f"{name}.jpg", jpeg(to_rgb(photo(name)), 90))
+    d = tmp_path / "data"
+    assert run(d, "index", "build", "-q", str(tmp_path / "photos")).exit_code == 0
+    query = write(tmp_path / "q.jpg", jpeg(photo("coffee")[::2, ::2], 80))
+    results = json_lines(run(d, "query", "--json", "-k", "6", str(query)))[0]["results"]
+    assert len(results) == 6 and len({r["sha256"] for r in results}) == 6, results
+    assert results[0]["duplicate"] and len(results[0]["also_at"]) == 2
 
 
 def test_query_errors_keep_going(catalogue, cli_built, tmp_path) -> None:

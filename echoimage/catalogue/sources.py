@@ -97,9 +97,15 @@ def _resolve(entry: str, base: str | None) -> str:
 
 def _absolute(path: Path) -> Path:
     """path made absolute with its symbolic links resolved where they can be (a link
-    loop or a dangling link stays as it is: reading it says why it is no image)."""
+    loop or a dangling link keeps its own name, in its resolved folder: reading it says
+    why it is no image; resolving it would name its missing target instead)."""
     try:
-        return path.resolve()
+        return path.resolve(strict=True)
+    except FileNotFoundError:  # missing, or a dangling link
+        try:
+            return path.parent.resolve() / path.name
+        except (OSError, RuntimeError):
+            return Path(os.path.abspath(path))
     except (OSError, RuntimeError):
         return Path(os.path.abspath(path))
 

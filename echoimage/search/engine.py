@@ -333,10 +333,25 @@ class SearchEngine:
             if sha256:
                 q.exact_ids = set(repo.ids_by_sha256(session, sha256))
             q.cands = repo.candidates(session, sorted(set(q.proposed) | q.exact_ids))
+            if not copies_only:
+                self._k_contents(q, session, listed[len(chosen):], k)
         for i in sorted(q.exact_ids - set(q.proposed)):
             self._propose(q, i, 0)
         q.lap("shortlist_ms")
         self._rerank(q, q.proposed, s.rerank_descriptors)
+
+    def _k_contents(self, q: _Query, session: Any, more: list[Shortlisted], k: int) -> None:
+        """Propose further hash neighbours (more, nearest first) while the proposed images
+        hold fewer than k contents: an answer shows one result per content (`_dedupe`),
+        and entries with the same bytes would leave it short of k."""
+        while more:
+            contents = {q.cands[i].sha256 or f"#{i}" for i in q.proposed if i in q.cands}
+            if len(contents) >= k:
+                return
+            batch, more = more[:k - len(contents)], more[k - len(contents):]
+            for c in batch:
+                q.proposed[c.id] = [c]
+            q.cands.update(repo.candidates(session, [c.id for c in batch]))
 
     def _hash_reach(self, q: _Query) -> int:
         """How far in pHash bits the hash round of a query for copies only scores the
