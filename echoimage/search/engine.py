@@ -344,6 +344,7 @@ class SearchEngine:
         """Propose further hash neighbours (more, nearest first) while the proposed images
         hold fewer than k contents: an answer shows one result per content (`_dedupe`),
         and entries with the same bytes would leave it short of k."""
+        more = [c for c in more if c.id not in q.proposed]  # a content box's stay its own
         while more:
             contents = {q.cands[i].sha256 or f"#{i}" for i in q.proposed if i in q.cands}
             if len(contents) >= k:
