@@ -447,6 +447,32 @@ def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
     assert 'echoimage_searches_total{mode="full",result="found"} 1.0' in out.stdout
 
 
+def test_metrics_forget_a_killed_process(tmp_path: Path) -> None:
+    """A serving process killed with kill -9 never says it is gone: its live gauges (ready,
+    capacity, change number) leave the next scrape; its counters stay."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {**os.environ, MULTIPROC_ENV: str(shared)}
+    serving = ("from echoimage.web.metrics import Metrics\n"
+               "m = Metrics()\n"
+               "m.ready.set(1); m.capacity.set(9); m.observe_search(True, {}, False)\n")
+    killed = subprocess.Popen([sys.executable, "-c", serving + "print('up', flush=True)\n"
+                               "import time; time.sleep(60)\n"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout is not None and killed.stdout.readline().strip() == "up"
+    finally:
+        killed.kill()
+        killed.wait(30)
+    out = subprocess.run([sys.executable, "-c", serving + "import sys\n"
+                          "sys.stdout.write(m.render().decode())\n"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "echoimage_ready_processes 1.0" in out.stdout, out.stdout
+    assert "echoimage_queries_capacity 9.0" in out.stdout
+    assert 'echoimage_searches_total{mode="full",result="found"} 2.0' in out.stdout
+
+
 def _accepted_nodelay(listener: socket.socket) -> int:
     """TCP_NODELAY of a connection accepted by an asyncio server on listener (as uvicorn's
     worker processes serve the socket they are given)."""

@@ -60,6 +60,32 @@ class _FilesCollector(multiprocess.MultiProcessCollector):
         return self.merge(files, accumulate=True)
 
 
+def _forget_the_dead(path: str) -> None:
+    """Drop the live gauges of serving processes that are gone without closing (kill -9,
+    a crash: uvicorn starts another under a new pid), which would count in the sums, the
+    lowest change number and the highest lag for good; counters stay (what they
+    counted happened)."""
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        pid = name.rsplit("_", 1)[-1].removesuffix(".db")
+        if pid.isdecimal() and not _alive(int(pid)):
+            try:
+                multiprocess.mark_process_dead(int(pid), path)
+            except FileNotFoundError:  # another process's scrape dropped them first
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this pid exists (a pid taken again by another process reads as
+    alive: its gauges then stay until that one is gone too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def multiprocess_dir() -> str | None:
     """The multiprocess directory, when this process writes its metrics there."""
     return os.environ.get(MULTIPROC_ENV) or None
@@ -139,6 +165,7 @@ class Metrics:
         """The metrics in Prometheus' text format (every process's, in multiprocess
         mode)."""
         if self.shared:
+            _forget_the_dead(self.shared)
             registry = CollectorRegistry()
             _FilesCollector(registry, path=self.shared)
             return generate_latest(registry)
