@@ -309,7 +309,7 @@ def index_status(ctx: click.Context, as_json: bool) -> None:
         state = "MISSING (the next command builds it)"
     else:
         state = "fresh" if idx["fresh"] else f"behind the store by {idx['behind_by']} changes"
-    click.echo(f"index: {idx['entries']} images, {state}")
+    click.echo(f"index: {counted(idx['entries'], 'image')}, {state}")
     if "layout" in idx:
         trained = idx.get("trained") or {}
         click.echo(f"  layout {idx['layout']}"

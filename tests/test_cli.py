@@ -532,6 +532,28 @@ def test_a_build_that_indexes_nothing_fails(tmp_path: Path) -> None:
     assert one.exit_code == 0 and "index entries: 1" in one.output, one.output
 
 
+def test_index_status_tells_a_damaged_index_file(tmp_path: Path) -> None:
+    """An index file cut short is no longer "fresh": `index status` says which file and
+    that the next command rebuilds it (as a query then does)."""
+    photos = tmp_path / "photos"
+    write(photos / "a.jpg", jpeg(photo("astronaut"), 90))
+    data_dir = tmp_path / "data"
+    assert run(data_dir, "index", "build", str(photos), "-q").exit_code == 0
+    cut = sorted((data_dir / "index").glob("*.faissbin"))[0]
+    with open(cut, "r+b") as f:
+        f.truncate(100)
+    report = json.loads(run(data_dir, "index", "status", "--json").output)["index"]
+    assert report["fresh"] is False and report["unusable"] == (
+        f"its file {cut.name} has been changed"), report
+    line = next(x for x in run(data_dir, "index", "status").output.splitlines()
+                if x.startswith("index:"))
+    assert line == (f"index: 1 image, UNUSABLE (its file {cut.name} has been changed; the "
+                    "next command rebuilds it)"), line
+    query = write(tmp_path / "q.jpg", jpeg(photo("astronaut")[::2, ::2], 80))
+    assert run(data_dir, "query", str(query)).exit_code == 0
+    assert json.loads(run(data_dir, "index", "status", "--json").output)["index"]["fresh"]
+
+
 def test_run_counts_text() -> None:
     from echoimage.cli import _run_counts
 

@@ -406,7 +406,7 @@ def rebuild_index_files(settings: Settings, engine: Engine, reason: str = "asked
                         quantizer)
 
 
-def _files_present(directory: Path, manifest: IndexManifest) -> str | None:
+def files_present(directory: Path, manifest: IndexManifest) -> str | None:
     """Why the manifest's files cannot be used, judged by their sizes (None: they can)."""
     refs = [r for p in manifest.parts for r in p.files.values()]
     if manifest.trained:
@@ -491,7 +491,7 @@ def update_index_files(settings: Settings, engine: Engine, retrain: bool = True
             return _rebuild(settings, engine, "there was no index", t0, None)
         with snapshot(engine) as session:
             state = repo.store_state(session)
-            why = misfit(manifest, state, settings) or _files_present(directory, manifest)
+            why = misfit(manifest, state, settings) or files_present(directory, manifest)
             if why:
                 log.warning("the index files in %s cannot be used (%s): rebuilding them",
                             directory, why)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from echoimage.config import Settings
-from echoimage.index.build import index_params, misfit
+from echoimage.index.build import files_present, index_params, misfit
 from echoimage.index.manifest import read_manifest
 from echoimage.store import repo
 from echoimage.store.db import session_factory
@@ -34,7 +34,9 @@ def status_report(settings: Settings, store: Engine) -> dict[str, Any]:
                              "store_seq": state.seq, "store_id": state.store_id,
                              "params": index_params(settings)}
     if manifest is not None:
-        why = misfit(manifest, state, settings)
+        # by the files' sizes, as a query command's start judges them (`index verify`
+        # reads every byte)
+        why = misfit(manifest, state, settings) or files_present(settings.index_dir, manifest)
         index.update({
             "entries": manifest.images, "seq": manifest.seq,
             "fresh": why is None and manifest.seq == state.seq,
