@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from helpers import free_port, jpeg, photo, resize, rotate, to_rgb
 
 from echoimage.config import Settings
+from echoimage.errors import SettingsError
 from echoimage.web.app import (
     CONFIG_ENV,
     app_from_environment,
@@ -445,6 +446,20 @@ def test_metrics_scrape_while_a_process_starts(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'echoimage_searches_total{mode="full",result="found"} 1.0' in out.stdout
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(built: Built) -> None:
+    """A second server on a port another listens on is a SettingsError naming the port,
+    before any process starts (uvicorn said only its errno)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in (1, 2):
+            with pytest.raises(SettingsError) as err:
+                serve(built.settings, port=port, web=WebSettings(serve_workers=workers))
+            assert str(err.value) == (f"cannot listen on 127.0.0.1:{port}: the address is "
+                                      "in use (another server is on it: --port picks another)")
 
 
 def test_metrics_forget_a_killed_process(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ shared) and refreshes it on its own, so no query waits for another process's Pyt
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from uvicorn.supervisors import Multiprocess
 
 from echoimage.api import Catalogue, agree_pillow_limit
 from echoimage.config import Settings
-from echoimage.errors import EchoImageError
+from echoimage.errors import EchoImageError, SettingsError
 from echoimage.web import admin, findings, pages, routes
 from echoimage.web.config import AccessLog, WebSettings
 from echoimage.web.docs import add_docs
@@ -213,6 +214,26 @@ def run_processes(app: str, **kwargs: Any) -> None:
         sock.close()
 
 
+def _port_free(host: str, port: int) -> None:
+    """Raise a one-line SettingsError when another server listens on host:port (uvicorn
+    would say only its errno, and exit); anything else is left to uvicorn to say."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SettingsError(f"cannot listen on {host}:{port}: the address is in use "
+                                    "(another server is on it: --port picks another)"
+                                    ) from None
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           web: WebSettings | None = None) -> None:
     """Run the server with uvicorn until interrupted: web.processes serving processes
@@ -227,6 +248,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     web = web or WebSettings()
     with Catalogue(settings) as catalogue:
         catalogue.open_store()
+    _port_free(host, port)
     if warning := exposure_warning(host, web):
         log.warning("%s", warning)
     agree_pillow_limit(settings.max_pixels)  # this process is ours: one pixel cap

@@ -151,7 +151,8 @@ def parse_k(value: object, default: int, most: int) -> int:
         digits = value.strip().lstrip("0") or "0"
         k = int(digits) if len(digits) <= 18 else None  # longer ones are out of range anyway
     if k is None:
-        raise HTTPException(422, f"k must be a whole number from 1 to {most}")
+        said = repr(value) if isinstance(value, str) else type(value).__name__
+        raise HTTPException(422, f"k must be a whole number from 1 to {most}, not {said[:40]}")
     if not 1 <= k <= most:
         raise HTTPException(422, f"k must be a whole number from 1 to {most}, not {k}")
     return k

@@ -81,9 +81,10 @@ async def results(token: str, service: ServiceDep) -> HTMLResponse:
     entry = service.cache.get(token)
     if entry is None:
         body = render.message_page(
-            "These results have expired",
-            f"Queries are kept for {service.cache.ttl:g} seconds only, and uploaded images "
-            "are not stored. Search again to see the matches.")
+            "No such results",
+            f"These results have expired, or never were: queries are kept for "
+            f"{service.cache.ttl:g} seconds only, and uploaded images are not stored. Search "
+            "again to see the matches.")
         return _html(body, 404)
     return _html(render.results_page(entry, service.settings.duplicate_threshold,
                                      service.cache.ttl))
