@@ -237,6 +237,9 @@ async def test_duplicates_api_and_page(admin: Admin) -> None:
     page = await admin.client.get("/duplicates")
     assert page.status_code == 200 and "Duplicates in the catalogue" in page.text
     assert "/preview" in page.text
+    for asked in ("99", "abc", "0"):  # a page past the last, or none: the nearest one
+        other = await admin.client.get("/duplicates", params={"page": asked})
+        assert other.status_code == 200 and other.text == page.text, asked
 
 
 @module_loop

@@ -91,12 +91,17 @@ async def results(token: str, service: ServiceDep) -> HTMLResponse:
 
 
 @router.get("/duplicates", response_class=HTMLResponse)
-async def duplicates(service: ServiceDep, page: int = 1, crops: bool = False) -> HTMLResponse:
-    """The catalogue's groups of duplicates, with thumbnails."""
+async def duplicates(service: ServiceDep, page: str = "1", crops: bool = False
+                     ) -> HTMLResponse:
+    """The catalogue's groups of duplicates, with thumbnails (a page number past the last,
+    or none, shows the nearest page)."""
     from starlette.concurrency import run_in_threadpool
 
     result, job = await run_in_threadpool(service.duplicates, crops)
     if result is None:
         assert job is not None
         return _html(render.computing_page(job.done, job.total), 200, {"Refresh": "3"})
-    return _html(render.duplicates_page(result, max(1, page), 24, crops))
+    per_page = 24
+    last = max(1, -(-len(result.groups) // per_page))
+    number = int(page) if page.isdecimal() and len(page) < 10 else 1
+    return _html(render.duplicates_page(result, min(max(1, number), last), per_page, crops))
