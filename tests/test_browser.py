@@ -162,6 +162,28 @@ def image_size(png_bytes: bytes) -> tuple[int, int]:
         return im.size
 
 
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(
+        server: str, browser: object, tmp_path: Path) -> None:
+    """A file over the server's upload limit is said too large as soon as it is chosen,
+    and the form is not sent (before, the whole file went up for a 413)."""
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(21 * 1024 * 1024)  # over the default 20 MB
+    page = browser.new_page()  # type: ignore[attr-defined]
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+    page.goto(server + "/")
+    assert "HEIC, AVIF" in page.locator(".drop-hint").inner_text()
+    page.set_input_files("#file", str(big))
+    status = page.locator("[data-file-status]")
+    assert status.inner_text() == ("huge.png is 21 MB: the limit is 20 MB. Choose a smaller "
+                                   "file.")
+    page.click("button[type=submit]")
+    page.wait_for_timeout(300)
+    assert sent == [] and page.url.rstrip("/") == server.rstrip("/")
+    page.close()
+
+
 def test_no_copy_found(server: str, browser: object, tmp_path: Path) -> None:
     """An image the catalogue has no copy of: the page says so plainly, and the nearest
     images are folded away, each called "not a copy"."""

@@ -13,7 +13,7 @@ from echoimage.types import Match, Verdict
 from echoimage.web.cache import CachedQuery
 
 TEMPLATES = Path(__file__).parent / "templates"
-FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
+FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC, AVIF"
 
 
 @cache
@@ -60,7 +60,8 @@ def search_page(*, indexed: int | None, max_k: int, k: int, max_upload_bytes: in
         catalogue = "The catalogue is empty: run <code>echoimage index build</code> first."
     body = template("search.html").substitute(
         catalogue=catalogue, error=err, formats=esc(FORMATS),
-        max_size=esc(_size(max_upload_bytes)), url=esc(url), max_k=max_k, k=k,
+        max_size=esc(_size(max_upload_bytes)), max_bytes=max_upload_bytes, url=esc(url),
+        max_k=max_k, k=k,
         colour_checked=" checked" if colour_sensitive else "",
         copies_checked=" checked" if copies_only else "")
     title = "EchoImage: find copies of an image"

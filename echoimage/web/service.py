@@ -100,7 +100,8 @@ class WebService:
         self.slots = asyncio.Semaphore(self.threads)
         self.counters = Counters()
         self.started = time.monotonic()
-        self.policy = UrlPolicy(AllowList.parse(web.url_allowlist))
+        self.policy = UrlPolicy(AllowList.parse(web.url_allowlist),
+                                hint="ECHOIMAGE_URL_ALLOWLIST on the server allows it")
         t = web.url_timeout
         self.fetch_config = FetchConfig(
             concurrency=16, per_host=4, connect_timeout=min(5.0, t), read_timeout=t,

@@ -10,10 +10,24 @@
   var status = form.querySelector("[data-file-status]");
   var submit = form.querySelector("[data-submit]");
 
+  var maxBytes = parseInt(input.getAttribute("data-max-bytes") || "0", 10);
+
+  function tooLarge() {
+    var file = input.files && input.files.length ? input.files[0] : null;
+    return file !== null && maxBytes > 0 && file.size > maxBytes;
+  }
+
   function showFile() {
     status.textContent = "";
+    status.classList.remove("too-large");
     if (!input.files || !input.files.length) { return; }
     var file = input.files[0];
+    if (tooLarge()) {  // said now, not after the whole file was sent for a 413
+      status.textContent = file.name + " is " + Math.round(file.size / 1048576) +
+        " MB: the limit is " + input.getAttribute("data-max-size") + ". Choose a smaller file.";
+      status.classList.add("too-large");
+      return;
+    }
     status.textContent = "Selected: " + file.name + " (" + Math.round(file.size / 1024) + " KB)";
     if (url) { url.value = ""; }
     if (file.type && file.type.indexOf("image/") === 0 && window.URL) {
@@ -47,7 +61,12 @@
       showFile();
     }
   });
-  form.addEventListener("submit", function () {
+  form.addEventListener("submit", function (e) {
+    if (tooLarge()) {
+      e.preventDefault();
+      showFile();
+      return;
+    }
     if (submit) {
       submit.disabled = true;
       submit.textContent = "Searching\u2026";
