@@ -468,10 +468,11 @@ def report(levels: list[Level], info: dict[str, Any]) -> str:
                      f"{lv.clients} clients (p95 {lv.pct(95):.0f} ms; target >= 60 at "
                      "100,000 entries)")
     sent, counted = info["sent"], info["counted"]
+    loading = (f"{info['readyz_before']} while loading then {info['readyz']}"
+               if info["readyz_before"] else f"{info['readyz']} (ready when first asked)")
     lines.append(f"/metrics counted {counted:.0f} search requests; the clients sent {sent} "
                  f"(difference {abs(counted - sent) / max(sent, 1):.2%}, target <= 1%); "
-                 f"/healthz {info['healthz']}, /readyz {info['readyz_before']} while loading"
-                 f" then {info['readyz']}")
+                 f"/healthz {info['healthz']}, /readyz {loading}")
     if info.get("memory"):
         own = [m.get("RssAnon", 0) for m in info["memory"]]
         mapped = [m.get("RssFile", 0) for m in info["memory"]]
@@ -511,7 +512,11 @@ async def amain(args: argparse.Namespace) -> int:
     try:
         seen = await wait_ready(url, proc)
         pids = server_pids(proc.pid) if proc else []
-        log(f"server ready ({len(pids)} processes)")
+        if pids:
+            log(f"server ready ({len(serving_pids(pids))} serving processes, {len(pids)} "
+                "in all)")
+        else:
+            log("server ready")
         before = await scrape(url)
         fields = {"k": str(args.k)}
         if args.copies_only:
