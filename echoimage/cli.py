@@ -475,7 +475,7 @@ def _query_lines(q: str, res: Any, show_all: bool) -> list[str]:
     results (with show_all) or how many there were."""
     copies = res.copies
     others = [m for m in res.matches if not m.verdict.is_copy]
-    head = f"{q}: " + (f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} found"
+    head = f"{q}: " + (f"{counted(len(copies), 'copy', 'copies')} found"
                        if copies else "no copy found")
     lines = [head]
     for rank, m in enumerate(res.matches, 1):

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echoimage.catalogue.scrape import (
-    ExtensionSkip,
     PoliteClient,
     ScrapeFilters,
     _extension,
@@ -100,9 +98,7 @@ async def _visit(client: PoliteClient, url: str, target: str, known: KnownPage |
     urls = {e["url"] for e in found}
     sheets = [(s, page_url) for s in parsed.stylesheets]
     unread: list[str] = []  # the page, when one of its stylesheets may answer next time
-    passed: Counter[ExtensionSkip] = Counter()
-    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes, unread,
-                                      passed):
+    for e in await _stylesheet_images(client, sheets, sheets_seen, filters, notes, unread):
         if e["url"] not in urls:
             urls.add(e["url"])
             found.append({"url": e["url"], "alt": ""})

@@ -739,11 +739,12 @@ def _got(url: str, result: FetchResult | None, notes: list[str]) -> bool:
 
 async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]],
                              seen: set[str], filters: ScrapeFilters, notes: list[str],
-                             unread: list[str], skipped: Counter[ExtensionSkip]
+                             unread: list[str],
+                             skipped: Counter[ExtensionSkip] | None = None
                              ) -> list[dict[str, str]]:
     """Images of stylesheets [(url, page)] and of their @imports, each sheet read once; the
     page of a sheet that could not be read for a reason that may pass goes to unread;
-    what a sheet passes over for its extension is a note, and counted in skipped."""
+    what a sheet passes over for its extension is a note (and counted in skipped)."""
     images: list[dict[str, str]] = []
     level = [(u, p) for u, p in sheets if u not in seen]
     for _ in range(CSS_IMPORT_DEPTH + 1):
@@ -767,7 +768,8 @@ async def _stylesheet_images(client: PoliteClient, sheets: list[tuple[str, str]]
                        for u in _pick(groups, base, filters, passed)]
             if note := skip_note(passed):
                 notes.append(f"{url}: {note}")
-                skipped.update(passed)
+                if skipped is not None:
+                    skipped.update(passed)
             next_level += [(u, page) for u in _unique(imports, base) if u not in seen]
         level = next_level
     return images

@@ -21,7 +21,7 @@ from echoimage.errors import EchoImageError
 from echoimage.indexing.work import WorkItem, WorkResult
 from echoimage.store import repo
 from echoimage.store.models import TRANSIENT
-from echoimage.types import Outcome, RunStatus, Status
+from echoimage.types import Outcome, RunStatus, Status, counted
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,6 @@ def unread_sources(summary: BuildSummary) -> str | None:
         return None
     uri, why = unread[0]
     more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
-    n = "1 source" if len(unread) == 1 else f"{len(unread)} sources"
     said = why if uri in why else f"{uri}: {why}"
-    return f"{n} could not be read, their images kept as they were: {said}{more}"
+    return (f"{counted(len(unread), 'source')} could not be read, their images kept as they "
+            f"were: {said}{more}")

@@ -101,7 +101,5 @@ async def duplicates(service: ServiceDep, page: str = "1", crops: bool = False
     if result is None:
         assert job is not None
         return _html(render.computing_page(job.done, job.total), 200, {"Refresh": "3"})
-    per_page = 24
-    last = max(1, -(-len(result.groups) // per_page))
     number = int(page) if page.isdecimal() and len(page) < 10 else 1
-    return _html(render.duplicates_page(result, min(max(1, number), last), per_page, crops))
+    return _html(render.duplicates_page(result, number, 24, crops))

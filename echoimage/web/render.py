@@ -9,7 +9,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from echoimage.types import Match, Verdict
+from echoimage.types import Match, Verdict, counted
 from echoimage.web.cache import CachedQuery
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -165,7 +165,7 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
     copies = [(i, m) for i, m in ranked if m.verdict.is_copy]
     others = [(i, m) for i, m in ranked if not m.verdict.is_copy]
     if copies:
-        summary = f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} found."
+        summary = f"{counted(len(copies), 'copy', 'copies')} found."
     else:
         summary = "No copy found."
     listing = ""
@@ -178,9 +178,8 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
                    "image is a copy of this one (or of a part of it).</p>")
     if others:
         cards = "\n".join(card(i, m, entry.token, threshold) for i, m in others)
-        n = len(others)
-        listing += (f'\n<details class="others"><summary>{n} nearest '
-                    f"{'image' if n == 1 else 'images'}, not copies</summary>\n"
+        listing += (f'\n<details class="others"><summary>{counted(len(others), "nearest image")}, '
+                    "not copies</summary>\n"
                     f'<ol class="grid">\n{cards}\n</ol>\n</details>')
     img = entry.image
     total = sum(entry.result.timings.values())
@@ -196,9 +195,11 @@ def results_page(entry: CachedQuery, threshold: float, ttl: float) -> str:
 
 
 def duplicates_page(result: Any, page_no: int, per_page: int, crops: bool) -> str:
-    """The catalogue's groups of duplicates, a page of them, each with its thumbnails."""
+    """The catalogue's groups of duplicates, a page of them, each with its thumbnails (a
+    page number out of range shows the nearest page)."""
     groups = result.groups
     pages = max(1, -(-len(groups) // per_page))
+    page_no = min(max(1, page_no), pages)
     shown = groups[(page_no - 1) * per_page: page_no * per_page]
     parts = [f"<h1>Duplicates in the catalogue</h1><p>{len(groups):,} groups, "
              f"{result.duplicates:,} images that copy another, of {result.images:,} indexed "
